@@ -1,0 +1,112 @@
+import { z } from 'zod'
+
+// The environment is the sidecar's whole public configuration surface. Every name below is
+// documented in README.md (a test keeps the two in step), and nothing else reads process.env.
+
+const decimalText = /^\d{1,5}(\.\d{1,4})?$/
+const orgId = /^[A-Za-z0-9_.-]{1,100}$/
+
+const port = z.coerce.number().int().min(0).max(65535)
+const positiveInt = z.coerce.number().int().positive()
+const bool = z.enum(['true', 'false', '1', '0', 'yes', 'no']).transform((v) => v === 'true' || v === '1' || v === 'yes')
+const url = z.string().url().refine((u) => /^https?:\/\//.test(u), 'must be an http(s) URL')
+const optionalText = z.string().min(1).optional()
+const header = (name: string) => z.string().regex(/^[A-Za-z0-9-]+$/, 'must be an HTTP header name').default(name).transform((h) => h.toLowerCase())
+
+export const envSchema = z.object({
+  OPENROUTER_API_KEY: z.string().min(8, 'must be the organization\'s OpenRouter key (sk-or-v1-...)'),
+  OPENROUTER_EXTERNAL_USER: z.string().regex(orgId, 'must be 1-100 characters of A-Z a-z 0-9 _ . - (e.g. mai_client_63a4eb6d)'),
+  ORGANIZATION_NAME: z.string().trim().min(1, 'must name the client organization'),
+  DATABASE_URL: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL').optional(),
+  OPENROUTER_BASE_URL: url.default('https://openrouter.ai/api/v1').transform((u) => u.replace(/\/+$/, '')),
+  PORT: port.default(8787),
+  HOST: z.string().min(1).default('0.0.0.0'),
+  MARKUP_PERCENT: z.string().trim().regex(decimalText, 'must be a decimal percentage such as 0, 15 or 12.5 (at most 4 decimals)').default('0'),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  APP_URL: url.default('https://github.com/usage-proxy/usage-proxy'),
+  APP_TITLE: z.string().min(1).default('usage-proxy'),
+  PROXY_API_KEY: optionalText,
+  DATA_DIR: z.string().min(1).default('./data'),
+  FORWARD_USER_INFO_HEADER_USER_ID: header('X-OpenWebUI-User-Id'),
+  FORWARD_USER_INFO_HEADER_USER_NAME: header('X-OpenWebUI-User-Name'),
+  FORWARD_USER_INFO_HEADER_USER_EMAIL: header('X-OpenWebUI-User-Email'),
+  FORWARD_USER_INFO_HEADER_USER_ROLE: header('X-OpenWebUI-User-Role'),
+  FORWARD_USER_INFO_HEADER_CHAT_ID: header('X-OpenWebUI-Chat-Id'),
+  FORWARD_USER_INFO_HEADER_JWT: header('X-OpenWebUI-User-Jwt'),
+  FORWARD_USER_INFO_HEADER_JWT_SECRET: z.string().min(16, 'must be at least 16 characters').optional(),
+  TRUST_BODY_USER: bool.default(true),
+  MAX_BODY_BYTES: positiveInt.default(20 * 1024 * 1024),
+  UPSTREAM_HEADERS_TIMEOUT_MS: positiveInt.default(300_000),
+  UPSTREAM_BODY_TIMEOUT_MS: positiveInt.default(300_000),
+  UPSTREAM_CONNECTIONS: positiveInt.default(256),
+  SHUTDOWN_GRACE_MS: z.coerce.number().int().min(0).default(30_000),
+  RECONCILE_MAX_WAIT_MS: positiveInt.default(120_000),
+  LEDGER_BATCH_SIZE: z.coerce.number().int().min(1).max(1000).default(500),
+  LEDGER_FLUSH_MS: positiveInt.default(50),
+  DB_CONNECT_RETRY_MAX_MS: positiveInt.default(10_000),
+  EMBEDDED_DB_PORT: port.default(54320),
+})
+
+export type Env = z.infer<typeof envSchema>
+
+export interface Config {
+  openrouter: { apiKey: string, baseUrl: string, appUrl: string, appTitle: string }
+  organization: { id: string, name: string, markupPercent: string }
+  databaseUrl: string | undefined
+  server: { port: number, host: string, maxBodyBytes: number, shutdownGraceMs: number, proxyApiKey: string | undefined }
+  upstream: { headersTimeoutMs: number, bodyTimeoutMs: number, connections: number }
+  identity: {
+    userIdHeader: string, userNameHeader: string, userEmailHeader: string, userRoleHeader: string,
+    chatIdHeader: string, jwtHeader: string, jwtSecret: string | undefined, trustBodyUser: boolean
+  }
+  ledger: { dataDir: string, batchSize: number, flushMs: number, reconcileMaxWaitMs: number }
+  db: { connectRetryMaxMs: number, embeddedPort: number }
+  logLevel: Env['LOG_LEVEL']
+}
+
+export class ConfigError extends Error {
+  constructor (readonly problems: string[]) {
+    super('invalid configuration:\n' + problems.map((p) => '  - ' + p).join('\n'))
+    this.name = 'ConfigError'
+  }
+}
+
+/** Validates the whole environment and reports every problem at once, each naming its variable. */
+export function loadConfig (env: Record<string, string | undefined>): Config {
+  // An empty variable means "not set": compose files often write `FOO=` for optional values.
+  const present: Record<string, string> = {}
+  for (const key of Object.keys(envSchema.shape)) {
+    const value = env[key]
+    if (value !== undefined && value !== '') present[key] = value
+  }
+  const parsed = envSchema.safeParse(present)
+  if (!parsed.success) {
+    const problems = parsed.error.issues.map((issue) => {
+      const name = String(issue.path[0] ?? '(environment)')
+      const message = issue.code === 'invalid_type' && present[name] === undefined ? 'is required but not set' : issue.message
+      return `${name} ${message}`
+    })
+    throw new ConfigError(problems)
+  }
+  const e = parsed.data
+  return {
+    openrouter: { apiKey: e.OPENROUTER_API_KEY, baseUrl: e.OPENROUTER_BASE_URL, appUrl: e.APP_URL, appTitle: e.APP_TITLE },
+    organization: { id: e.OPENROUTER_EXTERNAL_USER, name: e.ORGANIZATION_NAME, markupPercent: e.MARKUP_PERCENT },
+    databaseUrl: e.DATABASE_URL,
+    server: { port: e.PORT, host: e.HOST, maxBodyBytes: e.MAX_BODY_BYTES, shutdownGraceMs: e.SHUTDOWN_GRACE_MS, proxyApiKey: e.PROXY_API_KEY },
+    upstream: { headersTimeoutMs: e.UPSTREAM_HEADERS_TIMEOUT_MS, bodyTimeoutMs: e.UPSTREAM_BODY_TIMEOUT_MS, connections: e.UPSTREAM_CONNECTIONS },
+    identity: {
+      userIdHeader: e.FORWARD_USER_INFO_HEADER_USER_ID,
+      userNameHeader: e.FORWARD_USER_INFO_HEADER_USER_NAME,
+      userEmailHeader: e.FORWARD_USER_INFO_HEADER_USER_EMAIL,
+      userRoleHeader: e.FORWARD_USER_INFO_HEADER_USER_ROLE,
+      chatIdHeader: e.FORWARD_USER_INFO_HEADER_CHAT_ID,
+      jwtHeader: e.FORWARD_USER_INFO_HEADER_JWT,
+      jwtSecret: e.FORWARD_USER_INFO_HEADER_JWT_SECRET,
+      trustBodyUser: e.TRUST_BODY_USER,
+    },
+    ledger: { dataDir: e.DATA_DIR, batchSize: e.LEDGER_BATCH_SIZE, flushMs: e.LEDGER_FLUSH_MS, reconcileMaxWaitMs: e.RECONCILE_MAX_WAIT_MS },
+    db: { connectRetryMaxMs: e.DB_CONNECT_RETRY_MAX_MS, embeddedPort: e.EMBEDDED_DB_PORT },
+    logLevel: e.LOG_LEVEL,
+  }
+}

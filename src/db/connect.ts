@@ -1,0 +1,60 @@
+import postgres from 'postgres'
+import type { Logger } from '../log.js'
+
+export type Sql = postgres.Sql<{}>
+
+export interface ConnectOptions {
+  url: string
+  max?: number
+  log: Logger
+  /** Longest pause between two connection attempts at boot. */
+  retryMaxMs: number
+  signal?: AbortSignal
+}
+
+/**
+ * Opens a pool and waits until Postgres answers, retrying with capped exponential backoff.
+ * The default postgres.js reconnect backoff grows to 20 s; a ledger that waits that long after
+ * a blip only piles up records, so reconnects are capped at one second here.
+ */
+export async function connect (opts: ConnectOptions): Promise<Sql> {
+  const sql = postgres(opts.url, {
+    max: opts.max ?? 4,
+    connect_timeout: 5,
+    idle_timeout: 60,
+    backoff: (attempt: number) => Math.min(0.05 * 2 ** attempt, 1),
+    onnotice: () => {},
+    connection: { application_name: 'usage-proxy' },
+  })
+  let attempt = 0
+  for (;;) {
+    try {
+      await sql`select 1`
+      if (attempt > 0) opts.log.info({ attempts: attempt + 1 }, 'postgres reachable')
+      return sql
+    } catch (err) {
+      attempt++
+      const wait = Math.min(200 * 2 ** (attempt - 1), opts.retryMaxMs)
+      opts.log.warn({ attempt, retryInMs: wait, reason: describe(err), target: redactUrl(opts.url) }, 'postgres unreachable, retrying')
+      if (opts.signal?.aborted) { await sql.end({ timeout: 0 }); throw err }
+      await sleep(wait, opts.signal)
+    }
+  }
+}
+
+export function describe (err: unknown): string {
+  const e = err as { code?: string, message?: string }
+  return [e?.code, e?.message].filter(Boolean).join(': ') || String(err)
+}
+
+/** postgres://user:secret@host/db -> postgres://user:***@host/db, for log lines. */
+export function redactUrl (url: string): string {
+  return url.replace(/\/\/([^:/@]+):([^@]*)@/, '//$1:***@')
+}
+
+function sleep (ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const t = setTimeout(resolve, ms)
+    signal?.addEventListener('abort', () => { clearTimeout(t); resolve() }, { once: true })
+  })
+}

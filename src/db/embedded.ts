@@ -1,0 +1,33 @@
+import { mkdirSync } from 'node:fs'
+import { join, resolve } from 'node:path'
+import type { AddressInfo } from 'node:net'
+import type { Logger } from '../log.js'
+
+// Zero-setup default: without DATABASE_URL the sidecar runs PGlite (Postgres compiled to WASM)
+// with its data under DATA_DIR, served on a loopback port so the same postgres.js client, the
+// same migrations and psql all work against it. Loaded lazily: a sidecar with a real database
+// never pays for the WASM module.
+
+export interface EmbeddedDb { url: string, psql: string, dataDir: string, stop: () => Promise<void> }
+
+export async function startEmbedded (dataDir: string, port: number, log: Logger): Promise<EmbeddedDb> {
+  const dir = resolve(join(dataDir, 'pglite'))
+  mkdirSync(dir, { recursive: true })
+  const started = Date.now()
+  const { PGlite } = await import('@electric-sql/pglite')
+  const { PGLiteSocketServer } = await import('@electric-sql/pglite-socket')
+  const db = await PGlite.create(dir)
+  // Several connections are accepted and their queries serialized, so an operator's psql can
+  // look while the sidecar writes.
+  const server = new PGLiteSocketServer({ db, host: '127.0.0.1', port, maxConnections: 8 })
+  await server.start()
+  const actual = ((server as unknown as { server: { address: () => AddressInfo } }).server.address()).port
+  const url = `postgres://postgres@127.0.0.1:${actual}/postgres`
+  log.info({ dataDir: dir, ms: Date.now() - started }, 'embedded postgres (PGlite) started')
+  return {
+    url,
+    dataDir: dir,
+    psql: `psql "postgresql://postgres@127.0.0.1:${actual}/postgres?sslmode=disable"`,
+    async stop () { await server.stop(); await db.close() },
+  }
+}

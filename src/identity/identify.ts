@@ -1,0 +1,70 @@
+import type { IncomingHttpHeaders } from 'node:http'
+import { JwtError, verifyJwt } from './jwt.js'
+
+// Who is asking, in order of trust: a signed JWT from the app; the plain headers the app
+// forwards (only while no JWT secret is configured: anyone who reaches the sidecar can forge
+// them); the OpenAI-style `user` field of the body; else the organization itself.
+
+export interface Identity {
+  userId: string | null
+  name: string | null
+  email: string | null
+  role: string | null
+  chatId: string | null
+  source: 'jwt' | 'headers' | 'body' | 'organization'
+}
+
+export interface IdentityOptions {
+  userIdHeader: string
+  userNameHeader: string
+  userEmailHeader: string
+  userRoleHeader: string
+  chatIdHeader: string
+  jwtHeader: string
+  jwtSecret: string | undefined
+  trustBodyUser: boolean
+}
+
+export class IdentityError extends Error {}
+
+const one = (v: string | string[] | undefined): string | null => {
+  const s = Array.isArray(v) ? v[0] : v
+  return s === undefined || s === '' ? null : s
+}
+
+/** Open WebUI percent-encodes the user name as UTF-8 (spaces left as is). */
+export function decodeName (raw: string | null): string | null {
+  if (raw === null) return null
+  try { return decodeURIComponent(raw) } catch { return raw }
+}
+
+export function identify (headers: IncomingHttpHeaders, bodyUser: unknown, o: IdentityOptions): Identity {
+  const chatId = one(headers[o.chatIdHeader])
+  if (o.jwtSecret) {
+    const token = one(headers[o.jwtHeader])
+    if (token !== null) {
+      try {
+        const c = verifyJwt(token, o.jwtSecret, { issuer: 'open-webui' })
+        return { userId: c.sub, name: c.name ?? null, email: c.email ?? null, role: c.role ?? null, chatId, source: 'jwt' }
+      } catch (err) {
+        throw new IdentityError(`invalid ${o.jwtHeader}: ${err instanceof JwtError ? err.message : 'unreadable'}`)
+      }
+    }
+  } else {
+    const userId = one(headers[o.userIdHeader])
+    if (userId !== null) {
+      return {
+        userId,
+        name: decodeName(one(headers[o.userNameHeader])),
+        email: one(headers[o.userEmailHeader]),
+        role: one(headers[o.userRoleHeader]),
+        chatId,
+        source: 'headers',
+      }
+    }
+  }
+  if (o.trustBodyUser && typeof bodyUser === 'string' && bodyUser !== '') {
+    return { userId: bodyUser, name: null, email: null, role: null, chatId, source: 'body' }
+  }
+  return { userId: null, name: null, email: null, role: null, chatId, source: 'organization' }
+}

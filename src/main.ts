@@ -1,0 +1,158 @@
+import { fileURLToPath } from 'node:url'
+import { dirname, join, resolve } from 'node:path'
+import type { AddressInfo } from 'node:net'
+import type { Server } from 'node:http'
+import { ConfigError, loadConfig, type Config } from './config/config.js'
+import { connect, redactUrl, type Sql } from './db/connect.js'
+import { startEmbedded, type EmbeddedDb } from './db/embedded.js'
+import { migrate } from './db/migrate.js'
+import { upsertOrganization } from './db/organizations.js'
+import { UserDirectory } from './identity/directory.js'
+import { createLogger, scrub, type Logger } from './log.js'
+import { createPassthrough } from './proxy/passthrough.js'
+import { createProxyServer } from './proxy/server.js'
+import { createUpstream } from './proxy/upstream.js'
+import { Journal } from './usage/journal.js'
+import { Ledger } from './usage/ledger.js'
+import { Reconciler } from './usage/reconcile.js'
+
+const SQL_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', 'sql')
+
+export interface Sidecar {
+  config: Config
+  server: Server
+  port: number
+  /** Resolves when boot finished and /readyz answers 200. */
+  ready: Promise<void>
+  ledger: () => Ledger | null
+  /** Graceful stop: refuse new requests, let streams finish, flush the ledger. */
+  stop: (reason?: string) => Promise<void>
+}
+
+/**
+ * The boot sequence. The listener opens first so /healthz and /readyz answer while Postgres is
+ * still being reached; the data plane answers 503 until every step below is done.
+ */
+export async function start (env: Record<string, string | undefined>, log?: Logger): Promise<Sidecar> {
+  // 1. configuration: every problem at once, or nothing starts
+  const config = loadConfig(env)
+  log ??= createLogger(config.logLevel)
+  const secrets = [config.openrouter.apiKey, config.server.proxyApiKey, config.identity.jwtSecret]
+
+  let ready = false
+  let inFlight = 0
+  let idle: (() => void) | null = null
+  const upstream = createUpstream({ baseUrl: config.openrouter.baseUrl, apiKey: config.openrouter.apiKey, ...config.upstream })
+  const passthrough = createPassthrough(config.openrouter.baseUrl, config.openrouter.apiKey, config.openrouter.appUrl, config.openrouter.appTitle, log)
+  const journal = new Journal(join(resolve(config.ledger.dataDir), 'journal'), log)
+
+  // Filled in by boot; the server only reaches them once `ready` is true.
+  let sql: Sql | null = null
+  let embedded: EmbeddedDb | null = null
+  let ledger: Ledger | null = null
+  let reconciler: Reconciler | null = null
+  let directory: UserDirectory | null = null
+
+  const meter = {
+    upstream,
+    apiKey: config.openrouter.apiKey,
+    appUrl: config.openrouter.appUrl,
+    appTitle: config.openrouter.appTitle,
+    organizationId: config.organization.id,
+    markupPercent: config.organization.markupPercent,
+    maxBodyBytes: config.server.maxBodyBytes,
+    identity: config.identity,
+    get directory () { return directory! },
+    get ledger () { return ledger! },
+    get reconciler () { return reconciler! },
+    log,
+    track (delta: 1 | -1) { inFlight += delta; if (inFlight === 0 && idle) idle() },
+  }
+  const server = createProxyServer({ meter, passthrough, proxyApiKey: config.server.proxyApiKey, isReady: () => ready })
+  await new Promise<void>((ok, fail) => { server.once('error', fail); server.listen(config.server.port, config.server.host, () => { server.off('error', fail); ok() }) })
+  const port = (server.address() as AddressInfo).port
+  log.info({ port, host: config.server.host, upstream: config.openrouter.baseUrl, organization: config.organization.id }, 'listening; not ready until the database is')
+
+  const abort = new AbortController()
+  const ready$ = (async () => {
+    // 2. the database: DATABASE_URL, or the embedded one under DATA_DIR
+    let url = config.databaseUrl
+    if (!url) {
+      embedded = await startEmbedded(config.ledger.dataDir, config.db.embeddedPort, log!)
+      url = embedded.url
+      log!.info({ psql: embedded.psql }, 'no DATABASE_URL: using the embedded database; query it with psql')
+    }
+    sql = await connect({ url, log: log!, retryMaxMs: config.db.connectRetryMaxMs, signal: abort.signal, max: embedded ? 1 : 4 })
+    // 3. schema, under an advisory lock so sidecars booting together are safe
+    const migrated = await migrate(sql, SQL_DIR)
+    log!.info({ applied: migrated.applied, alreadyApplied: migrated.skipped.length, database: redactUrl(url) }, 'schema ready')
+    // 4. the organization row
+    const created = await upsertOrganization(sql, config.organization, config.openrouter.apiKey)
+    log!.info({ organization: config.organization.id, created, markupPercent: config.organization.markupPercent }, 'organization ready')
+    // 5. replay what an earlier process journaled but never committed
+    ledger = new Ledger(sql, journal, log!, config.ledger)
+    reconciler = new Reconciler(upstream.fetchGeneration, (r) => ledger!.record(r), log!, { maxWaitMs: config.ledger.reconcileMaxWaitMs })
+    directory = new UserDirectory(config.organization.id, sql, log!)
+    const replay = journal.replay()
+    for (const r of replay.finals) ledger.record(r, true)
+    for (const r of replay.pendings) reconciler.enqueue({ ...r, outcome: r.outcome === 'interrupted' || !r.outcome ? 'interrupted' : r.outcome })
+    if (replay.segments > 0) log!.info({ records: replay.finals.length, toReconcile: replay.pendings.length, tornLines: replay.tornLines }, 'journal replayed')
+    // 6. open for traffic
+    ready = true
+    log!.info({ port }, 'ready')
+  })()
+  ready$.catch((err) => {
+    log!.fatal({ err: scrub(err instanceof Error ? `${err.name}: ${err.message}` : String(err), secrets) }, 'boot failed')
+  })
+
+  let stopping: Promise<void> | null = null
+  const stop = (reason = 'stop'): Promise<void> => {
+    stopping ??= (async () => {
+      log!.info({ reason, inFlight }, 'shutting down: no new requests, waiting for streams in flight')
+      ready = false
+      abort.abort()
+      server.close()
+      server.closeIdleConnections()
+      if (inFlight > 0) {
+        await Promise.race([
+          new Promise<void>((r) => { idle = r }),
+          new Promise<void>((r) => setTimeout(r, config.server.shutdownGraceMs).unref()),
+        ])
+      }
+      server.closeAllConnections()
+      reconciler?.stop() // unreconciled generations stay pending in the journal for the next boot
+      await directory?.flush().catch(() => {})
+      directory?.close()
+      const drained = ledger ? await ledger.drain(5_000) : true
+      ledger?.close()
+      journal.close()
+      log!.info({ drained, backlog: journal.backlog }, drained ? 'ledger flushed' : 'ledger not fully flushed: the journal keeps the rest for the next start')
+      await sql?.end({ timeout: 2 }).catch(() => {})
+      await embedded?.stop().catch(() => {})
+      passthrough.close()
+      await upstream.close().catch(() => {})
+    })()
+    return stopping
+  }
+
+  return { config, server, port, ready: ready$, ledger: () => ledger, stop }
+}
+
+async function main (): Promise<void> {
+  let sidecar: Sidecar
+  try {
+    sidecar = await start(process.env)
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`usage-proxy: ${err.message}\n`)
+      process.exit(2)
+    }
+    throw err
+  }
+  sidecar.ready.catch(() => process.exit(1))
+  for (const sig of ['SIGTERM', 'SIGINT'] as const) {
+    process.once(sig, () => { void sidecar.stop(sig).then(() => process.exit(0)) })
+  }
+}
+
+if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) void main()

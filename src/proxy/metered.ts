@@ -1,0 +1,271 @@
+import { randomUUID } from 'node:crypto'
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import { errors as undiciErrors, type Dispatcher } from 'undici'
+import type { Logger } from '../log.js'
+import { IdentityError, identify, type IdentityOptions } from '../identity/identify.js'
+import type { UserDirectory } from '../identity/directory.js'
+import type { Ledger } from '../usage/ledger.js'
+import type { Reconciler } from '../usage/reconcile.js'
+import { withUsage, type Outcome, type UsageRecord } from '../usage/record.js'
+import { ResponseTap, bodyKind } from '../usage/response-tap.js'
+import { sendError } from './errors.js'
+import type { Upstream } from './upstream.js'
+
+// THE HOT PATH. One metered request: read and rewrite the JSON body, dispatch it on the upstream
+// pool, and hand every response chunk to the client first and to the tap second. The client never
+// waits for anything but OpenRouter: the record goes to the ledger after the last byte.
+
+export const METERED = new Set(['chat/completions', 'completions', 'embeddings', 'responses', 'messages'])
+
+export interface MeterContext {
+  upstream: Upstream
+  apiKey: string
+  appUrl: string
+  appTitle: string
+  organizationId: string
+  markupPercent: string
+  maxBodyBytes: number
+  identity: IdentityOptions
+  directory: UserDirectory
+  ledger: Ledger
+  reconciler: Reconciler
+  log: Logger
+  /** Called when an exchange starts and ends: graceful shutdown waits for these. */
+  track: (delta: 1 | -1) => void
+  /** Optional observer (metrics); called once per finished exchange. */
+  observe?: (rec: UsageRecord, upstreamStatus: number) => void
+}
+
+// Request headers that must not travel upstream: hop-by-hop, our own credentials, and the
+// identity the app forwarded (OpenRouter learns the user only as the opaque `user` id).
+const DROP_REQUEST = new Set(['host', 'connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade',
+  'content-length', 'authorization', 'cookie', 'accept-encoding', 'expect', 'x-api-key', 'http-referer', 'x-title'])
+const DROP_RESPONSE = new Set(['connection', 'keep-alive', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-connection'])
+
+export function handleMetered (req: IncomingMessage, res: ServerResponse, endpoint: string, query: string, ctx: MeterContext): void {
+  const declared = Number(req.headers['content-length'])
+  if (declared > ctx.maxBodyBytes) {
+    sendError(res, 413, 'invalid_request_error', 'body_too_large', `request body exceeds ${ctx.maxBodyBytes} bytes`)
+    req.resume()
+    return
+  }
+  const parts: Buffer[] = []
+  let size = 0
+  let refused = false
+  req.on('data', (chunk: Buffer) => {
+    if (refused) return
+    size += chunk.length
+    if (size > ctx.maxBodyBytes) {
+      refused = true
+      sendError(res, 413, 'invalid_request_error', 'body_too_large', `request body exceeds ${ctx.maxBodyBytes} bytes`)
+      return
+    }
+    parts.push(chunk)
+  })
+  req.on('end', () => { if (!refused) forward(req, res, endpoint, query, Buffer.concat(parts, size), ctx) })
+}
+
+function forward (req: IncomingMessage, res: ServerResponse, endpoint: string, query: string, raw: Buffer, ctx: MeterContext): void {
+  let body: Record<string, unknown>
+  try {
+    const parsed: unknown = JSON.parse(raw.toString('utf8'))
+    if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) throw new Error('not an object')
+    body = parsed as Record<string, unknown>
+  } catch {
+    sendError(res, 400, 'invalid_request_error', 'invalid_json', 'request body must be a JSON object')
+    return
+  }
+  let who
+  try {
+    who = identify(req.headers, body.user, ctx.identity)
+  } catch (err) {
+    if (err instanceof IdentityError) { sendError(res, 401, 'authentication_error', 'invalid_identity', err.message); return }
+    throw err
+  }
+  const externalUserId = ctx.directory.externalIdFor(who)
+  body.user = externalUserId
+  const streamed = body.stream === true
+  if (streamed && (endpoint === 'chat/completions' || endpoint === 'completions')) {
+    // Documented as a no-op on OpenRouter today (usage always comes); harmless and future-proof.
+    const so = body.stream_options
+    body.stream_options = so !== null && typeof so === 'object' ? { ...so, include_usage: true } : { include_usage: true }
+  }
+  const payload = Buffer.from(JSON.stringify(body))
+
+  const headers: Record<string, string> = {}
+  const idHeaders = ctx.identity
+  for (const name in req.headers) {
+    if (DROP_REQUEST.has(name) || name.startsWith('x-openwebui-') || name === idHeaders.userIdHeader || name === idHeaders.userNameHeader ||
+        name === idHeaders.userEmailHeader || name === idHeaders.userRoleHeader || name === idHeaders.chatIdHeader || name === idHeaders.jwtHeader) continue
+    const v = req.headers[name]
+    if (typeof v === 'string') headers[name] = v
+    else if (Array.isArray(v)) headers[name] = v.join(', ')
+  }
+  headers.authorization = `Bearer ${ctx.apiKey}`
+  headers['content-type'] = 'application/json'
+  headers['accept-encoding'] = 'identity' // the tap must read plain bytes
+  headers['http-referer'] = ctx.appUrl
+  headers['x-title'] = ctx.appTitle
+
+  const base: UsageRecord = {
+    eventId: randomUUID(),
+    generationId: null,
+    organizationId: ctx.organizationId,
+    userId: who.userId,
+    externalUserId,
+    endpoint,
+    model: typeof body.model === 'string' ? body.model : null,
+    servedModel: null,
+    provider: null,
+    streamed,
+    status: 0,
+    outcome: 'interrupted',
+    finishReason: null,
+    errorMessage: null,
+    usageSource: 'none',
+    promptTokens: null,
+    completionTokens: null,
+    totalTokens: null,
+    cachedTokens: null,
+    reasoningTokens: null,
+    costUsd: null,
+    upstreamCostUsd: null,
+    isByok: null,
+    markupPercent: ctx.markupPercent,
+    latencyMs: null,
+    ttfbMs: null,
+    chatId: who.chatId,
+    createdAt: new Date().toISOString(),
+  }
+  const exchange = new Exchange(res, base, ctx)
+  ctx.track(1)
+  ctx.upstream.pool.dispatch({
+    method: 'POST',
+    path: `${ctx.upstream.basePath}/${endpoint}${query}`,
+    headers,
+    body: payload,
+  }, exchange)
+}
+
+/** undici's dispatch handler for one exchange: the tee lives in onData. */
+class Exchange implements Dispatcher.DispatchHandler {
+  private readonly started = process.hrtime.bigint()
+  private abortUpstream: ((err?: Error) => void) | null = null
+  private tap: ResponseTap | null = null
+  private status = 0
+  private ttfbMs: number | null = null
+  private clientGone = false
+  private done = false
+
+  constructor (private readonly res: ServerResponse, private rec: UsageRecord, private readonly ctx: MeterContext) {
+    res.once('close', () => {
+      if (this.done || res.writableFinished) return
+      this.clientGone = true
+      // Aborting the upstream request stops generation and billing where the provider allows.
+      this.abortUpstream?.(new Error('client closed the connection'))
+    })
+  }
+
+  onConnect (abort: (err?: Error) => void): void {
+    this.abortUpstream = abort
+    if (this.clientGone) abort(new Error('client closed the connection'))
+  }
+
+  onHeaders (statusCode: number, rawHeaders: Buffer[], resume: () => void): boolean {
+    if (statusCode < 200) return true
+    this.status = statusCode
+    this.ttfbMs = msSince(this.started)
+    let contentType: string | undefined
+    let generationId: string | undefined
+    const out: string[] = []
+    for (let i = 0; i < rawHeaders.length; i += 2) {
+      const name = rawHeaders[i].toString('latin1')
+      const lower = name.toLowerCase()
+      if (DROP_RESPONSE.has(lower)) continue
+      const value = rawHeaders[i + 1].toString('latin1')
+      if (lower === 'content-type') contentType = value
+      else if (lower === 'x-generation-id') generationId = value
+      out.push(name, value)
+    }
+    this.res.writeHead(statusCode, out)
+    this.res.on('drain', resume)
+    this.tap = new ResponseTap(statusCode < 300 ? bodyKind(contentType) : 'json', (id) => this.sawGeneration(id))
+    if (generationId && statusCode < 300) this.sawGeneration(generationId)
+    return true
+  }
+
+  onData (chunk: Buffer): boolean {
+    const more = this.res.write(chunk)
+    this.tap!.write(chunk)
+    return more
+  }
+
+  onComplete (): void {
+    this.res.end()
+    this.finish(null)
+  }
+
+  onError (err: Error): void {
+    if (this.done) return
+    if (!this.res.headersSent && !this.clientGone) {
+      if (isTimeout(err)) sendError(this.res, 504, 'upstream_error', 'upstream_timeout', 'OpenRouter did not answer in time')
+      else sendError(this.res, 502, 'upstream_error', 'upstream_unreachable', 'OpenRouter could not be reached')
+    } else if (!this.clientGone) {
+      // Mid-stream: end the response cleanly; the record says what happened.
+      this.res.end()
+    }
+    this.finish(err)
+  }
+
+  private sawGeneration (id: string): void {
+    if (this.rec.generationId) return
+    this.rec.generationId = id
+    this.ctx.ledger.pending(this.rec)
+  }
+
+  private finish (err: Error | null): void {
+    if (this.done) return
+    this.done = true
+    this.ctx.track(-1)
+    const tap = this.tap?.end() ?? null
+    let outcome: Outcome
+    if (this.clientGone) outcome = 'client_aborted'
+    else if (err && !this.tap) outcome = isTimeout(err) ? 'upstream_timeout' : 'upstream_unreachable'
+    else if (this.status >= 400) outcome = 'upstream_error'
+    else if (tap?.error) outcome = 'stream_error'
+    else if (err) outcome = isTimeout(err) ? 'upstream_timeout' : 'incomplete'
+    else if (!tap?.usage) outcome = 'incomplete'
+    else outcome = 'ok'
+    let rec: UsageRecord = {
+      ...this.rec,
+      generationId: this.rec.generationId ?? tap?.generationId ?? null,
+      servedModel: tap?.servedModel ?? null,
+      provider: tap?.provider ?? null,
+      status: this.clientGone && !this.res.headersSent ? 499 : (this.status || (err ? (isTimeout(err) ? 504 : 502) : 0)),
+      outcome,
+      finishReason: tap?.finishReason ?? null,
+      errorMessage: tap?.error?.message ?? (err && !this.clientGone ? err.message : null),
+      latencyMs: msSince(this.started),
+      ttfbMs: this.ttfbMs,
+    }
+    rec = withUsage(rec, tap?.usage ?? null, 'inline')
+    this.ctx.observe?.(rec, this.status)
+    // Usage missing but the generation known: ask OpenRouter what it charged. An upstream error
+    // answered before any generation is recorded as is, with no invented cost.
+    if (rec.usageSource === 'none' && rec.generationId && outcome !== 'upstream_error') {
+      this.ctx.ledger.pending(rec)
+      this.ctx.reconciler.enqueue(rec)
+    } else {
+      this.ctx.ledger.record(rec)
+    }
+  }
+}
+
+function msSince (start: bigint): number {
+  return Number((process.hrtime.bigint() - start) / 1000n) / 1000
+}
+
+function isTimeout (err: Error): boolean {
+  return err instanceof undiciErrors.HeadersTimeoutError || err instanceof undiciErrors.BodyTimeoutError ||
+    err instanceof undiciErrors.ConnectTimeoutError
+}

@@ -1,0 +1,62 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { timingSafeEqual, createHash } from 'node:crypto'
+import { sendError } from './errors.js'
+import { METERED, handleMetered, type MeterContext } from './metered.js'
+import type { Passthrough } from './passthrough.js'
+
+// Routing, access and readiness. The data plane lives under /v1/ (the app's OpenAI base URL) and
+// /api/v1/ (OpenRouter's own layout); the rest of the path is appended to OPENROUTER_BASE_URL.
+
+export interface ServerContext {
+  meter: MeterContext
+  passthrough: Passthrough
+  proxyApiKey: string | undefined
+  isReady: () => boolean
+  metrics?: (req: IncomingMessage, res: ServerResponse) => void
+}
+
+export function createProxyServer (ctx: ServerContext): Server {
+  const keyDigest = ctx.proxyApiKey ? digest(`Bearer ${ctx.proxyApiKey}`) : null
+  const server = createServer({
+    // Slow or endless clients are cut off: headers within 30 s, a whole request within 10 min.
+    headersTimeout: 30_000,
+    requestTimeout: 600_000,
+    keepAliveTimeout: 65_000,
+  }, (req, res) => route(req, res))
+
+  function route (req: IncomingMessage, res: ServerResponse): void {
+    const url = req.url ?? '/'
+    let rest: string
+    if (url.startsWith('/v1/')) rest = url.slice(3)
+    else if (url.startsWith('/api/v1/')) rest = url.slice(7)
+    else {
+      if (url === '/healthz') return plain(res, 200, '{"status":"ok"}')
+      if (url === '/readyz') return ctx.isReady() ? plain(res, 200, '{"status":"ready"}') : plain(res, 503, '{"status":"starting"}')
+      if (url === '/metrics' && ctx.metrics) return ctx.metrics(req, res)
+      return sendError(res, 404, 'not_found_error', 'not_found', `no route for ${req.method} ${url.split('?')[0]}: the API lives under /v1/`)
+    }
+    if (!ctx.isReady()) return sendError(res, 503, 'service_unavailable', 'not_ready', 'usage-proxy is starting', { 'retry-after': '1' })
+    if (keyDigest) {
+      const given = req.headers.authorization
+      // Compare digests: constant time whatever the length of what the client sent.
+      if (typeof given !== 'string' || !timingSafeEqual(digest(given), keyDigest)) {
+        req.resume()
+        return sendError(res, 401, 'authentication_error', 'invalid_api_key', 'missing or wrong API key for usage-proxy')
+      }
+    }
+    const q = rest.indexOf('?')
+    const path = q === -1 ? rest : rest.slice(0, q)
+    const endpoint = path.slice(1)
+    if (req.method === 'POST' && METERED.has(endpoint)) return handleMetered(req, res, endpoint, q === -1 ? '' : rest.slice(q), ctx.meter)
+    ctx.passthrough.handle(req, res, rest)
+  }
+
+  return server
+}
+
+function plain (res: ServerResponse, status: number, body: string): void {
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': body.length, 'cache-control': 'no-store' })
+  res.end(body)
+}
+
+function digest (s: string): Buffer { return createHash('sha256').update(s).digest() }

@@ -1,0 +1,136 @@
+import { closeSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, statSync, unlinkSync, writeSync } from 'node:fs'
+import { join } from 'node:path'
+import type { Logger } from '../log.js'
+import type { UsageRecord } from './record.js'
+
+// The local journal: a usage record is on disk before it is queued for Postgres, and leaves the
+// disk only after its row is committed. Lines are appended with write(2) to an O_APPEND file, so
+// once append() returns the line survives a SIGKILL (the kernel has it); a torn last line after a
+// power cut is skipped and reported at replay, never fatal.
+//
+// Segments: journal/seg-<seq>.jsonl. A segment is deleted when every record it holds is
+// committed. Two kinds of line, both keyed by the record's eventId:
+//   {"k":"p","r":{...}}  pending: the generation id is known, the request is still running
+//   {"k":"r","r":{...}}  final: the record as it will be inserted
+
+export interface Replay { finals: UsageRecord[], pendings: UsageRecord[], tornLines: number, segments: number }
+
+const SEGMENT_BYTES = 8 * 1024 * 1024
+
+interface Segment { seq: number, path: string, outstanding: number, sealed: boolean }
+
+export class Journal {
+  private current: Segment | null = null
+  private fd = -1
+  private size = 0
+  private readonly segments = new Map<number, Segment>()
+  /** eventId -> segments holding lines that stay outstanding until its row is committed */
+  private readonly holders = new Map<string, number[]>()
+  private nextSeq = 1
+  failures = 0
+
+  constructor (private readonly dir: string, private readonly log: Logger) {
+    mkdirSync(dir, { recursive: true })
+  }
+
+  /** Reads every segment left by an earlier process. Call once, before the first append. */
+  replay (): Replay {
+    const files = readdirSync(this.dir).filter((f) => /^seg-\d+\.jsonl$/.test(f)).sort()
+    const finals = new Map<string, UsageRecord>()
+    const pendings = new Map<string, UsageRecord>()
+    let tornLines = 0
+    for (const f of files) {
+      const seq = Number(f.slice(4, -6))
+      this.nextSeq = Math.max(this.nextSeq, seq + 1)
+      const text = readFileSync(join(this.dir, f), 'utf8')
+      for (const line of text.split('\n')) {
+        if (line === '') continue
+        let entry: { k?: string, r?: UsageRecord }
+        try { entry = JSON.parse(line) } catch { tornLines++; continue }
+        const r = entry.r
+        if (!r || typeof r.eventId !== 'string') { tornLines++; continue }
+        if (entry.k === 'r') finals.set(r.eventId, r)
+        else if (entry.k === 'p') pendings.set(r.eventId, r)
+      }
+    }
+    for (const id of finals.keys()) pendings.delete(id)
+    if (tornLines > 0) this.log.warn({ tornLines }, 'journal: skipped unreadable lines (a write cut short by a crash)')
+    // Carry what is still owed into a fresh segment, then drop the old ones: the replayed
+    // records are tracked like new ones from here on.
+    for (const r of pendings.values()) this.pending(r)
+    for (const r of finals.values()) this.append(r)
+    if (this.fd !== -1) fsyncSync(this.fd)
+    for (const f of files) unlinkSync(join(this.dir, f))
+    return { finals: [...finals.values()], pendings: [...pendings.values()], tornLines, segments: files.length }
+  }
+
+  /** The request is under way and its generation id is known: enough to reconcile it after a crash. */
+  pending (r: UsageRecord): void { this.write('p', r) }
+
+  /** The final record, before it is queued for Postgres. */
+  append (r: UsageRecord): void { this.write('r', r) }
+
+  /** Its row is committed: the lines of this record are no longer needed. */
+  committed (eventId: string): void {
+    const seqs = this.holders.get(eventId)
+    if (!seqs) return
+    this.holders.delete(eventId)
+    for (const seq of seqs) {
+      const seg = this.segments.get(seq)
+      if (!seg) continue
+      seg.outstanding--
+      this.maybeDelete(seg)
+    }
+  }
+
+  /** Records in the journal not yet committed. */
+  get backlog (): number { return this.holders.size }
+
+  close (): void {
+    if (this.fd !== -1) { try { fsyncSync(this.fd) } catch {} closeSync(this.fd); this.fd = -1 }
+    if (this.current) { this.current.sealed = true; this.maybeDelete(this.current); this.current = null }
+  }
+
+  private write (kind: 'p' | 'r', r: UsageRecord): void {
+    const line = JSON.stringify({ k: kind, r }) + '\n'
+    try {
+      const seg = this.segment()
+      const bytes = Buffer.byteLength(line)
+      writeSync(this.fd, line)
+      this.size += bytes
+      seg.outstanding++
+      const seqs = this.holders.get(r.eventId)
+      if (seqs) seqs.push(seg.seq)
+      else this.holders.set(r.eventId, [seg.seq])
+    } catch (err) {
+      // Disk full or read-only: the record still goes to Postgres from memory, only crash
+      // safety is lost for it. Proxying never stops for the journal.
+      this.failures++
+      this.log.error({ err: (err as Error).message, eventId: r.eventId }, 'journal: append failed; record kept in memory only')
+    }
+  }
+
+  private segment (): Segment {
+    if (this.current && this.size < SEGMENT_BYTES) return this.current
+    if (this.current) {
+      closeSync(this.fd)
+      this.fd = -1
+      this.current.sealed = true
+      this.maybeDelete(this.current)
+    }
+    const seq = this.nextSeq++
+    const path = join(this.dir, `seg-${String(seq).padStart(12, '0')}.jsonl`)
+    this.fd = openSync(path, 'a')
+    this.size = statSync(path).size
+    const seg: Segment = { seq, path, outstanding: 0, sealed: false }
+    this.segments.set(seq, seg)
+    this.current = seg
+    return seg
+  }
+
+  private maybeDelete (seg: Segment): void {
+    if (!seg.sealed || seg.outstanding > 0) return
+    this.segments.delete(seg.seq)
+    try { unlinkSync(seg.path) } catch { /* already gone */ }
+  }
+}

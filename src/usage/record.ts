@@ -1,0 +1,99 @@
+import type { Usage } from './extract.js'
+
+// One row of usage_events, as it travels through the journal and the writer. Costs are decimal
+// strings, timestamps ISO strings: the record survives a JSON round trip unchanged.
+
+export type Outcome =
+  | 'ok' // usage arrived inline
+  | 'upstream_error' // OpenRouter answered 4xx/5xx before any content
+  | 'stream_error' // an error event arrived mid-stream
+  | 'client_aborted' // the client hung up; upstream was aborted too
+  | 'incomplete' // the body ended without usage (broken stream, non-JSON body)
+  | 'upstream_timeout' // OpenRouter went silent past the configured timeout
+  | 'upstream_unreachable' // no HTTP answer at all
+  | 'interrupted' // the sidecar itself stopped mid-request (found in the journal at boot)
+
+export type UsageSource = 'inline' | 'generation' | 'none'
+
+export interface UsageRecord {
+  eventId: string
+  generationId: string | null
+  organizationId: string
+  userId: string | null
+  externalUserId: string
+  endpoint: string
+  model: string | null
+  servedModel: string | null
+  provider: string | null
+  streamed: boolean
+  status: number
+  outcome: Outcome
+  finishReason: string | null
+  errorMessage: string | null
+  usageSource: UsageSource
+  promptTokens: number | null
+  completionTokens: number | null
+  totalTokens: number | null
+  cachedTokens: number | null
+  reasoningTokens: number | null
+  costUsd: string | null
+  upstreamCostUsd: string | null
+  isByok: boolean | null
+  markupPercent: string
+  latencyMs: number | null
+  ttfbMs: number | null
+  chatId: string | null
+  createdAt: string
+}
+
+export function withUsage (rec: UsageRecord, usage: Usage | null, source: UsageSource): UsageRecord {
+  if (!usage) return rec
+  return {
+    ...rec,
+    usageSource: source,
+    promptTokens: usage.promptTokens,
+    completionTokens: usage.completionTokens,
+    totalTokens: usage.totalTokens,
+    cachedTokens: usage.cachedTokens,
+    reasoningTokens: usage.reasoningTokens,
+    costUsd: usage.costUsd,
+    upstreamCostUsd: usage.upstreamCostUsd,
+    isByok: usage.isByok,
+  }
+}
+
+/** Column order of usage_events as the writer inserts it. */
+export function toRow (r: UsageRecord): Record<string, unknown> {
+  return {
+    event_id: r.eventId,
+    generation_id: r.generationId,
+    organization_id: r.organizationId,
+    user_id: r.userId,
+    external_user_id: r.externalUserId,
+    endpoint: r.endpoint,
+    model: r.model,
+    served_model: r.servedModel,
+    provider: r.provider,
+    streamed: r.streamed,
+    status: r.status,
+    outcome: r.outcome,
+    finish_reason: r.finishReason,
+    error_message: r.errorMessage,
+    usage_source: r.usageSource,
+    prompt_tokens: r.promptTokens,
+    completion_tokens: r.completionTokens,
+    total_tokens: r.totalTokens,
+    cached_tokens: r.cachedTokens,
+    reasoning_tokens: r.reasoningTokens,
+    cost_usd: r.costUsd,
+    upstream_cost_usd: r.upstreamCostUsd,
+    is_byok: r.isByok,
+    markup_percent: r.markupPercent,
+    latency_ms: r.latencyMs,
+    ttfb_ms: r.ttfbMs,
+    chat_id: r.chatId,
+    created_at: r.createdAt,
+  }
+}
+
+export const ROW_COLUMNS = Object.keys(toRow({} as UsageRecord))

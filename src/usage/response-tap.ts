@@ -1,0 +1,185 @@
+import { SseScanner, type SseEvent } from './sse-scanner.js'
+import { exactObjectNearEnd, parseExact, type ExactJson } from './exact-json.js'
+import { findUsage, mergeUsage, normalizeUsage, type Usage } from './extract.js'
+
+// The tee's reading side: it sees every byte the client gets, after the client got it, and keeps
+// only what a ledger row needs. It never changes or holds back the bytes themselves.
+
+export interface TapResult {
+  generationId: string | null
+  servedModel: string | null
+  provider: string | null
+  finishReason: string | null
+  usage: Usage | null
+  error: { code: string | null, message: string } | null
+  /** The body could not be understood (non-JSON, broken SSE, too large to inspect). */
+  malformed: boolean
+  /** A stream ended with `data: [DONE]`. */
+  done: boolean
+}
+
+export type BodyKind = 'sse' | 'json' | 'other'
+
+/** JSON bodies larger than this are streamed through but not inspected; /generation fills in. */
+const MAX_JSON_INSPECT = 16 * 1024 * 1024
+const DONE = Buffer.from('[DONE]')
+
+export function bodyKind (contentType: string | undefined): BodyKind {
+  if (!contentType) return 'other'
+  if (contentType.includes('text/event-stream')) return 'sse'
+  if (contentType.includes('json')) return 'json'
+  return 'other'
+}
+
+type Obj = { [key: string]: unknown }
+const asObj = (v: unknown): Obj | undefined => (v !== null && typeof v === 'object' && !Array.isArray(v) ? v as Obj : undefined)
+const text = (v: unknown): string | null => (typeof v === 'string' && v !== '' ? v : null)
+
+export class ResponseTap {
+  readonly result: TapResult = {
+    generationId: null, servedModel: null, provider: null, finishReason: null,
+    usage: null, error: null, malformed: false, done: false,
+  }
+
+  private readonly scanner: SseScanner | null
+  private parts: Buffer[] | null = null
+  private size = 0
+  private seenFirst = false
+
+  constructor (readonly kind: BodyKind, private readonly onGenerationId?: (id: string) => void) {
+    this.scanner = kind === 'sse' ? new SseScanner((e) => this.event(e)) : null
+    if (kind === 'json') this.parts = []
+  }
+
+  write (chunk: Buffer): void {
+    if (this.scanner) { this.scanner.push(chunk); return }
+    if (this.parts) {
+      this.size += chunk.length
+      if (this.size > MAX_JSON_INSPECT) { this.parts = null; this.result.malformed = true; return }
+      this.parts.push(chunk)
+    }
+  }
+
+  end (): TapResult {
+    if (this.scanner) this.scanner.end()
+    else if (this.parts) this.json(Buffer.concat(this.parts, this.size).toString('utf8'))
+    this.parts = null
+    return this.result
+  }
+
+  private event (e: SseEvent): void {
+    const data = e.data
+    if (data.length === DONE.length && data.equals(DONE)) { this.result.done = true; return }
+    // Content deltas are the bulk of a stream: a plain byte search rejects them without decoding,
+    // and only the few events that can carry usage, an error or the finish reason are parsed,
+    // exactly, so that a cost keeps its decimal digits.
+    const telling = keyThen(data, '"usage"', 0x7b) || keyThen(data, '"error"', 0x7b) || keyThen(data, '"finish_reason"', 0x22) ||
+      (e.type !== undefined && (e.type === 'response.completed' || e.type === 'response.failed' || e.type === 'response.incomplete'))
+    if (!this.seenFirst) {
+      // The first event names the generation: parse it once, whatever it holds.
+      this.seenFirst = true
+      const o = telling ? this.parseExactly(data) : this.parse(data)
+      if (o) this.identify(o)
+      if (o && telling) this.absorb(o)
+      return
+    }
+    if (telling) {
+      const o = this.parseExactly(data)
+      if (o) this.absorb(o)
+    }
+  }
+
+  private parse (data: Buffer): Obj | undefined {
+    try {
+      const o = asObj(JSON.parse(data.toString('utf8')))
+      if (o) return o
+    } catch { /* fall through */ }
+    this.result.malformed = true
+    return undefined
+  }
+
+  private parseExactly (data: Buffer): Obj | undefined {
+    try {
+      const o = asObj(parseExact(data.toString('utf8')))
+      if (o) return o
+    } catch { /* fall through */ }
+    this.result.malformed = true
+    return undefined
+  }
+
+  private identify (o: Obj): void {
+    const holder = asObj(o.response) ?? asObj(o.message) ?? o
+    const id = text(holder.id) ?? text(o.id)
+    if (id && !this.result.generationId) {
+      this.result.generationId = id
+      this.onGenerationId?.(id)
+    }
+    this.result.servedModel ??= text(holder.model) ?? text(o.model)
+    this.result.provider ??= text(o.provider) ?? text(holder.provider)
+  }
+
+  private absorb (o: Obj): void {
+    if (!this.result.generationId) this.identify(o)
+    const usage = normalizeUsage(findUsage(o))
+    if (usage) this.result.usage = mergeUsage(this.result.usage, usage)
+    this.error(o)
+    this.finish(o)
+  }
+
+  private error (o: Obj): void {
+    const err = asObj(o.error) ?? (o.type === 'response.failed' ? asObj(asObj(o.response)?.error) : undefined)
+    if (!err) return
+    const code = err.code === undefined || err.code === null ? null : String(err.code)
+    this.result.error = { code, message: typeof err.message === 'string' ? err.message : JSON.stringify(err) }
+  }
+
+  private finish (o: Obj): void {
+    const choices = Array.isArray(o.choices) ? o.choices : undefined
+    const fr = choices && choices.length > 0 ? text(asObj(choices[0])?.finish_reason) : null
+    const stop = text(asObj(o.delta)?.stop_reason) // Messages API
+    const status = o.type === 'response.completed' || o.type === 'response.incomplete' ? text(asObj(o.response)?.status) : null
+    const reason = fr ?? stop ?? status
+    if (reason) this.result.finishReason = reason
+  }
+
+  private json (body: string): void {
+    let o: Obj | undefined
+    try { o = asObj(JSON.parse(body)) } catch { o = undefined }
+    if (!o) { this.result.malformed = body.length > 0; return }
+    this.identify(o)
+    this.error(o)
+    this.finish(o)
+    const native = asObj(findUsage(o))
+    if (native) {
+      // Re-read the usage object from the text so the cost keeps its exact decimal digits.
+      const exact = exactObjectNearEnd(body, 'usage', (v) => sameTokens(v, native))
+      const usage = normalizeUsage(exact ?? native)
+      if (usage) this.result.usage = mergeUsage(this.result.usage, usage)
+    }
+  }
+}
+
+/** Is `key` followed (after optional spaces and a colon) by the byte `next`? */
+export function keyThen (data: Buffer, key: string, next: number): boolean {
+  let at = data.indexOf(key)
+  while (at !== -1) {
+    let i = at + key.length
+    while (data[i] === 0x20) i++
+    if (data[i] === 0x3a) {
+      i++
+      while (data[i] === 0x20) i++
+      if (data[i] === next) return true
+    }
+    at = data.indexOf(key, at + 1)
+  }
+  return false
+}
+
+function sameTokens (exact: ExactJson, native: Obj): boolean {
+  const e = asObj(exact)
+  if (!e) return false
+  for (const k of ['prompt_tokens', 'completion_tokens', 'input_tokens', 'output_tokens', 'total_tokens']) {
+    if (native[k] !== undefined && String(native[k]) !== String(e[k])) return false
+  }
+  return true
+}

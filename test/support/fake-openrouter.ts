@@ -1,0 +1,287 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
+
+// A fake OpenRouter that behaves like the real one where the sidecar depends on it
+// (shared/context/openrouter.md): ": OPENROUTER PROCESSING" comments before and between events,
+// CRLF on request, events cut into reads at arbitrary bytes (through multi-byte characters),
+// usage only in the last chunk with "choices": [], errors mid-stream with finish_reason "error",
+// X-Generation-Id headers, error bodies whose status equals error.code, and /generation
+// answering 404 for a while after the request ends.
+//
+// The scenario is picked by the requested model:
+//   fake/ok (default)  usage inline           fake/error-402   402 before streaming
+//   fake/error-mid     error event, no usage  fake/no-usage    stream ends without usage
+//   fake/slow          paced events (aborts)  fake/garbage     200 with a non-JSON body
+//   fake/hang          headers, then silence  fake/crlf        CRLF line ends
+
+export interface FakeGeneration {
+  id: string
+  model: string
+  provider: string
+  endpoint: string
+  streamed: boolean
+  promptTokens: number
+  completionTokens: number
+  cachedTokens: number
+  reasoningTokens: number
+  /** Exact decimal text of what was charged, as it appears in the JSON. */
+  cost: string
+  user: string | null
+  cancelled: boolean
+  finishReason: string | null
+  completedAt: number | null
+}
+
+export interface RecordedRequest { method: string, path: string, headers: IncomingMessage['headers'], body: string }
+
+const CONTENT = ['Grüße', ' aus', ' 日本', ' 🌍', ' — ok', '. "usage": {"cost": 99}', ' fin']
+
+export class FakeOpenRouter {
+  server: Server
+  port = 0
+  readonly requests: RecordedRequest[] = []
+  readonly generations = new Map<string, FakeGeneration>()
+  /** Every byte sent in each generation's response body, for byte-for-byte checks. */
+  readonly sent = new Map<string, Buffer>()
+  /** /generation answers 404 until this long after a generation completed. */
+  generationDelayMs = 300
+  generationLookups = 0
+  slowEventMs = 40
+  private seq = 0
+  private rng: () => number
+
+  constructor (seed = 42) {
+    this.rng = mulberry32(seed)
+    this.server = createServer((req, res) => { void this.handle(req, res) })
+  }
+
+  get baseUrl (): string { return `http://127.0.0.1:${this.port}/api/v1` }
+
+  async start (): Promise<this> {
+    await new Promise<void>((r) => this.server.listen(0, '127.0.0.1', r))
+    this.port = (this.server.address() as AddressInfo).port
+    return this
+  }
+
+  async close (): Promise<void> {
+    this.server.closeAllConnections()
+    await new Promise<void>((r) => this.server.close(() => r()))
+  }
+
+  /** Sum of what was charged, in exact decimal (as integer nano-nano-dollars), for cross-checks. */
+  chargedTotal (): string { return sumDecimals([...this.generations.values()].map((g) => g.cost)) }
+
+  private async handle (req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const chunks: Buffer[] = []
+    for await (const c of req) chunks.push(c as Buffer)
+    const body = Buffer.concat(chunks).toString('utf8')
+    const url = new URL(req.url ?? '/', 'http://x')
+    this.requests.push({ method: req.method ?? '', path: url.pathname + url.search, headers: req.headers, body })
+    if (req.headers.authorization !== 'Bearer sk-or-v1-test-key-0123456789') {
+      return json(res, 401, { error: { code: 401, message: 'No auth credentials found' } })
+    }
+    const path = url.pathname.replace(/^\/api\/v1/, '')
+    if (req.method === 'GET' && path === '/models') return json(res, 200, { data: [{ id: 'fake/ok', name: 'Fake OK' }] })
+    if (req.method === 'GET' && path === '/generation') return this.generation(res, url.searchParams.get('id') ?? '')
+    if (req.method !== 'POST') return json(res, 404, { error: { code: 404, message: 'Not Found' } })
+    let parsed: Record<string, any>
+    try { parsed = JSON.parse(body) } catch { return json(res, 400, { error: { code: 400, message: 'Invalid JSON' } }) }
+    const endpoint = path.slice(1)
+    const model = String(parsed.model ?? 'fake/ok')
+    if (model === 'fake/error-402') {
+      return json(res, 402, { error: { code: 402, message: 'Insufficient credits. Add more using https://openrouter.ai/credits', metadata: {} } })
+    }
+    const g = this.newGeneration(endpoint, model, parsed.stream === true, typeof parsed.user === 'string' ? parsed.user : null)
+    if (model === 'fake/garbage') {
+      res.writeHead(200, { 'content-type': 'application/json', 'x-generation-id': g.id })
+      return this.finish(g, res, Buffer.from('<html>upstream proxy hiccup</html>'))
+    }
+    if (endpoint === 'embeddings') return this.embeddings(g, res)
+    if (g.streamed) return this.stream(g, endpoint, model, req, res)
+    return this.complete(g, endpoint, res)
+  }
+
+  private newGeneration (endpoint: string, model: string, streamed: boolean, user: string | null): FakeGeneration {
+    const n = ++this.seq
+    // Costs with more significant digits than a double holds: a float anywhere on the way fails.
+    const cost = `0.000${String(n).padStart(3, '0')}${Math.floor(this.rng() * 1e9).toString().padStart(9, '0')}987654321`
+    const g: FakeGeneration = {
+      id: `gen-${Date.now()}-${n}`, model: model === 'fake/ok' ? 'fake/ok-2025' : model, provider: 'FakeProvider', endpoint, streamed,
+      promptTokens: 11 + n, completionTokens: CONTENT.length, cachedTokens: n % 3, reasoningTokens: n % 2, cost, user,
+      cancelled: false, finishReason: 'stop', completedAt: null,
+    }
+    this.generations.set(g.id, g)
+    return g
+  }
+
+  private usage (g: FakeGeneration, endpoint: string): string {
+    if (endpoint === 'responses') {
+      return `{"input_tokens":${g.promptTokens},"input_tokens_details":{"cached_tokens":${g.cachedTokens}},"output_tokens":${g.completionTokens},"output_tokens_details":{"reasoning_tokens":${g.reasoningTokens}},"total_tokens":${g.promptTokens + g.completionTokens},"cost":${g.cost}}`
+    }
+    if (endpoint === 'messages') {
+      return `{"input_tokens":${g.promptTokens},"cache_read_input_tokens":${g.cachedTokens},"output_tokens":${g.completionTokens},"cost":${g.cost}}`
+    }
+    return `{"prompt_tokens":${g.promptTokens},"completion_tokens":${g.completionTokens},"total_tokens":${g.promptTokens + g.completionTokens},` +
+      `"prompt_tokens_details":{"cached_tokens":${g.cachedTokens},"cache_write_tokens":0,"audio_tokens":0},` +
+      `"completion_tokens_details":{"reasoning_tokens":${g.reasoningTokens},"image_tokens":0},` +
+      `"cost":${g.cost},"is_byok":false,"cost_details":{"upstream_inference_cost":null,"upstream_inference_prompt_cost":0.0008,"upstream_inference_completions_cost":0.0004}}`
+  }
+
+  private complete (g: FakeGeneration, endpoint: string, res: ServerResponse): void {
+    const text = JSON.stringify(CONTENT.join(''))
+    let body: string
+    if (endpoint === 'responses') {
+      body = `{"id":"${g.id}","object":"response","model":"${g.model}","status":"completed","output":[{"type":"message","content":[{"type":"output_text","text":${text}}]}],"usage":${this.usage(g, endpoint)}}`
+    } else if (endpoint === 'messages') {
+      body = `{"id":"${g.id}","type":"message","role":"assistant","model":"${g.model}","content":[{"type":"text","text":${text}}],"stop_reason":"end_turn","usage":${this.usage(g, endpoint)}}`
+    } else {
+      body = `{"id":"${g.id}","provider":"${g.provider}","model":"${g.model}","object":"chat.completion","created":1764300000,` +
+        `"choices":[{"index":0,"finish_reason":"stop","message":{"role":"assistant","content":${text}}}],"usage":${this.usage(g, endpoint)}}`
+    }
+    res.writeHead(200, { 'content-type': 'application/json', 'x-generation-id': g.id })
+    this.finish(g, res, Buffer.from(body))
+  }
+
+  private embeddings (g: FakeGeneration, res: ServerResponse): void {
+    g.completionTokens = 0
+    g.reasoningTokens = 0
+    g.cachedTokens = 0
+    const body = `{"id":"${g.id}","object":"list","model":"${g.model}","data":[{"object":"embedding","index":0,"embedding":[0.0123,-0.5,1e-7]}],` +
+      `"usage":{"prompt_tokens":${g.promptTokens},"total_tokens":${g.promptTokens},"cost":${g.cost}}}`
+    res.writeHead(200, { 'content-type': 'application/json' })
+    this.finish(g, res, Buffer.from(body))
+  }
+
+  private async stream (g: FakeGeneration, endpoint: string, model: string, req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const nl = model === 'fake/crlf' ? '\r\n' : '\n'
+    const events: string[] = [`: OPENROUTER PROCESSING${nl}${nl}`]
+    const ev = (data: string, type?: string) => (type ? `event: ${type}${nl}` : '') + `data: ${data}${nl}${nl}`
+    const chunk = (delta: string, finish: string | null) =>
+      `{"id":"${g.id}","provider":"${g.provider}","model":"${g.model}","object":"chat.completion.chunk","created":1764300000,` +
+      `"choices":[{"index":0,"delta":${delta},"finish_reason":${finish === null ? 'null' : `"${finish}"`},"native_finish_reason":null}]}`
+    if (endpoint === 'responses') {
+      events.push(ev(`{"type":"response.created","response":{"id":"${g.id}","model":"${g.model}","status":"in_progress","usage":null}}`, 'response.created'))
+      for (const c of CONTENT) events.push(ev(`{"type":"response.output_text.delta","delta":${JSON.stringify(c)}}`, 'response.output_text.delta'))
+      events.push(ev(`{"type":"response.completed","response":{"id":"${g.id}","model":"${g.model}","status":"completed","usage":${this.usage(g, endpoint)}}}`, 'response.completed'))
+    } else {
+      events.push(ev(chunk('{"role":"assistant","content":""}', null)))
+      const n = model === 'fake/slow' ? 200 : CONTENT.length
+      if (model === 'fake/slow') g.completionTokens = n
+      for (let i = 0; i < n; i++) {
+        const last = i === n - 1 && model !== 'fake/error-mid'
+        events.push(ev(chunk(`{"content":${JSON.stringify(CONTENT[i % CONTENT.length])}}`, last ? 'stop' : null)))
+        if (i % 3 === 1) events.push(`: OPENROUTER PROCESSING${nl}${nl}`)
+        if (model === 'fake/error-mid' && i === 2) {
+          g.completionTokens = 3
+          g.cost = '0'
+          g.finishReason = 'error'
+          events.push(ev(`{"id":"${g.id}","object":"chat.completion.chunk","created":1764300000,"model":"${g.model}","provider":"${g.provider}",` +
+            `"error":{"code":502,"message":"Provider disconnected unexpectedly","metadata":{"provider_name":"FakeProvider"}},` +
+            `"choices":[{"index":0,"delta":{"content":""},"finish_reason":"error"}]}`))
+          break
+        }
+      }
+      if (model !== 'fake/error-mid' && model !== 'fake/no-usage') {
+        events.push(ev(`{"id":"${g.id}","provider":"${g.provider}","model":"${g.model}","object":"chat.completion.chunk","created":1764300000,"choices":[],"usage":${this.usage(g, endpoint)}}`))
+      }
+      events.push(ev('[DONE]'))
+    }
+    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', 'x-generation-id': g.id })
+    if (model === 'fake/hang') {
+      res.write(events[0])
+      res.flushHeaders()
+      return // never another byte: the sidecar's body timeout must end this
+    }
+    const bytes = Buffer.from(events.join(''))
+    const sentParts: Buffer[] = []
+    let aborted = false
+    res.on('close', () => { if (!res.writableFinished) aborted = true })
+    if (model === 'fake/slow') {
+      let sentEvents = 0
+      for (const e of events) {
+        if (aborted) break
+        const b = Buffer.from(e)
+        sentParts.push(b)
+        res.write(b)
+        if (e.startsWith('data: {')) sentEvents++
+        await sleep(this.slowEventMs)
+      }
+      if (aborted) {
+        // Billed as far as it got (a provider that supports cancellation stops here).
+        g.cancelled = true
+        g.completionTokens = Math.max(0, sentEvents - 1)
+        g.finishReason = null
+        g.cost = `0.0000${String(g.completionTokens).padStart(4, '0')}11111111111111`
+      }
+      this.sent.set(g.id, Buffer.concat(sentParts))
+      g.completedAt = Date.now()
+      if (!aborted) res.end()
+      return
+    }
+    // Cut the stream at random byte offsets, through UTF-8 sequences and CRLF pairs alike.
+    let at = 0
+    while (at < bytes.length) {
+      const size = 1 + Math.floor(this.rng() * 23)
+      const part = bytes.subarray(at, at + size)
+      res.write(part)
+      sentParts.push(part)
+      at += size
+      if (this.rng() < 0.2) await sleep(1)
+    }
+    this.sent.set(g.id, Buffer.concat(sentParts))
+    g.completedAt = Date.now()
+    res.end()
+  }
+
+  private finish (g: FakeGeneration, res: ServerResponse, body: Buffer): void {
+    this.sent.set(g.id, body)
+    g.completedAt = Date.now()
+    res.end(body)
+  }
+
+  private generation (res: ServerResponse, id: string): void {
+    this.generationLookups++
+    const g = this.generations.get(id)
+    if (!g || g.completedAt === null || Date.now() - g.completedAt < this.generationDelayMs) {
+      return json(res, 404, { error: { code: 404, message: 'Generation not found' } })
+    }
+    const body = `{"data":{"id":"${g.id}","model":"${g.model}","provider_name":"${g.provider}","total_cost":${g.cost},"cache_discount":null,` +
+      `"upstream_inference_cost":null,"is_byok":false,"streamed":${g.streamed},"cancelled":${g.cancelled},` +
+      `"finish_reason":${g.finishReason === null ? 'null' : `"${g.finishReason}"`},"tokens_prompt":${g.promptTokens},"tokens_completion":${g.completionTokens},` +
+      `"native_tokens_prompt":${g.promptTokens},"native_tokens_completion":${g.completionTokens},"native_tokens_reasoning":${g.reasoningTokens},` +
+      `"native_tokens_cached":${g.cachedTokens},"latency":120,"generation_time":900,"external_user":${g.user === null ? 'null' : JSON.stringify(g.user)},"created_at":"2026-11-28T10:00:00Z"}}`
+    res.writeHead(200, { 'content-type': 'application/json' })
+    res.end(body)
+  }
+}
+
+function json (res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body)
+  res.writeHead(status, { 'content-type': 'application/json' })
+  res.end(text)
+}
+
+function sleep (ms: number): Promise<void> { return new Promise((r) => setTimeout(r, ms)) }
+
+export function mulberry32 (seed: number): () => number {
+  let a = seed >>> 0
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0
+    let t = a
+    t = Math.imul(t ^ (t >>> 15), t | 1)
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+}
+
+/** Exact sum of decimal strings, via BigInt at a fixed scale: the test's own float-free oracle. */
+export function sumDecimals (values: string[], scale = 30): string {
+  let total = 0n
+  for (const v of values) {
+    const [int, frac = ''] = v.split('.')
+    total += BigInt(int + frac.padEnd(scale, '0').slice(0, scale))
+  }
+  const s = total.toString().padStart(scale + 1, '0')
+  const out = `${s.slice(0, -scale)}.${s.slice(-scale)}`.replace(/\.?0+$/, '')
+  return out === '' ? '0' : out
+}

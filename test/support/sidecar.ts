@@ -1,0 +1,53 @@
+import { Writable } from 'node:stream'
+import { mkdtempSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { createLogger } from '../../src/log.js'
+import { start, type Sidecar } from '../../src/main.js'
+import type { FakeOpenRouter } from './fake-openrouter.js'
+
+export const TEST_KEY = 'sk-or-v1-test-key-0123456789'
+
+/** Every log line the sidecar wrote, as text: tests assert what is (and is not) in it. */
+export class LogSink extends Writable {
+  lines: string[] = []
+  _write (chunk: Buffer, _enc: string, cb: () => void): void { this.lines.push(chunk.toString('utf8')); cb() }
+  get text (): string { return this.lines.join('') }
+}
+
+export interface Started { sidecar: Sidecar, logs: LogSink, url: string, dataDir: string }
+
+export function baseEnv (fake: FakeOpenRouter, databaseUrl: string | undefined, extra: Record<string, string> = {}): Record<string, string | undefined> {
+  return {
+    OPENROUTER_API_KEY: TEST_KEY,
+    OPENROUTER_EXTERNAL_USER: 'mai_client_63a4eb6d',
+    ORGANIZATION_NAME: 'Acme GmbH',
+    DATABASE_URL: databaseUrl,
+    OPENROUTER_BASE_URL: fake.baseUrl,
+    PORT: '0',
+    HOST: '127.0.0.1',
+    MARKUP_PERCENT: '12.5',
+    LOG_LEVEL: 'debug',
+    LEDGER_FLUSH_MS: '10',
+    RECONCILE_MAX_WAIT_MS: '5000',
+    DATA_DIR: mkdtempSync(join(tmpdir(), 'usage-proxy-')),
+    ...extra,
+  }
+}
+
+export async function startSidecar (env: Record<string, string | undefined>): Promise<Started> {
+  const logs = new LogSink()
+  const sidecar = await start(env, createLogger(env.LOG_LEVEL ?? 'debug', logs))
+  await sidecar.ready
+  return { sidecar, logs, url: `http://127.0.0.1:${sidecar.port}`, dataDir: env.DATA_DIR! }
+}
+
+/** Waits until the ledger has written everything it holds (and nothing is left to reconcile). */
+export async function settle (sidecar: Sidecar, sql: import('postgres').Sql<{}>, expectedRows: number, timeoutMs = 10_000): Promise<number> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const [{ n }] = await sql<{ n: number }[]>`select count(*)::int as n from usage_events`
+    if (n >= expectedRows || Date.now() > deadline) return n
+    await new Promise((r) => setTimeout(r, 25))
+  }
+}
