@@ -138,7 +138,8 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
   return { config, server, port, ready: ready$, ledger: () => ledger, stop }
 }
 
-async function main (): Promise<void> {
+/** Runs the sidecar as a process: exits 2 on a configuration error, stops gracefully on SIGTERM/SIGINT. */
+export async function main (): Promise<void> {
   let sidecar: Sidecar
   try {
     sidecar = await start(process.env)
