@@ -1,0 +1,126 @@
+#!/usr/bin/env node
+import { createHash, randomBytes } from 'node:crypto'
+
+// The `usage-proxy` command: `start` (the default) runs the sidecar, `gen-env` writes the .env
+// of a new client organization. No framework: two commands and one option.
+
+const USAGE = `usage: usage-proxy [command]
+
+commands:
+  start                          run the sidecar (the default); configured by environment
+                                 variables, see README.md
+  gen-env "<Organization Name>" [--prefix mai_client]
+                                 print a .env for a new client organization to stdout:
+                                 its stable OPENROUTER_EXTERNAL_USER id, fresh PROXY_API_KEY
+                                 and POSTGRES_PASSWORD, and a placeholder OPENROUTER_API_KEY
+  help, --help, -h               print this help
+
+example:
+  usage-proxy gen-env "Acme GmbH" > .env && chmod 600 .env
+`
+
+const DEFAULT_PREFIX = 'mai_client'
+// The id must match the config schema (1-100 of A-Z a-z 0-9 _ . -): prefix + "_" + 8 hex digits.
+const PREFIX = /^[A-Za-z0-9_.-]{1,91}$/
+
+class UsageError extends Error {}
+
+/** Case, Unicode form and spacing do not change who the organization is. */
+function normalizeName (name: string): string {
+  return name.normalize('NFKC').replace(/\s+/gu, ' ').trim().toLowerCase()
+}
+
+/** `<prefix>_<first 8 hex digits of sha256(normalized name)>`: the same name always gives the same id. */
+function organizationId (name: string, prefix = DEFAULT_PREFIX): string {
+  return `${prefix}_${createHash('sha256').update(normalizeName(name), 'utf8').digest('hex').slice(0, 8)}`
+}
+
+/**
+ * Quotes a value so that Docker Compose, Node's --env-file / dotenv and a POSIX shell all read it
+ * back unchanged: single quotes are literal everywhere (Compose does not interpolate them); a
+ * value holding a single quote goes in double quotes, which is only safe without " $ \ and `.
+ */
+function quote (value: string): string {
+  if (!value.includes("'")) return `'${value}'`
+  if (!/["$\\`]/.test(value)) return `"${value}"`
+  throw new UsageError('the organization name holds both \' and one of " $ \\ `, which no .env quoting keeps intact for every reader: write ORGANIZATION_NAME by hand')
+}
+
+function secret (): string {
+  return randomBytes(24).toString('base64url')
+}
+
+function genEnv (args: string[]): string {
+  let prefix = DEFAULT_PREFIX
+  const names: string[] = []
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i]
+    if (arg === '--') { names.push(...args.slice(i + 1)); break }
+    if (arg === '--prefix') {
+      if (i + 1 >= args.length) throw new UsageError('--prefix needs a value')
+      prefix = args[++i]
+    } else if (arg.startsWith('--prefix=')) prefix = arg.slice('--prefix='.length)
+    else if (arg.startsWith('-')) throw new UsageError(`gen-env: unknown option ${arg}`)
+    else names.push(arg)
+  }
+  if (names.length !== 1) throw new UsageError('gen-env takes exactly one organization name (quote it: gen-env "Acme GmbH")')
+  if (!PREFIX.test(prefix)) throw new UsageError('--prefix must be 1-91 characters of A-Z a-z 0-9 _ . -')
+  const name = names[0].normalize('NFC').replace(/\s+/gu, ' ').trim()
+  if (name === '') throw new UsageError('the organization name is empty')
+  if (/\p{Cc}/u.test(name)) throw new UsageError('the organization name holds control characters')
+
+  return [
+    `# usage-proxy: environment of one client organization, made by \`usage-proxy gen-env\` on ${new Date().toISOString().slice(0, 10)}.`,
+    '# Holds secrets: keep it out of version control (chmod 600). compose.example.yml reads it as .env.',
+    '',
+    '# The client organization. The id is derived from the name (sha256 of the name, lowercased and',
+    '# with spaces normalized): running gen-env again with the same name gives the same id. Keep it',
+    '# once usage is recorded: the organization\'s rows and the user ids sent to OpenRouter derive from it.',
+    `ORGANIZATION_NAME=${quote(name)}`,
+    `OPENROUTER_EXTERNAL_USER=${organizationId(name, prefix)}`,
+    '',
+    '# The organization\'s own OpenRouter key (https://openrouter.ai/settings/keys). Replace the placeholder.',
+    'OPENROUTER_API_KEY=sk-or-v1-REPLACE_ME',
+    '',
+    '# The key Open WebUI presents to usage-proxy (compose passes it to Open WebUI as OPENAI_API_KEY).',
+    `PROXY_API_KEY=up-${secret()}`,
+    '',
+    '# Password of the bundled Postgres; compose builds usage-proxy\'s DATABASE_URL from it.',
+    `POSTGRES_PASSWORD=${secret()}`,
+    '',
+    '# Percentage added to OpenRouter\'s cost in the billing views, e.g. 15 or 12.5.',
+    'MARKUP_PERCENT=0',
+    '',
+  ].join('\n')
+}
+
+async function run (argv: string[]): Promise<number> {
+  const [command, ...args] = argv
+  if (command === 'help' || command === '--help' || command === '-h' || args.includes('--help') || args.includes('-h')) {
+    process.stdout.write(USAGE)
+    return 0
+  }
+  if (command === undefined || command === 'start') {
+    if (args.length > 0) throw new UsageError(`start takes no arguments (got ${args.join(' ')}): configure it with environment variables`)
+    const { main } = await import('./main.js')
+    await main()
+    return 0
+  }
+  if (command === 'gen-env') {
+    process.stdout.write(genEnv(args))
+    return 0
+  }
+  throw new UsageError(`unknown command ${JSON.stringify(command)}`)
+}
+
+run(process.argv.slice(2)).then((code) => {
+  if (code !== 0) process.exitCode = code
+}, (err: unknown) => {
+  if (err instanceof UsageError) {
+    process.stderr.write(`usage-proxy: ${err.message}\n\n${USAGE}`)
+    process.exitCode = 2
+    return
+  }
+  process.stderr.write(`usage-proxy: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`)
+  process.exitCode = 1
+})

@@ -1,0 +1,100 @@
+import t from 'tap'
+import { request } from 'undici'
+import { FakeOpenRouter } from './support/fake-openrouter.js'
+import { createTestDb, type TestDb } from './support/db.js'
+import { baseEnv, startSidecar, LogSink } from './support/sidecar.js'
+import { TcpRelay } from './support/tcp-relay.js'
+import { start } from '../src/main.js'
+import { createLogger } from '../src/log.js'
+import { migrate } from '../src/db/migrate.js'
+import { mkdtempSync, writeFileSync, copyFileSync, readdirSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+
+let fake: FakeOpenRouter
+t.before(async () => { fake = await new FakeOpenRouter().start() })
+t.teardown(async () => { await fake.close() })
+
+async function tables (db: TestDb) {
+  const rows = await db.sql`select table_name from information_schema.tables where table_schema = 'public' order by 1`
+  return rows.map((r) => r.table_name)
+}
+
+t.test('fresh boot: schema, views and the organization row exist before /readyz is 200', async (t) => {
+  const db = await createTestDb()
+  t.teardown(() => db.drop())
+  const s = await startSidecar(baseEnv(fake, db.url))
+  t.teardown(() => s.sidecar.stop())
+  t.same(await tables(db), ['organizations', 'schema_migrations', 'spend_per_day', 'spend_per_model_month', 'spend_per_user_month', 'usage_events', 'user_mappings'])
+  const [org] = await db.sql`select id, name, markup_percent::text as markup, api_key_fingerprint from organizations`
+  t.same([org.id, org.name, org.markup], ['mai_client_63a4eb6d', 'Acme GmbH', '12.5000'])
+  t.match(org.api_key_fingerprint, /^sha256:/)
+  const ready = await request(`${s.url}/readyz`)
+  t.equal(ready.statusCode, 200)
+  await ready.body.dump()
+})
+
+t.test('booting twice creates nothing twice; a changed environment updates the organization', async (t) => {
+  const db = await createTestDb()
+  t.teardown(() => db.drop())
+  const env = baseEnv(fake, db.url)
+  const a = await startSidecar(env)
+  await a.sidecar.stop()
+  const b = await startSidecar({ ...env, ORGANIZATION_NAME: 'Acme AG', MARKUP_PERCENT: '20' })
+  t.teardown(() => b.sidecar.stop())
+  t.match(b.logs.text, /"applied":\[\]/, 'second boot applied no migration')
+  const migrations = await db.sql`select name from schema_migrations order by name`
+  t.same(migrations.map((m) => m.name), ['001_schema.sql', '002_billing_views.sql'])
+  const orgs = await db.sql`select name, markup_percent::text as m from organizations`
+  t.same(orgs.map((o) => [o.name, o.m]), [['Acme AG', '20.0000']])
+})
+
+t.test('two sidecars booting at once against one database are both ready, schema applied once', async (t) => {
+  const db = await createTestDb()
+  t.teardown(() => db.drop())
+  const [a, b] = await Promise.all([startSidecar(baseEnv(fake, db.url)), startSidecar(baseEnv(fake, db.url))])
+  t.teardown(() => Promise.all([a.sidecar.stop(), b.sidecar.stop()]))
+  const [{ n }] = await db.sql`select count(*)::int as n from schema_migrations`
+  t.equal(n, 2)
+  const applied = [a, b].map((s) => /"applied":\[("[^\]]*)?\]/.exec(s.logs.text)![0])
+  t.equal(applied.filter((x) => x.includes('001_schema')).length, 1, 'exactly one of them migrated')
+})
+
+t.test('an edited migration is refused rather than silently diverging', async (t) => {
+  const db = await createTestDb()
+  t.teardown(() => db.drop())
+  const dir = mkdtempSync(join(tmpdir(), 'mig-'))
+  for (const f of readdirSync('sql')) copyFileSync(join('sql', f), join(dir, f))
+  t.same((await migrate(db.sql, dir)).applied, ['001_schema.sql', '002_billing_views.sql'])
+  writeFileSync(join(dir, '002_billing_views.sql'), '-- edited\n')
+  await t.rejects(migrate(db.sql, dir), /002_billing_views.sql changed after it was applied/)
+})
+
+t.test('Postgres down at boot: /readyz 503 and traffic refused, a log line says why, ready once it is up', async (t) => {
+  const db = await createTestDb()
+  t.teardown(() => db.drop())
+  const relay = new TcpRelay(5432)
+  await relay.reserve()
+  const logs = new LogSink()
+  const env = baseEnv(fake, `${relay.url}/${db.name}`, { DB_CONNECT_RETRY_MAX_MS: '200' })
+  const s = await start(env, createLogger('debug', logs))
+  t.teardown(async () => { await s.stop(); await relay.cut() })
+  const url = `http://127.0.0.1:${s.port}`
+  await new Promise((r) => setTimeout(r, 600))
+  const notReady = await request(`${url}/readyz`)
+  t.equal(notReady.statusCode, 503)
+  await notReady.body.dump()
+  const health = await request(`${url}/healthz`)
+  t.equal(health.statusCode, 200, 'alive while not ready')
+  await health.body.dump()
+  const refused = await request(`${url}/v1/chat/completions`, { method: 'POST', body: '{}' })
+  t.equal(refused.statusCode, 503)
+  t.match(await refused.body.json(), { error: { code: 'not_ready' } })
+  t.match(logs.text, /postgres unreachable, retrying/)
+  t.match(logs.text, /ECONNREFUSED/)
+  await relay.open()
+  await s.ready
+  const ok = await request(`${url}/readyz`)
+  t.equal(ok.statusCode, 200)
+  await ok.body.dump()
+})

@@ -1,0 +1,49 @@
+import t from 'tap'
+import { spawnSync } from 'node:child_process'
+import { ConfigError, loadConfig } from '../src/config/config.js'
+
+const good = { OPENROUTER_API_KEY: 'sk-or-v1-abcdef123456', OPENROUTER_EXTERNAL_USER: 'mai_client_63a4eb6d', ORGANIZATION_NAME: 'Acme', DATABASE_URL: 'postgres://u@h/db' }
+
+t.test('defaults', async (t) => {
+  const c = loadConfig(good)
+  t.equal(c.openrouter.baseUrl, 'https://openrouter.ai/api/v1')
+  t.equal(c.server.port, 8787)
+  t.equal(c.server.host, '0.0.0.0')
+  t.equal(c.organization.markupPercent, '0')
+  t.equal(c.identity.userIdHeader, 'x-openwebui-user-id')
+  t.equal(c.identity.chatIdHeader, 'x-openwebui-chat-id')
+  t.equal(c.server.proxyApiKey, undefined)
+})
+
+t.test('every problem is reported at once, each naming its variable', async (t) => {
+  const err = t.throws(() => loadConfig({ PORT: 'eighty', MARKUP_PERCENT: '-5', OPENROUTER_BASE_URL: 'ftp://x', LOG_LEVEL: 'loud' })) as ConfigError
+  t.type(err, ConfigError)
+  const text = err.problems.join('\n')
+  for (const name of ['OPENROUTER_API_KEY', 'OPENROUTER_EXTERNAL_USER', 'ORGANIZATION_NAME', 'PORT', 'MARKUP_PERCENT', 'OPENROUTER_BASE_URL', 'LOG_LEVEL']) {
+    t.match(text, new RegExp(`^${name} `, 'm'), `names ${name}`)
+  }
+  t.match(text, /OPENROUTER_API_KEY is required but not set/)
+})
+
+t.test('values are checked, not only presence', async (t) => {
+  t.throws(() => loadConfig({ ...good, OPENROUTER_EXTERNAL_USER: 'has spaces' }), /OPENROUTER_EXTERNAL_USER/)
+  t.throws(() => loadConfig({ ...good, OPENROUTER_EXTERNAL_USER: 'x'.repeat(101) }), /OPENROUTER_EXTERNAL_USER/)
+  t.throws(() => loadConfig({ ...good, DATABASE_URL: 'mysql://x' }), /DATABASE_URL/)
+  t.throws(() => loadConfig({ ...good, MARKUP_PERCENT: '1.23456' }), /MARKUP_PERCENT/)
+  t.throws(() => loadConfig({ ...good, FORWARD_USER_INFO_HEADER_USER_ID: 'bad header' }), /FORWARD_USER_INFO_HEADER_USER_ID/)
+  t.equal(loadConfig({ ...good, MARKUP_PERCENT: '12.5' }).organization.markupPercent, '12.5')
+  t.equal(loadConfig({ ...good, PROXY_API_KEY: '' }).server.proxyApiKey, undefined, 'empty means unset')
+  t.equal(loadConfig({ ...good, OPENROUTER_BASE_URL: 'http://127.0.0.1:9/api/v1/' }).openrouter.baseUrl, 'http://127.0.0.1:9/api/v1')
+})
+
+t.test('the process exits 2 with the problems on stderr, and never echoes the key', async (t) => {
+  const r = spawnSync(process.execPath, ['dist/main.js'], {
+    env: { PATH: process.env.PATH, OPENROUTER_API_KEY: 'sk-or-v1-SECRET-do-not-print', PORT: '99999' },
+    encoding: 'utf8', timeout: 20_000,
+  })
+  t.equal(r.status, 2)
+  t.match(r.stderr, /OPENROUTER_EXTERNAL_USER is required/)
+  t.match(r.stderr, /ORGANIZATION_NAME is required/)
+  t.match(r.stderr, /PORT /)
+  t.notMatch(r.stderr + r.stdout, /SECRET-do-not-print/)
+})

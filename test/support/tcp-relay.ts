@@ -1,0 +1,47 @@
+import { createServer, connect, type Server, type Socket } from 'node:net'
+import type { AddressInfo } from 'node:net'
+
+// A loopback TCP relay between the sidecar and Postgres that a test can cut (every connection
+// dropped, new ones refused) and restore on the same port: a database outage on demand.
+
+export class TcpRelay {
+  port = 0
+  private server: Server | null = null
+  private readonly sockets = new Set<Socket>()
+
+  constructor (private readonly targetPort: number, private readonly targetHost = '127.0.0.1') {}
+
+  get url (): string { return `postgres://postgres@127.0.0.1:${this.port}` }
+
+  /** Reserves a port without accepting connections yet (Postgres "down" from the start). */
+  async reserve (): Promise<void> {
+    const probe = createServer()
+    await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r))
+    this.port = (probe.address() as AddressInfo).port
+    await new Promise<void>((r) => probe.close(() => r()))
+  }
+
+  async open (): Promise<void> {
+    if (this.server) return
+    const server = createServer((client) => {
+      const upstream = connect(this.targetPort, this.targetHost)
+      this.sockets.add(client).add(upstream)
+      const drop = () => { client.destroy(); upstream.destroy(); this.sockets.delete(client); this.sockets.delete(upstream) }
+      client.on('error', drop).on('close', drop)
+      upstream.on('error', drop).on('close', drop)
+      client.pipe(upstream).pipe(client)
+    })
+    await new Promise<void>((r) => server.listen(this.port, '127.0.0.1', r))
+    this.port = (server.address() as AddressInfo).port
+    this.server = server
+  }
+
+  /** Drops every connection mid-whatever and refuses new ones. */
+  async cut (): Promise<void> {
+    const server = this.server
+    this.server = null
+    for (const s of this.sockets) s.destroy()
+    this.sockets.clear()
+    if (server) await new Promise<void>((r) => server.close(() => r()))
+  }
+}
