@@ -117,7 +117,7 @@ run(process.argv.slice(2)).then((code) => {
   if (code !== 0) process.exitCode = code
 }, (err: unknown) => {
   if (err instanceof UsageError) {
-    process.stderr.write(`usage-proxy: ${err.message}\n\n${USAGE}`)
+    process.stderr.write(`usage-proxy: ${err.message}\nrun "usage-proxy --help" for usage\n`)
     process.exitCode = 2
     return
   }

@@ -4,6 +4,7 @@ import type { AddressInfo } from 'node:net'
 import type { Server } from 'node:http'
 import { ConfigError, loadConfig, type Config } from './config/config.js'
 import { connect, redactUrl, type Sql } from './db/connect.js'
+import { installCrashGuard } from './db/crash-guard.js'
 import { startEmbedded, type EmbeddedDb } from './db/embedded.js'
 import { migrate } from './db/migrate.js'
 import { upsertOrganization } from './db/organizations.js'
@@ -25,6 +26,7 @@ export interface Sidecar {
   /** Resolves when boot finished and /readyz answers 200. */
   ready: Promise<void>
   ledger: () => Ledger | null
+  log: Logger
   /** Graceful stop: refuse new requests, let streams finish, flush the ledger. */
   stop: (reason?: string) => Promise<void>
 }
@@ -135,7 +137,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     return stopping
   }
 
-  return { config, server, port, ready: ready$, ledger: () => ledger, stop }
+  return { config, server, port, ready: ready$, ledger: () => ledger, log, stop }
 }
 
 /** Runs the sidecar as a process: exits 2 on a configuration error, stops gracefully on SIGTERM/SIGINT. */
@@ -150,6 +152,7 @@ export async function main (): Promise<void> {
     }
     throw err
   }
+  installCrashGuard(sidecar.log)
   sidecar.ready.catch(() => process.exit(1))
   for (const sig of ['SIGTERM', 'SIGINT'] as const) {
     process.once(sig, () => { void sidecar.stop(sig).then(() => process.exit(0)) })

@@ -70,8 +70,8 @@ export class Ledger {
     this.flushing = this.writeBatch().finally(() => {
       this.flushing = null
       if (this.queue.length > 0) {
-        // Back off while Postgres fails: 100 ms doubling to 2 s, so recovery is noticed quickly.
-        const wait = this.failures === 0 ? 0 : Math.min(100 * 2 ** (this.failures - 1), 2000)
+        // Back off while Postgres fails: 100 ms doubling to 1 s, so recovery is noticed within a second.
+        const wait = this.failures === 0 ? 0 : Math.min(100 * 2 ** (this.failures - 1), 1000)
         this.schedule(wait)
       }
     })

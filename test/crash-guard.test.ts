@@ -1,0 +1,35 @@
+import t from 'tap'
+import { spawnSync } from 'node:child_process'
+import { isPostgresSocketRace } from '../src/db/crash-guard.js'
+
+const raceStack = "TypeError: Cannot read properties of null (reading 'write')\n    at nextWrite (/app/node_modules/postgres/src/connection.js:255:22)\n    at process.processImmediate (node:internal/timers:483:21)"
+
+t.test('recognizes the postgres.js socket race and nothing else', async (t) => {
+  const e = new TypeError("Cannot read properties of null (reading 'write')")
+  e.stack = raceStack
+  t.ok(isPostgresSocketRace(e))
+  const other = new TypeError("Cannot read properties of null (reading 'write')")
+  other.stack = "TypeError: x\n    at mine (/app/dist/proxy/metered.js:1:1)"
+  t.notOk(isPostgresSocketRace(other), 'same message from our own code is a real bug')
+  t.notOk(isPostgresSocketRace(new Error('boom')))
+})
+
+// The guard is process-wide, so it is exercised in a process of its own.
+const script = (stack: string) => `
+  import { installCrashGuard } from './dist/db/crash-guard.js'
+  import { createLogger } from './dist/log.js'
+  installCrashGuard(createLogger('info'))
+  setImmediate(() => { const e = new TypeError("Cannot read properties of null (reading 'write')"); e.stack = ${JSON.stringify(stack)}; throw e })
+  setTimeout(() => { console.log('still alive'); process.exit(0) }, 100)
+`
+
+t.test('the race is logged and survived; any other uncaught error exits 1', async (t) => {
+  const survived = spawnSync(process.execPath, ['--input-type=module', '-e', script(raceStack)], { encoding: 'utf8', timeout: 10_000 })
+  t.equal(survived.status, 0)
+  t.match(survived.stdout, /dropped mid-write/)
+  t.match(survived.stdout, /still alive/)
+  const died = spawnSync(process.execPath, ['--input-type=module', '-e', script('TypeError: x\n    at mine (/app/dist/x.js:1:1)')], { encoding: 'utf8', timeout: 10_000 })
+  t.equal(died.status, 1)
+  t.match(died.stdout, /uncaught exception; exiting/)
+  t.notMatch(died.stdout, /still alive/)
+})
