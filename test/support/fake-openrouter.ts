@@ -13,6 +13,7 @@ import type { AddressInfo } from 'node:net'
 //   fake/error-mid     error event, no usage  fake/no-usage    stream ends without usage
 //   fake/slow          paced events (aborts)  fake/garbage     200 with a non-JSON body
 //   fake/hang          headers, then silence  fake/crlf        CRLF line ends
+//   fake/silent        no answer at all
 
 export interface FakeGeneration {
   id: string
@@ -88,6 +89,7 @@ export class FakeOpenRouter {
     try { parsed = JSON.parse(body) } catch { return json(res, 400, { error: { code: 400, message: 'Invalid JSON' } }) }
     const endpoint = path.slice(1)
     const model = String(parsed.model ?? 'fake/ok')
+    if (model === 'fake/silent') return // never answers: the sidecar's headers timeout must end this
     if (model === 'fake/error-402') {
       return json(res, 402, { error: { code: 402, message: 'Insufficient credits. Add more using https://openrouter.ai/credits', metadata: {} } })
     }
