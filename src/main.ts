@@ -16,6 +16,7 @@ import { createUpstream } from './proxy/upstream.js'
 import { Journal } from './usage/journal.js'
 import { Ledger } from './usage/ledger.js'
 import { Reconciler } from './usage/reconcile.js'
+import { createMetrics } from './metrics.js'
 
 const SQL_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', 'sql')
 
@@ -55,6 +56,14 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
   let reconciler: Reconciler | null = null
   let directory: UserDirectory | null = null
 
+  const metrics = createMetrics(() => ledger && reconciler && {
+    ledgerDepth: () => ledger!.depth,
+    journalBacklog: () => journal.backlog,
+    reconcileActive: () => reconciler!.active,
+    reconciled: () => reconciler!.reconciled,
+    reconcileGaveUp: () => reconciler!.gaveUp,
+    ledgerWritten: () => ledger!.written,
+  })
   const meter = {
     upstream,
     apiKey: config.openrouter.apiKey,
@@ -69,8 +78,9 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     get reconciler () { return reconciler! },
     log,
     track (delta: 1 | -1) { inFlight += delta; if (inFlight === 0 && idle) idle() },
+    observe: metrics.observe,
   }
-  const server = createProxyServer({ meter, passthrough, proxyApiKey: config.server.proxyApiKey, isReady: () => ready })
+  const server = createProxyServer({ meter, passthrough, proxyApiKey: config.server.proxyApiKey, isReady: () => ready, metrics: metrics.handler, onPassthrough: metrics.passthrough })
   await new Promise<void>((ok, fail) => { server.once('error', fail); server.listen(config.server.port, config.server.host, () => { server.off('error', fail); ok() }) })
   const port = (server.address() as AddressInfo).port
   log.info({ port, host: config.server.host, upstream: config.openrouter.baseUrl, organization: config.organization.id }, 'listening; not ready until the database is')

@@ -227,6 +227,20 @@ t.test('bad input: OpenAI-style errors, nothing forwarded', async (t) => {
   t.equal(fake.requests.length, count, 'nothing reached OpenRouter')
 })
 
+t.test('metrics: Prometheus text with requests, outcomes, tokens and ledger gauges', async (t) => {
+  const res = await request(s.url + '/metrics')
+  t.equal(res.statusCode, 200)
+  const text = await res.body.text()
+  t.match(text, /usage_proxy_requests_total\{route="chat\/completions",status="200"\} \d+/)
+  t.match(text, /usage_proxy_requests_total\{route="passthrough",status="200"\} [1-9]/)
+  t.match(text, /usage_proxy_outcomes_total\{outcome="client_aborted"\} 1/)
+  t.match(text, /usage_proxy_tokens_total\{model="fake\/ok-2025",kind="prompt"\} \d+/)
+  t.match(text, /usage_proxy_upstream_ttfb_seconds_bucket/)
+  t.match(text, /usage_proxy_ledger_queue_depth \d+/)
+  t.match(text, /usage_proxy_journal_backlog \d+/)
+  t.match(text, /usage_proxy_reconciled [1-9]/)
+})
+
 t.test('health and readiness', async (t) => {
   const h = await request(s.url + '/healthz')
   t.equal(h.statusCode, 200)

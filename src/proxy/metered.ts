@@ -33,7 +33,7 @@ export interface MeterContext {
   /** Called when an exchange starts and ends: graceful shutdown waits for these. */
   track: (delta: 1 | -1) => void
   /** Optional observer (metrics); called once per finished exchange. */
-  observe?: (rec: UsageRecord, upstreamStatus: number) => void
+  observe?: (rec: UsageRecord) => void
 }
 
 // Request headers that must not travel upstream: hop-by-hop, our own credentials, and the
@@ -249,7 +249,7 @@ class Exchange implements Dispatcher.DispatchHandler {
       ttfbMs: this.ttfbMs,
     }
     rec = withUsage(rec, tap?.usage ?? null, 'inline')
-    this.ctx.observe?.(rec, this.status)
+    this.ctx.observe?.(rec)
     // Usage missing but the generation known: ask OpenRouter what it charged. An upstream error
     // answered before any generation is recorded as is, with no invented cost.
     if (rec.usageSource === 'none' && rec.generationId && outcome !== 'upstream_error') {

@@ -13,6 +13,7 @@ export interface ServerContext {
   proxyApiKey: string | undefined
   isReady: () => boolean
   metrics?: (req: IncomingMessage, res: ServerResponse) => void
+  onPassthrough?: (status: number) => void
 }
 
 export function createProxyServer (ctx: ServerContext): Server {
@@ -48,6 +49,7 @@ export function createProxyServer (ctx: ServerContext): Server {
     const path = q === -1 ? rest : rest.slice(0, q)
     const endpoint = path.slice(1)
     if (req.method === 'POST' && METERED.has(endpoint)) return handleMetered(req, res, endpoint, q === -1 ? '' : rest.slice(q), ctx.meter)
+    if (ctx.onPassthrough) res.once('finish', () => ctx.onPassthrough!(res.statusCode))
     ctx.passthrough.handle(req, res, rest)
   }
 
