@@ -94,33 +94,25 @@ function genEnv (args: string[]): string {
   ].join('\n')
 }
 
-async function run (argv: string[]): Promise<number> {
+async function run (argv: string[]): Promise<void> {
   const [command, ...args] = argv
   if (command === 'help' || command === '--help' || command === '-h' || args.includes('--help') || args.includes('-h')) {
     process.stdout.write(USAGE)
-    return 0
-  }
-  if (command === undefined || command === 'start') {
+  } else if (command === undefined || command === 'start') {
     if (args.length > 0) throw new UsageError(`start takes no arguments (got ${args.join(' ')}): configure it with environment variables`)
     const { main } = await import('./main.js')
     await main()
-    return 0
-  }
-  if (command === 'gen-env') {
+  } else if (command === 'gen-env') {
     process.stdout.write(genEnv(args))
-    return 0
+  } else {
+    throw new UsageError(`unknown command ${JSON.stringify(command)}`)
   }
-  throw new UsageError(`unknown command ${JSON.stringify(command)}`)
 }
 
-run(process.argv.slice(2)).then((code) => {
-  if (code !== 0) process.exitCode = code
-}, (err: unknown) => {
-  if (err instanceof UsageError) {
-    process.stderr.write(`usage-proxy: ${err.message}\nrun "usage-proxy --help" for usage\n`)
-    process.exitCode = 2
-    return
-  }
-  process.stderr.write(`usage-proxy: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`)
-  process.exitCode = 1
+// Usage errors exit 2 with a one-line message; anything else (the port taken, say) is rethrown:
+// node prints the stack and exits 1.
+run(process.argv.slice(2)).catch((err: unknown) => {
+  if (!(err instanceof UsageError)) throw err
+  process.stderr.write(`usage-proxy: ${err.message}\nrun "usage-proxy --help" for usage\n`)
+  process.exitCode = 2
 })

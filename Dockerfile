@@ -1,0 +1,42 @@
+# syntax=docker/dockerfile:1
+# usage-proxy: the metering sidecar between Open WebUI and OpenRouter.
+#   docker build -t usage-proxy .
+#   docker run --env-file .env -p 8787:8787 -v usage-proxy-data:/data usage-proxy
+
+# ---- build: all dependencies, compile TypeScript to dist/ -------------------------------------
+FROM node:24-slim AS build
+WORKDIR /app
+# Dependencies first so this layer is cached until the lockfile changes. --ignore-scripts: the
+# package's own `prepare` (tsc) needs the sources, which are not copied yet; no dependency has
+# an install script.
+COPY package.json package-lock.json ./
+RUN npm ci --ignore-scripts --no-audit --no-fund
+COPY tsconfig.json tsconfig.build.json ./
+COPY src ./src
+RUN npm run build
+
+# ---- runtime: production dependencies, dist/ and the SQL migrations ---------------------------
+FROM node:24-slim AS runtime
+# tini as PID 1: forwards SIGTERM/SIGINT to node (graceful drain of streams and the ledger) and
+# reaps zombies.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends tini \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+ENV NODE_ENV=production DATA_DIR=/data PORT=8787
+COPY package.json package-lock.json ./
+RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund \
+ && npm cache clean --force
+COPY --from=build /app/dist ./dist
+# dist/main.js reads its migrations from ../sql, i.e. /app/sql.
+COPY sql ./sql
+# The local journal (and the embedded database when DATABASE_URL is unset) live under /data.
+RUN mkdir -p /data && chown node:node /data
+VOLUME /data
+USER node
+EXPOSE 8787
+# No curl in the slim image: node's own fetch. /healthz answers as soon as the listener is up.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
+  CMD ["node", "-e", "fetch('http://127.0.0.1:' + (process.env.PORT || 8787) + '/healthz', { signal: AbortSignal.timeout(4000) }).then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
+ENTRYPOINT ["/usr/bin/tini", "--"]
+CMD ["node", "dist/main.js"]
