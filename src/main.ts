@@ -3,6 +3,7 @@ import { dirname, join, resolve } from 'node:path'
 import type { AddressInfo } from 'node:net'
 import type { Server } from 'node:http'
 import { ConfigError, loadConfig, type Config } from './config/config.js'
+import { withEnvFile } from './config/env-file.js'
 import { connect, redactUrl, type Sql } from './db/connect.js'
 import { installCrashGuard } from './db/crash-guard.js'
 import { startEmbedded, type EmbeddedDb } from './db/embedded.js'
@@ -154,10 +155,11 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
 export async function main (): Promise<void> {
   let sidecar: Sidecar
   try {
-    sidecar = await start(process.env)
+    sidecar = await start(withEnvFile(process.env))
   } catch (err) {
     if (err instanceof ConfigError) {
-      process.stderr.write(`usage-proxy: ${err.message}\n`)
+      process.stderr.write(`usage-proxy: ${err.message}\n` +
+        'Set these in the environment or in ./.env; `npx usage-proxy gen-env "Your Org" > .env` writes one to start from.\n')
       process.exit(2)
     }
     throw err

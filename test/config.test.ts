@@ -29,6 +29,7 @@ t.test('values are checked, not only presence', async (t) => {
   t.throws(() => loadConfig({ ...good, OPENROUTER_EXTERNAL_USER: 'has spaces' }), /OPENROUTER_EXTERNAL_USER/)
   t.throws(() => loadConfig({ ...good, OPENROUTER_EXTERNAL_USER: 'x'.repeat(101) }), /OPENROUTER_EXTERNAL_USER/)
   t.throws(() => loadConfig({ ...good, DATABASE_URL: 'mysql://x' }), /DATABASE_URL/)
+  t.throws(() => loadConfig({ ...good, OPENROUTER_API_KEY: 'sk-or-v1-REPLACE_ME' }), /OPENROUTER_API_KEY is still the gen-env placeholder/)
   t.throws(() => loadConfig({ ...good, MARKUP_PERCENT: '1.23456' }), /MARKUP_PERCENT/)
   t.throws(() => loadConfig({ ...good, FORWARD_USER_INFO_HEADER_USER_ID: 'bad header' }), /FORWARD_USER_INFO_HEADER_USER_ID/)
   t.equal(loadConfig({ ...good, MARKUP_PERCENT: '12.5' }).organization.markupPercent, '12.5')

@@ -14,7 +14,8 @@ const optionalText = z.string().min(1).optional()
 const header = (name: string) => z.string().regex(/^[A-Za-z0-9-]+$/, 'must be an HTTP header name').default(name).transform((h) => h.toLowerCase())
 
 export const envSchema = z.object({
-  OPENROUTER_API_KEY: z.string().min(8, 'must be the organization\'s OpenRouter key (sk-or-v1-...)'),
+  OPENROUTER_API_KEY: z.string().min(8, 'must be the organization\'s OpenRouter key (sk-or-v1-...)')
+    .refine((k) => !k.includes('REPLACE_ME'), 'is still the gen-env placeholder: paste the organization\'s OpenRouter key'),
   OPENROUTER_EXTERNAL_USER: z.string().regex(orgId, 'must be 1-100 characters of A-Z a-z 0-9 _ . - (e.g. mai_client_63a4eb6d)'),
   ORGANIZATION_NAME: z.string().trim().min(1, 'must name the client organization'),
   DATABASE_URL: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL').optional(),
