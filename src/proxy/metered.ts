@@ -201,20 +201,24 @@ class Exchange implements Dispatcher.DispatchHandler {
   }
 
   onComplete (): void {
-    this.res.end()
+    // Journal first, then end: a client never holds a finished response whose record is not
+    // on disk yet. The bytes, [DONE] included, are already out; this only closes the body.
     this.finish(null)
+    this.res.end()
   }
 
   onError (err: Error): void {
     if (this.done) return
-    if (!this.res.headersSent && !this.clientGone) {
+    const before = !this.res.headersSent
+    this.finish(err)
+    if (this.clientGone) return
+    if (before) {
       if (isTimeout(err)) sendError(this.res, 504, 'upstream_error', 'upstream_timeout', 'OpenRouter did not answer in time')
       else sendError(this.res, 502, 'upstream_error', 'upstream_unreachable', 'OpenRouter could not be reached')
-    } else if (!this.clientGone) {
+    } else {
       // Mid-stream: end the response cleanly; the record says what happened.
       this.res.end()
     }
-    this.finish(err)
   }
 
   private sawGeneration (id: string): void {

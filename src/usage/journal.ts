@@ -67,8 +67,8 @@ export class Journal {
   /** The request is under way and its generation id is known: enough to reconcile it after a crash. */
   pending (r: UsageRecord): void { this.write('p', r) }
 
-  /** The final record, before it is queued for Postgres. */
-  append (r: UsageRecord): void { this.write('r', r) }
+  /** The final record, before it is queued for Postgres. False when it could not be written. */
+  append (r: UsageRecord): boolean { return this.write('r', r) }
 
   /** Its row is committed: the lines of this record are no longer needed. */
   committed (eventId: string): void {
@@ -83,6 +83,21 @@ export class Journal {
     }
   }
 
+  /** Final records still on disk, oldest first, for a ledger that let them out of memory. */
+  * finals (wanted: Set<string>): Generator<UsageRecord> {
+    for (const seg of [...this.segments.values()].sort((a, b) => a.seq - b.seq)) {
+      let text: string
+      try { text = readFileSync(seg.path, 'utf8') } catch { continue }
+      for (const line of text.split('\n')) {
+        if (!line.startsWith('{"k":"r"')) continue
+        try {
+          const r = (JSON.parse(line) as { r: UsageRecord }).r
+          if (wanted.has(r.eventId)) yield r
+        } catch { /* torn line */ }
+      }
+    }
+  }
+
   /** Records in the journal not yet committed. */
   get backlog (): number { return this.holders.size }
 
@@ -91,7 +106,7 @@ export class Journal {
     if (this.current) { this.current.sealed = true; this.maybeDelete(this.current); this.current = null }
   }
 
-  private write (kind: 'p' | 'r', r: UsageRecord): void {
+  private write (kind: 'p' | 'r', r: UsageRecord): boolean {
     const line = JSON.stringify({ k: kind, r }) + '\n'
     try {
       const seg = this.segment()
@@ -102,11 +117,13 @@ export class Journal {
       const seqs = this.holders.get(r.eventId)
       if (seqs) seqs.push(seg.seq)
       else this.holders.set(r.eventId, [seg.seq])
+      return true
     } catch (err) {
       // Disk full or read-only: the record still goes to Postgres from memory, only crash
       // safety is lost for it. Proxying never stops for the journal.
       this.failures++
       this.log.error({ err: (err as Error).message, eventId: r.eventId }, 'journal: append failed; record kept in memory only')
+      return false
     }
   }
 

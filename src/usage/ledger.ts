@@ -8,7 +8,11 @@ import { ROW_COLUMNS, toRow, type UsageRecord } from './record.js'
 // trimmed. The request path only calls record(), which returns at once; a client never waits
 // for Postgres. While Postgres is away the queue waits and retries: it never drops a record.
 
-export interface LedgerOptions { batchSize: number, flushMs: number }
+export interface LedgerOptions { batchSize: number, flushMs: number, maxInMemory?: number }
+
+// During a long outage records stop piling up in memory: past maxInMemory they stay only in the
+// journal (a set of their ids is all that is kept) and are read back from disk as the queue drains.
+const MAX_IN_MEMORY = 20_000
 
 export class Ledger {
   private queue: UsageRecord[] = []
@@ -30,17 +34,38 @@ export class Ledger {
 
   /** Accepts a finished record. Never throws, never waits. */
   record (r: UsageRecord, journaled = false): void {
-    if (!journaled) this.journal?.append(r)
-    this.queue.push(r)
+    const onDisk = journaled || (this.journal?.append(r) ?? false)
+    if (onDisk && (this.spilled.size > 0 || this.queue.length >= (this.opts.maxInMemory ?? MAX_IN_MEMORY))) {
+      this.spilled.add(r.eventId)
+    } else {
+      this.queue.push(r)
+    }
     this.schedule(this.queue.length >= this.opts.batchSize ? 0 : this.opts.flushMs)
   }
 
-  get depth (): number { return this.queue.length }
+  get inMemory (): number { return this.queue.length }
+
+  /** Records waiting for Postgres, in memory and spilled to the journal. */
+  get depth (): number { return this.queue.length + this.spilled.size }
+
+  private readonly spilled = new Set<string>()
+
+  /** Brings spilled records back from the journal once the queue has room again. */
+  private refill (): void {
+    const room = (this.opts.maxInMemory ?? MAX_IN_MEMORY) - this.queue.length
+    if (this.spilled.size === 0 || !this.journal || room < (this.opts.maxInMemory ?? MAX_IN_MEMORY) / 2) return
+    let taken = 0
+    for (const r of this.journal.finals(this.spilled)) {
+      this.spilled.delete(r.eventId)
+      this.queue.push(r)
+      if (++taken >= room) break
+    }
+  }
 
   /** Writes everything queued; resolves when the queue is empty or the deadline passed. */
   async drain (timeoutMs: number): Promise<boolean> {
     const deadline = Date.now() + timeoutMs
-    while (this.queue.length > 0 || this.flushing) {
+    while (this.depth > 0 || this.flushing) {
       if (Date.now() > deadline) return false
       if (this.flushing) await this.flushing
       else await this.flush()
@@ -66,10 +91,11 @@ export class Ledger {
 
   private flush (): Promise<void> {
     if (this.flushing) return this.flushing
+    this.refill()
     if (this.queue.length === 0) return Promise.resolve()
     this.flushing = this.writeBatch().finally(() => {
       this.flushing = null
-      if (this.queue.length > 0) {
+      if (this.depth > 0) {
         // Back off while Postgres fails: 100 ms doubling to 1 s, so recovery is noticed within a second.
         const wait = this.failures === 0 ? 0 : Math.min(100 * 2 ** (this.failures - 1), 1000)
         this.schedule(wait)
