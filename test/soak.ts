@@ -114,9 +114,11 @@ while (Date.now() < settleBy) {
   await sleep(500)
 }
 await sleep(1000)
-const [{ rows, distinct, errors }] = await db.sql`select count(*)::int as rows, count(distinct generation_id)::int as distinct,
-  count(*) filter (where outcome = 'upstream_error' and status = 402)::int as errors from usage_events`
-const withId = rows - errors
+const [{ rows, withId, distinct, errors }] = await db.sql`select count(*)::int as rows, count(generation_id)::int as "withId",
+  count(distinct generation_id)::int as distinct, count(*) filter (where outcome = 'upstream_error' and status = 402)::int as errors from usage_events`
+// Rows OpenRouter gave no generation id for: its own errors, and requests that ended before
+// any response header (client gone, upstream unreachable).
+const withoutId = await db.sql`select outcome, status, count(*)::int as n from usage_events where generation_id is null group by 1, 2 order by 3 desc`
 const lost = [...seen].filter((g) => !ids.has(g)).length
 const duplicated = withId - distinct
 const unseen = [...fake.generations.keys()].filter((g) => !seen.has(g) && !ids.has(g)).length
@@ -134,8 +136,12 @@ const summary = {
   recordsWritten: rows,
   upstream402Responses: counts.errors402,
   upstream402Rows: errors,
+  rowsWithoutGenerationId: withoutId.map((r) => `${r.outcome}/${r.status}: ${r.n}`),
   lost,
   duplicated,
+  // Generations OpenRouter started whose id never reached the sidecar (the client hung up, or the
+  // sidecar was killed, before the response headers): nothing can bill these but OpenRouter's
+  // own activity export.
   generationsNeverSeenBySidecar: unseen,
 }
 console.log(JSON.stringify(summary, null, 2))
