@@ -73,7 +73,7 @@ t.test('an edited migration is refused rather than silently diverging', async (t
 t.test('Postgres down at boot: /readyz 503 and traffic refused, a log line says why, ready once it is up', async (t) => {
   const db = await createTestDb()
   t.teardown(() => db.drop())
-  const relay = new TcpRelay(5432)
+  const relay = new TcpRelay(db.port)
   await relay.reserve()
   const logs = new LogSink()
   const env = baseEnv(fake, `${relay.url}/${db.name}`, { DB_CONNECT_RETRY_MAX_MS: '200' })

@@ -44,7 +44,7 @@ async function rowsSettled (db: TestDb, want: (n: number) => boolean, timeoutMs 
 t.test('Postgres cut three times under load: proxying goes on, rows == generations, none duplicated', async (t) => {
   const db = await createTestDb()
   t.teardown(() => db.drop())
-  const relay = new TcpRelay(5432)
+  const relay = new TcpRelay(db.port)
   await relay.reserve()
   await relay.open()
   const before = new Set(fake.generations.keys())

@@ -21,7 +21,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 const fake = await new FakeOpenRouter(9).start()
 fake.slowEventMs = 5
 const db = await createTestDb()
-const relay = new TcpRelay(5432)
+const relay = new TcpRelay(db.port)
 await relay.reserve()
 await relay.open()
 const dataDir = mkdtempSync(join(tmpdir(), 'soak-'))

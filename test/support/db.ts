@@ -1,21 +1,40 @@
 import postgres from 'postgres'
 import { randomBytes } from 'node:crypto'
+import type { AddressInfo } from 'node:net'
 
-// Each test file gets a database of its own on the real server, created here and dropped at the
-// end: files run in parallel and never see each other's rows.
+// Each test file gets a database of its own, created here and dropped at the end: files run in
+// parallel and never see each other's rows. The real server (TEST_DATABASE_URL, or the one on
+// 127.0.0.1:5432) is used when it answers; on a laptop without Postgres each database is an
+// in-memory embedded Postgres (PGlite) served on a loopback port instead, so `npm test` passes
+// there too. CI has the real server.
 
 export const ADMIN_URL = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
 
-export interface TestDb { url: string, name: string, sql: postgres.Sql<{}>, drop: () => Promise<void> }
+export interface TestDb { url: string, name: string, port: number, embedded: boolean, sql: postgres.Sql<{}>, drop: () => Promise<void> }
+
+let realServer: Promise<boolean> | null = null
+
+export function realServerAvailable (): Promise<boolean> {
+  realServer ??= (async () => {
+    const probe = postgres(ADMIN_URL, { max: 1, connect_timeout: 2, onnotice: () => {} })
+    try { await probe`select 1`; return true } catch { return false } finally { await probe.end({ timeout: 0 }).catch(() => {}) }
+  })()
+  return realServer
+}
 
 export async function createTestDb (): Promise<TestDb> {
+  return (await realServerAvailable()) ? createOnServer() : createEmbedded()
+}
+
+async function createOnServer (): Promise<TestDb> {
   const name = `usage_proxy_test_${randomBytes(6).toString('hex')}`
   const admin = postgres(ADMIN_URL, { max: 1, onnotice: () => {} })
   await admin.unsafe(`create database ${name}`)
-  const url = withDatabase(ADMIN_URL, name)
-  const sql = postgres(url, { max: 2, onnotice: () => {} })
+  const u = new URL(ADMIN_URL)
+  u.pathname = `/${name}`
+  const sql = postgres(u.toString(), { max: 2, onnotice: () => {} })
   return {
-    url, name, sql,
+    url: u.toString(), name, port: Number(u.port || 5432), embedded: false, sql,
     async drop () {
       await sql.end({ timeout: 1 })
       await admin.unsafe(`drop database if exists ${name} with (force)`)
@@ -24,8 +43,21 @@ export async function createTestDb (): Promise<TestDb> {
   }
 }
 
-function withDatabase (url: string, db: string): string {
-  const u = new URL(url)
-  u.pathname = `/${db}`
-  return u.toString()
+async function createEmbedded (): Promise<TestDb> {
+  const { PGlite } = await import('@electric-sql/pglite')
+  const { PGLiteSocketServer } = await import('@electric-sql/pglite-socket')
+  const db = await PGlite.create()
+  const server = new PGLiteSocketServer({ db, host: '127.0.0.1', port: 0, maxConnections: 32 })
+  await server.start()
+  const port = ((server as unknown as { server: { address: () => AddressInfo } }).server.address()).port
+  const url = `postgres://postgres@127.0.0.1:${port}/postgres`
+  const sql = postgres(url, { max: 1, onnotice: () => {} })
+  return {
+    url, name: 'postgres', port, embedded: true, sql,
+    async drop () {
+      await sql.end({ timeout: 1 })
+      await server.stop()
+      await db.close()
+    },
+  }
 }
