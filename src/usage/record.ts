@@ -15,7 +15,8 @@ export type Outcome =
 
 export type UsageSource = 'inline' | 'generation' | 'none'
 
-export interface UsageRecord {
+/** The row: who, what and how it went, plus the normalized usage (tokens and exact costs). */
+export interface UsageRecord extends Usage {
   eventId: string
   generationId: string | null
   organizationId: string
@@ -31,14 +32,6 @@ export interface UsageRecord {
   finishReason: string | null
   errorMessage: string | null
   usageSource: UsageSource
-  promptTokens: number | null
-  completionTokens: number | null
-  totalTokens: number | null
-  cachedTokens: number | null
-  reasoningTokens: number | null
-  costUsd: string | null
-  upstreamCostUsd: string | null
-  isByok: boolean | null
   markupPercent: string
   latencyMs: number | null
   ttfbMs: number | null
@@ -47,19 +40,7 @@ export interface UsageRecord {
 }
 
 export function withUsage (rec: UsageRecord, usage: Usage | null, source: UsageSource): UsageRecord {
-  if (!usage) return rec
-  return {
-    ...rec,
-    usageSource: source,
-    promptTokens: usage.promptTokens,
-    completionTokens: usage.completionTokens,
-    totalTokens: usage.totalTokens,
-    cachedTokens: usage.cachedTokens,
-    reasoningTokens: usage.reasoningTokens,
-    costUsd: usage.costUsd,
-    upstreamCostUsd: usage.upstreamCostUsd,
-    isByok: usage.isByok,
-  }
+  return usage ? { ...rec, ...usage, usageSource: source } : rec
 }
 
 /** Column order of usage_events as the writer inserts it. */
