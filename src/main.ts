@@ -81,7 +81,8 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     track (delta: 1 | -1) { inFlight += delta; if (inFlight === 0 && idle) idle() },
     observe: metrics.observe,
   }
-  const server = createProxyServer({ meter, passthrough, proxyApiKey: config.server.proxyApiKey, isReady: () => ready, metrics: metrics.handler, onPassthrough: metrics.passthrough })
+  const server = createProxyServer({ meter, passthrough, proxyApiKey: config.server.proxyApiKey, isReady: () => ready, metrics: metrics.handler,
+    clientTimeouts: { headersMs: config.server.headersTimeoutMs, requestMs: config.server.requestTimeoutMs }, onPassthrough: metrics.passthrough })
   await new Promise<void>((ok, fail) => { server.once('error', fail); server.listen(config.server.port, config.server.host, () => { server.off('error', fail); ok() }) })
   const port = (server.address() as AddressInfo).port
   log.info({ port, host: config.server.host, upstream: config.openrouter.baseUrl, organization: config.organization.id }, 'listening; not ready until the database is')

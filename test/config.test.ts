@@ -33,6 +33,7 @@ t.test('values are checked, not only presence', async (t) => {
   t.throws(() => loadConfig({ ...good, MARKUP_PERCENT: '1.23456' }), /MARKUP_PERCENT/)
   t.throws(() => loadConfig({ ...good, FORWARD_USER_INFO_HEADER_USER_ID: 'bad header' }), /FORWARD_USER_INFO_HEADER_USER_ID/)
   t.equal(loadConfig({ ...good, MARKUP_PERCENT: '12.5' }).organization.markupPercent, '12.5')
+  t.throws(() => loadConfig({ ...good, CLIENT_HEADERS_TIMEOUT_MS: '5000', CLIENT_REQUEST_TIMEOUT_MS: '1000' }), /CLIENT_HEADERS_TIMEOUT_MS must not exceed CLIENT_REQUEST_TIMEOUT_MS/)
   t.equal(loadConfig({ ...good, PROXY_API_KEY: '' }).server.proxyApiKey, undefined, 'empty means unset')
   t.equal(loadConfig({ ...good, OPENROUTER_BASE_URL: 'http://127.0.0.1:9/api/v1/' }).openrouter.baseUrl, 'http://127.0.0.1:9/api/v1')
 })

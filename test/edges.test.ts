@@ -1,6 +1,7 @@
 import t from 'tap'
 import { request } from 'undici'
 import { Readable } from 'node:stream'
+import { connect, type Socket } from 'node:net'
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { FakeOpenRouter } from './support/fake-openrouter.js'
@@ -26,6 +27,8 @@ t.before(async () => {
     UPSTREAM_HEADERS_TIMEOUT_MS: '500',
     UPSTREAM_BODY_TIMEOUT_MS: '500',
     MAX_BODY_BYTES: '2000',
+    CLIENT_HEADERS_TIMEOUT_MS: '300',
+    CLIENT_REQUEST_TIMEOUT_MS: '1500',
   }))
 })
 t.teardown(async () => { await s?.sidecar.stop(); await fake?.close(); await db?.drop() })
@@ -84,6 +87,30 @@ t.test('a body over MAX_BODY_BYTES: 413, nothing forwarded', async (t) => {
   })
   t.equal(chunked.statusCode, 413, 'also without a content-length')
   await chunked.body.dump()
+  t.equal(fake.requests.length, before)
+})
+
+t.test('slow or endless clients are cut off by server timeouts, nothing forwarded', async (t) => {
+  const before = fake.requests.length
+  const port = Number(new URL(s.url).port)
+  const talk = (send: (sock: Socket) => void) => new Promise<{ text: string, ms: number }>((resolve) => {
+    const started = Date.now()
+    const sock = connect(port, '127.0.0.1', () => send(sock))
+    let text = ''
+    sock.on('data', (c) => { text += c })
+    sock.on('close', () => resolve({ text, ms: Date.now() - started }))
+    sock.on('error', () => {})
+  })
+  // Headers that never finish.
+  const slowHeaders = await talk((sock) => sock.write('POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n'))
+  t.match(slowHeaders.text, /^HTTP\/1\.1 408/, 'headers timeout answers 408 and closes')
+  // A body that trickles forever.
+  const slowBody = await talk((sock) => {
+    sock.write(`POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${PROXY_KEY}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{`)
+    const drip = setInterval(() => { if (!sock.destroyed) sock.write(' ') }, 100)
+    sock.on('close', () => clearInterval(drip))
+  })
+  t.match(slowBody.text, /^HTTP\/1\.1 408/, 'request timeout answers 408 and closes')
   t.equal(fake.requests.length, before)
 })
 

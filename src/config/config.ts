@@ -37,6 +37,8 @@ export const envSchema = z.object({
   FORWARD_USER_INFO_HEADER_JWT_SECRET: z.string().min(16, 'must be at least 16 characters').optional(),
   TRUST_BODY_USER: bool.default(true),
   MAX_BODY_BYTES: positiveInt.default(20 * 1024 * 1024),
+  CLIENT_HEADERS_TIMEOUT_MS: positiveInt.default(30_000),
+  CLIENT_REQUEST_TIMEOUT_MS: positiveInt.default(600_000),
   UPSTREAM_HEADERS_TIMEOUT_MS: positiveInt.default(300_000),
   UPSTREAM_BODY_TIMEOUT_MS: positiveInt.default(300_000),
   UPSTREAM_CONNECTIONS: positiveInt.default(256),
@@ -54,7 +56,10 @@ export interface Config {
   openrouter: { apiKey: string, baseUrl: string, appUrl: string, appTitle: string }
   organization: { id: string, name: string, markupPercent: string }
   databaseUrl: string | undefined
-  server: { port: number, host: string, maxBodyBytes: number, shutdownGraceMs: number, proxyApiKey: string | undefined }
+  server: {
+    port: number, host: string, maxBodyBytes: number, shutdownGraceMs: number, proxyApiKey: string | undefined,
+    headersTimeoutMs: number, requestTimeoutMs: number
+  }
   upstream: { headersTimeoutMs: number, bodyTimeoutMs: number, connections: number }
   identity: {
     userIdHeader: string, userNameHeader: string, userEmailHeader: string, userRoleHeader: string,
@@ -90,11 +95,17 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
     throw new ConfigError(problems)
   }
   const e = parsed.data
+  if (e.CLIENT_HEADERS_TIMEOUT_MS > e.CLIENT_REQUEST_TIMEOUT_MS) {
+    throw new ConfigError(['CLIENT_HEADERS_TIMEOUT_MS must not exceed CLIENT_REQUEST_TIMEOUT_MS'])
+  }
   return {
     openrouter: { apiKey: e.OPENROUTER_API_KEY, baseUrl: e.OPENROUTER_BASE_URL, appUrl: e.APP_URL, appTitle: e.APP_TITLE },
     organization: { id: e.OPENROUTER_EXTERNAL_USER, name: e.ORGANIZATION_NAME, markupPercent: e.MARKUP_PERCENT },
     databaseUrl: e.DATABASE_URL,
-    server: { port: e.PORT, host: e.HOST, maxBodyBytes: e.MAX_BODY_BYTES, shutdownGraceMs: e.SHUTDOWN_GRACE_MS, proxyApiKey: e.PROXY_API_KEY },
+    server: {
+      port: e.PORT, host: e.HOST, maxBodyBytes: e.MAX_BODY_BYTES, shutdownGraceMs: e.SHUTDOWN_GRACE_MS, proxyApiKey: e.PROXY_API_KEY,
+      headersTimeoutMs: e.CLIENT_HEADERS_TIMEOUT_MS, requestTimeoutMs: e.CLIENT_REQUEST_TIMEOUT_MS,
+    },
     upstream: { headersTimeoutMs: e.UPSTREAM_HEADERS_TIMEOUT_MS, bodyTimeoutMs: e.UPSTREAM_BODY_TIMEOUT_MS, connections: e.UPSTREAM_CONNECTIONS },
     identity: {
       userIdHeader: e.FORWARD_USER_INFO_HEADER_USER_ID,

@@ -12,16 +12,20 @@ export interface ServerContext {
   passthrough: Passthrough
   proxyApiKey: string | undefined
   isReady: () => boolean
+  /** Slow or endless clients are cut off: all headers within the first, the whole request within the second. */
+  clientTimeouts: { headersMs: number, requestMs: number }
   metrics?: (req: IncomingMessage, res: ServerResponse) => void
   onPassthrough?: (status: number) => void
 }
 
 export function createProxyServer (ctx: ServerContext): Server {
   const keyDigest = ctx.proxyApiKey ? digest(`Bearer ${ctx.proxyApiKey}`) : null
+  const { headersMs, requestMs } = ctx.clientTimeouts
   const server = createServer({
-    // Slow or endless clients are cut off: headers within 30 s, a whole request within 10 min.
-    headersTimeout: 30_000,
-    requestTimeout: 600_000,
+    headersTimeout: headersMs,
+    requestTimeout: requestMs,
+    // Node checks those timeouts every 30 s by default, which would double a short one.
+    connectionsCheckingInterval: Math.min(1000, Math.ceil(headersMs / 2)),
     keepAliveTimeout: 65_000,
   }, (req, res) => route(req, res))
 
