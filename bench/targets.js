@@ -1,0 +1,123 @@
+// The five things measured side by side, each behind a URL on 127.0.0.1. Every target gets the
+// same request (the identity headers Open WebUI forwards included); each proxy forwards it to the
+// same fake upstream. A target whose software is missing is skipped with a message.
+import { existsSync, mkdirSync } from 'node:fs'
+import { join } from 'node:path'
+import { freePort, start, waitHttp } from './children.js'
+import { nginxAvailable, startNginx, NGINX } from './nginx.js'
+
+export const ROOT = new URL('..', import.meta.url).pathname.replace(/\/$/, '')
+export const BENCH = join(ROOT, 'bench')
+export const PORTKEY_BIN = join(BENCH, 'node_modules', '@portkey-ai', 'gateway', 'build', 'start-server.js')
+
+export const TARGET_NAMES = ['direct', 'nginx', 'bare-node', 'portkey', 'usage-proxy']
+
+/** What every client request carries (usage-proxy replaces the key and keeps the identity). */
+export const CLIENT_HEADERS = {
+  authorization: 'Bearer sk-bench-client-key',
+  'x-openwebui-user-id': 'bench-user-1',
+  'x-openwebui-user-name': 'Bench%20User',
+  'x-openwebui-user-email': 'bench@example.com',
+  'x-openwebui-user-role': 'user',
+  'x-openwebui-chat-id': 'bench-chat-1',
+}
+
+const CHAT = '/api/v1/chat/completions'
+
+export function minimalEnv (extra) {
+  return { PATH: process.env.PATH, HOME: process.env.HOME ?? '/tmp', ...extra }
+}
+
+export function usageProxyEnv ({ port, upstreamPort, databaseUrl, dataDir }) {
+  return minimalEnv({
+    OPENROUTER_API_KEY: 'sk-or-v1-bench-0000000000000000',
+    OPENROUTER_EXTERNAL_USER: 'bench_org',
+    ORGANIZATION_NAME: 'Bench Org',
+    DATABASE_URL: databaseUrl,
+    OPENROUTER_BASE_URL: `http://127.0.0.1:${upstreamPort}/api/v1`,
+    PORT: String(port),
+    HOST: '127.0.0.1',
+    LOG_LEVEL: 'warn',
+    DATA_DIR: dataDir,
+    // The default (256) would queue the 1,000 slow streams inside the sidecar instead of holding
+    // them open: the memory figure is for 1,000 streams really in flight.
+    UPSTREAM_CONNECTIONS: '1100',
+  })
+}
+
+export async function startUpstreamProcess (tmp) {
+  const port = await freePort()
+  const child = start('upstream', process.execPath, [join(BENCH, 'upstream.js'), `--port=${port}`], { logPath: join(tmp, 'upstream.log') })
+  await waitHttp(`http://127.0.0.1:${port}/healthz`, { status: 404, child })
+  return { port, child }
+}
+
+export async function startUsageProxy ({ tmp, upstreamPort, databaseUrl, nodeArgs = [], name = 'usage-proxy' }) {
+  const port = await freePort()
+  const dataDir = join(tmp, `${name}-data`)
+  mkdirSync(dataDir, { recursive: true })
+  const child = start(name, process.execPath, [...nodeArgs, join(ROOT, 'dist', 'main.js')], {
+    env: usageProxyEnv({ port, upstreamPort, databaseUrl, dataDir }), logPath: join(tmp, `${name}.log`), cwd: tmp,
+  })
+  await waitHttp(`http://127.0.0.1:${port}/readyz`, { child, timeoutMs: 60_000 })
+  return { name, url: `http://127.0.0.1:${port}${CHAT}`, headers: CLIENT_HEADERS, child, pid: child.pid }
+}
+
+export async function startBareNode ({ tmp, upstreamPort, nodeArgs = [] }) {
+  const port = await freePort()
+  const child = start('bare-node', process.execPath, [...nodeArgs, join(BENCH, 'bare-proxy.js'), `--port=${port}`, `--upstream=http://127.0.0.1:${upstreamPort}`], { logPath: join(tmp, 'bare-node.log') })
+  await waitHttp(`http://127.0.0.1:${port}/healthz`, { status: 404, child })
+  return { name: 'bare-node', url: `http://127.0.0.1:${port}${CHAT}`, headers: CLIENT_HEADERS, child, pid: child.pid }
+}
+
+export async function startPortkey ({ tmp, upstreamPort }) {
+  const port = await freePort()
+  // Exactly what `npx @portkey-ai/gateway --port=N --headless` runs, minus the npm wrapper
+  // process (which would otherwise be counted in Portkey's RSS and CPU).
+  const child = start('portkey', process.execPath, [PORTKEY_BIN, `--port=${port}`, '--headless'], {
+    env: minimalEnv({ NODE_ENV: 'production' }), logPath: join(tmp, 'portkey.log'), cwd: tmp,
+  })
+  await waitHttp(`http://127.0.0.1:${port}/`, { contains: 'AI Gateway', child })
+  return {
+    name: 'portkey',
+    url: `http://127.0.0.1:${port}/v1/chat/completions`,
+    headers: { ...CLIENT_HEADERS, 'x-portkey-provider': 'openai', 'x-portkey-custom-host': `http://127.0.0.1:${upstreamPort}/api/v1` },
+    child,
+    pid: child.pid,
+  }
+}
+
+/** Starts the requested targets; returns [{ name, url, headers, pid? } | { name, skipped }]. */
+export async function startTargets ({ tmp, upstreamPort, databaseUrl, names = TARGET_NAMES, log = (m) => process.stderr.write(m + '\n') }) {
+  const out = []
+  for (const name of names) {
+    if (name === 'direct') {
+      out.push({ name, url: `http://127.0.0.1:${upstreamPort}${CHAT}`, headers: CLIENT_HEADERS, pid: null })
+    } else if (name === 'nginx') {
+      if (!nginxAvailable()) {
+        const msg = `${NGINX} not found: skipping the nginx target (install it with: apt-get update && apt-get install -y nginx-light)`
+        log(`bench: ${msg}`)
+        out.push({ name, skipped: msg })
+        continue
+      }
+      const port = await freePort()
+      const child = await startNginx({ tmp, port, upstreamPort })
+      out.push({ name, url: `http://127.0.0.1:${port}${CHAT}`, headers: CLIENT_HEADERS, child, pid: child.pid })
+    } else if (name === 'bare-node') {
+      out.push(await startBareNode({ tmp, upstreamPort }))
+    } else if (name === 'portkey') {
+      if (!existsSync(PORTKEY_BIN)) {
+        const msg = `${PORTKEY_BIN} not found: skipping Portkey (run: npm ci --prefix bench)`
+        log(`bench: ${msg}`)
+        out.push({ name, skipped: msg })
+        continue
+      }
+      out.push(await startPortkey({ tmp, upstreamPort }))
+    } else if (name === 'usage-proxy') {
+      out.push(await startUsageProxy({ tmp, upstreamPort, databaseUrl }))
+    } else {
+      throw new Error(`unknown target ${name}`)
+    }
+  }
+  return out
+}
