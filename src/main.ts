@@ -104,7 +104,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     const created = await upsertOrganization(sql, config.organization, config.openrouter.apiKey)
     log!.info({ organization: config.organization.id, created, markupPercent: config.organization.markupPercent }, 'organization ready')
     // 5. replay what an earlier process journaled but never committed
-    ledger = new Ledger(sql, journal, log!, config.ledger)
+    ledger = new Ledger(sql, journal, log!, { ...config.ledger, rejectedPath: join(resolve(config.ledger.dataDir), 'rejected.jsonl') })
     reconciler = new Reconciler(upstream.fetchGeneration, (r) => ledger!.record(r), log!, { maxWaitMs: config.ledger.reconcileMaxWaitMs })
     directory = new UserDirectory(config.organization.id, sql, log!)
     const replay = journal.replay()

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { mkdtempSync, readdirSync } from 'node:fs'
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { randomUUID } from 'node:crypto'
@@ -64,4 +64,69 @@ t.test('a failed journal append keeps the record in memory', async (t) => {
   t.ok(await ledger.drain(5000))
   t.equal((await db.sql`select count(*)::int as n from usage_events`)[0].n, 6)
   ledger.close()
+})
+
+t.test('a record Postgres refuses as data is set aside with its reason; the rest of the batch lands; NULs are stripped', async (t) => {
+  const db = await createTestDb()
+  t.teardown(() => db.drop())
+  await migrate(db.sql, 'sql')
+  await db.sql`insert into organizations (id, name) values (${ORG}, 'Ledger Org')`
+  const dir = mkdtempSync(join(tmpdir(), 'ledger-'))
+  const logs = new LogSink()
+  const log = createLogger('info', logs)
+  const journal = new Journal(join(dir, 'journal'), log)
+  const rejectedPath = join(dir, 'rejected.jsonl')
+  const ledger = new Ledger(db.sql, journal, log, { batchSize: 10, flushMs: 5, rejectedPath })
+  const good = Array.from({ length: 5 }, (_, i) => rec(i))
+  good[1].model = 'bad\u0000model'
+  good[1].userId = 'user\u0000x'
+  const poison = { ...rec(99), latencyMs: 1e15 } // numeric(12,3) overflow: SQLSTATE 22003
+  for (const r of [good[0], good[1], poison, good[2], good[3], good[4]]) ledger.record(r)
+  t.ok(await ledger.drain(5000), 'the queue is not blocked by one bad row')
+  const rows = await db.sql`select generation_id, model, user_id from usage_events order by prompt_tokens`
+  t.same(rows.map((r) => r.generation_id), good.map((r) => r.generationId))
+  t.equal(rows[1].model, 'badmodel')
+  t.equal(rows[1].user_id, 'userx')
+  const set = readFileSync(rejectedPath, 'utf8').trim().split('\n').map((l) => JSON.parse(l))
+  t.equal(set.length, 1)
+  t.equal(set[0].record.eventId, poison.eventId)
+  t.match(set[0].reason, /^22003/)
+  t.equal(ledger.rejected, 1)
+  t.equal(journal.backlog, 0, 'set aside counts as done: the file keeps it')
+  t.match(logs.text, /record refused by postgres, set aside/)
+  ledger.close()
+  journal.close()
+})
+
+t.test('journal replay adopts segments in place: nothing copied, deleted only once committed, torn lines skipped', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'journal-'))
+  const log = createLogger('silent')
+  const first = new Journal(dir, log)
+  const a = rec(1)
+  const b = rec(2)
+  const c = rec(3)
+  first.pending(a)
+  first.append(b)
+  first.pending(c)
+  first.append({ ...c, outcome: 'client_aborted' })
+  first.close() // a crash would leave the same files; close only seals them
+  const files = readdirSync(dir)
+  t.equal(files.length, 1)
+  writeFileSync(join(dir, files[0]), readFileSync(join(dir, files[0]), 'utf8') + '{"k":"r","r":{"eventId":"torn')
+  const second = new Journal(dir, log)
+  const replay = second.replay()
+  t.same(replay.finals.map((r) => r.eventId).sort(), [b.eventId, c.eventId].sort())
+  t.same(replay.pendings.map((r) => r.eventId), [a.eventId], 'a pending without its final is to be reconciled')
+  t.equal(replay.finals.find((r) => r.eventId === c.eventId)?.outcome, 'client_aborted', 'the final line wins')
+  t.equal(replay.tornLines, 1)
+  t.same(readdirSync(dir), files, 'no copy was made')
+  t.equal(second.backlog, 3)
+  second.committed(b.eventId)
+  second.committed(c.eventId)
+  t.ok(existsSync(join(dir, files[0])), 'kept while a record in it is outstanding')
+  second.append({ ...a, outcome: 'interrupted' })
+  second.committed(a.eventId)
+  t.notOk(existsSync(join(dir, files[0])), 'deleted once everything in it is committed')
+  second.close()
+  t.same(readdirSync(dir), [])
 })

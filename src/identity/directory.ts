@@ -1,5 +1,6 @@
 import type { Sql } from '../db/connect.js'
 import { describe } from '../db/connect.js'
+import { pgText } from '../db/text.js'
 import type { Logger } from '../log.js'
 import { externalUserId } from './external-id.js'
 import type { Identity } from './identify.js'
@@ -63,8 +64,8 @@ export class UserDirectory {
       try {
         for (let i = 0; i < batch.length; i += 1000) {
           const rows = batch.slice(i, i + 1000).map((e) => ({
-            organization_id: this.organizationId, user_id: e.userId, external_user_id: e.externalUserId,
-            user_name: e.name, user_email: e.email, user_role: e.role, first_seen_at: e.firstSeen, last_seen_at: e.lastSeen,
+            organization_id: this.organizationId, user_id: pgText(e.userId), external_user_id: e.externalUserId,
+            user_name: pgText(e.name), user_email: pgText(e.email), user_role: pgText(e.role), first_seen_at: e.firstSeen, last_seen_at: e.lastSeen,
           }))
           await this.sql`
             insert into user_mappings ${this.sql(rows)}

@@ -1,4 +1,5 @@
-import { closeSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, statSync, unlinkSync, writeSync } from 'node:fs'
+import { closeSync, fsyncSync, ftruncateSync, mkdirSync, openSync, readdirSync, readFileSync, statSync, unlinkSync, writeSync } from 'node:fs'
+import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Logger } from '../log.js'
 import type { UsageRecord } from './record.js'
@@ -8,14 +9,14 @@ import type { UsageRecord } from './record.js'
 // once append() returns the line survives a SIGKILL (the kernel has it); a torn last line after a
 // power cut is skipped and reported at replay, never fatal.
 //
-// Segments: journal/seg-<seq>.jsonl. A segment is deleted when every record it holds is
-// committed. Two kinds of line, both keyed by the record's eventId:
+// Segments: journal/seg-<seq>.jsonl, about 1 MB each. A segment is deleted when every record it
+// holds is committed. Two kinds of line, both keyed by the record's eventId:
 //   {"k":"p","r":{...}}  pending: the generation id is known, the request is still running
 //   {"k":"r","r":{...}}  final: the record as it will be inserted
 
 export interface Replay { finals: UsageRecord[], pendings: UsageRecord[], tornLines: number, segments: number }
 
-const SEGMENT_BYTES = 8 * 1024 * 1024
+const SEGMENT_BYTES = 1024 * 1024
 
 interface Segment { seq: number, path: string, outstanding: number, sealed: boolean }
 
@@ -33,7 +34,11 @@ export class Journal {
     mkdirSync(dir, { recursive: true })
   }
 
-  /** Reads every segment left by an earlier process. Call once, before the first append. */
+  /**
+   * Adopts the segments an earlier process left, in place: nothing is copied, so a full disk at
+   * boot cannot lose what is already on it. Every record found counts as outstanding until its
+   * row is committed again (the insert is idempotent). Call once, before the first append.
+   */
   replay (): Replay {
     const files = readdirSync(this.dir).filter((f) => /^seg-\d+\.jsonl$/.test(f)).sort()
     const finals = new Map<string, UsageRecord>()
@@ -42,30 +47,27 @@ export class Journal {
     for (const f of files) {
       const seq = Number(f.slice(4, -6))
       this.nextSeq = Math.max(this.nextSeq, seq + 1)
-      const text = readFileSync(join(this.dir, f), 'utf8')
-      for (const line of text.split('\n')) {
+      const seg: Segment = { seq, path: join(this.dir, f), outstanding: 0, sealed: true }
+      this.segments.set(seq, seg)
+      for (const line of readFileSync(seg.path, 'utf8').split('\n')) {
         if (line === '') continue
         let entry: { k?: string, r?: UsageRecord }
         try { entry = JSON.parse(line) } catch { tornLines++; continue }
         const r = entry.r
-        if (!r || typeof r.eventId !== 'string') { tornLines++; continue }
+        if (!r || typeof r.eventId !== 'string' || (entry.k !== 'r' && entry.k !== 'p')) { tornLines++; continue }
         if (entry.k === 'r') finals.set(r.eventId, r)
-        else if (entry.k === 'p') pendings.set(r.eventId, r)
+        else pendings.set(r.eventId, r)
+        this.hold(r.eventId, seg)
       }
+      this.maybeDelete(seg)
     }
     for (const id of finals.keys()) pendings.delete(id)
     if (tornLines > 0) this.log.warn({ tornLines }, 'journal: skipped unreadable lines (a write cut short by a crash)')
-    // Carry what is still owed into a fresh segment, then drop the old ones: the replayed
-    // records are tracked like new ones from here on.
-    for (const r of pendings.values()) this.pending(r)
-    for (const r of finals.values()) this.append(r)
-    if (this.fd !== -1) fsyncSync(this.fd)
-    for (const f of files) unlinkSync(join(this.dir, f))
     return { finals: [...finals.values()], pendings: [...pendings.values()], tornLines, segments: files.length }
   }
 
   /** The request is under way and its generation id is known: enough to reconcile it after a crash. */
-  pending (r: UsageRecord): void { this.write('p', r) }
+  pending (r: UsageRecord): boolean { return this.write('p', r) }
 
   /** The final record, before it is queued for Postgres. False when it could not be written. */
   append (r: UsageRecord): boolean { return this.write('r', r) }
@@ -83,11 +85,16 @@ export class Journal {
     }
   }
 
-  /** Final records still on disk, oldest first, for a ledger that let them out of memory. */
-  * finals (wanted: Set<string>): Generator<UsageRecord> {
-    for (const seg of [...this.segments.values()].sort((a, b) => a.seq - b.seq)) {
+  /**
+   * Final records still on disk, oldest first, for a ledger that let them out of memory. One
+   * segment is read at a time, asynchronously, so a large backlog does not stall the proxy.
+   */
+  async * finals (wanted: Set<string>): AsyncGenerator<UsageRecord> {
+    for (const seq of [...this.segments.keys()].sort((a, b) => a - b)) {
+      const seg = this.segments.get(seq)
+      if (!seg || seg.outstanding === 0) continue
       let text: string
-      try { text = readFileSync(seg.path, 'utf8') } catch { continue }
+      try { text = await readFile(seg.path, 'utf8') } catch { continue }
       for (const line of text.split('\n')) {
         if (!line.startsWith('{"k":"r"')) continue
         try {
@@ -107,24 +114,39 @@ export class Journal {
   }
 
   private write (kind: 'p' | 'r', r: UsageRecord): boolean {
-    const line = JSON.stringify({ k: kind, r }) + '\n'
+    const line = Buffer.from(JSON.stringify({ k: kind, r }) + '\n')
+    let seg: Segment
     try {
-      const seg = this.segment()
-      const bytes = Buffer.byteLength(line)
-      writeSync(this.fd, line)
-      this.size += bytes
-      seg.outstanding++
-      const seqs = this.holders.get(r.eventId)
-      if (seqs) seqs.push(seg.seq)
-      else this.holders.set(r.eventId, [seg.seq])
-      return true
+      seg = this.segment()
     } catch (err) {
-      // Disk full or read-only: the record still goes to Postgres from memory, only crash
-      // safety is lost for it. Proxying never stops for the journal.
-      this.failures++
-      this.log.error({ err: (err as Error).message, eventId: r.eventId }, 'journal: append failed; record kept in memory only')
-      return false
+      return this.failed(err, r)
     }
+    let written = 0
+    try {
+      // write(2) may take part of a line on a nearly full disk: finish it or take it back.
+      while (written < line.length) written += writeSync(this.fd, line, written)
+    } catch (err) {
+      try { if (written > 0) ftruncateSync(this.fd, this.size) } catch { /* the next replay skips the torn line */ }
+      return this.failed(err, r)
+    }
+    this.size += line.length
+    this.hold(r.eventId, seg)
+    return true
+  }
+
+  private failed (err: unknown, r: UsageRecord): false {
+    // Disk full or read-only: the record still goes to Postgres from memory, only crash
+    // safety is lost for it. Proxying never stops for the journal.
+    this.failures++
+    this.log.error({ err: (err as Error).message, eventId: r.eventId }, 'journal: append failed; record kept in memory only')
+    return false
+  }
+
+  private hold (eventId: string, seg: Segment): void {
+    seg.outstanding++
+    const seqs = this.holders.get(eventId)
+    if (seqs) seqs.push(seg.seq)
+    else this.holders.set(eventId, [seg.seq])
   }
 
   private segment (): Segment {
@@ -134,6 +156,7 @@ export class Journal {
       this.fd = -1
       this.current.sealed = true
       this.maybeDelete(this.current)
+      this.current = null
     }
     const seq = this.nextSeq++
     const path = join(this.dir, `seg-${String(seq).padStart(12, '0')}.jsonl`)

@@ -1,3 +1,4 @@
+import { appendFileSync } from 'node:fs'
 import type { Sql } from '../db/connect.js'
 import { describe } from '../db/connect.js'
 import type { Logger } from '../log.js'
@@ -8,19 +9,27 @@ import { ROW_COLUMNS, toRow, type UsageRecord } from './record.js'
 // trimmed. The request path only calls record(), which returns at once; a client never waits
 // for Postgres. While Postgres is away the queue waits and retries: it never drops a record.
 
-export interface LedgerOptions { batchSize: number, flushMs: number, maxInMemory?: number }
+export interface LedgerOptions {
+  batchSize: number
+  flushMs: number
+  /** Past this many queued records, new ones stay only in the journal until there is room. */
+  maxInMemory?: number
+  /** Where a record Postgres refuses as data (SQLSTATE class 22) is set aside for an operator. */
+  rejectedPath?: string
+}
 
-// During a long outage records stop piling up in memory: past maxInMemory they stay only in the
-// journal (a set of their ids is all that is kept) and are read back from disk as the queue drains.
 const MAX_IN_MEMORY = 20_000
 
 export class Ledger {
   private queue: UsageRecord[] = []
+  /** Records on disk but not in memory (ids only): an outage is bounded by disk, not memory. */
+  private readonly spilled = new Set<string>()
   private timer: NodeJS.Timeout | null = null
   private flushing: Promise<void> | null = null
   private failures = 0
   private closed = false
   written = 0
+  rejected = 0
 
   constructor (
     private readonly sql: Sql,
@@ -29,17 +38,17 @@ export class Ledger {
     private readonly opts: LedgerOptions,
   ) {}
 
+  private get cap (): number { return this.opts.maxInMemory ?? MAX_IN_MEMORY }
+
   /** A request's generation id is known: journal it so a crash cannot lose it. */
   pending (r: UsageRecord): void { this.journal?.pending(r) }
 
   /** Accepts a finished record. Never throws, never waits. */
   record (r: UsageRecord, journaled = false): void {
     const onDisk = journaled || (this.journal?.append(r) ?? false)
-    if (onDisk && (this.spilled.size > 0 || this.queue.length >= (this.opts.maxInMemory ?? MAX_IN_MEMORY))) {
-      this.spilled.add(r.eventId)
-    } else {
-      this.queue.push(r)
-    }
+    // A record that is not on disk is never let out of memory.
+    if (onDisk && (this.spilled.size > 0 || this.queue.length >= this.cap)) this.spilled.add(r.eventId)
+    else this.queue.push(r)
     this.schedule(this.queue.length >= this.opts.batchSize ? 0 : this.opts.flushMs)
   }
 
@@ -48,20 +57,6 @@ export class Ledger {
   /** Records waiting for Postgres, in memory and spilled to the journal. */
   get depth (): number { return this.queue.length + this.spilled.size }
 
-  private readonly spilled = new Set<string>()
-
-  /** Brings spilled records back from the journal once the queue has room again. */
-  private refill (): void {
-    const room = (this.opts.maxInMemory ?? MAX_IN_MEMORY) - this.queue.length
-    if (this.spilled.size === 0 || !this.journal || room < (this.opts.maxInMemory ?? MAX_IN_MEMORY) / 2) return
-    let taken = 0
-    for (const r of this.journal.finals(this.spilled)) {
-      this.spilled.delete(r.eventId)
-      this.queue.push(r)
-      if (++taken >= room) break
-    }
-  }
-
   /** Writes everything queued; resolves when the queue is empty or the deadline passed. */
   async drain (timeoutMs: number): Promise<boolean> {
     const deadline = Date.now() + timeoutMs
@@ -69,7 +64,7 @@ export class Ledger {
       if (Date.now() > deadline) return false
       if (this.flushing) await this.flushing
       else await this.flush()
-      if (this.queue.length > 0 && this.failures > 0) await new Promise((r) => setTimeout(r, 100))
+      if (this.depth > 0 && this.failures > 0) await new Promise((r) => setTimeout(r, 100))
     }
     return true
   }
@@ -91,9 +86,8 @@ export class Ledger {
 
   private flush (): Promise<void> {
     if (this.flushing) return this.flushing
-    this.refill()
-    if (this.queue.length === 0) return Promise.resolve()
-    this.flushing = this.writeBatch().finally(() => {
+    if (this.depth === 0) return Promise.resolve()
+    this.flushing = this.refill().then(() => this.writeBatch()).finally(() => {
       this.flushing = null
       if (this.depth > 0) {
         // Back off while Postgres fails: 100 ms doubling to 1 s, so recovery is noticed within a second.
@@ -104,20 +98,68 @@ export class Ledger {
     return this.flushing
   }
 
+  /** Brings spilled records back from the journal, a segment at a time, once there is room. */
+  private async refill (): Promise<void> {
+    if (this.spilled.size === 0 || !this.journal || this.queue.length > this.cap / 2) return
+    const room = this.cap - this.queue.length
+    let taken = 0
+    for await (const r of this.journal.finals(this.spilled)) {
+      this.spilled.delete(r.eventId)
+      this.queue.push(r)
+      if (++taken >= room) break
+    }
+  }
+
   private async writeBatch (): Promise<void> {
     const batch = this.queue.slice(0, this.opts.batchSize)
+    if (batch.length === 0) return
     try {
-      await this.sql`insert into usage_events ${this.sql(batch.map(toRow) as never, ROW_COLUMNS)} on conflict do nothing`
-      this.queue.splice(0, batch.length)
-      for (const r of batch) this.journal?.committed(r.eventId)
-      this.written += batch.length
-      if (this.failures > 0) this.log.info({ afterFailures: this.failures, queued: this.queue.length }, 'ledger: postgres writes resumed')
+      await this.insert(batch)
+      this.done(batch)
+      if (this.failures > 0) this.log.info({ afterFailures: this.failures, queued: this.depth }, 'ledger: postgres writes resumed')
       this.failures = 0
     } catch (err) {
+      if (sqlState(err).startsWith('22')) {
+        try { await this.isolate(batch); return } catch (again) { err = again }
+      }
       this.failures++
       if (this.failures === 1 || this.failures % 20 === 0) {
-        this.log.warn({ reason: describe(err), queued: this.queue.length, failures: this.failures }, 'ledger: insert failed, will retry')
+        this.log.warn({ reason: describe(err), queued: this.depth, failures: this.failures }, 'ledger: insert failed, will retry')
       }
     }
   }
+
+  private async insert (rows: UsageRecord[]): Promise<void> {
+    await this.sql`insert into usage_events ${this.sql(rows.map(toRow) as never, ROW_COLUMNS)} on conflict do nothing`
+  }
+
+  private done (batch: UsageRecord[]): void {
+    this.queue.splice(0, batch.length)
+    for (const r of batch) this.journal?.committed(r.eventId)
+    this.written += batch.length
+  }
+
+  /**
+   * Postgres refused the batch's data itself: retrying it whole would block every record behind
+   * it forever. Insert one by one and set aside the rows it refuses, with the reason, in a file
+   * an operator can read and replay; the rest go in.
+   */
+  private async isolate (batch: UsageRecord[]): Promise<void> {
+    for (const r of batch) {
+      try {
+        await this.insert([r])
+      } catch (err) {
+        if (!sqlState(err).startsWith('22') || !this.opts.rejectedPath) throw err
+        appendFileSync(this.opts.rejectedPath, JSON.stringify({ reason: describe(err), record: r }) + '\n')
+        this.rejected++
+        this.log.error({ eventId: r.eventId, generationId: r.generationId, reason: describe(err), file: this.opts.rejectedPath }, 'ledger: record refused by postgres, set aside')
+      }
+    }
+    this.done(batch)
+  }
+}
+
+function sqlState (err: unknown): string {
+  const code = (err as { code?: unknown })?.code
+  return typeof code === 'string' ? code : ''
 }

@@ -1,3 +1,4 @@
+import { pgText as text } from '../db/text.js'
 import type { Usage } from './extract.js'
 
 // One row of usage_events, as it travels through the journal and the writer. Costs are decimal
@@ -47,19 +48,19 @@ export function withUsage (rec: UsageRecord, usage: Usage | null, source: UsageS
 export function toRow (r: UsageRecord): Record<string, unknown> {
   return {
     event_id: r.eventId,
-    generation_id: r.generationId,
+    generation_id: text(r.generationId),
     organization_id: r.organizationId,
-    user_id: r.userId,
-    external_user_id: r.externalUserId,
+    user_id: text(r.userId),
+    external_user_id: text(r.externalUserId),
     endpoint: r.endpoint,
-    model: r.model,
-    served_model: r.servedModel,
-    provider: r.provider,
+    model: text(r.model),
+    served_model: text(r.servedModel),
+    provider: text(r.provider),
     streamed: r.streamed,
     status: r.status,
     outcome: r.outcome,
-    finish_reason: r.finishReason,
-    error_message: r.errorMessage,
+    finish_reason: text(r.finishReason),
+    error_message: text(r.errorMessage),
     usage_source: r.usageSource,
     prompt_tokens: r.promptTokens,
     completion_tokens: r.completionTokens,
@@ -72,7 +73,7 @@ export function toRow (r: UsageRecord): Record<string, unknown> {
     markup_percent: r.markupPercent,
     latency_ms: r.latencyMs,
     ttfb_ms: r.ttfbMs,
-    chat_id: r.chatId,
+    chat_id: text(r.chatId),
     created_at: r.createdAt,
   }
 }
