@@ -31,6 +31,7 @@ export interface Sidecar {
   log: Logger
   /** Graceful stop: refuse new requests, let streams finish, flush the ledger. */
   stop: (reason?: string) => Promise<void>
+  isStopping: () => boolean
 }
 
 /**
@@ -44,10 +45,16 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
   const secrets = [config.openrouter.apiKey, config.server.proxyApiKey, config.identity.jwtSecret]
 
   let ready = false
+  let stopping: Promise<void> | null = null
   let inFlight = 0
   let idle: (() => void) | null = null
   const upstream = createUpstream({ baseUrl: config.openrouter.baseUrl, apiKey: config.openrouter.apiKey, ...config.upstream })
-  const passthrough = createPassthrough(config.openrouter.baseUrl, config.openrouter.apiKey, config.openrouter.appUrl, config.openrouter.appTitle, log)
+  const id = config.identity
+  const passthrough = createPassthrough(config.openrouter.baseUrl, config.openrouter.apiKey, config.openrouter.appUrl, config.openrouter.appTitle,
+    [id.userIdHeader, id.userNameHeader, id.userEmailHeader, id.userRoleHeader, id.chatIdHeader, id.jwtHeader], log)
+  if (!config.server.proxyApiKey && !['127.0.0.1', '::1', 'localhost'].includes(config.server.host)) {
+    log.warn({ host: config.server.host }, 'PROXY_API_KEY is not set: anyone who can reach this port can spend the organization\'s OpenRouter key')
+  }
   const journal = new Journal(join(resolve(config.ledger.dataDir), 'journal'), log)
 
   // Filled in by boot; the server only reaches them once `ready` is true.
@@ -80,6 +87,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     log,
     track (delta: 1 | -1) { inFlight += delta; if (inFlight === 0 && idle) idle() },
     observe: metrics.observe,
+    stopping: () => stopping !== null,
   }
   const server = createProxyServer({ meter, passthrough, proxyApiKey: config.server.proxyApiKey, isReady: () => ready, metrics: metrics.handler,
     clientTimeouts: { headersMs: config.server.headersTimeoutMs, requestMs: config.server.requestTimeoutMs }, onPassthrough: metrics.passthrough })
@@ -116,10 +124,10 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     log!.info({ port }, 'ready')
   })()
   ready$.catch((err) => {
+    if (stopping) return
     log!.fatal({ err: scrub(err instanceof Error ? `${err.name}: ${err.message}` : String(err), secrets) }, 'boot failed')
   })
 
-  let stopping: Promise<void> | null = null
   const stop = (reason = 'stop'): Promise<void> => {
     stopping ??= (async () => {
       log!.info({ reason, inFlight }, 'shutting down: no new requests, waiting for streams in flight')
@@ -149,7 +157,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     return stopping
   }
 
-  return { config, server, port, ready: ready$, ledger: () => ledger, log, stop }
+  return { config, server, port, ready: ready$, ledger: () => ledger, log, stop, isStopping: () => stopping !== null }
 }
 
 /** Runs the sidecar as a process: exits 2 on a configuration error, stops gracefully on SIGTERM/SIGINT. */
@@ -166,7 +174,8 @@ export async function main (): Promise<void> {
     throw err
   }
   installCrashGuard(sidecar.log)
-  sidecar.ready.catch(() => process.exit(1))
+  // A boot cut short by SIGTERM is a stop, not a failure.
+  sidecar.ready.catch(() => { if (!sidecar.isStopping()) process.exit(1) })
   for (const sig of ['SIGTERM', 'SIGINT'] as const) {
     process.once(sig, () => { void sidecar.stop(sig).then(() => process.exit(0)) })
   }

@@ -46,7 +46,7 @@ t.test('upstream silent before headers: 504 in OpenAI shape, outcome recorded', 
   const res = await request(`${s.url}/v1/chat/completions`, { method: 'POST', headers, body: JSON.stringify({ model: 'fake/silent', messages: [], user: 'silent-user' }) })
   t.equal(res.statusCode, 504)
   t.match(await res.body.json(), { error: { type: 'upstream_error', code: 'upstream_timeout', message: String } })
-  const [row] = await rows((r) => r.user_id === 'silent-user')
+  const [row] = await rows((r) => r.model === 'fake/silent')
   t.same([row?.outcome, row?.status, row?.cost_usd], ['upstream_timeout', 504, null])
 })
 
@@ -131,6 +131,9 @@ t.test('signed identity: a valid JWT names the user, a forged one is refused, pl
   const plain = await request(`${s.url}/v1/chat/completions`, { method: 'POST', headers: { ...headers, 'x-openwebui-user-id': 'someone-else' }, body: JSON.stringify({ model: 'fake/ok', messages: [] }) })
   await plain.body.dump()
   t.equal(JSON.parse(fake.requests.at(-1)!.body).user, 'mai_client_63a4eb6d', 'a forgeable header does not bill another user')
+  const bodyUser = await request(`${s.url}/v1/chat/completions`, { method: 'POST', headers, body: JSON.stringify({ model: 'fake/ok', messages: [], user: 'jwt-user' }) })
+  await bodyUser.body.dump()
+  t.equal(JSON.parse(fake.requests.at(-1)!.body).user, 'mai_client_63a4eb6d', 'nor does an unsigned body user once a secret is set')
 })
 
 t.test('a journal left by a crash, with a torn last line, is replayed at boot', async (t) => {

@@ -2,7 +2,7 @@ import t from 'tap'
 import { mkdtempSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { request } from 'undici'
+import { Agent, request } from 'undici'
 import { FakeOpenRouter, sumDecimals } from './support/fake-openrouter.js'
 import { createTestDb, type TestDb } from './support/db.js'
 import { TEST_KEY } from './support/sidecar.js'
@@ -131,11 +131,38 @@ t.test('SIGTERM: stops accepting, lets the stream in flight finish, flushes, exi
   })
   child.proc.kill('SIGTERM')
   await new Promise((r) => setTimeout(r, 100))
-  await t.rejects(request(`${child.url}/readyz`), 'no new connections after SIGTERM')
+  const fresh = new Agent() // a new connection, not a kept-alive one
+  await t.rejects(request(`${child.url}/readyz`, { dispatcher: fresh }), 'no new connections after SIGTERM')
+  await fresh.close()
   const text = await res.body.text()
   t.match(text, /data: \[DONE\]/, 'the stream in flight finished')
   const { code } = await child.exited
   t.equal(code, 0)
   const rows = await db.sql`select outcome, usage_source from usage_events`
   t.same(rows.map((r) => [r.outcome, r.usage_source]), [['ok', 'inline']], 'its row was flushed before exit')
+})
+
+t.test('SIGTERM past the grace period: the cut stream is recorded as interrupted and reconciled at the next start', async (t) => {
+  const db = await createTestDb()
+  t.teardown(() => db.drop())
+  const dataDir = mkdtempSync(join(tmpdir(), 'grace-'))
+  const port = await freePort()
+  let child = spawnSidecar(env(db.url, dataDir, { SHUTDOWN_GRACE_MS: '300' }), port)
+  await child.waitReady()
+  const res = await request(`${child.url}/v1/chat/completions`, {
+    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'fake/slow', stream: true, messages: [] }),
+  })
+  const gen = String(res.headers['x-generation-id'])
+  res.body.on('error', () => {})
+  child.proc.kill('SIGTERM')
+  t.equal((await child.exited).code, 0, 'exits 0 after the grace period')
+  child = spawnSidecar(env(db.url, dataDir), port)
+  t.teardown(async () => { child.proc.kill('SIGKILL'); await child.exited })
+  await child.waitReady()
+  let rows: any[] = []
+  for (let i = 0; i < 200 && rows.length === 0; i++) {
+    rows = await db.sql`select outcome, usage_source, cost_usd::text as cost from usage_events where generation_id = ${gen}`
+    if (rows.length === 0) await new Promise((r) => setTimeout(r, 50))
+  }
+  t.same(rows, [{ outcome: 'interrupted', usage_source: 'generation', cost: fake.generations.get(gen)!.cost }])
 })

@@ -200,6 +200,90 @@ t.test('client aborts a stream: upstream aborted, billed as OpenRouter billed it
   t.same([row.outcome, row.usage_source, row.cost_text, row.completion_tokens, row.user_id], ['client_aborted', 'generation', g.cost, g.completionTokens, 'u-5'])
 })
 
+t.test('client leaves a non-stream request: it is read to the end unseen and billed from inline usage', async (t) => {
+  const ac = new AbortController()
+  setTimeout(() => ac.abort(), 100)
+  await t.rejects(request(s.url + '/v1/chat/completions', {
+    method: 'POST', headers: owui('u-6', 'Leaver'), body: JSON.stringify({ model: 'fake/slow-complete', messages: [] }), signal: ac.signal,
+  }))
+  let rows: any[] = []
+  for (let i = 0; i < 200 && rows.length === 0; i++) {
+    rows = await db.sql`select *, cost_usd::text as cost_text from usage_events where user_id = 'u-6'`
+    if (rows.length === 0) await new Promise((r) => setTimeout(r, 25))
+  }
+  const g = fake.generations.get(rows[0]?.generation_id)
+  t.ok(g, 'the generation id was learned after the client left')
+  t.same([rows[0].outcome, rows[0].status, rows[0].usage_source, rows[0].cost_text], ['client_aborted', 499, 'inline', g!.cost])
+})
+
+t.test('client leaves a stream before its headers: upstream is aborted once they name the generation, then reconciled', async (t) => {
+  const ac = new AbortController()
+  setTimeout(() => ac.abort(), 100)
+  await t.rejects(request(s.url + '/v1/chat/completions', {
+    method: 'POST', headers: owui('u-7', 'Early'), body: JSON.stringify({ model: 'fake/slow-start', stream: true, messages: [] }), signal: ac.signal,
+  }))
+  let rows: any[] = []
+  for (let i = 0; i < 300 && rows.length === 0; i++) {
+    rows = await db.sql`select *, cost_usd::text as cost_text from usage_events where user_id = 'u-7'`
+    if (rows.length === 0) await new Promise((r) => setTimeout(r, 25))
+  }
+  const g = fake.generations.get(rows[0]?.generation_id)
+  t.ok(g, 'generation known')
+  t.equal(g!.cancelled, true, 'upstream was aborted')
+  t.same([rows[0].outcome, rows[0].usage_source, rows[0].cost_text], ['client_aborted', 'generation', g!.cost])
+})
+
+t.test('upstream dies mid-body after declaring a length: the client sees the cut instead of hanging', async (t) => {
+  await t.rejects(async () => {
+    const res = await request(s.url + '/v1/chat/completions', { method: 'POST', headers: auth, body: JSON.stringify({ model: 'fake/cut-json', messages: [], user: 'cut-user' }) })
+    await res.body.text()
+  })
+  let rows: any[] = []
+  for (let i = 0; i < 300 && rows.length === 0; i++) {
+    rows = await db.sql`select * from usage_events where user_id = 'cut-user'`
+    if (rows.length === 0) await new Promise((r) => setTimeout(r, 25))
+  }
+  t.same([rows[0]?.outcome, rows[0]?.usage_source], ['incomplete', 'generation'])
+})
+
+t.test('a large JSON body is read at head and tail: exact cost without parsing megabytes', async (t) => {
+  const r = await post('/v1/embeddings', { model: 'fake/big-embed', input: ['a', 'b'] })
+  t.ok(r.bytes.length > 1024 * 1024, `body is ${r.bytes.length} bytes`)
+  const gen = JSON.parse(r.text).id
+  t.ok(fake.sent.get(gen)!.equals(r.bytes))
+  const row = await rowFor(gen)
+  t.same([row.cost_text, row.prompt_tokens, row.served_model, row.provider, row.outcome], [fake.generations.get(gen)!.cost, fake.generations.get(gen)!.promptTokens, 'fake/big-embed', 'FakeProvider', 'ok'])
+})
+
+t.test('routing: trailing slash, other billable endpoints and multipart are metered; the rest is refused', async (t) => {
+  const slash = await post('/v1/chat/completions/', { model: 'fake/ok', messages: [], user: 'slash-user' })
+  t.equal(slash.status, 200)
+  t.equal(fake.requests.at(-1)!.path, '/api/v1/chat/completions')
+  t.equal((await rowFor(JSON.parse(slash.text).id)).user_id, 'slash-user')
+  const images = await post('/v1/images/generations', { model: 'fake/ok', prompt: 'a cat', user: 'img-user' })
+  t.equal(JSON.parse(fake.requests.at(-1)!.body).user, externalUserId(ORG, 'img-user'))
+  t.equal((await rowFor(JSON.parse(images.text).id)).endpoint, 'images/generations')
+  const boundary = '----usageproxy'
+  const multipart = `--${boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper\r\n--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\nContent-Type: audio/wav\r\n\r\nRIFF\u0000\u0001data\r\n--${boundary}--\r\n`
+  const audio = await request(s.url + '/v1/audio/transcriptions', {
+    method: 'POST', headers: { ...owui('u-audio', 'Audio'), 'content-type': `multipart/form-data; boundary=${boundary}` }, body: multipart,
+  })
+  t.equal(audio.statusCode, 200)
+  const gen = String(audio.headers['x-generation-id'])
+  await audio.body.dump()
+  t.equal(fake.uploads.get(gen), multipart, 'multipart forwarded byte for byte')
+  t.match(fake.requests.at(-1)!.headers['content-type'], /multipart\/form-data; boundary=/)
+  const row = await rowFor(gen)
+  t.same([row.endpoint, row.user_id, row.cost_text], ['audio/transcriptions', 'u-audio', fake.generations.get(gen)!.cost])
+  const before = fake.requests.length
+  for (const [method, path] of [['POST', '/v1/keys'], ['PUT', '/v1/models'], ['DELETE', '/v1/chat/completions'], ['POST', '/v1/chat/../keys'], ['POST', '/v1/chat%2fcompletions']]) {
+    const res = await request(s.url + path, { method: method as 'POST', headers: auth, body: '{}' })
+    t.equal(res.statusCode, 404, `${method} ${path} refused`)
+    t.match(await res.body.json(), { error: { type: 'not_found_error' } })
+  }
+  t.equal(fake.requests.length, before, 'nothing unmetered reached OpenRouter')
+})
+
 t.test('passthrough: GET /v1/models with the org key', async (t) => {
   const res = await request(s.url + '/v1/models', { headers: { authorization: 'Bearer proxy-secret-key-1234', 'x-openwebui-user-email': 'a@b.c' } })
   t.equal(res.statusCode, 200)
@@ -233,7 +317,7 @@ t.test('metrics: Prometheus text with requests, outcomes, tokens and ledger gaug
   const text = await res.body.text()
   t.match(text, /usage_proxy_requests_total\{route="chat\/completions",status="200"\} \d+/)
   t.match(text, /usage_proxy_requests_total\{route="passthrough",status="200"\} [1-9]/)
-  t.match(text, /usage_proxy_outcomes_total\{outcome="client_aborted"\} 1/)
+  t.match(text, /usage_proxy_outcomes_total\{outcome="client_aborted"\} [1-9]/)
   t.match(text, /usage_proxy_tokens_total\{model="fake\/ok-2025",kind="prompt"\} \d+/)
   t.match(text, /usage_proxy_upstream_ttfb_seconds_bucket/)
   t.match(text, /usage_proxy_ledger_queue_depth \d+/)

@@ -35,7 +35,7 @@ export const envSchema = z.object({
   FORWARD_USER_INFO_HEADER_CHAT_ID: header('X-OpenWebUI-Chat-Id'),
   FORWARD_USER_INFO_HEADER_JWT: header('X-OpenWebUI-User-Jwt'),
   FORWARD_USER_INFO_HEADER_JWT_SECRET: z.string().min(16, 'must be at least 16 characters').optional(),
-  TRUST_BODY_USER: bool.default(true),
+  TRUST_BODY_USER: bool.optional(),
   MAX_BODY_BYTES: positiveInt.default(20 * 1024 * 1024),
   CLIENT_HEADERS_TIMEOUT_MS: positiveInt.default(30_000),
   CLIENT_REQUEST_TIMEOUT_MS: positiveInt.default(600_000),
@@ -115,7 +115,8 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
       chatIdHeader: e.FORWARD_USER_INFO_HEADER_CHAT_ID,
       jwtHeader: e.FORWARD_USER_INFO_HEADER_JWT,
       jwtSecret: e.FORWARD_USER_INFO_HEADER_JWT_SECRET,
-      trustBodyUser: e.TRUST_BODY_USER,
+      // With signed identity configured, an unsigned `user` in the body could name anyone.
+      trustBodyUser: e.TRUST_BODY_USER ?? !e.FORWARD_USER_INFO_HEADER_JWT_SECRET,
     },
     ledger: { dataDir: e.DATA_DIR, batchSize: e.LEDGER_BATCH_SIZE, flushMs: e.LEDGER_FLUSH_MS, reconcileMaxWaitMs: e.RECONCILE_MAX_WAIT_MS },
     db: { connectRetryMaxMs: e.DB_CONNECT_RETRY_MAX_MS, embeddedPort: e.EMBEDDED_DB_PORT },

@@ -15,7 +15,20 @@ import type { Upstream } from './upstream.js'
 // pool, and hand every response chunk to the client first and to the tap second. The client never
 // waits for anything but OpenRouter: the record goes to the ledger after the last byte.
 
-export const METERED = new Set(['chat/completions', 'completions', 'embeddings', 'responses', 'messages'])
+/** Inference endpoints whose JSON body gets the user's external id. */
+export const METERED = new Set(['chat/completions', 'completions', 'embeddings', 'responses', 'messages', 'rerank',
+  'images/generations', 'audio/speech'])
+
+/**
+ * Which POST paths are metered: the JSON endpoints above, and anything under audio/ or images/
+ * (transcriptions and edits send multipart bodies, which are forwarded as they are).
+ * Every other non-GET request is refused by the router, so nothing billable goes out unmetered.
+ */
+export function meteredKind (endpoint: string): 'json' | 'raw' | null {
+  if (METERED.has(endpoint)) return 'json'
+  if (endpoint.startsWith('audio/') || endpoint.startsWith('images/')) return 'raw'
+  return null
+}
 
 export interface MeterContext {
   upstream: Upstream
@@ -34,6 +47,8 @@ export interface MeterContext {
   track: (delta: 1 | -1) => void
   /** Optional observer (metrics); called once per finished exchange. */
   observe?: (rec: UsageRecord) => void
+  /** True once shutdown began: connections cut after the grace period are not client aborts. */
+  stopping?: () => boolean
 }
 
 // Request headers that must not travel upstream: hop-by-hop, our own credentials, and the
@@ -42,7 +57,10 @@ const DROP_REQUEST = new Set(['host', 'connection', 'keep-alive', 'proxy-connect
   'content-length', 'authorization', 'cookie', 'accept-encoding', 'expect', 'x-api-key', 'http-referer', 'x-title'])
 const DROP_RESPONSE = new Set(['connection', 'keep-alive', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-connection'])
 
-export function handleMetered (req: IncomingMessage, res: ServerResponse, endpoint: string, query: string, ctx: MeterContext): void {
+/** A stream whose client left before its headers came is aborted once they name the generation. */
+const ABORT_WAIT_FOR_HEADERS_MS = 10_000
+
+export function handleMetered (req: IncomingMessage, res: ServerResponse, endpoint: string, query: string, kind: 'json' | 'raw', ctx: MeterContext): void {
   const declared = Number(req.headers['content-length'])
   if (declared > ctx.maxBodyBytes) {
     sendError(res, 413, 'invalid_request_error', 'body_too_large', `request body exceeds ${ctx.maxBodyBytes} bytes`)
@@ -62,18 +80,22 @@ export function handleMetered (req: IncomingMessage, res: ServerResponse, endpoi
     }
     parts.push(chunk)
   })
-  req.on('end', () => { if (!refused) forward(req, res, endpoint, query, Buffer.concat(parts, size), ctx) })
+  req.on('end', () => { if (!refused) forward(req, res, endpoint, query, kind, Buffer.concat(parts, size), ctx) })
 }
 
-function forward (req: IncomingMessage, res: ServerResponse, endpoint: string, query: string, raw: Buffer, ctx: MeterContext): void {
-  let body: Record<string, unknown>
-  try {
-    const parsed: unknown = JSON.parse(raw.toString('utf8'))
-    if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) throw new Error('not an object')
-    body = parsed as Record<string, unknown>
-  } catch {
-    sendError(res, 400, 'invalid_request_error', 'invalid_json', 'request body must be a JSON object')
-    return
+function forward (req: IncomingMessage, res: ServerResponse, endpoint: string, query: string, kind: 'json' | 'raw', raw: Buffer, ctx: MeterContext): void {
+  // A multipart upload (audio transcription, image edit) goes as it came; JSON gets the user.
+  const asJson = kind === 'json' || (req.headers['content-type'] ?? '').includes('json')
+  let body: Record<string, unknown> = {}
+  if (asJson) {
+    try {
+      const parsed: unknown = JSON.parse(raw.toString('utf8'))
+      if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) throw new Error('not an object')
+      body = parsed as Record<string, unknown>
+    } catch {
+      sendError(res, 400, 'invalid_request_error', 'invalid_json', 'request body must be a JSON object')
+      return
+    }
   }
   let who
   try {
@@ -83,14 +105,17 @@ function forward (req: IncomingMessage, res: ServerResponse, endpoint: string, q
     throw err
   }
   const externalUserId = ctx.directory.externalIdFor(who)
-  body.user = externalUserId
   const streamed = body.stream === true
-  if (streamed && (endpoint === 'chat/completions' || endpoint === 'completions')) {
-    // Documented as a no-op on OpenRouter today (usage always comes); harmless and future-proof.
-    const so = body.stream_options
-    body.stream_options = so !== null && typeof so === 'object' ? { ...so, include_usage: true } : { include_usage: true }
+  let payload = raw
+  if (asJson) {
+    body.user = externalUserId
+    if (streamed && (endpoint === 'chat/completions' || endpoint === 'completions')) {
+      // Documented as a no-op on OpenRouter today (usage always comes); harmless and future-proof.
+      const so = body.stream_options
+      body.stream_options = so !== null && typeof so === 'object' ? { ...so, include_usage: true } : { include_usage: true }
+    }
+    payload = Buffer.from(JSON.stringify(body))
   }
-  const payload = Buffer.from(JSON.stringify(body))
 
   const headers: Record<string, string> = {}
   const idHeaders = ctx.identity
@@ -102,7 +127,7 @@ function forward (req: IncomingMessage, res: ServerResponse, endpoint: string, q
     else if (Array.isArray(v)) headers[name] = v.join(', ')
   }
   headers.authorization = `Bearer ${ctx.apiKey}`
-  headers['content-type'] = 'application/json'
+  if (asJson) headers['content-type'] = 'application/json'
   headers['accept-encoding'] = 'identity' // the tap must read plain bytes
   headers['http-referer'] = ctx.appUrl
   headers['x-title'] = ctx.appTitle
@@ -147,7 +172,14 @@ function forward (req: IncomingMessage, res: ServerResponse, endpoint: string, q
   }, exchange)
 }
 
-/** undici's dispatch handler for one exchange: the tee lives in onData. */
+/**
+ * undici's dispatch handler for one exchange: the tee lives in onData.
+ *
+ * When the client hangs up: a stream is aborted upstream (OpenRouter then stops generating and
+ * billing where the provider allows), but only once its response headers name the generation,
+ * so that what was billed can still be reconciled. A non-stream request is billed in full
+ * whatever happens, so it is read to the end, unseen, for its inline usage.
+ */
 class Exchange implements Dispatcher.DispatchHandler {
   private readonly started = process.hrtime.bigint()
   private abortUpstream: ((err?: Error) => void) | null = null
@@ -155,20 +187,22 @@ class Exchange implements Dispatcher.DispatchHandler {
   private status = 0
   private ttfbMs: number | null = null
   private clientGone = false
+  private lengthDeclared = false
   private done = false
 
   constructor (private readonly res: ServerResponse, private rec: UsageRecord, private readonly ctx: MeterContext) {
     res.once('close', () => {
       if (this.done || res.writableFinished) return
       this.clientGone = true
-      // Aborting the upstream request stops generation and billing where the provider allows.
-      this.abortUpstream?.(new Error('client closed the connection'))
+      if (!this.rec.streamed) return
+      if (this.status > 0) this.abort()
+      // Headers not in yet: abort when they come, or give up waiting for them.
+      else setTimeout(() => { if (!this.done) this.abort() }, ABORT_WAIT_FOR_HEADERS_MS).unref()
     })
   }
 
   onConnect (abort: (err?: Error) => void): void {
     this.abortUpstream = abort
-    if (this.clientGone) abort(new Error('client closed the connection'))
   }
 
   onHeaders (statusCode: number, rawHeaders: Buffer[], resume: () => void): boolean {
@@ -185,17 +219,22 @@ class Exchange implements Dispatcher.DispatchHandler {
       const value = rawHeaders[i + 1].toString('latin1')
       if (lower === 'content-type') contentType = value
       else if (lower === 'x-generation-id') generationId = value
+      else if (lower === 'content-length') this.lengthDeclared = true
       out.push(name, value)
+    }
+    this.tap = new ResponseTap(statusCode < 300 ? bodyKind(contentType) : 'json', (id) => this.sawGeneration(id))
+    if (generationId && statusCode < 300) this.sawGeneration(generationId)
+    if (this.clientGone) {
+      if (this.rec.streamed) this.abort()
+      return true
     }
     this.res.writeHead(statusCode, out)
     this.res.on('drain', resume)
-    this.tap = new ResponseTap(statusCode < 300 ? bodyKind(contentType) : 'json', (id) => this.sawGeneration(id))
-    if (generationId && statusCode < 300) this.sawGeneration(generationId)
     return true
   }
 
   onData (chunk: Buffer): boolean {
-    const more = this.res.write(chunk)
+    const more = this.clientGone || this.res.write(chunk)
     this.tap!.write(chunk)
     return more
   }
@@ -204,21 +243,27 @@ class Exchange implements Dispatcher.DispatchHandler {
     // Journal first, then end: a client never holds a finished response whose record is not
     // on disk yet. The bytes, [DONE] included, are already out; this only closes the body.
     this.finish(null)
-    this.res.end()
+    if (!this.clientGone) this.res.end()
   }
 
   onError (err: Error): void {
     if (this.done) return
-    const before = !this.res.headersSent
     this.finish(err)
     if (this.clientGone) return
-    if (before) {
+    if (!this.res.headersSent) {
       if (isTimeout(err)) sendError(this.res, 504, 'upstream_error', 'upstream_timeout', 'OpenRouter did not answer in time')
       else sendError(this.res, 502, 'upstream_error', 'upstream_unreachable', 'OpenRouter could not be reached')
+    } else if (this.lengthDeclared) {
+      // A body with a declared length cannot end early without lying: cut the connection.
+      this.res.destroy()
     } else {
-      // Mid-stream: end the response cleanly; the record says what happened.
+      // Mid-stream: end the chunked response cleanly; the record says what happened.
       this.res.end()
     }
+  }
+
+  private abort (): void {
+    this.abortUpstream?.(new Error('client closed the connection'))
   }
 
   private sawGeneration (id: string): void {
@@ -233,7 +278,7 @@ class Exchange implements Dispatcher.DispatchHandler {
     this.ctx.track(-1)
     const tap = this.tap?.end() ?? null
     let outcome: Outcome
-    if (this.clientGone) outcome = 'client_aborted'
+    if (this.clientGone) outcome = this.ctx.stopping?.() ? 'interrupted' : 'client_aborted'
     else if (err && !this.tap) outcome = isTimeout(err) ? 'upstream_timeout' : 'upstream_unreachable'
     else if (this.status >= 400) outcome = 'upstream_error'
     else if (tap?.error) outcome = 'stream_error'
@@ -253,7 +298,6 @@ class Exchange implements Dispatcher.DispatchHandler {
       ttfbMs: this.ttfbMs,
     }
     rec = withUsage(rec, tap?.usage ?? null, 'inline')
-    this.ctx.observe?.(rec)
     // Usage missing but the generation known: ask OpenRouter what it charged. An upstream error
     // answered before any generation is recorded as is, with no invented cost.
     if (rec.usageSource === 'none' && rec.generationId && outcome !== 'upstream_error') {
@@ -262,6 +306,7 @@ class Exchange implements Dispatcher.DispatchHandler {
     } else {
       this.ctx.ledger.record(rec)
     }
+    try { this.ctx.observe?.(rec) } catch (e) { this.ctx.log.warn({ err: (e as Error).message }, 'metrics: observe failed') }
   }
 }
 

@@ -9,13 +9,14 @@ import { sendError } from './errors.js'
 
 export interface Passthrough { handle: (req: IncomingMessage, res: ServerResponse, rest: string) => void, close: () => void }
 
-export function createPassthrough (baseUrl: string, apiKey: string, appUrl: string, appTitle: string, log: Logger): Passthrough {
+export function createPassthrough (baseUrl: string, apiKey: string, appUrl: string, appTitle: string, identityHeaders: string[], log: Logger): Passthrough {
+  const drop = new Set(['cookie', 'x-api-key', ...identityHeaders])
   const target = new URL(baseUrl)
   const agent = target.protocol === 'https:' ? new HttpsAgent({ keepAlive: true }) : new HttpAgent({ keepAlive: true })
   const proxy = httpProxy.createProxyServer({ target: baseUrl, changeOrigin: true, agent, xfwd: false, proxyTimeout: 120_000 })
   proxy.on('proxyReq', (proxyReq) => {
     for (const name of proxyReq.getHeaderNames()) {
-      if (name.startsWith('x-openwebui-') || name === 'cookie' || name === 'x-api-key') proxyReq.removeHeader(name)
+      if (name.startsWith('x-openwebui-') || drop.has(name)) proxyReq.removeHeader(name)
     }
     proxyReq.setHeader('authorization', `Bearer ${apiKey}`)
     proxyReq.setHeader('http-referer', appUrl)

@@ -1,7 +1,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { timingSafeEqual, createHash } from 'node:crypto'
 import { sendError } from './errors.js'
-import { METERED, handleMetered, type MeterContext } from './metered.js'
+import { handleMetered, meteredKind, type MeterContext } from './metered.js'
 import type { Passthrough } from './passthrough.js'
 
 // Routing, access and readiness. The data plane lives under /v1/ (the app's OpenAI base URL) and
@@ -50,11 +50,24 @@ export function createProxyServer (ctx: ServerContext): Server {
       }
     }
     const q = rest.indexOf('?')
-    const path = q === -1 ? rest : rest.slice(0, q)
-    const endpoint = path.slice(1)
-    if (req.method === 'POST' && METERED.has(endpoint)) return handleMetered(req, res, endpoint, q === -1 ? '' : rest.slice(q), ctx.meter)
-    if (ctx.onPassthrough) res.once('finish', () => ctx.onPassthrough!(res.statusCode))
-    ctx.passthrough.handle(req, res, rest)
+    const query = q === -1 ? '' : rest.slice(q)
+    // One spelling per endpoint: "chat/completions/" is chat/completions; dot segments, empty
+    // segments and encoded slashes are refused rather than guessed at.
+    const endpoint = (q === -1 ? rest : rest.slice(0, q)).slice(1).replace(/\/+$/, '')
+    if (/(^|\/)\.{1,2}(\/|$)|\/\/|%2f|%2e/i.test(endpoint)) {
+      req.resume()
+      return sendError(res, 404, 'not_found_error', 'not_found', 'malformed path')
+    }
+    if (req.method === 'GET' || req.method === 'HEAD') {
+      if (ctx.onPassthrough) res.once('finish', () => ctx.onPassthrough!(res.statusCode))
+      return ctx.passthrough.handle(req, res, `/${endpoint}${query}`)
+    }
+    const kind = req.method === 'POST' ? meteredKind(endpoint) : null
+    if (kind) return handleMetered(req, res, endpoint, query, kind, ctx.meter)
+    // Anything else could spend the organization's key without a record: refuse it.
+    req.resume()
+    return sendError(res, 404, 'not_found_error', 'not_metered',
+      `usage-proxy forwards GET requests and the inference endpoints it meters; ${req.method} /${endpoint} is neither`)
   }
 
   return server

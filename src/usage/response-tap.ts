@@ -22,6 +22,8 @@ export type BodyKind = 'sse' | 'json' | 'other'
 
 /** JSON bodies larger than this are streamed through but not inspected; /generation fills in. */
 const MAX_JSON_INSPECT = 16 * 1024 * 1024
+/** Above this a JSON body is read at its head and tail only. */
+const FULL_PARSE_LIMIT = 1024 * 1024
 const DONE = Buffer.from('[DONE]')
 
 export function bodyKind (contentType: string | undefined): BodyKind {
@@ -143,6 +145,7 @@ export class ResponseTap {
   }
 
   private json (body: string): void {
+    if (body.length > FULL_PARSE_LIMIT) { this.largeJson(body); return }
     let o: Obj | undefined
     try { o = asObj(JSON.parse(body)) } catch { o = undefined }
     if (!o) { this.result.malformed = body.length > 0; return }
@@ -157,6 +160,28 @@ export class ResponseTap {
       if (usage) this.result.usage = mergeUsage(this.result.usage, usage)
     }
   }
+
+  private largeJson (body: string): void {
+    const head = body.slice(0, 4096)
+    const id = headField(head, 'id')
+    if (id) { this.result.generationId = id; this.onGenerationId?.(id) }
+    this.result.servedModel = headField(head, 'model')
+    this.result.provider = headField(head, 'provider')
+    const exact = exactObjectNearEnd(body, 'usage', () => true)
+    const usage = normalizeUsage(exact)
+    if (usage) this.result.usage = usage
+    else this.result.malformed = true
+  }
+}
+
+/**
+ * A large body (a batch of embeddings) is not parsed whole: that would stall every other stream.
+ * The id, model and provider come first in every shape; usage comes last. A `"usage"` key can
+ * only match outside strings, where a quote is never escaped, so the tail is enough.
+ */
+function headField (head: string, key: string): string | null {
+  const m = new RegExp(`"${key}"\\s*:\\s*"([^"\\\\]{1,300})"`).exec(head)
+  return m ? m[1] : null
 }
 
 /** Is `key` followed (after optional spaces and a colon) by the byte `next`? */

@@ -44,6 +44,8 @@ export class FakeOpenRouter {
   readonly generations = new Map<string, FakeGeneration>()
   /** Every byte sent in each generation's response body, for byte-for-byte checks. */
   readonly sent = new Map<string, Buffer>()
+  /** Raw request bodies of multipart uploads, by generation. */
+  readonly uploads = new Map<string, string>()
   /** /generation answers 404 until this long after a generation completed. */
   generationDelayMs = 300
   generationLookups = 0
@@ -85,15 +87,41 @@ export class FakeOpenRouter {
     if (req.method === 'GET' && path === '/models') return json(res, 200, { data: [{ id: 'fake/ok', name: 'Fake OK' }] })
     if (req.method === 'GET' && path === '/generation') return this.generation(res, url.searchParams.get('id') ?? '')
     if (req.method !== 'POST') return json(res, 404, { error: { code: 404, message: 'Not Found' } })
+    const endpoint = path.slice(1)
+    if (endpoint === 'audio/transcriptions') {
+      // Multipart in, JSON with usage out: the body must arrive exactly as the client sent it.
+      const g = this.newGeneration(endpoint, 'fake/whisper', false, null)
+      this.uploads.set(g.id, body)
+      res.writeHead(200, { 'content-type': 'application/json', 'x-generation-id': g.id })
+      return this.finish(g, res, Buffer.from(`{"id":"${g.id}","text":"hello","usage":{"prompt_tokens":${g.promptTokens},"total_tokens":${g.promptTokens},"cost":${g.cost}}}`))
+    }
     let parsed: Record<string, any>
     try { parsed = JSON.parse(body) } catch { return json(res, 400, { error: { code: 400, message: 'Invalid JSON' } }) }
-    const endpoint = path.slice(1)
     const model = String(parsed.model ?? 'fake/ok')
     if (model === 'fake/silent') return // never answers: the sidecar's headers timeout must end this
     if (model === 'fake/error-402') {
       return json(res, 402, { error: { code: 402, message: 'Insufficient credits. Add more using https://openrouter.ai/credits', metadata: {} } })
     }
     const g = this.newGeneration(endpoint, model, parsed.stream === true, typeof parsed.user === 'string' ? parsed.user : null)
+    if (model === 'fake/cut-json') {
+      // Declares a length, sends part of it, then the connection dies.
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': '5000', 'x-generation-id': g.id })
+      res.write('{"id":"' + g.id + '","choices":[')
+      g.completedAt = Date.now()
+      setTimeout(() => res.socket?.destroy(), 30)
+      return
+    }
+    if (model === 'fake/big-embed') {
+      g.completionTokens = 0
+      g.reasoningTokens = 0
+      g.cachedTokens = 0
+      const vectors = Array.from({ length: 700 }, (_, i) => `{"object":"embedding","index":${i},"embedding":[${Array.from({ length: 256 }, (_, j) => ((i * 31 + j) % 997) / 1000).join(',')}]}`)
+      const bodyText = `{"id":"${g.id}","object":"list","model":"${g.model}","provider":"${g.provider}","data":[${vectors.join(',')}],"usage":{"prompt_tokens":${g.promptTokens},"total_tokens":${g.promptTokens},"cost":${g.cost}}}`
+      res.writeHead(200, { 'content-type': 'application/json' })
+      return this.finish(g, res, Buffer.from(bodyText))
+    }
+    if (model === 'fake/slow-start') await sleep(400) // headers late, as when a provider queues
+    if (model === 'fake/slow-complete') await sleep(400) // a non-stream answer takes time
     if (model === 'fake/garbage') {
       res.writeHead(200, { 'content-type': 'application/json', 'x-generation-id': g.id })
       return this.finish(g, res, Buffer.from('<html>upstream proxy hiccup</html>'))
@@ -167,8 +195,9 @@ export class FakeOpenRouter {
       events.push(ev(`{"type":"response.completed","response":{"id":"${g.id}","model":"${g.model}","status":"completed","usage":${this.usage(g, endpoint)}}}`, 'response.completed'))
     } else {
       events.push(ev(chunk('{"role":"assistant","content":""}', null)))
-      const n = model === 'fake/slow' ? 200 : CONTENT.length
-      if (model === 'fake/slow') g.completionTokens = n
+      const slow = model === 'fake/slow' || model === 'fake/slow-start'
+      const n = slow ? 200 : CONTENT.length
+      if (slow) g.completionTokens = n
       for (let i = 0; i < n; i++) {
         const last = i === n - 1 && model !== 'fake/error-mid'
         events.push(ev(chunk(`{"content":${JSON.stringify(CONTENT[i % CONTENT.length])}}`, last ? 'stop' : null)))
@@ -198,7 +227,7 @@ export class FakeOpenRouter {
     const sentParts: Buffer[] = []
     let aborted = false
     res.on('close', () => { if (!res.writableFinished) aborted = true })
-    if (model === 'fake/slow') {
+    if (model === 'fake/slow' || model === 'fake/slow-start') {
       let sentEvents = 0
       for (const e of events) {
         if (aborted) break
