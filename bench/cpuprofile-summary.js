@@ -7,7 +7,7 @@ import { existsSync, readFileSync } from 'node:fs'
 import { SourceMap } from 'node:module'
 import { fileURLToPath } from 'node:url'
 import { relative } from 'node:path'
-import { ROOT } from './targets.js'
+import { BENCH, ROOT } from './targets.js'
 
 const maps = new Map()
 function sourceMapFor (file) {
@@ -30,8 +30,10 @@ export function location ({ url, lineNumber, columnNumber }) {
       const src = entry.originalSource.startsWith('file://') ? fileURLToPath(entry.originalSource) : new URL(entry.originalSource, url).pathname
       return `${relative(ROOT, src)}:${entry.originalLine + 1}`
     }
-    const rel = relative(ROOT, file)
-    return `${rel.replace(/^(bench\/)?node_modules\//, '')}:${lineNumber + 1}`
+    const nm = file.lastIndexOf('/node_modules/')
+    if (nm !== -1) return `${file.slice(nm + 14)}:${lineNumber + 1}`
+    if (file.startsWith(BENCH + '/')) return `bench/${relative(BENCH, file)}:${lineNumber + 1}`
+    return `${relative(ROOT, file)}:${lineNumber + 1}`
   }
   return `${url}:${lineNumber + 1}`
 }
@@ -41,7 +43,10 @@ export function area (loc, name) {
   if (name === '(idle)') return 'idle'
   if (name === '(program)') return 'V8/native (program)'
   if (loc.startsWith('src/')) return 'usage-proxy src'
-  if (loc.startsWith('node:')) return 'Node core'
+  if (loc.startsWith('bench/')) return 'bench (bare proxy)'
+  if (loc.startsWith('node:')) return 'Node core (JS)'
+  if (loc.startsWith('wasm:')) return 'undici llhttp (wasm)'
+  if (loc === '') return 'native (syscalls, C++ builtins)'
   const pkg = /^(@[^/]+\/[^/]+|[^/]+)\//.exec(loc)?.[1]
   return pkg ?? 'native/other'
 }

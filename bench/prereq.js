@@ -7,7 +7,7 @@ import { BENCH, ROOT } from './targets.js'
 export async function ensurePrerequisites (say = (m) => process.stderr.write(`bench: ${m}\n`)) {
   if (!existsSync(join(BENCH, 'node_modules'))) {
     say('bench/node_modules missing: npm ci --prefix bench')
-    await run('npm', ['ci', '--prefix', BENCH, '--no-audit', '--no-fund'], { cwd: ROOT })
+    await run('npm', ['ci', '--prefix', BENCH, '--no-audit', '--no-fund'], { cwd: BENCH })
   }
   if (!existsSync(join(ROOT, 'dist', 'main.js'))) {
     say('dist/main.js missing: npx tsc -p tsconfig.build.json')

@@ -92,8 +92,8 @@ export function checks ({ figures, slow, ledger }) {
     // Flat: the live heap (after a full GC) does not grow past the first quarter, and RSS has
     // no slope a leak of records would give (~100 MB per 100k).
     const g = lj.liveHeapGrowthAfterQuarterMb
-    add('ledger memory flat', 'live heap +<= 2 MB after 1/4; RSS slope <= 5 MB/100k', `${g >= 0 ? '+' : ''}${f(g, 1)} MB; ${f(lj.rssSlopeMbPer100k, 1)} MB/100k`,
-      g !== null && g <= 2 && lj.rssSlopeMbPer100k <= 5,
+    add('ledger memory flat', 'live heap +<= 2 MB after 1/4; RSS slope <= 10 MB/100k', `${g >= 0 ? '+' : ''}${f(g, 1)} MB; ${f(lj.rssSlopeMbPer100k, 1)} MB/100k`,
+      g !== null && g <= 2 && lj.rssSlopeMbPer100k <= 10,
       `live heap at 1/4, 1/2, 3/4, end: ${lj.liveHeapMb.map((x) => f(x, 1)).join(', ')} MB; RSS ${[lj.rssMb.atQuarter, lj.rssMb.atHalf, lj.rssMb.atThreeQuarters, lj.rssMb.end].map((x) => f(x, 0)).join(', ')} MB`)
   }
   return out

@@ -8,7 +8,9 @@
 // BENCH_SLOW_EVENTS (20), BENCH_LEDGER_RECORDS (200000, 0 skips), BENCH_LEDGER_NO_JOURNAL (unset;
 // 1 adds a run without the journal), BENCH_QUIET_MAX_MS (5000) and BENCH_QUIET_BUDGET_MS (30000):
 // how long to wait for other work on the machine to calm down before one measurement, and in all.
-import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync, readFileSync } from 'node:fs'
+// BENCH_PROJECT_DIR (a snapshot from bench/snapshot.js; default: this work tree), BENCH_NGINX
+// (/usr/sbin/nginx), BENCH_PG_URL (postgres://postgres@127.0.0.1:5432/postgres, loopback only).
+import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync, readFileSync } from 'node:fs'
 import { cpus, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { execFileSync, spawn } from 'node:child_process'
@@ -52,9 +54,12 @@ async function quiet () {
 /** Which code was measured: the commit, whether src/ had uncommitted edits, when dist/ was built. */
 function build () {
   const git = (...args) => { try { return execFileSync('git', args, { cwd: ROOT, encoding: 'utf8' }).trim() } catch { return null } }
+  const snapshot = existsSync(join(ROOT, 'COMMIT')) ? readFileSync(join(ROOT, 'COMMIT'), 'utf8').trim() : null
   return {
-    commit: git('rev-parse', '--short', 'HEAD'),
-    srcUncommittedFiles: (git('status', '--porcelain', '--', 'src') ?? '').split('\n').filter(Boolean).length,
+    projectDir: ROOT,
+    commit: snapshot ?? git('rev-parse', 'HEAD'),
+    // A snapshot is a clean build of its commit; the work tree may carry edits under way.
+    srcUncommittedFiles: snapshot ? 0 : (git('status', '--porcelain', '--', 'src') ?? '').split('\n').filter(Boolean).length,
     distBuiltAt: statSync(join(ROOT, 'dist', 'main.js')).mtime.toISOString(),
   }
 }

@@ -2,12 +2,13 @@
 // same request (the identity headers Open WebUI forwards included); each proxy forwards it to the
 // same fake upstream. A target whose software is missing is skipped with a message.
 import { existsSync, mkdirSync } from 'node:fs'
-import { join } from 'node:path'
+import { join, resolve } from 'node:path'
 import { freePort, start, waitHttp } from './children.js'
 import { nginxAvailable, startNginx, NGINX } from './nginx.js'
 
-export const ROOT = new URL('..', import.meta.url).pathname.replace(/\/$/, '')
-export const BENCH = join(ROOT, 'bench')
+export const BENCH = new URL('.', import.meta.url).pathname.replace(/\/$/, '')
+/** The project measured (its dist/ and sql/): the work tree, or a snapshot made by snapshot.js. */
+export const ROOT = process.env.BENCH_PROJECT_DIR ? resolve(process.env.BENCH_PROJECT_DIR) : join(BENCH, '..')
 export const PORTKEY_BIN = join(BENCH, 'node_modules', '@portkey-ai', 'gateway', 'build', 'start-server.js')
 
 export const TARGET_NAMES = ['direct', 'nginx', 'bare-node', 'portkey', 'usage-proxy']
