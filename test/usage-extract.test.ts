@@ -1,5 +1,5 @@
 import t from 'tap'
-import { exactObjectNearEnd, parseExact, decimal, count } from '../src/usage/exact-json.js'
+import { exactObjectNearEnd, parseExact, decimal, count, rawNumber } from '../src/usage/exact-json.js'
 import { normalizeUsage, mergeUsage } from '../src/usage/extract.js'
 import { ResponseTap, bodyKind, keyThen } from '../src/usage/response-tap.js'
 import { factsFromGeneration } from '../src/usage/reconcile.js'
@@ -79,4 +79,16 @@ t.test('/generation answers become usage, exactly', async (t) => {
   t.same(f, { usage: { promptTokens: 5, completionTokens: 6, totalTokens: 11, cachedTokens: 1, reasoningTokens: 0, costUsd: '0.00000123456789012345678', upstreamCostUsd: '0.001', isByok: true }, servedModel: 'm', provider: 'P', finishReason: 'stop' })
   t.equal(factsFromGeneration('{"error":{}}'), null)
   t.same(factsFromGeneration('{"data":{"id":"x"}}')?.usage, null)
+})
+
+t.test('rawNumber reads back the exact digits JSON.parse rounded, and only for the same value', async (t) => {
+  const text = '{"choices":[{"message":{"content":"\\"cost\\": 5"}}],"other":{"cost":0.5},"usage":{"cost" : 0.00012345678901234567891,"cost_details":{"upstream_inference_cost":1E-7}}}'
+  const o = JSON.parse(text)
+  t.equal(rawNumber(text, 'cost', o.usage.cost), '0.00012345678901234567891')
+  t.equal(rawNumber(text, 'cost', o.other.cost), '0.5', 'the look-alike with its own value')
+  t.equal(rawNumber(text, 'upstream_inference_cost', o.usage.cost_details.upstream_inference_cost), '1E-7')
+  t.equal(rawNumber(text, 'cost', 0.25), undefined, 'no match for a value that is not there')
+  t.equal(rawNumber(text, 'cost', null), undefined)
+  t.equal(normalizeUsage(o.usage, text)?.costUsd, '0.00012345678901234567891')
+  t.equal(normalizeUsage(o.usage)?.costUsd, String(o.usage.cost), 'without the text only the double is known')
 })

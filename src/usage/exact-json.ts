@@ -116,3 +116,30 @@ export function count (v: unknown): number | undefined {
   const n = typeof v === 'string' ? Number(v) : v
   return typeof n === 'number' && Number.isInteger(n) && n >= 0 ? n : undefined
 }
+
+const NUMBER = /-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?/y
+
+/**
+ * The exact decimal text of the number stored under `"key":` in a JSON text, given the value
+ * JSON.parse made of it. The hot path parses natively (fast) and then recovers the digits here:
+ * a key can only match outside strings (a quote inside a string is always escaped), and the
+ * parsed value must match, so a look-alike elsewhere is never taken for it.
+ */
+export function rawNumber (text: string, key: string, parsed: unknown): string | undefined {
+  if (typeof parsed !== 'number') return undefined
+  const needle = `"${key}"`
+  let at = text.lastIndexOf(needle)
+  while (at !== -1) {
+    let i = at + needle.length
+    while (text.charCodeAt(i) === 32 || text.charCodeAt(i) === 10 || text.charCodeAt(i) === 13 || text.charCodeAt(i) === 9) i++
+    if (text.charCodeAt(i) === 58) { // ':'
+      i++
+      while (text.charCodeAt(i) === 32 || text.charCodeAt(i) === 10 || text.charCodeAt(i) === 13 || text.charCodeAt(i) === 9) i++
+      NUMBER.lastIndex = i
+      const m = NUMBER.exec(text)
+      if (m && Number(m[0]) === parsed) return m[0]
+    }
+    at = at === 0 ? -1 : text.lastIndexOf(needle, at - 1)
+  }
+  return undefined
+}

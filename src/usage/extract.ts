@@ -1,4 +1,4 @@
-import { count, decimal, type ExactJson } from './exact-json.js'
+import { count, decimal, rawNumber, type ExactJson } from './exact-json.js'
 
 // One normalized shape for the usage objects of every OpenRouter endpoint: chat and legacy
 // completions (prompt_/completion_tokens), Responses (input_/output_tokens), Messages (Anthropic
@@ -19,7 +19,11 @@ type Obj = { [key: string]: ExactJson }
 const obj = (v: unknown): Obj | undefined => (v !== null && typeof v === 'object' && !Array.isArray(v) ? v as Obj : undefined)
 const first = <T>(...vs: Array<T | undefined>): T | null => { for (const v of vs) if (v !== undefined) return v; return null }
 
-export function normalizeUsage (raw: unknown): Usage | null {
+/**
+ * `raw` is a usage object, parsed either exactly (numbers kept as text) or natively; with a native
+ * parse, `source` is the JSON text it came from, and the costs' exact digits are read back from it.
+ */
+export function normalizeUsage (raw: unknown, source?: string): Usage | null {
   const u = obj(raw)
   if (!u) return null
   const promptDetails = obj(u.prompt_tokens_details) ?? obj(u.input_tokens_details)
@@ -33,8 +37,9 @@ export function normalizeUsage (raw: unknown): Usage | null {
     totalTokens: first(count(u.total_tokens), prompt !== null && completion !== null ? prompt + completion : undefined),
     cachedTokens: first(count(promptDetails?.cached_tokens), count(u.cache_read_input_tokens)),
     reasoningTokens: first(count(completionDetails?.reasoning_tokens)),
-    costUsd: first(decimal(u.cost)),
-    upstreamCostUsd: first(decimal(costDetails?.upstream_inference_cost)),
+    costUsd: first(source === undefined ? undefined : rawNumber(source, 'cost', u.cost), decimal(u.cost)),
+    upstreamCostUsd: first(source === undefined ? undefined : rawNumber(source, 'upstream_inference_cost', costDetails?.upstream_inference_cost),
+      decimal(costDetails?.upstream_inference_cost)),
     isByok: typeof u.is_byok === 'boolean' ? u.is_byok : null,
   }
   const known = usage.promptTokens !== null || usage.completionTokens !== null || usage.totalTokens !== null || usage.costUsd !== null

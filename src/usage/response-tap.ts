@@ -1,5 +1,5 @@
 import { SseScanner, type SseEvent } from './sse-scanner.js'
-import { exactObjectNearEnd, parseExact, type ExactJson } from './exact-json.js'
+import { exactObjectNearEnd } from './exact-json.js'
 import { findUsage, mergeUsage, normalizeUsage, type Usage } from './extract.js'
 
 // The tee's reading side: it sees every byte the client gets, after the client got it, and keeps
@@ -73,36 +73,21 @@ export class ResponseTap {
     const data = e.data
     if (data.length === DONE.length && data.equals(DONE)) { this.result.done = true; return }
     // Content deltas are the bulk of a stream: a plain byte search rejects them without decoding,
-    // and only the few events that can carry usage, an error or the finish reason are parsed,
-    // exactly, so that a cost keeps its decimal digits.
+    // and only the first event and the few that carry usage, an error or the finish reason are
+    // decoded and parsed.
     const telling = keyThen(data, '"usage"', 0x7b) || keyThen(data, '"error"', 0x7b) || keyThen(data, '"finish_reason"', 0x22) ||
       (e.type !== undefined && (e.type === 'response.completed' || e.type === 'response.failed' || e.type === 'response.incomplete'))
-    if (!this.seenFirst) {
-      // The first event names the generation: parse it once, whatever it holds.
-      this.seenFirst = true
-      const o = telling ? this.parseExactly(data) : this.parse(data)
-      if (o) this.identify(o)
-      if (o && telling) this.absorb(o)
-      return
-    }
-    if (telling) {
-      const o = this.parseExactly(data)
-      if (o) this.absorb(o)
-    }
+    if (!telling && this.seenFirst) return
+    const text = data.toString('utf8')
+    const o = this.parse(text)
+    if (!o) return
+    if (!this.seenFirst) { this.seenFirst = true; this.identify(o) }
+    if (telling) this.absorb(o, text)
   }
 
-  private parse (data: Buffer): Obj | undefined {
+  private parse (text: string): Obj | undefined {
     try {
-      const o = asObj(JSON.parse(data.toString('utf8')))
-      if (o) return o
-    } catch { /* fall through */ }
-    this.result.malformed = true
-    return undefined
-  }
-
-  private parseExactly (data: Buffer): Obj | undefined {
-    try {
-      const o = asObj(parseExact(data.toString('utf8')))
+      const o = asObj(JSON.parse(text))
       if (o) return o
     } catch { /* fall through */ }
     this.result.malformed = true
@@ -120,9 +105,9 @@ export class ResponseTap {
     this.result.provider ??= text(o.provider) ?? text(holder.provider)
   }
 
-  private absorb (o: Obj): void {
+  private absorb (o: Obj, text: string): void {
     if (!this.result.generationId) this.identify(o)
-    const usage = normalizeUsage(findUsage(o))
+    const usage = normalizeUsage(findUsage(o), text)
     if (usage) this.result.usage = mergeUsage(this.result.usage, usage)
     this.error(o)
     this.finish(o)
@@ -152,13 +137,9 @@ export class ResponseTap {
     this.identify(o)
     this.error(o)
     this.finish(o)
-    const native = asObj(findUsage(o))
-    if (native) {
-      // Re-read the usage object from the text so the cost keeps its exact decimal digits.
-      const exact = exactObjectNearEnd(body, 'usage', (v) => sameTokens(v, native))
-      const usage = normalizeUsage(exact ?? native)
-      if (usage) this.result.usage = mergeUsage(this.result.usage, usage)
-    }
+    // The cost keeps its exact decimal digits: they are read back from the text.
+    const usage = normalizeUsage(findUsage(o), body)
+    if (usage) this.result.usage = mergeUsage(this.result.usage, usage)
   }
 
   private largeJson (body: string): void {
@@ -200,11 +181,3 @@ export function keyThen (data: Buffer, key: string, next: number): boolean {
   return false
 }
 
-function sameTokens (exact: ExactJson, native: Obj): boolean {
-  const e = asObj(exact)
-  if (!e) return false
-  for (const k of ['prompt_tokens', 'completion_tokens', 'input_tokens', 'output_tokens', 'total_tokens']) {
-    if (native[k] !== undefined && String(native[k]) !== String(e[k])) return false
-  }
-  return true
-}
