@@ -19,6 +19,7 @@ export interface LedgerOptions {
 }
 
 const MAX_IN_MEMORY = 20_000
+const PARALLEL_BATCHES = 2
 
 export class Ledger {
   private queue: UsageRecord[] = []
@@ -28,6 +29,7 @@ export class Ledger {
   private flushing: Promise<void> | null = null
   private failures = 0
   private closed = false
+  private inserting = 0
   written = 0
   rejected = 0
 
@@ -52,10 +54,10 @@ export class Ledger {
     this.schedule(this.queue.length >= this.opts.batchSize ? 0 : this.opts.flushMs)
   }
 
-  get inMemory (): number { return this.queue.length }
+  get inMemory (): number { return this.queue.length + this.inserting }
 
-  /** Records waiting for Postgres, in memory and spilled to the journal. */
-  get depth (): number { return this.queue.length + this.spilled.size }
+  /** Records waiting for Postgres, in memory, being inserted, and spilled to the journal. */
+  get depth (): number { return this.queue.length + this.inserting + this.spilled.size }
 
   /** Writes everything queued; resolves when the queue is empty or the deadline passed. */
   async drain (timeoutMs: number): Promise<boolean> {
@@ -87,7 +89,13 @@ export class Ledger {
   private flush (): Promise<void> {
     if (this.flushing) return this.flushing
     if (this.depth === 0) return Promise.resolve()
-    this.flushing = this.refill().then(() => this.writeBatch()).finally(() => {
+    const flushing = this.refill().then(() => {
+      // Two batches at once keep both Postgres and this process busy; order does not matter
+      // to an idempotent insert.
+      const batches: UsageRecord[][] = []
+      for (let i = 0; i < PARALLEL_BATCHES && this.queue.length > 0; i++) batches.push(this.queue.splice(0, this.opts.batchSize))
+      return Promise.all(batches.map((b) => this.writeBatch(b))).then(() => undefined)
+    }).finally(() => {
       this.flushing = null
       if (this.depth > 0) {
         // Back off while Postgres fails: 100 ms doubling to 1 s, so recovery is noticed within a second.
@@ -95,7 +103,8 @@ export class Ledger {
         this.schedule(wait)
       }
     })
-    return this.flushing
+    this.flushing = flushing
+    return flushing
   }
 
   /** Brings spilled records back from the journal, a segment at a time, once there is room. */
@@ -110,9 +119,8 @@ export class Ledger {
     }
   }
 
-  private async writeBatch (): Promise<void> {
-    const batch = this.queue.slice(0, this.opts.batchSize)
-    if (batch.length === 0) return
+  private async writeBatch (batch: UsageRecord[]): Promise<void> {
+    this.inserting += batch.length
     try {
       await this.insert(batch)
       this.done(batch)
@@ -123,18 +131,27 @@ export class Ledger {
         try { await this.isolate(batch); return } catch (again) { err = again }
       }
       this.failures++
+      this.queue.unshift(...batch) // back to the front, to be tried again
       if (this.failures === 1 || this.failures % 20 === 0) {
         this.log.warn({ reason: describe(err), queued: this.depth, failures: this.failures }, 'ledger: insert failed, will retry')
       }
+    } finally {
+      this.inserting -= batch.length
     }
   }
 
+  /**
+   * One statement text whatever the batch size: the rows travel as one JSON parameter. A
+   * multi-row VALUES list would be a new statement (and a new server-side prepare) for every
+   * batch size; JSON also keeps numbers exact, since jsonb numerics are Postgres numerics.
+   */
   private async insert (rows: UsageRecord[]): Promise<void> {
-    await this.sql`insert into usage_events ${this.sql(rows.map(toRow) as never, ROW_COLUMNS)} on conflict do nothing`
+    await this.sql`insert into usage_events (${this.sql(ROW_COLUMNS)})
+      select ${this.sql(ROW_COLUMNS)} from jsonb_populate_recordset(null::usage_events, ${this.sql.json(rows.map(toRow) as never)})
+      on conflict do nothing`
   }
 
   private done (batch: UsageRecord[]): void {
-    this.queue.splice(0, batch.length)
     for (const r of batch) this.journal?.committed(r.eventId)
     this.written += batch.length
   }
@@ -145,15 +162,22 @@ export class Ledger {
    * an operator can read and replay; the rest go in.
    */
   private async isolate (batch: UsageRecord[]): Promise<void> {
+    const refused: Array<{ r: UsageRecord, err: unknown }> = []
     for (const r of batch) {
       try {
         await this.insert([r])
       } catch (err) {
         if (!sqlState(err).startsWith('22') || !this.opts.rejectedPath) throw err
-        appendFileSync(this.opts.rejectedPath, JSON.stringify({ reason: describe(err), record: r }) + '\n')
-        this.rejected++
-        this.log.error({ eventId: r.eventId, generationId: r.generationId, reason: describe(err), file: this.opts.rejectedPath }, 'ledger: record refused by postgres, set aside')
+        refused.push({ r, err })
       }
+    }
+    // Every row refused alike is the statement's fault (or the schema's), not the data's: keep
+    // them all and retry rather than set a whole batch aside.
+    if (batch.length > 1 && refused.length === batch.length) throw refused[0].err
+    for (const { r, err } of refused) {
+      appendFileSync(this.opts.rejectedPath!, JSON.stringify({ reason: describe(err), record: r }) + '\n')
+      this.rejected++
+      this.log.error({ eventId: r.eventId, generationId: r.generationId, reason: describe(err), file: this.opts.rejectedPath }, 'ledger: record refused by postgres, set aside')
     }
     this.done(batch)
   }
