@@ -43,17 +43,28 @@ export function createMetrics (sources: () => MetricsSources | null): Metrics {
   gauge('usage_proxy_reconcile_gave_up', 'Generations written without usage after the lookup window since start', (s) => s.reconcileGaveUp())
   gauge('usage_proxy_ledger_written', 'Rows inserted since start', (s) => s.ledgerWritten())
 
+  // prom-client hashes a label object on every call; the label sets here are few, so each one's
+  // child is looked up once and kept.
+  const children = new Map<string, unknown>()
+  const child = <T>(key: string, make: () => T): T => {
+    let c = children.get(key) as T | undefined
+    if (c === undefined) { c = make(); if (children.size < 10_000) children.set(key, c) }
+    return c
+  }
+
   return {
     observe (rec) {
       const streamed = rec.streamed ? 'true' : 'false'
-      requests.inc({ route: rec.endpoint, status: String(rec.status) })
-      outcomes.inc({ outcome: rec.outcome })
-      if (rec.latencyMs !== null) latency.observe({ endpoint: rec.endpoint, streamed }, rec.latencyMs / 1000)
-      if (rec.ttfbMs !== null) ttfb.observe({ endpoint: rec.endpoint, streamed }, rec.ttfbMs / 1000)
+      const ep = rec.endpoint
+      child(`r|${ep}|${rec.status}`, () => requests.labels(ep, String(rec.status))).inc()
+      child(`o|${rec.outcome}`, () => outcomes.labels(rec.outcome)).inc()
+      if (rec.latencyMs !== null) child(`l|${ep}|${streamed}`, () => latency.labels(ep, streamed)).observe(rec.latencyMs / 1000)
+      if (rec.ttfbMs !== null) child(`t|${ep}|${streamed}`, () => ttfb.labels(ep, streamed)).observe(rec.ttfbMs / 1000)
       const model = rec.servedModel ?? rec.model ?? 'unknown'
-      if (rec.promptTokens) tokens.inc({ model, kind: 'prompt' }, rec.promptTokens)
-      if (rec.completionTokens) tokens.inc({ model, kind: 'completion' }, rec.completionTokens)
-      if (rec.costUsd !== null) cost.inc({ model }, Number(rec.costUsd))
+      if (rec.promptTokens) child(`p|${model}`, () => tokens.labels(model, 'prompt')).inc(rec.promptTokens)
+      if (rec.completionTokens) child(`c|${model}`, () => tokens.labels(model, 'completion')).inc(rec.completionTokens)
+      const usd = rec.costUsd === null ? NaN : Number(rec.costUsd)
+      if (usd > 0) child(`$|${model}`, () => cost.labels(model)).inc(usd)
     },
     passthrough (status) { requests.inc({ route: 'passthrough', status: String(status) }) },
     handler (_req, res) {
