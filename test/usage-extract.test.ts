@@ -1,7 +1,7 @@
 import t from 'tap'
 import { exactObjectNearEnd, parseExact, decimal, count, rawNumber } from '../src/usage/exact-json.js'
 import { normalizeUsage, mergeUsage } from '../src/usage/extract.js'
-import { ResponseTap, bodyKind, keyThen } from '../src/usage/response-tap.js'
+import { ResponseTap, bodyKind, isTelling } from '../src/usage/response-tap.js'
 import { factsFromGeneration } from '../src/usage/reconcile.js'
 
 t.test('exact parser keeps every digit a double would lose', async (t) => {
@@ -50,10 +50,14 @@ t.test('content type decides how the body is read', async (t) => {
   t.same(tap.end().usage, null)
 })
 
-t.test('keyThen matches keys, not escaped text', async (t) => {
-  t.ok(keyThen(Buffer.from('{"usage": {"a":1}}'), '"usage"', 0x7b))
-  t.notOk(keyThen(Buffer.from('{"usage":null}'), '"usage"', 0x7b))
-  t.notOk(keyThen(Buffer.from('{"c":"\\"usage\\": {"}'), '"usage"', 0x7b))
+t.test('only events with usage, an error, a finish reason or a final response are parsed', async (t) => {
+  t.ok(isTelling(Buffer.from('{"usage": {"a":1}}')))
+  t.ok(isTelling(Buffer.from('{"error":{"code":502}}')))
+  t.ok(isTelling(Buffer.from('{"choices":[{"finish_reason":"stop"}]}')))
+  t.ok(isTelling(Buffer.from('{}'), 'response.completed'))
+  t.notOk(isTelling(Buffer.from('{"usage":null,"choices":[{"finish_reason":null}]}')))
+  t.notOk(isTelling(Buffer.from('{"c":"\\"usage\\": {"}')), 'a key inside a string is escaped')
+  t.notOk(isTelling(Buffer.from('{"c":"日本 \\"error\\":{"}')))
 })
 
 t.test('a non-JSON or empty body is marked, not fatal', async (t) => {

@@ -25,6 +25,13 @@ const MAX_JSON_INSPECT = 16 * 1024 * 1024
 /** Above this a JSON body is read at its head and tail only. */
 const FULL_PARSE_LIMIT = 1024 * 1024
 const DONE = Buffer.from('[DONE]')
+/**
+ * One regular-expression pass over the event's bytes (as latin1: keys are ASCII) finds the few
+ * events worth parsing: usage or an error object, or a finish reason that is not null. A key can
+ * only match outside JSON strings, where quotes are never escaped.
+ */
+const TELLING = /"(?:usage|error)" *: *\{|"finish_reason" *: *"([^"\\]*)"/
+const USAGE_OR_ERROR = /"(?:usage|error)" *: *\{/
 
 export function bodyKind (contentType: string | undefined): BodyKind {
   if (!contentType) return 'other'
@@ -72,18 +79,24 @@ export class ResponseTap {
   private event (e: SseEvent): void {
     const data = e.data
     if (data.length === DONE.length && data.equals(DONE)) { this.result.done = true; return }
-    // Content deltas are the bulk of a stream: a plain byte search rejects them without decoding,
-    // and only the first event and the few that carry usage, an error or the finish reason are
-    // decoded and parsed.
-    const telling = keyThen(data, '"usage"', 0x7b) || keyThen(data, '"error"', 0x7b) || keyThen(data, '"finish_reason"', 0x22) ||
-      (e.type !== undefined && (e.type === 'response.completed' || e.type === 'response.failed' || e.type === 'response.incomplete'))
-    if (!telling && this.seenFirst) return
+    // Content deltas are the bulk of a stream: one regular-expression pass over their bytes
+    // rejects them without decoding. Only the first event and those carrying usage or an error
+    // are parsed; a finish reason alone is read straight from the match.
+    const telling = e.type !== undefined && (e.type === 'response.completed' || e.type === 'response.failed' || e.type === 'response.incomplete')
+    const latin1 = data.toString('latin1')
+    const m = telling ? null : TELLING.exec(latin1)
+    if (m !== null && m[1] !== undefined && this.seenFirst && !USAGE_OR_ERROR.test(latin1)) {
+      this.result.finishReason = m[1]
+      return
+    }
+    if (!telling && m === null && this.seenFirst) return
     const text = data.toString('utf8')
     const o = this.parse(text)
     if (!o) return
     if (!this.seenFirst) { this.seenFirst = true; this.identify(o) }
-    if (telling) this.absorb(o, text)
+    if (telling || m !== null) this.absorb(o, text)
   }
+
 
   private parse (text: string): Obj | undefined {
     try {
@@ -165,19 +178,8 @@ function headField (head: string, key: string): string | null {
   return m ? m[1] : null
 }
 
-/** Is `key` followed (after optional spaces and a colon) by the byte `next`? */
-export function keyThen (data: Buffer, key: string, next: number): boolean {
-  let at = data.indexOf(key)
-  while (at !== -1) {
-    let i = at + key.length
-    while (data[i] === 0x20) i++
-    if (data[i] === 0x3a) {
-      i++
-      while (data[i] === 0x20) i++
-      if (data[i] === next) return true
-    }
-    at = data.indexOf(key, at + 1)
-  }
-  return false
+/** Is this event one of the few worth parsing (usage, an error, a finish reason, a final response)? */
+export function isTelling (data: Buffer, type?: string): boolean {
+  if (type !== undefined && (type === 'response.completed' || type === 'response.failed' || type === 'response.incomplete')) return true
+  return TELLING.test(data.toString('latin1'))
 }
-

@@ -86,11 +86,12 @@ export class SseScanner {
       valueStart = colon + 1
       if (valueStart < end && buf[valueStart] === SPACE) valueStart++
     }
+    // Field names compared as bytes: no string is made for a line that is not kept.
     const len = fieldEnd - start
-    if (len === 4 && buf[start] === 0x64 && buf.toString('latin1', start, fieldEnd) === 'data') {
+    if (len === 4 && buf[start] === 0x64 && buf[start + 1] === 0x61 && buf[start + 2] === 0x74 && buf[start + 3] === 0x61) { // data
       this.dataParts.push(buf.subarray(valueStart, end))
       this.hasData = true
-    } else if (len === 5 && buf.toString('latin1', start, fieldEnd) === 'event') {
+    } else if (len === 5 && buf[start] === 0x65 && buf[start + 1] === 0x76 && buf[start + 2] === 0x65 && buf[start + 3] === 0x6e && buf[start + 4] === 0x74) { // event
       this.type = buf.toString('utf8', valueStart, end)
     }
     // id: and retry: carry nothing the meter needs.
@@ -107,7 +108,7 @@ export class SseScanner {
       data = Buffer.concat(joined)
     }
     const type = this.type
-    this.dataParts = []
+    this.dataParts.length = 0
     this.hasData = false
     this.type = undefined
     this.onEvent({ type, data })
