@@ -269,7 +269,10 @@ class Exchange implements Dispatcher.DispatchHandler {
   private sawGeneration (id: string): void {
     if (this.rec.generationId) return
     this.rec.generationId = id
-    this.ctx.ledger.pending(this.rec)
+    // Journal it as pending once the read that revealed it is handled: a response that also
+    // completed in that read (most non-stream answers) goes straight to its final line, saving
+    // a write; any other is pending before the event loop turns, let alone before a crash could.
+    queueMicrotask(() => { if (!this.done) this.ctx.ledger.pending(this.rec) })
   }
 
   private finish (err: Error | null): void {
