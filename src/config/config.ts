@@ -41,7 +41,7 @@ export const envSchema = z.object({
   CLIENT_REQUEST_TIMEOUT_MS: positiveInt.default(600_000),
   UPSTREAM_HEADERS_TIMEOUT_MS: positiveInt.default(300_000),
   UPSTREAM_BODY_TIMEOUT_MS: positiveInt.default(300_000),
-  UPSTREAM_CONNECTIONS: positiveInt.default(256),
+  UPSTREAM_CONNECTIONS: positiveInt.default(1024),
   SHUTDOWN_GRACE_MS: z.coerce.number().int().min(0).default(30_000),
   RECONCILE_MAX_WAIT_MS: positiveInt.default(120_000),
   LEDGER_BATCH_SIZE: z.coerce.number().int().min(1).max(1000).default(500),
