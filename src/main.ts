@@ -117,7 +117,8 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     directory = new UserDirectory(config.organization.id, sql, log!)
     const replay = journal.replay()
     for (const r of replay.finals) ledger.record(r, true)
-    for (const r of replay.pendings) reconciler.enqueue({ ...r, outcome: r.outcome === 'interrupted' || !r.outcome ? 'interrupted' : r.outcome })
+    // A pending line is the request as far as it got: 'interrupted' unless it had ended.
+    for (const r of replay.pendings) reconciler.enqueue(r)
     if (replay.segments > 0) log!.info({ records: replay.finals.length, toReconcile: replay.pendings.length, tornLines: replay.tornLines }, 'journal replayed')
     // 6. open for traffic
     ready = true
