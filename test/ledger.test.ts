@@ -130,3 +130,29 @@ t.test('journal replay adopts segments in place: nothing copied, deleted only on
   second.close()
   t.same(readdirSync(dir), [])
 })
+
+t.test('lone surrogates are made well-formed, and a batch that is all bad data cannot wedge the queue', async (t) => {
+  const db = await createTestDb()
+  t.teardown(() => db.drop())
+  await migrate(db.sql, 'sql')
+  await db.sql`insert into organizations (id, name) values (${ORG}, 'Ledger Org')`
+  const dir = mkdtempSync(join(tmpdir(), 'ledger-'))
+  const log = createLogger('silent')
+  const journal = new Journal(join(dir, 'journal'), log)
+  const rejectedPath = join(dir, 'rejected.jsonl')
+  const ledger = new Ledger(db.sql, journal, log, { batchSize: 5, flushMs: 5, rejectedPath })
+  const odd = { ...rec(1), userId: 'alice\ud800', model: 'm\udc00x' }
+  ledger.record(odd)
+  t.ok(await ledger.drain(5000))
+  const [row] = await db.sql`select user_id, model from usage_events where event_id = ${odd.eventId}`
+  t.same(row, { user_id: 'alice\ufffd', model: 'm\ufffdx' }, 'stored, with U+FFFD in place of the lone surrogate')
+  const bad = Array.from({ length: 5 }, (_, i) => ({ ...rec(10 + i), latencyMs: 1e15 }))
+  const good = rec(20)
+  for (const r of [...bad, good]) ledger.record(r)
+  t.ok(await ledger.drain(10_000), 'drained: five bad rows at the front did not block the good one')
+  t.equal(ledger.rejected, 5)
+  t.equal(readFileSync(rejectedPath, 'utf8').trim().split('\n').length, 5, 'each set aside once')
+  t.same((await db.sql`select generation_id from usage_events where event_id = ${good.eventId}`).length, 1)
+  ledger.close()
+  journal.close()
+})

@@ -233,6 +233,42 @@ t.test('client leaves a stream before its headers: upstream is aborted once they
   t.same([rows[0].outcome, rows[0].usage_source, rows[0].cost_text], ['client_aborted', 'generation', g!.cost])
 })
 
+t.test('client leaves a stream whose headers do not name the generation: aborted once the first event names it', async (t) => {
+  const res = await request(s.url + '/v1/chat/completions', {
+    method: 'POST', headers: owui('u-8', 'Unnamed'), body: JSON.stringify({ model: 'fake/slow-unnamed', stream: true, messages: [] }),
+  })
+  t.equal(res.headers['x-generation-id'], undefined)
+  for await (const _ of res.body) break // the first bytes (a comment), then hang up
+  res.body.destroy()
+  let rows: any[] = []
+  for (let i = 0; i < 300 && rows.length === 0; i++) {
+    rows = await db.sql`select *, cost_usd::text as cost_text from usage_events where user_id = 'u-8'`
+    if (rows.length === 0) await new Promise((r) => setTimeout(r, 25))
+  }
+  const g = fake.generations.get(rows[0]?.generation_id)
+  t.ok(g, 'the generation id was learned from the stream before aborting')
+  t.equal(g?.cancelled, true)
+  t.same([rows[0]?.outcome, rows[0]?.usage_source, rows[0]?.cost_text], ['client_aborted', 'generation', g?.cost])
+})
+
+t.test('client stops reading a large non-stream answer, then leaves: the exchange still finishes and is billed', async (t) => {
+  const port = Number(new URL(s.url).port)
+  const body = JSON.stringify({ model: 'fake/huge-embed', input: ['x'], user: 'stalled-user' })
+  const sock = (await import('node:net')).connect(port, '127.0.0.1')
+  sock.pause() // never read: the sidecar's writes back up and upstream is paused
+  sock.write(`POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer proxy-secret-key-1234\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`)
+  await new Promise((r) => setTimeout(r, 500))
+  sock.destroy()
+  let rows: any[] = []
+  for (let i = 0; i < 300 && rows.length === 0; i++) {
+    rows = await db.sql`select *, cost_usd::text as cost_text from usage_events where user_id = 'stalled-user'`
+    if (rows.length === 0) await new Promise((r) => setTimeout(r, 25))
+  }
+  const g = fake.generations.get(rows[0]?.generation_id)
+  t.ok(g, 'recorded')
+  t.same([rows[0]?.outcome, rows[0]?.usage_source, rows[0]?.cost_text], ['client_aborted', 'inline', g?.cost])
+})
+
 t.test('upstream dies mid-body after declaring a length: the client sees the cut instead of hanging', async (t) => {
   await t.rejects(async () => {
     const res = await request(s.url + '/v1/chat/completions', { method: 'POST', headers: auth, body: JSON.stringify({ model: 'fake/cut-json', messages: [], user: 'cut-user' }) })
@@ -276,7 +312,7 @@ t.test('routing: trailing slash, other billable endpoints and multipart are mete
   const row = await rowFor(gen)
   t.same([row.endpoint, row.user_id, row.cost_text], ['audio/transcriptions', 'u-audio', fake.generations.get(gen)!.cost])
   const before = fake.requests.length
-  for (const [method, path] of [['POST', '/v1/keys'], ['PUT', '/v1/models'], ['DELETE', '/v1/chat/completions'], ['POST', '/v1/chat/../keys'], ['POST', '/v1/chat%2fcompletions']]) {
+  for (const [method, path] of [['POST', '/v1/keys'], ['POST', '/v1/audio/anything-new'], ['PUT', '/v1/models'], ['DELETE', '/v1/chat/completions'], ['POST', '/v1/chat/../keys'], ['POST', '/v1/chat%2fcompletions']]) {
     const res = await request(s.url + path, { method: method as 'POST', headers: auth, body: '{}' })
     t.equal(res.statusCode, 404, `${method} ${path} refused`)
     t.match(await res.body.json(), { error: { type: 'not_found_error' } })

@@ -18,15 +18,16 @@ import type { Upstream } from './upstream.js'
 /** Inference endpoints whose JSON body gets the user's external id. */
 export const METERED = new Set(['chat/completions', 'completions', 'embeddings', 'responses', 'messages', 'rerank',
   'images/generations', 'audio/speech'])
+/** Endpoints that take multipart uploads, forwarded as they are (a JSON body still gets the user). */
+const METERED_UPLOADS = new Set(['audio/transcriptions', 'audio/translations', 'images/edits', 'images/variations'])
 
 /**
- * Which POST paths are metered: the JSON endpoints above, and anything under audio/ or images/
- * (transcriptions and edits send multipart bodies, which are forwarded as they are).
- * Every other non-GET request is refused by the router, so nothing billable goes out unmetered.
+ * Which POST paths are metered. Every other non-GET request is refused by the router, so
+ * nothing billable goes out unmetered; a closed list also keeps metric labels bounded.
  */
 export function meteredKind (endpoint: string): 'json' | 'raw' | null {
   if (METERED.has(endpoint)) return 'json'
-  if (endpoint.startsWith('audio/') || endpoint.startsWith('images/')) return 'raw'
+  if (METERED_UPLOADS.has(endpoint)) return 'raw'
   return null
 }
 
@@ -57,7 +58,7 @@ const DROP_REQUEST = new Set(['host', 'connection', 'keep-alive', 'proxy-connect
   'content-length', 'authorization', 'cookie', 'accept-encoding', 'expect', 'x-api-key', 'http-referer', 'x-title'])
 const DROP_RESPONSE = new Set(['connection', 'keep-alive', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-connection'])
 
-/** A stream whose client left before its headers came is aborted once they name the generation. */
+/** A stream whose client left before the generation was named is aborted once it is, or after this. */
 const ABORT_WAIT_FOR_HEADERS_MS = 10_000
 
 export function handleMetered (req: IncomingMessage, res: ServerResponse, endpoint: string, query: string, kind: 'json' | 'raw', ctx: MeterContext): void {
@@ -189,14 +190,20 @@ class Exchange implements Dispatcher.DispatchHandler {
   private clientGone = false
   private lengthDeclared = false
   private done = false
+  private resume: (() => void) | null = null
 
   constructor (private readonly res: ServerResponse, private rec: UsageRecord, private readonly ctx: MeterContext) {
     res.once('close', () => {
       if (this.done || res.writableFinished) return
       this.clientGone = true
-      if (!this.rec.streamed) return
-      if (this.status > 0) this.abort()
-      // Headers not in yet: abort when they come, or give up waiting for them.
+      if (!this.rec.streamed) {
+        // Upstream may be paused for a client that stopped reading; a closed socket never
+        // drains, so resume it here or the exchange would hang forever.
+        this.resume?.()
+        return
+      }
+      if (this.rec.generationId) this.abort()
+      // The generation is not named yet: abort when it is, or give up waiting for it.
       else setTimeout(() => { if (!this.done) this.abort() }, ABORT_WAIT_FOR_HEADERS_MS).unref()
     })
   }
@@ -222,12 +229,10 @@ class Exchange implements Dispatcher.DispatchHandler {
       else if (lower === 'content-length') this.lengthDeclared = true
       out.push(name, value)
     }
+    this.resume = resume
     this.tap = new ResponseTap(statusCode < 300 ? bodyKind(contentType) : 'json', (id) => this.sawGeneration(id))
     if (generationId && statusCode < 300) this.sawGeneration(generationId)
-    if (this.clientGone) {
-      if (this.rec.streamed) this.abort()
-      return true
-    }
+    if (this.clientGone) return true // read on, unseen; sawGeneration aborts a stream once it is named
     this.res.writeHead(statusCode, out)
     this.res.on('drain', resume)
     return true
@@ -269,6 +274,7 @@ class Exchange implements Dispatcher.DispatchHandler {
   private sawGeneration (id: string): void {
     if (this.rec.generationId) return
     this.rec.generationId = id
+    if (this.clientGone && this.rec.streamed) { this.abort(); return } // named: now it can be reconciled
     // Journal it as pending once the read that revealed it is handled: a response that also
     // completed in that read (most non-stream answers) goes straight to its final line, saving
     // a write; any other is pending before the event loop turns, let alone before a crash could.

@@ -30,6 +30,7 @@ export class Ledger {
   private failures = 0
   private closed = false
   private inserting = 0
+  private refusedAlike = 0
   written = 0
   rejected = 0
 
@@ -171,11 +172,15 @@ export class Ledger {
         refused.push({ r, err })
       }
     }
-    // Every row refused alike is the statement's fault (or the schema's), not the data's: keep
-    // them all and retry rather than set a whole batch aside.
-    if (batch.length > 1 && refused.length === batch.length) throw refused[0].err
+    // Every row refused alike is more likely the statement's fault (or the schema's) than the
+    // data's: retry rather than set a whole batch aside, but only a few times, so a batch that
+    // really is all bad data cannot wedge the queue.
+    if (batch.length > 1 && refused.length === batch.length && ++this.refusedAlike < 3) throw refused[0].err
+    this.refusedAlike = 0
+    // One append for all of them, so a failed write is retried whole instead of after some rows
+    // went out one by one and would be set aside twice.
+    if (refused.length > 0) appendFileSync(this.opts.rejectedPath!, refused.map(({ r, err }) => JSON.stringify({ reason: describe(err), record: r }) + '\n').join(''))
     for (const { r, err } of refused) {
-      appendFileSync(this.opts.rejectedPath!, JSON.stringify({ reason: describe(err), record: r }) + '\n')
       this.rejected++
       this.log.error({ eventId: r.eventId, generationId: r.generationId, reason: describe(err), file: this.opts.rejectedPath }, 'ledger: record refused by postgres, set aside')
     }

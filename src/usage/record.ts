@@ -52,7 +52,7 @@ export function toRow (r: UsageRecord): Record<string, unknown> {
     organization_id: r.organizationId,
     user_id: text(r.userId),
     external_user_id: text(r.externalUserId),
-    endpoint: r.endpoint,
+    endpoint: text(r.endpoint),
     model: text(r.model),
     served_model: text(r.servedModel),
     provider: text(r.provider),

@@ -111,11 +111,11 @@ export class FakeOpenRouter {
       setTimeout(() => res.socket?.destroy(), 30)
       return
     }
-    if (model === 'fake/big-embed') {
+    if (model === 'fake/big-embed' || model === 'fake/huge-embed') {
       g.completionTokens = 0
       g.reasoningTokens = 0
       g.cachedTokens = 0
-      const vectors = Array.from({ length: 700 }, (_, i) => `{"object":"embedding","index":${i},"embedding":[${Array.from({ length: 256 }, (_, j) => ((i * 31 + j) % 997) / 1000).join(',')}]}`)
+      const vectors = Array.from({ length: model === 'fake/huge-embed' ? 4000 : 700 }, (_, i) => `{"object":"embedding","index":${i},"embedding":[${Array.from({ length: 256 }, (_, j) => ((i * 31 + j) % 997) / 1000).join(',')}]}`)
       const bodyText = `{"id":"${g.id}","object":"list","model":"${g.model}","provider":"${g.provider}","data":[${vectors.join(',')}],"usage":{"prompt_tokens":${g.promptTokens},"total_tokens":${g.promptTokens},"cost":${g.cost}}}`
       res.writeHead(200, { 'content-type': 'application/json' })
       return this.finish(g, res, Buffer.from(bodyText))
@@ -195,7 +195,7 @@ export class FakeOpenRouter {
       events.push(ev(`{"type":"response.completed","response":{"id":"${g.id}","model":"${g.model}","status":"completed","usage":${this.usage(g, endpoint)}}}`, 'response.completed'))
     } else {
       events.push(ev(chunk('{"role":"assistant","content":""}', null)))
-      const slow = model === 'fake/slow' || model === 'fake/slow-start'
+      const slow = model === 'fake/slow' || model === 'fake/slow-start' || model === 'fake/slow-unnamed'
       const n = slow ? 200 : CONTENT.length
       if (slow) g.completionTokens = n
       for (let i = 0; i < n; i++) {
@@ -217,7 +217,8 @@ export class FakeOpenRouter {
       }
       events.push(ev('[DONE]'))
     }
-    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', 'x-generation-id': g.id })
+    const named = model === 'fake/slow-unnamed' ? {} : { 'x-generation-id': g.id }
+    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', ...named })
     if (model === 'fake/hang') {
       res.write(events[0])
       res.flushHeaders()
@@ -227,10 +228,11 @@ export class FakeOpenRouter {
     const sentParts: Buffer[] = []
     let aborted = false
     res.on('close', () => { if (!res.writableFinished) aborted = true })
-    if (model === 'fake/slow' || model === 'fake/slow-start') {
+    if (model === 'fake/slow' || model === 'fake/slow-start' || model === 'fake/slow-unnamed') {
       let sentEvents = 0
       for (const e of events) {
         if (aborted) break
+        if (model === 'fake/slow-unnamed' && sentEvents === 0 && e.startsWith('data: {')) await sleep(300) // the id comes late
         const b = Buffer.from(e)
         sentParts.push(b)
         res.write(b)
