@@ -1,7 +1,7 @@
 import t from 'tap'
 import { request } from 'undici'
 import { FakeOpenRouter, sumDecimals } from './support/fake-openrouter.js'
-import { createTestDb, type TestDb } from './support/db.js'
+import { createTestDb, rowsSoon, type TestDb } from './support/db.js'
 import { baseEnv, settle, startSidecar, TEST_KEY, type Started } from './support/sidecar.js'
 import { externalUserId } from '../src/identity/external-id.js'
 
@@ -97,11 +97,7 @@ t.test('streamed chat: split reads, comments and multi-byte text pass through un
 t.test('user mapping: non-ASCII name decoded and stored, external id stable', async (t) => {
   await post('/v1/chat/completions', { model: 'fake/ok', messages: [] }, owui('u-3', 'Jos%C3%A9 %C3%91'))
   await post('/v1/chat/completions', { model: 'fake/ok', messages: [] }, owui('u-3', 'Jos%C3%A9 %C3%91'))
-  let rows: any[] = []
-  for (let i = 0; i < 200 && rows.length === 0; i++) {
-    rows = await db.sql`select * from user_mappings where user_id = 'u-3'`
-    if (rows.length === 0) await new Promise((r) => setTimeout(r, 25))
-  }
+  const rows: any[] = await rowsSoon(() => db.sql`select * from user_mappings where user_id = 'u-3'`)
   t.equal(rows.length, 1)
   t.equal(rows[0].user_name, 'José Ñ')
   t.equal(rows[0].user_email, 'u-3@example.com')
@@ -143,11 +139,7 @@ t.test('upstream error before streaming: status and body passed on, recorded wit
   const r = await post('/v1/chat/completions', { model: 'fake/error-402', messages: [] }, owui('u-4', 'Err'))
   t.equal(r.status, 402)
   t.equal(JSON.parse(r.text).error.code, 402)
-  let rows: any[] = []
-  for (let i = 0; i < 200 && rows.length === 0; i++) {
-    rows = await db.sql`select * from usage_events where user_id = 'u-4'`
-    if (rows.length === 0) await new Promise((r) => setTimeout(r, 25))
-  }
+  const rows: any[] = await rowsSoon(() => db.sql`select * from usage_events where user_id = 'u-4'`)
   t.equal(rows.length, 1)
   t.same([rows[0].outcome, rows[0].status, rows[0].cost_usd, rows[0].billed_cost_usd, rows[0].generation_id], ['upstream_error', 402, null, null, null])
   t.match(rows[0].error_message, /Insufficient credits/)
@@ -206,11 +198,7 @@ t.test('client leaves a non-stream request: it is read to the end unseen and bil
   await t.rejects(request(s.url + '/v1/chat/completions', {
     method: 'POST', headers: owui('u-6', 'Leaver'), body: JSON.stringify({ model: 'fake/slow-complete', messages: [] }), signal: ac.signal,
   }))
-  let rows: any[] = []
-  for (let i = 0; i < 200 && rows.length === 0; i++) {
-    rows = await db.sql`select *, cost_usd::text as cost_text from usage_events where user_id = 'u-6'`
-    if (rows.length === 0) await new Promise((r) => setTimeout(r, 25))
-  }
+  const rows: any[] = await rowsSoon(() => db.sql`select *, cost_usd::text as cost_text from usage_events where user_id = 'u-6'`)
   const g = fake.generations.get(rows[0]?.generation_id)
   t.ok(g, 'the generation id was learned after the client left')
   t.same([rows[0].outcome, rows[0].status, rows[0].usage_source, rows[0].cost_text], ['client_aborted', 499, 'inline', g!.cost])
@@ -222,11 +210,7 @@ t.test('client leaves a stream before its headers: upstream is aborted once they
   await t.rejects(request(s.url + '/v1/chat/completions', {
     method: 'POST', headers: owui('u-7', 'Early'), body: JSON.stringify({ model: 'fake/slow-start', stream: true, messages: [] }), signal: ac.signal,
   }))
-  let rows: any[] = []
-  for (let i = 0; i < 300 && rows.length === 0; i++) {
-    rows = await db.sql`select *, cost_usd::text as cost_text from usage_events where user_id = 'u-7'`
-    if (rows.length === 0) await new Promise((r) => setTimeout(r, 25))
-  }
+  const rows: any[] = await rowsSoon(() => db.sql`select *, cost_usd::text as cost_text from usage_events where user_id = 'u-7'`)
   const g = fake.generations.get(rows[0]?.generation_id)
   t.ok(g, 'generation known')
   t.equal(g!.cancelled, true, 'upstream was aborted')
@@ -240,11 +224,7 @@ t.test('client leaves a stream whose headers do not name the generation: aborted
   t.equal(res.headers['x-generation-id'], undefined)
   for await (const _ of res.body) break // the first bytes (a comment), then hang up
   res.body.destroy()
-  let rows: any[] = []
-  for (let i = 0; i < 300 && rows.length === 0; i++) {
-    rows = await db.sql`select *, cost_usd::text as cost_text from usage_events where user_id = 'u-8'`
-    if (rows.length === 0) await new Promise((r) => setTimeout(r, 25))
-  }
+  const rows: any[] = await rowsSoon(() => db.sql`select *, cost_usd::text as cost_text from usage_events where user_id = 'u-8'`)
   const g = fake.generations.get(rows[0]?.generation_id)
   t.ok(g, 'the generation id was learned from the stream before aborting')
   t.equal(g?.cancelled, true)
@@ -259,11 +239,7 @@ t.test('client stops reading a large non-stream answer, then leaves: the exchang
   sock.write(`POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer proxy-secret-key-1234\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`)
   await new Promise((r) => setTimeout(r, 500))
   sock.destroy()
-  let rows: any[] = []
-  for (let i = 0; i < 300 && rows.length === 0; i++) {
-    rows = await db.sql`select *, cost_usd::text as cost_text from usage_events where user_id = 'stalled-user'`
-    if (rows.length === 0) await new Promise((r) => setTimeout(r, 25))
-  }
+  const rows: any[] = await rowsSoon(() => db.sql`select *, cost_usd::text as cost_text from usage_events where user_id = 'stalled-user'`)
   const g = fake.generations.get(rows[0]?.generation_id)
   t.ok(g, 'recorded')
   t.same([rows[0]?.outcome, rows[0]?.usage_source, rows[0]?.cost_text], ['client_aborted', 'inline', g?.cost])
@@ -274,11 +250,7 @@ t.test('upstream dies mid-body after declaring a length: the client sees the cut
     const res = await request(s.url + '/v1/chat/completions', { method: 'POST', headers: auth, body: JSON.stringify({ model: 'fake/cut-json', messages: [], user: 'cut-user' }) })
     await res.body.text()
   })
-  let rows: any[] = []
-  for (let i = 0; i < 300 && rows.length === 0; i++) {
-    rows = await db.sql`select * from usage_events where user_id = 'cut-user'`
-    if (rows.length === 0) await new Promise((r) => setTimeout(r, 25))
-  }
+  const rows: any[] = await rowsSoon(() => db.sql`select * from usage_events where user_id = 'cut-user'`)
   t.same([rows[0]?.outcome, rows[0]?.usage_source], ['incomplete', 'generation'])
 })
 

@@ -32,6 +32,8 @@ const DONE = Buffer.from('[DONE]')
  */
 const TELLING = /"(?:usage|error)" *: *\{|"finish_reason" *: *"([^"\\]*)"/
 const USAGE_OR_ERROR = /"(?:usage|error)" *: *\{/
+/** Responses API events that carry the whole response, usage included. */
+const FINAL_EVENTS = new Set(['response.completed', 'response.failed', 'response.incomplete'])
 
 export function bodyKind (contentType: string | undefined): BodyKind {
   if (!contentType) return 'other'
@@ -82,19 +84,19 @@ export class ResponseTap {
     // Content deltas are the bulk of a stream: one regular-expression pass over their bytes
     // rejects them without decoding. Only the first event and those carrying usage or an error
     // are parsed; a finish reason alone is read straight from the match.
-    const telling = e.type !== undefined && (e.type === 'response.completed' || e.type === 'response.failed' || e.type === 'response.incomplete')
+    const final = e.type !== undefined && FINAL_EVENTS.has(e.type)
     const latin1 = data.toString('latin1')
-    const m = telling ? null : TELLING.exec(latin1)
+    const m = final ? null : TELLING.exec(latin1)
     if (m !== null && m[1] !== undefined && this.seenFirst && !USAGE_OR_ERROR.test(latin1)) {
       this.result.finishReason = m[1]
       return
     }
-    if (!telling && m === null && this.seenFirst) return
+    if (!final && m === null && this.seenFirst) return
     const text = data.toString('utf8')
     const o = this.parse(text)
     if (!o) return
     if (!this.seenFirst) { this.seenFirst = true; this.identify(o) }
-    if (telling || m !== null) this.absorb(o, text)
+    if (final || m !== null) this.absorb(o, text)
   }
 
 
@@ -180,6 +182,5 @@ function headField (head: string, key: string): string | null {
 
 /** Is this event one of the few worth parsing (usage, an error, a finish reason, a final response)? */
 export function isTelling (data: Buffer, type?: string): boolean {
-  if (type !== undefined && (type === 'response.completed' || type === 'response.failed' || type === 'response.incomplete')) return true
-  return TELLING.test(data.toString('latin1'))
+  return (type !== undefined && FINAL_EVENTS.has(type)) || TELLING.test(data.toString('latin1'))
 }

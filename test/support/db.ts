@@ -61,3 +61,13 @@ async function createEmbedded (): Promise<TestDb> {
     },
   }
 }
+
+/** Polls a query until it returns rows (the ledger writes off the request path), or times out empty. */
+export async function rowsSoon<T> (read: () => Promise<T[]>, timeoutMs = 7500): Promise<T[]> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const rows = await read()
+    if (rows.length > 0 || Date.now() > deadline) return rows
+    await new Promise((r) => setTimeout(r, 25))
+  }
+}
