@@ -10,6 +10,7 @@ import { startEmbedded, type EmbeddedDb } from './db/embedded.js'
 import { migrate } from './db/migrate.js'
 import { upsertOrganization } from './db/organizations.js'
 import { UserDirectory } from './identity/directory.js'
+import { identityHeaders } from './identity/identify.js'
 import { createLogger, scrub, type Logger } from './log.js'
 import { createPassthrough } from './proxy/passthrough.js'
 import { createProxyServer } from './proxy/server.js'
@@ -49,9 +50,8 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
   let inFlight = 0
   let idle: (() => void) | null = null
   const upstream = createUpstream({ baseUrl: config.openrouter.baseUrl, apiKey: config.openrouter.apiKey, ...config.upstream })
-  const id = config.identity
-  const passthrough = createPassthrough(config.openrouter.baseUrl, config.openrouter.apiKey, config.openrouter.appUrl, config.openrouter.appTitle,
-    [id.userIdHeader, id.userNameHeader, id.userEmailHeader, id.userRoleHeader, id.chatIdHeader, id.jwtHeader], log)
+  const idHeaders = identityHeaders(config.identity)
+  const passthrough = createPassthrough(config.openrouter.baseUrl, config.openrouter.apiKey, config.openrouter.appUrl, config.openrouter.appTitle, idHeaders, log)
   if (!config.server.proxyApiKey && !['127.0.0.1', '::1', 'localhost'].includes(config.server.host)) {
     log.warn({ host: config.server.host }, 'PROXY_API_KEY is not set: anyone who can reach this port can spend the organization\'s OpenRouter key')
   }
@@ -81,6 +81,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     markupPercent: config.organization.markupPercent,
     maxBodyBytes: config.server.maxBodyBytes,
     identity: config.identity,
+    identityHeaders: idHeaders,
     get directory () { return directory! },
     get ledger () { return ledger! },
     get reconciler () { return reconciler! },

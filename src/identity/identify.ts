@@ -27,6 +27,11 @@ export interface IdentityOptions {
 
 export class IdentityError extends Error {}
 
+/** The headers that carry identity: they stay with the sidecar and never travel upstream. */
+export function identityHeaders (o: IdentityOptions): Set<string> {
+  return new Set([o.userIdHeader, o.userNameHeader, o.userEmailHeader, o.userRoleHeader, o.chatIdHeader, o.jwtHeader])
+}
+
 const one = (v: string | string[] | undefined): string | null => {
   const s = Array.isArray(v) ? v[0] : v
   return s === undefined || s === '' ? null : s

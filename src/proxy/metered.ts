@@ -40,6 +40,8 @@ export interface MeterContext {
   markupPercent: string
   maxBodyBytes: number
   identity: IdentityOptions
+  /** identityHeaders(identity), computed once. */
+  identityHeaders: Set<string>
   directory: UserDirectory
   ledger: Ledger
   reconciler: Reconciler
@@ -119,10 +121,8 @@ function forward (req: IncomingMessage, res: ServerResponse, endpoint: string, q
   }
 
   const headers: Record<string, string> = {}
-  const idHeaders = ctx.identity
   for (const name in req.headers) {
-    if (DROP_REQUEST.has(name) || name.startsWith('x-openwebui-') || name === idHeaders.userIdHeader || name === idHeaders.userNameHeader ||
-        name === idHeaders.userEmailHeader || name === idHeaders.userRoleHeader || name === idHeaders.chatIdHeader || name === idHeaders.jwtHeader) continue
+    if (DROP_REQUEST.has(name) || name.startsWith('x-openwebui-') || ctx.identityHeaders.has(name)) continue
     const v = req.headers[name]
     if (typeof v === 'string') headers[name] = v
     else if (Array.isArray(v)) headers[name] = v.join(', ')

@@ -9,7 +9,7 @@ import { sendError } from './errors.js'
 
 export interface Passthrough { handle: (req: IncomingMessage, res: ServerResponse, rest: string) => void, close: () => void }
 
-export function createPassthrough (baseUrl: string, apiKey: string, appUrl: string, appTitle: string, identityHeaders: string[], log: Logger): Passthrough {
+export function createPassthrough (baseUrl: string, apiKey: string, appUrl: string, appTitle: string, identityHeaders: Set<string>, log: Logger): Passthrough {
   const drop = new Set(['cookie', 'x-api-key', ...identityHeaders])
   const target = new URL(baseUrl)
   const agent = target.protocol === 'https:' ? new HttpsAgent({ keepAlive: true }) : new HttpAgent({ keepAlive: true })
