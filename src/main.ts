@@ -4,6 +4,7 @@ import type { AddressInfo } from 'node:net'
 import type { Server } from 'node:http'
 import { ConfigError, loadConfig, type Config } from './config/config.js'
 import { withEnvFile } from './config/env-file.js'
+import { createAdminPlane } from './admin/index.js'
 import { connect, redactUrl, type Sql } from './db/connect.js'
 import { installCrashGuard } from './db/crash-guard.js'
 import { startEmbedded, type EmbeddedDb } from './db/embedded.js'
@@ -91,7 +92,8 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     stopping: () => stopping !== null,
   }
   const server = createProxyServer({ meter, passthrough, proxyApiKey: config.server.proxyApiKey, isReady: () => ready, metrics: metrics.handler,
-    clientTimeouts: { headersMs: config.server.headersTimeoutMs, requestMs: config.server.requestTimeoutMs }, onPassthrough: metrics.passthrough })
+    clientTimeouts: { headersMs: config.server.headersTimeoutMs, requestMs: config.server.requestTimeoutMs }, onPassthrough: metrics.passthrough,
+    admin: createAdminPlane({ config, sql: () => sql!, readSql: () => sql!, log }) ?? undefined })
   await new Promise<void>((ok, fail) => { server.once('error', fail); server.listen(config.server.port, config.server.host, () => { server.off('error', fail); ok() }) })
   const port = (server.address() as AddressInfo).port
   log.info({ port, host: config.server.host, upstream: config.openrouter.baseUrl, organization: config.organization.id }, 'listening; not ready until the database is')

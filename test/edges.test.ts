@@ -146,7 +146,7 @@ t.test('a journal left by a crash, with a torn last line, is replayed at boot', 
     eventId: '5a0d7a8e-7b59-4c3e-9d3c-1f0e8f4b2a11', generationId: 'gen-from-before-the-crash', organizationId: 'mai_client_63a4eb6d', userId: 'u', externalUserId: 'x',
     endpoint: 'chat/completions', model: 'm', servedModel: 'm', provider: 'p', streamed: true, status: 200, outcome: 'ok', finishReason: 'stop', errorMessage: null,
     usageSource: 'inline', promptTokens: 1, completionTokens: 2, totalTokens: 3, cachedTokens: null, reasoningTokens: null, costUsd: '0.000000000000000000001',
-    upstreamCostUsd: null, isByok: false, markupPercent: '0', latencyMs: 5, ttfbMs: 1, chatId: null, createdAt: new Date().toISOString(),
+    upstreamCostUsd: null, isByok: false, markupPercent: '0', latencyMs: 5, ttfbMs: 1, chatId: null, kind: 'api', messageId: null, createdAt: new Date().toISOString(),
   }
   writeFileSync(join(dir, 'seg-000000000001.jsonl'), JSON.stringify({ k: 'r', r: rec }) + '\n' + '{"k":"r","r":{"eventId":"torn')
   const b = await startSidecar(env)

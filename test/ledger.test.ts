@@ -17,7 +17,7 @@ const rec = (i: number): UsageRecord => ({
   endpoint: 'chat/completions', model: 'm', servedModel: 'm', provider: 'p', streamed: false, status: 200, outcome: 'ok',
   finishReason: 'stop', errorMessage: null, usageSource: 'inline', promptTokens: i, completionTokens: 1, totalTokens: i + 1,
   cachedTokens: 0, reasoningTokens: 0, costUsd: `0.${String(i).padStart(6, '0')}000000000000000001`, upstreamCostUsd: null, isByok: false,
-  markupPercent: '10', latencyMs: 1.5, ttfbMs: 0.5, chatId: null, createdAt: new Date().toISOString(),
+  markupPercent: '10', latencyMs: 1.5, ttfbMs: 0.5, chatId: null, kind: 'api', messageId: null, createdAt: new Date().toISOString(),
 })
 
 t.test('while inserts fail, records wait (spilling to the journal past the memory cap), then all land exactly once', async (t) => {

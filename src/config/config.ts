@@ -48,6 +48,7 @@ export const envSchema = z.object({
   LEDGER_FLUSH_MS: positiveInt.default(50),
   DB_CONNECT_RETRY_MAX_MS: positiveInt.default(10_000),
   EMBEDDED_DB_PORT: port.default(54320),
+  ADMIN_API_KEY: z.string().min(16, 'must be at least 16 characters (e.g. openssl rand -hex 24)').optional(),
 })
 
 export type Env = z.infer<typeof envSchema>
@@ -68,6 +69,7 @@ export interface Config {
   ledger: { dataDir: string, batchSize: number, flushMs: number, reconcileMaxWaitMs: number }
   db: { connectRetryMaxMs: number, embeddedPort: number }
   logLevel: Env['LOG_LEVEL']
+  admin: { apiKey: string | undefined }
 }
 
 export class ConfigError extends Error {
@@ -121,5 +123,6 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
     ledger: { dataDir: e.DATA_DIR, batchSize: e.LEDGER_BATCH_SIZE, flushMs: e.LEDGER_FLUSH_MS, reconcileMaxWaitMs: e.RECONCILE_MAX_WAIT_MS },
     db: { connectRetryMaxMs: e.DB_CONNECT_RETRY_MAX_MS, embeddedPort: e.EMBEDDED_DB_PORT },
     logLevel: e.LOG_LEVEL,
+    admin: { apiKey: e.ADMIN_API_KEY },
   }
 }

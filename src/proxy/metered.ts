@@ -161,6 +161,8 @@ function forward (req: IncomingMessage, res: ServerResponse, endpoint: string, q
     latencyMs: null,
     ttfbMs: null,
     chatId: who.chatId,
+    kind: 'api',
+    messageId: null,
     createdAt: new Date().toISOString(),
   }
   const exchange = new Exchange(res, base, ctx)

@@ -16,6 +16,8 @@ export interface ServerContext {
   clientTimeouts: { headersMs: number, requestMs: number }
   metrics?: (req: IncomingMessage, res: ServerResponse) => void
   onPassthrough?: (status: number) => void
+  /** The admin plane (/admin/...), present only when ADMIN_API_KEY is set. */
+  admin?: (req: IncomingMessage, res: ServerResponse) => void
 }
 
 export function createProxyServer (ctx: ServerContext): Server {
@@ -38,6 +40,10 @@ export function createProxyServer (ctx: ServerContext): Server {
       if (url === '/healthz') return plain(res, 200, '{"status":"ok"}')
       if (url === '/readyz') return ctx.isReady() ? plain(res, 200, '{"status":"ready"}') : plain(res, 503, '{"status":"starting"}')
       if (url === '/metrics' && ctx.metrics) return ctx.metrics(req, res)
+      if ((url === '/admin' || url.startsWith('/admin/')) && ctx.admin) {
+        if (!ctx.isReady()) return sendError(res, 503, 'service_unavailable', 'not_ready', 'usage-proxy is starting', { 'retry-after': '1' })
+        return ctx.admin(req, res)
+      }
       return sendError(res, 404, 'not_found_error', 'not_found', `no route for ${req.method} ${url.split('?')[0]}: the API lives under /v1/`)
     }
     if (!ctx.isReady()) return sendError(res, 503, 'service_unavailable', 'not_ready', 'usage-proxy is starting', { 'retry-after': '1' })

@@ -37,6 +37,10 @@ export interface UsageRecord extends Usage {
   latencyMs: number | null
   ttfbMs: number | null
   chatId: string | null
+  /** `chat`, an Open WebUI background task name (title_generation, ...), or `api`. */
+  kind: string
+  /** Open WebUI's message id (X-OpenWebUI-Message-Id), when the app sends it. */
+  messageId: string | null
   createdAt: string
 }
 
@@ -74,6 +78,8 @@ export function toRow (r: UsageRecord): Record<string, unknown> {
     latency_ms: r.latencyMs,
     ttfb_ms: r.ttfbMs,
     chat_id: text(r.chatId),
+    kind: text(r.kind) ?? 'api', // journal lines from before migration 003 have none
+    message_id: text(r.messageId),
     created_at: r.createdAt,
   }
 }

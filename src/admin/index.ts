@@ -1,0 +1,31 @@
+import type { Config } from '../config/config.js'
+import type { Sql } from '../db/connect.js'
+import type { Logger } from '../log.js'
+import { createAdmin, sendJson, type AdminHandler, type AdminRoute } from './router.js'
+
+// Every admin route, in one list. Each concern (budgets, usage, the page) lives in a file of its
+// own and adds its routes here.
+
+export interface AdminDeps {
+  config: Config
+  /** The primary: writes, budgets. Null until boot reached the database. */
+  sql: () => Sql
+  /** Reads for reports (DATABASE_READ_URL when set, else the primary). */
+  readSql: () => Sql
+  log: Logger
+}
+
+export function adminRoutes (deps: AdminDeps): AdminRoute[] {
+  return [
+    {
+      method: 'GET',
+      path: /^\/admin\/v1\/?$/,
+      handle: ({ res }) => sendJson(res, 200, { object: 'admin', organization: deps.config.organization.id }),
+    },
+  ]
+}
+
+export function createAdminPlane (deps: AdminDeps): AdminHandler | null {
+  const key = deps.config.admin.apiKey
+  return key ? createAdmin(key, adminRoutes(deps), deps.log) : null
+}

@@ -1,0 +1,103 @@
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import { createHash, timingSafeEqual } from 'node:crypto'
+import type { Logger } from '../log.js'
+import { sendError } from '../proxy/errors.js'
+
+// The admin plane (/admin/v1/* and the /admin/ page): one key, one tiny router. It is mounted by
+// the server only when ADMIN_API_KEY is set; the data plane under /v1 never reaches it.
+
+export interface AdminRequest {
+  req: IncomingMessage
+  res: ServerResponse
+  /** Named groups of the route's pattern, decoded. */
+  params: Record<string, string>
+  url: URL
+}
+
+export interface AdminRoute {
+  method: 'GET' | 'PUT' | 'POST' | 'DELETE'
+  /** Matched against the path alone, e.g. /^\/admin\/v1\/budgets\/users\/(?<userId>[^/]+)$/. */
+  path: RegExp
+  /** Routes that serve the sign-in page and its assets set this; everything else needs the key. */
+  public?: boolean
+  handle: (r: AdminRequest) => void | Promise<void>
+}
+
+export type AdminHandler = (req: IncomingMessage, res: ServerResponse) => void
+
+/** Cookie that carries the admin key for the browser page (HttpOnly, SameSite=Strict). */
+export const ADMIN_COOKIE = 'usage_proxy_admin'
+
+export function createAdmin (apiKey: string, routes: AdminRoute[], log: Logger): AdminHandler {
+  const expected = digest(apiKey)
+  const authorized = (req: IncomingMessage): boolean => {
+    const given = bearer(req.headers.authorization) ?? cookie(req.headers.cookie, ADMIN_COOKIE)
+    // Compare digests: constant time whatever the length of what the client sent.
+    return given !== null && timingSafeEqual(digest(given), expected)
+  }
+  return (req, res) => {
+    const url = new URL(req.url ?? '/', 'http://admin.invalid')
+    let pathMatched = false
+    for (const route of routes) {
+      const m = route.path.exec(url.pathname)
+      if (!m) continue
+      pathMatched = true
+      if (route.method !== req.method) continue
+      if (!route.public && !authorized(req)) {
+        req.resume()
+        return sendError(res, 401, 'authentication_error', 'invalid_admin_key', 'missing or wrong admin key (Authorization: Bearer <ADMIN_API_KEY>)')
+      }
+      const params: Record<string, string> = {}
+      for (const [k, v] of Object.entries(m.groups ?? {})) {
+        try { params[k] = decodeURIComponent(v) } catch { return sendError(res, 400, 'invalid_request_error', 'invalid_path', `malformed ${k} in path`) }
+      }
+      // An admin call that fails answers that call; it never reaches the process.
+      Promise.resolve()
+        .then(() => route.handle({ req, res, params, url }))
+        .catch((err: unknown) => {
+          log.error({ err: err instanceof Error ? err.message : String(err), path: url.pathname }, 'admin: request failed')
+          sendError(res, 500, 'api_error', 'internal_error', 'the admin request failed; see the sidecar log')
+        })
+      return
+    }
+    req.resume()
+    if (pathMatched) return sendError(res, 405, 'invalid_request_error', 'method_not_allowed', `${req.method} is not allowed on ${url.pathname}`)
+    if (!authorized(req)) return sendError(res, 401, 'authentication_error', 'invalid_admin_key', 'missing or wrong admin key (Authorization: Bearer <ADMIN_API_KEY>)')
+    return sendError(res, 404, 'not_found_error', 'not_found', `no admin route for ${req.method} ${url.pathname}`)
+  }
+}
+
+/** Reads a whole JSON request body (admin bodies are small): null when it is not a JSON value. */
+export async function readJson (req: IncomingMessage, limit = 64 * 1024): Promise<unknown> {
+  const parts: Buffer[] = []
+  let size = 0
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    size += chunk.length
+    if (size > limit) return null
+    parts.push(chunk)
+  }
+  try { return JSON.parse(Buffer.concat(parts).toString('utf8')) } catch { return null }
+}
+
+export function sendJson (res: ServerResponse, status: number, value: unknown): void {
+  const body = JSON.stringify(value)
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), 'cache-control': 'no-store' })
+  res.end(body)
+}
+
+function bearer (h: string | undefined): string | null {
+  return typeof h === 'string' && h.startsWith('Bearer ') ? h.slice(7) : null
+}
+
+function cookie (h: string | undefined, name: string): string | null {
+  if (!h) return null
+  for (const part of h.split(';')) {
+    const eq = part.indexOf('=')
+    if (eq !== -1 && part.slice(0, eq).trim() === name) {
+      try { return decodeURIComponent(part.slice(eq + 1).trim()) } catch { return null }
+    }
+  }
+  return null
+}
+
+function digest (s: string): Buffer { return createHash('sha256').update(s).digest() }
