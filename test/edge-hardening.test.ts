@@ -253,30 +253,6 @@ t.test('item 7: MAX_CONNECTIONS and MAX_CONNECTIONS_PER_IP close connections ove
   t.ok(again, 'a closed connection frees its slot')
 })
 
-t.test('route guard: an exception thrown while routing answers that exchange 500 and the server goes on', async (t) => {
-  const logs = new LogSink()
-  const log = createLogger('debug', logs)
-  let calls = 0
-  const server = createProxyServer({
-    meter: { log } as any,
-    passthrough: { handle (_req, res) { if (++calls === 1) throw new TypeError('bug in a handler'); res.end('{"data":[]}') }, close () {} },
-    proxyApiKey: undefined,
-    isReady: () => true,
-    clientTimeouts: { headersMs: 5000, requestMs: 10000 },
-  })
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
-  t.teardown(() => { server.closeAllConnections(); server.close() })
-  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
-  const bad = await request(url + '/v1/models')
-  t.equal(bad.statusCode, 500)
-  t.match(await bad.body.json(), { error: { type: 'api_error', code: 'internal_error', message: String } })
-  const good = await request(url + '/v1/models')
-  t.equal(good.statusCode, 200, 'the next exchange is served')
-  await good.body.dump()
-  t.match(logs.text, /request handling failed/)
-  t.match(logs.text, /bug in a handler/)
-})
-
 t.test('item 11: REQUIRE_USER_IDENTITY refuses a request no user can be named for, with or without a JWT secret', async (t) => {
   const secret = 'require-identity-secret-0123456789'
   const signed = await startSidecar(baseEnv(fake, db.url, { REQUIRE_USER_IDENTITY: 'true', FORWARD_USER_INFO_HEADER_JWT_SECRET: secret }))
@@ -328,4 +304,28 @@ t.test('item 11: plain identity headers next to a JWT secret are logged, once pe
   }
   t.equal(warnings(), 1, 'five requests, one warning')
   t.notMatch(signed.logs.text, /forger@example\.com|forger-\d/, 'the header values are not logged')
+})
+
+t.test('route guard: an exception thrown while routing answers that exchange 500 and the server goes on', async (t) => {
+  const logs = new LogSink()
+  const log = createLogger('debug', logs)
+  let calls = 0
+  const server = createProxyServer({
+    meter: { log } as any,
+    passthrough: { handle (_req, res) { if (++calls === 1) throw new TypeError('bug in a handler'); res.end('{"data":[]}') }, close () {} },
+    proxyApiKey: undefined,
+    isReady: () => true,
+    clientTimeouts: { headersMs: 5000, requestMs: 10000 },
+  })
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
+  t.teardown(() => { server.closeAllConnections(); server.close() })
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+  const bad = await request(url + '/v1/models')
+  t.equal(bad.statusCode, 500)
+  t.match(await bad.body.json(), { error: { type: 'api_error', code: 'internal_error', message: String } })
+  const good = await request(url + '/v1/models')
+  t.equal(good.statusCode, 200, 'the next exchange is served')
+  await good.body.dump()
+  t.match(logs.text, /request handling failed/)
+  t.match(logs.text, /bug in a handler/)
 })
