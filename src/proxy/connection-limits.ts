@@ -7,15 +7,13 @@ import type { Socket } from 'node:net'
 
 export interface ConnectionLimits { max: number, perIp: number }
 
-export function limitConnections (server: Server, limits: ConnectionLimits, onRefused?: (reason: 'total' | 'per_ip') => void): void {
+export function limitConnections (server: Server, limits: ConnectionLimits): void {
   server.maxConnections = limits.max
-  server.on('drop', () => onRefused?.('total'))
   const open = new Map<string, number>()
   server.on('connection', (socket: Socket) => {
     const ip = addressOf(socket)
     const n = open.get(ip) ?? 0
     if (n >= limits.perIp) {
-      onRefused?.('per_ip')
       socket.destroy()
       return
     }
