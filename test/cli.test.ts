@@ -1,21 +1,19 @@
 import t from 'tap'
-import { spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process'
+import { spawnSync, type SpawnSyncReturns } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
-import { dirname, join } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { join } from 'node:path'
 import { parseEnv } from 'node:util'
 import { parse as parseYaml } from 'yaml'
 import { loadConfig } from '../src/config/config.js'
 import { createTestDb, type TestDb } from './support/db.js'
+import { CLI, MAIN, ROOT as root, runNode, spawnNode } from './support/child.js'
 
 // The CLI is tested as users run it: `node dist/cli.js ...`, a separate process.
 
-const root = join(dirname(fileURLToPath(import.meta.url)), '..')
-const CLI = join(root, 'dist', 'cli.js')
 const KEYS = ['MARKUP_PERCENT', 'OPENROUTER_API_KEY', 'OPENROUTER_EXTERNAL_USER', 'ORGANIZATION_NAME', 'POSTGRES_PASSWORD', 'PROXY_API_KEY']
 const REAL_KEY = 'sk-or-v1-0123456789abcdef0123456789abcdef'
 
@@ -35,9 +33,9 @@ t.before(() => {
   if (tsc.status !== 0) throw new Error(`build failed:\n${tsc.stdout}${tsc.stderr}`)
 })
 
-/** Runs the CLI with only PATH from this environment, so nothing leaks in from the test runner. */
+/** Runs the CLI with only PATH from this environment, in an empty directory (no .env). */
 function cli (args: string[], env: Record<string, string> = {}): SpawnSyncReturns<string> {
-  return spawnSync(process.execPath, [CLI, ...args], { cwd: root, encoding: 'utf8', env: { PATH: process.env.PATH ?? '', ...env }, timeout: 20_000 })
+  return runNode([CLI, ...args], env)
 }
 
 function genEnv (...args: string[]): { text: string, env: Record<string, string> } {
@@ -177,8 +175,8 @@ t.test('gen-env takes a name after --, and refuses control characters', async (t
 
 t.test('the built entry points exist and start the sidecar', async (t) => {
   t.equal(readFileSync(CLI, 'utf8').split('\n')[0], '#!/usr/bin/env node', 'dist/cli.js keeps the shebang')
-  for (const entry of [[CLI], [CLI, 'start'], [join(root, 'dist', 'main.js')]]) {
-    const r = spawnSync(process.execPath, entry, { cwd: root, encoding: 'utf8', env: { PATH: process.env.PATH ?? '' }, timeout: 20_000 })
+  for (const entry of [[CLI], [CLI, 'start'], [MAIN]]) {
+    const r = runNode(entry)
     t.equal(r.status, 2, `${entry.map((p) => p.replace(root + '/', '')).join(' ')} without configuration exits 2`)
     t.match(r.stderr, /OPENROUTER_API_KEY is required/, 'reporting what is missing')
   }
@@ -190,12 +188,9 @@ t.test('a start that fails for another reason (port taken) exits 1 with the caus
   t.teardown(() => { blocker.close() })
   const { env } = genEnv('Acme GmbH')
   const r = await new Promise<{ code: number | null, stderr: string }>((resolve) => {
-    const child = spawn(process.execPath, [CLI, 'start'], {
-      env: { PATH: process.env.PATH ?? '', ...env, OPENROUTER_API_KEY: REAL_KEY, HOST: '127.0.0.1', PORT: String((blocker.address() as AddressInfo).port), LOG_LEVEL: 'silent', DATABASE_URL: 'postgres://u@127.0.0.1:9/x' },
-      stdio: ['ignore', 'ignore', 'pipe'],
-    })
+    const child = spawnNode([CLI, 'start'], { ...env, OPENROUTER_API_KEY: REAL_KEY, HOST: '127.0.0.1', PORT: String((blocker.address() as AddressInfo).port), LOG_LEVEL: 'silent', DATABASE_URL: 'postgres://u@127.0.0.1:9/x' })
     let stderr = ''
-    child.stderr.on('data', (c: Buffer) => { stderr += c.toString() })
+    child.stderr!.on('data', (c: Buffer) => { stderr += c.toString() })
     child.on('exit', (code) => resolve({ code, stderr }))
   })
   t.equal(r.code, 1)
@@ -212,10 +207,7 @@ t.test('`usage-proxy` runs the sidecar from gen-env output and stops cleanly on 
   }
   t.teardown(() => db.drop())
   const { env } = genEnv('Acme GmbH')
-  const child = spawn(process.execPath, [CLI], {
-    cwd: root,
-    env: {
-      PATH: process.env.PATH ?? '',
+  const child = spawnNode([CLI], {
       ...env,
       OPENROUTER_API_KEY: REAL_KEY,
       DATABASE_URL: db.url,
@@ -224,17 +216,15 @@ t.test('`usage-proxy` runs the sidecar from gen-env output and stops cleanly on 
       HOST: '127.0.0.1',
       DATA_DIR: mkdtempSync(join(tmpdir(), 'usage-proxy-cli-')),
       LOG_LEVEL: 'info',
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
   })
   t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL') })
   let out = ''
   let err = ''
-  child.stderr.on('data', (c: Buffer) => { err += c.toString() })
+  child.stderr!.on('data', (c: Buffer) => { err += c.toString() })
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)))
   const port = await new Promise<number>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`not ready within 20 s:\n${out}${err}`)), 20_000)
-    child.stdout.on('data', (c: Buffer) => {
+    child.stdout!.on('data', (c: Buffer) => {
       out += c.toString()
       for (const line of out.split('\n')) {
         if (!line.startsWith('{')) continue

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { spawnSync } from 'node:child_process'
+import { MAIN, runNode } from './support/child.js'
 import { ConfigError, loadConfig } from '../src/config/config.js'
 
 const good = { OPENROUTER_API_KEY: 'sk-or-v1-abcdef123456', OPENROUTER_EXTERNAL_USER: 'mai_client_63a4eb6d', ORGANIZATION_NAME: 'Acme', DATABASE_URL: 'postgres://u@h/db' }
@@ -39,10 +39,7 @@ t.test('values are checked, not only presence', async (t) => {
 })
 
 t.test('the process exits 2 with the problems on stderr, and never echoes the key', async (t) => {
-  const r = spawnSync(process.execPath, ['dist/main.js'], {
-    env: { PATH: process.env.PATH, OPENROUTER_API_KEY: 'sk-or-v1-SECRET-do-not-print', PORT: '99999' },
-    encoding: 'utf8', timeout: 20_000,
-  })
+  const r = runNode([MAIN], { OPENROUTER_API_KEY: 'sk-or-v1-SECRET-do-not-print', PORT: '99999' })
   t.equal(r.status, 2)
   t.match(r.stderr, /OPENROUTER_EXTERNAL_USER is required/)
   t.match(r.stderr, /ORGANIZATION_NAME is required/)

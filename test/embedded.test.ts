@@ -1,13 +1,12 @@
 import t from 'tap'
 import { mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { join, resolve } from 'node:path'
-import { spawn } from 'node:child_process'
+import { join } from 'node:path'
 import postgres from 'postgres'
 import { request } from 'undici'
 import { FakeOpenRouter } from './support/fake-openrouter.js'
 import { TEST_KEY } from './support/sidecar.js'
-import { freePort } from './support/child.js'
+import { MAIN, freePort, spawnNode } from './support/child.js'
 import { withEnvFile } from '../src/config/env-file.js'
 
 // The README's promise: on a machine without Postgres, `npm start` with a .env serves, on an
@@ -32,10 +31,10 @@ t.test('no DATABASE_URL: boots on the embedded database, records usage there, pr
     `OPENROUTER_API_KEY=${TEST_KEY}`, 'OPENROUTER_EXTERNAL_USER=mai_client_embedded', 'ORGANIZATION_NAME=Embedded Org',
     `OPENROUTER_BASE_URL=${fake.baseUrl}`, `PORT=${port}`, 'HOST=127.0.0.1', `EMBEDDED_DB_PORT=${dbPort}`, 'LEDGER_FLUSH_MS=10',
   ].join('\n'))
-  const proc = spawn(process.execPath, [resolve('dist/main.js')], { cwd: dir, env: { PATH: process.env.PATH }, stdio: ['ignore', 'pipe', 'pipe'] })
+  const proc = spawnNode([MAIN], {}, dir)
   let out = ''
-  proc.stdout.on('data', (c) => { out += c })
-  proc.stderr.on('data', (c) => { out += c })
+  proc.stdout!.on('data', (c) => { out += c })
+  proc.stderr!.on('data', (c) => { out += c })
   const exited = new Promise((r) => proc.once('exit', r))
   t.teardown(async () => { proc.kill('SIGTERM'); await exited })
   let ready = false
