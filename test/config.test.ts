@@ -8,7 +8,7 @@ t.test('defaults', async (t) => {
   const c = loadConfig(good)
   t.equal(c.openrouter.baseUrl, 'https://openrouter.ai/api/v1')
   t.equal(c.server.port, 8787)
-  t.equal(c.server.host, '0.0.0.0')
+  t.equal(c.server.host, '127.0.0.1', 'no PROXY_API_KEY: loopback only')
   t.equal(c.organization.markupPercent, '0')
   t.equal(c.identity.userIdHeader, 'x-openwebui-user-id')
   t.equal(c.identity.chatIdHeader, 'x-openwebui-chat-id')

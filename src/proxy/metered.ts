@@ -34,7 +34,7 @@ export function meteredKind (endpoint: string): 'json' | 'raw' | null {
 export interface MeterContext {
   upstream: Upstream
   apiKey: string
-  appUrl: string
+  appUrl: string | undefined
   appTitle: string
   organizationId: string
   markupPercent: string
@@ -49,7 +49,7 @@ export interface MeterContext {
   /** Called when an exchange starts and ends: graceful shutdown waits for these. */
   track: (delta: 1 | -1) => void
   /** Optional observer (metrics); called once per finished exchange. */
-  observe?: (rec: UsageRecord) => void
+  observe?: (rec: UsageRecord, res: ServerResponse) => void
   /** True once shutdown began: connections cut after the grace period are not client aborts. */
   stopping?: () => boolean
 }
@@ -130,7 +130,7 @@ function forward (req: IncomingMessage, res: ServerResponse, endpoint: string, q
   headers.authorization = `Bearer ${ctx.apiKey}`
   if (asJson) headers['content-type'] = 'application/json'
   headers['accept-encoding'] = 'identity' // the tap must read plain bytes
-  headers['http-referer'] = ctx.appUrl
+  if (ctx.appUrl) headers['http-referer'] = ctx.appUrl
   headers['x-title'] = ctx.appTitle
 
   const base: UsageRecord = {
@@ -317,7 +317,7 @@ class Exchange implements Dispatcher.DispatchHandler {
     } else {
       this.ctx.ledger.record(rec)
     }
-    try { this.ctx.observe?.(rec) } catch (e) { this.ctx.log.warn({ err: (e as Error).message }, 'metrics: observe failed') }
+    try { this.ctx.observe?.(rec, this.res) } catch (e) { this.ctx.log.warn({ err: (e as Error).message }, 'metrics: observe failed') }
   }
 }
 

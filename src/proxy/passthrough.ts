@@ -9,7 +9,7 @@ import { sendError } from './errors.js'
 
 export interface Passthrough { handle: (req: IncomingMessage, res: ServerResponse, rest: string) => void, close: () => void }
 
-export function createPassthrough (baseUrl: string, apiKey: string, appUrl: string, appTitle: string, identityHeaders: Set<string>, log: Logger): Passthrough {
+export function createPassthrough (baseUrl: string, apiKey: string, appUrl: string | undefined, appTitle: string, identityHeaders: Set<string>, log: Logger): Passthrough {
   const drop = new Set(['cookie', 'x-api-key', ...identityHeaders])
   const target = new URL(baseUrl)
   const agent = target.protocol === 'https:' ? new HttpsAgent({ keepAlive: true }) : new HttpAgent({ keepAlive: true })
@@ -19,7 +19,7 @@ export function createPassthrough (baseUrl: string, apiKey: string, appUrl: stri
       if (name.startsWith('x-openwebui-') || drop.has(name)) proxyReq.removeHeader(name)
     }
     proxyReq.setHeader('authorization', `Bearer ${apiKey}`)
-    proxyReq.setHeader('http-referer', appUrl)
+    if (appUrl) proxyReq.setHeader('http-referer', appUrl)
     proxyReq.setHeader('x-title', appTitle)
   })
   proxy.on('error', (err, _req, res) => {

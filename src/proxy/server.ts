@@ -18,6 +18,8 @@ export interface ServerContext {
   onPassthrough?: (status: number) => void
   /** The admin plane (/admin/...), present only when ADMIN_API_KEY is set. */
   admin?: (req: IncomingMessage, res: ServerResponse) => void
+  /** Called as each request arrives, before routing: the access log and the responses counter. */
+  onExchange?: (req: IncomingMessage, res: ServerResponse) => void
 }
 
 export function createProxyServer (ctx: ServerContext): Server {
@@ -29,7 +31,7 @@ export function createProxyServer (ctx: ServerContext): Server {
     // Node checks those timeouts every 30 s by default, which would double a short one.
     connectionsCheckingInterval: Math.min(1000, Math.ceil(headersMs / 2)),
     keepAliveTimeout: 65_000,
-  }, (req, res) => route(req, res))
+  }, (req, res) => { ctx.onExchange?.(req, res); route(req, res) })
 
   function route (req: IncomingMessage, res: ServerResponse): void {
     const url = req.url ?? '/'
@@ -48,7 +50,7 @@ export function createProxyServer (ctx: ServerContext): Server {
     }
     if (!ctx.isReady()) return sendError(res, 503, 'service_unavailable', 'not_ready', 'usage-proxy is starting', { 'retry-after': '1' })
     if (keyDigest) {
-      const given = req.headers.authorization
+      const given = req.headers.authorization ?? anthropicKey(req, rest)
       // Compare digests: constant time whatever the length of what the client sent.
       if (typeof given !== 'string' || !timingSafeEqual(digest(given), keyDigest)) {
         req.resume()
@@ -77,6 +79,12 @@ export function createProxyServer (ctx: ServerContext): Server {
   }
 
   return server
+}
+
+/** The Anthropic SDK sends its key as `x-api-key`: accepted as the proxy key on /messages only. */
+function anthropicKey (req: IncomingMessage, rest: string): string | undefined {
+  const key = req.headers['x-api-key']
+  return typeof key === 'string' && /^\/messages\/?(\?|$)/.test(rest) ? `Bearer ${key}` : undefined
 }
 
 function plain (res: ServerResponse, status: number, body: string): void {

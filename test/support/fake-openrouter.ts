@@ -74,6 +74,13 @@ export class FakeOpenRouter {
   /** Sum of what was charged, in exact decimal (as integer nano-nano-dollars), for cross-checks. */
   chargedTotal (): string { return sumDecimals([...this.generations.values()].map((g) => g.cost)) }
 
+  /** What GET /key answers: OpenRouter's shape for the calling key (tests may change it). */
+  key: Record<string, unknown> = {
+    label: 'sk-or-v1-tes...789', limit: 100, limit_reset: null, limit_remaining: 87.5, include_byok_in_limit: false,
+    usage: 12.5, usage_daily: 0.5, usage_weekly: 3.25, usage_monthly: 12.5,
+    byok_usage: 0, byok_usage_daily: 0, byok_usage_weekly: 0, byok_usage_monthly: 0, is_free_tier: false,
+  }
+
   private async handle (req: IncomingMessage, res: ServerResponse): Promise<void> {
     const chunks: Buffer[] = []
     for await (const c of req) chunks.push(c as Buffer)
@@ -85,6 +92,7 @@ export class FakeOpenRouter {
     }
     const path = url.pathname.replace(/^\/api\/v1/, '')
     if (req.method === 'GET' && path === '/models') return json(res, 200, { data: [{ id: 'fake/ok', name: 'Fake OK' }] })
+    if (req.method === 'GET' && path === '/key') return json(res, 200, { data: this.key })
     if (req.method === 'GET' && path === '/generation') return this.generation(res, url.searchParams.get('id') ?? '')
     if (req.method !== 'POST') return json(res, 404, { error: { code: 404, message: 'Not Found' } })
     const endpoint = path.slice(1)
