@@ -84,6 +84,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     maxModels: config.metrics.maxModels,
     postgresUp: () => postgresAnswers(sql),
     keyBalance: () => keyPoller?.latest() ?? null,
+    organizationId: config.organization.id,
   })
   const access = createAccessLog({ log, enabled: config.accessLog, count: metrics.response })
   const meter = {

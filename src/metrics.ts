@@ -28,6 +28,8 @@ export interface MetricsOptions {
   postgresUp?: () => Promise<boolean>
   /** The latest GET /key answer, polled in the background. */
   keyBalance?: () => KeyBalance | null
+  /** OPENROUTER_EXTERNAL_USER: the `organization` label of the key gauges. */
+  organizationId?: string
 }
 
 /** Where an answer came from, for the responses counter: a closed set, so labels stay bounded. */
@@ -89,13 +91,14 @@ export function createMetrics (sources: () => MetricsSources | null, opts: Metri
     name: 'usage_proxy_postgres_up', help: '1 when Postgres answered a query at scrape time, else 0', registers: [registry],
     async collect () { this.set(opts.postgresUp && await opts.postgresUp().catch(() => false) ? 1 : 0) },
   })
+  const organization = opts.organizationId ?? 'unknown'
   const keyGauge = (name: string, help: string, read: (k: KeyBalance) => number | null) => new Gauge({
-    name, help, registers: [registry],
+    name, help, labelNames: ['organization'], registers: [registry],
     collect () {
       const v = opts.keyBalance?.()
       const n = v ? read(v) : null
-      if (n === null) this.reset() // unknown or unlimited: no sample rather than a false 0
-      else this.set(n)
+      this.reset() // unknown or unlimited: no sample rather than a false 0
+      if (n !== null) this.set({ organization }, n)
     },
   })
   keyGauge('usage_proxy_openrouter_key_limit_remaining_usd', 'Credit left on the organization\'s OpenRouter key (GET /key limit_remaining; absent when the key has no limit)', (k) => k.limitRemaining)

@@ -46,3 +46,36 @@ t.test('the process exits 2 with the problems on stderr, and never echoes the ke
   t.match(r.stderr, /PORT /)
   t.notMatch(r.stderr + r.stdout, /SECRET-do-not-print/)
 })
+
+t.test('without PROXY_API_KEY: loopback, unless HOST is named together with ALLOW_UNAUTHENTICATED=true', async (t) => {
+  t.equal(loadConfig(good).server.host, '127.0.0.1', 'no key, no HOST: loopback')
+  t.equal(loadConfig({ ...good, PROXY_API_KEY: 'k'.repeat(20) }).server.host, '0.0.0.0', 'with a key: every interface')
+  t.equal(loadConfig({ ...good, HOST: '127.0.0.1' }).server.host, '127.0.0.1')
+  t.equal(loadConfig({ ...good, HOST: '::1' }).server.host, '::1')
+  const err = t.throws(() => loadConfig({ ...good, HOST: '0.0.0.0' })) as ConfigError
+  t.match(err.problems.join('\n'), /^PROXY_API_KEY is not set, so HOST=0\.0\.0\.0 .*ALLOW_UNAUTHENTICATED=true/m, 'names the three variables')
+  t.throws(() => loadConfig({ ...good, HOST: '0.0.0.0', ALLOW_UNAUTHENTICATED: 'false' }), /PROXY_API_KEY/)
+  t.throws(() => loadConfig({ ...good, ALLOW_UNAUTHENTICATED: 'maybe' }), /ALLOW_UNAUTHENTICATED/)
+  t.equal(loadConfig({ ...good, HOST: '0.0.0.0', ALLOW_UNAUTHENTICATED: 'true' }).server.host, '0.0.0.0', 'said explicitly: allowed')
+  t.equal(loadConfig({ ...good, ALLOW_UNAUTHENTICATED: 'true' }).server.host, '127.0.0.1', 'ALLOW_UNAUTHENTICATED alone does not open it')
+})
+
+t.test('APP_URL is unset by default; the chat-id header also goes by Open WebUI\'s own variable name', async (t) => {
+  t.equal(loadConfig(good).openrouter.appUrl, undefined)
+  t.equal(loadConfig({ ...good, APP_URL: 'https://chat.example.com' }).openrouter.appUrl, 'https://chat.example.com')
+  t.equal(loadConfig({ ...good, FORWARD_SESSION_INFO_HEADER_CHAT_ID: 'X-Chat' }).identity.chatIdHeader, 'x-chat', 'Open WebUI\'s name')
+  t.equal(loadConfig({ ...good, FORWARD_SESSION_INFO_HEADER_CHAT_ID: 'X-Chat', FORWARD_USER_INFO_HEADER_CHAT_ID: 'X-Ours' }).identity.chatIdHeader, 'x-ours', 'ours wins when both are set')
+  t.throws(() => loadConfig({ ...good, FORWARD_SESSION_INFO_HEADER_CHAT_ID: 'bad header' }), /FORWARD_SESSION_INFO_HEADER_CHAT_ID/)
+})
+
+t.test('operations settings', async (t) => {
+  const c = loadConfig(good)
+  t.equal(c.accessLog, true)
+  t.same(c.metrics, { apiKey: undefined, port: undefined, host: '127.0.0.1', maxModels: 50 })
+  t.same(c.kinds, { taskHeader: 'x-openwebui-task', messageIdHeader: 'x-openwebui-message-id' })
+  t.equal(loadConfig({ ...good, ACCESS_LOG: 'off' }).accessLog, false)
+  t.throws(() => loadConfig({ ...good, ACCESS_LOG: 'maybe' }), /ACCESS_LOG/)
+  t.throws(() => loadConfig({ ...good, METRICS_API_KEY: 'short' }), /METRICS_API_KEY/)
+  t.throws(() => loadConfig({ ...good, METRICS_PORT: '70000' }), /METRICS_PORT/)
+  t.equal(loadConfig({ ...good, TASK_HEADER: 'X-Task' }).kinds.taskHeader, 'x-task')
+})

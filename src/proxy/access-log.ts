@@ -22,7 +22,7 @@ export interface AccessLog {
   record: (res: ServerResponse, rec: UsageRecord) => void
 }
 
-interface Pending { req: IncomingMessage, started: bigint, routeClass: RouteClass, closed: boolean, rec: UsageRecord | null }
+interface Pending { req: IncomingMessage, url: string, started: bigint, routeClass: RouteClass, closed: boolean, rec: UsageRecord | null }
 
 export function routeClassOf (method: string | undefined, url: string): RouteClass {
   if (url.startsWith('/v1/') || url.startsWith('/api/v1/')) return method === 'GET' || method === 'HEAD' ? 'passthrough' : 'metered'
@@ -44,11 +44,10 @@ export function createAccessLog (o: AccessLogOptions): AccessLog {
     if (p.routeClass === 'probe' && status < 400) return // health checks every few seconds are noise
     const upstreamFailed = rec !== null && (status === 502 || status === 504)
     if (!o.enabled && !upstreamFailed) return
-    const url = p.req.url ?? '/'
     const line = {
       status,
       method: p.req.method,
-      endpoint: url.split('?')[0],
+      endpoint: p.url.split('?')[0],
       route: p.routeClass,
       model: rec?.model ?? undefined,
       user: rec?.externalUserId ?? undefined,
@@ -65,7 +64,7 @@ export function createAccessLog (o: AccessLogOptions): AccessLog {
 
   return {
     begin (req, res) {
-      const p: Pending = { req, started: process.hrtime.bigint(), routeClass: routeClassOf(req.method, req.url ?? '/'), closed: false, rec: null }
+      const p: Pending = { req, url: req.url ?? '/', started: process.hrtime.bigint(), routeClass: routeClassOf(req.method, req.url ?? '/'), closed: false, rec: null }
       open.set(res, p)
       res.once('close', () => {
         p.closed = true
