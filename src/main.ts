@@ -104,6 +104,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     track (delta: 1 | -1) { inFlight += delta; if (inFlight === 0 && idle) idle() },
     observe (rec: UsageRecord, res: ServerResponse) { metrics.observe(rec); access.record(res, rec) },
     stopping: () => stopping !== null,
+    kinds: { ...config.kinds, appHeaders: idHeaders },
   }
   // METRICS_PORT: /metrics only on its own listener (loopback by default), not on the data plane.
   const metricsServer = config.metrics.port === undefined ? null : createServer((req, res) => {

@@ -8,6 +8,7 @@ import type { Ledger } from '../usage/ledger.js'
 import type { Reconciler } from '../usage/reconcile.js'
 import { withUsage, type Outcome, type UsageRecord } from '../usage/record.js'
 import { ResponseTap, bodyKind } from '../usage/response-tap.js'
+import { classifyKind, messageIdOf, type KindOptions } from '../usage/kind.js'
 import { sendError } from './errors.js'
 import type { Upstream } from './upstream.js'
 
@@ -52,6 +53,8 @@ export interface MeterContext {
   observe?: (rec: UsageRecord, res: ServerResponse) => void
   /** True once shutdown began: connections cut after the grace period are not client aborts. */
   stopping?: () => boolean
+  /** Task and message-id header names (TASK_HEADER, MESSAGE_ID_HEADER) and the app's headers. */
+  kinds?: KindOptions
 }
 
 // Request headers that must not travel upstream: hop-by-hop, our own credentials, and the
@@ -161,8 +164,8 @@ function forward (req: IncomingMessage, res: ServerResponse, endpoint: string, q
     latencyMs: null,
     ttfbMs: null,
     chatId: who.chatId,
-    kind: 'api',
-    messageId: null,
+    kind: classifyKind(req.headers, { streamed, messages: () => body.messages }, ctx.kinds),
+    messageId: messageIdOf(req.headers, ctx.kinds),
     createdAt: new Date().toISOString(),
   }
   const exchange = new Exchange(res, base, ctx)

@@ -25,6 +25,9 @@ export interface FakeGeneration {
   completionTokens: number
   cachedTokens: number
   reasoningTokens: number
+  /** prompt_tokens_details.cache_write_tokens and .audio_tokens */
+  cacheWriteTokens: number
+  audioTokens: number
   /** Exact decimal text of what was charged, as it appears in the JSON. */
   cost: string
   user: string | null
@@ -145,7 +148,7 @@ export class FakeOpenRouter {
     const cost = `0.000${String(n).padStart(3, '0')}${Math.floor(this.rng() * 1e9).toString().padStart(9, '0')}987654321`
     const g: FakeGeneration = {
       id: `gen-${Date.now()}-${n}`, model: model === 'fake/ok' ? 'fake/ok-2025' : model, provider: 'FakeProvider', endpoint, streamed,
-      promptTokens: 11 + n, completionTokens: CONTENT.length, cachedTokens: n % 3, reasoningTokens: n % 2, cost, user,
+      promptTokens: 11 + n, completionTokens: CONTENT.length, cachedTokens: n % 3, reasoningTokens: n % 2, cacheWriteTokens: n % 4, audioTokens: n % 5, cost, user,
       cancelled: false, finishReason: 'stop', completedAt: null,
     }
     this.generations.set(g.id, g)
@@ -157,12 +160,12 @@ export class FakeOpenRouter {
       return `{"input_tokens":${g.promptTokens},"input_tokens_details":{"cached_tokens":${g.cachedTokens}},"output_tokens":${g.completionTokens},"output_tokens_details":{"reasoning_tokens":${g.reasoningTokens}},"total_tokens":${g.promptTokens + g.completionTokens},"cost":${g.cost}}`
     }
     if (endpoint === 'messages') {
-      return `{"input_tokens":${g.promptTokens},"cache_read_input_tokens":${g.cachedTokens},"output_tokens":${g.completionTokens},"cost":${g.cost}}`
+      return `{"input_tokens":${g.promptTokens},"cache_creation_input_tokens":${g.cacheWriteTokens},"cache_read_input_tokens":${g.cachedTokens},"output_tokens":${g.completionTokens},"cost":${g.cost}}`
     }
     return `{"prompt_tokens":${g.promptTokens},"completion_tokens":${g.completionTokens},"total_tokens":${g.promptTokens + g.completionTokens},` +
-      `"prompt_tokens_details":{"cached_tokens":${g.cachedTokens},"cache_write_tokens":0,"audio_tokens":0},` +
+      `"prompt_tokens_details":{"cached_tokens":${g.cachedTokens},"cache_write_tokens":${g.cacheWriteTokens},"audio_tokens":${g.audioTokens}},` +
       `"completion_tokens_details":{"reasoning_tokens":${g.reasoningTokens},"image_tokens":0},` +
-      `"cost":${g.cost},"is_byok":false,"cost_details":{"upstream_inference_cost":null,"upstream_inference_prompt_cost":0.0008,"upstream_inference_completions_cost":0.0004}}`
+      `"cost":${g.cost},"is_byok":false,"cost_details":{"upstream_inference_cost":${g.cost},"upstream_inference_prompt_cost":0.0008,"upstream_inference_completions_cost":0.0004}}`
   }
 
   private complete (g: FakeGeneration, endpoint: string, res: ServerResponse): void {
