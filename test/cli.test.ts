@@ -1,7 +1,7 @@
 import t from 'tap'
 import { spawnSync, type SpawnSyncReturns } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync } from 'node:fs'
 import { createServer } from 'node:net'
 import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -14,7 +14,7 @@ import { CLI, MAIN, ROOT as root, runNode, spawnNode } from './support/child.js'
 
 // The CLI is tested as users run it: `node dist/cli.js ...`, a separate process.
 
-const KEYS = ['MARKUP_PERCENT', 'OPENROUTER_API_KEY', 'OPENROUTER_EXTERNAL_USER', 'ORGANIZATION_NAME', 'POSTGRES_PASSWORD', 'PROXY_API_KEY']
+const KEYS = ['MARKUP_PERCENT', 'OPENROUTER_API_KEY', 'OPENROUTER_EXTERNAL_USER', 'ORGANIZATION_NAME', 'POSTGRES_PASSWORD', 'PROXY_API_KEY', 'WEBUI_SECRET_KEY']
 const REAL_KEY = 'sk-or-v1-0123456789abcdef0123456789abcdef'
 
 function newestMtime (dir: string): number {
@@ -109,30 +109,39 @@ t.test('gen-env output passes loadConfig once the key is replaced, directly and 
 })
 
 t.test('every variable compose.example.yml requires is in gen-env output', async (t) => {
-  const text = readFileSync(join(root, 'compose.example.yml'), 'utf8')
+  // Commented-out lines (the optional JWT wiring) are not required.
+  const text = readFileSync(join(root, 'compose.example.yml'), 'utf8').split('\n').filter((l) => !l.trim().startsWith('#')).join('\n')
   const { env } = genEnv('Acme GmbH')
   const required = [...text.matchAll(/\$\{([A-Za-z_][A-Za-z0-9_]*)(:?[?-])?/g)].filter((m) => m[2] !== ':-' && m[2] !== '-').map((m) => m[1])
   t.ok(required.length >= 5, 'compose interpolates its secrets')
   for (const name of new Set(required)) t.ok(env[name], `${name} is set by gen-env`)
 })
 
-t.test('organization names survive quoting for node, a POSIX shell and compose', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'usage-proxy-cli-'))
-  for (const name of ['Müller & Söhne GmbH', "O'Reilly Media", 'Smith # Partners', 'Cost $HOME ${PWD} Ltd', 'A "quoted" name', 'Back\\slash `tick`']) {
+t.test('values are unquoted: docker run --env-file, node and compose read the same value', async (t) => {
+  // docker run --env-file takes everything after the first = literally, quotes included.
+  const docker = (text: string): Record<string, string> => Object.fromEntries(text.split('\n')
+    .filter((l) => l !== '' && !l.startsWith('#')).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]))
+  for (const name of ['Acme GmbH', 'Müller & Söhne GmbH', "O'Reilly Media", 'A "quoted" name', 'Smith & Partners (EU) Ltd.']) {
     const { text, env } = genEnv(name)
     t.equal(env.ORGANIZATION_NAME, name, `node reads back ${name}`)
-    const file = join(dir, 'env')
-    writeFileSync(file, text)
-    const sh = spawnSync('sh', ['-c', 'set -a; . "$1"; printf %s "$ORGANIZATION_NAME"', 'sh', file], { encoding: 'utf8', env: { PATH: process.env.PATH ?? '' } })
-    t.equal(sh.stdout, name, `a shell reads back ${name}`)
-    const line = text.split('\n').find((l) => l.startsWith('ORGANIZATION_NAME='))!
-    // compose interpolates $ and unescapes \ in unquoted and double-quoted values; single quotes are literal
-    if (/[$\\]/.test(name)) t.match(line, /^ORGANIZATION_NAME='.*'$/, 'single-quoted, so compose takes it literally')
+    const d = docker(text)
+    t.equal(d.ORGANIZATION_NAME, name, `docker run --env-file reads back ${name}`)
+    t.same(d, env, 'docker and node read the same file alike')
+    t.equal(interpolate(`\${ORGANIZATION_NAME}`, d), name, 'compose interpolation leaves it as is')
   }
-  const both = cli(['gen-env', "O'Reilly $5 Store"])
-  t.equal(both.status, 2, 'a name no quoting keeps intact is refused')
-  t.equal(both.stdout, '', 'and nothing half-written reaches the .env')
-  t.match(both.stderr, /ORGANIZATION_NAME by hand/)
+  for (const name of ['Smith # Partners', 'Cost $HOME Ltd', 'Back\\slash', '"Quoted" Ltd']) {
+    const r = cli(['gen-env', name])
+    t.equal(r.status, 2, `${name}: refused`)
+    t.equal(r.stdout, '', 'nothing half-written reaches the .env')
+    t.match(r.stderr, /ORGANIZATION_NAME by hand/)
+  }
+})
+
+t.test('gen-env writes the secrets compose needs, and a signed-identity secret to turn on', async (t) => {
+  const { text, env } = genEnv('Acme GmbH')
+  t.match(env.WEBUI_SECRET_KEY, /^[A-Za-z0-9_-]{32}$/, 'Open WebUI sessions survive a recreated container')
+  t.not(env.WEBUI_SECRET_KEY, env.POSTGRES_PASSWORD)
+  t.match(text, /^# FORWARD_USER_INFO_HEADER_JWT_SECRET=[A-Za-z0-9_-]{32}$/m, 'commented out: only for app versions that sign')
 })
 
 t.test('usage errors exit 2 with a message on stderr', async (t) => {
