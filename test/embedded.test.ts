@@ -43,6 +43,7 @@ t.test('no DATABASE_URL: boots on the embedded database, records usage there, pr
     if (!ready) await new Promise((r) => setTimeout(r, 100))
   }
   t.ok(ready, 'ready on the embedded database')
+  t.match(out, /"level":40,.*"msg":"the embedded database is for trying usage-proxy out.*In production set DATABASE_URL/, 'says plainly it is for trying out, and what to use instead')
   t.match(out, new RegExp(`psql \\\\"postgresql://postgres@127.0.0.1:${dbPort}/postgres`), 'tells the operator how to query it')
   const res = await request(`http://127.0.0.1:${port}/v1/chat/completions`, {
     method: 'POST', headers: { 'content-type': 'application/json', 'x-openwebui-user-id': 'e-1' }, body: JSON.stringify({ model: 'fake/ok', messages: [] }),
