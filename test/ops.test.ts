@@ -231,3 +231,22 @@ async function startNotReady (env: Record<string, string | undefined>) {
   s.ready.catch(() => {})
   return s
 }
+
+t.test('the /key poller: reads limit_remaining, keeps the last value on failure, no sample for an unlimited key', async (t) => {
+  const { parseKey, startKeyPoller } = await import('../src/openrouter-key.js')
+  const { createLogger } = await import('../src/log.js')
+  const { LogSink } = await import('./support/sidecar.js')
+  t.match(parseKey('{"data":{"limit":null,"limit_remaining":null,"usage":3.5}}'), { limit: null, limitRemaining: null, usage: 3.5 })
+  t.equal(parseKey('not json'), null)
+  t.equal(parseKey('{"data":null}'), null)
+  const sink = new LogSink()
+  let calls = 0
+  const poller = startKeyPoller(async () => { calls++; return { status: 500, body: 'down' } }, createLogger('info', sink))
+  t.teardown(() => poller.stop())
+  await until(() => (calls > 0 && sink.text.includes('GET /key gave no balance') ? true : undefined), 'the failed poll')
+  t.equal(poller.latest(), null, 'nothing known')
+  const m = createMetrics(() => null, { organizationId: 'org', keyBalance: () => ({ limit: null, limitRemaining: null, usage: 3.5, at: 0 }) })
+  const text = await scrapeHandler(m.handler)
+  t.equal(sample(text, 'usage_proxy_openrouter_key_usage_usd', '{organization="org"}'), 3.5)
+  t.equal(sample(text, 'usage_proxy_openrouter_key_limit_remaining_usd', '{organization="org"}'), undefined, 'unlimited: no sample rather than 0')
+})

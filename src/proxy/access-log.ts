@@ -44,6 +44,7 @@ export function createAccessLog (o: AccessLogOptions): AccessLog {
     if (p.routeClass === 'probe' && status < 400) return // health checks every few seconds are noise
     const upstreamFailed = rec !== null && (status === 502 || status === 504)
     if (!o.enabled && !upstreamFailed) return
+    if (status < 500 && !o.log.isLevelEnabled('info')) return // LOG_LEVEL=warn: skip building the line
     const line = {
       status,
       method: p.req.method,
