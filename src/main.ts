@@ -49,7 +49,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
   // 1. configuration: every problem at once, or nothing starts
   const config = loadConfig(env)
   log ??= createLogger(config.logLevel)
-  const secrets = [config.openrouter.apiKey, config.server.proxyApiKey, config.identity.jwtSecret]
+  const secrets = [config.openrouter.apiKey, config.server.proxyApiKey, config.identity.jwtSecret, config.metrics.apiKey]
 
   let ready = false
   let stopping: Promise<void> | null = null
@@ -57,6 +57,8 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
   let idle: (() => void) | null = null
   const upstream = createUpstream({ baseUrl: config.openrouter.baseUrl, apiKey: config.openrouter.apiKey, ...config.upstream })
   const idHeaders = identityHeaders(config.identity)
+  // The task and message-id headers stay with the sidecar too, whatever they are named.
+  idHeaders.add(config.kinds.taskHeader).add(config.kinds.messageIdHeader)
   const passthrough = createPassthrough(config.openrouter.baseUrl, config.openrouter.apiKey, config.openrouter.appUrl, config.openrouter.appTitle, idHeaders, log)
   if (!config.server.proxyApiKey && !['127.0.0.1', '::1', 'localhost'].includes(config.server.host)) {
     log.warn({ host: config.server.host }, 'PROXY_API_KEY is not set: anyone who can reach this port can spend the organization\'s OpenRouter key')
@@ -115,12 +117,18 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     onExchange: access.begin,
     clientTimeouts: { headersMs: config.server.headersTimeoutMs, requestMs: config.server.requestTimeoutMs }, onPassthrough: metrics.passthrough,
     admin: createAdminPlane({ config, sql: () => sql!, readSql: () => sql!, log }) ?? undefined })
-  await listen(server, 'PORT', config.server.host, config.server.port)
-  const port = (server.address() as AddressInfo).port
-  if (metricsServer) {
-    try { await listen(metricsServer, 'METRICS_PORT', config.metrics.host, config.metrics.port!) } catch (err) { server.close(); throw err }
-    log.info({ port: (metricsServer.address() as AddressInfo).port, host: config.metrics.host }, 'metrics listening')
+  try {
+    await listen(server, 'PORT', config.server.host, config.server.port)
+    if (metricsServer) await listen(metricsServer, 'METRICS_PORT', config.metrics.host, config.metrics.port!)
+  } catch (err) {
+    server.close()
+    passthrough.close()
+    journal.close()
+    await upstream.close().catch(() => {})
+    throw err
   }
+  const port = (server.address() as AddressInfo).port
+  if (metricsServer) log.info({ port: (metricsServer.address() as AddressInfo).port, host: config.metrics.host }, 'metrics listening')
   if (!config.server.proxyApiKey && ['127.0.0.1', '::1', 'localhost'].includes(config.server.host)) {
     log.warn({ host: config.server.host }, 'PROXY_API_KEY is not set: listening on loopback only; set PROXY_API_KEY to serve other hosts')
   }

@@ -250,3 +250,32 @@ t.test('the /key poller: reads limit_remaining, keeps the last value on failure,
   t.equal(sample(text, 'usage_proxy_openrouter_key_usage_usd', '{organization="org"}'), 3.5)
   t.equal(sample(text, 'usage_proxy_openrouter_key_limit_remaining_usd', '{organization="org"}'), undefined, 'unlimited: no sample rather than 0')
 })
+
+t.test('APP_URL: sent as HTTP-Referer on both paths when set, never when unset; custom task headers stay here', async (t) => {
+  const s = await startSidecar(baseEnv(fake, db.url, { APP_URL: 'https://chat.example.com', TASK_HEADER: 'X-Task', MESSAGE_ID_HEADER: 'X-Msg' }))
+  t.teardown(() => s.sidecar.stop('test end'))
+  t.equal((await call(s, '/v1/models')).status, 200)
+  t.equal(fake.requests.at(-1)!.headers['http-referer'], 'https://chat.example.com', 'passthrough')
+  t.equal((await call(s, '/v1/chat/completions', { method: 'POST', headers: { ...json, 'x-task': 'title_generation', 'x-msg': 'm-9' }, body: JSON.stringify({ model: 'fake/ok', messages: [] }) })).status, 200)
+  const up = fake.requests.at(-1)!
+  t.equal(up.headers['http-referer'], 'https://chat.example.com', 'metered')
+  t.equal(up.headers['x-task'], undefined, 'TASK_HEADER not forwarded')
+  t.equal(up.headers['x-msg'], undefined, 'MESSAGE_ID_HEADER not forwarded')
+  const plain = await startSidecar(baseEnv(fake, db.url))
+  t.teardown(() => plain.sidecar.stop('test end'))
+  t.equal((await call(plain, '/v1/models')).status, 200)
+  t.equal(fake.requests.at(-1)!.headers['http-referer'], undefined, 'unset: no HTTP-Referer on passthrough')
+})
+
+t.test('a taken METRICS_PORT is named', async (t) => {
+  const { createServer: netServer } = await import('node:net')
+  const blocker = netServer()
+  await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', r))
+  t.teardown(() => { blocker.close() })
+  const port = (blocker.address() as AddressInfo).port
+  const { start } = await import('../src/main.js')
+  const { createLogger } = await import('../src/log.js')
+  const { LogSink } = await import('./support/sidecar.js')
+  await t.rejects(start(baseEnv(fake, db.url, { METRICS_PORT: String(port) }), createLogger('silent', new LogSink())),
+    { name: 'StartupError', message: new RegExp(`^METRICS_PORT: port ${port} on 127\\.0\\.0\\.1 is already in use`) })
+})
