@@ -40,19 +40,44 @@ t.test('a taken EMBEDDED_DB_PORT is named', async (t) => {
   t.notMatch(r.stderr, /\n\s+at /, 'no stack trace')
 })
 
+/**
+ * A Postgres that refuses every login with the given SQLSTATE, as the real server does: an
+ * ErrorResponse (severity FATAL, code, message) in answer to the startup message, then close.
+ */
+async function refusingPostgres (code: string, message: string): Promise<{ port: number, close: () => void }> {
+  const field = (tag: string, v: string): Buffer => Buffer.concat([Buffer.from(tag), Buffer.from(v + '\0')])
+  const fields = Buffer.concat([field('S', 'FATAL'), field('V', 'FATAL'), field('C', code), field('M', message), Buffer.from([0])])
+  const len = Buffer.alloc(4)
+  len.writeInt32BE(fields.length + 4)
+  const reply = Buffer.concat([Buffer.from('E'), len, fields])
+  const s = createServer((socket) => { socket.once('data', () => socket.end(reply)); socket.on('error', () => {}) })
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r))
+  return { port: (s.address() as AddressInfo).port, close: () => s.close() }
+}
+
 t.test('wrong Postgres user or database: fail fast naming DATABASE_URL, no retries', async (t) => {
-  if (!(await realServerAvailable())) { t.pass('needs the real Postgres server (SQLSTATE 28000 / 3D000)'); return }
-  const u = new URL(ADMIN_URL)
-  const noRole = new URL(u); noRole.username = 'no_such_role_usage_proxy'
-  const noDb = new URL(u); noDb.pathname = '/no_such_database_usage_proxy'
-  for (const [url, code] of [[noRole.toString(), '28000'], [noDb.toString(), '3D000']]) {
+  const urls: Array<[string, string]> = []
+  for (const [code, message] of [['28P01', 'password authentication failed for user "usage"'], ['28000', 'role "nobody" does not exist'], ['3D000', 'database "nope" does not exist']]) {
+    const pg = await refusingPostgres(code, message)
+    t.teardown(pg.close)
+    urls.push([`postgres://usage:hunter2-secret@127.0.0.1:${pg.port}/nope`, code])
+  }
+  if (await realServerAvailable()) {
+    // and the real server says the same
+    const u = new URL(ADMIN_URL)
+    const noRole = new URL(u); noRole.username = 'no_such_role_usage_proxy'
+    const noDb = new URL(u); noDb.pathname = '/no_such_database_usage_proxy'
+    urls.push([noRole.toString(), '28000'], [noDb.toString(), '3D000'])
+  }
+  for (const [url, code] of urls) {
     const sink = new LogSink()
     const err = await connect({ url, log: createLogger('debug', sink), retryMaxMs: 50 }).then(() => null, (e: unknown) => e)
     t.type(err, StartupError, `${code}: a StartupError`)
     t.match((err as Error).message, new RegExp(`^DATABASE_URL: .*\\(${code}`), `${code}: names DATABASE_URL and the SQLSTATE`)
+    t.notMatch((err as Error).message, /hunter2/, 'the password stays out')
     t.notMatch(sink.text, /retrying/, `${code}: not retried`)
   }
-  const r = await run({ ...base, DATABASE_URL: noDb.toString() })
+  const r = await run({ ...base, DATABASE_URL: urls[2][0] })
   t.equal(r.code, 1, 'the process exits 1')
   t.match(r.stderr, /^usage-proxy: DATABASE_URL: .*3D000/)
   t.notMatch(r.stderr, /\n\s+at /, 'no stack trace')
