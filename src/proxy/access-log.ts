@@ -34,6 +34,9 @@ export function routeClassOf (method: string | undefined, url: string): RouteCla
 
 export function createAccessLog (o: AccessLogOptions): AccessLog {
   const open = new WeakMap<ServerResponse, Pending>()
+  // The line holds only the fields picked below, none of them secret: the redaction pass the
+  // main logger runs on every object (wildcard paths) would double the cost of each line.
+  const out = o.log.child({}, { redact: { paths: [] } })
 
   const emit = (res: ServerResponse, p: Pending): void => {
     open.delete(res)
@@ -44,7 +47,7 @@ export function createAccessLog (o: AccessLogOptions): AccessLog {
     if (p.routeClass === 'probe' && status < 400) return // health checks every few seconds are noise
     const upstreamFailed = rec !== null && (status === 502 || status === 504)
     if (!o.enabled && !upstreamFailed) return
-    if (status < 500 && !o.log.isLevelEnabled('info')) return // LOG_LEVEL=warn: skip building the line
+    if (status < 500 && !out.isLevelEnabled('info')) return // LOG_LEVEL=warn: skip building the line
     const line = {
       status,
       method: p.req.method,
@@ -59,8 +62,8 @@ export function createAccessLog (o: AccessLogOptions): AccessLog {
       ttfbMs: rec?.ttfbMs ?? undefined,
       error: upstreamFailed ? rec.errorMessage ?? undefined : undefined,
     }
-    if (status >= 500) o.log.warn(line, 'access')
-    else o.log.info(line, 'access')
+    if (status >= 500) out.warn(line, 'access')
+    else out.info(line, 'access')
   }
 
   return {
