@@ -57,6 +57,7 @@ CREATE TABLE rate_windows (
 );
 CREATE TABLE rate_leases (
   lease_id        uuid PRIMARY KEY,
+  instance_id     uuid NOT NULL,                 -- the sidecar process holding it
   organization_id text NOT NULL,
   user_id         text NOT NULL,
   expires_at      timestamptz NOT NULL
@@ -81,6 +82,7 @@ DECLARE
   b record;
   s timestamptz;
 BEGIN
+  IF NOT EXISTS (SELECT 1 FROM new_budgets WHERE limit_usd IS NOT NULL) THEN RETURN NULL; END IF;
   LOCK TABLE budget_counters IN EXCLUSIVE MODE;
   FOR b IN SELECT * FROM new_budgets WHERE limit_usd IS NOT NULL LOOP
     s := budget_period_start(b.period, now());
@@ -193,7 +195,8 @@ $$;
 -- both and records the reservation. p_now is the caller's clock (tests move it across periods).
 CREATE FUNCTION budget_reserve(p_org text, p_user text, p_event uuid, p_amount numeric, p_now timestamptz, p_ttl interval)
 RETURNS TABLE (refused_scope text, limit_usd numeric, period text, period_start timestamptz, spent_usd numeric, reserved_usd numeric,
-               org_limit numeric, org_spent numeric, user_limit numeric, user_spent numeric)
+               org_limit numeric, org_spent numeric, org_period text, org_period_start timestamptz,
+               user_scope text, user_limit numeric, user_spent numeric, user_period text, user_period_start timestamptz)
 LANGUAGE plpgsql AS $$
 DECLARE
   ob budgets; ub budgets;
@@ -222,18 +225,16 @@ BEGIN
   END IF;
   IF ob.scope IS NOT NULL AND oc.spent_usd + oc.reserved_usd + p_amount > ob.limit_usd THEN
     RETURN QUERY SELECT 'organization'::text, ob.limit_usd, ob.period, os, oc.spent_usd, oc.reserved_usd,
-      ob.limit_usd, oc.spent_usd, ub.limit_usd, uc.spent_usd;
+      ob.limit_usd, oc.spent_usd, ob.period, os, ub.scope, ub.limit_usd, uc.spent_usd, ub.period, us;
     RETURN;
   END IF;
   IF ub.scope IS NOT NULL AND uc.spent_usd + uc.reserved_usd + p_amount > ub.limit_usd THEN
     RETURN QUERY SELECT ub.scope, ub.limit_usd, ub.period, us, uc.spent_usd, uc.reserved_usd,
-      ob.limit_usd, oc.spent_usd, ub.limit_usd, uc.spent_usd;
+      ob.limit_usd, oc.spent_usd, ob.period, os, ub.scope, ub.limit_usd, uc.spent_usd, ub.period, us;
     RETURN;
   END IF;
   IF ob.scope IS NULL AND ub.scope IS NULL THEN
-    RETURN QUERY SELECT NULL::text, NULL::numeric, NULL::text, NULL::timestamptz, NULL::numeric, NULL::numeric,
-      NULL::numeric, NULL::numeric, NULL::numeric, NULL::numeric;
-    RETURN;
+    RETURN;  -- no row: no budget applies
   END IF;
   IF ob.scope IS NOT NULL THEN
     UPDATE budget_counters c SET reserved_usd = c.reserved_usd + p_amount WHERE c.organization_id = p_org AND c.scope = 'organization'
@@ -246,6 +247,38 @@ BEGIN
   INSERT INTO budget_reservations (event_id, organization_id, user_id, org_period, org_period_start, user_period, user_period_start, amount_usd, expires_at)
   VALUES (p_event, p_org, coalesce(p_user, ''), ob.period, os, ub.period, us, p_amount, now() + p_ttl);
   RETURN QUERY SELECT NULL::text, NULL::numeric, NULL::text, NULL::timestamptz, NULL::numeric, NULL::numeric,
-    ob.limit_usd, oc.spent_usd, ub.limit_usd, uc.spent_usd;
+    ob.limit_usd, oc.spent_usd, ob.period, os, ub.scope, ub.limit_usd, uc.spent_usd, ub.period, us;
+END
+$$;
+
+-- The per-user rate check, one round trip: the user's window row is locked, so replicas admitting
+-- the same user take turns; other users are untouched. Windows are whole minutes of the database's
+-- clock, shared by every replica. A lease is one request in flight; a sidecar extends its own
+-- leases while their requests run, so a crashed sidecar's leases lapse within their TTL.
+-- A sidecar counts its own requests in flight exactly (p_local) and the other replicas' by their
+-- leases: its own lease of a request that just ended may not be deleted yet.
+CREATE FUNCTION rate_admit(p_org text, p_user text, p_lease uuid, p_rpm integer, p_max integer, p_ttl interval, p_instance uuid, p_local integer)
+RETURNS TABLE (refused text, requests integer, in_flight integer, reset_ms integer)
+LANGUAGE plpgsql AS $$
+DECLARE
+  w rate_windows;
+  win timestamptz := date_trunc('minute', now());
+  n integer := 0;
+  reset integer := ceil(extract(epoch FROM (win + interval '1 minute' - now())) * 1000);
+BEGIN
+  INSERT INTO rate_windows (organization_id, user_id, window_start, requests) VALUES (p_org, p_user, win, 0) ON CONFLICT DO NOTHING;
+  SELECT * INTO w FROM rate_windows r WHERE r.organization_id = p_org AND r.user_id = p_user FOR UPDATE;
+  IF w.window_start <> win THEN w.requests := 0; END IF;
+  IF p_max IS NOT NULL THEN
+    SELECT count(*) + p_local INTO n FROM rate_leases l WHERE l.organization_id = p_org AND l.user_id = p_user AND l.expires_at > now()
+       AND l.instance_id <> p_instance;
+  END IF;
+  IF p_rpm IS NOT NULL AND w.requests >= p_rpm THEN RETURN QUERY SELECT 'rpm'::text, w.requests, n, reset; RETURN; END IF;
+  IF p_max IS NOT NULL AND n >= p_max THEN RETURN QUERY SELECT 'concurrent'::text, w.requests, n, reset; RETURN; END IF;
+  UPDATE rate_windows r SET window_start = win, requests = w.requests + 1 WHERE r.organization_id = p_org AND r.user_id = p_user;
+  IF p_max IS NOT NULL THEN
+    INSERT INTO rate_leases (lease_id, instance_id, organization_id, user_id, expires_at) VALUES (p_lease, p_instance, p_org, p_user, now() + p_ttl);
+  END IF;
+  RETURN QUERY SELECT NULL::text, w.requests + 1, n + 1, reset;
 END
 $$;

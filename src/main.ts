@@ -20,6 +20,7 @@ import { Journal } from './usage/journal.js'
 import { Ledger } from './usage/ledger.js'
 import { Reconciler } from './usage/reconcile.js'
 import { createMetrics } from './metrics.js'
+import { startLimits, type SpendControls } from './budgets/boot.js'
 
 const SQL_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', 'sql')
 
@@ -64,6 +65,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
   let ledger: Ledger | null = null
   let reconciler: Reconciler | null = null
   let directory: UserDirectory | null = null
+  let spend: SpendControls | null = null
 
   const metrics = createMetrics(() => ledger && reconciler && {
     ledgerDepth: () => ledger!.depth,
@@ -90,10 +92,11 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     track (delta: 1 | -1) { inFlight += delta; if (inFlight === 0 && idle) idle() },
     observe: metrics.observe,
     stopping: () => stopping !== null,
+    get limits () { return spend?.limits },
   }
   const server = createProxyServer({ meter, passthrough, proxyApiKey: config.server.proxyApiKey, isReady: () => ready, metrics: metrics.handler,
     clientTimeouts: { headersMs: config.server.headersTimeoutMs, requestMs: config.server.requestTimeoutMs }, onPassthrough: metrics.passthrough,
-    admin: createAdminPlane({ config, sql: () => sql!, readSql: () => sql!, log }) ?? undefined })
+    admin: createAdminPlane({ config, sql: () => sql!, readSql: () => sql!, log, budgetsChanged: () => { void spend?.limits.refresh() } }) ?? undefined })
   await new Promise<void>((ok, fail) => { server.once('error', fail); server.listen(config.server.port, config.server.host, () => { server.off('error', fail); ok() }) })
   const port = (server.address() as AddressInfo).port
   log.info({ port, host: config.server.host, upstream: config.openrouter.baseUrl, organization: config.organization.id }, 'listening; not ready until the database is')
@@ -118,6 +121,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     ledger = new Ledger(sql, journal, log!, { ...config.ledger, rejectedPath: join(resolve(config.ledger.dataDir), 'rejected.jsonl') })
     reconciler = new Reconciler(upstream.fetchGeneration, (r) => ledger!.record(r), log!, { maxWaitMs: config.ledger.reconcileMaxWaitMs })
     directory = new UserDirectory(config.organization.id, sql, log!)
+    spend = await startLimits({ sql, config, upstream, log: log!, record: (r) => ledger!.record(r) })
     const replay = journal.replay()
     for (const r of replay.finals) ledger.record(r, true)
     // A pending line is the request as far as it got: 'interrupted' unless it had ended.
@@ -146,6 +150,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
         ])
       }
       server.closeAllConnections()
+      spend?.close()
       reconciler?.stop() // unreconciled generations stay pending in the journal for the next boot
       await directory?.flush().catch(() => {})
       directory?.close()

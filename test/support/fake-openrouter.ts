@@ -50,6 +50,11 @@ export class FakeOpenRouter {
   generationDelayMs = 300
   generationLookups = 0
   slowEventMs = 40
+  /** GET /models: prices as OpenRouter lists them, decimal strings in USD per token. */
+  models: Array<Record<string, unknown>> = [
+    { id: 'fake/ok', name: 'Fake OK', pricing: { prompt: '0.000001', completion: '0.000002', request: '0', image: '0' } },
+    { id: 'fake/slow', name: 'Fake Slow', pricing: { prompt: '0.000001', completion: '0.000002', request: '0', image: '0' } },
+  ]
   private seq = 0
   private rng: () => number
 
@@ -84,7 +89,7 @@ export class FakeOpenRouter {
       return json(res, 401, { error: { code: 401, message: 'No auth credentials found' } })
     }
     const path = url.pathname.replace(/^\/api\/v1/, '')
-    if (req.method === 'GET' && path === '/models') return json(res, 200, { data: [{ id: 'fake/ok', name: 'Fake OK' }] })
+    if (req.method === 'GET' && path === '/models') return json(res, 200, { data: this.models })
     if (req.method === 'GET' && path === '/generation') return this.generation(res, url.searchParams.get('id') ?? '')
     if (req.method !== 'POST') return json(res, 404, { error: { code: 404, message: 'Not Found' } })
     const endpoint = path.slice(1)
