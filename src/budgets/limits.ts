@@ -37,6 +37,8 @@ export interface LimitsDeps {
 export interface Admission { done: () => void }
 
 const NOTHING: Admission = { done () {} }
+/** How often each replica looks for expired reservations (and rate leases). */
+const SWEEP_MS = 30_000
 
 interface ReserveRow {
   refused_scope: 'organization' | 'user' | 'default-user' | null
@@ -72,7 +74,7 @@ export class Limits {
     void this.refresh()
     this.refreshTimer = setInterval(() => { void this.refresh() }, d.config.refreshMs)
     this.refreshTimer.unref()
-    this.sweepTimer = setInterval(() => { void this.sweep() }, Math.min(30_000, d.config.reservationTtlMs))
+    this.sweepTimer = setInterval(() => { void this.sweep() }, SWEEP_MS)
     this.sweepTimer.unref()
   }
 
