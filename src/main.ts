@@ -21,6 +21,7 @@ import { Ledger } from './usage/ledger.js'
 import { Reconciler } from './usage/reconcile.js'
 import { createMetrics } from './metrics.js'
 import { startLimits, type SpendControls } from './budgets/boot.js'
+import { registerBudgetMetrics } from './budgets/metrics.js'
 
 const SQL_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', 'sql')
 
@@ -74,7 +75,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     reconciled: () => reconciler!.reconciled,
     reconcileGaveUp: () => reconciler!.gaveUp,
     ledgerWritten: () => ledger!.written,
-  })
+  }, (registry) => registerBudgetMetrics(registry, () => sql && { sql, org: config.organization.id }))
   const meter = {
     upstream,
     apiKey: config.openrouter.apiKey,

@@ -23,8 +23,9 @@ export interface Metrics {
 
 const seconds = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120]
 
-export function createMetrics (sources: () => MetricsSources | null): Metrics {
+export function createMetrics (sources: () => MetricsSources | null, register?: (registry: Registry) => void): Metrics {
   const registry = new Registry()
+  register?.(registry) // metrics other modules own (budgets)
   collectDefaultMetrics({ register: registry, prefix: 'usage_proxy_' })
   const requests = new Counter({ name: 'usage_proxy_requests_total', help: 'Requests by route and HTTP status', labelNames: ['route', 'status'], registers: [registry] })
   const outcomes = new Counter({ name: 'usage_proxy_outcomes_total', help: 'Metered exchanges by outcome', labelNames: ['outcome'], registers: [registry] })

@@ -281,3 +281,21 @@ t.test('BUDGET_WARN_PERCENT: one warning per period, posted to ALERT_WEBHOOK_URL
   t.equal(warned, true)
   t.ok(s2.logs.text.includes('budget: warning threshold crossed'))
 })
+
+t.test('a Prometheus gauge of utilization per budget scope, not per user', async (t) => {
+  await call('PUT', '/admin/v1/budgets/default-user', { limit_usd: '0.0002', period: 'month' })
+  for (const u of ['kate', 'kate', 'liam']) { const r = await chat(s.url, u); t.equal(r.statusCode, 200); await r.body.dump() }
+  await rowsSoon(() => db.sql`select 1 from budget_counters where user_id = 'liam' and period = 'month' and spent_usd > 0 and reserved_usd = 0`)
+  const res = await request(s.url + '/metrics')
+  const text = await res.body.text()
+  const org = /^usage_proxy_budget_utilization_ratio\{scope="organization"\} (\S+)$/m.exec(text)
+  const def = /^usage_proxy_budget_utilization_ratio\{scope="default"\} (\S+)$/m.exec(text)
+  t.ok(org && Number(org[1]) > 0 && Number(org[1]) < 0.01, `organization: ${org?.[1]}`)
+  // the default's most spent user (not one with a budget of their own) against $0.0002
+  const [{ most }] = await db.sql`select max(c.spent_usd)::text as most from budget_counters c
+    where c.scope = 'user' and c.period = 'month' and c.period_start = budget_period_start('month', now())
+      and not exists (select 1 from budgets b where b.scope = 'user' and b.user_id = c.user_id and b.limit_usd is not null)`
+  t.ok(Number(most) > 0)
+  t.ok(def && Math.abs(Number(def[1]) - Number(most) / 0.0002) < 1e-9, `default: ${def?.[1]} (most spent user ${most})`)
+  t.equal(text.match(/^usage_proxy_budget_utilization_ratio\{/gm)?.length, 2, 'two series, whatever the number of users')
+})

@@ -106,3 +106,22 @@ export async function budgetStatus (sql: Sql, org: string, now: Date, userId?: s
     return status
   })
 }
+
+/**
+ * Spent ÷ limit of the current period for the organization's budget and the default one (its
+ * most spent user): a gauge per scope, never a series per user. Floats: for dashboards only.
+ */
+export async function utilization (sql: Sql, org: string): Promise<Array<{ scope: 'organization' | 'default', ratio: number }>> {
+  const rows = await sql<Array<{ scope: 'organization' | 'default', ratio: string }>>`
+    select case b.scope when 'organization' then 'organization' else 'default' end as scope,
+           coalesce(coalesce(max(c.spent_usd), 0) / nullif(b.limit_usd, 0), 1)::text as ratio
+      from budgets b
+      left join budget_counters c
+        on c.organization_id = b.organization_id and c.period = b.period and c.period_start = budget_period_start(b.period, now())
+       and c.scope = case b.scope when 'organization' then 'organization' else 'user' end
+       and (b.scope = 'organization' or not exists (select 1 from budgets o where o.organization_id = b.organization_id
+                                                      and o.scope = 'user' and o.user_id = c.user_id and o.limit_usd is not null))
+     where b.organization_id = ${org} and b.scope in ('organization', 'default-user') and b.limit_usd is not null
+     group by b.scope, b.limit_usd`
+  return rows.map((r) => ({ scope: r.scope, ratio: Number(r.ratio) }))
+}
