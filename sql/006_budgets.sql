@@ -203,38 +203,55 @@ DECLARE
   os timestamptz; us timestamptz;
   oc budget_counters; uc budget_counters;
 BEGIN
+  -- The organization's counter is one hot row: waiting for a WAL flush while holding it would
+  -- serialize every request on fsync. A reservation lost to a database crash only lets the
+  -- requests then in flight run unheld; their spend still lands with their records.
+  PERFORM set_config('synchronous_commit', 'off', true);
   SELECT * INTO ob FROM budgets b WHERE b.organization_id = p_org AND b.scope = 'organization' AND b.limit_usd IS NOT NULL;
   IF p_user IS NOT NULL THEN
     SELECT * INTO ub FROM budgets b WHERE b.organization_id = p_org AND b.limit_usd IS NOT NULL
        AND ((b.scope = 'user' AND b.user_id = p_user) OR b.scope = 'default-user')
      ORDER BY b.scope DESC LIMIT 1;  -- 'user' before 'default-user'
   END IF;
+  IF ob.scope IS NULL AND ub.scope IS NULL THEN
+    RETURN;  -- no row: no budget applies
+  END IF;
+  os := budget_period_start(ob.period, p_now);
+  us := budget_period_start(ub.period, p_now);
+  -- Everything that needs no lock first: the hot organization row is held as briefly as possible.
+  INSERT INTO budget_reservations (event_id, organization_id, user_id, org_period, org_period_start, user_period, user_period_start, amount_usd, expires_at)
+  VALUES (p_event, p_org, coalesce(p_user, ''), ob.period, os, ub.period, us, p_amount, now() + p_ttl);
   IF ob.scope IS NOT NULL THEN
-    os := budget_period_start(ob.period, p_now);
-    INSERT INTO budget_counters (organization_id, scope, user_id, period, period_start)
-      VALUES (p_org, 'organization', '', ob.period, os) ON CONFLICT DO NOTHING;
     SELECT * INTO oc FROM budget_counters c WHERE c.organization_id = p_org AND c.scope = 'organization' AND c.user_id = ''
        AND c.period = ob.period AND c.period_start = os FOR UPDATE;
+    IF NOT FOUND THEN
+      INSERT INTO budget_counters (organization_id, scope, user_id, period, period_start)
+        VALUES (p_org, 'organization', '', ob.period, os) ON CONFLICT DO NOTHING;
+      SELECT * INTO oc FROM budget_counters c WHERE c.organization_id = p_org AND c.scope = 'organization' AND c.user_id = ''
+         AND c.period = ob.period AND c.period_start = os FOR UPDATE;
+    END IF;
   END IF;
   IF ub.scope IS NOT NULL THEN
-    us := budget_period_start(ub.period, p_now);
-    INSERT INTO budget_counters (organization_id, scope, user_id, period, period_start)
-      VALUES (p_org, 'user', p_user, ub.period, us) ON CONFLICT DO NOTHING;
     SELECT * INTO uc FROM budget_counters c WHERE c.organization_id = p_org AND c.scope = 'user' AND c.user_id = p_user
        AND c.period = ub.period AND c.period_start = us FOR UPDATE;
+    IF NOT FOUND THEN
+      INSERT INTO budget_counters (organization_id, scope, user_id, period, period_start)
+        VALUES (p_org, 'user', p_user, ub.period, us) ON CONFLICT DO NOTHING;
+      SELECT * INTO uc FROM budget_counters c WHERE c.organization_id = p_org AND c.scope = 'user' AND c.user_id = p_user
+         AND c.period = ub.period AND c.period_start = us FOR UPDATE;
+    END IF;
   END IF;
   IF ob.scope IS NOT NULL AND oc.spent_usd + oc.reserved_usd + p_amount > ob.limit_usd THEN
+    DELETE FROM budget_reservations r WHERE r.event_id = p_event;
     RETURN QUERY SELECT 'organization'::text, ob.limit_usd, ob.period, os, oc.spent_usd, oc.reserved_usd,
       ob.limit_usd, oc.spent_usd, ob.period, os, ub.scope, ub.limit_usd, uc.spent_usd, ub.period, us;
     RETURN;
   END IF;
   IF ub.scope IS NOT NULL AND uc.spent_usd + uc.reserved_usd + p_amount > ub.limit_usd THEN
+    DELETE FROM budget_reservations r WHERE r.event_id = p_event;
     RETURN QUERY SELECT ub.scope, ub.limit_usd, ub.period, us, uc.spent_usd, uc.reserved_usd,
       ob.limit_usd, oc.spent_usd, ob.period, os, ub.scope, ub.limit_usd, uc.spent_usd, ub.period, us;
     RETURN;
-  END IF;
-  IF ob.scope IS NULL AND ub.scope IS NULL THEN
-    RETURN;  -- no row: no budget applies
   END IF;
   IF ob.scope IS NOT NULL THEN
     UPDATE budget_counters c SET reserved_usd = c.reserved_usd + p_amount WHERE c.organization_id = p_org AND c.scope = 'organization'
@@ -244,8 +261,6 @@ BEGIN
     UPDATE budget_counters c SET reserved_usd = c.reserved_usd + p_amount WHERE c.organization_id = p_org AND c.scope = 'user'
        AND c.user_id = p_user AND c.period = ub.period AND c.period_start = us;
   END IF;
-  INSERT INTO budget_reservations (event_id, organization_id, user_id, org_period, org_period_start, user_period, user_period_start, amount_usd, expires_at)
-  VALUES (p_event, p_org, coalesce(p_user, ''), ob.period, os, ub.period, us, p_amount, now() + p_ttl);
   RETURN QUERY SELECT NULL::text, NULL::numeric, NULL::text, NULL::timestamptz, NULL::numeric, NULL::numeric,
     ob.limit_usd, oc.spent_usd, ob.period, os, ub.scope, ub.limit_usd, uc.spent_usd, ub.period, us;
 END
@@ -266,6 +281,7 @@ DECLARE
   n integer := 0;
   reset integer := ceil(extract(epoch FROM (win + interval '1 minute' - now())) * 1000);
 BEGIN
+  PERFORM set_config('synchronous_commit', 'off', true);  -- as in budget_reserve: no fsync per request
   INSERT INTO rate_windows (organization_id, user_id, window_start, requests) VALUES (p_org, p_user, win, 0) ON CONFLICT DO NOTHING;
   SELECT * INTO w FROM rate_windows r WHERE r.organization_id = p_org AND r.user_id = p_user FOR UPDATE;
   IF w.window_start <> win THEN w.requests := 0; END IF;

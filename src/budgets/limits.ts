@@ -136,10 +136,13 @@ export class Limits {
     let lease: string | null = null
     if (rated) {
       let r
+      let abandoned = false
       try {
-        r = await this.withTimeout(this.rate.admit(rec.userId!))
+        r = await this.withTimeout(this.rate.admit(rec.userId!, () => abandoned))
       } catch (err) {
+        abandoned = true
         if (!this.failOpen(err)) return this.unavailable(res)
+        this.rate.holdLocal(rec.userId!)
         r = { lease: null }
       }
       if ('refusal' in r) { sendRefusal(res, r.refusal); return null }

@@ -36,8 +36,11 @@ export class RateLimiter {
 
   close (): void { clearInterval(this.timer) }
 
-  /** Refused at once when this replica alone knows the user is over; else asks Postgres. */
-  async admit (user: string): Promise<RateResult> {
+  /**
+   * Refused at once when this replica alone knows the user is over; else asks Postgres. When the
+   * caller gave up waiting (abandoned() is true by the time Postgres answers), the slot and lease go.
+   */
+  async admit (user: string, abandoned: () => boolean = () => false): Promise<RateResult> {
     const l = this.local.get(user) ?? { inFlight: 0, fullUntil: 0 }
     const now = this.now()
     if (this.opts.rpm !== undefined && l.fullUntil > now) return { refusal: this.refusal('rpm', 0, l.fullUntil - now) }
@@ -56,7 +59,7 @@ export class RateLimiter {
       this.release(user, null)
       throw err
     }
-    if (r.refused) this.release(user, null)
+    if (r.refused || abandoned()) this.release(user, r.refused ? null : lease)
     if (r.refused === 'rpm') {
       l.fullUntil = now + r.reset_ms
       this.local.set(user, l)
@@ -65,6 +68,13 @@ export class RateLimiter {
     if (r.refused) return { refusal: this.refusal('concurrent', this.opts.rpm === undefined ? null : this.opts.rpm - r.requests, 1000) }
     if (lease) this.leases.add(lease)
     return { lease }
+  }
+
+  /** A request admitted without Postgres (BUDGET_FAIL_MODE=open) still counts here. */
+  holdLocal (user: string): void {
+    const l = this.local.get(user) ?? { inFlight: 0, fullUntil: 0 }
+    l.inFlight++
+    this.local.set(user, l)
   }
 
   /** The request finished: its lease goes, off the request path. */
