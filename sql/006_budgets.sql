@@ -298,3 +298,22 @@ BEGIN
   RETURN QUERY SELECT NULL::text, w.requests + 1, n + 1, reset;
 END
 $$;
+
+-- Many admissions in one round trip and one commit: a replica gathers the requests that arrive
+-- together. Items go in (user, arrival) order, so every batch takes the organization's lock first
+-- and the users' in ascending order, the order the settlement trigger uses: no deadlocks. Each
+-- item returns its row under its index `i`; an item without a row has no budget that applies.
+CREATE FUNCTION budget_reserve_many(p_items jsonb, p_now timestamptz, p_ttl interval)
+RETURNS TABLE (i integer, refused_scope text, limit_usd numeric, period text, period_start timestamptz, spent_usd numeric, reserved_usd numeric,
+               org_limit numeric, org_spent numeric, org_period text, org_period_start timestamptz,
+               user_scope text, user_limit numeric, user_spent numeric, user_period text, user_period_start timestamptz)
+LANGUAGE plpgsql AS $$
+DECLARE item record;
+BEGIN
+  PERFORM set_config('synchronous_commit', 'off', true);
+  FOR item IN SELECT * FROM jsonb_to_recordset(p_items) AS x(i integer, org text, usr text, ev uuid, amount numeric)
+               ORDER BY x.org, x.usr NULLS FIRST, x.i LOOP
+    RETURN QUERY SELECT item.i, r.* FROM budget_reserve(item.org, item.usr, item.ev, item.amount, p_now, p_ttl) r;
+  END LOOP;
+END
+$$;

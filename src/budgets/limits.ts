@@ -8,13 +8,15 @@ import { estimateBilledUsd } from './estimate.js'
 import { trimDecimal } from './money.js'
 import type { PriceList } from './prices.js'
 import { RateLimiter } from './rate.js'
+import { Reserver } from './reserver.js'
 import { DEFAULT_EXCEEDED_MESSAGE, exceededMessage, sendRefusal, type ExceededFacts, type Refusal } from './refusal.js'
 import type { BudgetPeriod } from '../config/config.js'
 
 // The admission before a metered request goes upstream: rate limits, then a reservation of the
 // request's estimated billed cost against every budget that applies (budget_reserve() in
-// sql/006_budgets.sql, one round trip). Settlement needs nothing from here: the trigger on
-// usage_events settles the reservation when the request's record is inserted.
+// sql/006_budgets.sql; requests that arrive together share one round trip, see reserver.ts).
+// Settlement needs nothing from here: the trigger on usage_events settles the reservation when
+// the request's record is inserted.
 //
 // With no budget in the database and no rate limit configured, admit() returns null at once:
 // whether any budget exists is cached and refreshed every BUDGET_REFRESH_MS (and at once when this
@@ -37,6 +39,9 @@ export interface LimitsDeps {
 export interface Admission { done: () => void }
 
 const NOTHING: Admission = { done () {} }
+const RESERVE_COLUMNS = `refused_scope, limit_usd::text, period, period_start, spent_usd::text,
+  org_limit::text, org_spent::text, org_period, org_period_start,
+  user_scope, user_limit::text, user_spent::text, user_period, user_period_start`
 /** How often each replica looks for expired reservations (and rate leases). */
 const SWEEP_MS = 30_000
 
@@ -62,6 +67,7 @@ export class Limits {
   private readonly refreshTimer: NodeJS.Timeout
   private readonly sweepTimer: NodeJS.Timeout
   private readonly rate: RateLimiter
+  private readonly reserver: Reserver<ReserveRow>
   private readonly now: () => Date
   private readonly template: string
   private failures = 0
@@ -70,6 +76,7 @@ export class Limits {
   constructor (private readonly d: LimitsDeps) {
     this.now = d.now ?? (() => new Date())
     this.template = d.config.exceededMessage ?? DEFAULT_EXCEEDED_MESSAGE
+    this.reserver = new Reserver<ReserveRow>(d.sql, RESERVE_COLUMNS, d.config.reservationTtlMs / 1000, this.now)
     this.rate = new RateLimiter(d.sql, d.organizationId, { rpm: d.config.userRpm, maxConcurrent: d.config.userMaxConcurrent })
     void this.refresh()
     this.refreshTimer = setInterval(() => { void this.refresh() }, d.config.refreshMs)
@@ -152,21 +159,15 @@ export class Limits {
     if (this.anyBudgets === false) return done
 
     const amount = estimateBilledUsd({ model: rec.model, bodyBytes, maxTokens }, this.d.prices, this.d.config.defaultMaxTokens, this.d.markupPercent)
-    let rows: ReserveRow[]
+    let row: ReserveRow | undefined
     try {
-      rows = await this.withTimeout(this.d.sql<ReserveRow[]>`
-        select refused_scope, limit_usd::text, period, period_start, spent_usd::text,
-               org_limit::text, org_spent::text, org_period, org_period_start,
-               user_scope, user_limit::text, user_spent::text, user_period, user_period_start
-          from budget_reserve(${rec.organizationId}, ${rec.userId}, ${rec.eventId}, ${amount}::numeric, ${this.now()},
-                              make_interval(secs => ${this.d.config.reservationTtlMs / 1000}))`)
+      row = await this.withTimeout(this.reserver.reserve({ org: rec.organizationId, user: rec.userId, eventId: rec.eventId, amount }))
       this.failures = 0
     } catch (err) {
       if (this.failOpen(err)) return done
       done.done()
       return this.unavailable(res)
     }
-    const row = rows[0]
     if (!row) return done // no budget applies to this request
     if (row.refused_scope) {
       done.done()
