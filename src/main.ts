@@ -25,6 +25,8 @@ import { createAccessLog } from './proxy/access-log.js'
 import { startKeyPoller, type KeyPoller } from './openrouter-key.js'
 import { StartupError, listenError } from './startup-error.js'
 import { createServer } from 'node:http'
+import { startLimits, type SpendControls } from './budgets/boot.js'
+import { registerBudgetMetrics } from './budgets/metrics.js'
 
 const SQL_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', 'sql')
 
@@ -71,6 +73,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
   let ledger: Ledger | null = null
   let reconciler: Reconciler | null = null
   let directory: UserDirectory | null = null
+  let spend: SpendControls | null = null
 
   let keyPoller: KeyPoller | null = null
   const metrics = createMetrics(() => ledger && reconciler && {
@@ -87,7 +90,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     postgresUp: () => postgresAnswers(sql),
     keyBalance: () => keyPoller?.latest() ?? null,
     organizationId: config.organization.id,
-  })
+  }, (registry) => registerBudgetMetrics(registry, () => sql && { sql, org: config.organization.id }))
   const access = createAccessLog({ log, enabled: config.accessLog, count: metrics.response })
   const meter = {
     upstream,
@@ -107,6 +110,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     observe (rec: UsageRecord, res: ServerResponse) { metrics.observe(rec); access.record(res, rec) },
     stopping: () => stopping !== null,
     kinds: { ...config.kinds, appHeaders: idHeaders },
+    get limits () { return spend?.limits },
   }
   // METRICS_PORT: /metrics only on its own listener (loopback by default), not on the data plane.
   const metricsServer = config.metrics.port === undefined ? null : createServer((req, res) => {
@@ -117,7 +121,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     onExchange: access.begin,
     clientTimeouts: { headersMs: config.server.headersTimeoutMs, requestMs: config.server.requestTimeoutMs }, onPassthrough: metrics.passthrough,
     connections: { max: config.server.maxConnections, perIp: config.server.maxConnectionsPerIp },
-    admin: createAdminPlane({ config, sql: () => sql!, readSql: () => sql!, log }) ?? undefined })
+    admin: createAdminPlane({ config, sql: () => sql!, readSql: () => sql!, log, budgetsChanged: () => { void spend?.limits.refresh() } }) ?? undefined })
   try {
     await listen(server, 'PORT', config.server.host, config.server.port)
     if (metricsServer) await listen(metricsServer, 'METRICS_PORT', config.metrics.host, config.metrics.port!)
@@ -157,6 +161,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     ledger = new Ledger(sql, journal, log!, { ...config.ledger, rejectedPath: join(resolve(config.ledger.dataDir), 'rejected.jsonl') })
     reconciler = new Reconciler(upstream.fetchGeneration, (r) => ledger!.record(r), log!, { maxWaitMs: config.ledger.reconcileMaxWaitMs })
     directory = new UserDirectory(config.organization.id, sql, log!)
+    spend = await startLimits({ sql, config, upstream, log: log!, record: (r) => ledger!.record(r) })
     const replay = journal.replay()
     for (const r of replay.finals) ledger.record(r, true)
     // A pending line is the request as far as it got: 'interrupted' unless it had ended.
@@ -189,6 +194,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
         ])
       }
       server.closeAllConnections()
+      spend?.close()
       reconciler?.stop() // unreconciled generations stay pending in the journal for the next boot
       await directory?.flush().catch(() => {})
       directory?.close()

@@ -1,6 +1,7 @@
 import type { Config } from '../config/config.js'
 import type { Sql } from '../db/connect.js'
 import type { Logger } from '../log.js'
+import { budgetRoutes } from './budgets.js'
 import { createAdmin, sendJson, type AdminHandler, type AdminRoute } from './router.js'
 
 // Every admin route, in one list. Each concern (budgets, usage, the page) lives in a file of its
@@ -13,6 +14,8 @@ export interface AdminDeps {
   /** Reads for reports (DATABASE_READ_URL when set, else the primary). */
   readSql: () => Sql
   log: Logger
+  /** Tells the admission of this process that budgets changed. */
+  budgetsChanged?: () => void
 }
 
 export function adminRoutes (deps: AdminDeps): AdminRoute[] {
@@ -22,6 +25,7 @@ export function adminRoutes (deps: AdminDeps): AdminRoute[] {
       path: /^\/admin\/v1\/?$/,
       handle: ({ res }) => sendJson(res, 200, { object: 'admin', organization: deps.config.organization.id }),
     },
+    ...budgetRoutes({ config: deps.config, sql: deps.sql, changed: deps.budgetsChanged }),
   ]
 }
 
