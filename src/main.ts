@@ -117,7 +117,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     // 5. replay what an earlier process journaled but never committed
     ledger = new Ledger(sql, journal, log!, { ...config.ledger, rejectedPath: join(resolve(config.ledger.dataDir), 'rejected.jsonl') })
     reconciler = new Reconciler(upstream.fetchGeneration, (r) => ledger!.record(r), log!, { maxWaitMs: config.ledger.reconcileMaxWaitMs })
-    directory = new UserDirectory(config.organization.id, sql, log!)
+    directory = new UserDirectory(config.organization.id)
     const replay = journal.replay()
     for (const r of replay.finals) ledger.record(r, true)
     // A pending line is the request as far as it got: 'interrupted' unless it had ended.
@@ -147,8 +147,6 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
       }
       server.closeAllConnections()
       reconciler?.stop() // unreconciled generations stay pending in the journal for the next boot
-      await directory?.flush().catch(() => {})
-      directory?.close()
       const drained = ledger ? await ledger.drain(5_000) : true
       ledger?.close()
       journal.close()
