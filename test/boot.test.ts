@@ -11,6 +11,9 @@ import { mkdtempSync, writeFileSync, copyFileSync, readdirSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
+// Every migration in sql/, in order: each engineer's new one is expected, not a surprise.
+const MIGRATIONS = readdirSync('sql').filter((f) => /^\d+_.*\.sql$/.test(f)).sort()
+
 let fake: FakeOpenRouter
 t.before(async () => { fake = await new FakeOpenRouter().start() })
 t.teardown(async () => { await fake.close() })
@@ -44,7 +47,7 @@ t.test('booting twice creates nothing twice; a changed environment updates the o
   t.teardown(() => b.sidecar.stop())
   t.match(b.logs.text, /"applied":\[\]/, 'second boot applied no migration')
   const migrations = await db.sql`select name from schema_migrations order by name`
-  t.same(migrations.map((m) => m.name), ['001_schema.sql', '002_billing_views.sql'])
+  t.same(migrations.map((m) => m.name), MIGRATIONS)
   const orgs = await db.sql`select name, markup_percent::text as m from organizations`
   t.same(orgs.map((o) => [o.name, o.m]), [['Acme AG', '20.0000']])
 })
@@ -55,7 +58,7 @@ t.test('two sidecars booting at once against one database are both ready, schema
   const [a, b] = await Promise.all([startSidecar(baseEnv(fake, db.url)), startSidecar(baseEnv(fake, db.url))])
   t.teardown(() => Promise.all([a.sidecar.stop(), b.sidecar.stop()]))
   const [{ n }] = await db.sql`select count(*)::int as n from schema_migrations`
-  t.equal(n, 2)
+  t.equal(n, MIGRATIONS.length)
   const applied = [a, b].map((s) => /"applied":\[("[^\]]*)?\]/.exec(s.logs.text)![0])
   t.equal(applied.filter((x) => x.includes('001_schema')).length, 1, 'exactly one of them migrated')
 })
@@ -65,7 +68,7 @@ t.test('an edited migration is refused rather than silently diverging', async (t
   t.teardown(() => db.drop())
   const dir = mkdtempSync(join(tmpdir(), 'mig-'))
   for (const f of readdirSync('sql')) copyFileSync(join('sql', f), join(dir, f))
-  t.same((await migrate(db.sql, dir)).applied, ['001_schema.sql', '002_billing_views.sql'])
+  t.same((await migrate(db.sql, dir)).applied, MIGRATIONS)
   writeFileSync(join(dir, '002_billing_views.sql'), '-- edited\n')
   await t.rejects(migrate(db.sql, dir), /002_billing_views.sql changed after it was applied/)
 })
@@ -80,7 +83,7 @@ t.test('Postgres down at boot: /readyz 503 and traffic refused, a log line says 
   const s = await start(env, createLogger('debug', logs))
   t.teardown(async () => { await s.stop(); await relay.cut() })
   const url = `http://127.0.0.1:${s.port}`
-  await new Promise((r) => setTimeout(r, 600))
+  while (!/postgres unreachable, retrying/.test(logs.text)) await new Promise((r) => setTimeout(r, 20))
   const notReady = await request(`${url}/readyz`)
   t.equal(notReady.statusCode, 503)
   await notReady.body.dump()
