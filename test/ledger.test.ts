@@ -176,6 +176,7 @@ t.test('identity is normalized once: zed and z\\u0000ed are one user, one extern
   for (const r of records) ledger.record(r)
   t.ok(await ledger.drain(5000), 'the batch is not blocked')
   t.equal(ledger.rejected, 0, 'nothing set aside')
+  t.equal(ledger.isolated, 0, 'one statement for the whole batch: no row had to be tried alone')
   t.notMatch(logs.text, /insert failed/)
   const maps = await db.sql`select user_id, external_user_id, user_name, user_email, user_role from user_mappings`
   t.same(maps, [{ user_id: 'zed', external_user_id: a.externalUserId, user_name: 'Zed Again', user_email: 'zed@example.com', user_role: 'admin' }])

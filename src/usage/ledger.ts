@@ -39,6 +39,8 @@ export class Ledger {
   private refusedAlike = 0
   written = 0
   rejected = 0
+  /** Batches Postgres refused whole and that were then written row by row. */
+  isolated = 0
 
   constructor (
     private readonly sql: Sql,
@@ -180,6 +182,7 @@ export class Ledger {
    * an operator can read and replay; the rest go in.
    */
   private async isolate (batch: UsageRecord[]): Promise<void> {
+    this.isolated++
     const refused: Array<{ r: UsageRecord, err: unknown }> = []
     for (const r of batch) {
       try {
