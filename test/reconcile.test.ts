@@ -17,9 +17,11 @@ class Written {
   readonly list: UsageRecord[] = []
   private wake: (() => void) | null = null
   readonly push = (r: UsageRecord): void => { this.list.push(r); this.wake?.() }
-  next (): Promise<UsageRecord> {
-    return new Promise((resolve) => {
-      const check = (): void => { if (this.list.length > 0) resolve(this.list[0]); else this.wake = check }
+  /** The first record written, or a rejection after `timeoutMs`: a reconciler that never writes fails fast. */
+  next (timeoutMs = 5000): Promise<UsageRecord> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`nothing written within ${timeoutMs} ms`)), timeoutMs)
+      const check = (): void => { if (this.list.length > 0) { clearTimeout(timer); resolve(this.list[0]) } else this.wake = check }
       check()
     })
   }
