@@ -13,8 +13,8 @@ export const BREAKS = [
   {
     name: "the client's accept-encoding is forwarded upstream",
     file: 'src/proxy/metered.ts',
-    search: "  headers['accept-encoding'] = 'identity'",
-    replace: "  if (req.headers['accept-encoding']) headers['accept-encoding'] = String(req.headers['accept-encoding'])",
+    search: "upstreamHeaders(req.headers, ctx, 'identity')",
+    replace: "upstreamHeaders(req.headers, ctx, 'client')",
     tests: ['test/usage-truth.test.ts'],
   },
   {
