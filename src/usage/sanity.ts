@@ -11,7 +11,7 @@ const MAX_COST_CHARS = 64
 /** usage_events token columns are `integer`; no context window comes near this. */
 const MAX_TOKENS = 2 ** 31 - 1
 const COST_FIELDS = ['costUsd', 'upstreamCostUsd'] as const
-const TOKEN_FIELDS = ['promptTokens', 'completionTokens', 'totalTokens', 'cachedTokens', 'reasoningTokens'] as const
+const TOKEN_FIELDS = ['promptTokens', 'completionTokens', 'totalTokens', 'cachedTokens', 'reasoningTokens', 'cacheWriteTokens', 'audioTokens'] as const
 
 export interface Checked { usage: Usage, anomaly: string | null }
 
@@ -24,7 +24,7 @@ export function checkUsage (usage: Usage): Checked {
   }
   for (const k of TOKEN_FIELDS) {
     const v = usage[k]
-    if (v !== null && (!Number.isSafeInteger(v) || v < 0 || v > MAX_TOKENS)) {
+    if (v !== null && v !== undefined && (!Number.isSafeInteger(v) || v < 0 || v > MAX_TOKENS)) {
       problems.push(`${k} ${clip(String(v))} out of range`)
       out = { ...out, [k]: null }
     }
