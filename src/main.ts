@@ -160,7 +160,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     // 5. replay what an earlier process journaled but never committed
     ledger = new Ledger(sql, journal, log!, { ...config.ledger, rejectedPath: join(resolve(config.ledger.dataDir), 'rejected.jsonl') })
     reconciler = new Reconciler(upstream.fetchGeneration, (r) => ledger!.record(r), log!, { maxWaitMs: config.ledger.reconcileMaxWaitMs })
-    directory = new UserDirectory(config.organization.id, sql, log!)
+    directory = new UserDirectory(config.organization.id)
     spend = await startLimits({ sql, config, upstream, log: log!, record: (r) => ledger!.record(r) })
     const replay = journal.replay()
     for (const r of replay.finals) ledger.record(r, true)
@@ -196,8 +196,6 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
       server.closeAllConnections()
       spend?.close()
       reconciler?.stop() // unreconciled generations stay pending in the journal for the next boot
-      await directory?.flush().catch(() => {})
-      directory?.close()
       const drained = ledger ? await ledger.drain(5_000) : true
       ledger?.close()
       journal.close()

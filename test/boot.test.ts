@@ -84,7 +84,7 @@ t.test('Postgres down at boot: /readyz 503 and traffic refused, a log line says 
   const s = await start(env, createLogger('debug', logs))
   t.teardown(async () => { await s.stop(); await relay.cut() })
   const url = `http://127.0.0.1:${s.port}`
-  await new Promise((r) => setTimeout(r, 600))
+  while (!/postgres unreachable, retrying/.test(logs.text)) await new Promise((r) => setTimeout(r, 20))
   const notReady = await request(`${url}/readyz`)
   t.equal(notReady.statusCode, 503)
   await notReady.body.dump()

@@ -1,10 +1,10 @@
 import t from 'tap'
-import { mkdtempSync } from 'node:fs'
+import { mkdtempSync, readdirSync, readFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Agent, request } from 'undici'
 import { FakeOpenRouter, sumDecimals } from './support/fake-openrouter.js'
-import { createTestDb, type TestDb } from './support/db.js'
+import { createTestDb, rowsSoon, type TestDb } from './support/db.js'
 import { TEST_KEY } from './support/sidecar.js'
 import { TcpRelay } from './support/tcp-relay.js'
 import { freePort, spawnSidecar } from './support/child.js'
@@ -29,6 +29,15 @@ const env = (databaseUrl: string, dataDir: string, extra: Record<string, string>
   DATA_DIR: dataDir,
   ...extra,
 })
+
+async function until (cond: () => boolean | Promise<boolean>, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs
+  while (!(await cond())) {
+    if (Date.now() > deadline) return false
+    await new Promise((r) => setTimeout(r, 25))
+  }
+  return true
+}
 
 async function rowsSettled (db: TestDb, want: (n: number) => boolean, timeoutMs = 30_000): Promise<number> {
   const deadline = Date.now() + timeoutMs
@@ -88,16 +97,24 @@ t.test('SIGKILL under load, then restart: every generation a client saw is bille
   let child = spawnSidecar(env(db.url, dataDir, { LEDGER_FLUSH_MS: '400' }), port)
   await child.waitReady()
   let killedAt = -1
+  let inFlight: string[] = []
   const seen = new Set<string>()
+  // Even indices are streamed: 18, 58, 98, ... are 8-second streams, so one is mid-stream at the kill.
+  const slowStreams = () => [...fake.generations.values()].filter((g) => !before.has(g.id) && g.model === 'fake/slow' && g.streamed && g.completedAt === null).map((g) => g.id)
   const first = await runLoad({
     url: () => child.url,
     total: 240,
     concurrency: 8,
-    model: (i) => (i % 10 === 3 ? 'fake/slow' : 'fake/ok'),
+    model: (i) => (i % 40 === 18 ? 'fake/slow' : 'fake/ok'),
     after: async (done) => {
-      if (done === 120 && killedAt < 0) { killedAt = done; child.proc.kill('SIGKILL') }
+      if (done < 120 || killedAt >= 0) return
+      killedAt = done
+      await until(() => slowStreams().length > 0, 20_000)
+      inFlight = slowStreams()
+      child.proc.kill('SIGKILL')
     },
   })
+  t.ok(inFlight.length >= 1, `a long stream was in flight at the kill (${inFlight.length})`)
   for (const g of first.seen) seen.add(g)
   await child.exited
   const rowsBeforeRestart = (await db.sql`select count(*)::int as n from usage_events`)[0].n
@@ -116,6 +133,10 @@ t.test('SIGKILL under load, then restart: every generation a client saw is bille
   const replayed = child.logs().find((l) => l.msg === 'journal replayed')
   t.ok(replayed, 'the restart replayed the journal')
   t.ok(rowsBeforeRestart < rows, 'rows written before the kill were only part of them')
+  for (const id of inFlight) {
+    const [row] = await rowsSoon(() => db.sql`select outcome, usage_source, cost_usd::text as cost from usage_events where generation_id = ${id}`)
+    t.same(row, { outcome: 'interrupted', usage_source: 'generation', cost: fake.generations.get(id)!.cost }, 'the stream cut by the kill is billed as OpenRouter billed it')
+  }
   t.comment(`sigkill: ${first.ok + second.ok} responses, ${first.failed} cut by the kill, generations upstream ${created}, seen by clients ${seen.size}, rows ${rows} (${rowsBeforeRestart} before restart), replayed ${JSON.stringify(replayed)}`)
 })
 
@@ -130,10 +151,11 @@ t.test('SIGTERM: stops accepting, lets the stream in flight finish, flushes, exi
     method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'fake/slow', stream: true, messages: [] }),
   })
   child.proc.kill('SIGTERM')
-  await new Promise((r) => setTimeout(r, 100))
-  const fresh = new Agent() // a new connection, not a kept-alive one
-  await t.rejects(request(`${child.url}/readyz`, { dispatcher: fresh }), 'no new connections after SIGTERM')
-  await fresh.close()
+  const refused = await until(async () => {
+    const fresh = new Agent() // a new connection, not a kept-alive one
+    try { await (await request(`${child.url}/readyz`, { dispatcher: fresh })).body.dump(); return false } catch { return true } finally { await fresh.close() }
+  }, 10_000)
+  t.ok(refused, 'no new connections after SIGTERM')
   const text = await res.body.text()
   t.match(text, /data: \[DONE\]/, 'the stream in flight finished')
   const { code } = await child.exited
@@ -165,4 +187,37 @@ t.test('SIGTERM past the grace period: the cut stream is recorded as interrupted
     if (rows.length === 0) await new Promise((r) => setTimeout(r, 50))
   }
   t.same(rows, [{ outcome: 'interrupted', usage_source: 'generation', cost: fake.generations.get(gen)!.cost }])
+})
+
+t.test('a user seen only while Postgres is down, then SIGKILL: after the restart their mapping is there with their usage', async (t) => {
+  const db = await createTestDb()
+  t.teardown(() => db.drop())
+  const relay = new TcpRelay(db.port)
+  await relay.reserve()
+  await relay.open()
+  const dataDir = mkdtempSync(join(tmpdir(), 'mapping-'))
+  const port = await freePort()
+  let child = spawnSidecar(env(`${relay.url}/${db.name}`, dataDir), port)
+  await child.waitReady()
+  await relay.cut()
+  const res = await request(`${child.url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'x-openwebui-user-id': 'offline-user', 'x-openwebui-user-name': 'Off%20Line', 'x-openwebui-user-email': 'off@example.com', 'x-openwebui-user-role': 'user' },
+    body: JSON.stringify({ model: 'fake/ok', messages: [] }),
+  })
+  const gen = String(res.headers['x-generation-id'])
+  await res.body.text()
+  const journal = join(dataDir, 'journal')
+  const journaled = () => readdirSync(journal).some((f) => readFileSync(join(journal, f), 'utf8').split('\n').some((l) => l.startsWith('{"k":"r"') && l.includes(gen)))
+  t.ok(await until(journaled, 10_000), 'the final record is in the journal')
+  child.proc.kill('SIGKILL')
+  await child.exited
+  await relay.open()
+  child = spawnSidecar(env(`${relay.url}/${db.name}`, dataDir), port)
+  t.teardown(async () => { child.proc.kill('SIGKILL'); await child.exited; await relay.cut() })
+  await child.waitReady()
+  const [usage] = await rowsSoon(() => db.sql`select user_id from usage_events where generation_id = ${gen}`)
+  t.same(usage, { user_id: 'offline-user' }, 'the usage was replayed')
+  const maps = await rowsSoon(() => db.sql`select user_id, user_name, user_email, user_role from user_mappings`)
+  t.same(maps, [{ user_id: 'offline-user', user_name: 'Off Line', user_email: 'off@example.com', user_role: 'user' }], 'and so was the mapping')
 })

@@ -37,6 +37,16 @@ async function post (path: string, body: unknown, headers: Record<string, string
   return { status: res.statusCode, headers: res.headers, bytes, text: bytes.toString('utf8') }
 }
 
+/** Resolves once OpenRouter has started this user's generation (and not finished it yet, for slow models). */
+async function upstreamWorking (user: string) {
+  const external = externalUserId(ORG, user)
+  for (;;) {
+    const g = [...fake.generations.values()].find((x) => x.user === external)
+    if (g) return g
+    await new Promise((r) => setTimeout(r, 5))
+  }
+}
+
 async function rowFor (generationId: string) {
   await settle(s.sidecar, db.sql, 0)
   for (let i = 0; i < 400; i++) {
@@ -194,7 +204,7 @@ t.test('client aborts a stream: upstream aborted, billed as OpenRouter billed it
 
 t.test('client leaves a non-stream request: it is read to the end unseen and billed from inline usage', async (t) => {
   const ac = new AbortController()
-  setTimeout(() => ac.abort(), 100)
+  void upstreamWorking('u-6').then(() => ac.abort()) // leave while OpenRouter is still composing the answer
   await t.rejects(request(s.url + '/v1/chat/completions', {
     method: 'POST', headers: owui('u-6', 'Leaver'), body: JSON.stringify({ model: 'fake/slow-complete', messages: [] }), signal: ac.signal,
   }))
@@ -206,7 +216,7 @@ t.test('client leaves a non-stream request: it is read to the end unseen and bil
 
 t.test('client leaves a stream before its headers: upstream is aborted once they name the generation, then reconciled', async (t) => {
   const ac = new AbortController()
-  setTimeout(() => ac.abort(), 100)
+  void upstreamWorking('u-7').then(() => ac.abort()) // leave before OpenRouter sent its headers
   await t.rejects(request(s.url + '/v1/chat/completions', {
     method: 'POST', headers: owui('u-7', 'Early'), body: JSON.stringify({ model: 'fake/slow-start', stream: true, messages: [] }), signal: ac.signal,
   }))
@@ -237,7 +247,8 @@ t.test('client stops reading a large non-stream answer, then leaves: the exchang
   const sock = (await import('node:net')).connect(port, '127.0.0.1')
   sock.pause() // never read: the sidecar's writes back up and upstream is paused
   sock.write(`POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer proxy-secret-key-1234\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`)
-  await new Promise((r) => setTimeout(r, 500))
+  const sent = await upstreamWorking('stalled-user')
+  while (sent.completedAt === null) await new Promise((r) => setTimeout(r, 10)) // all of it sent towards the sidecar
   sock.destroy()
   const rows: any[] = await rowsSoon(() => db.sql`select *, cost_usd::text as cost_text from usage_events where user_id = 'stalled-user'`)
   const g = fake.generations.get(rows[0]?.generation_id)

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { SseScanner, type SseEvent } from '../src/usage/sse-scanner.js'
+import { MAX_EVENT_BYTES, SseScanner, type SseEvent } from '../src/usage/sse-scanner.js'
 import { ResponseTap } from '../src/usage/response-tap.js'
 import { mulberry32 } from './support/fake-openrouter.js'
 
@@ -89,4 +89,53 @@ t.test('property: random splits of recorded streams (LF and CRLF) give identical
     }
   }
   t.pass('300 random splits x 2 line-end styles agree')
+})
+
+t.test('a 50 MB line costs linear work and bounded memory; the events after it are still found', async (t) => {
+  const events: string[] = []
+  const s = new SseScanner((e) => events.push(e.data.toString()))
+  const filler = Buffer.alloc(64 * 1024, 0x78)
+  let pushed = 0
+  let maxBuffered = 0
+  const push = (b: Buffer) => { s.push(b); pushed += b.length; maxBuffered = Math.max(maxBuffered, s.buffered) }
+  push(Buffer.from('data: {"id":"gen-big","choices":[{"delta":{"content":"'))
+  for (let i = 0; i < 800; i++) push(filler) // 52 MB without a line end
+  push(Buffer.from('"}}]}\n\n: keep-alive\n\ndata: {"usage":{"cost":0.5}}\n\n'))
+  s.end()
+  t.same(events, ['{"usage":{"cost":0.5}}'], 'the oversized event is skipped, the next one delivered')
+  t.equal(s.oversized, 1)
+  t.ok(s.work <= 3 * pushed, `work ${s.work} for ${pushed} bytes: linear, not quadratic`)
+  t.ok(maxBuffered <= 2 * MAX_EVENT_BYTES, `at most ${maxBuffered} bytes held`)
+})
+
+t.test('many small lines in one read, with a CR only at its end: still linear', async (t) => {
+  const s = new SseScanner(() => {})
+  const text = Buffer.from('data: a\n\n'.repeat(100_000) + 'data: b\r\r')
+  s.push(text)
+  t.ok(s.work <= 3 * text.length, `work ${s.work} for ${text.length} bytes`)
+})
+
+t.test('an event over the cap made of many data lines is skipped; one under it passes; lines split across reads are joined', async (t) => {
+  const got: string[] = []
+  const s = new SseScanner((e) => got.push(e.data.toString()), 64)
+  s.push(Buffer.from('data: ' + 'a'.repeat(40) + '\ndata: ' + 'b'.repeat(40) + '\n\n'))
+  s.push(Buffer.from('data: small'))
+  s.push(Buffer.from(' one\n\n'))
+  s.push(Buffer.from('data: ' + 'c'.repeat(50)))
+  s.push(Buffer.from('c'.repeat(50) + '\n\n'))
+  s.push(Buffer.from(': ' + 'comment'.repeat(20)))
+  s.push(Buffer.from('\n\nevent: x\ndata: after\n\n'))
+  s.end()
+  t.same(got, ['small one', 'after'])
+  t.equal(s.oversized, 2, 'the two large events, not the long comment')
+  t.equal(s.buffered, 0)
+})
+
+t.test('the tap skips an oversized event and still reads usage after it', async (t) => {
+  const tap = new ResponseTap('sse')
+  tap.write(Buffer.from('data: {"id":"gen-x","model":"m","choices":[{"delta":{"content":""}}]}\n\n'))
+  tap.write(Buffer.from('data: {"choices":[{"delta":{"content":"' + 'y'.repeat(MAX_EVENT_BYTES) + '"}}]}\n\n'))
+  tap.write(Buffer.from('data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"cost":0.000123456789012345678}}\n\n'))
+  const r = tap.end()
+  t.same([r.generationId, r.usage?.costUsd, r.malformed], ['gen-x', '0.000123456789012345678', false])
 })

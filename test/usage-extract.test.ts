@@ -1,7 +1,7 @@
 import t from 'tap'
 import { exactObjectNearEnd, parseExact, decimal, count, rawNumber } from '../src/usage/exact-json.js'
 import { normalizeUsage, mergeUsage } from '../src/usage/extract.js'
-import { ResponseTap, bodyKind, isTelling } from '../src/usage/response-tap.js'
+import { ResponseTap, bodyKind } from '../src/usage/response-tap.js'
 import { factsFromGeneration } from '../src/usage/reconcile.js'
 
 t.test('exact parser keeps every digit a double would lose', async (t) => {
@@ -15,7 +15,7 @@ t.test('exact parser keeps every digit a double would lose', async (t) => {
   t.throws(() => parseExact('{"a":"unterminated'))
   t.equal(decimal('1e-7'), '1e-7')
   t.equal(decimal('abc'), undefined)
-  t.equal(decimal(0.5), '0.5')
+  t.equal(decimal(0.5), undefined, 'a double\'s digits are not the ones sent')
   t.equal(count('12'), 12)
   t.equal(count('-1'), undefined)
   t.equal(count('1.5'), undefined)
@@ -23,9 +23,9 @@ t.test('exact parser keeps every digit a double would lose', async (t) => {
 
 t.test('usage near the end is found, and a "usage" inside generated text is not taken for it', async (t) => {
   const body = '{"choices":[{"message":{"content":"the \\"usage\\": {\\"cost\\": 9} trick"}}],"usage":{"prompt_tokens":3,"cost":0.1000000000000000000001}}'
-  const native = JSON.parse(body).usage
-  const exact = exactObjectNearEnd(body, 'usage', (v: any) => String(v.prompt_tokens) === String(native.prompt_tokens)) as any
+  const exact = exactObjectNearEnd(body, 'usage') as any
   t.equal(exact.cost, '0.1000000000000000000001')
+  t.equal(exactObjectNearEnd('{"c":"\\"usage\\": {\\"cost\\": 9}"}', 'usage'), undefined, 'an escaped look-alike is never a key')
 })
 
 t.test('usage shapes of every endpoint normalize to one', async (t) => {
@@ -50,14 +50,21 @@ t.test('content type decides how the body is read', async (t) => {
   t.same(tap.end().usage, null)
 })
 
-t.test('only events with usage, an error, a finish reason or a final response are parsed', async (t) => {
-  t.ok(isTelling(Buffer.from('{"usage": {"a":1}}')))
-  t.ok(isTelling(Buffer.from('{"error":{"code":502}}')))
-  t.ok(isTelling(Buffer.from('{"choices":[{"finish_reason":"stop"}]}')))
-  t.ok(isTelling(Buffer.from('{}'), 'response.completed'))
-  t.notOk(isTelling(Buffer.from('{"usage":null,"choices":[{"finish_reason":null}]}')))
-  t.notOk(isTelling(Buffer.from('{"c":"\\"usage\\": {"}')), 'a key inside a string is escaped')
-  t.notOk(isTelling(Buffer.from('{"c":"日本 \\"error\\":{"}')))
+t.test('the tap reads usage, errors, finish reasons and final responses, and nothing that only looks like them', async (t) => {
+  const run = (events: string[]) => {
+    const tap = new ResponseTap('sse')
+    for (const e of events) tap.write(Buffer.from(e))
+    return tap.end()
+  }
+  const first = 'data: {"id":"gen-t","model":"m","choices":[{"delta":{"content":""},"finish_reason":null}]}\n\n'
+  const r = run([first, 'data: {"choices":[{"delta":{"content":"\\"usage\\": {\\"cost\\": 9} 日本 \\"error\\":{"},"finish_reason":null}]}\n\n'])
+  t.same([r.usage, r.error, r.finishReason, r.malformed], [null, null, null, false], 'keys inside a string are escaped: not taken')
+  t.equal(run([first, 'data: {"choices":[{"delta":{},"finish_reason":"length"}]}\n\n']).finishReason, 'length')
+  t.equal(run([first, 'data: {"error":{"code":502,"message":"gone"}}\n\n']).error?.message, 'gone')
+  t.equal(run([first, 'data: {"usage": {"prompt_tokens":1,"cost":0.5}}\n\n']).usage?.costUsd, '0.5')
+  t.equal(run([first, 'data: {"usage":null,"choices":[{"finish_reason":null}]}\n\n']).usage, null)
+  const fin = run(['event: response.completed\ndata: {"type":"response.completed","response":{"id":"gen-r","status":"completed","usage":{"input_tokens":2,"output_tokens":3,"cost":0.25}}}\n\n'])
+  t.same([fin.generationId, fin.usage?.totalTokens, fin.usage?.costUsd, fin.finishReason], ['gen-r', 5, '0.25', 'completed'])
 })
 
 t.test('a non-JSON or empty body is marked, not fatal', async (t) => {
@@ -94,5 +101,8 @@ t.test('rawNumber reads back the exact digits JSON.parse rounded, and only for t
   t.equal(rawNumber(text, 'cost', 0.25), undefined, 'no match for a value that is not there')
   t.equal(rawNumber(text, 'cost', null), undefined)
   t.equal(normalizeUsage(o.usage, text)?.costUsd, '0.00012345678901234567891')
-  t.equal(normalizeUsage(o.usage)?.costUsd, String(o.usage.cost), 'without the text only the double is known')
+  t.equal(normalizeUsage({ ...o.usage, prompt_tokens: 1 })?.costUsd, null, 'without the text only a double is known: the cost is unknown, never String(double)')
+  const escaped = '{"prompt_tokens":3,"co\\u0073t":0.00012345678901234567891}'
+  t.equal(normalizeUsage(JSON.parse(escaped), escaped)?.costUsd, null, 'digits that cannot be read back: unknown, for /generation to fill')
+  t.equal(normalizeUsage(JSON.parse(escaped), escaped)?.promptTokens, 3)
 })

@@ -111,7 +111,8 @@ function forward (req: IncomingMessage, res: ServerResponse, endpoint: string, q
     if (err instanceof IdentityError) { sendError(res, 401, 'authentication_error', 'invalid_identity', err.message); return }
     throw err
   }
-  const externalUserId = ctx.directory.externalIdFor(who)
+  const user = ctx.directory.resolve(who) // normalized once: the id, its external id and mapping agree
+  const externalUserId = user.externalUserId
   const streamed = body.stream === true
   let payload = raw
   if (asJson) {
@@ -131,7 +132,7 @@ function forward (req: IncomingMessage, res: ServerResponse, endpoint: string, q
     eventId: randomUUID(),
     generationId: null,
     organizationId: ctx.organizationId,
-    userId: who.userId,
+    userId: user.userId,
     externalUserId,
     endpoint,
     model: typeof body.model === 'string' ? body.model : null,
@@ -158,6 +159,7 @@ function forward (req: IncomingMessage, res: ServerResponse, endpoint: string, q
     kind: classifyKind(req.headers, { streamed, messages: () => body.messages }, ctx.kinds),
     messageId: messageIdOf(req.headers, ctx.kinds),
     createdAt: new Date().toISOString(),
+    mapping: user.mapping,
   }
   const go = (admission: Admission | null): void => {
     const exchange = new Exchange(res, base, ctx, admission)
@@ -315,9 +317,10 @@ class Exchange implements Dispatcher.DispatchHandler {
       ttfbMs: this.ttfbMs,
     }
     rec = withUsage(rec, tap?.usage ?? null, 'inline')
-    // Usage missing but the generation known: ask OpenRouter what it charged. An upstream error
-    // answered before any generation is recorded as is, with no invented cost.
-    if (rec.usageSource === 'none' && rec.generationId && outcome !== 'upstream_error') {
+    // Cost unknown but the generation known: ask OpenRouter what it charged. Partial usage is not
+    // enough (an aborted /messages stream has tokens from message_start, no cost). An upstream
+    // error answered before any generation is recorded as is, with no invented cost.
+    if (rec.costUsd === null && rec.generationId && outcome !== 'upstream_error') {
       this.ctx.ledger.pending(rec)
       this.ctx.reconciler.enqueue(rec)
     } else {

@@ -84,10 +84,10 @@ export function parseExact (text: string): ExactJson {
 /**
  * Finds the object stored under `"key":` nearest the end of a JSON text and parses it exactly.
  * Usage sits at the end of a completion, so this reads a few hundred characters, not the body.
- * `accept` checks a candidate against the natively parsed value, so a `"usage"` that appears
- * inside generated content is never mistaken for the real one.
+ * Inside a JSON string every quote is escaped, so `"key"` followed by a colon only matches a
+ * real key: generated content cannot pass for it.
  */
-export function exactObjectNearEnd (text: string, key: string, accept: (v: ExactJson) => boolean): ExactJson | undefined {
+export function exactObjectNearEnd (text: string, key: string): ExactJson | undefined {
   const needle = `"${key}"`
   let at = text.lastIndexOf(needle)
   while (at !== -1) {
@@ -96,7 +96,7 @@ export function exactObjectNearEnd (text: string, key: string, accept: (v: Exact
     if (text[i] === ':') {
       try {
         const { value } = parseExactAt(text, i + 1)
-        if (value !== null && typeof value === 'object' && accept(value)) return value
+        if (value !== null && typeof value === 'object') return value
       } catch { /* not this one */ }
     }
     at = at === 0 ? -1 : text.lastIndexOf(needle, at - 1)
@@ -104,10 +104,12 @@ export function exactObjectNearEnd (text: string, key: string, accept: (v: Exact
   return undefined
 }
 
-/** A decimal string (from exact parsing) or undefined; refuses anything that is not a plain number. */
+/**
+ * A decimal string (from exact parsing) or undefined. A JS number is refused: its digits are a
+ * double's, not the ones that were sent.
+ */
 export function decimal (v: unknown): string | undefined {
   if (typeof v === 'string' && /^-?\d+(\.\d+)?([eE][+-]?\d+)?$/.test(v)) return v
-  if (typeof v === 'number' && Number.isFinite(v)) return String(v)
   return undefined
 }
 

@@ -40,9 +40,8 @@ export function normalizeUsage (raw: unknown, source?: string): Usage | null {
     totalTokens: first(count(u.total_tokens), prompt !== null && completion !== null ? prompt + completion : undefined),
     cachedTokens: first(count(promptDetails?.cached_tokens), count(u.cache_read_input_tokens)),
     reasoningTokens: first(count(completionDetails?.reasoning_tokens)),
-    costUsd: first(source === undefined ? undefined : rawNumber(source, 'cost', u.cost), decimal(u.cost)),
-    upstreamCostUsd: first(source === undefined ? undefined : rawNumber(source, 'upstream_inference_cost', costDetails?.upstream_inference_cost),
-      decimal(costDetails?.upstream_inference_cost)),
+    costUsd: exactCost(u.cost, 'cost', source),
+    upstreamCostUsd: exactCost(costDetails?.upstream_inference_cost, 'upstream_inference_cost', source),
     isByok: typeof u.is_byok === 'boolean' ? u.is_byok : null,
   }
   // Tokens written to the provider's prompt cache (priced above input) and audio input tokens.
@@ -55,6 +54,14 @@ export function normalizeUsage (raw: unknown, source?: string): Usage | null {
   if (usage.isByok === false) usage.upstreamCostUsd = null
   const known = usage.promptTokens !== null || usage.completionTokens !== null || usage.totalTokens !== null || usage.costUsd !== null
   return known ? usage : null
+}
+
+/**
+ * A cost's exact digits, or null. After a native parse they can only come from the text: when they
+ * cannot be read back the cost is unknown (and looked up with /generation), never String(double).
+ */
+function exactCost (v: unknown, key: string, source: string | undefined): string | null {
+  return (source === undefined ? decimal(v) : rawNumber(source, key, v)) ?? null
 }
 
 /** Later fields win where present: Anthropic-style streams report input and output in two events. */

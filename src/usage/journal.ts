@@ -30,7 +30,7 @@ export class Journal {
   private nextSeq = 1
   failures = 0
 
-  constructor (private readonly dir: string, private readonly log: Logger) {
+  constructor (private readonly dir: string, private readonly log: Logger, private readonly segmentBytes = SEGMENT_BYTES) {
     mkdirSync(dir, { recursive: true })
   }
 
@@ -150,7 +150,7 @@ export class Journal {
   }
 
   private segment (): Segment {
-    if (this.current && this.size < SEGMENT_BYTES) return this.current
+    if (this.current && this.size < this.segmentBytes) return this.current
     if (this.current) {
       closeSync(this.fd)
       this.fd = -1

@@ -3,7 +3,13 @@ import type { Sql } from '../db/connect.js'
 import { describe } from '../db/connect.js'
 import type { Logger } from '../log.js'
 import type { Journal } from './journal.js'
+import { pgText } from '../db/text.js'
 import { ROW_COLUMNS, toRow, type UsageRecord } from './record.js'
+
+// Column lists as constant SQL text: postgres.js's column helper guesses its form from the
+// keyword before it, which a statement with two INSERTs confuses.
+const USAGE_LIST = ROW_COLUMNS.join(', ')
+const MAPPING_LIST = 'organization_id, user_id, external_user_id, user_name, user_email, user_role, first_seen_at, last_seen_at'
 
 // Records go journal -> memory queue -> batched INSERT ... ON CONFLICT DO NOTHING -> journal
 // trimmed. The request path only calls record(), which returns at once; a client never waits
@@ -33,6 +39,8 @@ export class Ledger {
   private refusedAlike = 0
   written = 0
   rejected = 0
+  /** Batches Postgres refused whole and that were then written row by row. */
+  isolated = 0
 
   constructor (
     private readonly sql: Sql,
@@ -128,7 +136,7 @@ export class Ledger {
       if (this.failures > 0) this.log.info({ afterFailures: this.failures, queued: this.depth }, 'ledger: postgres writes resumed')
       this.failures = 0
     } catch (err) {
-      if (sqlState(err).startsWith('22')) {
+      if (isDataError(err)) {
         try { await this.isolate(batch); return } catch (again) { err = again }
       }
       this.failures++
@@ -142,14 +150,25 @@ export class Ledger {
   }
 
   /**
+   * THE batch write: usage rows and the user mappings they carry, in one statement, so a mapping
+   * commits exactly when its usage does (and both come back from the journal after a crash).
    * One statement text whatever the batch size: the rows travel as one JSON parameter. A
    * multi-row VALUES list would be a new statement (and a new server-side prepare) for every
    * batch size; JSON also keeps numbers exact, since jsonb numerics are Postgres numerics.
    */
   private async insert (rows: UsageRecord[]): Promise<void> {
-    await this.sql`insert into usage_events (${this.sql(ROW_COLUMNS)})
-      select ${this.sql(ROW_COLUMNS)} from jsonb_populate_recordset(null::usage_events, ${this.sql.json(rows.map(toRow) as never)})
-      on conflict do nothing`
+    await this.sql`with usage as (
+        insert into usage_events (${this.sql.unsafe(USAGE_LIST)})
+        select ${this.sql.unsafe(USAGE_LIST)} from jsonb_populate_recordset(null::usage_events, ${this.sql.json(rows.map(toRow) as never)})
+        on conflict do nothing)
+      insert into user_mappings (${this.sql.unsafe(MAPPING_LIST)})
+      select ${this.sql.unsafe(MAPPING_LIST)} from jsonb_populate_recordset(null::user_mappings, ${this.sql.json(mappingRows(rows) as never)})
+      on conflict (organization_id, user_id) do update set
+        user_name = coalesce(excluded.user_name, user_mappings.user_name),
+        user_email = coalesce(excluded.user_email, user_mappings.user_email),
+        user_role = coalesce(excluded.user_role, user_mappings.user_role),
+        first_seen_at = least(user_mappings.first_seen_at, excluded.first_seen_at),
+        last_seen_at = greatest(user_mappings.last_seen_at, excluded.last_seen_at)`
   }
 
   private done (batch: UsageRecord[]): void {
@@ -163,12 +182,13 @@ export class Ledger {
    * an operator can read and replay; the rest go in.
    */
   private async isolate (batch: UsageRecord[]): Promise<void> {
+    this.isolated++
     const refused: Array<{ r: UsageRecord, err: unknown }> = []
     for (const r of batch) {
       try {
         await this.insert([r])
       } catch (err) {
-        if (!sqlState(err).startsWith('22') || !this.opts.rejectedPath) throw err
+        if (!isDataError(err) || !this.opts.rejectedPath) throw err
         refused.push({ r, err })
       }
     }
@@ -186,6 +206,40 @@ export class Ledger {
     }
     this.done(batch)
   }
+}
+
+/**
+ * The mappings a batch carries, one per user: ON CONFLICT DO UPDATE may touch a row only once per
+ * statement (SQLSTATE 21000), so two records of one user in a batch are merged here. Sorted by
+ * user, so two batches in flight lock user_mappings rows in the same order and never deadlock.
+ */
+function mappingRows (batch: UsageRecord[]): Array<Record<string, unknown>> {
+  const byUser = new Map<string, Record<string, unknown> & { first_seen_at: string, last_seen_at: string }>()
+  for (const r of batch) {
+    const m = r.mapping
+    if (!m) continue
+    const userId = pgText(m.userId)
+    const row = byUser.get(userId)
+    if (!row) {
+      byUser.set(userId, {
+        organization_id: r.organizationId, user_id: userId, external_user_id: r.externalUserId,
+        user_name: pgText(m.name), user_email: pgText(m.email), user_role: pgText(m.role), first_seen_at: r.createdAt, last_seen_at: r.createdAt,
+      })
+      continue
+    }
+    row.user_name = pgText(m.name) ?? row.user_name
+    row.user_email = pgText(m.email) ?? row.user_email
+    row.user_role = pgText(m.role) ?? row.user_role
+    if (r.createdAt < row.first_seen_at) row.first_seen_at = r.createdAt
+    if (r.createdAt > row.last_seen_at) row.last_seen_at = r.createdAt
+  }
+  return [...byUser.values()].sort((a, b) => (a.user_id as string) < (b.user_id as string) ? -1 : 1)
+}
+
+/** Postgres refused the data itself (class 22), or one statement touched a row twice (21000). */
+function isDataError (err: unknown): boolean {
+  const state = sqlState(err)
+  return state.startsWith('22') || state === '21000'
 }
 
 function sqlState (err: unknown): string {

@@ -1,5 +1,6 @@
 import { pgText as text } from '../db/text.js'
 import type { Usage } from './extract.js'
+import { checkUsage } from './sanity.js'
 
 // One row of usage_events, as it travels through the journal and the writer. Costs are decimal
 // strings, timestamps ISO strings: the record survives a JSON round trip unchanged.
@@ -45,10 +46,25 @@ export interface UsageRecord extends Usage {
   /** From /generation: OpenRouter stopped the generation (the client left). Null: not looked up. */
   cancelled?: boolean | null
   createdAt: string
+  /** What was off in upstream's numbers (left out of the row), or null. See sanity.ts. */
+  anomaly?: string | null
+  /**
+   * The user's mapping (name, email, role) when it is new, changed or due a refresh: it travels
+   * in the journaled record and is upserted in the same statement as the usage row, so it is
+   * exactly as durable as the usage. Absent on most records and on journal lines of old versions.
+   */
+  mapping?: UserMapping | null
 }
 
+/** One user_mappings row as a record carries it; userId is already normalized (pgText). */
+export interface UserMapping { userId: string, name: string | null, email: string | null, role: string | null }
+
+/** Adds usage from `source`; numbers that are not sane are left out and named in `anomaly`. */
 export function withUsage (rec: UsageRecord, usage: Usage | null, source: UsageSource): UsageRecord {
-  return usage ? { ...rec, ...usage, usageSource: source } : rec
+  if (!usage) return rec
+  const checked = checkUsage(usage)
+  const anomaly = checked.anomaly === null ? rec.anomaly ?? null : [rec.anomaly, `${source}: ${checked.anomaly}`].filter(Boolean).join('; ')
+  return { ...rec, ...checked.usage, usageSource: source, anomaly }
 }
 
 /** Column order of usage_events as the writer inserts it. */
@@ -83,6 +99,7 @@ export function toRow (r: UsageRecord): Record<string, unknown> {
     chat_id: text(r.chatId),
     kind: text(r.kind) ?? 'api', // journal lines from before migration 003 have none
     message_id: text(r.messageId),
+    anomaly: text(r.anomaly ?? null),
     cache_write_tokens: r.cacheWriteTokens ?? null,
     audio_tokens: r.audioTokens ?? null,
     cancelled: r.cancelled ?? null,

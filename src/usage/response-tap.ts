@@ -207,7 +207,7 @@ export class ResponseTap {
     if (id) { this.result.generationId = id; this.onGenerationId?.(id) }
     this.result.servedModel = headField(head, 'model')
     this.result.provider = headField(head, 'provider')
-    const exact = exactObjectNearEnd(body, 'usage', () => true)
+    const exact = exactObjectNearEnd(body, 'usage')
     const usage = normalizeUsage(exact)
     if (usage) this.result.usage = usage
     else this.result.malformed = true
@@ -222,9 +222,4 @@ export class ResponseTap {
 function headField (head: string, key: string): string | null {
   const m = new RegExp(`"${key}"\\s*:\\s*"([^"\\\\]{1,300})"`).exec(head)
   return m ? m[1] : null
-}
-
-/** Is this event one of the few worth parsing (usage, an error, a finish reason, a final response)? */
-export function isTelling (data: Buffer, type?: string): boolean {
-  return (type !== undefined && FINAL_EVENTS.has(type)) || TELLING.test(data.toString('latin1'))
 }

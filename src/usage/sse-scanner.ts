@@ -14,16 +14,36 @@ const LF = 0x0a
 const CR = 0x0d
 const COLON = 0x3a
 const SPACE = 0x20
-const EMPTY = Buffer.alloc(0)
+const DATA = Buffer.from('data')
+
+/**
+ * The most bytes one event (or one line) is buffered for. The meter needs small events only (the
+ * first one, usage, errors); a larger one (a 150 MB line) is skipped: its bytes still reach the
+ * client, and its end is still found, but it is neither kept nor parsed, so work stays linear.
+ */
+export const MAX_EVENT_BYTES = 4 * 1024 * 1024
 
 export class SseScanner {
-  private carry: Buffer = EMPTY
+  /** Pieces of a line not ended yet (copies: the caller may reuse its buffers). */
+  private lineParts: Buffer[] = []
+  private lineBytes = 0
+  /** The line being carried passed the cap: its bytes are dropped until it ends. */
+  private lineTooLong = false
   private skipLf = false // the previous read ended on CR: a LF opening this one belongs to it
   private dataParts: Buffer[] = []
+  private dataBytes = 0
+  private eventTooLarge = false
   private type: string | undefined
   private hasData = false
+  /** Bytes examined or copied so far: at most a small constant times the bytes pushed. */
+  work = 0
+  /** Events skipped for being larger than the cap. */
+  oversized = 0
 
-  constructor (private readonly onEvent: (event: SseEvent) => void) {}
+  constructor (private readonly onEvent: (event: SseEvent) => void, private readonly maxEventBytes = MAX_EVENT_BYTES) {}
+
+  /** Bytes held between reads: bounded by about twice the cap, whatever the input. */
+  get buffered (): number { return this.lineBytes + this.dataBytes }
 
   push (chunk: Buffer): void {
     let buf = chunk
@@ -31,18 +51,15 @@ export class SseScanner {
       this.skipLf = false
       if (buf.length > 0 && buf[0] === LF) buf = buf.subarray(1)
     }
-    if (this.carry.length > 0) {
-      buf = Buffer.concat([this.carry, buf])
-      this.carry = EMPTY
-    }
     let start = 0
     const n = buf.length
-    // CR alone also ends a line (the spec allows it); look for it only when the read has one.
-    let hasCr = buf.indexOf(CR) !== -1
+    // Each search resumes where the last match was: every byte is looked at once per kind of
+    // line end, however the lines fall into reads.
+    let lf = -2
+    let cr = -2
     while (start < n) {
-      const lf = buf.indexOf(LF, start)
-      const cr = hasCr ? buf.indexOf(CR, start) : -1
-      if (cr === -1) hasCr = false
+      if (lf !== -1 && lf < start) { lf = buf.indexOf(LF, start); this.work += (lf === -1 ? n : lf) - start }
+      if (cr !== -1 && cr < start) { cr = buf.indexOf(CR, start); this.work += (cr === -1 ? n : cr) - start }
       let end: number
       let next: number
       if (cr !== -1 && (lf === -1 || cr < lf)) {
@@ -55,44 +72,83 @@ export class SseScanner {
       } else {
         break
       }
-      this.line(buf, start, end)
+      if (this.lineBytes > 0 || this.lineTooLong) this.carriedLine(buf.subarray(start, end))
+      else this.line(buf, start, end)
       start = next
     }
-    // Copy what outlives this call: the caller owns its buffer and may reuse it.
-    if (start < n) this.carry = Buffer.from(buf.subarray(start))
+    if (start < n) this.carry(buf.subarray(start))
+    // Data kept from this read must outlive it: the caller owns its buffer and may reuse it.
     for (let i = 0; i < this.dataParts.length; i++) {
-      if (this.dataParts[i].buffer === buf.buffer) this.dataParts[i] = Buffer.from(this.dataParts[i])
+      if (this.dataParts[i].buffer === chunk.buffer) this.dataParts[i] = Buffer.from(this.dataParts[i])
     }
   }
 
   /** The stream ended: a final event not followed by a blank line is still delivered. */
   end (): void {
-    if (this.carry.length > 0) {
-      const rest = this.carry
-      this.carry = EMPTY
-      this.line(rest, 0, rest.length)
-    }
+    if (this.lineBytes > 0 || this.lineTooLong) this.carriedLine(Buffer.alloc(0))
     this.dispatch()
+  }
+
+  private carry (rest: Buffer): void {
+    if (this.lineTooLong) return
+    if (this.lineBytes + rest.length > this.maxEventBytes) { this.tooLong(rest); return }
+    this.lineParts.push(Buffer.from(rest))
+    this.lineBytes += rest.length
+    this.work += rest.length
+  }
+
+  /** A line that began in an earlier read ends with `tail`. */
+  private carriedLine (tail: Buffer): void {
+    if (!this.lineTooLong && this.lineBytes + tail.length > this.maxEventBytes) this.tooLong(tail)
+    if (this.lineTooLong) { this.lineTooLong = false; return }
+    const whole = Buffer.concat([...this.lineParts, tail], this.lineBytes + tail.length)
+    this.work += whole.length
+    this.lineParts = []
+    this.lineBytes = 0
+    this.line(whole, 0, whole.length)
+  }
+
+  /** The carried line outgrew the cap: drop it; if it was a data line, its event is skipped. */
+  private tooLong (more: Buffer): void {
+    const head = Buffer.concat([...this.lineParts, more.subarray(0, 5)]).subarray(0, 5)
+    if (head.subarray(0, 4).equals(DATA) && (head.length === 4 || head[4] === COLON)) this.skipEvent()
+    this.lineParts = []
+    this.lineBytes = 0
+    this.lineTooLong = true
+  }
+
+  private skipEvent (): void {
+    this.eventTooLarge = true
+    this.hasData = true
+    this.dataParts.length = 0
+    this.dataBytes = 0
   }
 
   private line (buf: Buffer, start: number, end: number): void {
     if (start === end) { this.dispatch(); return }
     if (buf[start] === COLON) return // comment, e.g. ": OPENROUTER PROCESSING"
-    const colon = buf.indexOf(COLON, start)
+    // The field names the meter reads are at most 5 bytes: look no further for the colon.
+    let colon = -1
+    for (let i = start; i < end && i <= start + 5; i++) if (buf[i] === COLON) { colon = i; break }
     let fieldEnd = end
     let valueStart = end
-    if (colon !== -1 && colon < end) {
+    if (colon !== -1) {
       fieldEnd = colon
       valueStart = colon + 1
       if (valueStart < end && buf[valueStart] === SPACE) valueStart++
+    } else if (end - start > 5) {
+      return // a field name longer than any the meter reads
     }
     // Field names compared as bytes: no string is made for a line that is not kept.
     const len = fieldEnd - start
     if (len === 4 && buf[start] === 0x64 && buf[start + 1] === 0x61 && buf[start + 2] === 0x74 && buf[start + 3] === 0x61) { // data
+      if (this.eventTooLarge) return
+      this.dataBytes += end - valueStart
+      if (this.dataBytes > this.maxEventBytes) { this.skipEvent(); return }
       this.dataParts.push(buf.subarray(valueStart, end))
       this.hasData = true
     } else if (len === 5 && buf[start] === 0x65 && buf[start + 1] === 0x76 && buf[start + 2] === 0x65 && buf[start + 3] === 0x6e && buf[start + 4] === 0x74) { // event
-      this.type = buf.toString('utf8', valueStart, end)
+      this.type = buf.toString('utf8', valueStart, Math.min(end, valueStart + 256))
     }
     // id: and retry: carry nothing the meter needs.
   }
@@ -108,9 +164,13 @@ export class SseScanner {
       data = Buffer.concat(joined)
     }
     const type = this.type
+    const skipped = this.eventTooLarge
     this.dataParts.length = 0
+    this.dataBytes = 0
     this.hasData = false
+    this.eventTooLarge = false
     this.type = undefined
+    if (skipped) { this.oversized++; return }
     this.onEvent({ type, data })
   }
 }

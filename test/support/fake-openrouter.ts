@@ -15,6 +15,11 @@ import { gzipSync } from 'node:zlib'
 //   fake/slow          paced events (aborts)  fake/garbage     200 with a non-JSON body
 //   fake/hang          headers, then silence  fake/crlf        CRLF line ends
 //   fake/silent        no answer at all
+//   fake/negative-cost, fake/huge-cost (401 digits), fake/huge-tokens (3e9 prompt tokens): bad numbers
+//   fake/escaped-cost  the usage key written "co\u0073t": valid JSON whose digits cannot be read back
+//   fake/cut-stream    a stream whose connection dies after its first events (partial usage)
+//   fake/endless-anon  a stream that never names its generation and never ends
+// /messages streams in Anthropic's shape: message_start (input tokens, no cost) ... message_delta.
 //   fake/gzip          gzip-compressed answer (JSON, or SSE when streamed) whatever accept-encoding
 //                      asked for, as an upstream or a proxy before it may do
 
@@ -124,6 +129,13 @@ export class FakeOpenRouter {
       return json(res, 402, { error: { code: 402, message: 'Insufficient credits. Add more using https://openrouter.ai/credits', metadata: {} } })
     }
     const g = this.newGeneration(endpoint, model, parsed.stream === true, typeof parsed.user === 'string' ? parsed.user : null)
+    if (model === 'fake/endless-anon') {
+      // Never names the generation (no header, no id in any event) and never ends by itself.
+      res.writeHead(200, { 'content-type': 'text/event-stream' })
+      const timer = setInterval(() => res.write(': OPENROUTER PROCESSING\n\n'), 50)
+      res.on('close', () => { clearInterval(timer); g.cancelled = true; g.completedAt = Date.now() })
+      return
+    }
     if (model === 'fake/cut-json') {
       // Declares a length, sends part of it, then the connection dies.
       res.writeHead(200, { 'content-type': 'application/json', 'content-length': '5000', 'x-generation-id': g.id })
@@ -162,6 +174,9 @@ export class FakeOpenRouter {
       promptTokens: 11 + n, completionTokens: CONTENT.length, cachedTokens: n % 3, reasoningTokens: n % 2, cacheWriteTokens: n % 4, audioTokens: n % 5, cost, user,
       cancelled: false, finishReason: 'stop', completedAt: null,
     }
+    if (model === 'fake/negative-cost') g.cost = '-0.0042'
+    if (model === 'fake/huge-cost') g.cost = '1' + '0'.repeat(400)
+    if (model === 'fake/huge-tokens') g.promptTokens = 3_000_000_000
     this.generations.set(g.id, g)
     return g
   }
@@ -181,6 +196,7 @@ export class FakeOpenRouter {
 
   private complete (g: FakeGeneration, endpoint: string, res: ServerResponse): void {
     const text = JSON.stringify(CONTENT.join(''))
+    const usage = g.model === 'fake/escaped-cost' ? this.usage(g, endpoint).replace('"cost":', '"co\\u0073t":') : this.usage(g, endpoint)
     let body: string
     if (endpoint === 'responses') {
       body = `{"id":"${g.id}","object":"response","model":"${g.model}","status":"completed","output":[{"type":"message","content":[{"type":"output_text","text":${text}}]}],"usage":${this.usage(g, endpoint)}}`
@@ -188,7 +204,7 @@ export class FakeOpenRouter {
       body = `{"id":"${g.id}","type":"message","role":"assistant","model":"${g.model}","content":[{"type":"text","text":${text}}],"stop_reason":"end_turn","usage":${this.usage(g, endpoint)}}`
     } else {
       body = `{"id":"${g.id}","provider":"${g.provider}","model":"${g.model}","object":"chat.completion","created":1764300000,` +
-        `"choices":[{"index":0,"finish_reason":"stop","message":{"role":"assistant","content":${text}}}],"usage":${this.usage(g, endpoint)}}`
+        `"choices":[{"index":0,"finish_reason":"stop","message":{"role":"assistant","content":${text}}}],"usage":${usage}}`
     }
     res.writeHead(200, { 'content-type': 'application/json', 'x-generation-id': g.id })
     this.finish(g, res, Buffer.from(body))
@@ -224,13 +240,23 @@ export class FakeOpenRouter {
     const chunk = (delta: string, finish: string | null) =>
       `{"id":"${g.id}","provider":"${g.provider}","model":"${g.model}","object":"chat.completion.chunk","created":1764300000,` +
       `"choices":[{"index":0,"delta":${delta},"finish_reason":${finish === null ? 'null' : `"${finish}"`},"native_finish_reason":null}]}`
-    if (endpoint === 'responses') {
+    const slow = model === 'fake/slow' || model === 'fake/slow-start' || model === 'fake/slow-unnamed'
+    if (endpoint === 'messages') {
+      // Anthropic's shape: message_start carries the input tokens and no cost; the cost comes last.
+      const n = slow ? 200 : CONTENT.length
+      if (slow) g.completionTokens = n
+      events.push(ev(`{"type":"message_start","message":{"id":"${g.id}","type":"message","role":"assistant","model":"${g.model}","content":[],"stop_reason":null,"usage":{"input_tokens":${g.promptTokens},"output_tokens":1}}}`, 'message_start'))
+      events.push(ev('{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}', 'content_block_start'))
+      for (let i = 0; i < n; i++) events.push(ev(`{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":${JSON.stringify(CONTENT[i % CONTENT.length])}}}`, 'content_block_delta'))
+      events.push(ev('{"type":"content_block_stop","index":0}', 'content_block_stop'))
+      events.push(ev(`{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":${g.completionTokens},"cost":${g.cost}}}`, 'message_delta'))
+      events.push(ev('{"type":"message_stop"}', 'message_stop'))
+    } else if (endpoint === 'responses') {
       events.push(ev(`{"type":"response.created","response":{"id":"${g.id}","model":"${g.model}","status":"in_progress","usage":null}}`, 'response.created'))
       for (const c of CONTENT) events.push(ev(`{"type":"response.output_text.delta","delta":${JSON.stringify(c)}}`, 'response.output_text.delta'))
       events.push(ev(`{"type":"response.completed","response":{"id":"${g.id}","model":"${g.model}","status":"completed","usage":${this.usage(g, endpoint)}}}`, 'response.completed'))
     } else {
       events.push(ev(chunk('{"role":"assistant","content":""}', null)))
-      const slow = model === 'fake/slow' || model === 'fake/slow-start' || model === 'fake/slow-unnamed'
       const n = slow ? 200 : CONTENT.length
       if (slow) g.completionTokens = n
       for (let i = 0; i < n; i++) {
@@ -254,6 +280,13 @@ export class FakeOpenRouter {
     }
     const named = model === 'fake/slow-unnamed' ? {} : { 'x-generation-id': g.id }
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', ...named })
+    if (model === 'fake/cut-stream') {
+      // The first events (with partial usage), then the connection dies.
+      res.write(events.slice(0, 4).join(''))
+      g.completedAt = Date.now()
+      setTimeout(() => res.socket?.destroy(), 30)
+      return
+    }
     if (model === 'fake/hang') {
       res.write(events[0])
       res.flushHeaders()
@@ -267,11 +300,11 @@ export class FakeOpenRouter {
       let sentEvents = 0
       for (const e of events) {
         if (aborted) break
-        if (model === 'fake/slow-unnamed' && sentEvents === 0 && e.startsWith('data: {')) await sleep(300) // the id comes late
+        if (model === 'fake/slow-unnamed' && sentEvents === 0 && e.includes('data: {')) await sleep(300) // the id comes late
         const b = Buffer.from(e)
         sentParts.push(b)
         res.write(b)
-        if (e.startsWith('data: {')) sentEvents++
+        if (e.includes('data: {')) sentEvents++
         await sleep(this.slowEventMs)
       }
       if (aborted) {

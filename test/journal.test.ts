@@ -1,0 +1,114 @@
+import t from 'tap'
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, statSync, symlinkSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { randomUUID } from 'node:crypto'
+import { createTestDb } from './support/db.js'
+import { LogSink } from './support/sidecar.js'
+import { mountTinyDisk } from './support/tiny-disk.js'
+import { createLogger } from '../src/log.js'
+import { migrate } from '../src/db/migrate.js'
+import { Journal } from '../src/usage/journal.js'
+import { Ledger } from '../src/usage/ledger.js'
+import type { UsageRecord } from '../src/usage/record.js'
+
+const ORG = 'mai_client_journal'
+const rec = (i: number, extra: Partial<UsageRecord> = {}): UsageRecord => ({
+  eventId: randomUUID(), generationId: `gen-journal-${i}-${randomUUID()}`, organizationId: ORG, userId: 'u', externalUserId: `${ORG}_user_x`,
+  endpoint: 'chat/completions', model: 'm', servedModel: 'm', provider: 'p', streamed: true, status: 200, outcome: 'ok',
+  finishReason: 'stop', errorMessage: null, usageSource: 'inline', promptTokens: i, completionTokens: 1, totalTokens: i + 1,
+  cachedTokens: 0, reasoningTokens: 0, costUsd: '0.000123456789012345678', upstreamCostUsd: null, isByok: false,
+  markupPercent: '0', latencyMs: 1.5, ttfbMs: 0.5, chatId: null, kind: 'api', messageId: null, createdAt: new Date().toISOString(), ...extra,
+})
+const segments = (dir: string) => readdirSync(dir).filter((f) => f.startsWith('seg-')).sort()
+
+t.test('segments rotate at their size; a pending line keeps its segment alive until its record commits', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'journal-rot-'))
+  const log = createLogger('silent')
+  const j = new Journal(dir, log, 400) // about one line per segment
+  const long = rec(1) // a stream still running when its segments fill
+  j.pending(long)
+  const done = Array.from({ length: 4 }, (_, i) => rec(10 + i))
+  for (const r of done) j.append(r)
+  const first = segments(dir)[0]
+  t.ok(segments(dir).length >= 4, `rotated into ${segments(dir).length} segments`)
+  for (const r of done) j.committed(r.eventId)
+  t.ok(existsSync(join(dir, first)), 'the segment holding only the pending line is kept')
+  t.equal(segments(dir).length, 2, 'fully committed, sealed segments are deleted; the pending one and the open one stay')
+  // A crash now: the pending line is all that says this generation must be reconciled.
+  const again = new Journal(dir, log, 400)
+  const replay = again.replay()
+  t.same(replay.pendings.map((r) => r.eventId), [long.eventId], 'the pending line survived the rotation')
+  for (const r of replay.finals) again.committed(r.eventId) // their rows are written again (idempotently)
+  again.append({ ...long, outcome: 'interrupted' })
+  again.committed(long.eventId)
+  again.close()
+  t.same(segments(dir), [], 'everything deleted once committed')
+})
+
+t.test('a disk that fills up: a cut-short write is taken back, the failure is counted, and appends resume once there is room', async (t) => {
+  const disk = mountTinyDisk()
+  t.teardown(() => disk?.close())
+  const logs = new LogSink()
+  const log = createLogger('info', logs)
+  if (!disk) {
+    // Without root no tmpfs can be mounted: /dev/full still fails every write for real.
+    const dir = mkdtempSync(join(tmpdir(), 'journal-full-'))
+    symlinkSync('/dev/full', join(dir, 'seg-000000000001.jsonl'))
+    const j = new Journal(dir, log)
+    t.equal(j.append(rec(1)), false, 'append reports the failure')
+    t.equal(j.failures, 1)
+    t.match(logs.text, /journal: append failed/)
+    t.comment('tmpfs not mountable here: cut-short writes (ftruncate) were not exercised')
+    return
+  }
+  const dir = join(disk.dir, 'journal')
+  const j = new Journal(dir, log)
+  const first = rec(1)
+  t.equal(j.append(first), true)
+  const [seg] = segments(dir)
+  const before = statSync(join(dir, seg)).size
+  disk.fill()
+  // Larger than the slack left in the segment's last page: write(2) takes part of it, then ENOSPC.
+  const big = rec(2, { errorMessage: 'x'.repeat(6000) })
+  t.equal(j.append(big), false, 'append reports the failure')
+  t.equal(j.failures, 1)
+  t.equal(statSync(join(dir, seg)).size, before, 'the partial line was truncated away')
+  t.match(logs.text, /journal: append failed; record kept in memory only/)
+  t.equal(j.backlog, 1, 'the failed record is not counted as on disk')
+  disk.free()
+  const third = rec(3)
+  t.equal(j.append(third), true, 'appends resume once there is room')
+  j.close()
+  const replay = new Journal(dir, log).replay()
+  t.same(replay.finals.map((r) => r.eventId), [first.eventId, third.eventId])
+  t.equal(replay.tornLines, 0, 'no torn line left behind')
+})
+
+t.test('records the journal cannot write (a full disk) stay in memory and still reach Postgres', async (t) => {
+  const db = await createTestDb()
+  t.teardown(() => db.drop())
+  await migrate(db.sql, 'sql')
+  await db.sql`insert into organizations (id, name) values (${ORG}, 'Journal Org')`
+  const disk = mountTinyDisk()
+  t.teardown(() => disk?.close())
+  let dir: string
+  if (disk) {
+    dir = join(disk.dir, 'journal')
+    mkdirSync(dir)
+    disk.fill()
+  } else {
+    dir = mkdtempSync(join(tmpdir(), 'journal-full-'))
+    symlinkSync('/dev/full', join(dir, 'seg-000000000001.jsonl'))
+  }
+  const log = createLogger('silent')
+  const journal = new Journal(dir, log)
+  const ledger = new Ledger(db.sql, journal, log, { batchSize: 5, flushMs: 5, maxInMemory: 2 })
+  for (let i = 0; i < 6; i++) ledger.record(rec(i))
+  t.equal(journal.failures, 6, 'every append failed on the disk itself')
+  t.equal(ledger.inMemory, 6, 'not spilled past the memory cap: they are not on disk')
+  t.ok(await ledger.drain(5000))
+  t.equal((await db.sql`select count(*)::int as n from usage_events`)[0].n, 6)
+  ledger.close()
+  journal.close()
+})

@@ -1,0 +1,72 @@
+#!/usr/bin/env node
+// Mutation check, on demand (`npm run mutate`), not in CI: each entry below breaks the code on
+// purpose, in one small place, and the named test files must then fail. A break the tests do not
+// notice means a claim nothing checks. Everything happens in a copy of the tree (a temp dir with
+// node_modules linked in), so a crash never leaves src/ mutated.
+//
+// Usage: npm run mutate [-- name-filter]
+import { spawnSync } from 'node:child_process'
+import { cpSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join, resolve } from 'node:path'
+import { BREAKS } from './breaks.mjs'
+
+const root = resolve(import.meta.dirname, '..', '..')
+const filter = process.argv[2]
+const breaks = BREAKS.filter((b) => !filter || b.name.includes(filter))
+
+const copy = mkdtempSync(join(tmpdir(), 'usage-proxy-mutate-'))
+for (const entry of ['src', 'test', 'sql', 'package.json', 'tsconfig.json', 'tsconfig.build.json']) {
+  cpSync(join(root, entry), join(copy, entry), { recursive: true })
+}
+symlinkSync(join(root, 'node_modules'), join(copy, 'node_modules'), 'dir')
+const cleanup = () => rmSync(copy, { recursive: true, force: true })
+process.on('SIGINT', () => { cleanup(); process.exit(130) })
+
+function runTests (files) {
+  const r = spawnSync('npx', ['tap', '--disable-coverage', '-R', 'silent', '-t', '120', ...files], { cwd: copy, encoding: 'utf8', env: { ...process.env, FORCE_COLOR: '0' } })
+  return r.status === 0
+}
+
+const rows = []
+try {
+  // The unbroken tree must pass the files, or a "caught" break proves nothing.
+  const files = [...new Set(breaks.flatMap((b) => b.tests))]
+  if (!runTests(files)) {
+    console.error(`baseline failed: ${files.join(' ')} do not pass on the unbroken tree`)
+    process.exitCode = 1
+  } else {
+    for (const b of breaks) {
+      const path = join(copy, b.file)
+      const original = readFileSync(path, 'utf8')
+      let verdict
+      if (!original.includes(b.search)) {
+        verdict = 'STALE (search text not found)'
+      } else {
+        writeFileSync(path, original.replace(b.search, b.replace))
+        const started = Date.now()
+        try {
+          verdict = runTests(b.tests) ? 'SURVIVED' : 'caught'
+        } finally {
+          writeFileSync(path, original)
+        }
+        verdict += ` (${((Date.now() - started) / 1000).toFixed(0)} s)`
+      }
+      rows.push([b.name, b.file, verdict])
+      console.log(`${verdict.startsWith('caught') ? 'ok  ' : 'FAIL'} ${b.name}: ${verdict}`)
+    }
+  }
+} finally {
+  cleanup()
+}
+
+if (rows.length > 0) {
+  const w = [0, 1, 2].map((i) => Math.max(...rows.map((r) => r[i].length), ['break', 'file', 'verdict'][i].length))
+  const line = (r) => r.map((c, i) => c.padEnd(w[i])).join('  ')
+  console.log('\n' + line(['break', 'file', 'verdict']))
+  console.log(w.map((n) => '-'.repeat(n)).join('  '))
+  for (const r of rows) console.log(line(r))
+  const bad = rows.filter((r) => !r[2].startsWith('caught'))
+  console.log(`\n${rows.length - bad.length}/${rows.length} breaks caught`)
+  if (bad.length > 0) process.exitCode = 1
+}
