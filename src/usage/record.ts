@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto'
 import { pgText as text } from '../db/text.js'
 import type { Usage } from './extract.js'
 
@@ -42,6 +43,39 @@ export interface UsageRecord extends Usage {
   /** Open WebUI's message id (X-OpenWebUI-Message-Id), when the app sends it. */
   messageId: string | null
   createdAt: string
+}
+
+/** What is known when an exchange starts: who asks, for what. */
+export type RecordStart = Pick<UsageRecord, 'organizationId' | 'userId' | 'externalUserId' | 'endpoint' | 'model' | 'streamed' | 'markupPercent' | 'chatId'> &
+  Partial<UsageRecord>
+
+/** A record for an exchange about to start: 'interrupted' with nothing known until it ends. */
+export function newRecord (start: RecordStart): UsageRecord {
+  return {
+    eventId: randomUUID(),
+    generationId: null,
+    servedModel: null,
+    provider: null,
+    status: 0,
+    outcome: 'interrupted',
+    finishReason: null,
+    errorMessage: null,
+    usageSource: 'none',
+    promptTokens: null,
+    completionTokens: null,
+    totalTokens: null,
+    cachedTokens: null,
+    reasoningTokens: null,
+    costUsd: null,
+    upstreamCostUsd: null,
+    isByok: null,
+    latencyMs: null,
+    ttfbMs: null,
+    kind: 'api',
+    messageId: null,
+    createdAt: new Date().toISOString(),
+    ...start,
+  }
 }
 
 export function withUsage (rec: UsageRecord, usage: Usage | null, source: UsageSource): UsageRecord {
