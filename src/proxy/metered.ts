@@ -316,7 +316,13 @@ class Exchange implements Dispatcher.DispatchHandler {
     // Journal it as pending once the read that revealed it is handled: a response that also
     // completed in that read (most non-stream answers) goes straight to its final line, saving
     // a write; any other is pending before the event loop turns, let alone before a crash could.
-    queueMicrotask(() => { if (!this.done) this.ctx.ledger.pending(this.rec) })
+    queueMicrotask(() => {
+      try {
+        if (!this.done) this.ctx.ledger.pending(this.rec)
+      } catch (err) {
+        this.ctx.log.error({ err: err instanceof Error ? err.message : String(err) }, 'metered request: could not journal it as pending')
+      }
+    })
   }
 
   /**

@@ -4,8 +4,8 @@
 // file contents are never looked at, and the new body is the old one's slices around the new
 // value, copied once.
 //
-// Strict where parsers could disagree: a boundary line followed by anything but `--` or a line
-// end, a missing closing delimiter or a part without a header end is refused, so no parser
+// Strict where parsers could disagree: a preamble, a boundary line followed by anything but `--`
+// or a line end, a missing closing delimiter, a header line without a colon is refused, so no parser
 // upstream can find a `user` part this one did not replace.
 
 export interface Span { start: number, end: number }
@@ -63,14 +63,10 @@ const HEADER_END = Buffer.from('\r\n\r\n')
 export function scanMultipart (bytes: Buffer, boundary: string): MultipartBody | null {
   const dash = Buffer.from(`--${boundary}`)
   const delimiter = Buffer.concat([CRLF, dash])
-  // The first boundary opens the body or follows a preamble's line end.
-  let at: number
-  if (startsWithAt(bytes, dash, 0)) at = 0
-  else {
-    const d = bytes.indexOf(delimiter)
-    if (d === -1) return null
-    at = d + 2
-  }
+  // The first boundary opens the body. A preamble is legal but no client sends one, and parsers
+  // disagree on what they find in it: refused.
+  if (!startsWithAt(bytes, dash, 0)) return null
+  let at = 0
   const users: Span[] = []
   for (;;) {
     let p = at + dash.length
