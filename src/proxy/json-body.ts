@@ -52,27 +52,29 @@ export class JsonBody {
     return s !== undefined && this.bytes[s.start] === 0x74
   }
 
-  /**
-   * The body with every top-level `user` set to `user` (or one appended), as one new buffer:
-   * the client's bytes around the new value, copied once.
-   */
+  /** The body with every top-level `user` set to `user` (or one appended), as one new buffer. */
   withUser (user: string): Buffer {
+    return Buffer.concat(this.withUserParts(user))
+  }
+
+  /**
+   * The same as slices of the client's bytes around the new value: nothing copied, for a large
+   * body that is written upstream piece by piece.
+   */
+  withUserParts (user: string): Buffer[] {
     const value = Buffer.from(JSON.stringify(user))
     const b = this.bytes
     if (this.users.length === 0) {
-      const field = Buffer.from(this.count === 0 ? `"user":${value}` : `,"user":${value}`)
-      return Buffer.concat([b.subarray(0, this.close), field, b.subarray(this.close)], b.length + field.length)
+      return [b.subarray(0, this.close), Buffer.from(this.count === 0 ? `"user":${value}` : `,"user":${value}`), b.subarray(this.close)]
     }
     const parts: Buffer[] = []
     let at = 0
-    let length = 0
     for (const u of this.users) {
       parts.push(b.subarray(at, u.start), value)
-      length += u.start - at + value.length
       at = u.end
     }
     parts.push(b.subarray(at))
-    return Buffer.concat(parts, length + b.length - at)
+    return parts
   }
 
   /** @internal called by the scan for each top-level member. */

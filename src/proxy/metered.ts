@@ -123,8 +123,8 @@ interface RequestBody {
   json: JsonBody | null
   /** The body's own `user` field, if a string. */
   user: string | undefined
-  /** The bytes to forward, with `user` set to the user's external id. */
-  withUser: (user: string) => Buffer
+  /** The bytes to forward, with `user` set to the user's external id, as slices of the body read. */
+  withUser: (user: string) => Buffer[]
 }
 
 /**
@@ -143,7 +143,7 @@ function readPayload (req: IncomingMessage, res: ServerResponse, kind: 'json' | 
     }
     const form = scanMultipart(raw, boundary)
     if (!form) { sendError(res, 400, 'invalid_request_error', 'invalid_multipart', 'request body is not well-formed multipart/form-data'); return }
-    done({ json: null, user: form.user, withUser: (user) => form.withUser(user) })
+    done({ json: null, user: form.user, withUser: (user) => form.withUserParts(user) })
     return
   }
   const scan = new BodyScan(raw)
@@ -152,7 +152,7 @@ function readPayload (req: IncomingMessage, res: ServerResponse, kind: 'json' | 
     if (!scan.step(SCAN_SLICE_BYTES)) { setImmediate(() => guarded(res, ctx, step)); return }
     const json = scan.body
     if (!json) { sendError(res, 400, 'invalid_request_error', 'invalid_json', 'request body must be a JSON object'); return }
-    done({ json, user: json.string('user'), withUser: (user) => json.withUser(user) })
+    done({ json, user: json.string('user'), withUser: (user) => json.withUserParts(user) })
   }
   step()
 }
@@ -188,12 +188,25 @@ function requestHeaders (req: IncomingMessage, body: RequestBody, ctx: MeterCont
 }
 
 /** Step 5: on the upstream pool; from here on the Exchange answers the client whatever happens. */
-function dispatch (res: ServerResponse, path: string, headers: Record<string, string>, body: Buffer, rec: UsageRecord, ctx: MeterContext): void {
+function dispatch (res: ServerResponse, path: string, headers: Record<string, string>, parts: Buffer[], rec: UsageRecord, ctx: MeterContext): void {
+  let length = 0
+  for (const p of parts) length += p.length
+  // A small body is joined (one write); a large one goes as its slices with a declared length,
+  // so a 4 MB image is never copied a second time (each copy of that size also costs a GC).
+  let body: Buffer | Buffer[]
+  if (length <= JOIN_BELOW_BYTES) body = Buffer.concat(parts, length)
+  else {
+    body = parts
+    headers['content-length'] = String(length)
+  }
   const exchange = new Exchange(res, rec, ctx)
   ctx.track(1)
   // undici reports its own failures, even synchronous ones, through exchange.onError.
-  ctx.upstream.pool.dispatch({ method: 'POST', path, headers, body }, exchange)
+  // (undici takes any iterable of chunks as a body; its types list only the common kinds.)
+  ctx.upstream.pool.dispatch({ method: 'POST', path, headers, body: body as Buffer }, exchange)
 }
+
+const JOIN_BELOW_BYTES = 64 * 1024
 
 /**
  * An exception in one exchange answers that exchange (500, OpenAI-style) and goes no further:

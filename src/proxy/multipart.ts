@@ -37,22 +37,25 @@ export class MultipartBody {
   }
 
   withUser (user: string): Buffer {
+    return Buffer.concat(this.withUserParts(user))
+  }
+
+  /** The body with every `user` part's content replaced (or a part added), as slices of the original. */
+  withUserParts (user: string): Buffer[] {
     const b = this.bytes
-    const value = Buffer.from(user)
     if (this.users.length === 0) {
       const part = Buffer.from(`--${this.boundary}\r\nContent-Disposition: form-data; name="user"\r\n\r\n${user}\r\n`)
-      return Buffer.concat([b.subarray(0, this.close), part, b.subarray(this.close)], b.length + part.length)
+      return [b.subarray(0, this.close), part, b.subarray(this.close)]
     }
+    const value = Buffer.from(user)
     const parts: Buffer[] = []
     let at = 0
-    let length = 0
     for (const u of this.users) {
       parts.push(b.subarray(at, u.start), value)
-      length += u.start - at + value.length
       at = u.end
     }
     parts.push(b.subarray(at))
-    return Buffer.concat(parts, length + b.length - at)
+    return parts
   }
 }
 
