@@ -46,6 +46,22 @@ export class JsonBody {
     return c === 0x2d || (c >= 0x30 && c <= 0x39) ? Number(this.bytes.toString('latin1', s.start, s.end)) : undefined
   }
 
+  /**
+   * `messages` as JSON.parse would give it when it holds exactly one message (what the task
+   * heuristic looks for), else null: a long history is counted to its second item, never parsed.
+   */
+  singleMessage (): unknown[] | null {
+    const span = this.fields.get('messages')
+    if (!span || this.bytes[span.start] !== 0x5b) return null
+    const items: Span[] = []
+    const scan = new JsonScanner(this.bytes, span.start, span.end, (_ks, _ke, _esc, vs, ve) => {
+      items.push({ start: vs, end: ve })
+      return items.length > 1
+    })
+    scan.run()
+    return items.length === 1 ? [JSON.parse(this.bytes.toString('utf8', items[0].start, items[0].end))] : null
+  }
+
   /** Whether a top-level field is the literal `true`. */
   isTrue (name: string): boolean {
     const s = this.fields.get(name)

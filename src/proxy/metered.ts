@@ -7,6 +7,7 @@ import type { Ledger } from '../usage/ledger.js'
 import type { Reconciler } from '../usage/reconcile.js'
 import { newRecord, withUsage, type Outcome, type UsageRecord } from '../usage/record.js'
 import { ResponseTap, bodyKind, type TapResult } from '../usage/response-tap.js'
+import { classifyKind, messageIdOf, type KindOptions } from '../usage/kind.js'
 import { sendError } from './errors.js'
 import { upstreamHeaders } from './headers.js'
 import { BodyScan, type JsonBody } from './json-body.js'
@@ -37,7 +38,7 @@ export function meteredKind (endpoint: string): 'json' | 'raw' | null {
 export interface MeterContext {
   upstream: Upstream
   apiKey: string
-  appUrl: string
+  appUrl: string | undefined
   appTitle: string
   organizationId: string
   markupPercent: string
@@ -52,9 +53,11 @@ export interface MeterContext {
   /** Called when an exchange starts and ends: graceful shutdown waits for these. */
   track: (delta: 1 | -1) => void
   /** Optional observer (metrics); called once per finished exchange. */
-  observe?: (rec: UsageRecord) => void
+  observe?: (rec: UsageRecord, res: ServerResponse) => void
   /** True once shutdown began: connections cut after the grace period are not client aborts. */
   stopping?: () => boolean
+  /** Task and message-id header names (TASK_HEADER, MESSAGE_ID_HEADER) and the app's headers. */
+  kinds?: KindOptions
 }
 
 const DROP_RESPONSE = new Set(['connection', 'keep-alive', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-connection'])
@@ -77,15 +80,18 @@ function forward (req: IncomingMessage, res: ServerResponse, endpoint: string, q
   // reports usage and documents that option as a no-op, so the body goes as the client sent it.
   const payload = body.withUser(externalUserId)
   const headers = requestHeaders(req, body, ctx)
+  const streamed = body.json?.isTrue('stream') ?? false
   const rec = newRecord({
     organizationId: ctx.organizationId,
     userId: who.userId,
     externalUserId,
     endpoint,
     model: body.json?.string('model') ?? null,
-    streamed: body.json?.isTrue('stream') ?? false,
+    streamed,
     markupPercent: ctx.markupPercent,
     chatId: who.chatId,
+    kind: classifyKind(req.headers, { streamed, messages: () => body.json?.singleMessage() }, ctx.kinds),
+    messageId: messageIdOf(req.headers, ctx.kinds),
   })
   dispatch(res, `${ctx.upstream.basePath}/${endpoint}${query}`, headers, payload, rec, ctx)
 }
@@ -382,7 +388,7 @@ class Exchange implements Dispatcher.DispatchHandler {
     } else {
       this.ctx.ledger.record(rec)
     }
-    try { this.ctx.observe?.(rec) } catch (e) { this.ctx.log.warn({ err: (e as Error).message }, 'metrics: observe failed') }
+    try { this.ctx.observe?.(rec, this.res) } catch (e) { this.ctx.log.warn({ err: (e as Error).message }, 'metrics: observe failed') }
     return rec
   }
 }
