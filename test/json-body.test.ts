@@ -338,3 +338,12 @@ t.test('long strings are skipped a word at a time: every stop byte is found at e
   }
   t.equal(checked, stops.length * 160)
 })
+
+t.test('a single message is read for the task heuristic; a history is not parsed', async (t) => {
+  const one = scanBody(Buffer.from('{"messages":[ {"role":"user","content":"### Task:\\nGenerate a title"} ],"stream":false}'))!
+  t.same(one.singleMessage(), [{ role: 'user', content: '### Task:\nGenerate a title' }])
+  t.equal(scanBody(Buffer.from('{"messages":[{"role":"user"},{"role":"assistant"}]}'))!.singleMessage(), null, 'two messages')
+  t.equal(scanBody(Buffer.from('{"messages":[]}'))!.singleMessage(), null, 'none')
+  t.equal(scanBody(Buffer.from('{"messages":"### Task:"}'))!.singleMessage(), null, 'not an array')
+  t.equal(scanBody(Buffer.from('{"model":"m"}'))!.singleMessage(), null, 'absent')
+})
