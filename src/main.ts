@@ -164,7 +164,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     if (replay.segments > 0) log!.info({ records: replay.finals.length, toReconcile: replay.pendings.length, tornLines: replay.tornLines }, 'journal replayed')
     // 6. open for traffic
     ready = true
-    keyPoller = startKeyPoller(() => fetchKey(upstream, config.openrouter.apiKey), log!)
+    keyPoller = startKeyPoller(upstream.fetchKey, log!)
     log!.info({ port }, 'ready')
   })()
   ready$.catch((err) => {
@@ -252,14 +252,6 @@ async function postgresAnswers (sql: Sql | null): Promise<boolean> {
   try {
     return await Promise.race([sql`select 1`.then(() => true, () => false), late])
   } finally { clearTimeout(timer) }
-}
-
-async function fetchKey (upstream: ReturnType<typeof createUpstream>, apiKey: string): Promise<{ status: number, body: string }> {
-  const res = await upstream.pool.request({
-    method: 'GET', path: `${upstream.basePath}/key`, headers: { authorization: `Bearer ${apiKey}`, accept: 'application/json' },
-    headersTimeout: 15_000, bodyTimeout: 15_000,
-  })
-  return { status: res.statusCode, body: await res.body.text() }
 }
 
 if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) void main()
