@@ -9,6 +9,25 @@ import { summarize } from './stats.js'
 
 const DONE = Buffer.from('[DONE]')
 
+/** A long chat as Open WebUI sends it on every turn: `turns` messages of about 2.5 KB each. */
+export function chatHistoryBody (turns = 200) {
+  const text = 'Here is what I found about the question, with a "quoted" line, a path C:\\temp and some Unicode: café, 日本, 🌍.\n'
+  const messages = Array.from({ length: turns }, (_, i) => ({ role: i % 2 ? 'assistant' : 'user', content: text.repeat(20) }))
+  return Buffer.from(JSON.stringify({ model: 'openai/gpt-4o-mini', stream: false, messages, temperature: 0.7, max_tokens: 256 }))
+}
+
+/** A pasted image: one user message with a base64 data URL of `bytes` bytes. */
+export function imageBody (bytes = 3 * 1024 * 1024) {
+  const data = Buffer.alloc(bytes)
+  for (let i = 0; i < bytes; i++) data[i] = (i * 2654435761) >>> 24
+  const url = `data:image/png;base64,${data.toString('base64')}`
+  return Buffer.from(JSON.stringify({
+    model: 'openai/gpt-4o-mini',
+    stream: false,
+    messages: [{ role: 'user', content: [{ type: 'text', text: 'What is in this picture?' }, { type: 'image_url', image_url: { url } }] }],
+  }))
+}
+
 export function requestBody (stream) {
   return JSON.stringify({
     model: 'openai/gpt-4o-mini',
@@ -27,7 +46,7 @@ export function requestBody (stream) {
  * onMeasureStart / onMeasureEnd are awaited at the edges of the measured window.
  */
 export async function runLoad ({
-  url, concurrency, seconds, warmupSeconds = 1, headers = {}, stream = false,
+  url, concurrency, seconds, warmupSeconds = 1, headers = {}, stream = false, body = null,
   onMeasureStart, onMeasureEnd, drainTimeoutMs = 30_000,
 }) {
   const u = new URL(url)
@@ -37,7 +56,7 @@ export async function runLoad ({
     method: 'POST',
     path: u.pathname + u.search,
     headers: { 'content-type': 'application/json', ...headers },
-    body: Buffer.from(requestBody(stream)),
+    body: body ?? Buffer.from(requestBody(stream)),
   }
   let phase = 'warmup'
   let t0 = 0

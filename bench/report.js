@@ -51,7 +51,15 @@ export function checks ({ figures, slow, ledger }) {
   const get = (scenario, target) => figures.find((a) => a.scenario === scenario && a.target === target)
   const out = []
   const add = (name, target, actual, ok, detail) => out.push({ name, target, actual, ok, detail })
-  for (const sc of ['c64', 'c64-stream']) {
+  for (const sc of ['chat500k-c1', 'chat500k-c8', 'image4m-c1', 'image4m-c8']) {
+    const up = get(sc, 'usage-proxy'); const bare = get(sc, 'bare-node')
+    if (!up || !bare) continue
+    const limit = 1.25 * bare.addedP50 + 1
+    add(`added p50 vs bare Node, ${sc}`, '<= 1.25x bare + 1 ms', `+${f(up.addedP50, 2)} vs +${f(bare.addedP50, 2)} ms`, up.addedP50 <= limit, `limit +${f(limit, 2)} ms`)
+    const cpu = up.cpuMsPerRequest / bare.cpuMsPerRequest
+    add(`CPU per request vs bare Node, ${sc}`, '<= 1.5x', `${f(cpu, 2)}x`, cpu <= 1.5, `${f(up.cpuMsPerRequest, 2)} vs ${f(bare.cpuMsPerRequest, 2)} ms/req`)
+  }
+  for (const sc of ['c64', 'c64-stream', 'c64-stream-one-piece']) {
     const up = get(sc, 'usage-proxy'); const bare = get(sc, 'bare-node')
     if (up && bare) {
       const ratio = up.rps / bare.rps
@@ -99,7 +107,17 @@ export function checks ({ figures, slow, ledger }) {
   return out
 }
 
-const SCENARIO_LABEL = { c1: 'c=1 non-stream', 'c1-stream': 'c=1 stream (20 events)', c64: 'c=64 non-stream', 'c64-stream': 'c=64 stream (20 events)' }
+const SCENARIO_LABEL = {
+  c1: 'c=1 non-stream',
+  'c1-stream': 'c=1 stream (20 events)',
+  c64: 'c=64 non-stream',
+  'c64-stream': 'c=64 stream (20 events)',
+  'c64-stream-one-piece': 'c=64 stream, upstream writes it in one piece',
+  'chat500k-c1': 'c=1, 500 KB chat history',
+  'chat500k-c8': 'c=8, 500 KB chat history',
+  'image4m-c1': 'c=1, 4 MB image (base64)',
+  'image4m-c8': 'c=8, 4 MB image (base64)',
+}
 
 export function markdown ({ figures, slow, ledger, checkList, skipped, completeness }) {
   const lines = []

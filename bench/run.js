@@ -4,7 +4,7 @@
 //
 // Environment: BENCH_SECONDS (4) per measurement, BENCH_ROUNDS (2), BENCH_WARMUP (0.5) seconds,
 // BENCH_TARGETS (comma list of direct,nginx,bare-node,portkey,usage-proxy; usage-proxy-budgets is opt-in), BENCH_SCENARIOS
-// (c1,c1-stream,c64,c64-stream), BENCH_SLOW_STREAMS (1000, 0 skips), BENCH_SLOW_PACE_MS (100),
+// (c1,c1-stream,c64,c64-stream,c64-stream-one-piece,chat500k-c1,chat500k-c8,image4m-c1,image4m-c8), BENCH_SLOW_STREAMS (1000, 0 skips), BENCH_SLOW_PACE_MS (100),
 // BENCH_SLOW_EVENTS (20), BENCH_LEDGER_RECORDS (200000, 0 skips), BENCH_LEDGER_NO_JOURNAL (unset;
 // 1 adds a run without the journal), BENCH_QUIET_MAX_MS (5000) and BENCH_QUIET_BUDGET_MS (30000):
 // how long to wait for other work on the machine to calm down before one measurement, and in all.
@@ -21,6 +21,7 @@ import { measure } from './measure.js'
 import { slowStreams } from './slow-streams.js'
 import { waitQuiet } from './procstat.js'
 import { aggregate, checks, markdown } from './report.js'
+import { chatHistoryBody, imageBody } from './load.js'
 import { BENCH, ROOT, TARGET_NAMES, startTargets, startUpstreamProcess } from './targets.js'
 
 const env = process.env
@@ -35,12 +36,23 @@ const SLOW_PACE_MS = num('BENCH_SLOW_PACE_MS', 100)
 const SLOW_EVENTS = num('BENCH_SLOW_EVENTS', 20)
 const LEDGER_RECORDS = num('BENCH_LEDGER_RECORDS', 200_000)
 const TARGETS = (env.BENCH_TARGETS ?? TARGET_NAMES.join(',')).split(',').map((s) => s.trim()).filter(Boolean)
+const CHAT_500K = chatHistoryBody(200)
+const IMAGE_4M = imageBody(3 * 1024 * 1024)
+const ONE_PIECE = { 'x-bench-one-piece': '1' }
 const SCENARIOS = [
   { name: 'c1', concurrency: 1, stream: false },
   { name: 'c1-stream', concurrency: 1, stream: true },
   { name: 'c64', concurrency: 64, stream: false },
   { name: 'c64-stream', concurrency: 64, stream: true },
-].filter((s) => (env.BENCH_SCENARIOS ?? 'c1,c1-stream,c64,c64-stream').split(',').includes(s.name))
+  // The upstream writes each stream in one piece (a fast upstream; the paced one above writes
+  // an event per event-loop turn).
+  { name: 'c64-stream-one-piece', concurrency: 64, stream: true, headers: ONE_PIECE },
+  // Real chat payloads: a 500 KB history and a pasted image (4 MB of base64), non-stream.
+  { name: 'chat500k-c1', concurrency: 1, stream: false, body: CHAT_500K },
+  { name: 'chat500k-c8', concurrency: 8, stream: false, body: CHAT_500K },
+  { name: 'image4m-c1', concurrency: 1, stream: false, body: IMAGE_4M },
+  { name: 'image4m-c8', concurrency: 8, stream: false, body: IMAGE_4M },
+].filter((s) => (env.BENCH_SCENARIOS ?? 'c1,c1-stream,c64,c64-stream,c64-stream-one-piece,chat500k-c1,chat500k-c8,image4m-c1,image4m-c8').split(',').includes(s.name))
 
 const say = (m) => process.stderr.write(`bench: ${m}\n`)
 
@@ -172,7 +184,7 @@ async function main () {
     startedAt,
     finishedAt: new Date().toISOString(),
     command: 'npm run bench',
-    config: { SECONDS, ROUNDS, WARMUP, TARGETS, SCENARIOS, SLOW_STREAMS, SLOW_PACE_MS, SLOW_EVENTS, LEDGER_RECORDS, QUIET_MAX_MS },
+    config: { SECONDS, ROUNDS, WARMUP, TARGETS, SCENARIOS: SCENARIOS.map(({ body, ...sc }) => ({ ...sc, bodyBytes: body?.length ?? null })), SLOW_STREAMS, SLOW_PACE_MS, SLOW_EVENTS, LEDGER_RECORDS, QUIET_MAX_MS },
     machine: machine(),
     build: build(),
     figures,

@@ -6,6 +6,7 @@
 // Per request, two optional headers shape a stream (they travel through every proxy untouched):
 //   x-bench-pace-ms   pause between events (0 = next event on setImmediate, the default)
 //   x-bench-events    number of events in the stream, [DONE] included (default 20)
+//   x-bench-one-piece 1: write the whole stream in one write, as a fast upstream behind a buffer does
 import { createServer } from 'node:http'
 import { randomBytes } from 'node:crypto'
 
@@ -71,13 +72,14 @@ function streamEvents (id, count) {
   return events
 }
 
-function sendStream (res, id, count, paceMs) {
+function sendStream (res, id, count, paceMs, onePiece) {
   res.writeHead(200, {
     'content-type': 'text/event-stream',
     'cache-control': 'no-cache',
     'x-generation-id': id,
   })
   const events = streamEvents(id, count)
+  if (onePiece) { res.end(events.join('')); return }
   let i = 0
   const next = () => {
     if (res.destroyed) return
@@ -107,14 +109,17 @@ function handle (req, res) {
   req.on('data', (c) => parts.push(c))
   req.on('end', () => {
     let stream = false
-    try { stream = JSON.parse(Buffer.concat(parts).toString('utf8')).stream === true } catch {
+    // Large bodies (chat histories, images) are read at their head only: the upstream's own cost
+    // must not dominate what is measured of the proxies in front of it.
+    const raw = Buffer.concat(parts)
+    try { stream = raw.length > 65536 ? /"stream"\s*:\s*true/.test(raw.toString('latin1', 0, 4096)) : JSON.parse(raw.toString('utf8')).stream === true } catch {
       res.writeHead(400, { 'content-type': 'application/json' })
       res.end('{"error":{"message":"invalid json","code":400}}')
       return
     }
     const id = nextId()
     if (stream) {
-      sendStream(res, id, Number(req.headers['x-bench-events'] ?? 20), Number(req.headers['x-bench-pace-ms'] ?? 0))
+      sendStream(res, id, Number(req.headers['x-bench-events'] ?? 20), Number(req.headers['x-bench-pace-ms'] ?? 0), req.headers['x-bench-one-piece'] === '1')
       return
     }
     const body = completion(id)

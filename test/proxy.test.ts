@@ -94,7 +94,7 @@ t.test('streamed chat: split reads, comments and multi-byte text pass through un
     const gen = /"id":"(gen-[^"]+)"/.exec(r.text)![1]
     t.ok(fake.sent.get(gen)!.equals(r.bytes), `${model}: stream byte for byte`)
     const sentBody = JSON.parse(fake.requests.at(-1)!.body)
-    t.same(sentBody.stream_options, { include_usage: true }, 'usage asked for')
+    t.equal(sentBody.stream_options, undefined, 'nothing added: OpenRouter always reports usage')
     const g = fake.generations.get(gen)!
     const row = await rowFor(gen)
     t.equal(row.cost_text, g.cost)
@@ -290,7 +290,8 @@ t.test('routing: trailing slash, other billable endpoints and multipart are mete
   t.equal(audio.statusCode, 200)
   const gen = String(audio.headers['x-generation-id'])
   await audio.body.dump()
-  t.equal(fake.uploads.get(gen), multipart, 'multipart forwarded byte for byte')
+  const withUser = multipart.replace(`--${boundary}--`, `--${boundary}\r\nContent-Disposition: form-data; name="user"\r\n\r\n${externalUserId(ORG, 'u-audio')}\r\n--${boundary}--`)
+  t.equal(fake.uploads.get(gen), withUser, 'multipart forwarded byte for byte, with the user\'s external id added')
   t.match(fake.requests.at(-1)!.headers['content-type'], /multipart\/form-data; boundary=/)
   const row = await rowFor(gen)
   t.same([row.endpoint, row.user_id, row.cost_text], ['audio/transcriptions', 'u-audio', fake.generations.get(gen)!.cost])

@@ -1,28 +1,30 @@
-import { randomUUID } from 'node:crypto'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { errors as undiciErrors, type Dispatcher } from 'undici'
 import type { Logger } from '../log.js'
 import type { Admission, Limits } from '../budgets/limits.js'
 import { maxTokensOf } from '../budgets/estimate.js'
-import { IdentityError, identify, type IdentityOptions } from '../identity/identify.js'
+import { IdentityError, identify, type Identity, type IdentityOptions } from '../identity/identify.js'
 import type { UserDirectory } from '../identity/directory.js'
 import type { Ledger } from '../usage/ledger.js'
 import type { Reconciler } from '../usage/reconcile.js'
-import { withUsage, type Outcome, type UsageRecord } from '../usage/record.js'
-import { ResponseTap, bodyKind } from '../usage/response-tap.js'
+import { newRecord, withUsage, type Outcome, type UsageRecord } from '../usage/record.js'
+import { ResponseTap, bodyKind, type TapResult } from '../usage/response-tap.js'
 import { classifyKind, messageIdOf, type KindOptions } from '../usage/kind.js'
 import { sendError } from './errors.js'
 import { upstreamHeaders } from './headers.js'
+import { BodyScan, type JsonBody } from './json-body.js'
+import { multipartBoundary, scanMultipart } from './multipart.js'
 import type { Upstream } from './upstream.js'
 
-// THE HOT PATH. One metered request: read and rewrite the JSON body, dispatch it on the upstream
-// pool, and hand every response chunk to the client first and to the tap second. The client never
+// THE HOT PATH. One metered request, in five steps: read the body, read what it says (a byte scan,
+// never a parse), identify the user, rewrite `user`, dispatch on the upstream pool; then the
+// Exchange hands every response chunk to the client first and to the tap second. The client never
 // waits for anything but OpenRouter: the record goes to the ledger after the last byte.
 
 /** Inference endpoints whose JSON body gets the user's external id. */
 export const METERED = new Set(['chat/completions', 'completions', 'embeddings', 'responses', 'messages', 'rerank',
   'images/generations', 'audio/speech'])
-/** Endpoints that take multipart uploads, forwarded as they are (a JSON body still gets the user). */
+/** Endpoints that take multipart uploads: their `user` field is rewritten as a JSON body's is. */
 const METERED_UPLOADS = new Set(['audio/transcriptions', 'audio/translations', 'images/edits', 'images/variations'])
 
 /**
@@ -68,9 +70,56 @@ const DROP_RESPONSE = new Set(['connection', 'keep-alive', 'transfer-encoding', 
 const ABORT_WAIT_FOR_HEADERS_MS = 10_000
 
 export function handleMetered (req: IncomingMessage, res: ServerResponse, endpoint: string, query: string, kind: 'json' | 'raw', ctx: MeterContext): void {
+  readBody(req, res, ctx.maxBodyBytes, (raw) => guarded(res, ctx, () =>
+    readPayload(req, res, kind, raw, ctx, (body) => guarded(res, ctx, () =>
+      forward(req, res, endpoint, query, body, ctx)))))
+}
+
+/** The steps of one metered request once its body is read and understood. */
+function forward (req: IncomingMessage, res: ServerResponse, endpoint: string, query: string, body: RequestBody, ctx: MeterContext): void {
+  const who = identifyUser(req, res, body, ctx)
+  if (!who) return
+  const user = ctx.directory.resolve(who) // normalized once: the id, its external id and mapping agree
+  const externalUserId = user.externalUserId
+  // Only `user` changes. stream_options.include_usage is no longer added: OpenRouter always
+  // reports usage and documents that option as a no-op, so the body goes as the client sent it.
+  const payload = body.withUser(externalUserId)
+  const headers = requestHeaders(req, body, ctx)
+  const streamed = body.json?.isTrue('stream') ?? false
+  const rec = newRecord({
+    organizationId: ctx.organizationId,
+    userId: user.userId,
+    externalUserId,
+    endpoint,
+    model: body.json?.string('model') ?? null,
+    streamed,
+    markupPercent: ctx.markupPercent,
+    chatId: who.chatId,
+    kind: classifyKind(req.headers, { streamed, messages: () => body.json?.singleMessage() }, ctx.kinds),
+    messageId: messageIdOf(req.headers, ctx.kinds),
+    mapping: user.mapping,
+  })
+  const path = `${ctx.upstream.basePath}/${endpoint}${query}`
+  // Spend controls (src/budgets): a refused request is answered there and never dispatched.
+  const admitting = ctx.limits?.admit(res, rec, body.size, requestedMaxTokens(body.json)) ?? null
+  if (admitting === null) return dispatch(res, path, headers, payload, rec, ctx, null)
+  admitting.then((a) => { if (a) guarded(res, ctx, () => dispatch(res, path, headers, payload, rec, ctx, a)) }, (err: Error) => {
+    ctx.log.error({ err: err.message }, 'admission failed')
+    sendError(res, 500, 'api_error', 'internal_error', 'usage-proxy could not check spend limits')
+  })
+}
+
+/** The completion tokens the client asked for, read from the scanned fields: the estimate needs them. */
+function requestedMaxTokens (json: JsonBody | null): number | null {
+  if (!json) return null
+  return maxTokensOf({ max_completion_tokens: json.number('max_completion_tokens'), max_tokens: json.number('max_tokens'), max_output_tokens: json.number('max_output_tokens') })
+}
+
+/** Step 1: the whole body, or 413 past MAX_BODY_BYTES. Chunks are copied once, at the end. */
+function readBody (req: IncomingMessage, res: ServerResponse, maxBodyBytes: number, done: (raw: Buffer) => void): void {
   const declared = Number(req.headers['content-length'])
-  if (declared > ctx.maxBodyBytes) {
-    sendError(res, 413, 'invalid_request_error', 'body_too_large', `request body exceeds ${ctx.maxBodyBytes} bytes`)
+  if (declared > maxBodyBytes) {
+    sendError(res, 413, 'invalid_request_error', 'body_too_large', `request body exceeds ${maxBodyBytes} bytes`)
     req.resume()
     return
   }
@@ -80,104 +129,100 @@ export function handleMetered (req: IncomingMessage, res: ServerResponse, endpoi
   req.on('data', (chunk: Buffer) => {
     if (refused) return
     size += chunk.length
-    if (size > ctx.maxBodyBytes) {
+    if (size > maxBodyBytes) {
       refused = true
-      sendError(res, 413, 'invalid_request_error', 'body_too_large', `request body exceeds ${ctx.maxBodyBytes} bytes`)
+      sendError(res, 413, 'invalid_request_error', 'body_too_large', `request body exceeds ${maxBodyBytes} bytes`)
       return
     }
     parts.push(chunk)
   })
-  req.on('end', () => { if (!refused) forward(req, res, endpoint, query, kind, Buffer.concat(parts, size), ctx) })
+  req.on('end', () => { if (!refused) done(parts.length === 1 ? parts[0] : Buffer.concat(parts, size)) })
 }
 
-function forward (req: IncomingMessage, res: ServerResponse, endpoint: string, query: string, kind: 'json' | 'raw', raw: Buffer, ctx: MeterContext): void {
-  // A multipart upload (audio transcription, image edit) goes as it came; JSON gets the user.
-  const asJson = kind === 'json' || (req.headers['content-type'] ?? '').includes('json')
-  let body: Record<string, unknown> = {}
-  if (asJson) {
-    try {
-      const parsed: unknown = JSON.parse(raw.toString('utf8'))
-      if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) throw new Error('not an object')
-      body = parsed as Record<string, unknown>
-    } catch {
-      sendError(res, 400, 'invalid_request_error', 'invalid_json', 'request body must be a JSON object')
+/** What the later steps need from a body, JSON or multipart. */
+interface RequestBody {
+  /** The JSON body's top-level fields; null for a multipart upload. */
+  json: JsonBody | null
+  /** The body's own `user` field, if a string. */
+  user: string | undefined
+  /** Bytes as received: the budgets' prompt estimate. */
+  size: number
+  /** The bytes to forward, with `user` set to the user's external id, as slices of the body read. */
+  withUser: (user: string) => Buffer[]
+}
+
+/**
+ * Step 2: the body's shape. JSON must be an object (else 400, nothing forwarded); an upload
+ * endpoint also takes multipart/form-data, and nothing else, since a body the sidecar cannot
+ * read could carry a `user` it did not choose. A body larger than one slice is scanned a slice
+ * per event-loop turn, so a huge one delays nobody else.
+ */
+function readPayload (req: IncomingMessage, res: ServerResponse, kind: 'json' | 'raw', raw: Buffer, ctx: MeterContext, done: (body: RequestBody) => void): void {
+  const contentType = req.headers['content-type']
+  if (kind === 'raw' && !(contentType ?? '').includes('json')) {
+    const boundary = multipartBoundary(contentType)
+    if (boundary === null) {
+      sendError(res, 415, 'invalid_request_error', 'unsupported_media_type', 'upload endpoints take multipart/form-data (or a JSON object)')
       return
     }
+    const form = scanMultipart(raw, boundary)
+    if (!form) { sendError(res, 400, 'invalid_request_error', 'invalid_multipart', 'request body is not well-formed multipart/form-data'); return }
+    done({ json: null, user: form.user, size: raw.length, withUser: (user) => form.withUserParts(user) })
+    return
   }
-  let who
+  const scan = new BodyScan(raw)
+  const step = (): void => {
+    if (res.destroyed) return // the client left while its body was being read: nothing to forward
+    if (!scan.step(SCAN_SLICE_BYTES)) { setImmediate(() => guarded(res, ctx, step)); return }
+    const json = scan.body
+    if (!json) { sendError(res, 400, 'invalid_request_error', 'invalid_json', 'request body must be a JSON object'); return }
+    done({ json, user: json.string('user'), size: raw.length, withUser: (user) => json.withUserParts(user) })
+  }
+  step()
+}
+
+/** Bytes scanned per event-loop turn: about a millisecond of work. */
+const SCAN_SLICE_BYTES = 512 * 1024
+
+/** Step 3: who is asking; null once a bad identity was answered with 401. */
+function identifyUser (req: IncomingMessage, res: ServerResponse, body: RequestBody, ctx: MeterContext): Identity | null {
   try {
-    who = identify(req.headers, body.user, ctx.identity)
+    return identify(req.headers, body.user, ctx.identity)
   } catch (err) {
-    if (err instanceof IdentityError) { sendError(res, 401, 'authentication_error', 'invalid_identity', err.message); return }
+    if (err instanceof IdentityError) { sendError(res, 401, 'authentication_error', 'invalid_identity', err.message); return null }
     throw err
   }
-  const user = ctx.directory.resolve(who) // normalized once: the id, its external id and mapping agree
-  const externalUserId = user.externalUserId
-  const streamed = body.stream === true
-  let payload = raw
-  if (asJson) {
-    body.user = externalUserId
-    if (streamed && (endpoint === 'chat/completions' || endpoint === 'completions')) {
-      // Documented as a no-op on OpenRouter today (usage always comes); harmless and future-proof.
-      const so = body.stream_options
-      body.stream_options = so !== null && typeof so === 'object' ? { ...so, include_usage: true } : { include_usage: true }
-    }
-    payload = Buffer.from(JSON.stringify(body))
-  }
+}
 
+/** Step 4: the upstream request's headers: ours in, the client's credentials and identity out. */
+function requestHeaders (req: IncomingMessage, body: RequestBody, ctx: MeterContext): Record<string, string> {
   const headers = upstreamHeaders(req.headers, ctx, 'identity') // the tap must read plain bytes
-  if (asJson) headers['content-type'] = 'application/json'
+  if (body.json) headers['content-type'] = 'application/json'
+  return headers
+}
 
-  const base: UsageRecord = {
-    eventId: randomUUID(),
-    generationId: null,
-    organizationId: ctx.organizationId,
-    userId: user.userId,
-    externalUserId,
-    endpoint,
-    model: typeof body.model === 'string' ? body.model : null,
-    servedModel: null,
-    provider: null,
-    streamed,
-    status: 0,
-    outcome: 'interrupted',
-    finishReason: null,
-    errorMessage: null,
-    usageSource: 'none',
-    promptTokens: null,
-    completionTokens: null,
-    totalTokens: null,
-    cachedTokens: null,
-    reasoningTokens: null,
-    costUsd: null,
-    upstreamCostUsd: null,
-    isByok: null,
-    markupPercent: ctx.markupPercent,
-    latencyMs: null,
-    ttfbMs: null,
-    chatId: who.chatId,
-    kind: classifyKind(req.headers, { streamed, messages: () => body.messages }, ctx.kinds),
-    messageId: messageIdOf(req.headers, ctx.kinds),
-    createdAt: new Date().toISOString(),
-    mapping: user.mapping,
+/** Step 5: on the upstream pool; from here on the Exchange answers the client whatever happens. */
+function dispatch (res: ServerResponse, path: string, headers: Record<string, string>, parts: Buffer[], rec: UsageRecord, ctx: MeterContext, admission: Admission | null): void {
+  // One copy of the spliced body. (Handing undici the slices as an iterable saves that copy but
+  // measured slower: its iterable writer cost more CPU than the copy on a 4 MB image.)
+  const body = Buffer.concat(parts)
+  const exchange = new Exchange(res, rec, ctx, admission)
+  ctx.track(1)
+  // undici reports its own failures, even synchronous ones, through exchange.onError.
+  ctx.upstream.pool.dispatch({ method: 'POST', path, headers, body }, exchange)
+}
+
+/**
+ * An exception in one exchange answers that exchange (500, OpenAI-style) and goes no further:
+ * it never reaches the process-wide handler, which would stop every stream in flight.
+ */
+function guarded (res: ServerResponse, ctx: MeterContext, step: () => void): void {
+  try {
+    step()
+  } catch (err) {
+    ctx.log.error({ err: err instanceof Error ? err.stack ?? err.message : String(err) }, 'metered request failed; answered 500')
+    sendError(res, 500, 'api_error', 'internal_error', 'usage-proxy could not handle this request')
   }
-  const go = (admission: Admission | null): void => {
-    const exchange = new Exchange(res, base, ctx, admission)
-    ctx.track(1)
-    ctx.upstream.pool.dispatch({
-      method: 'POST',
-      path: `${ctx.upstream.basePath}/${endpoint}${query}`,
-      headers,
-      body: payload,
-    }, exchange)
-  }
-  // Spend controls (src/budgets): a refused request is answered there and never dispatched.
-  const admitting = ctx.limits?.admit(res, base, raw.length, maxTokensOf(body)) ?? null
-  if (admitting === null) return go(null)
-  admitting.then((a) => { if (a) go(a) }).catch((err: Error) => {
-    ctx.log.error({ err: err.message }, 'admission failed')
-    sendError(res, 500, 'api_error', 'internal_error', 'usage-proxy could not check spend limits')
-  })
 }
 
 /**
@@ -199,20 +244,22 @@ class Exchange implements Dispatcher.DispatchHandler {
   private done = false
   private resume: (() => void) | null = null
 
-  constructor (private readonly res: ServerResponse, private rec: UsageRecord, private readonly ctx: MeterContext, private readonly admission: Admission | null = null) {
-    res.once('close', () => {
-      if (this.done || res.writableFinished) return
-      this.clientGone = true
-      if (!this.rec.streamed) {
-        // Upstream may be paused for a client that stopped reading; a closed socket never
-        // drains, so resume it here or the exchange would hang forever.
-        this.resume?.()
-        return
-      }
-      if (this.rec.generationId) this.abort()
-      // The generation is not named yet: abort when it is, or give up waiting for it.
-      else setTimeout(() => { if (!this.done) this.abort() }, ABORT_WAIT_FOR_HEADERS_MS).unref()
-    })
+  constructor (private readonly res: ServerResponse, private rec: UsageRecord, private readonly ctx: MeterContext, private readonly admission: Admission | null) {
+    res.once('close', () => { try { this.clientLeft() } catch (err) { ctx.log.error({ err: String(err) }, 'metered request: client close handling failed') } })
+  }
+
+  private clientLeft (): void {
+    if (this.done || this.res.writableFinished) return
+    this.clientGone = true
+    if (!this.rec.streamed) {
+      // Upstream may be paused for a client that stopped reading; a closed socket never
+      // drains, so resume it here or the exchange would hang forever.
+      this.resume?.()
+      return
+    }
+    if (this.rec.generationId) this.abort()
+    // The generation is not named yet: abort when it is, or give up waiting for it.
+    else setTimeout(() => { if (!this.done) this.abort() }, ABORT_WAIT_FOR_HEADERS_MS).unref()
   }
 
   onConnect (abort: (err?: Error) => void): void {
@@ -256,16 +303,17 @@ class Exchange implements Dispatcher.DispatchHandler {
   onComplete (): void {
     // Journal first, then end: a client never holds a finished response whose record is not
     // on disk yet. The bytes, [DONE] included, are already out; this only closes the body.
-    this.finish(null)
+    if (this.done) return
+    this.settle(null)
     if (!this.clientGone) this.res.end()
   }
 
   onError (err: Error): void {
     if (this.done) return
-    this.finish(err)
+    const status = this.settle(err)
     if (this.clientGone) return
     if (!this.res.headersSent) {
-      if (isTimeout(err)) sendError(this.res, 504, 'upstream_error', 'upstream_timeout', 'OpenRouter did not answer in time')
+      if (status === 504) sendError(this.res, 504, 'upstream_error', 'upstream_timeout', 'OpenRouter did not answer in time')
       else sendError(this.res, 502, 'upstream_error', 'upstream_unreachable', 'OpenRouter could not be reached')
     } else if (this.lengthDeclared) {
       // A body with a declared length cannot end early without lying: cut the connection.
@@ -287,29 +335,56 @@ class Exchange implements Dispatcher.DispatchHandler {
     // Journal it as pending once the read that revealed it is handled: a response that also
     // completed in that read (most non-stream answers) goes straight to its final line, saving
     // a write; any other is pending before the event loop turns, let alone before a crash could.
-    queueMicrotask(() => { if (!this.done) this.ctx.ledger.pending(this.rec) })
+    queueMicrotask(() => {
+      try {
+        if (!this.done) this.ctx.ledger.pending(this.rec)
+      } catch (err) {
+        this.ctx.log.error({ err: err instanceof Error ? err.message : String(err) }, 'metered request: could not journal it as pending')
+      }
+    })
   }
 
-  private finish (err: Error | null): void {
-    if (this.done) return
+  /**
+   * How the exchange ended, decided once for the record and for the client still waiting:
+   * `status` is what the client saw, or is about to see.
+   */
+  private classify (err: Error | null, tap: TapResult | null): { outcome: Outcome, status: number } {
+    const timeout = err !== null && isTimeout(err)
+    const sent = this.res.headersSent
+    const status = this.clientGone && !sent ? 499 : !sent && err ? (timeout ? 504 : 502) : this.status
+    let outcome: Outcome
+    if (this.clientGone) outcome = this.ctx.stopping?.() ? 'interrupted' : 'client_aborted'
+    else if (err && !this.tap) outcome = timeout ? 'upstream_timeout' : 'upstream_unreachable'
+    else if (this.status >= 400) outcome = 'upstream_error'
+    else if (tap?.error) outcome = 'stream_error'
+    else if (err) outcome = timeout ? 'upstream_timeout' : 'incomplete'
+    else if (!tap?.usage) outcome = 'incomplete'
+    else outcome = 'ok'
+    return { outcome, status }
+  }
+
+  /** Records how the exchange ended and returns the status; a failure here is logged, never thrown. */
+  private settle (err: Error | null): number {
+    try {
+      return this.finish(err).status
+    } catch (e) {
+      this.ctx.log.error({ err: e instanceof Error ? e.stack ?? e.message : String(e) }, 'metered request: could not record its outcome')
+      return 502
+    }
+  }
+
+  private finish (err: Error | null): UsageRecord {
     this.done = true
     this.ctx.track(-1)
     this.admission?.done()
     const tap = this.tap?.end() ?? null
-    let outcome: Outcome
-    if (this.clientGone) outcome = this.ctx.stopping?.() ? 'interrupted' : 'client_aborted'
-    else if (err && !this.tap) outcome = isTimeout(err) ? 'upstream_timeout' : 'upstream_unreachable'
-    else if (this.status >= 400) outcome = 'upstream_error'
-    else if (tap?.error) outcome = 'stream_error'
-    else if (err) outcome = isTimeout(err) ? 'upstream_timeout' : 'incomplete'
-    else if (!tap?.usage) outcome = 'incomplete'
-    else outcome = 'ok'
+    const { outcome, status } = this.classify(err, tap)
     let rec: UsageRecord = {
       ...this.rec,
       generationId: this.rec.generationId ?? tap?.generationId ?? null,
       servedModel: tap?.servedModel ?? null,
       provider: tap?.provider ?? null,
-      status: this.clientGone && !this.res.headersSent ? 499 : (this.status || (err ? (isTimeout(err) ? 504 : 502) : 0)),
+      status,
       outcome,
       finishReason: tap?.finishReason ?? null,
       errorMessage: tap?.error?.message ?? (err && !this.clientGone ? err.message : null),
@@ -327,6 +402,7 @@ class Exchange implements Dispatcher.DispatchHandler {
       this.ctx.ledger.record(rec)
     }
     try { this.ctx.observe?.(rec, this.res) } catch (e) { this.ctx.log.warn({ err: (e as Error).message }, 'metrics: observe failed') }
+    return rec
   }
 }
 

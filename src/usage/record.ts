@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto'
 import { pgText as text } from '../db/text.js'
 import type { Usage } from './extract.js'
 import { checkUsage } from './sanity.js'
@@ -54,6 +55,39 @@ export interface UsageRecord extends Usage {
    * exactly as durable as the usage. Absent on most records and on journal lines of old versions.
    */
   mapping?: UserMapping | null
+}
+
+/** What is known when an exchange starts: who asks, for what. */
+export type RecordStart = Pick<UsageRecord, 'organizationId' | 'userId' | 'externalUserId' | 'endpoint' | 'model' | 'streamed' | 'markupPercent' | 'chatId'> &
+  Partial<UsageRecord>
+
+/** A record for an exchange about to start: 'interrupted' with nothing known until it ends. */
+export function newRecord (start: RecordStart): UsageRecord {
+  return {
+    eventId: randomUUID(),
+    generationId: null,
+    servedModel: null,
+    provider: null,
+    status: 0,
+    outcome: 'interrupted',
+    finishReason: null,
+    errorMessage: null,
+    usageSource: 'none',
+    promptTokens: null,
+    completionTokens: null,
+    totalTokens: null,
+    cachedTokens: null,
+    reasoningTokens: null,
+    costUsd: null,
+    upstreamCostUsd: null,
+    isByok: null,
+    latencyMs: null,
+    ttfbMs: null,
+    kind: 'api',
+    messageId: null,
+    createdAt: new Date().toISOString(),
+    ...start,
+  }
 }
 
 /** One user_mappings row as a record carries it; userId is already normalized (pgText). */

@@ -57,6 +57,8 @@ export class FakeOpenRouter {
   readonly sent = new Map<string, Buffer>()
   /** Raw request bodies of multipart uploads, by generation. */
   readonly uploads = new Map<string, string>()
+  /** The same, as bytes (files need not be UTF-8). */
+  readonly uploadBytes = new Map<string, Buffer>()
   /** /generation answers 404 until this long after a generation completed. */
   generationDelayMs = 300
   generationLookups = 0
@@ -102,7 +104,8 @@ export class FakeOpenRouter {
   private async handle (req: IncomingMessage, res: ServerResponse): Promise<void> {
     const chunks: Buffer[] = []
     for await (const c of req) chunks.push(c as Buffer)
-    const body = Buffer.concat(chunks).toString('utf8')
+    const bytes = Buffer.concat(chunks)
+    const body = bytes.toString('utf8')
     const url = new URL(req.url ?? '/', 'http://x')
     this.requests.push({ method: req.method ?? '', path: url.pathname + url.search, headers: req.headers, body })
     if (req.headers.authorization !== 'Bearer sk-or-v1-test-key-0123456789') {
@@ -114,10 +117,11 @@ export class FakeOpenRouter {
     if (req.method === 'GET' && path === '/generation') return this.generation(res, url.searchParams.get('id') ?? '')
     if (req.method !== 'POST') return json(res, 404, { error: { code: 404, message: 'Not Found' } })
     const endpoint = path.slice(1)
-    if (endpoint === 'audio/transcriptions') {
+    if (['audio/transcriptions', 'audio/translations', 'images/edits', 'images/variations'].includes(endpoint)) {
       // Multipart in, JSON with usage out: the body must arrive exactly as the client sent it.
-      const g = this.newGeneration(endpoint, 'fake/whisper', false, null)
+      const g = this.newGeneration(endpoint, 'fake/whisper', false, /name="user"\r\n\r\n([^\r]*)\r\n/.exec(body)?.[1] ?? null)
       this.uploads.set(g.id, body)
+      this.uploadBytes.set(g.id, bytes)
       res.writeHead(200, { 'content-type': 'application/json', 'x-generation-id': g.id })
       return this.finish(g, res, Buffer.from(`{"id":"${g.id}","text":"hello","usage":{"prompt_tokens":${g.promptTokens},"total_tokens":${g.promptTokens},"cost":${g.cost}}}`))
     }

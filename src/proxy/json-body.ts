@@ -1,0 +1,160 @@
+import { isUtf8 } from 'node:buffer'
+import { JsonScanner } from './json-scan.js'
+
+// The request body as the proxy sees it: bytes, a few top-level fields read in place, and the
+// `user` field spliced in. Nothing else is decoded: a 500 KB chat history or a 4 MB image is
+// validated in one pass and forwarded as the client sent it.
+//
+// The verdict is JSON.parse's on `raw.toString('utf8')`, as before this module existed: invalid
+// UTF-8 is first replaced the way toString does (U+FFFD), so a stray byte inside a string is
+// accepted and forwarded repaired, and one outside a string is refused. A UTF-8 BOM is refused,
+// as JSON.parse refuses U+FEFF.
+
+/** The top-level fields read; add a name here to read another. */
+export const FIELDS = new Set(['model', 'stream', 'user', 'max_tokens', 'max_completion_tokens', 'max_output_tokens', 'stream_options', 'messages'])
+
+/** A byte range [start, end) of `bytes`. */
+export interface Span { start: number, end: number }
+
+export class JsonBody {
+  /** Last occurrence of each field in FIELDS, as JSON.parse keeps the last duplicate. */
+  private readonly fields = new Map<string, Span>()
+  /** Every occurrence of `user`: all are replaced, so no parser upstream can read the client's. */
+  private readonly users: Span[] = []
+  private close = -1
+  private count = 0
+
+  /** The bytes that are forwarded: the client's, or their UTF-8 repair. */
+  readonly bytes: Buffer
+
+  constructor (bytes: Buffer) { this.bytes = bytes }
+
+  /** The value's bytes of a top-level field, if present. */
+  span (name: string): Span | undefined { return this.fields.get(name) }
+
+  /** A top-level string field, decoded; undefined when absent or not a string. */
+  string (name: string): string | undefined {
+    const s = this.fields.get(name)
+    return s && stringAt(this.bytes, s)
+  }
+
+  /** A top-level number field as JSON.parse reads it; undefined when absent or not a number. */
+  number (name: string): number | undefined {
+    const s = this.fields.get(name)
+    if (!s) return undefined
+    const c = this.bytes[s.start]
+    return c === 0x2d || (c >= 0x30 && c <= 0x39) ? Number(this.bytes.toString('latin1', s.start, s.end)) : undefined
+  }
+
+  /**
+   * `messages` as JSON.parse would give it when it holds exactly one message (what the task
+   * heuristic looks for), else null: a long history is counted to its second item, never parsed.
+   */
+  singleMessage (): unknown[] | null {
+    const span = this.fields.get('messages')
+    if (!span || this.bytes[span.start] !== 0x5b) return null
+    const items: Span[] = []
+    const scan = new JsonScanner(this.bytes, span.start, span.end, (_ks, _ke, _esc, vs, ve) => {
+      items.push({ start: vs, end: ve })
+      return items.length > 1
+    })
+    scan.run()
+    return items.length === 1 ? [JSON.parse(this.bytes.toString('utf8', items[0].start, items[0].end))] : null
+  }
+
+  /** Whether a top-level field is the literal `true`. */
+  isTrue (name: string): boolean {
+    const s = this.fields.get(name)
+    return s !== undefined && this.bytes[s.start] === 0x74
+  }
+
+  /** The body with every top-level `user` set to `user` (or one appended), as one new buffer. */
+  withUser (user: string): Buffer {
+    return Buffer.concat(this.withUserParts(user))
+  }
+
+  /**
+   * The same as slices of the client's bytes around the new value: nothing copied, for a large
+   * body that is written upstream piece by piece.
+   */
+  withUserParts (user: string): Buffer[] {
+    const value = Buffer.from(JSON.stringify(user))
+    const b = this.bytes
+    if (this.users.length === 0) {
+      return [b.subarray(0, this.close), Buffer.from(this.count === 0 ? `"user":${value}` : `,"user":${value}`), b.subarray(this.close)]
+    }
+    const parts: Buffer[] = []
+    let at = 0
+    for (const u of this.users) {
+      parts.push(b.subarray(at, u.start), value)
+      at = u.end
+    }
+    parts.push(b.subarray(at))
+    return parts
+  }
+
+  /** @internal called by the scan for each top-level member. */
+  add (key: string, span: Span): void {
+    this.count++
+    if (!FIELDS.has(key)) return
+    this.fields.set(key, span)
+    if (key === 'user') this.users.push(span)
+  }
+
+  /** @internal */
+  end (close: number, count: number): void { this.close = close; this.count = count }
+}
+
+/**
+ * Scans a request body in slices. `step(budget)` reads on about `budget` bytes and returns true
+ * when done; `body` is then the result, or null when the body is not a JSON object.
+ */
+export class BodyScan {
+  body: JsonBody | null = null
+  private readonly scanner: JsonScanner | null
+
+  constructor (raw: Buffer) {
+    // Replace invalid UTF-8 exactly as raw.toString('utf8') did before JSON.parse.
+    const bytes = isUtf8(raw) ? raw : Buffer.from(raw.toString('utf8'))
+    const body = new JsonBody(bytes)
+    let first = 0
+    while (first < bytes.length && isSpace(bytes[first])) first++
+    // Not an object: refused whatever follows, without reading it.
+    if (bytes[first] !== 0x7b) { this.scanner = null; return }
+    this.body = body
+    this.scanner = new JsonScanner(bytes, first, bytes.length, (ks, ke, escaped, vs, ve) => {
+      body.add(keyName(bytes, ks, ke, escaped), { start: vs, end: ve })
+      return undefined
+    })
+  }
+
+  step (budget = Infinity): boolean {
+    const s = this.scanner
+    if (s === null) return true
+    if (!s.run(budget)) return false
+    if (s.valid) this.body!.end(s.rootClose, s.members)
+    else this.body = null
+    return true
+  }
+}
+
+/** The body's top-level object in one go; null when the body is not a JSON object. */
+export function scanBody (raw: Buffer): JsonBody | null {
+  const scan = new BodyScan(raw)
+  scan.step()
+  return scan.body
+}
+
+/** The JSON string at `span` of valid JSON bytes, decoded; undefined if the value is not a string. */
+export function stringAt (bytes: Buffer, span: Span): string | undefined {
+  if (bytes[span.start] !== 0x22) return undefined
+  const inner = bytes.subarray(span.start + 1, span.end - 1)
+  return inner.includes(0x5c) ? JSON.parse(bytes.toString('utf8', span.start, span.end)) as string : inner.toString('utf8')
+}
+
+function keyName (bytes: Buffer, start: number, end: number, escaped: boolean): string {
+  // Only ASCII names are looked up, and non-ASCII bytes never decode to ASCII under latin1.
+  return escaped ? JSON.parse(bytes.toString('utf8', start, end)) as string : bytes.toString('latin1', start + 1, end - 1)
+}
+
+function isSpace (c: number): boolean { return c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09 }

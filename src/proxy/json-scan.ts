@@ -1,0 +1,273 @@
+// A validating JSON scanner over bytes: one pass, no decoding, no recursion, no allocation per
+// value. It answers exactly what JSON.parse would (valid or not) for UTF-8 input, and reports the
+// byte ranges of the root container's direct members, which is all the proxy needs to read a
+// few top-level fields and splice one in without materializing the rest.
+//
+// Depth is tracked in a bit stack (one bit per level), so a body nested a million levels deep
+// costs a few hundred kilobytes and no call stack. Work can be cut into slices (run(budget)):
+// the scanner pauses between tokens and resumes where it stopped.
+
+/** A direct member of the root: its key's quoted bytes (-1 for array items) and its value's. */
+export type MemberVisitor = (keyStart: number, keyEnd: number, keyEscaped: boolean, valueStart: number, valueEnd: number) => boolean | undefined
+
+const VALUE = 0 // a value must come
+const VALUE_OR_CLOSE = 1 // after '['
+const KEY_OR_CLOSE = 2 // after '{'
+const KEY = 3 // after ',' inside an object
+const COLON = 4
+const AFTER = 5 // after a value: ',', the container's close, or the end of input at depth 0
+const DONE = 6
+const FAIL = 7
+const STOPPED = 8 // the visitor asked to stop early
+
+const QUOTE = 0x22
+const BACKSLASH = 0x5c
+const OBJECT = 0x7b
+const OBJECT_END = 0x7d
+const ARRAY = 0x5b
+const ARRAY_END = 0x5d
+
+/** Bytes that end a run of plain string content: the quote, the backslash and control characters. */
+const STRING_STOP = new Uint8Array(256)
+for (let c = 0; c < 0x20; c++) STRING_STOP[c] = 1
+STRING_STOP[QUOTE] = 1
+STRING_STOP[BACKSLASH] = 1
+/** What may follow a backslash, besides 'u'. */
+const SIMPLE_ESCAPE = new Uint8Array(256)
+for (const ch of '"\\/bfnrt') SIMPLE_ESCAPE[ch.charCodeAt(0)] = 1
+const HEX = new Uint8Array(256)
+for (const ch of '0123456789abcdefABCDEF') HEX[ch.charCodeAt(0)] = 1
+
+export class JsonScanner {
+  /** The root's first byte ('{', '[', or another for a scalar), 0 before it is read. */
+  root = 0
+  /** Offset of the root container's closing byte, once read. */
+  rootClose = -1
+  /** Direct members of the root seen so far. */
+  members = 0
+  private i: number
+  private state = VALUE
+  private depth = 0
+  /** Bit n set: level n is an object (else an array). */
+  private kinds = new Uint8Array(16)
+  private keyStart = -1
+  private keyEnd = -1
+  private keyEscaped = false
+  private valueStart = -1
+  private words: Words | null = null
+
+  constructor (private readonly buf: Uint8Array, from: number, private readonly to: number, private readonly visit?: MemberVisitor) {
+    this.i = from
+  }
+
+  get done (): boolean { return this.state >= DONE }
+  /** True once the whole input was read and is one valid JSON value (or the visitor stopped early). */
+  get valid (): boolean { return this.state === DONE || this.state === STOPPED }
+  /** Where the scan is; after a pause, how far it got. */
+  get offset (): number { return this.i }
+
+  /**
+   * Reads on, at most about `budget` bytes (a token in progress is finished), and returns true
+   * when the scan is over; `valid` then says how it ended.
+   */
+  run (budget = Infinity): boolean {
+    const buf = this.buf
+    const to = this.to
+    const words = this.words ??= wordsOf(buf)
+    let i = this.i
+    let state = this.state
+    let depth = this.depth
+    const stop = budget >= to - i ? to : i + budget
+    for (;;) {
+      if (state >= DONE) break
+      let c = 0
+      while (i < to) {
+        c = buf[i]
+        if (c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09) i++
+        else break
+      }
+      if (i >= to) { state = state === AFTER && depth === 0 ? DONE : FAIL; break }
+      if (i >= stop) break
+      if (state === AFTER) {
+        if (depth === 0) { state = FAIL; break } // something after the root value
+        const inObject = this.isObject(depth - 1)
+        if (c === 0x2c) { i++; state = inObject ? KEY : VALUE; continue }
+        if (c !== (inObject ? OBJECT_END : ARRAY_END)) { state = FAIL; break }
+        i++
+        depth--
+        if (depth === 1) { if (this.member(i)) { state = STOPPED; break } } else if (depth === 0) this.rootClose = i - 1
+        continue
+      }
+      if (state === KEY || state === KEY_OR_CLOSE) {
+        if (c === OBJECT_END && state === KEY_OR_CLOSE) {
+          i++
+          depth--
+          state = AFTER
+          if (depth === 1) { if (this.member(i)) { state = STOPPED; break } } else if (depth === 0) this.rootClose = i - 1
+          continue
+        }
+        if (c !== QUOTE) { state = FAIL; break }
+        const end = skipString(buf, words, i, to)
+        if (end < 0) { state = FAIL; break }
+        if (depth === 1) { this.keyStart = i; this.keyEnd = end; this.keyEscaped = lastEscaped }
+        i = end
+        state = COLON
+        continue
+      }
+      if (state === COLON) {
+        if (c !== 0x3a) { state = FAIL; break }
+        i++
+        state = VALUE
+        continue
+      }
+      // VALUE or VALUE_OR_CLOSE
+      if (c === ARRAY_END && state === VALUE_OR_CLOSE) {
+        i++
+        depth--
+        state = AFTER
+        if (depth === 1) { if (this.member(i)) { state = STOPPED; break } } else if (depth === 0) this.rootClose = i - 1
+        continue
+      }
+      if (depth === 0) this.root = c
+      else if (depth === 1) this.valueStart = i
+      if (c === OBJECT || c === ARRAY) {
+        this.push(depth, c === OBJECT)
+        depth++
+        i++
+        state = c === OBJECT ? KEY_OR_CLOSE : VALUE_OR_CLOSE
+        continue
+      }
+      let end: number
+      if (c === QUOTE) end = skipString(buf, words, i, to)
+      else if (c === 0x2d || (c >= 0x30 && c <= 0x39)) end = skipNumber(buf, i, to)
+      else if (c === 0x74) end = literal(buf, i, to, TRUE)
+      else if (c === 0x66) end = literal(buf, i, to, FALSE)
+      else if (c === 0x6e) end = literal(buf, i, to, NULL)
+      else end = -1
+      if (end < 0) { state = FAIL; break }
+      i = end
+      state = AFTER
+      if (depth === 1 && this.member(i)) { state = STOPPED; break }
+    }
+    this.i = i
+    this.state = state
+    this.depth = depth
+    return state >= DONE
+  }
+
+  private member (valueEnd: number): boolean {
+    this.members++
+    if (!this.visit) return false
+    const inObject = this.isObject(0)
+    return this.visit(inObject ? this.keyStart : -1, inObject ? this.keyEnd : -1, inObject && this.keyEscaped, this.valueStart, valueEnd) === true
+  }
+
+  private isObject (level: number): boolean {
+    return (this.kinds[level >>> 3] & (1 << (level & 7))) !== 0
+  }
+
+  private push (level: number, object: boolean): void {
+    const byte = level >>> 3
+    if (byte >= this.kinds.length) {
+      const grown = new Uint8Array(this.kinds.length * 2)
+      grown.set(this.kinds)
+      this.kinds = grown
+    }
+    if (object) this.kinds[byte] |= 1 << (level & 7)
+    else this.kinds[byte] &= ~(1 << (level & 7))
+  }
+}
+
+/** Set by skipString: whether the string just skipped holds a backslash escape. */
+let lastEscaped = false
+
+/**
+ * The buffer as 32-bit words, for skipping plain string content four bytes at a time: a base64
+ * image is megabytes of one string, and a byte loop is most of the scan's cost there.
+ */
+export interface Words { w32: Uint32Array, base: number }
+
+export function wordsOf (buf: Uint8Array): Words {
+  const first = (4 - (buf.byteOffset & 3)) & 3
+  const n = buf.length > first ? (buf.length - first) >>> 2 : 0
+  return { w32: new Uint32Array(buf.buffer, buf.byteOffset + first, n), base: first }
+}
+
+/** The first offset from j on (before `to`) holding a quote, a backslash or a control character. */
+function plainEnd (buf: Uint8Array, words: Words, j: number, to: number): number {
+  if (to - j >= 16) {
+    while (((j - words.base) & 3) !== 0) { if (STRING_STOP[buf[j]] === 1) return j; j++ }
+    const w32 = words.w32
+    let k = (j - words.base) >>> 2
+    const end = (to - words.base) >>> 2
+    for (; k < end; k++) {
+      const w = w32[k]
+      const q = w ^ 0x22222222
+      const b = w ^ 0x5c5c5c5c
+      // Per byte: below 0x20, or equal to '"' or '\\' (exact as to whether any byte is; the byte loop finds which).
+      if ((((w - 0x20202020) & ~w) | ((q - 0x01010101) & ~q) | ((b - 0x01010101) & ~b)) & 0x80808080) break
+    }
+    j = words.base + k * 4
+  }
+  while (j < to && STRING_STOP[buf[j]] === 0) j++
+  return j
+}
+
+/** From the opening quote at i to just past the closing one, or -1. */
+export function skipString (buf: Uint8Array, words: Words, i: number, to: number): number {
+  let j = i + 1
+  lastEscaped = false
+  for (;;) {
+    j = plainEnd(buf, words, j, to)
+    if (j >= to) return -1
+    const c = buf[j]
+    if (c === QUOTE) return j + 1
+    if (c !== BACKSLASH) return -1 // a raw control character
+    lastEscaped = true
+    if (j + 1 >= to) return -1
+    const e = buf[j + 1]
+    if (e === 0x75) {
+      if (j + 5 >= to || HEX[buf[j + 2]] === 0 || HEX[buf[j + 3]] === 0 || HEX[buf[j + 4]] === 0 || HEX[buf[j + 5]] === 0) return -1
+      j += 6
+    } else if (SIMPLE_ESCAPE[e] === 1) {
+      j += 2
+    } else {
+      return -1
+    }
+  }
+}
+
+/** A number in JSON's grammar: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)? */
+function skipNumber (buf: Uint8Array, i: number, to: number): number {
+  let j = i
+  if (buf[j] === 0x2d) j++
+  if (j >= to) return -1
+  const first = buf[j]
+  if (first === 0x30) j++
+  else if (first >= 0x31 && first <= 0x39) { j++; while (j < to && isDigit(buf[j])) j++ } else return -1
+  if (j < to && buf[j] === 0x2e) {
+    const s = ++j
+    while (j < to && isDigit(buf[j])) j++
+    if (j === s) return -1
+  }
+  if (j < to && (buf[j] === 0x65 || buf[j] === 0x45)) {
+    j++
+    if (j < to && (buf[j] === 0x2b || buf[j] === 0x2d)) j++
+    const s = j
+    while (j < to && isDigit(buf[j])) j++
+    if (j === s) return -1
+  }
+  return j
+}
+
+function isDigit (c: number): boolean { return c >= 0x30 && c <= 0x39 }
+
+const TRUE = [0x74, 0x72, 0x75, 0x65]
+const FALSE = [0x66, 0x61, 0x6c, 0x73, 0x65]
+const NULL = [0x6e, 0x75, 0x6c, 0x6c]
+
+function literal (buf: Uint8Array, i: number, to: number, word: number[]): number {
+  if (i + word.length > to) return -1
+  for (let k = 1; k < word.length; k++) if (buf[i + k] !== word[k]) return -1
+  return i + word.length
+}

@@ -1,0 +1,155 @@
+// multipart/form-data bodies (audio transcriptions, image edits): find the `user` fields and
+// replace them with the user's external id, or add one, so the client cannot choose whom
+// OpenRouter bills the upload to. The parts are located with Buffer.indexOf (native search);
+// file contents are never looked at, and the new body is the old one's slices around the new
+// value, copied once.
+//
+// Strict where parsers could disagree: a preamble, a boundary line followed by anything but `--`
+// or a line end, a missing closing delimiter, a header line without a colon is refused, so no parser
+// upstream can find a `user` part this one did not replace.
+
+export interface Span { start: number, end: number }
+
+/** The boundary of a multipart/form-data content type; null for any other type. */
+export function multipartBoundary (contentType: string | undefined): string | null {
+  if (!contentType) return null
+  const semi = contentType.indexOf(';')
+  if ((semi === -1 ? contentType : contentType.slice(0, semi)).trim().toLowerCase() !== 'multipart/form-data') return null
+  const b = params(contentType.slice(semi + 1)).get('boundary')
+  // RFC 2046: 1 to 70 characters.
+  return b !== undefined && b.length >= 1 && b.length <= 70 ? b : null
+}
+
+export class MultipartBody {
+  constructor (
+    readonly bytes: Buffer,
+    private readonly boundary: string,
+    /** Content of every part named `user`. */
+    private readonly users: Span[],
+    /** Where the closing delimiter (`--boundary--`) begins: a new part goes here. */
+    private readonly close: number,
+  ) {}
+
+  /** The last `user` field, as text (the JSON path also reads the last one). */
+  get user (): string | undefined {
+    const u = this.users.at(-1)
+    return u && this.bytes.toString('utf8', u.start, u.end)
+  }
+
+  withUser (user: string): Buffer {
+    return Buffer.concat(this.withUserParts(user))
+  }
+
+  /** The body with every `user` part's content replaced (or a part added), as slices of the original. */
+  withUserParts (user: string): Buffer[] {
+    const b = this.bytes
+    if (this.users.length === 0) {
+      const part = Buffer.from(`--${this.boundary}\r\nContent-Disposition: form-data; name="user"\r\n\r\n${user}\r\n`)
+      return [b.subarray(0, this.close), part, b.subarray(this.close)]
+    }
+    const value = Buffer.from(user)
+    const parts: Buffer[] = []
+    let at = 0
+    for (const u of this.users) {
+      parts.push(b.subarray(at, u.start), value)
+      at = u.end
+    }
+    parts.push(b.subarray(at))
+    return parts
+  }
+}
+
+const CRLF = Buffer.from('\r\n')
+const HEADER_END = Buffer.from('\r\n\r\n')
+
+/** The parts of a multipart body; null when it is malformed. */
+export function scanMultipart (bytes: Buffer, boundary: string): MultipartBody | null {
+  const dash = Buffer.from(`--${boundary}`)
+  const delimiter = Buffer.concat([CRLF, dash])
+  // The first boundary opens the body. A preamble is legal but no client sends one, and parsers
+  // disagree on what they find in it: refused.
+  if (!startsWithAt(bytes, dash, 0)) return null
+  let at = 0
+  const users: Span[] = []
+  for (;;) {
+    let p = at + dash.length
+    if (bytes[p] === 0x2d && bytes[p + 1] === 0x2d) return new MultipartBody(bytes, boundary, users, at) // the closing delimiter
+    while (bytes[p] === 0x20 || bytes[p] === 0x09) p++ // transport padding
+    if (bytes[p] !== 0x0d || bytes[p + 1] !== 0x0a) return null
+    p += 2
+    let contentStart: number
+    let headers: string
+    if (bytes[p] === 0x0d && bytes[p + 1] === 0x0a) {
+      headers = ''
+      contentStart = p + 2
+    } else {
+      const h = bytes.indexOf(HEADER_END, p)
+      if (h === -1) return null
+      headers = bytes.toString('latin1', p, h)
+      contentStart = h + 4
+    }
+    const next = bytes.indexOf(delimiter, contentStart)
+    if (next === -1) return null
+    const name = partName(headers)
+    if (name === null) return null
+    if (name === 'user') users.push({ start: contentStart, end: next })
+    at = next + 2
+  }
+}
+
+function startsWithAt (bytes: Buffer, what: Buffer, at: number): boolean {
+  return bytes.length - at >= what.length && bytes.compare(what, 0, what.length, at, at + what.length) === 0
+}
+
+/** The field name of a part, from its Content-Disposition header; null if a header line is malformed. */
+function partName (headers: string): string | undefined | null {
+  if (headers === '') return undefined
+  let name: string | undefined
+  for (const line of headers.split('\r\n')) {
+    const colon = line.indexOf(':')
+    if (colon <= 0) return null // not a header: a line a lenient parser might read otherwise
+    if (name !== undefined || line.slice(0, colon).trim().toLowerCase() !== 'content-disposition') continue
+    const value = line.slice(colon + 1)
+    const semi = value.indexOf(';')
+    const p = params(semi === -1 ? '' : value.slice(semi + 1))
+    const extended = p.get('name*')
+    if (extended !== undefined) {
+      // RFC 5987: charset'language'percent-encoded
+      const quote = extended.indexOf("'", extended.indexOf("'") + 1)
+      try { name = decodeURIComponent(extended.slice(quote + 1)) } catch { name = extended }
+      continue
+    }
+    const plain = p.get('name')
+    if (plain !== undefined) name = Buffer.from(plain, 'latin1').toString('utf8')
+  }
+  return name
+}
+
+/** `; key=value; key="quoted \" value"` parameters, keys lower-cased. */
+function params (s: string): Map<string, string> {
+  const out = new Map<string, string>()
+  let i = 0
+  while (i < s.length) {
+    while (i < s.length && (s[i] === ';' || s[i] === ' ' || s[i] === '\t')) i++
+    const eq = s.indexOf('=', i)
+    if (eq === -1) break
+    const key = s.slice(i, eq).trim().toLowerCase()
+    i = eq + 1
+    while (s[i] === ' ' || s[i] === '\t') i++
+    let value = ''
+    if (s[i] === '"') {
+      i++
+      while (i < s.length && s[i] !== '"') {
+        if (s[i] === '\\' && i + 1 < s.length) i++
+        value += s[i++]
+      }
+      i++
+    } else {
+      const end = s.indexOf(';', i)
+      value = (end === -1 ? s.slice(i) : s.slice(i, end)).trim()
+      i = end === -1 ? s.length : end
+    }
+    if (!out.has(key)) out.set(key, value)
+  }
+  return out
+}

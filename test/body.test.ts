@@ -1,0 +1,234 @@
+import t from 'tap'
+import { subscribe, unsubscribe } from 'node:diagnostics_channel'
+import { createServer } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { FormData, Pool, request } from 'undici'
+import { FakeOpenRouter } from './support/fake-openrouter.js'
+import { createTestDb, type TestDb } from './support/db.js'
+import { baseEnv, startSidecar, type Started } from './support/sidecar.js'
+import { freePort, spawnSidecar } from './support/child.js'
+import { externalUserId } from '../src/identity/external-id.js'
+import { createLogger } from '../src/log.js'
+import { handleMetered, type MeterContext } from '../src/proxy/metered.js'
+
+// The request body path: bodies that used to take the process down or hold the event loop,
+// multipart uploads whose `user` the client must not choose, and the rule that an exception in
+// one exchange answers that exchange.
+
+let fake: FakeOpenRouter
+let db: TestDb
+let s: Started
+const ORG = 'mai_client_63a4eb6d'
+const json = { 'content-type': 'application/json' }
+const owui = (id: string) => ({ 'x-openwebui-user-id': id, 'x-openwebui-user-name': id })
+
+t.before(async () => {
+  fake = await new FakeOpenRouter(8).start()
+  db = await createTestDb()
+  s = await startSidecar(baseEnv(fake, db.url))
+})
+t.teardown(async () => {
+  await s?.sidecar.stop('test end')
+  await fake?.close()
+  await db?.drop()
+})
+
+async function post (url: string, body: string | Buffer, headers: Record<string, string> = json) {
+  const res = await request(url, { method: 'POST', headers, body })
+  return { status: res.statusCode, headers: res.headers, text: await res.body.text() }
+}
+
+t.test('a small body nested 5,000 levels deep is answered, and the process lives on (it used to exit 1)', async (t) => {
+  const child = spawnSidecar({ ...baseEnv(fake, db.url), LOG_LEVEL: 'info' }, await freePort())
+  t.teardown(async () => { child.proc.kill('SIGKILL'); await child.exited })
+  await child.waitReady()
+  const n = 5000
+  const deep = `{"model":"m","messages":[],"x":${'['.repeat(n)}${']'.repeat(n)}}`
+  t.ok(deep.length >= 10_000 && deep.length < 11_000, `about 10 KB (${deep.length} bytes)`)
+  const r = await post(`${child.url}/v1/chat/completions`, deep, { ...json, ...owui('deep-user') })
+  t.equal(r.status, 200, 'forwarded: it is valid JSON')
+  const sent = fake.requests.at(-1)!.body
+  t.equal(sent, deep.slice(0, -1) + `,"user":"${externalUserId(ORG, 'deep-user')}"}`, 'forwarded as sent, only the user added')
+  const deeper = `{"model":"m","x":${'{"a":'.repeat(200_000)}1${'}'.repeat(200_000)}}`
+  t.equal((await post(`${child.url}/v1/chat/completions`, deeper)).status, 200, '200,000 nested objects too')
+  const broken = `{"model":"m","x":${'['.repeat(n)}}`
+  const bad = await post(`${child.url}/v1/chat/completions`, broken)
+  t.equal(bad.status, 400)
+  t.match(JSON.parse(bad.text), { error: { code: 'invalid_json', type: 'invalid_request_error' } })
+  const health = await request(`${child.url}/healthz`)
+  t.equal(health.statusCode, 200)
+  await health.body.dump()
+  t.equal(child.proc.exitCode, null, 'still running')
+  t.notOk(child.logs().some((l) => l.level >= 50), 'nothing logged as an error')
+})
+
+t.test('requests are served while an 18 MB numeric body is scanned: it is read a slice per turn, not in one block', async (t) => {
+  const numbers = Array.from({ length: 2_300_000 }, (_, i) => String((i * 7919) % 1_000_003 / 8)).join(',')
+  const big = Buffer.from(`{"model":"fake/ok","messages":[{"role":"user","content":"hi"}],"x":[${numbers}]}`)
+  t.ok(big.length > 18 * 1024 * 1024, `${(big.length / 1048576).toFixed(1)} MB`)
+  const upstreamPath = '/api/v1/chat/completions'
+  let served = 0
+  let servedWhenDispatched = -1
+  let sending = false
+  // The sidecar dispatches the big request once it has read all of it: that instant is observed
+  // through undici's own channel, in this process, so no clock is involved.
+  const onCreate = (m: unknown) => {
+    const req = (m as { request: { path: string, method: string } }).request
+    if (sending && servedWhenDispatched === -1 && req.method === 'POST' && req.path === upstreamPath) servedWhenDispatched = served
+  }
+  subscribe('undici:request:create', onCreate)
+  t.teardown(() => unsubscribe('undici:request:create', onCreate))
+  // Once the sidecar has the whole body (its own 'end' listener ran first), health checks start.
+  let pinging: Promise<void> | null = null
+  const onRequest = (req: import('node:http').IncomingMessage) => {
+    if (req.headers['x-test'] !== 'big') return
+    req.once('end', () => {
+      pinging = (async () => {
+        while (servedWhenDispatched === -1) {
+          const h = await request(`${s.url}/healthz`)
+          await h.body.dump()
+          if (h.statusCode === 200) served++
+        }
+      })()
+    })
+  }
+  s.sidecar.server.on('request', onRequest)
+  t.teardown(() => { s.sidecar.server.off('request', onRequest) })
+  sending = true
+  const r = await post(`${s.url}/v1/chat/completions`, big, { ...json, 'x-test': 'big' })
+  await pinging
+  t.equal(r.status, 200)
+  t.ok(servedWhenDispatched >= 2, `health checks answered while the body was scanned (${servedWhenDispatched})`)
+  const sent = fake.requests.find((q) => q.headers['x-test'] === 'big')!
+  t.equal(sent.body.length, big.length + `,"user":"${ORG}"`.length, 'the whole body went upstream, plus the user')
+})
+
+t.test('multipart uploads: the user field is the user\'s external id, whatever the client put there', async (t) => {
+  const file = Buffer.concat([Buffer.from('RIFF'), Buffer.from([0, 1, 2, 0xff, 0xfe, 13, 10, 45, 45]), Buffer.from('\r\n--not-the-boundary\r\nname="user"\r\n'), Buffer.alloc(70_000, 7)])
+  for (const endpoint of ['audio/transcriptions', 'audio/translations', 'images/edits', 'images/variations']) {
+    const form = new FormData()
+    form.append('model', 'openai/whisper-1')
+    form.append('user', 'another-orgs-external-id')
+    form.append('file', new Blob([file], { type: 'application/octet-stream' }), 'a.wav')
+    const res = await request(`${s.url}/v1/${endpoint}`, { method: 'POST', headers: owui('mp-user'), body: form })
+    t.equal(res.statusCode, 200, endpoint)
+    const gen = String(res.headers['x-generation-id'])
+    await res.body.dump()
+    // Read back what OpenRouter received with a parser that is not ours (undici's).
+    const got = fake.uploadBytes.get(gen)!
+    const parsed = await new Response(new Uint8Array(got), { headers: { 'content-type': String(fake.requests.at(-1)!.headers['content-type']) } }).formData()
+    t.same(parsed.getAll('user'), [externalUserId(ORG, 'mp-user')], `${endpoint}: only our user`)
+    t.equal(parsed.get('model'), 'openai/whisper-1')
+    t.ok(Buffer.from(await (parsed.get('file') as Blob).arrayBuffer()).equals(file), `${endpoint}: the file byte for byte`)
+  }
+})
+
+t.test('multipart: duplicate user fields all replaced, a missing one added, a lower-case header caught', async (t) => {
+  const b = 'XyZ-boundary'
+  const part = (headers: string, content: string) => `--${b}\r\n${headers}\r\n\r\n${content}\r\n`
+  const ext = externalUserId(ORG, 'dup-user')
+  const cases: Array<[string, string, string[]]> = [
+    ['two user parts', part('Content-Disposition: form-data; name="user"', 'a') + part('Content-Disposition: form-data; name="model"', 'm') + part('content-disposition: form-data; name="user"', 'b') + `--${b}--\r\n`, [ext, ext]],
+    ['no user part', part('Content-Disposition: form-data; name="model"', 'm') + `--${b}--`, [ext]],
+  ]
+  for (const [name, body, users] of cases) {
+    const ct = `multipart/form-data; boundary="${b}"`
+    const res = await request(`${s.url}/v1/audio/transcriptions`, { method: 'POST', headers: { ...owui('dup-user'), 'content-type': ct }, body })
+    t.equal(res.statusCode, 200, name)
+    const gen = String(res.headers['x-generation-id'])
+    await res.body.dump()
+    const parsed = await new Response(new Uint8Array(fake.uploadBytes.get(gen)!), { headers: { 'content-type': ct } }).formData()
+    t.same(parsed.getAll('user'), users, name)
+  }
+  // An epilogue (after the closing delimiter) is left alone; undici's parser does not take one.
+  const epilogue = part('Content-Disposition: form-data; name="user"', 'z') + `--${b}--\r\nepilogue "user"`
+  const res = await request(`${s.url}/v1/audio/transcriptions`, { method: 'POST', headers: { ...owui('dup-user'), 'content-type': `multipart/form-data; boundary=${b}` }, body: epilogue })
+  t.equal(res.statusCode, 200)
+  await res.body.dump()
+  t.equal(fake.uploads.get(String(res.headers['x-generation-id'])), epilogue.replace('\r\n\r\nz\r\n', `\r\n\r\n${ext}\r\n`))
+  const rows: any[] = []
+  for (let i = 0; i < 200 && rows.length < 3; i++) {
+    rows.splice(0, rows.length, ...await db.sql`select user_id from usage_events where external_user_id = ${ext}`)
+    if (rows.length < 3) await new Promise((r) => setTimeout(r, 25))
+  }
+  t.same(rows.map((r) => r.user_id), ['dup-user', 'dup-user', 'dup-user'], 'recorded for the user')
+})
+
+t.test('upload endpoints: other bodies are refused and nothing is forwarded', async (t) => {
+  const before = fake.requests.length
+  const cases: Array<[string, string, string, number, string]> = [
+    ['raw audio', 'audio/mpeg', 'ID3....', 415, 'unsupported_media_type'],
+    ['urlencoded with a user', 'application/x-www-form-urlencoded', 'user=someone&model=m', 415, 'unsupported_media_type'],
+    ['multipart without a boundary', 'multipart/form-data', '--x\r\n\r\n\r\n--x--', 415, 'unsupported_media_type'],
+    ['multipart with a preamble', 'multipart/form-data; boundary=x', 'hello\r\n--x\r\nContent-Disposition: form-data; name="user"\r\n\r\nme\r\n--x--', 400, 'invalid_multipart'],
+    ['multipart without its closing delimiter', 'multipart/form-data; boundary=x', '--x\r\nContent-Disposition: form-data; name="user"\r\n\r\nme', 400, 'invalid_multipart'],
+    ['multipart with a header line that is not one', 'multipart/form-data; boundary=x', '--x\r\nContent-Disposition: form-data; name="a"\r\n--x\r\nContent-Disposition: form-data; name="user"\r\n\r\nme\r\n--x--', 400, 'invalid_multipart'],
+    ['multipart with a boundary look-alike line', 'multipart/form-data; boundary=x', '--x\r\nContent-Disposition: form-data; name="a"\r\n\r\n1\r\n--xy\r\n--x--', 400, 'invalid_multipart'],
+    ['a JSON body that is not an object', 'application/json', '[1]', 400, 'invalid_json'],
+  ]
+  for (const [name, type, body, status, code] of cases) {
+    const r = await post(`${s.url}/v1/audio/transcriptions`, body, { 'content-type': type })
+    t.equal(r.status, status, name)
+    t.match(JSON.parse(r.text), { error: { code, type: 'invalid_request_error', message: String } }, name)
+  }
+  t.equal(fake.requests.length, before, 'nothing reached OpenRouter')
+  // A JSON body on an upload endpoint is still JSON: its user is rewritten the same way.
+  const r = await post(`${s.url}/v1/images/edits`, '{"model":"m","user":"someone"}', { ...json, ...owui('json-upload') })
+  t.equal(r.status, 200)
+  t.equal(JSON.parse(fake.requests.at(-1)!.body).user, externalUserId(ORG, 'json-upload'))
+})
+
+t.test('an exception before dispatch answers 500 for that request only', async (t) => {
+  const pool = new Pool(`http://127.0.0.1:${fake.port}`)
+  t.teardown(() => pool.close())
+  let calls = 0
+  const ctx = {
+    upstream: { pool, basePath: '/api/v1' },
+    apiKey: 'sk-or-v1-test-key-0123456789',
+    appUrl: 'http://x',
+    appTitle: 't',
+    organizationId: ORG,
+    markupPercent: '0',
+    maxBodyBytes: 1_000_000,
+    identity: s.sidecar.config.identity,
+    identityHeaders: new Set<string>(),
+    // A fault injected where a bug would be: the user directory throws on its second use.
+    directory: { resolve: () => { if (++calls === 2) throw new TypeError('injected'); return { userId: null, externalUserId: ORG, mapping: null } } },
+    ledger: { pending: () => {}, record: () => {} },
+    reconciler: { enqueue: () => {} },
+    log: createLogger('fatal'),
+    track: () => {},
+  } as unknown as MeterContext
+  const server = createServer((req, res) => handleMetered(req, res, 'chat/completions', '', 'json', ctx))
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
+  t.teardown(() => server.close())
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1/chat/completions`
+  const statuses: number[] = []
+  for (let i = 0; i < 3; i++) {
+    const r = await post(url, '{"model":"fake/ok","messages":[]}')
+    statuses.push(r.status)
+    if (r.status === 500) t.match(JSON.parse(r.text), { error: { type: 'api_error', code: 'internal_error', message: String } })
+  }
+  t.same(statuses, [200, 500, 200])
+})
+
+t.test('an exception while recording answers the client in full, and the next request is served', async (t) => {
+  const ledger = s.sidecar.ledger()!
+  const record = ledger.record
+  let thrown = 0
+  ledger.record = () => { thrown++; throw new Error('injected ledger fault') }
+  try {
+    const r = await post(`${s.url}/v1/chat/completions`, '{"model":"fake/ok","messages":[]}')
+    t.equal(r.status, 200)
+    t.match(JSON.parse(r.text), { object: 'chat.completion' }, 'the whole answer arrived')
+    const streamed = await post(`${s.url}/v1/chat/completions`, '{"model":"fake/ok","stream":true,"messages":[]}')
+    t.equal(streamed.status, 200)
+    t.match(streamed.text, /data: \[DONE\]/, 'the whole stream arrived')
+  } finally {
+    ledger.record = record
+  }
+  t.equal(thrown, 2)
+  t.match(s.logs.text, /could not record its outcome/)
+  const after = await post(`${s.url}/v1/chat/completions`, '{"model":"fake/ok","messages":[]}')
+  t.equal(after.status, 200)
+})

@@ -1,0 +1,349 @@
+import t from 'tap'
+import { BodyScan, scanBody, stringAt, type JsonBody } from '../src/proxy/json-body.js'
+import { JsonScanner } from '../src/proxy/json-scan.js'
+import { mulberry32 } from './support/fake-openrouter.js'
+
+// The byte scanner against JSON.parse, its oracle: on random and adversarial documents the
+// verdict, the fields read and the spliced document must be exactly what parsing would give.
+
+/** What the proxy did before the scanner: parse the whole body; null when it is refused. */
+function oracle (buf: Buffer): Record<string, any> | null {
+  try {
+    const v: unknown = JSON.parse(buf.toString('utf8'))
+    return v !== null && typeof v === 'object' && !Array.isArray(v) ? v as Record<string, any> : null
+  } catch { return null }
+}
+
+const NEW_USER = 'org_user_"quoted"\\ü'
+
+/** Checks one document; returns a description of the first disagreement, or null. */
+function disagreement (buf: Buffer, budget?: number): string | null {
+  let body: JsonBody | null
+  if (budget === undefined) body = scanBody(buf)
+  else {
+    const scan = new BodyScan(buf)
+    let steps = 0
+    while (!scan.step(budget)) steps++
+    body = scan.body
+    if (steps > buf.length + 1) return 'scan does not progress'
+  }
+  const o = oracle(buf)
+  if ((body === null) !== (o === null)) return `verdict: scanner ${body === null ? 'refused' : 'accepted'}, JSON.parse ${o === null ? 'refused' : 'accepted'}`
+  if (body === null || o === null) return null
+  const str = (v: unknown) => typeof v === 'string' ? v : undefined
+  for (const f of ['model', 'user']) {
+    if (body.string(f) !== str(o[f])) return `${f}: ${body.string(f)} vs ${str(o[f])}`
+  }
+  for (const f of ['max_tokens', 'max_completion_tokens']) {
+    const want = typeof o[f] === 'number' ? o[f] : undefined
+    if (!Object.is(body.number(f), want)) return `${f}: ${body.number(f)} vs ${want}`
+  }
+  if (body.isTrue('stream') !== (o.stream === true)) return 'stream'
+  for (const f of ['messages', 'stream_options']) {
+    const span = body.span(f)
+    if ((span === undefined) !== !(f in o)) return `${f} presence`
+    if (span && JSON.stringify(JSON.parse(body.bytes.toString('utf8', span.start, span.end))) !== JSON.stringify(o[f])) return `${f} span`
+  }
+  const spliced = body.withUser(NEW_USER)
+  const expected = JSON.stringify(Object.assign(o, { user: NEW_USER }))
+  let got: string
+  try { got = JSON.stringify(JSON.parse(spliced.toString('utf8'))) } catch (e) { return `spliced does not parse: ${(e as Error).message}: ${spliced.toString('utf8').slice(0, 200)}` }
+  if (got !== expected) return `spliced: ${got.slice(0, 300)} vs ${expected.slice(0, 300)}`
+  return null
+}
+
+// ---- a generator of JSON text that JSON.stringify would never write ----
+
+type Rng = () => number
+const pick = <T>(r: Rng, xs: readonly T[]): T => xs[Math.floor(r() * xs.length)]
+const WS = ['', '', '', ' ', '\n', '\t', '\r\n', '  \t ']
+const KEYS = ['model', 'stream', 'user', 'max_tokens', 'max_completion_tokens', 'stream_options', 'messages', 'include_usage',
+  'temperature', '__proto__', 'constructor', '0', '12', '', 'us', 'userx', 'User', 'ü', '日本', 'user\u0000']
+const NUMBERS = ['0', '-0', '1', '-1', '12', '1.5', '-0.0', '1e3', '1E3', '1e+3', '1e-3', '1.25E-10', '123456789012345678901234567890',
+  '1e400', '-1e400', '0.1e1', '9007199254740993', '2147483648', '5e-324', '1.7976931348623157e308']
+
+function ws (r: Rng): string { return pick(r, WS) }
+
+/** A JSON string literal for s, escaped in one of several valid ways. */
+function quote (r: Rng, s: string): string {
+  let out = '"'
+  for (const ch of s) {
+    const code = ch.codePointAt(0)!
+    const mode = r()
+    if (ch === '"' || ch === '\\' || code < 0x20) {
+      if (mode < 0.5 && ch === '"') out += '\\"'
+      else if (mode < 0.5 && ch === '\\') out += '\\\\'
+      else out += unicodeEscape(ch, r)
+    } else if (mode < 0.1) {
+      out += unicodeEscape(ch, r)
+    } else if (mode < 0.12 && ch === '/') {
+      out += '\\/'
+    } else {
+      out += ch
+    }
+  }
+  return out + '"'
+}
+
+function unicodeEscape (ch: string, r: Rng): string {
+  let out = ''
+  for (let i = 0; i < ch.length; i++) {
+    const hex = ch.charCodeAt(i).toString(16).padStart(4, '0')
+    out += '\\u' + (r() < 0.5 ? hex : hex.toUpperCase())
+  }
+  return out
+}
+
+function randomString (r: Rng): string {
+  const alphabet = ['a', 'b', ' ', '"', '\\', '/', 'ü', '日', '🌍', '\n', '\t', '\u0001', '\u001f', '\u2028', '"user":"x"', '{', '}', '[', ']', ',', ':', '\\u0075', '\ud800', '\udc00']
+  let s = ''
+  const n = Math.floor(r() * 8)
+  for (let i = 0; i < n; i++) s += pick(r, alphabet)
+  return s
+}
+
+function value (r: Rng, depth: number): string {
+  const k = r()
+  if (depth > 4 || k < 0.35) {
+    const s = r()
+    if (s < 0.3) return pick(r, NUMBERS)
+    if (s < 0.6) return quote(r, randomString(r))
+    return pick(r, ['true', 'false', 'null'])
+  }
+  if (k < 0.65) {
+    const n = Math.floor(r() * 4)
+    const items = Array.from({ length: n }, () => ws(r) + value(r, depth + 1) + ws(r))
+    return '[' + (n === 0 ? ws(r) : items.join(',')) + ']'
+  }
+  return object(r, depth + 1)
+}
+
+function object (r: Rng, depth: number): string {
+  const n = Math.floor(r() * 6)
+  const members: string[] = []
+  for (let i = 0; i < n; i++) {
+    const key = r() < 0.7 ? pick(r, KEYS) : randomString(r)
+    let v: string
+    if (key === 'model' && r() < 0.7) v = quote(r, pick(r, ['fake/ok', 'openai/gpt-4o', 'm"x', randomString(r)]))
+    else if (key === 'stream' && r() < 0.7) v = pick(r, ['true', 'false', '"true"', '1', 'null'])
+    else if ((key === 'max_tokens' || key === 'max_completion_tokens') && r() < 0.7) v = pick(r, NUMBERS)
+    else if (key === 'stream_options' && r() < 0.6) v = `{${ws(r)}"include_usage"${ws(r)}:${ws(r)}${pick(r, ['true', 'false', 'null'])}${ws(r)}}`
+    else v = value(r, depth)
+    members.push(ws(r) + quote(r, key) + ws(r) + ':' + ws(r) + v + ws(r))
+  }
+  return '{' + (n === 0 ? ws(r) : members.join(',')) + '}'
+}
+
+function document (r: Rng): string {
+  const x = r()
+  if (x < 0.05) return ws(r) + value(r, 0) + ws(r) // any JSON value: mostly not an object
+  return ws(r) + object(r, 0) + ws(r)
+}
+
+/** Breaks a document the ways a careless or hostile client would. */
+function mutate (r: Rng, text: Buffer): Buffer {
+  const b = Buffer.from(text)
+  const at = Math.floor(r() * (b.length + 1))
+  const m = r()
+  if (m < 0.2) return b.subarray(0, at) // truncated
+  if (m < 0.4) return Buffer.concat([b.subarray(0, at), b.subarray(at + 1)]) // a byte gone
+  const junk = pick(r, [[0x22], [0x5c], [0x2c], [0x7d], [0x5d], [0x7b], [0x00], [0x1f], [0x20], [0x2d], [0x30], [0x2e], [0x65],
+    [0xff], [0xc3], [0xe6, 0x97], [0xef, 0xbb, 0xbf], [0xed, 0xa0, 0x80], [0x80], [0x74], [0x6e, 0x75], [0x3a]])
+  if (m < 0.7) return Buffer.concat([b.subarray(0, at), Buffer.from(junk), b.subarray(at)]) // bytes added
+  if (at < b.length) b[at] = junk[0] // a byte replaced
+  return b
+}
+
+t.test('random documents: same verdict, fields and splice as JSON.parse', async (t) => {
+  const r = mulberry32(20261128)
+  let accepted = 0
+  for (let n = 0; n < 6000; n++) {
+    const buf = Buffer.from(document(r))
+    const d = disagreement(buf)
+    if (d) { t.fail(`${d}\n  document: ${JSON.stringify(buf.toString('utf8'))}`); return }
+    if (scanBody(buf)) accepted++
+  }
+  t.ok(accepted > 5000, `most generated documents are objects (${accepted})`)
+})
+
+t.test('mutated documents: the scanner refuses exactly what JSON.parse refuses', async (t) => {
+  const r = mulberry32(7)
+  let refused = 0
+  for (let n = 0; n < 12000; n++) {
+    let buf: Buffer = Buffer.from(document(r))
+    const times = 1 + Math.floor(r() * 3)
+    for (let k = 0; k < times; k++) buf = mutate(r, buf)
+    const d = disagreement(buf)
+    if (d) { t.fail(`${d}\n  document: ${buf.toString('hex')}`); return }
+    if (!scanBody(buf)) refused++
+  }
+  t.ok(refused > 3000, `many mutations break the document (${refused})`)
+})
+
+t.test('sliced scans agree with one-shot scans whatever the slice size', async (t) => {
+  const r = mulberry32(99)
+  for (let n = 0; n < 1500; n++) {
+    let buf: Buffer = Buffer.from(document(r))
+    if (n % 2) buf = mutate(r, buf)
+    const d = disagreement(buf, 1 + Math.floor(r() * 16))
+    if (d) { t.fail(`${d}\n  document: ${buf.toString('hex')}`); return }
+  }
+  t.pass('1500 documents in slices of 1 to 16 bytes')
+})
+
+t.test('adversarial cases, one by one', async (t) => {
+  const cases: Array<[string, string | Buffer]> = [
+    ['user inside message text', '{"messages":[{"role":"user","content":"{\\"user\\":\\"evil\\"}, \\"user\\": \\"x\\""}],"model":"m"}'],
+    ['escaped key spelling user', '{"\\u0075ser":"spoof","model":"m"}'],
+    ['escaped key spelling user, upper-case hex', '{"\\u0055ser":"not user","us\\u0065r":"is user"}'],
+    ['duplicate user: last wins, all replaced', '{"user":"first","model":"a","user":"second","model":"b"}'],
+    ['duplicate user of other types', '{"user":{"x":1},"user":[1,"user"],"user":7}'],
+    ['user in a nested object stays', '{"metadata":{"user":"keep"},"model":"m"}'],
+    ['empty object', '{}'],
+    ['empty object with spaces', ' \r\n\t{ \n } \t'],
+    ['whitespace everywhere', '\n{\n"model"\n:\n"m"\n,\n"user"\t:\t"u"\r\n}\n'],
+    ['escapes in values', '{"model":"a\\"b\\\\c\\/d\\b\\f\\n\\r\\t\\u00e9\\ud83c\\udf0d","user":"\\u0000"}'],
+    ['lone surrogate escapes', '{"model":"\\ud800","user":"\\udc00x"}'],
+    ['numbers', '{"max_tokens":-0,"max_completion_tokens":1.5e+300,"x":[0,-0.0,1E-2,123456789012345678901234567890,1e400]}'],
+    ['big integer token count', '{"max_tokens":9007199254740993}'],
+    ['stream true', '{"stream":true}'],
+    ['stream "true" is not true', '{"stream":"true"}'],
+    ['stream duplicate: last wins', '{"stream":true,"stream":false}'],
+    ['__proto__ key', '{"__proto__":{"user":"x"},"user":"y"}'],
+    ['non-ASCII keys and values', '{"日本":"🌍","modèle":"x","model":"模型"}'],
+    ['BOM', Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from('{"model":"m"}')])],
+    ['invalid UTF-8 inside a string', Buffer.concat([Buffer.from('{"model":"a'), Buffer.from([0xff, 0xc3]), Buffer.from('b"}')])],
+    ['invalid UTF-8 inside the user', Buffer.concat([Buffer.from('{"user":"a'), Buffer.from([0x80]), Buffer.from('"}')])],
+    ['invalid UTF-8 between tokens', Buffer.concat([Buffer.from('{"model":"a"'), Buffer.from([0xff]), Buffer.from('}')])],
+    ['UTF-8 encoded surrogate', Buffer.concat([Buffer.from('{"model":"'), Buffer.from([0xed, 0xa0, 0x80]), Buffer.from('"}')])],
+    ['overlong encoding', Buffer.concat([Buffer.from('{"model":"'), Buffer.from([0xc0, 0xaf]), Buffer.from('"}')])],
+    ['raw control character in a string', '{"model":"a\u0001b"}'],
+    ['raw DEL is fine', '{"model":"a\u007fb"}'],
+    ['bad escape', '{"model":"a\\xb"}'],
+    ['short unicode escape', '{"model":"\\u12"}'],
+    ['trailing comma in object', '{"model":"m",}'],
+    ['trailing comma in array', '{"messages":[1,]}'],
+    ['leading zero', '{"max_tokens":01}'],
+    ['bare dot', '{"max_tokens":1.}'],
+    ['plus sign', '{"max_tokens":+1}'],
+    ['hex number', '{"max_tokens":0x10}'],
+    ['NaN', '{"max_tokens":NaN}'],
+    ['single quotes', "{'model':'m'}"],
+    ['comment', '{"model":"m"/* c */}'],
+    ['two documents', '{"model":"m"}{"model":"n"}'],
+    ['garbage after the object', '{"model":"m"} x'],
+    ['unclosed', '{"model":"m"'],
+    ['unclosed nested', '{"model":"m","x":[{]}'],
+    ['mismatched close', '{"x":[}]}'],
+    ['array root', '[{"model":"m"}]'],
+    ['string root', '"{\\"model\\":\\"m\\"}"'],
+    ['null root', 'null'],
+    ['number root', '12'],
+    ['empty body', ''],
+    ['only spaces', '   '],
+    ['truncated literal', '{"stream":tru}'],
+    ['literal with tail', '{"stream":truex}'],
+    ['NUL outside a string', '{"model":"m"}\u0000'],
+    ['non-breaking space as whitespace', '{\u00a0"model":"m"}'],
+    ['vertical tab as whitespace', '{\u000b"model":"m"}'],
+    ['key without quotes', '{model:"m"}'],
+    ['missing colon', '{"model" "m"}'],
+    ['missing value', '{"model":}'],
+  ]
+  for (const [name, text] of cases) {
+    const buf = Buffer.isBuffer(text) ? text : Buffer.from(text)
+    t.equal(disagreement(buf), null, name)
+    for (const budget of [1, 3, 7]) t.equal(disagreement(buf, budget), null, `${name} (slices of ${budget})`)
+  }
+})
+
+t.test('what is read, concretely', async (t) => {
+  const body = scanBody(Buffer.from('{"user":"first","model":"a\\u0062","user":"se\\"cond","stream":true,"max_tokens":1e3,"messages":[{"role":"user"}]}'))!
+  t.equal(body.string('user'), 'se"cond', 'the last duplicate, decoded')
+  t.equal(body.string('model'), 'ab')
+  t.equal(body.isTrue('stream'), true)
+  t.equal(body.number('max_tokens'), 1000)
+  t.equal(body.number('model'), undefined)
+  const m = body.span('messages')!
+  t.equal(body.bytes.toString('utf8', m.start, m.end), '[{"role":"user"}]')
+  t.equal(body.withUser('ext').toString(), '{"user":"ext","model":"a\\u0062","user":"ext","stream":true,"max_tokens":1e3,"messages":[{"role":"user"}]}',
+    'every user replaced, every other byte as the client sent it')
+  t.equal(scanBody(Buffer.from(' { } '))!.withUser('x').toString(), ' { "user":"x"} ')
+  t.equal(scanBody(Buffer.from('{"a" : 1.50 }'))!.withUser('x').toString(), '{"a" : 1.50 ,"user":"x"}')
+  t.equal(stringAt(Buffer.from('"x"'), { start: 0, end: 3 }), 'x')
+  t.equal(stringAt(Buffer.from('12'), { start: 0, end: 2 }), undefined)
+})
+
+t.test('invalid UTF-8 is repaired as toString did, and the repair is what goes upstream', async (t) => {
+  const raw = Buffer.concat([Buffer.from('{"model":"a'), Buffer.from([0xff]), Buffer.from('b"}')])
+  const body = scanBody(raw)!
+  t.equal(body.string('model'), 'a\ufffdb')
+  t.same(body.withUser('u'), Buffer.from('{"model":"a\ufffdb","user":"u"}'))
+})
+
+t.test('depth costs no stack: a million levels, valid and invalid', async (t) => {
+  for (const n of [5000, 1_000_000]) {
+    const deep = Buffer.from(`{"model":"m","messages":[],"x":${'['.repeat(n)}${']'.repeat(n)}}`)
+    const body = scanBody(deep)
+    t.ok(body, `${n} levels accepted, as JSON.parse accepts them`)
+    t.equal(body!.string('model'), 'm')
+    t.equal(JSON.parse(body!.withUser('u').toString()).user, 'u')
+    const objects = Buffer.from(`{"x":${'{"a":'.repeat(n)}1${'}'.repeat(n)}}`)
+    t.ok(scanBody(objects), `${n} nested objects accepted`)
+    t.equal(scanBody(Buffer.from(`{"x":${'['.repeat(n)}${']'.repeat(n - 1)}}`)), null, `${n} levels with one close missing: refused`)
+    t.equal(scanBody(Buffer.from(`{"x":${'['.repeat(n)}${'}'.repeat(n)}}`)), null, `${n} levels closed by the wrong bracket: refused`)
+  }
+})
+
+t.test('a root that is not an object is refused without reading the rest', async (t) => {
+  const scan = new BodyScan(Buffer.from('[' + '1,'.repeat(1000) + '1]'))
+  t.equal(scan.step(1), true, 'done at once')
+  t.equal(scan.body, null)
+})
+
+t.test('the generic scanner reports the root\'s members and can stop early', async (t) => {
+  const buf = Buffer.from('[1, {"a":[2]}, "x", 4]')
+  const seen: string[] = []
+  const s = new JsonScanner(buf, 0, buf.length, (ks, _ke, _esc, vs, ve) => { seen.push(`${ks}:${buf.toString('utf8', vs, ve)}`); return seen.length === 3 })
+  t.equal(s.run(), true)
+  t.equal(s.valid, true)
+  t.same(seen, ['-1:1', '-1:{"a":[2]}', '-1:"x"'])
+  t.equal(s.root, 0x5b)
+  const scalar = new JsonScanner(Buffer.from(' 12 '), 0, 4)
+  t.equal(scalar.run(), true)
+  t.equal(scalar.valid, true)
+  t.equal(scalar.members, 0)
+})
+
+t.test('long strings are skipped a word at a time: every stop byte is found at every offset and alignment', async (t) => {
+  const r = mulberry32(5)
+  const stops: Array<[string, Buffer]> = [['quote', Buffer.from('"')], ['escape', Buffer.from('\\n')], ['unicode escape', Buffer.from('\\u00e9')],
+    ['bad escape', Buffer.from('\\q')], ['control', Buffer.from([0x01])], ['tab', Buffer.from([0x09])], ['0x1f', Buffer.from([0x1f])],
+    ['0x20', Buffer.from(' ')], ['0x7f', Buffer.from([0x7f])], ['0xff', Buffer.from([0xff])], ['multi-byte', Buffer.from('é日🌍')],
+    ['0x21', Buffer.from('!')], ['0x23', Buffer.from('#')], ['0x5b', Buffer.from('[')], ['0x5d', Buffer.from(']')]]
+  let checked = 0
+  for (const [name, stop] of stops) {
+    for (let at = 0; at < 40; at++) {
+      for (let shift = 0; shift < 4; shift++) {
+        const filler = (n: number) => Buffer.from(Array.from({ length: n }, () => 0x41 + Math.floor(r() * 26)))
+        const doc = Buffer.concat([Buffer.from('{"model":"'), filler(at), stop, filler(37 + Math.floor(r() * 5)), Buffer.from('","user":"x"}')])
+        // Shift the document inside a larger allocation so that its words fall on every alignment.
+        const host = Buffer.alloc(doc.length + 8, 0x22)
+        doc.copy(host, shift)
+        const d = disagreement(host.subarray(shift, shift + doc.length))
+        if (d) { t.fail(`${name} at ${at}, shift ${shift}: ${d}`); return }
+        checked++
+      }
+    }
+  }
+  t.equal(checked, stops.length * 160)
+})
+
+t.test('a single message is read for the task heuristic; a history is not parsed', async (t) => {
+  const one = scanBody(Buffer.from('{"messages":[ {"role":"user","content":"### Task:\\nGenerate a title"} ],"stream":false}'))!
+  t.same(one.singleMessage(), [{ role: 'user', content: '### Task:\nGenerate a title' }])
+  t.equal(scanBody(Buffer.from('{"messages":[{"role":"user"},{"role":"assistant"}]}'))!.singleMessage(), null, 'two messages')
+  t.equal(scanBody(Buffer.from('{"messages":[]}'))!.singleMessage(), null, 'none')
+  t.equal(scanBody(Buffer.from('{"messages":"### Task:"}'))!.singleMessage(), null, 'not an array')
+  t.equal(scanBody(Buffer.from('{"model":"m"}'))!.singleMessage(), null, 'absent')
+})

@@ -1,0 +1,50 @@
+import t from 'tap'
+import { multipartBoundary, scanMultipart } from '../src/proxy/multipart.js'
+
+// The multipart reader alone: which content types it takes, which parts are `user`, and what it
+// refuses because parsers could read it differently.
+
+t.test('the boundary of a multipart/form-data content type, and nothing else', async (t) => {
+  t.equal(multipartBoundary('multipart/form-data; boundary=abc'), 'abc')
+  t.equal(multipartBoundary('Multipart/Form-Data;boundary="a b;c"'), 'a b;c')
+  t.equal(multipartBoundary('multipart/form-data; charset=utf-8; boundary=x'), 'x')
+  t.equal(multipartBoundary('multipart/form-data; boundary="q\\"x"'), 'q"x', 'quoted-pair')
+  t.equal(multipartBoundary('multipart/form-data'), null)
+  t.equal(multipartBoundary('multipart/form-data; boundary='), null)
+  t.equal(multipartBoundary(`multipart/form-data; boundary=${'b'.repeat(71)}`), null, 'over 70 characters')
+  t.equal(multipartBoundary('multipart/mixed; boundary=abc'), null)
+  t.equal(multipartBoundary('application/json'), null)
+  t.equal(multipartBoundary(undefined), null)
+})
+
+const body = (...parts: string[]) => Buffer.from(parts.join(''))
+const part = (headers: string, content: string) => `--b\r\n${headers}\r\n\r\n${content}\r\n`
+
+t.test('user parts, however the name is written', async (t) => {
+  const cases: Array<[string, string, boolean]> = [
+    ['quoted', 'Content-Disposition: form-data; name="user"', true],
+    ['token', 'content-disposition: form-data; name=user', true],
+    ['quoted-pair', 'Content-Disposition: form-data; name="us\\er"', true],
+    ['RFC 5987', "Content-Disposition: form-data; name*=UTF-8''%75ser", true],
+    ['after other headers', 'Content-Type: text/plain\r\nContent-Disposition: form-data; filename="f"; name="user"', true],
+    ['another field', 'Content-Disposition: form-data; name="users"', false],
+    ['no disposition', 'Content-Type: text/plain', false],
+  ]
+  for (const [name, headers, isUser] of cases) {
+    const form = scanMultipart(body(part(headers, 'client'), '--b--'), 'b')
+    t.ok(form, name)
+    t.equal(form!.user, isUser ? 'client' : undefined, name)
+    const out = form!.withUser('ours').toString()
+    t.equal(out, isUser ? body(part(headers, 'ours'), '--b--').toString() : body(part(headers, 'client'), part('Content-Disposition: form-data; name="user"', 'ours'), '--b--').toString(), name)
+  }
+})
+
+t.test('shapes that are read, and shapes that are refused', async (t) => {
+  t.same(scanMultipart(body('--b--'), 'b')!.withUser('u').toString(), '--b\r\nContent-Disposition: form-data; name="user"\r\n\r\nu\r\n--b--', 'no parts at all')
+  t.ok(scanMultipart(body('--b \t\r\nContent-Disposition: form-data; name="a"\r\n\r\n1\r\n--b--'), 'b'), 'transport padding after a boundary')
+  t.ok(scanMultipart(body('--b\r\n\r\nno headers\r\n--b--'), 'b'), 'a part without headers')
+  t.equal(scanMultipart(body('--b\r\nContent-Disposition: form-data; name="a"'), 'b'), null, 'headers never end')
+  t.equal(scanMultipart(body('--bx\r\n\r\n1\r\n--b--'), 'b'), null, 'a longer boundary is not this one')
+  t.equal(scanMultipart(body(''), 'b'), null, 'empty')
+  t.equal(scanMultipart(body('--b\r\n: no name\r\n\r\n1\r\n--b--'), 'b'), null, 'a header without a name')
+})
