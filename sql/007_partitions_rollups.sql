@@ -99,6 +99,9 @@ CREATE TABLE usage_daily_rollups (
   billed_cost_usd   numeric NOT NULL,
   PRIMARY KEY (organization_id, day, external_user_id, model, kind)
 );
+-- "This month" queries filter on the month the views compute; the expression is immutable (a
+-- date through timestamp without time zone), so the planner can use this index for it.
+CREATE INDEX usage_daily_rollups_org_month ON usage_daily_rollups (organization_id, (date_trunc('month', day::timestamp)::date), external_user_id);
 
 -- One definition of a rollup row from raw rows: used by the trigger, the conversion below and
 -- `usage-proxy verify`, so the three can never disagree about what a rollup means.
@@ -274,7 +277,7 @@ BEGIN
   BEGIN
     CREATE OR REPLACE VIEW spend_per_user_month AS
     SELECT r.organization_id,
-           date_trunc('month', r.day)::date          AS month,
+           date_trunc('month', r.day::timestamp)::date AS month,
            r.external_user_id,
            max(m.user_id)                            AS user_id,
            max(m.user_name)                          AS user_name,
@@ -293,7 +296,7 @@ BEGIN
   BEGIN
     CREATE OR REPLACE VIEW spend_per_model_month AS
     SELECT organization_id,
-           date_trunc('month', day)::date            AS month,
+           date_trunc('month', day::timestamp)::date AS month,
            nullif(model, '')                         AS model,
            sum(requests)::bigint                     AS requests,
            sum(prompt_tokens)::bigint                AS prompt_tokens,
