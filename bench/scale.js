@@ -101,8 +101,9 @@ async function diskUsage (sql) {
       coalesce(pg_total_relation_size(to_regclass('usage_generation_ids')), 0)::bigint as generation_ids_bytes,
       coalesce(pg_total_relation_size(to_regclass('usage_daily_rollups')), 0)::bigint as rollups_bytes,
       (select count(*) from usage_events)::bigint as rows,
-      (case when to_regclass('usage_daily_rollups') is null then 0 else (select count(*) from usage_daily_rollups) end)::bigint as rollup_rows,
       pg_database_size(current_database())::bigint as database_bytes`
+  const [r] = await sql`select to_regclass('usage_daily_rollups') is not null as present`
+  d.rollup_rows = r.present ? (await sql`select count(*)::bigint as n from usage_daily_rollups`)[0].n : 0
   const total = Number(d.events_bytes) + Number(d.generation_ids_bytes) + Number(d.rollups_bytes)
   return {
     rows: Number(d.rows), rollupRows: Number(d.rollup_rows),

@@ -49,6 +49,8 @@ export const envSchema = z.object({
   DB_CONNECT_RETRY_MAX_MS: positiveInt.default(10_000),
   EMBEDDED_DB_PORT: port.default(54320),
   ADMIN_API_KEY: z.string().min(16, 'must be at least 16 characters (e.g. openssl rand -hex 24)').optional(),
+  DATABASE_READ_URL: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL').optional(),
+  RETENTION_MONTHS: positiveInt.optional(),
 })
 
 export type Env = z.infer<typeof envSchema>
@@ -70,6 +72,10 @@ export interface Config {
   db: { connectRetryMaxMs: number, embeddedPort: number }
   logLevel: Env['LOG_LEVEL']
   admin: { apiKey: string | undefined }
+  /** A read replica for reports (admin, statements, usage); writes and budgets use databaseUrl. */
+  databaseReadUrl: string | undefined
+  /** Whole months of raw rows kept besides the current one; undefined keeps everything. */
+  retentionMonths: number | undefined
 }
 
 export class ConfigError extends Error {
@@ -124,5 +130,15 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
     db: { connectRetryMaxMs: e.DB_CONNECT_RETRY_MAX_MS, embeddedPort: e.EMBEDDED_DB_PORT },
     logLevel: e.LOG_LEVEL,
     admin: { apiKey: e.ADMIN_API_KEY },
+    databaseReadUrl: e.DATABASE_READ_URL,
+    retentionMonths: e.RETENTION_MONTHS,
   }
+}
+
+/** For commands that only need the database (`usage-proxy verify`): the same checks, fewer names. */
+export function loadDatabaseConfig (env: Record<string, string | undefined>): { databaseUrl: string | undefined, dataDir: string, embeddedPort: number } {
+  const shape = envSchema.pick({ DATABASE_URL: true, DATA_DIR: true, EMBEDDED_DB_PORT: true })
+  const parsed = shape.safeParse(Object.fromEntries(Object.keys(shape.shape).filter((k) => env[k] !== undefined && env[k] !== '').map((k) => [k, env[k]])))
+  if (!parsed.success) throw new ConfigError(parsed.error.issues.map((i) => `${String(i.path[0])} ${i.message}`))
+  return { databaseUrl: parsed.data.DATABASE_URL, dataDir: parsed.data.DATA_DIR, embeddedPort: parsed.data.EMBEDDED_DB_PORT }
 }
