@@ -2,6 +2,7 @@ import type { Config } from '../config/config.js'
 import type { Sql } from '../db/connect.js'
 import type { Logger } from '../log.js'
 import { createAdmin, sendJson, type AdminHandler, type AdminRoute } from './router.js'
+import { storageRoutes } from './storage.js'
 
 // Every admin route, in one list. Each concern (budgets, usage, the page) lives in a file of its
 // own and adds its routes here.
@@ -22,6 +23,7 @@ export function adminRoutes (deps: AdminDeps): AdminRoute[] {
       path: /^\/admin\/v1\/?$/,
       handle: ({ res }) => sendJson(res, 200, { object: 'admin', organization: deps.config.organization.id }),
     },
+    ...storageRoutes(deps),
   ]
 }
 
