@@ -4,13 +4,14 @@
 --
 -- * generation_id: a unique index on a partitioned table must include the partition key, and a
 --   record replayed after midnight could otherwise land twice. A side table holds each id once;
---   a BEFORE ROW trigger claims the id and skips the row when it was already claimed, which is
---   exactly what the ledger's INSERT ... ON CONFLICT DO NOTHING did with the old UNIQUE index,
---   concurrent replicas included (the second claimer waits on the first's index entry).
+--   the statement trigger below claims the ids and takes back the rows whose id was already
+--   claimed, which is exactly what the ledger's INSERT ... ON CONFLICT DO NOTHING did with the
+--   old UNIQUE index, concurrent replicas included (the second claimer waits on the first's
+--   index entry). Set-based, once per statement: a per-row trigger cost ledger throughput.
 -- * event_id: the primary key becomes (event_id, created_at); a record's created_at never
 --   changes between its replays, so the same event always meets itself in the same partition.
--- * rollups: an AFTER INSERT statement trigger with a transition table sums the rows the
---   statement actually inserted (replays skipped above are not in it) and upserts them in key
+-- * rollups: the same AFTER INSERT statement trigger, with a transition table, sums the rows the
+--   statement inserted (less the replays taken back) and upserts them in key
 --   order, so two replicas touching the same keys lock them in the same order: no deadlock.
 --   Same transaction, so the rollups are exact by construction; no watermark job to lag.
 --
@@ -39,7 +40,7 @@ BEGIN
   IF NOT stray THEN
     EXECUTE format('CREATE TABLE %I PARTITION OF usage_events FOR VALUES FROM (%s) TO (%s)', name, lo, hi);
   ELSE
-    -- Straight to the partition and out of the default: no parent trigger fires, so neither
+    -- Straight to the partition and out of the default: the parent's trigger does not fire, so neither
     -- the claimed generation ids nor the rollups count these rows twice.
     EXECUTE format('CREATE TABLE %I (LIKE usage_events INCLUDING DEFAULTS INCLUDING GENERATED INCLUDING CONSTRAINTS)', name);
     EXECUTE format('INSERT INTO %I (%s) SELECT %s FROM usage_events_default WHERE created_at >= %s AND created_at < %s',
@@ -123,18 +124,29 @@ CREATE FUNCTION usage_rollup_select (source text) RETURNS text LANGUAGE sql IMMU
     GROUP BY 1, 2, 3, 4, 5$q$, source)
 $$;
 
-CREATE FUNCTION usage_claim_generation_id () RETURNS trigger LANGUAGE plpgsql AS $$
+-- After each insert statement, in its transaction, set-based (no per-row trigger on the hot path):
+-- 1. claim each new generation id in usage_generation_ids, in id order; a row whose id was
+--    already claimed (or claimed twice in this statement) is a replay and is deleted again, so
+--    the statement's net effect is exactly INSERT ... ON CONFLICT DO NOTHING's on the old
+--    UNIQUE (generation_id); a concurrent replay waits on the first claimer's entry, as it did;
+-- 2. add the surviving rows to the daily rollups, upserted in key order.
+CREATE FUNCTION usage_after_insert () RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-  IF NEW.generation_id IS NULL THEN RETURN NEW; END IF;
-  INSERT INTO usage_generation_ids (generation_id, created_at) VALUES (NEW.generation_id, NEW.created_at)
-    ON CONFLICT DO NOTHING;
-  IF FOUND THEN RETURN NEW; END IF;
-  RETURN NULL; -- already recorded (a replay): the first copy stands
-END $$;
-
-CREATE FUNCTION usage_rollup_inserted () RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  EXECUTE 'INSERT INTO usage_daily_rollups AS r SELECT * FROM (' || usage_rollup_select('inserted_rows') || ') s
+  EXECUTE 'WITH firsts AS (
+      SELECT DISTINCT ON (generation_id) generation_id, event_id, created_at
+      FROM inserted_rows WHERE generation_id IS NOT NULL ORDER BY generation_id, event_id),
+    claimed AS (
+      INSERT INTO usage_generation_ids (generation_id, created_at)
+      SELECT generation_id, created_at FROM firsts ORDER BY generation_id
+      ON CONFLICT DO NOTHING RETURNING generation_id),
+    losers AS (
+      SELECT i.event_id, i.created_at FROM inserted_rows i
+      WHERE i.generation_id IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM claimed c JOIN firsts f USING (generation_id) WHERE f.event_id = i.event_id AND f.created_at = i.created_at)),
+    removed AS (
+      DELETE FROM usage_events e USING losers l WHERE e.event_id = l.event_id AND e.created_at = l.created_at)
+    INSERT INTO usage_daily_rollups AS r SELECT * FROM (' || usage_rollup_select(
+      '(SELECT * FROM inserted_rows i WHERE NOT EXISTS (SELECT 1 FROM losers l WHERE l.event_id = i.event_id AND l.created_at = i.created_at)) kept') || ') s
     ORDER BY organization_id, day, external_user_id, model, kind
     ON CONFLICT (organization_id, day, external_user_id, model, kind) DO UPDATE SET
       requests = r.requests + excluded.requests,
@@ -254,10 +266,8 @@ BEGIN
   END LOOP;
 END $convert$;
 
-CREATE TRIGGER usage_events_claim_generation_id BEFORE INSERT ON usage_events
-  FOR EACH ROW EXECUTE FUNCTION usage_claim_generation_id();
-CREATE TRIGGER usage_events_rollup AFTER INSERT ON usage_events
-  REFERENCING NEW TABLE AS inserted_rows FOR EACH STATEMENT EXECUTE FUNCTION usage_rollup_inserted();
+CREATE TRIGGER usage_events_after_insert AFTER INSERT ON usage_events
+  REFERENCING NEW TABLE AS inserted_rows FOR EACH STATEMENT EXECUTE FUNCTION usage_after_insert();
 
 -- Maintenance bookkeeping: partition creation and retention run once a day, by one replica.
 CREATE TABLE usage_maintenance (
