@@ -11,6 +11,7 @@ import { mkdtempSync, writeFileSync, copyFileSync, readdirSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
+const MIGRATIONS = readdirSync('sql').filter((f) => /^\d+_.*\.sql$/.test(f)).sort()
 let fake: FakeOpenRouter
 t.before(async () => { fake = await new FakeOpenRouter().start() })
 t.teardown(async () => { await fake.close() })
@@ -25,7 +26,10 @@ t.test('fresh boot: schema, views and the organization row exist before /readyz 
   t.teardown(() => db.drop())
   const s = await startSidecar(baseEnv(fake, db.url))
   t.teardown(() => s.sidecar.stop())
-  t.same(await tables(db), ['organizations', 'schema_migrations', 'spend_per_day', 'spend_per_model_month', 'spend_per_user_month', 'usage_events', 'user_mappings'])
+  const all = await tables(db)
+  t.same(all.filter((n) => !/^usage_events_(\d{4}_\d{2}|default)$/.test(n)), ['organizations', 'schema_migrations', 'spend_per_day', 'spend_per_model_month', 'spend_per_user_month',
+    'usage_daily_rollups', 'usage_events', 'usage_generation_ids', 'usage_maintenance', 'user_mappings'])
+  t.ok(all.includes('usage_events_default'), 'monthly partitions and the default one')
   const [org] = await db.sql`select id, name, markup_percent::text as markup, api_key_fingerprint from organizations`
   t.same([org.id, org.name, org.markup], ['mai_client_63a4eb6d', 'Acme GmbH', '12.5000'])
   t.match(org.api_key_fingerprint, /^sha256:/)
@@ -44,7 +48,7 @@ t.test('booting twice creates nothing twice; a changed environment updates the o
   t.teardown(() => b.sidecar.stop())
   t.match(b.logs.text, /"applied":\[\]/, 'second boot applied no migration')
   const migrations = await db.sql`select name from schema_migrations order by name`
-  t.same(migrations.map((m) => m.name), ['001_schema.sql', '002_billing_views.sql'])
+  t.same(migrations.map((m) => m.name), MIGRATIONS)
   const orgs = await db.sql`select name, markup_percent::text as m from organizations`
   t.same(orgs.map((o) => [o.name, o.m]), [['Acme AG', '20.0000']])
 })
@@ -55,7 +59,7 @@ t.test('two sidecars booting at once against one database are both ready, schema
   const [a, b] = await Promise.all([startSidecar(baseEnv(fake, db.url)), startSidecar(baseEnv(fake, db.url))])
   t.teardown(() => Promise.all([a.sidecar.stop(), b.sidecar.stop()]))
   const [{ n }] = await db.sql`select count(*)::int as n from schema_migrations`
-  t.equal(n, 2)
+  t.equal(n, MIGRATIONS.length)
   const applied = [a, b].map((s) => /"applied":\[("[^\]]*)?\]/.exec(s.logs.text)![0])
   t.equal(applied.filter((x) => x.includes('001_schema')).length, 1, 'exactly one of them migrated')
 })
@@ -65,7 +69,7 @@ t.test('an edited migration is refused rather than silently diverging', async (t
   t.teardown(() => db.drop())
   const dir = mkdtempSync(join(tmpdir(), 'mig-'))
   for (const f of readdirSync('sql')) copyFileSync(join('sql', f), join(dir, f))
-  t.same((await migrate(db.sql, dir)).applied, ['001_schema.sql', '002_billing_views.sql'])
+  t.same((await migrate(db.sql, dir)).applied, MIGRATIONS)
   writeFileSync(join(dir, '002_billing_views.sql'), '-- edited\n')
   await t.rejects(migrate(db.sql, dir), /002_billing_views.sql changed after it was applied/)
 })
