@@ -1,5 +1,5 @@
 import t from 'tap'
-import { copyFileSync, mkdtempSync, readdirSync } from 'node:fs'
+import { copyFileSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { randomUUID } from 'node:crypto'
@@ -17,10 +17,23 @@ import { verifyRollups } from '../src/usage/verify.js'
 const log = createLogger('silent')
 const PARTITIONED = '007_partitions_rollups.sql'
 
-/** A directory with every migration before 007: the schema an existing database has today. */
+/**
+ * A directory with every migration before 007: the schema an existing database has today, plus
+ * what a later-numbered sibling migration might add to usage_events before 007 runs (a column,
+ * an index, a trigger, a view on it and one on a billing view): the conversion must keep it all.
+ */
 function schemaBefore (): string {
   const dir = mkdtempSync(join(tmpdir(), 'sql-before-'))
   for (const f of readdirSync('sql')) if (/^\d+_.*\.sql$/.test(f) && f < PARTITIONED) copyFileSync(join('sql', f), join(dir, f))
+  writeFileSync(join(dir, '006_zz_sibling.sql'), `
+    ALTER TABLE usage_events ADD COLUMN note text;
+    CREATE INDEX usage_events_note ON usage_events (note);
+    CREATE TABLE notes_seen (event_id uuid, note text);
+    CREATE FUNCTION note_seen () RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN INSERT INTO notes_seen VALUES (NEW.event_id, NEW.note); RETURN NEW; END $$;
+    CREATE TRIGGER usage_events_note_seen AFTER INSERT ON usage_events FOR EACH ROW EXECUTE FUNCTION note_seen();
+    CREATE VIEW notes_per_org AS SELECT organization_id, count(note) AS notes FROM usage_events GROUP BY 1;
+    CREATE VIEW busy_days AS SELECT * FROM spend_per_day WHERE requests > 1;`)
   return dir
 }
 
@@ -76,8 +89,10 @@ t.test('an existing database converts in place: every row kept, totals and billi
     }))
   }
   await writeAll(db, records)
+  await db.sql`update usage_events set note = 'n' || prompt_tokens where prompt_tokens % 2 = 0`
   const before = await totals(db)
   const viewsBefore = await views(db)
+  const siblingBefore = { notes: await db.sql`select * from notes_per_org order by 1`, busy: await db.sql`select * from busy_days order by 1, 2` }
   t.equal(before.reduce((n, r) => n + r.n, 0), 420)
 
   const migrated = await migrate(db.sql, 'sql')
@@ -100,6 +115,13 @@ t.test('an existing database converts in place: every row kept, totals and billi
   // The conversion keeps the ledger's semantics: a replay of an old record changes nothing.
   await writeAll(db, [records[1], { ...records[2], eventId: randomUUID() }])
   t.same(await totals(db), before, 'replays of converted rows are no-ops')
+  t.same({ notes: await db.sql`select * from notes_per_org order by 1`, busy: await db.sql`select * from busy_days order by 1, 2` }, siblingBefore,
+    'views of other migrations kept, on the new table (a view on a billing view included)')
+  const [{ indexed }] = await db.sql`select count(*)::int as indexed from pg_indexes where tablename = 'usage_events' and indexname = 'usage_events_note'`
+  t.equal(indexed, 1, 'their index kept')
+  const seen = await db.sql`select count(*)::int as n from notes_seen`
+  await writeAll(db, [rec(9999, { organizationId: 'org_b', externalUserId: 'org_b_u1', generationId: 'gen-after' })])
+  t.equal((await db.sql`select count(*)::int as n from notes_seen`)[0].n, seen[0].n + 1, 'their trigger kept')
   const again = await migrate(db.sql, 'sql')
   t.same(again.applied, [], 'runs once')
 })
