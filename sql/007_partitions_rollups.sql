@@ -124,41 +124,71 @@ CREATE FUNCTION usage_rollup_select (source text) RETURNS text LANGUAGE sql IMMU
     GROUP BY 1, 2, 3, 4, 5$q$, source)
 $$;
 
--- After each insert statement, in its transaction, set-based (no per-row trigger on the hot path):
+-- After each insert statement, in its transaction, set-based (no per-row trigger on the hot path),
+-- static SQL (plans cached per connection):
 -- 1. claim each new generation id in usage_generation_ids, in id order; a row whose id was
 --    already claimed (or claimed twice in this statement) is a replay and is deleted again, so
 --    the statement's net effect is exactly INSERT ... ON CONFLICT DO NOTHING's on the old
---    UNIQUE (generation_id); a concurrent replay waits on the first claimer's entry, as it did;
--- 2. add the surviving rows to the daily rollups, upserted in key order.
+--    UNIQUE (generation_id); a concurrent replay waits on the first claimer's entry, as it did.
+--    The common case (every id new) costs one count and no delete;
+-- 2. add the surviving rows to the daily rollups, upserted in key order. The SELECT is
+--    usage_rollup_select's, written out for the plan cache; `usage-proxy verify` would show any
+--    drift between the two.
 CREATE FUNCTION usage_after_insert () RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+  claimed text[];
+  with_id bigint;
+  losers uuid[] := '{}';
+  r record;
 BEGIN
-  EXECUTE 'WITH firsts AS (
-      SELECT DISTINCT ON (generation_id) generation_id, event_id, created_at
-      FROM inserted_rows WHERE generation_id IS NOT NULL ORDER BY generation_id, event_id),
-    claimed AS (
-      INSERT INTO usage_generation_ids (generation_id, created_at)
-      SELECT generation_id, created_at FROM firsts ORDER BY generation_id
-      ON CONFLICT DO NOTHING RETURNING generation_id),
-    losers AS (
+  WITH c AS (
+    INSERT INTO usage_generation_ids (generation_id, created_at)
+    SELECT DISTINCT ON (generation_id) generation_id, created_at FROM inserted_rows
+    WHERE generation_id IS NOT NULL ORDER BY generation_id, event_id
+    ON CONFLICT DO NOTHING RETURNING generation_id)
+  SELECT coalesce(array_agg(generation_id), '{}') INTO claimed FROM c;
+  SELECT count(*) INTO with_id FROM inserted_rows WHERE generation_id IS NOT NULL;
+  IF cardinality(claimed) < with_id THEN
+    FOR r IN
       SELECT i.event_id, i.created_at FROM inserted_rows i
-      WHERE i.generation_id IS NOT NULL AND NOT EXISTS (
-        SELECT 1 FROM claimed c JOIN firsts f USING (generation_id) WHERE f.event_id = i.event_id AND f.created_at = i.created_at)),
-    removed AS (
-      DELETE FROM usage_events e USING losers l WHERE e.event_id = l.event_id AND e.created_at = l.created_at)
-    INSERT INTO usage_daily_rollups AS r SELECT * FROM (' || usage_rollup_select(
-      '(SELECT * FROM inserted_rows i WHERE NOT EXISTS (SELECT 1 FROM losers l WHERE l.event_id = i.event_id AND l.created_at = i.created_at)) kept') || ') s
-    ORDER BY organization_id, day, external_user_id, model, kind
-    ON CONFLICT (organization_id, day, external_user_id, model, kind) DO UPDATE SET
-      requests = r.requests + excluded.requests,
-      failed_or_aborted = r.failed_or_aborted + excluded.failed_or_aborted,
-      prompt_tokens = r.prompt_tokens + excluded.prompt_tokens,
-      completion_tokens = r.completion_tokens + excluded.completion_tokens,
-      total_tokens = r.total_tokens + excluded.total_tokens,
-      cached_tokens = r.cached_tokens + excluded.cached_tokens,
-      reasoning_tokens = r.reasoning_tokens + excluded.reasoning_tokens,
-      cost_usd = r.cost_usd + excluded.cost_usd,
-      upstream_cost_usd = r.upstream_cost_usd + excluded.upstream_cost_usd,
-      billed_cost_usd = r.billed_cost_usd + excluded.billed_cost_usd';
+      LEFT JOIN (SELECT DISTINCT ON (generation_id) generation_id, event_id FROM inserted_rows
+                 WHERE generation_id IS NOT NULL ORDER BY generation_id, event_id) f
+        ON f.event_id = i.event_id AND f.generation_id = ANY (claimed)
+      WHERE i.generation_id IS NOT NULL AND f.event_id IS NULL
+    LOOP
+      DELETE FROM usage_events WHERE event_id = r.event_id AND created_at = r.created_at;
+      losers := losers || r.event_id;
+    END LOOP;
+  END IF;
+  INSERT INTO usage_daily_rollups AS u
+  SELECT * FROM (
+    SELECT organization_id, (created_at AT TIME ZONE 'UTC')::date AS day, external_user_id,
+           coalesce(served_model, model, '') AS model, kind,
+           count(*) AS requests,
+           count(*) FILTER (WHERE outcome <> 'ok') AS failed_or_aborted,
+           coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
+           coalesce(sum(completion_tokens), 0) AS completion_tokens,
+           coalesce(sum(total_tokens), 0) AS total_tokens,
+           coalesce(sum(cached_tokens), 0) AS cached_tokens,
+           coalesce(sum(reasoning_tokens), 0) AS reasoning_tokens,
+           coalesce(sum(cost_usd), 0) AS cost_usd,
+           coalesce(sum(upstream_cost_usd), 0) AS upstream_cost_usd,
+           coalesce(sum(billed_cost_usd), 0) AS billed_cost_usd
+    FROM inserted_rows
+    WHERE cardinality(losers) = 0 OR NOT (event_id = ANY (losers))
+    GROUP BY 1, 2, 3, 4, 5) s
+  ORDER BY organization_id, day, external_user_id, model, kind
+  ON CONFLICT (organization_id, day, external_user_id, model, kind) DO UPDATE SET
+    requests = u.requests + excluded.requests,
+    failed_or_aborted = u.failed_or_aborted + excluded.failed_or_aborted,
+    prompt_tokens = u.prompt_tokens + excluded.prompt_tokens,
+    completion_tokens = u.completion_tokens + excluded.completion_tokens,
+    total_tokens = u.total_tokens + excluded.total_tokens,
+    cached_tokens = u.cached_tokens + excluded.cached_tokens,
+    reasoning_tokens = u.reasoning_tokens + excluded.reasoning_tokens,
+    cost_usd = u.cost_usd + excluded.cost_usd,
+    upstream_cost_usd = u.upstream_cost_usd + excluded.upstream_cost_usd,
+    billed_cost_usd = u.billed_cost_usd + excluded.billed_cost_usd;
   RETURN NULL;
 END $$;
 
