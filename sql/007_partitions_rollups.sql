@@ -1,5 +1,5 @@
 -- usage_events becomes a table partitioned by month of created_at, with exact daily rollups kept
--- in the same transaction as every insert. README.md "Operations at scale" explains the design;
+-- from the same transaction as every insert. README.md "Operations at scale" explains the design;
 -- what the code cannot say briefly is why each piece is shaped this way:
 --
 -- * generation_id: a unique index on a partitioned table must include the partition key, and a
@@ -11,9 +11,10 @@
 -- * event_id: the primary key becomes (event_id, created_at); a record's created_at never
 --   changes between its replays, so the same event always meets itself in the same partition.
 -- * rollups: the same AFTER INSERT statement trigger, with a transition table, sums the rows the
---   statement inserted (less the replays taken back) and upserts them in key
---   order, so two replicas touching the same keys lock them in the same order: no deadlock.
---   Same transaction, so the rollups are exact by construction; no watermark job to lag.
+--   statement inserted (less the replays taken back) and appends the sums to a delta table, in
+--   the insert's transaction: exact by construction, no watermark to get wrong, and no lock
+--   shared between replicas' inserts, so no deadlock. A compaction folds the deltas into the
+--   rollups every few seconds (upserts in key order); readers add the deltas not folded yet.
 --
 -- The conversion copies whatever columns usage_events has when this runs (later migrations may
 -- have added some), keeps every index, foreign key, trigger and view that depended on it.
@@ -104,6 +105,55 @@ CREATE TABLE usage_daily_rollups (
 -- date through timestamp without time zone), so the planner can use this index for it.
 CREATE INDEX usage_daily_rollups_org_month ON usage_daily_rollups (organization_id, (date_trunc('month', day::timestamp)::date), external_user_id);
 
+-- What each insert statement adds to the rollups, appended in the insert's own transaction: no
+-- index and no update, the cheapest write there is. Upserting usage_daily_rollups there instead
+-- cost one row update per rollup key per batch, and at full speed nearly every row of a batch is
+-- its own key: it halved the ledger's throughput. usage_rollup_compact() folds the deltas into
+-- usage_daily_rollups every few seconds; readers add the few deltas not folded yet
+-- (usage_daily_totals), so every read is exact at every moment.
+CREATE TABLE usage_rollup_deltas (LIKE usage_daily_rollups);
+
+-- The rollups as of now: folded rows plus the deltas not folded yet. Read this, not the table.
+CREATE VIEW usage_daily_totals AS
+SELECT organization_id, day, external_user_id, model, kind,
+       sum(requests)::bigint AS requests, sum(failed_or_aborted)::bigint AS failed_or_aborted,
+       sum(prompt_tokens)::bigint AS prompt_tokens, sum(completion_tokens)::bigint AS completion_tokens,
+       sum(total_tokens)::bigint AS total_tokens, sum(cached_tokens)::bigint AS cached_tokens,
+       sum(reasoning_tokens)::bigint AS reasoning_tokens, sum(cost_usd) AS cost_usd,
+       sum(upstream_cost_usd) AS upstream_cost_usd, sum(billed_cost_usd) AS billed_cost_usd
+FROM (SELECT * FROM usage_daily_rollups UNION ALL SELECT * FROM usage_rollup_deltas) r
+GROUP BY 1, 2, 3, 4, 5;
+
+-- Moves every committed delta into usage_daily_rollups in one statement: a delta is folded
+-- exactly once (a concurrent compaction skips the rows this one deleted), upserts in key order.
+CREATE FUNCTION usage_rollup_compact () RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+  n bigint;
+BEGIN
+  WITH moved AS (DELETE FROM usage_rollup_deltas RETURNING *),
+  folded AS (
+    INSERT INTO usage_daily_rollups AS u
+    SELECT organization_id, day, external_user_id, model, kind,
+           sum(requests), sum(failed_or_aborted), sum(prompt_tokens), sum(completion_tokens), sum(total_tokens),
+           sum(cached_tokens), sum(reasoning_tokens), sum(cost_usd), sum(upstream_cost_usd), sum(billed_cost_usd)
+    FROM moved GROUP BY 1, 2, 3, 4, 5
+    ORDER BY 1, 2, 3, 4, 5
+    ON CONFLICT (organization_id, day, external_user_id, model, kind) DO UPDATE SET
+      requests = u.requests + excluded.requests,
+      failed_or_aborted = u.failed_or_aborted + excluded.failed_or_aborted,
+      prompt_tokens = u.prompt_tokens + excluded.prompt_tokens,
+      completion_tokens = u.completion_tokens + excluded.completion_tokens,
+      total_tokens = u.total_tokens + excluded.total_tokens,
+      cached_tokens = u.cached_tokens + excluded.cached_tokens,
+      reasoning_tokens = u.reasoning_tokens + excluded.reasoning_tokens,
+      cost_usd = u.cost_usd + excluded.cost_usd,
+      upstream_cost_usd = u.upstream_cost_usd + excluded.upstream_cost_usd,
+      billed_cost_usd = u.billed_cost_usd + excluded.billed_cost_usd
+    RETURNING 1)
+  SELECT count(*) INTO n FROM folded;
+  RETURN n;
+END $$;
+
 -- One definition of a rollup row from raw rows: used by the trigger, the conversion below and
 -- `usage-proxy verify`, so the three can never disagree about what a rollup means.
 CREATE FUNCTION usage_rollup_select (source text) RETURNS text LANGUAGE sql IMMUTABLE AS $$
@@ -131,7 +181,7 @@ $$;
 --    the statement's net effect is exactly INSERT ... ON CONFLICT DO NOTHING's on the old
 --    UNIQUE (generation_id); a concurrent replay waits on the first claimer's entry, as it did.
 --    The common case (every id new) costs one count and no delete;
--- 2. add the surviving rows to the daily rollups, upserted in key order. The SELECT is
+-- 2. append the surviving rows' sums to usage_rollup_deltas. The SELECT is
 --    usage_rollup_select's, written out for the plan cache; `usage-proxy verify` would show any
 --    drift between the two.
 CREATE FUNCTION usage_after_insert () RETURNS trigger LANGUAGE plpgsql AS $$
@@ -160,8 +210,7 @@ BEGIN
       losers := losers || r.event_id;
     END LOOP;
   END IF;
-  INSERT INTO usage_daily_rollups AS u
-  SELECT * FROM (
+  INSERT INTO usage_rollup_deltas
     SELECT organization_id, (created_at AT TIME ZONE 'UTC')::date AS day, external_user_id,
            coalesce(served_model, model, '') AS model, kind,
            count(*) AS requests,
@@ -176,19 +225,7 @@ BEGIN
            coalesce(sum(billed_cost_usd), 0) AS billed_cost_usd
     FROM inserted_rows
     WHERE cardinality(losers) = 0 OR NOT (event_id = ANY (losers))
-    GROUP BY 1, 2, 3, 4, 5) s
-  ORDER BY organization_id, day, external_user_id, model, kind
-  ON CONFLICT (organization_id, day, external_user_id, model, kind) DO UPDATE SET
-    requests = u.requests + excluded.requests,
-    failed_or_aborted = u.failed_or_aborted + excluded.failed_or_aborted,
-    prompt_tokens = u.prompt_tokens + excluded.prompt_tokens,
-    completion_tokens = u.completion_tokens + excluded.completion_tokens,
-    total_tokens = u.total_tokens + excluded.total_tokens,
-    cached_tokens = u.cached_tokens + excluded.cached_tokens,
-    reasoning_tokens = u.reasoning_tokens + excluded.reasoning_tokens,
-    cost_usd = u.cost_usd + excluded.cost_usd,
-    upstream_cost_usd = u.upstream_cost_usd + excluded.upstream_cost_usd,
-    billed_cost_usd = u.billed_cost_usd + excluded.billed_cost_usd;
+    GROUP BY 1, 2, 3, 4, 5;
   RETURN NULL;
 END $$;
 
@@ -307,9 +344,9 @@ CREATE TABLE usage_maintenance (
   detail   jsonb NOT NULL DEFAULT '{}'
 );
 
--- The billing views read the rollups: whole days and the current day alike, since the rollups
--- are written in the same transaction as the rows (the current day is as exact there as in the
--- raw rows, and reading it raw would mean scanning a whole day's rows per query). Same columns
+-- The billing views read the rollups (folded rows plus deltas): whole days and the current day
+-- alike, since the deltas are written in the same transaction as the rows (the current day is as
+-- exact there as in the raw rows, and reading it raw would mean scanning a whole day's rows). Same columns
 -- and types as sql/002. A later migration that reshaped one of these views keeps its own shape
 -- (the replacement is refused and a warning says so); the other views stay as they were.
 DO $views$
@@ -327,7 +364,7 @@ BEGIN
            sum(r.completion_tokens)::bigint          AS completion_tokens,
            coalesce(sum(r.cost_usd), 0)              AS cost_usd,
            coalesce(sum(r.billed_cost_usd), 0)       AS billed_cost_usd
-    FROM usage_daily_rollups r
+    FROM (SELECT * FROM usage_daily_rollups UNION ALL SELECT * FROM usage_rollup_deltas) r
     LEFT JOIN user_mappings m
       ON m.organization_id = r.organization_id AND m.external_user_id = r.external_user_id
     GROUP BY 1, 2, 3;
@@ -343,7 +380,7 @@ BEGIN
            sum(completion_tokens)::bigint            AS completion_tokens,
            coalesce(sum(cost_usd), 0)                AS cost_usd,
            coalesce(sum(billed_cost_usd), 0)         AS billed_cost_usd
-    FROM usage_daily_rollups
+    FROM (SELECT * FROM usage_daily_rollups UNION ALL SELECT * FROM usage_rollup_deltas) r
     GROUP BY 1, 2, 3;
   EXCEPTION WHEN others THEN RAISE WARNING 'spend_per_model_month kept as it was: %', SQLERRM;
   END;
@@ -356,7 +393,7 @@ BEGIN
            sum(total_tokens)::bigint                 AS total_tokens,
            coalesce(sum(cost_usd), 0)                AS cost_usd,
            coalesce(sum(billed_cost_usd), 0)         AS billed_cost_usd
-    FROM usage_daily_rollups
+    FROM (SELECT * FROM usage_daily_rollups UNION ALL SELECT * FROM usage_rollup_deltas) r
     GROUP BY 1, 2;
   EXCEPTION WHEN others THEN RAISE WARNING 'spend_per_day kept as it was: %', SQLERRM;
   END;

@@ -20,6 +20,7 @@ import { createUpstream } from './proxy/upstream.js'
 import { Journal } from './usage/journal.js'
 import { Ledger } from './usage/ledger.js'
 import { Reconciler } from './usage/reconcile.js'
+import { startRollupCompaction, type RollupCompactor } from './usage/rollups.js'
 import { createMetrics } from './metrics.js'
 
 const SQL_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', 'sql')
@@ -63,6 +64,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
   let sql: Sql | null = null
   let readSql: Sql | null = null
   let maintenance: PartitionMaintainer | null = null
+  let compactor: RollupCompactor | null = null
   let embedded: EmbeddedDb | null = null
   let ledger: Ledger | null = null
   let reconciler: Reconciler | null = null
@@ -116,6 +118,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     log!.info({ applied: migrated.applied, alreadyApplied: migrated.skipped.length, database: redactUrl(url) }, 'schema ready')
     // 3b. monthly partitions ahead and retention, by one replica a day (src/db/partitions.ts)
     maintenance = await startPartitionMaintenance(sql, log!, { retentionMonths: config.retentionMonths })
+    compactor = startRollupCompaction(sql, log!)
     // Reports read from the replica once it answers; the primary serves them until then, so a
     // replica that is down never holds up boot or the data plane.
     if (config.databaseReadUrl) {
@@ -165,6 +168,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
       journal.close()
       log!.info({ drained, backlog: journal.backlog }, drained ? 'ledger flushed' : 'ledger not fully flushed: the journal keeps the rest for the next start')
       maintenance?.stop()
+      await compactor?.stop()
       await readSql?.end({ timeout: 2 }).catch(() => {})
       await sql?.end({ timeout: 2 }).catch(() => {})
       await embedded?.stop().catch(() => {})

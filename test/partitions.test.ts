@@ -10,6 +10,7 @@ import { maintainPartitions, monthStart } from '../src/db/partitions.js'
 import { Ledger } from '../src/usage/ledger.js'
 import type { UsageRecord } from '../src/usage/record.js'
 import { verifyRollups } from '../src/usage/verify.js'
+import { compactRollups } from '../src/usage/rollups.js'
 
 // Migration 007 and what hangs on it: the in-place conversion of a database filled by the
 // schema before it, replays across month boundaries, partition maintenance and retention.
@@ -159,8 +160,18 @@ t.test('replays are idempotent across month boundaries: 23:59:59.999 on the last
   const [{ ids }] = await db.sql`select count(*)::int as ids from usage_generation_ids`
   t.equal(ids, 4, 'one claimed id per generation')
   t.same((await verifyRollups(db.sql)).differences, [], 'rollups counted each record once')
-  const [{ requests }] = await db.sql`select sum(requests)::int as requests from usage_daily_rollups`
+  const [{ requests }] = await db.sql`select sum(requests)::int as requests from usage_daily_totals`
   t.equal(requests, 5)
+  // The deltas each insert appended are folded into the rollups exactly once, by one caller.
+  const [{ deltas }] = await db.sql`select count(*)::int as deltas from usage_rollup_deltas`
+  t.ok(deltas > 0, 'inserts appended deltas')
+  const totalsBefore = await db.sql`select * from usage_daily_totals order by day`
+  const folds = await Promise.all([compactRollups(db.sql), compactRollups(db.sql), compactRollups(db.sql)])
+  t.equal(folds.filter((n) => n !== null).length >= 1, true)
+  t.equal((await db.sql`select count(*)::int as n from usage_rollup_deltas`)[0].n, 0, 'every delta folded')
+  t.same(await db.sql`select * from usage_daily_totals order by day`, totalsBefore, 'folding changes no total')
+  t.same(await db.sql`select * from usage_daily_rollups order by day`, totalsBefore, 'the rollups alone now hold them')
+  t.same((await verifyRollups(db.sql)).differences, [])
 })
 
 t.test('maintenance: partitions ahead, once a day by one caller, rows from the default moved, retention drops whole months', async (t) => {
@@ -187,6 +198,7 @@ t.test('maintenance: partitions ahead, once a day by one caller, rows from the d
   t.equal((await db.sql`select count(*)::int as n from usage_events`)[0].n, 3)
 
   // Retention: 2 months kept besides the current one, in July 2031: March and April go.
+  await compactRollups(db.sql)
   const beforeRollups = await db.sql`select * from usage_daily_rollups order by day`
   const older = (await db.sql`select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid
     where i.inhparent = 'usage_events'::regclass and c.relname < 'usage_events_2031_05' and c.relname ~ '_\\d{4}_\\d{2}$' order by 1`).map((r) => r.relname)

@@ -11,6 +11,7 @@ import { migrate } from '../src/db/migrate.js'
 import { Ledger } from '../src/usage/ledger.js'
 import type { UsageRecord } from '../src/usage/record.js'
 import { runVerify } from '../src/verify-command.js'
+import { compactRollups } from '../src/usage/rollups.js'
 
 // `usage-proxy verify` and its admin twin: the rollups recomputed from the raw rows; a single
 // corrupted rollup row is named, and the exit code says so. Reports read from DATABASE_READ_URL.
@@ -34,6 +35,7 @@ async function filled (rows: Array<[number, string]>): Promise<TestDb> {
   for (const [i, at] of rows) ledger.record(rec(i, at))
   if (!await ledger.drain(10_000)) throw new Error('not drained')
   ledger.close()
+  await compactRollups(db.sql) // so that corrupting usage_daily_rollups corrupts what readers see
   return db
 }
 

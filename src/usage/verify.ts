@@ -1,7 +1,8 @@
 import type { Sql } from '../db/connect.js'
 
-// `usage-proxy verify`: recomputes the daily rollups from the raw rows, with the same SQL the
-// trigger uses (usage_rollup_select in sql/007), and lists every rollup row that differs. Days
+// `usage-proxy verify`: recomputes the daily rollups from the raw rows, with the SQL that defines
+// them (usage_rollup_select in sql/007), and lists every rollup row that differs. The rollups
+// compared are usage_daily_totals: folded rows plus the deltas not folded yet, as readers see them. Days
 // whose raw rows retention dropped are not compared: their rollups are all that is left.
 
 export const ROLLUP_VALUES = [
@@ -54,7 +55,7 @@ export async function verifyRollups (sql: Sql, opts: { month?: string, limit?: n
   const differs = ROLLUP_VALUES.map((c) => `r.${c} is distinct from x.${c}`).join(' or ')
   const rows = await sql.unsafe(`
     with raw as (${q}),
-    rollup as (select * from usage_daily_rollups where ($1::date is null or day >= $1::date) and ($2::date is null or day < $2::date))
+    rollup as (select * from usage_daily_totals where ($1::date is null or day >= $1::date) and ($2::date is null or day < $2::date))
     select coalesce(r.organization_id, x.organization_id) as organization_id, coalesce(r.day, x.day)::text as day,
            coalesce(r.external_user_id, x.external_user_id) as external_user_id, coalesce(r.model, x.model) as model,
            coalesce(r.kind, x.kind) as kind, r.day is not null as in_rollup, x.day is not null as in_raw, ${cols}
@@ -63,7 +64,7 @@ export async function verifyRollups (sql: Sql, opts: { month?: string, limit?: n
     order by 1, 2, 3, 4, 5
     limit ${Number(limit)}`, [lo, to])
   const [{ rollups, raw }] = await sql<{ rollups: number, raw: number }[]>`
-    select (select count(*) from usage_daily_rollups where (${lo}::date is null or day >= ${lo}::date) and (${to}::date is null or day < ${to}::date))::int as rollups,
+    select (select count(*) from usage_daily_totals where (${lo}::date is null or day >= ${lo}::date) and (${to}::date is null or day < ${to}::date))::int as rollups,
            (select count(*) from usage_events where (${lo}::date is null or created_at >= (${lo}::date::text || ' 00:00:00+00')::timestamptz)
              and (${to}::date is null or created_at < (${to}::date::text || ' 00:00:00+00')::timestamptz))::int as raw`
   return {
