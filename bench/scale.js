@@ -85,7 +85,9 @@ async function fill () {
   if (!FLAT) {
     await sql`insert into usage_generation_ids (generation_id, created_at) select generation_id, created_at from usage_events`
     const [{ q }] = await sql`select usage_rollup_select('usage_events') as q`
-    await sql.unsafe(`insert into usage_daily_rollups ${q}`)
+    // In time order, organizations and users mixed within a day: the physical order the
+    // sidecars' compaction produces over a year, not one clustered by organization.
+    await sql.unsafe(`insert into usage_daily_rollups select * from (${q}) r order by day, md5(organization_id || external_user_id || model || kind)`)
   }
   const rollupMs = since(tr)
   await sql.unsafe('vacuum analyze')

@@ -99,11 +99,17 @@ CREATE TABLE usage_daily_rollups (
   cost_usd          numeric NOT NULL,
   upstream_cost_usd numeric NOT NULL,
   billed_cost_usd   numeric NOT NULL,
+  -- Both indexes carry what the billing views read (INCLUDE), so they answer from the index
+  -- alone: one organization's rows of a month are spread over the whole month's heap pages
+  -- (rows arrive in time order, all organizations mixed), and reading those pages made a month
+  -- query at 10 million rows take seconds instead of tens of milliseconds.
   PRIMARY KEY (organization_id, day, external_user_id, model, kind)
+    INCLUDE (requests, failed_or_aborted, total_tokens, cost_usd, billed_cost_usd)
 );
 -- "This month" queries filter on the month the views compute; the expression is immutable (a
 -- date through timestamp without time zone), so the planner can use this index for it.
-CREATE INDEX usage_daily_rollups_org_month ON usage_daily_rollups (organization_id, (date_trunc('month', day::timestamp)::date), external_user_id);
+CREATE INDEX usage_daily_rollups_org_month ON usage_daily_rollups (organization_id, (date_trunc('month', day::timestamp)::date), external_user_id)
+  INCLUDE (day, model, requests, prompt_tokens, completion_tokens, cost_usd, billed_cost_usd);
 
 -- What each insert statement adds to the rollups, appended in the insert's own transaction: no
 -- index and no update, the cheapest write there is. Upserting usage_daily_rollups there instead
