@@ -95,7 +95,10 @@ t.test('3 replicas of one organization + 2 others: no deadlock, none lost or dou
   const logs = allLogs.flat()
   const migrated = logs.filter((l) => l.msg === 'schema ready' && l.applied.length > 0)
   t.equal(migrated.length, 1, 'one process applied the migrations, the others found them applied')
-  t.equal(logs.filter((l) => l.msg === 'partition maintenance ran').length, 1, 'partition maintenance ran once')
+  // Once a day: one run per UTC date the processes booted on (a test crossing midnight has two).
+  const runs = logs.filter((l) => l.msg === 'partition maintenance ran').map((l) => String(l.time).slice(0, 10))
+  t.ok(runs.length >= 1, 'partition maintenance ran')
+  t.equal(runs.length, new Set(runs).size, 'partition maintenance ran once a day, by one process')
   t.same(logs.filter((l) => /deadlock|40P01/i.test(JSON.stringify(l))), [], 'no deadlock anywhere')
   t.same((await verifyRollups(db.sql)).differences, [], 'rollups exact after concurrent writers and a kill')
   const [{ n }] = await db.sql`select count(*)::int as n from schema_migrations`
