@@ -12,7 +12,7 @@ import { migrate } from './db/migrate.js'
 import { startPartitionMaintenance, type PartitionMaintainer } from './db/partitions.js'
 import { upsertOrganization } from './db/organizations.js'
 import { UserDirectory } from './identity/directory.js'
-import { identityHeaders } from './identity/identify.js'
+import { identityHeaders, ignoredHeadersWarning } from './identity/identify.js'
 import { createLogger, scrub, type Logger } from './log.js'
 import { createPassthrough } from './proxy/passthrough.js'
 import { createProxyServer } from './proxy/server.js'
@@ -86,7 +86,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     organizationId: config.organization.id,
     markupPercent: config.organization.markupPercent,
     maxBodyBytes: config.server.maxBodyBytes,
-    identity: config.identity,
+    identity: { ...config.identity, onIgnoredHeaders: config.identity.jwtSecret ? ignoredHeadersWarning(log, config.identity) : undefined },
     identityHeaders: idHeaders,
     get directory () { return directory! },
     get ledger () { return ledger! },
@@ -98,6 +98,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
   }
   const server = createProxyServer({ meter, passthrough, proxyApiKey: config.server.proxyApiKey, isReady: () => ready, metrics: metrics.handler,
     clientTimeouts: { headersMs: config.server.headersTimeoutMs, requestMs: config.server.requestTimeoutMs }, onPassthrough: metrics.passthrough,
+    connections: { max: config.server.maxConnections, perIp: config.server.maxConnectionsPerIp },
     admin: createAdminPlane({ config, sql: () => sql!, readSql: () => readSql ?? sql!, log }) ?? undefined })
   await new Promise<void>((ok, fail) => { server.once('error', fail); server.listen(config.server.port, config.server.host, () => { server.off('error', fail); ok() }) })
   const port = (server.address() as AddressInfo).port

@@ -49,6 +49,9 @@ export const envSchema = z.object({
   DB_CONNECT_RETRY_MAX_MS: positiveInt.default(10_000),
   EMBEDDED_DB_PORT: port.default(54320),
   ADMIN_API_KEY: z.string().min(16, 'must be at least 16 characters (e.g. openssl rand -hex 24)').optional(),
+  REQUIRE_USER_IDENTITY: bool.default(false),
+  MAX_CONNECTIONS: positiveInt.default(4096),
+  MAX_CONNECTIONS_PER_IP: positiveInt.default(2048),
   DATABASE_READ_URL: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL').optional(),
   RETENTION_MONTHS: positiveInt.optional(),
 })
@@ -62,11 +65,13 @@ export interface Config {
   server: {
     port: number, host: string, maxBodyBytes: number, shutdownGraceMs: number, proxyApiKey: string | undefined,
     headersTimeoutMs: number, requestTimeoutMs: number
+    maxConnections: number, maxConnectionsPerIp: number
   }
   upstream: { headersTimeoutMs: number, bodyTimeoutMs: number, connections: number }
   identity: {
     userIdHeader: string, userNameHeader: string, userEmailHeader: string, userRoleHeader: string,
     chatIdHeader: string, jwtHeader: string, jwtSecret: string | undefined, trustBodyUser: boolean
+    requireUserIdentity: boolean
   }
   ledger: { dataDir: string, batchSize: number, flushMs: number, reconcileMaxWaitMs: number }
   db: { connectRetryMaxMs: number, embeddedPort: number }
@@ -113,6 +118,7 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
     server: {
       port: e.PORT, host: e.HOST, maxBodyBytes: e.MAX_BODY_BYTES, shutdownGraceMs: e.SHUTDOWN_GRACE_MS, proxyApiKey: e.PROXY_API_KEY,
       headersTimeoutMs: e.CLIENT_HEADERS_TIMEOUT_MS, requestTimeoutMs: e.CLIENT_REQUEST_TIMEOUT_MS,
+      maxConnections: e.MAX_CONNECTIONS, maxConnectionsPerIp: e.MAX_CONNECTIONS_PER_IP,
     },
     upstream: { headersTimeoutMs: e.UPSTREAM_HEADERS_TIMEOUT_MS, bodyTimeoutMs: e.UPSTREAM_BODY_TIMEOUT_MS, connections: e.UPSTREAM_CONNECTIONS },
     identity: {
@@ -125,6 +131,7 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
       jwtSecret: e.FORWARD_USER_INFO_HEADER_JWT_SECRET,
       // With signed identity configured, an unsigned `user` in the body could name anyone.
       trustBodyUser: e.TRUST_BODY_USER ?? !e.FORWARD_USER_INFO_HEADER_JWT_SECRET,
+      requireUserIdentity: e.REQUIRE_USER_IDENTITY,
     },
     ledger: { dataDir: e.DATA_DIR, batchSize: e.LEDGER_BATCH_SIZE, flushMs: e.LEDGER_FLUSH_MS, reconcileMaxWaitMs: e.RECONCILE_MAX_WAIT_MS },
     db: { connectRetryMaxMs: e.DB_CONNECT_RETRY_MAX_MS, embeddedPort: e.EMBEDDED_DB_PORT },

@@ -9,6 +9,7 @@ import type { Reconciler } from '../usage/reconcile.js'
 import { withUsage, type Outcome, type UsageRecord } from '../usage/record.js'
 import { ResponseTap, bodyKind } from '../usage/response-tap.js'
 import { sendError } from './errors.js'
+import { upstreamHeaders } from './headers.js'
 import type { Upstream } from './upstream.js'
 
 // THE HOT PATH. One metered request: read and rewrite the JSON body, dispatch it on the upstream
@@ -54,10 +55,6 @@ export interface MeterContext {
   stopping?: () => boolean
 }
 
-// Request headers that must not travel upstream: hop-by-hop, our own credentials, and the
-// identity the app forwarded (OpenRouter learns the user only as the opaque `user` id).
-const DROP_REQUEST = new Set(['host', 'connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade',
-  'content-length', 'authorization', 'cookie', 'accept-encoding', 'expect', 'x-api-key', 'http-referer', 'x-title'])
 const DROP_RESPONSE = new Set(['connection', 'keep-alive', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-connection'])
 
 /** A stream whose client left before the generation was named is aborted once it is, or after this. */
@@ -120,18 +117,8 @@ function forward (req: IncomingMessage, res: ServerResponse, endpoint: string, q
     payload = Buffer.from(JSON.stringify(body))
   }
 
-  const headers: Record<string, string> = {}
-  for (const name in req.headers) {
-    if (DROP_REQUEST.has(name) || name.startsWith('x-openwebui-') || ctx.identityHeaders.has(name)) continue
-    const v = req.headers[name]
-    if (typeof v === 'string') headers[name] = v
-    else if (Array.isArray(v)) headers[name] = v.join(', ')
-  }
-  headers.authorization = `Bearer ${ctx.apiKey}`
+  const headers = upstreamHeaders(req.headers, ctx, 'identity') // the tap must read plain bytes
   if (asJson) headers['content-type'] = 'application/json'
-  headers['accept-encoding'] = 'identity' // the tap must read plain bytes
-  headers['http-referer'] = ctx.appUrl
-  headers['x-title'] = ctx.appTitle
 
   const base: UsageRecord = {
     eventId: randomUUID(),
@@ -220,6 +207,7 @@ class Exchange implements Dispatcher.DispatchHandler {
     this.ttfbMs = msSince(this.started)
     let contentType: string | undefined
     let generationId: string | undefined
+    let contentEncoding: string | undefined
     const out: string[] = []
     for (let i = 0; i < rawHeaders.length; i += 2) {
       const name = rawHeaders[i].toString('latin1')
@@ -229,10 +217,11 @@ class Exchange implements Dispatcher.DispatchHandler {
       if (lower === 'content-type') contentType = value
       else if (lower === 'x-generation-id') generationId = value
       else if (lower === 'content-length') this.lengthDeclared = true
+      else if (lower === 'content-encoding') contentEncoding = value
       out.push(name, value)
     }
     this.resume = resume
-    this.tap = new ResponseTap(statusCode < 300 ? bodyKind(contentType) : 'json', (id) => this.sawGeneration(id))
+    this.tap = new ResponseTap(statusCode < 300 ? bodyKind(contentType) : 'json', (id) => this.sawGeneration(id), contentEncoding)
     if (generationId && statusCode < 300) this.sawGeneration(generationId)
     if (this.clientGone) return true // read on, unseen; sawGeneration aborts a stream once it is named
     this.res.writeHead(statusCode, out)

@@ -1,5 +1,6 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
+import { gzipSync } from 'node:zlib'
 
 // A fake OpenRouter that behaves like the real one where the sidecar depends on it
 // (shared/context/openrouter.md): ": OPENROUTER PROCESSING" comments before and between events,
@@ -14,6 +15,8 @@ import type { AddressInfo } from 'node:net'
 //   fake/slow          paced events (aborts)  fake/garbage     200 with a non-JSON body
 //   fake/hang          headers, then silence  fake/crlf        CRLF line ends
 //   fake/silent        no answer at all
+//   fake/gzip          gzip-compressed answer (JSON, or SSE when streamed) whatever accept-encoding
+//                      asked for, as an upstream or a proxy before it may do
 
 export interface FakeGeneration {
   id: string
@@ -126,6 +129,7 @@ export class FakeOpenRouter {
       res.writeHead(200, { 'content-type': 'application/json', 'x-generation-id': g.id })
       return this.finish(g, res, Buffer.from('<html>upstream proxy hiccup</html>'))
     }
+    if (model === 'fake/gzip') return this.gzipped(g, endpoint, res)
     if (endpoint === 'embeddings') return this.embeddings(g, res)
     if (g.streamed) return this.stream(g, endpoint, model, req, res)
     return this.complete(g, endpoint, res)
@@ -170,6 +174,19 @@ export class FakeOpenRouter {
     }
     res.writeHead(200, { 'content-type': 'application/json', 'x-generation-id': g.id })
     this.finish(g, res, Buffer.from(body))
+  }
+
+  private gzipped (g: FakeGeneration, endpoint: string, res: ServerResponse): void {
+    const text = JSON.stringify(CONTENT.join(''))
+    const plain = g.streamed
+      ? [`: OPENROUTER PROCESSING\n\n`,
+          `data: {"id":"${g.id}","provider":"${g.provider}","model":"${g.model}","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"role":"assistant","content":${text}},"finish_reason":"stop"}]}\n\n`,
+          `data: {"id":"${g.id}","provider":"${g.provider}","model":"${g.model}","object":"chat.completion.chunk","choices":[],"usage":${this.usage(g, endpoint)}}\n\n`,
+          'data: [DONE]\n\n'].join('')
+      : `{"id":"${g.id}","provider":"${g.provider}","model":"${g.model}","object":"chat.completion","created":1764300000,` +
+        `"choices":[{"index":0,"finish_reason":"stop","message":{"role":"assistant","content":${text}}}],"usage":${this.usage(g, endpoint)}}`
+    res.writeHead(200, { 'content-type': g.streamed ? 'text/event-stream' : 'application/json', 'content-encoding': 'gzip', 'x-generation-id': g.id })
+    this.finish(g, res, gzipSync(plain))
   }
 
   private embeddings (g: FakeGeneration, res: ServerResponse): void {
