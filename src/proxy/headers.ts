@@ -8,7 +8,8 @@ import type { IncomingHttpHeaders } from 'node:http'
 
 export interface UpstreamHeaderPolicy {
   apiKey: string
-  appUrl: string
+  /** APP_URL: sent as HTTP-Referer only when configured. */
+  appUrl: string | undefined
   appTitle: string
   /** identityHeaders(identity options): they stay with the sidecar. */
   identityHeaders: Set<string>
@@ -39,7 +40,7 @@ export function upstreamHeaders (incoming: IncomingHttpHeaders, p: UpstreamHeade
   out.authorization = `Bearer ${p.apiKey}`
   if (acceptEncoding === 'identity') out['accept-encoding'] = 'identity'
   else if (typeof incoming['accept-encoding'] === 'string' && !named?.has('accept-encoding')) out['accept-encoding'] = incoming['accept-encoding']
-  out['http-referer'] = p.appUrl
+  if (p.appUrl) out['http-referer'] = p.appUrl
   out['x-title'] = p.appTitle
   return out
 }

@@ -8,6 +8,7 @@ import type { Ledger } from '../usage/ledger.js'
 import type { Reconciler } from '../usage/reconcile.js'
 import { withUsage, type Outcome, type UsageRecord } from '../usage/record.js'
 import { ResponseTap, bodyKind } from '../usage/response-tap.js'
+import { classifyKind, messageIdOf, type KindOptions } from '../usage/kind.js'
 import { sendError } from './errors.js'
 import { upstreamHeaders } from './headers.js'
 import type { Upstream } from './upstream.js'
@@ -35,7 +36,7 @@ export function meteredKind (endpoint: string): 'json' | 'raw' | null {
 export interface MeterContext {
   upstream: Upstream
   apiKey: string
-  appUrl: string
+  appUrl: string | undefined
   appTitle: string
   organizationId: string
   markupPercent: string
@@ -50,9 +51,11 @@ export interface MeterContext {
   /** Called when an exchange starts and ends: graceful shutdown waits for these. */
   track: (delta: 1 | -1) => void
   /** Optional observer (metrics); called once per finished exchange. */
-  observe?: (rec: UsageRecord) => void
+  observe?: (rec: UsageRecord, res: ServerResponse) => void
   /** True once shutdown began: connections cut after the grace period are not client aborts. */
   stopping?: () => boolean
+  /** Task and message-id header names (TASK_HEADER, MESSAGE_ID_HEADER) and the app's headers. */
+  kinds?: KindOptions
 }
 
 const DROP_RESPONSE = new Set(['connection', 'keep-alive', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-connection'])
@@ -148,8 +151,8 @@ function forward (req: IncomingMessage, res: ServerResponse, endpoint: string, q
     latencyMs: null,
     ttfbMs: null,
     chatId: who.chatId,
-    kind: 'api',
-    messageId: null,
+    kind: classifyKind(req.headers, { streamed, messages: () => body.messages }, ctx.kinds),
+    messageId: messageIdOf(req.headers, ctx.kinds),
     createdAt: new Date().toISOString(),
   }
   const exchange = new Exchange(res, base, ctx)
@@ -306,7 +309,7 @@ class Exchange implements Dispatcher.DispatchHandler {
     } else {
       this.ctx.ledger.record(rec)
     }
-    try { this.ctx.observe?.(rec) } catch (e) { this.ctx.log.warn({ err: (e as Error).message }, 'metrics: observe failed') }
+    try { this.ctx.observe?.(rec, this.res) } catch (e) { this.ctx.log.warn({ err: (e as Error).message }, 'metrics: observe failed') }
   }
 }
 

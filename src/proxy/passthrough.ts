@@ -24,7 +24,7 @@ export function passesThrough (endpoint: string): boolean {
   return ALLOWED.has(endpoint) || MODEL_ENDPOINTS.test(endpoint)
 }
 
-export function createPassthrough (baseUrl: string, apiKey: string, appUrl: string, appTitle: string, identityHeaders: Set<string>, log: Logger): Passthrough {
+export function createPassthrough (baseUrl: string, apiKey: string, appUrl: string | undefined, appTitle: string, identityHeaders: Set<string>, log: Logger): Passthrough {
   const policy: UpstreamHeaderPolicy = { apiKey, appUrl, appTitle, identityHeaders }
   const target = new URL(baseUrl)
   const basePath = target.pathname.replace(/\/+$/, '')

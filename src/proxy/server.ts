@@ -21,6 +21,8 @@ export interface ServerContext {
   admin?: (req: IncomingMessage, res: ServerResponse) => void
   /** MAX_CONNECTIONS and MAX_CONNECTIONS_PER_IP; unbounded when absent. */
   connections?: ConnectionLimits
+  /** Called as each request arrives, before routing: the access log and the responses counter. */
+  onExchange?: (req: IncomingMessage, res: ServerResponse) => void
 }
 
 export function createProxyServer (ctx: ServerContext): Server {
@@ -34,7 +36,7 @@ export function createProxyServer (ctx: ServerContext): Server {
     keepAliveTimeout: 65_000,
   }, (req, res) => {
     // A bug that throws while routing costs this exchange a 500, never the process.
-    try { route(req, res) } catch (err) { internalError(req, res, err) }
+    try { ctx.onExchange?.(req, res); route(req, res) } catch (err) { internalError(req, res, err) }
   })
   if (ctx.connections) limitConnections(server, ctx.connections)
 
@@ -64,7 +66,7 @@ export function createProxyServer (ctx: ServerContext): Server {
     }
     if (!ctx.isReady()) return sendError(res, 503, 'service_unavailable', 'not_ready', 'usage-proxy is starting', { 'retry-after': '1' })
     if (keyDigest) {
-      const given = req.headers.authorization
+      const given = req.headers.authorization ?? anthropicKey(req, rest)
       // Compare digests: constant time whatever the length of what the client sent.
       if (typeof given !== 'string' || !timingSafeEqual(digest(given), keyDigest)) {
         // Not a byte of the body is read, and the connection closes once this is sent: an
@@ -100,6 +102,12 @@ export function createProxyServer (ctx: ServerContext): Server {
   }
 
   return server
+}
+
+/** The Anthropic SDK sends its key as `x-api-key`: accepted as the proxy key on /messages only. */
+function anthropicKey (req: IncomingMessage, rest: string): string | undefined {
+  const key = req.headers['x-api-key']
+  return typeof key === 'string' && /^\/messages\/?(\?|$)/.test(rest) ? `Bearer ${key}` : undefined
 }
 
 function plain (res: ServerResponse, status: number, body: string): void {
