@@ -99,6 +99,7 @@ CREATE TABLE usage_daily_rollups (
   cost_usd          numeric NOT NULL,
   upstream_cost_usd numeric NOT NULL,
   billed_cost_usd   numeric NOT NULL,
+  user_id           text,                          -- max(user_id): the app's user id, NULL for body-`user` rows
   -- Both indexes carry what the billing views read (INCLUDE), so they answer from the index
   -- alone: one organization's rows of a month are spread over the whole month's heap pages
   -- (rows arrive in time order, all organizations mixed), and reading those pages made a month
@@ -109,7 +110,7 @@ CREATE TABLE usage_daily_rollups (
 -- "This month" queries filter on the month the views compute; the expression is immutable (a
 -- date through timestamp without time zone), so the planner can use this index for it.
 CREATE INDEX usage_daily_rollups_org_month ON usage_daily_rollups (organization_id, (date_trunc('month', day::timestamp)::date), external_user_id)
-  INCLUDE (day, model, requests, prompt_tokens, completion_tokens, cost_usd, billed_cost_usd);
+  INCLUDE (day, model, kind, user_id, requests, prompt_tokens, completion_tokens, cost_usd, billed_cost_usd);
 
 -- What each insert statement adds to the rollups, appended in the insert's own transaction: no
 -- index and no update, the cheapest write there is. Upserting usage_daily_rollups there instead
@@ -126,7 +127,7 @@ SELECT organization_id, day, external_user_id, model, kind,
        sum(prompt_tokens)::bigint AS prompt_tokens, sum(completion_tokens)::bigint AS completion_tokens,
        sum(total_tokens)::bigint AS total_tokens, sum(cached_tokens)::bigint AS cached_tokens,
        sum(reasoning_tokens)::bigint AS reasoning_tokens, sum(cost_usd) AS cost_usd,
-       sum(upstream_cost_usd) AS upstream_cost_usd, sum(billed_cost_usd) AS billed_cost_usd
+       sum(upstream_cost_usd) AS upstream_cost_usd, sum(billed_cost_usd) AS billed_cost_usd, max(user_id) AS user_id
 FROM (SELECT * FROM usage_daily_rollups UNION ALL SELECT * FROM usage_rollup_deltas) r
 GROUP BY 1, 2, 3, 4, 5;
 
@@ -141,7 +142,7 @@ BEGIN
     INSERT INTO usage_daily_rollups AS u
     SELECT organization_id, day, external_user_id, model, kind,
            sum(requests), sum(failed_or_aborted), sum(prompt_tokens), sum(completion_tokens), sum(total_tokens),
-           sum(cached_tokens), sum(reasoning_tokens), sum(cost_usd), sum(upstream_cost_usd), sum(billed_cost_usd)
+           sum(cached_tokens), sum(reasoning_tokens), sum(cost_usd), sum(upstream_cost_usd), sum(billed_cost_usd), max(user_id)
     FROM moved GROUP BY 1, 2, 3, 4, 5
     ORDER BY 1, 2, 3, 4, 5
     ON CONFLICT (organization_id, day, external_user_id, model, kind) DO UPDATE SET
@@ -154,7 +155,8 @@ BEGIN
       reasoning_tokens = u.reasoning_tokens + excluded.reasoning_tokens,
       cost_usd = u.cost_usd + excluded.cost_usd,
       upstream_cost_usd = u.upstream_cost_usd + excluded.upstream_cost_usd,
-      billed_cost_usd = u.billed_cost_usd + excluded.billed_cost_usd
+      billed_cost_usd = u.billed_cost_usd + excluded.billed_cost_usd,
+      user_id = greatest(u.user_id, excluded.user_id)
     RETURNING 1)
   SELECT count(*) INTO n FROM folded;
   RETURN n;
@@ -175,7 +177,8 @@ CREATE FUNCTION usage_rollup_select (source text) RETURNS text LANGUAGE sql IMMU
            coalesce(sum(reasoning_tokens), 0) AS reasoning_tokens,
            coalesce(sum(cost_usd), 0) AS cost_usd,
            coalesce(sum(upstream_cost_usd), 0) AS upstream_cost_usd,
-           coalesce(sum(billed_cost_usd), 0) AS billed_cost_usd
+           coalesce(sum(billed_cost_usd), 0) AS billed_cost_usd,
+           max(user_id) AS user_id
     FROM %s
     GROUP BY 1, 2, 3, 4, 5$q$, source)
 $$;
@@ -228,7 +231,8 @@ BEGIN
            coalesce(sum(reasoning_tokens), 0) AS reasoning_tokens,
            coalesce(sum(cost_usd), 0) AS cost_usd,
            coalesce(sum(upstream_cost_usd), 0) AS upstream_cost_usd,
-           coalesce(sum(billed_cost_usd), 0) AS billed_cost_usd
+           coalesce(sum(billed_cost_usd), 0) AS billed_cost_usd,
+           max(user_id) AS user_id
     FROM inserted_rows
     WHERE cardinality(losers) = 0 OR NOT (event_id = ANY (losers))
     GROUP BY 1, 2, 3, 4, 5;
@@ -352,9 +356,9 @@ CREATE TABLE usage_maintenance (
 
 -- The billing views read the rollups (folded rows plus deltas): whole days and the current day
 -- alike, since the deltas are written in the same transaction as the rows (the current day is as
--- exact there as in the raw rows, and reading it raw would mean scanning a whole day's rows). Same columns
--- and types as sql/002. A later migration that reshaped one of these views keeps its own shape
--- (the replacement is refused and a warning says so); the other views stay as they were.
+-- exact there as in the raw rows, and reading it raw would mean scanning a whole day's rows).
+-- Same columns and types as sql/005 (grouped by kind too). A view some other migration reshaped
+-- differently keeps its own shape (the replacement is refused and a warning says so).
 DO $views$
 BEGIN
   BEGIN
@@ -362,9 +366,10 @@ BEGIN
     SELECT r.organization_id,
            date_trunc('month', r.day::timestamp)::date AS month,
            r.external_user_id,
-           max(m.user_id)                            AS user_id,
+           coalesce(max(r.user_id), max(m.user_id))  AS user_id,
            max(m.user_name)                          AS user_name,
            max(m.user_email)                         AS user_email,
+           r.kind,
            sum(r.requests)::bigint                   AS requests,
            sum(r.prompt_tokens)::bigint              AS prompt_tokens,
            sum(r.completion_tokens)::bigint          AS completion_tokens,
@@ -373,7 +378,7 @@ BEGIN
     FROM (SELECT * FROM usage_daily_rollups UNION ALL SELECT * FROM usage_rollup_deltas) r
     LEFT JOIN user_mappings m
       ON m.organization_id = r.organization_id AND m.external_user_id = r.external_user_id
-    GROUP BY 1, 2, 3;
+    GROUP BY r.organization_id, 2, r.external_user_id, r.kind;
   EXCEPTION WHEN others THEN RAISE WARNING 'spend_per_user_month kept as it was: %', SQLERRM;
   END;
   BEGIN
@@ -381,26 +386,28 @@ BEGIN
     SELECT organization_id,
            date_trunc('month', day::timestamp)::date AS month,
            nullif(model, '')                         AS model,
+           kind,
            sum(requests)::bigint                     AS requests,
            sum(prompt_tokens)::bigint                AS prompt_tokens,
            sum(completion_tokens)::bigint            AS completion_tokens,
            coalesce(sum(cost_usd), 0)                AS cost_usd,
            coalesce(sum(billed_cost_usd), 0)         AS billed_cost_usd
     FROM (SELECT * FROM usage_daily_rollups UNION ALL SELECT * FROM usage_rollup_deltas) r
-    GROUP BY 1, 2, 3;
+    GROUP BY 1, 2, 3, 4;
   EXCEPTION WHEN others THEN RAISE WARNING 'spend_per_model_month kept as it was: %', SQLERRM;
   END;
   BEGIN
     CREATE OR REPLACE VIEW spend_per_day AS
     SELECT organization_id,
            day,
+           kind,
            sum(requests)::bigint                     AS requests,
            sum(failed_or_aborted)::bigint            AS failed_or_aborted,
            sum(total_tokens)::bigint                 AS total_tokens,
            coalesce(sum(cost_usd), 0)                AS cost_usd,
            coalesce(sum(billed_cost_usd), 0)         AS billed_cost_usd
     FROM (SELECT * FROM usage_daily_rollups UNION ALL SELECT * FROM usage_rollup_deltas) r
-    GROUP BY 1, 2;
+    GROUP BY 1, 2, 3;
   EXCEPTION WHEN others THEN RAISE WARNING 'spend_per_day kept as it was: %', SQLERRM;
   END;
 END $views$;

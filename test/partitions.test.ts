@@ -61,9 +61,9 @@ async function writeAll (db: TestDb, records: UsageRecord[]): Promise<void> {
 const totals = (db: TestDb) => db.sql`select organization_id, count(*)::int as n, sum(cost_usd)::text as cost,
   sum(billed_cost_usd)::text as billed, sum(prompt_tokens)::text as prompt from usage_events group by 1 order by 1`
 const views = async (db: TestDb) => ({
-  user: await db.sql`select * from spend_per_user_month order by organization_id, month, external_user_id`,
-  model: await db.sql`select * from spend_per_model_month order by organization_id, month, model nulls first`,
-  day: await db.sql`select * from spend_per_day order by organization_id, day`,
+  user: await db.sql`select * from spend_per_user_month order by organization_id, month, external_user_id, kind`,
+  model: await db.sql`select * from spend_per_model_month order by organization_id, month, model nulls first, kind`,
+  day: await db.sql`select * from spend_per_day order by organization_id, day, kind`,
 })
 
 t.test('an existing database converts in place: every row kept, totals and billing views equal to the last digit', async (t) => {
@@ -93,7 +93,7 @@ t.test('an existing database converts in place: every row kept, totals and billi
   await db.sql`update usage_events set note = 'n' || prompt_tokens where prompt_tokens % 2 = 0`
   const before = await totals(db)
   const viewsBefore = await views(db)
-  const siblingBefore = { notes: await db.sql`select * from notes_per_org order by 1`, busy: await db.sql`select * from busy_days order by 1, 2` }
+  const siblingBefore = { notes: await db.sql`select * from notes_per_org order by 1`, busy: await db.sql`select * from busy_days order by 1, 2, 3` }
   t.equal(before.reduce((n, r) => n + r.n, 0), 420)
 
   const migrated = await migrate(db.sql, 'sql')
@@ -116,7 +116,7 @@ t.test('an existing database converts in place: every row kept, totals and billi
   // The conversion keeps the ledger's semantics: a replay of an old record changes nothing.
   await writeAll(db, [records[1], { ...records[2], eventId: randomUUID() }])
   t.same(await totals(db), before, 'replays of converted rows are no-ops')
-  t.same({ notes: await db.sql`select * from notes_per_org order by 1`, busy: await db.sql`select * from busy_days order by 1, 2` }, siblingBefore,
+  t.same({ notes: await db.sql`select * from notes_per_org order by 1`, busy: await db.sql`select * from busy_days order by 1, 2, 3` }, siblingBefore,
     'views of other migrations kept, on the new table (a view on a billing view included)')
   const [{ indexed }] = await db.sql`select count(*)::int as indexed from pg_indexes where tablename = 'usage_events' and indexname = 'usage_events_note'`
   t.equal(indexed, 1, 'their index kept')

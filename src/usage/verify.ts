@@ -7,7 +7,7 @@ import type { Sql } from '../db/connect.js'
 
 export const ROLLUP_VALUES = [
   'requests', 'failed_or_aborted', 'prompt_tokens', 'completion_tokens', 'total_tokens', 'cached_tokens',
-  'reasoning_tokens', 'cost_usd', 'upstream_cost_usd', 'billed_cost_usd',
+  'reasoning_tokens', 'cost_usd', 'upstream_cost_usd', 'billed_cost_usd', 'user_id',
 ] as const
 
 export interface RollupDifference {
