@@ -1,6 +1,7 @@
 import type { Config } from '../config/config.js'
 import type { Sql } from '../db/connect.js'
 import type { Logger } from '../log.js'
+import { budgetRoutes } from './budgets.js'
 import { createAdmin, sendJson, type AdminHandler, type AdminRoute } from './router.js'
 import { storageRoutes } from './storage.js'
 
@@ -14,6 +15,8 @@ export interface AdminDeps {
   /** Reads for reports (DATABASE_READ_URL when set, else the primary). */
   readSql: () => Sql
   log: Logger
+  /** Tells the admission of this process that budgets changed. */
+  budgetsChanged?: () => void
 }
 
 export function adminRoutes (deps: AdminDeps): AdminRoute[] {
@@ -23,6 +26,7 @@ export function adminRoutes (deps: AdminDeps): AdminRoute[] {
       path: /^\/admin\/v1\/?$/,
       handle: ({ res }) => sendJson(res, 200, { object: 'admin', organization: deps.config.organization.id }),
     },
+    ...budgetRoutes({ config: deps.config, sql: deps.sql, changed: deps.budgetsChanged }),
     ...storageRoutes(deps),
   ]
 }
