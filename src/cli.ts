@@ -14,6 +14,9 @@ commands:
                                  its stable OPENROUTER_EXTERNAL_USER id, fresh PROXY_API_KEY,
                                  WEBUI_SECRET_KEY and POSTGRES_PASSWORD, and a placeholder
                                  OPENROUTER_API_KEY; values unquoted (docker run --env-file)
+  verify [--month YYYY-MM]       recompute the daily rollups from the raw rows and list any
+                                 difference; exits 1 when one differs (needs DATABASE_URL, or
+                                 the stopped sidecar's DATA_DIR)
   help, --help, -h               print this help
 
 example:
@@ -115,6 +118,9 @@ async function run (argv: string[]): Promise<void> {
     if (args.length > 0) throw new UsageError(`start takes no arguments (got ${args.join(' ')}): configure it with environment variables`)
     const { main } = await import('./main.js')
     await main()
+  } else if (command === 'verify') {
+    const [{ runVerify }, { withEnvFile }] = await Promise.all([import('./verify-command.js'), import('./config/env-file.js')])
+    process.exitCode = await runVerify(args, withEnvFile(process.env))
   } else if (command === 'gen-env') {
     process.stdout.write(genEnv(args))
   } else {

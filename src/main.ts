@@ -9,6 +9,7 @@ import { connect, redactUrl, type Sql } from './db/connect.js'
 import { installCrashGuard } from './db/crash-guard.js'
 import { startEmbedded, type EmbeddedDb } from './db/embedded.js'
 import { migrate } from './db/migrate.js'
+import { startPartitionMaintenance, type PartitionMaintainer } from './db/partitions.js'
 import { upsertOrganization } from './db/organizations.js'
 import { UserDirectory } from './identity/directory.js'
 import { identityHeaders, ignoredHeadersWarning } from './identity/identify.js'
@@ -19,6 +20,7 @@ import { createUpstream } from './proxy/upstream.js'
 import { Journal } from './usage/journal.js'
 import { Ledger } from './usage/ledger.js'
 import { Reconciler } from './usage/reconcile.js'
+import { startRollupCompaction, type RollupCompactor } from './usage/rollups.js'
 import type { UsageRecord } from './usage/record.js'
 import { createMetrics } from './metrics.js'
 import { createAccessLog } from './proxy/access-log.js'
@@ -69,6 +71,9 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
 
   // Filled in by boot; the server only reaches them once `ready` is true.
   let sql: Sql | null = null
+  let readSql: Sql | null = null
+  let maintenance: PartitionMaintainer | null = null
+  let compactor: RollupCompactor | null = null
   let embedded: EmbeddedDb | null = null
   let ledger: Ledger | null = null
   let reconciler: Reconciler | null = null
@@ -121,7 +126,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     onExchange: access.begin,
     clientTimeouts: { headersMs: config.server.headersTimeoutMs, requestMs: config.server.requestTimeoutMs }, onPassthrough: metrics.passthrough,
     connections: { max: config.server.maxConnections, perIp: config.server.maxConnectionsPerIp },
-    admin: createAdminPlane({ config, sql: () => sql!, readSql: () => sql!, log, budgetsChanged: () => { void spend?.limits.refresh() } }) ?? undefined })
+    admin: createAdminPlane({ config, sql: () => sql!, readSql: () => readSql ?? sql!, log, budgetsChanged: () => { void spend?.limits.refresh() } }) ?? undefined })
   try {
     await listen(server, 'PORT', config.server.host, config.server.port)
     if (metricsServer) await listen(metricsServer, 'METRICS_PORT', config.metrics.host, config.metrics.port!)
@@ -154,6 +159,15 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     // 3. schema, under an advisory lock so sidecars booting together are safe
     const migrated = await migrate(sql, SQL_DIR)
     log!.info({ applied: migrated.applied, alreadyApplied: migrated.skipped.length, database: redactUrl(url) }, 'schema ready')
+    // 3b. monthly partitions ahead and retention, by one replica a day (src/db/partitions.ts)
+    maintenance = await startPartitionMaintenance(sql, log!, { retentionMonths: config.retentionMonths })
+    compactor = startRollupCompaction(sql, log!)
+    // Reports read from the replica once it answers; the primary serves them until then, so a
+    // replica that is down never holds up boot or the data plane.
+    if (config.databaseReadUrl) {
+      void connect({ url: config.databaseReadUrl, log: log!, retryMaxMs: config.db.connectRetryMaxMs, signal: abort.signal, max: 4 })
+        .then((r) => { if (stopping) void r.end({ timeout: 0 }); else { readSql = r; log!.info({ database: redactUrl(config.databaseReadUrl!) }, 'read replica ready for reports') } }, () => {})
+    }
     // 4. the organization row
     const created = await upsertOrganization(sql, config.organization, config.openrouter.apiKey)
     log!.info({ organization: config.organization.id, created, markupPercent: config.organization.markupPercent }, 'organization ready')
@@ -200,6 +214,9 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
       ledger?.close()
       journal.close()
       log!.info({ drained, backlog: journal.backlog }, drained ? 'ledger flushed' : 'ledger not fully flushed: the journal keeps the rest for the next start')
+      maintenance?.stop()
+      await compactor?.stop()
+      await readSql?.end({ timeout: 2 }).catch(() => {})
       await sql?.end({ timeout: 2 }).catch(() => {})
       await embedded?.stop().catch(() => {})
       passthrough.close()

@@ -3,6 +3,7 @@ import type { Sql } from '../db/connect.js'
 import type { Logger } from '../log.js'
 import { budgetRoutes } from './budgets.js'
 import { createAdmin, sendJson, type AdminHandler, type AdminRoute } from './router.js'
+import { storageRoutes } from './storage.js'
 
 // Every admin route, in one list. Each concern (budgets, usage, the page) lives in a file of its
 // own and adds its routes here.
@@ -26,6 +27,7 @@ export function adminRoutes (deps: AdminDeps): AdminRoute[] {
       handle: ({ res }) => sendJson(res, 200, { object: 'admin', organization: deps.config.organization.id }),
     },
     ...budgetRoutes({ config: deps.config, sql: deps.sql, changed: deps.budgetsChanged }),
+    ...storageRoutes(deps),
   ]
 }
 

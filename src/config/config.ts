@@ -82,6 +82,8 @@ export const envSchema = z.object({
   BUDGET_DB_TIMEOUT_MS: positiveInt.default(2000),
   USER_RPM: positiveInt.optional(),
   USER_MAX_CONCURRENT: positiveInt.optional(),
+  DATABASE_READ_URL: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL').optional(),
+  RETENTION_MONTHS: positiveInt.optional(),
 })
 
 export type Env = z.infer<typeof envSchema>
@@ -111,6 +113,10 @@ export interface Config {
   /** Open WebUI's per-connection custom headers ({{TASK}}, {{MESSAGE_ID}}). */
   kinds: { taskHeader: string, messageIdHeader: string }
   limits: LimitsConfig
+  /** A read replica for reports (admin, statements, usage); writes and budgets use databaseUrl. */
+  databaseReadUrl: string | undefined
+  /** Whole months of raw rows kept besides the current one; undefined keeps everything. */
+  retentionMonths: number | undefined
 }
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/i
@@ -215,5 +221,15 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
       userRpm: e.USER_RPM,
       userMaxConcurrent: e.USER_MAX_CONCURRENT,
     },
+    databaseReadUrl: e.DATABASE_READ_URL,
+    retentionMonths: e.RETENTION_MONTHS,
   }
+}
+
+/** For commands that only need the database (`usage-proxy verify`): the same checks, fewer names. */
+export function loadDatabaseConfig (env: Record<string, string | undefined>): { databaseUrl: string | undefined, dataDir: string, embeddedPort: number } {
+  const shape = envSchema.pick({ DATABASE_URL: true, DATA_DIR: true, EMBEDDED_DB_PORT: true })
+  const parsed = shape.safeParse(Object.fromEntries(Object.keys(shape.shape).filter((k) => env[k] !== undefined && env[k] !== '').map((k) => [k, env[k]])))
+  if (!parsed.success) throw new ConfigError(parsed.error.issues.map((i) => `${String(i.path[0])} ${i.message}`))
+  return { databaseUrl: parsed.data.DATABASE_URL, dataDir: parsed.data.DATA_DIR, embeddedPort: parsed.data.EMBEDDED_DB_PORT }
 }

@@ -1,0 +1,161 @@
+// The ledger at size: fill a database with N synthetic usage rows inside Postgres, then time the
+// billing queries on it. The same rows can be generated into today's unpartitioned schema
+// (migrations 001-003 only) so the two can be compared side by side.
+//
+//   node bench/scale.js fill  --rows=10000000 --db=usage_proxy_bench_10m [--flat]
+//   node bench/scale.js query --db=usage_proxy_bench_10m [--flat] [--runs=5]
+//   node bench/scale.js drop  --db=usage_proxy_bench_10m
+//
+// Rows: 12 months ending with the current one, 2,000 users in 5 organizations, 50 models (each
+// user sticks to 3 of them, as people do), 80% chat turns and 20% background tasks, costs exact
+// decimals. Everything derives from the row number, so the flat and partitioned databases hold
+// the same rows. Prints one JSON object per command on stdout.
+import { readFileSync, readdirSync } from 'node:fs'
+import { join } from 'node:path'
+import postgres from 'postgres'
+import { dbUrl, freshDatabase } from './db.js'
+import { ROOT } from './targets.js'
+
+const arg = (name, dflt) => { const a = process.argv.find((x) => x.startsWith(`--${name}=`)); return a ? a.slice(name.length + 3) : dflt }
+const command = process.argv[2]
+const DB = arg('db', 'usage_proxy_bench_scale')
+const FLAT = process.argv.includes('--flat')
+const ROWS = Number(arg('rows', '1000000'))
+const RUNS = Number(arg('runs', '5'))
+const MONTHS = 12
+const ORGS = 5
+const USERS = 2000
+const MODELS = 50
+
+const open = (name) => postgres(dbUrl(name), { max: 1, onnotice: () => {}, connection: { application_name: 'usage-proxy-bench' } })
+const out = (o) => process.stdout.write(JSON.stringify(o) + '\n')
+const since = (t) => Math.round(performance.now() - t)
+
+// Postgres's own 64-bit hash of the row number, one seed per attribute: deterministic, well
+// spread, no random().
+const h = (k) => `(abs(hashint8extended(i, ${k})) % 1000003)`
+
+async function fill () {
+  await freshDatabase(DB)
+  const sql = open(DB)
+  const t0 = performance.now()
+  const files = readdirSync(join(ROOT, 'sql')).filter((f) => /^\d+_.*\.sql$/.test(f)).sort()
+    .filter((f) => !FLAT || Number(f.slice(0, 3)) <= 3)
+  await sql.begin(async (tx) => { for (const f of files) await tx.unsafe(readFileSync(join(ROOT, 'sql', f), 'utf8')) })
+  const [{ first }] = await sql`select (date_trunc('month', now() at time zone 'UTC') - interval '11 months')::date::text as first`
+  if (!FLAT) {
+    for (let m = 0; m < MONTHS; m++) await sql`select usage_ensure_partition((${first}::date + ${m} * interval '1 month')::date)`
+  }
+  await sql.unsafe(`insert into organizations (id, name, markup_percent)
+    select 'bench_org_' || o, 'Bench Org ' || o, (o * 2.5)::numeric(9,4) from generate_series(0, ${ORGS - 1}) o`)
+  await sql.unsafe(`insert into user_mappings (organization_id, user_id, external_user_id, user_name, user_email)
+    select 'bench_org_' || (u % ${ORGS}), 'user-' || u, 'bench_org_' || (u % ${ORGS}) || '_u' || u, 'User ' || u, 'user' || u || '@example.com'
+    from generate_series(0, ${USERS - 1}) u`)
+  const perMonth = Math.ceil(ROWS / MONTHS)
+  const months = []
+  for (let m = 0; m < MONTHS; m++) {
+    const lo = m * perMonth + 1
+    const hi = Math.min(ROWS, (m + 1) * perMonth)
+    const t = performance.now()
+    // Triggers off while filling (session_replication_role): the generation ids and rollups are
+    // computed below from the raw rows in one statement each, exactly what the triggers would add.
+    await sql.begin(async (tx) => {
+      await tx`set local session_replication_role = replica`
+      await tx.unsafe(`insert into usage_events (event_id, generation_id, organization_id, user_id, external_user_id, endpoint, model,
+          served_model, provider, streamed, status, outcome, finish_reason, usage_source, prompt_tokens, completion_tokens, total_tokens,
+          cached_tokens, reasoning_tokens, cost_usd, upstream_cost_usd, is_byok, markup_percent, latency_ms, ttfb_ms, chat_id,
+          created_at, recorded_at, kind, message_id)
+        select md5('bench' || i)::uuid, 'gen-bench-' || i, 'bench_org_' || (u % ${ORGS}), 'user-' || u, 'bench_org_' || (u % ${ORGS}) || '_u' || u,
+          'chat/completions', model, model, 'Provider ' || (${h(13)} % 7), i % 2 = 0, case when ${h(17)} % 50 = 0 then 502 else 200 end,
+          case when ${h(17)} % 50 = 0 then 'upstream_error' else 'ok' end, 'stop', 'inline', pt, ct, pt + ct, pt / 4, 0,
+          ((pt * 3 + ct * 11) * 0.00000017)::numeric(20,10), null, false, ((u % ${ORGS}) * 2.5)::numeric(9,4),
+          (${h(23)} % 9000 + 200)::numeric(12,3), (${h(29)} % 900 + 50)::numeric(12,3), 'chat-' || (i % 100000),
+          ts, ts + interval '2 seconds', case when ${h(31)} % 10 < 8 then 'chat' when ${h(31)} % 10 = 8 then 'title_generation' else 'tags_generation' end,
+          md5('msg' || i)
+        from (select i, u, 'vendor/model-' || ((u * 7 + (${h(37)} % 3) * 17) % ${MODELS}) as model,
+                     (${h(41)} % 4000 + 20)::int as pt, (${h(43)} % 1500 + 5)::int as ct,
+                     ('${first}'::date + interval '${m} months') at time zone 'UTC'
+                       + (${h(47)}::double precision / 1000003) * (('${first}'::date + interval '${m + 1} months') - ('${first}'::date + interval '${m} months')) as ts
+              from (select i, (${h(7919)} % ${USERS})::int as u from generate_series(${lo}::bigint, ${hi}::bigint) i) s) r`)
+    })
+    months.push(since(t))
+    process.stderr.write(`month ${m + 1}/${MONTHS}: rows ${lo}-${hi} in ${months.at(-1)} ms\n`)
+  }
+  const tr = performance.now()
+  if (!FLAT) {
+    await sql`insert into usage_generation_ids (generation_id, created_at) select generation_id, created_at from usage_events`
+    const [{ q }] = await sql`select usage_rollup_select('usage_events') as q`
+    // In time order, organizations and users mixed within a day: the physical order the
+    // sidecars' compaction produces over a year, not one clustered by organization.
+    await sql.unsafe(`insert into usage_daily_rollups select * from (${q}) r order by day, md5(organization_id || external_user_id || model || kind)`)
+  }
+  const rollupMs = since(tr)
+  await sql.unsafe('vacuum analyze')
+  const disk = await diskUsage(sql)
+  out({ command: 'fill', db: DB, flat: FLAT, rows: ROWS, fillMs: since(t0), monthMs: months, rollupMs, ...disk })
+  await sql.end()
+}
+
+async function diskUsage (sql) {
+  const [d] = await sql`select
+      (select coalesce(sum(pg_total_relation_size(c.oid)), 0) from pg_class c
+        where c.relkind = 'r' and (c.relname = 'usage_events' or c.relname like 'usage_events\\_%'))::bigint as events_bytes,
+      coalesce(pg_total_relation_size(to_regclass('usage_generation_ids')), 0)::bigint as generation_ids_bytes,
+      coalesce(pg_total_relation_size(to_regclass('usage_daily_rollups')), 0)::bigint as rollups_bytes,
+      (select count(*) from usage_events)::bigint as rows,
+      pg_database_size(current_database())::bigint as database_bytes`
+  const [r] = await sql`select to_regclass('usage_daily_rollups') is not null as present`
+  d.rollup_rows = r.present ? (await sql`select count(*)::bigint as n from usage_daily_rollups`)[0].n : 0
+  const total = Number(d.events_bytes) + Number(d.generation_ids_bytes) + Number(d.rollups_bytes)
+  return {
+    rows: Number(d.rows), rollupRows: Number(d.rollup_rows),
+    eventsMB: mb(d.events_bytes), generationIdsMB: mb(d.generation_ids_bytes), rollupsMB: mb(d.rollups_bytes), databaseMB: mb(d.database_bytes),
+    mbPerMillionRows: Math.round(total / 1048576 / (Number(d.rows) / 1e6) * 10) / 10,
+  }
+}
+
+const mb = (b) => Math.round(Number(b) / 1048576)
+
+async function query () {
+  const sql = open(DB)
+  const [{ month, next }] = await sql`select (date_trunc('month', now() at time zone 'UTC') - interval '1 month')::date::text as month,
+    date_trunc('month', now() at time zone 'UTC')::date::text as next`
+  const org = 'bench_org_2'
+  const user = 'bench_org_2_u7'
+  // The four questions billing asks, for last month (a whole month of data), through the views.
+  const queries = {
+    spendPerUserMonth: () => sql`select * from spend_per_user_month where organization_id = ${org} and month = ${month}`,
+    spendPerModelMonth: () => sql`select * from spend_per_model_month where organization_id = ${org} and month = ${month}`,
+    spendPerDayOfMonth: () => sql`select * from spend_per_day where organization_id = ${org} and day >= ${month} and day < ${next}`,
+    oneUsersMonth: () => sql`select * from spend_per_user_month where organization_id = ${org} and month = ${month} and external_user_id = ${user}`,
+  }
+  const result = { command: 'query', db: DB, flat: FLAT, month, organization: org }
+  for (const [name, run] of Object.entries(queries)) {
+    const times = []
+    let rows = 0
+    await run() // warm the cache once: the median of 5 is of warm runs
+    for (let i = 0; i < RUNS; i++) {
+      const t = performance.now()
+      rows = (await run()).length
+      times.push(performance.now() - t)
+    }
+    times.sort((a, b) => a - b)
+    result[name] = { medianMs: Math.round(times[Math.floor(times.length / 2)] * 10) / 10, rows, runsMs: times.map((x) => Math.round(x)) }
+  }
+  Object.assign(result, await diskUsage(sql))
+  out(result)
+  await sql.end()
+}
+
+async function drop () {
+  const admin = open('postgres')
+  await admin.unsafe(`drop database if exists ${DB} with (force)`)
+  await admin.end()
+  out({ command: 'drop', db: DB })
+}
+
+if (!/^[a-z_][a-z0-9_]*$/.test(DB)) throw new Error(`unsafe database name ${DB}`)
+if (command === 'fill') await fill()
+else if (command === 'query') await query()
+else if (command === 'drop') await drop()
+else { process.stderr.write('usage: node bench/scale.js fill|query|drop --db=NAME [--rows=N] [--flat] [--runs=5]\n'); process.exitCode = 2 }

@@ -1,0 +1,92 @@
+import type { Sql } from '../db/connect.js'
+
+// `usage-proxy verify`: recomputes the daily rollups from the raw rows, with the SQL that defines
+// them (usage_rollup_select in sql/007), and lists every rollup row that differs. The rollups
+// compared are usage_daily_totals: folded rows plus the deltas not folded yet, as readers see them. Days
+// whose raw rows retention dropped are not compared: their rollups are all that is left.
+
+export const ROLLUP_VALUES = [
+  'requests', 'failed_or_aborted', 'prompt_tokens', 'completion_tokens', 'total_tokens', 'cached_tokens',
+  'reasoning_tokens', 'cost_usd', 'upstream_cost_usd', 'billed_cost_usd', 'user_id',
+] as const
+
+export interface RollupDifference {
+  organizationId: string
+  day: string
+  externalUserId: string
+  model: string
+  kind: string
+  /** Column -> [in the rollup, recomputed from raw rows]; null when that side has no row. */
+  values: Record<string, [string | null, string | null]>
+}
+
+export interface VerifyResult {
+  from: string | null
+  to: string | null
+  rollupRows: number
+  rawRows: number
+  differences: RollupDifference[]
+}
+
+/** `YYYY-MM` -> [first day, first day of the next month]; throws on anything else. */
+export function monthRange (month: string): [string, string] {
+  const m = /^(\d{4})-(0[1-9]|1[0-2])$/.exec(month)
+  if (!m) throw new Error(`--month must be YYYY-MM, got ${JSON.stringify(month)}`)
+  const y = Number(m[1])
+  const mo = Number(m[2])
+  const next = mo === 12 ? `${y + 1}-01-01` : `${y}-${String(mo + 1).padStart(2, '0')}-01`
+  return [`${month}-01`, next]
+}
+
+export async function verifyRollups (sql: Sql, opts: { month?: string, limit?: number } = {}): Promise<VerifyResult> {
+  const [from, to] = opts.month ? monthRange(opts.month) : [null, null]
+  const limit = opts.limit ?? 1000
+  // Raw rows are retained from the oldest monthly partition on (or older rows left in the default).
+  const [{ retained }] = await sql<{ retained: string | null }[]>`
+    select least(
+      (select min(to_date(substr(c.relname, 14), 'YYYY_MM')) from pg_inherits i join pg_class c on c.oid = i.inhrelid
+        where i.inhparent = 'usage_events'::regclass and c.relname ~ '^usage_events_\\d{4}_\\d{2}$'),
+      (select (min(created_at) at time zone 'UTC')::date from usage_events_default))::text as retained`
+  const lo = [from, retained].filter((d): d is string => d !== null).sort().at(-1) ?? null
+  const rawSource = `(select * from usage_events where ($1::date is null or created_at >= ($1::date::text || ' 00:00:00+00')::timestamptz)
+    and ($2::date is null or created_at < ($2::date::text || ' 00:00:00+00')::timestamptz)) e`
+  const [{ q }] = await sql<{ q: string }[]>`select usage_rollup_select(${rawSource}) as q`
+  const cols = ROLLUP_VALUES.map((c) => `r.${c}::text as r_${c}, x.${c}::text as x_${c}, r.${c} is distinct from x.${c} as d_${c}`).join(', ')
+  const differs = ROLLUP_VALUES.map((c) => `r.${c} is distinct from x.${c}`).join(' or ')
+  const rows = await sql.unsafe(`
+    with raw as (${q}),
+    rollup as (select * from usage_daily_totals where ($1::date is null or day >= $1::date) and ($2::date is null or day < $2::date))
+    select coalesce(r.organization_id, x.organization_id) as organization_id, coalesce(r.day, x.day)::text as day,
+           coalesce(r.external_user_id, x.external_user_id) as external_user_id, coalesce(r.model, x.model) as model,
+           coalesce(r.kind, x.kind) as kind, r.day is not null as in_rollup, x.day is not null as in_raw, ${cols}
+    from rollup r full join raw x using (organization_id, day, external_user_id, model, kind)
+    where ${differs}
+    order by 1, 2, 3, 4, 5
+    limit ${Number(limit)}`, [lo, to])
+  const [{ rollups, raw }] = await sql<{ rollups: number, raw: number }[]>`
+    select (select count(*) from usage_daily_totals where (${lo}::date is null or day >= ${lo}::date) and (${to}::date is null or day < ${to}::date))::int as rollups,
+           (select count(*) from usage_events where (${lo}::date is null or created_at >= (${lo}::date::text || ' 00:00:00+00')::timestamptz)
+             and (${to}::date is null or created_at < (${to}::date::text || ' 00:00:00+00')::timestamptz))::int as raw`
+  return {
+    from: lo,
+    to,
+    rollupRows: rollups,
+    rawRows: raw,
+    differences: rows.map((r) => ({
+      organizationId: r.organization_id,
+      day: r.day,
+      externalUserId: r.external_user_id,
+      model: r.model,
+      kind: r.kind,
+      values: Object.fromEntries(ROLLUP_VALUES
+        .filter((c) => r[`d_${c}`] === true)
+        .map((c) => [c, [r.in_rollup ? r[`r_${c}`] : null, r.in_raw ? r[`x_${c}`] : null]])),
+    })),
+  }
+}
+
+/** One line per difference, for the command line. */
+export function formatDifference (d: RollupDifference): string {
+  const what = Object.entries(d.values).map(([c, [a, b]]) => `${c}: rollup ${a ?? '(no row)'} != raw ${b ?? '(no row)'}`).join('; ')
+  return `${d.organizationId} ${d.day} user=${d.externalUserId} model=${d.model === '' ? '(none)' : d.model} kind=${d.kind}: ${what}`
+}
