@@ -1,7 +1,11 @@
 import type { Config } from '../config/config.js'
 import type { Sql } from '../db/connect.js'
 import type { Logger } from '../log.js'
+import { noBudgets, type BudgetFor } from '../usage/budget-seam.js'
+import { pageRoutes } from './page.js'
 import { createAdmin, sendJson, type AdminHandler, type AdminRoute } from './router.js'
+import { sessionRoutes } from './session.js'
+import { usageRoutes } from './usage.js'
 
 // Every admin route, in one list. Each concern (budgets, usage, the page) lives in a file of its
 // own and adds its routes here.
@@ -13,6 +17,8 @@ export interface AdminDeps {
   /** Reads for reports (DATABASE_READ_URL when set, else the primary). */
   readSql: () => Sql
   log: Logger
+  /** A user's budget for the usage views; the budgets module provides it (null: no budgets). */
+  budgetFor?: BudgetFor
 }
 
 export function adminRoutes (deps: AdminDeps): AdminRoute[] {
@@ -22,6 +28,9 @@ export function adminRoutes (deps: AdminDeps): AdminRoute[] {
       path: /^\/admin\/v1\/?$/,
       handle: ({ res }) => sendJson(res, 200, { object: 'admin', organization: deps.config.organization.id }),
     },
+    ...usageRoutes({ organizationId: deps.config.organization.id, readSql: deps.readSql, budgetFor: deps.budgetFor ?? noBudgets }),
+    ...sessionRoutes(deps.config.admin.apiKey ?? ''),
+    ...pageRoutes(),
   ]
 }
 

@@ -1,0 +1,186 @@
+import type { Sql } from './connect.js'
+
+// Every read behind the usage API, the /admin/ page, statements and "My usage", in one place.
+// Money and token sums leave Postgres as text (exact numeric, no float on the way); counts are
+// small enough for a JS number. Each function is one query over one period, so whole days can
+// later be read from the daily rollups instead of usage_events without touching any caller.
+
+export type GroupBy = 'user' | 'model' | 'day' | 'task' | 'outcome'
+export const GROUP_BYS: readonly GroupBy[] = ['user', 'model', 'day', 'task', 'outcome']
+
+export interface Period {
+  organizationId: string
+  /** Inclusive, UTC, YYYY-MM-DD or an ISO instant. */
+  from: string
+  /** Exclusive. */
+  to: string
+  /** One user's rows: their external id (the indexed column; the organization's own id for requests with no user). */
+  externalUserId?: string
+}
+
+export interface Sums {
+  requests: number
+  prompt_tokens: string
+  completion_tokens: string
+  cached_tokens: string
+  reasoning_tokens: string
+  total_tokens: string
+  cost_usd: string
+  billed_cost_usd: string
+}
+
+export interface GroupRow extends Sums {
+  key: string | null
+  /** group_by=user only: from user_mappings. */
+  user_name?: string | null
+  user_email?: string | null
+}
+
+const SUMS = `count(*)::int as requests,
+  coalesce(sum(prompt_tokens), 0)::text as prompt_tokens,
+  coalesce(sum(completion_tokens), 0)::text as completion_tokens,
+  coalesce(sum(cached_tokens), 0)::text as cached_tokens,
+  coalesce(sum(reasoning_tokens), 0)::text as reasoning_tokens,
+  coalesce(sum(total_tokens), 0)::text as total_tokens,
+  coalesce(sum(cost_usd), 0)::text as cost_usd,
+  coalesce(sum(billed_cost_usd), 0)::text as billed_cost_usd`
+
+/** The grouping key of each group_by, as SQL over usage_events. */
+const KEY: Record<GroupBy, string> = {
+  user: 'user_id',
+  model: 'coalesce(served_model, model)',
+  day: `to_char(created_at at time zone 'UTC', 'YYYY-MM-DD')`,
+  task: 'kind',
+  outcome: 'outcome',
+}
+
+/** Largest spend first (what a reader looks for), days in calendar order. */
+const ORDER: Record<Exclude<GroupBy, 'user'>, string> = {
+  model: 'billed_cost_usd_n desc, requests desc, key',
+  day: 'key',
+  task: 'requests desc, key',
+  outcome: 'requests desc, key',
+}
+
+function where (sql: Sql, p: Period) {
+  const user = p.externalUserId === undefined ? sql`` : sql`and external_user_id = ${p.externalUserId}`
+  return sql`organization_id = ${p.organizationId} and created_at >= ${p.from}::timestamptz and created_at < ${p.to}::timestamptz ${user}`
+}
+
+/** Sums per group, as a query: await it, or `.cursor(n)` it to stream a large result. */
+export function usageByGroup (sql: Sql, p: Period, groupBy: GroupBy) {
+  const grouped = sql`
+    select ${sql.unsafe(KEY[groupBy])} as key, ${sql.unsafe(SUMS)}, coalesce(sum(billed_cost_usd), 0) as billed_cost_usd_n
+    from usage_events where ${where(sql, p)}
+    group by 1`
+  if (groupBy === 'user') {
+    return sql<GroupRow[]>`
+      select g.key, m.user_name, m.user_email, g.requests, g.prompt_tokens, g.completion_tokens, g.cached_tokens,
+             g.reasoning_tokens, g.total_tokens, g.cost_usd, g.billed_cost_usd
+      from (${grouped}) g
+      left join user_mappings m on m.organization_id = ${p.organizationId} and m.user_id = g.key
+      order by g.billed_cost_usd_n desc, g.requests desc, g.key nulls first`
+  }
+  return sql<GroupRow[]>`
+    select key, requests, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, total_tokens, cost_usd, billed_cost_usd
+    from (${grouped}) g order by ${sql.unsafe(ORDER[groupBy])}`
+}
+
+/** The period's totals: equal to the sum of any grouping's rows. */
+export async function usageTotals (sql: Sql, p: Period): Promise<Sums> {
+  const [row] = await sql<Sums[]>`select ${sql.unsafe(SUMS)} from usage_events where ${where(sql, p)}`
+  return row
+}
+
+export interface EventFilter extends Period {
+  model?: string
+  outcome?: string
+  /** Keyset: rows strictly older than this (created_at text, event_id). */
+  before?: { createdAt: string, eventId: string }
+  limit: number
+}
+
+export const EVENT_COLUMNS = ['event_id', 'generation_id', 'created_at', 'user_id', 'user_name', 'user_email', 'external_user_id',
+  'endpoint', 'kind', 'model', 'served_model', 'provider', 'streamed', 'status', 'outcome', 'finish_reason', 'error_message',
+  'usage_source', 'prompt_tokens', 'completion_tokens', 'cached_tokens', 'reasoning_tokens', 'total_tokens', 'cost_usd',
+  'upstream_cost_usd', 'is_byok', 'markup_percent', 'billed_cost_usd', 'latency_ms', 'ttfb_ms', 'chat_id', 'message_id'] as const
+
+export type EventRow = Record<(typeof EVENT_COLUMNS)[number], string | number | boolean | null>
+
+/** Raw rows, newest first; `created_at` is Postgres' own text so a cursor keeps every microsecond. */
+export function events (sql: Sql, f: EventFilter) {
+  const model = f.model === undefined ? sql`` : sql`and (e.model = ${f.model} or e.served_model = ${f.model})`
+  const outcome = f.outcome === undefined ? sql`` : sql`and e.outcome = ${f.outcome}`
+  const before = f.before === undefined
+    ? sql``
+    : sql`and (e.created_at, e.event_id) < (${f.before.createdAt}::timestamptz, ${f.before.eventId}::uuid)`
+  const user = f.externalUserId === undefined ? sql`` : sql`and e.external_user_id = ${f.externalUserId}`
+  return sql<EventRow[]>`
+    select e.event_id::text, e.generation_id,
+           to_char(e.created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as created_at,
+           e.user_id, m.user_name, m.user_email, e.external_user_id, e.endpoint, e.kind, e.model, e.served_model, e.provider,
+           e.streamed, e.status, e.outcome, e.finish_reason, e.error_message, e.usage_source,
+           e.prompt_tokens, e.completion_tokens, e.cached_tokens, e.reasoning_tokens, e.total_tokens,
+           e.cost_usd::text, e.upstream_cost_usd::text, e.is_byok, e.markup_percent::text, e.billed_cost_usd::text,
+           e.latency_ms::text, e.ttfb_ms::text, e.chat_id, e.message_id
+    from usage_events e
+    left join user_mappings m on m.organization_id = e.organization_id and m.user_id = e.user_id
+    where e.organization_id = ${f.organizationId} and e.created_at >= ${f.from}::timestamptz and e.created_at < ${f.to}::timestamptz
+      ${user} ${model} ${outcome} ${before}
+    order by e.created_at desc, e.event_id desc
+    limit ${f.limit}`
+}
+
+export interface StatementLine {
+  organization_id: string
+  organization_name: string
+  user_id: string | null
+  user_name: string | null
+  user_email: string | null
+  requests: number
+  prompt_tokens: string
+  completion_tokens: string
+  total_tokens: string
+  cost_usd: string
+  markup_usd: string
+  billed_cost_usd: string
+}
+
+/** One line per (organization, user) for a month; organizationId undefined: every organization. */
+export function statementLines (sql: Sql, organizationId: string | undefined, from: string, to: string) {
+  const org = organizationId === undefined ? sql`` : sql`and e.organization_id = ${organizationId}`
+  return sql<StatementLine[]>`
+    select g.organization_id, o.name as organization_name, g.user_id, m.user_name, m.user_email, g.requests,
+           g.prompt_tokens, g.completion_tokens, g.total_tokens, g.cost_usd::text, (g.billed_cost_usd - g.cost_usd)::text as markup_usd,
+           g.billed_cost_usd::text
+    from (
+      select e.organization_id, e.user_id, count(*)::int as requests,
+             coalesce(sum(e.prompt_tokens), 0)::text as prompt_tokens, coalesce(sum(e.completion_tokens), 0)::text as completion_tokens,
+             coalesce(sum(e.total_tokens), 0)::text as total_tokens,
+             coalesce(sum(e.cost_usd), 0) as cost_usd, coalesce(sum(e.billed_cost_usd), 0) as billed_cost_usd
+      from usage_events e
+      where e.created_at >= ${from}::timestamptz and e.created_at < ${to}::timestamptz ${org}
+      group by 1, 2
+    ) g
+    join organizations o on o.id = g.organization_id
+    left join user_mappings m on m.organization_id = g.organization_id and m.user_id = g.user_id
+    order by g.organization_id, g.billed_cost_usd desc, g.user_id nulls first`
+}
+
+/** Exact totals straight from usage_events, per organization, to check a statement against. */
+export function statementTotals (sql: Sql, organizationId: string | undefined, from: string, to: string) {
+  const org = organizationId === undefined ? sql`` : sql`and organization_id = ${organizationId}`
+  return sql<Array<{ organization_id: string, requests: number, cost_usd: string, billed_cost_usd: string }>>`
+    select organization_id, count(*)::int as requests, coalesce(sum(cost_usd), 0)::text as cost_usd,
+           coalesce(sum(billed_cost_usd), 0)::text as billed_cost_usd
+    from usage_events where created_at >= ${from}::timestamptz and created_at < ${to}::timestamptz ${org}
+    group by 1 order by 1`
+}
+
+/** Requests since an instant (for "requests today"), cheap on the (organization, user, created_at) index. */
+export async function requestsSince (sql: Sql, organizationId: string, externalUserId: string, since: string): Promise<number> {
+  const [row] = await sql<Array<{ n: number }>>`
+    select count(*)::int as n from usage_events
+    where organization_id = ${organizationId} and external_user_id = ${externalUserId} and created_at >= ${since}::timestamptz`
+  return row.n
+}
