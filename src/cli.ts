@@ -13,6 +13,9 @@ commands:
                                  print a .env for a new client organization to stdout:
                                  its stable OPENROUTER_EXTERNAL_USER id, fresh PROXY_API_KEY
                                  and POSTGRES_PASSWORD, and a placeholder OPENROUTER_API_KEY
+  statement --month YYYY-MM [--format csv|json|md] [--out FILE] [--all-organizations]
+                                 the month's statement per user (requests, tokens, cost,
+                                 markup, billed) with exact totals; reads DATABASE_URL
   help, --help, -h               print this help
 
 example:
@@ -104,6 +107,13 @@ async function run (argv: string[]): Promise<void> {
     await main()
   } else if (command === 'gen-env') {
     process.stdout.write(genEnv(args))
+  } else if (command === 'statement') {
+    const { statement, StatementError } = await import('./statement.js')
+    const { withEnvFile } = await import('./config/env-file.js')
+    const { ConfigError } = await import('./config/config.js')
+    await statement(args, withEnvFile(process.env)).catch((e: unknown) => {
+      throw e instanceof StatementError || e instanceof ConfigError ? new UsageError(e.message) : e
+    })
   } else {
     throw new UsageError(`unknown command ${JSON.stringify(command)}`)
   }

@@ -126,3 +126,14 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
     admin: { apiKey: e.ADMIN_API_KEY },
   }
 }
+
+/** What a command that only reads the ledger (`usage-proxy statement`) needs: the database and the organization. */
+export function loadDatabaseConfig (env: Record<string, string | undefined>): { databaseUrl: string | undefined, organizationId: string | undefined, dataDir: string, embeddedPort: number } {
+  const schema = envSchema.pick({ DATABASE_URL: true, DATA_DIR: true, EMBEDDED_DB_PORT: true }).extend({ OPENROUTER_EXTERNAL_USER: envSchema.shape.OPENROUTER_EXTERNAL_USER.optional() })
+  const present: Record<string, string> = {}
+  for (const key of Object.keys(schema.shape)) if (env[key] !== undefined && env[key] !== '') present[key] = env[key]!
+  const parsed = schema.safeParse(present)
+  if (!parsed.success) throw new ConfigError(parsed.error.issues.map((i) => `${String(i.path[0])} ${i.message}`))
+  const e = parsed.data
+  return { databaseUrl: e.DATABASE_URL, organizationId: e.OPENROUTER_EXTERNAL_USER, dataDir: e.DATA_DIR, embeddedPort: e.EMBEDDED_DB_PORT }
+}

@@ -184,3 +184,8 @@ export async function requestsSince (sql: Sql, organizationId: string, externalU
     where organization_id = ${organizationId} and external_user_id = ${externalUserId} and created_at >= ${since}::timestamptz`
   return row.n
 }
+
+export function organizations (sql: Sql, organizationId: string | undefined) {
+  const only = organizationId === undefined ? sql`` : sql`where id = ${organizationId}`
+  return sql<Array<{ id: string, name: string, markup_percent: string }>>`select id, name, markup_percent::text from organizations ${only} order by id`
+}
