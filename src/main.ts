@@ -14,7 +14,10 @@ import { UserDirectory } from './identity/directory.js'
 import { identityHeaders } from './identity/identify.js'
 import { createLogger, scrub, type Logger } from './log.js'
 import { createPassthrough } from './proxy/passthrough.js'
+import { createSelfService } from './proxy/self-service.js'
 import { createProxyServer } from './proxy/server.js'
+import { noBudgets } from './usage/budget-seam.js'
+import { myUsageSummary } from './usage/my-usage.js'
 import { createUpstream } from './proxy/upstream.js'
 import { Journal } from './usage/journal.js'
 import { Ledger } from './usage/ledger.js'
@@ -73,7 +76,12 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     reconcileGaveUp: () => reconciler!.gaveUp,
     ledgerWritten: () => ledger!.written,
   })
+  const selfService = config.selfService.model === null ? undefined : createSelfService({
+    model: config.selfService.model, name: config.selfService.name, modelsUrl: `${config.openrouter.baseUrl}/models`, apiKey: config.openrouter.apiKey, log,
+    summary: (who, externalUserId) => myUsageSummary(sql!, { organizationId: config.organization.id, userId: who.userId, externalUserId, budgetFor: noBudgets }),
+  })
   const meter = {
+    selfService,
     upstream,
     apiKey: config.openrouter.apiKey,
     appUrl: config.openrouter.appUrl,
@@ -93,7 +101,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
   }
   const server = createProxyServer({ meter, passthrough, proxyApiKey: config.server.proxyApiKey, isReady: () => ready, metrics: metrics.handler,
     clientTimeouts: { headersMs: config.server.headersTimeoutMs, requestMs: config.server.requestTimeoutMs }, onPassthrough: metrics.passthrough,
-    admin: createAdminPlane({ config, sql: () => sql!, readSql: () => sql!, log }) ?? undefined })
+    admin: createAdminPlane({ config, sql: () => sql!, readSql: () => sql!, log, budgetFor: noBudgets }) ?? undefined, models: selfService?.listModels })
   await new Promise<void>((ok, fail) => { server.once('error', fail); server.listen(config.server.port, config.server.host, () => { server.off('error', fail); ok() }) })
   const port = (server.address() as AddressInfo).port
   log.info({ port, host: config.server.host, upstream: config.openrouter.baseUrl, organization: config.organization.id }, 'listening; not ready until the database is')

@@ -49,6 +49,8 @@ export const envSchema = z.object({
   DB_CONNECT_RETRY_MAX_MS: positiveInt.default(10_000),
   EMBEDDED_DB_PORT: port.default(54320),
   ADMIN_API_KEY: z.string().min(16, 'must be at least 16 characters (e.g. openssl rand -hex 24)').optional(),
+  SELF_SERVICE_MODEL: z.string().trim().min(1).max(200).regex(/^[^\s]+$/, 'must be a model id without spaces, or off').default('usage-proxy/my-usage'),
+  SELF_SERVICE_MODEL_NAME: z.string().trim().min(1).max(200).default('My usage'),
 })
 
 export type Env = z.infer<typeof envSchema>
@@ -70,6 +72,8 @@ export interface Config {
   db: { connectRetryMaxMs: number, embeddedPort: number }
   logLevel: Env['LOG_LEVEL']
   admin: { apiKey: string | undefined }
+  /** The virtual "My usage" model; model null when SELF_SERVICE_MODEL=off. */
+  selfService: { model: string | null, name: string }
 }
 
 export class ConfigError extends Error {
@@ -124,6 +128,7 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
     db: { connectRetryMaxMs: e.DB_CONNECT_RETRY_MAX_MS, embeddedPort: e.EMBEDDED_DB_PORT },
     logLevel: e.LOG_LEVEL,
     admin: { apiKey: e.ADMIN_API_KEY },
+    selfService: { model: e.SELF_SERVICE_MODEL.toLowerCase() === 'off' ? null : e.SELF_SERVICE_MODEL, name: e.SELF_SERVICE_MODEL_NAME },
   }
 }
 

@@ -9,6 +9,7 @@ import type { Reconciler } from '../usage/reconcile.js'
 import { withUsage, type Outcome, type UsageRecord } from '../usage/record.js'
 import { ResponseTap, bodyKind } from '../usage/response-tap.js'
 import { sendError } from './errors.js'
+import type { SelfService } from './self-service.js'
 import type { Upstream } from './upstream.js'
 
 // THE HOT PATH. One metered request: read and rewrite the JSON body, dispatch it on the upstream
@@ -52,6 +53,8 @@ export interface MeterContext {
   observe?: (rec: UsageRecord) => void
   /** True once shutdown began: connections cut after the grace period are not client aborts. */
   stopping?: () => boolean
+  /** The virtual "My usage" model, answered locally (SELF_SERVICE_MODEL). */
+  selfService?: SelfService
 }
 
 // Request headers that must not travel upstream: hop-by-hop, our own credentials, and the
@@ -108,6 +111,7 @@ function forward (req: IncomingMessage, res: ServerResponse, endpoint: string, q
     throw err
   }
   const externalUserId = ctx.directory.externalIdFor(who)
+  if (ctx.selfService?.matches(endpoint, body)) return ctx.selfService.answer(res, body, who, externalUserId)
   const streamed = body.stream === true
   let payload = raw
   if (asJson) {

@@ -18,6 +18,8 @@ export interface ServerContext {
   onPassthrough?: (status: number) => void
   /** The admin plane (/admin/...), present only when ADMIN_API_KEY is set. */
   admin?: (req: IncomingMessage, res: ServerResponse) => void
+  /** GET /v1/models with the virtual "My usage" model appended (SELF_SERVICE_MODEL). */
+  models?: (req: IncomingMessage, res: ServerResponse, query: string) => void
 }
 
 export function createProxyServer (ctx: ServerContext): Server {
@@ -64,6 +66,7 @@ export function createProxyServer (ctx: ServerContext): Server {
       req.resume()
       return sendError(res, 404, 'not_found_error', 'not_found', 'malformed path')
     }
+    if (req.method === 'GET' && endpoint === 'models' && ctx.models) return ctx.models(req, res, query)
     if (req.method === 'GET' || req.method === 'HEAD') {
       if (ctx.onPassthrough) res.once('finish', () => ctx.onPassthrough!(res.statusCode))
       return ctx.passthrough.handle(req, res, `/${endpoint}${query}`)

@@ -27,3 +27,21 @@ export function sumDecimals (values: readonly string[]): string {
 export function sameDecimal (a: string, b: string): boolean {
   return sumDecimals([a, `-${b}`.replace(/^--/, '')]).replace(/[-.0]/g, '') === ''
 }
+
+/** Rounded half up to `places` for people to read; the exact value stays in the data. */
+export function roundDecimal (v: string, places: number): string {
+  const neg = v.startsWith('-')
+  const [int, frac = ''] = (neg ? v.slice(1) : v).split('.')
+  const digits = BigInt(int + frac.padEnd(places + 1, '0').slice(0, places + 1))
+  const rounded = (digits + 5n) / 10n
+  const s = rounded.toString().padStart(places + 1, '0')
+  const out = places > 0 ? `${s.slice(0, -places)}.${s.slice(-places)}` : s
+  return (neg && rounded !== 0n ? '-' : '') + out
+}
+
+/** $1,234.57 from one dollar up; $0.0123 below, where cents alone would hide most of it. */
+export function formatUsd (v: string): string {
+  const places = /^-?0(\.|$)/.test(v) ? 4 : 2
+  const [int, frac] = roundDecimal(v, places).split('.')
+  return `$${int.replace(/\B(?=(\d{3})+(?!\d))/g, ',')}${frac === undefined ? '' : '.' + frac}`
+}
