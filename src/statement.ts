@@ -3,7 +3,7 @@ import postgres from 'postgres'
 import { loadDatabaseConfig } from './config/config.js'
 import type { Sql } from './db/connect.js'
 import { startEmbedded, type EmbeddedDb } from './db/embedded.js'
-import { organizations, statementLines, statementTotals, type StatementLine } from './db/usage-report.js'
+import { organizations, statementLines, statementTotals, sumsSource, type StatementLine } from './db/usage-report.js'
 import { createLogger } from './log.js'
 import { sameDecimal, sumDecimals } from './usage/decimal.js'
 
@@ -57,9 +57,11 @@ export function monthRange (month: string): { from: string, to: string } {
 /** Reads one month for one organization (or all of them) in a single snapshot, and checks that it adds up. */
 export async function buildStatement (sql: Sql, organizationId: string | undefined, month: string): Promise<Statement> {
   const { from, to } = monthRange(month)
+  // The lines from the rollups when there are any, the check always from usage_events.
+  const source = await sumsSource(sql, { organizationId: organizationId ?? '', from, to })
   const [orgs, lines, totals] = await sql.begin('isolation level repeatable read read only', (t) => {
     const tx = t as unknown as Sql // the same query interface; the types differ only in pool controls
-    return [organizations(tx, organizationId), statementLines(tx, organizationId, from, to), statementTotals(tx, organizationId, from, to)]
+    return [organizations(tx, organizationId), statementLines(tx, organizationId, from, to, source), statementTotals(tx, organizationId, from, to)]
   }) as unknown as [
     Awaited<ReturnType<typeof organizations>>, StatementLine[], Awaited<ReturnType<typeof statementTotals>>]
   if (organizationId !== undefined && orgs.length === 0) throw new StatementError(`no organization ${organizationId} in this database`)

@@ -1,5 +1,5 @@
 import type { ServerResponse } from 'node:http'
-import { EVENT_COLUMNS, events, usageByGroup, usageTotals, type GroupBy, type GroupRow, type Period } from '../db/usage-report.js'
+import { EVENT_COLUMNS, events, sumsSource, usageByGroup, usageTotals, type GroupBy, type GroupRow, type Period } from '../db/usage-report.js'
 import { externalUserId } from '../identity/external-id.js'
 import { sendError } from '../proxy/errors.js'
 import type { BudgetFor } from '../usage/budget-seam.js'
@@ -50,14 +50,14 @@ async function usage (deps: UsageDeps, { req, res, url }: AdminRequest): Promise
   const { userId, externalUserId } = userFilter(deps, q)
   const period: Period = { organizationId: deps.organizationId, from, to, externalUserId }
   const sql = deps.readSql()
-  const query = usageByGroup(sql, period, groupBy)
+  const query = usageByGroup(sql, period, groupBy, await sumsSource(sql, period, groupBy))
   const keyColumns = groupBy === 'user' ? ['user', 'user_name', 'user_email'] : [groupBy]
   if (csv) {
     const name = `usage-${groupBy}-${from}-${to}${userId === undefined ? '' : '-user'}.csv`
     return streamCsv(res, name, [...keyColumns, ...SUM_COLUMNS], query.cursor(CURSOR_BATCH),
       (row) => [...(groupBy === 'user' ? [row.key, row.user_name, row.user_email] : [row.key]), ...SUM_COLUMNS.map((c) => row[c])])
   }
-  const [rows, totals] = await Promise.all([query, usageTotals(sql, period)])
+  const [rows, totals] = await Promise.all([query, usageTotals(sql, period, await sumsSource(sql, period))])
   const data = await Promise.all(rows.map((row) => shape(deps, groupBy, row)))
   sendJson(res, 200, {
     object: 'usage', organization: deps.organizationId, from, to, group_by: groupBy, ...(userId === undefined ? {} : { user: userId }),

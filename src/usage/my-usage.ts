@@ -1,5 +1,5 @@
 import type { Sql } from '../db/connect.js'
-import { requestsSince, usageByGroup, usageTotals } from '../db/usage-report.js'
+import { requestsSince, sumsSource, usageByGroup, usageTotals } from '../db/usage-report.js'
 import type { BudgetFor } from './budget-seam.js'
 import { formatUsd } from './decimal.js'
 
@@ -26,9 +26,10 @@ export async function myUsageSummary (sql: Sql, i: MyUsageInput): Promise<string
   const nextMonth = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + 1, 1))
   const today = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate()))
   const period = { organizationId: i.organizationId, from: monthStart.toISOString(), to: nextMonth.toISOString(), externalUserId: i.externalUserId }
+  const source = await sumsSource(sql, period)
   const [totals, models, todayCount, budget] = await Promise.all([
-    usageTotals(sql, period),
-    usageByGroup(sql, period, 'model'),
+    usageTotals(sql, period, source),
+    usageByGroup(sql, period, 'model', source),
     requestsSince(sql, i.organizationId, i.externalUserId, today.toISOString()),
     i.budgetFor(i.userId),
   ])
