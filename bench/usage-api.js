@@ -3,6 +3,7 @@
 // call behind the /admin/ page, the statement and the "My usage" answer.
 //
 //   npm run build && node bench/usage-api.js fill --rows=10000000 [--db=usage_proxy_bench_usage]
+//   node bench/usage-api.js rollups [--db=...]     add usage_daily_rollups as migration 007 defines it
 //   node bench/usage-api.js time [--db=...] [--runs=5]
 //
 // Rows: 12 months ending with the current one, 5 organizations, 2,000 users (each sticks to 3 of
@@ -81,6 +82,30 @@ async function fill () {
   await sql.end()
 }
 
+// The daily rollups of the scale work (migration 007), built from the raw rows: until that
+// migration is merged, this is how the rollup read path is measured on the same data.
+async function rollups () {
+  const sql = open(DB)
+  const t = performance.now()
+  await sql`create table if not exists usage_daily_rollups (
+    organization_id text not null, day date not null, external_user_id text not null, model text not null, kind text not null,
+    requests bigint not null, failed_or_aborted bigint not null, prompt_tokens bigint not null, completion_tokens bigint not null,
+    total_tokens bigint not null, cached_tokens bigint not null, reasoning_tokens bigint not null, cost_usd numeric not null,
+    upstream_cost_usd numeric not null, billed_cost_usd numeric not null,
+    primary key (organization_id, day, external_user_id, model, kind))`
+  await sql`truncate usage_daily_rollups`
+  await sql`insert into usage_daily_rollups
+    select organization_id, (created_at at time zone 'UTC')::date, external_user_id, coalesce(served_model, model, ''), kind,
+           count(*), count(*) filter (where outcome <> 'ok'), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
+           coalesce(sum(total_tokens), 0), coalesce(sum(cached_tokens), 0), coalesce(sum(reasoning_tokens), 0),
+           coalesce(sum(cost_usd), 0), coalesce(sum(upstream_cost_usd), 0), coalesce(sum(billed_cost_usd), 0)
+    from usage_events group by 1, 2, 3, 4, 5`
+  await sql`vacuum analyze usage_daily_rollups`
+  const [{ n }] = await sql`select count(*)::int as n from usage_daily_rollups`
+  out({ command: 'rollups', db: DB, rollupRows: n, ms: since(t) })
+  await sql.end()
+}
+
 async function time () {
   const { start } = await import('../dist/main.js')
   const { createLogger } = await import('../dist/log.js')
@@ -129,7 +154,8 @@ async function time () {
   results.push({ call: 'statement --month (one organization)', ...await measure(async () => (await buildStatement(readSql, ORG, last.slice(0, 7))).organizations[0].lines.length) })
   results.push({ call: 'statement --month --all-organizations', ...await measure(async () => (await buildStatement(readSql, undefined, last.slice(0, 7))).organizations.length) })
   results.push({ call: 'My usage answer (summary queries)', ...await measure(async () => (await myUsageSummary(readSql, { organizationId: ORG, userId: 'user-7', externalUserId: externalUserId(ORG, 'user-7'), budgetFor: noBudgets })).length) })
-  out({ command: 'time', db: DB, rows, organizationMonthRows: orgMonthRows, runs: RUNS, results })
+  const [{ present }] = await sql`select to_regclass('usage_daily_rollups') is not null as present`
+  out({ command: 'time', db: DB, rows, organizationMonthRows: orgMonthRows, rollups: present, runs: RUNS, results })
   await readSql.end()
   await sql.end()
   await sidecar.stop('bench end')
@@ -154,4 +180,5 @@ async function measure (run) {
 
 if (command === 'fill') await fill()
 else if (command === 'time') await time()
+else if (command === 'rollups') await rollups()
 else { process.stderr.write('usage: node bench/usage-api.js fill|time [--rows=N] [--db=NAME] [--runs=N]\n'); process.exit(2) }

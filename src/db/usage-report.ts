@@ -50,7 +50,7 @@ const SOURCE = {
     key: {
       user: 'external_user_id',
       model: 'coalesce(served_model, model)',
-      day: `to_char(created_at at time zone 'UTC', 'YYYY-MM-DD')`,
+      day: `(created_at at time zone 'UTC')::date`,
       task: 'kind',
       outcome: 'outcome',
     } as Record<GroupBy, string>,
@@ -63,7 +63,7 @@ const SOURCE = {
     key: {
       user: 'external_user_id',
       model: `nullif(model, '')`,
-      day: `to_char(day, 'YYYY-MM-DD')`,
+      day: 'day',
       task: 'kind',
       outcome: 'null', // not in the rollups: sumsSource() never picks them for it
     } as Record<GroupBy, string>,
@@ -120,8 +120,10 @@ export function usageByGroup (sql: Sql, p: Period, groupBy: GroupBy, source: Sou
       left join user_mappings m on m.organization_id = ${p.organizationId} and m.external_user_id = g.key
       order by g.billed_cost_usd_n desc, g.requests desc, 1 nulls first`
   }
+  // Days are grouped as dates and written as text once per group, not once per row.
+  const key = groupBy === 'day' ? sql`to_char(key, 'YYYY-MM-DD') as key` : sql`key`
   return sql<GroupRow[]>`
-    select key, requests, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, total_tokens, cost_usd, billed_cost_usd
+    select ${key}, requests, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, total_tokens, cost_usd, billed_cost_usd
     from (${grouped}) g order by ${sql.unsafe(ORDER[groupBy])}`
 }
 
