@@ -177,3 +177,16 @@ t.test('the organization row exists for the seeded ledger', async (t) => {
   const [o] = await db.sql`select id from organizations where id = ${ORG}`
   t.equal(o.id, ORG)
 })
+
+t.test('with a budget, the answer shows the limit, what is left and when it resets', async (t) => {
+  const { myUsageSummary } = await import('../src/usage/my-usage.js')
+  const { externalUserId } = await import('../src/identity/external-id.js')
+  const text = await myUsageSummary(db.sql, {
+    organizationId: ORG, userId: 'u-anna', externalUserId: externalUserId(ORG, 'u-anna'),
+    budgetFor: async (id) => id === 'u-anna' ? { limit_usd: '10', used_usd: '2.5', remaining_usd: '7.5', period: 'month', resets_at: '2026-12-01T00:00:00.000Z' } : null,
+  })
+  t.match(text, 'Budget: $10.00 per month, $2.50 used, **$7.50 left**; resets 2026-12-01 00:00 UTC')
+  const none = await myUsageSummary(db.sql, { organizationId: ORG, userId: 'u-new', externalUserId: externalUserId(ORG, 'u-new'), budgetFor: async () => null })
+  t.match(none, 'over 0 requests')
+  t.notMatch(none, 'Top models', 'no models without requests')
+})
