@@ -94,6 +94,7 @@ async function rollups () {
     upstream_cost_usd numeric not null, billed_cost_usd numeric not null,
     primary key (organization_id, day, external_user_id, model, kind))`
   await sql`truncate usage_daily_rollups`
+  await sql`set work_mem = '1500MB'` // one hash aggregate in memory rather than a sort spilled to disk
   await sql`insert into usage_daily_rollups
     select organization_id, (created_at at time zone 'UTC')::date, external_user_id, coalesce(served_model, model, ''), kind,
            count(*), count(*) filter (where outcome <> 'ok'), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),

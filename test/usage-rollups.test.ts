@@ -6,6 +6,7 @@ import { migrate } from '../src/db/migrate.js'
 import { GROUP_BYS, statementLines, sumsSource, usageByGroup, usageTotals, type Period } from '../src/db/usage-report.js'
 import { externalUserId } from '../src/identity/external-id.js'
 import { buildStatement } from '../src/statement.js'
+import { totalsOf } from '../src/usage/totals.js'
 
 // Whole days are read from the daily rollups when the table exists (the scale work's migration
 // 007); they must give the same rows, digit for digit, as usage_events. Before that migration is
@@ -52,6 +53,7 @@ t.test('every grouping and the totals: the same digits from both sources', async
       const rolled = await usageByGroup(db.sql, p, g, 'rollups')
       t.ok(raw.length > 0, `${g} ${user ?? ''}: rows`)
       t.same([...rolled], [...raw], `group_by=${g}${user ? ` for ${user}` : ''}`)
+      t.same(totalsOf(raw), await usageTotals(db.sql, p, 'events'), `the sum of the ${g} rows is the totals, to the digit`)
     }
     t.same(await usageTotals(db.sql, p, 'rollups'), await usageTotals(db.sql, p, 'events'), 'totals')
   }

@@ -1,5 +1,6 @@
 import type { ServerResponse } from 'node:http'
-import { EVENT_COLUMNS, events, sumsSource, usageByGroup, usageTotals, type GroupBy, type GroupRow, type Period } from '../db/usage-report.js'
+import { EVENT_COLUMNS, events, sumsSource, usageByGroup, type GroupBy, type GroupRow, type Period } from '../db/usage-report.js'
+import { totalsOf } from '../usage/totals.js'
 import { externalUserId } from '../identity/external-id.js'
 import { sendError } from '../proxy/errors.js'
 import type { BudgetFor } from '../usage/budget-seam.js'
@@ -57,7 +58,8 @@ async function usage (deps: UsageDeps, { req, res, url }: AdminRequest): Promise
     return streamCsv(res, name, [...keyColumns, ...SUM_COLUMNS], query.cursor(CURSOR_BATCH),
       (row) => [...(groupBy === 'user' ? [row.key, row.user_name, row.user_email] : [row.key]), ...SUM_COLUMNS.map((c) => row[c])])
   }
-  const [rows, totals] = await Promise.all([query, usageTotals(sql, period, await sumsSource(sql, period))])
+  const rows = await query
+  const totals = totalsOf(rows)
   const data = await Promise.all(rows.map((row) => shape(deps, groupBy, row)))
   sendJson(res, 200, {
     object: 'usage', organization: deps.organizationId, from, to, group_by: groupBy, ...(userId === undefined ? {} : { user: userId }),

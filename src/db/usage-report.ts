@@ -127,7 +127,7 @@ export function usageByGroup (sql: Sql, p: Period, groupBy: GroupBy, source: Sou
     from (${grouped}) g order by ${sql.unsafe(ORDER[groupBy])}`
 }
 
-/** The period's totals: equal to the sum of any grouping's rows. */
+/** The period's totals in one query: equal to the sum of any grouping's rows. */
 export async function usageTotals (sql: Sql, p: Period, source: Source = 'events'): Promise<Sums> {
   const s = SOURCE[source]
   const [row] = await sql<Sums[]>`select ${sql.unsafe(s.sums)} from ${sql.unsafe(s.table)} where ${where(sql, p, source)}`

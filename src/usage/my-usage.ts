@@ -1,5 +1,6 @@
 import type { Sql } from '../db/connect.js'
-import { requestsSince, sumsSource, usageByGroup, usageTotals } from '../db/usage-report.js'
+import { requestsSince, sumsSource, usageByGroup } from '../db/usage-report.js'
+import { totalsOf } from './totals.js'
 import type { BudgetFor } from './budget-seam.js'
 import { formatUsd } from './decimal.js'
 
@@ -27,12 +28,12 @@ export async function myUsageSummary (sql: Sql, i: MyUsageInput): Promise<string
   const today = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate()))
   const period = { organizationId: i.organizationId, from: monthStart.toISOString(), to: nextMonth.toISOString(), externalUserId: i.externalUserId }
   const source = await sumsSource(sql, period)
-  const [totals, models, todayCount, budget] = await Promise.all([
-    usageTotals(sql, period, source),
+  const [models, todayCount, budget] = await Promise.all([
     usageByGroup(sql, period, 'model', source),
     requestsSince(sql, i.organizationId, i.externalUserId, today.toISOString()),
     i.budgetFor(i.userId),
   ])
+  const totals = totalsOf(models)
   const lines = [
     `**Your usage in ${MONTHS[now.getUTCMonth()]} ${now.getUTCFullYear()}** (UTC)`,
     '',
