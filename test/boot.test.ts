@@ -15,6 +15,9 @@ let fake: FakeOpenRouter
 t.before(async () => { fake = await new FakeOpenRouter().start() })
 t.teardown(async () => { await fake.close() })
 
+// Every migration in sql/, in order: the list grows with each one.
+const MIGRATIONS = readdirSync('sql').filter((f) => /^\d+_.*\.sql$/.test(f)).sort()
+
 async function tables (db: TestDb) {
   const rows = await db.sql`select table_name from information_schema.tables where table_schema = 'public' order by 1`
   return rows.map((r) => r.table_name)
@@ -44,7 +47,7 @@ t.test('booting twice creates nothing twice; a changed environment updates the o
   t.teardown(() => b.sidecar.stop())
   t.match(b.logs.text, /"applied":\[\]/, 'second boot applied no migration')
   const migrations = await db.sql`select name from schema_migrations order by name`
-  t.same(migrations.map((m) => m.name), ['001_schema.sql', '002_billing_views.sql'])
+  t.same(migrations.map((m) => m.name), MIGRATIONS)
   const orgs = await db.sql`select name, markup_percent::text as m from organizations`
   t.same(orgs.map((o) => [o.name, o.m]), [['Acme AG', '20.0000']])
 })
@@ -55,7 +58,7 @@ t.test('two sidecars booting at once against one database are both ready, schema
   const [a, b] = await Promise.all([startSidecar(baseEnv(fake, db.url)), startSidecar(baseEnv(fake, db.url))])
   t.teardown(() => Promise.all([a.sidecar.stop(), b.sidecar.stop()]))
   const [{ n }] = await db.sql`select count(*)::int as n from schema_migrations`
-  t.equal(n, 2)
+  t.equal(n, MIGRATIONS.length)
   const applied = [a, b].map((s) => /"applied":\[("[^\]]*)?\]/.exec(s.logs.text)![0])
   t.equal(applied.filter((x) => x.includes('001_schema')).length, 1, 'exactly one of them migrated')
 })
@@ -65,7 +68,7 @@ t.test('an edited migration is refused rather than silently diverging', async (t
   t.teardown(() => db.drop())
   const dir = mkdtempSync(join(tmpdir(), 'mig-'))
   for (const f of readdirSync('sql')) copyFileSync(join('sql', f), join(dir, f))
-  t.same((await migrate(db.sql, dir)).applied, ['001_schema.sql', '002_billing_views.sql'])
+  t.same((await migrate(db.sql, dir)).applied, MIGRATIONS)
   writeFileSync(join(dir, '002_billing_views.sql'), '-- edited\n')
   await t.rejects(migrate(db.sql, dir), /002_billing_views.sql changed after it was applied/)
 })

@@ -66,9 +66,9 @@ export function createProxyServer (ctx: ServerContext): Server {
       req.resume()
       return sendError(res, 404, 'not_found_error', 'not_found', 'malformed path')
     }
-    if (req.method === 'GET' && endpoint === 'models' && ctx.models) return ctx.models(req, res, query)
     if (req.method === 'GET' || req.method === 'HEAD') {
       if (ctx.onPassthrough) res.once('finish', () => ctx.onPassthrough!(res.statusCode))
+      if (req.method === 'GET' && endpoint === 'models' && ctx.models) return ctx.models(req, res, query)
       return ctx.passthrough.handle(req, res, `/${endpoint}${query}`)
     }
     const kind = req.method === 'POST' ? meteredKind(endpoint) : null
