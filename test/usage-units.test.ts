@@ -58,3 +58,12 @@ t.test('a deployment without web/admin answers 500 naming what is missing', asyn
     server.close()
   }
 })
+
+t.test('outcomes from totals: ok is the exact difference, and absent when nothing ended ok', async (t) => {
+  const { withOkOutcome } = await import('../src/usage/totals.js')
+  const row = (key: string, requests: number, billed: string) => ({ key, requests, prompt_tokens: '0', completion_tokens: '0', cached_tokens: '0', reasoning_tokens: '0', total_tokens: '0', cost_usd: billed, billed_cost_usd: billed })
+  const failed = [row('client_aborted', 2, '0.30'), row('upstream_error', 1, '0')]
+  const all = withOkOutcome(row('', 10, '1.25'), failed)
+  t.same(all.map((r) => [r.key, r.requests, r.billed_cost_usd]), [['ok', 7, '0.95'], ['client_aborted', 2, '0.30'], ['upstream_error', 1, '0']])
+  t.same(withOkOutcome(row('', 3, '0.30'), failed).map((r) => r.key), ['client_aborted', 'upstream_error'])
+})

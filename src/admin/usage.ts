@@ -1,6 +1,6 @@
 import type { ServerResponse } from 'node:http'
-import { EVENT_COLUMNS, events, sumsSource, usageByGroup, type GroupBy, type GroupRow, type Period } from '../db/usage-report.js'
-import { totalsOf } from '../usage/totals.js'
+import { EVENT_COLUMNS, events, failedByOutcome, sumsSource, usageByGroup, usageTotals, type GroupBy, type GroupRow, type Period, type Sums } from '../db/usage-report.js'
+import { totalsOf, withOkOutcome } from '../usage/totals.js'
 import { externalUserId } from '../identity/external-id.js'
 import { sendError } from '../proxy/errors.js'
 import type { BudgetFor } from '../usage/budget-seam.js'
@@ -51,14 +51,25 @@ async function usage (deps: UsageDeps, { req, res, url }: AdminRequest): Promise
   const { userId, externalUserId } = userFilter(deps, q)
   const period: Period = { organizationId: deps.organizationId, from, to, externalUserId }
   const sql = deps.readSql()
-  const query = usageByGroup(sql, period, groupBy, await sumsSource(sql, period, groupBy))
+  const source = await sumsSource(sql, period)
+  // The rollups keep no outcome: their totals, minus the few rows that did not end 'ok'.
+  const outcomes = groupBy === 'outcome' && source === 'rollups'
+    ? async (): Promise<GroupRow[]> => {
+      // One snapshot, so a row written in between is in both reads or in neither.
+      const [totals, failed] = await sql.begin('isolation level repeatable read read only', (t) => {
+        const tx = t as unknown as Sql
+        return [usageTotals(tx, period, 'rollups'), failedByOutcome(tx, period)]
+      }) as unknown as [Sums, GroupRow[]]
+      return withOkOutcome(totals, failed)
+    }
+    : null
   const keyColumns = groupBy === 'user' ? ['user', 'user_name', 'user_email'] : [groupBy]
   if (csv) {
     const name = `usage-${groupBy}-${from}-${to}${userId === undefined ? '' : '-user'}.csv`
-    return streamCsv(res, name, [...keyColumns, ...SUM_COLUMNS], query.cursor(CURSOR_BATCH),
+    return streamCsv(res, name, [...keyColumns, ...SUM_COLUMNS], outcomes ? once(outcomes()) : usageByGroup(sql, period, groupBy, source).cursor(CURSOR_BATCH),
       (row) => [...(groupBy === 'user' ? [row.key, row.user_name, row.user_email] : [row.key]), ...SUM_COLUMNS.map((c) => row[c])])
   }
-  const rows = await query
+  const rows = outcomes ? await outcomes() : await usageByGroup(sql, period, groupBy, source)
   const totals = totalsOf(rows)
   const data = await Promise.all(rows.map((row) => shape(deps, groupBy, row)))
   sendJson(res, 200, {
@@ -66,6 +77,8 @@ async function usage (deps: UsageDeps, { req, res, url }: AdminRequest): Promise
     data, totals,
   })
 }
+
+async function * once<T> (rows: Promise<T[]>): AsyncIterable<T[]> { yield await rows }
 
 async function shape (deps: UsageDeps, groupBy: GroupBy, row: GroupRow): Promise<Record<string, unknown>> {
   const sums = Object.fromEntries(SUM_COLUMNS.map((c) => [c, row[c]]))

@@ -65,7 +65,7 @@ const SOURCE = {
       model: `nullif(model, '')`,
       day: 'day',
       task: 'kind',
-      outcome: 'null', // not in the rollups: sumsSource() never picks them for it
+      outcome: 'null', // not in the rollups: see outcomesWithRollups()
     } as Record<GroupBy, string>,
     userId: 'null::text',
   },
@@ -82,9 +82,12 @@ const ORDER: Record<Exclude<GroupBy, 'user'>, string> = {
 const WHOLE_DAY = /^\d{4}-\d{2}-\d{2}(T00:00:00(\.0+)?Z)?$/
 const rollupsPresent = new WeakMap<object, Promise<boolean>>()
 
-/** Rollups answer whole UTC days, for every grouping but outcome; the table's presence is asked once per pool. */
-export async function sumsSource (sql: Sql, p: Period, groupBy?: GroupBy): Promise<Source> {
-  if (groupBy === 'outcome' || !WHOLE_DAY.test(p.from) || !WHOLE_DAY.test(p.to)) return 'events'
+/**
+ * Rollups answer whole UTC days; the table's presence is asked once per pool. For outcomes they
+ * give the totals, and failedByOutcome() the rest.
+ */
+export async function sumsSource (sql: Sql, p: Period): Promise<Source> {
+  if (!WHOLE_DAY.test(p.from) || !WHOLE_DAY.test(p.to)) return 'events'
   let present = rollupsPresent.get(sql)
   if (!present) {
     present = sql<Array<{ ok: boolean }>>`select to_regclass('usage_daily_rollups') is not null as ok`.then((r) => r[0].ok)
@@ -125,6 +128,15 @@ export function usageByGroup (sql: Sql, p: Period, groupBy: GroupBy, source: Sou
   return sql<GroupRow[]>`
     select ${key}, requests, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, total_tokens, cost_usd, billed_cost_usd
     from (${grouped}) g order by ${sql.unsafe(ORDER[groupBy])}`
+}
+
+/** The outcomes other than 'ok', from usage_events (a partial index holds just these rows). */
+export function failedByOutcome (sql: Sql, p: Period) {
+  const s = SOURCE.events
+  return sql<GroupRow[]>`
+    select outcome as key, ${sql.unsafe(s.sums)}
+    from usage_events where ${where(sql, p, 'events')} and outcome <> 'ok'
+    group by 1 order by 2 desc, 1`
 }
 
 /** The period's totals in one query: equal to the sum of any grouping's rows. */
