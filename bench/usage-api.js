@@ -10,6 +10,8 @@
 // 50 models), 80% chat, 20% background tasks, 2% upstream errors, exact decimal costs. The same
 // shape as bench/scale.js (h5-scale), with external user ids derived the way the sidecar derives
 // them, so ?user= finds them. Prints one JSON object per command on stdout.
+import { mkdtempSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { request } from 'undici'
@@ -117,7 +119,7 @@ async function time () {
   const sidecar = await start({
     OPENROUTER_API_KEY: 'sk-or-v1-bench-0123456789', OPENROUTER_EXTERNAL_USER: ORG, ORGANIZATION_NAME: 'Bench Org 2',
     MARKUP_PERCENT: '5', DATABASE_URL: dbUrl(DB), OPENROUTER_BASE_URL: 'http://127.0.0.1:9/api/v1', PORT: '0', HOST: '127.0.0.1',
-    ADMIN_API_KEY: ADMIN_KEY, DATA_DIR: join(ROOT, 'bench', 'results', 'usage-api-data'), LOG_LEVEL: 'warn',
+    ADMIN_API_KEY: ADMIN_KEY, DATA_DIR: mkdtempSync(join(tmpdir(), 'usage-api-bench-')), LOG_LEVEL: 'warn',
   }, createLogger('warn'))
   await sidecar.ready
   const base = `http://127.0.0.1:${sidecar.port}`
