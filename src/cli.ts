@@ -11,8 +11,9 @@ commands:
                                  variables, see README.md
   gen-env "<Organization Name>" [--prefix mai_client]
                                  print a .env for a new client organization to stdout:
-                                 its stable OPENROUTER_EXTERNAL_USER id, fresh PROXY_API_KEY
-                                 and POSTGRES_PASSWORD, and a placeholder OPENROUTER_API_KEY
+                                 its stable OPENROUTER_EXTERNAL_USER id, fresh PROXY_API_KEY,
+                                 WEBUI_SECRET_KEY and POSTGRES_PASSWORD, and a placeholder
+                                 OPENROUTER_API_KEY; values unquoted (docker run --env-file)
   statement --month YYYY-MM [--format csv|json|md] [--out FILE] [--all-organizations]
                                  the month's statement per user (requests, tokens, cost,
                                  markup, billed) with exact totals; reads DATABASE_URL
@@ -39,14 +40,17 @@ function organizationId (name: string, prefix = DEFAULT_PREFIX): string {
 }
 
 /**
- * Quotes a value so that Docker Compose, Node's --env-file / dotenv and a POSIX shell all read it
- * back unchanged: single quotes are literal everywhere (Compose does not interpolate them); a
- * value holding a single quote goes in double quotes, which is only safe without " $ \ and `.
+ * Values are written unquoted: `docker run --env-file` keeps quotes as part of the value, while
+ * Docker Compose and Node's --env-file / dotenv read an unquoted value as it stands. A name that
+ * an unquoted value cannot carry for all three (a `#` starts a comment for Node and Compose, `$`
+ * is interpolated by Compose, a leading quote is stripped, `\` is read differently) is refused.
  */
-function quote (value: string): string {
-  if (!value.includes("'")) return `'${value}'`
-  if (!/["$\\`]/.test(value)) return `"${value}"`
-  throw new UsageError('the organization name holds both \' and one of " $ \\ `, which no .env quoting keeps intact for every reader: write ORGANIZATION_NAME by hand')
+function unquoted (value: string): string {
+  if (/[#$\\]/.test(value) || /^["'`]/.test(value)) {
+    throw new UsageError('the organization name holds # $ \\ or begins with a quote, which an unquoted .env value cannot carry for docker, compose and node alike: ' +
+      'run gen-env with a plainer name, then write ORGANIZATION_NAME by hand')
+  }
+  return value
 }
 
 function secret (): string {
@@ -74,19 +78,28 @@ function genEnv (args: string[]): string {
 
   return [
     `# usage-proxy: environment of one client organization, made by \`usage-proxy gen-env\` on ${new Date().toISOString().slice(0, 10)}.`,
-    '# Holds secrets: keep it out of version control (chmod 600). compose.example.yml reads it as .env.',
+    '# Holds secrets: keep it out of version control (chmod 600). compose.example.yml reads it as .env;',
+    '# `docker run --env-file .env` reads it too (values are unquoted for that reason).',
     '',
     '# The client organization. The id is derived from the name (sha256 of the name, lowercased and',
     '# with spaces normalized): running gen-env again with the same name gives the same id. Keep it',
     '# once usage is recorded: the organization\'s rows and the user ids sent to OpenRouter derive from it.',
-    `ORGANIZATION_NAME=${quote(name)}`,
+    `ORGANIZATION_NAME=${unquoted(name)}`,
     `OPENROUTER_EXTERNAL_USER=${organizationId(name, prefix)}`,
     '',
     '# The organization\'s own OpenRouter key (https://openrouter.ai/settings/keys). Replace the placeholder.',
     'OPENROUTER_API_KEY=sk-or-v1-REPLACE_ME',
     '',
     '# The key Open WebUI presents to usage-proxy (compose passes it to Open WebUI as OPENAI_API_KEY).',
+    '# Without one, usage-proxy listens on 127.0.0.1 only.',
     `PROXY_API_KEY=up-${secret()}`,
+    '',
+    '# Signs Open WebUI\'s sessions: a fixed value keeps users logged in when the container is recreated.',
+    `WEBUI_SECRET_KEY=${secret()}`,
+    '',
+    '# Signed identity (Open WebUI versions that send X-OpenWebUI-User-Jwt): uncomment here and the',
+    '# two FORWARD_USER_INFO_HEADER_JWT_SECRET lines in compose.yml; forged identity headers then stop working.',
+    `# FORWARD_USER_INFO_HEADER_JWT_SECRET=${secret()}`,
     '',
     '# Password of the bundled Postgres; compose builds usage-proxy\'s DATABASE_URL from it.',
     `POSTGRES_PASSWORD=${secret()}`,
@@ -119,8 +132,8 @@ async function run (argv: string[]): Promise<void> {
   }
 }
 
-// Usage errors exit 2 with a one-line message; anything else (the port taken, say) is rethrown:
-// node prints the stack and exits 1.
+// Usage errors exit 2 with a one-line message; start-up failures (the port taken, say) print one
+// line naming the variable and exit 1 (main.ts); anything else is a bug: node prints the stack.
 run(process.argv.slice(2)).catch((err: unknown) => {
   if (!(err instanceof UsageError)) throw err
   process.stderr.write(`usage-proxy: ${err.message}\nrun "usage-proxy --help" for usage\n`)

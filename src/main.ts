@@ -1,7 +1,7 @@
 import { fileURLToPath } from 'node:url'
 import { dirname, join, resolve } from 'node:path'
 import type { AddressInfo } from 'node:net'
-import type { Server } from 'node:http'
+import type { Server, ServerResponse } from 'node:http'
 import { ConfigError, loadConfig, type Config } from './config/config.js'
 import { withEnvFile } from './config/env-file.js'
 import { createAdminPlane } from './admin/index.js'
@@ -11,7 +11,7 @@ import { startEmbedded, type EmbeddedDb } from './db/embedded.js'
 import { migrate } from './db/migrate.js'
 import { upsertOrganization } from './db/organizations.js'
 import { UserDirectory } from './identity/directory.js'
-import { identityHeaders } from './identity/identify.js'
+import { identityHeaders, ignoredHeadersWarning } from './identity/identify.js'
 import { createLogger, scrub, type Logger } from './log.js'
 import { createPassthrough } from './proxy/passthrough.js'
 import { createSelfService } from './proxy/self-service.js'
@@ -22,7 +22,12 @@ import { createUpstream } from './proxy/upstream.js'
 import { Journal } from './usage/journal.js'
 import { Ledger } from './usage/ledger.js'
 import { Reconciler } from './usage/reconcile.js'
+import type { UsageRecord } from './usage/record.js'
 import { createMetrics } from './metrics.js'
+import { createAccessLog } from './proxy/access-log.js'
+import { startKeyPoller, type KeyPoller } from './openrouter-key.js'
+import { StartupError, listenError } from './startup-error.js'
+import { createServer } from 'node:http'
 
 const SQL_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', 'sql')
 
@@ -47,7 +52,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
   // 1. configuration: every problem at once, or nothing starts
   const config = loadConfig(env)
   log ??= createLogger(config.logLevel)
-  const secrets = [config.openrouter.apiKey, config.server.proxyApiKey, config.identity.jwtSecret]
+  const secrets = [config.openrouter.apiKey, config.server.proxyApiKey, config.identity.jwtSecret, config.metrics.apiKey]
 
   let ready = false
   let stopping: Promise<void> | null = null
@@ -55,6 +60,8 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
   let idle: (() => void) | null = null
   const upstream = createUpstream({ baseUrl: config.openrouter.baseUrl, apiKey: config.openrouter.apiKey, ...config.upstream })
   const idHeaders = identityHeaders(config.identity)
+  // The task and message-id headers stay with the sidecar too, whatever they are named.
+  idHeaders.add(config.kinds.taskHeader).add(config.kinds.messageIdHeader)
   const passthrough = createPassthrough(config.openrouter.baseUrl, config.openrouter.apiKey, config.openrouter.appUrl, config.openrouter.appTitle, idHeaders, log)
   if (!config.server.proxyApiKey && !['127.0.0.1', '::1', 'localhost'].includes(config.server.host)) {
     log.warn({ host: config.server.host }, 'PROXY_API_KEY is not set: anyone who can reach this port can spend the organization\'s OpenRouter key')
@@ -68,6 +75,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
   let reconciler: Reconciler | null = null
   let directory: UserDirectory | null = null
 
+  let keyPoller: KeyPoller | null = null
   const metrics = createMetrics(() => ledger && reconciler && {
     ledgerDepth: () => ledger!.depth,
     journalBacklog: () => journal.backlog,
@@ -75,11 +83,20 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     reconciled: () => reconciler!.reconciled,
     reconcileGaveUp: () => reconciler!.gaveUp,
     ledgerWritten: () => ledger!.written,
+    ledgerRejected: () => ledger!.rejected,
+  }, {
+    apiKey: config.metrics.apiKey,
+    maxModels: config.metrics.maxModels,
+    postgresUp: () => postgresAnswers(sql),
+    keyBalance: () => keyPoller?.latest() ?? null,
+    organizationId: config.organization.id,
   })
   const selfService = config.selfService.model === null ? undefined : createSelfService({
-    model: config.selfService.model, name: config.selfService.name, modelsUrl: `${config.openrouter.baseUrl}/models`, apiKey: config.openrouter.apiKey, log,
+    model: config.selfService.model, name: config.selfService.name, modelsUrl: `${config.openrouter.baseUrl}/models`, log,
+    headers: { apiKey: config.openrouter.apiKey, appUrl: config.openrouter.appUrl, appTitle: config.openrouter.appTitle, identityHeaders: idHeaders },
     summary: (who, externalUserId) => myUsageSummary(sql!, { organizationId: config.organization.id, userId: who.userId, externalUserId, budgetFor: noBudgets }),
   })
+  const access = createAccessLog({ log, enabled: config.accessLog, count: metrics.response })
   const meter = {
     selfService,
     upstream,
@@ -89,21 +106,42 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     organizationId: config.organization.id,
     markupPercent: config.organization.markupPercent,
     maxBodyBytes: config.server.maxBodyBytes,
-    identity: config.identity,
+    identity: { ...config.identity, onIgnoredHeaders: config.identity.jwtSecret ? ignoredHeadersWarning(log, config.identity) : undefined },
     identityHeaders: idHeaders,
     get directory () { return directory! },
     get ledger () { return ledger! },
     get reconciler () { return reconciler! },
     log,
     track (delta: 1 | -1) { inFlight += delta; if (inFlight === 0 && idle) idle() },
-    observe: metrics.observe,
+    observe (rec: UsageRecord, res: ServerResponse) { metrics.observe(rec); access.record(res, rec) },
     stopping: () => stopping !== null,
+    kinds: { ...config.kinds, appHeaders: idHeaders },
   }
-  const server = createProxyServer({ meter, passthrough, proxyApiKey: config.server.proxyApiKey, isReady: () => ready, metrics: metrics.handler,
+  // METRICS_PORT: /metrics only on its own listener (loopback by default), not on the data plane.
+  const metricsServer = config.metrics.port === undefined ? null : createServer((req, res) => {
+    if ((req.url ?? '/').split('?')[0] === '/metrics') return metrics.handler(req, res)
+    res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: this port serves /metrics\n')
+  })
+  const server = createProxyServer({ meter, passthrough, proxyApiKey: config.server.proxyApiKey, isReady: () => ready, metrics: metricsServer ? undefined : metrics.handler,
+    onExchange: access.begin,
     clientTimeouts: { headersMs: config.server.headersTimeoutMs, requestMs: config.server.requestTimeoutMs }, onPassthrough: metrics.passthrough,
+    connections: { max: config.server.maxConnections, perIp: config.server.maxConnectionsPerIp },
     admin: createAdminPlane({ config, sql: () => sql!, readSql: () => sql!, log, budgetFor: noBudgets }) ?? undefined, models: selfService?.listModels })
-  await new Promise<void>((ok, fail) => { server.once('error', fail); server.listen(config.server.port, config.server.host, () => { server.off('error', fail); ok() }) })
+  try {
+    await listen(server, 'PORT', config.server.host, config.server.port)
+    if (metricsServer) await listen(metricsServer, 'METRICS_PORT', config.metrics.host, config.metrics.port!)
+  } catch (err) {
+    server.close()
+    passthrough.close()
+    journal.close()
+    await upstream.close().catch(() => {})
+    throw err
+  }
   const port = (server.address() as AddressInfo).port
+  if (metricsServer) log.info({ port: (metricsServer.address() as AddressInfo).port, host: config.metrics.host }, 'metrics listening')
+  if (!config.server.proxyApiKey && ['127.0.0.1', '::1', 'localhost'].includes(config.server.host)) {
+    log.warn({ host: config.server.host }, 'PROXY_API_KEY is not set: listening on loopback only; set PROXY_API_KEY to serve other hosts')
+  }
   log.info({ port, host: config.server.host, upstream: config.openrouter.baseUrl, organization: config.organization.id }, 'listening; not ready until the database is')
 
   const abort = new AbortController()
@@ -114,6 +152,8 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
       embedded = await startEmbedded(config.ledger.dataDir, config.db.embeddedPort, log!)
       url = embedded.url
       log!.info({ psql: embedded.psql }, 'no DATABASE_URL: using the embedded database; query it with psql')
+      log!.warn('the embedded database is for trying usage-proxy out: one process, a password-less superuser on loopback, several hundred MB of memory. ' +
+        'In production set DATABASE_URL to a PostgreSQL server you back up (compose.example.yml runs one)')
     }
     sql = await connect({ url, log: log!, retryMaxMs: config.db.connectRetryMaxMs, signal: abort.signal, max: embedded ? 1 : 4 })
     // 3. schema, under an advisory lock so sidecars booting together are safe
@@ -133,6 +173,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     if (replay.segments > 0) log!.info({ records: replay.finals.length, toReconcile: replay.pendings.length, tornLines: replay.tornLines }, 'journal replayed')
     // 6. open for traffic
     ready = true
+    keyPoller = startKeyPoller(() => fetchKey(upstream, config.openrouter.apiKey), log!)
     log!.info({ port }, 'ready')
   })()
   ready$.catch((err) => {
@@ -147,6 +188,9 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
       abort.abort()
       server.close()
       server.closeIdleConnections()
+      keyPoller?.stop()
+      metricsServer?.close()
+      metricsServer?.closeAllConnections()
       if (inFlight > 0) {
         await Promise.race([
           new Promise<void>((r) => { idle = r }),
@@ -178,6 +222,10 @@ export async function main (): Promise<void> {
   try {
     sidecar = await start(withEnvFile(process.env))
   } catch (err) {
+    if (err instanceof StartupError) {
+      process.stderr.write(`usage-proxy: ${err.message}\n`)
+      process.exit(1)
+    }
     if (err instanceof ConfigError) {
       process.stderr.write(`usage-proxy: ${err.message}\n` +
         'Set these in the environment or in ./.env; `npx usage-proxy gen-env "Your Org" > .env` writes one to start from.\n')
@@ -187,10 +235,40 @@ export async function main (): Promise<void> {
   }
   installCrashGuard(sidecar.log)
   // A boot cut short by SIGTERM is a stop, not a failure.
-  sidecar.ready.catch(() => { if (!sidecar.isStopping()) process.exit(1) })
+  sidecar.ready.catch((err) => {
+    if (sidecar.isStopping()) return
+    if (err instanceof StartupError) process.stderr.write(`usage-proxy: ${err.message}\n`)
+    process.exit(1)
+  })
   for (const sig of ['SIGTERM', 'SIGINT'] as const) {
     process.once(sig, () => { void sidecar.stop(sig).then(() => process.exit(0)) })
   }
+}
+
+function listen (server: Server, variable: string, host: string, port: number): Promise<void> {
+  return new Promise<void>((ok, fail) => {
+    const failed = (err: Error): void => fail(listenError(err, variable, host, port))
+    server.once('error', failed)
+    server.listen(port, host, () => { server.off('error', failed); ok() })
+  })
+}
+
+/** For the postgres_up gauge: a query answered within two seconds. */
+async function postgresAnswers (sql: Sql | null): Promise<boolean> {
+  if (!sql) return false
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<boolean>((resolve) => { timer = setTimeout(() => resolve(false), 2000) })
+  try {
+    return await Promise.race([sql`select 1`.then(() => true, () => false), late])
+  } finally { clearTimeout(timer) }
+}
+
+async function fetchKey (upstream: ReturnType<typeof createUpstream>, apiKey: string): Promise<{ status: number, body: string }> {
+  const res = await upstream.pool.request({
+    method: 'GET', path: `${upstream.basePath}/key`, headers: { authorization: `Bearer ${apiKey}`, accept: 'application/json' },
+    headersTimeout: 15_000, bodyTimeout: 15_000,
+  })
+  return { status: res.statusCode, body: await res.body.text() }
 }
 
 if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) void main()

@@ -1,10 +1,13 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
+import { createHash, timingSafeEqual } from 'node:crypto'
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 import type { UsageRecord } from './usage/record.js'
+import type { KeyBalance } from './openrouter-key.js'
 
 // Prometheus metrics. The request path only bumps counters and observes two histograms once per
-// exchange, after its last byte; queue depths are read when Prometheus scrapes, not maintained.
-// Cost here is a float for dashboards only: billing reads usage_events, which is exact.
+// exchange, after its last byte; queue depths and totals kept elsewhere are read when Prometheus
+// scrapes, not maintained here. Cost here is a float for dashboards only: billing reads
+// usage_events, which is exact.
 
 export interface MetricsSources {
   ledgerDepth: () => number
@@ -13,20 +16,56 @@ export interface MetricsSources {
   reconciled: () => number
   reconcileGaveUp: () => number
   ledgerWritten: () => number
+  ledgerRejected: () => number
 }
+
+export interface MetricsOptions {
+  /** METRICS_API_KEY: when set, a scrape needs `Authorization: Bearer <it>`. */
+  apiKey?: string
+  /** METRICS_MAX_MODELS: distinct `model` label values; later models count as `other`. */
+  maxModels?: number
+  /** Answers whether Postgres answers now (asked once per scrape). */
+  postgresUp?: () => Promise<boolean>
+  /** The latest GET /key answer, polled in the background. */
+  keyBalance?: () => KeyBalance | null
+  /** OPENROUTER_EXTERNAL_USER: the `organization` label of the key gauges. */
+  organizationId?: string
+}
+
+/** Where an answer came from, for the responses counter: a closed set, so labels stay bounded. */
+export type RouteClass = 'metered' | 'passthrough' | 'probe' | 'admin' | 'other'
 
 export interface Metrics {
   observe: (rec: UsageRecord) => void
   passthrough: (status: number) => void
+  /** Counts every answer the server gave, whoever produced it. */
+  response: (routeClass: RouteClass, status: number) => void
   handler: (req: IncomingMessage, res: ServerResponse) => void
 }
 
 const seconds = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120]
 
-export function createMetrics (sources: () => MetricsSources | null): Metrics {
+/**
+ * Caps the values of the `model` label: each model seen gets its own series until `max` are
+ * taken, then the rest share `other`. A client sending 20,000 invented model names makes 20,000
+ * requests, not 20,000 series. Deployments use a handful of models, which get the slots first.
+ */
+export class ModelLabels {
+  private readonly taken = new Set<string>()
+  constructor (private readonly max: number) {}
+  label (model: string): string {
+    if (this.taken.has(model)) return model
+    if (this.taken.size < this.max) { this.taken.add(model); return model }
+    return 'other'
+  }
+}
+
+export function createMetrics (sources: () => MetricsSources | null, opts: MetricsOptions = {}): Metrics {
   const registry = new Registry()
-  collectDefaultMetrics({ register: registry, prefix: 'usage_proxy_' })
+  // Unprefixed, as stock Node.js dashboards expect (process_cpu_seconds_total, nodejs_heap_...).
+  collectDefaultMetrics({ register: registry })
   const requests = new Counter({ name: 'usage_proxy_requests_total', help: 'Requests by route and HTTP status', labelNames: ['route', 'status'], registers: [registry] })
+  const responses = new Counter({ name: 'usage_proxy_http_responses_total', help: 'Every answer, the sidecar\'s own errors included, by route class and HTTP status', labelNames: ['route_class', 'status'], registers: [registry] })
   const outcomes = new Counter({ name: 'usage_proxy_outcomes_total', help: 'Metered exchanges by outcome', labelNames: ['outcome'], registers: [registry] })
   const latency = new Histogram({ name: 'usage_proxy_upstream_latency_seconds', help: 'Upstream dispatch to last byte', labelNames: ['endpoint', 'streamed'], buckets: seconds, registers: [registry] })
   const ttfb = new Histogram({ name: 'usage_proxy_upstream_ttfb_seconds', help: 'Upstream dispatch to response headers', labelNames: ['endpoint', 'streamed'], buckets: seconds, registers: [registry] })
@@ -36,12 +75,35 @@ export function createMetrics (sources: () => MetricsSources | null): Metrics {
     name, help, registers: [registry],
     collect () { const s = sources(); this.set(s ? read(s) : 0) },
   })
+  // Totals kept by the ledger and the reconciler: exported as counters (monotonic since start).
+  const total = (name: string, help: string, read: (s: MetricsSources) => number) => new Counter({
+    name, help, registers: [registry],
+    collect () { const s = sources(); this.reset(); this.inc(s ? read(s) : 0) },
+  })
   gauge('usage_proxy_ledger_queue_depth', 'Records waiting to be inserted', (s) => s.ledgerDepth())
   gauge('usage_proxy_journal_backlog', 'Records in the local journal not yet committed', (s) => s.journalBacklog())
   gauge('usage_proxy_reconciliations_active', 'Generations being looked up on /generation', (s) => s.reconcileActive())
-  gauge('usage_proxy_reconciled', 'Generations reconciled through /generation since start', (s) => s.reconciled())
-  gauge('usage_proxy_reconcile_gave_up', 'Generations written without usage after the lookup window since start', (s) => s.reconcileGaveUp())
-  gauge('usage_proxy_ledger_written', 'Rows inserted since start', (s) => s.ledgerWritten())
+  total('usage_proxy_reconciled_total', 'Generations reconciled through /generation since start', (s) => s.reconciled())
+  total('usage_proxy_reconcile_gave_up_total', 'Generations written without usage after the lookup window since start', (s) => s.reconcileGaveUp())
+  total('usage_proxy_ledger_written_total', 'Rows inserted since start', (s) => s.ledgerWritten())
+  total('usage_proxy_ledger_rejected_total', 'Rows Postgres refused as data, set aside in rejected.jsonl, since start', (s) => s.ledgerRejected())
+  new Gauge({
+    name: 'usage_proxy_postgres_up', help: '1 when Postgres answered a query at scrape time, else 0', registers: [registry],
+    async collect () { this.set(opts.postgresUp && await opts.postgresUp().catch(() => false) ? 1 : 0) },
+  })
+  const organization = opts.organizationId ?? 'unknown'
+  const keyGauge = (name: string, help: string, read: (k: KeyBalance) => number | null) => new Gauge({
+    name, help, labelNames: ['organization'], registers: [registry],
+    collect () {
+      const v = opts.keyBalance?.()
+      const n = v ? read(v) : null
+      this.reset() // unknown or unlimited: no sample rather than a false 0
+      if (n !== null) this.set({ organization }, n)
+    },
+  })
+  keyGauge('usage_proxy_openrouter_key_limit_remaining_usd', 'Credit left on the organization\'s OpenRouter key (GET /key limit_remaining; absent when the key has no limit)', (k) => k.limitRemaining)
+  keyGauge('usage_proxy_openrouter_key_limit_usd', 'Credit limit of the organization\'s OpenRouter key (GET /key limit)', (k) => k.limit)
+  keyGauge('usage_proxy_openrouter_key_usage_usd', 'Credits used by the organization\'s OpenRouter key, all time (GET /key usage)', (k) => k.usage)
 
   // prom-client hashes a label object on every call; the label sets here are few, so each one's
   // child is looked up once and kept.
@@ -51,6 +113,8 @@ export function createMetrics (sources: () => MetricsSources | null): Metrics {
     if (c === undefined) { c = make(); if (children.size < 10_000) children.set(key, c) }
     return c
   }
+  const models = new ModelLabels(opts.maxModels ?? 50)
+  const keyDigest = opts.apiKey ? digest(`Bearer ${opts.apiKey}`) : null
 
   return {
     observe (rec) {
@@ -60,14 +124,24 @@ export function createMetrics (sources: () => MetricsSources | null): Metrics {
       child(`o|${rec.outcome}`, () => outcomes.labels(rec.outcome)).inc()
       if (rec.latencyMs !== null) child(`l|${ep}|${streamed}`, () => latency.labels(ep, streamed)).observe(rec.latencyMs / 1000)
       if (rec.ttfbMs !== null) child(`t|${ep}|${streamed}`, () => ttfb.labels(ep, streamed)).observe(rec.ttfbMs / 1000)
-      const model = rec.servedModel ?? rec.model ?? 'unknown'
+      const model = models.label(rec.servedModel ?? rec.model ?? 'unknown')
       if (rec.promptTokens) child(`p|${model}`, () => tokens.labels(model, 'prompt')).inc(rec.promptTokens)
       if (rec.completionTokens) child(`c|${model}`, () => tokens.labels(model, 'completion')).inc(rec.completionTokens)
       const usd = rec.costUsd === null ? NaN : Number(rec.costUsd)
       if (usd > 0) child(`$|${model}`, () => cost.labels(model)).inc(usd)
     },
     passthrough (status) { requests.inc({ route: 'passthrough', status: String(status) }) },
-    handler (_req, res) {
+    response (routeClass, status) {
+      child(`h|${routeClass}|${status}`, () => responses.labels(routeClass, String(status))).inc()
+    },
+    handler (req, res) {
+      const given = req.headers.authorization
+      if (keyDigest && (typeof given !== 'string' || !timingSafeEqual(digest(given), keyDigest))) {
+        const body = '{"error":{"message":"missing or wrong METRICS_API_KEY","type":"authentication_error","code":"invalid_api_key"}}'
+        res.writeHead(401, { 'content-type': 'application/json', 'content-length': body.length, 'www-authenticate': 'Bearer' })
+        res.end(body)
+        return
+      }
       registry.metrics().then((text) => {
         res.writeHead(200, { 'content-type': registry.contentType })
         res.end(text)
@@ -78,3 +152,5 @@ export function createMetrics (sources: () => MetricsSources | null): Metrics {
     },
   }
 }
+
+function digest (s: string): Buffer { return createHash('sha256').update(s).digest() }

@@ -1,22 +1,20 @@
 import t from 'tap'
-import { spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process'
+import { spawnSync, type SpawnSyncReturns } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync } from 'node:fs'
 import { createServer } from 'node:net'
 import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
-import { dirname, join } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { join } from 'node:path'
 import { parseEnv } from 'node:util'
 import { parse as parseYaml } from 'yaml'
 import { loadConfig } from '../src/config/config.js'
 import { createTestDb, type TestDb } from './support/db.js'
+import { CLI, MAIN, ROOT as root, runNode, spawnNode } from './support/child.js'
 
 // The CLI is tested as users run it: `node dist/cli.js ...`, a separate process.
 
-const root = join(dirname(fileURLToPath(import.meta.url)), '..')
-const CLI = join(root, 'dist', 'cli.js')
-const KEYS = ['MARKUP_PERCENT', 'OPENROUTER_API_KEY', 'OPENROUTER_EXTERNAL_USER', 'ORGANIZATION_NAME', 'POSTGRES_PASSWORD', 'PROXY_API_KEY']
+const KEYS = ['MARKUP_PERCENT', 'OPENROUTER_API_KEY', 'OPENROUTER_EXTERNAL_USER', 'ORGANIZATION_NAME', 'POSTGRES_PASSWORD', 'PROXY_API_KEY', 'WEBUI_SECRET_KEY']
 const REAL_KEY = 'sk-or-v1-0123456789abcdef0123456789abcdef'
 
 function newestMtime (dir: string): number {
@@ -35,9 +33,9 @@ t.before(() => {
   if (tsc.status !== 0) throw new Error(`build failed:\n${tsc.stdout}${tsc.stderr}`)
 })
 
-/** Runs the CLI with only PATH from this environment, so nothing leaks in from the test runner. */
+/** Runs the CLI with only PATH from this environment, in an empty directory (no .env). */
 function cli (args: string[], env: Record<string, string> = {}): SpawnSyncReturns<string> {
-  return spawnSync(process.execPath, [CLI, ...args], { cwd: root, encoding: 'utf8', env: { PATH: process.env.PATH ?? '', ...env }, timeout: 20_000 })
+  return runNode([CLI, ...args], env)
 }
 
 function genEnv (...args: string[]): { text: string, env: Record<string, string> } {
@@ -111,30 +109,39 @@ t.test('gen-env output passes loadConfig once the key is replaced, directly and 
 })
 
 t.test('every variable compose.example.yml requires is in gen-env output', async (t) => {
-  const text = readFileSync(join(root, 'compose.example.yml'), 'utf8')
+  // Commented-out lines (the optional JWT wiring) are not required.
+  const text = readFileSync(join(root, 'compose.example.yml'), 'utf8').split('\n').filter((l) => !l.trim().startsWith('#')).join('\n')
   const { env } = genEnv('Acme GmbH')
   const required = [...text.matchAll(/\$\{([A-Za-z_][A-Za-z0-9_]*)(:?[?-])?/g)].filter((m) => m[2] !== ':-' && m[2] !== '-').map((m) => m[1])
   t.ok(required.length >= 5, 'compose interpolates its secrets')
   for (const name of new Set(required)) t.ok(env[name], `${name} is set by gen-env`)
 })
 
-t.test('organization names survive quoting for node, a POSIX shell and compose', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'usage-proxy-cli-'))
-  for (const name of ['Müller & Söhne GmbH', "O'Reilly Media", 'Smith # Partners', 'Cost $HOME ${PWD} Ltd', 'A "quoted" name', 'Back\\slash `tick`']) {
+t.test('values are unquoted: docker run --env-file, node and compose read the same value', async (t) => {
+  // docker run --env-file takes everything after the first = literally, quotes included.
+  const docker = (text: string): Record<string, string> => Object.fromEntries(text.split('\n')
+    .filter((l) => l !== '' && !l.startsWith('#')).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]))
+  for (const name of ['Acme GmbH', 'Müller & Söhne GmbH', "O'Reilly Media", 'A "quoted" name', 'Smith & Partners (EU) Ltd.']) {
     const { text, env } = genEnv(name)
     t.equal(env.ORGANIZATION_NAME, name, `node reads back ${name}`)
-    const file = join(dir, 'env')
-    writeFileSync(file, text)
-    const sh = spawnSync('sh', ['-c', 'set -a; . "$1"; printf %s "$ORGANIZATION_NAME"', 'sh', file], { encoding: 'utf8', env: { PATH: process.env.PATH ?? '' } })
-    t.equal(sh.stdout, name, `a shell reads back ${name}`)
-    const line = text.split('\n').find((l) => l.startsWith('ORGANIZATION_NAME='))!
-    // compose interpolates $ and unescapes \ in unquoted and double-quoted values; single quotes are literal
-    if (/[$\\]/.test(name)) t.match(line, /^ORGANIZATION_NAME='.*'$/, 'single-quoted, so compose takes it literally')
+    const d = docker(text)
+    t.equal(d.ORGANIZATION_NAME, name, `docker run --env-file reads back ${name}`)
+    t.same(d, env, 'docker and node read the same file alike')
+    t.equal(interpolate(`\${ORGANIZATION_NAME}`, d), name, 'compose interpolation leaves it as is')
   }
-  const both = cli(['gen-env', "O'Reilly $5 Store"])
-  t.equal(both.status, 2, 'a name no quoting keeps intact is refused')
-  t.equal(both.stdout, '', 'and nothing half-written reaches the .env')
-  t.match(both.stderr, /ORGANIZATION_NAME by hand/)
+  for (const name of ['Smith # Partners', 'Cost $HOME Ltd', 'Back\\slash', '"Quoted" Ltd']) {
+    const r = cli(['gen-env', name])
+    t.equal(r.status, 2, `${name}: refused`)
+    t.equal(r.stdout, '', 'nothing half-written reaches the .env')
+    t.match(r.stderr, /ORGANIZATION_NAME by hand/)
+  }
+})
+
+t.test('gen-env writes the secrets compose needs, and a signed-identity secret to turn on', async (t) => {
+  const { text, env } = genEnv('Acme GmbH')
+  t.match(env.WEBUI_SECRET_KEY, /^[A-Za-z0-9_-]{32}$/, 'Open WebUI sessions survive a recreated container')
+  t.not(env.WEBUI_SECRET_KEY, env.POSTGRES_PASSWORD)
+  t.match(text, /^# FORWARD_USER_INFO_HEADER_JWT_SECRET=[A-Za-z0-9_-]{32}$/m, 'commented out: only for app versions that sign')
 })
 
 t.test('usage errors exit 2 with a message on stderr', async (t) => {
@@ -177,29 +184,27 @@ t.test('gen-env takes a name after --, and refuses control characters', async (t
 
 t.test('the built entry points exist and start the sidecar', async (t) => {
   t.equal(readFileSync(CLI, 'utf8').split('\n')[0], '#!/usr/bin/env node', 'dist/cli.js keeps the shebang')
-  for (const entry of [[CLI], [CLI, 'start'], [join(root, 'dist', 'main.js')]]) {
-    const r = spawnSync(process.execPath, entry, { cwd: root, encoding: 'utf8', env: { PATH: process.env.PATH ?? '' }, timeout: 20_000 })
+  for (const entry of [[CLI], [CLI, 'start'], [MAIN]]) {
+    const r = runNode(entry)
     t.equal(r.status, 2, `${entry.map((p) => p.replace(root + '/', '')).join(' ')} without configuration exits 2`)
     t.match(r.stderr, /OPENROUTER_API_KEY is required/, 'reporting what is missing')
   }
 })
 
-t.test('a start that fails for another reason (port taken) exits 1 with the cause', async (t) => {
+t.test('a start that fails for another reason (port taken) exits 1 with one line naming PORT', async (t) => {
   const blocker = createServer()
   await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', r))
   t.teardown(() => { blocker.close() })
   const { env } = genEnv('Acme GmbH')
   const r = await new Promise<{ code: number | null, stderr: string }>((resolve) => {
-    const child = spawn(process.execPath, [CLI, 'start'], {
-      env: { PATH: process.env.PATH ?? '', ...env, OPENROUTER_API_KEY: REAL_KEY, HOST: '127.0.0.1', PORT: String((blocker.address() as AddressInfo).port), LOG_LEVEL: 'silent', DATABASE_URL: 'postgres://u@127.0.0.1:9/x' },
-      stdio: ['ignore', 'ignore', 'pipe'],
-    })
+    const child = spawnNode([CLI, 'start'], { ...env, OPENROUTER_API_KEY: REAL_KEY, HOST: '127.0.0.1', PORT: String((blocker.address() as AddressInfo).port), LOG_LEVEL: 'silent', DATABASE_URL: 'postgres://u@127.0.0.1:9/x' })
     let stderr = ''
-    child.stderr.on('data', (c: Buffer) => { stderr += c.toString() })
+    child.stderr!.on('data', (c: Buffer) => { stderr += c.toString() })
     child.on('exit', (code) => resolve({ code, stderr }))
   })
   t.equal(r.code, 1)
-  t.match(r.stderr, /EADDRINUSE/)
+  t.match(r.stderr, /^usage-proxy: PORT: port \d+ on 127\.0\.0\.1 is already in use \(EADDRINUSE\): .*set PORT to a free port\n$/, 'one line naming PORT')
+  t.notMatch(r.stderr, /\n\s+at /, 'no stack trace')
 })
 
 t.test('`usage-proxy` runs the sidecar from gen-env output and stops cleanly on SIGTERM', async (t) => {
@@ -212,10 +217,7 @@ t.test('`usage-proxy` runs the sidecar from gen-env output and stops cleanly on 
   }
   t.teardown(() => db.drop())
   const { env } = genEnv('Acme GmbH')
-  const child = spawn(process.execPath, [CLI], {
-    cwd: root,
-    env: {
-      PATH: process.env.PATH ?? '',
+  const child = spawnNode([CLI], {
       ...env,
       OPENROUTER_API_KEY: REAL_KEY,
       DATABASE_URL: db.url,
@@ -224,17 +226,15 @@ t.test('`usage-proxy` runs the sidecar from gen-env output and stops cleanly on 
       HOST: '127.0.0.1',
       DATA_DIR: mkdtempSync(join(tmpdir(), 'usage-proxy-cli-')),
       LOG_LEVEL: 'info',
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
   })
   t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL') })
   let out = ''
   let err = ''
-  child.stderr.on('data', (c: Buffer) => { err += c.toString() })
+  child.stderr!.on('data', (c: Buffer) => { err += c.toString() })
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)))
   const port = await new Promise<number>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`not ready within 20 s:\n${out}${err}`)), 20_000)
-    child.stdout.on('data', (c: Buffer) => {
+    child.stdout!.on('data', (c: Buffer) => {
       out += c.toString()
       for (const line of out.split('\n')) {
         if (!line.startsWith('{')) continue

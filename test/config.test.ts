@@ -1,5 +1,5 @@
 import t from 'tap'
-import { spawnSync } from 'node:child_process'
+import { MAIN, runNode } from './support/child.js'
 import { ConfigError, loadConfig } from '../src/config/config.js'
 
 const good = { OPENROUTER_API_KEY: 'sk-or-v1-abcdef123456', OPENROUTER_EXTERNAL_USER: 'mai_client_63a4eb6d', ORGANIZATION_NAME: 'Acme', DATABASE_URL: 'postgres://u@h/db' }
@@ -8,7 +8,7 @@ t.test('defaults', async (t) => {
   const c = loadConfig(good)
   t.equal(c.openrouter.baseUrl, 'https://openrouter.ai/api/v1')
   t.equal(c.server.port, 8787)
-  t.equal(c.server.host, '0.0.0.0')
+  t.equal(c.server.host, '127.0.0.1', 'no PROXY_API_KEY: loopback only')
   t.equal(c.organization.markupPercent, '0')
   t.equal(c.identity.userIdHeader, 'x-openwebui-user-id')
   t.equal(c.identity.chatIdHeader, 'x-openwebui-chat-id')
@@ -39,13 +39,43 @@ t.test('values are checked, not only presence', async (t) => {
 })
 
 t.test('the process exits 2 with the problems on stderr, and never echoes the key', async (t) => {
-  const r = spawnSync(process.execPath, ['dist/main.js'], {
-    env: { PATH: process.env.PATH, OPENROUTER_API_KEY: 'sk-or-v1-SECRET-do-not-print', PORT: '99999' },
-    encoding: 'utf8', timeout: 20_000,
-  })
+  const r = runNode([MAIN], { OPENROUTER_API_KEY: 'sk-or-v1-SECRET-do-not-print', PORT: '99999' })
   t.equal(r.status, 2)
   t.match(r.stderr, /OPENROUTER_EXTERNAL_USER is required/)
   t.match(r.stderr, /ORGANIZATION_NAME is required/)
   t.match(r.stderr, /PORT /)
   t.notMatch(r.stderr + r.stdout, /SECRET-do-not-print/)
+})
+
+t.test('without PROXY_API_KEY: loopback, unless HOST is named together with ALLOW_UNAUTHENTICATED=true', async (t) => {
+  t.equal(loadConfig(good).server.host, '127.0.0.1', 'no key, no HOST: loopback')
+  t.equal(loadConfig({ ...good, PROXY_API_KEY: 'k'.repeat(20) }).server.host, '0.0.0.0', 'with a key: every interface')
+  t.equal(loadConfig({ ...good, HOST: '127.0.0.1' }).server.host, '127.0.0.1')
+  t.equal(loadConfig({ ...good, HOST: '::1' }).server.host, '::1')
+  const err = t.throws(() => loadConfig({ ...good, HOST: '0.0.0.0' })) as ConfigError
+  t.match(err.problems.join('\n'), /^PROXY_API_KEY is not set, so HOST=0\.0\.0\.0 .*ALLOW_UNAUTHENTICATED=true/m, 'names the three variables')
+  t.throws(() => loadConfig({ ...good, HOST: '0.0.0.0', ALLOW_UNAUTHENTICATED: 'false' }), /PROXY_API_KEY/)
+  t.throws(() => loadConfig({ ...good, ALLOW_UNAUTHENTICATED: 'maybe' }), /ALLOW_UNAUTHENTICATED/)
+  t.equal(loadConfig({ ...good, HOST: '0.0.0.0', ALLOW_UNAUTHENTICATED: 'true' }).server.host, '0.0.0.0', 'said explicitly: allowed')
+  t.equal(loadConfig({ ...good, ALLOW_UNAUTHENTICATED: 'true' }).server.host, '127.0.0.1', 'ALLOW_UNAUTHENTICATED alone does not open it')
+})
+
+t.test('APP_URL is unset by default; the chat-id header also goes by Open WebUI\'s own variable name', async (t) => {
+  t.equal(loadConfig(good).openrouter.appUrl, undefined)
+  t.equal(loadConfig({ ...good, APP_URL: 'https://chat.example.com' }).openrouter.appUrl, 'https://chat.example.com')
+  t.equal(loadConfig({ ...good, FORWARD_SESSION_INFO_HEADER_CHAT_ID: 'X-Chat' }).identity.chatIdHeader, 'x-chat', 'Open WebUI\'s name')
+  t.equal(loadConfig({ ...good, FORWARD_SESSION_INFO_HEADER_CHAT_ID: 'X-Chat', FORWARD_USER_INFO_HEADER_CHAT_ID: 'X-Ours' }).identity.chatIdHeader, 'x-ours', 'ours wins when both are set')
+  t.throws(() => loadConfig({ ...good, FORWARD_SESSION_INFO_HEADER_CHAT_ID: 'bad header' }), /FORWARD_SESSION_INFO_HEADER_CHAT_ID/)
+})
+
+t.test('operations settings', async (t) => {
+  const c = loadConfig(good)
+  t.equal(c.accessLog, true)
+  t.same(c.metrics, { apiKey: undefined, port: undefined, host: '127.0.0.1', maxModels: 50 })
+  t.same(c.kinds, { taskHeader: 'x-openwebui-task', messageIdHeader: 'x-openwebui-message-id' })
+  t.equal(loadConfig({ ...good, ACCESS_LOG: 'off' }).accessLog, false)
+  t.throws(() => loadConfig({ ...good, ACCESS_LOG: 'maybe' }), /ACCESS_LOG/)
+  t.throws(() => loadConfig({ ...good, METRICS_API_KEY: 'short' }), /METRICS_API_KEY/)
+  t.throws(() => loadConfig({ ...good, METRICS_PORT: '70000' }), /METRICS_PORT/)
+  t.equal(loadConfig({ ...good, TASK_HEADER: 'X-Task' }).kinds.taskHeader, 'x-task')
 })

@@ -58,7 +58,7 @@ const requiredKeys = Object.entries(envSchema.shape).filter(([, schema]) => !sch
 
 t.test('compose: the three services', async (t) => {
   t.same(Object.keys(services).sort(), ['open-webui', 'postgres', 'usage-proxy'])
-  t.equal(services['open-webui']?.image, 'ghcr.io/open-webui/open-webui:main')
+  t.match(services['open-webui']?.image, /^ghcr\.io\/open-webui\/open-webui:v\d+\.\d+\.\d+$/, 'open-webui pinned to a release')
   t.equal(services.postgres?.image, 'postgres:16-alpine')
   const build = services['usage-proxy']?.build
   t.equal(typeof build === 'string' ? build : build?.context, '.', 'usage-proxy is built from this repository')
@@ -67,7 +67,11 @@ t.test('compose: the three services', async (t) => {
 t.test('compose: open-webui reaches usage-proxy and forwards who is asking', async (t) => {
   const env = envOf(services['open-webui'])
   t.equal(env.ENABLE_FORWARD_USER_INFO_HEADERS, 'true')
-  t.match(env.ENABLE_PERSISTENT_CONFIG, /^false$/i, 'the env var wins over the connection saved at first start')
+  t.notOk('ENABLE_PERSISTENT_CONFIG' in env, 'Open WebUI\'s default: admin changes survive a restart')
+  t.equal(env.WEBUI_SECRET_KEY?.replace(/:\?[^}]*/, ''), '${WEBUI_SECRET_KEY}', 'sessions survive a recreated container')
+  t.match(composeText, /\{\{TASK\}\}/, 'the task header to set on the connection is shown')
+  t.match(composeText, /#\s*FORWARD_USER_INFO_HEADER_JWT_SECRET: \$\{FORWARD_USER_INFO_HEADER_JWT_SECRET/, 'the JWT wiring is shown')
+  t.match(composeText, /docker compose exec postgres psql -U usage -d usage/, 'a psql one-liner')
   t.match(env.OPENAI_API_BASE_URL, /\/v1$/, 'Open WebUI does not append /v1 itself')
   const base = new URL(env.OPENAI_API_BASE_URL)
   t.equal(base.hostname, 'usage-proxy', 'the usage-proxy service')

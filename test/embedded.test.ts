@@ -1,13 +1,12 @@
 import t from 'tap'
 import { mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { join, resolve } from 'node:path'
-import { spawn } from 'node:child_process'
+import { join } from 'node:path'
 import postgres from 'postgres'
 import { request } from 'undici'
 import { FakeOpenRouter } from './support/fake-openrouter.js'
 import { TEST_KEY } from './support/sidecar.js'
-import { freePort } from './support/child.js'
+import { MAIN, freePort, spawnNode } from './support/child.js'
 import { withEnvFile } from '../src/config/env-file.js'
 
 // The README's promise: on a machine without Postgres, `npm start` with a .env serves, on an
@@ -32,10 +31,10 @@ t.test('no DATABASE_URL: boots on the embedded database, records usage there, pr
     `OPENROUTER_API_KEY=${TEST_KEY}`, 'OPENROUTER_EXTERNAL_USER=mai_client_embedded', 'ORGANIZATION_NAME=Embedded Org',
     `OPENROUTER_BASE_URL=${fake.baseUrl}`, `PORT=${port}`, 'HOST=127.0.0.1', `EMBEDDED_DB_PORT=${dbPort}`, 'LEDGER_FLUSH_MS=10',
   ].join('\n'))
-  const proc = spawn(process.execPath, [resolve('dist/main.js')], { cwd: dir, env: { PATH: process.env.PATH }, stdio: ['ignore', 'pipe', 'pipe'] })
+  const proc = spawnNode([MAIN], {}, dir)
   let out = ''
-  proc.stdout.on('data', (c) => { out += c })
-  proc.stderr.on('data', (c) => { out += c })
+  proc.stdout!.on('data', (c) => { out += c })
+  proc.stderr!.on('data', (c) => { out += c })
   const exited = new Promise((r) => proc.once('exit', r))
   t.teardown(async () => { proc.kill('SIGTERM'); await exited })
   let ready = false
@@ -44,6 +43,7 @@ t.test('no DATABASE_URL: boots on the embedded database, records usage there, pr
     if (!ready) await new Promise((r) => setTimeout(r, 100))
   }
   t.ok(ready, 'ready on the embedded database')
+  t.match(out, /"level":40,.*"msg":"the embedded database is for trying usage-proxy out.*In production set DATABASE_URL/, 'says plainly it is for trying out, and what to use instead')
   t.match(out, new RegExp(`psql \\\\"postgresql://postgres@127.0.0.1:${dbPort}/postgres`), 'tells the operator how to query it')
   const res = await request(`http://127.0.0.1:${port}/v1/chat/completions`, {
     method: 'POST', headers: { 'content-type': 'application/json', 'x-openwebui-user-id': 'e-1' }, body: JSON.stringify({ model: 'fake/ok', messages: [] }),

@@ -144,8 +144,8 @@ t.test('failures answer that request alone', async (t) => {
   const up: Server = createServer((q, s) => upstream(q, s))
   await new Promise<void>((r) => up.listen(0, '127.0.0.1', r))
   const upUrl = `http://127.0.0.1:${(up.address() as AddressInfo).port}`
-  const svc = createSelfService({ model: MODEL, name: 'x', modelsUrl: `${upUrl}/models`, apiKey: 'k', log, summary: () => Promise.reject(new Error('db down')) })
-  const dead = createSelfService({ model: MODEL, name: 'x', modelsUrl: 'http://127.0.0.1:1/models', apiKey: 'k', log, summary: () => Promise.resolve('') })
+  const svc = createSelfService({ model: MODEL, name: 'x', modelsUrl: `${upUrl}/models`, headers: { apiKey: 'k', appUrl: undefined, appTitle: 't', identityHeaders: new Set() }, log, summary: () => Promise.reject(new Error('db down')) })
+  const dead = createSelfService({ model: MODEL, name: 'x', modelsUrl: 'http://127.0.0.1:1/models', headers: { apiKey: 'k', appUrl: undefined, appTitle: 't', identityHeaders: new Set() }, log, summary: () => Promise.resolve('') })
   const front = createServer((req, res) => {
     if (req.url === '/chat') svc.answer(res, { model: MODEL }, { userId: 'u', name: null, email: null, role: null, chatId: null, source: 'headers' }, 'x')
     else if (req.url === '/dead') dead.listModels(req, res, '')

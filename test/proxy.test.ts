@@ -55,7 +55,7 @@ t.test('non-streamed chat: body byte for byte, user rewritten, key injected, one
   const upstream = fake.requests.at(-1)!
   t.equal(upstream.headers.authorization, `Bearer ${TEST_KEY}`, 'org key replaces the proxy key')
   t.equal(upstream.headers['x-openwebui-user-email'], undefined, 'identity headers stay with the sidecar')
-  t.ok(upstream.headers['http-referer'])
+  t.equal(upstream.headers['http-referer'], undefined, 'APP_URL unset: no HTTP-Referer')
   t.equal(upstream.headers['x-title'], 'usage-proxy')
   const sentBody = JSON.parse(upstream.body)
   t.equal(sentBody.user, externalUserId(ORG, 'u-1'), 'user field is the external id, not what the client sent')
@@ -332,7 +332,7 @@ t.test('metrics: Prometheus text with requests, outcomes, tokens and ledger gaug
   t.match(text, /usage_proxy_upstream_ttfb_seconds_bucket/)
   t.match(text, /usage_proxy_ledger_queue_depth \d+/)
   t.match(text, /usage_proxy_journal_backlog \d+/)
-  t.match(text, /usage_proxy_reconciled [1-9]/)
+  t.match(text, /usage_proxy_reconciled_total [1-9]/)
 })
 
 t.test('health and readiness', async (t) => {

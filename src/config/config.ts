@@ -21,10 +21,12 @@ export const envSchema = z.object({
   DATABASE_URL: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL').optional(),
   OPENROUTER_BASE_URL: url.default('https://openrouter.ai/api/v1').transform((u) => u.replace(/\/+$/, '')),
   PORT: port.default(8787),
-  HOST: z.string().min(1).default('0.0.0.0'),
+  // Unset: 0.0.0.0 with a PROXY_API_KEY, 127.0.0.1 without (see loadConfig).
+  HOST: z.string().min(1).optional(),
   MARKUP_PERCENT: z.string().trim().regex(decimalText, 'must be a decimal percentage such as 0, 15 or 12.5 (at most 4 decimals)').default('0'),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
-  APP_URL: url.default('https://github.com/usage-proxy/usage-proxy'),
+  // Unset: no HTTP-Referer, so OpenRouter does not attribute every deployment to one app.
+  APP_URL: url.optional(),
   APP_TITLE: z.string().min(1).default('usage-proxy'),
   PROXY_API_KEY: optionalText,
   DATA_DIR: z.string().min(1).default('./data'),
@@ -49,6 +51,19 @@ export const envSchema = z.object({
   DB_CONNECT_RETRY_MAX_MS: positiveInt.default(10_000),
   EMBEDDED_DB_PORT: port.default(54320),
   ADMIN_API_KEY: z.string().min(16, 'must be at least 16 characters (e.g. openssl rand -hex 24)').optional(),
+  REQUIRE_USER_IDENTITY: bool.default(false),
+  MAX_CONNECTIONS: positiveInt.default(4096),
+  MAX_CONNECTIONS_PER_IP: positiveInt.default(2048),
+  // h3-ops: operations (access log, /metrics, safer defaults, Open WebUI task headers)
+  ALLOW_UNAUTHENTICATED: bool.default(false),
+  ACCESS_LOG: z.enum(['on', 'off']).default('on'),
+  METRICS_API_KEY: z.string().min(16, 'must be at least 16 characters (e.g. openssl rand -hex 24)').optional(),
+  METRICS_PORT: port.optional(),
+  METRICS_HOST: z.string().min(1).default('127.0.0.1'),
+  METRICS_MAX_MODELS: positiveInt.max(1000).default(50),
+  FORWARD_SESSION_INFO_HEADER_CHAT_ID: z.string().regex(/^[A-Za-z0-9-]+$/, 'must be an HTTP header name').transform((h) => h.toLowerCase()).optional(),
+  TASK_HEADER: header('X-OpenWebUI-Task'),
+  MESSAGE_ID_HEADER: header('X-OpenWebUI-Message-Id'),
   SELF_SERVICE_MODEL: z.string().trim().min(1).max(200).regex(/^[^\s]+$/, 'must be a model id without spaces, or off').default('usage-proxy/my-usage'),
   SELF_SERVICE_MODEL_NAME: z.string().trim().min(1).max(200).default('My usage'),
 })
@@ -56,25 +71,34 @@ export const envSchema = z.object({
 export type Env = z.infer<typeof envSchema>
 
 export interface Config {
-  openrouter: { apiKey: string, baseUrl: string, appUrl: string, appTitle: string }
+  openrouter: { apiKey: string, baseUrl: string, appUrl: string | undefined, appTitle: string }
   organization: { id: string, name: string, markupPercent: string }
   databaseUrl: string | undefined
   server: {
     port: number, host: string, maxBodyBytes: number, shutdownGraceMs: number, proxyApiKey: string | undefined,
     headersTimeoutMs: number, requestTimeoutMs: number
+    maxConnections: number, maxConnectionsPerIp: number
   }
   upstream: { headersTimeoutMs: number, bodyTimeoutMs: number, connections: number }
   identity: {
     userIdHeader: string, userNameHeader: string, userEmailHeader: string, userRoleHeader: string,
     chatIdHeader: string, jwtHeader: string, jwtSecret: string | undefined, trustBodyUser: boolean
+    requireUserIdentity: boolean
   }
   ledger: { dataDir: string, batchSize: number, flushMs: number, reconcileMaxWaitMs: number }
   db: { connectRetryMaxMs: number, embeddedPort: number }
   logLevel: Env['LOG_LEVEL']
   admin: { apiKey: string | undefined }
+  accessLog: boolean
+  /** METRICS_PORT set: /metrics is served only there, on METRICS_HOST. */
+  metrics: { apiKey: string | undefined, port: number | undefined, host: string, maxModels: number }
+  /** Open WebUI's per-connection custom headers ({{TASK}}, {{MESSAGE_ID}}). */
+  kinds: { taskHeader: string, messageIdHeader: string }
   /** The virtual "My usage" model; model null when SELF_SERVICE_MODEL=off. */
   selfService: { model: string | null, name: string }
 }
+
+const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/i
 
 export class ConfigError extends Error {
   constructor (readonly problems: string[]) {
@@ -104,13 +128,21 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
   if (e.CLIENT_HEADERS_TIMEOUT_MS > e.CLIENT_REQUEST_TIMEOUT_MS) {
     throw new ConfigError(['CLIENT_HEADERS_TIMEOUT_MS must not exceed CLIENT_REQUEST_TIMEOUT_MS'])
   }
+  // Without a key anyone who reaches the port spends the organization's OpenRouter key: listen
+  // on loopback unless the operator names another address AND says this is intended.
+  if (!e.PROXY_API_KEY && e.HOST !== undefined && !LOOPBACK.test(e.HOST) && !e.ALLOW_UNAUTHENTICATED) {
+    throw new ConfigError([`PROXY_API_KEY is not set, so HOST=${e.HOST} would let anyone who reaches it spend the organization's OpenRouter key: ` +
+      'set PROXY_API_KEY (gen-env writes one), or set ALLOW_UNAUTHENTICATED=true to accept that'])
+  }
+  const host = e.HOST ?? (e.PROXY_API_KEY ? '0.0.0.0' : '127.0.0.1')
   return {
     openrouter: { apiKey: e.OPENROUTER_API_KEY, baseUrl: e.OPENROUTER_BASE_URL, appUrl: e.APP_URL, appTitle: e.APP_TITLE },
     organization: { id: e.OPENROUTER_EXTERNAL_USER, name: e.ORGANIZATION_NAME, markupPercent: e.MARKUP_PERCENT },
     databaseUrl: e.DATABASE_URL,
     server: {
-      port: e.PORT, host: e.HOST, maxBodyBytes: e.MAX_BODY_BYTES, shutdownGraceMs: e.SHUTDOWN_GRACE_MS, proxyApiKey: e.PROXY_API_KEY,
+      port: e.PORT, host, maxBodyBytes: e.MAX_BODY_BYTES, shutdownGraceMs: e.SHUTDOWN_GRACE_MS, proxyApiKey: e.PROXY_API_KEY,
       headersTimeoutMs: e.CLIENT_HEADERS_TIMEOUT_MS, requestTimeoutMs: e.CLIENT_REQUEST_TIMEOUT_MS,
+      maxConnections: e.MAX_CONNECTIONS, maxConnectionsPerIp: e.MAX_CONNECTIONS_PER_IP,
     },
     upstream: { headersTimeoutMs: e.UPSTREAM_HEADERS_TIMEOUT_MS, bodyTimeoutMs: e.UPSTREAM_BODY_TIMEOUT_MS, connections: e.UPSTREAM_CONNECTIONS },
     identity: {
@@ -118,16 +150,23 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
       userNameHeader: e.FORWARD_USER_INFO_HEADER_USER_NAME,
       userEmailHeader: e.FORWARD_USER_INFO_HEADER_USER_EMAIL,
       userRoleHeader: e.FORWARD_USER_INFO_HEADER_USER_ROLE,
-      chatIdHeader: e.FORWARD_USER_INFO_HEADER_CHAT_ID,
+      // Open WebUI's own name for it is accepted too; ours wins when both are set.
+      chatIdHeader: present.FORWARD_USER_INFO_HEADER_CHAT_ID === undefined && e.FORWARD_SESSION_INFO_HEADER_CHAT_ID
+        ? e.FORWARD_SESSION_INFO_HEADER_CHAT_ID
+        : e.FORWARD_USER_INFO_HEADER_CHAT_ID,
       jwtHeader: e.FORWARD_USER_INFO_HEADER_JWT,
       jwtSecret: e.FORWARD_USER_INFO_HEADER_JWT_SECRET,
       // With signed identity configured, an unsigned `user` in the body could name anyone.
       trustBodyUser: e.TRUST_BODY_USER ?? !e.FORWARD_USER_INFO_HEADER_JWT_SECRET,
+      requireUserIdentity: e.REQUIRE_USER_IDENTITY,
     },
     ledger: { dataDir: e.DATA_DIR, batchSize: e.LEDGER_BATCH_SIZE, flushMs: e.LEDGER_FLUSH_MS, reconcileMaxWaitMs: e.RECONCILE_MAX_WAIT_MS },
     db: { connectRetryMaxMs: e.DB_CONNECT_RETRY_MAX_MS, embeddedPort: e.EMBEDDED_DB_PORT },
     logLevel: e.LOG_LEVEL,
     admin: { apiKey: e.ADMIN_API_KEY },
+    accessLog: e.ACCESS_LOG === 'on',
+    metrics: { apiKey: e.METRICS_API_KEY, port: e.METRICS_PORT, host: e.METRICS_HOST, maxModels: e.METRICS_MAX_MODELS },
+    kinds: { taskHeader: e.TASK_HEADER, messageIdHeader: e.MESSAGE_ID_HEADER },
     selfService: { model: e.SELF_SERVICE_MODEL.toLowerCase() === 'off' ? null : e.SELF_SERVICE_MODEL, name: e.SELF_SERVICE_MODEL_NAME },
   }
 }

@@ -1,5 +1,6 @@
 import postgres from 'postgres'
 import type { Logger } from '../log.js'
+import { StartupError } from '../startup-error.js'
 
 export type Sql = postgres.Sql<{}>
 
@@ -33,6 +34,8 @@ export async function connect (opts: ConnectOptions): Promise<Sql> {
       if (attempt > 0) opts.log.info({ attempts: attempt + 1 }, 'postgres reachable')
       return sql
     } catch (err) {
+      const fatal = unfixableByRetry(err, opts.url)
+      if (fatal) { await sql.end({ timeout: 0 }).catch(() => {}); throw fatal }
       attempt++
       const wait = Math.min(200 * 2 ** (attempt - 1), opts.retryMaxMs)
       opts.log.warn({ attempt, retryInMs: wait, reason: describe(err), target: redactUrl(opts.url) }, 'postgres unreachable, retrying')
@@ -40,6 +43,19 @@ export async function connect (opts: ConnectOptions): Promise<Sql> {
       await sleep(wait, opts.signal)
     }
   }
+}
+
+/**
+ * Wrong credentials (SQLSTATE class 28) or a database that does not exist (3D000) will not fix
+ * themselves: fail at once, naming the variable, instead of retrying forever as "unreachable".
+ */
+export function unfixableByRetry (err: unknown, url: string): StartupError | null {
+  const e = err as { code?: string, message?: string }
+  const code = typeof e?.code === 'string' ? e.code : ''
+  const target = redactUrl(url)
+  if (code.startsWith('28')) return new StartupError(`DATABASE_URL: Postgres refused the login (${code}: ${e.message}) at ${target}: check the user and password in DATABASE_URL`, 'DATABASE_URL')
+  if (code === '3D000') return new StartupError(`DATABASE_URL: ${e.message} (3D000) at ${target}: create the database or fix its name in DATABASE_URL`, 'DATABASE_URL')
+  return null
 }
 
 export function describe (err: unknown): string {

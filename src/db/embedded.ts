@@ -2,6 +2,7 @@ import { mkdirSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import type { AddressInfo } from 'node:net'
 import type { Logger } from '../log.js'
+import { StartupError } from '../startup-error.js'
 
 // Zero-setup default: without DATABASE_URL the sidecar runs PGlite (Postgres compiled to WASM)
 // with its data under DATA_DIR, served on a loopback port so the same postgres.js client, the
@@ -20,7 +21,16 @@ export async function startEmbedded (dataDir: string, port: number, log: Logger)
   // Several connections are accepted and their queries serialized, so an operator's psql can
   // look while the sidecar writes.
   const server = new PGLiteSocketServer({ db, host: '127.0.0.1', port, maxConnections: 8 })
-  await server.start()
+  try {
+    await server.start()
+  } catch (err) {
+    await db.close().catch(() => {})
+    if ((err as { code?: string }).code === 'EADDRINUSE') {
+      throw new StartupError(`EMBEDDED_DB_PORT: port ${port} on 127.0.0.1 is already in use (EADDRINUSE), needed by the embedded database: ` +
+        'set EMBEDDED_DB_PORT to a free port, or DATABASE_URL to use a PostgreSQL server instead', 'EMBEDDED_DB_PORT')
+    }
+    throw err
+  }
   const actual = ((server as unknown as { server: { address: () => AddressInfo } }).server.address()).port
   const url = `postgres://postgres@127.0.0.1:${actual}/postgres`
   log.info({ dataDir: dir, ms: Date.now() - started }, 'embedded postgres (PGlite) started')

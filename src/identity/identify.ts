@@ -1,4 +1,5 @@
 import type { IncomingHttpHeaders } from 'node:http'
+import type { Logger } from '../log.js'
 import { JwtError, verifyJwt } from './jwt.js'
 
 // Who is asking, in order of trust: a signed JWT from the app; the plain headers the app
@@ -23,6 +24,10 @@ export interface IdentityOptions {
   jwtHeader: string
   jwtSecret: string | undefined
   trustBodyUser: boolean
+  /** REQUIRE_USER_IDENTITY: a request that names no user is refused rather than billed to the organization. */
+  requireUserIdentity?: boolean
+  /** Called when plain identity headers arrive although a JWT secret is set (they are ignored). */
+  onIgnoredHeaders?: () => void
 }
 
 export class IdentityError extends Error {}
@@ -46,6 +51,8 @@ export function decodeName (raw: string | null): string | null {
 export function identify (headers: IncomingHttpHeaders, bodyUser: unknown, o: IdentityOptions): Identity {
   const chatId = one(headers[o.chatIdHeader])
   if (o.jwtSecret) {
+    if (o.onIgnoredHeaders && (headers[o.userIdHeader] !== undefined || headers[o.userNameHeader] !== undefined ||
+      headers[o.userEmailHeader] !== undefined || headers[o.userRoleHeader] !== undefined)) o.onIgnoredHeaders()
     const token = one(headers[o.jwtHeader])
     if (token !== null) {
       try {
@@ -71,5 +78,27 @@ export function identify (headers: IncomingHttpHeaders, bodyUser: unknown, o: Id
   if (o.trustBodyUser && typeof bodyUser === 'string' && bodyUser !== '') {
     return { userId: bodyUser, name: null, email: null, role: null, chatId, source: 'body' }
   }
+  if (o.requireUserIdentity) {
+    throw new IdentityError(o.jwtSecret
+      ? `no user identity: a signed ${o.jwtHeader} is required (REQUIRE_USER_IDENTITY)`
+      : `no user identity: send ${o.userIdHeader} or a "user" field (REQUIRE_USER_IDENTITY)`)
+  }
   return { userId: null, name: null, email: null, role: null, chatId, source: 'organization' }
+}
+
+/**
+ * Plain identity headers next to a JWT secret mean a misconfigured app or a forgery attempt:
+ * worth a warning, but one per interval, so a flood of them cannot flood the log.
+ */
+export function ignoredHeadersWarning (log: Logger, o: IdentityOptions, intervalMs = 60_000): () => void {
+  let last = -Infinity
+  let suppressed = 0
+  return () => {
+    const now = Date.now()
+    if (now - last < intervalMs) { suppressed++; return }
+    last = now
+    log.warn({ header: o.userIdHeader, jwtHeader: o.jwtHeader, sinceLastWarning: suppressed },
+      'plain identity headers arrived although FORWARD_USER_INFO_HEADER_JWT_SECRET is set: they are ignored; only the signed identity counts')
+    suppressed = 0
+  }
 }

@@ -8,7 +8,9 @@ import type { Ledger } from '../usage/ledger.js'
 import type { Reconciler } from '../usage/reconcile.js'
 import { withUsage, type Outcome, type UsageRecord } from '../usage/record.js'
 import { ResponseTap, bodyKind } from '../usage/response-tap.js'
+import { classifyKind, messageIdOf, type KindOptions } from '../usage/kind.js'
 import { sendError } from './errors.js'
+import { upstreamHeaders } from './headers.js'
 import type { SelfService } from './self-service.js'
 import type { Upstream } from './upstream.js'
 
@@ -35,7 +37,7 @@ export function meteredKind (endpoint: string): 'json' | 'raw' | null {
 export interface MeterContext {
   upstream: Upstream
   apiKey: string
-  appUrl: string
+  appUrl: string | undefined
   appTitle: string
   organizationId: string
   markupPercent: string
@@ -50,17 +52,15 @@ export interface MeterContext {
   /** Called when an exchange starts and ends: graceful shutdown waits for these. */
   track: (delta: 1 | -1) => void
   /** Optional observer (metrics); called once per finished exchange. */
-  observe?: (rec: UsageRecord) => void
+  observe?: (rec: UsageRecord, res: ServerResponse) => void
   /** True once shutdown began: connections cut after the grace period are not client aborts. */
   stopping?: () => boolean
+  /** Task and message-id header names (TASK_HEADER, MESSAGE_ID_HEADER) and the app's headers. */
+  kinds?: KindOptions
   /** The virtual "My usage" model, answered locally (SELF_SERVICE_MODEL). */
   selfService?: SelfService
 }
 
-// Request headers that must not travel upstream: hop-by-hop, our own credentials, and the
-// identity the app forwarded (OpenRouter learns the user only as the opaque `user` id).
-const DROP_REQUEST = new Set(['host', 'connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade',
-  'content-length', 'authorization', 'cookie', 'accept-encoding', 'expect', 'x-api-key', 'http-referer', 'x-title'])
 const DROP_RESPONSE = new Set(['connection', 'keep-alive', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-connection'])
 
 /** A stream whose client left before the generation was named is aborted once it is, or after this. */
@@ -124,18 +124,8 @@ function forward (req: IncomingMessage, res: ServerResponse, endpoint: string, q
     payload = Buffer.from(JSON.stringify(body))
   }
 
-  const headers: Record<string, string> = {}
-  for (const name in req.headers) {
-    if (DROP_REQUEST.has(name) || name.startsWith('x-openwebui-') || ctx.identityHeaders.has(name)) continue
-    const v = req.headers[name]
-    if (typeof v === 'string') headers[name] = v
-    else if (Array.isArray(v)) headers[name] = v.join(', ')
-  }
-  headers.authorization = `Bearer ${ctx.apiKey}`
+  const headers = upstreamHeaders(req.headers, ctx, 'identity') // the tap must read plain bytes
   if (asJson) headers['content-type'] = 'application/json'
-  headers['accept-encoding'] = 'identity' // the tap must read plain bytes
-  headers['http-referer'] = ctx.appUrl
-  headers['x-title'] = ctx.appTitle
 
   const base: UsageRecord = {
     eventId: randomUUID(),
@@ -165,8 +155,8 @@ function forward (req: IncomingMessage, res: ServerResponse, endpoint: string, q
     latencyMs: null,
     ttfbMs: null,
     chatId: who.chatId,
-    kind: 'api',
-    messageId: null,
+    kind: classifyKind(req.headers, { streamed, messages: () => body.messages }, ctx.kinds),
+    messageId: messageIdOf(req.headers, ctx.kinds),
     createdAt: new Date().toISOString(),
   }
   const exchange = new Exchange(res, base, ctx)
@@ -224,6 +214,7 @@ class Exchange implements Dispatcher.DispatchHandler {
     this.ttfbMs = msSince(this.started)
     let contentType: string | undefined
     let generationId: string | undefined
+    let contentEncoding: string | undefined
     const out: string[] = []
     for (let i = 0; i < rawHeaders.length; i += 2) {
       const name = rawHeaders[i].toString('latin1')
@@ -233,10 +224,11 @@ class Exchange implements Dispatcher.DispatchHandler {
       if (lower === 'content-type') contentType = value
       else if (lower === 'x-generation-id') generationId = value
       else if (lower === 'content-length') this.lengthDeclared = true
+      else if (lower === 'content-encoding') contentEncoding = value
       out.push(name, value)
     }
     this.resume = resume
-    this.tap = new ResponseTap(statusCode < 300 ? bodyKind(contentType) : 'json', (id) => this.sawGeneration(id))
+    this.tap = new ResponseTap(statusCode < 300 ? bodyKind(contentType) : 'json', (id) => this.sawGeneration(id), contentEncoding)
     if (generationId && statusCode < 300) this.sawGeneration(generationId)
     if (this.clientGone) return true // read on, unseen; sawGeneration aborts a stream once it is named
     this.res.writeHead(statusCode, out)
@@ -321,7 +313,7 @@ class Exchange implements Dispatcher.DispatchHandler {
     } else {
       this.ctx.ledger.record(rec)
     }
-    try { this.ctx.observe?.(rec) } catch (e) { this.ctx.log.warn({ err: (e as Error).message }, 'metrics: observe failed') }
+    try { this.ctx.observe?.(rec, this.res) } catch (e) { this.ctx.log.warn({ err: (e as Error).message }, 'metrics: observe failed') }
   }
 }
 

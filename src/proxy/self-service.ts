@@ -4,6 +4,7 @@ import { request } from 'undici'
 import type { Identity } from '../identity/identify.js'
 import type { Logger } from '../log.js'
 import { sendError } from './errors.js'
+import { upstreamHeaders, type UpstreamHeaderPolicy } from './headers.js'
 
 // The virtual model `usage-proxy/my-usage` (SELF_SERVICE_MODEL): listed in GET /v1/models beside
 // OpenRouter's, and answered here, in OpenAI's chat-completions shape, without calling OpenRouter
@@ -14,9 +15,9 @@ export interface SelfServiceOptions {
   model: string
   /** Its display name in the model list. */
   name: string
-  /** OpenRouter's /models and the key to ask it with. */
+  /** OpenRouter's /models, and the same header rewrite as the passthrough (the organization's key). */
   modelsUrl: string
-  apiKey: string
+  headers: UpstreamHeaderPolicy
   /** The Markdown answer for this user. */
   summary: (who: Identity, externalUserId: string) => Promise<string>
   log: Logger
@@ -63,7 +64,8 @@ export function createSelfService (o: SelfServiceOptions): SelfService {
     },
     listModels (req, res, query) {
       req.resume()
-      const headers = { authorization: `Bearer ${o.apiKey}`, accept: 'application/json' }
+      // identity: the list is read and extended here, so it must arrive uncompressed.
+      const headers = upstreamHeaders(req.headers, o.headers, 'identity')
       request(o.modelsUrl + query, { headers, headersTimeout: 30_000, bodyTimeout: 30_000 }).then(async (up) => {
         const text = await up.body.text()
         let list: { data?: unknown } | null = null

@@ -2,7 +2,8 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { timingSafeEqual, createHash } from 'node:crypto'
 import { sendError } from './errors.js'
 import { handleMetered, meteredKind, type MeterContext } from './metered.js'
-import type { Passthrough } from './passthrough.js'
+import { passesThrough, type Passthrough } from './passthrough.js'
+import { limitConnections, type ConnectionLimits } from './connection-limits.js'
 
 // Routing, access and readiness. The data plane lives under /v1/ (the app's OpenAI base URL) and
 // /api/v1/ (OpenRouter's own layout); the rest of the path is appended to OPENROUTER_BASE_URL.
@@ -18,6 +19,10 @@ export interface ServerContext {
   onPassthrough?: (status: number) => void
   /** The admin plane (/admin/...), present only when ADMIN_API_KEY is set. */
   admin?: (req: IncomingMessage, res: ServerResponse) => void
+  /** MAX_CONNECTIONS and MAX_CONNECTIONS_PER_IP; unbounded when absent. */
+  connections?: ConnectionLimits
+  /** Called as each request arrives, before routing: the access log and the responses counter. */
+  onExchange?: (req: IncomingMessage, res: ServerResponse) => void
   /** GET /v1/models with the virtual "My usage" model appended (SELF_SERVICE_MODEL). */
   models?: (req: IncomingMessage, res: ServerResponse, query: string) => void
 }
@@ -31,7 +36,20 @@ export function createProxyServer (ctx: ServerContext): Server {
     // Node checks those timeouts every 30 s by default, which would double a short one.
     connectionsCheckingInterval: Math.min(1000, Math.ceil(headersMs / 2)),
     keepAliveTimeout: 65_000,
-  }, (req, res) => route(req, res))
+  }, (req, res) => {
+    // A bug that throws while routing costs this exchange a 500, never the process.
+    try { ctx.onExchange?.(req, res); route(req, res) } catch (err) { internalError(req, res, err) }
+  })
+  if (ctx.connections) limitConnections(server, ctx.connections)
+
+  function internalError (req: IncomingMessage, res: ServerResponse, err: unknown): void {
+    ctx.meter.log.error({ err: err instanceof Error ? `${err.name}: ${err.message}` : String(err), method: req.method, path: (req.url ?? '').split('?')[0] },
+      'request handling failed')
+    try {
+      req.resume()
+      sendError(res, 500, 'api_error', 'internal_error', 'usage-proxy failed to handle this request')
+    } catch { res.destroy() }
+  }
 
   function route (req: IncomingMessage, res: ServerResponse): void {
     const url = req.url ?? '/'
@@ -50,23 +68,30 @@ export function createProxyServer (ctx: ServerContext): Server {
     }
     if (!ctx.isReady()) return sendError(res, 503, 'service_unavailable', 'not_ready', 'usage-proxy is starting', { 'retry-after': '1' })
     if (keyDigest) {
-      const given = req.headers.authorization
+      const given = req.headers.authorization ?? anthropicKey(req, rest)
       // Compare digests: constant time whatever the length of what the client sent.
       if (typeof given !== 'string' || !timingSafeEqual(digest(given), keyDigest)) {
-        req.resume()
-        return sendError(res, 401, 'authentication_error', 'invalid_api_key', 'missing or wrong API key for usage-proxy')
+        // Not a byte of the body is read, and the connection closes once this is sent: an
+        // unauthenticated client cannot hold a socket by trickling a body.
+        return sendError(res, 401, 'authentication_error', 'invalid_api_key', 'missing or wrong API key for usage-proxy', { connection: 'close' })
       }
     }
     const q = rest.indexOf('?')
     const query = q === -1 ? '' : rest.slice(q)
     // One spelling per endpoint: "chat/completions/" is chat/completions; dot segments, empty
-    // segments and encoded slashes are refused rather than guessed at.
+    // segments, backslashes (which some servers read as slashes) and encoded slashes, dots or
+    // backslashes are refused rather than guessed at.
     const endpoint = (q === -1 ? rest : rest.slice(0, q)).slice(1).replace(/\/+$/, '')
-    if (/(^|\/)\.{1,2}(\/|$)|\/\/|%2f|%2e/i.test(endpoint)) {
+    if (/(^|\/)\.{1,2}(\/|$)|\/\/|\\|%2f|%2e|%5c/i.test(endpoint)) {
       req.resume()
       return sendError(res, 404, 'not_found_error', 'not_found', 'malformed path')
     }
     if (req.method === 'GET' || req.method === 'HEAD') {
+      if (!passesThrough(endpoint)) {
+        req.resume()
+        return sendError(res, 404, 'not_found_error', 'not_found',
+          `usage-proxy passes through only the model catalogue (GET /models, /providers, ...); GET /${endpoint} is not forwarded`)
+      }
       if (ctx.onPassthrough) res.once('finish', () => ctx.onPassthrough!(res.statusCode))
       if (req.method === 'GET' && endpoint === 'models' && ctx.models) return ctx.models(req, res, query)
       return ctx.passthrough.handle(req, res, `/${endpoint}${query}`)
@@ -80,6 +105,12 @@ export function createProxyServer (ctx: ServerContext): Server {
   }
 
   return server
+}
+
+/** The Anthropic SDK sends its key as `x-api-key`: accepted as the proxy key on /messages only. */
+function anthropicKey (req: IncomingMessage, rest: string): string | undefined {
+  const key = req.headers['x-api-key']
+  return typeof key === 'string' && /^\/messages\/?(\?|$)/.test(rest) ? `Bearer ${key}` : undefined
 }
 
 function plain (res: ServerResponse, status: number, body: string): void {

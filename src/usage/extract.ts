@@ -13,6 +13,9 @@ export interface Usage {
   costUsd: string | null
   upstreamCostUsd: string | null
   isByok: boolean | null
+  /** Present only when the usage object reports them (absent: unknown). */
+  cacheWriteTokens?: number | null
+  audioTokens?: number | null
 }
 
 type Obj = { [key: string]: ExactJson }
@@ -42,6 +45,14 @@ export function normalizeUsage (raw: unknown, source?: string): Usage | null {
       decimal(costDetails?.upstream_inference_cost)),
     isByok: typeof u.is_byok === 'boolean' ? u.is_byok : null,
   }
+  // Tokens written to the provider's prompt cache (priced above input) and audio input tokens.
+  const cacheWrite = first(count(promptDetails?.cache_write_tokens), count(u.cache_creation_input_tokens))
+  if (cacheWrite !== null) usage.cacheWriteTokens = cacheWrite
+  const audio = first(count(promptDetails?.audio_tokens))
+  if (audio !== null) usage.audioTokens = audio
+  // upstream_inference_cost is filled on non-BYOK calls too, where it is OpenRouter's own cost
+  // and already inside `cost`: kept only for BYOK, where it is what the provider charged.
+  if (usage.isByok === false) usage.upstreamCostUsd = null
   const known = usage.promptTokens !== null || usage.completionTokens !== null || usage.totalTokens !== null || usage.costUsd !== null
   return known ? usage : null
 }
@@ -60,6 +71,10 @@ export function mergeUsage (earlier: Usage | null, later: Usage | null): Usage |
     costUsd: pick('costUsd'),
     upstreamCostUsd: pick('upstreamCostUsd'),
     isByok: pick('isByok'),
+  }
+  for (const k of ['cacheWriteTokens', 'audioTokens'] as const) {
+    const v = later[k] ?? earlier[k]
+    if (v !== undefined && v !== null) merged[k] = v
   }
   if (merged.totalTokens === null && merged.promptTokens !== null && merged.completionTokens !== null) {
     merged.totalTokens = merged.promptTokens + merged.completionTokens

@@ -12,7 +12,7 @@ export type FetchGeneration = (id: string) => Promise<{ status: number, body: st
 
 export interface ReconcileOptions { maxWaitMs: number, firstDelayMs?: number }
 
-export interface GenerationFacts { usage: Usage | null, servedModel: string | null, provider: string | null, finishReason: string | null }
+export interface GenerationFacts { usage: Usage | null, servedModel: string | null, provider: string | null, finishReason: string | null, cancelled?: boolean }
 
 type Obj = { [key: string]: ExactJson }
 const asObj = (v: unknown): Obj | undefined => (v !== null && typeof v === 'object' && !Array.isArray(v) ? v as Obj : undefined)
@@ -34,10 +34,12 @@ export function factsFromGeneration (body: string): GenerationFacts | null {
         cachedTokens: firstCount(data.native_tokens_cached),
         reasoningTokens: firstCount(data.native_tokens_reasoning),
         costUsd: cost ?? null,
-        upstreamCostUsd: decimal(data.upstream_inference_cost) ?? null,
+        upstreamCostUsd: data.is_byok === false ? null : decimal(data.upstream_inference_cost) ?? null,
         isByok: typeof data.is_byok === 'boolean' ? data.is_byok : null,
       }
-  return { usage, servedModel: text(data.model), provider: text(data.provider_name), finishReason: text(data.finish_reason) }
+  const facts: GenerationFacts = { usage, servedModel: text(data.model), provider: text(data.provider_name), finishReason: text(data.finish_reason) }
+  if (typeof data.cancelled === 'boolean') facts.cancelled = data.cancelled // OpenRouter stopped the generation
+  return facts
 }
 
 export class Reconciler {
@@ -76,6 +78,7 @@ export class Reconciler {
               servedModel: rec.servedModel ?? facts.servedModel,
               provider: rec.provider ?? facts.provider,
               finishReason: rec.finishReason ?? facts.finishReason,
+              cancelled: facts.cancelled ?? rec.cancelled ?? null,
             })
             return
           }

@@ -41,6 +41,8 @@ export interface UsageRecord extends Usage {
   kind: string
   /** Open WebUI's message id (X-OpenWebUI-Message-Id), when the app sends it. */
   messageId: string | null
+  /** From /generation: OpenRouter stopped the generation (the client left). Null: not looked up. */
+  cancelled?: boolean | null
   createdAt: string
 }
 
@@ -80,6 +82,9 @@ export function toRow (r: UsageRecord): Record<string, unknown> {
     chat_id: text(r.chatId),
     kind: text(r.kind) ?? 'api', // journal lines from before migration 003 have none
     message_id: text(r.messageId),
+    cache_write_tokens: r.cacheWriteTokens ?? null,
+    audio_tokens: r.audioTokens ?? null,
+    cancelled: r.cancelled ?? null,
     created_at: r.createdAt,
   }
 }

@@ -1,3 +1,4 @@
+import { brotliDecompressSync, gunzipSync, inflateSync } from 'node:zlib'
 import { SseScanner, type SseEvent } from './sse-scanner.js'
 import { exactObjectNearEnd } from './exact-json.js'
 import { findUsage, mergeUsage, normalizeUsage, type Usage } from './extract.js'
@@ -25,6 +26,16 @@ const MAX_JSON_INSPECT = 16 * 1024 * 1024
 /** Above this a JSON body is read at its head and tail only. */
 const FULL_PARSE_LIMIT = 1024 * 1024
 const DONE = Buffer.from('[DONE]')
+/**
+ * The sidecar asks for `accept-encoding: identity`, but an upstream may compress anyway. Such a
+ * body is kept compressed up to this size and decompressed once at its end (with the output
+ * bounded too); past either bound, or in an unknown coding, the tap sees nothing and the record
+ * is reconciled through /generation.
+ */
+const MAX_ENCODED_INSPECT = 8 * 1024 * 1024
+const DECODERS: Record<string, (b: Buffer, o: { maxOutputLength: number }) => Buffer> = {
+  gzip: gunzipSync, 'x-gzip': gunzipSync, deflate: inflateSync, br: brotliDecompressSync,
+}
 /**
  * One regular-expression pass over the event's bytes (as latin1: keys are ASCII) finds the few
  * events worth parsing: usage or an error object, or a finish reason that is not null. A key can
@@ -56,13 +67,23 @@ export class ResponseTap {
   private parts: Buffer[] | null = null
   private size = 0
   private seenFirst = false
+  /** Compressed bytes, kept whole until end() when the response has a content-encoding. */
+  private encoded: { coding: string, parts: Buffer[] | null, size: number } | null = null
 
-  constructor (readonly kind: BodyKind, private readonly onGenerationId?: (id: string) => void) {
+  /** `contentEncoding` is the response's Content-Encoding header, if any. */
+  constructor (readonly kind: BodyKind, private readonly onGenerationId?: (id: string) => void, contentEncoding?: string) {
+    const coding = contentEncoding?.trim().toLowerCase()
+    if (coding && coding !== 'identity' && kind !== 'other') {
+      this.encoded = { coding, parts: DECODERS[coding] ? [] : null, size: 0 }
+      this.scanner = null
+      return
+    }
     this.scanner = kind === 'sse' ? new SseScanner((e) => this.event(e)) : null
     if (kind === 'json') this.parts = []
   }
 
   write (chunk: Buffer): void {
+    if (this.encoded) { this.keepEncoded(chunk); return }
     if (this.scanner) { this.scanner.push(chunk); return }
     if (this.parts) {
       this.size += chunk.length
@@ -72,9 +93,32 @@ export class ResponseTap {
   }
 
   end (): TapResult {
+    if (this.encoded) return this.decodeAndRead(this.encoded)
     if (this.scanner) this.scanner.end()
     else if (this.parts) this.json(Buffer.concat(this.parts, this.size).toString('utf8'))
     this.parts = null
+    return this.result
+  }
+
+  private keepEncoded (chunk: Buffer): void {
+    const e = this.encoded!
+    if (!e.parts) return
+    e.size += chunk.length
+    if (e.size > MAX_ENCODED_INSPECT) { e.parts = null; return }
+    e.parts.push(chunk)
+  }
+
+  /** The whole body in one synchronous pass, by a plain tap of the same kind. */
+  private decodeAndRead (e: { coding: string, parts: Buffer[] | null, size: number }): TapResult {
+    this.encoded = null
+    let plain: Buffer | null = null
+    if (e.parts) {
+      try { plain = DECODERS[e.coding](Buffer.concat(e.parts, e.size), { maxOutputLength: MAX_JSON_INSPECT }) } catch { plain = null }
+    }
+    if (plain === null) { this.result.malformed = true; return this.result }
+    const inner = new ResponseTap(this.kind, this.onGenerationId)
+    inner.write(plain)
+    Object.assign(this.result, inner.end())
     return this.result
   }
 

@@ -1,4 +1,8 @@
-import { spawn, type ChildProcess } from 'node:child_process'
+import { spawn, spawnSync, type ChildProcess, type SpawnSyncReturns } from 'node:child_process'
+import { mkdtempSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { request } from 'undici'
 
 // The sidecar as a real process (dist/main.js, built by `npm test` before tap runs): for what
@@ -12,9 +16,37 @@ export interface Child {
   waitReady: (timeoutMs?: number) => Promise<void>
 }
 
+export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..')
+export const MAIN = join(ROOT, 'dist', 'main.js')
+export const CLI = join(ROOT, 'dist', 'cli.js')
+
+/**
+ * Every process a test starts runs here: an empty directory, so a developer's `.env` in the
+ * repository (README's quick start writes one) is never read, and `./data` is never written
+ * into the checkout. Its environment is the explicit object the test passes, plus PATH.
+ */
+export function cleanCwd (): string {
+  return mkdtempSync(join(tmpdir(), 'usage-proxy-cwd-'))
+}
+
+export function childEnv (env: Record<string, string | undefined>): NodeJS.ProcessEnv {
+  return { PATH: process.env.PATH ?? '', ...env } as NodeJS.ProcessEnv
+}
+
+/** Runs node with the given arguments, immune to the developer's environment (see cleanCwd). */
+export function runNode (args: string[], env: Record<string, string | undefined> = {}, timeoutMs = 20_000): SpawnSyncReturns<string> {
+  return spawnSync(process.execPath, args, { cwd: cleanCwd(), env: childEnv(env), encoding: 'utf8', timeout: timeoutMs })
+}
+
+/** Starts node with the given arguments, immune to the developer's environment (see cleanCwd). */
+export function spawnNode (args: string[], env: Record<string, string | undefined> = {}, cwd = cleanCwd()): ChildProcess {
+  return spawn(process.execPath, args, { cwd, env: childEnv(env), stdio: ['ignore', 'pipe', 'pipe'] })
+}
+
 export function spawnSidecar (env: Record<string, string | undefined>, port: number): Child {
-  const proc = spawn(process.execPath, ['dist/main.js'], {
-    env: { PATH: process.env.PATH, ...env, PORT: String(port), HOST: '127.0.0.1' } as NodeJS.ProcessEnv,
+  const proc = spawn(process.execPath, [MAIN], {
+    cwd: cleanCwd(),
+    env: childEnv({ ...env, PORT: String(port), HOST: '127.0.0.1' }),
     stdio: ['ignore', 'pipe', 'pipe'],
   })
   let out = ''

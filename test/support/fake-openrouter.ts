@@ -1,5 +1,6 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
+import { gzipSync } from 'node:zlib'
 
 // A fake OpenRouter that behaves like the real one where the sidecar depends on it
 // (shared/context/openrouter.md): ": OPENROUTER PROCESSING" comments before and between events,
@@ -14,6 +15,8 @@ import type { AddressInfo } from 'node:net'
 //   fake/slow          paced events (aborts)  fake/garbage     200 with a non-JSON body
 //   fake/hang          headers, then silence  fake/crlf        CRLF line ends
 //   fake/silent        no answer at all
+//   fake/gzip          gzip-compressed answer (JSON, or SSE when streamed) whatever accept-encoding
+//                      asked for, as an upstream or a proxy before it may do
 
 export interface FakeGeneration {
   id: string
@@ -25,6 +28,9 @@ export interface FakeGeneration {
   completionTokens: number
   cachedTokens: number
   reasoningTokens: number
+  /** prompt_tokens_details.cache_write_tokens and .audio_tokens */
+  cacheWriteTokens: number
+  audioTokens: number
   /** Exact decimal text of what was charged, as it appears in the JSON. */
   cost: string
   user: string | null
@@ -74,6 +80,13 @@ export class FakeOpenRouter {
   /** Sum of what was charged, in exact decimal (as integer nano-nano-dollars), for cross-checks. */
   chargedTotal (): string { return sumDecimals([...this.generations.values()].map((g) => g.cost)) }
 
+  /** What GET /key answers: OpenRouter's shape for the calling key (tests may change it). */
+  key: Record<string, unknown> = {
+    label: 'sk-or-v1-tes...789', limit: 100, limit_reset: null, limit_remaining: 87.5, include_byok_in_limit: false,
+    usage: 12.5, usage_daily: 0.5, usage_weekly: 3.25, usage_monthly: 12.5,
+    byok_usage: 0, byok_usage_daily: 0, byok_usage_weekly: 0, byok_usage_monthly: 0, is_free_tier: false,
+  }
+
   private async handle (req: IncomingMessage, res: ServerResponse): Promise<void> {
     const chunks: Buffer[] = []
     for await (const c of req) chunks.push(c as Buffer)
@@ -85,6 +98,7 @@ export class FakeOpenRouter {
     }
     const path = url.pathname.replace(/^\/api\/v1/, '')
     if (req.method === 'GET' && path === '/models') return json(res, 200, { data: [{ id: 'fake/ok', name: 'Fake OK' }] })
+    if (req.method === 'GET' && path === '/key') return json(res, 200, { data: this.key })
     if (req.method === 'GET' && path === '/generation') return this.generation(res, url.searchParams.get('id') ?? '')
     if (req.method !== 'POST') return json(res, 404, { error: { code: 404, message: 'Not Found' } })
     const endpoint = path.slice(1)
@@ -126,6 +140,7 @@ export class FakeOpenRouter {
       res.writeHead(200, { 'content-type': 'application/json', 'x-generation-id': g.id })
       return this.finish(g, res, Buffer.from('<html>upstream proxy hiccup</html>'))
     }
+    if (model === 'fake/gzip') return this.gzipped(g, endpoint, res)
     if (endpoint === 'embeddings') return this.embeddings(g, res)
     if (g.streamed) return this.stream(g, endpoint, model, req, res)
     return this.complete(g, endpoint, res)
@@ -137,7 +152,7 @@ export class FakeOpenRouter {
     const cost = `0.000${String(n).padStart(3, '0')}${Math.floor(this.rng() * 1e9).toString().padStart(9, '0')}987654321`
     const g: FakeGeneration = {
       id: `gen-${Date.now()}-${n}`, model: model === 'fake/ok' ? 'fake/ok-2025' : model, provider: 'FakeProvider', endpoint, streamed,
-      promptTokens: 11 + n, completionTokens: CONTENT.length, cachedTokens: n % 3, reasoningTokens: n % 2, cost, user,
+      promptTokens: 11 + n, completionTokens: CONTENT.length, cachedTokens: n % 3, reasoningTokens: n % 2, cacheWriteTokens: n % 4, audioTokens: n % 5, cost, user,
       cancelled: false, finishReason: 'stop', completedAt: null,
     }
     this.generations.set(g.id, g)
@@ -149,12 +164,12 @@ export class FakeOpenRouter {
       return `{"input_tokens":${g.promptTokens},"input_tokens_details":{"cached_tokens":${g.cachedTokens}},"output_tokens":${g.completionTokens},"output_tokens_details":{"reasoning_tokens":${g.reasoningTokens}},"total_tokens":${g.promptTokens + g.completionTokens},"cost":${g.cost}}`
     }
     if (endpoint === 'messages') {
-      return `{"input_tokens":${g.promptTokens},"cache_read_input_tokens":${g.cachedTokens},"output_tokens":${g.completionTokens},"cost":${g.cost}}`
+      return `{"input_tokens":${g.promptTokens},"cache_creation_input_tokens":${g.cacheWriteTokens},"cache_read_input_tokens":${g.cachedTokens},"output_tokens":${g.completionTokens},"cost":${g.cost}}`
     }
     return `{"prompt_tokens":${g.promptTokens},"completion_tokens":${g.completionTokens},"total_tokens":${g.promptTokens + g.completionTokens},` +
-      `"prompt_tokens_details":{"cached_tokens":${g.cachedTokens},"cache_write_tokens":0,"audio_tokens":0},` +
+      `"prompt_tokens_details":{"cached_tokens":${g.cachedTokens},"cache_write_tokens":${g.cacheWriteTokens},"audio_tokens":${g.audioTokens}},` +
       `"completion_tokens_details":{"reasoning_tokens":${g.reasoningTokens},"image_tokens":0},` +
-      `"cost":${g.cost},"is_byok":false,"cost_details":{"upstream_inference_cost":null,"upstream_inference_prompt_cost":0.0008,"upstream_inference_completions_cost":0.0004}}`
+      `"cost":${g.cost},"is_byok":false,"cost_details":{"upstream_inference_cost":${g.cost},"upstream_inference_prompt_cost":0.0008,"upstream_inference_completions_cost":0.0004}}`
   }
 
   private complete (g: FakeGeneration, endpoint: string, res: ServerResponse): void {
@@ -170,6 +185,19 @@ export class FakeOpenRouter {
     }
     res.writeHead(200, { 'content-type': 'application/json', 'x-generation-id': g.id })
     this.finish(g, res, Buffer.from(body))
+  }
+
+  private gzipped (g: FakeGeneration, endpoint: string, res: ServerResponse): void {
+    const text = JSON.stringify(CONTENT.join(''))
+    const plain = g.streamed
+      ? [`: OPENROUTER PROCESSING\n\n`,
+          `data: {"id":"${g.id}","provider":"${g.provider}","model":"${g.model}","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"role":"assistant","content":${text}},"finish_reason":"stop"}]}\n\n`,
+          `data: {"id":"${g.id}","provider":"${g.provider}","model":"${g.model}","object":"chat.completion.chunk","choices":[],"usage":${this.usage(g, endpoint)}}\n\n`,
+          'data: [DONE]\n\n'].join('')
+      : `{"id":"${g.id}","provider":"${g.provider}","model":"${g.model}","object":"chat.completion","created":1764300000,` +
+        `"choices":[{"index":0,"finish_reason":"stop","message":{"role":"assistant","content":${text}}}],"usage":${this.usage(g, endpoint)}}`
+    res.writeHead(200, { 'content-type': g.streamed ? 'text/event-stream' : 'application/json', 'content-encoding': 'gzip', 'x-generation-id': g.id })
+    this.finish(g, res, gzipSync(plain))
   }
 
   private embeddings (g: FakeGeneration, res: ServerResponse): void {
