@@ -12,6 +12,13 @@ export const ROOT = process.env.BENCH_PROJECT_DIR ? resolve(process.env.BENCH_PR
 export const PORTKEY_BIN = join(BENCH, 'node_modules', '@portkey-ai', 'gateway', 'build', 'start-server.js')
 
 export const TARGET_NAMES = ['direct', 'nginx', 'bare-node', 'portkey', 'usage-proxy']
+/**
+ * Opt-in targets (BENCH_TARGETS=usage-proxy,usage-proxy-budgets): usage-proxy with an organization
+ * and a per-user budget configured (never reached), for the cost of enforcement. It is its own
+ * organization, so the plain usage-proxy in the same database still has no budget.
+ */
+export const EXTRA_TARGETS = ['usage-proxy-budgets']
+const BUDGETS_ENV = { OPENROUTER_EXTERNAL_USER: 'bench_org_budgets', ORG_BUDGET_USD: '1000000', USER_BUDGET_USD: '1000000' }
 
 /** What every client request carries (usage-proxy replaces the key and keeps the identity). */
 export const CLIENT_HEADERS = {
@@ -53,12 +60,12 @@ export async function startUpstreamProcess (tmp) {
   return { port, child }
 }
 
-export async function startUsageProxy ({ tmp, upstreamPort, databaseUrl, nodeArgs = [], name = 'usage-proxy' }) {
+export async function startUsageProxy ({ tmp, upstreamPort, databaseUrl, nodeArgs = [], name = 'usage-proxy', extraEnv = {} }) {
   const port = await freePort()
   const dataDir = join(tmp, `${name}-data`)
   mkdirSync(dataDir, { recursive: true })
   const child = start(name, process.execPath, [...nodeArgs, join(ROOT, 'dist', 'main.js')], {
-    env: usageProxyEnv({ port, upstreamPort, databaseUrl, dataDir }), logPath: join(tmp, `${name}.log`), cwd: tmp,
+    env: { ...usageProxyEnv({ port, upstreamPort, databaseUrl, dataDir }), ...extraEnv }, logPath: join(tmp, `${name}.log`), cwd: tmp,
   })
   await waitHttp(`http://127.0.0.1:${port}/readyz`, { child, timeoutMs: 60_000 })
   return { name, url: `http://127.0.0.1:${port}${CHAT}`, headers: CLIENT_HEADERS, child, pid: child.pid }
@@ -116,6 +123,8 @@ export async function startTargets ({ tmp, upstreamPort, databaseUrl, names = TA
       out.push(await startPortkey({ tmp, upstreamPort }))
     } else if (name === 'usage-proxy') {
       out.push(await startUsageProxy({ tmp, upstreamPort, databaseUrl }))
+    } else if (name === 'usage-proxy-budgets') {
+      out.push(await startUsageProxy({ tmp, upstreamPort, databaseUrl, name, extraEnv: BUDGETS_ENV }))
     } else {
       throw new Error(`unknown target ${name}`)
     }

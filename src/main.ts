@@ -28,6 +28,8 @@ import { createAccessLog } from './proxy/access-log.js'
 import { startKeyPoller, type KeyPoller } from './openrouter-key.js'
 import { StartupError, listenError } from './startup-error.js'
 import { createServer } from 'node:http'
+import { startLimits, type SpendControls } from './budgets/boot.js'
+import { registerBudgetMetrics } from './budgets/metrics.js'
 
 const SQL_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', 'sql')
 
@@ -74,6 +76,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
   let ledger: Ledger | null = null
   let reconciler: Reconciler | null = null
   let directory: UserDirectory | null = null
+  let spend: SpendControls | null = null
 
   let keyPoller: KeyPoller | null = null
   const metrics = createMetrics(() => ledger && reconciler && {
@@ -90,7 +93,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     postgresUp: () => postgresAnswers(sql),
     keyBalance: () => keyPoller?.latest() ?? null,
     organizationId: config.organization.id,
-  })
+  }, (registry) => registerBudgetMetrics(registry, () => sql && { sql, org: config.organization.id }))
   const selfService = config.selfService.model === null ? undefined : createSelfService({
     model: config.selfService.model, name: config.selfService.name, modelsUrl: `${config.openrouter.baseUrl}/models`, log,
     headers: { apiKey: config.openrouter.apiKey, appUrl: config.openrouter.appUrl, appTitle: config.openrouter.appTitle, identityHeaders: idHeaders },
@@ -116,6 +119,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     observe (rec: UsageRecord, res: ServerResponse) { metrics.observe(rec); access.record(res, rec) },
     stopping: () => stopping !== null,
     kinds: { ...config.kinds, appHeaders: idHeaders },
+    get limits () { return spend?.limits },
   }
   // METRICS_PORT: /metrics only on its own listener (loopback by default), not on the data plane.
   const metricsServer = config.metrics.port === undefined ? null : createServer((req, res) => {
@@ -126,7 +130,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     onExchange: access.begin,
     clientTimeouts: { headersMs: config.server.headersTimeoutMs, requestMs: config.server.requestTimeoutMs }, onPassthrough: metrics.passthrough,
     connections: { max: config.server.maxConnections, perIp: config.server.maxConnectionsPerIp },
-    admin: createAdminPlane({ config, sql: () => sql!, readSql: () => sql!, log, budgetFor: noBudgets }) ?? undefined, models: selfService?.listModels })
+    admin: createAdminPlane({ config, sql: () => sql!, readSql: () => sql!, log, budgetFor: noBudgets, budgetsChanged: () => { void spend?.limits.refresh() } }) ?? undefined, models: selfService?.listModels })
   try {
     await listen(server, 'PORT', config.server.host, config.server.port)
     if (metricsServer) await listen(metricsServer, 'METRICS_PORT', config.metrics.host, config.metrics.port!)
@@ -166,6 +170,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     ledger = new Ledger(sql, journal, log!, { ...config.ledger, rejectedPath: join(resolve(config.ledger.dataDir), 'rejected.jsonl') })
     reconciler = new Reconciler(upstream.fetchGeneration, (r) => ledger!.record(r), log!, { maxWaitMs: config.ledger.reconcileMaxWaitMs })
     directory = new UserDirectory(config.organization.id, sql, log!)
+    spend = await startLimits({ sql, config, upstream, log: log!, record: (r) => ledger!.record(r) })
     const replay = journal.replay()
     for (const r of replay.finals) ledger.record(r, true)
     // A pending line is the request as far as it got: 'interrupted' unless it had ended.
@@ -173,7 +178,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     if (replay.segments > 0) log!.info({ records: replay.finals.length, toReconcile: replay.pendings.length, tornLines: replay.tornLines }, 'journal replayed')
     // 6. open for traffic
     ready = true
-    keyPoller = startKeyPoller(() => fetchKey(upstream, config.openrouter.apiKey), log!)
+    keyPoller = startKeyPoller(upstream.fetchKey, log!)
     log!.info({ port }, 'ready')
   })()
   ready$.catch((err) => {
@@ -198,6 +203,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
         ])
       }
       server.closeAllConnections()
+      spend?.close()
       reconciler?.stop() // unreconciled generations stay pending in the journal for the next boot
       await directory?.flush().catch(() => {})
       directory?.close()
@@ -261,14 +267,6 @@ async function postgresAnswers (sql: Sql | null): Promise<boolean> {
   try {
     return await Promise.race([sql`select 1`.then(() => true, () => false), late])
   } finally { clearTimeout(timer) }
-}
-
-async function fetchKey (upstream: ReturnType<typeof createUpstream>, apiKey: string): Promise<{ status: number, body: string }> {
-  const res = await upstream.pool.request({
-    method: 'GET', path: `${upstream.basePath}/key`, headers: { authorization: `Bearer ${apiKey}`, accept: 'application/json' },
-    headersTimeout: 15_000, bodyTimeout: 15_000,
-  })
-  return { status: res.statusCode, body: await res.body.text() }
 }
 
 if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) void main()

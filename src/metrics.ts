@@ -60,8 +60,9 @@ export class ModelLabels {
   }
 }
 
-export function createMetrics (sources: () => MetricsSources | null, opts: MetricsOptions = {}): Metrics {
+export function createMetrics (sources: () => MetricsSources | null, opts: MetricsOptions = {}, register?: (registry: Registry) => void): Metrics {
   const registry = new Registry()
+  register?.(registry) // metrics other modules own (budgets)
   // Unprefixed, as stock Node.js dashboards expect (process_cpu_seconds_total, nodejs_heap_...).
   collectDefaultMetrics({ register: registry })
   const requests = new Counter({ name: 'usage_proxy_requests_total', help: 'Requests by route and HTTP status', labelNames: ['route', 'status'], registers: [registry] })

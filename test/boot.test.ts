@@ -28,7 +28,8 @@ t.test('fresh boot: schema, views and the organization row exist before /readyz 
   t.teardown(() => db.drop())
   const s = await startSidecar(baseEnv(fake, db.url))
   t.teardown(() => s.sidecar.stop())
-  t.same(await tables(db), ['organizations', 'schema_migrations', 'spend_per_day', 'spend_per_model_month', 'spend_per_user_month', 'usage_events', 'user_mappings'])
+  t.same(await tables(db), ['budget_counters', 'budget_reservations', 'budgets', 'organizations', 'rate_leases', 'rate_windows', 'schema_migrations',
+    'spend_per_day', 'spend_per_model_month', 'spend_per_user_month', 'usage_events', 'user_mappings'])
   const [org] = await db.sql`select id, name, markup_percent::text as markup, api_key_fingerprint from organizations`
   t.same([org.id, org.name, org.markup], ['mai_client_63a4eb6d', 'Acme GmbH', '12.5000'])
   t.match(org.api_key_fingerprint, /^sha256:/)

@@ -53,11 +53,11 @@ async function expectedFor (user: string) {
 
 t.test('GET /v1/models lists the virtual model after OpenRouter\'s', async (t) => {
   const list = await (await request(`${on.url}/v1/models`)).body.json() as { data: Array<{ id: string, name: string, pricing: Record<string, string> }> }
-  t.same(list.data.map((m) => m.id), ['fake/ok', MODEL])
-  t.equal(list.data[1].name, 'My usage')
-  t.equal(list.data[1].pricing.prompt, '0')
+  t.same(list.data.map((m) => m.id), [...fake.models.map((m) => m.id), MODEL])
+  t.equal(list.data.at(-1)!.name, 'My usage')
+  t.equal(list.data.at(-1)!.pricing.prompt, '0')
   const hidden = await (await request(`${off.url}/v1/models`)).body.json() as { data: Array<{ id: string }> }
-  t.same(hidden.data.map((m) => m.id), ['fake/ok'], 'SELF_SERVICE_MODEL=off hides it')
+  t.same(hidden.data.map((m) => m.id), fake.models.map((m) => m.id), 'SELF_SERVICE_MODEL=off hides it')
   const renamed = await (await request(`${custom.url}/api/v1/models`)).body.json() as { data: Array<{ id: string, name: string }> }
   t.same(renamed.data.at(-1), { ...renamed.data.at(-1), id: 'acme/usage', name: 'Acme usage' })
 })

@@ -1,6 +1,7 @@
 import type { Config } from '../config/config.js'
 import type { Sql } from '../db/connect.js'
 import type { Logger } from '../log.js'
+import { budgetRoutes } from './budgets.js'
 import { noBudgets, type BudgetFor } from '../usage/budget-seam.js'
 import { pageRoutes } from './page.js'
 import { createAdmin, sendJson, type AdminHandler, type AdminRoute } from './router.js'
@@ -17,6 +18,8 @@ export interface AdminDeps {
   /** Reads for reports (DATABASE_READ_URL when set, else the primary). */
   readSql: () => Sql
   log: Logger
+  /** Tells the admission of this process that budgets changed. */
+  budgetsChanged?: () => void
   /** A user's budget for the usage views; the budgets module provides it (null: no budgets). */
   budgetFor?: BudgetFor
 }
@@ -28,6 +31,7 @@ export function adminRoutes (deps: AdminDeps): AdminRoute[] {
       path: /^\/admin\/v1\/?$/,
       handle: ({ res }) => sendJson(res, 200, { object: 'admin', organization: deps.config.organization.id }),
     },
+    ...budgetRoutes({ config: deps.config, sql: deps.sql, changed: deps.budgetsChanged }),
     ...usageRoutes({ organizationId: deps.config.organization.id, readSql: deps.readSql, budgetFor: deps.budgetFor ?? noBudgets }),
     ...sessionRoutes(deps.config.admin.apiKey ?? ''),
     ...pageRoutes(),

@@ -11,6 +11,8 @@ const positiveInt = z.coerce.number().int().positive()
 const bool = z.enum(['true', 'false', '1', '0', 'yes', 'no']).transform((v) => v === 'true' || v === '1' || v === 'yes')
 const url = z.string().url().refine((u) => /^https?:\/\//.test(u), 'must be an http(s) URL')
 const optionalText = z.string().min(1).optional()
+const budgetUsd = /^\d{1,12}(\.\d{1,12})?$/
+const budgetPeriod = z.enum(['day', 'week', 'month', 'total']).default('month')
 const header = (name: string) => z.string().regex(/^[A-Za-z0-9-]+$/, 'must be an HTTP header name').default(name).transform((h) => h.toLowerCase())
 
 export const envSchema = z.object({
@@ -64,6 +66,22 @@ export const envSchema = z.object({
   FORWARD_SESSION_INFO_HEADER_CHAT_ID: z.string().regex(/^[A-Za-z0-9-]+$/, 'must be an HTTP header name').transform((h) => h.toLowerCase()).optional(),
   TASK_HEADER: header('X-OpenWebUI-Task'),
   MESSAGE_ID_HEADER: header('X-OpenWebUI-Message-Id'),
+  // Spend controls (README "Budgets and limits")
+  ORG_BUDGET_USD: z.string().trim().regex(budgetUsd, 'must be a decimal amount in USD such as 500 or 20.00').optional(),
+  ORG_BUDGET_PERIOD: budgetPeriod,
+  USER_BUDGET_USD: z.string().trim().regex(budgetUsd, 'must be a decimal amount in USD such as 500 or 20.00').optional(),
+  USER_BUDGET_PERIOD: budgetPeriod,
+  BUDGET_EXCEEDED_MESSAGE: z.string().min(1).optional(),
+  BUDGET_FAIL_MODE: z.enum(['open', 'closed']).default('open'),
+  BUDGET_WARN_PERCENT: z.coerce.number().min(1).max(100).default(80),
+  ALERT_WEBHOOK_URL: url.optional(),
+  BUDGET_DEFAULT_MAX_TOKENS: positiveInt.default(4096),
+  BUDGET_UNKNOWN_MODEL_USD_PER_MTOK: z.string().trim().regex(budgetUsd, 'must be a decimal USD price per million tokens such as 60').default('60'),
+  BUDGET_REFRESH_MS: positiveInt.default(2000),
+  BUDGET_RESERVATION_TTL_MS: positiveInt.default(1_800_000),
+  BUDGET_DB_TIMEOUT_MS: positiveInt.default(2000),
+  USER_RPM: positiveInt.optional(),
+  USER_MAX_CONCURRENT: positiveInt.optional(),
   SELF_SERVICE_MODEL: z.string().trim().min(1).max(200).regex(/^[^\s]+$/, 'must be a model id without spaces, or off').default('usage-proxy/my-usage'),
   SELF_SERVICE_MODEL_NAME: z.string().trim().min(1).max(200).default('My usage'),
 })
@@ -94,11 +112,30 @@ export interface Config {
   metrics: { apiKey: string | undefined, port: number | undefined, host: string, maxModels: number }
   /** Open WebUI's per-connection custom headers ({{TASK}}, {{MESSAGE_ID}}). */
   kinds: { taskHeader: string, messageIdHeader: string }
+  limits: LimitsConfig
   /** The virtual "My usage" model; model null when SELF_SERVICE_MODEL=off. */
   selfService: { model: string | null, name: string }
 }
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/i
+
+export interface LimitsConfig {
+  orgBudget: { limitUsd: string, period: BudgetPeriod } | null
+  userBudget: { limitUsd: string, period: BudgetPeriod } | null
+  exceededMessage: string | undefined
+  failMode: 'open' | 'closed'
+  warnPercent: number
+  alertWebhookUrl: string | undefined
+  defaultMaxTokens: number
+  unknownModelUsdPerMtok: string
+  refreshMs: number
+  reservationTtlMs: number
+  dbTimeoutMs: number
+  userRpm: number | undefined
+  userMaxConcurrent: number | undefined
+}
+
+export type BudgetPeriod = 'day' | 'week' | 'month' | 'total'
 
 export class ConfigError extends Error {
   constructor (readonly problems: string[]) {
@@ -167,6 +204,21 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
     accessLog: e.ACCESS_LOG === 'on',
     metrics: { apiKey: e.METRICS_API_KEY, port: e.METRICS_PORT, host: e.METRICS_HOST, maxModels: e.METRICS_MAX_MODELS },
     kinds: { taskHeader: e.TASK_HEADER, messageIdHeader: e.MESSAGE_ID_HEADER },
+    limits: {
+      orgBudget: e.ORG_BUDGET_USD === undefined ? null : { limitUsd: e.ORG_BUDGET_USD, period: e.ORG_BUDGET_PERIOD },
+      userBudget: e.USER_BUDGET_USD === undefined ? null : { limitUsd: e.USER_BUDGET_USD, period: e.USER_BUDGET_PERIOD },
+      exceededMessage: e.BUDGET_EXCEEDED_MESSAGE,
+      failMode: e.BUDGET_FAIL_MODE,
+      warnPercent: e.BUDGET_WARN_PERCENT,
+      alertWebhookUrl: e.ALERT_WEBHOOK_URL,
+      defaultMaxTokens: e.BUDGET_DEFAULT_MAX_TOKENS,
+      unknownModelUsdPerMtok: e.BUDGET_UNKNOWN_MODEL_USD_PER_MTOK,
+      refreshMs: e.BUDGET_REFRESH_MS,
+      reservationTtlMs: e.BUDGET_RESERVATION_TTL_MS,
+      dbTimeoutMs: e.BUDGET_DB_TIMEOUT_MS,
+      userRpm: e.USER_RPM,
+      userMaxConcurrent: e.USER_MAX_CONCURRENT,
+    },
     selfService: { model: e.SELF_SERVICE_MODEL.toLowerCase() === 'off' ? null : e.SELF_SERVICE_MODEL, name: e.SELF_SERVICE_MODEL_NAME },
   }
 }

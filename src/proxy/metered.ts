@@ -2,6 +2,8 @@ import { randomUUID } from 'node:crypto'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { errors as undiciErrors, type Dispatcher } from 'undici'
 import type { Logger } from '../log.js'
+import type { Admission, Limits } from '../budgets/limits.js'
+import { maxTokensOf } from '../budgets/estimate.js'
 import { IdentityError, identify, type IdentityOptions } from '../identity/identify.js'
 import type { UserDirectory } from '../identity/directory.js'
 import type { Ledger } from '../usage/ledger.js'
@@ -57,6 +59,8 @@ export interface MeterContext {
   stopping?: () => boolean
   /** Task and message-id header names (TASK_HEADER, MESSAGE_ID_HEADER) and the app's headers. */
   kinds?: KindOptions
+  /** Spend controls (budgets, rate limits); absent until boot reached the database. */
+  limits?: Limits
   /** The virtual "My usage" model, answered locally (SELF_SERVICE_MODEL). */
   selfService?: SelfService
 }
@@ -159,14 +163,23 @@ function forward (req: IncomingMessage, res: ServerResponse, endpoint: string, q
     messageId: messageIdOf(req.headers, ctx.kinds),
     createdAt: new Date().toISOString(),
   }
-  const exchange = new Exchange(res, base, ctx)
-  ctx.track(1)
-  ctx.upstream.pool.dispatch({
-    method: 'POST',
-    path: `${ctx.upstream.basePath}/${endpoint}${query}`,
-    headers,
-    body: payload,
-  }, exchange)
+  const go = (admission: Admission | null): void => {
+    const exchange = new Exchange(res, base, ctx, admission)
+    ctx.track(1)
+    ctx.upstream.pool.dispatch({
+      method: 'POST',
+      path: `${ctx.upstream.basePath}/${endpoint}${query}`,
+      headers,
+      body: payload,
+    }, exchange)
+  }
+  // Spend controls (src/budgets): a refused request is answered there and never dispatched.
+  const admitting = ctx.limits?.admit(res, base, raw.length, maxTokensOf(body)) ?? null
+  if (admitting === null) return go(null)
+  admitting.then((a) => { if (a) go(a) }).catch((err: Error) => {
+    ctx.log.error({ err: err.message }, 'admission failed')
+    sendError(res, 500, 'api_error', 'internal_error', 'usage-proxy could not check spend limits')
+  })
 }
 
 /**
@@ -188,7 +201,7 @@ class Exchange implements Dispatcher.DispatchHandler {
   private done = false
   private resume: (() => void) | null = null
 
-  constructor (private readonly res: ServerResponse, private rec: UsageRecord, private readonly ctx: MeterContext) {
+  constructor (private readonly res: ServerResponse, private rec: UsageRecord, private readonly ctx: MeterContext, private readonly admission: Admission | null = null) {
     res.once('close', () => {
       if (this.done || res.writableFinished) return
       this.clientGone = true
@@ -283,6 +296,7 @@ class Exchange implements Dispatcher.DispatchHandler {
     if (this.done) return
     this.done = true
     this.ctx.track(-1)
+    this.admission?.done()
     const tap = this.tap?.end() ?? null
     let outcome: Outcome
     if (this.clientGone) outcome = this.ctx.stopping?.() ? 'interrupted' : 'client_aborted'

@@ -9,6 +9,8 @@ export interface Upstream {
   basePath: string
   origin: string
   fetchGeneration: (id: string) => Promise<{ status: number, body: string }>
+  /** GET /key: the organization key's limit and usage, for the credit-balance gauge. */
+  fetchKey: () => Promise<{ status: number, body: string }>
   close: () => Promise<void>
 }
 
@@ -37,6 +39,13 @@ export function createUpstream (o: UpstreamOptions): Upstream {
         headers: { authorization, accept: 'application/json' },
         headersTimeout: 15_000,
         bodyTimeout: 15_000,
+      })
+      return { status: res.statusCode, body: await res.body.text() }
+    },
+    async fetchKey () {
+      const res = await pool.request({
+        method: 'GET', path: `${basePath}/key`, headers: { authorization, accept: 'application/json' },
+        headersTimeout: 15_000, bodyTimeout: 15_000,
       })
       return { status: res.statusCode, body: await res.body.text() }
     },

@@ -13,6 +13,7 @@ export type Outcome =
   | 'upstream_timeout' // OpenRouter went silent past the configured timeout
   | 'upstream_unreachable' // no HTTP answer at all
   | 'interrupted' // the sidecar itself stopped mid-request (found in the journal at boot)
+  | 'budget_exceeded' // refused with 402 before dispatch: nothing reached OpenRouter
 
 export type UsageSource = 'inline' | 'generation' | 'none'
 

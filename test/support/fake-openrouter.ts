@@ -56,6 +56,13 @@ export class FakeOpenRouter {
   generationDelayMs = 300
   generationLookups = 0
   slowEventMs = 40
+  /** When set, what every generation completed in full costs (budget tests need costs near the estimate). */
+  fixedCost: string | null = null
+  /** GET /models: prices as OpenRouter lists them, decimal strings in USD per token. */
+  models: Array<Record<string, unknown>> = [
+    { id: 'fake/ok', name: 'Fake OK', pricing: { prompt: '0.000001', completion: '0.000002', request: '0', image: '0' } },
+    { id: 'fake/slow', name: 'Fake Slow', pricing: { prompt: '0.000001', completion: '0.000002', request: '0', image: '0' } },
+  ]
   private seq = 0
   private rng: () => number
 
@@ -97,7 +104,7 @@ export class FakeOpenRouter {
       return json(res, 401, { error: { code: 401, message: 'No auth credentials found' } })
     }
     const path = url.pathname.replace(/^\/api\/v1/, '')
-    if (req.method === 'GET' && path === '/models') return json(res, 200, { data: [{ id: 'fake/ok', name: 'Fake OK' }] })
+    if (req.method === 'GET' && path === '/models') return json(res, 200, { data: this.models })
     if (req.method === 'GET' && path === '/key') return json(res, 200, { data: this.key })
     if (req.method === 'GET' && path === '/generation') return this.generation(res, url.searchParams.get('id') ?? '')
     if (req.method !== 'POST') return json(res, 404, { error: { code: 404, message: 'Not Found' } })
@@ -149,7 +156,7 @@ export class FakeOpenRouter {
   private newGeneration (endpoint: string, model: string, streamed: boolean, user: string | null): FakeGeneration {
     const n = ++this.seq
     // Costs with more significant digits than a double holds: a float anywhere on the way fails.
-    const cost = `0.000${String(n).padStart(3, '0')}${Math.floor(this.rng() * 1e9).toString().padStart(9, '0')}987654321`
+    const cost = this.fixedCost ?? `0.000${String(n).padStart(3, '0')}${Math.floor(this.rng() * 1e9).toString().padStart(9, '0')}987654321`
     const g: FakeGeneration = {
       id: `gen-${Date.now()}-${n}`, model: model === 'fake/ok' ? 'fake/ok-2025' : model, provider: 'FakeProvider', endpoint, streamed,
       promptTokens: 11 + n, completionTokens: CONTENT.length, cachedTokens: n % 3, reasoningTokens: n % 2, cacheWriteTokens: n % 4, audioTokens: n % 5, cost, user,

@@ -1,0 +1,88 @@
+import type { Config } from '../config/config.js'
+import type { Sql } from '../db/connect.js'
+import { PERIODS } from '../budgets/periods.js'
+import { budgetStatus, deleteBudget, setBudget, type BudgetScope } from '../budgets/store.js'
+import { sendError } from '../proxy/errors.js'
+import { readJson, sendJson, type AdminRoute } from './router.js'
+
+// /admin/v1/budgets: read and write the budgets of README "Budgets and limits".
+
+export interface BudgetRouteDeps {
+  config: Config
+  sql: () => Sql
+  /** Tells this process's admission that budgets changed (other replicas see it within BUDGET_REFRESH_MS). */
+  changed?: () => void
+  now?: () => Date
+}
+
+const LIMIT = /^\d{1,12}(\.\d{1,12})?$/
+// One pattern per scope: the router decodes every named group, matched or not.
+const TARGETS: Array<[RegExp, (p: Record<string, string>) => [BudgetScope, string]]> = [
+  [/^\/admin\/v1\/budgets\/organization$/, () => ['organization', '']],
+  [/^\/admin\/v1\/budgets\/default-user$/, () => ['default-user', '']],
+  [/^\/admin\/v1\/budgets\/users\/(?<userId>[^/]+)$/, (p) => ['user', p.userId]],
+]
+
+export function budgetRoutes (d: BudgetRouteDeps): AdminRoute[] {
+  const org = d.config.organization.id
+  const now = d.now ?? (() => new Date())
+  const one = async (scope: BudgetScope, userId: string) =>
+    (await budgetStatus(d.sql(), org, now(), scope === 'user' ? userId : undefined))
+      .find((b) => b.scope === scope && (scope !== 'user' || b.user_id === userId)) ?? null
+  return [
+    {
+      method: 'GET',
+      path: /^\/admin\/v1\/budgets\/?$/,
+      handle: async ({ res }) => sendJson(res, 200, { object: 'list', data: await budgetStatus(d.sql(), org, now()) }),
+    },
+    {
+      method: 'GET',
+      path: /^\/admin\/v1\/budgets\/users\/(?<userId>[^/]+)$/,
+      handle: async ({ res, params }) => {
+        const data = await budgetStatus(d.sql(), org, now(), params.userId)
+        sendJson(res, 200, { object: 'list', user_id: params.userId, data })
+      },
+    },
+    ...TARGETS.flatMap(([path, target]): AdminRoute[] => [
+      {
+        method: 'PUT',
+        path,
+        handle: async (r) => {
+          const [scope, userId] = target(r.params)
+          const body = await readJson(r.req)
+          const problem = validate(body, scope, userId)
+          if (typeof problem === 'string') return sendError(r.res, 400, 'invalid_request_error', 'invalid_budget', problem)
+          await setBudget(d.sql(), org, scope, userId, problem.limit, problem.period)
+          d.changed?.()
+          sendJson(r.res, 200, await one(scope, userId))
+        },
+      },
+      {
+        method: 'DELETE',
+        path,
+        handle: async (r) => {
+          r.req.resume()
+          const [scope, userId] = target(r.params)
+          const deleted = await deleteBudget(d.sql(), org, scope, userId)
+          d.changed?.()
+          if (!deleted) return sendError(r.res, 404, 'not_found_error', 'budget_not_found', `no ${scope} budget${userId ? ` for user ${userId}` : ''}`)
+          sendJson(r.res, 200, { object: 'budget.deleted', scope, user_id: scope === 'user' ? userId : null, deleted: true })
+        },
+      },
+    ]),
+  ]
+}
+
+function validate (body: unknown, scope: BudgetScope, userId: string): string | { limit: string, period: (typeof PERIODS)[number] } {
+  if (scope === 'user' && (userId.length > 256 || /[\u0000-\u001f]/.test(userId))) return 'userId must be at most 256 printable characters'
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) return 'the body must be a JSON object such as {"limit_usd": "20.00", "period": "month"}'
+  const b = body as Record<string, unknown>
+  for (const k of Object.keys(b)) if (k !== 'limit_usd' && k !== 'period') return `unknown field ${k}: only limit_usd and period are accepted`
+  let limit: string
+  if (typeof b.limit_usd === 'string') limit = b.limit_usd.trim()
+  else if (typeof b.limit_usd === 'number' && Number.isFinite(b.limit_usd)) limit = String(b.limit_usd)
+  else return 'limit_usd is required: a decimal string such as "20.00" or a number'
+  if (!LIMIT.test(limit)) return 'limit_usd must be a non-negative decimal amount in USD with at most 12 digits before and 12 after the point'
+  if (typeof b.period !== 'string' || !(PERIODS as readonly string[]).includes(b.period)) return `period must be one of ${PERIODS.join(', ')}`
+  return { limit, period: b.period as (typeof PERIODS)[number] }
+}

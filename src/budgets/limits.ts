@@ -1,0 +1,220 @@
+import type { ServerResponse } from 'node:http'
+import type { LimitsConfig } from '../config/config.js'
+import { describe, type Sql } from '../db/connect.js'
+import type { Logger } from '../log.js'
+import type { UsageRecord } from '../usage/record.js'
+import type { Alerts } from './alerts.js'
+import { estimateBilledUsd } from './estimate.js'
+import { trimDecimal } from './money.js'
+import type { PriceList } from './prices.js'
+import { RateLimiter } from './rate.js'
+import { Reserver } from './reserver.js'
+import { DEFAULT_EXCEEDED_MESSAGE, exceededMessage, sendRefusal, type ExceededFacts, type Refusal } from './refusal.js'
+import type { BudgetPeriod } from '../config/config.js'
+
+// The admission before a metered request goes upstream: rate limits, then a reservation of the
+// request's estimated billed cost against every budget that applies (budget_reserve() in
+// sql/006_budgets.sql; requests that arrive together share one round trip, see reserver.ts).
+// Settlement needs nothing from here: the trigger on usage_events settles the reservation when
+// the request's record is inserted.
+//
+// With no budget in the database and no rate limit configured, admit() returns null at once:
+// whether any budget exists is cached and refreshed every BUDGET_REFRESH_MS (and at once when this
+// process's admin API writes one), so the hot path does no database round trip.
+
+export interface LimitsDeps {
+  sql: Sql
+  /** Where a refused request's record goes (outcome budget_exceeded, no cost). */
+  record: (r: UsageRecord) => void
+  log: Logger
+  config: LimitsConfig
+  organizationId: string
+  markupPercent: string
+  prices: PriceList
+  alerts: Alerts | null
+  now?: () => Date
+}
+
+/** A request let through: call done() once when its exchange has finished. */
+export interface Admission { done: () => void }
+
+const NOTHING: Admission = { done () {} }
+const RESERVE_COLUMNS = `refused_scope, limit_usd::text, period, period_start, spent_usd::text,
+  org_limit::text, org_spent::text, org_period, org_period_start,
+  user_scope, user_limit::text, user_spent::text, user_period, user_period_start`
+/** How often each replica looks for expired reservations (and rate leases). */
+const SWEEP_MS = 30_000
+
+interface ReserveRow {
+  refused_scope: 'organization' | 'user' | 'default-user' | null
+  limit_usd: string | null
+  period: BudgetPeriod | null
+  period_start: Date | null
+  spent_usd: string | null
+  org_limit: string | null
+  org_spent: string | null
+  org_period: BudgetPeriod | null
+  org_period_start: Date | null
+  user_scope: 'user' | 'default-user' | null
+  user_limit: string | null
+  user_spent: string | null
+  user_period: BudgetPeriod | null
+  user_period_start: Date | null
+}
+
+export class Limits {
+  private anyBudgets: boolean | null = null
+  private readonly refreshTimer: NodeJS.Timeout
+  private readonly sweepTimer: NodeJS.Timeout
+  private readonly rate: RateLimiter
+  private readonly reserver: Reserver<ReserveRow>
+  private readonly now: () => Date
+  private readonly template: string
+  private failures = 0
+  refused = 0
+
+  constructor (private readonly d: LimitsDeps) {
+    this.now = d.now ?? (() => new Date())
+    this.template = d.config.exceededMessage ?? DEFAULT_EXCEEDED_MESSAGE
+    this.reserver = new Reserver<ReserveRow>(d.sql, RESERVE_COLUMNS, d.config.reservationTtlMs / 1000, this.now)
+    this.rate = new RateLimiter(d.sql, d.organizationId, { rpm: d.config.userRpm, maxConcurrent: d.config.userMaxConcurrent })
+    void this.refresh()
+    this.refreshTimer = setInterval(() => { void this.refresh() }, d.config.refreshMs)
+    this.refreshTimer.unref()
+    this.sweepTimer = setInterval(() => { void this.sweep() }, SWEEP_MS)
+    this.sweepTimer.unref()
+  }
+
+  close (): void {
+    clearInterval(this.refreshTimer)
+    clearInterval(this.sweepTimer)
+    this.rate.close()
+  }
+
+  /** Re-reads whether the organization has any budget; the admin API calls it after a write. */
+  async refresh (): Promise<void> {
+    try {
+      const [r] = await this.d.sql<Array<{ any: boolean }>>`
+        select exists (select 1 from budgets where organization_id = ${this.d.organizationId} and limit_usd is not null) as any`
+      this.anyBudgets = r.any
+      // Prices are fetched only once there is a budget to estimate against.
+      if (r.any) await this.d.prices.start()
+    } catch { /* keep what was known; unknown means "ask" */ }
+  }
+
+  /** Releases reservations whose record never came (a crash that lost its journal). */
+  async sweep (): Promise<number> {
+    try {
+      const [r] = await this.d.sql<Array<{ n: number }>>`select budget_sweep(1000) as n`
+      if (r.n > 0) this.d.log.warn({ released: r.n }, 'budgets: released expired reservations')
+      return r.n
+    } catch { return 0 }
+  }
+
+  /**
+   * null: nothing to check, go on at once. Otherwise a promise of the admission, or of null when
+   * the request was refused and answered here (nothing may then reach OpenRouter).
+   */
+  admit (res: ServerResponse, rec: UsageRecord, bodyBytes: number, maxTokens: number | null): Promise<Admission | null> | null {
+    const rated = this.rate.active && rec.userId !== null
+    if (!rated && this.anyBudgets === false) return null
+    // A client that leaves while the admission waits is not dispatched: its hold is let go.
+    let gone = false
+    const onClose = (): void => { gone = true }
+    res.once('close', onClose)
+    return this.admitAsync(res, rec, bodyBytes, maxTokens, rated).then((a) => {
+      res.off('close', onClose)
+      if (!a || !gone) return a
+      a.done()
+      void this.release(rec.eventId)
+      return null
+    })
+  }
+
+  /** Lets go of a reservation whose request was never sent (the sweeper does the arithmetic). */
+  private async release (eventId: string): Promise<void> {
+    try {
+      const gone = await this.d.sql`update budget_reservations set expires_at = '-infinity' where event_id = ${eventId} returning 1`
+      if (gone.length > 0) await this.d.sql`select budget_sweep(1000)`
+    } catch { /* it expires on its own */ }
+  }
+
+  private async admitAsync (res: ServerResponse, rec: UsageRecord, bodyBytes: number, maxTokens: number | null, rated: boolean): Promise<Admission | null> {
+    let lease: string | null = null
+    if (rated) {
+      let r
+      let abandoned = false
+      try {
+        r = await this.withTimeout(this.rate.admit(rec.userId!, () => abandoned))
+      } catch (err) {
+        abandoned = true
+        if (!this.failOpen(err)) return this.unavailable(res)
+        this.rate.holdLocal(rec.userId!)
+        r = { lease: null }
+      }
+      if ('refusal' in r) { sendRefusal(res, r.refusal); return null }
+      lease = r.lease
+    }
+    const done: Admission = rated ? { done: () => this.rate.release(rec.userId!, lease) } : NOTHING
+    if (this.anyBudgets === false) return done
+
+    const amount = estimateBilledUsd({ model: rec.model, bodyBytes, maxTokens }, this.d.prices, this.d.config.defaultMaxTokens, this.d.markupPercent)
+    let row: ReserveRow | undefined
+    try {
+      row = await this.withTimeout(this.reserver.reserve({ org: rec.organizationId, user: rec.userId, eventId: rec.eventId, amount }))
+      this.failures = 0
+    } catch (err) {
+      if (this.failOpen(err)) return done
+      done.done()
+      return this.unavailable(res)
+    }
+    if (!row) return done // no budget applies to this request
+    if (row.refused_scope) {
+      done.done()
+      this.refuse(res, rec, {
+        scope: row.refused_scope,
+        limitUsd: trimDecimal(row.limit_usd!),
+        spentUsd: trimDecimal(row.spent_usd!),
+        period: row.period!,
+        periodStart: row.period_start!,
+      })
+      return null
+    }
+    if (this.d.alerts) {
+      if (row.org_limit !== null) this.d.alerts.check({ scope: 'organization', userId: null, limitUsd: row.org_limit, spentUsd: row.org_spent!, period: row.org_period!, periodStart: row.org_period_start! })
+      if (row.user_limit !== null) this.d.alerts.check({ scope: row.user_scope!, userId: rec.userId, limitUsd: row.user_limit, spentUsd: row.user_spent!, period: row.user_period!, periodStart: row.user_period_start! })
+    }
+    return done
+  }
+
+  private refuse (res: ServerResponse, rec: UsageRecord, f: ExceededFacts): void {
+    this.refused++
+    const message = exceededMessage(this.template, f)
+    sendRefusal(res, { status: 402, type: 'insufficient_quota', code: 'budget_exceeded', message })
+    // The operator sees who was blocked: a row with no cost, through the ledger (journaled).
+    this.d.record({ ...rec, status: 402, outcome: 'budget_exceeded', errorMessage: message, latencyMs: 0 })
+  }
+
+  /** BUDGET_FAIL_MODE=open serves without a reservation; the record's spend counts when it lands. */
+  private failOpen (err: unknown): boolean {
+    this.failures++
+    if (this.failures === 1 || this.failures % 100 === 0) {
+      this.d.log.warn({ reason: describe(err), failMode: this.d.config.failMode, failures: this.failures }, 'budgets: postgres unavailable for the admission')
+    }
+    return this.d.config.failMode === 'open'
+  }
+
+  private unavailable (res: ServerResponse): null {
+    const r: Refusal = { status: 503, type: 'service_unavailable', code: 'budget_unavailable', message: 'Spend limits cannot be checked right now, so the request was not sent. Try again in a moment.', headers: { 'retry-after': '5' } }
+    sendRefusal(res, r)
+    return null
+  }
+
+  private withTimeout<T> (p: Promise<T>): Promise<T> {
+    let t: NodeJS.Timeout
+    return Promise.race([
+      p,
+      new Promise<never>((_resolve, reject) => { t = setTimeout(() => reject(new Error(`no answer within ${this.d.config.dbTimeoutMs} ms`)), this.d.config.dbTimeoutMs) }),
+    ]).finally(() => clearTimeout(t))
+  }
+}

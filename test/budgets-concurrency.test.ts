@@ -1,0 +1,127 @@
+import t from 'tap'
+import { mkdtempSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { Agent, request } from 'undici'
+import { FakeOpenRouter, sumDecimals } from './support/fake-openrouter.js'
+import { createTestDb, rowsSoon } from './support/db.js'
+import { TEST_KEY } from './support/sidecar.js'
+import { freePort, spawnSidecar, type Child } from './support/child.js'
+
+// The guarantee, with three sidecar processes sharing one Postgres and 64 requests in flight at
+// once (every eighth a stream the client aborts): no budget's billed spend ends above its limit
+// by more than the largest single request's overrun (actual − estimate). Every request that is
+// not aborted costs $0.0004 ($0.00045 billed), just under its estimate (200 completion tokens at
+// $0.000002 plus the prompt, with markup), so the bound is the limit itself and the budgets fill up.
+
+const ORG_LIMIT = '0.01'
+const USER_LIMIT = '0.004'
+const USERS = ['u0', 'u1', 'u2', 'u3']
+const TOTAL = 192
+const CONCURRENCY = 64
+
+/** a <= b for decimal strings, by exact integer comparison. */
+function le (a: string, b: string): boolean {
+  const scale = 40
+  const units = (v: string) => { const [i, f = ''] = v.split('.'); return BigInt(i + f.padEnd(scale, '0').slice(0, scale)) }
+  return units(a) <= units(b)
+}
+
+t.test('64 concurrent requests across 3 processes never overspend an organization or a user budget', async (t) => {
+  const fake = await new FakeOpenRouter(11).start()
+  fake.slowEventMs = 15
+  fake.fixedCost = '0.0004'
+  const db = await createTestDb()
+  const children: Child[] = []
+  t.teardown(async () => {
+    for (const c of children) c.proc.kill('SIGKILL')
+    await Promise.all(children.map((c) => c.exited))
+    await fake.close()
+    await db.drop()
+  })
+  for (let i = 0; i < 3; i++) {
+    children.push(spawnSidecar({
+      OPENROUTER_API_KEY: TEST_KEY,
+      OPENROUTER_EXTERNAL_USER: 'mai_client_budgets',
+      ORGANIZATION_NAME: 'Budgets Inc',
+      DATABASE_URL: db.url,
+      OPENROUTER_BASE_URL: fake.baseUrl,
+      MARKUP_PERCENT: '12.5',
+      LOG_LEVEL: 'warn',
+      LEDGER_FLUSH_MS: '10',
+      RECONCILE_MAX_WAIT_MS: '15000',
+      DATA_DIR: mkdtempSync(join(tmpdir(), 'budgets-')),
+      ORG_BUDGET_USD: ORG_LIMIT,
+      ORG_BUDGET_PERIOD: 'month',
+      USER_BUDGET_USD: USER_LIMIT,
+      USER_BUDGET_PERIOD: 'day',
+    }, await freePort()))
+  }
+  await Promise.all(children.map((c) => c.waitReady()))
+
+  const agent = new Agent({ connections: CONCURRENCY })
+  t.teardown(() => agent.close())
+  const statuses = new Map<number, number>()
+  let next = 0
+  const worker = async (): Promise<void> => {
+    while (next < TOTAL) {
+      const i = next++
+      const aborted = i % 8 === 0
+      const res = await request(children[i % 3].url + '/v1/chat/completions', {
+        dispatcher: agent,
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'x-openwebui-user-id': USERS[i % USERS.length] },
+        body: JSON.stringify({ model: aborted ? 'fake/slow' : 'fake/ok', stream: aborted || i % 2 === 0, max_tokens: 200, messages: [{ role: 'user', content: `request ${i}` }] }),
+      })
+      statuses.set(res.statusCode, (statuses.get(res.statusCode) ?? 0) + 1)
+      if (aborted && res.statusCode === 200) {
+        res.body.on('error', () => {})
+        await new Promise<void>((resolve) => {
+          let seen = 0
+          res.body.on('data', () => { if (++seen === 2) { res.body.destroy(); resolve() } })
+          res.body.on('end', resolve)
+        })
+      } else {
+        await res.body.dump()
+      }
+    }
+  }
+  await Promise.all(Array.from({ length: CONCURRENCY }, worker))
+  t.equal([...statuses.values()].reduce((a, b) => a + b, 0), TOTAL)
+  t.same([...statuses.keys()].sort(), [200, 402], `only served or refused: ${JSON.stringify([...statuses])}`)
+  t.ok((statuses.get(402) ?? 0) > 0, 'the budgets bound')
+  t.ok((statuses.get(200) ?? 0) > 0, 'and requests were served')
+  t.equal(fake.generations.size, statuses.get(200), 'a refused request never reached OpenRouter')
+
+  // every served request's row is in (aborted streams via /generation), every reservation settled
+  await rowsSoon(async () => {
+    const [r] = await db.sql`select (select count(*)::int from usage_events where outcome <> 'budget_exceeded') as rows,
+                                    (select count(*)::int from budget_reservations) as held`
+    return r.rows === statuses.get(200) && r.held === 0 ? [r] : []
+  }, 30_000)
+  const [{ rows, refused, held }] = await db.sql`select
+      (select count(*)::int from usage_events where outcome <> 'budget_exceeded') as rows,
+      (select count(*)::int from usage_events where outcome = 'budget_exceeded' and cost_usd is null) as refused,
+      (select count(*)::int from budget_reservations) as held`
+  t.equal(rows, statuses.get(200), 'one row per served request')
+  t.equal(refused, statuses.get(402), 'one costless budget_exceeded row per refusal')
+  t.equal(held, 0, 'no reservation left')
+  const aborted = await db.sql`select count(*)::int as n from usage_events where outcome = 'client_aborted' and cost_usd is not null`
+  t.ok(aborted[0].n > 0, `aborted streams were billed what OpenRouter charged (${aborted[0].n})`)
+
+  const [org] = await db.sql`select coalesce(sum(billed_cost_usd), 0)::text as spent from usage_events`
+  t.ok(le(org.spent, ORG_LIMIT), `organization: spent ${org.spent} <= limit ${ORG_LIMIT}`)
+  t.ok(le('0.005', org.spent), 'and the budget was really used, not blocked early')
+  const [oc] = await db.sql`select spent_usd::text as spent, reserved_usd::text as reserved from budget_counters where scope = 'organization' and period = 'month'`
+  t.equal(sumDecimals([oc.spent]), sumDecimals([org.spent]), 'the counter is the sum of the rows, exactly')
+  t.equal(sumDecimals([oc.reserved]), '0')
+  for (const u of USERS) {
+    const [us] = await db.sql`select coalesce(sum(billed_cost_usd), 0)::text as spent from usage_events where user_id = ${u}`
+    t.ok(le(us.spent, USER_LIMIT), `${u}: spent ${us.spent} <= limit ${USER_LIMIT}`)
+    const [uc] = await db.sql`select spent_usd::text as spent from budget_counters where scope = 'user' and user_id = ${u} and period = 'day'`
+    t.equal(sumDecimals([uc.spent]), sumDecimals([us.spent]), `${u}: counter exact`)
+  }
+  const [{ worst }] = await db.sql`select max(billed_cost_usd)::text as worst from usage_events`
+  t.equal(sumDecimals([worst]), '0.00045', 'the largest billed request, below every estimate (200 × $0.000002 × 1.125 alone)')
+  for (const c of children) t.equal(c.proc.exitCode, null, 'every process is still up')
+})
