@@ -30,6 +30,8 @@ RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund \
 COPY --from=build /app/dist ./dist
 # dist/main.js reads its migrations from ../sql, i.e. /app/sql.
 COPY sql ./sql
+# dist/admin/page.js serves the /admin/ page from ../../web/admin, i.e. /app/web/admin.
+COPY web ./web
 # The local journal (and the embedded database when DATABASE_URL is unset) live under /data.
 RUN mkdir -p /data && chown node:node /data
 VOLUME /data

@@ -17,6 +17,9 @@ commands:
   verify [--month YYYY-MM]       recompute the daily rollups from the raw rows and list any
                                  difference; exits 1 when one differs (needs DATABASE_URL, or
                                  the stopped sidecar's DATA_DIR)
+  statement --month YYYY-MM [--format csv|json|md] [--out FILE] [--all-organizations]
+                                 the month's statement per user (requests, tokens, cost,
+                                 markup, billed) with exact totals; reads DATABASE_URL
   help, --help, -h               print this help
 
 example:
@@ -123,6 +126,13 @@ async function run (argv: string[]): Promise<void> {
     process.exitCode = await runVerify(args, withEnvFile(process.env))
   } else if (command === 'gen-env') {
     process.stdout.write(genEnv(args))
+  } else if (command === 'statement') {
+    const { statement, StatementError } = await import('./statement.js')
+    const { withEnvFile } = await import('./config/env-file.js')
+    const { ConfigError } = await import('./config/config.js')
+    await statement(args, withEnvFile(process.env)).catch((e: unknown) => {
+      throw e instanceof StatementError || e instanceof ConfigError ? new UsageError(e.message) : e
+    })
   } else {
     throw new UsageError(`unknown command ${JSON.stringify(command)}`)
   }

@@ -15,7 +15,10 @@ import { UserDirectory } from './identity/directory.js'
 import { identityHeaders, ignoredHeadersWarning } from './identity/identify.js'
 import { createLogger, scrub, type Logger } from './log.js'
 import { createPassthrough } from './proxy/passthrough.js'
+import { createSelfService } from './proxy/self-service.js'
 import { createProxyServer } from './proxy/server.js'
+import { noBudgets } from './usage/budget-seam.js'
+import { myUsageSummary } from './usage/my-usage.js'
 import { createUpstream } from './proxy/upstream.js'
 import { Journal } from './usage/journal.js'
 import { Ledger } from './usage/ledger.js'
@@ -96,8 +99,14 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     keyBalance: () => keyPoller?.latest() ?? null,
     organizationId: config.organization.id,
   }, (registry) => registerBudgetMetrics(registry, () => sql && { sql, org: config.organization.id }))
+  const selfService = config.selfService.model === null ? undefined : createSelfService({
+    model: config.selfService.model, name: config.selfService.name, modelsUrl: `${config.openrouter.baseUrl}/models`, log,
+    headers: { apiKey: config.openrouter.apiKey, appUrl: config.openrouter.appUrl, appTitle: config.openrouter.appTitle, identityHeaders: idHeaders },
+    summary: (who, externalUserId) => myUsageSummary(sql!, { organizationId: config.organization.id, userId: who.userId, externalUserId, budgetFor: noBudgets }),
+  })
   const access = createAccessLog({ log, enabled: config.accessLog, count: metrics.response })
   const meter = {
+    selfService,
     upstream,
     apiKey: config.openrouter.apiKey,
     appUrl: config.openrouter.appUrl,
@@ -126,7 +135,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     onExchange: access.begin,
     clientTimeouts: { headersMs: config.server.headersTimeoutMs, requestMs: config.server.requestTimeoutMs }, onPassthrough: metrics.passthrough,
     connections: { max: config.server.maxConnections, perIp: config.server.maxConnectionsPerIp },
-    admin: createAdminPlane({ config, sql: () => sql!, readSql: () => readSql ?? sql!, log, budgetsChanged: () => { void spend?.limits.refresh() } }) ?? undefined })
+    admin: createAdminPlane({ config, sql: () => sql!, readSql: () => readSql ?? sql!, log, budgetFor: noBudgets, budgetsChanged: () => { void spend?.limits.refresh() } }) ?? undefined, models: selfService?.listModels })
   try {
     await listen(server, 'PORT', config.server.host, config.server.port)
     if (metricsServer) await listen(metricsServer, 'METRICS_PORT', config.metrics.host, config.metrics.port!)

@@ -91,7 +91,9 @@ t.test('item 2: Expect: 100-continue on a GET passthrough still gets the org key
     'X-OpenWebUI-User-Jwt: eyJ.client.jwt\r\nX-OpenWebUI-User-Email: victim@example.com\r\nCookie: session=abc\r\n' +
     'Proxy-Authorization: Basic Zm9vOmJhcg==\r\nConnection: close\r\n\r\n')
   t.equal(res.status, 200)
-  t.same(JSON.parse(res.body.toString()), { data: fake.models })
+  const list = JSON.parse(res.body.toString()) as { data: Array<{ id: string }> }
+  t.same(list.data.slice(0, -1), fake.models)
+  t.equal(list.data.at(-1)?.id, 'usage-proxy/my-usage', 'the virtual My usage model is appended')
   t.equal(forwarded().length, before + 1)
   const up = lastUpstream().headers
   t.equal(up.authorization, `Bearer ${TEST_KEY}`, 'the org key, not the client\'s')

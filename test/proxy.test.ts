@@ -307,7 +307,9 @@ t.test('routing: trailing slash, other billable endpoints and multipart are mete
 t.test('passthrough: GET /v1/models with the org key', async (t) => {
   const res = await request(s.url + '/v1/models', { headers: { authorization: 'Bearer proxy-secret-key-1234', 'x-openwebui-user-email': 'a@b.c' } })
   t.equal(res.statusCode, 200)
-  t.same(await res.body.json(), { data: fake.models })
+  const list = await res.body.json() as { data: Array<{ id: string }> }
+  t.same(list.data.slice(0, -1), fake.models)
+  t.equal(list.data.at(-1)?.id, 'usage-proxy/my-usage', 'and the virtual My usage model after OpenRouter\'s')
   const upstream = fake.requests.at(-1)!
   t.equal(upstream.path, '/api/v1/models')
   t.equal(upstream.headers.authorization, `Bearer ${TEST_KEY}`)

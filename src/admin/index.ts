@@ -2,8 +2,12 @@ import type { Config } from '../config/config.js'
 import type { Sql } from '../db/connect.js'
 import type { Logger } from '../log.js'
 import { budgetRoutes } from './budgets.js'
+import { noBudgets, type BudgetFor } from '../usage/budget-seam.js'
+import { pageRoutes } from './page.js'
 import { createAdmin, sendJson, type AdminHandler, type AdminRoute } from './router.js'
 import { storageRoutes } from './storage.js'
+import { sessionRoutes } from './session.js'
+import { usageRoutes } from './usage.js'
 
 // Every admin route, in one list. Each concern (budgets, usage, the page) lives in a file of its
 // own and adds its routes here.
@@ -17,6 +21,8 @@ export interface AdminDeps {
   log: Logger
   /** Tells the admission of this process that budgets changed. */
   budgetsChanged?: () => void
+  /** A user's budget for the usage views; the budgets module provides it (null: no budgets). */
+  budgetFor?: BudgetFor
 }
 
 export function adminRoutes (deps: AdminDeps): AdminRoute[] {
@@ -28,6 +34,9 @@ export function adminRoutes (deps: AdminDeps): AdminRoute[] {
     },
     ...budgetRoutes({ config: deps.config, sql: deps.sql, changed: deps.budgetsChanged }),
     ...storageRoutes(deps),
+    ...usageRoutes({ organizationId: deps.config.organization.id, readSql: deps.readSql, budgetFor: deps.budgetFor ?? noBudgets }),
+    ...sessionRoutes(deps.config.admin.apiKey ?? ''),
+    ...pageRoutes(),
   ]
 }
 

@@ -84,6 +84,8 @@ export const envSchema = z.object({
   USER_MAX_CONCURRENT: positiveInt.optional(),
   DATABASE_READ_URL: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL').optional(),
   RETENTION_MONTHS: positiveInt.optional(),
+  SELF_SERVICE_MODEL: z.string().trim().min(1).max(200).regex(/^[^\s]+$/, 'must be a model id without spaces, or off').default('usage-proxy/my-usage'),
+  SELF_SERVICE_MODEL_NAME: z.string().trim().min(1).max(200).default('My usage'),
 })
 
 export type Env = z.infer<typeof envSchema>
@@ -117,6 +119,8 @@ export interface Config {
   databaseReadUrl: string | undefined
   /** Whole months of raw rows kept besides the current one; undefined keeps everything. */
   retentionMonths: number | undefined
+  /** The virtual "My usage" model; model null when SELF_SERVICE_MODEL=off. */
+  selfService: { model: string | null, name: string }
 }
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/i
@@ -223,13 +227,17 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
     },
     databaseReadUrl: e.DATABASE_READ_URL,
     retentionMonths: e.RETENTION_MONTHS,
+    selfService: { model: e.SELF_SERVICE_MODEL.toLowerCase() === 'off' ? null : e.SELF_SERVICE_MODEL, name: e.SELF_SERVICE_MODEL_NAME },
   }
 }
 
-/** For commands that only need the database (`usage-proxy verify`): the same checks, fewer names. */
-export function loadDatabaseConfig (env: Record<string, string | undefined>): { databaseUrl: string | undefined, dataDir: string, embeddedPort: number } {
-  const shape = envSchema.pick({ DATABASE_URL: true, DATA_DIR: true, EMBEDDED_DB_PORT: true })
-  const parsed = shape.safeParse(Object.fromEntries(Object.keys(shape.shape).filter((k) => env[k] !== undefined && env[k] !== '').map((k) => [k, env[k]])))
+/** What a command that only reads the ledger (`usage-proxy statement`) needs: the database and the organization. */
+export function loadDatabaseConfig (env: Record<string, string | undefined>): { databaseUrl: string | undefined, organizationId: string | undefined, dataDir: string, embeddedPort: number } {
+  const schema = envSchema.pick({ DATABASE_URL: true, DATA_DIR: true, EMBEDDED_DB_PORT: true }).extend({ OPENROUTER_EXTERNAL_USER: envSchema.shape.OPENROUTER_EXTERNAL_USER.optional() })
+  const present: Record<string, string> = {}
+  for (const key of Object.keys(schema.shape)) if (env[key] !== undefined && env[key] !== '') present[key] = env[key]!
+  const parsed = schema.safeParse(present)
   if (!parsed.success) throw new ConfigError(parsed.error.issues.map((i) => `${String(i.path[0])} ${i.message}`))
-  return { databaseUrl: parsed.data.DATABASE_URL, dataDir: parsed.data.DATA_DIR, embeddedPort: parsed.data.EMBEDDED_DB_PORT }
+  const e = parsed.data
+  return { databaseUrl: e.DATABASE_URL, organizationId: e.OPENROUTER_EXTERNAL_USER, dataDir: e.DATA_DIR, embeddedPort: e.EMBEDDED_DB_PORT }
 }

@@ -14,6 +14,7 @@ import { sendError } from './errors.js'
 import { upstreamHeaders } from './headers.js'
 import { BodyScan, type JsonBody } from './json-body.js'
 import { multipartBoundary, scanMultipart } from './multipart.js'
+import type { SelfService } from './self-service.js'
 import type { Upstream } from './upstream.js'
 
 // THE HOT PATH. One metered request, in five steps: read the body, read what it says (a byte scan,
@@ -62,6 +63,8 @@ export interface MeterContext {
   kinds?: KindOptions
   /** Spend controls (budgets, rate limits); absent until boot reached the database. */
   limits?: Limits
+  /** The virtual "My usage" model, answered locally (SELF_SERVICE_MODEL). */
+  selfService?: SelfService
 }
 
 const DROP_RESPONSE = new Set(['connection', 'keep-alive', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-connection'])
@@ -81,6 +84,11 @@ function forward (req: IncomingMessage, res: ServerResponse, endpoint: string, q
   if (!who) return
   const user = ctx.directory.resolve(who) // normalized once: the id, its external id and mapping agree
   const externalUserId = user.externalUserId
+  const model = body.json?.string('model')
+  if (ctx.selfService && model === ctx.selfService.model && endpoint === 'chat/completions') {
+    // "My usage": answered here, free, nothing goes upstream. Its task prompts are one message.
+    return ctx.selfService.answer(res, { model, stream: body.json!.isTrue('stream'), messages: body.json!.singleMessage() ?? [] }, who, externalUserId)
+  }
   // Only `user` changes. stream_options.include_usage is no longer added: OpenRouter always
   // reports usage and documents that option as a no-op, so the body goes as the client sent it.
   const payload = body.withUser(externalUserId)
@@ -91,7 +99,7 @@ function forward (req: IncomingMessage, res: ServerResponse, endpoint: string, q
     userId: user.userId,
     externalUserId,
     endpoint,
-    model: body.json?.string('model') ?? null,
+    model: model ?? null,
     streamed,
     markupPercent: ctx.markupPercent,
     chatId: who.chatId,

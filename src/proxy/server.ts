@@ -23,6 +23,8 @@ export interface ServerContext {
   connections?: ConnectionLimits
   /** Called as each request arrives, before routing: the access log and the responses counter. */
   onExchange?: (req: IncomingMessage, res: ServerResponse) => void
+  /** GET /v1/models with the virtual "My usage" model appended (SELF_SERVICE_MODEL). */
+  models?: (req: IncomingMessage, res: ServerResponse, query: string) => void
 }
 
 export function createProxyServer (ctx: ServerContext): Server {
@@ -91,6 +93,7 @@ export function createProxyServer (ctx: ServerContext): Server {
           `usage-proxy passes through only the model catalogue (GET /models, /providers, ...); GET /${endpoint} is not forwarded`)
       }
       if (ctx.onPassthrough) res.once('finish', () => ctx.onPassthrough!(res.statusCode))
+      if (req.method === 'GET' && endpoint === 'models' && ctx.models) return ctx.models(req, res, query)
       return ctx.passthrough.handle(req, res, `/${endpoint}${query}`)
     }
     const kind = req.method === 'POST' ? meteredKind(endpoint) : null

@@ -1,0 +1,112 @@
+import type { ServerResponse } from 'node:http'
+import { EVENT_COLUMNS, events, failedByOutcome, sumsSource, usageByGroup, usageTotals, type GroupBy, type GroupRow, type Period, type Sums } from '../db/usage-report.js'
+import { totalsOf, withOkOutcome } from '../usage/totals.js'
+import { externalUserId } from '../identity/external-id.js'
+import { sendError } from '../proxy/errors.js'
+import type { BudgetFor } from '../usage/budget-seam.js'
+import { streamCsv } from './csv.js'
+import { ParamError, encodeCursor, optionalText, parseCursor, parseGroupBy, parseLimit, parsePeriod, wantsCsv } from './params.js'
+import { sendJson, type AdminRequest, type AdminRoute } from './router.js'
+import type { Sql } from '../db/connect.js'
+
+// GET /admin/v1/usage (sums per user, model, day, task or outcome) and GET /admin/v1/events
+// (the raw rows, newest first), each as JSON or streamed CSV.
+
+export interface UsageDeps {
+  organizationId: string
+  readSql: () => Sql
+  budgetFor: BudgetFor
+}
+
+const SUM_COLUMNS = ['requests', 'prompt_tokens', 'completion_tokens', 'cached_tokens', 'reasoning_tokens', 'total_tokens', 'cost_usd', 'billed_cost_usd'] as const
+const CURSOR_BATCH = 500
+
+export function usageRoutes (deps: UsageDeps): AdminRoute[] {
+  return [
+    { method: 'GET', path: /^\/admin\/v1\/usage\/?$/, handle: (r) => guarded(r.res, () => usage(deps, r)) },
+    { method: 'GET', path: /^\/admin\/v1\/events\/?$/, handle: (r) => guarded(r.res, () => listEvents(deps, r)) },
+  ]
+}
+
+async function guarded (res: ServerResponse, run: () => Promise<void>): Promise<void> {
+  try {
+    await run()
+  } catch (err) {
+    if (!(err instanceof ParamError)) throw err
+    sendError(res, 400, 'invalid_request_error', 'invalid_parameter', err.message)
+  }
+}
+
+/** The user filter as the indexed column: the organization's own id stands for "no user". */
+function userFilter (deps: UsageDeps, q: URLSearchParams): { userId?: string, externalUserId?: string } {
+  const user = optionalText(q, 'user')
+  return user === undefined ? {} : { userId: user, externalUserId: externalUserId(deps.organizationId, user) }
+}
+
+async function usage (deps: UsageDeps, { req, res, url }: AdminRequest): Promise<void> {
+  const q = url.searchParams
+  const { from, to } = parsePeriod(q)
+  const groupBy = parseGroupBy(q)
+  const csv = wantsCsv(q, req.headers.accept)
+  const { userId, externalUserId } = userFilter(deps, q)
+  const period: Period = { organizationId: deps.organizationId, from, to, externalUserId }
+  const sql = deps.readSql()
+  const source = await sumsSource(sql, period)
+  // The rollups keep no outcome: their totals, minus the few rows that did not end 'ok'.
+  const outcomes = groupBy === 'outcome' && source === 'rollups'
+    ? async (): Promise<GroupRow[]> => {
+      // One snapshot, so a row written in between is in both reads or in neither.
+      const [totals, failed] = await sql.begin('isolation level repeatable read read only', (t) => {
+        const tx = t as unknown as Sql
+        return [usageTotals(tx, period, 'rollups'), failedByOutcome(tx, period)]
+      }) as unknown as [Sums, GroupRow[]]
+      return withOkOutcome(totals, failed)
+    }
+    : null
+  const keyColumns = groupBy === 'user' ? ['user', 'user_name', 'user_email'] : [groupBy]
+  if (csv) {
+    const name = `usage-${groupBy}-${from}-${to}${userId === undefined ? '' : '-user'}.csv`
+    return streamCsv(res, name, [...keyColumns, ...SUM_COLUMNS], outcomes ? once(outcomes()) : usageByGroup(sql, period, groupBy, source).cursor(CURSOR_BATCH),
+      (row) => [...(groupBy === 'user' ? [row.key, row.user_name, row.user_email] : [row.key]), ...SUM_COLUMNS.map((c) => row[c])])
+  }
+  const rows = outcomes ? await outcomes() : await usageByGroup(sql, period, groupBy, source)
+  const totals = totalsOf(rows)
+  const data = await Promise.all(rows.map((row) => shape(deps, groupBy, row)))
+  sendJson(res, 200, {
+    object: 'usage', organization: deps.organizationId, from, to, group_by: groupBy, ...(userId === undefined ? {} : { user: userId }),
+    data, totals,
+  })
+}
+
+async function * once<T> (rows: Promise<T[]>): AsyncIterable<T[]> { yield await rows }
+
+async function shape (deps: UsageDeps, groupBy: GroupBy, row: GroupRow): Promise<Record<string, unknown>> {
+  const sums = Object.fromEntries(SUM_COLUMNS.map((c) => [c, row[c]]))
+  if (groupBy !== 'user') return { [groupBy]: row.key, ...sums }
+  return { user: row.key, user_name: row.user_name ?? null, user_email: row.user_email ?? null, ...sums, budget: await deps.budgetFor(row.key) }
+}
+
+async function listEvents (deps: UsageDeps, { req, res, url }: AdminRequest): Promise<void> {
+  const q = url.searchParams
+  const { from, to } = parsePeriod(q)
+  const limit = parseLimit(q)
+  const csv = wantsCsv(q, req.headers.accept)
+  const filter = {
+    organizationId: deps.organizationId, from, to, externalUserId: userFilter(deps, q).externalUserId,
+    model: optionalText(q, 'model'), outcome: optionalText(q, 'outcome'), before: parseCursor(q),
+  }
+  const sql = deps.readSql()
+  if (csv) {
+    return streamCsv(res, `events-${from}-${to}.csv`, EVENT_COLUMNS, events(sql, { ...filter, limit }).cursor(CURSOR_BATCH),
+      (row) => EVENT_COLUMNS.map((c) => row[c]))
+  }
+  // One row more than asked tells whether another page exists.
+  const rows = await events(sql, { ...filter, limit: limit + 1 })
+  const page = rows.slice(0, limit)
+  const last = page.at(-1)
+  const more = rows.length > limit
+  sendJson(res, 200, {
+    object: 'list', data: page, has_more: more,
+    next_cursor: more && last ? encodeCursor(String(last.created_at), String(last.event_id)) : null,
+  })
+}

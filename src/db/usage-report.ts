@@ -1,0 +1,246 @@
+import type { Sql } from './connect.js'
+
+// Every read behind the usage API, the /admin/ page, statements and "My usage", in one place.
+// Money and token sums leave Postgres as text (exact numeric, no float on the way); counts are
+// small enough for a JS number. Sums over whole UTC days come from the daily rollups
+// (usage_daily_rollups, migration 007 of the scale work) when that table exists, else from
+// usage_events: the two give the same digits, the rollups in a fraction of the time.
+
+export type GroupBy = 'user' | 'model' | 'day' | 'task' | 'outcome'
+export const GROUP_BYS: readonly GroupBy[] = ['user', 'model', 'day', 'task', 'outcome']
+
+export interface Period {
+  organizationId: string
+  /** Inclusive, UTC, YYYY-MM-DD or an ISO instant. */
+  from: string
+  /** Exclusive. */
+  to: string
+  /** One user's rows: their external id (the indexed column; the organization's own id for requests with no user). */
+  externalUserId?: string
+}
+
+export interface Sums {
+  requests: number
+  prompt_tokens: string
+  completion_tokens: string
+  cached_tokens: string
+  reasoning_tokens: string
+  total_tokens: string
+  cost_usd: string
+  billed_cost_usd: string
+}
+
+export interface GroupRow extends Sums {
+  key: string | null
+  /** group_by=user only: from user_mappings. */
+  user_name?: string | null
+  user_email?: string | null
+}
+
+export type Source = 'events' | 'rollups'
+
+const TOKENS = ['prompt_tokens', 'completion_tokens', 'cached_tokens', 'reasoning_tokens', 'total_tokens', 'cost_usd', 'billed_cost_usd']
+
+/** The sums and keys of each source, as SQL. Rollup rows are already sums: requests is summed, not counted. */
+const SOURCE = {
+  events: {
+    table: 'usage_events',
+    sums: ['count(*)::int as requests', ...TOKENS.map((c) => `coalesce(sum(${c}), 0)::text as ${c}`)].join(', '),
+    billed: 'coalesce(sum(billed_cost_usd), 0)',
+    key: {
+      user: 'external_user_id',
+      model: 'coalesce(served_model, model)',
+      day: `(created_at at time zone 'UTC')::date`,
+      task: 'kind',
+      outcome: 'outcome',
+    } as Record<GroupBy, string>,
+    userId: 'max(user_id)',
+  },
+  rollups: {
+    table: 'usage_daily_totals', // folded rollups plus the deltas not folded yet: exact at every moment
+    sums: ['coalesce(sum(requests), 0)::int as requests', ...TOKENS.map((c) => `coalesce(sum(${c}), 0)::text as ${c}`)].join(', '),
+    billed: 'coalesce(sum(billed_cost_usd), 0)',
+    key: {
+      user: 'external_user_id',
+      model: `nullif(model, '')`,
+      day: 'day',
+      task: 'kind',
+      outcome: 'null', // not in the rollups: see outcomesWithRollups()
+    } as Record<GroupBy, string>,
+    userId: 'null::text',
+  },
+}
+
+/** Largest spend first (what a reader looks for), days in calendar order. */
+const ORDER: Record<Exclude<GroupBy, 'user'>, string> = {
+  model: 'billed_cost_usd_n desc, requests desc, key',
+  day: 'key',
+  task: 'requests desc, key',
+  outcome: 'requests desc, key',
+}
+
+const WHOLE_DAY = /^\d{4}-\d{2}-\d{2}(T00:00:00(\.0+)?Z)?$/
+const rollupsPresent = new WeakMap<object, Promise<boolean>>()
+
+/**
+ * Rollups answer whole UTC days; the table's presence is asked once per pool. For outcomes they
+ * give the totals, and failedByOutcome() the rest.
+ */
+export async function sumsSource (sql: Sql, p: Period): Promise<Source> {
+  if (!WHOLE_DAY.test(p.from) || !WHOLE_DAY.test(p.to)) return 'events'
+  let present = rollupsPresent.get(sql)
+  if (!present) {
+    present = sql<Array<{ ok: boolean }>>`select to_regclass('usage_daily_totals') is not null as ok`.then((r) => r[0].ok)
+    present.catch(() => rollupsPresent.delete(sql))
+    rollupsPresent.set(sql, present)
+  }
+  return (await present) ? 'rollups' : 'events'
+}
+
+function where (sql: Sql, p: Period, source: Source) {
+  const user = p.externalUserId === undefined ? sql`` : sql`and external_user_id = ${p.externalUserId}`
+  const range = source === 'rollups'
+    ? sql`day >= ${p.from}::timestamptz::date and day < ${p.to}::timestamptz::date`
+    : sql`created_at >= ${p.from}::timestamptz and created_at < ${p.to}::timestamptz`
+  return sql`organization_id = ${p.organizationId} and ${range} ${user}`
+}
+
+/** Sums per group, as a query: await it, or `.cursor(n)` it to stream a large result. */
+export function usageByGroup (sql: Sql, p: Period, groupBy: GroupBy, source: Source = 'events') {
+  const s = SOURCE[source]
+  const grouped = sql`
+    select ${sql.unsafe(s.key[groupBy])} as key, ${sql.unsafe(groupBy === 'user' ? s.userId : 'null::text')} as user_id,
+           ${sql.unsafe(s.sums)}, ${sql.unsafe(s.billed)} as billed_cost_usd_n
+    from ${sql.unsafe(s.table)} where ${where(sql, p, source)}
+    group by 1`
+  if (groupBy === 'user') {
+    // Grouped by external id (the indexed column, and the rollups' key); the app's user id, name
+    // and email come from user_mappings. The organization's own id stands for "no user".
+    return sql<GroupRow[]>`
+      select coalesce(g.user_id, m.user_id, nullif(g.key, ${p.organizationId})) as key, m.user_name, m.user_email, g.requests,
+             g.prompt_tokens, g.completion_tokens, g.cached_tokens, g.reasoning_tokens, g.total_tokens, g.cost_usd, g.billed_cost_usd
+      from (${grouped}) g
+      left join user_mappings m on m.organization_id = ${p.organizationId} and m.external_user_id = g.key
+      order by g.billed_cost_usd_n desc, g.requests desc, 1 nulls first`
+  }
+  // Days are grouped as dates and written as text once per group, not once per row.
+  const key = groupBy === 'day' ? sql`to_char(key, 'YYYY-MM-DD') as key` : sql`key`
+  return sql<GroupRow[]>`
+    select ${key}, requests, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, total_tokens, cost_usd, billed_cost_usd
+    from (${grouped}) g order by ${sql.unsafe(ORDER[groupBy])}`
+}
+
+/** The outcomes other than 'ok', from usage_events (a partial index holds just these rows). */
+export function failedByOutcome (sql: Sql, p: Period) {
+  const s = SOURCE.events
+  return sql<GroupRow[]>`
+    select outcome as key, ${sql.unsafe(s.sums)}
+    from usage_events where ${where(sql, p, 'events')} and outcome <> 'ok'
+    group by 1 order by 2 desc, 1`
+}
+
+/** The period's totals in one query: equal to the sum of any grouping's rows. */
+export async function usageTotals (sql: Sql, p: Period, source: Source = 'events'): Promise<Sums> {
+  const s = SOURCE[source]
+  const [row] = await sql<Sums[]>`select ${sql.unsafe(s.sums)} from ${sql.unsafe(s.table)} where ${where(sql, p, source)}`
+  return row
+}
+
+export interface EventFilter extends Period {
+  model?: string
+  outcome?: string
+  /** Keyset: rows strictly older than this (created_at text, event_id). */
+  before?: { createdAt: string, eventId: string }
+  limit: number
+}
+
+export const EVENT_COLUMNS = ['event_id', 'generation_id', 'created_at', 'user_id', 'user_name', 'user_email', 'external_user_id',
+  'endpoint', 'kind', 'model', 'served_model', 'provider', 'streamed', 'status', 'outcome', 'finish_reason', 'error_message',
+  'usage_source', 'prompt_tokens', 'completion_tokens', 'cached_tokens', 'reasoning_tokens', 'total_tokens', 'cost_usd',
+  'upstream_cost_usd', 'is_byok', 'markup_percent', 'billed_cost_usd', 'latency_ms', 'ttfb_ms', 'chat_id', 'message_id'] as const
+
+export type EventRow = Record<(typeof EVENT_COLUMNS)[number], string | number | boolean | null>
+
+/** Raw rows, newest first; `created_at` is Postgres' own text so a cursor keeps every microsecond. */
+export function events (sql: Sql, f: EventFilter) {
+  const model = f.model === undefined ? sql`` : sql`and (e.model = ${f.model} or e.served_model = ${f.model})`
+  const outcome = f.outcome === undefined ? sql`` : sql`and e.outcome = ${f.outcome}`
+  const before = f.before === undefined
+    ? sql``
+    : sql`and (e.created_at, e.event_id) < (${f.before.createdAt}::timestamptz, ${f.before.eventId}::uuid)`
+  const user = f.externalUserId === undefined ? sql`` : sql`and e.external_user_id = ${f.externalUserId}`
+  return sql<EventRow[]>`
+    select e.event_id::text, e.generation_id,
+           to_char(e.created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as created_at,
+           e.user_id, m.user_name, m.user_email, e.external_user_id, e.endpoint, e.kind, e.model, e.served_model, e.provider,
+           e.streamed, e.status, e.outcome, e.finish_reason, e.error_message, e.usage_source,
+           e.prompt_tokens, e.completion_tokens, e.cached_tokens, e.reasoning_tokens, e.total_tokens,
+           e.cost_usd::text, e.upstream_cost_usd::text, e.is_byok, e.markup_percent::text, e.billed_cost_usd::text,
+           e.latency_ms::text, e.ttfb_ms::text, e.chat_id, e.message_id
+    from usage_events e
+    left join user_mappings m on m.organization_id = e.organization_id and m.user_id = e.user_id
+    where e.organization_id = ${f.organizationId} and e.created_at >= ${f.from}::timestamptz and e.created_at < ${f.to}::timestamptz
+      ${user} ${model} ${outcome} ${before}
+    order by e.created_at desc, e.event_id desc
+    limit ${f.limit}`
+}
+
+export interface StatementLine {
+  organization_id: string
+  organization_name: string
+  user_id: string | null
+  user_name: string | null
+  user_email: string | null
+  requests: number
+  prompt_tokens: string
+  completion_tokens: string
+  total_tokens: string
+  cost_usd: string
+  markup_usd: string
+  billed_cost_usd: string
+}
+
+/** One line per (organization, user) for a month; organizationId undefined: every organization. */
+export function statementLines (sql: Sql, organizationId: string | undefined, from: string, to: string, source: Source = 'events') {
+  const org = organizationId === undefined ? sql`` : sql`and organization_id = ${organizationId}`
+  const s = SOURCE[source]
+  const range = source === 'rollups'
+    ? sql`day >= ${from}::date and day < ${to}::date`
+    : sql`created_at >= ${from}::timestamptz and created_at < ${to}::timestamptz`
+  return sql<StatementLine[]>`
+    select g.organization_id, o.name as organization_name, coalesce(g.user_id, m.user_id, nullif(g.ext, g.organization_id)) as user_id,
+           m.user_name, m.user_email, g.requests, g.prompt_tokens, g.completion_tokens, g.total_tokens, g.cost_usd,
+           (g.billed_cost_usd::numeric - g.cost_usd::numeric)::text as markup_usd, g.billed_cost_usd
+    from (
+      select organization_id, external_user_id as ext, ${sql.unsafe(s.userId)} as user_id, ${sql.unsafe(s.sums)}
+      from ${sql.unsafe(s.table)}
+      where ${range} ${org}
+      group by 1, 2
+    ) g
+    join organizations o on o.id = g.organization_id
+    left join user_mappings m on m.organization_id = g.organization_id and m.external_user_id = g.ext
+    order by g.organization_id, g.billed_cost_usd::numeric desc, 3 nulls first`
+}
+
+/** Exact totals straight from usage_events, per organization, to check a statement against. */
+export function statementTotals (sql: Sql, organizationId: string | undefined, from: string, to: string) {
+  const org = organizationId === undefined ? sql`` : sql`and organization_id = ${organizationId}`
+  return sql<Array<{ organization_id: string, requests: number, cost_usd: string, billed_cost_usd: string }>>`
+    select organization_id, count(*)::int as requests, coalesce(sum(cost_usd), 0)::text as cost_usd,
+           coalesce(sum(billed_cost_usd), 0)::text as billed_cost_usd
+    from usage_events where created_at >= ${from}::timestamptz and created_at < ${to}::timestamptz ${org}
+    group by 1 order by 1`
+}
+
+/** Requests since an instant (for "requests today"), cheap on the (organization, user, created_at) index. */
+export async function requestsSince (sql: Sql, organizationId: string, externalUserId: string, since: string): Promise<number> {
+  const [row] = await sql<Array<{ n: number }>>`
+    select count(*)::int as n from usage_events
+    where organization_id = ${organizationId} and external_user_id = ${externalUserId} and created_at >= ${since}::timestamptz`
+  return row.n
+}
+
+export function organizations (sql: Sql, organizationId: string | undefined) {
+  const only = organizationId === undefined ? sql`` : sql`where id = ${organizationId}`
+  return sql<Array<{ id: string, name: string, markup_percent: string }>>`select id, name, markup_percent::text from organizations ${only} order by id`
+}

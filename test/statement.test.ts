@@ -1,0 +1,133 @@
+import t from 'tap'
+import { spawnSync } from 'node:child_process'
+import { existsSync, mkdtempSync, readFileSync, statSync, readdirSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { createTestDb, type TestDb } from './support/db.js'
+import { ORG, seedLedger } from './support/seed.js'
+import { parseCsv } from './support/csv.js'
+import { migrate } from '../src/db/migrate.js'
+import { StatementError, statement, type Statement } from '../src/statement.js'
+import { sameDecimal, sumDecimals } from '../src/usage/decimal.js'
+
+// The monthly statement: per-user lines whose exact total equals the sum of the lines and the
+// sum over usage_events, for one organization or all of them.
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..')
+const OTHER = 'mai_client_0000beef'
+let db: TestDb
+
+t.before(async () => {
+  db = await createTestDb()
+  await migrate(db.sql, join(root, 'sql'))
+  await seedLedger(db.sql, { rows: 400, from: '2026-10-25', days: 45 })
+  await seedLedger(db.sql, { rows: 150, from: '2026-11-01', days: 30, seed: 9, organizationId: OTHER, markup: '7.25' })
+})
+t.teardown(() => db?.drop())
+
+async function run (args: string[], env: Record<string, string> = {}): Promise<string> {
+  let out = ''
+  await statement(args, { DATABASE_URL: db.url, OPENROUTER_EXTERNAL_USER: ORG, ...env }, (s) => { out += s })
+  return out
+}
+
+async function fromDb (org: string | null): Promise<{ requests: number, cost: string, billed: string }> {
+  const [r] = await db.sql<[{ requests: number, cost: string, billed: string }]>`
+    select count(*)::int as requests, coalesce(sum(cost_usd), 0)::text as cost, coalesce(sum(billed_cost_usd), 0)::text as billed
+    from usage_events where created_at >= '2026-11-01T00:00:00Z' and created_at < '2026-12-01T00:00:00Z'
+      and (${org}::text is null or organization_id = ${org})`
+  return r
+}
+
+t.test('json: per-user lines, and a total equal to their sum and to usage_events', async (t) => {
+  const s = JSON.parse(await run(['--month', '2026-11', '--format', 'json'])) as Statement
+  t.equal(s.from, '2026-11-01')
+  t.equal(s.to, '2026-12-01')
+  t.equal(s.organizations.length, 1)
+  const org = s.organizations[0]
+  t.equal(org.id, ORG)
+  t.ok(org.lines.length >= 3, 'a line per user')
+  const db$ = await fromDb(ORG)
+  t.equal(org.total.requests, db$.requests)
+  t.ok(sameDecimal(org.total.billed_cost_usd, db$.billed), `billed ${org.total.billed_cost_usd} = usage_events ${db$.billed}`)
+  t.ok(sameDecimal(org.total.cost_usd, db$.cost))
+  t.ok(sameDecimal(org.total.billed_cost_usd, sumDecimals(org.lines.map((l) => l.billed_cost_usd))), 'total = sum of lines')
+  for (const l of org.lines) t.ok(sameDecimal(l.markup_usd, sumDecimals([l.billed_cost_usd, '-' + l.cost_usd])), 'markup = billed - cost')
+  t.ok(sameDecimal(org.total.markup_usd, sumDecimals([org.total.billed_cost_usd, '-' + org.total.cost_usd])))
+  const anna = org.lines.find((l) => l.user_id === 'u-anna')
+  t.equal(anna?.user_name, 'Anna Müller')
+})
+
+t.test('csv: RFC 4180 lines plus a total line per organization; --all-organizations', async (t) => {
+  const [header, ...rows] = parseCsv(await run(['--month=2026-11', '--format=csv', '--all-organizations'], { OPENROUTER_EXTERNAL_USER: '' }))
+  t.equal(header[0], 'line')
+  const col = (name: string): number => header.indexOf(name)
+  for (const org of [ORG, OTHER]) {
+    const lines = rows.filter((r) => r[0] === 'user' && r[col('organization_id')] === org)
+    const total = rows.filter((r) => r[0] === 'total' && r[col('organization_id')] === org)
+    t.equal(total.length, 1, `${org}: one total line`)
+    const db$ = await fromDb(org)
+    t.ok(sameDecimal(total[0][col('billed_cost_usd')], db$.billed), `${org}: total = usage_events`)
+    t.ok(sameDecimal(sumDecimals(lines.map((r) => r[col('billed_cost_usd')])), db$.billed), `${org}: sum of lines = usage_events`)
+    t.equal(Number(total[0][col('requests')]), db$.requests)
+  }
+  t.ok(rows.some((r) => r[col('user_name')] === 'Bob "the builder", Jr.'), 'quoted names survive')
+})
+
+t.test('md: a readable table with a bold total; --out writes a file', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'statement-'))
+  const out = join(dir, 'nov.md')
+  t.equal(await run(['--month', '2026-11', '--out', out]), '', 'nothing on stdout')
+  const md = readFileSync(out, 'utf8')
+  t.match(md, /^# Statement 2026-11: Org mai_client_63a4eb6d \(mai_client_63a4eb6d\)/)
+  t.match(md, /Markup 12\.5%/)
+  const db$ = await fromDb(ORG)
+  const total = /\| \*\*Total\*\* \| \| \*\*(\d+)\*\* \| \*\*\d+\*\* \| \*\*([\d.]+)\*\* \| \*\*([\d.]+)\*\* \| \*\*([\d.]+)\*\* \|/.exec(md)
+  t.ok(total, 'a total row')
+  t.equal(Number(total![1]), db$.requests)
+  t.ok(sameDecimal(total![4], db$.billed))
+  t.match(md, /Bob "the builder", Jr\. \(u-bob\)/)
+})
+
+t.test('a month without usage still prints a statement, with zero totals', async (t) => {
+  const s = JSON.parse(await run(['--month', '2020-02', '--format', 'json'])) as Statement
+  t.same(s.organizations[0].lines, [])
+  t.equal(s.organizations[0].total.billed_cost_usd, '0')
+  t.equal(s.to, '2020-03-01')
+})
+
+t.test('bad arguments are refused with a message', async (t) => {
+  for (const [args, env, message] of [
+    [[], {}, /--month/],
+    [['--month', '2026-13'], {}, /YYYY-MM/],
+    [['--month', '2026-11', '--format', 'xml'], {}, /--format/],
+    [['--month'], {}, /needs a value/],
+    [['--month', '2026-11', '--bogus'], {}, /unknown argument/],
+    [['--month', '2026-11'], { OPENROUTER_EXTERNAL_USER: '' }, /OPENROUTER_EXTERNAL_USER/],
+    [['--month', '2026-11'], { OPENROUTER_EXTERNAL_USER: 'nobody_here' }, /no organization nobody_here/],
+  ] as const) {
+    await t.rejects(run([...args], env), message, args.join(' '))
+  }
+  await t.rejects(run(['--month', '2026-11'], { DATABASE_URL: 'mysql://x' }), /DATABASE_URL/)
+  t.ok(new StatementError('x') instanceof Error)
+})
+
+t.test('the command as users run it: node dist/cli.js statement', async (t) => {
+  const cli = join(root, 'dist', 'cli.js')
+  const newest = (dir: string): number => Math.max(...readdirSync(dir, { withFileTypes: true }).map((e) => e.isDirectory() ? newest(join(dir, e.name)) : statSync(join(dir, e.name)).mtimeMs))
+  if (!existsSync(cli) || statSync(cli).mtimeMs < newest(join(root, 'src'))) {
+    const tsc = spawnSync(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.build.json'], { cwd: root, encoding: 'utf8' })
+    t.equal(tsc.status, 0, tsc.stdout)
+  }
+  const cwd = mkdtempSync(join(tmpdir(), 'statement-cwd-')) // no .env here
+  const env = { PATH: process.env.PATH ?? '', DATABASE_URL: db.url, OPENROUTER_EXTERNAL_USER: ORG }
+  const ok = spawnSync(process.execPath, [cli, 'statement', '--month', '2026-11', '--format', 'json'], { cwd, env, encoding: 'utf8', timeout: 20_000 })
+  t.equal(ok.status, 0, ok.stderr)
+  t.equal(JSON.parse(ok.stdout).organizations[0].total.requests, (await fromDb(ORG)).requests)
+  const bad = spawnSync(process.execPath, [cli, 'statement', '--month', 'november'], { cwd, env, encoding: 'utf8', timeout: 20_000 })
+  t.equal(bad.status, 2)
+  t.match(bad.stderr, /usage-proxy: --month must be YYYY-MM/)
+  const help = spawnSync(process.execPath, [cli, '--help'], { cwd, env, encoding: 'utf8' })
+  t.match(help.stdout, /statement --month YYYY-MM/)
+})

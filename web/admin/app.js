@@ -1,0 +1,354 @@
+// The /admin/ page: plain JS, no framework, no CDN. It reads the same JSON API a script would
+// (/admin/v1/usage and /admin/v1/events); the admin key lives in an HttpOnly cookie it never sees.
+'use strict'
+;(function () {
+  const $ = (id) => document.getElementById(id)
+  const DAY_MS = 86400000
+
+  // ---- exact decimals: amounts arrive as decimal strings and are only rounded for display ----
+  function roundDecimal (text, places) {
+    const neg = text.startsWith('-')
+    const [int, frac = ''] = (neg ? text.slice(1) : text).split('.')
+    const digits = BigInt(int + frac.padEnd(places + 1, '0').slice(0, places + 1))
+    const rounded = (digits + 5n) / 10n // half up on the first dropped digit
+    const s = rounded.toString().padStart(places + 1, '0')
+    const out = places > 0 ? `${s.slice(0, -places)}.${s.slice(-places)}` : s
+    return (neg && rounded !== 0n ? '-' : '') + out
+  }
+  function usd (text) {
+    const abs = text.replace('-', '')
+    const places = abs.split('.')[0] === '0' ? 4 : 2 // sub-dollar amounts keep four places
+    return '$' + groupThousands(roundDecimal(text, places))
+  }
+  function groupThousands (s) {
+    const [int, frac] = s.split('.')
+    const g = int.replace(/\B(?=(\d{3})+(?!\d))/g, ',')
+    return frac === undefined ? g : `${g}.${frac}`
+  }
+  const count = (v) => groupThousands(String(v))
+  function ratio (a, b) { // a / b as a float, for bar lengths only
+    const fa = Number(a); const fb = Number(b)
+    return fb > 0 ? Math.max(0, fa / fb) : 0
+  }
+
+  // ---- dates (UTC, YYYY-MM-DD) ----
+  const iso = (ms) => new Date(ms).toISOString().slice(0, 10)
+  const todayMs = () => Date.parse(iso(Date.now()))
+  function monthStart (ms, plus) { const d = new Date(ms); return Date.UTC(d.getUTCFullYear(), d.getUTCMonth() + (plus || 0), 1) }
+  function presetRange (name) {
+    const t = todayMs()
+    switch (name) {
+      case 'last-month': return [monthStart(t, -1), monthStart(t) - DAY_MS]
+      case 'last-7': return [t - 6 * DAY_MS, t]
+      case 'last-30': return [t - 29 * DAY_MS, t]
+      case 'this-year': return [Date.UTC(new Date(t).getUTCFullYear(), 0, 1), t]
+      default: return [monthStart(t), monthStart(t, 1) - DAY_MS]
+    }
+  }
+
+  // ---- state lives in the URL fragment, so a view can be bookmarked and Back works ----
+  function readState () {
+    const h = new URLSearchParams(location.hash.slice(1))
+    const [pf, pt] = presetRange('this-month')
+    return { from: h.get('from') || iso(pf), through: h.get('through') || iso(pt), preset: h.get('preset') || 'this-month', user: h.get('user') }
+  }
+  function writeState (s) {
+    const h = new URLSearchParams({ from: s.from, through: s.through, preset: s.preset })
+    if (s.user !== null && s.user !== undefined) h.set('user', s.user)
+    location.hash = h.toString()
+  }
+  const apiPeriod = (s) => `from=${s.from}&to=${iso(Date.parse(s.through) + DAY_MS)}`
+
+  async function api (path) {
+    const res = await fetch(path, { credentials: 'same-origin', headers: { accept: 'application/json' } })
+    if (res.status === 401) { showSignIn(); throw new Error('signed out') }
+    const body = await res.json()
+    if (!res.ok) throw new Error(body.error ? body.error.message : `HTTP ${res.status}`)
+    return body
+  }
+
+  // ---- building blocks ----
+  function el (tag, attrs, children) {
+    const e = document.createElement(tag)
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === null || v === undefined || v === false) continue
+      if (k === 'text') e.textContent = v
+      else if (k === 'class') e.className = v
+      else e.setAttribute(k, v)
+    }
+    for (const c of children || []) if (c !== null && c !== undefined) e.append(c)
+    return e
+  }
+  const money = (v) => el('span', { class: 'num', 'data-exact': v, title: `$${v}`, text: usd(v) })
+  const num = (v) => el('span', { class: 'num', 'data-exact': String(v), text: count(v) })
+
+  function totalsInto (dl, t) {
+    dl.replaceChildren()
+    for (const [id, label, node] of [
+      ['requests', 'Requests', num(t.requests)],
+      ['tokens', 'Tokens', num(t.total_tokens)],
+      ['cost', 'Cost (OpenRouter)', money(t.cost_usd)],
+      ['billed', 'Billed (with markup)', money(t.billed_cost_usd)],
+    ]) {
+      dl.append(el('div', { class: 'total', id: `${dl.id}-${id}` }, [el('dt', { text: label }), el('dd', {}, [node])]))
+    }
+  }
+
+  /**
+   * A real <table> with a caption, a CSV link for exactly its rows, and optional sorting: a
+   * sortable column's header is a button, and aria-sort says the current order.
+   */
+  function table (container, { id, title, columns, rows, csv, sortBy }) {
+    container.replaceChildren()
+    container.setAttribute('aria-labelledby', `${id}-title`)
+    const head = el('div', { class: 'table-head' }, [
+      el('h3', { id: `${id}-title`, text: title }),
+      csv ? el('a', { class: 'csv', href: csv, download: '', id: `${id}-csv`, 'aria-label': `Download ${title} as CSV`, text: 'CSV' }) : null,
+    ])
+    const tbl = el('table', { id })
+    tbl.append(el('caption', { class: 'sr-only', text: title }))
+    const thead = el('thead')
+    const tbody = el('tbody')
+    let order = sortBy ? { key: sortBy, dir: 'descending' } : null
+    const headRow = el('tr')
+    for (const c of columns) {
+      const th = el('th', { scope: 'col', class: c.numeric ? 'numeric' : null })
+      if (c.sort) {
+        const b = el('button', { type: 'button', class: 'sort', text: c.label })
+        b.addEventListener('click', () => {
+          order = { key: c.key, dir: order && order.key === c.key && order.dir === 'descending' ? 'ascending' : 'descending' }
+          draw()
+        })
+        th.append(b)
+      } else th.textContent = c.label
+      headRow.append(th)
+    }
+    thead.append(headRow)
+    function draw () {
+      const sorted = [...rows]
+      if (order) {
+        const col = columns.find((c) => c.key === order.key)
+        sorted.sort((a, b) => {
+          const d = col.sortValue(a) - col.sortValue(b)
+          return order.dir === 'ascending' ? d : -d
+        })
+      }
+      headRow.querySelectorAll('th').forEach((th, i) => {
+        if (columns[i].sort) th.setAttribute('aria-sort', order && order.key === columns[i].key ? order.dir : 'none')
+      })
+      tbody.replaceChildren(...sorted.map((r) => el('tr', {}, columns.map((c, i) =>
+        el(i === 0 ? 'th' : 'td', { scope: i === 0 ? 'row' : null, class: c.numeric ? 'numeric' : null }, [c.cell(r)])))))
+    }
+    draw()
+    tbl.append(thead, tbody)
+    container.append(head, el('div', { class: 'table-wrap' }, [tbl]))
+  }
+
+  const SUM_COLUMNS = [
+    { key: 'requests', label: 'Requests', numeric: true, sort: true, sortValue: (r) => r.requests, cell: (r) => num(r.requests) },
+    { key: 'tokens', label: 'Tokens', numeric: true, sort: true, sortValue: (r) => Number(r.total_tokens), cell: (r) => num(r.total_tokens) },
+    { key: 'cost', label: 'Cost', numeric: true, sort: true, sortValue: (r) => Number(r.cost_usd), cell: (r) => money(r.cost_usd) },
+    { key: 'billed', label: 'Billed', numeric: true, sort: true, sortValue: (r) => Number(r.billed_cost_usd), cell: (r) => money(r.billed_cost_usd) },
+  ]
+
+  function budgetCell (b) {
+    if (!b) return el('span', { class: 'muted', text: '—' })
+    const pct = Math.round(ratio(b.used_usd, b.limit_usd) * 100)
+    return el('span', { class: 'budget' }, [
+      el('meter', { min: '0', max: '100', low: '80', high: '95', optimum: '0', value: String(Math.min(pct, 100)), 'aria-label': `${pct}% of ${usd(b.limit_usd)}` }),
+      el('span', { text: ` ${pct}% of ${usd(b.limit_usd)}` }),
+    ])
+  }
+
+  /** Bars of billed cost per day over the whole period (days without requests show as empty). */
+  function chart (container, days, s) {
+    container.replaceChildren()
+    const byDay = new Map(days.map((d) => [d.day, d]))
+    const all = []
+    for (let t = Date.parse(s.from); t <= Date.parse(s.through); t += DAY_MS) all.push(iso(t))
+    const max = days.reduce((m, d) => Math.max(m, Number(d.billed_cost_usd)), 0)
+    const W = 720; const H = 200; const pad = 28; const bw = (W - pad) / Math.max(all.length, 1)
+    const NS = 'http://www.w3.org/2000/svg'
+    const svg = document.createElementNS(NS, 'svg')
+    svg.setAttribute('viewBox', `0 0 ${W} ${H + 20}`)
+    svg.setAttribute('role', 'img')
+    const total = days.reduce((n, d) => n + d.requests, 0)
+    svg.setAttribute('aria-label', `Billed cost per day from ${s.from} through ${s.through}; highest day ${usd(String(max))}; ${total} requests. The table below lists each day.`)
+    const axis = document.createElementNS(NS, 'line')
+    for (const [k, v] of [['x1', pad], ['x2', W], ['y1', H], ['y2', H]]) axis.setAttribute(k, String(v))
+    axis.setAttribute('class', 'axis')
+    svg.append(axis)
+    const label = document.createElementNS(NS, 'text')
+    label.setAttribute('x', '0'); label.setAttribute('y', '12'); label.setAttribute('class', 'tick')
+    label.textContent = max > 0 ? usd(String(max)) : '$0'
+    svg.append(label)
+    all.forEach((day, i) => {
+      const d = byDay.get(day)
+      const h = d && max > 0 ? Math.max(1, (Number(d.billed_cost_usd) / max) * (H - 20)) : 0
+      const r = document.createElementNS(NS, 'rect')
+      r.setAttribute('x', String(pad + i * bw + bw * 0.1))
+      r.setAttribute('width', String(Math.max(bw * 0.8, 1)))
+      r.setAttribute('y', String(H - h))
+      r.setAttribute('height', String(h))
+      r.setAttribute('class', 'bar')
+      r.setAttribute('data-day', day)
+      const tip = document.createElementNS(NS, 'title')
+      tip.textContent = `${day}: ${d ? usd(d.billed_cost_usd) : '$0'} billed, ${d ? d.requests : 0} requests`
+      r.append(tip)
+      svg.append(r)
+      if (i === 0 || i === all.length - 1 || (all.length > 10 && i % Math.ceil(all.length / 6) === 0)) {
+        const tx = document.createElementNS(NS, 'text')
+        tx.setAttribute('x', String(pad + i * bw)); tx.setAttribute('y', String(H + 16)); tx.setAttribute('class', 'tick')
+        tx.textContent = day.slice(5)
+        svg.append(tx)
+      }
+    })
+    container.append(svg)
+  }
+
+  const csvHref = (path) => path + (path.includes('?') ? '&' : '?') + 'format=csv'
+
+  // ---- views ----
+  async function overview (s) {
+    $('user-view').hidden = true
+    $('overview').hidden = false
+    const p = apiPeriod(s)
+    const [days, users, models, tasks, outcomes] = await Promise.all(['day', 'user', 'model', 'task', 'outcome']
+      .map((g) => api(`/admin/v1/usage?${p}&group_by=${g}`)))
+    $('org').textContent = days.organization
+    totalsInto($('totals'), days.totals)
+    const empty = days.totals.requests === 0
+    $('empty').hidden = !empty
+    $('overview-tables').hidden = empty
+    if (empty) return
+    chart($('chart'), days.data, s)
+    table($('days'), { id: 'days-table', title: 'Days', csv: csvHref(`/admin/v1/usage?${p}&group_by=day`), rows: days.data,
+      columns: [{ key: 'day', label: 'Day', cell: (r) => r.day }, ...SUM_COLUMNS.map((c) => ({ ...c, sort: false }))] })
+    table($('users'), {
+      id: 'users-table', title: 'Users', csv: csvHref(`/admin/v1/usage?${p}&group_by=user`), rows: users.data, sortBy: 'billed',
+      columns: [
+        { key: 'user', label: 'User', cell: (r) => r.user === null
+          ? el('span', { class: 'muted', text: 'No user (API key only)' })
+          : el('a', { href: '#', 'data-user': r.user, text: r.user_name || r.user }) },
+        { key: 'email', label: 'Email', cell: (r) => r.user_email || '' },
+        ...SUM_COLUMNS,
+        { key: 'budget', label: 'Budget used', cell: (r) => budgetCell(r.budget) },
+      ],
+    })
+    table($('models'), { id: 'models-table', title: 'Spend per model', csv: csvHref(`/admin/v1/usage?${p}&group_by=model`), rows: models.data, sortBy: 'billed',
+      columns: [{ key: 'model', label: 'Model', cell: (r) => r.model || '(none)' }, ...SUM_COLUMNS] })
+    table($('tasks'), { id: 'tasks-table', title: 'Chat and background tasks', csv: csvHref(`/admin/v1/usage?${p}&group_by=task`), rows: tasks.data,
+      columns: [{ key: 'task', label: 'Kind', cell: (r) => taskLabel(r.task) }, ...SUM_COLUMNS] })
+    table($('outcomes'), { id: 'outcomes-table', title: 'Outcomes: failed, aborted and refused requests', csv: csvHref(`/admin/v1/usage?${p}&group_by=outcome`), rows: outcomes.data,
+      columns: [{ key: 'outcome', label: 'Outcome', cell: (r) => el('span', { class: r.outcome === 'ok' ? '' : 'warn', text: r.outcome }) }, ...SUM_COLUMNS] })
+  }
+
+  function taskLabel (kind) {
+    if (kind === 'chat') return 'chat (a user\'s turn)'
+    if (kind === 'api') return 'api (no chat app)'
+    return `${kind} (background task)`
+  }
+
+  async function userPage (s) {
+    $('overview').hidden = true
+    $('user-view').hidden = false
+    const p = `${apiPeriod(s)}&user=${encodeURIComponent(s.user)}`
+    const [days, models, events, users] = await Promise.all([
+      api(`/admin/v1/usage?${p}&group_by=day`), api(`/admin/v1/usage?${p}&group_by=model`),
+      api(`/admin/v1/events?${p}&limit=50`), api(`/admin/v1/usage?${p}&group_by=user`),
+    ])
+    const me = users.data[0]
+    $('user-title').textContent = me && me.user_name ? `${me.user_name} (${s.user})` : s.user
+    $('user-budget').replaceChildren(...(me && me.budget ? [el('span', { text: 'Budget: ' }), budgetCell(me.budget)] : []))
+    totalsInto($('user-totals'), days.totals)
+    const empty = days.totals.requests === 0
+    $('user-empty').hidden = !empty
+    $('user-tables').hidden = empty
+    $('user-title').focus()
+    if (empty) return
+    chart($('user-chart'), days.data, s)
+    table($('user-days'), { id: 'user-days-table', title: 'Days', csv: csvHref(`/admin/v1/usage?${p}&group_by=day`), rows: days.data,
+      columns: [{ key: 'day', label: 'Day', cell: (r) => r.day }, ...SUM_COLUMNS.map((c) => ({ ...c, sort: false }))] })
+    table($('user-models'), { id: 'user-models-table', title: 'Models', csv: csvHref(`/admin/v1/usage?${p}&group_by=model`), rows: models.data, sortBy: 'billed',
+      columns: [{ key: 'model', label: 'Model', cell: (r) => r.model || '(none)' }, ...SUM_COLUMNS] })
+    table($('user-events'), {
+      id: 'user-events-table', title: 'Recent requests', csv: csvHref(`/admin/v1/events?${p}&limit=1000`), rows: events.data,
+      columns: [
+        { key: 'time', label: 'Time (UTC)', cell: (r) => r.created_at.slice(0, 19).replace('T', ' ') },
+        { key: 'model', label: 'Model', cell: (r) => r.served_model || r.model || '' },
+        { key: 'kind', label: 'Kind', cell: (r) => r.kind },
+        { key: 'outcome', label: 'Outcome', cell: (r) => el('span', { class: r.outcome === 'ok' ? '' : 'warn', text: r.outcome }) },
+        { key: 'tokens', label: 'Tokens', numeric: true, cell: (r) => num(r.total_tokens === null ? 0 : r.total_tokens) },
+        { key: 'billed', label: 'Billed', numeric: true, cell: (r) => r.billed_cost_usd === null ? el('span', { class: 'muted', text: '—' }) : money(r.billed_cost_usd) },
+      ],
+    })
+  }
+
+  // ---- wiring ----
+  function showSignIn () {
+    $('dashboard').hidden = true
+    $('sign-out').hidden = true
+    $('sign-in-view').hidden = false
+    $('key').focus()
+  }
+
+  let rendering = 0
+  async function render () {
+    const s = readState()
+    $('preset').value = s.preset
+    $('from').value = s.from
+    $('through').value = s.through
+    $('sign-in-view').hidden = true
+    $('dashboard').hidden = false
+    $('sign-out').hidden = false
+    const mine = ++rendering
+    $('status').textContent = 'Loading…'
+    document.body.setAttribute('aria-busy', 'true')
+    try {
+      if (s.user !== null) await userPage(s)
+      else await overview(s)
+      if (mine === rendering) { $('status').textContent = `Showing ${s.from} through ${s.through} (UTC).`; document.body.removeAttribute('aria-busy') }
+    } catch (err) {
+      if (mine === rendering && err.message !== 'signed out') $('status').textContent = `Could not load: ${err.message}`
+      document.body.removeAttribute('aria-busy')
+    }
+  }
+
+  document.addEventListener('DOMContentLoaded', async () => {
+    $('sign-in').addEventListener('submit', async (e) => {
+      e.preventDefault()
+      const res = await fetch('/admin/sign-in', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ key: $('key').value }) })
+      if (res.status !== 204) { $('sign-in-error').textContent = 'That is not the admin key.'; return }
+      $('key').value = ''
+      $('sign-in-error').textContent = ''
+      render()
+    })
+    $('sign-out').addEventListener('submit', async (e) => {
+      e.preventDefault()
+      await fetch('/admin/sign-out', { method: 'POST' })
+      showSignIn()
+    })
+    $('preset').addEventListener('change', () => {
+      if ($('preset').value === 'custom') { $('from').focus(); return }
+      const [f, t] = presetRange($('preset').value)
+      writeState({ ...readState(), from: iso(f), through: iso(t), preset: $('preset').value })
+    })
+    for (const id of ['from', 'through']) $(id).addEventListener('change', () => { $('preset').value = 'custom' })
+    $('period').addEventListener('submit', (e) => {
+      e.preventDefault()
+      if ($('from').value > $('through').value) { $('status').textContent = 'The start of the period must not be after its end.'; return }
+      writeState({ ...readState(), from: $('from').value, through: $('through').value, preset: $('preset').value })
+    })
+    document.addEventListener('click', (e) => {
+      const a = e.target.closest('a[data-user]')
+      if (a) { e.preventDefault(); writeState({ ...readState(), user: a.getAttribute('data-user') }) }
+    })
+    for (const id of ['back', 'home-link']) {
+      $(id).addEventListener('click', (e) => { e.preventDefault(); writeState({ ...readState(), user: null }) })
+    }
+    window.addEventListener('hashchange', render)
+    const probe = await fetch('/admin/v1/', { credentials: 'same-origin' })
+    if (probe.status === 401) showSignIn()
+    else render()
+  })
+})()
