@@ -17,7 +17,7 @@ import { createLogger, scrub, type Logger } from './log.js'
 import { createPassthrough } from './proxy/passthrough.js'
 import { createSelfService } from './proxy/self-service.js'
 import { createProxyServer } from './proxy/server.js'
-import { noBudgets } from './usage/budget-seam.js'
+import { budgetForUser } from './budgets/status-for.js'
 import { myUsageSummary } from './usage/my-usage.js'
 import { createUpstream } from './proxy/upstream.js'
 import { Journal } from './usage/journal.js'
@@ -99,10 +99,12 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     keyBalance: () => keyPoller?.latest() ?? null,
     organizationId: config.organization.id,
   }, (registry) => registerBudgetMetrics(registry, () => sql && { sql, org: config.organization.id }))
+  // The usage page's bar and "My usage" read the budget that governs a user.
+  const budgetFor = budgetForUser(() => sql!, config.organization.id, () => spend?.limits.mayHaveBudgets ?? false)
   const selfService = config.selfService.model === null ? undefined : createSelfService({
     model: config.selfService.model, name: config.selfService.name, modelsUrl: `${config.openrouter.baseUrl}/models`, log,
     headers: { apiKey: config.openrouter.apiKey, appUrl: config.openrouter.appUrl, appTitle: config.openrouter.appTitle, identityHeaders: idHeaders },
-    summary: (who, externalUserId) => myUsageSummary(sql!, { organizationId: config.organization.id, userId: who.userId, externalUserId, budgetFor: noBudgets }),
+    summary: (who, externalUserId) => myUsageSummary(sql!, { organizationId: config.organization.id, userId: who.userId, externalUserId, budgetFor }),
   })
   const access = createAccessLog({ log, enabled: config.accessLog, count: metrics.response })
   const meter = {
@@ -135,7 +137,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     onExchange: access.begin,
     clientTimeouts: { headersMs: config.server.headersTimeoutMs, requestMs: config.server.requestTimeoutMs }, onPassthrough: metrics.passthrough,
     connections: { max: config.server.maxConnections, perIp: config.server.maxConnectionsPerIp },
-    admin: createAdminPlane({ config, sql: () => sql!, readSql: () => readSql ?? sql!, log, budgetFor: noBudgets, budgetsChanged: () => { void spend?.limits.refresh() } }) ?? undefined, models: selfService?.listModels })
+    admin: createAdminPlane({ config, sql: () => sql!, readSql: () => readSql ?? sql!, log, budgetFor, budgetsChanged: () => { void spend?.limits.refresh() } }) ?? undefined, models: selfService?.listModels })
   try {
     await listen(server, 'PORT', config.server.host, config.server.port)
     if (metricsServer) await listen(metricsServer, 'METRICS_PORT', config.metrics.host, config.metrics.port!)

@@ -91,6 +91,9 @@ export class Limits {
     this.rate.close()
   }
 
+  /** False only when the organization is known to have no budget (the views then skip asking). */
+  get mayHaveBudgets (): boolean { return this.anyBudgets !== false }
+
   /** Re-reads whether the organization has any budget; the admin API calls it after a write. */
   async refresh (): Promise<void> {
     try {

@@ -31,6 +31,13 @@ export class UserDirectory {
 
   get size (): number { return this.users.size }
 
+  /** The external id alone, for an exchange that writes no record: the mapping stays due. */
+  externalIdOf (who: Identity): string {
+    const userId = who.userId === null ? null : pgText(who.userId)
+    if (userId === null || userId === '') return this.organizationId
+    return this.users.get(userId)?.externalUserId ?? externalUserId(this.organizationId, userId)
+  }
+
   resolve (who: Identity, now = Date.now()): ResolvedUser {
     const userId = who.userId === null ? null : pgText(who.userId)
     if (userId === null || userId === '') return { userId: null, externalUserId: this.organizationId, mapping: null }

@@ -82,13 +82,15 @@ export function handleMetered (req: IncomingMessage, res: ServerResponse, endpoi
 function forward (req: IncomingMessage, res: ServerResponse, endpoint: string, query: string, body: RequestBody, ctx: MeterContext): void {
   const who = identifyUser(req, res, body, ctx)
   if (!who) return
-  const user = ctx.directory.resolve(who) // normalized once: the id, its external id and mapping agree
-  const externalUserId = user.externalUserId
   const model = body.json?.string('model')
   if (ctx.selfService && model === ctx.selfService.model && endpoint === 'chat/completions') {
-    // "My usage": answered here, free, nothing goes upstream. Its task prompts are one message.
-    return ctx.selfService.answer(res, { model, stream: body.json!.isTrue('stream'), messages: body.json!.singleMessage() ?? [] }, who, externalUserId)
+    // "My usage": answered here, free, nothing goes upstream and no record (so no mapping) is
+    // written. Its task prompts are one message.
+    const json = body.json!
+    return ctx.selfService.answer(res, { model, stream: json.isTrue('stream'), messages: json.singleMessage() ?? [] }, who, ctx.directory.externalIdOf(who))
   }
+  const user = ctx.directory.resolve(who) // normalized once: the id, its external id and mapping agree
+  const externalUserId = user.externalUserId
   // Only `user` changes. stream_options.include_usage is no longer added: OpenRouter always
   // reports usage and documents that option as a no-op, so the body goes as the client sent it.
   const payload = body.withUser(externalUserId)
