@@ -9,7 +9,23 @@ import { summarize } from './stats.js'
 
 const DONE = Buffer.from('[DONE]')
 
-export function requestBody (stream) {
+// Open WebUI's shape: the whole conversation on every turn. 'chat500k': 200 turns, ~500 KB;
+// 'image4m': one user message with a ~4 MB base64 data URL image part.
+export function requestBody (stream, kind = 'small') {
+  if (kind === 'chat500k') {
+    const messages = [{ role: 'system', content: 'You are a helpful assistant.' }]
+    for (let i = 0; i < 200; i++) {
+      messages.push({ role: i % 2 ? 'assistant' : 'user', content: `Turn ${i}: ` + 'Lorem ipsum "quoted" dolor sit amet, consectetur \\ adipiscing elit; caf\u00e9 naïve 東京 '.repeat(26) })
+    }
+    return JSON.stringify({ model: 'openai/gpt-4o-mini', stream, messages, params: {}, features: { web_search: false }, stream_options: stream ? { include_usage: true } : undefined })
+  }
+  if (kind === 'image4m') {
+    const data = Buffer.alloc(3 * 1024 * 1024, 'bench-image-bytes').toString('base64')
+    return JSON.stringify({ model: 'openai/gpt-4o-mini', stream, messages: [
+      { role: 'system', content: 'You are a helpful assistant.' },
+      { role: 'user', content: [{ type: 'text', text: 'What is in this image?' }, { type: 'image_url', image_url: { url: `data:image/png;base64,${data}` } }] },
+    ] })
+  }
   return JSON.stringify({
     model: 'openai/gpt-4o-mini',
     stream,
@@ -27,7 +43,7 @@ export function requestBody (stream) {
  * onMeasureStart / onMeasureEnd are awaited at the edges of the measured window.
  */
 export async function runLoad ({
-  url, concurrency, seconds, warmupSeconds = 1, headers = {}, stream = false,
+  url, concurrency, seconds, warmupSeconds = 1, headers = {}, stream = false, body = 'small',
   onMeasureStart, onMeasureEnd, drainTimeoutMs = 30_000,
 }) {
   const u = new URL(url)
@@ -37,7 +53,7 @@ export async function runLoad ({
     method: 'POST',
     path: u.pathname + u.search,
     headers: { 'content-type': 'application/json', ...headers },
-    body: Buffer.from(requestBody(stream)),
+    body: Buffer.from(requestBody(stream, body)),
   }
   let phase = 'warmup'
   let t0 = 0

@@ -6,6 +6,7 @@
 // Per request, two optional headers shape a stream (they travel through every proxy untouched):
 //   x-bench-pace-ms   pause between events (0 = next event on setImmediate, the default)
 //   x-bench-events    number of events in the stream, [DONE] included (default 20)
+//   x-bench-write     'whole': the whole stream in one write (the 'whole' upstream mode)
 import { createServer } from 'node:http'
 import { randomBytes } from 'node:crypto'
 
@@ -71,13 +72,14 @@ function streamEvents (id, count) {
   return events
 }
 
-function sendStream (res, id, count, paceMs) {
+function sendStream (res, id, count, paceMs, whole = false) {
   res.writeHead(200, {
     'content-type': 'text/event-stream',
     'cache-control': 'no-cache',
     'x-generation-id': id,
   })
   const events = streamEvents(id, count)
+  if (whole) { res.end(events.join('')); return }
   let i = 0
   const next = () => {
     if (res.destroyed) return
@@ -114,7 +116,7 @@ function handle (req, res) {
     }
     const id = nextId()
     if (stream) {
-      sendStream(res, id, Number(req.headers['x-bench-events'] ?? 20), Number(req.headers['x-bench-pace-ms'] ?? 0))
+      sendStream(res, id, Number(req.headers['x-bench-events'] ?? 20), Number(req.headers['x-bench-pace-ms'] ?? 0), req.headers['x-bench-write'] === 'whole')
       return
     }
     const body = completion(id)
