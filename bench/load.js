@@ -9,26 +9,23 @@ import { summarize } from './stats.js'
 
 const DONE = Buffer.from('[DONE]')
 
-/** A long chat as Open WebUI sends it on every turn: `turns` messages of about 2.5 KB each. */
-export function chatHistoryBody (turns = 200) {
-  const text = 'Here is what I found about the question, with a "quoted" line, a path C:\\temp and some Unicode: café, 日本, 🌍.\n'
-  const messages = Array.from({ length: turns }, (_, i) => ({ role: i % 2 ? 'assistant' : 'user', content: text.repeat(20) }))
-  return Buffer.from(JSON.stringify({ model: 'openai/gpt-4o-mini', stream: false, messages, temperature: 0.7, max_tokens: 256 }))
-}
-
-/** A pasted image: one user message with a base64 data URL of `bytes` bytes. */
-export function imageBody (bytes = 3 * 1024 * 1024) {
-  const data = Buffer.alloc(bytes)
-  for (let i = 0; i < bytes; i++) data[i] = (i * 2654435761) >>> 24
-  const url = `data:image/png;base64,${data.toString('base64')}`
-  return Buffer.from(JSON.stringify({
-    model: 'openai/gpt-4o-mini',
-    stream: false,
-    messages: [{ role: 'user', content: [{ type: 'text', text: 'What is in this picture?' }, { type: 'image_url', image_url: { url } }] }],
-  }))
-}
-
-export function requestBody (stream) {
+// Open WebUI's shape: the whole conversation on every turn. 'chat500k': 200 turns, ~500 KB;
+// 'image4m': one user message with a ~4 MB base64 data URL image part.
+export function requestBody (stream, kind = 'small') {
+  if (kind === 'chat500k') {
+    const messages = [{ role: 'system', content: 'You are a helpful assistant.' }]
+    for (let i = 0; i < 200; i++) {
+      messages.push({ role: i % 2 ? 'assistant' : 'user', content: `Turn ${i}: ` + 'Lorem ipsum "quoted" dolor sit amet, consectetur \\ adipiscing elit; caf\u00e9 naïve 東京 '.repeat(26) })
+    }
+    return JSON.stringify({ model: 'openai/gpt-4o-mini', stream, messages, params: {}, features: { web_search: false }, stream_options: stream ? { include_usage: true } : undefined })
+  }
+  if (kind === 'image4m') {
+    const data = Buffer.alloc(3 * 1024 * 1024, 'bench-image-bytes').toString('base64')
+    return JSON.stringify({ model: 'openai/gpt-4o-mini', stream, messages: [
+      { role: 'system', content: 'You are a helpful assistant.' },
+      { role: 'user', content: [{ type: 'text', text: 'What is in this image?' }, { type: 'image_url', image_url: { url: `data:image/png;base64,${data}` } }] },
+    ] })
+  }
   return JSON.stringify({
     model: 'openai/gpt-4o-mini',
     stream,
@@ -46,7 +43,7 @@ export function requestBody (stream) {
  * onMeasureStart / onMeasureEnd are awaited at the edges of the measured window.
  */
 export async function runLoad ({
-  url, concurrency, seconds, warmupSeconds = 1, headers = {}, stream = false, body = null,
+  url, concurrency, seconds, warmupSeconds = 1, headers = {}, stream = false, body = 'small',
   onMeasureStart, onMeasureEnd, drainTimeoutMs = 30_000,
 }) {
   const u = new URL(url)
@@ -56,7 +53,7 @@ export async function runLoad ({
     method: 'POST',
     path: u.pathname + u.search,
     headers: { 'content-type': 'application/json', ...headers },
-    body: body ?? Buffer.from(requestBody(stream)),
+    body: Buffer.from(requestBody(stream, body)),
   }
   let phase = 'warmup'
   let t0 = 0

@@ -39,7 +39,7 @@ export async function measure ({ target, scenario, seconds, warmupSeconds, upstr
     url: target.url,
     concurrency: scenario.concurrency,
     stream: scenario.stream,
-    body: scenario.body ?? null,
+    body: scenario.body,
     seconds,
     warmupSeconds,
     headers: { ...target.headers, ...scenario.headers },

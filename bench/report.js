@@ -59,7 +59,7 @@ export function checks ({ figures, slow, ledger }) {
     const cpu = up.cpuMsPerRequest / bare.cpuMsPerRequest
     add(`CPU per request vs bare Node, ${sc}`, '<= 1.5x', `${f(cpu, 2)}x`, cpu <= 1.5, `${f(up.cpuMsPerRequest, 2)} vs ${f(bare.cpuMsPerRequest, 2)} ms/req`)
   }
-  for (const sc of ['c64', 'c64-stream', 'c64-stream-one-piece']) {
+  for (const sc of ['c64', 'c64-stream', 'c64-stream-whole']) {
     const up = get(sc, 'usage-proxy'); const bare = get(sc, 'bare-node')
     if (up && bare) {
       const ratio = up.rps / bare.rps
@@ -112,7 +112,7 @@ const SCENARIO_LABEL = {
   'c1-stream': 'c=1 stream (20 events)',
   c64: 'c=64 non-stream',
   'c64-stream': 'c=64 stream (20 events)',
-  'c64-stream-one-piece': 'c=64 stream, upstream writes it in one piece',
+  'c64-stream-whole': 'c=64 stream, upstream writes it in one piece',
   'chat500k-c1': 'c=1, 500 KB chat history',
   'chat500k-c8': 'c=8, 500 KB chat history',
   'image4m-c1': 'c=1, 4 MB image (base64)',

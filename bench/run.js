@@ -4,7 +4,7 @@
 //
 // Environment: BENCH_SECONDS (4) per measurement, BENCH_ROUNDS (2), BENCH_WARMUP (0.5) seconds,
 // BENCH_TARGETS (comma list of direct,nginx,bare-node,portkey,usage-proxy; usage-proxy-budgets is opt-in), BENCH_SCENARIOS
-// (c1,c1-stream,c64,c64-stream,c64-stream-one-piece,chat500k-c1,chat500k-c8,image4m-c1,image4m-c8), BENCH_SLOW_STREAMS (1000, 0 skips), BENCH_SLOW_PACE_MS (100),
+// (c1,c1-stream,c64,c64-stream,c1-whole,c64-whole,c64-stream-whole,chat500k-c1,chat500k-c8,image4m-c1,image4m-c8), BENCH_SLOW_STREAMS (1000, 0 skips), BENCH_SLOW_PACE_MS (100),
 // BENCH_SLOW_EVENTS (20), BENCH_LEDGER_RECORDS (200000, 0 skips), BENCH_LEDGER_NO_JOURNAL (unset;
 // 1 adds a run without the journal), BENCH_QUIET_MAX_MS (5000) and BENCH_QUIET_BUDGET_MS (30000):
 // how long to wait for other work on the machine to calm down before one measurement, and in all.
@@ -21,38 +21,43 @@ import { measure } from './measure.js'
 import { slowStreams } from './slow-streams.js'
 import { waitQuiet } from './procstat.js'
 import { aggregate, checks, markdown } from './report.js'
-import { chatHistoryBody, imageBody } from './load.js'
+import { issue13Checks } from './issue13.js'
 import { BENCH, ROOT, TARGET_NAMES, startTargets, startUpstreamProcess } from './targets.js'
 
 const env = process.env
 const num = (name, dflt) => (env[name] === undefined || env[name] === '' ? dflt : Number(env[name]))
-const SECONDS = num('BENCH_SECONDS', 4)
-const ROUNDS = num('BENCH_ROUNDS', 2)
+const ONLY_BODIES = (process.env.BENCH_ONLY ?? (process.argv.includes('--only') ? process.argv[process.argv.indexOf('--only') + 1] : '')) === 'bodies'
+const SECONDS = num('BENCH_SECONDS', ONLY_BODIES ? 3 : 4)
+const ROUNDS = num('BENCH_ROUNDS', ONLY_BODIES ? 3 : 2)
 const WARMUP = num('BENCH_WARMUP', 0.5)
 const QUIET_MAX_MS = num('BENCH_QUIET_MAX_MS', 5_000)
 let quietBudgetMs = num('BENCH_QUIET_BUDGET_MS', 30_000)
-const SLOW_STREAMS = num('BENCH_SLOW_STREAMS', 1000)
+const SLOW_STREAMS = num('BENCH_SLOW_STREAMS', ONLY_BODIES ? 0 : 1000)
 const SLOW_PACE_MS = num('BENCH_SLOW_PACE_MS', 100)
 const SLOW_EVENTS = num('BENCH_SLOW_EVENTS', 20)
-const LEDGER_RECORDS = num('BENCH_LEDGER_RECORDS', 200_000)
-const TARGETS = (env.BENCH_TARGETS ?? TARGET_NAMES.join(',')).split(',').map((s) => s.trim()).filter(Boolean)
-const CHAT_500K = chatHistoryBody(200)
-const IMAGE_4M = imageBody(3 * 1024 * 1024)
-const ONE_PIECE = { 'x-bench-one-piece': '1' }
-const SCENARIOS = [
+const LEDGER_RECORDS = num('BENCH_LEDGER_RECORDS', ONLY_BODIES ? 0 : 200_000)
+const TARGETS = (env.BENCH_TARGETS ?? (ONLY_BODIES ? 'direct,bare-node,usage-proxy' : TARGET_NAMES.join(','))).split(',').map((s) => s.trim()).filter(Boolean)
+// BENCH_ONLY=bodies (or `npm run bench -- --only bodies`): issue 13's scenarios only (large bodies,
+// small requests under both upstream modes), direct/bare-node/usage-proxy, 3 rounds, no slow
+// streams, no ledger micro-bench: a few minutes instead of the whole bench.
+const onlyArg = process.argv.indexOf('--only')
+const ONLY = env.BENCH_ONLY ?? (onlyArg > 0 ? process.argv[onlyArg + 1] : undefined)
+const WHOLE = { 'x-bench-write': 'whole' }
+const ALL_SCENARIOS = [
   { name: 'c1', concurrency: 1, stream: false },
   { name: 'c1-stream', concurrency: 1, stream: true },
   { name: 'c64', concurrency: 64, stream: false },
   { name: 'c64-stream', concurrency: 64, stream: true },
-  // The upstream writes each stream in one piece (a fast upstream; the paced one above writes
-  // an event per event-loop turn).
-  { name: 'c64-stream-one-piece', concurrency: 64, stream: true, headers: ONE_PIECE },
-  // Real chat payloads: a 500 KB history and a pasted image (4 MB of base64), non-stream.
-  { name: 'chat500k-c1', concurrency: 1, stream: false, body: CHAT_500K },
-  { name: 'chat500k-c8', concurrency: 8, stream: false, body: CHAT_500K },
-  { name: 'image4m-c1', concurrency: 1, stream: false, body: IMAGE_4M },
-  { name: 'image4m-c8', concurrency: 8, stream: false, body: IMAGE_4M },
-].filter((s) => (env.BENCH_SCENARIOS ?? 'c1,c1-stream,c64,c64-stream,c64-stream-one-piece,chat500k-c1,chat500k-c8,image4m-c1,image4m-c8').split(',').includes(s.name))
+  { name: 'c1-whole', concurrency: 1, stream: false, headers: WHOLE },
+  { name: 'c64-whole', concurrency: 64, stream: false, headers: WHOLE },
+  { name: 'c64-stream-whole', concurrency: 64, stream: true, headers: WHOLE },
+  { name: 'chat500k-c1', concurrency: 1, stream: false, body: 'chat500k' },
+  { name: 'chat500k-c8', concurrency: 8, stream: false, body: 'chat500k' },
+  { name: 'image4m-c1', concurrency: 1, stream: false, body: 'image4m' },
+  { name: 'image4m-c8', concurrency: 8, stream: false, body: 'image4m' },
+]
+const BODY_SCENARIOS = 'c1,c64,c64-stream,c1-whole,c64-whole,c64-stream-whole,chat500k-c1,chat500k-c8,image4m-c1,image4m-c8'
+const SCENARIOS = ALL_SCENARIOS.filter((s) => (env.BENCH_SCENARIOS ?? (ONLY === 'bodies' ? BODY_SCENARIOS : ALL_SCENARIOS.map((x) => x.name).join(','))).split(',').includes(s.name))
 
 const say = (m) => process.stderr.write(`bench: ${m}\n`)
 
@@ -128,7 +133,7 @@ async function main () {
           m.quietBefore = q
           measurements.push(m)
           if (target.name === 'usage-proxy') okResponses['usage-proxy'] += m.okTotal
-          say(`round ${round} ${scenario.name.padEnd(10)} ${target.name.padEnd(11)} ${Math.round(m.rps).toString().padStart(6)} req/s  p50 ${m.latencyMs.p50.toFixed(3)} ms  errors ${m.errors}` +
+          say(`load ${readFileSync('/proc/loadavg', 'utf8').split(' ')[0]} round ${round} ${scenario.name.padEnd(16)} ${target.name.padEnd(11)} ${Math.round(m.rps).toString().padStart(6)} req/s  p50 ${m.latencyMs.p50.toFixed(3)} ms  errors ${m.errors}` +
             (q.busyCores > 0.3 ? `  (machine still busy: ${q.busyCores.toFixed(2)} cores before)` : ''))
         }
       }
@@ -174,7 +179,7 @@ async function main () {
   }
 
   const figures = aggregate(measurements)
-  const checkList = checks({ figures, slow, ledger })
+  const checkList = [...checks({ figures, slow, ledger }), ...issue13Checks(measurements)]
   const skipped = targets.filter((t) => t.skipped)
   const table = markdown({ figures, slow, ledger, checkList, skipped, completeness })
   process.stdout.write(table)
@@ -183,8 +188,9 @@ async function main () {
   const results = {
     startedAt,
     finishedAt: new Date().toISOString(),
-    command: 'npm run bench',
-    config: { SECONDS, ROUNDS, WARMUP, TARGETS, SCENARIOS: SCENARIOS.map(({ body, ...sc }) => ({ ...sc, bodyBytes: body?.length ?? null })), SLOW_STREAMS, SLOW_PACE_MS, SLOW_EVENTS, LEDGER_RECORDS, QUIET_MAX_MS },
+    command: 'npm run bench' + (ONLY ? ` -- --only ${ONLY}` : ''),
+    loadAverage: readFileSync('/proc/loadavg', 'utf8').trim(),
+    config: { SECONDS, ROUNDS, WARMUP, TARGETS, SCENARIOS, SLOW_STREAMS, SLOW_PACE_MS, SLOW_EVENTS, LEDGER_RECORDS, QUIET_MAX_MS },
     machine: machine(),
     build: build(),
     figures,

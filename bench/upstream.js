@@ -6,7 +6,7 @@
 // Per request, two optional headers shape a stream (they travel through every proxy untouched):
 //   x-bench-pace-ms   pause between events (0 = next event on setImmediate, the default)
 //   x-bench-events    number of events in the stream, [DONE] included (default 20)
-//   x-bench-one-piece 1: write the whole stream in one write, as a fast upstream behind a buffer does
+//   x-bench-write     'whole': the whole stream in one write (the 'whole' upstream mode)
 import { createServer } from 'node:http'
 import { randomBytes } from 'node:crypto'
 
@@ -72,14 +72,14 @@ function streamEvents (id, count) {
   return events
 }
 
-function sendStream (res, id, count, paceMs, onePiece) {
+function sendStream (res, id, count, paceMs, whole = false) {
   res.writeHead(200, {
     'content-type': 'text/event-stream',
     'cache-control': 'no-cache',
     'x-generation-id': id,
   })
   const events = streamEvents(id, count)
-  if (onePiece) { res.end(events.join('')); return }
+  if (whole) { res.end(events.join('')); return }
   let i = 0
   const next = () => {
     if (res.destroyed) return
@@ -119,7 +119,7 @@ function handle (req, res) {
     }
     const id = nextId()
     if (stream) {
-      sendStream(res, id, Number(req.headers['x-bench-events'] ?? 20), Number(req.headers['x-bench-pace-ms'] ?? 0), req.headers['x-bench-one-piece'] === '1')
+      sendStream(res, id, Number(req.headers['x-bench-events'] ?? 20), Number(req.headers['x-bench-pace-ms'] ?? 0), req.headers['x-bench-write'] === 'whole')
       return
     }
     const body = completion(id)
