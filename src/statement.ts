@@ -89,7 +89,9 @@ const CSV_COLUMNS = ['line', 'organization_id', 'organization_name', 'user_id', 
   'completion_tokens', 'total_tokens', 'cost_usd', 'markup_usd', 'billed_cost_usd'] as const
 
 function csvField (v: unknown): string {
-  const s = v === null || v === undefined ? '' : String(v)
+  const raw = v === null || v === undefined ? '' : String(v)
+  // A user name that starts like a formula must not run as one in a spreadsheet (as src/admin/csv.ts).
+  const s = /^[=+@\t\r]|^-(?!\d*\.?\d+$)/.test(raw) ? `'${raw}` : raw
   return /[",\r\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s
 }
 

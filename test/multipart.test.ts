@@ -48,3 +48,11 @@ t.test('shapes that are read, and shapes that are refused', async (t) => {
   t.equal(scanMultipart(body(''), 'b'), null, 'empty')
   t.equal(scanMultipart(body('--b\r\n: no name\r\n\r\n1\r\n--b--'), 'b'), null, 'a header without a name')
 })
+
+t.test('a part whose name parsers could read two ways is refused', async (t) => {
+  t.equal(scanMultipart(body(part('Content-Disposition: form-data; name="file"\r\nContent-Disposition: form-data; name="user"', 'client'), '--b--'), 'b'), null,
+    'two Content-Disposition headers: one parser reads the first, another the last')
+  t.equal(scanMultipart(body(part('Content-Disposition: form-data; name="user"; name*=UTF-8\'\'other', 'client'), '--b--'), 'b'), null,
+    'name and name* disagree: the upstream parser may read `user`, which would then keep the client\'s value')
+  t.ok(scanMultipart(body(part('Content-Disposition: form-data; name="user"; name*=UTF-8\'\'user', 'client'), '--b--'), 'b'), 'name and name* that agree are read')
+})

@@ -5,8 +5,17 @@ import type { ServerResponse } from 'node:http'
 
 export function csvField (v: unknown): string {
   if (v === null || v === undefined) return ''
-  const s = String(v)
+  const s = defuse(String(v))
   return /[",\r\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s
+}
+
+/**
+ * User names, chat ids and models come from clients: a cell starting like a formula (=, +, @, a
+ * tab or CR, or - that is not a whole number) would run as one in a spreadsheet, so it gets a leading
+ * apostrophe (OWASP "CSV injection"). Numbers, negative ones included, go out as they are.
+ */
+export function defuse (s: string): string {
+  return /^[=+@\t\r]|^-(?!\d*\.?\d+$)/.test(s) ? `'${s}` : s
 }
 
 export function csvLine (fields: readonly unknown[]): string {

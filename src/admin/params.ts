@@ -59,7 +59,8 @@ export function wantsCsv (q: URLSearchParams, accept: string | undefined): boole
 export function optionalText (q: URLSearchParams, param: string): string | undefined {
   const v = q.get(param)
   if (v === null) return undefined
-  if (v === '' || v.length > 500) throw new ParamError(param, `${param} must be 1-500 characters`)
+  // NUL included: Postgres text cannot hold it, and the query would fail as a 500.
+  if (v === '' || v.length > 500 || v.includes('\u0000')) throw new ParamError(param, `${param} must be 1-500 characters, without NUL`)
   return v
 }
 

@@ -49,7 +49,11 @@ export function createAdmin (apiKey: string, routes: AdminRoute[], log: Logger):
       }
       const params: Record<string, string> = {}
       for (const [k, v] of Object.entries(m.groups ?? {})) {
-        try { params[k] = decodeURIComponent(v) } catch { return sendError(res, 400, 'invalid_request_error', 'invalid_path', `malformed ${k} in path`) }
+        // Postgres text cannot hold NUL: refused here, or the query would fail as a 500.
+        let decoded: string
+        try { decoded = decodeURIComponent(v) } catch { return sendError(res, 400, 'invalid_request_error', 'invalid_path', `malformed ${k} in path`) }
+        if (decoded.includes('\u0000')) return sendError(res, 400, 'invalid_request_error', 'invalid_path', `malformed ${k} in path`)
+        params[k] = decoded
       }
       // An admin call that fails answers that call; it never reaches the process.
       Promise.resolve()

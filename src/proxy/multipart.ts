@@ -105,22 +105,29 @@ function startsWithAt (bytes: Buffer, what: Buffer, at: number): boolean {
 function partName (headers: string): string | undefined | null {
   if (headers === '') return undefined
   let name: string | undefined
+  let seen = false
   for (const line of headers.split('\r\n')) {
     const colon = line.indexOf(':')
     if (colon <= 0) return null // not a header: a line a lenient parser might read otherwise
-    if (name !== undefined || line.slice(0, colon).trim().toLowerCase() !== 'content-disposition') continue
+    if (line.slice(0, colon).trim().toLowerCase() !== 'content-disposition') continue
+    // A second Content-Disposition, or name and name* that differ, would let a parser upstream
+    // read `user` where this one reads another name, and keep the client's value: refused.
+    if (seen) return null
+    seen = true
     const value = line.slice(colon + 1)
     const semi = value.indexOf(';')
     const p = params(semi === -1 ? '' : value.slice(semi + 1))
     const extended = p.get('name*')
+    const plain = p.get('name')
+    const plainName = plain === undefined ? undefined : Buffer.from(plain, 'latin1').toString('utf8')
     if (extended !== undefined) {
       // RFC 5987: charset'language'percent-encoded
       const quote = extended.indexOf("'", extended.indexOf("'") + 1)
       try { name = decodeURIComponent(extended.slice(quote + 1)) } catch { name = extended }
+      if (plainName !== undefined && plainName !== name) return null
       continue
     }
-    const plain = p.get('name')
-    if (plain !== undefined) name = Buffer.from(plain, 'latin1').toString('utf8')
+    name = plainName
   }
   return name
 }

@@ -1,4 +1,5 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { answerClientErrors } from './client-errors.js'
 import { timingSafeEqual, createHash } from 'node:crypto'
 import { sendError } from './errors.js'
 import { handleMetered, meteredKind, type MeterContext } from './metered.js'
@@ -41,6 +42,7 @@ export function createProxyServer (ctx: ServerContext): Server {
     try { ctx.onExchange?.(req, res); route(req, res) } catch (err) { internalError(req, res, err) }
   })
   if (ctx.connections) limitConnections(server, ctx.connections)
+  answerClientErrors(server)
 
   function internalError (req: IncomingMessage, res: ServerResponse, err: unknown): void {
     ctx.meter.log.error({ err: err instanceof Error ? `${err.name}: ${err.message}` : String(err), method: req.method, path: (req.url ?? '').split('?')[0] },
