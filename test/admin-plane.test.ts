@@ -51,3 +51,10 @@ t.test('the admin key is required, and only the admin key', async (t) => {
   t.equal(unknown.status, 401, 'an unknown path tells a stranger nothing')
   t.equal((await get(on.url, '/admin/v1/nothing-here', { authorization: `Bearer ${ADMIN_KEY}` })).status, 404)
 })
+
+t.test('the page answers at /admin with a query string too', async (t) => {
+  const res = await request(on.url + '/admin?from=2026-11-01')
+  t.equal(res.statusCode, 200)
+  t.match(res.headers['content-type'], /text\/html/)
+  await res.body.dump()
+})

@@ -62,7 +62,7 @@ export function createProxyServer (ctx: ServerContext): Server {
       if (url === '/healthz') return plain(res, 200, '{"status":"ok"}')
       if (url === '/readyz') return ctx.isReady() ? plain(res, 200, '{"status":"ready"}') : plain(res, 503, '{"status":"starting"}')
       if (url === '/metrics' && ctx.metrics) return ctx.metrics(req, res)
-      if ((url === '/admin' || url.startsWith('/admin/')) && ctx.admin) {
+      if ((url === '/admin' || url.startsWith('/admin/') || url.startsWith('/admin?')) && ctx.admin) {
         if (!ctx.isReady()) return sendError(res, 503, 'service_unavailable', 'not_ready', 'usage-proxy is starting', { 'retry-after': '1' })
         return ctx.admin(req, res)
       }
