@@ -2,7 +2,7 @@ import t from 'tap'
 import { subscribe, unsubscribe } from 'node:diagnostics_channel'
 import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { FormData, Pool, request } from 'undici'
+import { Pool, request } from 'undici'
 import { FakeOpenRouter } from './support/fake-openrouter.js'
 import { createTestDb, type TestDb } from './support/db.js'
 import { baseEnv, startSidecar, type Started } from './support/sidecar.js'
@@ -106,11 +106,15 @@ t.test('requests are served while an 18 MB numeric body is scanned: it is read a
 t.test('multipart uploads: the user field is the user\'s external id, whatever the client put there', async (t) => {
   const file = Buffer.concat([Buffer.from('RIFF'), Buffer.from([0, 1, 2, 0xff, 0xfe, 13, 10, 45, 45]), Buffer.from('\r\n--not-the-boundary\r\nname="user"\r\n'), Buffer.alloc(70_000, 7)])
   for (const endpoint of ['audio/transcriptions', 'audio/translations', 'images/edits', 'images/variations']) {
+    // Encoded by the platform's own fetch (Response), then sent as bytes: npm undici's request()
+    // stalls on a FormData holding Node 24's Blob, a client-side interop gap, not the sidecar's.
     const form = new FormData()
     form.append('model', 'openai/whisper-1')
     form.append('user', 'another-orgs-external-id')
     form.append('file', new Blob([file], { type: 'application/octet-stream' }), 'a.wav')
-    const res = await request(`${s.url}/v1/${endpoint}`, { method: 'POST', headers: owui('mp-user'), body: form })
+    const encoded = new Response(form)
+    const body = Buffer.from(await encoded.arrayBuffer())
+    const res = await request(`${s.url}/v1/${endpoint}`, { method: 'POST', headers: { ...owui('mp-user'), 'content-type': encoded.headers.get('content-type')! }, body })
     t.equal(res.statusCode, 200, endpoint)
     const gen = String(res.headers['x-generation-id'])
     await res.body.dump()
