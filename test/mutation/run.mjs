@@ -6,7 +6,7 @@
 //
 // Usage: npm run mutate [-- name-filter]
 import { spawnSync } from 'node:child_process'
-import { cpSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { BREAKS } from './breaks.mjs'
@@ -16,8 +16,9 @@ const filter = process.argv[2]
 const breaks = BREAKS.filter((b) => !filter || b.name.includes(filter))
 
 const copy = mkdtempSync(join(tmpdir(), 'usage-proxy-mutate-'))
-for (const entry of ['src', 'test', 'sql', 'package.json', 'tsconfig.json', 'tsconfig.build.json']) {
-  cpSync(join(root, entry), join(copy, entry), { recursive: true })
+// web/ and README.md are read at run time (the admin page, the config table), so tests need them too.
+for (const entry of ['src', 'test', 'sql', 'web', 'docs', 'README.md', 'package.json', 'tsconfig.json', 'tsconfig.build.json']) {
+  if (existsSync(join(root, entry))) cpSync(join(root, entry), join(copy, entry), { recursive: true })
 }
 symlinkSync(join(root, 'node_modules'), join(copy, 'node_modules'), 'dir')
 const cleanup = () => rmSync(copy, { recursive: true, force: true })
