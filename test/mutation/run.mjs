@@ -24,6 +24,14 @@ symlinkSync(join(root, 'node_modules'), join(copy, 'node_modules'), 'dir')
 const cleanup = () => rmSync(copy, { recursive: true, force: true })
 process.on('SIGINT', () => { cleanup(); process.exit(130) })
 
+// Tests that spawn the sidecar as a process run dist/: the copy is compiled, and again after
+// each break in src/ (and after putting it back).
+function build (mustTypeCheck = true) {
+  // tsc still emits when a break does not type-check; then the tests judge it.
+  const r = spawnSync('npx', ['tsc', '-p', 'tsconfig.build.json'], { cwd: copy, encoding: 'utf8' })
+  if (mustTypeCheck && r.status !== 0) throw new Error(`build failed in the copy: ${r.stdout}${r.stderr}`)
+}
+
 function runTests (files) {
   const r = spawnSync('npx', ['tap', '--disable-coverage', '-R', 'silent', '-t', '120', ...files], { cwd: copy, encoding: 'utf8', env: { ...process.env, FORCE_COLOR: '0' } })
   return r.status === 0
@@ -33,8 +41,10 @@ const rows = []
 try {
   // The unbroken tree must pass the files, or a "caught" break proves nothing.
   const files = [...new Set(breaks.flatMap((b) => b.tests))]
-  if (!runTests(files)) {
-    console.error(`baseline failed: ${files.join(' ')} do not pass on the unbroken tree`)
+  build()
+  const failing = files.filter((f) => !runTests([f]))
+  if (failing.length > 0) {
+    console.error(`baseline failed: ${failing.join(' ')} do not pass on the unbroken tree`)
     process.exitCode = 1
   } else {
     for (const b of breaks) {
@@ -46,10 +56,13 @@ try {
       } else {
         writeFileSync(path, original.replace(b.search, b.replace))
         const started = Date.now()
+        const compiled = b.file.startsWith('src/')
         try {
+          if (compiled) build(false)
           verdict = runTests(b.tests) ? 'SURVIVED' : 'caught'
         } finally {
           writeFileSync(path, original)
+          if (compiled) build()
         }
         verdict += ` (${((Date.now() - started) / 1000).toFixed(0)} s)`
       }
