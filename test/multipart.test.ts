@@ -56,3 +56,13 @@ t.test('a part whose name parsers could read two ways is refused', async (t) => 
     'name and name* disagree: the upstream parser may read `user`, which would then keep the client\'s value')
   t.ok(scanMultipart(body(part('Content-Disposition: form-data; name="user"; name*=UTF-8\'\'user', 'client'), '--b--'), 'b'), 'name and name* that agree are read')
 })
+
+t.test('every user part is replaced, not only the last', async (t) => {
+  const raw = body(part('Content-Disposition: form-data; name="user"', 'first'), part('Content-Disposition: form-data; name="model"', 'm'),
+    part('Content-Disposition: form-data; name="user"', 'second'), '--b--\r\n')
+  const form = scanMultipart(raw, 'b')!
+  t.equal(form.user, 'second', 'the last one is the one read')
+  const out = form.withUser('ours').toString()
+  t.notMatch(out, /first|second/, 'neither client value is left')
+  t.equal(out.split('\r\n\r\nours\r\n').length - 1, 2, 'both parts carry ours')
+})
