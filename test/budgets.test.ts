@@ -285,7 +285,8 @@ t.test('BUDGET_WARN_PERCENT: one warning per period, posted to ALERT_WEBHOOK_URL
 t.test('a Prometheus gauge of utilization per budget scope, not per user', async (t) => {
   await call('PUT', '/admin/v1/budgets/default-user', { limit_usd: '0.0002', period: 'month' })
   for (const u of ['kate', 'kate', 'liam']) { const r = await chat(s.url, u); t.equal(r.statusCode, 200); await r.body.dump() }
-  await rowsSoon(() => db.sql`select 1 from budget_counters where user_id = 'liam' and period = 'month' and spent_usd > 0 and reserved_usd = 0`)
+  const settledLiam = await rowsSoon(() => db.sql`select 1 from budget_counters where user_id = 'liam' and period = 'month' and spent_usd > 0 and reserved_usd = 0`)
+  t.equal(settledLiam.length, 1, 'settlement turned the hold into spend: nothing stays reserved')
   const res = await request(s.url + '/metrics')
   const text = await res.body.text()
   const org = /^usage_proxy_budget_utilization_ratio\{scope="organization"\} (\S+)$/m.exec(text)

@@ -224,18 +224,11 @@ export const BREAKS = [
     tests: ['test/budgets-concurrency.test.ts', 'test/budgets-admission.test.ts'],
   },
   {
-    name: "new: budget check refuses landing exactly on the limit",
-    file: "sql/006_budgets.sql",
-    search: "oc.spent_usd + oc.reserved_usd + p_amount > ob.limit_usd",
-    replace: "oc.spent_usd + oc.reserved_usd + p_amount >= ob.limit_usd",
-    tests: ['test/budgets-admission.test.ts', 'test/budgets.test.ts'],
-  },
-  {
     name: "new: settlement never releases the reservation",
     file: "sql/006_budgets.sql",
     search: "SET reserved_usd = greatest(c.reserved_usd - s.amount, 0)",
     replace: "SET reserved_usd = greatest(c.reserved_usd, 0)",
-    tests: ['test/budgets.test.ts', 'test/budgets-faults.test.ts'],
+    tests: ['test/budgets.test.ts', 'test/budgets-admission.test.ts'],
   },
   {
     name: "new: week periods start on Sunday",
