@@ -1,5 +1,6 @@
 import { isUtf8 } from 'node:buffer'
 import { JsonScanner } from './json-scan.js'
+import { replaceSpans, type Span } from './splice.js'
 
 // The request body as the proxy sees it: bytes, a few top-level fields read in place, and the
 // `user` field spliced in. Nothing else is decoded: a 500 KB chat history or a 4 MB image is
@@ -14,7 +15,7 @@ import { JsonScanner } from './json-scan.js'
 export const FIELDS = new Set(['model', 'stream', 'user', 'max_tokens', 'max_completion_tokens', 'max_output_tokens', 'stream_options', 'messages'])
 
 /** A byte range [start, end) of `bytes`. */
-export interface Span { start: number, end: number }
+export type { Span }
 
 export class JsonBody {
   /** Last occurrence of each field in FIELDS, as JSON.parse keeps the last duplicate. */
@@ -83,14 +84,7 @@ export class JsonBody {
     if (this.users.length === 0) {
       return [b.subarray(0, this.close), Buffer.from(this.count === 0 ? `"user":${value}` : `,"user":${value}`), b.subarray(this.close)]
     }
-    const parts: Buffer[] = []
-    let at = 0
-    for (const u of this.users) {
-      parts.push(b.subarray(at, u.start), value)
-      at = u.end
-    }
-    parts.push(b.subarray(at))
-    return parts
+    return replaceSpans(b, this.users, value)
   }
 
   /** @internal called by the scan for each top-level member. */

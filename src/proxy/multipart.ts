@@ -1,3 +1,5 @@
+import { replaceSpans, type Span } from './splice.js'
+
 // multipart/form-data bodies (audio transcriptions, image edits): find the `user` fields and
 // replace them with the user's external id, or add one, so the client cannot choose whom
 // OpenRouter bills the upload to. The parts are located with Buffer.indexOf (native search);
@@ -8,7 +10,7 @@
 // or a line end, a missing closing delimiter, a header line without a colon is refused, so no parser
 // upstream can find a `user` part this one did not replace.
 
-export interface Span { start: number, end: number }
+export type { Span }
 
 /** The boundary of a multipart/form-data content type; null for any other type. */
 export function multipartBoundary (contentType: string | undefined): string | null {
@@ -48,14 +50,7 @@ export class MultipartBody {
       return [b.subarray(0, this.close), part, b.subarray(this.close)]
     }
     const value = Buffer.from(user)
-    const parts: Buffer[] = []
-    let at = 0
-    for (const u of this.users) {
-      parts.push(b.subarray(at, u.start), value)
-      at = u.end
-    }
-    parts.push(b.subarray(at))
-    return parts
+    return replaceSpans(b, this.users, value)
   }
 }
 
