@@ -212,3 +212,34 @@ t.test('the directory stays bounded: old entries are dropped, and a dropped user
   t.equal(dir.resolve(who('fresh'), at + 30_000).mapping, null)
   t.not(dir.resolve(who('fresh'), at + 61_000).mapping, null, 'refreshed once a minute for last_seen_at')
 })
+
+t.test('usage rows must name an existing organization, checked per statement: a batch with one unknown organization is refused whole, and an organization with usage cannot be deleted or renamed', async (t) => {
+  const db = await createTestDb()
+  t.teardown(() => db.drop())
+  await migrate(db.sql, 'sql')
+  await db.sql`insert into organizations (id, name) values (${ORG}, 'Ledger Org'), ('mai_client_idle', 'Idle Org')`
+  const good = rec(1)
+  const stray = { ...rec(2), organizationId: 'mai_client_nobody' }
+  const journal = new Journal(mkdtempSync(join(tmpdir(), 'ledger-')), createLogger('silent'))
+  const ledger = new Ledger(db.sql, journal, createLogger('silent'), { batchSize: 10, flushMs: 5 })
+  t.teardown(() => { ledger.close(); journal.close() })
+  ledger.record(good)
+  ledger.record(stray)
+  t.notOk(await ledger.drain(300), 'the batch waits: a missing organization is a reason to retry, not bad data to set aside')
+  t.same(await db.sql`select count(*)::int as n from usage_events`, [{ n: 0 }], 'nothing of the batch landed')
+  await db.sql`insert into organizations (id, name) values ('mai_client_nobody', 'Late Org')`
+  t.ok(await ledger.drain(10_000), 'lands once the organization exists')
+  t.same((await db.sql`select organization_id from usage_events order by organization_id`).map((r) => r.organization_id), [ORG, 'mai_client_nobody'])
+  const cols = (await db.sql`select usage_events_insert_columns() as c`)[0].c as string
+  // A copy of a landed row under an organization nobody created, every other column as it was.
+  const copy = db.sql`insert into usage_events (${db.sql.unsafe(cols)})
+    select ${db.sql.unsafe(cols)} from jsonb_populate_record(null::usage_events,
+      (select to_jsonb(u) || jsonb_build_object('event_id', gen_random_uuid(), 'generation_id', null, 'organization_id', 'mai_client_ghost') from usage_events u limit 1))`
+  t.match(await copy.catch((e: { code?: string, message: string }) => e), { code: '23503', message: /organization 'mai_client_ghost'/ }, "a plain insert too: the foreign key's own SQLSTATE, naming the organization")
+  for (const attempt of [db.sql`delete from organizations where id = ${ORG}`, db.sql`update organizations set id = 'renamed' where id = ${ORG}`]) {
+    t.match(await attempt.catch((e: { code?: string }) => e), { code: '23503' }, 'an organization with usage stays')
+  }
+  await db.sql`update organizations set name = 'Renamed Org' where id = ${ORG}`
+  await db.sql`delete from organizations where id = 'mai_client_idle'`
+  t.same((await db.sql`select id, name from organizations order by id`).map((r) => `${r.id}:${r.name}`), [`${ORG}:Renamed Org`, 'mai_client_nobody:Late Org'], 'other changes are not blocked')
+})
