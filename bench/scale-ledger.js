@@ -3,7 +3,8 @@
 // it), all of the same organization, all writing to one database at full speed. The records'
 // users and models repeat, so the replicas' rollup upserts meet on the same rows.
 //
-//   node bench/scale-ledger.js [--replicas=3] [--records=300000] [--flat]
+//   node bench/scale-ledger.js [--replicas=3] [--records=300000] [--batch=2000] [--flat]
+//   (LEDGER_PROFILE_DIR=dir: a CPU profile of each worker there, for bench/cpuprofile-summary.js)
 //   (--flat: migrations 001-003 only, today's unpartitioned schema, for the comparison)
 //   prints one JSON object on stdout
 import { fork } from 'node:child_process'
@@ -18,7 +19,7 @@ import { ROOT } from './targets.js'
 
 const arg = (name, dflt) => { const a = process.argv.find((x) => x.startsWith(`--${name}=`)); return a ? a.slice(name.length + 3) : dflt }
 const ORG = { id: 'bench_org', name: 'Bench Org', markupPercent: '12.5' }
-const MAX_BACKLOG = 5_000
+const MAX_BACKLOG = 10_000
 
 if (process.argv.includes('--worker')) await worker()
 else await parent()
@@ -33,7 +34,7 @@ async function parent () {
   await sql.begin(async (tx) => { for (const f of files) await tx.unsafe(readFileSync(join(ROOT, 'sql', f), 'utf8')) })
   await sql`insert into organizations (id, name, markup_percent) values (${ORG.id}, ${ORG.name}, ${ORG.markupPercent})`
   const per = Math.ceil(records / replicas)
-  const workers = Array.from({ length: replicas }, (_, i) => fork(fileURLToPath(import.meta.url), ['--worker', `--url=${url}`, `--records=${per}`, `--offset=${i * per}`]))
+  const workers = Array.from({ length: replicas }, (_, i) => fork(fileURLToPath(import.meta.url), ['--worker', `--url=${url}`, `--records=${per}`, `--offset=${i * per}`, `--batch=${arg('batch', '2000')}`], { execArgv: process.env.LEDGER_PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${process.env.LEDGER_PROFILE_DIR}`] : [] }))
   await Promise.all(workers.map((w) => new Promise((r) => w.once('message', r)))) // each connected and ready
   const t0 = performance.now()
   const done = Promise.all(workers.map((w) => new Promise((r) => w.once('message', r))))
@@ -67,7 +68,7 @@ async function worker () {
   const dir = mkdtempSync(join(tmpdir(), 'scale-ledger-'))
   const journal = new Journal(join(dir, 'journal'), log)
   journal.replay()
-  const ledger = new Ledger(sql, journal, log, { batchSize: 500, flushMs: 50 })
+  const ledger = new Ledger(sql, journal, log, { batchSize: Number(arg('batch', '2000')), flushMs: 50 })
   const record = (i) => ({
     eventId: randomUUID(), generationId: `gen-scale-${i}`, organizationId: ORG.id, userId: `user-${i % 200}`, externalUserId: `bench_org_u${i % 200}`,
     endpoint: 'chat/completions', model: `vendor/model-${i % 5}`, servedModel: `vendor/model-${i % 5}`, provider: 'P', streamed: i % 2 === 0,

@@ -166,7 +166,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
       log!.warn('the embedded database is for trying usage-proxy out: one process, a password-less superuser on loopback, several hundred MB of memory. ' +
         'In production set DATABASE_URL to a PostgreSQL server you back up (compose.example.yml runs one)')
     }
-    sql = await connect({ url, log: log!, retryMaxMs: config.db.connectRetryMaxMs, signal: abort.signal, max: embedded ? 1 : 4 })
+    sql = await connect({ url, log: log!, retryMaxMs: config.db.connectRetryMaxMs, signal: abort.signal, max: embedded ? 1 : 5 }) // the ledger's 3 batches + 2 for the request path
     // 3. schema, under an advisory lock so sidecars booting together are safe
     const migrated = await migrate(sql, SQL_DIR)
     log!.info({ applied: migrated.applied, alreadyApplied: migrated.skipped.length, database: redactUrl(url) }, 'schema ready')

@@ -48,7 +48,7 @@ export const envSchema = z.object({
   UPSTREAM_CONNECTIONS: positiveInt.default(1024),
   SHUTDOWN_GRACE_MS: z.coerce.number().int().min(0).default(30_000),
   RECONCILE_MAX_WAIT_MS: positiveInt.default(120_000),
-  LEDGER_BATCH_SIZE: z.coerce.number().int().min(1).max(1000).default(500),
+  LEDGER_BATCH_SIZE: z.coerce.number().int().min(1).max(10_000).default(2000),
   LEDGER_FLUSH_MS: positiveInt.default(50),
   DB_CONNECT_RETRY_MAX_MS: positiveInt.default(10_000),
   EMBEDDED_DB_PORT: port.default(54320),
