@@ -38,10 +38,12 @@ export function createAdmin (apiKey: string, routes: AdminRoute[], log: Logger):
   return (req, res) => {
     const url = new URL(req.url ?? '/', 'http://admin.invalid')
     let pathMatched = false
+    let pathPublic = false
     for (const route of routes) {
       const m = route.path.exec(url.pathname)
       if (!m) continue
       pathMatched = true
+      pathPublic ||= route.public === true
       if (route.method !== req.method) continue
       if (!route.public && !authorized(req)) {
         req.resume()
@@ -65,7 +67,9 @@ export function createAdmin (apiKey: string, routes: AdminRoute[], log: Logger):
       return
     }
     req.resume()
-    if (pathMatched) return sendError(res, 405, 'invalid_request_error', 'method_not_allowed', `${req.method} is not allowed on ${url.pathname}`)
+    // Without the key, a wrong method on a key-only path is told 401 like any other call: which
+    // methods a path takes is not for anonymous callers to learn.
+    if (pathMatched && (pathPublic || authorized(req))) return sendError(res, 405, 'invalid_request_error', 'method_not_allowed', `${req.method} is not allowed on ${url.pathname}`)
     if (!authorized(req)) return sendError(res, 401, 'authentication_error', 'invalid_admin_key', 'missing or wrong admin key (Authorization: Bearer <ADMIN_API_KEY>)')
     return sendError(res, 404, 'not_found_error', 'not_found', `no admin route for ${req.method} ${url.pathname}`)
   }
