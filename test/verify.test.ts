@@ -128,3 +128,21 @@ t.test('admin reports read from DATABASE_READ_URL; writes stay on DATABASE_URL',
   const [m] = await primary.sql`select ran_on from usage_maintenance`
   t.ok(m, 'maintenance ran on the primary')
 })
+
+// Each fold adds to what the rollup row already holds: a key folded a second time (a later batch
+// for the same day, user, model and kind) must sum, never overwrite.
+t.test('compaction folds a key a second time into the same rollup row, adding', async (t) => {
+  const db = await filled([[1, '2026-06-10T08:00:00Z'], [3, '2026-06-10T09:00:00Z']])
+  t.teardown(() => db.drop())
+  const ledger = new Ledger(db.sql, null, log, { batchSize: 100, flushMs: 1 })
+  for (const [i, at] of [[5, '2026-06-10T10:00:00Z'], [7, '2026-06-10T11:00:00Z']] as Array<[number, string]>) ledger.record(rec(i, at))
+  t.ok(await ledger.drain(10_000))
+  ledger.close()
+  await compactRollups(db.sql)
+  const [row] = await db.sql`select requests::int, total_tokens::int, cost_usd::text from usage_daily_rollups where day = '2026-06-10'`
+  const [raw] = await db.sql`select count(*)::int as requests, sum(total_tokens)::int as total_tokens, sum(cost_usd)::text as cost_usd from usage_events`
+  t.same(row, raw, 'one row (every record is user 1, vendor/m, chat) holding all four requests, to the last digit')
+  t.equal(row.requests, 4)
+  const clean = capture()
+  t.equal(await runVerify(['--month=2026-06'], { DATABASE_URL: db.url }, clean.out, clean.err), 0, clean.text())
+})
