@@ -122,15 +122,15 @@ async function run (argv: string[]): Promise<void> {
     const { main } = await import('./main.js')
     await main()
   } else if (command === 'verify') {
-    const [{ runVerify }, { withEnvFile }] = await Promise.all([import('./verify-command.js'), import('./config/env-file.js')])
-    process.exitCode = await runVerify(args, withEnvFile(process.env))
+    const [{ runVerify }, { processEnvironment }] = await Promise.all([import('./verify-command.js'), import('./config/env-file.js')])
+    process.exitCode = await runVerify(args, processEnvironment())
   } else if (command === 'gen-env') {
     process.stdout.write(genEnv(args))
   } else if (command === 'statement') {
     const { statement, StatementError } = await import('./statement.js')
-    const { withEnvFile } = await import('./config/env-file.js')
+    const { processEnvironment } = await import('./config/env-file.js')
     const { ConfigError } = await import('./config/config.js')
-    await statement(args, withEnvFile(process.env)).catch((e: unknown) => {
+    await statement(args, processEnvironment()).catch((e: unknown) => {
       throw e instanceof StatementError || e instanceof ConfigError ? new UsageError(e.message) : e
     })
   } else {

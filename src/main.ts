@@ -3,10 +3,10 @@ import { dirname, join, resolve } from 'node:path'
 import type { AddressInfo } from 'node:net'
 import type { Server, ServerResponse } from 'node:http'
 import { ConfigError, loadConfig, type Config } from './config/config.js'
-import { withEnvFile } from './config/env-file.js'
+import { processEnvironment } from './config/env-file.js'
 import { createAdminPlane } from './admin/index.js'
 import { connect, redactUrl, type Sql } from './db/connect.js'
-import { installCrashGuard } from './db/crash-guard.js'
+import { installCrashGuard } from './crash-guard.js'
 import { startEmbedded, type EmbeddedDb } from './db/embedded.js'
 import { migrate } from './db/migrate.js'
 import { startPartitionMaintenance, type PartitionMaintainer } from './db/partitions.js'
@@ -243,7 +243,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
 export async function main (): Promise<void> {
   let sidecar: Sidecar
   try {
-    sidecar = await start(withEnvFile(process.env))
+    sidecar = await start(processEnvironment())
   } catch (err) {
     if (err instanceof StartupError) {
       process.stderr.write(`usage-proxy: ${err.message}\n`)

@@ -1,4 +1,4 @@
-import type { Logger } from '../log.js'
+import type { Logger } from './log.js'
 
 // postgres.js 3.4.9 can throw from a setImmediate after its socket was closed under it
 // (src/connection.js nextWrite: "Cannot read properties of null (reading 'write')") when the TCP
