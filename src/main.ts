@@ -5,13 +5,9 @@ import type { Server, ServerResponse } from 'node:http'
 import { ConfigError, loadConfig, type Config } from './config/config.js'
 import { processEnvironment } from './config/env-file.js'
 import { createAdminPlane } from './admin/index.js'
-import { connect, redactUrl, type Sql } from './db/connect.js'
+import { bootServices, noServices, releaseServices } from './boot.js'
+import type { Sql } from './db/connect.js'
 import { installCrashGuard } from './crash-guard.js'
-import { startEmbedded, type EmbeddedDb } from './db/embedded.js'
-import { migrate } from './db/migrate.js'
-import { startPartitionMaintenance, type PartitionMaintainer } from './db/partitions.js'
-import { upsertOrganization } from './db/organizations.js'
-import { UserDirectory } from './identity/directory.js'
 import { identityHeaders, ignoredHeadersWarning } from './identity/identify.js'
 import { createLogger, scrub, type Logger } from './log.js'
 import { createPassthrough } from './proxy/passthrough.js'
@@ -22,15 +18,11 @@ import { myUsageSummary } from './usage/my-usage.js'
 import { createUpstream } from './proxy/upstream.js'
 import { Journal } from './usage/journal.js'
 import { Ledger } from './usage/ledger.js'
-import { Reconciler } from './usage/reconcile.js'
-import { startRollupCompaction, type RollupCompactor } from './usage/rollups.js'
 import type { UsageRecord } from './usage/record.js'
 import { createMetrics } from './metrics.js'
 import { createAccessLog } from './proxy/access-log.js'
-import { startKeyPoller, type KeyPoller } from './openrouter-key.js'
 import { StartupError, listenError } from './startup-error.js'
 import { createServer } from 'node:http'
-import { startLimits, type SpendControls } from './budgets/boot.js'
 import { registerBudgetMetrics } from './budgets/metrics.js'
 
 const SQL_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', 'sql')
@@ -73,38 +65,28 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
   const journal = new Journal(join(resolve(config.ledger.dataDir), 'journal'), log)
 
   // Filled in by boot; the server only reaches them once `ready` is true.
-  let sql: Sql | null = null
-  let readSql: Sql | null = null
-  let maintenance: PartitionMaintainer | null = null
-  let compactor: RollupCompactor | null = null
-  let embedded: EmbeddedDb | null = null
-  let ledger: Ledger | null = null
-  let reconciler: Reconciler | null = null
-  let directory: UserDirectory | null = null
-  let spend: SpendControls | null = null
-
-  let keyPoller: KeyPoller | null = null
-  const metrics = createMetrics(() => ledger && reconciler && {
-    ledgerDepth: () => ledger!.depth,
+  const s = noServices()
+  const metrics = createMetrics(() => s.ledger && s.reconciler && {
+    ledgerDepth: () => s.ledger!.depth,
     journalBacklog: () => journal.backlog,
-    reconcileActive: () => reconciler!.active,
-    reconciled: () => reconciler!.reconciled,
-    reconcileGaveUp: () => reconciler!.gaveUp,
-    ledgerWritten: () => ledger!.written,
-    ledgerRejected: () => ledger!.rejected,
+    reconcileActive: () => s.reconciler!.active,
+    reconciled: () => s.reconciler!.reconciled,
+    reconcileGaveUp: () => s.reconciler!.gaveUp,
+    ledgerWritten: () => s.ledger!.written,
+    ledgerRejected: () => s.ledger!.rejected,
   }, {
     apiKey: config.metrics.apiKey,
     maxModels: config.metrics.maxModels,
-    postgresUp: () => postgresAnswers(sql),
-    keyBalance: () => keyPoller?.latest() ?? null,
+    postgresUp: () => postgresAnswers(s.sql),
+    keyBalance: () => s.keyPoller?.latest() ?? null,
     organizationId: config.organization.id,
-  }, (registry) => registerBudgetMetrics(registry, () => sql && { sql, org: config.organization.id }))
+  }, (registry) => registerBudgetMetrics(registry, () => s.sql && { sql: s.sql, org: config.organization.id }))
   // The usage page's bar and "My usage" read the budget that governs a user.
-  const budgetFor = budgetForUser(() => sql!, config.organization.id, () => spend?.limits.mayHaveBudgets ?? false)
+  const budgetFor = budgetForUser(() => s.sql!, config.organization.id, () => s.spend?.limits.mayHaveBudgets ?? false)
   const selfService = config.selfService.model === null ? undefined : createSelfService({
     model: config.selfService.model, name: config.selfService.name, modelsUrl: `${config.openrouter.baseUrl}/models`, log,
     headers: { apiKey: config.openrouter.apiKey, appUrl: config.openrouter.appUrl, appTitle: config.openrouter.appTitle, identityHeaders: idHeaders },
-    summary: (who, externalUserId) => myUsageSummary(sql!, { organizationId: config.organization.id, userId: who.userId, externalUserId, budgetFor }),
+    summary: (who, externalUserId) => myUsageSummary(s.sql!, { organizationId: config.organization.id, userId: who.userId, externalUserId, budgetFor }),
   })
   const access = createAccessLog({ log, enabled: config.accessLog, count: metrics.response })
   const meter = {
@@ -118,15 +100,15 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     maxBodyBytes: config.server.maxBodyBytes,
     identity: { ...config.identity, onIgnoredHeaders: config.identity.jwtSecret ? ignoredHeadersWarning(log, config.identity) : undefined },
     identityHeaders: idHeaders,
-    get directory () { return directory! },
-    get ledger () { return ledger! },
-    get reconciler () { return reconciler! },
+    get directory () { return s.directory! },
+    get ledger () { return s.ledger! },
+    get reconciler () { return s.reconciler! },
     log,
     track (delta: 1 | -1) { inFlight += delta; if (inFlight === 0 && idle) idle() },
     observe (rec: UsageRecord, res: ServerResponse) { metrics.observe(rec); access.record(res, rec) },
     stopping: () => stopping !== null,
     kinds: { ...config.kinds, appHeaders: idHeaders },
-    get limits () { return spend?.limits },
+    get limits () { return s.spend?.limits },
   }
   // METRICS_PORT: /metrics only on its own listener (loopback by default), not on the data plane.
   const metricsServer = config.metrics.port === undefined ? null : createServer((req, res) => {
@@ -137,7 +119,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     onExchange: access.begin,
     clientTimeouts: { headersMs: config.server.headersTimeoutMs, requestMs: config.server.requestTimeoutMs }, onPassthrough: metrics.passthrough,
     connections: { max: config.server.maxConnections, perIp: config.server.maxConnectionsPerIp },
-    admin: createAdminPlane({ config, sql: () => sql!, readSql: () => readSql ?? sql!, log, budgetFor, budgetsChanged: () => { void spend?.limits.refresh() } }) ?? undefined, models: selfService?.listModels })
+    admin: createAdminPlane({ config, sql: () => s.sql!, readSql: () => s.readSql ?? s.sql!, log, budgetFor, budgetsChanged: () => { void s.spend?.limits.refresh() } }) ?? undefined, models: selfService?.listModels })
   try {
     await listen(server, 'PORT', config.server.host, config.server.port)
     if (metricsServer) await listen(metricsServer, 'METRICS_PORT', config.metrics.host, config.metrics.port!)
@@ -157,44 +139,10 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
 
   const abort = new AbortController()
   const ready$ = (async () => {
-    // 2. the database: DATABASE_URL, or the embedded one under DATA_DIR
-    let url = config.databaseUrl
-    if (!url) {
-      embedded = await startEmbedded(config.ledger.dataDir, config.db.embeddedPort, log!)
-      url = embedded.url
-      log!.info({ psql: embedded.psql }, 'no DATABASE_URL: using the embedded database; query it with psql')
-      log!.warn('the embedded database is for trying usage-proxy out: one process, a password-less superuser on loopback, several hundred MB of memory. ' +
-        'In production set DATABASE_URL to a PostgreSQL server you back up (compose.example.yml runs one)')
-    }
-    sql = await connect({ url, log: log!, retryMaxMs: config.db.connectRetryMaxMs, signal: abort.signal, max: embedded ? 1 : 5 }) // the ledger's 3 batches + 2 for the request path
-    // 3. schema, under an advisory lock so sidecars booting together are safe
-    const migrated = await migrate(sql, SQL_DIR)
-    log!.info({ applied: migrated.applied, alreadyApplied: migrated.skipped.length, database: redactUrl(url) }, 'schema ready')
-    // 3b. monthly partitions ahead and retention, by one replica a day (src/db/partitions.ts)
-    maintenance = await startPartitionMaintenance(sql, log!, { retentionMonths: config.retentionMonths })
-    compactor = startRollupCompaction(sql, log!)
-    // Reports read from the replica once it answers; the primary serves them until then, so a
-    // replica that is down never holds up boot or the data plane.
-    if (config.databaseReadUrl) {
-      void connect({ url: config.databaseReadUrl, log: log!, retryMaxMs: config.db.connectRetryMaxMs, signal: abort.signal, max: 4 })
-        .then((r) => { if (stopping) void r.end({ timeout: 0 }); else { readSql = r; log!.info({ database: redactUrl(config.databaseReadUrl!) }, 'read replica ready for reports') } }, () => {})
-    }
-    // 4. the organization row
-    const created = await upsertOrganization(sql, config.organization, config.openrouter.apiKey)
-    log!.info({ organization: config.organization.id, created, markupPercent: config.organization.markupPercent }, 'organization ready')
-    // 5. replay what an earlier process journaled but never committed
-    ledger = new Ledger(sql, journal, log!, { ...config.ledger, rejectedPath: join(resolve(config.ledger.dataDir), 'rejected.jsonl') })
-    reconciler = new Reconciler(upstream.fetchGeneration, (r) => ledger!.record(r), log!, { maxWaitMs: config.ledger.reconcileMaxWaitMs })
-    directory = new UserDirectory(config.organization.id)
-    spend = await startLimits({ sql, config, upstream, log: log!, record: (r) => ledger!.record(r) })
-    const replay = journal.replay()
-    for (const r of replay.finals) ledger.record(r, true)
-    // A pending line is the request as far as it got: 'interrupted' unless it had ended.
-    for (const r of replay.pendings) reconciler.enqueue(r)
-    if (replay.segments > 0) log!.info({ records: replay.finals.length, toReconcile: replay.pendings.length, tornLines: replay.tornLines }, 'journal replayed')
+    // 2-5. database, schema, organization, journal replay (src/boot.ts)
+    await bootServices(s, { config, log: log!, journal, upstream, sqlDir: SQL_DIR, signal: abort.signal, isStopping: () => stopping !== null })
     // 6. open for traffic
     ready = true
-    keyPoller = startKeyPoller(upstream.fetchKey, log!)
     log!.info({ port }, 'ready')
   })()
   ready$.catch((err) => {
@@ -209,7 +157,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
       abort.abort()
       server.close()
       server.closeIdleConnections()
-      keyPoller?.stop()
+      s.keyPoller?.stop()
       metricsServer?.close()
       metricsServer?.closeAllConnections()
       if (inFlight > 0) {
@@ -219,24 +167,14 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
         ])
       }
       server.closeAllConnections()
-      spend?.close()
-      reconciler?.stop() // unreconciled generations stay pending in the journal for the next boot
-      const drained = ledger ? await ledger.drain(5_000) : true
-      ledger?.close()
-      journal.close()
-      log!.info({ drained, backlog: journal.backlog }, drained ? 'ledger flushed' : 'ledger not fully flushed: the journal keeps the rest for the next start')
-      maintenance?.stop()
-      await compactor?.stop()
-      await readSql?.end({ timeout: 2 }).catch(() => {})
-      await sql?.end({ timeout: 2 }).catch(() => {})
-      await embedded?.stop().catch(() => {})
+      await releaseServices(s, journal, log!)
       passthrough.close()
       await upstream.close().catch(() => {})
     })()
     return stopping
   }
 
-  return { config, server, port, ready: ready$, ledger: () => ledger, log, stop, isStopping: () => stopping !== null }
+  return { config, server, port, ready: ready$, ledger: () => s.ledger, log, stop, isStopping: () => stopping !== null }
 }
 
 /** Runs the sidecar as a process: exits 2 on a configuration error, stops gracefully on SIGTERM/SIGINT. */

@@ -1,0 +1,107 @@
+import { join, resolve } from 'node:path'
+import type { Config } from './config/config.js'
+import { connect, redactUrl, type Sql } from './db/connect.js'
+import { startEmbedded, type EmbeddedDb } from './db/embedded.js'
+import { migrate } from './db/migrate.js'
+import { startPartitionMaintenance, type PartitionMaintainer } from './db/partitions.js'
+import { upsertOrganization } from './db/organizations.js'
+import { UserDirectory } from './identity/directory.js'
+import type { Logger } from './log.js'
+import type { Upstream } from './proxy/upstream.js'
+import type { Journal } from './usage/journal.js'
+import { Ledger } from './usage/ledger.js'
+import { Reconciler } from './usage/reconcile.js'
+import { startRollupCompaction, type RollupCompactor } from './usage/rollups.js'
+import { startLimits, type SpendControls } from './budgets/boot.js'
+import { startKeyPoller, type KeyPoller } from './openrouter-key.js'
+
+// What the sidecar needs Postgres for, filled in step by step while the listener already answers
+// /healthz. The server reaches these only once boot is done; stop releases whatever was made.
+
+export interface Services {
+  sql: Sql | null
+  /** DATABASE_READ_URL's pool, once it answers; reports use the primary until then. */
+  readSql: Sql | null
+  embedded: EmbeddedDb | null
+  maintenance: PartitionMaintainer | null
+  compactor: RollupCompactor | null
+  ledger: Ledger | null
+  reconciler: Reconciler | null
+  directory: UserDirectory | null
+  spend: SpendControls | null
+  keyPoller: KeyPoller | null
+}
+
+export function noServices (): Services {
+  return { sql: null, readSql: null, embedded: null, maintenance: null, compactor: null, ledger: null, reconciler: null, directory: null, spend: null, keyPoller: null }
+}
+
+export interface BootDeps {
+  config: Config
+  log: Logger
+  journal: Journal
+  upstream: Upstream
+  sqlDir: string
+  signal: AbortSignal
+  isStopping: () => boolean
+}
+
+/** Steps 2-5 of the boot sequence (main.ts numbers them); resolves when traffic may be served. */
+export async function bootServices (s: Services, { config, log, journal, upstream, sqlDir, signal, isStopping }: BootDeps): Promise<void> {
+  // 2. the database: DATABASE_URL, or the embedded one under DATA_DIR
+  let url = config.databaseUrl
+  if (!url) {
+    s.embedded = await startEmbedded(config.ledger.dataDir, config.db.embeddedPort, log)
+    url = s.embedded.url
+    log.info({ psql: s.embedded.psql }, 'no DATABASE_URL: using the embedded database; query it with psql')
+    log.warn('the embedded database is for trying usage-proxy out: one process, a password-less superuser on loopback, several hundred MB of memory. ' +
+      'In production set DATABASE_URL to a PostgreSQL server you back up (compose.example.yml runs one)')
+  }
+  // The ledger's three batches in flight, and two for the request path (budgets, admin, reports).
+  const sql = s.sql = await connect({ url, log, retryMaxMs: config.db.connectRetryMaxMs, signal, max: s.embedded ? 1 : 5 })
+  // 3. schema, under an advisory lock so sidecars booting together are safe
+  const migrated = await migrate(sql, sqlDir)
+  log.info({ applied: migrated.applied, alreadyApplied: migrated.skipped.length, database: redactUrl(url) }, 'schema ready')
+  // 3b. monthly partitions ahead and retention, by one replica a day (src/db/partitions.ts)
+  s.maintenance = await startPartitionMaintenance(sql, log, { retentionMonths: config.retentionMonths })
+  s.compactor = startRollupCompaction(sql, log)
+  // Reports read from the replica once it answers; the primary serves them until then, so a
+  // replica that is down never holds up boot or the data plane.
+  if (config.databaseReadUrl) {
+    void connect({ url: config.databaseReadUrl, log, retryMaxMs: config.db.connectRetryMaxMs, signal, max: 4 })
+      .then((r) => { if (isStopping()) void r.end({ timeout: 0 }); else { s.readSql = r; log.info({ database: redactUrl(config.databaseReadUrl!) }, 'read replica ready for reports') } }, () => {})
+  }
+  // 4. the organization row
+  const created = await upsertOrganization(sql, config.organization, config.openrouter.apiKey)
+  log.info({ organization: config.organization.id, created, markupPercent: config.organization.markupPercent }, 'organization ready')
+  // 5. replay what an earlier process journaled but never committed
+  const ledger = s.ledger = new Ledger(sql, journal, log, { ...config.ledger, rejectedPath: join(resolve(config.ledger.dataDir), 'rejected.jsonl') })
+  const reconciler = s.reconciler = new Reconciler(upstream.fetchGeneration, (r) => ledger.record(r), log, { maxWaitMs: config.ledger.reconcileMaxWaitMs })
+  s.directory = new UserDirectory(config.organization.id)
+  s.spend = await startLimits({ sql, config, upstream, log, record: (r) => ledger.record(r) })
+  const replay = journal.replay()
+  for (const r of replay.finals) ledger.record(r, true)
+  // A pending line is the request as far as it got: 'interrupted' unless it had ended.
+  for (const r of replay.pendings) reconciler.enqueue(r)
+  if (replay.segments > 0) log.info({ records: replay.finals.length, toReconcile: replay.pendings.length, tornLines: replay.tornLines }, 'journal replayed')
+  s.keyPoller = startKeyPoller(upstream.fetchKey, log)
+}
+
+/**
+ * After the last stream: the ledger gets five seconds to write what is queued (the journal keeps
+ * the rest for the next start), then every pool and timer boot made is released.
+ */
+export async function releaseServices (s: Services, journal: Journal, log: Logger): Promise<void> {
+  s.keyPoller?.stop() // again: a boot that finished during the grace period started it
+  s.spend?.close()
+  s.reconciler?.stop() // unreconciled generations stay pending in the journal for the next boot
+  const drained = s.ledger ? await s.ledger.drain(5_000) : true
+  s.ledger?.close()
+  journal.close()
+  log.info({ drained, backlog: journal.backlog }, drained ? 'ledger flushed' : 'ledger not fully flushed: the journal keeps the rest for the next start')
+  s.maintenance?.stop()
+  await s.compactor?.stop()
+  await s.readSql?.end({ timeout: 2 }).catch(() => {})
+  await s.sql?.end({ timeout: 2 }).catch(() => {})
+  await s.embedded?.stop().catch(() => {})
+}
