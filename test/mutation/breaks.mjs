@@ -287,6 +287,13 @@ export const BREAKS = [
     tests: ['test/kind.test.ts'],
   },
   {
+    name: "new: budget check refuses landing exactly on the limit",
+    file: "sql/006_budgets.sql",
+    search: "uc.spent_usd + uc.reserved_usd + p_amount > ub.limit_usd THEN",
+    replace: "uc.spent_usd + uc.reserved_usd + p_amount >= ub.limit_usd THEN",
+    tests: ['test/budget-boundary.test.ts'],
+  },
+  {
     name: "new: rollup compaction overwrites cost instead of adding",
     file: "sql/007_partitions_rollups.sql",
     search: "      cost_usd = u.cost_usd + excluded.cost_usd,",
