@@ -4,6 +4,9 @@ import type { Sql } from '../db/connect.js'
 // them (usage_rollup_select in sql/007), and lists every rollup row that differs. The rollups
 // compared are usage_daily_totals: folded rows plus the deltas not folded yet, as readers see them. Days
 // whose raw rows retention dropped are not compared: their rollups are all that is left.
+// The monthly rollups (migration 009, usage_monthly_totals) are compared, month by month, with
+// the raw rows of the days that still have them plus the daily rollups of the days retention
+// dropped: a corrupted monthly row is named as such, and a corrupted daily row only as itself.
 
 export const ROLLUP_VALUES = [
   'requests', 'failed_or_aborted', 'prompt_tokens', 'completion_tokens', 'total_tokens', 'cached_tokens',
@@ -11,7 +14,10 @@ export const ROLLUP_VALUES = [
 ] as const
 
 export interface RollupDifference {
+  /** daily: a usage_daily_totals row against the raw rows; monthly: a usage_monthly_totals row against the daily rows of its month. */
+  rollup: 'daily' | 'monthly'
   organizationId: string
+  /** The day, or for a monthly row its month's first day. */
   day: string
   externalUserId: string
   model: string
@@ -25,6 +31,8 @@ export interface VerifyResult {
   to: string | null
   rollupRows: number
   rawRows: number
+  /** Monthly rollup rows compared; null when the database has none (before migration 009). */
+  monthlyRows: number | null
   differences: RollupDifference[]
 }
 
@@ -67,26 +75,70 @@ export async function verifyRollups (sql: Sql, opts: { month?: string, limit?: n
     select (select count(*) from usage_daily_totals where (${lo}::date is null or day >= ${lo}::date) and (${to}::date is null or day < ${to}::date))::int as rollups,
            (select count(*) from usage_events where (${lo}::date is null or created_at >= (${lo}::date::text || ' 00:00:00+00')::timestamptz)
              and (${to}::date is null or created_at < (${to}::date::text || ' 00:00:00+00')::timestamptz))::int as raw`
+  const monthly = await verifyMonthly(sql, q, from, lo, to, limit)
   return {
     from: lo,
     to,
     rollupRows: rollups,
     rawRows: raw,
-    differences: rows.map((r) => ({
-      organizationId: r.organization_id,
-      day: r.day,
-      externalUserId: r.external_user_id,
-      model: r.model,
-      kind: r.kind,
-      values: Object.fromEntries(ROLLUP_VALUES
-        .filter((c) => r[`d_${c}`] === true)
-        .map((c) => [c, [r.in_rollup ? r[`r_${c}`] : null, r.in_raw ? r[`x_${c}`] : null]])),
-    })),
+    monthlyRows: monthly?.rows ?? null,
+    differences: [...rows.map((r) => differenceOf('daily', r)), ...(monthly?.differences ?? [])].slice(0, limit),
   }
+}
+
+function differenceOf (rollup: RollupDifference['rollup'], r: Record<string, unknown>): RollupDifference {
+  return {
+    rollup,
+    organizationId: r.organization_id as string,
+    day: r.day as string,
+    externalUserId: r.external_user_id as string,
+    model: r.model as string,
+    kind: r.kind as string,
+    values: Object.fromEntries(ROLLUP_VALUES
+      .filter((c) => r[`d_${c}`] === true)
+      .map((c) => [c, [r.in_rollup ? r[`r_${c}`] as string | null : null, r.in_raw ? r[`x_${c}`] as string | null : null]])),
+  }
+}
+
+/**
+ * usage_monthly_totals of [from, to) (or every month) against its month's days: raw rows from `lo`
+ * on (`raw`, the daily rollups' definition over $1 = lo, $2 = to), daily rollups before it.
+ */
+async function verifyMonthly (sql: Sql, raw: string, from: string | null, lo: string | null, to: string | null, limit: number):
+Promise<{ rows: number, differences: RollupDifference[] } | null> {
+  const [{ present }] = await sql<{ present: boolean }[]>`select to_regclass('usage_monthly_totals') is not null as present`
+  if (!present) return null
+  const sums = ROLLUP_VALUES.filter((c) => c !== 'user_id').map((c) => `sum(${c}) as ${c}`).join(', ')
+  const cols = ROLLUP_VALUES.map((c) => `r.${c}::text as r_${c}, x.${c}::text as x_${c}, r.${c} is distinct from x.${c} as d_${c}`).join(', ')
+  const differs = ROLLUP_VALUES.map((c) => `r.${c} is distinct from x.${c}`).join(' or ')
+  const rows = await sql.unsafe(`
+    with days as (
+      select * from (${raw}) x where $1::date is not null
+      union all
+      select * from usage_daily_totals where ($3::date is null or day >= $3::date) and ($1::date is null or day < $1::date)
+        and ($2::date is null or day < $2::date)),
+    daily as (
+      select organization_id, date_trunc('month', day::timestamp)::date as month, external_user_id, model, kind, ${sums}, max(user_id) as user_id
+      from days group by 1, 2, 3, 4, 5),
+    monthly as (select * from usage_monthly_totals where ($3::date is null or month >= $3::date) and ($2::date is null or month < $2::date))
+    select coalesce(r.organization_id, x.organization_id) as organization_id, coalesce(r.month, x.month)::text as day,
+           coalesce(r.external_user_id, x.external_user_id) as external_user_id, coalesce(r.model, x.model) as model,
+           coalesce(r.kind, x.kind) as kind, r.month is not null as in_rollup, x.month is not null as in_raw, ${cols}
+    from monthly r full join daily x using (organization_id, month, external_user_id, model, kind)
+    where ${differs}
+    order by 1, 2, 3, 4, 5
+    limit ${Number(limit)}`, [lo, to, from])
+  const [{ n }] = await sql<{ n: number }[]>`
+    select count(*)::int as n from usage_monthly_totals where (${from}::date is null or month >= ${from}::date) and (${to}::date is null or month < ${to}::date)`
+  return { rows: n, differences: rows.map((r) => differenceOf('monthly', r)) }
 }
 
 /** One line per difference, for the command line. */
 export function formatDifference (d: RollupDifference): string {
+  if (d.rollup === 'monthly') {
+    const what = Object.entries(d.values).map(([c, [a, b]]) => `${c}: monthly rollup ${a ?? '(no row)'} != daily rollups ${b ?? '(no row)'}`).join('; ')
+    return `${d.organizationId} month ${d.day.slice(0, 7)} user=${d.externalUserId} model=${d.model === '' ? '(none)' : d.model} kind=${d.kind}: ${what}`
+  }
   const what = Object.entries(d.values).map(([c, [a, b]]) => `${c}: rollup ${a ?? '(no row)'} != raw ${b ?? '(no row)'}`).join('; ')
   return `${d.organizationId} ${d.day} user=${d.externalUserId} model=${d.model === '' ? '(none)' : d.model} kind=${d.kind}: ${what}`
 }
