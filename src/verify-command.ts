@@ -36,7 +36,7 @@ export async function runVerify (args: string[], env: Record<string, string | un
     for (const d of r.differences) out(formatDifference(d) + '\n')
     if (r.differences.length === 0) {
       out(`verify ${scope}: ${r.rollupRows} rollup rows match ${r.rawRows} raw rows` +
-        (r.monthlyRows === null ? '' : `; ${r.monthlyRows} monthly rollup rows match the daily ones`) + '\n')
+        (r.monthlyRows === null ? '' : `; ${r.monthlyRows} monthly and ${r.orgDailyRows} per-organization day rows match their days`) + '\n')
       return 0
     }
     out(`verify ${scope}: ${r.differences.length} rollup row(s) differ from the raw rows\n`)

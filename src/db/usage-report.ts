@@ -44,6 +44,21 @@ export type Source = 'events' | 'rollups' | 'monthly'
 
 const TOKENS = ['prompt_tokens', 'completion_tokens', 'cached_tokens', 'reasoning_tokens', 'total_tokens', 'cost_usd', 'billed_cost_usd']
 
+const SUMMED = 'requests, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, total_tokens, cost_usd, billed_cost_usd'
+
+/**
+ * The rollup rows as of now: the folded rows plus the deltas not folded yet, as one relation, not
+ * regrouped per rollup key (what usage_daily_totals does): every reader sums them by its own
+ * key anyway, and regrouping 750,000 rows by five keys spilled to disk. Filters on the key
+ * columns reach both tables, so the folded rows are an index range scan.
+ */
+const DAILY_ROWS = `(select organization_id, day, external_user_id, model, kind, ${SUMMED} from usage_daily_rollups
+  union all select organization_id, day, external_user_id, model, kind, ${SUMMED} from usage_rollup_deltas) d`
+const MONTHLY_ROWS = `(select organization_id, month, external_user_id, model, kind, ${SUMMED} from usage_monthly_rollups
+  union all select organization_id, date_trunc('month', day::timestamp)::date, external_user_id, model, kind, ${SUMMED} from usage_rollup_deltas) m`
+const ORG_DAILY_ROWS = `(select organization_id, day, kind, ${SUMMED} from usage_org_daily_rollups
+  union all select organization_id, day, kind, ${SUMMED} from usage_rollup_deltas) o`
+
 /** The sums and keys of each source, as SQL. Rollup rows are already sums: requests is summed, not counted. */
 const SOURCE = {
   events: {
@@ -60,7 +75,7 @@ const SOURCE = {
     userId: 'max(user_id)',
   },
   rollups: {
-    table: 'usage_daily_totals', // folded rollups plus the deltas not folded yet: exact at every moment
+    table: DAILY_ROWS, // folded rollups plus the deltas not folded yet: exact at every moment
     sums: ['coalesce(sum(requests), 0)::int as requests', ...TOKENS.map((c) => `coalesce(sum(${c}), 0)::text as ${c}`)].join(', '),
     billed: 'coalesce(sum(billed_cost_usd), 0)',
     key: {
@@ -117,23 +132,22 @@ export function wholeMonths (from: string, to: string): [string, string] | null 
   return first < end ? [first.toISOString().slice(0, 10), end.toISOString().slice(0, 10)] : null
 }
 
-const ROLLUP_COLUMNS = 'organization_id, external_user_id, model, kind, requests, prompt_tokens, completion_tokens, cached_tokens, ' +
-  'reasoning_tokens, total_tokens, cost_usd, upstream_cost_usd, billed_cost_usd'
+const ROLLUP_COLUMNS = `organization_id, external_user_id, model, kind, ${SUMMED}`
 
 /**
- * The rollup rows of whole days [from, to) as one relation: whole months from usage_monthly_totals,
- * the days before and after them from usage_daily_totals (each part a plain range on its table's
+ * The rollup rows of whole days [from, to) as one relation: whole months from the monthly rollups,
+ * the days before and after them from the daily ones (each part a plain range on its table's
  * key, so each is an index range scan). Both carry the deltas not folded yet: exact at every moment.
  */
 function monthlyAndDaily (sql: Sql, organizationId: string | undefined, from: string, to: string, externalUserId?: string) {
   const filter = sql`${organizationId === undefined ? sql`` : sql`and organization_id = ${organizationId}`}
     ${externalUserId === undefined ? sql`` : sql`and external_user_id = ${externalUserId}`}`
   const daily = (lo: string, hi: string) => sql`
-    select ${sql.unsafe(ROLLUP_COLUMNS)} from usage_daily_totals where day >= ${lo}::date and day < ${hi}::date ${filter}`
+    select ${sql.unsafe(ROLLUP_COLUMNS)} from ${sql.unsafe(DAILY_ROWS)} where day >= ${lo}::date and day < ${hi}::date ${filter}`
   const months = wholeMonths(from, to)
   if (months === null) return sql`(${daily(dayOf(from), dayOf(to))}) r`
   const [m1, m2] = months
-  const parts = [sql`select ${sql.unsafe(ROLLUP_COLUMNS)} from usage_monthly_totals where month >= ${m1}::date and month < ${m2}::date ${filter}`]
+  const parts = [sql`select ${sql.unsafe(ROLLUP_COLUMNS)} from ${sql.unsafe(MONTHLY_ROWS)} where month >= ${m1}::date and month < ${m2}::date ${filter}`]
   if (dayOf(from) < m1) parts.push(daily(dayOf(from), m1))
   if (m2 < dayOf(to)) parts.push(daily(m2, dayOf(to)))
   return sql`(${parts.reduce((a, b) => sql`${a} union all ${b}`)}) r`
@@ -147,8 +161,15 @@ function where (sql: Sql, p: Period, source: Source) {
   return sql`organization_id = ${p.organizationId} and ${range} ${user}`
 }
 
-/** `from <relation> where <filter>` of a source; days always need the daily rows. */
+/**
+ * `from <relation> where <filter>` of a source. With migration 009: an organization's days, kinds
+ * and totals from its per-day sums (a few rows a day), users and models from the monthly rollups
+ * and the days around them; one user's days from the daily rollups.
+ */
 function rowsOf (sql: Sql, p: Period, source: Source, groupBy?: GroupBy) {
+  if (source === 'monthly' && p.externalUserId === undefined && (groupBy === undefined || groupBy === 'day' || groupBy === 'task')) {
+    return sql`${sql.unsafe(ORG_DAILY_ROWS)} where ${where(sql, p, source)}`
+  }
   if (source === 'monthly' && groupBy !== 'day') {
     return sql`${monthlyAndDaily(sql, p.organizationId, p.from, p.to, p.externalUserId)} where true`
   }

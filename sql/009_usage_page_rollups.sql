@@ -7,6 +7,9 @@
 --   folds them into the monthly ones, in the same statement, so the inserts' trigger is unchanged
 --   (no extra cost on the ledger's write path) and both tables always hold the same deltas. Readers
 --   add the deltas not folded yet (usage_monthly_totals), as they do for the daily rollups.
+-- * The page's chart and its tasks table over a year read the same 750,000 rows only to sum them
+--   per day or per kind. usage_org_daily_rollups holds the sums per organization, day and kind
+--   (365 days x a few kinds a year), folded by the same compaction.
 -- * GET /admin/v1/events?model= walked a whole month newest first when the model was rare (or
 --   absent): no index led with the model. The filter is "model = m or served_model = m"; an index
 --   on (organization, model, created_at, event_id) answers the first arm in order, and a partial
@@ -32,6 +35,23 @@ CREATE TABLE usage_monthly_rollups (
   billed_cost_usd   numeric NOT NULL,
   user_id           text,
   PRIMARY KEY (organization_id, month, external_user_id, model, kind)
+);
+
+CREATE TABLE usage_org_daily_rollups (
+  organization_id   text NOT NULL,
+  day               date NOT NULL,
+  kind              text NOT NULL,
+  requests          bigint NOT NULL,
+  failed_or_aborted bigint NOT NULL,
+  prompt_tokens     bigint NOT NULL,
+  completion_tokens bigint NOT NULL,
+  total_tokens      bigint NOT NULL,
+  cached_tokens     bigint NOT NULL,
+  reasoning_tokens  bigint NOT NULL,
+  cost_usd          numeric NOT NULL,
+  upstream_cost_usd numeric NOT NULL,
+  billed_cost_usd   numeric NOT NULL,
+  PRIMARY KEY (organization_id, day, kind)
 );
 
 -- The monthly rollups as of now: folded rows plus the deltas not folded yet. Read this, not the table.
@@ -65,7 +85,31 @@ SELECT organization_id, date_trunc('month', day::timestamp)::date, external_user
 FROM usage_daily_rollups
 GROUP BY 1, 2, 3, 4, 5;
 
--- Moves every committed delta into usage_daily_rollups and usage_monthly_rollups in one statement:
+CREATE VIEW usage_org_daily_totals AS
+SELECT organization_id, day, kind,
+       sum(requests)::bigint AS requests, sum(failed_or_aborted)::bigint AS failed_or_aborted,
+       sum(prompt_tokens)::bigint AS prompt_tokens, sum(completion_tokens)::bigint AS completion_tokens,
+       sum(total_tokens)::bigint AS total_tokens, sum(cached_tokens)::bigint AS cached_tokens,
+       sum(reasoning_tokens)::bigint AS reasoning_tokens, sum(cost_usd) AS cost_usd,
+       sum(upstream_cost_usd) AS upstream_cost_usd, sum(billed_cost_usd) AS billed_cost_usd
+FROM (SELECT organization_id, day, kind, requests, failed_or_aborted, prompt_tokens, completion_tokens, total_tokens,
+             cached_tokens, reasoning_tokens, cost_usd, upstream_cost_usd, billed_cost_usd
+      FROM usage_org_daily_rollups
+      UNION ALL
+      SELECT organization_id, day, kind, requests, failed_or_aborted, prompt_tokens, completion_tokens, total_tokens,
+             cached_tokens, reasoning_tokens, cost_usd, upstream_cost_usd, billed_cost_usd
+      FROM usage_rollup_deltas) r
+GROUP BY 1, 2, 3;
+
+INSERT INTO usage_org_daily_rollups
+SELECT organization_id, day, kind,
+       sum(requests), sum(failed_or_aborted), sum(prompt_tokens), sum(completion_tokens), sum(total_tokens),
+       sum(cached_tokens), sum(reasoning_tokens), sum(cost_usd), sum(upstream_cost_usd), sum(billed_cost_usd)
+FROM usage_daily_rollups
+GROUP BY 1, 2, 3;
+
+-- Moves every committed delta into usage_daily_rollups, usage_monthly_rollups and
+-- usage_org_daily_rollups in one statement:
 -- a delta is folded exactly once into each (a concurrent compaction skips the rows this one
 -- deleted), upserts in key order.
 CREATE OR REPLACE FUNCTION usage_rollup_compact () RETURNS bigint LANGUAGE plpgsql AS $$
@@ -112,8 +156,28 @@ BEGIN
       upstream_cost_usd = u.upstream_cost_usd + excluded.upstream_cost_usd,
       billed_cost_usd = u.billed_cost_usd + excluded.billed_cost_usd,
       user_id = greatest(u.user_id, excluded.user_id)
+    RETURNING 1),
+  org_daily AS (
+    INSERT INTO usage_org_daily_rollups AS u
+    SELECT organization_id, day, kind,
+           sum(requests), sum(failed_or_aborted), sum(prompt_tokens), sum(completion_tokens), sum(total_tokens),
+           sum(cached_tokens), sum(reasoning_tokens), sum(cost_usd), sum(upstream_cost_usd), sum(billed_cost_usd)
+    FROM moved GROUP BY 1, 2, 3
+    ORDER BY 1, 2, 3
+    ON CONFLICT (organization_id, day, kind) DO UPDATE SET
+      requests = u.requests + excluded.requests,
+      failed_or_aborted = u.failed_or_aborted + excluded.failed_or_aborted,
+      prompt_tokens = u.prompt_tokens + excluded.prompt_tokens,
+      completion_tokens = u.completion_tokens + excluded.completion_tokens,
+      total_tokens = u.total_tokens + excluded.total_tokens,
+      cached_tokens = u.cached_tokens + excluded.cached_tokens,
+      reasoning_tokens = u.reasoning_tokens + excluded.reasoning_tokens,
+      cost_usd = u.cost_usd + excluded.cost_usd,
+      upstream_cost_usd = u.upstream_cost_usd + excluded.upstream_cost_usd,
+      billed_cost_usd = u.billed_cost_usd + excluded.billed_cost_usd
     RETURNING 1)
-  SELECT (SELECT count(*) FROM folded) + 0 * (SELECT count(*) FROM monthly) INTO n;
+  -- Every data-modifying WITH runs to completion whether read or not; the count is the daily rows'.
+  SELECT (SELECT count(*) FROM folded) INTO n;
   RETURN n;
 END $$;
 
