@@ -10,6 +10,10 @@
 -- * The page's chart and its tasks table over a year read the same 750,000 rows only to sum them
 --   per day or per kind. usage_org_daily_rollups holds the sums per organization, day and kind
 --   (365 days x a few kinds a year), folded by the same compaction.
+-- * The outcomes table over a year read 40,000 rows that did not end 'ok' from 38,000 heap pages
+--   (0.5 s). Migration 008's partial index on those rows now carries the columns that table sums
+--   (INCLUDE), so it is read from the index alone; it still holds only the rows that did not end
+--   'ok', so rows that end 'ok' never touch it. It replaces 008's index, same key, same rows.
 -- * GET /admin/v1/events?model= walked a whole month newest first when the model was rare (or
 --   absent): no index led with the model. The filter is "model = m or served_model = m"; an index
 --   on (organization, model, created_at, event_id) answers the first arm in order, and a partial
@@ -184,3 +188,8 @@ END $$;
 CREATE INDEX usage_events_org_model_created ON usage_events (organization_id, model, created_at, event_id);
 CREATE INDEX usage_events_org_served_model_created ON usage_events (organization_id, served_model, created_at, event_id)
   WHERE served_model IS DISTINCT FROM model;
+
+CREATE INDEX usage_events_org_not_ok_sums ON usage_events (organization_id, created_at)
+  INCLUDE (outcome, external_user_id, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, total_tokens, cost_usd, billed_cost_usd)
+  WHERE outcome <> 'ok';
+DROP INDEX usage_events_org_not_ok;
