@@ -5,8 +5,9 @@ import type { Sql } from './connect.js'
 // small enough for a JS number. Sums over whole UTC days come from the daily rollups
 // (usage_daily_rollups, migration 007 of the scale work) when that table exists, else from
 // usage_events: the two give the same digits, the rollups in a fraction of the time. Whole
-// calendar months inside a range come from the monthly rollups (migration 009) when they exist:
-// a year is then twelve months of rows, not 365 days of them.
+// calendar months inside a range come from the monthly rollups (migration 009) when they exist,
+// and an organization's days, kinds and totals from its per-day sums: a year is then twelve
+// months of rows, not 365 days of every user's.
 
 export type GroupBy = 'user' | 'model' | 'day' | 'task' | 'outcome'
 export const GROUP_BYS: readonly GroupBy[] = ['user', 'model', 'day', 'task', 'outcome']
@@ -39,7 +40,11 @@ export interface GroupRow extends Sums {
   user_email?: string | null
 }
 
-/** events: usage_events; rollups: daily rollups; monthly: monthly rollups for whole months, daily for the other days. */
+/**
+ * events: usage_events; rollups: the daily rollups; monthly: migration 009's rollups where they
+ * answer (whole months per user and model, an organization's days and kinds), the daily ones for
+ * the rest.
+ */
 export type Source = 'events' | 'rollups' | 'monthly'
 
 const TOKENS = ['prompt_tokens', 'completion_tokens', 'cached_tokens', 'reasoning_tokens', 'total_tokens', 'cost_usd', 'billed_cost_usd']
