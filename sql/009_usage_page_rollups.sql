@@ -120,13 +120,19 @@ CREATE OR REPLACE FUNCTION usage_rollup_compact () RETURNS bigint LANGUAGE plpgs
 DECLARE
   n bigint;
 BEGIN
+  -- The deltas are summed once per daily key; the monthly and per-organization day sums are
+  -- summed from those few rows, not from every delta again.
   WITH moved AS (DELETE FROM usage_rollup_deltas RETURNING *),
+  daily AS MATERIALIZED (
+    SELECT organization_id, day, external_user_id, model, kind,
+           sum(requests) AS requests, sum(failed_or_aborted) AS failed_or_aborted, sum(prompt_tokens) AS prompt_tokens,
+           sum(completion_tokens) AS completion_tokens, sum(total_tokens) AS total_tokens, sum(cached_tokens) AS cached_tokens,
+           sum(reasoning_tokens) AS reasoning_tokens, sum(cost_usd) AS cost_usd, sum(upstream_cost_usd) AS upstream_cost_usd,
+           sum(billed_cost_usd) AS billed_cost_usd, max(user_id) AS user_id
+    FROM moved GROUP BY 1, 2, 3, 4, 5),
   folded AS (
     INSERT INTO usage_daily_rollups AS u
-    SELECT organization_id, day, external_user_id, model, kind,
-           sum(requests), sum(failed_or_aborted), sum(prompt_tokens), sum(completion_tokens), sum(total_tokens),
-           sum(cached_tokens), sum(reasoning_tokens), sum(cost_usd), sum(upstream_cost_usd), sum(billed_cost_usd), max(user_id)
-    FROM moved GROUP BY 1, 2, 3, 4, 5
+    SELECT * FROM daily
     ORDER BY 1, 2, 3, 4, 5
     ON CONFLICT (organization_id, day, external_user_id, model, kind) DO UPDATE SET
       requests = u.requests + excluded.requests,
@@ -146,7 +152,7 @@ BEGIN
     SELECT organization_id, date_trunc('month', day::timestamp)::date, external_user_id, model, kind,
            sum(requests), sum(failed_or_aborted), sum(prompt_tokens), sum(completion_tokens), sum(total_tokens),
            sum(cached_tokens), sum(reasoning_tokens), sum(cost_usd), sum(upstream_cost_usd), sum(billed_cost_usd), max(user_id)
-    FROM moved GROUP BY 1, 2, 3, 4, 5
+    FROM daily GROUP BY 1, 2, 3, 4, 5
     ORDER BY 1, 2, 3, 4, 5
     ON CONFLICT (organization_id, month, external_user_id, model, kind) DO UPDATE SET
       requests = u.requests + excluded.requests,
@@ -166,7 +172,7 @@ BEGIN
     SELECT organization_id, day, kind,
            sum(requests), sum(failed_or_aborted), sum(prompt_tokens), sum(completion_tokens), sum(total_tokens),
            sum(cached_tokens), sum(reasoning_tokens), sum(cost_usd), sum(upstream_cost_usd), sum(billed_cost_usd)
-    FROM moved GROUP BY 1, 2, 3
+    FROM daily GROUP BY 1, 2, 3
     ORDER BY 1, 2, 3
     ON CONFLICT (organization_id, day, kind) DO UPDATE SET
       requests = u.requests + excluded.requests,
