@@ -3,7 +3,8 @@
 // call behind the /admin/ page, the statement and the "My usage" answer.
 //
 //   npm run build && node bench/usage-api.js fill --rows=10000000 [--db=usage_proxy_bench_usage]
-//   node bench/usage-api.js rollups [--db=...]     add usage_daily_rollups as migration 007 defines it
+//   node bench/usage-api.js rollups [--db=...]     (re)build usage_daily_rollups (migration 007) and
+//                                                  usage_monthly_rollups, usage_org_daily_rollups (migration 009) from them
 //   node bench/usage-api.js time [--db=...] [--runs=5]
 //
 // Rows: 12 months ending with the current one, 5 organizations, 2,000 users (each sticks to 3 of
@@ -50,9 +51,14 @@ async function fill () {
   await sql.unsafe(`insert into user_mappings (organization_id, user_id, external_user_id, user_name, user_email)
     select org, uid, ${ext('org', 'uid')}, 'User ' || u, 'user' || u || '@example.com'
     from (select u, 'bench_org_' || (u % ${ORGS}) as org, 'user-' || u as uid from generate_series(0, ${USERS - 1}) u) s`)
+  // One partition per month, as the sidecar's maintenance creates them (rows must not land in the default).
+  for (let m = 0; m < MONTHS; m++) await sql`select usage_ensure_partition((${first}::date + ${m} * interval '1 month')::date)`
+  // The rollups are built by `rollups` from the raw rows, in one pass: the insert trigger's deltas
+  // (and its generation-id claims) would only make the fill slower.
+  await sql`alter table usage_events disable trigger usage_events_after_insert`
   // Indexes are built once after the fill: cheaper than maintaining them row by row.
-  await sql`drop index usage_events_org_created`
-  await sql`drop index usage_events_user_created`
+  const indexes = await sql`select indexname, indexdef from pg_indexes where tablename = 'usage_events' and indexname not like '%pkey'`
+  for (const { indexname } of indexes) await sql`drop index ${sql(indexname)}`
   const perMonth = Math.ceil(ROWS / MONTHS)
   for (let m = 0; m < MONTHS; m++) {
     const lo = m * perMonth + 1
@@ -76,16 +82,18 @@ async function fill () {
     process.stderr.write(`month ${m + 1}/${MONTHS}: rows ${lo}-${hi} in ${since(t)} ms\n`)
   }
   const ti = performance.now()
-  await sql`create index usage_events_org_created on usage_events (organization_id, created_at)`
-  await sql`create index usage_events_user_created on usage_events (organization_id, external_user_id, created_at)`
+  // pg_indexes names a partitioned table's index ON ONLY the parent: without ONLY it is built on every partition.
+  for (const { indexdef } of indexes) await sql.unsafe(indexdef.replace(' ON ONLY ', ' ON '))
+  await sql`alter table usage_events enable trigger usage_events_after_insert`
   await sql.unsafe('vacuum analyze')
   const [{ rows, mb }] = await sql`select count(*)::int as rows, (pg_database_size(current_database()) / 1048576)::int as mb from usage_events`
-  out({ command: 'fill', db: DB, rows, databaseMB: mb, fillMs: since(t0), indexMs: since(ti) })
+  out({ command: 'fill', db: DB, rows, databaseMB: mb, fillMs: since(t0), indexMs: since(ti), indexes: indexes.map((i) => i.indexname) })
   await sql.end()
 }
 
-// The daily rollups of the scale work (migration 007), built from the raw rows: until that
-// migration is merged, this is how the rollup read path is measured on the same data.
+// The daily rollups (migration 007), built from the raw rows in one pass, with
+// usage_rollup_select(), the definition the trigger and `usage-proxy verify` use; then the monthly
+// and per-organization day rollups (migration 009) from them, as that migration fills them.
 async function rollups () {
   const sql = open(DB)
   const t = performance.now()
@@ -95,17 +103,33 @@ async function rollups () {
     total_tokens bigint not null, cached_tokens bigint not null, reasoning_tokens bigint not null, cost_usd numeric not null,
     upstream_cost_usd numeric not null, billed_cost_usd numeric not null,
     primary key (organization_id, day, external_user_id, model, kind))`
+  const [{ monthly, deltas }] = await sql`select to_regclass('usage_monthly_rollups') is not null as monthly, to_regclass('usage_rollup_deltas') is not null as deltas`
   await sql`truncate usage_daily_rollups`
+  if (deltas) await sql`truncate usage_rollup_deltas`
   await sql`set work_mem = '1500MB'` // one hash aggregate in memory rather than a sort spilled to disk
-  await sql`insert into usage_daily_rollups
-    select organization_id, (created_at at time zone 'UTC')::date, external_user_id, coalesce(served_model, model, ''), kind,
-           count(*), count(*) filter (where outcome <> 'ok'), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
-           coalesce(sum(total_tokens), 0), coalesce(sum(cached_tokens), 0), coalesce(sum(reasoning_tokens), 0),
-           coalesce(sum(cost_usd), 0), coalesce(sum(upstream_cost_usd), 0), coalesce(sum(billed_cost_usd), 0)
-    from usage_events group by 1, 2, 3, 4, 5`
+  const [{ q }] = await sql`select usage_rollup_select('usage_events') as q`
+  await sql.unsafe('insert into usage_daily_rollups ' + q)
   await sql`vacuum analyze usage_daily_rollups`
   const [{ n }] = await sql`select count(*)::int as n from usage_daily_rollups`
-  out({ command: 'rollups', db: DB, rollupRows: n, ms: since(t) })
+  let monthlyRows = null
+  if (monthly) {
+    await sql`truncate usage_monthly_rollups`
+    await sql`insert into usage_monthly_rollups
+      select organization_id, date_trunc('month', day::timestamp)::date, external_user_id, model, kind,
+             sum(requests), sum(failed_or_aborted), sum(prompt_tokens), sum(completion_tokens), sum(total_tokens),
+             sum(cached_tokens), sum(reasoning_tokens), sum(cost_usd), sum(upstream_cost_usd), sum(billed_cost_usd), max(user_id)
+      from usage_daily_rollups group by 1, 2, 3, 4, 5`
+    await sql`vacuum analyze usage_monthly_rollups`
+    monthlyRows = (await sql`select count(*)::int as n from usage_monthly_rollups`)[0].n
+    await sql`truncate usage_org_daily_rollups`
+    await sql`insert into usage_org_daily_rollups
+      select organization_id, day, kind,
+             sum(requests), sum(failed_or_aborted), sum(prompt_tokens), sum(completion_tokens), sum(total_tokens),
+             sum(cached_tokens), sum(reasoning_tokens), sum(cost_usd), sum(upstream_cost_usd), sum(billed_cost_usd)
+      from usage_daily_rollups group by 1, 2, 3`
+    await sql`vacuum analyze usage_org_daily_rollups`
+  }
+  out({ command: 'rollups', db: DB, rollupRows: n, monthlyRollupRows: monthlyRows, ms: since(t) })
   await sql.end()
 }
 
@@ -129,6 +153,8 @@ async function time () {
     date_trunc('month', now() at time zone 'UTC')::date::text as cur, (date_trunc('month', now() at time zone 'UTC') + interval '1 month')::date::text as next`
   const [{ n: orgMonthRows }] = await sql`select count(*)::int as n from usage_events where organization_id = ${ORG} and created_at >= ${last}::timestamptz and created_at < ${cur}::timestamptz`
   const p = `from=${last}&to=${cur}`
+  const year = `from=${cur.slice(0, 4) - 1}${cur.slice(4)}&to=${next}`
+  const [{ tomorrow }] = await sql`select ((now() at time zone 'UTC')::date + 1)::text as tomorrow`
   const first = await get(base, `/admin/v1/events?${p}&limit=50`)
   const cursor = JSON.parse(first.text).next_cursor
   const calls = {
@@ -139,14 +165,22 @@ async function time () {
     'usage group_by=outcome': `/admin/v1/usage?${p}&group_by=outcome`,
     'usage group_by=user, CSV': `/admin/v1/usage?${p}&group_by=user&format=csv`,
     'usage default period (this month), group_by=day': '/admin/v1/usage?group_by=day',
-    'usage a 12-month range, group_by=model': `/admin/v1/usage?from=${cur.slice(0, 4) - 1}${cur.slice(4)}&to=${next}&group_by=model`,
+    'usage a 12-month range, group_by=model': `/admin/v1/usage?${year}&group_by=model`,
+    'usage a 12-month range, group_by=day (chart, totals)': `/admin/v1/usage?${year}&group_by=day`,
+    'usage a 12-month range, group_by=user': `/admin/v1/usage?${year}&group_by=user`,
+    'usage a 12-month range, group_by=task': `/admin/v1/usage?${year}&group_by=task`,
+    'usage a 12-month range, group_by=outcome': `/admin/v1/usage?${year}&group_by=outcome`,
+    'user page, a 12-month range: usage group_by=day&user=': `/admin/v1/usage?${year}&group_by=day&user=user-7`,
+    'user page, a 12-month range: usage group_by=model&user=': `/admin/v1/usage?${year}&group_by=model&user=user-7`,
+    'usage "This year" preset (to today), group_by=user': `/admin/v1/usage?from=${cur.slice(0, 4)}-01-01&to=${tomorrow}&group_by=user`,
     'user page: usage group_by=day&user=': `/admin/v1/usage?${p}&group_by=day&user=user-7`,
     'user page: usage group_by=model&user=': `/admin/v1/usage?${p}&group_by=model&user=user-7`,
     'user page: events user= limit=50': `/admin/v1/events?${p}&user=user-7&limit=50`,
     'events limit=50 (first page)': `/admin/v1/events?${p}&limit=50`,
     'events next page (cursor)': `/admin/v1/events?${p}&limit=50&cursor=${cursor}`,
     'events outcome=upstream_error limit=100': `/admin/v1/events?${p}&outcome=upstream_error&limit=100`,
-    'events model= limit=1000, CSV': `/admin/v1/events?${p}&model=vendor/model-7&limit=1000&format=csv`,
+    'events model= limit=1000, CSV': `/admin/v1/events?${p}&model=vendor/model-7&limit=1000&format=csv`, // a model this organization never used
+    'events model= (a model it uses) limit=1000, CSV': `/admin/v1/events?${p}&model=vendor/model-14&limit=1000&format=csv`,
   }
   const results = []
   for (const [name, path] of Object.entries(calls)) {
@@ -157,8 +191,8 @@ async function time () {
   results.push({ call: 'statement --month (one organization)', ...await measure(async () => (await buildStatement(readSql, ORG, last.slice(0, 7))).organizations[0].lines.length) })
   results.push({ call: 'statement --month --all-organizations', ...await measure(async () => (await buildStatement(readSql, undefined, last.slice(0, 7))).organizations.length) })
   results.push({ call: 'My usage answer (summary queries)', ...await measure(async () => (await myUsageSummary(readSql, { organizationId: ORG, userId: 'user-7', externalUserId: externalUserId(ORG, 'user-7'), budgetFor: noBudgets })).length) })
-  const [{ present }] = await sql`select to_regclass('usage_daily_rollups') is not null as present`
-  out({ command: 'time', db: DB, rows, organizationMonthRows: orgMonthRows, rollups: present, runs: RUNS, results })
+  const [{ present, monthly }] = await sql`select to_regclass('usage_daily_rollups') is not null as present, to_regclass('usage_monthly_rollups') is not null as monthly`
+  out({ command: 'time', db: DB, rows, organizationMonthRows: orgMonthRows, rollups: present, monthlyRollups: monthly, runs: RUNS, results })
   await readSql.end()
   await sql.end()
   await sidecar.stop('bench end')

@@ -35,7 +35,8 @@ export async function runVerify (args: string[], env: Record<string, string | un
     const scope = month ?? (r.from ? `${r.from} onwards (raw rows retained)` : 'everything')
     for (const d of r.differences) out(formatDifference(d) + '\n')
     if (r.differences.length === 0) {
-      out(`verify ${scope}: ${r.rollupRows} rollup rows match ${r.rawRows} raw rows\n`)
+      out(`verify ${scope}: ${r.rollupRows} rollup rows match ${r.rawRows} raw rows` +
+        (r.monthlyRows === null ? '' : `; ${r.monthlyRows} monthly and ${r.orgDailyRows} per-organization day rows match their days`) + '\n')
       return 0
     }
     out(`verify ${scope}: ${r.differences.length} rollup row(s) differ from the raw rows\n`)

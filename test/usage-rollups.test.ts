@@ -29,9 +29,9 @@ t.before(async () => {
 })
 t.teardown(() => db?.drop())
 
-t.test('the source: rollups for whole days, usage_events for partial days', async (t) => {
-  t.equal(await sumsSource(db.sql, P), 'rollups')
-  t.equal(await sumsSource(db.sql, { ...P, from: '2026-10-01T00:00:00.000Z' }), 'rollups')
+t.test('the source: rollups for whole days (monthly ones where they exist), usage_events for partial days', async (t) => {
+  t.equal(await sumsSource(db.sql, P), 'monthly')
+  t.equal(await sumsSource(db.sql, { ...P, from: '2026-10-01T00:00:00.000Z' }), 'monthly')
   t.equal(await sumsSource(db.sql, { ...P, from: '2026-10-01T12:00:00.000Z' }), 'events')
 })
 
@@ -40,12 +40,14 @@ t.test('every grouping and the totals: the same digits from both sources', async
     const p = { ...P, externalUserId: user }
     for (const g of GROUP_BYS.filter((g) => g !== 'outcome')) {
       const raw = await usageByGroup(db.sql, p, g, 'events')
-      const rolled = await usageByGroup(db.sql, p, g, 'rollups')
       t.ok(raw.length > 0, `${g} ${user ?? ''}: rows`)
-      t.same([...rolled], [...raw], `group_by=${g}${user ? ` for ${user}` : ''}`)
+      for (const source of ['rollups', 'monthly'] as const) {
+        t.same([...await usageByGroup(db.sql, p, g, source)], [...raw], `group_by=${g}${user ? ` for ${user}` : ''} from ${source}`)
+      }
       t.same(totalsOf(raw), await usageTotals(db.sql, p, 'events'), `the sum of the ${g} rows is the totals, to the digit`)
     }
     t.same(await usageTotals(db.sql, p, 'rollups'), await usageTotals(db.sql, p, 'events'), 'totals')
+    t.same(await usageTotals(db.sql, p, 'monthly'), await usageTotals(db.sql, p, 'events'), 'totals from the monthly rollups')
   }
 })
 
@@ -53,14 +55,17 @@ t.test('statement lines from the rollups equal those from usage_events; the chec
   const raw = await statementLines(db.sql, undefined, '2026-10-01', '2026-11-01', 'events')
   const rolled = await statementLines(db.sql, undefined, '2026-10-01', '2026-11-01', 'rollups')
   t.same([...rolled], [...raw])
+  t.same([...await statementLines(db.sql, undefined, '2026-10-01', '2026-11-01', 'monthly')], [...raw], 'and from the monthly rollups')
   const s = await buildStatement(db.sql, ORG, '2026-10')
   t.equal(s.organizations[0].lines.length, raw.length)
-  // A rollup that drifted from the raw rows is caught, not printed.
-  const [drift] = await db.sql`update usage_daily_rollups set billed_cost_usd = billed_cost_usd + 0.000001
-    where ctid = (select ctid from usage_daily_rollups where day >= '2026-10-01' and day < '2026-11-01' limit 1) returning day, external_user_id, model, kind`
+  // A rollup that drifted from the raw rows is caught, not printed. A whole month is read from the
+  // monthly rollups.
+  const [drift] = await db.sql`update usage_monthly_rollups set billed_cost_usd = billed_cost_usd + 0.000001
+    where ctid = (select ctid from usage_monthly_rollups where month = '2026-10-01' limit 1) returning month, external_user_id, model, kind`
   await t.rejects(buildStatement(db.sql, ORG, '2026-10'), /does not add up/)
-  await db.sql`update usage_daily_rollups set billed_cost_usd = billed_cost_usd - 0.000001
-    where day = ${drift.day} and external_user_id = ${drift.external_user_id} and model = ${drift.model} and kind = ${drift.kind}`
+  await db.sql`update usage_monthly_rollups set billed_cost_usd = billed_cost_usd - 0.000001
+    where month = ${drift.month} and external_user_id = ${drift.external_user_id} and model = ${drift.model} and kind = ${drift.kind}`
+  await buildStatement(db.sql, ORG, '2026-10')
 })
 
 t.test('group_by=outcome: the rollup totals minus the rows that did not end ok, equal to usage_events by value', async (t) => {

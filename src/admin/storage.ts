@@ -39,7 +39,7 @@ export function storageRoutes (deps: AdminDeps): AdminRoute[] {
         }
         const r = await verifyRollups(deps.readSql(), { month })
         sendJson(res, 200, {
-          object: 'rollup_verification', from: r.from, to: r.to, rollup_rows: r.rollupRows, raw_rows: r.rawRows,
+          object: 'rollup_verification', from: r.from, to: r.to, rollup_rows: r.rollupRows, raw_rows: r.rawRows, monthly_rollup_rows: r.monthlyRows, org_daily_rollup_rows: r.orgDailyRows,
           ok: r.differences.length === 0, differences: r.differences,
         })
       },

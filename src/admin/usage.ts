@@ -53,12 +53,12 @@ async function usage (deps: UsageDeps, { req, res, url }: AdminRequest): Promise
   const sql = deps.readSql()
   const source = await sumsSource(sql, period)
   // The rollups keep no outcome: their totals, minus the few rows that did not end 'ok'.
-  const outcomes = groupBy === 'outcome' && source === 'rollups'
+  const outcomes = groupBy === 'outcome' && source !== 'events'
     ? async (): Promise<GroupRow[]> => {
       // One snapshot, so a row written in between is in both reads or in neither.
       const [totals, failed] = await sql.begin('isolation level repeatable read read only', (t) => {
         const tx = t as unknown as Sql
-        return [usageTotals(tx, period, 'rollups'), failedByOutcome(tx, period)]
+        return [usageTotals(tx, period, source), failedByOutcome(tx, period)]
       }) as unknown as [Sums, GroupRow[]]
       return withOkOutcome(totals, failed)
     }

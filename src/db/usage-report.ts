@@ -4,7 +4,10 @@ import type { Sql } from './connect.js'
 // Money and token sums leave Postgres as text (exact numeric, no float on the way); counts are
 // small enough for a JS number. Sums over whole UTC days come from the daily rollups
 // (usage_daily_rollups, migration 007 of the scale work) when that table exists, else from
-// usage_events: the two give the same digits, the rollups in a fraction of the time.
+// usage_events: the two give the same digits, the rollups in a fraction of the time. Whole
+// calendar months inside a range come from the monthly rollups (migration 009) when they exist,
+// and an organization's days, kinds and totals from its per-day sums: a year is then twelve
+// months of rows, not 365 days of every user's.
 
 export type GroupBy = 'user' | 'model' | 'day' | 'task' | 'outcome'
 export const GROUP_BYS: readonly GroupBy[] = ['user', 'model', 'day', 'task', 'outcome']
@@ -37,9 +40,29 @@ export interface GroupRow extends Sums {
   user_email?: string | null
 }
 
-export type Source = 'events' | 'rollups'
+/**
+ * events: usage_events; rollups: the daily rollups; monthly: migration 009's rollups where they
+ * answer (whole months per user and model, an organization's days and kinds), the daily ones for
+ * the rest.
+ */
+export type Source = 'events' | 'rollups' | 'monthly'
 
 const TOKENS = ['prompt_tokens', 'completion_tokens', 'cached_tokens', 'reasoning_tokens', 'total_tokens', 'cost_usd', 'billed_cost_usd']
+
+const SUMMED = 'requests, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, total_tokens, cost_usd, billed_cost_usd'
+
+/**
+ * The rollup rows as of now: the folded rows plus the deltas not folded yet, as one relation, not
+ * regrouped per rollup key (what usage_daily_totals does): every reader sums them by its own
+ * key anyway, and regrouping 750,000 rows by five keys spilled to disk. Filters on the key
+ * columns reach both tables, so the folded rows are an index range scan.
+ */
+const DAILY_ROWS = `(select organization_id, day, external_user_id, model, kind, ${SUMMED} from usage_daily_rollups
+  union all select organization_id, day, external_user_id, model, kind, ${SUMMED} from usage_rollup_deltas) d`
+const MONTHLY_ROWS = `(select organization_id, month, external_user_id, model, kind, ${SUMMED} from usage_monthly_rollups
+  union all select organization_id, date_trunc('month', day::timestamp)::date, external_user_id, model, kind, ${SUMMED} from usage_rollup_deltas) m`
+const ORG_DAILY_ROWS = `(select organization_id, day, kind, ${SUMMED} from usage_org_daily_rollups
+  union all select organization_id, day, kind, ${SUMMED} from usage_rollup_deltas) o`
 
 /** The sums and keys of each source, as SQL. Rollup rows are already sums: requests is summed, not counted. */
 const SOURCE = {
@@ -57,7 +80,7 @@ const SOURCE = {
     userId: 'max(user_id)',
   },
   rollups: {
-    table: 'usage_daily_totals', // folded rollups plus the deltas not folded yet: exact at every moment
+    table: DAILY_ROWS, // folded rollups plus the deltas not folded yet: exact at every moment
     sums: ['coalesce(sum(requests), 0)::int as requests', ...TOKENS.map((c) => `coalesce(sum(${c}), 0)::text as ${c}`)].join(', '),
     billed: 'coalesce(sum(billed_cost_usd), 0)',
     key: {
@@ -69,7 +92,8 @@ const SOURCE = {
     } as Record<GroupBy, string>,
     userId: 'null::text',
   },
-}
+} as Record<Source, { table: string, sums: string, billed: string, key: Record<GroupBy, string>, userId: string }>
+SOURCE.monthly = SOURCE.rollups
 
 /** Largest spend first (what a reader looks for), days in calendar order. */
 const ORDER: Record<Exclude<GroupBy, 'user'>, string> = {
@@ -80,29 +104,81 @@ const ORDER: Record<Exclude<GroupBy, 'user'>, string> = {
 }
 
 const WHOLE_DAY = /^\d{4}-\d{2}-\d{2}(T00:00:00(\.0+)?Z)?$/
-const rollupsPresent = new WeakMap<object, Promise<boolean>>()
+const rollupsPresent = new WeakMap<object, Promise<Source>>()
 
 /**
- * Rollups answer whole UTC days; the table's presence is asked once per pool. For outcomes they
+ * Rollups answer whole UTC days; which rollups exist is asked once per pool. For outcomes they
  * give the totals, and failedByOutcome() the rest.
  */
 export async function sumsSource (sql: Sql, p: Period): Promise<Source> {
   if (!WHOLE_DAY.test(p.from) || !WHOLE_DAY.test(p.to)) return 'events'
   let present = rollupsPresent.get(sql)
   if (!present) {
-    present = sql<Array<{ ok: boolean }>>`select to_regclass('usage_daily_totals') is not null as ok`.then((r) => r[0].ok)
+    present = sql<Array<{ daily: boolean, monthly: boolean }>>`
+      select to_regclass('usage_daily_totals') is not null as daily, to_regclass('usage_monthly_totals') is not null as monthly`
+      .then(([r]): Source => r.monthly ? 'monthly' : r.daily ? 'rollups' : 'events')
     present.catch(() => rollupsPresent.delete(sql))
     rollupsPresent.set(sql, present)
   }
-  return (await present) ? 'rollups' : 'events'
+  return present
+}
+
+const dayOf = (t: string): string => t.slice(0, 10)
+
+/**
+ * The whole calendar months inside [from, to) as [first month's first day, the day after the
+ * last month], or null when there is none.
+ */
+export function wholeMonths (from: string, to: string): [string, string] | null {
+  const f = new Date(`${dayOf(from)}T00:00:00Z`)
+  const t = new Date(`${dayOf(to)}T00:00:00Z`)
+  const first = f.getUTCDate() === 1 ? f : new Date(Date.UTC(f.getUTCFullYear(), f.getUTCMonth() + 1, 1))
+  const end = new Date(Date.UTC(t.getUTCFullYear(), t.getUTCMonth(), 1))
+  return first < end ? [first.toISOString().slice(0, 10), end.toISOString().slice(0, 10)] : null
+}
+
+const ROLLUP_COLUMNS = `organization_id, external_user_id, model, kind, ${SUMMED}`
+
+/**
+ * The rollup rows of whole days [from, to) as one relation: whole months from the monthly rollups,
+ * the days before and after them from the daily ones (each part a plain range on its table's
+ * key, so each is an index range scan). Both carry the deltas not folded yet: exact at every moment.
+ */
+function monthlyAndDaily (sql: Sql, organizationId: string | undefined, from: string, to: string, externalUserId?: string) {
+  const filter = sql`${organizationId === undefined ? sql`` : sql`and organization_id = ${organizationId}`}
+    ${externalUserId === undefined ? sql`` : sql`and external_user_id = ${externalUserId}`}`
+  const daily = (lo: string, hi: string) => sql`
+    select ${sql.unsafe(ROLLUP_COLUMNS)} from ${sql.unsafe(DAILY_ROWS)} where day >= ${lo}::date and day < ${hi}::date ${filter}`
+  const months = wholeMonths(from, to)
+  if (months === null) return sql`(${daily(dayOf(from), dayOf(to))}) r`
+  const [m1, m2] = months
+  const parts = [sql`select ${sql.unsafe(ROLLUP_COLUMNS)} from ${sql.unsafe(MONTHLY_ROWS)} where month >= ${m1}::date and month < ${m2}::date ${filter}`]
+  if (dayOf(from) < m1) parts.push(daily(dayOf(from), m1))
+  if (m2 < dayOf(to)) parts.push(daily(m2, dayOf(to)))
+  return sql`(${parts.reduce((a, b) => sql`${a} union all ${b}`)}) r`
 }
 
 function where (sql: Sql, p: Period, source: Source) {
   const user = p.externalUserId === undefined ? sql`` : sql`and external_user_id = ${p.externalUserId}`
-  const range = source === 'rollups'
-    ? sql`day >= ${p.from}::timestamptz::date and day < ${p.to}::timestamptz::date`
-    : sql`created_at >= ${p.from}::timestamptz and created_at < ${p.to}::timestamptz`
+  const range = source === 'events'
+    ? sql`created_at >= ${p.from}::timestamptz and created_at < ${p.to}::timestamptz`
+    : sql`day >= ${p.from}::timestamptz::date and day < ${p.to}::timestamptz::date`
   return sql`organization_id = ${p.organizationId} and ${range} ${user}`
+}
+
+/**
+ * `from <relation> where <filter>` of a source. With migration 009: an organization's days, kinds
+ * and totals from its per-day sums (a few rows a day), users and models from the monthly rollups
+ * and the days around them; one user's days from the daily rollups.
+ */
+function rowsOf (sql: Sql, p: Period, source: Source, groupBy?: GroupBy) {
+  if (source === 'monthly' && p.externalUserId === undefined && (groupBy === undefined || groupBy === 'day' || groupBy === 'task')) {
+    return sql`${sql.unsafe(ORG_DAILY_ROWS)} where ${where(sql, p, source)}`
+  }
+  if (source === 'monthly' && groupBy !== 'day') {
+    return sql`${monthlyAndDaily(sql, p.organizationId, p.from, p.to, p.externalUserId)} where true`
+  }
+  return sql`${sql.unsafe(SOURCE[source].table)} where ${where(sql, p, source)}`
 }
 
 /** Sums per group, as a query: await it, or `.cursor(n)` it to stream a large result. */
@@ -111,7 +187,7 @@ export function usageByGroup (sql: Sql, p: Period, groupBy: GroupBy, source: Sou
   const grouped = sql`
     select ${sql.unsafe(s.key[groupBy])} as key, ${sql.unsafe(groupBy === 'user' ? s.userId : 'null::text')} as user_id,
            ${sql.unsafe(s.sums)}, ${sql.unsafe(s.billed)} as billed_cost_usd_n
-    from ${sql.unsafe(s.table)} where ${where(sql, p, source)}
+    from ${rowsOf(sql, p, source, groupBy)}
     group by 1`
   if (groupBy === 'user') {
     // Grouped by external id (the indexed column, and the rollups' key); the app's user id, name
@@ -142,7 +218,7 @@ export function failedByOutcome (sql: Sql, p: Period) {
 /** The period's totals in one query: equal to the sum of any grouping's rows. */
 export async function usageTotals (sql: Sql, p: Period, source: Source = 'events'): Promise<Sums> {
   const s = SOURCE[source]
-  const [row] = await sql<Sums[]>`select ${sql.unsafe(s.sums)} from ${sql.unsafe(s.table)} where ${where(sql, p, source)}`
+  const [row] = await sql<Sums[]>`select ${sql.unsafe(s.sums)} from ${rowsOf(sql, p, source)}`
   return row
 }
 
@@ -161,14 +237,31 @@ export const EVENT_COLUMNS = ['event_id', 'generation_id', 'created_at', 'user_i
 
 export type EventRow = Record<(typeof EVENT_COLUMNS)[number], string | number | boolean | null>
 
-/** Raw rows, newest first; `created_at` is Postgres' own text so a cursor keeps every microsecond. */
+/**
+ * Raw rows, newest first; `created_at` is Postgres' own text so a cursor keeps every microsecond.
+ * A model filter matches the model asked for or the model that answered. It is read as two scans
+ * in (created_at, event_id) order, merged: rows asked for the model (index on organization, model,
+ * created_at, event_id) and rows answered by it though another was asked for (a partial index of
+ * only those rows, migration 009). The two never overlap. An `or` of both columns would walk the
+ * whole period newest first, reading every row, when the model is rare.
+ */
 export function events (sql: Sql, f: EventFilter) {
-  const model = f.model === undefined ? sql`` : sql`and (e.model = ${f.model} or e.served_model = ${f.model})`
   const outcome = f.outcome === undefined ? sql`` : sql`and e.outcome = ${f.outcome}`
   const before = f.before === undefined
     ? sql``
     : sql`and (e.created_at, e.event_id) < (${f.before.createdAt}::timestamptz, ${f.before.eventId}::uuid)`
   const user = f.externalUserId === undefined ? sql`` : sql`and e.external_user_id = ${f.externalUserId}`
+  const rows = (model: ReturnType<Sql>) => sql`
+    select e.* from usage_events e
+    where e.organization_id = ${f.organizationId} and e.created_at >= ${f.from}::timestamptz and e.created_at < ${f.to}::timestamptz
+      ${user} ${model} ${outcome} ${before}
+    order by e.created_at desc, e.event_id desc
+    limit ${f.limit}`
+  const source = f.model === undefined
+    ? rows(sql``)
+    : sql`(${rows(sql`and e.model = ${f.model}`)})
+          union all
+          (${rows(sql`and e.served_model = ${f.model} and e.served_model is distinct from e.model`)})`
   return sql<EventRow[]>`
     select e.event_id::text, e.generation_id,
            to_char(e.created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as created_at,
@@ -177,10 +270,8 @@ export function events (sql: Sql, f: EventFilter) {
            e.prompt_tokens, e.completion_tokens, e.cached_tokens, e.reasoning_tokens, e.total_tokens,
            e.cost_usd::text, e.upstream_cost_usd::text, e.is_byok, e.markup_percent::text, e.billed_cost_usd::text,
            e.latency_ms::text, e.ttfb_ms::text, e.chat_id, e.message_id
-    from usage_events e
+    from (${source}) e
     left join user_mappings m on m.organization_id = e.organization_id and m.user_id = e.user_id
-    where e.organization_id = ${f.organizationId} and e.created_at >= ${f.from}::timestamptz and e.created_at < ${f.to}::timestamptz
-      ${user} ${model} ${outcome} ${before}
     order by e.created_at desc, e.event_id desc
     limit ${f.limit}`
 }
@@ -204,17 +295,18 @@ export interface StatementLine {
 export function statementLines (sql: Sql, organizationId: string | undefined, from: string, to: string, source: Source = 'events') {
   const org = organizationId === undefined ? sql`` : sql`and organization_id = ${organizationId}`
   const s = SOURCE[source]
-  const range = source === 'rollups'
-    ? sql`day >= ${from}::date and day < ${to}::date`
-    : sql`created_at >= ${from}::timestamptz and created_at < ${to}::timestamptz`
+  const rows = source === 'monthly'
+    ? monthlyAndDaily(sql, organizationId, from, to)
+    : source === 'rollups'
+      ? sql`${sql.unsafe(s.table)} where day >= ${from}::date and day < ${to}::date ${org}`
+      : sql`${sql.unsafe(s.table)} where created_at >= ${from}::timestamptz and created_at < ${to}::timestamptz ${org}`
   return sql<StatementLine[]>`
     select g.organization_id, o.name as organization_name, coalesce(g.user_id, m.user_id, nullif(g.ext, g.organization_id)) as user_id,
            m.user_name, m.user_email, g.requests, g.prompt_tokens, g.completion_tokens, g.total_tokens, g.cost_usd,
            (g.billed_cost_usd::numeric - g.cost_usd::numeric)::text as markup_usd, g.billed_cost_usd
     from (
       select organization_id, external_user_id as ext, ${sql.unsafe(s.userId)} as user_id, ${sql.unsafe(s.sums)}
-      from ${sql.unsafe(s.table)}
-      where ${range} ${org}
+      from ${rows}
       group by 1, 2
     ) g
     join organizations o on o.id = g.organization_id

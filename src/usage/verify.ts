@@ -4,6 +4,9 @@ import type { Sql } from '../db/connect.js'
 // them (usage_rollup_select in sql/007), and lists every rollup row that differs. The rollups
 // compared are usage_daily_totals: folded rows plus the deltas not folded yet, as readers see them. Days
 // whose raw rows retention dropped are not compared: their rollups are all that is left.
+// The coarser rollups of migration 009 (usage_monthly_totals, usage_org_daily_totals) are compared
+// with the raw rows of the days that still have them plus the daily rollups of the days retention
+// dropped: a corrupted monthly row is named as such, and a corrupted daily row only as itself.
 
 export const ROLLUP_VALUES = [
   'requests', 'failed_or_aborted', 'prompt_tokens', 'completion_tokens', 'total_tokens', 'cached_tokens',
@@ -11,7 +14,10 @@ export const ROLLUP_VALUES = [
 ] as const
 
 export interface RollupDifference {
+  /** daily: a usage_daily_totals row against the raw rows; monthly: a usage_monthly_totals row against the daily rows of its month. */
+  rollup: 'daily' | 'monthly' | 'org_daily'
   organizationId: string
+  /** The day, or for a monthly row its month's first day. */
   day: string
   externalUserId: string
   model: string
@@ -25,6 +31,10 @@ export interface VerifyResult {
   to: string | null
   rollupRows: number
   rawRows: number
+  /** Monthly rollup rows compared; null when the database has none (before migration 009). */
+  monthlyRows: number | null
+  /** Per-organization day rows compared; null before migration 009. */
+  orgDailyRows: number | null
   differences: RollupDifference[]
 }
 
@@ -67,26 +77,93 @@ export async function verifyRollups (sql: Sql, opts: { month?: string, limit?: n
     select (select count(*) from usage_daily_totals where (${lo}::date is null or day >= ${lo}::date) and (${to}::date is null or day < ${to}::date))::int as rollups,
            (select count(*) from usage_events where (${lo}::date is null or created_at >= (${lo}::date::text || ' 00:00:00+00')::timestamptz)
              and (${to}::date is null or created_at < (${to}::date::text || ' 00:00:00+00')::timestamptz))::int as raw`
+  const monthly = await verifyCoarse(sql, COARSE[0], q, from, lo, to, limit)
+  const orgDaily = await verifyCoarse(sql, COARSE[1], q, from, lo, to, limit)
   return {
     from: lo,
     to,
     rollupRows: rollups,
     rawRows: raw,
-    differences: rows.map((r) => ({
-      organizationId: r.organization_id,
-      day: r.day,
-      externalUserId: r.external_user_id,
-      model: r.model,
-      kind: r.kind,
-      values: Object.fromEntries(ROLLUP_VALUES
-        .filter((c) => r[`d_${c}`] === true)
-        .map((c) => [c, [r.in_rollup ? r[`r_${c}`] : null, r.in_raw ? r[`x_${c}`] : null]])),
-    })),
+    monthlyRows: monthly?.rows ?? null,
+    orgDailyRows: orgDaily?.rows ?? null,
+    differences: [...rows.map((r) => differenceOf('daily', r)), ...(monthly?.differences ?? []), ...(orgDaily?.differences ?? [])].slice(0, limit),
   }
+}
+
+function differenceOf (rollup: RollupDifference['rollup'], r: Record<string, unknown>): RollupDifference {
+  return {
+    rollup,
+    organizationId: r.organization_id as string,
+    day: r.day as string,
+    externalUserId: r.external_user_id as string,
+    model: r.model as string,
+    kind: r.kind as string,
+    values: Object.fromEntries(ROLLUP_VALUES
+      .filter((c) => r[`d_${c}`] === true)
+      .map((c) => [c, [r.in_rollup ? r[`r_${c}`] as string | null : null, r.in_raw ? r[`x_${c}`] as string | null : null]])),
+  }
+}
+
+interface Coarse {
+  rollup: 'monthly' | 'org_daily'
+  view: string
+  /** The view's date column, and that column computed from a day. */
+  date: string
+  dateOf: string
+  /** Key columns after organization and date; those the view lacks are read as ''. */
+  keys: Array<'external_user_id' | 'model' | 'kind'>
+}
+
+const COARSE: Coarse[] = [
+  { rollup: 'monthly', view: 'usage_monthly_totals', date: 'month', dateOf: "date_trunc('month', day::timestamp)::date", keys: ['external_user_id', 'model', 'kind'] },
+  { rollup: 'org_daily', view: 'usage_org_daily_totals', date: 'day', dateOf: 'day', keys: ['kind'] },
+]
+
+/**
+ * A coarser rollup (migration 009) of [from, to) (or all of it) against the days it sums: raw rows
+ * from `lo` on (`raw`, the daily rollups' definition over $1 = lo, $2 = to), daily rollups before.
+ */
+async function verifyCoarse (sql: Sql, c: Coarse, raw: string, from: string | null, lo: string | null, to: string | null, limit: number):
+Promise<{ rows: number, differences: RollupDifference[] } | null> {
+  const [{ present }] = await sql<{ present: boolean }[]>`select to_regclass(${c.view}) is not null as present`
+  if (!present) return null
+  const values = ROLLUP_VALUES.filter((v) => c.rollup === 'monthly' || v !== 'user_id')
+  const sums = values.map((v) => v === 'user_id' ? 'max(user_id) as user_id' : `sum(${v}) as ${v}`).join(', ')
+  const cols = values.map((v) => `r.${v}::text as r_${v}, x.${v}::text as x_${v}, r.${v} is distinct from x.${v} as d_${v}`).join(', ')
+  const differs = values.map((v) => `r.${v} is distinct from x.${v}`).join(' or ')
+  const keys = ['organization_id', c.date, ...c.keys]
+  const key = (k: string) => c.keys.includes(k as Coarse['keys'][number]) ? `coalesce(r.${k}, x.${k})` : "''"
+  const rows = await sql.unsafe(`
+    with days as (
+      select * from (${raw}) x where $1::date is not null
+      union all
+      select * from usage_daily_totals where ($3::date is null or day >= $3::date) and ($1::date is null or day < $1::date)
+        and ($2::date is null or day < $2::date)),
+    expected as (
+      select organization_id, ${c.dateOf} as ${c.date}, ${c.keys.join(', ')}, ${sums}
+      from days group by ${keys.map((_, i) => i + 1).join(', ')}),
+    rollup as (select * from ${c.view} where ($3::date is null or ${c.date} >= $3::date) and ($2::date is null or ${c.date} < $2::date))
+    select coalesce(r.organization_id, x.organization_id) as organization_id, coalesce(r.${c.date}, x.${c.date})::text as day,
+           ${key('external_user_id')} as external_user_id, ${key('model')} as model, ${key('kind')} as kind,
+           r.${c.date} is not null as in_rollup, x.${c.date} is not null as in_raw, ${cols}
+    from rollup r full join expected x using (${keys.join(', ')})
+    where ${differs}
+    order by 1, 2, 3, 4, 5
+    limit ${Number(limit)}`, [lo, to, from])
+  const [{ n }] = await sql.unsafe<{ n: number }[]>(`
+    select count(*)::int as n from ${c.view} where ($1::date is null or ${c.date} >= $1::date) and ($2::date is null or ${c.date} < $2::date)`, [from, to])
+  return { rows: n, differences: rows.map((r) => differenceOf(c.rollup, r)) }
 }
 
 /** One line per difference, for the command line. */
 export function formatDifference (d: RollupDifference): string {
+  const model = d.model === '' ? '(none)' : d.model
+  if (d.rollup !== 'daily') {
+    const what = Object.entries(d.values).map(([c, [a, b]]) => `${c}: ${d.rollup} rollup ${a ?? '(no row)'} != its days ${b ?? '(no row)'}`).join('; ')
+    return d.rollup === 'monthly'
+      ? `${d.organizationId} month ${d.day.slice(0, 7)} user=${d.externalUserId} model=${model} kind=${d.kind}: ${what}`
+      : `${d.organizationId} ${d.day} (organization's day) kind=${d.kind}: ${what}`
+  }
   const what = Object.entries(d.values).map(([c, [a, b]]) => `${c}: rollup ${a ?? '(no row)'} != raw ${b ?? '(no row)'}`).join('; ')
-  return `${d.organizationId} ${d.day} user=${d.externalUserId} model=${d.model === '' ? '(none)' : d.model} kind=${d.kind}: ${what}`
+  return `${d.organizationId} ${d.day} user=${d.externalUserId} model=${model} kind=${d.kind}: ${what}`
 }
