@@ -31,7 +31,8 @@ t.test('fresh boot: schema, views and the organization row exist before /readyz 
   const all = await tables(db)
   t.same(all.filter((n) => !/^usage_events_(\d{4}_\d{2}|default)$/.test(n)), ['budget_counters', 'budget_reservations', 'budgets', 'organizations', 'rate_leases', 'rate_windows', 'schema_migrations',
     'spend_per_day', 'spend_per_model_month', 'spend_per_user_month',
-    'usage_daily_rollups', 'usage_daily_totals', 'usage_events', 'usage_generation_ids', 'usage_maintenance', 'usage_rollup_deltas', 'user_mappings'])
+    'usage_daily_rollups', 'usage_daily_totals', 'usage_events', 'usage_generation_ids', 'usage_maintenance',
+      'usage_monthly_rollups', 'usage_monthly_totals', 'usage_org_daily_rollups', 'usage_org_daily_totals', 'usage_rollup_deltas', 'user_mappings'])
   t.ok(all.includes('usage_events_default'), 'monthly partitions and the default one')
   const [org] = await db.sql`select id, name, markup_percent::text as markup, api_key_fingerprint from organizations`
   t.same([org.id, org.name, org.markup], ['mai_client_63a4eb6d', 'Acme GmbH', '12.5000'])
