@@ -18,6 +18,10 @@ END $$;
 CREATE FUNCTION usage_events_check_organizations () RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE missing text;
 BEGIN
+  -- The lock the foreign key took per row, once per organization: a concurrent DELETE of one of
+  -- them waits for this transaction, then finds its usage and is refused (or, if it came first,
+  -- this check finds the organization gone).
+  PERFORM 1 FROM organizations o WHERE o.id IN (SELECT organization_id FROM inserted_rows) ORDER BY o.id FOR KEY SHARE;
   SELECT i.organization_id INTO missing
     FROM (SELECT DISTINCT organization_id FROM inserted_rows) i
     LEFT JOIN organizations o ON o.id = i.organization_id

@@ -243,3 +243,38 @@ t.test('usage rows must name an existing organization, checked per statement: a 
   await db.sql`delete from organizations where id = 'mai_client_idle'`
   t.same((await db.sql`select id, name from organizations order by id`).map((r) => `${r.id}:${r.name}`), [`${ORG}:Renamed Org`, 'mai_client_nobody:Late Org'], 'other changes are not blocked')
 })
+
+t.test('an organization deleted while a batch for it is being inserted: the delete waits for the batch, then is refused; no row is left without its organization', async (t) => {
+  const db = await createTestDb()
+  t.teardown(() => db.drop())
+  await migrate(db.sql, 'sql')
+  await db.sql`insert into organizations (id, name) values (${ORG}, 'Ledger Org')`
+  const cols = (await db.sql`select usage_events_insert_columns() as c`)[0].c as string
+  const ledger = new Ledger(db.sql, null, createLogger('silent'), { batchSize: 10, flushMs: 1 })
+  ledger.record(rec(1))
+  t.ok(await ledger.drain(10_000))
+  ledger.close()
+  let release!: () => void
+  const held = new Promise<void>((resolve) => { release = resolve })
+  let inserted!: () => void
+  const insertedYet = new Promise<void>((resolve) => { inserted = resolve })
+  // A second organization, and a batch for it whose transaction stays open.
+  await db.sql`insert into organizations (id, name) values ('mai_client_racing', 'Racing')`
+  const batch = db.sql.begin(async (tx) => {
+    await tx`insert into usage_events (${tx.unsafe(cols)}) select ${tx.unsafe(cols)} from jsonb_populate_record(null::usage_events,
+      (select to_jsonb(u) || jsonb_build_object('event_id', gen_random_uuid(), 'generation_id', null, 'organization_id', 'mai_client_racing') from usage_events u limit 1))`
+    inserted()
+    await held
+  })
+  await insertedYet
+  let deleteSettled = false
+  const del = db.sql`delete from organizations where id = 'mai_client_racing'`.then(() => 'deleted', (e: { code?: string }) => e.code)
+    .finally(() => { deleteSettled = true })
+  await new Promise((resolve) => setTimeout(resolve, 300))
+  t.notOk(deleteSettled, 'the delete waits for the open batch')
+  release()
+  await batch
+  t.equal(await del, '23503', 'then finds its usage and is refused')
+  const [{ n }] = await db.sql`select count(*)::int as n from usage_events e where not exists (select 1 from organizations o where o.id = e.organization_id)`
+  t.equal(n, 0, 'no row without its organization')
+})
