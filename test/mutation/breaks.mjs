@@ -287,6 +287,27 @@ export const BREAKS = [
     tests: ['test/kind.test.ts'],
   },
   {
+    name: "new: usage rows for a missing organization are let in (010's check skipped)",
+    file: "sql/010_usage_organization_check.sql",
+    search: "  IF FOUND THEN\n    RAISE foreign_key_violation USING\n      MESSAGE = format('insert into usage_events",
+    replace: "  IF false THEN\n    RAISE foreign_key_violation USING\n      MESSAGE = format('insert into usage_events",
+    tests: ['test/ledger.test.ts'],
+  },
+  {
+    name: "new: an organization with usage can be deleted (010's guard off)",
+    file: "sql/010_usage_organization_check.sql",
+    search: "AND EXISTS (SELECT 1 FROM usage_events WHERE organization_id = OLD.id) THEN",
+    replace: "AND false THEN",
+    tests: ['test/ledger.test.ts'],
+  },
+  {
+    name: "new: settlement counts rows the generation-id claim took back (011 undone)",
+    file: "sql/011_budget_settle_replays.sql",
+    search: "       AND EXISTS (SELECT 1 FROM usage_events e WHERE e.event_id = n.event_id AND e.created_at = n.created_at)",
+    replace: "",
+    tests: ['test/budget-settlement.test.ts'],
+  },
+  {
     name: "new: budget check refuses landing exactly on the limit",
     file: "sql/006_budgets.sql",
     search: "uc.spent_usd + uc.reserved_usd + p_amount > ub.limit_usd THEN",
