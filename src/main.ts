@@ -63,6 +63,8 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     log.warn({ host: config.server.host }, 'PROXY_API_KEY is not set: anyone who can reach this port can spend the organization\'s OpenRouter key')
   }
   const journal = new Journal(join(resolve(config.ledger.dataDir), 'journal'), log)
+  // Whatever way the process exits (process.exit after a fatal error included), this turn's lines go first.
+  process.once('exit', () => journal.flush())
 
   // Filled in by boot; the server only reaches them once `ready` is true.
   const s = noServices()

@@ -198,7 +198,7 @@ t.test('an exception before dispatch answers 500 for that request only', async (
     identityHeaders: new Set<string>(),
     // A fault injected where a bug would be: the user directory throws on its second use.
     directory: { resolve: () => { if (++calls === 2) throw new TypeError('injected'); return { userId: null, externalUserId: ORG, mapping: null } } },
-    ledger: { pending: () => {}, record: () => {} },
+    ledger: { pending: () => {}, record: () => {}, afterJournal: (then: () => void) => then() },
     reconciler: { enqueue: () => {} },
     log: createLogger('fatal'),
     track: () => {},

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, statSync, symlinkSync } from 'node:fs'
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, symlinkSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { randomUUID } from 'node:crypto'
@@ -28,8 +28,9 @@ t.test('segments rotate at their size; a pending line keeps its segment alive un
   const j = new Journal(dir, log, 400) // about one line per segment
   const long = rec(1) // a stream still running when its segments fill
   j.pending(long)
+  j.flush()
   const done = Array.from({ length: 4 }, (_, i) => rec(10 + i))
-  for (const r of done) j.append(r)
+  for (const r of done) { j.append(r); j.flush() } // a segment rotates between writes, never inside one
   const first = segments(dir)[0]
   t.ok(segments(dir).length >= 4, `rotated into ${segments(dir).length} segments`)
   for (const r of done) j.committed(r.eventId)
@@ -46,6 +47,34 @@ t.test('segments rotate at their size; a pending line keeps its segment alive un
   t.same(segments(dir), [], 'everything deleted once committed')
 })
 
+t.test('group commit: the lines of one event-loop turn go out in one write at its end, and afterWrite runs after it', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'journal-turn-'))
+  const j = new Journal(dir, createLogger('silent'))
+  t.teardown(() => j.close())
+  const turn = Array.from({ length: 5 }, (_, i) => rec(20 + i))
+  j.pending(turn[0])
+  for (const r of turn) j.append(r)
+  t.same(segments(dir), [], 'nothing is written during the turn')
+  t.equal(j.backlog, 5, 'records still buffered count in the backlog (a pending and a final line are one record)')
+  let sizeSeenByWaiter = -1
+  j.afterWrite(() => { sizeSeenByWaiter = statSync(join(dir, segments(dir)[0])).size })
+  t.equal(sizeSeenByWaiter, -1, 'afterWrite waits while lines are buffered')
+  await new Promise((r) => setImmediate(r))
+  const [seg] = segments(dir)
+  const text = readFileSync(join(dir, seg), 'utf8')
+  t.equal(text.split('\n').filter(Boolean).length, 6, 'all six lines are on disk once the turn ended')
+  t.equal(sizeSeenByWaiter, Buffer.byteLength(text), 'the waiter ran after the write, with every line already on disk')
+  let ranAtOnce = false
+  j.afterWrite(() => { ranAtOnce = true })
+  t.ok(ranAtOnce, 'afterWrite with nothing buffered runs at once')
+  const late = rec(30)
+  j.append(late)
+  j.committed(late.eventId) // committed before its turn ended: its line is written, then let go
+  t.equal(j.backlog, 5)
+  for (const r of turn) j.committed(r.eventId)
+  t.equal(j.backlog, 0, 'nothing is left outstanding')
+})
+
 t.test('a disk that fills up: a cut-short write is taken back, the failure is counted, and appends resume once there is room', async (t) => {
   const disk = mountTinyDisk()
   t.teardown(() => disk?.close())
@@ -56,7 +85,7 @@ t.test('a disk that fills up: a cut-short write is taken back, the failure is co
     const dir = mkdtempSync(join(tmpdir(), 'journal-full-'))
     symlinkSync('/dev/full', join(dir, 'seg-000000000001.jsonl'))
     const j = new Journal(dir, log)
-    t.equal(j.append(rec(1)), false, 'append reports the failure')
+    t.equal(j.appendNow(rec(1)), false, 'appendNow reports the failure')
     t.equal(j.failures, 1)
     t.match(logs.text, /journal: append failed/)
     t.comment('tmpfs not mountable here: cut-short writes (ftruncate) were not exercised')
@@ -65,20 +94,21 @@ t.test('a disk that fills up: a cut-short write is taken back, the failure is co
   const dir = join(disk.dir, 'journal')
   const j = new Journal(dir, log)
   const first = rec(1)
-  t.equal(j.append(first), true)
+  t.equal(j.appendNow(first), true)
   const [seg] = segments(dir)
   const before = statSync(join(dir, seg)).size
   disk.fill()
   // Larger than the slack left in the segment's last page: write(2) takes part of it, then ENOSPC.
   const big = rec(2, { errorMessage: 'x'.repeat(6000) })
-  t.equal(j.append(big), false, 'append reports the failure')
+  j.append(big)
+  t.equal(j.flush(), false, 'flush reports the failure')
   t.equal(j.failures, 1)
   t.equal(statSync(join(dir, seg)).size, before, 'the partial line was truncated away')
   t.match(logs.text, /journal: append failed; record kept in memory only/)
   t.equal(j.backlog, 1, 'the failed record is not counted as on disk')
   disk.free()
   const third = rec(3)
-  t.equal(j.append(third), true, 'appends resume once there is room')
+  t.equal(j.appendNow(third), true, 'appends resume once there is room')
   j.close()
   const replay = new Journal(dir, log).replay()
   t.same(replay.finals.map((r) => r.eventId), [first.eventId, third.eventId])

@@ -312,15 +312,25 @@ class Exchange implements Dispatcher.DispatchHandler {
 
   onComplete (): void {
     // Journal first, then end: a client never holds a finished response whose record is not
-    // on disk yet. The bytes, [DONE] included, are already out; this only closes the body.
+    // on disk yet. The bytes, [DONE] included, are already out; this only closes the body, at
+    // the end of this event-loop turn, with the journal's one write for every record of the turn.
     if (this.done) return
     this.settle(null)
-    if (!this.clientGone) this.res.end()
+    this.ctx.ledger.afterJournal(() => this.answered(() => { if (!this.clientGone) this.res.end() }))
   }
 
   onError (err: Error): void {
     if (this.done) return
     const status = this.settle(err)
+    this.ctx.ledger.afterJournal(() => this.answered(() => this.answerError(err, status)))
+  }
+
+  /** The client's last write; only then is the exchange over for a graceful shutdown. */
+  private answered (answer: () => void): void {
+    try { answer() } finally { this.ctx.track(-1) }
+  }
+
+  private answerError (err: Error, status: number): void {
     if (this.clientGone) return
     if (!this.res.headersSent) {
       if (status === 504) sendError(this.res, 504, 'upstream_error', 'upstream_timeout', 'OpenRouter did not answer in time')
@@ -385,7 +395,6 @@ class Exchange implements Dispatcher.DispatchHandler {
 
   private finish (err: Error | null): UsageRecord {
     this.done = true
-    this.ctx.track(-1)
     this.admission?.done()
     const tap = this.tap?.end() ?? null
     const { outcome, status } = this.classify(err, tap)

@@ -5,9 +5,11 @@ import type { Logger } from '../log.js'
 import type { UsageRecord } from './record.js'
 
 // The local journal: a usage record is on disk before it is queued for Postgres, and leaves the
-// disk only after its row is committed. Lines are appended with write(2) to an O_APPEND file, so
-// once append() returns the line survives a SIGKILL (the kernel has it); a torn last line after a
-// power cut is skipped and reported at replay, never fatal.
+// disk only after its row is committed. Lines are grouped per event-loop turn: every line
+// appended during one turn goes out in one write(2) to an O_APPEND file at the end of that turn
+// (setImmediate), or sooner when someone needs it on disk now (flush). Once written, a line
+// survives a SIGKILL (the kernel has it); a torn last line after a power cut is skipped and
+// reported at replay, never fatal. README "Durability" states what this promises a client.
 //
 // Segments: journal/seg-<seq>.jsonl, about 1 MB each. A segment is deleted when every record it
 // holds is committed. Two kinds of line, both keyed by the record's eventId:
@@ -28,6 +30,13 @@ export class Journal {
   /** eventId -> segments holding lines that stay outstanding until its row is committed */
   private readonly holders = new Map<string, number[]>()
   private nextSeq = 1
+  /** Lines appended this turn, not yet written, and the records they belong to. */
+  private lines: string[] = []
+  private lineIds: string[] = []
+  private scheduled: NodeJS.Immediate | null = null
+  /** Called once the lines appended before them are written (or failed). */
+  private waiters: Array<() => void> = []
+  /** Records whose line could not be written (the ledger keeps those in memory). */
   failures = 0
 
   constructor (private readonly dir: string, private readonly log: Logger, private readonly segmentBytes = SEGMENT_BYTES) {
@@ -67,13 +76,47 @@ export class Journal {
   }
 
   /** The request is under way and its generation id is known: enough to reconcile it after a crash. */
-  pending (r: UsageRecord): boolean { return this.write('p', r) }
+  pending (r: UsageRecord): void { this.add('p', r) }
 
-  /** The final record, before it is queued for Postgres. False when it could not be written. */
-  append (r: UsageRecord): boolean { return this.write('r', r) }
+  /** The final record, before it is queued for Postgres; written at the end of this turn. */
+  append (r: UsageRecord): void { this.add('r', r) }
+
+  /** The final record, written now with whatever else this turn appended. False when it could not be. */
+  appendNow (r: UsageRecord): boolean {
+    this.add('r', r)
+    return this.flush()
+  }
+
+  /** Runs `then` once every line appended so far is written (or failed): at once if none waits. */
+  afterWrite (then: () => void): void {
+    if (this.lines.length === 0) then()
+    else this.waiters.push(then)
+  }
+
+  /**
+   * Writes every line appended since the last flush in one write(2). False when they could not be
+   * written: then none of them is (a cut-short write is taken back), each counts as a failure, and
+   * the records stay only in the ledger's memory.
+   */
+  flush (): boolean {
+    if (this.scheduled) { clearImmediate(this.scheduled); this.scheduled = null }
+    if (this.lines.length === 0) return true
+    const ids = this.lineIds
+    const data = Buffer.from(this.lines.length === 1 ? this.lines[0] : this.lines.join(''))
+    this.lines = []
+    this.lineIds = []
+    const ok = this.write(data, ids)
+    const waiters = this.waiters
+    this.waiters = []
+    for (const then of waiters) {
+      try { then() } catch (err) { this.log.error({ err: (err as Error).message }, 'journal: a callback after the write failed') }
+    }
+    return ok
+  }
 
   /** Its row is committed: the lines of this record are no longer needed. */
   committed (eventId: string): void {
+    if (this.lines.length > 0) this.flush() // its lines must be counted before they are let go
     const seqs = this.holders.get(eventId)
     if (!seqs) return
     this.holders.delete(eventId)
@@ -105,40 +148,49 @@ export class Journal {
     }
   }
 
-  /** Records in the journal not yet committed. */
-  get backlog (): number { return this.holders.size }
+  /** Records in the journal not yet committed (a record still buffered this turn counts). */
+  get backlog (): number {
+    if (this.lines.length === 0) return this.holders.size
+    return this.holders.size + new Set(this.lineIds.filter((id) => !this.holders.has(id))).size
+  }
 
   close (): void {
+    this.flush()
     if (this.fd !== -1) { try { fsyncSync(this.fd) } catch {} closeSync(this.fd); this.fd = -1 }
     if (this.current) { this.current.sealed = true; this.maybeDelete(this.current); this.current = null }
   }
 
-  private write (kind: 'p' | 'r', r: UsageRecord): boolean {
-    const line = Buffer.from(JSON.stringify({ k: kind, r }) + '\n')
+  private add (kind: 'p' | 'r', r: UsageRecord): void {
+    this.lines.push(JSON.stringify({ k: kind, r }) + '\n')
+    this.lineIds.push(r.eventId)
+    this.scheduled ??= setImmediate(() => { this.scheduled = null; this.flush() })
+  }
+
+  private write (data: Buffer, ids: string[]): boolean {
     let seg: Segment
     try {
       seg = this.segment()
     } catch (err) {
-      return this.failed(err, r)
+      return this.failed(err, ids)
     }
     let written = 0
     try {
-      // write(2) may take part of a line on a nearly full disk: finish it or take it back.
-      while (written < line.length) written += writeSync(this.fd, line, written)
+      // write(2) may take part of the data on a nearly full disk: finish it or take it back.
+      while (written < data.length) written += writeSync(this.fd, data, written)
     } catch (err) {
       try { if (written > 0) ftruncateSync(this.fd, this.size) } catch { /* the next replay skips the torn line */ }
-      return this.failed(err, r)
+      return this.failed(err, ids)
     }
-    this.size += line.length
-    this.hold(r.eventId, seg)
+    this.size += data.length
+    for (const id of ids) this.hold(id, seg)
     return true
   }
 
-  private failed (err: unknown, r: UsageRecord): false {
-    // Disk full or read-only: the record still goes to Postgres from memory, only crash
-    // safety is lost for it. Proxying never stops for the journal.
-    this.failures++
-    this.log.error({ err: (err as Error).message, eventId: r.eventId }, 'journal: append failed; record kept in memory only')
+  private failed (err: unknown, ids: string[]): false {
+    // Disk full or read-only: the records still go to Postgres from memory, only crash
+    // safety is lost for them. Proxying never stops for the journal.
+    this.failures += ids.length
+    this.log.error({ err: (err as Error).message, records: ids.length, eventId: ids[0] }, 'journal: append failed; record kept in memory only')
     return false
   }
 

@@ -58,11 +58,22 @@ export class Ledger {
 
   /** Accepts a finished record. Never throws, never waits. */
   record (r: UsageRecord, journaled = false): void {
-    const onDisk = journaled || (this.journal?.append(r) ?? false)
-    // A record that is not on disk is never let out of memory.
-    if (onDisk && (this.spilled.size > 0 || this.queue.length >= this.cap)) this.spilled.add(r.eventId)
-    else this.queue.push(r)
+    if (this.spilled.size > 0 || this.queue.length >= this.cap) {
+      // Past the memory cap only the journal would keep it: written now, and let out of memory
+      // only if that worked. A record that is not on disk is never let out of memory.
+      if (journaled || (this.journal?.appendNow(r) ?? false)) this.spilled.add(r.eventId)
+      else this.queue.push(r)
+    } else {
+      if (!journaled) this.journal?.append(r) // on disk by the end of this event-loop turn
+      this.queue.push(r)
+    }
     this.schedule(this.queue.length >= this.opts.batchSize ? 0 : this.opts.flushMs)
+  }
+
+  /** Runs `then` once the records accepted so far are on disk (or their write failed). */
+  afterJournal (then: () => void): void {
+    if (this.journal) this.journal.afterWrite(then)
+    else then()
   }
 
   get inMemory (): number { return this.queue.length + this.inserting }
