@@ -4,8 +4,8 @@ import { join } from 'node:path'
 import type { Logger } from '../log.js'
 import type { UsageRecord } from './record.js'
 
-// The local journal: a usage record is on disk before it is queued for Postgres, and leaves the
-// disk only after its row is committed. Lines are grouped per event-loop turn: every line
+// The local journal: a usage record is on disk before its response ends, and leaves the disk
+// only after its row is committed. Lines are grouped per event-loop turn: every line
 // appended during one turn goes out in one write(2) to an O_APPEND file at the end of that turn
 // (setImmediate), or sooner when someone needs it on disk now (flush). Once written, a line
 // survives a SIGKILL (the kernel has it); a torn last line after a power cut is skipped and
@@ -78,7 +78,7 @@ export class Journal {
   /** The request is under way and its generation id is known: enough to reconcile it after a crash. */
   pending (r: UsageRecord): void { this.add('p', r) }
 
-  /** The final record, before it is queued for Postgres; written at the end of this turn. */
+  /** The final record, as it is queued for Postgres; written at the end of this turn. */
   append (r: UsageRecord): void { this.add('r', r) }
 
   /** The final record, written now with whatever else this turn appended. False when it could not be. */
