@@ -7,7 +7,7 @@ import { IdentityError, identify, type Identity, type IdentityOptions } from '..
 import type { UserDirectory } from '../identity/directory.js'
 import type { Ledger } from '../usage/ledger.js'
 import type { Reconciler } from '../usage/reconcile.js'
-import { newRecord, withUsage, type Outcome, type UsageRecord } from '../usage/record.js'
+import { addUsage, newRecord, type Outcome, type UsageRecord } from '../usage/record.js'
 import { ResponseTap, bodyKind, type TapResult } from '../usage/response-tap.js'
 import { classifyKind, messageIdOf, type KindOptions } from '../usage/kind.js'
 import { sendError } from './errors.js'
@@ -254,7 +254,7 @@ class Exchange implements Dispatcher.DispatchHandler {
   private done = false
   private resume: (() => void) | null = null
 
-  constructor (private readonly res: ServerResponse, private rec: UsageRecord, private readonly ctx: MeterContext, private readonly admission: Admission | null) {
+  constructor (private readonly res: ServerResponse, private readonly rec: UsageRecord, private readonly ctx: MeterContext, private readonly admission: Admission | null) {
     res.once('close', () => { try { this.clientLeft() } catch (err) { ctx.log.error({ err: String(err) }, 'metered request: client close handling failed') } })
   }
 
@@ -398,19 +398,18 @@ class Exchange implements Dispatcher.DispatchHandler {
     this.admission?.done()
     const tap = this.tap?.end() ?? null
     const { outcome, status } = this.classify(err, tap)
-    let rec: UsageRecord = {
-      ...this.rec,
-      generationId: this.rec.generationId ?? tap?.generationId ?? null,
-      servedModel: tap?.servedModel ?? null,
-      provider: tap?.provider ?? null,
-      status,
-      outcome,
-      finishReason: tap?.finishReason ?? null,
-      errorMessage: tap?.error?.message ?? (err && !this.clientGone ? err.message : null),
-      latencyMs: msSince(this.started),
-      ttfbMs: this.ttfbMs,
-    }
-    rec = withUsage(rec, tap?.usage ?? null, 'inline')
+    // Filled in place: the exchange owns its record (a pending line was serialized when written).
+    const rec = this.rec
+    rec.generationId ??= tap?.generationId ?? null
+    rec.servedModel = tap?.servedModel ?? null
+    rec.provider = tap?.provider ?? null
+    rec.status = status
+    rec.outcome = outcome
+    rec.finishReason = tap?.finishReason ?? null
+    rec.errorMessage = tap?.error?.message ?? (err && !this.clientGone ? err.message : null)
+    rec.latencyMs = msSince(this.started)
+    rec.ttfbMs = this.ttfbMs
+    addUsage(rec, tap?.usage ?? null, 'inline')
     // Cost unknown but the generation known: ask OpenRouter what it charged. Partial usage is not
     // enough (an aborted /messages stream has tokens from message_start, no cost). An upstream
     // error answered before any generation is recorded as is, with no invented cost.

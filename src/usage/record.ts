@@ -85,6 +85,10 @@ export function newRecord (start: RecordStart): UsageRecord {
     ttfbMs: null,
     kind: 'api',
     messageId: null,
+    cacheWriteTokens: null,
+    audioTokens: null,
+    cancelled: null,
+    anomaly: null,
     createdAt: new Date().toISOString(),
     ...start,
   }
@@ -96,9 +100,32 @@ export interface UserMapping { userId: string, name: string | null, email: strin
 /** Adds usage from `source`; numbers that are not sane are left out and named in `anomaly`. */
 export function withUsage (rec: UsageRecord, usage: Usage | null, source: UsageSource): UsageRecord {
   if (!usage) return rec
+  const out = { ...rec }
+  addUsage(out, usage, source)
+  return out
+}
+
+/**
+ * withUsage in place, for a record its exchange owns: field by field, so every finished record
+ * keeps newRecord's shape (the ledger reads thousands of them a second; spreads made each one
+ * a new hidden class).
+ */
+export function addUsage (rec: UsageRecord, usage: Usage | null, source: UsageSource): void {
+  if (!usage) return
   const checked = checkUsage(usage)
-  const anomaly = checked.anomaly === null ? rec.anomaly ?? null : [rec.anomaly, `${source}: ${checked.anomaly}`].filter(Boolean).join('; ')
-  return { ...rec, ...checked.usage, usageSource: source, anomaly }
+  const u = checked.usage
+  rec.promptTokens = u.promptTokens
+  rec.completionTokens = u.completionTokens
+  rec.totalTokens = u.totalTokens
+  rec.cachedTokens = u.cachedTokens
+  rec.reasoningTokens = u.reasoningTokens
+  rec.costUsd = u.costUsd
+  rec.upstreamCostUsd = u.upstreamCostUsd
+  rec.isByok = u.isByok
+  if (u.cacheWriteTokens !== undefined) rec.cacheWriteTokens = u.cacheWriteTokens
+  if (u.audioTokens !== undefined) rec.audioTokens = u.audioTokens
+  rec.usageSource = source
+  rec.anomaly = checked.anomaly === null ? rec.anomaly ?? null : [rec.anomaly, `${source}: ${checked.anomaly}`].filter(Boolean).join('; ')
 }
 
 /** Column order of usage_events as the writer inserts it. */
