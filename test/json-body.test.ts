@@ -17,11 +17,21 @@ function oracle (buf: Buffer): Record<string, any> | null {
 const NEW_USER = 'org_user_"quoted"\\ü'
 
 /** Checks one document; returns a description of the first disagreement, or null. */
-function disagreement (buf: Buffer, budget?: number): string | null {
+function disagreement (buf: Buffer, budget?: number, room?: number): string | null {
   let body: JsonBody | null
-  if (budget === undefined) body = scanBody(buf)
+  let guard: Buffer | null = null
+  if (room !== undefined) {
+    // As the proxy reads a large body: in memory with `room` free bytes after it (spliced in
+    // place when `user` fits), then 64 guard bytes that must never be touched.
+    const mem = Buffer.allocUnsafeSlow(buf.length + room + 64)
+    buf.copy(mem)
+    mem.fill(0xa5, buf.length)
+    guard = mem.subarray(buf.length + room)
+    buf = mem.subarray(0, buf.length)
+  }
+  if (budget === undefined && room === undefined) body = scanBody(buf)
   else {
-    const scan = new BodyScan(buf)
+    const scan = new BodyScan(buf, room)
     let steps = 0
     while (!scan.step(budget)) steps++
     body = scan.body
@@ -44,7 +54,10 @@ function disagreement (buf: Buffer, budget?: number): string | null {
     if ((span === undefined) !== !(f in o)) return `${f} presence`
     if (span && JSON.stringify(JSON.parse(body.bytes.toString('utf8', span.start, span.end))) !== JSON.stringify(o[f])) return `${f} span`
   }
+  const model = body.string('model')
   const spliced = body.withUser(NEW_USER)
+  if (guard && guard.some((c) => c !== 0xa5)) return 'the in-place splice wrote past its room'
+  if (body.string('model') !== model) return 'a field read after the splice changed'
   const expected = JSON.stringify(Object.assign(o, { user: NEW_USER }))
   let got: string
   try { got = JSON.stringify(JSON.parse(spliced.toString('utf8'))) } catch (e) { return `spliced does not parse: ${(e as Error).message}: ${spliced.toString('utf8').slice(0, 200)}` }
@@ -159,7 +172,7 @@ t.test('random documents: same verdict, fields and splice as JSON.parse', async 
   let accepted = 0
   for (let n = 0; n < 6000; n++) {
     const buf = Buffer.from(document(r))
-    const d = disagreement(buf)
+    const d = disagreement(buf) ?? disagreement(buf, undefined, n % 2 ? 1024 : 12)
     if (d) { t.fail(`${d}\n  document: ${JSON.stringify(buf.toString('utf8'))}`); return }
     if (scanBody(buf)) accepted++
   }
@@ -173,7 +186,7 @@ t.test('mutated documents: the scanner refuses exactly what JSON.parse refuses',
     let buf: Buffer = Buffer.from(document(r))
     const times = 1 + Math.floor(r() * 3)
     for (let k = 0; k < times; k++) buf = mutate(r, buf)
-    const d = disagreement(buf)
+    const d = disagreement(buf) ?? disagreement(buf, undefined, 1024)
     if (d) { t.fail(`${d}\n  document: ${buf.toString('hex')}`); return }
     if (!scanBody(buf)) refused++
   }
@@ -185,7 +198,7 @@ t.test('sliced scans agree with one-shot scans whatever the slice size', async (
   for (let n = 0; n < 1500; n++) {
     let buf: Buffer = Buffer.from(document(r))
     if (n % 2) buf = mutate(r, buf)
-    const d = disagreement(buf, 1 + Math.floor(r() * 16))
+    const d = disagreement(buf, 1 + Math.floor(r() * 16), n % 3 === 0 ? 1024 : undefined)
     if (d) { t.fail(`${d}\n  document: ${buf.toString('hex')}`); return }
   }
   t.pass('1500 documents in slices of 1 to 16 bytes')
@@ -256,8 +269,28 @@ t.test('adversarial cases, one by one', async (t) => {
   for (const [name, text] of cases) {
     const buf = Buffer.isBuffer(text) ? text : Buffer.from(text)
     t.equal(disagreement(buf), null, name)
+    t.equal(disagreement(buf, undefined, 1024), null, `${name} (spliced in place)`)
     for (const budget of [1, 3, 7]) t.equal(disagreement(buf, budget), null, `${name} (slices of ${budget})`)
   }
+})
+
+t.test('in place: a body read with room after it gets its user without a second copy, exactly once', async (t) => {
+  const text = '{"model":"m","messages":[{"role":"user","content":"a \\"user\\": inside"}]}  \n'
+  const mem = Buffer.allocUnsafeSlow(text.length + 1024)
+  mem.write(text)
+  const raw = mem.subarray(0, text.length)
+  const scan = new BodyScan(raw, 1024)
+  scan.step()
+  const parts = scan.body!.withUserParts('org_u1')
+  t.equal(parts.length, 1, 'one buffer')
+  t.equal(parts[0].buffer, mem.buffer, 'the memory the body was read into: not copied')
+  t.same(JSON.parse(parts[0].toString()), { ...JSON.parse(text), user: 'org_u1' })
+  t.equal(parts[0].toString().slice(-4), '"}  \n'.slice(-4), 'the whitespace after the brace moved with it')
+  t.throws(() => scan.body!.withUserParts('again'), /already spliced/, 'a second splice is refused, not garbled')
+  const tooLong = new BodyScan(Buffer.from(text), 8)
+  tooLong.step()
+  const copied = tooLong.body!.withUserParts('org_u1')
+  t.equal(copied.length, 3, 'no room for the value: slices around it, copied later')
 })
 
 t.test('what is read, concretely', async (t) => {

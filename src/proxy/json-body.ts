@@ -27,8 +27,11 @@ export class JsonBody {
 
   /** The bytes that are forwarded: the client's, or their UTF-8 repair. */
   readonly bytes: Buffer
+  /** Writable bytes of `bytes`' memory right after it, free for an in-place splice (0: none). */
+  private room: number
+  private spliced = false
 
-  constructor (bytes: Buffer) { this.bytes = bytes }
+  constructor (bytes: Buffer, room = 0) { this.bytes = bytes; this.room = room }
 
   /** The value's bytes of a top-level field, if present. */
   span (name: string): Span | undefined { return this.fields.get(name) }
@@ -75,14 +78,26 @@ export class JsonBody {
   }
 
   /**
-   * The same as slices of the client's bytes around the new value: nothing copied, for a large
-   * body that is written upstream piece by piece.
+   * The same as slices of the client's bytes around the new value, or, when the body was read
+   * with room after it and gets a new `user`, the one buffer it was spliced into in place (then
+   * only once: later calls throw).
    */
   withUserParts (user: string): Buffer[] {
+    if (this.spliced) throw new Error('JsonBody: the body was already spliced in place')
     const value = Buffer.from(JSON.stringify(user))
     const b = this.bytes
     if (this.users.length === 0) {
-      return [b.subarray(0, this.close), Buffer.from(this.count === 0 ? `"user":${value}` : `,"user":${value}`), b.subarray(this.close)]
+      const insert = Buffer.from(this.count === 0 ? `"user":${value}` : `,"user":${value}`)
+      if (insert.length <= this.room) {
+        // In place: only the closing brace (and any whitespace after it) moves, so a large body
+        // is never copied a second time. `bytes` before the brace, which the spans read, is untouched.
+        const whole = Buffer.from(b.buffer, b.byteOffset, b.length + insert.length)
+        whole.copyWithin(this.close + insert.length, this.close, b.length)
+        insert.copy(whole, this.close)
+        this.spliced = true
+        return [whole]
+      }
+      return [b.subarray(0, this.close), insert, b.subarray(this.close)]
     }
     return replaceSpans(b, this.users, value)
   }
@@ -107,10 +122,11 @@ export class BodyScan {
   body: JsonBody | null = null
   private readonly scanner: JsonScanner | null
 
-  constructor (raw: Buffer) {
+  /** `room`: bytes of raw's memory after it that may be written (see JsonBody.withUserParts). */
+  constructor (raw: Buffer, room = 0) {
     // Replace invalid UTF-8 exactly as raw.toString('utf8') did before JSON.parse.
     const bytes = isUtf8(raw) ? raw : Buffer.from(raw.toString('utf8'))
-    const body = new JsonBody(bytes)
+    const body = new JsonBody(bytes, bytes === raw ? room : 0)
     let first = 0
     while (first < bytes.length && isSpace(bytes[first])) first++
     // Not an object: refused whatever follows, without reading it.
