@@ -1,6 +1,6 @@
 import t from 'tap'
 import { subscribe, unsubscribe } from 'node:diagnostics_channel'
-import { createServer } from 'node:http'
+import { createServer, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { Pool, request } from 'undici'
 import { FakeOpenRouter } from './support/fake-openrouter.js'
@@ -214,6 +214,48 @@ t.test('an exception before dispatch answers 500 for that request only', async (
     if (r.status === 500) t.match(JSON.parse(r.text), { error: { type: 'api_error', code: 'internal_error', message: String } })
   }
   t.same(statuses, [200, 500, 200])
+})
+
+t.test('a response ends only once the journal has written its record (group commit)', async (t) => {
+  const pool = new Pool(`http://127.0.0.1:${fake.port}`)
+  t.teardown(() => pool.close())
+  let last: ServerResponse | null = null
+  const held: Array<() => void> = []
+  const endedWhenHeld: boolean[] = []
+  const ctx = {
+    upstream: { pool, basePath: '/api/v1' },
+    apiKey: 'sk-or-v1-test-key-0123456789',
+    appUrl: 'http://x',
+    appTitle: 't',
+    organizationId: ORG,
+    markupPercent: '0',
+    maxBodyBytes: 1_000_000,
+    identity: s.sidecar.config.identity,
+    identityHeaders: new Set<string>(),
+    directory: { resolve: () => ({ userId: null, externalUserId: ORG, mapping: null }) },
+    // The journal's write at the end of the turn, held until the test lets it happen.
+    ledger: { pending: () => {}, record: () => {}, afterJournal: (then: () => void) => { endedWhenHeld.push(last!.writableEnded); held.push(then) } },
+    reconciler: { enqueue: () => {} },
+    log: createLogger('fatal'),
+    track: () => {},
+  } as unknown as MeterContext
+  const server = createServer((req, res) => { last = res; handleMetered(req, res, 'chat/completions', '', 'json', ctx) })
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
+  t.teardown(() => server.close())
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1/chat/completions`
+  for (const stream of [false, true]) {
+    held.length = 0
+    const answer = post(url, JSON.stringify({ model: 'fake/ok', stream, messages: [] }))
+    const deadline = Date.now() + 10_000
+    while (held.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5))
+    t.equal(held.length, 1, `stream=${stream}: the end waits for the journal`)
+    t.same(endedWhenHeld.splice(0), [false], 'the response was still open when its record was handed to the journal')
+    t.equal(last!.writableEnded, false, 'and stays open while the write is held')
+    held[0]()
+    const r = await answer
+    t.equal(r.status, 200)
+    t.equal(last!.writableEnded, true, 'ended once the write happened')
+  }
 })
 
 t.test('an exception while recording answers the client in full, and the next request is served', async (t) => {
