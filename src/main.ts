@@ -64,7 +64,8 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
   }
   const journal = new Journal(join(resolve(config.ledger.dataDir), 'journal'), log)
   // Whatever way the process exits (process.exit after a fatal error included), this turn's lines go first.
-  process.once('exit', () => journal.flush())
+  const flushAtExit = (): void => { journal.flush() }
+  process.once('exit', flushAtExit)
 
   // Filled in by boot; the server only reaches them once `ready` is true.
   const s = noServices()
@@ -129,6 +130,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     server.close()
     passthrough.close()
     journal.close()
+    process.removeListener('exit', flushAtExit)
     await upstream.close().catch(() => {})
     throw err
   }
@@ -170,6 +172,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
       }
       server.closeAllConnections()
       await releaseServices(s, journal, log!)
+      process.removeListener('exit', flushAtExit) // closed: nothing left to write
       passthrough.close()
       await upstream.close().catch(() => {})
     })()
