@@ -100,8 +100,11 @@ export async function releaseServices (s: Services, journal: Journal, log: Logge
   journal.close()
   log.info({ drained, backlog: journal.backlog }, drained ? 'ledger flushed' : 'ledger not fully flushed: the journal keeps the rest for the next start')
   s.maintenance?.stop()
-  await s.compactor?.stop()
+  // The pools are ended (at most 2 s, then their connections are cut) before the compaction in
+  // flight is awaited: a query to a Postgres that does not answer ends only when its connection does.
+  const compacting = s.compactor?.stop()
   await s.readSql?.end({ timeout: 2 }).catch(() => {})
   await s.sql?.end({ timeout: 2 }).catch(() => {})
+  await compacting
   await s.embedded?.stop().catch(() => {})
 }

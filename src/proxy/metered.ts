@@ -265,6 +265,10 @@ class Exchange implements Dispatcher.DispatchHandler {
   private ttfbMs: number | null = null
   private clientGone = false
   private lengthDeclared = false
+  /** Bytes of a declared-length body not yet received; null when no length was declared. */
+  private lengthLeft: number | null = null
+  /** The last byte of a declared-length body, held until the record is written (see onData). */
+  private tail: Buffer | undefined
   private done = false
   private resume: (() => void) | null = null
 
@@ -305,7 +309,7 @@ class Exchange implements Dispatcher.DispatchHandler {
       const value = rawHeaders[i + 1].toString('latin1')
       if (lower === 'content-type') contentType = value
       else if (lower === 'x-generation-id') generationId = value
-      else if (lower === 'content-length') this.lengthDeclared = true
+      else if (lower === 'content-length') { this.lengthDeclared = true; this.lengthLeft = /^\d+$/.test(value.trim()) ? Number(value) : null }
       else if (lower === 'content-encoding') contentEncoding = value
       out.push(name, value)
     }
@@ -319,7 +323,17 @@ class Exchange implements Dispatcher.DispatchHandler {
   }
 
   onData (chunk: Buffer): boolean {
-    const more = this.clientGone || this.res.write(chunk)
+    let more = true
+    if (!this.clientGone) {
+      if (this.lengthLeft !== null && (this.lengthLeft -= chunk.length) <= 0 && chunk.length > 0) {
+        // The declared length completes the answer for the client, with no terminator to wait
+        // for: its last byte goes out only with res.end, once the record is written (onComplete).
+        this.tail = Buffer.from(chunk.subarray(chunk.length - 1))
+        if (chunk.length > 1) more = this.res.write(chunk.subarray(0, chunk.length - 1))
+      } else {
+        more = this.res.write(chunk)
+      }
+    }
     this.tap!.write(chunk)
     return more
   }
@@ -330,7 +344,7 @@ class Exchange implements Dispatcher.DispatchHandler {
     // the end of this event-loop turn, with the journal's one write for every record of the turn.
     if (this.done) return
     this.settle(null)
-    this.ctx.ledger.afterJournal(() => this.answered(() => { if (!this.clientGone) this.res.end() }))
+    this.ctx.ledger.afterJournal(() => this.answered(() => { if (!this.clientGone) this.res.end(this.tail) }))
   }
 
   onError (err: Error): void {

@@ -81,13 +81,17 @@ export class Ledger {
   /** Records waiting for Postgres, in memory, being inserted, and spilled to the journal. */
   get depth (): number { return this.queue.length + this.inserting + this.spilled.size }
 
-  /** Writes everything queued; resolves when the queue is empty or the deadline passed. */
+  /**
+   * Writes everything queued; resolves when the queue is empty or the deadline passed, even while
+   * an insert is still waiting for a Postgres that does not answer (a partition keeps the
+   * connection open: the insert alone would wait for TCP keepalive, many minutes).
+   */
   async drain (timeoutMs: number): Promise<boolean> {
     const deadline = Date.now() + timeoutMs
     while (this.depth > 0 || this.flushing) {
-      if (Date.now() > deadline) return false
-      if (this.flushing) await this.flushing
-      else await this.flush()
+      const left = deadline - Date.now()
+      if (left < 0) return false
+      if (!await within(this.flushing ?? this.flush(), left)) return false
       if (this.depth > 0 && this.failures > 0) await new Promise((r) => setTimeout(r, 100))
     }
     return true
@@ -218,6 +222,15 @@ export class Ledger {
     }
     this.done(batch)
   }
+}
+
+/** True when `p` settled within `ms`. */
+async function within (p: Promise<void>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<false>((resolve) => { timer = setTimeout(() => resolve(false), ms) })
+  try {
+    return await Promise.race([p.then(() => true), late])
+  } finally { clearTimeout(timer) }
 }
 
 /**

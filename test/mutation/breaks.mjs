@@ -121,8 +121,8 @@ export const BREAKS = [
   {
     name: 'gc: the response ends before its record is written',
     file: 'src/proxy/metered.ts',
-    search: 'this.ctx.ledger.afterJournal(() => this.answered(() => { if (!this.clientGone) this.res.end() }))',
-    replace: 'this.answered(() => { if (!this.clientGone) this.res.end() })',
+    search: 'this.ctx.ledger.afterJournal(() => this.answered(() => { if (!this.clientGone) this.res.end(this.tail) }))',
+    replace: 'this.answered(() => { if (!this.clientGone) this.res.end(this.tail) })',
     tests: ['test/body.test.ts'],
   },
   {
@@ -419,5 +419,20 @@ export const BREAKS = [
     search: "if (p.routeClass === 'probe' && status < 400) return",
     replace: "if (false) return",
     tests: ['test/ops.test.ts'],
+  },
+  // Session 5 (attack on group commit): npm run mutate -- atk-gc:
+  {
+    name: 'atk-gc: a declared-length answer sends its last byte before its record is written',
+    file: 'src/proxy/metered.ts',
+    search: 'if (this.lengthLeft !== null && (this.lengthLeft -= chunk.length) <= 0 && chunk.length > 0) {',
+    replace: 'if (false) {',
+    tests: ['test/kill-after-answer.test.ts'],
+  },
+  {
+    name: 'atk-gc: the drain waits for an insert in flight past its deadline',
+    file: 'src/usage/ledger.ts',
+    search: 'if (!await within(this.flushing ?? this.flush(), left)) return false',
+    replace: 'await (this.flushing ?? this.flush())',
+    tests: ['test/shutdown-silent-db.test.ts'],
   },
 ]

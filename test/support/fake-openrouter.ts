@@ -17,6 +17,7 @@ import { gzipSync } from 'node:zlib'
 //   fake/silent        no answer at all
 //   fake/negative-cost, fake/huge-cost (401 digits), fake/huge-tokens (3e9 prompt tokens): bad numbers
 //   fake/escaped-cost  the usage key written "co\u0073t": valid JSON whose digits cannot be read back
+//   fake/sized         a non-stream answer with a Content-Length header (not chunked)
 //   fake/cut-stream    a stream whose connection dies after its first events (partial usage)
 //   fake/endless-anon  a stream that never names its generation and never ends
 // /messages streams in Anthropic's shape: message_start (input tokens, no cost) ... message_delta.
@@ -210,7 +211,8 @@ export class FakeOpenRouter {
       body = `{"id":"${g.id}","provider":"${g.provider}","model":"${g.model}","object":"chat.completion","created":1764300000,` +
         `"choices":[{"index":0,"finish_reason":"stop","message":{"role":"assistant","content":${text}}}],"usage":${usage}}`
     }
-    res.writeHead(200, { 'content-type': 'application/json', 'x-generation-id': g.id })
+    const sized = g.model === 'fake/sized' ? { 'content-length': String(Buffer.byteLength(body)) } : {}
+    res.writeHead(200, { 'content-type': 'application/json', 'x-generation-id': g.id, ...sized })
     this.finish(g, res, Buffer.from(body))
   }
 
