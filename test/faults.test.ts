@@ -80,6 +80,7 @@ t.test('Postgres cut three times under load: proxying goes on, rows == generatio
   t.equal(distinct, rows, 'no duplicates')
   t.equal(total.replace(/\.?0+$/, ''), sumDecimals(served.map((g) => g.cost)), 'total cost exact')
   t.equal(child.proc.exitCode, null, 'the sidecar survived every cut')
+  if (child.proc.exitCode !== null) t.comment(`why it exited: ${JSON.stringify(child.logs().filter((l) => l.level >= 50))}`)
   const resumed = child.logs().filter((l) => l.msg === 'ledger: postgres writes resumed').map((l) => Date.parse(l.time))
   const recovery = reopenedAt.map((at) => Math.min(...resumed.filter((r) => r >= at)) - at).filter(Number.isFinite)
   t.ok(resumed.length >= 1, 'writes resumed after the outages')
