@@ -108,14 +108,14 @@ t.test('admin API: set, read, delete; limits are exact decimals', async (t) => {
 
 t.test('a request that does not fit: 402 before any byte, nothing upstream, a row with no cost', async (t) => {
   await call('PUT', '/admin/v1/budgets/users/carol', { limit_usd: '0.0001', period: 'month' })
-  // Spend until refused by settled spend: a 402 can also come from the previous request's
-  // reservation, still held until the ledger writes its row, and that one lets the next through.
+  // Spend until refused by settled spend alone: each probe waits until no reservation is held
+  // (the ledger has written the previous request's row), since a 402 caused by the previous
+  // request's reservation would let the next request through once that settles lower.
   await rowsSoon(async () => {
+    await rowsSoon(async () => (await db.sql`select 1 from budget_reservations limit 1`).length === 0 ? [1] : [])
     const r = await chat(s.url, 'carol')
     await r.body.dump()
-    if (r.statusCode !== 402) return []
-    const [held] = await db.sql`select count(*)::int as n from budget_reservations`
-    return held.n === 0 ? [1] : []
+    return r.statusCode === 402 ? [1] : []
   })
   const before = fake.requests.length
   const res = await chat(s.url, 'carol', { stream: true })
