@@ -256,6 +256,25 @@ t.test('a response ends only once the journal has written its record (group comm
     t.equal(r.status, 200)
     t.equal(last!.writableEnded, true, 'ended once the write happened')
   }
+  // The error paths (onError) wait for the write too: a stream whose upstream connection dies
+  // mid-way (its chunked body is closed), and an upstream that cannot be reached (502).
+  const unreachable = new Pool(`http://127.0.0.1:${await freePort()}`)
+  t.teardown(() => unreachable.close())
+  for (const c of [{ model: 'fake/cut-stream', pool, status: 200 }, { model: 'fake/ok', pool: unreachable, status: 502 }]) {
+    held.length = 0
+    ctx.upstream.pool = c.pool
+    let answered = false
+    const answer = post(url, JSON.stringify({ model: c.model, stream: true, messages: [] })).finally(() => { answered = true })
+    const deadline = Date.now() + 10_000
+    while (held.length === 0 && !answered && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5))
+    t.equal(held.length, 1, `${c.status}: the error answer waits for the journal`)
+    t.same(endedWhenHeld.splice(0), [false], 'the response was still open when its record was handed to the journal')
+    t.equal(last!.writableEnded, false, 'and stays open while the write is held')
+    held[0]?.()
+    const r = await answer
+    t.equal(r.status, c.status)
+    t.equal(last!.writableEnded, true, 'answered once the write happened')
+  }
 })
 
 t.test('an exception while recording answers the client in full, and the next request is served', async (t) => {

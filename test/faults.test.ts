@@ -2,13 +2,17 @@ import t from 'tap'
 import { mkdtempSync, readdirSync, readFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { pathToFileURL } from 'node:url'
+import { randomUUID } from 'node:crypto'
 import { Agent, request } from 'undici'
 import { FakeOpenRouter, sumDecimals } from './support/fake-openrouter.js'
 import { createTestDb, rowsSoon, type TestDb } from './support/db.js'
 import { TEST_KEY } from './support/sidecar.js'
 import { TcpRelay } from './support/tcp-relay.js'
-import { freePort, spawnSidecar } from './support/child.js'
+import { freePort, ROOT, runNode, spawnSidecar } from './support/child.js'
 import { runLoad } from './support/load.js'
+import { createLogger } from '../src/log.js'
+import { Journal } from '../src/usage/journal.js'
 
 // Fault tests, bounded in time, loopback only: the sidecar runs as a real process so that a cut
 // database connection, SIGKILL and SIGTERM act on it as they would in production.
@@ -221,4 +225,37 @@ t.test('a user seen only while Postgres is down, then SIGKILL: after the restart
   t.same(usage, { user_id: 'offline-user' }, 'the usage was replayed')
   const maps = await rowsSoon(() => db.sql`select user_id, user_name, user_email, user_role from user_mappings`)
   t.same(maps, [{ user_id: 'offline-user', user_name: 'Off Line', user_email: 'off@example.com', user_role: 'user' }], 'and so was the mapping')
+})
+
+t.test('a fatal error in the turn a record was accepted: process.exit writes the buffered journal line first', async (t) => {
+  // Group commit buffers a record's line until the end of its event-loop turn. The crash guard
+  // exits in that same turn; the exit hook must write the line, or the record is gone.
+  const db = await createTestDb()
+  t.teardown(() => db.drop())
+  const dataDir = mkdtempSync(join(tmpdir(), 'exit-'))
+  const eventId = randomUUID()
+  const rec = {
+    eventId, generationId: `gen-exit-${eventId}`, organizationId: 'mai_client_faults', userId: null, externalUserId: 'mai_client_faults',
+    endpoint: 'chat/completions', model: 'm', servedModel: 'm', provider: 'p', streamed: false, status: 200, outcome: 'ok',
+    finishReason: 'stop', errorMessage: null, usageSource: 'inline', promptTokens: 1, completionTokens: 1, totalTokens: 2,
+    cachedTokens: 0, reasoningTokens: 0, costUsd: '0.000001', upstreamCostUsd: null, isByok: false,
+    markupPercent: '0', latencyMs: 1, ttfbMs: 1, chatId: null, kind: 'api', messageId: null, createdAt: new Date().toISOString(),
+  }
+  const dist = (f: string) => JSON.stringify(pathToFileURL(join(ROOT, 'dist', f)).href)
+  const script = `
+    import { start } from ${dist('main.js')}
+    import { installCrashGuard } from ${dist('crash-guard.js')}
+    const sidecar = await start(${JSON.stringify({ ...env(db.url, dataDir), PORT: '0', HOST: '127.0.0.1' })})
+    installCrashGuard(sidecar.log)
+    await sidecar.ready
+    setTimeout(() => {
+      sidecar.ledger().record(${JSON.stringify(rec)})
+      throw new Error('a bug, in the turn that accepted the record')
+    }, 0)
+  `
+  const r = runNode(['--input-type=module', '-e', script], {}, 60_000)
+  t.equal(r.status, 1, 'the crash guard exited 1')
+  t.match(r.stdout, /uncaught exception; exiting/)
+  const replay = new Journal(join(dataDir, 'journal'), createLogger('silent')).replay()
+  t.same(replay.finals.map((f) => f.eventId), [eventId], 'the record is in the journal, for the next start to replay')
 })

@@ -75,6 +75,22 @@ t.test('group commit: the lines of one event-loop turn go out in one write at it
   t.equal(j.backlog, 0, 'nothing is left outstanding')
 })
 
+t.test('close() writes the lines still buffered this turn: they are on disk before it returns', async (t) => {
+  // A graceful stop closes the journal and exits in the same turn (the exit hook is gone by then):
+  // whatever close() leaves buffered is lost.
+  const dir = mkdtempSync(join(tmpdir(), 'journal-close-'))
+  const log = createLogger('silent')
+  const j = new Journal(dir, log)
+  const a = rec(40)
+  const b = rec(41)
+  j.pending(a)
+  j.append(b)
+  j.close()
+  const replay = new Journal(dir, log).replay()
+  t.same(replay.finals.map((r) => r.eventId), [b.eventId], 'the final line is on disk')
+  t.same(replay.pendings.map((r) => r.eventId), [a.eventId], 'and the pending one')
+})
+
 t.test('a disk that fills up: a cut-short write is taken back, the failure is counted, and appends resume once there is room', async (t) => {
   const disk = mountTinyDisk()
   t.teardown(() => disk?.close())

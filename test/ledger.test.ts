@@ -60,6 +60,32 @@ t.test('while inserts fail, records wait (spilling to the journal past the memor
   t.same(readdirSync(dir), [], 'no segment left once everything is committed')
 })
 
+t.test('afterJournal: the answer waits until the records accepted so far are on disk; without a journal it runs at once', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ledger-after-'))
+  const log = createLogger('silent')
+  const journal = new Journal(dir, log)
+  // No insert is reached here (the flush timer is far off and cleared at the end): no database.
+  const noSql = null as unknown as ConstructorParameters<typeof Ledger>[0]
+  const ledger = new Ledger(noSql, journal, log, { batchSize: 100, flushMs: 600_000 })
+  t.teardown(() => { ledger.close(); journal.close() })
+  const onDisk = () => readdirSync(dir).map((f) => readFileSync(join(dir, f), 'utf8')).join('')
+  const r = rec(1)
+  ledger.record(r)
+  let seen: string | null = null
+  ledger.afterJournal(() => { seen = onDisk() })
+  t.equal(seen, null, 'does not run while the record is only buffered')
+  await until(() => seen !== null)
+  t.match(seen, r.eventId, 'ran once the record was on disk')
+  let atOnce = false
+  ledger.afterJournal(() => { atOnce = true })
+  t.ok(atOnce, 'nothing buffered: runs at once')
+  const bare = new Ledger(noSql, null, log, { batchSize: 100, flushMs: 600_000 })
+  let ran = false
+  bare.afterJournal(() => { ran = true })
+  t.ok(ran, 'no journal: runs at once')
+  bare.close()
+})
+
 t.test('a record Postgres refuses as data is set aside with its reason; the rest of the batch lands; NULs are stripped', async (t) => {
   const db = await createTestDb()
   t.teardown(() => db.drop())
