@@ -213,8 +213,8 @@ export const BREAKS = [
   {
     name: 'gc: an exchange counts as done before its answer waits for the journal',
     file: 'src/proxy/metered.ts',
-    search: '    this.ctx.ledger.afterJournal(() => this.answered(() => { if (!this.clientGone) this.res.end() }))',
-    replace: '    this.ctx.track(-1)\n    this.ctx.ledger.afterJournal(() => { if (!this.clientGone) this.res.end() })',
+    search: '    this.ctx.ledger.afterJournal(() => this.answered(() => { if (!this.clientGone) this.res.end(this.tail) }))',
+    replace: '    this.ctx.track(-1)\n    this.ctx.ledger.afterJournal(() => { if (!this.clientGone) this.res.end(this.tail) })',
     tests: ['test/faults.test.ts'],
   },
   {
