@@ -182,11 +182,9 @@ t.test('upload endpoints: other bodies are refused and nothing is forwarded', as
   t.equal(JSON.parse(fake.requests.at(-1)!.body).user, externalUserId(ORG, 'json-upload'))
 })
 
-t.test('an exception before dispatch answers 500 for that request only', async (t) => {
-  const pool = new Pool(`http://127.0.0.1:${fake.port}`)
-  t.teardown(() => pool.close())
-  let calls = 0
-  const ctx = {
+/** The fixed part of a hand-built MeterContext for tests that drive handleMetered directly. */
+function meterBase (pool: Pool) {
+  return {
     upstream: { pool, basePath: '/api/v1' },
     apiKey: 'sk-or-v1-test-key-0123456789',
     appUrl: 'http://x',
@@ -196,6 +194,15 @@ t.test('an exception before dispatch answers 500 for that request only', async (
     maxBodyBytes: 1_000_000,
     identity: s.sidecar.config.identity,
     identityHeaders: new Set<string>(),
+  }
+}
+
+t.test('an exception before dispatch answers 500 for that request only', async (t) => {
+  const pool = new Pool(`http://127.0.0.1:${fake.port}`)
+  t.teardown(() => pool.close())
+  let calls = 0
+  const ctx = {
+    ...meterBase(pool),
     // A fault injected where a bug would be: the user directory throws on its second use.
     directory: { resolve: () => { if (++calls === 2) throw new TypeError('injected'); return { userId: null, externalUserId: ORG, mapping: null } } },
     ledger: { pending: () => {}, record: () => {}, afterJournal: (then: () => void) => then() },
@@ -223,15 +230,7 @@ t.test('a response ends only once the journal has written its record (group comm
   const held: Array<() => void> = []
   const endedWhenHeld: boolean[] = []
   const ctx = {
-    upstream: { pool, basePath: '/api/v1' },
-    apiKey: 'sk-or-v1-test-key-0123456789',
-    appUrl: 'http://x',
-    appTitle: 't',
-    organizationId: ORG,
-    markupPercent: '0',
-    maxBodyBytes: 1_000_000,
-    identity: s.sidecar.config.identity,
-    identityHeaders: new Set<string>(),
+    ...meterBase(pool),
     directory: { resolve: () => ({ userId: null, externalUserId: ORG, mapping: null }) },
     // The journal's write at the end of the turn, held until the test lets it happen.
     ledger: { pending: () => {}, record: () => {}, afterJournal: (then: () => void) => { endedWhenHeld.push(last!.writableEnded); held.push(then) } },
