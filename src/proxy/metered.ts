@@ -267,7 +267,7 @@ class Exchange implements Dispatcher.DispatchHandler {
   private lengthDeclared = false
   /** Bytes of a declared-length body not yet received; null when no length was declared. */
   private lengthLeft: number | null = null
-  /** The last byte of a declared-length body, held until the record is written (see onData). */
+  /** The last chunk of a declared-length body, held until the record is written (see onData). */
   private tail: Buffer | undefined
   private done = false
   private resume: (() => void) | null = null
@@ -327,9 +327,9 @@ class Exchange implements Dispatcher.DispatchHandler {
     if (!this.clientGone) {
       if (this.lengthLeft !== null && (this.lengthLeft -= chunk.length) <= 0 && chunk.length > 0) {
         // The declared length completes the answer for the client, with no terminator to wait
-        // for: its last byte goes out only with res.end, once the record is written (onComplete).
-        this.tail = Buffer.from(chunk.subarray(chunk.length - 1))
-        if (chunk.length > 1) more = this.res.write(chunk.subarray(0, chunk.length - 1))
+        // for: its last chunk goes out only with res.end, once the record is written (onComplete).
+        // Whole, not just its last byte: a small answer then leaves in one write, headers and all.
+        this.tail = chunk
       } else {
         more = this.res.write(chunk)
       }
