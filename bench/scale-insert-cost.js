@@ -39,9 +39,9 @@ async function measure (label, files, setup = async () => {}) {
 }
 
 const all = readdirSync(join(ROOT, 'sql')).filter((f) => /^\d+_.*\.sql$/.test(f)).sort()
-const flat = all.filter((f) => Number(f.slice(0, 3)) <= 3)
+const flat = all.filter((f) => Number(f.slice(0, 3)) <= 5) // before budgets (006) and partitions (007)
 const out = []
-out.push(await measure('flat (001-003)', flat))
+out.push(await measure('flat (001-005)', flat))
 out.push(await measure('partitioned, trigger disabled', all, (sql) => sql`alter table usage_events disable trigger usage_events_after_insert`))
 out.push(await measure('partitioned + generation ids only', all, (sql) => sql.unsafe(`create or replace function usage_after_insert () returns trigger language plpgsql as $$
   begin

@@ -493,7 +493,7 @@ export const BREAKS = [
   },
   // Session 5 (attack on group commit): npm run mutate -- atk-gc:
   {
-    name: 'atk-gc: a declared-length answer sends its last byte before its record is written',
+    name: 'atk-gc: a declared-length answer sends its last chunk before its record is written',
     file: 'src/proxy/metered.ts',
     search: 'if (this.lengthLeft !== null && (this.lengthLeft -= chunk.length) <= 0 && chunk.length > 0) {',
     replace: 'if (false) {',
