@@ -270,6 +270,8 @@ class Exchange implements Dispatcher.DispatchHandler {
   /** The last chunk of a declared-length body, held until the record is written (see onData). */
   private tail: Buffer | undefined
   private done = false
+  /** finish() filled the record and handed it to the ledger: it can be observed. */
+  private recorded = false
   private resume: (() => void) | null = null
 
   constructor (private readonly res: ServerResponse, private readonly rec: UsageRecord, private readonly ctx: MeterContext, private readonly admission: Admission | null) {
@@ -353,9 +355,19 @@ class Exchange implements Dispatcher.DispatchHandler {
     this.ctx.ledger.afterJournal(() => this.answered(() => this.answerError(err, status)))
   }
 
-  /** The client's last write; only then is the exchange over for a graceful shutdown. */
+  /**
+   * The client's last write; only then is the exchange over for a graceful shutdown. Metrics and
+   * the access line come after that write: the client does not wait for them.
+   */
   private answered (answer: () => void): void {
-    try { answer() } finally { this.ctx.track(-1) }
+    try {
+      answer()
+    } finally {
+      if (this.recorded) {
+        try { this.ctx.observe?.(this.rec, this.res) } catch (e) { this.ctx.log.warn({ err: (e as Error).message }, 'metrics: observe failed') }
+      }
+      this.ctx.track(-1)
+    }
   }
 
   private answerError (err: Error, status: number): void {
@@ -447,7 +459,7 @@ class Exchange implements Dispatcher.DispatchHandler {
     } else {
       this.ctx.ledger.record(rec)
     }
-    try { this.ctx.observe?.(rec, this.res) } catch (e) { this.ctx.log.warn({ err: (e as Error).message }, 'metrics: observe failed') }
+    this.recorded = true
     return rec
   }
 }
