@@ -131,6 +131,19 @@ t.test('a disk that fills up: a cut-short write is taken back, the failure is co
   t.equal(replay.tornLines, 0, 'no torn line left behind')
 })
 
+t.test('a failed write counts each record once, though it held its pending and its final line', (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'journal-full-'))
+  symlinkSync('/dev/full', join(dir, 'seg-000000000001.jsonl')) // every write fails, root or not
+  const j = new Journal(dir, createLogger('silent'))
+  const both = rec(1)
+  j.pending(both)
+  j.append(both)
+  j.append(rec(2))
+  t.equal(j.flush(), false)
+  t.equal(j.failures, 2, 'two records, three lines')
+  t.end()
+})
+
 t.test('records the journal cannot write (a full disk) stay in memory and still reach Postgres', async (t) => {
   const db = await createTestDb()
   t.teardown(() => db.drop())

@@ -36,7 +36,7 @@ export class Journal {
   private scheduled: NodeJS.Immediate | null = null
   /** Called once the lines appended before them are written (or failed). */
   private waiters: Array<() => void> = []
-  /** Records whose line could not be written (the ledger keeps those in memory). */
+  /** Records whose lines could not be written, counted once per failed write (the ledger keeps those in memory). */
   failures = 0
 
   constructor (private readonly dir: string, private readonly log: Logger, private readonly segmentBytes = SEGMENT_BYTES) {
@@ -189,7 +189,7 @@ export class Journal {
   private failed (err: unknown, ids: string[]): false {
     // Disk full or read-only: the records still go to Postgres from memory, only crash
     // safety is lost for them. Proxying never stops for the journal.
-    this.failures += ids.length
+    this.failures += ids.length === 1 ? 1 : new Set(ids).size // a pending and a final line of one record count once
     this.log.error({ err: (err as Error).message, records: ids.length, eventId: ids[0] }, 'journal: append failed; record kept in memory only')
     return false
   }
