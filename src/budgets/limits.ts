@@ -9,6 +9,7 @@ import { trimDecimal } from './money.js'
 import type { PriceList } from './prices.js'
 import { RateLimiter } from './rate.js'
 import { Reserver } from './reserver.js'
+import { within } from '../deadline.js'
 import { DEFAULT_EXCEEDED_MESSAGE, exceededMessage, sendRefusal, type ExceededFacts, type Refusal } from './refusal.js'
 import type { BudgetPeriod } from '../config/config.js'
 
@@ -214,10 +215,7 @@ export class Limits {
   }
 
   private withTimeout<T> (p: Promise<T>): Promise<T> {
-    let t: NodeJS.Timeout
-    return Promise.race([
-      p,
-      new Promise<never>((_resolve, reject) => { t = setTimeout(() => reject(new Error(`no answer within ${this.d.config.dbTimeoutMs} ms`)), this.d.config.dbTimeoutMs) }),
-    ]).finally(() => clearTimeout(t))
+    const ms = this.d.config.dbTimeoutMs
+    return within(p, ms, (): never => { throw new Error(`no answer within ${ms} ms`) })
   }
 }

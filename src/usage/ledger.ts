@@ -4,6 +4,7 @@ import { describe } from '../db/connect.js'
 import type { Logger } from '../log.js'
 import type { Journal } from './journal.js'
 import { pgText } from '../db/text.js'
+import { within } from '../deadline.js'
 import { ROW_COLUMNS, toRow, type UsageRecord } from './record.js'
 
 // Column lists as constant SQL text: postgres.js's column helper guesses its form from the
@@ -93,7 +94,7 @@ export class Ledger {
     while (this.depth > 0 || this.flushing) {
       const left = deadline - Date.now()
       if (left < 0) return false
-      if (!await within(this.flushing ?? this.flush(), left)) return false
+      if (!await within((this.flushing ?? this.flush()).then(() => true), left, () => false)) return false
       if (this.depth > 0 && this.failures > 0) await new Promise((r) => setTimeout(r, 100))
     }
     return true
@@ -228,15 +229,6 @@ export class Ledger {
     }
     this.done(batch)
   }
-}
-
-/** True when `p` settled within `ms`. */
-async function within (p: Promise<void>, ms: number): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined
-  const late = new Promise<false>((resolve) => { timer = setTimeout(() => resolve(false), ms) })
-  try {
-    return await Promise.race([p.then(() => true), late])
-  } finally { clearTimeout(timer) }
 }
 
 /**

@@ -502,7 +502,7 @@ export const BREAKS = [
   {
     name: 'atk-gc: the drain waits for an insert in flight past its deadline',
     file: 'src/usage/ledger.ts',
-    search: 'if (!await within(this.flushing ?? this.flush(), left)) return false',
+    search: 'if (!await within((this.flushing ?? this.flush()).then(() => true), left, () => false)) return false',
     replace: 'await (this.flushing ?? this.flush())',
     tests: ['test/shutdown-silent-db.test.ts'],
   },
