@@ -9,7 +9,7 @@ import { FakeOpenRouter, sumDecimals } from './support/fake-openrouter.js'
 import { createTestDb, rowsSoon, type TestDb } from './support/db.js'
 import { TEST_KEY } from './support/sidecar.js'
 import { TcpRelay } from './support/tcp-relay.js'
-import { freePort, ROOT, runNode, spawnSidecar } from './support/child.js'
+import { faultEnv, freePort, ROOT, runNode, spawnSidecar } from './support/child.js'
 import { runLoad } from './support/load.js'
 import { createLogger } from '../src/log.js'
 import { Journal } from '../src/usage/journal.js'
@@ -21,18 +21,8 @@ let fake: FakeOpenRouter
 t.before(async () => { fake = await new FakeOpenRouter(3).start() })
 t.teardown(async () => { await fake.close() })
 
-const env = (databaseUrl: string, dataDir: string, extra: Record<string, string> = {}) => ({
-  OPENROUTER_API_KEY: TEST_KEY,
-  OPENROUTER_EXTERNAL_USER: 'mai_client_faults',
-  ORGANIZATION_NAME: 'Faults Inc',
-  DATABASE_URL: databaseUrl,
-  OPENROUTER_BASE_URL: fake.baseUrl,
-  LOG_LEVEL: 'info',
-  LEDGER_FLUSH_MS: '20',
-  RECONCILE_MAX_WAIT_MS: '15000',
-  DATA_DIR: dataDir,
-  ...extra,
-})
+const env = (databaseUrl: string, dataDir: string, extra: Record<string, string> = {}) =>
+  faultEnv({ org: 'mai_client_faults', name: 'Faults Inc', key: TEST_KEY, databaseUrl, upstream: fake.baseUrl, dataDir }, extra)
 
 async function until (cond: () => boolean | Promise<boolean>, timeoutMs: number): Promise<boolean> {
   const deadline = Date.now() + timeoutMs

@@ -6,7 +6,7 @@ import { request } from 'undici'
 import { FakeOpenRouter } from './support/fake-openrouter.js'
 import { createTestDb, rowsSoon } from './support/db.js'
 import { TEST_KEY } from './support/sidecar.js'
-import { ROOT, freePort, spawnSidecar } from './support/child.js'
+import { ROOT, faultEnv, freePort, spawnSidecar } from './support/child.js'
 
 // README "Durability": a client that holds a finished response has its record on disk. With group
 // commit the record's line is written at the end of the turn; these kill the sidecar the moment
@@ -17,18 +17,9 @@ let fake: FakeOpenRouter
 t.before(async () => { fake = await new FakeOpenRouter(11).start() })
 t.teardown(async () => { await fake.close() })
 
-const env = (databaseUrl: string, dataDir: string, extra: Record<string, string> = {}) => ({
-  OPENROUTER_API_KEY: TEST_KEY,
-  OPENROUTER_EXTERNAL_USER: 'mai_client_kill_answer',
-  ORGANIZATION_NAME: 'Kill After Answer Inc',
-  DATABASE_URL: databaseUrl,
-  OPENROUTER_BASE_URL: fake.baseUrl,
-  LOG_LEVEL: 'warn',
-  LEDGER_FLUSH_MS: '5000', // the row must come from the journal, not from an insert before the kill
-  RECONCILE_MAX_WAIT_MS: '15000',
-  DATA_DIR: dataDir,
-  ...extra,
-})
+// LEDGER_FLUSH_MS 5000: the row must come from the journal, not from an insert before the kill.
+const env = (databaseUrl: string, dataDir: string, extra: Record<string, string> = {}) =>
+  faultEnv({ org: 'mai_client_kill_answer', name: 'Kill After Answer Inc', key: TEST_KEY, databaseUrl, upstream: fake.baseUrl, dataDir }, { LOG_LEVEL: 'warn', LEDGER_FLUSH_MS: '5000', ...extra })
 
 t.test('SIGKILL as soon as a client holds a complete Content-Length answer: after the restart its row is there, once', async (t) => {
   const db = await createTestDb()

@@ -8,7 +8,7 @@ import { Agent, request } from 'undici'
 import { FakeOpenRouter } from './support/fake-openrouter.js'
 import { createTestDb } from './support/db.js'
 import { TEST_KEY } from './support/sidecar.js'
-import { freePort, spawnSidecar } from './support/child.js'
+import { faultEnv, freePort, spawnSidecar } from './support/child.js'
 
 // SIGTERM while Postgres is silent (a network partition, a host that died: connections stay
 // open and nothing answers, unlike a refused connection). The ledger's drain is given five
@@ -54,19 +54,8 @@ let fake: FakeOpenRouter
 t.before(async () => { fake = await new FakeOpenRouter(17).start(); fake.slowEventMs = 5 }) // 1 s streams, within the grace
 t.teardown(async () => { await fake.close() })
 
-const env = (databaseUrl: string, dataDir: string, extra: Record<string, string> = {}) => ({
-  OPENROUTER_API_KEY: TEST_KEY,
-  OPENROUTER_EXTERNAL_USER: 'mai_client_silent_db',
-  ORGANIZATION_NAME: 'Silent DB Inc',
-  DATABASE_URL: databaseUrl,
-  OPENROUTER_BASE_URL: fake.baseUrl,
-  LOG_LEVEL: 'info',
-  LEDGER_FLUSH_MS: '20',
-  RECONCILE_MAX_WAIT_MS: '15000',
-  DATA_DIR: dataDir,
-  SHUTDOWN_GRACE_MS: '3000',
-  ...extra,
-})
+const env = (databaseUrl: string, dataDir: string, extra: Record<string, string> = {}) =>
+  faultEnv({ org: 'mai_client_silent_db', name: 'Silent DB Inc', key: TEST_KEY, databaseUrl, upstream: fake.baseUrl, dataDir }, { SHUTDOWN_GRACE_MS: '3000', ...extra })
 
 t.test('SIGTERM while Postgres is silent: every response ends, the process exits 0 in bounded time, nothing is lost', async (t) => {
   const db = await createTestDb()

@@ -43,6 +43,25 @@ export function spawnNode (args: string[], env: Record<string, string | undefine
   return spawn(process.execPath, args, { cwd, env: childEnv(env), stdio: ['ignore', 'pipe', 'pipe'] })
 }
 
+/**
+ * The environment of a sidecar a fault test starts: one organization on `upstream` (a fake
+ * OpenRouter), quick ledger flushes, a journal in `dataDir`; `extra` overrides any of it.
+ */
+export function faultEnv (o: { org: string, name: string, key: string, databaseUrl: string, upstream: string, dataDir: string }, extra: Record<string, string> = {}): Record<string, string> {
+  return {
+    OPENROUTER_API_KEY: o.key,
+    OPENROUTER_EXTERNAL_USER: o.org,
+    ORGANIZATION_NAME: o.name,
+    DATABASE_URL: o.databaseUrl,
+    OPENROUTER_BASE_URL: o.upstream,
+    LOG_LEVEL: 'info',
+    LEDGER_FLUSH_MS: '20',
+    RECONCILE_MAX_WAIT_MS: '15000',
+    DATA_DIR: o.dataDir,
+    ...extra,
+  }
+}
+
 export function spawnSidecar (env: Record<string, string | undefined>, port: number): Child {
   const proc = spawn(process.execPath, [MAIN], {
     cwd: cleanCwd(),
