@@ -5,7 +5,7 @@ import type { Server, ServerResponse } from 'node:http'
 import { ConfigError, loadConfig, type Config } from './config/config.js'
 import { processEnvironment } from './config/env-file.js'
 import { createAdminPlane } from './admin/index.js'
-import { bootServices, noServices, releaseServices } from './boot.js'
+import { bootServices, noServices, releaseServices, type Services } from './boot.js'
 import type { Sql } from './db/connect.js'
 import { installCrashGuard } from './crash-guard.js'
 import { identityHeaders, ignoredHeadersWarning } from './identity/identify.js'
@@ -13,6 +13,7 @@ import { createLogger, scrub, type Logger } from './log.js'
 import { createPassthrough } from './proxy/passthrough.js'
 import { createSelfService } from './proxy/self-service.js'
 import { createProxyServer } from './proxy/server.js'
+import type { MeterContext } from './proxy/metered.js'
 import { budgetForUser } from './budgets/status-for.js'
 import { myUsageSummary } from './usage/my-usage.js'
 import { createUpstream } from './proxy/upstream.js'
@@ -24,6 +25,7 @@ import { createAccessLog } from './proxy/access-log.js'
 import { StartupError, listenError } from './startup-error.js'
 import { createServer } from 'node:http'
 import { registerBudgetMetrics } from './budgets/metrics.js'
+import { within } from './deadline.js'
 
 const SQL_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', 'sql')
 
@@ -49,26 +51,111 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
   const config = loadConfig(env)
   log ??= createLogger(config.logLevel)
   const secrets = [config.openrouter.apiKey, config.server.proxyApiKey, config.identity.jwtSecret, config.metrics.apiKey]
-
-  let ready = false
-  let stopping: Promise<void> | null = null
-  let inFlight = 0
-  let idle: (() => void) | null = null
-  const upstream = createUpstream({ baseUrl: config.openrouter.baseUrl, apiKey: config.openrouter.apiKey, ...config.upstream })
-  const idHeaders = identityHeaders(config.identity)
-  // The task and message-id headers stay with the sidecar too, whatever they are named.
-  idHeaders.add(config.kinds.taskHeader).add(config.kinds.messageIdHeader)
-  const passthrough = createPassthrough(config.openrouter.baseUrl, config.openrouter.apiKey, config.openrouter.appUrl, config.openrouter.appTitle, idHeaders, log)
-  if (!config.server.proxyApiKey && !['127.0.0.1', '::1', 'localhost'].includes(config.server.host)) {
-    log.warn({ host: config.server.host }, 'PROXY_API_KEY is not set: anyone who can reach this port can spend the organization\'s OpenRouter key')
-  }
   const journal = new Journal(join(resolve(config.ledger.dataDir), 'journal'), log)
   // Whatever way the process exits (process.exit after a fatal error included), this turn's lines go first.
   const flushAtExit = (): void => { journal.flush() }
   process.once('exit', flushAtExit)
 
-  // Filled in by boot; the server only reaches them once `ready` is true.
-  const s = noServices()
+  let ready = false
+  let stopping: Promise<void> | null = null
+  const s = noServices() // filled in by boot; the server only reaches them once `ready` is true
+  const inFlight = inFlightCounter()
+  const plane = dataPlane(config, log, s, journal, { isReady: () => ready, isStopping: () => stopping !== null, track: inFlight.track })
+  try {
+    await listen(plane.server, 'PORT', config.server.host, config.server.port)
+    if (plane.metricsServer) await listen(plane.metricsServer, 'METRICS_PORT', config.metrics.host, config.metrics.port!)
+  } catch (err) {
+    plane.server.close()
+    plane.passthrough.close()
+    journal.close()
+    process.removeListener('exit', flushAtExit)
+    await plane.upstream.close().catch(() => {})
+    throw err
+  }
+  const port = (plane.server.address() as AddressInfo).port
+  if (plane.metricsServer) log.info({ port: (plane.metricsServer.address() as AddressInfo).port, host: config.metrics.host }, 'metrics listening')
+  if (!config.server.proxyApiKey && LOOPBACK.includes(config.server.host)) {
+    log.warn({ host: config.server.host }, 'PROXY_API_KEY is not set: listening on loopback only; set PROXY_API_KEY to serve other hosts')
+  }
+  log.info({ port, host: config.server.host, upstream: config.openrouter.baseUrl, organization: config.organization.id }, 'listening; not ready until the database is')
+
+  const abort = new AbortController()
+  const ready$ = (async () => {
+    // 2-5. database, schema, organization, journal replay (src/boot.ts)
+    await bootServices(s, { config, log: log!, journal, upstream: plane.upstream, sqlDir: SQL_DIR, signal: abort.signal, isStopping: () => stopping !== null })
+    // 6. open for traffic
+    ready = true
+    log!.info({ port }, 'ready')
+  })()
+  ready$.catch((err) => {
+    if (stopping) return
+    log!.fatal({ err: scrub(err instanceof Error ? `${err.name}: ${err.message}` : String(err), secrets) }, 'boot failed')
+  })
+
+  // The stop: no new requests, streams in flight finish within the grace period, then the ledger
+  // drains and every connection closes.
+  const stop = (reason = 'stop'): Promise<void> => {
+    stopping ??= (async () => {
+      log!.info({ reason, inFlight: inFlight.count }, 'shutting down: no new requests, waiting for streams in flight')
+      ready = false
+      abort.abort()
+      plane.server.close()
+      plane.server.closeIdleConnections()
+      s.keyPoller?.stop()
+      plane.metricsServer?.close()
+      plane.metricsServer?.closeAllConnections()
+      await inFlight.settled(config.server.shutdownGraceMs)
+      plane.server.closeAllConnections()
+      await releaseServices(s, journal, log!)
+      process.removeListener('exit', flushAtExit) // closed: nothing left to write
+      plane.passthrough.close()
+      await plane.upstream.close().catch(() => {})
+    })()
+    return stopping
+  }
+
+  return { config, server: plane.server, port, ready: ready$, ledger: () => s.ledger, log, stop, isStopping: () => stopping !== null }
+}
+
+const LOOPBACK = ['127.0.0.1', '::1', 'localhost']
+
+/** Exchanges in flight: a graceful stop waits for them, up to its grace period. */
+function inFlightCounter (): { readonly count: number, track: (delta: 1 | -1) => void, settled: (graceMs: number) => Promise<void> } {
+  let count = 0
+  let idle: (() => void) | null = null
+  return {
+    get count () { return count },
+    track (delta) { count += delta; if (count === 0 && idle) idle() },
+    settled (graceMs) {
+      if (count === 0) return Promise.resolve()
+      return Promise.race([
+        new Promise<void>((r) => { idle = r }),
+        new Promise<void>((r) => setTimeout(r, graceMs).unref()),
+      ])
+    },
+  }
+}
+
+interface PlaneState {
+  isReady: () => boolean
+  isStopping: () => boolean
+  track: (delta: 1 | -1) => void
+}
+
+/**
+ * Everything that answers requests, built before it listens: the upstream pool, the metered
+ * path's context, metrics and the access log, the admin plane and the servers. It reaches the
+ * database only through `s`, which boot fills in.
+ */
+function dataPlane (config: Config, log: Logger, s: Services, journal: Journal, state: PlaneState) {
+  const upstream = createUpstream({ baseUrl: config.openrouter.baseUrl, apiKey: config.openrouter.apiKey, ...config.upstream })
+  const idHeaders = identityHeaders(config.identity)
+  // The task and message-id headers stay with the sidecar too, whatever they are named.
+  idHeaders.add(config.kinds.taskHeader).add(config.kinds.messageIdHeader)
+  const passthrough = createPassthrough(config.openrouter.baseUrl, config.openrouter.apiKey, config.openrouter.appUrl, config.openrouter.appTitle, idHeaders, log)
+  if (!config.server.proxyApiKey && !LOOPBACK.includes(config.server.host)) {
+    log.warn({ host: config.server.host }, 'PROXY_API_KEY is not set: anyone who can reach this port can spend the organization\'s OpenRouter key')
+  }
   const metrics = createMetrics(() => s.ledger && s.reconciler && {
     ledgerDepth: () => s.ledger!.depth,
     journalBacklog: () => journal.backlog,
@@ -92,7 +179,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     summary: (who, externalUserId) => myUsageSummary(s.sql!, { organizationId: config.organization.id, userId: who.userId, externalUserId, budgetFor }),
   })
   const access = createAccessLog({ log, enabled: config.accessLog, count: metrics.response })
-  const meter = {
+  const meter: MeterContext = {
     selfService,
     upstream,
     apiKey: config.openrouter.apiKey,
@@ -107,9 +194,9 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     get ledger () { return s.ledger! },
     get reconciler () { return s.reconciler! },
     log,
-    track (delta: 1 | -1) { inFlight += delta; if (inFlight === 0 && idle) idle() },
+    track: state.track,
     observe (rec: UsageRecord, res: ServerResponse) { metrics.observe(rec); access.record(res, rec) },
-    stopping: () => stopping !== null,
+    stopping: state.isStopping,
     kinds: { ...config.kinds, appHeaders: idHeaders },
     get limits () { return s.spend?.limits },
   }
@@ -118,68 +205,12 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     if ((req.url ?? '/').split('?')[0] === '/metrics') return metrics.handler(req, res)
     res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: this port serves /metrics\n')
   })
-  const server = createProxyServer({ meter, passthrough, proxyApiKey: config.server.proxyApiKey, isReady: () => ready, metrics: metricsServer ? undefined : metrics.handler,
+  const server = createProxyServer({ meter, passthrough, proxyApiKey: config.server.proxyApiKey, isReady: state.isReady, metrics: metricsServer ? undefined : metrics.handler,
     onExchange: access.begin,
     clientTimeouts: { headersMs: config.server.headersTimeoutMs, requestMs: config.server.requestTimeoutMs }, onPassthrough: metrics.passthrough,
     connections: { max: config.server.maxConnections, perIp: config.server.maxConnectionsPerIp },
     admin: createAdminPlane({ config, sql: () => s.sql!, readSql: () => s.readSql ?? s.sql!, log, budgetFor, budgetsChanged: () => { void s.spend?.limits.refresh() } }) ?? undefined, models: selfService?.listModels })
-  try {
-    await listen(server, 'PORT', config.server.host, config.server.port)
-    if (metricsServer) await listen(metricsServer, 'METRICS_PORT', config.metrics.host, config.metrics.port!)
-  } catch (err) {
-    server.close()
-    passthrough.close()
-    journal.close()
-    process.removeListener('exit', flushAtExit)
-    await upstream.close().catch(() => {})
-    throw err
-  }
-  const port = (server.address() as AddressInfo).port
-  if (metricsServer) log.info({ port: (metricsServer.address() as AddressInfo).port, host: config.metrics.host }, 'metrics listening')
-  if (!config.server.proxyApiKey && ['127.0.0.1', '::1', 'localhost'].includes(config.server.host)) {
-    log.warn({ host: config.server.host }, 'PROXY_API_KEY is not set: listening on loopback only; set PROXY_API_KEY to serve other hosts')
-  }
-  log.info({ port, host: config.server.host, upstream: config.openrouter.baseUrl, organization: config.organization.id }, 'listening; not ready until the database is')
-
-  const abort = new AbortController()
-  const ready$ = (async () => {
-    // 2-5. database, schema, organization, journal replay (src/boot.ts)
-    await bootServices(s, { config, log: log!, journal, upstream, sqlDir: SQL_DIR, signal: abort.signal, isStopping: () => stopping !== null })
-    // 6. open for traffic
-    ready = true
-    log!.info({ port }, 'ready')
-  })()
-  ready$.catch((err) => {
-    if (stopping) return
-    log!.fatal({ err: scrub(err instanceof Error ? `${err.name}: ${err.message}` : String(err), secrets) }, 'boot failed')
-  })
-
-  const stop = (reason = 'stop'): Promise<void> => {
-    stopping ??= (async () => {
-      log!.info({ reason, inFlight }, 'shutting down: no new requests, waiting for streams in flight')
-      ready = false
-      abort.abort()
-      server.close()
-      server.closeIdleConnections()
-      s.keyPoller?.stop()
-      metricsServer?.close()
-      metricsServer?.closeAllConnections()
-      if (inFlight > 0) {
-        await Promise.race([
-          new Promise<void>((r) => { idle = r }),
-          new Promise<void>((r) => setTimeout(r, config.server.shutdownGraceMs).unref()),
-        ])
-      }
-      server.closeAllConnections()
-      await releaseServices(s, journal, log!)
-      process.removeListener('exit', flushAtExit) // closed: nothing left to write
-      passthrough.close()
-      await upstream.close().catch(() => {})
-    })()
-    return stopping
-  }
-
-  return { config, server, port, ready: ready$, ledger: () => s.ledger, log, stop, isStopping: () => stopping !== null }
+  return { upstream, passthrough, server, metricsServer }
 }
 
 /** Runs the sidecar as a process: exits 2 on a configuration error, stops gracefully on SIGTERM/SIGINT. */
@@ -220,13 +251,9 @@ function listen (server: Server, variable: string, host: string, port: number): 
 }
 
 /** For the postgres_up gauge: a query answered within two seconds. */
-async function postgresAnswers (sql: Sql | null): Promise<boolean> {
-  if (!sql) return false
-  let timer: NodeJS.Timeout | undefined
-  const late = new Promise<boolean>((resolve) => { timer = setTimeout(() => resolve(false), 2000) })
-  try {
-    return await Promise.race([sql`select 1`.then(() => true, () => false), late])
-  } finally { clearTimeout(timer) }
+function postgresAnswers (sql: Sql | null): Promise<boolean> {
+  if (!sql) return Promise.resolve(false)
+  return within(sql`select 1`.then(() => true, () => false), 2000, () => false)
 }
 
 if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) void main()
