@@ -1,7 +1,7 @@
 import t from 'tap'
 import { subscribe, unsubscribe } from 'node:diagnostics_channel'
 import { createServer, type ServerResponse } from 'node:http'
-import type { AddressInfo } from 'node:net'
+import type { AddressInfo, Socket } from 'node:net'
 import { Pool, request } from 'undici'
 import { FakeOpenRouter } from './support/fake-openrouter.js'
 import { createTestDb, type TestDb } from './support/db.js'
@@ -273,6 +273,49 @@ t.test('a response ends only once the journal has written its record (group comm
     const r = await answer
     t.equal(r.status, c.status)
     t.equal(last!.writableEnded, true, 'answered once the write happened')
+  }
+})
+
+t.test('an exchange counts as over for a graceful stop only once its response has left, not when it was ended', async (t) => {
+  const pool = new Pool(`http://127.0.0.1:${fake.port}`)
+  t.teardown(() => pool.close())
+  const seen: { res: ServerResponse | null } = { res: null }
+  const stalled: Array<() => void> = []
+  const stall = (socket: Socket): void => {
+    const w = socket as unknown as Record<'_write' | '_writev', (...a: unknown[]) => void>
+    for (const k of ['_write', '_writev'] as const) {
+      const own = w[k]
+      w[k] = (...a: unknown[]) => { stalled.push(() => { w[k] = own; own.apply(socket, a) }) }
+    }
+  }
+  let inFlight = 0
+  const ctx = {
+    ...meterBase(pool),
+    directory: { resolve: () => ({ userId: null, externalUserId: ORG, mapping: null }) },
+    // A slow client, as the process sees it: from the journal's write on, its socket's writes
+    // wait (the kernel's buffer is full), so the answer's last bytes are still in the process.
+    ledger: { pending: () => {}, record: () => {}, afterJournal: (then: () => void) => { stall(seen.res!.socket!); then() } },
+    reconciler: { enqueue: () => {} },
+    log: createLogger('fatal'),
+    track: (d: 1 | -1) => { inFlight += d },
+  } as unknown as MeterContext
+  const server = createServer((req, res) => { seen.res = res; handleMetered(req, res, 'chat/completions', '', 'json', ctx) })
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
+  t.teardown(() => server.close())
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1/chat/completions`
+  for (const c of [{ model: 'fake/sized', stream: false }, { model: 'fake/ok', stream: true }]) {
+    let answered = false
+    const answer = post(url, JSON.stringify({ model: c.model, stream: c.stream, messages: [] })).finally(() => { answered = true })
+    const deadline = Date.now() + 10_000
+    while (stalled.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5))
+    t.equal(seen.res!.writableEnded, true, `${c.model}: ended`)
+    t.equal(answered, false, 'its last bytes have not left')
+    t.equal(inFlight, 1, 'so a graceful stop still waits for it')
+    for (const go of stalled.splice(0)) go()
+    const r = await answer
+    t.equal(r.status, 200)
+    t.equal(inFlight, 0, 'over once the bytes left')
+    seen.res = null
   }
 })
 

@@ -356,8 +356,10 @@ class Exchange implements Dispatcher.DispatchHandler {
   }
 
   /**
-   * The client's last write; only then is the exchange over for a graceful shutdown. Metrics and
-   * the access line come after that write: the client does not wait for them.
+   * The client's last write. Metrics and the access line come after it: the client does not wait
+   * for them. The exchange is over for a graceful shutdown only once the response has closed, its
+   * bytes handed to the kernel: a slow client still reading the held chunk or a stream's
+   * terminator is not cut off by the stop that follows.
    */
   private answered (answer: () => void): void {
     try {
@@ -366,7 +368,8 @@ class Exchange implements Dispatcher.DispatchHandler {
       if (this.recorded) {
         try { this.ctx.observe?.(this.rec, this.res) } catch (e) { this.ctx.log.warn({ err: (e as Error).message }, 'metrics: observe failed') }
       }
-      this.ctx.track(-1)
+      if (this.res.closed || this.res.destroyed) this.ctx.track(-1)
+      else this.res.once('close', () => this.ctx.track(-1))
     }
   }
 
