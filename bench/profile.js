@@ -4,7 +4,8 @@
 //
 //   node bench/profile.js   BENCH_PROFILE_SECONDS (10), BENCH_PROFILE_DIR (/tmp/prof),
 //                           BENCH_PROFILE_CONCURRENCY (64), BENCH_PROFILE_STREAM (1),
-//                           BENCH_PROFILE_TARGET (usage-proxy, or bare-node for the floor)
+//                           BENCH_PROFILE_TARGET (usage-proxy, or bare-node for the floor),
+//                           BENCH_PROFILE_BODY (small, chat500k or image4m)
 import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -35,7 +36,7 @@ async function main () {
       ? await startBareNode({ tmp, upstreamPort: upstream.port, nodeArgs })
       : await startUsageProxy({ tmp, upstreamPort: upstream.port, databaseUrl: await freshDatabase('usage_proxy_profile'), nodeArgs, name: 'usage-proxy-prof' })
     say(`${TARGET}: c=${CONCURRENCY} ${STREAM ? 'stream' : 'non-stream'} load for ${SECONDS} s`)
-    load = await runLoad({ url: sidecar.url, headers: sidecar.headers, concurrency: CONCURRENCY, stream: STREAM, seconds: SECONDS, warmupSeconds: 1 })
+    load = await runLoad({ url: sidecar.url, headers: sidecar.headers, concurrency: CONCURRENCY, stream: STREAM, seconds: SECONDS, warmupSeconds: 1, body: process.env.BENCH_PROFILE_BODY || 'small' })
     say(`${Math.round(load.rps)} req/s, ${load.errors} errors; stopping ${TARGET} so it writes its profile`)
     await stop(sidecar.child, 30_000)
   } finally {
