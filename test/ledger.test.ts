@@ -100,6 +100,8 @@ t.test('a record Postgres refuses as data is set aside with its reason; the rest
   const good = Array.from({ length: 5 }, (_, i) => rec(i))
   good[1].model = 'bad\u0000model'
   good[1].userId = 'user\u0000x'
+  good[2].externalUserId = 'ext\u0000x'
+  good[2].mapping = { userId: 'mapped', name: 'N\u0000', email: null, role: null }
   const poison = { ...rec(99), latencyMs: 1e15 } // numeric(12,3) overflow: SQLSTATE 22003
   for (const r of [good[0], good[1], poison, good[2], good[3], good[4]]) ledger.record(r)
   t.ok(await ledger.drain(5000), 'the queue is not blocked by one bad row')
@@ -107,6 +109,7 @@ t.test('a record Postgres refuses as data is set aside with its reason; the rest
   t.same(rows.map((r) => r.generation_id), good.map((r) => r.generationId))
   t.equal(rows[1].model, 'badmodel')
   t.equal(rows[1].user_id, 'userx')
+  t.same(await db.sql`select external_user_id, user_name from user_mappings where user_id = 'mapped'`, [{ external_user_id: 'extx', user_name: 'N' }], 'the mapping a record carries is stripped alike')
   const set = readFileSync(rejectedPath, 'utf8').trim().split('\n').map((l) => JSON.parse(l))
   t.equal(set.length, 1)
   t.equal(set[0].record.eventId, poison.eventId)

@@ -245,7 +245,7 @@ function mappingRows (batch: UsageRecord[]): Array<Record<string, unknown>> {
     const row = byUser.get(userId)
     if (!row) {
       byUser.set(userId, {
-        organization_id: r.organizationId, user_id: userId, external_user_id: r.externalUserId,
+        organization_id: r.organizationId, user_id: userId, external_user_id: pgText(r.externalUserId),
         user_name: pgText(m.name), user_email: pgText(m.email), user_role: pgText(m.role), first_seen_at: r.createdAt, last_seen_at: r.createdAt,
       })
       continue
