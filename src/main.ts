@@ -14,6 +14,7 @@ import { createPassthrough } from './proxy/passthrough.js'
 import { createSelfService } from './proxy/self-service.js'
 import { createProxyServer } from './proxy/server.js'
 import type { MeterContext } from './proxy/metered.js'
+import { BodyMemory } from './proxy/body-memory.js'
 import { budgetForUser } from './budgets/status-for.js'
 import { myUsageSummary } from './usage/my-usage.js'
 import { createUpstream } from './proxy/upstream.js'
@@ -118,6 +119,8 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
 }
 
 const LOOPBACK = ['127.0.0.1', '::1', 'localhost']
+/** Request-body memory kept between requests for reuse (src/proxy/body-memory.ts). */
+const BODY_MEMORY_BYTES = 32 * 1024 * 1024
 
 /** Exchanges in flight: a graceful stop waits for them, up to its grace period. */
 function inFlightCounter (): { readonly count: number, track: (delta: 1 | -1) => void, settled: (graceMs: number) => Promise<void> } {
@@ -182,6 +185,7 @@ function dataPlane (config: Config, log: Logger, s: Services, journal: Journal, 
   const meter: MeterContext = {
     selfService,
     upstream,
+    bodies: new BodyMemory(BODY_MEMORY_BYTES, upstream.writesPending),
     apiKey: config.openrouter.apiKey,
     appUrl: config.openrouter.appUrl,
     appTitle: config.openrouter.appTitle,

@@ -12,6 +12,7 @@ import { ResponseTap, bodyKind, type TapResult } from '../usage/response-tap.js'
 import { classifyKind, messageIdOf, type KindOptions } from '../usage/kind.js'
 import { sendError } from './errors.js'
 import { upstreamHeaders } from './headers.js'
+import type { BodyMemory } from './body-memory.js'
 import { BodyScan, type JsonBody } from './json-body.js'
 import { multipartBoundary, scanMultipart } from './multipart.js'
 import type { SelfService } from './self-service.js'
@@ -65,6 +66,8 @@ export interface MeterContext {
   limits?: Limits
   /** The virtual "My usage" model, answered locally (SELF_SERVICE_MODEL). */
   selfService?: SelfService
+  /** Reused memory for bodies that arrive in several reads; without it, each gets its own. */
+  bodies?: BodyMemory
 }
 
 const DROP_RESPONSE = new Set(['connection', 'keep-alive', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-connection'])
@@ -73,8 +76,8 @@ const DROP_RESPONSE = new Set(['connection', 'keep-alive', 'transfer-encoding', 
 const ABORT_WAIT_FOR_HEADERS_MS = 10_000
 
 export function handleMetered (req: IncomingMessage, res: ServerResponse, endpoint: string, query: string, kind: 'json' | 'raw', ctx: MeterContext): void {
-  readBody(req, res, ctx.maxBodyBytes, (raw, room) => guarded(res, ctx, () =>
-    readPayload(req, res, kind, raw, room, ctx, (body) => guarded(res, ctx, () =>
+  readBody(req, res, ctx, (raw, room, memory) => guarded(res, ctx, () =>
+    readPayload(req, res, kind, raw, room, memory, ctx, (body) => guarded(res, ctx, () =>
       forward(req, res, endpoint, query, body, ctx)))))
 }
 
@@ -112,8 +115,8 @@ function forward (req: IncomingMessage, res: ServerResponse, endpoint: string, q
   const path = `${ctx.upstream.basePath}/${endpoint}${query}`
   // Spend controls (src/budgets): a refused request is answered there and never dispatched.
   const admitting = ctx.limits?.admit(res, rec, body.size, requestedMaxTokens(body.json)) ?? null
-  if (admitting === null) return dispatch(res, path, headers, payload, rec, ctx, null)
-  admitting.then((a) => { if (a) guarded(res, ctx, () => dispatch(res, path, headers, payload, rec, ctx, a)) }, (err: Error) => {
+  if (admitting === null) return dispatch(res, path, headers, payload, body.memory, rec, ctx, null)
+  admitting.then((a) => { if (a) guarded(res, ctx, () => dispatch(res, path, headers, payload, body.memory, rec, ctx, a)) }, (err: Error) => {
     ctx.log.error({ err: err.message }, 'admission failed')
     sendError(res, 500, 'api_error', 'internal_error', 'usage-proxy could not check spend limits')
   })
@@ -127,9 +130,11 @@ function requestedMaxTokens (json: JsonBody | null): number | null {
 
 /**
  * Step 1: the whole body, or 413 past MAX_BODY_BYTES. Chunks are copied once, at the end, into
- * memory with SPLICE_ROOM bytes free after the body (`room`), where `user` is spliced in place.
+ * memory (reused: ctx.bodies) with free bytes after the body (`room`), where `user` is spliced
+ * in place; `memory` goes back when the exchange is over.
  */
-function readBody (req: IncomingMessage, res: ServerResponse, maxBodyBytes: number, done: (raw: Buffer, room: number) => void): void {
+function readBody (req: IncomingMessage, res: ServerResponse, ctx: MeterContext, done: (raw: Buffer, room: number, memory: Buffer | null) => void): void {
+  const maxBodyBytes = ctx.maxBodyBytes
   const declared = Number(req.headers['content-length'])
   if (declared > maxBodyBytes) {
     sendError(res, 413, 'invalid_request_error', 'body_too_large', `request body exceeds ${maxBodyBytes} bytes`)
@@ -151,11 +156,11 @@ function readBody (req: IncomingMessage, res: ServerResponse, maxBodyBytes: numb
   })
   req.on('end', () => {
     if (refused) return
-    if (parts.length === 1) { done(parts[0], 0); return } // one chunk: a small body, copied when spliced
-    const mem = Buffer.allocUnsafeSlow(size + SPLICE_ROOM) // never pooled: the room is ours
+    if (parts.length === 1) { done(parts[0], 0, null); return } // one chunk: a small body, copied when spliced
+    const mem = ctx.bodies?.take(size + SPLICE_ROOM) ?? Buffer.allocUnsafeSlow(size + SPLICE_ROOM) // never pooled by Node: the room is ours
     let at = 0
     for (const p of parts) { p.copy(mem, at); at += p.length }
-    done(mem.subarray(0, size), SPLICE_ROOM)
+    done(mem.subarray(0, size), mem.length - size, ctx.bodies ? mem : null)
   })
 }
 
@@ -172,6 +177,8 @@ interface RequestBody {
   size: number
   /** The bytes to forward, with `user` set to the user's external id, as slices of the body read. */
   withUser: (user: string) => Buffer[]
+  /** The reused memory the body was read into, if any: ctx.bodies gets it back after the exchange. */
+  memory: Buffer | null
 }
 
 /**
@@ -180,7 +187,7 @@ interface RequestBody {
  * read could carry a `user` it did not choose. A body larger than one slice is scanned a slice
  * per event-loop turn, so a huge one delays nobody else.
  */
-function readPayload (req: IncomingMessage, res: ServerResponse, kind: 'json' | 'raw', raw: Buffer, room: number, ctx: MeterContext, done: (body: RequestBody) => void): void {
+function readPayload (req: IncomingMessage, res: ServerResponse, kind: 'json' | 'raw', raw: Buffer, room: number, memory: Buffer | null, ctx: MeterContext, done: (body: RequestBody) => void): void {
   const contentType = req.headers['content-type']
   if (kind === 'raw' && !(contentType ?? '').includes('json')) {
     const boundary = multipartBoundary(contentType)
@@ -190,7 +197,7 @@ function readPayload (req: IncomingMessage, res: ServerResponse, kind: 'json' | 
     }
     const form = scanMultipart(raw, boundary)
     if (!form) { sendError(res, 400, 'invalid_request_error', 'invalid_multipart', 'request body is not well-formed multipart/form-data'); return }
-    done({ json: null, user: form.user, size: raw.length, withUser: (user) => form.withUserParts(user) })
+    done({ json: null, user: form.user, size: raw.length, withUser: (user) => form.withUserParts(user), memory })
     return
   }
   const scan = new BodyScan(raw, room)
@@ -199,7 +206,7 @@ function readPayload (req: IncomingMessage, res: ServerResponse, kind: 'json' | 
     if (!scan.step(SCAN_SLICE_BYTES)) { setImmediate(() => guarded(res, ctx, step)); return }
     const json = scan.body
     if (!json) { sendError(res, 400, 'invalid_request_error', 'invalid_json', 'request body must be a JSON object'); return }
-    done({ json, user: json.string('user'), size: raw.length, withUser: (user) => json.withUserParts(user) })
+    done({ json, user: json.string('user'), size: raw.length, withUser: (user) => json.withUserParts(user), memory })
   }
   step()
 }
@@ -225,12 +232,12 @@ function requestHeaders (req: IncomingMessage, body: RequestBody, ctx: MeterCont
 }
 
 /** Step 5: on the upstream pool; from here on the Exchange answers the client whatever happens. */
-function dispatch (res: ServerResponse, path: string, headers: Record<string, string>, parts: Buffer[], rec: UsageRecord, ctx: MeterContext, admission: Admission | null): void {
+function dispatch (res: ServerResponse, path: string, headers: Record<string, string>, parts: Buffer[], memory: Buffer | null, rec: UsageRecord, ctx: MeterContext, admission: Admission | null): void {
   // One buffer: spliced in place when it could be, else one copy of the slices. (Handing undici
   // the slices as an iterable saves that copy but measured slower: its iterable writer cost more
   // CPU than the copy on a 4 MB image.)
   const body = parts.length === 1 ? parts[0] : Buffer.concat(parts)
-  const exchange = new Exchange(res, rec, ctx, admission)
+  const exchange = new Exchange(res, rec, ctx, admission, memory)
   ctx.track(1)
   // undici reports its own failures, even synchronous ones, through exchange.onError.
   ctx.upstream.pool.dispatch({ method: 'POST', path, headers, body }, exchange)
@@ -274,7 +281,7 @@ class Exchange implements Dispatcher.DispatchHandler {
   private recorded = false
   private resume: (() => void) | null = null
 
-  constructor (private readonly res: ServerResponse, private readonly rec: UsageRecord, private readonly ctx: MeterContext, private readonly admission: Admission | null) {
+  constructor (private readonly res: ServerResponse, private readonly rec: UsageRecord, private readonly ctx: MeterContext, private readonly admission: Admission | null, private memory: Buffer | null) {
     res.once('close', () => { try { this.clientLeft() } catch (err) { ctx.log.error({ err: String(err) }, 'metered request: client close handling failed') } })
   }
 
@@ -368,6 +375,7 @@ class Exchange implements Dispatcher.DispatchHandler {
       if (this.recorded) {
         try { this.ctx.observe?.(this.rec, this.res) } catch (e) { this.ctx.log.warn({ err: (e as Error).message }, 'metrics: observe failed') }
       }
+      if (this.memory) { this.ctx.bodies?.give(this.memory); this.memory = null } // undici is done with the body
       if (this.res.closed || this.res.destroyed) this.ctx.track(-1)
       else this.res.once('close', () => this.ctx.track(-1))
     }

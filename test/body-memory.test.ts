@@ -1,0 +1,70 @@
+import t from 'tap'
+import { request } from 'undici'
+import { FakeOpenRouter } from './support/fake-openrouter.js'
+import { createTestDb, type TestDb } from './support/db.js'
+import { baseEnv, startSidecar, type Started } from './support/sidecar.js'
+import { externalUserId } from '../src/identity/external-id.js'
+import { BodyMemory } from '../src/proxy/body-memory.js'
+
+// Bodies that arrive in several reads are read into memory reused from one request to the next
+// (src/proxy/body-memory.ts). A buffer holds a user's conversation: it must never come back while
+// a write may still read it, and what it held before must never leave with the next body.
+
+t.test('a buffer comes back only when no upstream write is pending, within the cap, and is best fit', (t) => {
+  let pending = false
+  const m = new BodyMemory(3 * 1024 * 1024, () => pending)
+  const a = m.take(600_000)
+  t.ok(a.length >= 600_000)
+  pending = true
+  m.give(a)
+  t.equal(m.bytes, 0, 'a write still pending: left to the GC')
+  t.not(m.take(600_000), a)
+  pending = false
+  m.give(a)
+  t.equal(m.bytes, a.length, 'kept')
+  t.not(m.take(2_000_000), a, 'too small for a larger body')
+  t.not(m.take(100_000), a, 'far too large for a small one: kept for a body its size')
+  t.equal(m.take(590_000), a, 'reused')
+  t.equal(m.bytes, 0)
+  const big = m.take(2_500_000)
+  m.give(big)
+  m.give(m.take(1_000_000))
+  t.equal(m.bytes, big.length, 'past the cap: not kept')
+  t.end()
+})
+
+let fake: FakeOpenRouter
+let db: TestDb
+let s: Started
+t.before(async () => {
+  fake = await new FakeOpenRouter(21).start()
+  db = await createTestDb()
+  s = await startSidecar(baseEnv(fake, db.url))
+})
+t.teardown(async () => {
+  await s.sidecar.stop()
+  await fake.close()
+  await db.drop()
+})
+
+t.test('a large body after a larger one, in the same reused memory, is forwarded exactly: nothing of the first leaves with it', async (t) => {
+  const bodies = [
+    { model: 'fake/ok', messages: [{ role: 'user', content: 'A'.repeat(900_000) }], user: 'x' },
+    { model: 'fake/ok', messages: [{ role: 'user', content: 'B'.repeat(700_000) }] },
+    { model: 'fake/ok', messages: [{ role: 'user', content: 'C'.repeat(800_000) }], tail: true },
+  ]
+  for (const [i, body] of bodies.entries()) {
+    const who = `memory-user-${i}`
+    const res = await request(`${s.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-openwebui-user-id': who },
+      body: JSON.stringify(body),
+    })
+    t.equal(res.statusCode, 200)
+    await res.body.text()
+    t.ok(fake.requests.length > i, 'forwarded')
+    const sent = fake.requests.at(-1)!.body
+    // Only `user` changes, in place: the bytes are the client's, with nothing after them.
+    t.equal(sent, JSON.stringify({ ...body, user: externalUserId('mai_client_63a4eb6d', who) }), `body ${i} forwarded exactly, with its user`)
+  }
+})
