@@ -238,22 +238,38 @@ t.test('a response ends only once the journal has written its record (group comm
     log: createLogger('fatal'),
     track: () => {},
   } as unknown as MeterContext
-  const server = createServer((req, res) => { last = res; handleMetered(req, res, 'chat/completions', '', 'json', ctx) })
+  // Body bytes the exchange handed to the client's response before its end, counted server-side.
+  let written = 0
+  const server = createServer((req, res) => {
+    last = res
+    written = 0
+    const write = res.write.bind(res) as (chunk: unknown, ...rest: unknown[]) => boolean
+    res.write = ((chunk: string | Buffer, ...rest: unknown[]) => { written += Buffer.byteLength(chunk); return write(chunk, ...rest) }) as typeof res.write
+    handleMetered(req, res, 'chat/completions', '', 'json', ctx)
+  })
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
   t.teardown(() => server.close())
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1/chat/completions`
-  for (const stream of [false, true]) {
+  // fake/sized declares its length: the client holds a complete answer once that many bytes are
+  // out, whether or not res.end was called, so its last chunk must wait for the journal too.
+  for (const [model, stream] of [['fake/ok', false], ['fake/ok', true], ['fake/sized', false]] as const) {
     held.length = 0
-    const answer = post(url, JSON.stringify({ model: 'fake/ok', stream, messages: [] }))
+    const answer = post(url, JSON.stringify({ model, stream, messages: [] }))
     const deadline = Date.now() + 10_000
     while (held.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5))
-    t.equal(held.length, 1, `stream=${stream}: the end waits for the journal`)
+    t.equal(held.length, 1, `${model} stream=${stream}: the end waits for the journal`)
     t.same(endedWhenHeld.splice(0), [false], 'the response was still open when its record was handed to the journal')
     t.equal(last!.writableEnded, false, 'and stays open while the write is held')
+    const writtenWhenHeld = written
     held[0]()
     const r = await answer
     t.equal(r.status, 200)
     t.equal(last!.writableEnded, true, 'ended once the write happened')
+    if (model === 'fake/sized') {
+      const declared = Number(r.headers['content-length'])
+      t.equal(Buffer.byteLength(r.text), declared, 'the client got every declared byte')
+      t.ok(writtenWhenHeld < declared, `but not all of them while the write was held (${writtenWhenHeld} of ${declared} written)`)
+    }
   }
   // The error paths (onError) wait for the write too: a stream whose upstream connection dies
   // mid-way (its chunked body is closed), and an upstream that cannot be reached (502).
@@ -317,6 +333,67 @@ t.test('an exchange counts as over for a graceful stop only once its response ha
     t.equal(inFlight, 0, 'over once the bytes left')
     seen.res = null
   }
+})
+
+
+t.test('declared-length answers arrive whole and exactly once, a small one and one in many reads, back to back on one connection', async (t) => {
+  // The exchange holds the last chunk of such an answer until its record is written. Every other
+  // chunk goes out as it comes; the held one goes out once, with the end. A byte too many would
+  // land in front of the next answer on the same connection.
+  const client = new Pool(s.url, { connections: 1 })
+  t.teardown(() => client.close())
+  for (const model of ['fake/sized-embed', 'fake/sized', 'fake/sized-embed', 'fake/ok']) {
+    const res = await client.request({ path: '/v1/chat/completions', method: 'POST', headers: json, body: JSON.stringify({ model, messages: [] }) })
+    const body = Buffer.from(await res.body.arrayBuffer())
+    t.equal(res.statusCode, 200, model)
+    const id = JSON.parse(body.toString()).id as string
+    t.ok(fake.sent.get(id)?.equals(body), `${model}: the body as OpenRouter sent it (${body.length} bytes)`)
+    if (model !== 'fake/ok') t.equal(Number(res.headers['content-length']), body.length, `${model}: as long as declared`)
+  }
+})
+
+t.test('an exchange is observed (metrics, access line) once, after its answer, and only when the ledger took its record', async (t) => {
+  const pool = new Pool(`http://127.0.0.1:${fake.port}`)
+  t.teardown(() => pool.close())
+  let refuse = false
+  const seen: Array<{ status: number, outcome: string, ended: boolean }> = []
+  const ctx = {
+    ...meterBase(pool),
+    directory: { resolve: () => ({ userId: null, externalUserId: ORG, mapping: null }) },
+    ledger: { pending: () => {}, record: () => { if (refuse) throw new Error('injected ledger fault') }, afterJournal: (then: () => void) => then() },
+    reconciler: { enqueue: () => {} },
+    log: createLogger('fatal'),
+    track: () => {},
+    observe: (rec: { status: number, outcome: string }, res: ServerResponse) => { seen.push({ status: rec.status, outcome: rec.outcome, ended: res.writableEnded }) },
+  } as unknown as MeterContext
+  const server = createServer((req, res) => handleMetered(req, res, 'chat/completions', '', 'json', ctx))
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
+  t.teardown(() => server.close())
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1/chat/completions`
+  const unreachable = new Pool(`http://127.0.0.1:${await freePort()}`)
+  t.teardown(() => unreachable.close())
+  const cases = [
+    { model: 'fake/ok', stream: false, pool, status: 200, outcome: 'ok' },
+    { model: 'fake/ok', stream: true, pool, status: 200, outcome: 'ok' },
+    { model: 'fake/sized', stream: false, pool, status: 200, outcome: 'ok' },
+    { model: 'fake/cut-stream', stream: true, pool, status: 200, outcome: 'incomplete' },
+    { model: 'fake/ok', stream: false, pool: unreachable, status: 502, outcome: 'upstream_unreachable' },
+  ]
+  for (const c of cases) {
+    ctx.upstream.pool = c.pool
+    const r = await post(url, JSON.stringify({ model: c.model, stream: c.stream, messages: [] }))
+    t.equal(r.status, c.status, c.model)
+    // The observer runs in the same turn as the response's end, before the client can read it.
+    t.same(seen.splice(0), [{ status: c.status, outcome: c.outcome, ended: true }], `${c.model} stream=${c.stream}: observed once, after the end`)
+  }
+  // finish() could not hand the record over: the client is answered in full, but the exchange is
+  // not counted, so metrics never count what the ledger does not have.
+  ctx.upstream.pool = pool
+  refuse = true
+  const r = await post(url, '{"model":"fake/ok","messages":[]}')
+  t.equal(r.status, 200)
+  t.match(JSON.parse(r.text), { object: 'chat.completion' })
+  t.same(seen, [], 'not observed')
 })
 
 t.test('an exception while recording answers the client in full, and the next request is served', async (t) => {

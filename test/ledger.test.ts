@@ -3,6 +3,7 @@ import { mkdtempSync, readdirSync, readFileSync, writeFileSync, existsSync } fro
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { randomUUID } from 'node:crypto'
+import postgres from 'postgres'
 import { createTestDb } from './support/db.js'
 import { LogSink } from './support/sidecar.js'
 import { createLogger } from '../src/log.js'
@@ -306,4 +307,77 @@ t.test('an organization deleted while a batch for it is being inserted: the dele
   t.equal(await del, '23503', 'then finds its usage and is refused')
   const [{ n }] = await db.sql`select count(*)::int as n from usage_events e where not exists (select 1 from organizations o where o.id = e.organization_id)`
   t.equal(n, 0, 'no row without its organization')
+})
+
+/** Polls an async condition (a query) until it holds; a wait, not a timed assertion. */
+async function untilAsync (cond: () => Promise<boolean>, what: string, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!await cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((r) => setTimeout(r, 10))
+  }
+}
+
+t.test('after a flush: a full batch that came in during the insert goes at once, a partial one waits flushMs to fill (one insert statement per batch)', async (t) => {
+  const db = await createTestDb()
+  t.teardown(() => db.drop())
+  await migrate(db.sql, 'sql')
+  await db.sql`insert into organizations (id, name) values (${ORG}, 'Ledger Org')`
+  // The ledger's own connections: db.sql's two hold the table lock and watch pg_stat_activity.
+  const sql = postgres(db.url, { max: 3, onnotice: () => {} })
+  // flushMs far beyond the test: every insert below is started by a full batch, never by the timer.
+  const ledger = new Ledger(sql, null, createLogger('silent'), { batchSize: 2, flushMs: 600_000 })
+  t.teardown(async () => { ledger.close(); await sql.end({ timeout: 1 }) })
+  const records = Array.from({ length: 8 }, (_, i) => rec(i + 1))
+  // An insert held in flight by a real lock (SHARE conflicts with the insert's ROW EXCLUSIVE).
+  async function holdInsert (during: () => void): Promise<void> {
+    let release!: () => void
+    let locked!: () => void
+    const isLocked = new Promise<void>((resolve) => { locked = resolve })
+    const holding = db.sql.begin(async (tx) => { await tx`lock table usage_events in share mode`; locked(); await new Promise<void>((resolve) => { release = resolve }) })
+    await isLocked
+    during()
+    await untilAsync(async () => (await db.sql`select 1 from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query like '%insert into usage_events%'`).length === 1, 'the insert waiting for the lock')
+    release()
+    await holding
+  }
+  const statements = async () => (await db.sql`select array_agg(prompt_tokens order by prompt_tokens) as b from usage_events group by xmin::text order by min(prompt_tokens)`).map((r) => r.b)
+
+  // 1, 2 fill a batch: their insert waits for the lock; 3, 4 arrive meanwhile and fill the next.
+  await holdInsert(() => { ledger.record(records[0]); ledger.record(records[1]) })
+  ledger.record(records[2])
+  ledger.record(records[3])
+  // (recorded while 1, 2 are still in flight: the lock is released only after the insert waits)
+  await until(() => ledger.written === 4)
+  t.same(await statements(), [[1, 2], [3, 4]], 'the full batch went as soon as the insert before it was done, not flushMs later')
+
+  // 5, 6 in flight again; 7 arrives meanwhile, a partial batch.
+  await holdInsert(() => { ledger.record(records[4]); ledger.record(records[5]) })
+  ledger.record(records[6])
+  await until(() => ledger.written === 6)
+  // A ledger that sent 7 at once has done so by now: its zero-delay timer was set when 5, 6 were
+  // done, before this one, and Node runs timers in order of expiry (no race, whatever the load).
+  await new Promise((r) => setTimeout(r, 20))
+  t.equal(ledger.depth, 1, '7 waits, alone in the queue')
+  ledger.record(records[7]) // fills the batch: 7 and 8 go together
+  await until(() => ledger.written === 8)
+  t.same(await statements(), [[1, 2], [3, 4], [5, 6], [7, 8]], 'a partial batch waits for the next records instead of going alone')
+})
+
+t.test('after a failed insert the retry follows the backoff (at most a second), not flushMs', async (t) => {
+  const db = await createTestDb()
+  t.teardown(() => db.drop())
+  await migrate(db.sql, 'sql')
+  const logs = new LogSink()
+  const ledger = new Ledger(db.sql, null, createLogger('info', logs), { batchSize: 2, flushMs: 600_000 })
+  t.teardown(() => ledger.close())
+  // No organization row yet: the insert fails its foreign key (not a data error: it is retried).
+  ledger.record(rec(1))
+  ledger.record(rec(2))
+  await until(() => /ledger: insert failed, will retry/.test(logs.text))
+  t.equal(ledger.written, 0)
+  await db.sql`insert into organizations (id, name) values (${ORG}, 'Ledger Org')`
+  // No drain(): only the ledger's own retry can write them; flushMs (10 minutes) would not.
+  await until(() => ledger.written === 2)
+  t.equal((await db.sql`select count(*)::int as n from usage_events`)[0].n, 2, 'written by a retry')
 })

@@ -18,6 +18,7 @@ import { gzipSync } from 'node:zlib'
 //   fake/negative-cost, fake/huge-cost (401 digits), fake/huge-tokens (3e9 prompt tokens): bad numbers
 //   fake/escaped-cost  the usage key written "co\u0073t": valid JSON whose digits cannot be read back
 //   fake/sized         a non-stream answer with a Content-Length header (not chunked)
+//   fake/sized-embed   a large one (about 1.2 MB): it reaches the sidecar in many reads
 //   fake/cut-stream    a stream whose connection dies after its first events (partial usage)
 //   fake/endless-anon  a stream that never names its generation and never ends
 // /messages streams in Anthropic's shape: message_start (input tokens, no cost) ... message_delta.
@@ -149,13 +150,14 @@ export class FakeOpenRouter {
       setTimeout(() => res.socket?.destroy(), 30)
       return
     }
-    if (model === 'fake/big-embed' || model === 'fake/huge-embed') {
+    if (model === 'fake/big-embed' || model === 'fake/huge-embed' || model === 'fake/sized-embed') {
       g.completionTokens = 0
       g.reasoningTokens = 0
       g.cachedTokens = 0
       const vectors = Array.from({ length: model === 'fake/huge-embed' ? 4000 : 700 }, (_, i) => `{"object":"embedding","index":${i},"embedding":[${Array.from({ length: 256 }, (_, j) => ((i * 31 + j) % 997) / 1000).join(',')}]}`)
       const bodyText = `{"id":"${g.id}","object":"list","model":"${g.model}","provider":"${g.provider}","data":[${vectors.join(',')}],"usage":{"prompt_tokens":${g.promptTokens},"total_tokens":${g.promptTokens},"cost":${g.cost}}}`
-      res.writeHead(200, { 'content-type': 'application/json' })
+      const sized = model === 'fake/sized-embed' ? { 'content-length': String(Buffer.byteLength(bodyText)) } : {}
+      res.writeHead(200, { 'content-type': 'application/json', ...sized })
       return this.finish(g, res, Buffer.from(bodyText))
     }
     if (model === 'fake/slow-start') await sleep(400) // headers late, as when a provider queues
