@@ -126,11 +126,11 @@ export const BREAKS = [
     tests: ['test/body.test.ts'],
   },
   {
-    name: 'gc: graceful shutdown counts an exchange done before its answer',
+    name: 'gc: graceful shutdown counts an exchange done when it was ended, before its bytes left',
     file: 'src/proxy/metered.ts',
-    search: '    try { answer() } finally { this.ctx.track(-1) }',
-    replace: '    this.ctx.track(-1)\n    setImmediate(answer)',
-    tests: ['test/faults.test.ts'],
+    search: "      if (this.res.closed || this.res.destroyed) this.ctx.track(-1)\n      else this.res.once('close', () => this.ctx.track(-1))",
+    replace: '      this.ctx.track(-1)',
+    tests: ['test/body.test.ts', 'test/faults.test.ts'],
   },
   {
     name: 'gc: no write scheduled at the end of the turn',
@@ -305,8 +305,8 @@ export const BREAKS = [
   {
     name: "new: multipart replaces only the last user part",
     file: "src/proxy/multipart.ts",
-    search: "for (const u of this.users) {",
-    replace: "for (const u of this.users.slice(-1)) {",
+    search: "return replaceSpans(b, this.users, value)",
+    replace: "return replaceSpans(b, this.users.slice(-1), value)",
     tests: ['test/multipart.test.ts'],
   },
   {
@@ -619,5 +619,48 @@ export const BREAKS = [
     search: '${this.sql.typed(mappingRows(rows) as never, JSON_OID)}',
     replace: '${this.sql.typed([] as never, JSON_OID)}',
     tests: ['test/ledger.test.ts'],
+  },
+  // Session 5, after the attack: reused body memory, mapping ids stripped, journal failures counted once.
+  {
+    name: 's5b: body memory comes back while an upstream write is pending',
+    file: 'src/proxy/body-memory.ts',
+    search: 'if (this.kept + buf.length > this.maxBytes || this.writesPending()) return',
+    replace: 'if (this.kept + buf.length > this.maxBytes) return',
+    tests: ['test/body-memory.test.ts'],
+  },
+  {
+    name: 's5b: upstream sockets with a write pending are not seen',
+    file: 'src/proxy/upstream.ts',
+    search: 'if (s.writableLength > 0 || s.connecting) return true',
+    replace: 'if (s.connecting) return true',
+    tests: ['test/upstream-writes.test.ts'],
+  },
+  {
+    name: 's5b: a body spliced in place is forwarded with the rest of its memory',
+    file: 'src/proxy/json-body.ts',
+    search: 'const whole = Buffer.from(b.buffer, b.byteOffset, b.length + insert.length)',
+    replace: 'const whole = Buffer.from(b.buffer, b.byteOffset, b.length + this.room)',
+    tests: ['test/body-memory.test.ts', 'test/json-body.test.ts'],
+  },
+  {
+    name: 's5b: a reused buffer goes back to memory when the exchange is not over',
+    file: 'src/proxy/metered.ts',
+    search: '  const exchange = new Exchange(res, rec, ctx, admission, memory)',
+    replace: '  const exchange = new Exchange(res, rec, ctx, admission, null); if (memory) ctx.bodies?.give(memory)',
+    tests: ['test/body-memory.test.ts'],
+  },
+  {
+    name: "s5b: a mapping's external user id is not stripped",
+    file: 'src/usage/ledger.ts',
+    search: 'external_user_id: pgText(r.externalUserId),',
+    replace: 'external_user_id: r.externalUserId,',
+    tests: ['test/ledger.test.ts'],
+  },
+  {
+    name: 's5b: a failed write counts its lines, not its records',
+    file: 'src/usage/journal.ts',
+    search: 'this.failures += ids.length === 1 ? 1 : new Set(ids).size',
+    replace: 'this.failures += ids.length',
+    tests: ['test/journal.test.ts'],
   },
 ]
