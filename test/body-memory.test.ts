@@ -68,3 +68,33 @@ t.test('a large body after a larger one, in the same reused memory, is forwarded
     t.equal(sent, JSON.stringify({ ...body, user: externalUserId('mai_client_63a4eb6d', who) }), `body ${i} forwarded exactly, with its user`)
   }
 })
+
+t.test('a body queued behind a busy upstream connection keeps its memory until its exchange is over', async (t) => {
+  // One upstream connection, held by a slow stream: the next request waits in the pool with its
+  // body, and a third arriving meanwhile must not be read into that body's memory.
+  const one = await startSidecar(baseEnv(fake, db.url, { UPSTREAM_CONNECTIONS: '1' }))
+  t.teardown(() => one.sidecar.stop())
+  const before = fake.slowEventMs
+  fake.slowEventMs = 25
+  t.teardown(() => { fake.slowEventMs = before })
+  const send = (model: string, fill: string, size: number, stream = false) => {
+    const body = { model, stream, messages: [{ role: 'user', content: fill.repeat(size) }] }
+    return request(`${one.url}/v1/chat/completions`, {
+      method: 'POST', headers: { 'content-type': 'application/json', 'x-openwebui-user-id': `queued-${fill}` }, body: JSON.stringify(body),
+    }).then(async (res) => ({ status: res.statusCode, text: await res.body.text(), body }))
+  }
+  const seen = fake.requests.length
+  const slow = send('fake/slow', 'S', 300_000, true)
+  await new Promise((r) => setTimeout(r, 150)) // the slow stream holds the one connection
+  const queued = send('fake/ok', 'Q', 700_000)
+  await new Promise((r) => setTimeout(r, 150)) // read and dispatched: waiting in the pool
+  const third = send('fake/ok', 'T', 650_000)
+  const answers = await Promise.all([slow, queued, third])
+  t.same(answers.map((a) => a.status), [200, 200, 200])
+  const forwarded = fake.requests.slice(seen).filter((r) => r.method === 'POST' && r.path.endsWith('/chat/completions')).map((r) => JSON.parse(r.body) as { messages: Array<{ content: string }> })
+  t.equal(forwarded.length, 3)
+  for (const a of answers) {
+    const content = a.body.messages[0].content
+    t.ok(forwarded.some((f) => f.messages[0].content === content), `the ${content[0]} body went upstream as sent`)
+  }
+})
