@@ -1,7 +1,7 @@
 import t from 'tap'
 import { subscribe, unsubscribe } from 'node:diagnostics_channel'
 import { createServer, type ServerResponse } from 'node:http'
-import type { AddressInfo, Socket } from 'node:net'
+import { connect, type AddressInfo, type Socket } from 'node:net'
 import { Pool, request } from 'undici'
 import { FakeOpenRouter } from './support/fake-openrouter.js'
 import { createTestDb, type TestDb } from './support/db.js'
@@ -349,6 +349,28 @@ t.test('declared-length answers arrive whole and exactly once, a small one and o
     const id = JSON.parse(body.toString()).id as string
     t.ok(fake.sent.get(id)?.equals(body), `${model}: the body as OpenRouter sent it (${body.length} bytes)`)
     if (model !== 'fake/ok') t.equal(Number(res.headers['content-length']), body.length, `${model}: as long as declared`)
+  }
+  // undici drops a connection that sends bytes nobody asked for and quietly opens another: read
+  // the raw connection, where a byte too many shows in front of the next answer.
+  const raw = connect(s.sidecar.port, '127.0.0.1')
+  t.teardown(() => raw.destroy())
+  let got = Buffer.alloc(0)
+  raw.on('data', (d: Buffer) => { got = Buffer.concat([got, d]) })
+  let at = 0
+  for (const model of ['fake/sized-embed', 'fake/sized', 'fake/sized-embed']) {
+    const body = JSON.stringify({ model, messages: [] })
+    raw.write(`POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`)
+    let end = -1
+    const deadline = Date.now() + 10_000
+    while (Date.now() < deadline) {
+      const head = got.indexOf('\r\n\r\n', at)
+      const length = head < 0 ? NaN : Number(/content-length: (\d+)/i.exec(got.subarray(at, head).toString('latin1'))?.[1])
+      if (head >= 0 && got.length >= head + 4 + length) { end = head + 4 + length; break }
+      await new Promise((r) => setTimeout(r, 5))
+    }
+    t.ok(end > 0, `${model}: a whole answer on the raw connection`)
+    t.equal(got.subarray(at, at + 9).toString('latin1'), 'HTTP/1.1 ', `${model}: the answer starts where the last one ended`)
+    at = end
   }
 })
 
