@@ -278,8 +278,11 @@ t.test('BUDGET_WARN_PERCENT: one warning per period, posted to ALERT_WEBHOOK_URL
     ALERT_WEBHOOK_URL: `http://127.0.0.1:${(hook.address() as AddressInfo).port}/alerts`,
   }))
   t.teardown(async () => { await s2.sidecar.stop('test end'); await db2.drop(); hook.close() })
-  // spend until the user's counter is past 1 % of $0.005, then a few more requests
-  for (let i = 0; i < 12; i++) { const r = await chat(s2.url, 'jill'); await r.body.dump() }
+  // Spend until the user's settled counter is past 1 % of $0.005 (the ledger settles spend when
+  // it writes the rows, a batch at a time), then one more request: its admission sees it.
+  for (let i = 0; i < 3; i++) { const r = await chat(s2.url, 'jill'); await r.body.dump() }
+  await rowsSoon(() => db2.sql`select 1 from budget_counters where user_id = 'jill' and scope = 'user' and spent_usd >= 0.00005`, 15_000)
+  { const r = await chat(s2.url, 'jill'); await r.body.dump() }
   const alerts = await rowsSoon(async () => got, 15_000)
   t.equal(alerts.length, 1, 'one warning')
   t.match(alerts[0], { scope: 'default-user', user: 'jill', limit_usd: '0.005', period: 'day', spent_usd: String, resets_at: String })
