@@ -1,21 +1,13 @@
 // What the ledger batch parameter costs Postgres per row: jsonb (sql.json) vs json, with and without
 // the insert, on the whole schema (every migration), one connection, N rows a batch (N=300).
 //   node bench/insert-param-cost.js
-import { randomUUID } from 'node:crypto'
 import { readFileSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
 import postgres from 'postgres'
 import { freshDatabase } from './db.js'
+import { sampleRecord } from './sample-record.js'
 import { ROOT } from './targets.js'
 const { ROW_COLUMNS, toRow } = await import(join(ROOT, 'dist', 'usage', 'record.js'))
-let seq = 0
-const record = (i) => ({
-  eventId: randomUUID(), generationId: `gen-cost-${seq++}`, organizationId: 'bench_org', userId: `user-${i % 200}`, externalUserId: `bench_org_u${i % 200}`,
-  endpoint: 'chat/completions', model: `vendor/model-${i % 7}`, servedModel: `vendor/model-${i % 7}`, provider: 'P', streamed: true, status: 200, outcome: 'ok',
-  finishReason: 'stop', errorMessage: null, usageSource: 'inline', promptTokens: 42, completionTokens: 24, totalTokens: 66, cachedTokens: 0, reasoningTokens: 0,
-  costUsd: '0.0000267', upstreamCostUsd: null, isByok: false, markupPercent: '0', latencyMs: 812.25, ttfbMs: 120.5, chatId: null,
-  kind: i % 10 === 0 ? 'title_generation' : 'chat', messageId: null, createdAt: new Date().toISOString(),
-})
 const N = Number(process.env.N ?? 300), B = 40
 const all = readdirSync(join(ROOT, 'sql')).filter((f) => /^\d+_.*\.sql$/.test(f)).sort()
 const sql = postgres(await freshDatabase('usage_proxy_ins'), { max: 1, onnotice: () => {} })
@@ -31,7 +23,7 @@ const variants = {
 }
 const cpuOf = async () => { const r = await sql`select pg_backend_pid() as p`; const f = readFileSync(`/proc/${r[0].p}/stat`, 'utf8').split(') ')[1].split(' '); return (Number(f[11]) + Number(f[12])) * 10 }
 for (let rep = 0; rep < 2; rep++) for (const [name, fn] of Object.entries(variants)) {
-  const data = Array.from({ length: B }, () => Array.from({ length: N }, (_, i) => toRow(record(i))))
+  const data = Array.from({ length: B }, () => Array.from({ length: N }, (_, i) => toRow(sampleRecord(i))))
   for (const b of data.slice(0, 3)) await fn(b)
   const c0 = await cpuOf(); const t = performance.now()
   for (const b of data.slice(3)) await fn(b)

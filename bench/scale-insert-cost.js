@@ -2,25 +2,17 @@
 // rows a batch, one connection, on (a) today's flat table, (b) the partitioned table with its
 // trigger disabled, (c) with only the generation-id claims, (d) with the whole trigger (generation ids + rollups).
 //   node bench/scale-insert-cost.js [--batches=100]
-import { randomUUID } from 'node:crypto'
 import { readFileSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
 import postgres from 'postgres'
 import { freshDatabase } from './db.js'
+import { sampleRecord } from './sample-record.js'
 import { ROOT } from './targets.js'
 
 const arg = (name, dflt) => { const a = process.argv.find((x) => x.startsWith(`--${name}=`)); return a ? a.slice(name.length + 3) : dflt }
 const BATCHES = Number(arg('batches', '100'))
 const { ROW_COLUMNS, toRow } = await import(join(ROOT, 'dist', 'usage', 'record.js'))
-let seq = 0
-const record = (i) => ({
-  eventId: randomUUID(), generationId: `gen-cost-${seq++}`, organizationId: 'bench_org', userId: `user-${i % 200}`, externalUserId: `bench_org_u${i % 200}`,
-  endpoint: 'chat/completions', model: `vendor/model-${i % 7}`, servedModel: `vendor/model-${i % 7}`, provider: 'P', streamed: true, status: 200, outcome: 'ok',
-  finishReason: 'stop', errorMessage: null, usageSource: 'inline', promptTokens: 42, completionTokens: 24, totalTokens: 66, cachedTokens: 0, reasoningTokens: 0,
-  costUsd: '0.0000267', upstreamCostUsd: null, isByok: false, markupPercent: '0', latencyMs: 812.25, ttfbMs: 120.5, chatId: null,
-  kind: i % 10 === 0 ? 'title_generation' : 'chat', messageId: null, createdAt: new Date().toISOString(),
-})
-const batches = () => Array.from({ length: BATCHES }, () => Array.from({ length: 500 }, (_, i) => toRow(record(i))))
+const batches = () => Array.from({ length: BATCHES }, () => Array.from({ length: 500 }, (_, i) => toRow(sampleRecord(i))))
 
 async function measure (label, files, setup = async () => {}) {
   const sql = postgres(await freshDatabase('usage_proxy_bench_insert_cost'), { max: 1, onnotice: () => {} })
