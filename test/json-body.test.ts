@@ -1,6 +1,8 @@
-import t from 'tap'
+import { spawnSync } from 'node:child_process'
+import t, { type Test } from 'tap'
 import { BodyScan, scanBody, stringAt, type JsonBody } from '../src/proxy/json-body.js'
 import { JsonScanner } from '../src/proxy/json-scan.js'
+import { simdStrings, tuneStrings } from '../src/proxy/json-strings.js'
 import { mulberry32 } from './support/fake-openrouter.js'
 
 // The byte scanner against JSON.parse, its oracle: on random and adversarial documents the
@@ -107,10 +109,13 @@ function unicodeEscape (ch: string, r: Rng): string {
   return out
 }
 
+/** Most generated strings are short; the SIMD tests raise this so that most are not. */
+let stringItems = 8
+
 function randomString (r: Rng): string {
   const alphabet = ['a', 'b', ' ', '"', '\\', '/', 'ü', '日', '🌍', '\n', '\t', '\u0001', '\u001f', '\u2028', '"user":"x"', '{', '}', '[', ']', ',', ':', '\\u0075', '\ud800', '\udc00']
   let s = ''
-  const n = Math.floor(r() * 8)
+  const n = Math.floor(r() * stringItems)
   for (let i = 0; i < n; i++) s += pick(r, alphabet)
   return s
 }
@@ -351,7 +356,79 @@ t.test('the generic scanner reports the root\'s members and can stop early', asy
   t.equal(scalar.members, 0)
 })
 
+t.test('the SIMD loop is there, and its bytes are compiled from json-strings.wat as committed', async (t) => {
+  t.ok(simdStrings(), 'WebAssembly SIMD loaded on this Node')
+  const check = spawnSync(process.execPath, ['scripts/wasm.mjs', '--check'], { encoding: 'utf8' })
+  t.equal(check.status, 0, check.stderr)
+  // Where WebAssembly is off the scanner still works, in JavaScript.
+  const jitless = spawnSync(process.execPath, ['--jitless', '--input-type=module', '-e',
+    "import { simdStrings } from './dist/proxy/json-strings.js'; import { scanBody } from './dist/proxy/json-body.js'; " +
+    "const b = scanBody(Buffer.from(JSON.stringify({ model: 'm', messages: [{ content: 'x'.repeat(100) + '\\n\\u00e9' }] })));" +
+    "console.log(simdStrings(), b && b.string('model'))"], { encoding: 'utf8' })
+  t.equal(jitless.stdout.trim(), 'false m', jitless.stderr)
+})
+
+t.test('long strings through the SIMD loop, windows of every small size: same verdict, fields and splice as JSON.parse', async (t) => {
+  stringItems = 200
+  t.teardown(() => { stringItems = 8; tuneStrings({}) })
+  for (const window of [16, 17, 31, 64, 333, 65536]) {
+    for (const simd of [true, false]) {
+      tuneStrings({ window, simd })
+      const r = mulberry32(window)
+      for (let n = 0; n < 400; n++) {
+        let buf: Buffer = Buffer.from(document(r))
+        if (n % 2) buf = mutate(r, buf)
+        const d = disagreement(buf) ?? disagreement(buf, 1 + Math.floor(r() * 64), n % 3 === 0 ? 1024 : undefined)
+        if (d) { t.fail(`window ${window}, simd ${simd}: ${d}\n  document: ${buf.toString('hex')}`); return }
+      }
+    }
+  }
+  t.pass('400 documents with long strings per window size, SIMD and JavaScript')
+})
+
+t.test('a stop byte at every offset around a window edge is found (SIMD)', async (t) => {
+  t.teardown(() => tuneStrings({}))
+  tuneStrings({ window: 48 })
+  const stops = ['"', '\\n', '\\u00e9', '\\u00', '\\q', '\\', '\u0001', '\u001f', ' ', '\u007f', 'é', '🌍']
+  let checked = 0
+  for (const stop of stops) {
+    for (let at = 0; at < 110; at++) {
+      // The SIMD loop takes over 128 bytes into the string, and its windows of 48 bytes end
+      // at 176, 224 and 272: the stop byte falls on, before and after each edge.
+      const doc = Buffer.from('{"model":"' + 'a'.repeat(150 + at) + stop + 'b'.repeat(70) + '","user":"x"}')
+      const d = disagreement(doc)
+      if (d) { t.fail(`${JSON.stringify(stop)} at ${at}: ${d}`); return }
+      checked++
+    }
+  }
+  t.equal(checked, stops.length * 110)
+})
+
+t.test('the SIMD window never outlives a scan step: a buffer written again is read again', async (t) => {
+  // As body memory is reused: the same buffer, another request's bytes.
+  const buf = Buffer.from('{"model":"' + 'a'.repeat(300) + '","user":"x"}')
+  t.ok(scanBody(buf), 'valid at first')
+  buf[200] = 0x01 // a raw control byte now, inside the part the SIMD loop read
+  t.equal(scanBody(buf), null, 'refused once it holds a control byte')
+  buf[200] = 0x61
+  // Two long strings: the window copied for the first holds the second too.
+  const two = Buffer.from('{"model":"' + 'a'.repeat(300) + '","user":"' + 'b'.repeat(300) + '"}')
+  const scan = new BodyScan(two)
+  t.equal(scan.step(150), false, 'paused after the first string')
+  two[two.length - 100] = 0x01
+  t.equal(scan.step(), true)
+  t.equal(scan.body, null, 'a step after a pause reads the bytes as they are now')
+})
+
 t.test('long strings are skipped a word at a time: every stop byte is found at every offset and alignment', async (t) => {
+  t.teardown(() => tuneStrings({}))
+  for (const simd of [true, false]) {
+    tuneStrings({ simd })
+    await t.test(simd ? 'SIMD' : 'JavaScript', async (t) => stopBytes(t))
+  }
+})
+
+async function stopBytes (t: Test): Promise<void> {
   const r = mulberry32(5)
   const stops: Array<[string, Buffer]> = [['quote', Buffer.from('"')], ['escape', Buffer.from('\\n')], ['unicode escape', Buffer.from('\\u00e9')],
     ['bad escape', Buffer.from('\\q')], ['control', Buffer.from([0x01])], ['tab', Buffer.from([0x09])], ['0x1f', Buffer.from([0x1f])],
@@ -373,7 +450,7 @@ t.test('long strings are skipped a word at a time: every stop byte is found at e
     }
   }
   t.equal(checked, stops.length * 160)
-})
+}
 
 t.test('a single message is read for the task heuristic; a history is not parsed', async (t) => {
   const one = scanBody(Buffer.from('{"messages":[ {"role":"user","content":"### Task:\\nGenerate a title"} ],"stream":false}'))!

@@ -1,3 +1,5 @@
+import { forgetWindow, restEscaped, simdStrings, skipRest } from './json-strings.js'
+
 // A validating JSON scanner over bytes: one pass, no decoding, no recursion, no allocation per
 // value. It answers exactly what JSON.parse would (valid or not) for UTF-8 input, and reports the
 // byte ranges of the root container's direct members, which is all the proxy needs to read a
@@ -74,6 +76,7 @@ export class JsonScanner {
     const buf = this.buf
     const to = this.to
     const words = this.words ??= wordsOf(buf)
+    forgetWindow()
     let i = this.i
     let state = this.state
     let depth = this.depth
@@ -213,10 +216,21 @@ function plainEnd (buf: Uint8Array, words: Words, j: number, to: number): number
   return j
 }
 
+/** Strings that have not ended this many bytes in go to the SIMD loop: calling it costs more than a key or a role takes. */
+const SHORT = 128
+
 /** From the opening quote at i to just past the closing one, or -1. */
 export function skipString (buf: Uint8Array, words: Words, i: number, to: number): number {
   let j = i + 1
   lastEscaped = false
+  if (to - j > SHORT && simdStrings()) {
+    const short = j + SHORT
+    while (j < short && STRING_STOP[buf[j]] === 0) j++
+    if (buf[j] === QUOTE) return j + 1
+    const end = skipRest(buf, j, to)
+    lastEscaped = restEscaped
+    return end
+  }
   for (;;) {
     j = plainEnd(buf, words, j, to)
     if (j >= to) return -1
