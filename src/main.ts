@@ -185,7 +185,7 @@ function dataPlane (config: Config, log: Logger, s: Services, journal: Journal, 
   const meter: MeterContext = {
     selfService,
     upstream,
-    bodies: new BodyMemory(BODY_MEMORY_BYTES, upstream.writesPending),
+    bodies: new BodyMemory(BODY_MEMORY_BYTES, upstream.writing),
     apiKey: config.openrouter.apiKey,
     appUrl: config.openrouter.appUrl,
     appTitle: config.openrouter.appTitle,

@@ -10,25 +10,33 @@ import { BodyMemory } from '../src/proxy/body-memory.js'
 // (src/proxy/body-memory.ts). A buffer holds a user's conversation: it must never come back while
 // a write may still read it, and what it held before must never leave with the next body.
 
-t.test('a buffer comes back only when no upstream write is pending, within the cap, and is best fit', (t) => {
+t.test('a buffer comes back only when no write may still read it, within the cap, and is best fit', (t) => {
   let pending = false
-  const m = new BodyMemory(3 * 1024 * 1024, () => pending)
+  const asked: Buffer[] = []
+  const m = new BodyMemory(3 * 1024 * 1024, (body) => { asked.push(body); return pending })
   const a = m.take(600_000)
   t.ok(a.length >= 600_000)
   pending = true
-  m.give(a)
-  t.equal(m.bytes, 0, 'a write still pending: left to the GC')
+  const view = a.subarray(0, 500_000)
+  m.give(a, view)
+  t.equal(m.bytes, 0, 'the body sent from it is still being written: left to the GC')
+  t.equal(asked[0], view, 'asked about the body that was sent')
   t.not(m.take(600_000), a)
+  m.give(a, Buffer.from('a copy was sent'))
+  t.equal(m.bytes, a.length, 'a copy was sent: the memory itself is read by no write')
+  t.equal(asked.length, 1, 'a copy is not asked about')
+  t.equal(m.take(590_000), a)
   pending = false
-  m.give(a)
-  t.equal(m.bytes, a.length, 'kept')
+  m.give(a, view)
+  t.equal(m.bytes, a.length, 'kept once its write is done')
   t.not(m.take(2_000_000), a, 'too small for a larger body')
   t.not(m.take(100_000), a, 'far too large for a small one: kept for a body its size')
   t.equal(m.take(590_000), a, 'reused')
   t.equal(m.bytes, 0)
   const big = m.take(2_500_000)
-  m.give(big)
-  m.give(m.take(1_000_000))
+  m.give(big, null)
+  const more = m.take(1_000_000)
+  m.give(more, more)
   t.equal(m.bytes, big.length, 'past the cap: not kept')
   t.end()
 })

@@ -354,6 +354,11 @@ t.test('the generic scanner reports the root\'s members and can stop early', asy
   t.equal(scalar.run(), true)
   t.equal(scalar.valid, true)
   t.equal(scalar.members, 0)
+  // Whether a key holds an escape, short or long (the long one read by the SIMD loop).
+  const keys = Buffer.from(JSON.stringify({ plain: 1, ['\n' + 'k'.repeat(200)]: 2, ['k'.repeat(200) + '\u00e9"']: 3, ['k'.repeat(300)]: 4, ['a\tb']: 5 }))
+  const escaped: boolean[] = []
+  t.equal(new JsonScanner(keys, 0, keys.length, (_ks, _ke, esc) => { escaped.push(esc); return undefined }).run(), true)
+  t.same(escaped, [false, true, true, false, true])
 })
 
 t.test('the SIMD loop is there, and its bytes are compiled from json-strings.wat as committed', async (t) => {

@@ -2,8 +2,9 @@
 // A fresh buffer per long chat turn cost about a fifth more CPU per request than a reused one
 // (500 KB bodies, `node bench/ab.js --body=chat500k`; docs in BENCHMARKS.md). A buffer holds a
 // user's conversation, so it comes back only when nothing can read it any more: its exchange is
-// over, and no upstream socket has a write the kernel has not taken (such a write still points
-// into the buffer it was given). When that cannot be said, the buffer is left to the GC.
+// over, and the socket its body went out on has no write the kernel has not taken (such a write
+// still points into the buffer; upstream.ts knows the socket). When that cannot be said, the
+// buffer is left to the GC.
 
 const GRAIN = 64 * 1024
 
@@ -11,8 +12,8 @@ export class BodyMemory {
   private readonly free: Buffer[] = []
   private kept = 0
 
-  /** `maxBytes`: the most kept between requests; `writesPending`: any upstream write unfinished. */
-  constructor (private readonly maxBytes: number, private readonly writesPending: () => boolean) {}
+  /** `maxBytes`: the most kept between requests; `writing(body)`: a write may still read `body`. */
+  constructor (private readonly maxBytes: number, private readonly writing: (body: Buffer) => boolean) {}
 
   /** At least `size` bytes, whatever they hold: the caller writes every byte it later reads. */
   take (size: number): Buffer {
@@ -29,9 +30,13 @@ export class BodyMemory {
     return buf
   }
 
-  /** The exchange that used `buf` is over: keep it for the next body if it is surely unread. */
-  give (buf: Buffer): void {
-    if (this.kept + buf.length > this.maxBytes || this.writesPending()) return
+  /**
+   * The exchange that used `buf` is over: keep it for the next body if it is surely unread.
+   * `sent` is what was written upstream: a view of `buf`, or a copy that leaves it free.
+   */
+  give (buf: Buffer, sent: Buffer | null): void {
+    if (this.kept + buf.length > this.maxBytes) return
+    if (sent !== null && sent.buffer === buf.buffer && this.writing(sent)) return
     this.free.push(buf)
     this.kept += buf.length
   }

@@ -237,7 +237,7 @@ function dispatch (res: ServerResponse, path: string, headers: Record<string, st
   // the slices as an iterable saves that copy but measured slower: its iterable writer cost more
   // CPU than the copy on a 4 MB image.)
   const body = parts.length === 1 ? parts[0] : Buffer.concat(parts)
-  const exchange = new Exchange(res, rec, ctx, admission, memory)
+  const exchange = new Exchange(res, rec, ctx, admission, memory, body)
   ctx.track(1)
   // undici reports its own failures, even synchronous ones, through exchange.onError.
   ctx.upstream.pool.dispatch({ method: 'POST', path, headers, body }, exchange)
@@ -281,7 +281,7 @@ class Exchange implements Dispatcher.DispatchHandler {
   private recorded = false
   private resume: (() => void) | null = null
 
-  constructor (private readonly res: ServerResponse, private readonly rec: UsageRecord, private readonly ctx: MeterContext, private readonly admission: Admission | null, private memory: Buffer | null) {
+  constructor (private readonly res: ServerResponse, private readonly rec: UsageRecord, private readonly ctx: MeterContext, private readonly admission: Admission | null, private memory: Buffer | null, private readonly sent: Buffer) {
     res.once('close', () => { try { this.clientLeft() } catch (err) { ctx.log.error({ err: String(err) }, 'metered request: client close handling failed') } })
   }
 
@@ -375,7 +375,7 @@ class Exchange implements Dispatcher.DispatchHandler {
       if (this.recorded) {
         try { this.ctx.observe?.(this.rec, this.res) } catch (e) { this.ctx.log.warn({ err: (e as Error).message }, 'metrics: observe failed') }
       }
-      if (this.memory) { this.ctx.bodies?.give(this.memory); this.memory = null } // undici is done with the body
+      if (this.memory) { this.ctx.bodies?.give(this.memory, this.sent); this.memory = null } // undici is done with the body
       if (this.res.closed || this.res.destroyed) this.ctx.track(-1)
       else this.res.once('close', () => this.ctx.track(-1))
     }

@@ -1,5 +1,6 @@
+import { subscribe } from 'node:diagnostics_channel'
 import type { Socket } from 'node:net'
-import { Pool, buildConnector } from 'undici'
+import { Pool } from 'undici'
 
 // One keep-alive pool to OpenRouter for the whole process; the metered path dispatches on it
 // directly and the reconciler reads /generation through it.
@@ -13,8 +14,11 @@ export interface Upstream {
   /** GET /key: the organization key's limit and usage, for the credit-balance gauge. */
   fetchKey: () => Promise<{ status: number, body: string }>
   close: () => Promise<void>
-  /** True while any upstream socket has a write the kernel has not taken yet (see BodyMemory). */
-  writesPending: () => boolean
+  /**
+   * Whether the write of `body`, a request body this pool is done with, may still read it: its
+   * socket has bytes the kernel has not taken yet (see BodyMemory).
+   */
+  writing: (body: Buffer) => boolean
 }
 
 export interface UpstreamOptions { baseUrl: string, apiKey: string, connections: number, headersTimeoutMs: number, bodyTimeoutMs: number }
@@ -22,24 +26,13 @@ export interface UpstreamOptions { baseUrl: string, apiKey: string, connections:
 export function createUpstream (o: UpstreamOptions): Upstream {
   const url = new URL(o.baseUrl)
   const basePath = url.pathname.replace(/\/+$/, '')
-  // Every open socket is known, so that a request body's memory is reused only once no write
-  // can still read it.
-  const sockets = new Set<Socket>()
-  const connector = buildConnector({ timeout: 10_000 })
   const pool = new Pool(url.origin, {
     connections: o.connections,
     pipelining: 1,
     keepAliveTimeout: 30_000,
     headersTimeout: o.headersTimeoutMs,
     bodyTimeout: o.bodyTimeoutMs,
-    connect: (opts, done) => connector(opts, (err, socket) => {
-      if (socket) {
-        sockets.add(socket as Socket)
-        socket.once('close', () => sockets.delete(socket as Socket))
-      }
-      if (err) done(err, null)
-      else done(null, socket!)
-    }),
+    connect: { timeout: 10_000 },
   })
   const authorization = `Bearer ${o.apiKey}`
   return {
@@ -64,9 +57,22 @@ export function createUpstream (o: UpstreamOptions): Upstream {
       return { status: res.statusCode, body: await res.body.text() }
     },
     close: () => pool.close(),
-    writesPending () {
-      for (const s of sockets) if (s.writableLength > 0 || s.connecting) return true
-      return false
-    },
+    writing,
   }
+}
+
+// The socket each request body went out on, as undici says when it writes the request: the
+// one socket whose queue can still hold that body. Process-wide, since the channel is, and
+// weakly held: a body no one keeps is forgotten with it.
+const sentOn = new WeakMap<object, Socket>()
+subscribe('undici:client:sendHeaders', (message) => {
+  const { request, socket } = message as { request: { body: unknown }, socket: Socket }
+  if (Buffer.isBuffer(request.body)) sentOn.set(request.body, socket)
+})
+
+function writing (body: Buffer): boolean {
+  const socket = sentOn.get(body)
+  // Never written: undici, done with the request, will not write it now.
+  if (socket === undefined) return false
+  return !socket.closed && (socket.writableLength > 0 || socket.connecting)
 }
