@@ -106,3 +106,24 @@ t.test('a body queued behind a busy upstream connection keeps its memory until i
     t.ok(forwarded.some((f) => f.messages[0].content === content), `the ${content[0]} body went upstream as sent`)
   }
 })
+
+t.test('a body in many reads is forwarded exactly, with a declared length (copied as it arrives) and chunked (copied at the end)', async (t) => {
+  const body = { model: 'fake/ok', messages: [{ role: 'user', content: 'D'.repeat(200_000) + 'é'.repeat(100_000) + 'E'.repeat(300_000) }] }
+  const bytes = Buffer.from(JSON.stringify(body))
+  // Slices that cut a character in two, sent with pauses so that each arrives as its own read.
+  const cuts = [1, 65_536, 200_013, 300_001, 400_000, bytes.length]
+  for (const declared of [true, false]) {
+    const who = `reads-user-${declared}`
+    const res = await request(`${s.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-openwebui-user-id': who, ...(declared ? { 'content-length': String(bytes.length) } : {}) },
+      body: (async function * () {
+        let at = 0
+        for (const cut of cuts) { yield bytes.subarray(at, cut); at = cut; await new Promise((r) => setTimeout(r, 5)) }
+      })(),
+    })
+    t.equal(res.statusCode, 200, declared ? 'declared length' : 'chunked')
+    await res.body.text()
+    t.equal(fake.requests.at(-1)!.body, JSON.stringify({ ...body, user: externalUserId('mai_client_63a4eb6d', who) }), `forwarded exactly (${declared ? 'declared length' : 'chunked'})`)
+  }
+})

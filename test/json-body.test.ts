@@ -461,6 +461,8 @@ t.test('a single message is read for the task heuristic; a history is not parsed
   const one = scanBody(Buffer.from('{"messages":[ {"role":"user","content":"### Task:\\nGenerate a title"} ],"stream":false}'))!
   t.same(one.singleMessage(), [{ role: 'user', content: '### Task:\nGenerate a title' }])
   t.equal(scanBody(Buffer.from('{"messages":[{"role":"user"},{"role":"assistant"}]}'))!.singleMessage(), null, 'two messages')
+  t.equal(scanBody(Buffer.from('{"messages":[{"role":"user"} \n\t, "x"]}'))!.singleMessage(), null, 'two, with space before the comma')
+  t.same(scanBody(Buffer.from('{"messages":[ "only" \r\n ]}'))!.singleMessage(), ['only'], 'one, with space before the bracket')
   t.equal(scanBody(Buffer.from('{"messages":[]}'))!.singleMessage(), null, 'none')
   t.equal(scanBody(Buffer.from('{"messages":"### Task:"}'))!.singleMessage(), null, 'not an array')
   t.equal(scanBody(Buffer.from('{"model":"m"}'))!.singleMessage(), null, 'absent')

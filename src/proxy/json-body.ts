@@ -52,18 +52,23 @@ export class JsonBody {
 
   /**
    * `messages` as JSON.parse would give it when it holds exactly one message (what the task
-   * heuristic looks for), else null: a long history is counted to its second item, never parsed.
+   * heuristic looks for), else null: a long history is read to its first item, never parsed,
+   * and an image in the second message is not scanned again.
    */
   singleMessage (): unknown[] | null {
     const span = this.fields.get('messages')
     if (!span || this.bytes[span.start] !== 0x5b) return null
-    const items: Span[] = []
-    const scan = new JsonScanner(this.bytes, span.start, span.end, (_ks, _ke, _esc, vs, ve) => {
-      items.push({ start: vs, end: ve })
-      return items.length > 1
-    })
-    scan.run()
-    return items.length === 1 ? [JSON.parse(this.bytes.toString('utf8', items[0].start, items[0].end))] : null
+    let first: Span | null = null
+    new JsonScanner(this.bytes, span.start, span.end, (_ks, _ke, _esc, vs, ve) => {
+      first = { start: vs, end: ve }
+      return true
+    }).run()
+    if (first === null) return null
+    const item: Span = first
+    // The array was validated with the body: after its first item comes ']' or ','.
+    let i = item.end
+    while (isSpace(this.bytes[i])) i++
+    return this.bytes[i] === 0x5d ? [JSON.parse(this.bytes.toString('utf8', item.start, item.end))] : null
   }
 
   /** Whether a top-level field is the literal `true`. */

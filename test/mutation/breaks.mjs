@@ -672,6 +672,20 @@ export const BREAKS = [
     tests: ['test/json-body.test.ts'],
   },
   {
+    name: 's6: a read of a declared-length body is copied one byte off',
+    file: 'src/proxy/metered.ts',
+    search: 'if (mem !== null && size <= known) { chunk.copy(mem, size - chunk.length); return }',
+    replace: 'if (mem !== null && size <= known) { chunk.copy(mem, size - chunk.length + 1); return }',
+    tests: ['test/body-memory.test.ts'],
+  },
+  {
+    name: 's6: a chunked body keeps only its first read',
+    file: 'src/proxy/metered.ts',
+    search: '    parts!.push(chunk)\n',
+    replace: '\n',
+    tests: ['test/body-memory.test.ts'],
+  },
+  {
     name: 's5b: a body spliced in place is forwarded with the rest of its memory',
     file: 'src/proxy/json-body.ts',
     search: 'const whole = Buffer.from(b.buffer, b.byteOffset, b.length + insert.length)',
