@@ -1,4 +1,5 @@
 import t from 'tap'
+import { Readable } from 'node:stream'
 import { request } from 'undici'
 import { FakeOpenRouter } from './support/fake-openrouter.js'
 import { createTestDb, type TestDb } from './support/db.js'
@@ -117,10 +118,10 @@ t.test('a body in many reads is forwarded exactly, with a declared length (copie
     const res = await request(`${s.url}/v1/chat/completions`, {
       method: 'POST',
       headers: { 'content-type': 'application/json', 'x-openwebui-user-id': who, ...(declared ? { 'content-length': String(bytes.length) } : {}) },
-      body: (async function * () {
+      body: Readable.from((async function * () {
         let at = 0
         for (const cut of cuts) { yield bytes.subarray(at, cut); at = cut; await new Promise((r) => setTimeout(r, 5)) }
-      })(),
+      })()),
     })
     t.equal(res.statusCode, 200, declared ? 'declared length' : 'chunked')
     await res.body.text()

@@ -216,7 +216,7 @@ function plainEnd (buf: Uint8Array, words: Words, j: number, to: number): number
   return j
 }
 
-/** Strings that have not ended this many bytes in go to the SIMD loop: calling it costs more than a key or a role takes. */
+/** Strings not ended this many bytes in go on in the SIMD loop; for a key or a role the call costs more than it saves. */
 const SHORT = 128
 
 /** From the opening quote at i to just past the closing one, or -1. */
