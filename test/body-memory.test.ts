@@ -109,12 +109,14 @@ t.test('a body queued behind a busy upstream connection keeps its memory until i
 })
 
 t.test('a body in many reads is forwarded exactly, with a declared length (copied as it arrives) and chunked (copied at the end)', async (t) => {
-  const body = { model: 'fake/ok', messages: [{ role: 'user', content: 'D'.repeat(200_000) + 'é'.repeat(100_000) + 'E'.repeat(300_000) }] }
-  const bytes = Buffer.from(JSON.stringify(body))
-  // Slices that cut a character in two, sent with pauses so that each arrives as its own read.
-  const cuts = [1, 65_536, 200_013, 300_001, 400_000, bytes.length]
-  for (const declared of [true, false]) {
-    const who = `reads-user-${declared}`
+  // 700 KB: memory for it is taken at the second read. 3 MB: only once about 400 KB have come (a
+  // declared length is reserved up to 1 MB or 8 times what arrived).
+  for (const [declared, tail] of [[true, 300_000], [false, 300_000], [true, 2_600_000]] as const) {
+    const body = { model: 'fake/ok', messages: [{ role: 'user', content: 'D'.repeat(200_000) + 'é'.repeat(100_000) + 'E'.repeat(tail) }] }
+    const bytes = Buffer.from(JSON.stringify(body))
+    // Slices that cut a character in two, sent with pauses so that each arrives as its own read.
+    const cuts = [1, 65_536, 200_013, 300_001, 400_000, ...(tail > 1e6 ? [1_000_000, 2_000_000] : []), bytes.length]
+    const who = `reads-user-${declared}-${tail}`
     const res = await request(`${s.url}/v1/chat/completions`, {
       method: 'POST',
       headers: { 'content-type': 'application/json', 'x-openwebui-user-id': who, ...(declared ? { 'content-length': String(bytes.length) } : {}) },

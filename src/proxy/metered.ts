@@ -162,27 +162,32 @@ function readBody (req: IncomingMessage, res: ServerResponse, ctx: MeterContext,
     if (mem !== null && size <= known) { chunk.copy(mem, size - chunk.length); return }
     if (mem !== null) { parts = [mem.subarray(0, size - chunk.length), chunk]; mem = null; return } // more than declared: Node's parser never lets this happen
     if (first === null && parts === null) { first = chunk; return }
-    if (first !== null && size <= known) {
-      mem = take(known)
-      first.copy(mem)
-      chunk.copy(mem, first.length)
-      first = null
-      return
-    }
     if (first !== null) { parts = [first]; first = null }
     parts!.push(chunk)
+    // Memory for the declared length once what arrived vouches for it: a client that declares
+    // 20 MB and sends a few bytes gets no 20 MB buffer.
+    if (size <= known && known <= Math.max(RESERVE_AHEAD, RESERVE_RATIO * size)) {
+      mem = gather(parts!, take(known))
+      parts = null
+    }
   })
   req.on('end', () => {
     if (refused) return
     if (first !== null) { done(first, 0, null); return } // one read: a small body, copied when spliced
-    if (mem === null) {
-      mem = take(size)
-      let at = 0
-      for (const p of parts ?? []) { p.copy(mem, at); at += p.length }
-    }
+    mem ??= gather(parts ?? [], take(size))
     done(mem.subarray(0, size), mem.length - size, ctx.bodies ? mem : null)
   })
 }
+
+function gather (parts: Buffer[], into: Buffer): Buffer {
+  let at = 0
+  for (const p of parts) { p.copy(into, at); at += p.length }
+  return into
+}
+
+/** A declared length is reserved up to this much, or this many times the bytes already read. */
+const RESERVE_AHEAD = 1024 * 1024
+const RESERVE_RATIO = 8
 
 /** Enough for `,"user":` and any external id a deployment uses; a longer one is spliced by copy. */
 const SPLICE_ROOM = 1024
