@@ -467,3 +467,52 @@ t.test('a single message is read for the task heuristic; a history is not parsed
   t.equal(scanBody(Buffer.from('{"messages":"### Task:"}'))!.singleMessage(), null, 'not an array')
   t.equal(scanBody(Buffer.from('{"model":"m"}'))!.singleMessage(), null, 'absent')
 })
+
+t.test('every byte after a backslash, and every byte in each \\u digit, is judged as JSON.parse judges it, on and around window edges', async (t) => {
+  // The escape set and the hex check of json-strings.wat, byte by byte: `\v` or `\'` accepted,
+  // `\f` or `\/` refused, a digit past `f` taken, or one of the four not checked, all disagree.
+  // The escape starts at every offset of a 16-byte window, so a window edge cuts it everywhere,
+  // and the bytes past the edge in the loop's memory (left from an earlier copy) must not count.
+  t.teardown(() => tuneStrings({}))
+  const escapes: Buffer[] = []
+  for (let b = 0; b < 256; b++) escapes.push(Buffer.from([0x5c, b]))
+  for (let at = 0; at < 4; at++) {
+    for (let b = 0; b < 256; b++) {
+      const digits = Buffer.from('0000')
+      digits[at] = b
+      escapes.push(Buffer.concat([Buffer.from('\\u'), digits]))
+    }
+  }
+  let checked = 0
+  for (const [window, simd] of [[16, true], [48, true], [65536, true], [65536, false]] as const) {
+    tuneStrings({ window, simd })
+    for (const escape of escapes) {
+      for (let shift = 0; shift < 16; shift++) {
+        const doc = Buffer.concat([Buffer.from('{"model":"' + 'a'.repeat(150 + shift)), escape, Buffer.from('b'.repeat(40) + '","user":"x"}')])
+        const d = disagreement(doc)
+        if (d) { t.fail(`window ${window}, simd ${simd}, ${JSON.stringify(escape.toString('latin1'))} at ${shift}: ${d}`); return }
+        checked++
+      }
+    }
+  }
+  t.equal(checked, 4 * escapes.length * 16)
+})
+
+t.test('a long key is reported escaped whatever its escape and wherever it falls among windows', async (t) => {
+  t.teardown(() => tuneStrings({}))
+  const keys = ['k'.repeat(200) + '\\u00e9', '\\u00e9' + 'k'.repeat(300), '\\n' + 'k'.repeat(300), 'k'.repeat(130) + '\\/' + 'k'.repeat(300), 'k'.repeat(300), 'k'.repeat(20) + '\\u0041']
+  const doc = Buffer.from('{' + keys.map((k, n) => `"${k}":${n}`).join(',') + '}')
+  t.same(Object.keys(JSON.parse(doc.toString())).length, keys.length)
+  for (const [window, simd] of [[16, true], [48, true], [65536, true], [65536, false]] as const) {
+    tuneStrings({ window, simd })
+    const escaped: boolean[] = []
+    t.equal(new JsonScanner(doc, 0, doc.length, (_ks, _ke, esc) => { escaped.push(esc); return undefined }).run(), true)
+    t.same(escaped, [true, true, true, true, false, true], `window ${window}, simd ${simd}`)
+  }
+})
+
+t.test('a single message right before the closing bracket, with no space, is read', async (t) => {
+  t.same(scanBody(Buffer.from('{"messages":[{"role":"user","content":"hi"}]}'))!.singleMessage(), [{ role: 'user', content: 'hi' }])
+  t.same(scanBody(Buffer.from('{"messages":["only"],"model":"m"}'))!.singleMessage(), ['only'])
+  t.equal(scanBody(Buffer.from('{"messages":["a","b"]}'))!.singleMessage(), null)
+})

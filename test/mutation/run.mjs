@@ -33,6 +33,13 @@ function build (mustTypeCheck = true) {
   if (mustTypeCheck && r.status !== 0) throw new Error(`build failed in the copy: ${r.stdout}${r.stderr}`)
 }
 
+// A break in WebAssembly text is compiled to the module the code loads (json-strings-wasm.ts),
+// as `npm run wasm` does; else only the test that the two agree would see it.
+function wasm () {
+  const r = spawnSync(process.execPath, ['scripts/wasm.mjs'], { cwd: copy, encoding: 'utf8' })
+  if (r.status !== 0) throw new Error(`npm run wasm failed in the copy: ${r.stdout}${r.stderr}`)
+}
+
 function runTests (files) {
   const r = spawnSync('npx', ['tap', '--disable-coverage', '-R', 'silent', '-t', '120', ...files], { cwd: copy, encoding: 'utf8', env: { ...process.env, FORCE_COLOR: '0' } })
   return r.status === 0
@@ -59,10 +66,12 @@ try {
         const started = Date.now()
         const compiled = b.file.startsWith('src/')
         try {
+          if (b.file.endsWith('.wat')) wasm()
           if (compiled) build(false)
           verdict = runTests(b.tests) ? 'SURVIVED' : 'caught'
         } finally {
           writeFileSync(path, original)
+          if (b.file.endsWith('.wat')) wasm()
           if (compiled) build()
         }
         verdict += ` (${((Date.now() - started) / 1000).toFixed(0)} s)`
