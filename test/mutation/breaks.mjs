@@ -781,15 +781,15 @@ export const BREAKS = [
   {
     name: 's6h: the first read of a declared-length body is not copied into its memory',
     file: 'src/proxy/metered.ts',
-    search: '      first.copy(mem)\n',
-    replace: '\n',
+    search: '      mem = gather(parts!, take(known))',
+    replace: '      mem = gather(parts!.slice(1), take(known))',
     tests: ['test/body-memory.test.ts'],
   },
   {
     name: 's6h: a declared-length body gets memory for its first two reads, not its length',
     file: 'src/proxy/metered.ts',
-    search: '      mem = take(known)\n',
-    replace: '      mem = take(size)\n',
+    search: '      mem = gather(parts!, take(known))',
+    replace: '      mem = gather(parts!, take(size))',
     tests: ['test/body-memory.test.ts'],
   },
   {
