@@ -9,7 +9,8 @@
 // 1 adds a run without the journal), BENCH_QUIET_MAX_MS (5000) and BENCH_QUIET_BUDGET_MS (30000):
 // how long to wait for other work on the machine to calm down before one measurement, and in all.
 // BENCH_PROJECT_DIR (a snapshot from bench/snapshot.js; default: this work tree), BENCH_NGINX
-// (/usr/sbin/nginx), BENCH_PG_URL (postgres://postgres@127.0.0.1:5432/postgres, loopback only).
+// (/usr/sbin/nginx), BENCH_PG_URL (postgres://postgres@127.0.0.1:5432/postgres, loopback only),
+// BENCH_NODE_FLAGS (node flags for bare-node and usage-proxy alike; default none).
 import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync, readFileSync } from 'node:fs'
 import { cpus, tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -22,7 +23,7 @@ import { slowStreams } from './slow-streams.js'
 import { waitQuiet } from './procstat.js'
 import { aggregate, checks, markdown } from './report.js'
 import { issue13Checks } from './issue13.js'
-import { BENCH, ROOT, TARGET_NAMES, startTargets, startUpstreamProcess } from './targets.js'
+import { BENCH, NODE_FLAGS, ROOT, TARGET_NAMES, startTargets, startUpstreamProcess } from './targets.js'
 
 const env = process.env
 const num = (name, dflt) => (env[name] === undefined || env[name] === '' ? dflt : Number(env[name]))
@@ -190,7 +191,7 @@ async function main () {
     finishedAt: new Date().toISOString(),
     command: 'npm run bench' + (ONLY ? ` -- --only ${ONLY}` : ''),
     loadAverage: readFileSync('/proc/loadavg', 'utf8').trim(),
-    config: { SECONDS, ROUNDS, WARMUP, TARGETS, SCENARIOS, SLOW_STREAMS, SLOW_PACE_MS, SLOW_EVENTS, LEDGER_RECORDS, QUIET_MAX_MS },
+    config: { SECONDS, ROUNDS, WARMUP, TARGETS, SCENARIOS, SLOW_STREAMS, SLOW_PACE_MS, SLOW_EVENTS, LEDGER_RECORDS, QUIET_MAX_MS, NODE_FLAGS },
     machine: machine(),
     build: build(),
     figures,

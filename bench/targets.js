@@ -9,6 +9,12 @@ import { nginxAvailable, startNginx, NGINX } from './nginx.js'
 export const BENCH = new URL('.', import.meta.url).pathname.replace(/\/$/, '')
 /** The project measured (its dist/ and sql/): the work tree, or a snapshot made by snapshot.js. */
 export const ROOT = process.env.BENCH_PROJECT_DIR ? resolve(process.env.BENCH_PROJECT_DIR) : join(BENCH, '..')
+/**
+ * BENCH_NODE_FLAGS: node flags for both Node proxies (the bare one and usage-proxy), never for one
+ * alone, so a V8 setting is compared on equal footing (e.g. --initial-old-space-size=64, which
+ * ends the back-to-back full collections large bodies cause; BENCHMARKS.md, session 7).
+ */
+export const NODE_FLAGS = (process.env.BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolean)
 export const PORTKEY_BIN = join(BENCH, 'node_modules', '@portkey-ai', 'gateway', 'build', 'start-server.js')
 
 export const TARGET_NAMES = ['direct', 'nginx', 'bare-node', 'portkey', 'usage-proxy']
@@ -64,7 +70,7 @@ export async function startUsageProxy ({ tmp, upstreamPort, databaseUrl, nodeArg
   const port = await freePort()
   const dataDir = join(tmp, `${name}-data`)
   mkdirSync(dataDir, { recursive: true })
-  const child = start(name, process.execPath, [...nodeArgs, join(ROOT, 'dist', 'main.js')], {
+  const child = start(name, process.execPath, [...NODE_FLAGS, ...nodeArgs, join(ROOT, 'dist', 'main.js')], {
     env: { ...usageProxyEnv({ port, upstreamPort, databaseUrl, dataDir }), ...extraEnv }, logPath: join(tmp, `${name}.log`), cwd: tmp,
   })
   await waitHttp(`http://127.0.0.1:${port}/readyz`, { child, timeoutMs: 60_000 })
@@ -73,7 +79,7 @@ export async function startUsageProxy ({ tmp, upstreamPort, databaseUrl, nodeArg
 
 export async function startBareNode ({ tmp, upstreamPort, nodeArgs = [] }) {
   const port = await freePort()
-  const child = start('bare-node', process.execPath, [...nodeArgs, join(BENCH, 'bare-proxy.js'), `--port=${port}`, `--upstream=http://127.0.0.1:${upstreamPort}`], { logPath: join(tmp, 'bare-node.log') })
+  const child = start('bare-node', process.execPath, [...NODE_FLAGS, ...nodeArgs, join(BENCH, 'bare-proxy.js'), `--port=${port}`, `--upstream=http://127.0.0.1:${upstreamPort}`], { logPath: join(tmp, 'bare-node.log') })
   await waitHttp(`http://127.0.0.1:${port}/healthz`, { status: 404, child })
   return { name: 'bare-node', url: `http://127.0.0.1:${port}${CHAT}`, headers: CLIENT_HEADERS, child, pid: child.pid }
 }
