@@ -14,7 +14,17 @@ export function perRoundMedians (measurements) {
     const runs = by(sc, t)
     const direct = by(sc, 'direct')
     const added = runs.map((m) => { const d = direct.find((x) => x.round === m.round); return d ? m.latencyMs.p50 - d.latencyMs.p50 : NaN })
-    out.set(key, { addedP50: median(added), p50: median(runs.map((m) => m.latencyMs.p50)), cpuMsPerRequest: median(runs.map((m) => m.cpuMsPerRequest)), rps: median(runs.map((m) => m.rps)), rounds: runs.length })
+    const perRequest = (m, ...procs) => procs.reduce((sum, p) => sum + (m.cpuSeconds?.[p] ?? NaN), 0) * 1000 / m.requests
+    out.set(key, {
+      addedP50: median(added),
+      p50: median(runs.map((m) => m.latencyMs.p50)),
+      cpuMsPerRequest: median(runs.map((m) => m.cpuMsPerRequest)),
+      rps: median(runs.map((m) => m.rps)),
+      rounds: runs.length,
+      // CPU of every process on the machine but Postgres, and of Postgres, per request (ms).
+      machineMs: median(runs.map((m) => perRequest(m, 'proxy', 'upstream', 'loadgen', 'other'))),
+      postgresMs: median(runs.map((m) => perRequest(m, 'postgres'))),
+    })
   }
   return out
 }
@@ -36,7 +46,11 @@ export function issue13Checks (measurements) {
     const up = get(sc, 'usage-proxy'); const bare = get(sc, 'bare-node')
     if (!up || !bare) continue
     const r = up.rps / bare.rps
-    add(`throughput, ${sc}`, '>= 0.85x bare', `${f(r)}x`, r >= 0.85, `${Math.round(up.rps)} vs ${Math.round(bare.rps)} req/s; CPU ${f(up.cpuMsPerRequest, 3)} vs ${f(bare.cpuMsPerRequest, 3)} ms/req`)
+    // The machine's cores are shared: at bare Node's own utilization, a sidecar exactly as cheap
+    // as bare Node would still pay Postgres's CPU for the row, on the same cores.
+    const ceiling = bare.machineMs / (bare.machineMs + up.postgresMs)
+    add(`throughput, ${sc}`, '>= 0.85x bare', `${f(r)}x`, r >= 0.85, `${Math.round(up.rps)} vs ${Math.round(bare.rps)} req/s; CPU ${f(up.cpuMsPerRequest, 3)} vs ${f(bare.cpuMsPerRequest, 3)} ms/req; ` +
+      `ceiling on this machine ${f(ceiling)}x (bare Node's ${f(bare.machineMs, 3)} ms of machine CPU per request plus Postgres's ${f(up.postgresMs, 3)})`)
   }
   for (const sc of ['c1', 'c1-whole']) {
     const up = get(sc, 'usage-proxy'); const bare = get(sc, 'bare-node')

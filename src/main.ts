@@ -8,6 +8,7 @@ import { createAdminPlane } from './admin/index.js'
 import { bootServices, noServices, releaseServices, type Services } from './boot.js'
 import type { Sql } from './db/connect.js'
 import { installCrashGuard } from './crash-guard.js'
+import { HEADROOM_MB, keepGcHeadroom } from './gc-headroom.js'
 import { identityHeaders, ignoredHeadersWarning } from './identity/identify.js'
 import { createLogger, scrub, type Logger } from './log.js'
 import { createPassthrough } from './proxy/passthrough.js'
@@ -235,6 +236,7 @@ export async function main (): Promise<void> {
     throw err
   }
   installCrashGuard(sidecar.log)
+  keepGcHeadroom({ onRun: (perSecond, liveMb) => sidecar.log.info({ perSecond, liveMb: Math.round(liveMb) }, `gc: full collections back to back; the heap keeps ${HEADROOM_MB} MB of room from now on`) })
   // A boot cut short by SIGTERM is a stop, not a failure.
   sidecar.ready.catch((err) => {
     if (sidecar.isStopping()) return

@@ -1,0 +1,64 @@
+import { PerformanceObserver, constants } from 'node:perf_hooks'
+import { getHeapStatistics, setFlagsFromString } from 'node:v8'
+
+// Each read of a large request body is a new buffer outside the JavaScript heap. That churn can
+// leave V8's old-space limit so close to the live heap (within about a young generation of it)
+// that full collections run back to back while the heap is nearly empty: on Node 20 that doubled
+// the CPU of a 500 KB chat request, in some processes and not in others (BENCHMARKS.md, session
+// 7). V8 sets the limit after each full collection at the live size times a growing factor.
+// Once a process has seen such a run of collections, the factor is kept high enough for the
+// limit to sit HEADROOM_MB above the live heap: at most that much more garbage before a
+// collection. A process that never sees one (no large bodies) is left to V8's own choice.
+
+const MB = 1024 * 1024
+/** Old-space room above the live heap: more than the young generation V8 compares it with (32 MB was not). */
+export const HEADROOM_MB = 48
+/** V8's own factor is at most 4; this never asks for more. */
+const MAX_PERCENT = 300
+/** Full collections within one second that make a run: about one a second is usual. */
+export const RUN = 8
+
+/** The --heap-growing-percent that keeps the limit `headroomMb` above a heap of `liveMb`; 0 leaves V8 its own. */
+export function growingPercent (liveMb: number, headroomMb = HEADROOM_MB): number {
+  if (liveMb >= headroomMb) return 0 // past this size V8's own factor leaves the room
+  return Math.min(MAX_PERCENT, Math.ceil((100 * headroomMb) / Math.max(liveMb, 1)))
+}
+
+export interface HeadroomOptions {
+  /** Hears of the first run of full collections, once. */
+  onRun?: (perSecond: number, liveMb: number) => void
+  /** For tests: another headroom, and where the flag goes (v8.setFlagsFromString). */
+  headroomMb?: number
+  setFlags?: (flags: string) => void
+}
+
+/**
+ * Watches full collections; after the first run of RUN within a second, sets the growing factor
+ * after each one (V8 reads the flag each time it sets the limit). Returns a stop function.
+ */
+export function keepGcHeadroom ({ onRun, headroomMb = HEADROOM_MB, setFlags = setFlagsFromString }: HeadroomOptions = {}): () => void {
+  const recent: number[] = []
+  let keeping = false
+  let applied = 0
+  const majorDone = (at: number): void => {
+    const liveMb = getHeapStatistics().used_heap_size / MB
+    if (!keeping) {
+      recent.push(at)
+      while (recent.length > 0 && recent[0] <= at - 1000) recent.shift()
+      if (recent.length < RUN) return
+      keeping = true
+      onRun?.(recent.length, liveMb)
+    }
+    const percent = growingPercent(liveMb, headroomMb)
+    if (percent === applied) return
+    setFlags(`--heap-growing-percent=${percent}`)
+    applied = percent
+  }
+  const observer = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) {
+      if ((e as unknown as { detail?: { kind?: number } }).detail?.kind === constants.NODE_PERFORMANCE_GC_MAJOR) majorDone(e.startTime + e.duration)
+    }
+  })
+  observer.observe({ entryTypes: ['gc'] })
+  return () => observer.disconnect()
+}

@@ -1,0 +1,73 @@
+import t from 'tap'
+import { setFlagsFromString, getHeapStatistics } from 'node:v8'
+import { runInNewContext } from 'node:vm'
+import { setImmediate as turn } from 'node:timers/promises'
+import { HEADROOM_MB, RUN, growingPercent, keepGcHeadroom } from '../src/gc-headroom.js'
+
+// Full collections back to back on a nearly empty heap make V8 give the old space more room
+// (src/gc-headroom.ts). Collections are forced here with gc(), exposed for this file only.
+setFlagsFromString('--expose-gc')
+const gc = runInNewContext('gc') as () => void
+
+/** Lets the observer hear of the collections so far (PerformanceObserver delivers later). */
+async function delivered (): Promise<void> { for (let i = 0; i < 5; i++) await turn() }
+
+t.test('the growing factor leaves HEADROOM_MB above a small heap, V8 its own past it, never above 4x', async (t) => {
+  t.equal(HEADROOM_MB, 48)
+  t.equal(growingPercent(16), 300, '16 MB live: limit 64 MB')
+  t.equal(growingPercent(24), 200, '24 MB live: limit 72 MB')
+  t.equal(growingPercent(40), 120)
+  t.equal(growingPercent(47.9), 101)
+  t.equal(growingPercent(48), 0, 'a heap as large as the room: V8 decides')
+  t.equal(growingPercent(300), 0)
+  t.equal(growingPercent(4), 300, 'capped: V8 itself never goes past a factor of 4')
+  t.equal(growingPercent(0), 300, 'an empty heap is taken as 1 MB, no division by zero')
+  t.equal(growingPercent(10, 5), 0, 'another headroom')
+})
+
+t.test('a few full collections change nothing; a run of them turns the room on, once, and it stays', async (t) => {
+  const flags: string[] = []
+  const runs: Array<[number, number]> = []
+  const stop = keepGcHeadroom({ headroomMb: 100_000, setFlags: (f) => flags.push(f), onRun: (n, mb) => runs.push([n, mb]) })
+  t.teardown(stop)
+  for (let i = 0; i < RUN - 2; i++) { gc(); await delivered() }
+  t.same(flags, [], `${RUN - 2} collections: no run yet, no flag`)
+  t.same(runs, [])
+  for (let i = 0; i < 4 * RUN && runs.length === 0; i++) { gc(); await delivered() }
+  t.equal(runs.length, 1, 'the run is reported')
+  t.ok(runs[0][0] >= RUN, `${runs[0][0]} collections within a second`)
+  t.ok(Math.abs(runs[0][1] - getHeapStatistics().used_heap_size / 1048576) < 64, 'with the live heap in MB')
+  t.same(flags, ['--heap-growing-percent=300'], 'a heap far below the room gets the most V8 allows')
+  for (let i = 0; i < RUN; i++) { gc(); await delivered() }
+  t.equal(runs.length, 1, 'reported once')
+  t.same(flags, ['--heap-growing-percent=300'], 'the same percent is not set again')
+})
+
+t.test('a heap that grows past the room is handed back to V8 (0); one that never needed room never gets a flag', async (t) => {
+  gc()
+  const live = getHeapStatistics().used_heap_size / 1048576
+  const flags: string[] = []
+  const stop = keepGcHeadroom({ headroomMb: live + 24, setFlags: (f) => flags.push(f) })
+  t.teardown(stop)
+  for (let i = 0; i < 4 * RUN && flags.length === 0; i++) { gc(); await delivered() }
+  t.equal(flags.length, 1, 'room kept while the heap is small')
+  t.ok(Number(flags[0].split('=')[1]) > 100, flags[0])
+  const ballast = Array.from({ length: 48 }, () => new Array(131_072).fill(0).map((_, k) => k + 0.5)) // ~48 MB of live doubles
+  gc(); await delivered()
+  t.same(flags.at(-1), '--heap-growing-percent=0', 'past the room: V8 decides again')
+  t.equal(ballast.length, 48)
+
+  const none: string[] = []
+  const stopNone = keepGcHeadroom({ headroomMb: 1, setFlags: (f) => none.push(f) })
+  t.teardown(stopNone)
+  for (let i = 0; i < 4 * RUN; i++) { gc(); await delivered() }
+  t.same(none, [], 'a heap already past the room: nothing to set')
+})
+
+t.test('stopped, it hears nothing', async (t) => {
+  const runs: number[] = []
+  const stop = keepGcHeadroom({ headroomMb: 100_000, setFlags: () => {}, onRun: (n) => runs.push(n) })
+  stop()
+  for (let i = 0; i < 2 * RUN; i++) { gc(); await delivered() }
+  t.same(runs, [])
+})
