@@ -55,8 +55,13 @@ export function keepGcHeadroom ({ onRun, headroomMb = HEADROOM_MB, setFlags = se
     applied = percent
   }
   const observer = new PerformanceObserver((list) => {
-    for (const e of list.getEntries()) {
-      if ((e as unknown as { detail?: { kind?: number } }).detail?.kind === constants.NODE_PERFORMANCE_GC_MAJOR) majorDone(e.startTime + e.duration)
+    try {
+      for (const e of list.getEntries()) {
+        if ((e as unknown as { detail?: { kind?: number } }).detail?.kind === constants.NODE_PERFORMANCE_GC_MAJOR) majorDone(e.startTime + e.duration)
+      }
+    } catch {
+      // A tuning aid: whatever fails here leaves V8 its defaults and must not reach the crash guard.
+      observer.disconnect()
     }
   })
   observer.observe({ entryTypes: ['gc'] })

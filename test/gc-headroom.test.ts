@@ -64,6 +64,19 @@ t.test('a heap that grows past the room is handed back to V8 (0); one that never
   t.same(none, [], 'a heap already past the room: nothing to set')
 })
 
+t.test('a failure while tuning stops the tuning and never reaches the process', async (t) => {
+  let calls = 0
+  const uncaught: unknown[] = []
+  const onUncaught = (err: unknown): void => { uncaught.push(err) }
+  process.on('uncaughtException', onUncaught)
+  t.teardown(() => { process.off('uncaughtException', onUncaught) })
+  const stop = keepGcHeadroom({ headroomMb: 100_000, setFlags: () => { calls++; throw new Error('no such flag') } })
+  t.teardown(stop)
+  for (let i = 0; i < 4 * RUN; i++) { gc(); await delivered() }
+  t.equal(calls, 1, 'tried once, then the observer stopped')
+  t.same(uncaught, [])
+})
+
 t.test('stopped, it hears nothing', async (t) => {
   const runs: number[] = []
   const stop = keepGcHeadroom({ headroomMb: 100_000, setFlags: () => {}, onRun: (n) => runs.push(n) })
