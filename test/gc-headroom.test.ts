@@ -1,13 +1,14 @@
 import t from 'tap'
 import { setFlagsFromString, getHeapStatistics } from 'node:v8'
 import { runInNewContext } from 'node:vm'
-import { setImmediate as turn } from 'node:timers/promises'
+import { setImmediate as turn, setTimeout as sleep } from 'node:timers/promises'
+import { PerformanceObserver, constants } from 'node:perf_hooks'
 import { HEADROOM_MB, RUN, growingPercent, keepGcHeadroom } from '../src/gc-headroom.js'
 
 // Full collections back to back on a nearly empty heap make V8 give the old space more room
 // (src/gc-headroom.ts). Collections are forced here with gc(), exposed for this file only.
 setFlagsFromString('--expose-gc')
-const gc = runInNewContext('gc') as () => void
+const gc = runInNewContext('gc') as (options?: { type: 'minor' | 'major' }) => void
 
 /** Lets the observer hear of the collections so far (PerformanceObserver delivers later). */
 async function delivered (): Promise<void> { for (let i = 0; i < 5; i++) await turn() }
@@ -30,12 +31,13 @@ t.test('a few full collections change nothing; a run of them turns the room on, 
   const runs: Array<[number, number]> = []
   const stop = keepGcHeadroom({ headroomMb: 100_000, setFlags: (f) => flags.push(f), onRun: (n, mb) => runs.push([n, mb]) })
   t.teardown(stop)
-  for (let i = 0; i < RUN - 2; i++) { gc(); await delivered() }
-  t.same(flags, [], `${RUN - 2} collections: no run yet, no flag`)
+  for (let i = 0; i < RUN - 1; i++) { gc(); await delivered() }
+  t.same(flags, [], `${RUN - 1} collections: no run yet, no flag`)
   t.same(runs, [])
   for (let i = 0; i < 4 * RUN && runs.length === 0; i++) { gc(); await delivered() }
   t.equal(runs.length, 1, 'the run is reported')
-  t.ok(runs[0][0] >= RUN, `${runs[0][0]} collections within a second`)
+  // Each collection adds one to the window, so the run is declared on the RUN-th within a second.
+  t.equal(runs[0][0], RUN, `${runs[0][0]} collections within a second`)
   t.ok(Math.abs(runs[0][1] - getHeapStatistics().used_heap_size / 1048576) < 64, 'with the live heap in MB')
   t.same(flags, ['--heap-growing-percent=300'], 'a heap far below the room gets the most V8 allows')
   for (let i = 0; i < RUN; i++) { gc(); await delivered() }
@@ -75,6 +77,36 @@ t.test('a failure while tuning stops the tuning and never reaches the process', 
   for (let i = 0; i < 4 * RUN; i++) { gc(); await delivered() }
   t.equal(calls, 1, 'tried once, then the observer stopped')
   t.same(uncaught, [])
+})
+
+t.test('collections more than a second apart are no run; the window forgets them', async (t) => {
+  const flags: string[] = []
+  const runs: number[] = []
+  const stop = keepGcHeadroom({ headroomMb: 100_000, setFlags: (f) => flags.push(f), onRun: (n) => runs.push(n) })
+  t.teardown(stop)
+  // Two bursts, each short of a run, together more than one: the pause between them is longer than the window.
+  for (let i = 0; i < RUN - 2; i++) { gc(); await delivered() }
+  await sleep(1100)
+  for (let i = 0; i < RUN - 2; i++) { gc(); await delivered() }
+  t.same(runs, [], `${2 * (RUN - 2)} collections, never ${RUN} within a second: no run`)
+  t.same(flags, [])
+})
+
+t.test('minor collections (scavenges) are no run, however many', async (t) => {
+  let minors = 0
+  const count = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) if ((e as unknown as { detail?: { kind?: number } }).detail?.kind === constants.NODE_PERFORMANCE_GC_MINOR) minors++
+  })
+  count.observe({ entryTypes: ['gc'] })
+  t.teardown(() => count.disconnect())
+  const flags: string[] = []
+  const runs: number[] = []
+  const stop = keepGcHeadroom({ headroomMb: 100_000, setFlags: (f) => flags.push(f), onRun: (n) => runs.push(n) })
+  t.teardown(stop)
+  for (let i = 0; i < 4 * RUN; i++) { gc({ type: 'minor' }); await delivered() }
+  t.ok(minors >= 4 * RUN, `${minors} minor collections heard`)
+  t.same(runs, [])
+  t.same(flags, [])
 })
 
 t.test('stopped, it hears nothing', async (t) => {

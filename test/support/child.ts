@@ -62,8 +62,9 @@ export function faultEnv (o: { org: string, name: string, key: string, databaseU
   }
 }
 
-export function spawnSidecar (env: Record<string, string | undefined>, port: number): Child {
-  const proc = spawn(process.execPath, [MAIN], {
+/** `nodeArgs` go before dist/main.js (V8 flags, --require of a preload). */
+export function spawnSidecar (env: Record<string, string | undefined>, port: number, nodeArgs: string[] = []): Child {
+  const proc = spawn(process.execPath, [...nodeArgs, MAIN], {
     cwd: cleanCwd(),
     env: childEnv({ ...env, PORT: String(port), HOST: '127.0.0.1' }),
     stdio: ['ignore', 'pipe', 'pipe'],

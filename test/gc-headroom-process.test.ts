@@ -1,0 +1,47 @@
+import t from 'tap'
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { FakeOpenRouter } from './support/fake-openrouter.js'
+import { createTestDb, type TestDb } from './support/db.js'
+import { baseEnv } from './support/sidecar.js'
+import { freePort, spawnSidecar } from './support/child.js'
+import { RUN } from '../src/gc-headroom.js'
+
+// main() is what turns the GC headroom on (src/gc-headroom.ts): the unit tests call
+// keepGcHeadroom themselves, so only the sidecar as a process shows it is wired in. The process
+// runs with gc() exposed and a preload that forces a burst of full collections on SIGUSR2.
+
+let fake: FakeOpenRouter
+let db: TestDb
+
+t.before(async () => {
+  fake = await new FakeOpenRouter(8).start()
+  db = await createTestDb()
+})
+t.teardown(async () => {
+  await fake?.close()
+  await db?.drop()
+})
+
+t.test('the sidecar process hears a run of full collections and says it keeps room from then on', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'gc-headroom-'))
+  const preload = join(dir, 'burst.cjs')
+  writeFileSync(preload, `process.on('SIGUSR2', () => { for (let i = 0; i < ${3 * RUN}; i++) globalThis.gc() })\n`)
+  const child = spawnSidecar({ ...baseEnv(fake, db.url), LOG_LEVEL: 'info' }, await freePort(), ['--expose-gc', '--require', preload])
+  t.teardown(async () => { child.proc.kill('SIGKILL'); await child.exited })
+  await child.waitReady() // main() has installed the watcher by now (and the preload its handler)
+  const said = () => child.logs().filter((l) => /^gc: full collections back to back/.test(l.msg))
+  // The observer hears of collections a turn later: burst until it answers, for at most 10 s.
+  for (let i = 0; i < 50 && said().length === 0; i++) {
+    child.proc.kill('SIGUSR2')
+    await new Promise((r) => setTimeout(r, 200))
+  }
+  const lines = said()
+  t.equal(lines.length, 1, 'the run is logged, once')
+  t.equal(lines[0]?.level, 30, 'at info')
+  t.equal(lines[0]?.perSecond, RUN)
+  t.type(lines[0]?.liveMb, 'number')
+  t.match(lines[0]?.msg, /keeps 48 MB of room/)
+  t.equal(child.proc.exitCode, null, 'still running')
+})
