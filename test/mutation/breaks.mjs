@@ -958,4 +958,11 @@ export const BREAKS = [
     replace: '  void ({ onRun: ',
     tests: ['test/gc-headroom-process.test.ts'],
   },
+  {
+    name: 's7: a failure while tuning reaches the process (no catch in the observer)',
+    file: 'src/gc-headroom.ts',
+    search: '      observer.disconnect()\n    }',
+    replace: '      observer.disconnect()\n      throw new Error(\'tuning failed\')\n    }',
+    tests: ['test/gc-headroom.test.ts'],
+  },
 ]
