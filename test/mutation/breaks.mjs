@@ -461,7 +461,7 @@ export const BREAKS = [
     file: "sql/006_budgets.sql",
     search: "uc.spent_usd + uc.reserved_usd + p_amount > ub.limit_usd THEN",
     replace: "uc.spent_usd + uc.reserved_usd + p_amount >= ub.limit_usd THEN",
-    tests: ['test/budget-boundary.test.ts'],
+    tests: ['test/budgets.test.ts'],
   },
   {
     name: "new: rollup compaction overwrites cost instead of adding",

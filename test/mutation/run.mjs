@@ -6,14 +6,27 @@
 //
 // Usage: npm run mutate [-- name-filter]
 import { spawnSync } from 'node:child_process'
-import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { BREAKS } from './breaks.mjs'
 
 const root = resolve(import.meta.dirname, '..', '..')
 const filter = process.argv[2]
-const breaks = BREAKS.filter((b) => !filter || b.name.includes(filter))
+// breaks.mjs, then one file per area in breaks/ (each exports BREAKS), so parallel work adds
+// breaks without touching one shared list.
+const dir = join(import.meta.dirname, 'breaks')
+const more = existsSync(dir) ? readdirSync(dir).filter((f) => f.endsWith('.mjs')).sort() : []
+const all = [...BREAKS]
+for (const f of more) all.push(...(await import(join(dir, f))).BREAKS)
+// An entry naming a file that is gone would make the baseline fail for a reason nobody reads:
+// say which, and stop before anything runs.
+const gone = [...new Set(all.flatMap((b) => [b.file, ...b.tests]))].filter((f) => !existsSync(join(root, f)))
+if (gone.length > 0) {
+  console.error(`mutation: these files named by breaks do not exist: ${gone.join(' ')}`)
+  process.exit(1)
+}
+const breaks = all.filter((b) => !filter || b.name.includes(filter))
 
 const copy = mkdtempSync(join(tmpdir(), 'usage-proxy-mutate-'))
 // web/ and README.md are read at run time (the admin page, the config table), and scripts/ checks
