@@ -2,7 +2,7 @@ import t from 'tap'
 import { readFileSync } from 'node:fs'
 import { createContext, runInContext } from 'node:vm'
 import { fileURLToPath } from 'node:url'
-import { formatUsd } from '../src/budgets/money.js'
+import { formatUsd, fromUnits, mulDivUp, toUnits } from '../src/budgets/money.js'
 
 // One rounding rule for every amount a person reads: the 402, "My usage" and the admin page.
 // The page cannot import TypeScript, so web/admin/money.js ports formatUsd(); this file runs the
@@ -58,4 +58,13 @@ t.test('the page\'s port formats every amount exactly as the server does', async
   t.same(differ.map((a) => [a, port(a), formatUsd(a)]), [], `seed ${seed}: ${amounts.length} amounts agree`)
   const hidden = amounts.filter((a) => /[1-9]/.test(a) && formatUsd(a).replace(/[-$,.0]/g, '') === '')
   t.same(hidden, [], 'no non-zero amount reads as zero')
+})
+
+t.test('estimates round up, never down: mulDivUp, and exact units both ways', async (t) => {
+  t.equal(mulDivUp(1n, 1n, 3n), 1n, '1/3 of a unit holds a whole unit')
+  t.equal(mulDivUp(10n, 3n, 5n), 6n, 'exact stays exact')
+  t.equal(mulDivUp(7n, 1n, 2n), 4n)
+  t.equal(fromUnits(toUnits('0.000000000000000001')), '0.000000000000000001')
+  t.equal(fromUnits(toUnits('12.50')), '12.5')
+  t.throws(() => toUnits('-1'), /not a decimal/)
 })
