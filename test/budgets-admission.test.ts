@@ -19,7 +19,6 @@ import { PriceList } from '../src/budgets/prices.js'
 import { setBudget } from '../src/budgets/store.js'
 import { periodStart, resetsAt } from '../src/budgets/periods.js'
 import { estimateBilledUsd, maxTokensOf } from '../src/budgets/estimate.js'
-import { dollars } from '../src/budgets/money.js'
 
 // The admission on its own, against the real Postgres, with an injected clock: period rollover,
 // the sweeper, the estimate, and no round trip at all while no budget exists.
@@ -111,8 +110,6 @@ t.test('the estimate: bytes / 4 for the prompt, max_tokens or the default for th
   t.equal(maxTokensOf({ max_completion_tokens: 70, max_tokens: 50 }), 70)
   t.equal(maxTokensOf({ max_output_tokens: 9 }), 9)
   t.equal(maxTokensOf({ max_tokens: 'lots' }), null)
-  t.equal(dollars('20.045'), '$20.05')
-  t.equal(dollars('0.004'), '$0.00')
 })
 
 t.test('no budget, no rate limit: admit() answers synchronously, no database round trip', async (t) => {
@@ -135,7 +132,9 @@ t.test('a new period starts by itself: rollover with an injected clock', async (
   await rowsSoon(() => db.sql`select 1 from budget_counters where user_id = 'rolly' and spent_usd = 0.0009`)
   const before = await admit(limits, rec('rolly'))
   t.equal(before.status, 402)
-  t.match(JSON.parse(before.text).error.message, 'Your daily budget of $0.00 is used up ($0.00 spent). It resets on 2026-12-01 00:00 UTC.')
+  // $0.0009 of $0.001 spent: not used up, but this request's $0.0004 does not fit the $0.0001 left
+  t.equal(JSON.parse(before.text).error.message, 'This request could cost up to $0.0004, and $0.0001 of your daily budget of $0.001 is left. ' +
+    'Ask for a shorter answer (a smaller max_tokens) or send a shorter conversation. It resets on 2026-12-01 00:00 UTC.')
   const refusedRow = await rowsSoon(() => db.sql`select outcome, status, cost_usd from usage_events where user_id = 'rolly' and outcome = 'budget_exceeded'`)
   t.match(refusedRow, [{ outcome: 'budget_exceeded', status: 402, cost_usd: null }])
   clock = new Date('2026-12-01T00:00:01Z')
@@ -150,6 +149,20 @@ t.test('a new period starts by itself: rollover with an injected clock', async (
   t.equal((await admit(limits, rec('weekly'))).status, 402, 'Sunday: still the old week')
   clock = new Date('2026-11-30T00:00:00Z')
   t.equal((await admit(limits, rec('weekly'))).status, 200, 'Monday: a new week')
+})
+
+t.test('the 402 says "used up" only once spend and the holds of requests in flight fill the budget', async (t) => {
+  await setBudget(db.sql, ORG, 'user', 'wordy', '0.0008', 'total')
+  const limits = makeLimits()
+  await limits.refresh()
+  const first = await admit(limits, rec('wordy'))
+  const second = await admit(limits, rec('wordy'))
+  t.same([first.status, second.status], [200, 200], 'two estimates of $0.0004 fill $0.0008 exactly')
+  const third = await admit(limits, rec('wordy'))
+  t.equal(third.status, 402)
+  t.equal(JSON.parse(third.text).error.message, 'Your total budget of $0.0008 is used up ($0.00 spent, $0.0008 held by requests in progress). It does not reset.')
+  first.admission!.done()
+  second.admission!.done()
 })
 
 t.test('a reservation whose record never comes is released by the sweeper after its TTL', async (t) => {

@@ -12,6 +12,7 @@ const WEB_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'web',
 
 const FILES: Record<string, string> = {
   'index.html': 'text/html; charset=utf-8',
+  'money.js': 'text/javascript; charset=utf-8',
   'app.js': 'text/javascript; charset=utf-8',
   'style.css': 'text/css; charset=utf-8',
 }

@@ -40,7 +40,7 @@ export interface LimitsDeps {
 export interface Admission { done: () => void }
 
 const NOTHING: Admission = { done () {} }
-const RESERVE_COLUMNS = `refused_scope, limit_usd::text, period, period_start, spent_usd::text,
+const RESERVE_COLUMNS = `refused_scope, limit_usd::text, period, period_start, spent_usd::text, reserved_usd::text,
   org_limit::text, org_spent::text, org_period, org_period_start,
   user_scope, user_limit::text, user_spent::text, user_period, user_period_start`
 /** How often each replica looks for expired reservations (and rate leases). */
@@ -52,6 +52,7 @@ interface ReserveRow {
   period: BudgetPeriod | null
   period_start: Date | null
   spent_usd: string | null
+  reserved_usd: string | null
   org_limit: string | null
   org_spent: string | null
   org_period: BudgetPeriod | null
@@ -179,6 +180,8 @@ export class Limits {
         scope: row.refused_scope,
         limitUsd: trimDecimal(row.limit_usd!),
         spentUsd: trimDecimal(row.spent_usd!),
+        reservedUsd: trimDecimal(row.reserved_usd!),
+        estimateUsd: amount,
         period: row.period!,
         periodStart: row.period_start!,
       })

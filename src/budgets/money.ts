@@ -27,11 +27,25 @@ export function mulDivUp (a: bigint, b: bigint, c: bigint): bigint {
   return p % c === 0n ? p / c : p / c + 1n
 }
 
-/** "$20.04": half-up to the cent, for a person to read. */
-export function dollars (text: string): string {
-  const u = toUnits(text.replace(/^-/, ''))
-  const cents = (u * 100n + ONE / 2n) / ONE
-  return `$${cents / 100n}.${(cents % 100n).toString().padStart(2, '0')}`
+/**
+ * Money for a person to read: the one rule behind the 402, "My usage" and the admin page
+ * (web/admin/money.js is its port; test/money-format.test.ts checks that the two agree). Half up
+ * to the cent with thousands grouped, "$1,234.57"; an amount under a cent keeps two significant
+ * digits, so a non-zero amount never reads as nothing ("$0.0025", "$0.00079"); zero is "$0.00".
+ */
+export function formatUsd (text: string): string {
+  const m = /^(-?)(\d+)(?:\.(\d*))?$/.exec(text.trim())
+  if (!m) throw new Error(`not a decimal: ${text}`)
+  const [, sign, int, frac = ''] = m
+  const first = frac.search(/[1-9]/)
+  const underCent = /^0+$/.test(int) && first >= 2
+  const places = underCent ? first + 2 : 2
+  const rounded = (BigInt(int + frac.padEnd(places + 1, '0').slice(0, places + 1)) + 5n) / 10n
+  const s = rounded.toString().padStart(places + 1, '0')
+  const whole = s.slice(0, -places).replace(/\B(?=(\d{3})+(?!\d))/g, ',')
+  // A sub-cent amount that rounded up to a whole cent reads as cents: "$0.01", not "$0.0100".
+  const cents = underCent ? s.slice(-places).replace(/0+$/, '').padEnd(2, '0') : s.slice(-places)
+  return `${sign && rounded !== 0n ? '-' : ''}$${whole}.${cents}`
 }
 
 /** Postgres numeric text, trimmed: "1.6500000" -> "1.65". */

@@ -1,37 +1,76 @@
 import type { ServerResponse } from 'node:http'
 import type { BudgetPeriod } from '../config/config.js'
-import { dollars } from './money.js'
+import { formatUsd, fromUnits, toUnits } from './money.js'
 import { ADJECTIVE, humanTime, resetsAt } from './periods.js'
 
 // What the person in the chat reads. Open WebUI shows error.message of a JSON error that arrives
 // before the stream starts, so every refusal is one such body, sent before any upstream byte.
 
-export const DEFAULT_EXCEEDED_MESSAGE = '{scope} {period} budget of {limit} is used up ({spent} spent). {reset}'
+export const DEFAULT_EXCEEDED_MESSAGE = '{reason} {advice} {reset}'
 
 export interface ExceededFacts {
   scope: 'organization' | 'user' | 'default-user'
   limitUsd: string
   spentUsd: string
+  /** Held by this budget's other requests in flight when this one was refused. */
+  reservedUsd: string
+  /** What this request could cost at most (its reservation): the amount that did not fit. */
+  estimateUsd: string
   period: BudgetPeriod
   periodStart: Date
 }
 
+/** Whether spend and the other requests' holds already fill the budget: nothing smaller would fit. */
+export function usedUp (f: Pick<ExceededFacts, 'limitUsd' | 'spentUsd' | 'reservedUsd'>): boolean {
+  return toUnits(f.spentUsd) + toUnits(f.reservedUsd) >= toUnits(f.limitUsd)
+}
+
+/** limit − spent − reserved, never below zero. */
+export function leftUsd (f: Pick<ExceededFacts, 'limitUsd' | 'spentUsd' | 'reservedUsd'>): string {
+  const left = toUnits(f.limitUsd) - toUnits(f.spentUsd) - toUnits(f.reservedUsd)
+  return fromUnits(left > 0n ? left : 0n)
+}
+
 /**
  * Placeholders: {scope} "Your" or "The organization's", {period} daily/weekly/monthly/total,
- * {limit} and {spent} in dollars and cents, {resets_at} "2026-12-01 00:00 UTC" (or "never"),
- * {reset} "It resets on 2026-12-01 00:00 UTC." (or "It does not reset.").
+ * {limit} {spent} {reserved} (held by requests in flight) {left} (limit − spent − reserved) and
+ * {estimate} (what this request could cost) in dollars (formatUsd), {resets_at}
+ * "2026-12-01 00:00 UTC" (or "never"), {reset} "It resets on 2026-12-01 00:00 UTC." (or "It does
+ * not reset."), {reason} the sentence saying why (the budget is used up, or this request could
+ * cost more than is left), {advice} what to do when a smaller request would fit (empty when the
+ * budget is used up). An empty placeholder takes the space after it along.
  */
 export function exceededMessage (template: string, f: ExceededFacts): string {
   const resets = resetsAt(f.period, f.periodStart)
+  const Whose = f.scope === 'organization' ? 'The organization\'s' : 'Your'
+  const whose = f.scope === 'organization' ? 'the organization\'s' : 'your'
+  const full = usedUp(f)
+  const limit = formatUsd(f.limitUsd)
+  const spent = formatUsd(f.spentUsd)
+  const reserved = formatUsd(f.reservedUsd)
+  const left = formatUsd(leftUsd(f))
+  const estimate = formatUsd(f.estimateUsd)
+  const held = toUnits(f.reservedUsd) > 0n ? `, ${reserved} held by requests in progress` : ''
   const values: Record<string, string> = {
-    scope: f.scope === 'organization' ? 'The organization\'s' : 'Your',
+    scope: Whose,
     period: ADJECTIVE[f.period],
-    limit: dollars(f.limitUsd),
-    spent: dollars(f.spentUsd),
+    limit,
+    spent,
+    reserved,
+    left,
+    estimate,
     resets_at: resets ? humanTime(resets) : 'never',
     reset: resets ? `It resets on ${humanTime(resets)}.` : 'It does not reset.',
+    reason: full
+      ? `${Whose} ${ADJECTIVE[f.period]} budget of ${limit} is used up (${spent} spent${held}).`
+      : `This request could cost up to ${estimate}, and ${left} of ${whose} ${ADJECTIVE[f.period]} budget of ${limit} is left.`,
+    advice: full ? '' : 'Ask for a shorter answer (a smaller max_tokens) or send a shorter conversation.',
   }
-  return template.replace(/\{(\w+)\}/g, (all, name: string) => values[name] ?? all)
+  return template.replace(/\{(\w+)\}( ?)/g, (all, name: string, space: string) => {
+    const v = values[name]
+    if (v === undefined) return all
+    return v === '' ? '' : v + space
+  }).trim()
 }
 
 export interface Refusal {

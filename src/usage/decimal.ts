@@ -38,10 +38,3 @@ export function roundDecimal (v: string, places: number): string {
   const out = places > 0 ? `${s.slice(0, -places)}.${s.slice(-places)}` : s
   return (neg && rounded !== 0n ? '-' : '') + out
 }
-
-/** $1,234.57 from one dollar up; $0.0123 below, where cents alone would hide most of it. */
-export function formatUsd (v: string): string {
-  const places = /^-?0(\.|$)/.test(v) ? 4 : 2
-  const [int, frac] = roundDecimal(v, places).split('.')
-  return `$${int.replace(/\B(?=(\d{3})+(?!\d))/g, ',')}${frac === undefined ? '' : '.' + frac}`
-}

@@ -67,6 +67,8 @@ export class FakeOpenRouter {
   slowEventMs = 40
   /** When set, what every generation completed in full costs (budget tests need costs near the estimate). */
   fixedCost: string | null = null
+  /** When set, what generation number n (from 1) costs; wins over fixedCost (overruns: above the listed price). */
+  costFor: ((n: number) => string | null) | null = null
   /** GET /models: prices as OpenRouter lists them, decimal strings in USD per token. */
   models: Array<Record<string, unknown>> = [
     { id: 'fake/ok', name: 'Fake OK', pricing: { prompt: '0.000001', completion: '0.000002', request: '0', image: '0' } },
@@ -175,7 +177,7 @@ export class FakeOpenRouter {
   private newGeneration (endpoint: string, model: string, streamed: boolean, user: string | null): FakeGeneration {
     const n = ++this.seq
     // Costs with more significant digits than a double holds: a float anywhere on the way fails.
-    const cost = this.fixedCost ?? `0.000${String(n).padStart(3, '0')}${Math.floor(this.rng() * 1e9).toString().padStart(9, '0')}987654321`
+    const cost = this.costFor?.(n) ?? this.fixedCost ?? `0.000${String(n).padStart(3, '0')}${Math.floor(this.rng() * 1e9).toString().padStart(9, '0')}987654321`
     const g: FakeGeneration = {
       id: `gen-${Date.now()}-${n}`, model: model === 'fake/ok' ? 'fake/ok-2025' : model, provider: 'FakeProvider', endpoint, streamed,
       promptTokens: 11 + n, completionTokens: CONTENT.length, cachedTokens: n % 3, reasoningTokens: n % 2, cacheWriteTokens: n % 4, audioTokens: n % 5, cost, user,

@@ -5,21 +5,9 @@
   const $ = (id) => document.getElementById(id)
   const DAY_MS = 86400000
 
-  // ---- exact decimals: amounts arrive as decimal strings and are only rounded for display ----
-  function roundDecimal (text, places) {
-    const neg = text.startsWith('-')
-    const [int, frac = ''] = (neg ? text.slice(1) : text).split('.')
-    const digits = BigInt(int + frac.padEnd(places + 1, '0').slice(0, places + 1))
-    const rounded = (digits + 5n) / 10n // half up on the first dropped digit
-    const s = rounded.toString().padStart(places + 1, '0')
-    const out = places > 0 ? `${s.slice(0, -places)}.${s.slice(-places)}` : s
-    return (neg && rounded !== 0n ? '-' : '') + out
-  }
-  function usd (text) {
-    const abs = text.replace('-', '')
-    const places = abs.split('.')[0] === '0' ? 4 : 2 // sub-dollar amounts keep four places
-    return '$' + groupThousands(roundDecimal(text, places))
-  }
+  // ---- exact decimals: amounts arrive as decimal strings and are only rounded for display, by
+  // the rule "My usage" and the 402 use (money.js, loaded before this file) ----
+  const usd = globalThis.usageProxyMoney.formatUsd
   function groupThousands (s) {
     const [int, frac] = s.split('.')
     const g = int.replace(/\B(?=(\d{3})+(?!\d))/g, ',')
@@ -167,20 +155,22 @@
     const all = []
     for (let t = Date.parse(s.from); t <= Date.parse(s.through); t += DAY_MS) all.push(iso(t))
     const max = days.reduce((m, d) => Math.max(m, Number(d.billed_cost_usd)), 0)
+    // The label shows the exact amount of the highest day; the float only sizes bars.
+    const top = days.reduce((b, d) => (b === null || Number(d.billed_cost_usd) > Number(b.billed_cost_usd) ? d : b), null)
     const W = 720; const H = 200; const pad = 28; const bw = (W - pad) / Math.max(all.length, 1)
     const NS = 'http://www.w3.org/2000/svg'
     const svg = document.createElementNS(NS, 'svg')
     svg.setAttribute('viewBox', `0 0 ${W} ${H + 20}`)
     svg.setAttribute('role', 'img')
     const total = days.reduce((n, d) => n + d.requests, 0)
-    svg.setAttribute('aria-label', `Billed cost per day from ${s.from} through ${s.through}; highest day ${usd(String(max))}; ${total} requests. The table below lists each day.`)
+    svg.setAttribute('aria-label', `Billed cost per day from ${s.from} through ${s.through}; highest day ${top ? usd(top.billed_cost_usd) : '$0.00'}; ${total} requests. The table below lists each day.`)
     const axis = document.createElementNS(NS, 'line')
     for (const [k, v] of [['x1', pad], ['x2', W], ['y1', H], ['y2', H]]) axis.setAttribute(k, String(v))
     axis.setAttribute('class', 'axis')
     svg.append(axis)
     const label = document.createElementNS(NS, 'text')
     label.setAttribute('x', '0'); label.setAttribute('y', '12'); label.setAttribute('class', 'tick')
-    label.textContent = max > 0 ? usd(String(max)) : '$0'
+    label.textContent = top ? usd(top.billed_cost_usd) : '$0.00'
     svg.append(label)
     all.forEach((day, i) => {
       const d = byDay.get(day)
@@ -193,7 +183,7 @@
       r.setAttribute('class', 'bar')
       r.setAttribute('data-day', day)
       const tip = document.createElementNS(NS, 'title')
-      tip.textContent = `${day}: ${d ? usd(d.billed_cost_usd) : '$0'} billed, ${d ? d.requests : 0} requests`
+      tip.textContent = `${day}: ${d ? usd(d.billed_cost_usd) : '$0.00'} billed, ${d ? d.requests : 0} requests`
       r.append(tip)
       svg.append(r)
       if (i === 0 || i === all.length - 1 || (all.length > 10 && i % Math.ceil(all.length / 6) === 0)) {
