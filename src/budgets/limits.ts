@@ -164,13 +164,17 @@ export class Limits {
    */
   admitRate (res: ServerResponse, userId: string | null): Promise<Admission | null> | null {
     if (!this.rate.active || userId === null) return null
-    return this.rated(res, userId, null)
+    return this.rated(res, userId, null).then((r) => r && r.admission)
   }
 
-  /** The rate-limit half of an admission; null once the request was answered (429 or 503). */
-  private async rated (res: ServerResponse, user: string, eventId: string | null): Promise<Admission | null> {
+  /**
+   * The rate-limit half of an admission; null once the request was answered (429 or 503).
+   * `unchecked`: it failed open (and was counted as such).
+   */
+  private async rated (res: ServerResponse, user: string, eventId: string | null): Promise<{ admission: Admission, unchecked: boolean } | null> {
     let r
     let abandoned = false
+    let unchecked = false
     try {
       r = await this.withTimeout(this.rate.admit(user, () => abandoned))
     } catch (err) {
@@ -178,18 +182,21 @@ export class Limits {
       if (!this.failOpen(err, 'rate', user, eventId)) return this.unavailable(res)
       this.rate.holdLocal(user)
       r = { lease: null }
+      unchecked = true
     }
     if ('refusal' in r) { sendRefusal(res, r.refusal); return null }
     const lease = r.lease
-    return { done: () => this.rate.release(user, lease) }
+    return { admission: { done: () => this.rate.release(user, lease) }, unchecked }
   }
 
   private async admitAsync (res: ServerResponse, rec: UsageRecord, bodyBytes: number, maxTokens: number | null, rated: boolean): Promise<Admission | null> {
     let done: Admission = NOTHING
+    let unchecked = false
     if (rated) {
       const a = await this.rated(res, rec.userId!, rec.eventId)
       if (!a) return null
-      done = a
+      done = a.admission
+      unchecked = a.unchecked
     }
     if (this.anyBudgets === false) return done
 
@@ -199,7 +206,8 @@ export class Limits {
       row = await this.withTimeout(this.reserver.reserve({ org: rec.organizationId, user: rec.userId, eventId: rec.eventId, amount }))
       this.failures = 0
     } catch (err) {
-      if (this.failOpen(err, 'budget', rec.userId, rec.eventId)) return done
+      // One request served unchecked is counted once, whichever checks it skipped.
+      if (unchecked ? this.d.config.failMode === 'open' : this.failOpen(err, 'budget', rec.userId, rec.eventId)) return done
       done.done()
       return this.unavailable(res)
     }
