@@ -95,3 +95,22 @@ t.test('without any budget: no user has a bar', async (t) => {
   const body = await r.body.json() as { data: Row[] }
   t.equal(body.data.filter((d) => d.budget !== null).length, 0)
 })
+
+t.test('the sidecar reads the report\'s budgets from DATABASE_READ_URL when set', async (t) => {
+  const { FakeOpenRouter } = await import('./support/fake-openrouter.js')
+  const { baseEnv, startSidecar } = await import('./support/sidecar.js')
+  // The "replica" is a database of its own here: budgets that differ from the primary's show
+  // which one the report read.
+  await primary`update budgets set limit_usd = 0.7 where scope = 'default-user'`
+  const fake = await new FakeOpenRouter().start()
+  const other = await createTestDb()
+  const s = await startSidecar(baseEnv(fake, other.url, { ADMIN_API_KEY: ADMIN_KEY, DATABASE_READ_URL: db.url, USER_BUDGET_USD: '0.5', OPENROUTER_EXTERNAL_USER: ORG, SHUTDOWN_GRACE_MS: '200' }))
+  t.teardown(async () => { await s.sidecar.stop('test end'); await fake.close(); await other.drop() })
+  const deadline = Date.now() + 10_000
+  while (!s.logs.text.includes('read replica ready for reports') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
+  const r = await request(`${s.url}/admin/v1/usage?group_by=user`, { headers: { authorization: `Bearer ${ADMIN_KEY}` } })
+  t.equal(r.statusCode, 200)
+  const body = await r.body.json() as { data: Row[] }
+  t.equal(body.data.length, USERS, 'the rows come from the read URL')
+  t.equal(body.data.find((d) => d.user === 'u-1')?.budget?.limit_usd, '0.7', 'and so do the budgets')
+})
