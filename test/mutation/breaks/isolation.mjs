@@ -1,6 +1,7 @@
 // Breaks of admission isolation (issue 21 item 2): the admissions' own pool, "My usage" under the
 // rate limits and its cache, the report's one budget query, and counting every fail-open.
 const ISO = 'test/admission-isolation.test.ts'
+const OPEN = 'test/admission-fail-open.test.ts'
 const MINE = 'test/my-usage-limits.test.ts'
 const REPORT = 'test/usage-report-budgets.test.ts'
 
@@ -101,34 +102,34 @@ export const BREAKS = [
     file: 'src/budgets/fail-open.ts',
     search: '    this.total++\n',
     replace: '\n',
-    tests: [ISO],
+    tests: [OPEN],
   },
   {
     name: 's8iso: fail-opens after the first of an episode are not logged',
     file: 'src/budgets/fail-open.ts',
     search: '    w.count++\n',
     replace: '\n',
-    tests: [ISO],
+    tests: [OPEN],
   },
   {
     name: 's8iso: a request whose rate and budget checks both fail open is counted twice',
     file: 'src/budgets/limits.ts',
     search: "if (unchecked ? this.d.config.failMode === 'open' : this.failOpen(err, 'budget', rec.userId, rec.eventId)) return done",
     replace: "if (this.failOpen(err, 'budget', rec.userId, rec.eventId)) return done",
-    tests: [ISO],
+    tests: [OPEN],
   },
   {
     name: 's8iso: /metrics does not show fail-opens',
     file: 'src/budgets/metrics.ts',
     search: 'this.inc(failOpen()?.total ?? 0)',
     replace: 'this.inc(0)',
-    tests: [ISO],
+    tests: [OPEN],
   },
   {
     name: 's8iso: the usage page never shows fail-opens',
     file: 'web/admin/app.js',
     search: 'box.hidden = a.failed_open === 0',
     replace: 'box.hidden = true',
-    tests: [ISO],
+    tests: [OPEN],
   },
 ]
