@@ -20,6 +20,11 @@ import { startKeyPoller, type KeyPoller } from './openrouter-key.js'
 
 export interface Services {
   sql: Sql | null
+  /**
+   * Admissions' own connections (DATABASE_ADMISSION_POOL_MAX) on the primary: nothing else queries
+   * through it, so a busy main pool never makes a budget check wait or fail open.
+   */
+  admissionSql: Sql | null
   /** DATABASE_READ_URL's pool, once it answers; reports use the primary until then. */
   readSql: Sql | null
   embedded: EmbeddedDb | null
@@ -33,7 +38,7 @@ export interface Services {
 }
 
 export function noServices (): Services {
-  return { sql: null, readSql: null, embedded: null, maintenance: null, compactor: null, ledger: null, reconciler: null, directory: null, spend: null, keyPoller: null }
+  return { sql: null, admissionSql: null, readSql: null, embedded: null, maintenance: null, compactor: null, ledger: null, reconciler: null, directory: null, spend: null, keyPoller: null }
 }
 
 export interface BootDeps {
@@ -78,7 +83,12 @@ export async function bootServices (s: Services, { config, log, journal, upstrea
   const ledger = s.ledger = new Ledger(sql, journal, log, { ...config.ledger, rejectedPath: join(resolve(config.ledger.dataDir), 'rejected.jsonl') })
   const reconciler = s.reconciler = new Reconciler(upstream.fetchGeneration, (r) => ledger.record(r), log, { maxWaitMs: config.ledger.reconcileMaxWaitMs })
   s.directory = new UserDirectory(config.organization.id)
-  s.spend = await startLimits({ sql, config, upstream, log, record: (r) => ledger.record(r) })
+  // The embedded database runs one session for every connection: a second pool there could slip
+  // a statement into the ledger's open transaction, so admissions share its single connection.
+  const admissionSql = s.admissionSql = s.embedded
+    ? sql
+    : await connect({ url, log, retryMaxMs: config.db.connectRetryMaxMs, signal, max: config.db.admissionPoolMax })
+  s.spend = await startLimits({ sql, admissionSql, config, upstream, log, record: (r) => ledger.record(r) })
   const replay = journal.replay()
   for (const r of replay.finals) ledger.record(r, true)
   // A pending line is the request as far as it got: 'interrupted' unless it had ended.
@@ -104,6 +114,7 @@ export async function releaseServices (s: Services, journal: Journal, log: Logge
   // flight is awaited: a query to a Postgres that does not answer ends only when its connection does.
   const compacting = s.compactor?.stop()
   await s.readSql?.end({ timeout: 2 }).catch(() => {})
+  if (s.admissionSql !== s.sql) await s.admissionSql?.end({ timeout: 2 }).catch(() => {})
   await s.sql?.end({ timeout: 2 }).catch(() => {})
   await compacting
   await s.embedded?.stop().catch(() => {})

@@ -16,8 +16,9 @@ import { createSelfService } from './proxy/self-service.js'
 import { createProxyServer } from './proxy/server.js'
 import type { MeterContext } from './proxy/metered.js'
 import { BodyMemory } from './proxy/body-memory.js'
-import { budgetForUser } from './budgets/status-for.js'
+import { budgetForUser, budgetsForUsers } from './budgets/status-for.js'
 import { myUsageSummary } from './usage/my-usage.js'
+import { MY_USAGE_CACHE, cachedSummary } from './usage/my-usage-cache.js'
 import { createUpstream } from './proxy/upstream.js'
 import { Journal } from './usage/journal.js'
 import { Ledger } from './usage/ledger.js'
@@ -174,13 +175,18 @@ function dataPlane (config: Config, log: Logger, s: Services, journal: Journal, 
     postgresUp: () => postgresAnswers(s.sql),
     keyBalance: () => s.keyPoller?.latest() ?? null,
     organizationId: config.organization.id,
-  }, (registry) => registerBudgetMetrics(registry, () => s.sql && { sql: s.sql, org: config.organization.id }))
-  // The usage page's bar and "My usage" read the budget that governs a user.
-  const budgetFor = budgetForUser(() => s.sql!, config.organization.id, () => s.spend?.limits.mayHaveBudgets ?? false)
+  }, (registry) => registerBudgetMetrics(registry, () => s.sql && { sql: s.sql, org: config.organization.id }, () => s.spend?.limits.failOpenStats ?? null))
+  // "My usage" reads the budget that governs its user; the usage page every listed user's at once,
+  // from the read replica when there is one.
+  const mayHaveBudgets = (): boolean => s.spend?.limits.mayHaveBudgets ?? false
+  const budgetFor = budgetForUser(() => s.sql!, config.organization.id, mayHaveBudgets)
+  const budgetsFor = budgetsForUsers(() => s.readSql ?? s.sql!, config.organization.id, mayHaveBudgets)
+  const summaries = cachedSummary((who: { userId: string | null }, externalUserId: string) =>
+    myUsageSummary(s.sql!, { organizationId: config.organization.id, userId: who.userId, externalUserId, budgetFor }), MY_USAGE_CACHE)
   const selfService = config.selfService.model === null ? undefined : createSelfService({
     model: config.selfService.model, name: config.selfService.name, modelsUrl: `${config.openrouter.baseUrl}/models`, log,
     headers: { apiKey: config.openrouter.apiKey, appUrl: config.openrouter.appUrl, appTitle: config.openrouter.appTitle, identityHeaders: idHeaders },
-    summary: (who, externalUserId) => myUsageSummary(s.sql!, { organizationId: config.organization.id, userId: who.userId, externalUserId, budgetFor }),
+    summary: (who, externalUserId) => summaries.get(who, externalUserId),
   })
   const access = createAccessLog({ log, enabled: config.accessLog, count: metrics.response })
   const meter: MeterContext = {
@@ -214,7 +220,11 @@ function dataPlane (config: Config, log: Logger, s: Services, journal: Journal, 
     onExchange: access.begin,
     clientTimeouts: { headersMs: config.server.headersTimeoutMs, requestMs: config.server.requestTimeoutMs }, onPassthrough: metrics.passthrough,
     connections: { max: config.server.maxConnections, perIp: config.server.maxConnectionsPerIp },
-    admin: createAdminPlane({ config, sql: () => s.sql!, readSql: () => s.readSql ?? s.sql!, log, budgetFor, budgetsChanged: () => { void s.spend?.limits.refresh() } }) ?? undefined, models: selfService?.listModels })
+    admin: createAdminPlane({
+      config, sql: () => s.sql!, readSql: () => s.readSql ?? s.sql!, log, budgetsFor,
+      admissions: () => s.spend?.limits.failOpenStats ?? null,
+      budgetsChanged: () => { void s.spend?.limits.refresh(); summaries.clear() },
+    }) ?? undefined, models: selfService?.listModels })
   return { upstream, passthrough, server, metricsServer }
 }
 

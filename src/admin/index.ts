@@ -1,8 +1,10 @@
 import type { Config } from '../config/config.js'
 import type { Sql } from '../db/connect.js'
 import type { Logger } from '../log.js'
+import { admissionRoutes } from './admissions.js'
 import { budgetRoutes } from './budgets.js'
-import { noBudgets, type BudgetFor } from '../usage/budget-seam.js'
+import type { FailOpenStats } from '../budgets/fail-open.js'
+import { noBudgetsFor, type BudgetsFor } from '../usage/budget-seam.js'
 import { pageRoutes } from './page.js'
 import { createAdmin, sendJson, type AdminHandler, type AdminRoute } from './router.js'
 import { storageRoutes } from './storage.js'
@@ -21,8 +23,10 @@ export interface AdminDeps {
   log: Logger
   /** Tells the admission of this process that budgets changed. */
   budgetsChanged?: () => void
-  /** A user's budget for the usage views; the budgets module provides it (null: no budgets). */
-  budgetFor?: BudgetFor
+  /** Users' budgets for the usage views, in one read; the budgets module provides it. */
+  budgetsFor?: BudgetsFor
+  /** Admissions served without a spend check (the page shows them). */
+  admissions?: () => FailOpenStats | null
 }
 
 export function adminRoutes (deps: AdminDeps): AdminRoute[] {
@@ -34,7 +38,8 @@ export function adminRoutes (deps: AdminDeps): AdminRoute[] {
     },
     ...budgetRoutes({ config: deps.config, sql: deps.sql, changed: deps.budgetsChanged }),
     ...storageRoutes(deps),
-    ...usageRoutes({ organizationId: deps.config.organization.id, readSql: deps.readSql, budgetFor: deps.budgetFor ?? noBudgets }),
+    ...admissionRoutes({ failMode: deps.config.limits.failMode, stats: deps.admissions ?? (() => null) }),
+    ...usageRoutes({ organizationId: deps.config.organization.id, readSql: deps.readSql, budgetsFor: deps.budgetsFor ?? noBudgetsFor }),
     ...sessionRoutes(deps.config.admin.apiKey ?? ''),
     ...pageRoutes(),
   ]

@@ -3,7 +3,7 @@ import { EVENT_COLUMNS, events, failedByOutcome, sumsSource, usageByGroup, usage
 import { totalsOf, withOkOutcome } from '../usage/totals.js'
 import { externalUserId } from '../identity/external-id.js'
 import { sendError } from '../proxy/errors.js'
-import type { BudgetFor } from '../usage/budget-seam.js'
+import type { BudgetsFor, BudgetStatus } from '../usage/budget-seam.js'
 import { streamCsv } from './csv.js'
 import { ParamError, encodeCursor, optionalText, parseCursor, parseGroupBy, parseLimit, parsePeriod, wantsCsv } from './params.js'
 import { sendJson, type AdminRequest, type AdminRoute } from './router.js'
@@ -15,7 +15,8 @@ import type { Sql } from '../db/connect.js'
 export interface UsageDeps {
   organizationId: string
   readSql: () => Sql
-  budgetFor: BudgetFor
+  /** Every listed user's budget in one query (DATABASE_READ_URL when set). */
+  budgetsFor: BudgetsFor
 }
 
 const SUM_COLUMNS = ['requests', 'prompt_tokens', 'completion_tokens', 'cached_tokens', 'reasoning_tokens', 'total_tokens', 'cost_usd', 'billed_cost_usd'] as const
@@ -71,7 +72,9 @@ async function usage (deps: UsageDeps, { req, res, url }: AdminRequest): Promise
   }
   const rows = outcomes ? await outcomes() : await usageByGroup(sql, period, groupBy, source)
   const totals = totalsOf(rows)
-  const data = await Promise.all(rows.map((row) => shape(deps, groupBy, row)))
+  // Per user: every budget of the page in one read, however many users it lists.
+  const budgets = groupBy === 'user' ? await deps.budgetsFor(rows.flatMap((r) => r.key === null ? [] : [r.key])) : null
+  const data = rows.map((row) => shape(groupBy, row, budgets))
   sendJson(res, 200, {
     object: 'usage', organization: deps.organizationId, from, to, group_by: groupBy, ...(userId === undefined ? {} : { user: userId }),
     data, totals,
@@ -80,10 +83,11 @@ async function usage (deps: UsageDeps, { req, res, url }: AdminRequest): Promise
 
 async function * once<T> (rows: Promise<T[]>): AsyncIterable<T[]> { yield await rows }
 
-async function shape (deps: UsageDeps, groupBy: GroupBy, row: GroupRow): Promise<Record<string, unknown>> {
+function shape (groupBy: GroupBy, row: GroupRow, budgets: Map<string, BudgetStatus> | null): Record<string, unknown> {
   const sums = Object.fromEntries(SUM_COLUMNS.map((c) => [c, row[c]]))
   if (groupBy !== 'user') return { [groupBy]: row.key, ...sums }
-  return { user: row.key, user_name: row.user_name ?? null, user_email: row.user_email ?? null, ...sums, budget: await deps.budgetFor(row.key) }
+  const budget = row.key === null ? null : budgets?.get(row.key) ?? null
+  return { user: row.key, user_name: row.user_name ?? null, user_email: row.user_email ?? null, ...sums, budget }
 }
 
 async function listEvents (deps: UsageDeps, { req, res, url }: AdminRequest): Promise<void> {

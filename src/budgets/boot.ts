@@ -15,7 +15,8 @@ export interface PriceSource { pool: { request: (o: { method: 'GET', path: strin
 
 export interface SpendControls { limits: Limits, prices: PriceList, alerts: Alerts, close: () => void }
 
-export async function startLimits (o: { sql: Sql, config: Config, upstream: PriceSource, log: Logger, record: (r: UsageRecord) => void }): Promise<SpendControls> {
+/** admissionSql: the admissions' own pool (src/boot.ts); everything else here uses sql. */
+export async function startLimits (o: { sql: Sql, admissionSql?: Sql, config: Config, upstream: PriceSource, log: Logger, record: (r: UsageRecord) => void }): Promise<SpendControls> {
   const { config, sql, log } = o
   await seedFromEnv(sql, config.organization.id, config.limits)
   const prices = new PriceList(async () => {
@@ -27,7 +28,7 @@ export async function startLimits (o: { sql: Sql, config: Config, upstream: Pric
   }, config.limits.unknownModelUsdPerMtok, log)
   const alerts = new Alerts(sql, config.organization.id, config.limits.warnPercent, config.limits.alertWebhookUrl, log)
   const limits = new Limits({
-    sql, record: o.record, log, config: config.limits, organizationId: config.organization.id,
+    sql, admissionSql: o.admissionSql, record: o.record, log, config: config.limits, organizationId: config.organization.id,
     markupPercent: config.organization.markupPercent, prices, alerts,
   })
   await limits.refresh()

@@ -10,6 +10,7 @@ import type { PriceList } from './prices.js'
 import { RateLimiter } from './rate.js'
 import { Reserver } from './reserver.js'
 import { within } from '../deadline.js'
+import { FailOpenLog, type FailOpenStats } from './fail-open.js'
 import { DEFAULT_EXCEEDED_MESSAGE, exceededMessage, sendRefusal, type ExceededFacts, type Refusal } from './refusal.js'
 import type { BudgetPeriod } from '../config/config.js'
 
@@ -24,7 +25,13 @@ import type { BudgetPeriod } from '../config/config.js'
 // process's admin API writes one), so the hot path does no database round trip.
 
 export interface LimitsDeps {
+  /** The main pool: the budgets-exist check and the sweeper. */
   sql: Sql
+  /**
+   * The admissions' own pool (rate_admit, reservations, their releases and renewals): nothing a
+   * user or the operator does elsewhere can take its connections. Defaults to sql.
+   */
+  admissionSql?: Sql
   /** Where a refused request's record goes (outcome budget_exceeded, no cost). */
   record: (r: UsageRecord) => void
   log: Logger
@@ -73,13 +80,17 @@ export class Limits {
   private readonly now: () => Date
   private readonly template: string
   private failures = 0
+  private readonly failedOpen: FailOpenLog
+  private readonly admissionSql: Sql
   refused = 0
 
   constructor (private readonly d: LimitsDeps) {
     this.now = d.now ?? (() => new Date())
     this.template = d.config.exceededMessage ?? DEFAULT_EXCEEDED_MESSAGE
-    this.reserver = new Reserver<ReserveRow>(d.sql, RESERVE_COLUMNS, d.config.reservationTtlMs / 1000, this.now)
-    this.rate = new RateLimiter(d.sql, d.organizationId, { rpm: d.config.userRpm, maxConcurrent: d.config.userMaxConcurrent })
+    this.admissionSql = d.admissionSql ?? d.sql
+    this.failedOpen = new FailOpenLog(d.log)
+    this.reserver = new Reserver<ReserveRow>(this.admissionSql, RESERVE_COLUMNS, d.config.reservationTtlMs / 1000, this.now)
+    this.rate = new RateLimiter(this.admissionSql, d.organizationId, { rpm: d.config.userRpm, maxConcurrent: d.config.userMaxConcurrent })
     void this.refresh()
     this.refreshTimer = setInterval(() => { void this.refresh() }, d.config.refreshMs)
     this.refreshTimer.unref()
@@ -91,7 +102,11 @@ export class Limits {
     clearInterval(this.refreshTimer)
     clearInterval(this.sweepTimer)
     this.rate.close()
+    this.failedOpen.close()
   }
+
+  /** Admissions served without a check since this process started (/metrics, the usage page). */
+  get failOpenStats (): FailOpenStats { return this.failedOpen.stats }
 
   /** False only when the organization is known to have no budget (the views then skip asking). */
   get mayHaveBudgets (): boolean { return this.anyBudgets !== false }
@@ -139,28 +154,51 @@ export class Limits {
   /** Lets go of a reservation whose request was never sent (the sweeper does the arithmetic). */
   private async release (eventId: string): Promise<void> {
     try {
-      const gone = await this.d.sql`update budget_reservations set expires_at = '-infinity' where event_id = ${eventId} returning 1`
-      if (gone.length > 0) await this.d.sql`select budget_sweep(1000)`
+      const gone = await this.admissionSql`update budget_reservations set expires_at = '-infinity' where event_id = ${eventId} returning 1`
+      if (gone.length > 0) await this.admissionSql`select budget_sweep(1000)`
     } catch { /* it expires on its own */ }
   }
 
-  private async admitAsync (res: ServerResponse, rec: UsageRecord, bodyBytes: number, maxTokens: number | null, rated: boolean): Promise<Admission | null> {
-    let lease: string | null = null
-    if (rated) {
-      let r
-      let abandoned = false
-      try {
-        r = await this.withTimeout(this.rate.admit(rec.userId!, () => abandoned))
-      } catch (err) {
-        abandoned = true
-        if (!this.failOpen(err)) return this.unavailable(res)
-        this.rate.holdLocal(rec.userId!)
-        r = { lease: null }
-      }
-      if ('refusal' in r) { sendRefusal(res, r.refusal); return null }
-      lease = r.lease
+  /**
+   * "My usage": USER_RPM and USER_MAX_CONCURRENT apply, budgets do not (a refused user must still
+   * be able to read why). null: no rate limit for this user, answer at once.
+   */
+  admitRate (res: ServerResponse, userId: string | null): Promise<Admission | null> | null {
+    if (!this.rate.active || userId === null) return null
+    return this.rated(res, userId, null).then((r) => r && r.admission)
+  }
+
+  /**
+   * The rate-limit half of an admission; null once the request was answered (429 or 503).
+   * `unchecked`: it failed open (and was counted as such).
+   */
+  private async rated (res: ServerResponse, user: string, eventId: string | null): Promise<{ admission: Admission, unchecked: boolean } | null> {
+    let r
+    let abandoned = false
+    let unchecked = false
+    try {
+      r = await this.withTimeout(this.rate.admit(user, () => abandoned))
+    } catch (err) {
+      abandoned = true
+      if (!this.failOpen(err, 'rate', user, eventId)) return this.unavailable(res)
+      this.rate.holdLocal(user)
+      r = { lease: null }
+      unchecked = true
     }
-    const done: Admission = rated ? { done: () => this.rate.release(rec.userId!, lease) } : NOTHING
+    if ('refusal' in r) { sendRefusal(res, r.refusal); return null }
+    const lease = r.lease
+    return { admission: { done: () => this.rate.release(user, lease) }, unchecked }
+  }
+
+  private async admitAsync (res: ServerResponse, rec: UsageRecord, bodyBytes: number, maxTokens: number | null, rated: boolean): Promise<Admission | null> {
+    let done: Admission = NOTHING
+    let unchecked = false
+    if (rated) {
+      const a = await this.rated(res, rec.userId!, rec.eventId)
+      if (!a) return null
+      done = a.admission
+      unchecked = a.unchecked
+    }
     if (this.anyBudgets === false) return done
 
     const amount = estimateBilledUsd({ model: rec.model, bodyBytes, maxTokens }, this.d.prices, this.d.config.defaultMaxTokens, this.d.markupPercent)
@@ -169,7 +207,8 @@ export class Limits {
       row = await this.withTimeout(this.reserver.reserve({ org: rec.organizationId, user: rec.userId, eventId: rec.eventId, amount }))
       this.failures = 0
     } catch (err) {
-      if (this.failOpen(err)) return done
+      // One request served unchecked is counted once, whichever checks it skipped.
+      if (unchecked ? this.d.config.failMode === 'open' : this.failOpen(err, 'budget', rec.userId, rec.eventId)) return done
       done.done()
       return this.unavailable(res)
     }
@@ -202,13 +241,20 @@ export class Limits {
     this.d.record({ ...rec, status: 402, outcome: 'budget_exceeded', errorMessage: message, latencyMs: 0 })
   }
 
-  /** BUDGET_FAIL_MODE=open serves without a reservation; the record's spend counts when it lands. */
-  private failOpen (err: unknown): boolean {
+  /**
+   * BUDGET_FAIL_MODE=open serves without a reservation (the record's spend counts when it lands),
+   * and every such admission is counted and logged (fail-open.ts). Closed answers 503.
+   */
+  private failOpen (err: unknown, check: 'rate' | 'budget', user: string | null, eventId: string | null): boolean {
+    if (this.d.config.failMode === 'open') {
+      this.failedOpen.note(check, user, eventId, describe(err))
+      return true
+    }
     this.failures++
     if (this.failures === 1 || this.failures % 100 === 0) {
-      this.d.log.warn({ reason: describe(err), failMode: this.d.config.failMode, failures: this.failures }, 'budgets: postgres unavailable for the admission')
+      this.d.log.warn({ reason: describe(err), failMode: this.d.config.failMode, failures: this.failures }, 'budgets: postgres unavailable for the admission; answered 503')
     }
-    return this.d.config.failMode === 'open'
+    return false
   }
 
   private unavailable (res: ServerResponse): null {

@@ -1,17 +1,57 @@
+import type { BudgetPeriod } from '../config/config.js'
 import type { Sql } from '../db/connect.js'
-import type { BudgetFor } from '../usage/budget-seam.js'
-import { budgetStatus } from './store.js'
+import type { BudgetFor, BudgetStatus, BudgetsFor } from '../usage/budget-seam.js'
+import { trimDecimal } from './money.js'
+import { periodStart, resetsAt } from './periods.js'
 
-/**
- * The budget that governs one user now (their own, else the default), for the usage page's bar
- * and "My usage". `mayHaveBudgets` spares the query when the organization has none.
- */
-export function budgetForUser (sql: () => Sql, organizationId: string, mayHaveBudgets: () => boolean): BudgetFor {
-  return async (userId) => {
-    if (userId === null || !mayHaveBudgets()) return null
-    const rows = await budgetStatus(sql(), organizationId, new Date(), userId)
-    const b = rows.find((r) => r.applies && r.scope !== 'organization')
-    if (!b) return null
-    return { limit_usd: b.limit_usd, used_usd: b.spent_usd, remaining_usd: b.remaining_usd, period: b.period, resets_at: b.resets_at }
+// The budget that governs each user now (their own, else the default) with its current period's
+// spend, for the usage page's bars and "My usage". However many users a report lists, this is ONE
+// query: the operator's page must not turn into thousands of round trips on the primary.
+
+interface Row { user_id: string, limit_usd: string, period: BudgetPeriod, spent: string, remaining: string }
+
+/** Budgets of many users in one query; users with no budget are absent from the map. */
+export async function budgetsOf (sql: Sql, organizationId: string, userIds: readonly string[], now = new Date()): Promise<Map<string, BudgetStatus>> {
+  const out = new Map<string, BudgetStatus>()
+  const ids = [...new Set(userIds)]
+  if (ids.length === 0) return out
+  // Period starts from this clock, passed in: nothing depends on the session's time zone.
+  const starts = { day: periodStart('day', now), week: periodStart('week', now), month: periodStart('month', now), total: periodStart('total', now) }
+  const rows = await sql<Row[]>`
+    select u.user_id, b.limit_usd::text as limit_usd, b.period,
+           coalesce(c.spent_usd, 0)::text as spent,
+           greatest(b.limit_usd - coalesce(c.spent_usd + c.reserved_usd, 0), 0)::text as remaining
+      from unnest(${ids}::text[]) as u(user_id)
+      cross join lateral (
+        select limit_usd, period from budgets
+         where organization_id = ${organizationId} and limit_usd is not null
+           and (scope = 'default-user' or (scope = 'user' and user_id = u.user_id))
+         order by scope = 'user' desc
+         limit 1) b
+      left join budget_counters c
+        on c.organization_id = ${organizationId} and c.scope = 'user' and c.user_id = u.user_id and c.period = b.period
+       and c.period_start = case b.period when 'day' then ${starts.day}::timestamptz when 'week' then ${starts.week}::timestamptz
+                                          when 'month' then ${starts.month}::timestamptz else ${starts.total}::timestamptz end`
+  for (const r of rows) {
+    const resets = resetsAt(r.period, now)
+    out.set(r.user_id, {
+      limit_usd: trimDecimal(r.limit_usd), used_usd: trimDecimal(r.spent), remaining_usd: trimDecimal(r.remaining),
+      period: r.period, resets_at: resets ? resets.toISOString() : null,
+    })
   }
+  return out
+}
+
+/** For a report: every listed user's budget at once. `mayHaveBudgets` spares the query when there are none. */
+export function budgetsForUsers (sql: () => Sql, organizationId: string, mayHaveBudgets: () => boolean): BudgetsFor {
+  return async (userIds) => {
+    if (!mayHaveBudgets()) return new Map()
+    return await budgetsOf(sql(), organizationId, userIds)
+  }
+}
+
+/** For "My usage": one user's budget (the same query, for one id). */
+export function budgetForUser (sql: () => Sql, organizationId: string, mayHaveBudgets: () => boolean): BudgetFor {
+  const many = budgetsForUsers(sql, organizationId, mayHaveBudgets)
+  return async (userId) => userId === null ? null : (await many([userId])).get(userId) ?? null
 }

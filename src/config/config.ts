@@ -52,6 +52,7 @@ export const envSchema = z.object({
   LEDGER_FLUSH_MS: positiveInt.default(50),
   DB_CONNECT_RETRY_MAX_MS: positiveInt.default(10_000),
   EMBEDDED_DB_PORT: port.default(54320),
+  DATABASE_ADMISSION_POOL_MAX: positiveInt.max(20).default(2),
   ADMIN_API_KEY: z.string().min(16, 'must be at least 16 characters (e.g. openssl rand -hex 24)').optional(),
   REQUIRE_USER_IDENTITY: bool.default(false),
   MAX_CONNECTIONS: positiveInt.default(4096),
@@ -106,7 +107,8 @@ export interface Config {
     requireUserIdentity: boolean
   }
   ledger: { dataDir: string, batchSize: number, flushMs: number, reconcileMaxWaitMs: number }
-  db: { connectRetryMaxMs: number, embeddedPort: number }
+  /** admissionPoolMax: connections of the admissions' own pool (rate limits, reservations). */
+  db: { connectRetryMaxMs: number, embeddedPort: number, admissionPoolMax: number }
   logLevel: Env['LOG_LEVEL']
   admin: { apiKey: string | undefined }
   accessLog: boolean
@@ -204,7 +206,7 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
       requireUserIdentity: e.REQUIRE_USER_IDENTITY,
     },
     ledger: { dataDir: e.DATA_DIR, batchSize: e.LEDGER_BATCH_SIZE, flushMs: e.LEDGER_FLUSH_MS, reconcileMaxWaitMs: e.RECONCILE_MAX_WAIT_MS },
-    db: { connectRetryMaxMs: e.DB_CONNECT_RETRY_MAX_MS, embeddedPort: e.EMBEDDED_DB_PORT },
+    db: { connectRetryMaxMs: e.DB_CONNECT_RETRY_MAX_MS, embeddedPort: e.EMBEDDED_DB_PORT, admissionPoolMax: e.DATABASE_ADMISSION_POOL_MAX },
     logLevel: e.LOG_LEVEL,
     admin: { apiKey: e.ADMIN_API_KEY },
     accessLog: e.ACCESS_LOG === 'on',

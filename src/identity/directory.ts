@@ -31,10 +31,16 @@ export class UserDirectory {
 
   get size (): number { return this.users.size }
 
+  /** The normalized user id alone (null: the organization), as resolve() would give it, with no side effect. */
+  userIdOf (who: Identity): string | null {
+    const userId = who.userId === null ? null : pgText(who.userId)
+    return userId === null || userId === '' ? null : userId
+  }
+
   /** The external id alone, for an exchange that writes no record: the mapping stays due. */
   externalIdOf (who: Identity): string {
-    const userId = who.userId === null ? null : pgText(who.userId)
-    if (userId === null || userId === '') return this.organizationId
+    const userId = this.userIdOf(who)
+    if (userId === null) return this.organizationId
     return this.users.get(userId)?.externalUserId ?? externalUserId(this.organizationId, userId)
   }
 

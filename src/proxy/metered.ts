@@ -88,9 +88,25 @@ function forward (req: IncomingMessage, res: ServerResponse, endpoint: string, q
   const model = body.json?.string('model')
   if (ctx.selfService && model === ctx.selfService.model && endpoint === 'chat/completions') {
     // "My usage": answered here, free, nothing goes upstream and no record (so no mapping) is
-    // written. Its task prompts are one message.
+    // written. Its task prompts are one message. It counts toward the user's rate limits (never
+    // their budget: a refused user must still be able to read why).
     const json = body.json!
-    return ctx.selfService.answer(res, { model, stream: json.isTrue('stream'), messages: json.singleMessage() ?? [] }, who, ctx.directory.externalIdOf(who))
+    const self = ctx.selfService
+    const answer = (): void => self.answer(res, { model, stream: json.isTrue('stream'), messages: json.singleMessage() ?? [] }, who, ctx.directory.externalIdOf(who))
+    const admitting = ctx.limits?.admitRate(res, ctx.directory.userIdOf(who)) ?? null
+    if (admitting === null) return answer()
+    admitting.then((a) => {
+      if (!a) return
+      // The slot is held until the answer has gone (USER_MAX_CONCURRENT); a client that left
+      // while it was admitted gives it back at once.
+      if (res.closed || res.destroyed) { a.done(); return }
+      res.once('close', a.done)
+      guarded(res, ctx, answer)
+    }, (err: Error) => {
+      ctx.log.error({ err: err.message }, 'admission failed')
+      sendError(res, 500, 'api_error', 'internal_error', 'usage-proxy could not check rate limits')
+    })
+    return
   }
   const user = ctx.directory.resolve(who) // normalized once: the id, its external id and mapping agree
   const externalUserId = user.externalUserId

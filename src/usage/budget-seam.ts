@@ -19,3 +19,8 @@ export interface BudgetStatus {
 export type BudgetFor = (userId: string | null) => Promise<BudgetStatus | null>
 
 export const noBudgets: BudgetFor = async () => null
+
+/** Many users' budgets in one read (the usage report); a user without one is absent. */
+export type BudgetsFor = (userIds: readonly string[]) => Promise<Map<string, BudgetStatus>>
+
+export const noBudgetsFor: BudgetsFor = async () => new Map()

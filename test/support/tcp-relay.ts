@@ -8,6 +8,8 @@ export class TcpRelay {
   port = 0
   private server: Server | null = null
   private readonly sockets = new Set<Socket>()
+  private paused = false
+  private held: Array<[Socket, Buffer]> = []
 
   constructor (private readonly targetPort: number, private readonly targetHost = '127.0.0.1') {}
 
@@ -29,11 +31,30 @@ export class TcpRelay {
       const drop = () => { client.destroy(); upstream.destroy(); this.sockets.delete(client); this.sockets.delete(upstream) }
       client.on('error', drop).on('close', drop)
       upstream.on('error', drop).on('close', drop)
-      client.pipe(upstream).pipe(client)
+      // Forwarded by hand, not piped: pause() can then hold bytes without closing anything.
+      const forward = (from: Socket, to: Socket): void => {
+        from.on('data', (d: Buffer) => { if (this.paused) this.held.push([to, d]); else to.write(d) })
+      }
+      forward(client, upstream)
+      forward(upstream, client)
     })
     await new Promise<void>((r) => server.listen(this.port, '127.0.0.1', r))
     this.port = (server.address() as AddressInfo).port
     this.server = server
+  }
+
+  /**
+   * Postgres stops answering: connections stay open and new ones are accepted, but no byte goes
+   * through either way until resume(). A database that hangs rather than one that is gone.
+   */
+  pause (): void { this.paused = true }
+
+  /** Delivers what was held, in order, and forwards again. */
+  resume (): void {
+    this.paused = false
+    const held = this.held
+    this.held = []
+    for (const [to, d] of held) if (!to.destroyed) to.write(d)
   }
 
   /** Drops every connection mid-whatever and refuses new ones. */

@@ -274,6 +274,21 @@
     })
   }
 
+  // ---- requests served without a spend check (read from the sidecar's memory, so it answers
+  // even while the database does not and the rest of the page cannot load) ----
+  async function admissions () {
+    const box = $('admissions')
+    try {
+      const a = await api('/admin/v1/admissions')
+      box.hidden = a.failed_open === 0
+      if (a.failed_open === 0) return
+      const when = a.last_failed_open_at ? a.last_failed_open_at.slice(0, 19).replace('T', ' ') + ' UTC' : ''
+      box.textContent = `Spend limits were not checked for ${count(a.failed_open)} ${a.failed_open === 1 ? 'request' : 'requests'} ` +
+        `since this sidecar started (the last at ${when}): Postgres did not answer in time and BUDGET_FAIL_MODE=open served them. ` +
+        'Their spend counts toward budgets once their records are written.'
+    } catch (err) { /* the rest of the page says what failed */ }
+  }
+
   // ---- wiring ----
   function showSignIn () {
     $('dashboard').hidden = true
@@ -292,6 +307,7 @@
     $('dashboard').hidden = false
     $('sign-out').hidden = false
     const mine = ++rendering
+    admissions()
     $('status').textContent = 'Loading…'
     document.body.setAttribute('aria-busy', 'true')
     try {
