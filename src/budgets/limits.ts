@@ -5,6 +5,7 @@ import type { Logger } from '../log.js'
 import type { UsageRecord } from '../usage/record.js'
 import type { Alerts } from './alerts.js'
 import { estimateBilledUsd } from './estimate.js'
+import { countPrompt } from './prompt-counts.js'
 import { trimDecimal } from './money.js'
 import type { PriceList } from './prices.js'
 import { RateLimiter } from './rate.js'
@@ -117,16 +118,17 @@ export class Limits {
 
   /**
    * null: nothing to check, go on at once. Otherwise a promise of the admission, or of null when
-   * the request was refused and answered here (nothing may then reach OpenRouter).
+   * the request was refused and answered here (nothing may then reach OpenRouter). `body` is the
+   * request body as received: it is read (prompt-counts.ts) only when a budget applies.
    */
-  admit (res: ServerResponse, rec: UsageRecord, bodyBytes: number, maxTokens: number | null): Promise<Admission | null> | null {
+  admit (res: ServerResponse, rec: UsageRecord, body: Buffer, maxTokens: number | null): Promise<Admission | null> | null {
     const rated = this.rate.active && rec.userId !== null
     if (!rated && this.anyBudgets === false) return null
     // A client that leaves while the admission waits is not dispatched: its hold is let go.
     let gone = false
     const onClose = (): void => { gone = true }
     res.once('close', onClose)
-    return this.admitAsync(res, rec, bodyBytes, maxTokens, rated).then((a) => {
+    return this.admitAsync(res, rec, body, maxTokens, rated).then((a) => {
       res.off('close', onClose)
       if (!a || !gone) return a
       a.done()
@@ -143,7 +145,7 @@ export class Limits {
     } catch { /* it expires on its own */ }
   }
 
-  private async admitAsync (res: ServerResponse, rec: UsageRecord, bodyBytes: number, maxTokens: number | null, rated: boolean): Promise<Admission | null> {
+  private async admitAsync (res: ServerResponse, rec: UsageRecord, body: Buffer, maxTokens: number | null, rated: boolean): Promise<Admission | null> {
     let lease: string | null = null
     if (rated) {
       let r
@@ -162,7 +164,8 @@ export class Limits {
     const done: Admission = rated ? { done: () => this.rate.release(rec.userId!, lease) } : NOTHING
     if (this.anyBudgets === false) return done
 
-    const amount = estimateBilledUsd({ model: rec.model, bodyBytes, maxTokens }, this.d.prices, this.d.config.defaultMaxTokens, this.d.markupPercent)
+    const amount = estimateBilledUsd({ model: rec.model, counts: countPrompt(body), maxTokens }, this.d.prices,
+      { defaultMaxTokens: this.d.config.defaultMaxTokens, imageTokens: this.d.config.imageTokens, markupPercent: this.d.markupPercent })
     let row: ReserveRow | undefined
     try {
       row = await this.withTimeout(this.reserver.reserve({ org: rec.organizationId, user: rec.userId, eventId: rec.eventId, amount }))
