@@ -1,5 +1,5 @@
 import t from 'tap'
-import { countPrompt, type PromptCounts } from '../src/budgets/prompt-counts.js'
+import { countPrompt, countPromptSliced, type PromptCounts } from '../src/budgets/prompt-counts.js'
 import { AUDIO_BYTES_PER_TOKEN, estimateBilledUsd, type EstimateOptions } from '../src/budgets/estimate.js'
 import { PriceList, parseModel } from '../src/budgets/prices.js'
 import { createLogger } from '../src/log.js'
@@ -84,6 +84,29 @@ t.test('text: escapes count as what they stand for', async (t) => {
   t.ok(count(chat('1234567890'.repeat(90))).textTokens >= 300, 'a digit run is a token per three digits')
   t.ok(count(chat('aA'.repeat(500))).textTokens >= 1000, 'alternating case is a token a letter')
   t.ok(count(chat('the cat sat on the mat '.repeat(50))).textTokens <= 600, 'plain words are about a token each')
+})
+
+t.test('counted a slice at a time: the same counts, whatever the slice', async (t) => {
+  const bodies = [
+    JSON.stringify(chat([{ type: 'text', text: 'Hello \"there\" 中文 \\ \n 123 ' }, { type: 'image_url', image_url: { url: 'data:image/png;base64,' + b64(3000) } }, { type: 'input_audio', input_audio: { data: b64(1200), format: 'mp3' } }])),
+    JSON.stringify(chat('x'.repeat(5000) + 'é'.repeat(300))).replace(/é/g, '\\u00e9'),
+    '{"messages":[{"content":[{"image_url":{"url":"https://a/b"}}],"cache_control":{}}],"image_url":"' + b64(600) + '"}',
+    '{"a":"unterminated \\',
+  ]
+  for (const body of bodies) {
+    const whole = countPrompt(Buffer.from(body))
+    for (const slice of [1, 2, 3, 7, 64, 1000]) {
+      t.same(await countPromptSliced(Buffer.from(body), slice), whole, `slices of ${slice}: ${body.slice(0, 40)}`)
+    }
+  }
+  // A large body yields to the event loop between slices.
+  let turns = 0
+  const timer = setInterval(() => { turns++ }, 0)
+  const big = Buffer.from(JSON.stringify(chat('lorem ipsum '.repeat(200_000))))
+  const counts = await countPromptSliced(big, 64 * 1024)
+  clearInterval(timer)
+  t.same(counts, countPrompt(big))
+  t.ok(turns > 0, `timers ran while a ${big.length}-byte body was counted (${turns})`)
 })
 
 const sink = new LogSink()

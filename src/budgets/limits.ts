@@ -5,7 +5,7 @@ import type { Logger } from '../log.js'
 import type { UsageRecord } from '../usage/record.js'
 import type { Alerts } from './alerts.js'
 import { estimateBilledUsd } from './estimate.js'
-import { countPrompt } from './prompt-counts.js'
+import { countPromptSliced } from './prompt-counts.js'
 import { trimDecimal } from './money.js'
 import type { PriceList } from './prices.js'
 import { RateLimiter } from './rate.js'
@@ -164,7 +164,9 @@ export class Limits {
     const done: Admission = rated ? { done: () => this.rate.release(rec.userId!, lease) } : NOTHING
     if (this.anyBudgets === false) return done
 
-    const amount = estimateBilledUsd({ model: rec.model, counts: countPrompt(body), maxTokens }, this.d.prices,
+    // The body is read here, only now that a budget may apply, a slice per event-loop turn.
+    const counts = await countPromptSliced(body)
+    const amount = estimateBilledUsd({ model: rec.model, counts, maxTokens }, this.d.prices,
       { defaultMaxTokens: this.d.config.defaultMaxTokens, imageTokens: this.d.config.imageTokens, markupPercent: this.d.markupPercent })
     let row: ReserveRow | undefined
     try {
