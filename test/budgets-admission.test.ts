@@ -75,9 +75,9 @@ function makeLimits (extra: Partial<typeof config> = {}): Limits {
   return limits
 }
 
-/** A JSON body whose prompt counts as `tokens` text tokens: 4 for `{"x":""}`, 1 per 3 digits in it. */
+/** A JSON body whose prompt counts as `tokens` text tokens: 4 for `{"x":""}`, 1 + 1/3 per further digit in it. */
 function bodyOf (tokens: number): Buffer {
-  return Buffer.from(`{"x":"${'7'.repeat(3 * (tokens - 4))}"}`)
+  return Buffer.from(`{"x":"${'7'.repeat(3 * (tokens - 5) + 1)}"}`)
 }
 const BODY_100 = bodyOf(100)
 
