@@ -57,8 +57,8 @@ t.test('what only looks like media is text: the model reads it', async (t) => {
 
 t.test('keys and escapes: the scanner follows the structure', async (t) => {
   // An escaped quote inside a media string does not end it early; an escaped key is not the key.
-  const tricky = count('{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://x/a\\"b.png"}},{"type":"text","text":"after"}]}]}')
-  t.equal(tricky.images, 1)
+  const tricky = count('{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://x/a\\"b.png"}},{"type":"image_url","image_url":{"url":"https://y/c.png"}}]}]}')
+  t.equal(tricky.images, 2)
   const escapedKey = count('{"messages":[{"content":[{"image\\u005furl":"' + b64(3000) + '"}]}]}')
   t.equal(escapedKey.images, 0, 'a key spelled with an escape is not matched, and its value is text')
   t.ok(escapedKey.textTokens > 1000)
