@@ -198,7 +198,10 @@ interface RequestBody {
   json: JsonBody | null
   /** The body's own `user` field, if a string. */
   user: string | undefined
-  /** Bytes as received: the budgets' estimate reads them when a budget applies. */
+  /**
+   * Bytes as received: the budgets' estimate reads them when a budget applies (a `user` spliced
+   * in place may by then have replaced the closing brace: a few bytes more, never fewer).
+   */
   bytes: Buffer
   /** The bytes to forward, with `user` set to the user's external id, as slices of the body read. */
   withUser: (user: string) => Buffer[]
