@@ -71,8 +71,8 @@ t.test('keys and escapes: the scanner follows the structure', async (t) => {
     t.doesNotThrow(() => count(junk), JSON.stringify(junk))
   }
   const upload = countPrompt(Buffer.from('--b\r\nContent-Disposition: form-data; name="file"\r\n\r\n' + 'x'.repeat(1000) + '\r\n--b--\r\n'))
-  t.same([upload.files, upload.textTokens], [1, 0], 'a body that is not JSON (a multipart upload) is one file')
-  t.ok(upload.fileBytes > 1000)
+  t.same([upload.files, upload.textTokens, upload.images], [0, 0, 0], 'a body that is not JSON (a multipart upload)...')
+  t.ok(upload.audioBytes > 1000, '...counts as audio, every byte')
 })
 
 t.test('text: escapes count as what they stand for', async (t) => {

@@ -16,7 +16,7 @@
 // Media are counted, not tokenized as text: an image (image_url's url, a Responses image_url), an
 // audio clip (input_audio's data) and a file (file_data, Anthropic's source data), when they sit
 // under the body's `messages` or `input`; their base64 is skipped with indexOf. A body that is
-// not JSON (a multipart upload) is one file.
+// not JSON (a multipart upload: audio to transcribe, images to edit) counts as audio, every byte.
 
 export interface PromptCounts {
   /** Upper bound of the text's tokens. */
@@ -100,10 +100,9 @@ export class PromptCounter {
   constructor (private readonly body: Buffer) {
     let i = 0
     while (i < body.length && WHITESPACE.has(body[i])) i++
-    // Not JSON (a multipart upload): one file, whatever it holds.
+    // Not JSON (a multipart upload): audio, or images, whose tokens audio's rate bounds too.
     if (i < body.length && body[i] !== 0x7b) {
-      this.counts.files = 1
-      this.counts.fileBytes = body.length
+      this.counts.audioBytes = body.length
       this.done = true
     }
     this.i = i
