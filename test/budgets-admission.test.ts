@@ -19,6 +19,7 @@ import { PriceList } from '../src/budgets/prices.js'
 import { setBudget } from '../src/budgets/store.js'
 import { periodStart, resetsAt } from '../src/budgets/periods.js'
 import { estimateBilledUsd, maxTokensOf } from '../src/budgets/estimate.js'
+import { countPrompt, type PromptCounts } from '../src/budgets/prompt-counts.js'
 
 // The admission on its own, against the real Postgres, with an injected clock: period rollover,
 // the sweeper, the estimate, and no round trip at all while no budget exists.
@@ -73,11 +74,17 @@ function makeLimits (extra: Partial<typeof config> = {}): Limits {
   return limits
 }
 
+/** A JSON body whose prompt counts as `tokens` text tokens: 4 for `{"x":""}`, 1 + 1/3 per further digit in it. */
+function bodyOf (tokens: number): Buffer {
+  return Buffer.from(`{"x":"${'7'.repeat(3 * (tokens - 5) + 1)}"}`)
+}
+const BODY_100 = bodyOf(100)
+
 /** Runs one admission inside a real HTTP exchange; returns what the client saw and the admission. */
-async function admit (limits: Limits, r: UsageRecord, bodyBytes = 400, maxTokens: number | null = 100) {
+async function admit (limits: Limits, r: UsageRecord, body = BODY_100, maxTokens: number | null = 100) {
   let admission: Admission | null | undefined
   handler = (res) => {
-    const p = limits.admit(res, r, bodyBytes, maxTokens)
+    const p = limits.admit(res, r, body, maxTokens)
     if (p === null) { admission = undefined; res.end('direct'); return }
     void p.then((a) => { admission = a; if (a) res.end('admitted') })
   }
@@ -101,11 +108,14 @@ t.test('periods: UTC days, weeks from Monday, calendar months, total', async (t)
   }
 })
 
-t.test('the estimate: bytes / 4 for the prompt, max_tokens or the default for the completion, markup, ceiling for unknown models', async (t) => {
-  t.equal(estimateBilledUsd({ model: 'm/priced', bodyBytes: 400, maxTokens: 100 }, prices, 4096, '0'), '0.0004') // 100 × 1e-6 + 100 × 2e-6 + 1e-4
-  t.equal(estimateBilledUsd({ model: 'm/priced', bodyBytes: 401, maxTokens: null }, prices, 1000, '12.5'), '0.002476125') // (101e-6 + 2000e-6 + 1e-4) × 1.125
-  t.equal(estimateBilledUsd({ model: 'nobody/knows', bodyBytes: 4000, maxTokens: 1000 }, prices, 4096, '0'), '0.12') // 2000 tokens at $60 / M
-  t.equal(estimateBilledUsd({ model: 'm/router', bodyBytes: 4, maxTokens: 1 }, prices, 4096, '0'), '0.00012', 'a variable price is estimated at the ceiling')
+t.test('the estimate: prompt counts, max_tokens or the default for the completion, markup, ceiling for unknown models', async (t) => {
+  const text = (n: number): PromptCounts => ({ textTokens: n, images: 0, audioBytes: 0, files: 0, fileBytes: 0, cacheWrite: false })
+  t.equal(countPrompt(BODY_100).textTokens, 100, 'the test body counts as 100 tokens')
+  const opts = (defaultMaxTokens: number, markupPercent: string) => ({ defaultMaxTokens, imageTokens: 1000, markupPercent })
+  t.equal(estimateBilledUsd({ model: 'm/priced', counts: text(100), maxTokens: 100 }, prices, opts(4096, '0')), '0.0004') // 100 × 1e-6 + 100 × 2e-6 + 1e-4
+  t.equal(estimateBilledUsd({ model: 'm/priced', counts: text(101), maxTokens: null }, prices, opts(1000, '12.5')), '0.002476125') // (101e-6 + 2000e-6 + 1e-4) × 1.125
+  t.equal(estimateBilledUsd({ model: 'nobody/knows', counts: text(1000), maxTokens: 1000 }, prices, opts(4096, '0')), '0.12') // 2000 tokens at $60 / M
+  t.equal(estimateBilledUsd({ model: 'm/router', counts: text(1), maxTokens: 1 }, prices, opts(4096, '0')), '0.00012', 'a variable price is estimated at the ceiling')
   t.equal(maxTokensOf({ max_tokens: 50 }), 50)
   t.equal(maxTokensOf({ max_completion_tokens: 70, max_tokens: 50 }), 70)
   t.equal(maxTokensOf({ max_output_tokens: 9 }), 9)
@@ -195,7 +205,7 @@ t.test('a client that leaves while the admission waits is not dispatched, and it
   const r = rec('leaver')
   let outcome: Promise<Admission | null> | null = null
   const closed = new Promise<void>((resolve) => {
-    handler = (res) => { res.once('close', () => resolve()); outcome = limits.admit(res, r, 400, 100) }
+    handler = (res) => { res.once('close', () => resolve()); outcome = limits.admit(res, r, BODY_100, 100) }
   })
   // another transaction holds the user's counter: the admission waits on it
   let unlock!: () => void

@@ -5,6 +5,7 @@ import type { Logger } from '../log.js'
 import type { UsageRecord } from '../usage/record.js'
 import type { Alerts } from './alerts.js'
 import { estimateBilledUsd } from './estimate.js'
+import { countPromptSliced } from './prompt-counts.js'
 import { trimDecimal } from './money.js'
 import type { PriceList } from './prices.js'
 import { RateLimiter } from './rate.js'
@@ -133,16 +134,17 @@ export class Limits {
 
   /**
    * null: nothing to check, go on at once. Otherwise a promise of the admission, or of null when
-   * the request was refused and answered here (nothing may then reach OpenRouter).
+   * the request was refused and answered here (nothing may then reach OpenRouter). `body` is the
+   * request body as received: it is read (prompt-counts.ts) only when a budget applies.
    */
-  admit (res: ServerResponse, rec: UsageRecord, bodyBytes: number, maxTokens: number | null): Promise<Admission | null> | null {
+  admit (res: ServerResponse, rec: UsageRecord, body: Buffer, maxTokens: number | null): Promise<Admission | null> | null {
     const rated = this.rate.active && rec.userId !== null
     if (!rated && this.anyBudgets === false) return null
     // A client that leaves while the admission waits is not dispatched: its hold is let go.
     let gone = false
     const onClose = (): void => { gone = true }
     res.once('close', onClose)
-    return this.admitAsync(res, rec, bodyBytes, maxTokens, rated).then((a) => {
+    return this.admitAsync(res, rec, body, maxTokens, rated).then((a) => {
       res.off('close', onClose)
       if (!a || !gone) return a
       a.done()
@@ -190,7 +192,7 @@ export class Limits {
     return { admission: { done: () => this.rate.release(user, lease) }, unchecked }
   }
 
-  private async admitAsync (res: ServerResponse, rec: UsageRecord, bodyBytes: number, maxTokens: number | null, rated: boolean): Promise<Admission | null> {
+  private async admitAsync (res: ServerResponse, rec: UsageRecord, body: Buffer, maxTokens: number | null, rated: boolean): Promise<Admission | null> {
     let done: Admission = NOTHING
     let unchecked = false
     if (rated) {
@@ -201,7 +203,10 @@ export class Limits {
     }
     if (this.anyBudgets === false) return done
 
-    const amount = estimateBilledUsd({ model: rec.model, bodyBytes, maxTokens }, this.d.prices, this.d.config.defaultMaxTokens, this.d.markupPercent)
+    // The body is read here, only now that a budget may apply, a slice per event-loop turn.
+    const counts = await countPromptSliced(body)
+    const amount = estimateBilledUsd({ model: rec.model, counts, maxTokens }, this.d.prices,
+      { defaultMaxTokens: this.d.config.defaultMaxTokens, imageTokens: this.d.config.imageTokens, markupPercent: this.d.markupPercent })
     let row: ReserveRow | undefined
     try {
       row = await this.withTimeout(this.reserver.reserve({ org: rec.organizationId, user: rec.userId, eventId: rec.eventId, amount }))

@@ -77,6 +77,7 @@ export const envSchema = z.object({
   BUDGET_WARN_PERCENT: z.coerce.number().min(1).max(100).default(80),
   ALERT_WEBHOOK_URL: url.optional(),
   BUDGET_DEFAULT_MAX_TOKENS: positiveInt.default(4096),
+  BUDGET_IMAGE_TOKENS: positiveInt.default(8192),
   BUDGET_UNKNOWN_MODEL_USD_PER_MTOK: z.string().trim().regex(budgetUsd, 'must be a decimal USD price per million tokens such as 60').default('60'),
   BUDGET_REFRESH_MS: positiveInt.default(2000),
   BUDGET_RESERVATION_TTL_MS: positiveInt.default(1_800_000),
@@ -136,6 +137,8 @@ export interface LimitsConfig {
   alertWebhookUrl: string | undefined
   defaultMaxTokens: number
   unknownModelUsdPerMtok: string
+  /** Prompt tokens an image counts as when the model lists no per-image price (BUDGET_IMAGE_TOKENS). */
+  imageTokens: number
   refreshMs: number
   reservationTtlMs: number
   dbTimeoutMs: number
@@ -221,6 +224,7 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
       alertWebhookUrl: e.ALERT_WEBHOOK_URL,
       defaultMaxTokens: e.BUDGET_DEFAULT_MAX_TOKENS,
       unknownModelUsdPerMtok: e.BUDGET_UNKNOWN_MODEL_USD_PER_MTOK,
+      imageTokens: e.BUDGET_IMAGE_TOKENS,
       refreshMs: e.BUDGET_REFRESH_MS,
       reservationTtlMs: e.BUDGET_RESERVATION_TTL_MS,
       dbTimeoutMs: e.BUDGET_DB_TIMEOUT_MS,

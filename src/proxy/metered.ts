@@ -130,7 +130,7 @@ function forward (req: IncomingMessage, res: ServerResponse, endpoint: string, q
   })
   const path = `${ctx.upstream.basePath}/${endpoint}${query}`
   // Spend controls (src/budgets): a refused request is answered there and never dispatched.
-  const admitting = ctx.limits?.admit(res, rec, body.size, requestedMaxTokens(body.json)) ?? null
+  const admitting = ctx.limits?.admit(res, rec, body.bytes, requestedMaxTokens(body.json)) ?? null
   if (admitting === null) return dispatch(res, path, headers, payload, body.memory, rec, ctx, null)
   admitting.then((a) => { if (a) guarded(res, ctx, () => dispatch(res, path, headers, payload, body.memory, rec, ctx, a)) }, (err: Error) => {
     ctx.log.error({ err: err.message }, 'admission failed')
@@ -214,8 +214,11 @@ interface RequestBody {
   json: JsonBody | null
   /** The body's own `user` field, if a string. */
   user: string | undefined
-  /** Bytes as received: the budgets' prompt estimate. */
-  size: number
+  /**
+   * Bytes as received: the budgets' estimate reads them when a budget applies (a `user` spliced
+   * in place may by then have replaced the closing brace: a few bytes more, never fewer).
+   */
+  bytes: Buffer
   /** The bytes to forward, with `user` set to the user's external id, as slices of the body read. */
   withUser: (user: string) => Buffer[]
   /** The reused memory the body was read into, if any: ctx.bodies gets it back after the exchange. */
@@ -238,7 +241,7 @@ function readPayload (req: IncomingMessage, res: ServerResponse, kind: 'json' | 
     }
     const form = scanMultipart(raw, boundary)
     if (!form) { sendError(res, 400, 'invalid_request_error', 'invalid_multipart', 'request body is not well-formed multipart/form-data'); return }
-    done({ json: null, user: form.user, size: raw.length, withUser: (user) => form.withUserParts(user), memory })
+    done({ json: null, user: form.user, bytes: raw, withUser: (user) => form.withUserParts(user), memory })
     return
   }
   const scan = new BodyScan(raw, room)
@@ -247,7 +250,7 @@ function readPayload (req: IncomingMessage, res: ServerResponse, kind: 'json' | 
     if (!scan.step(SCAN_SLICE_BYTES)) { setImmediate(() => guarded(res, ctx, step)); return }
     const json = scan.body
     if (!json) { sendError(res, 400, 'invalid_request_error', 'invalid_json', 'request body must be a JSON object'); return }
-    done({ json, user: json.string('user'), size: raw.length, withUser: (user) => json.withUserParts(user), memory })
+    done({ json, user: json.string('user'), bytes: raw, withUser: (user) => json.withUserParts(user), memory })
   }
   step()
 }

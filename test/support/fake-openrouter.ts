@@ -69,10 +69,34 @@ export class FakeOpenRouter {
   fixedCost: string | null = null
   /** When set, what generation number n (from 1) costs; wins over fixedCost (overruns: above the listed price). */
   costFor: ((n: number) => string | null) | null = null
-  /** GET /models: prices as OpenRouter lists them, decimal strings in USD per token. */
+  /** When set, what a completed generation costs, from the parsed request body (overrides fixedCost). */
+  costOf: ((request: Record<string, any>) => string) | null = null
+  /**
+   * GET /models as OpenRouter lists it: prices as decimal strings in USD per token (`image` per
+   * input image; "0" for a text-only model), the context window, and top_provider's limits.
+   */
   models: Array<Record<string, unknown>> = [
-    { id: 'fake/ok', name: 'Fake OK', pricing: { prompt: '0.000001', completion: '0.000002', request: '0', image: '0' } },
-    { id: 'fake/slow', name: 'Fake Slow', pricing: { prompt: '0.000001', completion: '0.000002', request: '0', image: '0' } },
+    {
+      id: 'fake/ok', name: 'Fake OK', context_length: 128000,
+      architecture: { modality: 'text->text', input_modalities: ['text'], output_modalities: ['text'], tokenizer: 'Other' },
+      pricing: { prompt: '0.000001', completion: '0.000002', request: '0', image: '0', web_search: '0', internal_reasoning: '0' },
+      top_provider: { context_length: 128000, max_completion_tokens: 16384, is_moderated: false },
+    },
+    {
+      id: 'fake/slow', name: 'Fake Slow', context_length: 128000,
+      architecture: { modality: 'text->text', input_modalities: ['text'], output_modalities: ['text'], tokenizer: 'Other' },
+      pricing: { prompt: '0.000001', completion: '0.000002', request: '0', image: '0', web_search: '0', internal_reasoning: '0' },
+      top_provider: { context_length: 128000, max_completion_tokens: 16384, is_moderated: false },
+    },
+    {
+      id: 'fake/vision', name: 'Fake Vision', context_length: 200000,
+      architecture: { modality: 'text+image+file->text', input_modalities: ['text', 'image', 'file'], output_modalities: ['text'], tokenizer: 'Claude' },
+      pricing: {
+        prompt: '0.000003', completion: '0.000015', request: '0', image: '0.0048', web_search: '0', internal_reasoning: '0',
+        input_cache_read: '0.0000003', input_cache_write: '0.00000375',
+      },
+      top_provider: { context_length: 200000, max_completion_tokens: 8192, is_moderated: false },
+    },
   ]
   private seq = 0
   private rng: () => number
@@ -137,6 +161,7 @@ export class FakeOpenRouter {
       return json(res, 402, { error: { code: 402, message: 'Insufficient credits. Add more using https://openrouter.ai/credits', metadata: {} } })
     }
     const g = this.newGeneration(endpoint, model, parsed.stream === true, typeof parsed.user === 'string' ? parsed.user : null)
+    if (this.costOf) g.cost = this.costOf(parsed)
     if (model === 'fake/endless-anon') {
       // Never names the generation (no header, no id in any event) and never ends by itself.
       res.writeHead(200, { 'content-type': 'text/event-stream' })
