@@ -136,7 +136,7 @@ export class Limits {
   }
 
   /** Lets go of a reservation whose request was never sent (the sweeper does the arithmetic). */
-  private async release (eventId: string): Promise<void> {
+  async release (eventId: string): Promise<void> {
     try {
       const gone = await this.d.sql`update budget_reservations set expires_at = '-infinity' where event_id = ${eventId} returning 1`
       if (gone.length > 0) await this.d.sql`select budget_sweep(1000)`
@@ -163,6 +163,7 @@ export class Limits {
     if (this.anyBudgets === false) return done
 
     const amount = estimateBilledUsd({ model: rec.model, bodyBytes, maxTokens }, this.d.prices, this.d.config.defaultMaxTokens, this.d.markupPercent)
+    rec.estimatedCostUsd = amount // the journal's intent line carries it: a crash's row is counted at it
     let row: ReserveRow | undefined
     try {
       row = await this.withTimeout(this.reserver.reserve({ org: rec.organizationId, user: rec.userId, eventId: rec.eventId, amount }))

@@ -1,0 +1,206 @@
+import t from 'tap'
+import type { Test } from 'tap'
+import { mkdtempSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { FakeOpenRouter, mulberry32, sumDecimals, type FakeGeneration } from './support/fake-openrouter.js'
+import { createTestDb, type TestDb } from './support/db.js'
+import { TEST_KEY } from './support/sidecar.js'
+import { faultEnv, freePort, spawnSidecar, type Child } from './support/child.js'
+import { journalLines, sendAs, until } from './support/crash-cycle.js'
+import { runVerify } from '../src/verify-command.js'
+import { externalUserId } from '../src/identity/external-id.js'
+
+// README "Durability": no billed generation without a row. A request is journaled (an intent
+// line, with the admission's estimate) before it goes upstream, so a SIGKILL at any moment leaves
+// a row for it at the next start: reconciled through /generation when its generation id was
+// seen, else 'interrupted' with no cost and the estimate in estimated_cost_usd.
+
+let fake: FakeOpenRouter
+t.before(async () => { fake = await new FakeOpenRouter(21).start() })
+t.teardown(async () => { await fake.close() })
+
+const ORG = 'mai_client_intent'
+// An organization budget, far from reached: admissions then estimate every request.
+const env = (databaseUrl: string, dataDir: string, extra: Record<string, string> = {}) =>
+  faultEnv({ org: ORG, name: 'Intent Inc', key: TEST_KEY, databaseUrl, upstream: fake.baseUrl, dataDir }, { LOG_LEVEL: 'warn', ORG_BUDGET_USD: '1000', ...extra })
+
+interface Row { event_id: string, generation_id: string | null, external_user_id: string, outcome: string, status: number, cost: string | null, estimate: string | null, streamed: boolean }
+const rowsOf = (db: TestDb) => db.sql<Row[]>`select event_id::text, generation_id, external_user_id, outcome, status, cost_usd::text as cost,
+  estimated_cost_usd::text as estimate, streamed from usage_events where organization_id = ${ORG} order by created_at`
+const same = (a: string | null, b: string | null) => a !== null && b !== null && sumDecimals([a]) === sumDecimals([b])
+
+async function sidecar (t: Test, db: TestDb, dataDir: string, port: number, extra: Record<string, string> = {}): Promise<Child> {
+  const child = spawnSidecar(env(db.url, dataDir, extra), port)
+  t.teardown(async () => { child.proc.kill('SIGKILL'); await child.exited })
+  await child.waitReady()
+  return child
+}
+
+async function kill (child: Child): Promise<void> {
+  child.proc.kill('SIGKILL')
+  await child.exited
+}
+
+/** The fake's generations for these users (it sees each as its external id). */
+const gensOf = (users: Iterable<string>): FakeGeneration[] => {
+  const ext = new Set([...users].map((u) => externalUserId(ORG, u)))
+  return [...fake.generations.values()].filter((g) => g.user !== null && ext.has(g.user))
+}
+
+t.test('upstream paused with requests in flight, SIGKILL, upstream resumed, restart: one row per billed generation', async (t) => {
+  const db = await createTestDb()
+  t.teardown(() => db.drop())
+  const dataDir = mkdtempSync(join(tmpdir(), 'intent-paused-'))
+  const port = await freePort()
+  let child = await sidecar(t, db, dataDir, port)
+  const run = `p${Date.now()}`
+  // After the headers: OpenRouter named the generation, the body never came.
+  fake.holdAt = 'body'
+  const named = [false, false, false, true, true, true].map((stream, i) => ({ user: `${run}-named-${i}`, stream }))
+  for (const r of named) void sendAs(child.url, r.user, r.stream)
+  await until('6 answers held after their headers', () => fake.held === 6)
+  await until('their generations journaled as pending', () => journalLines(dataDir).filter((l) => l.k === 'p').length === 6)
+  // Before the headers: OpenRouter bills, the sidecar never learns the id (a non-stream request's
+  // whole generation time).
+  fake.holdAt = 'headers'
+  const unnamed = [false, false, false, false, true, true, true].map((stream, i) => ({ user: `${run}-unnamed-${i}`, stream }))
+  for (const r of unnamed) void sendAs(child.url, r.user, r.stream)
+  await until('13 answers held', () => fake.held === 13)
+  const reserved = new Map((await db.sql<Array<{ event_id: string, amount: string }>>`select event_id::text, amount_usd::text as amount from budget_reservations`).map((r) => [r.event_id, r.amount]))
+  t.equal(reserved.size, 13, 'every request in flight holds its estimate')
+  const intents = journalLines(dataDir).filter((l) => l.k === 'i')
+  t.equal(intents.length, 13, 'every request in flight has its intent line on disk')
+  t.ok(intents.every((l) => same(l.r.estimatedCostUsd ?? null, reserved.get(l.r.eventId) ?? null)), 'each intent carries the estimate its admission reserved')
+
+  await kill(child)
+  fake.release() // OpenRouter finishes (and bills) every generation the dead sidecar asked for
+  const gens = gensOf([...named, ...unnamed].map((r) => r.user))
+  t.equal(gens.length, 13, 'OpenRouter billed 13 generations')
+  const externals = new Set(gens.map((g) => g.user!))
+
+  child = await sidecar(t, db, dataDir, port)
+  let rows: Row[] = []
+  await until('13 rows, the named ones reconciled', async () => {
+    rows = await rowsOf(db)
+    return rows.length >= 13 && rows.filter((r) => r.generation_id !== null).every((r) => r.cost !== null)
+  }, 20_000)
+  t.equal(rows.length, 13, 'N requests in flight at the kill: N rows')
+  for (const g of gens) {
+    const mine = rows.filter((r) => r.generation_id === g.id || (r.generation_id === null && r.external_user_id === g.user))
+    t.equal(mine.length, 1, `generation ${g.id} has exactly one row`)
+    const r = mine[0]
+    const wasNamed = named.some((n) => externalUserId(ORG, n.user) === g.user)
+    t.equal(r.outcome, 'interrupted')
+    t.equal(r.streamed, g.streamed)
+    if (wasNamed) {
+      t.equal(r.generation_id, g.id, 'its generation id was seen: the row names it')
+      t.ok(same(r.cost, g.cost), 'and carries the cost /generation reports')
+      t.equal(r.estimate, null, 'no estimate on a row with a cost')
+    } else {
+      t.equal(r.cost, null, 'never named: no cost anyone could look up')
+      t.ok(same(r.estimate, reserved.get(r.event_id) ?? null), 'the estimate its admission reserved')
+    }
+  }
+  t.ok(rows.every((r) => externals.has(r.external_user_id)), 'no row for anything OpenRouter did not bill')
+  const left = await db.sql`select 1 from budget_reservations`
+  t.equal(left.length, 0, 'every reservation released at the restart, not 30 minutes later')
+
+  // usage-proxy verify lists the estimate-only rows (and still exits 0: they are not differences).
+  let out = ''
+  const code = await runVerify([], { DATABASE_URL: db.url }, (s) => { out += s }, () => {})
+  t.equal(code, 0)
+  const estimateOnly = rows.filter((r) => r.generation_id === null)
+  for (const r of estimateOnly) t.match(out, new RegExp(`interrupted \\S+ event=${r.event_id} .*no generation id, cost unknown; counted at the estimate \\$${r.estimate!.replace('.', '\\.')}`), 'verify lists it with its estimate')
+  t.match(out, `${estimateOnly.length} interrupted request(s) with no generation id`)
+  t.match(out, `$${sumDecimals(estimateOnly.map((r) => r.estimate!))} in all`)
+  t.notMatch(out, /event=.*\n[^]*event=.*\n[^]*event=.*\n[^]*event=.*\n[^]*event=.*\n[^]*event=.*\n[^]*event=.*\n[^]*event=/, 'the named ones are not listed')
+
+  // Idempotent: a second restart (nothing new in the journal) makes no row twice.
+  await kill(child)
+  child = await sidecar(t, db, dataDir, port)
+  await new Promise((r) => setTimeout(r, 300))
+  t.equal((await rowsOf(db)).length, 13, 'a restart replays nothing twice')
+})
+
+t.test('a request refused by admission leaves no intent, only its 402 record', async (t) => {
+  const db = await createTestDb()
+  t.teardown(() => db.drop())
+  const dataDir = mkdtempSync(join(tmpdir(), 'intent-refused-'))
+  const port = await freePort()
+  // A budget no request fits; LEDGER_FLUSH_MS 5000: the rows must come from the journal.
+  let child = await sidecar(t, db, dataDir, port, { ORG_BUDGET_USD: '0.000000000001', LEDGER_FLUSH_MS: '5000' })
+  const run = `r${Date.now()}`
+  const before = fake.requests.length
+  const codes = await Promise.all([0, 1, 2].map((i) => sendAs(child.url, `${run}-${i}`, i === 1)))
+  t.same(codes, [402, 402, 402])
+  t.equal(fake.requests.slice(before).filter((r) => r.path.endsWith('/chat/completions')).length, 0, 'nothing went upstream')
+  await until('the 402 records on disk', () => journalLines(dataDir).filter((l) => l.k === 'r').length === 3)
+  t.equal(journalLines(dataDir).filter((l) => l.k === 'i').length, 0, 'no intent line for a refused request')
+  await kill(child)
+  child = await sidecar(t, db, dataDir, port, { ORG_BUDGET_USD: '0.000000000001' })
+  let rows: Row[] = []
+  await until('3 rows', async () => (rows = await rowsOf(db)).length >= 3)
+  await new Promise((r) => setTimeout(r, 300))
+  rows = await rowsOf(db)
+  t.same(rows.map((r) => [r.outcome, r.status, r.cost, r.estimate]), [0, 1, 2].map(() => ['budget_exceeded', 402, null, null]), 'the 402 records as they are, no interrupted phantom')
+})
+
+t.test('random kill cycles: every billed generation has exactly one row', async (t) => {
+  const db = await createTestDb()
+  t.teardown(() => db.drop())
+  const dataDir = mkdtempSync(join(tmpdir(), 'intent-cycles-'))
+  const port = await freePort()
+  const rng = mulberry32(2107)
+  fake.slowEventMs = 5
+  t.teardown(() => { fake.slowEventMs = 40 })
+  const run = `c${Date.now()}`
+  const users = new Set<string>()
+  const CYCLES = 5
+  for (let cycle = 0; cycle < CYCLES; cycle++) {
+    const child = await sidecar(t, db, dataDir, port)
+    const stopAt = Date.now() + 200 + Math.floor(rng() * 800)
+    let i = 0
+    while (Date.now() < stopAt) {
+      for (let burst = 1 + Math.floor(rng() * 4); burst > 0; burst--) send(`${run}-${cycle}-${i++}`)
+      await new Promise((r) => setTimeout(r, 3 + Math.floor(rng() * 12)))
+    }
+    t.comment(`cycle ${cycle}: ${i} requests`)
+    await kill(child)
+    function send (user: string): void {
+      users.add(user)
+      const kind = rng()
+      // Non-stream answers that take a while (generation billed, id not yet seen), quick ones,
+      // slow streams (named at once), quick streams; some clients leave early.
+      const model = kind < 0.3 ? 'fake/slow-complete' : kind < 0.5 ? 'fake/slow' : 'fake/ok'
+      const stream = model === 'fake/slow' || (model === 'fake/ok' && rng() < 0.5)
+      if (rng() < 0.15) {
+        const ac = new AbortController()
+        setTimeout(() => ac.abort(), Math.floor(rng() * 30))
+        void fetch(`${child.url}/v1/chat/completions`, { method: 'POST', signal: ac.signal, headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model, stream, user, messages: [{ role: 'user', content: 'x' }] }) }).then((r) => r.text()).catch(() => {})
+      } else {
+        void sendAs(child.url, user, stream, model)
+      }
+    }
+  }
+  await new Promise((r) => setTimeout(r, 500)) // the fake finishes what the dead sidecars asked for (slow-complete: 400 ms)
+  const gens = gensOf(users)
+  await sidecar(t, db, dataDir, port)
+  let rows: Row[] = []
+  const matched = (): number => gens.filter((g) => rows.filter((r) => r.generation_id === g.id || (r.generation_id === null && r.external_user_id === g.user)).length === 1).length
+  await until('a row for every billed generation', async () => {
+    rows = await rowsOf(db)
+    return matched() === gens.length && rows.filter((r) => r.generation_id !== null).every((r) => r.cost !== null || r.outcome !== 'interrupted')
+  }, 30_000).catch(() => {})
+  const externals = new Set(gens.map((g) => g.user!))
+  const neverSent = rows.filter((r) => !externals.has(r.external_user_id))
+  t.comment(`${CYCLES} kill cycles: ${gens.length} generations billed, ${rows.length} rows (${rows.filter((r) => r.estimate !== null).length} estimate only, ${neverSent.length} for requests the kill stopped between the intent and OpenRouter)`)
+  t.ok(gens.length > 20, 'enough generations to mean something')
+  t.equal(matched(), gens.length, 'billed generations == rows that stand for them: each has exactly one')
+  t.equal(new Set(rows.map((r) => r.external_user_id)).size, rows.length, 'no request has two rows')
+  const known = new Set(gens.map((g) => g.id))
+  t.ok(rows.every((r) => r.generation_id === null || known.has(r.generation_id)), 'no row names a generation that does not exist')
+  t.ok(neverSent.every((r) => r.outcome === 'interrupted' && r.cost === null && r.generation_id === null), 'a request cut before OpenRouter saw it costs nothing on the bill (its estimate only holds budget)')
+  const costed = gens.map((g) => [g, rows.find((x) => x.generation_id === g.id)] as const).filter(([, r]) => r?.cost != null)
+  t.ok(costed.length > 0 && costed.every(([g, r]) => same(r!.cost, g.cost)), `each of the ${costed.length} rows with a cost has what OpenRouter charged`)
+})
