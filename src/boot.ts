@@ -10,6 +10,7 @@ import type { Logger } from './log.js'
 import type { Upstream } from './proxy/upstream.js'
 import type { Journal } from './usage/journal.js'
 import { Ledger } from './usage/ledger.js'
+import { fromIntent } from './usage/record.js'
 import { Reconciler } from './usage/reconcile.js'
 import { startRollupCompaction, type RollupCompactor } from './usage/rollups.js'
 import { startLimits, type SpendControls } from './budgets/boot.js'
@@ -93,7 +94,11 @@ export async function bootServices (s: Services, { config, log, journal, upstrea
   for (const r of replay.finals) ledger.record(r, true)
   // A pending line is the request as far as it got: 'interrupted' unless it had ended.
   for (const r of replay.pendings) reconciler.enqueue(r)
-  if (replay.segments > 0) log.info({ records: replay.finals.length, toReconcile: replay.pendings.length, tornLines: replay.tornLines }, 'journal replayed')
+  // An intent alone: the request went upstream and its generation was never named. Its row has
+  // no cost, only the estimate (a final line now, so the next replay finds it done).
+  for (const r of replay.intents) ledger.record(fromIntent(r))
+  if (replay.segments > 0) log.info({ records: replay.finals.length, toReconcile: replay.pendings.length, interrupted: replay.intents.length, tornLines: replay.tornLines }, 'journal replayed')
+  if (replay.intents.length > 0) log.warn({ requests: replay.intents.length }, 'journal: requests interrupted before OpenRouter named their generation; recorded with their estimate only (usage-proxy verify lists them)')
   s.keyPoller = startKeyPoller(upstream.fetchKey, log)
 }
 

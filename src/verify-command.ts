@@ -2,7 +2,7 @@ import { ConfigError, loadDatabaseConfig } from './config/config.js'
 import { connect, type Sql } from './db/connect.js'
 import { startEmbedded, type EmbeddedDb } from './db/embedded.js'
 import { createLogger } from './log.js'
-import { formatDifference, monthRange, verifyRollups } from './usage/verify.js'
+import { formatDifference, formatEstimateOnly, monthRange, verifyRollups } from './usage/verify.js'
 
 // `usage-proxy verify [--month YYYY-MM]`: exit 0 when every rollup matches the raw rows, 1 when
 // any differs (each difference printed), 2 on a usage or configuration error.
@@ -34,6 +34,14 @@ export async function runVerify (args: string[], env: Record<string, string | un
     const r = await verifyRollups(sql, { month })
     const scope = month ?? (r.from ? `${r.from} onwards (raw rows retained)` : 'everything')
     for (const d of r.differences) out(formatDifference(d) + '\n')
+    // Not a difference: requests a crash cut off before their generation was named. Listed so an
+    // operator can match them against OpenRouter's activity; they never change the exit code.
+    for (const row of r.interrupted.rows) out(formatEstimateOnly(row) + '\n')
+    if (r.interrupted.count > 0) {
+      out(`verify ${month ?? 'everything'}: ${r.interrupted.count} interrupted request(s) with no generation id: cost unknown, ` +
+        `budgets count them at their estimates ($${r.interrupted.estimateTotalUsd} in all)` +
+        (r.interrupted.count > r.interrupted.rows.length ? `; the first ${r.interrupted.rows.length} listed` : '') + '\n')
+    }
     if (r.differences.length === 0) {
       out(`verify ${scope}: ${r.rollupRows} rollup rows match ${r.rawRows} raw rows` +
         (r.monthlyRows === null ? '' : `; ${r.monthlyRows} monthly and ${r.orgDailyRows} per-organization day rows match their days`) + '\n')

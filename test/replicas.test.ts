@@ -80,6 +80,12 @@ t.test('3 replicas of one organization + 2 others: no deadlock, none lost or dou
     if ([...seen.keys()].every((g) => have.has(g)) || Date.now() > deadline) break
     await new Promise((r) => setTimeout(r, 100))
   }
+  // A request the kill cut before its generation was named is a row with no generation id
+  // ('interrupted', its estimate only, no cost); every other row names one generation, once.
+  const all = rows
+  rows = all.filter((r) => r.generation_id !== null)
+  const unnamed = await db.sql`select outcome, cost_usd from usage_events where generation_id is null`
+  t.ok(unnamed.every((r) => r.outcome === 'interrupted' && r.cost_usd === null), 'a row without a generation id is one the kill interrupted, with no cost')
   const byGen = new Map(rows.map((r) => [r.generation_id, r]))
   t.same([...seen.keys()].filter((g) => !byGen.has(g)), [], 'no lost record')
   t.equal(byGen.size, rows.length, 'no duplicated record')

@@ -154,7 +154,7 @@ export class Limits {
   }
 
   /** Lets go of a reservation whose request was never sent (the sweeper does the arithmetic). */
-  private async release (eventId: string): Promise<void> {
+  async release (eventId: string): Promise<void> {
     try {
       const gone = await this.admissionSql`update budget_reservations set expires_at = '-infinity' where event_id = ${eventId} returning 1`
       if (gone.length > 0) await this.admissionSql`select budget_sweep(1000)`
@@ -207,6 +207,7 @@ export class Limits {
     const counts = await countPromptSliced(body)
     const amount = estimateBilledUsd({ model: rec.model, counts, maxTokens }, this.d.prices,
       { defaultMaxTokens: this.d.config.defaultMaxTokens, imageTokens: this.d.config.imageTokens, markupPercent: this.d.markupPercent })
+    rec.estimatedCostUsd = amount // the journal's intent line carries it: a crash's row is counted at it
     let row: ReserveRow | undefined
     try {
       row = await this.withTimeout(this.reserver.reserve({ org: rec.organizationId, user: rec.userId, eventId: rec.eventId, amount }))

@@ -283,8 +283,15 @@ function dispatch (res: ServerResponse, path: string, headers: Record<string, st
   const body = parts.length === 1 ? parts[0] : Buffer.concat(parts)
   const exchange = new Exchange(res, rec, ctx, admission, memory, body)
   ctx.track(1)
-  // undici reports its own failures, even synchronous ones, through exchange.onError.
-  ctx.upstream.pool.dispatch({ method: 'POST', path, headers, body }, exchange)
+  // The intent line is on disk before anything goes upstream: a crash from here on leaves a row
+  // ('interrupted') for whatever OpenRouter may bill. It shares the write(2) at the end of this
+  // turn with every other line of the turn.
+  ctx.ledger.intent(rec)
+  ctx.ledger.afterJournal(() => guarded(res, ctx, () => {
+    if (exchange.withdrawIfGone()) return
+    // undici reports its own failures, even synchronous ones, through exchange.onError.
+    ctx.upstream.pool.dispatch({ method: 'POST', path, headers, body }, exchange)
+  }))
 }
 
 /**
@@ -327,6 +334,20 @@ class Exchange implements Dispatcher.DispatchHandler {
 
   constructor (private readonly res: ServerResponse, private readonly rec: UsageRecord, private readonly ctx: MeterContext, private readonly admission: Admission | null, private memory: Buffer | null, private readonly sent: Buffer) {
     res.once('close', () => { try { this.clientLeft() } catch (err) { ctx.log.error({ err: String(err) }, 'metered request: client close handling failed') } })
+  }
+
+  /**
+   * The client left while the intent line was being written: nothing is sent, the intent is
+   * withdrawn (no row at the next start) and the admission's holds are let go. True if so.
+   */
+  withdrawIfGone (): boolean {
+    if (!this.clientGone) return false
+    this.done = true
+    this.ctx.ledger.withdraw(this.rec.eventId)
+    this.admission?.done()
+    if (this.admission) void this.ctx.limits?.release(this.rec.eventId)
+    this.answered(() => {})
+    return true
   }
 
   private clientLeft (): void {

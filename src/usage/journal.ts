@@ -12,11 +12,25 @@ import type { UsageRecord } from './record.js'
 // reported at replay, never fatal. README "Durability" states what this promises a client.
 //
 // Segments: journal/seg-<seq>.jsonl, about 1 MB each. A segment is deleted when every record it
-// holds is committed. Two kinds of line, both keyed by the record's eventId:
+// holds is committed. Four kinds of line, all keyed by the record's eventId; for one eventId a
+// later kind supersedes an earlier one (final > pending > intent), whatever segment holds it:
+//   {"k":"i","r":{...}}  intent: the request as admitted (estimate included), before it goes upstream
 //   {"k":"p","r":{...}}  pending: the generation id is known, the request is still running
 //   {"k":"r","r":{...}}  final: the record as it will be inserted
+//   {"k":"x","r":{"eventId":...}}  withdrawn: an intent whose request was never sent
 
-export interface Replay { finals: UsageRecord[], pendings: UsageRecord[], tornLines: number, segments: number }
+export interface Replay {
+  finals: UsageRecord[]
+  /** Generation id known, no outcome: reconcile through /generation. */
+  pendings: UsageRecord[]
+  /** Sent upstream (or about to be) and never heard of again: no generation id, no outcome. */
+  intents: UsageRecord[]
+  tornLines: number
+  segments: number
+}
+
+type LineKind = 'i' | 'p' | 'r' | 'x'
+const KINDS = new Set<string>(['i', 'p', 'r', 'x'])
 
 const SEGMENT_BYTES = 1024 * 1024
 
@@ -52,6 +66,8 @@ export class Journal {
     const files = readdirSync(this.dir).filter((f) => /^seg-\d+\.jsonl$/.test(f)).sort()
     const finals = new Map<string, UsageRecord>()
     const pendings = new Map<string, UsageRecord>()
+    const intents = new Map<string, UsageRecord>()
+    const withdrawn = new Set<string>()
     let tornLines = 0
     for (const f of files) {
       const seq = Number(f.slice(4, -6))
@@ -63,16 +79,38 @@ export class Journal {
         let entry: { k?: string, r?: UsageRecord }
         try { entry = JSON.parse(line) } catch { tornLines++; continue }
         const r = entry.r
-        if (!r || typeof r.eventId !== 'string' || (entry.k !== 'r' && entry.k !== 'p')) { tornLines++; continue }
+        if (!r || typeof r.eventId !== 'string' || !KINDS.has(entry.k ?? '')) { tornLines++; continue }
         if (entry.k === 'r') finals.set(r.eventId, r)
-        else pendings.set(r.eventId, r)
+        else if (entry.k === 'p') pendings.set(r.eventId, r)
+        else if (entry.k === 'i') intents.set(r.eventId, r)
+        else withdrawn.add(r.eventId)
         this.hold(r.eventId, seg)
       }
       this.maybeDelete(seg)
     }
-    for (const id of finals.keys()) pendings.delete(id)
+    for (const id of finals.keys()) { pendings.delete(id); intents.delete(id) }
+    for (const id of pendings.keys()) intents.delete(id)
+    // A withdrawn request never went out: nothing of it becomes a row, and its lines are let go now.
+    for (const id of withdrawn) { intents.delete(id); if (!finals.has(id) && !pendings.has(id)) this.committed(id) }
     if (tornLines > 0) this.log.warn({ tornLines }, 'journal: skipped unreadable lines (a write cut short by a crash)')
-    return { finals: [...finals.values()], pendings: [...pendings.values()], tornLines, segments: files.length }
+    return { finals: [...finals.values()], pendings: [...pendings.values()], intents: [...intents.values()], tornLines, segments: files.length }
+  }
+
+  /**
+   * The request as admitted, before it goes upstream: after a crash it becomes an 'interrupted'
+   * row even if its generation id was never learned. Written at the end of this turn: dispatch
+   * waits for it (afterWrite).
+   */
+  intent (r: UsageRecord): void { this.add('i', r) }
+
+  /**
+   * The intent's request was not sent after all (its client left while the line was written):
+   * written now, and the record's lines are let go, so no row is made of it at the next start.
+   */
+  withdraw (eventId: string): void {
+    this.lines.push(JSON.stringify({ k: 'x', r: { eventId } }) + '\n')
+    this.lineIds.push(eventId)
+    this.committed(eventId)
   }
 
   /** The request is under way and its generation id is known: enough to reconcile it after a crash. */
@@ -160,7 +198,7 @@ export class Journal {
     if (this.current) { this.current.sealed = true; this.maybeDelete(this.current); this.current = null }
   }
 
-  private add (kind: 'p' | 'r', r: UsageRecord): void {
+  private add (kind: LineKind, r: UsageRecord): void {
     this.lines.push(JSON.stringify({ k: kind, r }) + '\n')
     this.lineIds.push(r.eventId)
     this.scheduled ??= setImmediate(() => { this.scheduled = null; this.flush() })

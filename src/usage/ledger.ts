@@ -56,6 +56,12 @@ export class Ledger {
 
   private get cap (): number { return this.opts.maxInMemory ?? MAX_IN_MEMORY }
 
+  /** A request is about to go upstream: journal it so a crash cannot lose what it may cost. */
+  intent (r: UsageRecord): void { this.journal?.intent(r) }
+
+  /** The intent's request was not sent after all: no row is to be made of it. */
+  withdraw (eventId: string): void { this.journal?.withdraw(eventId) }
+
   /** A request's generation id is known: journal it so a crash cannot lose it. */
   pending (r: UsageRecord): void { this.journal?.pending(r) }
 

@@ -47,6 +47,13 @@ export interface UsageRecord extends Usage {
   /** From /generation: OpenRouter stopped the generation (the client left). Null: not looked up. */
   cancelled?: boolean | null
   createdAt: string
+  /**
+   * The admission's estimate of the billed cost (markup included), exact decimal text; null when
+   * no estimate was made (no budget to check). Travels in the journal's intent line; it reaches
+   * the row (estimated_cost_usd) only on an interrupted request whose generation id was never
+   * learned: see isEstimateOnly. Absent on journal lines of old versions.
+   */
+  estimatedCostUsd?: string | null
   /** What was off in upstream's numbers (left out of the row), or null. See sanity.ts. */
   anomaly?: string | null
   /**
@@ -89,6 +96,7 @@ export function newRecord (start: RecordStart): UsageRecord {
     audioTokens: null,
     cancelled: null,
     anomaly: null,
+    estimatedCostUsd: null,
     createdAt: new Date().toISOString(),
     ...start,
   }
@@ -128,6 +136,26 @@ export function addUsage (rec: UsageRecord, usage: Usage | null, source: UsageSo
   rec.anomaly = checked.anomaly === null ? rec.anomaly ?? null : [rec.anomaly, `${source}: ${checked.anomaly}`].filter(Boolean).join('; ')
 }
 
+/**
+ * The sidecar stopped mid-request before OpenRouter named the generation: nobody can look up what
+ * it cost, so the row carries the admission's estimate instead (budgets count it at that amount;
+ * billing sees no cost).
+ */
+export function isEstimateOnly (r: UsageRecord): boolean {
+  return r.outcome === 'interrupted' && r.generationId === null && r.costUsd === null
+}
+
+/** error_message of a row made from an intent alone. */
+export const UNNAMED_INTERRUPTION = 'usage-proxy stopped before OpenRouter named the generation: its cost is unknown; estimated_cost_usd holds the estimate budgets count'
+
+/**
+ * The row for an intent found at the next start with no later line: the request went (or was
+ * about to go) upstream and nothing more is known. Its record as admitted, outcome 'interrupted'.
+ */
+export function fromIntent (r: UsageRecord): UsageRecord {
+  return { ...r, outcome: 'interrupted', status: 0, usageSource: 'none', generationId: null, costUsd: null, errorMessage: UNNAMED_INTERRUPTION }
+}
+
 /** Column order of usage_events as the writer inserts it. */
 export function toRow (r: UsageRecord): Record<string, unknown> {
   return {
@@ -164,6 +192,7 @@ export function toRow (r: UsageRecord): Record<string, unknown> {
     cache_write_tokens: r.cacheWriteTokens ?? null,
     audio_tokens: r.audioTokens ?? null,
     cancelled: r.cancelled ?? null,
+    estimated_cost_usd: isEstimateOnly(r) ? r.estimatedCostUsd ?? null : null,
     created_at: r.createdAt,
   }
 }

@@ -36,6 +36,21 @@ export interface VerifyResult {
   /** Per-organization day rows compared; null before migration 009. */
   orgDailyRows: number | null
   differences: RollupDifference[]
+  /** Requests interrupted before OpenRouter named their generation (not a difference: listed for the operator). */
+  interrupted: EstimateOnly
+}
+
+/**
+ * Rows of requests the sidecar sent (or was about to send) and never saw end, whose generation id
+ * it never learned (a crash mid-request): their cost is unknown to anyone but OpenRouter's
+ * invoice. Budgets count them at the estimate; billing sees no cost.
+ */
+export interface EstimateOnly {
+  /** How many such rows in the range, and the sum of their estimates (exact USD). */
+  count: number
+  estimateTotalUsd: string
+  /** The first `limit` of them, oldest first. */
+  rows: Array<{ eventId: string, createdAt: string, organizationId: string, externalUserId: string | null, model: string | null, endpoint: string | null, streamed: boolean, estimatedCostUsd: string | null }>
 }
 
 /** `YYYY-MM` -> [first day, first day of the next month]; throws on anything else. */
@@ -77,6 +92,7 @@ export async function verifyRollups (sql: Sql, opts: { month?: string, limit?: n
     select (select count(*) from usage_daily_totals where (${lo}::date is null or day >= ${lo}::date) and (${to}::date is null or day < ${to}::date))::int as rollups,
            (select count(*) from usage_events where (${lo}::date is null or created_at >= (${lo}::date::text || ' 00:00:00+00')::timestamptz)
              and (${to}::date is null or created_at < (${to}::date::text || ' 00:00:00+00')::timestamptz))::int as raw`
+  const interrupted = await estimateOnly(sql, from, to, limit)
   const monthly = await verifyCoarse(sql, COARSE[0], q, from, lo, to, limit)
   const orgDaily = await verifyCoarse(sql, COARSE[1], q, from, lo, to, limit)
   return {
@@ -87,7 +103,31 @@ export async function verifyRollups (sql: Sql, opts: { month?: string, limit?: n
     monthlyRows: monthly?.rows ?? null,
     orgDailyRows: orgDaily?.rows ?? null,
     differences: [...rows.map((r) => differenceOf('daily', r)), ...(monthly?.differences ?? []), ...(orgDaily?.differences ?? [])].slice(0, limit),
+    interrupted,
   }
+}
+
+/** The estimate-only rows of [from, to) (or all): outcome 'interrupted', no generation id, no cost. */
+export async function estimateOnly (sql: Sql, from: string | null, to: string | null, limit = 1000): Promise<EstimateOnly> {
+  const range = sql`outcome = 'interrupted' and generation_id is null and cost_usd is null
+    and (${from}::date is null or created_at >= (${from}::date::text || ' 00:00:00+00')::timestamptz)
+    and (${to}::date is null or created_at < (${to}::date::text || ' 00:00:00+00')::timestamptz)`
+  const [{ n, total }] = await sql<Array<{ n: number, total: string }>>`
+    select count(*)::int as n, coalesce(sum(estimated_cost_usd), 0)::text as total from usage_events where ${range}`
+  const rows = await sql<Array<{ event_id: string, created_at: Date, organization_id: string, external_user_id: string | null, model: string | null, endpoint: string | null, streamed: boolean, estimate: string | null }>>`
+    select event_id::text, created_at, organization_id, external_user_id, model, endpoint, streamed, estimated_cost_usd::text as estimate
+    from usage_events where ${range} order by created_at, event_id limit ${limit}`
+  return {
+    count: n,
+    estimateTotalUsd: total,
+    rows: rows.map((r) => ({ eventId: r.event_id, createdAt: r.created_at.toISOString(), organizationId: r.organization_id, externalUserId: r.external_user_id, model: r.model, endpoint: r.endpoint, streamed: r.streamed, estimatedCostUsd: r.estimate })),
+  }
+}
+
+/** One line per estimate-only row, for the command line. */
+export function formatEstimateOnly (r: EstimateOnly['rows'][number]): string {
+  return `interrupted ${r.createdAt} event=${r.eventId} ${r.organizationId} user=${r.externalUserId ?? '(none)'} model=${r.model ?? '(none)'} ` +
+    `${r.streamed ? 'stream' : 'non-stream'}: no generation id, cost unknown; ${r.estimatedCostUsd === null ? 'no estimate (no budget applied)' : `counted at the estimate $${r.estimatedCostUsd}`}`
 }
 
 function differenceOf (rollup: RollupDifference['rollup'], r: Record<string, unknown>): RollupDifference {

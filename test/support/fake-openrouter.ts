@@ -24,6 +24,10 @@ import { gzipSync } from 'node:zlib'
 // /messages streams in Anthropic's shape: message_start (input tokens, no cost) ... message_delta.
 //   fake/gzip          gzip-compressed answer (JSON, or SSE when streamed) whatever accept-encoding
 //                      asked for, as an upstream or a proxy before it may do
+//
+// holdAt pauses answers (chat completions, streamed or not) once their generation exists, that
+// is once OpenRouter would bill them: 'headers' before any byte, 'body' after the headers (the
+// generation named). release() lets every held answer go on; `held` counts those waiting.
 
 export interface FakeGeneration {
   id: string
@@ -98,6 +102,9 @@ export class FakeOpenRouter {
       top_provider: { context_length: 200000, max_completion_tokens: 8192, is_moderated: false },
     },
   ]
+  /** Where answers wait until release(); null: they do not. */
+  holdAt: 'headers' | 'body' | null = null
+  private gates: Array<() => void> = []
   private seq = 0
   private rng: () => number
 
@@ -117,6 +124,21 @@ export class FakeOpenRouter {
   async close (): Promise<void> {
     this.server.closeAllConnections()
     await new Promise<void>((r) => this.server.close(() => r()))
+  }
+
+  /** Answers waiting in holdAt. */
+  get held (): number { return this.gates.length }
+
+  /** Stops holding and lets every held answer go on (to a client that may be gone). */
+  release (): void {
+    this.holdAt = null
+    for (const go of this.gates.splice(0)) go()
+  }
+
+  private async gate (at: 'headers' | 'body', res: ServerResponse): Promise<void> {
+    if (this.holdAt !== at) return
+    if (at === 'body') res.flushHeaders()
+    await new Promise<void>((resolve) => this.gates.push(resolve))
   }
 
   /** Sum of what was charged, in exact decimal (as integer nano-nano-dollars), for cross-checks. */
@@ -187,6 +209,7 @@ export class FakeOpenRouter {
       res.writeHead(200, { 'content-type': 'application/json', ...sized })
       return this.finish(g, res, Buffer.from(bodyText))
     }
+    if (endpoint === 'chat/completions') await this.gate('headers', res)
     if (model === 'fake/slow-start') await sleep(400) // headers late, as when a provider queues
     if (model === 'fake/slow-complete') await sleep(400) // a non-stream answer takes time
     if (model === 'fake/garbage') {
@@ -242,6 +265,7 @@ export class FakeOpenRouter {
     }
     const sized = g.model === 'fake/sized' ? { 'content-length': String(Buffer.byteLength(body)) } : {}
     res.writeHead(200, { 'content-type': 'application/json', 'x-generation-id': g.id, ...sized })
+    if (this.holdAt === 'body' && endpoint === 'chat/completions') { void this.gate('body', res).then(() => this.finish(g, res, Buffer.from(body))); return }
     this.finish(g, res, Buffer.from(body))
   }
 
@@ -315,6 +339,7 @@ export class FakeOpenRouter {
     }
     const named = model === 'fake/slow-unnamed' ? {} : { 'x-generation-id': g.id }
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', ...named })
+    if (endpoint === 'chat/completions') await this.gate('body', res)
     if (model === 'fake/cut-stream') {
       // The first events (with partial usage), then the connection dies.
       res.write(events.slice(0, 4).join(''))
