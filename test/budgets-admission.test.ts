@@ -69,7 +69,7 @@ function rec (user: string, createdAt = clock, costUsd: string | null = null): U
 }
 
 function makeLimits (extra: Partial<typeof config> = {}): Limits {
-  const limits = new Limits({ sql: db.sql, record: (r) => ledger.record(r), log, config: { ...config, ...extra }, organizationId: ORG, markupPercent: '0', prices, alerts: null, now: () => clock })
+  const limits = new Limits({ sql: db.sql, record: (r) => ledger.record(r), log, config: { ...config, ...extra }, organizationId: ORG, markupPercent: '0', prices, alerts: null })
   t.teardown(() => limits.close())
   return limits
 }

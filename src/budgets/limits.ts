@@ -15,9 +15,12 @@ import type { BudgetPeriod } from '../config/config.js'
 
 // The admission before a metered request goes upstream: rate limits, then a reservation of the
 // request's estimated billed cost against every budget that applies (budget_reserve() in
-// sql/006_budgets.sql; requests that arrive together share one round trip, see reserver.ts).
+// sql/functions/2-budgets.sql; requests that arrive together share one round trip, see
+// reserver.ts), in the period of the record's created_at: the period its spend is booked in.
 // Settlement needs nothing from here: the trigger on usage_events settles the reservation when
-// the request's record is inserted.
+// the request's record is inserted. While a request runs, its hold is renewed (as rate leases
+// are), so no sweeper releases the hold of a live request; one that ends keeps its hold for
+// BUDGET_RESERVATION_TTL_MS more, the time its record has to land.
 //
 // With no budget in the database and no rate limit configured, admit() returns null at once:
 // whether any budget exists is cached and refreshed every BUDGET_REFRESH_MS (and at once when this
@@ -33,7 +36,6 @@ export interface LimitsDeps {
   markupPercent: string
   prices: PriceList
   alerts: Alerts | null
-  now?: () => Date
 }
 
 /** A request let through: call done() once when its exchange has finished. */
@@ -45,6 +47,8 @@ const RESERVE_COLUMNS = `refused_scope, limit_usd::text, period, period_start, s
   user_scope, user_limit::text, user_spent::text, user_period, user_period_start`
 /** How often each replica looks for expired reservations (and rate leases). */
 const SWEEP_MS = 30_000
+/** Live holds are renewed at least this often, and at least three times per TTL. */
+const RENEW_MS = 30_000
 
 interface ReserveRow {
   refused_scope: 'organization' | 'user' | 'default-user' | null
@@ -69,26 +73,31 @@ export class Limits {
   private readonly sweepTimer: NodeJS.Timeout
   private readonly rate: RateLimiter
   private readonly reserver: Reserver<ReserveRow>
-  private readonly now: () => Date
+  private readonly renewTimer: NodeJS.Timeout
+  /** Event ids of the requests this process runs that hold a reservation. */
+  private readonly live = new Set<string>()
+  private renewing = false
   private readonly template: string
   private failures = 0
   refused = 0
 
   constructor (private readonly d: LimitsDeps) {
-    this.now = d.now ?? (() => new Date())
     this.template = d.config.exceededMessage ?? DEFAULT_EXCEEDED_MESSAGE
-    this.reserver = new Reserver<ReserveRow>(d.sql, RESERVE_COLUMNS, d.config.reservationTtlMs / 1000, this.now)
+    this.reserver = new Reserver<ReserveRow>(d.sql, RESERVE_COLUMNS, d.config.reservationTtlMs / 1000)
     this.rate = new RateLimiter(d.sql, d.organizationId, { rpm: d.config.userRpm, maxConcurrent: d.config.userMaxConcurrent })
     void this.refresh()
     this.refreshTimer = setInterval(() => { void this.refresh() }, d.config.refreshMs)
     this.refreshTimer.unref()
     this.sweepTimer = setInterval(() => { void this.sweep() }, SWEEP_MS)
     this.sweepTimer.unref()
+    this.renewTimer = setInterval(() => { void this.renew() }, Math.min(RENEW_MS, Math.max(1, Math.floor(d.config.reservationTtlMs / 3))))
+    this.renewTimer.unref()
   }
 
   close (): void {
     clearInterval(this.refreshTimer)
     clearInterval(this.sweepTimer)
+    clearInterval(this.renewTimer)
     this.rate.close()
   }
 
@@ -106,10 +115,10 @@ export class Limits {
     } catch { /* keep what was known; unknown means "ask" */ }
   }
 
-  /** Releases reservations whose record never came (a crash that lost its journal). */
+  /** Releases reservations whose record never came (a crash that lost its journal); never a live one. */
   async sweep (): Promise<number> {
     try {
-      const [r] = await this.d.sql<Array<{ n: number }>>`select budget_sweep(1000) as n`
+      const [r] = await this.d.sql<Array<{ n: number }>>`select budget_sweep(1000, ${[...this.live]}::uuid[]) as n`
       if (r.n > 0) this.d.log.warn({ released: r.n }, 'budgets: released expired reservations')
       return r.n
     } catch { return 0 }
@@ -135,12 +144,20 @@ export class Limits {
     })
   }
 
-  /** Lets go of a reservation whose request was never sent (the sweeper does the arithmetic). */
-  private async release (eventId: string): Promise<void> {
+  /** Extends the holds of the requests still running by a TTL (one statement for all of them). */
+  async renew (): Promise<void> {
+    if (this.live.size === 0 || this.renewing) return
+    this.renewing = true
     try {
-      const gone = await this.d.sql`update budget_reservations set expires_at = '-infinity' where event_id = ${eventId} returning 1`
-      if (gone.length > 0) await this.d.sql`select budget_sweep(1000)`
-    } catch { /* it expires on its own */ }
+      await this.d.sql`update budget_reservations set expires_at = now() + make_interval(secs => ${this.d.config.reservationTtlMs / 1000})
+                        where event_id = any(${[...this.live]}::uuid[])`
+    } catch { /* the next tick tries again; the TTL is three ticks at least */ } finally { this.renewing = false }
+  }
+
+  /** Lets go of a reservation whose request was never sent. */
+  private async release (eventId: string): Promise<void> {
+    this.live.delete(eventId)
+    await this.reserver.release([eventId])
   }
 
   private async admitAsync (res: ServerResponse, rec: UsageRecord, bodyBytes: number, maxTokens: number | null, rated: boolean): Promise<Admission | null> {
@@ -164,10 +181,13 @@ export class Limits {
 
     const amount = estimateBilledUsd({ model: rec.model, bodyBytes, maxTokens }, this.d.prices, this.d.config.defaultMaxTokens, this.d.markupPercent)
     let row: ReserveRow | undefined
+    const pending = this.reserver.reserve({ org: rec.organizationId, user: rec.userId, eventId: rec.eventId, amount, at: rec.createdAt })
     try {
-      row = await this.withTimeout(this.reserver.reserve({ org: rec.organizationId, user: rec.userId, eventId: rec.eventId, amount }))
+      row = await this.withTimeout(pending.row)
       this.failures = 0
     } catch (err) {
+      // Too late (or failed): whatever the query still commits is let go (reserver.ts).
+      pending.abandon()
       if (this.failOpen(err)) return done
       done.done()
       return this.unavailable(res)
@@ -184,11 +204,13 @@ export class Limits {
       })
       return null
     }
+    const held: Admission = { done: () => { this.live.delete(rec.eventId); done.done() } }
+    this.live.add(rec.eventId)
     if (this.d.alerts) {
       if (row.org_limit !== null) this.d.alerts.check({ scope: 'organization', userId: null, limitUsd: row.org_limit, spentUsd: row.org_spent!, period: row.org_period!, periodStart: row.org_period_start! })
       if (row.user_limit !== null) this.d.alerts.check({ scope: row.user_scope!, userId: rec.userId, limitUsd: row.user_limit, spentUsd: row.user_spent!, period: row.user_period!, periodStart: row.user_period_start! })
     }
-    return done
+    return held
   }
 
   private refuse (res: ServerResponse, rec: UsageRecord, f: ExceededFacts): void {
