@@ -57,7 +57,9 @@ async function someoneWaits (): Promise<boolean> {
                                           where not l.granted and a.datname = ${db.name}) as w`
   return r.w
 }
-const waiting = async () => rowsSoon(async () => (await someoneWaits()) ? [1] : [], 10_000)
+async function waiting (t: Test): Promise<void> {
+  t.equal((await rowsSoon(async () => (await someoneWaits()) ? [1] : [], 10_000)).length, 1, 'the other statement waits on a lock')
+}
 
 /** An open transaction that holds whatever `take` locked until release() is called. */
 async function holding (take: (tx: postgres.TransactionSql<{}>) => Promise<unknown>) {
@@ -235,14 +237,14 @@ t.test('the recount and settlement: a row in flight is counted exactly once, whi
   // 1. a ledger insert in flight when a new daily default budget is written
   const commitInsert = await holding((tx) => row(o, 'cat', now, '0.4', {}, tx))
   const write = setBudget(sql, o, 'default-user', '', '5', 'day')
-  await waiting()
+  await waiting(t)
   commitInsert()
   await write
   t.same(await counter(o, 'user', 'cat', 'day', start), { spent: 0.4, reserved: 0, overrun: 0 }, 'the recount waited for the insert and read it')
   // 2. a budget write in flight when a ledger insert comes
   const commitBudget = await holding((tx) => setBudget(tx as never, o, 'user', 'dan', '5', 'week'))
   const insert = row(o, 'dan', now, '0.6')
-  await waiting()
+  await waiting(t)
   commitBudget()
   await insert
   t.same(await counter(o, 'user', 'dan', 'week', periodStart('week', new Date(now)).toISOString()), { spent: 0.6, reserved: 0, overrun: 0 },
@@ -269,8 +271,8 @@ t.test('the recount locks user counters in ascending order, as batched admission
     await lock(tx, 'zed')
   })
   await step
-  const recount = sql`update budgets set limit_usd = 50 where organization_id = ${o}`
-  await waiting()
+  const recount = sql`update budgets set limit_usd = 50 where organization_id = ${o}`.execute()
+  await waiting(t)
   finish()
   await t.resolves(batch, 'the batch got zed\'s counter')
   await t.resolves(recount, 'and the recount finished')
@@ -291,8 +293,8 @@ t.test('a counter held by one admission makes the next wait, then see it: never 
   await setBudget(sql, o, 'organization', '', '1', 'month')
   const check = async (t: Test, first: string, second: string, scope: string) => {
     const commit = await holding((tx) => reserve(first, '0.6', tx))
-    const next = reserve(second, '0.6')
-    await waiting()
+    const next = reserve(second, '0.6').execute()
+    await waiting(t)
     commit()
     const [r] = await next
     t.equal(r.refused_scope, scope, `the second 0.6 against 1.0 is refused by the ${scope} budget`)
