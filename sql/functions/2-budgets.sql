@@ -20,6 +20,15 @@ LANGUAGE sql IMMUTABLE AS $$
   END
 $$;
 
+-- Where the period that starts at p_start ends ('total': never).
+CREATE OR REPLACE FUNCTION budget_period_end(p_period text, p_start timestamptz) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE AS $$
+  SELECT CASE p_period
+    WHEN 'total' THEN timestamptz 'infinity'
+    ELSE (p_start AT TIME ZONE 'UTC' + ('1 ' || p_period)::interval) AT TIME ZONE 'UTC'
+  END
+$$;
+
 -- The key every settlement and recount of an organization shares: settlement takes it shared
 -- (many at once), a recount exclusively (src: budget_recount below).
 CREATE OR REPLACE FUNCTION budget_org_lock_key(p_org text) RETURNS integer LANGUAGE sql IMMUTABLE AS $$
@@ -199,7 +208,8 @@ BEGIN
 END
 $$;
 
--- What an organization's users spent from p_since (a period start: a UTC midnight) on, per user
+-- What an organization's users spent from p_since (a period start: a UTC midnight) until p_until
+-- (the period's end, or infinity), per user
 -- (NULL: rows with no app user); only p_user's when given. Billed cost, and the estimate of a row
 -- that has no cost (outcome 'interrupted', migration 012). Read without scanning the ledger:
 -- * whole months before the current one: usage_monthly_rollups (folded rows);
@@ -210,36 +220,45 @@ $$;
 -- One statement, one snapshot: a compaction moving deltas into the rollups meanwhile is seen
 -- entirely or not at all. A rollup row's user_id is max(user_id) of its external user id, which
 -- belongs to one app user (a hash of the organization and the user id, or that user's mapping).
-CREATE OR REPLACE FUNCTION budget_spend(p_org text, p_since timestamptz, p_user text)
-RETURNS TABLE (user_id text, spent numeric) LANGUAGE sql STABLE AS $$
-  WITH d AS (
-    SELECT (p_since AT TIME ZONE 'UTC')::date AS first_day,
-           (now() AT TIME ZONE 'UTC')::date AS today,
-           date_trunc('month', now() AT TIME ZONE 'UTC')::date AS this_month,
-           CASE WHEN date_trunc('month', p_since AT TIME ZONE 'UTC') = p_since AT TIME ZONE 'UTC'
-                THEN (p_since AT TIME ZONE 'UTC')::date
-                ELSE (date_trunc('month', p_since AT TIME ZONE 'UTC') + interval '1 month')::date END AS first_month
-  ), parts AS (
-    SELECT m.user_id, m.billed_cost_usd AS spent FROM usage_monthly_rollups m, d
-     WHERE m.organization_id = p_org AND m.month >= d.first_month AND m.month < d.this_month
+CREATE OR REPLACE FUNCTION budget_spend(p_org text, p_since timestamptz, p_until timestamptz, p_user text)
+RETURNS TABLE (user_id text, spent numeric) LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  -- Bounds as values, not a joined row: each part's index condition uses them.
+  first_day date := (p_since AT TIME ZONE 'UTC')::date;
+  today date := (now() AT TIME ZONE 'UTC')::date;
+  last_day date := CASE WHEN p_until = 'infinity' THEN date 'infinity' ELSE (p_until AT TIME ZONE 'UTC')::date END;  -- exclusive
+  today_start timestamptz := (now() AT TIME ZONE 'UTC')::date::timestamp AT TIME ZONE 'UTC';
+  this_month date := date_trunc('month', now() AT TIME ZONE 'UTC')::date;
+  first_month date := CASE WHEN date_trunc('month', p_since AT TIME ZONE 'UTC') = p_since AT TIME ZONE 'UTC'
+                           THEN (p_since AT TIME ZONE 'UTC')::date
+                           ELSE (date_trunc('month', p_since AT TIME ZONE 'UTC') + interval '1 month')::date END;
+  -- The months whose days are read one by one (the current one, and the partial one a period
+  -- that does not start on the 1st begins in): usage_daily_rollups_org_month answers them alone.
+  day_months date[] := ARRAY[this_month, date_trunc('month', p_since AT TIME ZONE 'UTC')::date];
+BEGIN
+  RETURN QUERY
+  SELECT p.user_id, sum(p.spent) FROM (
+    SELECT m.user_id, m.billed_cost_usd AS spent FROM usage_monthly_rollups m
+     WHERE m.organization_id = p_org AND m.month >= first_month AND m.month < this_month AND m.month + interval '1 month' <= last_day
     UNION ALL
-    SELECT r.user_id, r.billed_cost_usd FROM usage_daily_rollups r, d
-     WHERE r.organization_id = p_org AND r.day >= d.first_day AND r.day < d.today
-       AND NOT (r.day >= d.first_month AND r.day < d.this_month)
+    SELECT r.user_id, r.billed_cost_usd FROM usage_daily_rollups r
+     WHERE r.organization_id = p_org AND date_trunc('month', r.day::timestamp)::date = ANY (day_months)
+       AND r.day >= first_day AND r.day < least(today, last_day) AND NOT (r.day >= first_month AND r.day < this_month)
     UNION ALL
-    SELECT r.user_id, r.billed_cost_usd FROM usage_rollup_deltas r, d
-     WHERE r.organization_id = p_org AND r.day >= d.first_day AND r.day < d.today
+    SELECT r.user_id, r.billed_cost_usd FROM usage_rollup_deltas r
+     WHERE r.organization_id = p_org AND r.day >= first_day AND r.day < least(today, last_day)
     UNION ALL
-    SELECT e.user_id, e.billed_cost_usd FROM usage_events e, d
-     WHERE e.organization_id = p_org AND e.created_at >= greatest(p_since, d.today::timestamp AT TIME ZONE 'UTC')
+    SELECT e.user_id, e.billed_cost_usd FROM usage_events e
+     WHERE e.organization_id = p_org AND e.created_at >= greatest(p_since, today_start) AND e.created_at < p_until
        AND e.billed_cost_usd IS NOT NULL
     UNION ALL
     SELECT e.user_id, e.estimated_cost_usd FROM usage_events e
-     WHERE e.organization_id = p_org AND e.created_at >= p_since AND e.estimated_cost_usd IS NOT NULL AND e.cost_usd IS NULL
-  )
-  SELECT p.user_id, sum(p.spent) FROM parts p
-   WHERE p_user IS NULL OR p.user_id = p_user
-   GROUP BY p.user_id
+     WHERE e.organization_id = p_org AND e.created_at >= p_since AND e.created_at < p_until
+       AND e.estimated_cost_usd IS NOT NULL AND e.cost_usd IS NULL
+  ) p
+  WHERE p_user IS NULL OR p.user_id = p_user
+  GROUP BY p.user_id;
+END
 $$;
 
 -- Spend of the current period, recomputed, for every counter a budget just written governs
@@ -254,22 +273,23 @@ BEGIN
   PERFORM pg_advisory_xact_lock(727361002, budget_org_lock_key(o))
      FROM (SELECT DISTINCT organization_id AS o FROM new_budgets WHERE limit_usd IS NOT NULL ORDER BY 1) x;
   WITH b AS (
-    SELECT organization_id, scope, user_id, period, budget_period_start(period, now()) AS s
+    SELECT organization_id, scope, user_id, period, budget_period_start(period, now()) AS s,
+           budget_period_end(period, budget_period_start(period, now())) AS e
       FROM new_budgets WHERE limit_usd IS NOT NULL
   ), wanted AS (
     SELECT b.organization_id, 'organization'::text AS scope, ''::text AS user_id, b.period, b.s AS period_start,
-           (SELECT coalesce(sum(x.spent), 0) FROM budget_spend(b.organization_id, b.s, NULL) x) AS spent
+           (SELECT coalesce(sum(x.spent), 0) FROM budget_spend(b.organization_id, b.s, b.e, NULL) x) AS spent
       FROM b WHERE b.scope = 'organization'
     UNION ALL
     SELECT b.organization_id, 'user', b.user_id, b.period, b.s,
-           (SELECT coalesce(sum(x.spent), 0) FROM budget_spend(b.organization_id, b.s, b.user_id) x)
+           (SELECT coalesce(sum(x.spent), 0) FROM budget_spend(b.organization_id, b.s, b.e, b.user_id) x)
       FROM b WHERE b.scope = 'user'
     UNION ALL
     -- The default budget: every user who spent this period, and every user counter of it (to zero).
     SELECT b.organization_id, 'user', u.user_id, b.period, b.s, u.spent
       FROM b CROSS JOIN LATERAL (
         SELECT coalesce(x.user_id, c.user_id) AS user_id, coalesce(x.spent, 0) AS spent
-          FROM (SELECT * FROM budget_spend(b.organization_id, b.s, NULL) WHERE user_id IS NOT NULL) x
+          FROM (SELECT * FROM budget_spend(b.organization_id, b.s, b.e, NULL) WHERE user_id IS NOT NULL) x
           FULL JOIN (SELECT c.user_id FROM budget_counters c WHERE c.organization_id = b.organization_id AND c.scope = 'user'
                         AND c.period = b.period AND c.period_start = b.s) c ON c.user_id = x.user_id) u
      WHERE b.scope = 'default-user'

@@ -69,15 +69,15 @@ export const BREAKS = [
   {
     name: 's8sql: the recount counts folded days of whole months twice',
     file: 'sql/functions/2-budgets.sql',
-    search: '       AND NOT (r.day >= d.first_month AND r.day < d.this_month)\n',
-    replace: '\n',
+    search: 'AND r.day < today AND NOT (r.day >= first_month AND r.day < this_month)',
+    replace: 'AND r.day < today',
     tests: SQLT,
   },
   {
     name: 's8sql: the recount forgets deltas not folded yet',
     file: 'sql/functions/2-budgets.sql',
-    search: "    SELECT r.user_id, r.billed_cost_usd FROM usage_rollup_deltas r, d\n     WHERE r.organization_id = p_org",
-    replace: "    SELECT r.user_id, r.billed_cost_usd FROM usage_rollup_deltas r, d\n     WHERE false AND r.organization_id = p_org",
+    search: "    SELECT r.user_id, r.billed_cost_usd FROM usage_rollup_deltas r\n     WHERE r.organization_id = p_org",
+    replace: "    SELECT r.user_id, r.billed_cost_usd FROM usage_rollup_deltas r\n     WHERE false AND r.organization_id = p_org",
     tests: SQLT,
   },
   {
