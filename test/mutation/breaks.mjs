@@ -461,7 +461,7 @@ export const BREAKS = [
     file: "sql/functions/2-budgets.sql",
     search: "uc.spent_usd + uc.reserved_usd + p_amount > ub.limit_usd THEN",
     replace: "uc.spent_usd + uc.reserved_usd + p_amount >= ub.limit_usd THEN",
-    tests: ['test/budgets.test.ts'],
+    tests: ['test/budget-settlement.test.ts'],
   },
   {
     name: "new: rollup compaction overwrites cost instead of adding",
