@@ -7,7 +7,7 @@ import { TcpRelay } from './support/tcp-relay.js'
 import { start } from '../src/main.js'
 import { createLogger } from '../src/log.js'
 import { migrate } from '../src/db/migrate.js'
-import { mkdtempSync, writeFileSync, copyFileSync, readdirSync } from 'node:fs'
+import { mkdtempSync, writeFileSync, cpSync, readdirSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
@@ -72,7 +72,7 @@ t.test('an edited migration is refused rather than silently diverging', async (t
   const db = await createTestDb()
   t.teardown(() => db.drop())
   const dir = mkdtempSync(join(tmpdir(), 'mig-'))
-  for (const f of readdirSync('sql')) copyFileSync(join('sql', f), join(dir, f))
+  cpSync('sql', dir, { recursive: true })
   t.same((await migrate(db.sql, dir)).applied, MIGRATIONS)
   writeFileSync(join(dir, '002_billing_views.sql'), '-- edited\n')
   await t.rejects(migrate(db.sql, dir), /002_billing_views.sql changed after it was applied/)

@@ -149,14 +149,14 @@ t.test('a batch\'s results reach the requests they belong to, whatever order Pos
   // budget_reserve_many handles items sorted by user: zed's row comes back after amy's
   await db.sql`insert into budgets (organization_id, scope, user_id, limit_usd, period) values
     (${ORG}, 'user', 'zed', 0, 'month'), (${ORG}, 'user', 'amy', 1, 'month'), (${ORG}, 'user', 'max', 1, 'month')`
-  const reserver = new Reserver<{ refused_scope: string | null, lim: string }>(db.sql, 'refused_scope, user_limit::text as lim', 60, () => new Date())
+  const reserver = new Reserver<{ refused_scope: string | null, lim: string }>(db.sql, 'refused_scope, user_limit::text as lim', 60)
   const items = [
-    { org: ORG, user: 'zed', eventId: randomUUID(), amount: '0.1' }, // refused: $0 budget
-    { org: ORG, user: 'nobody', eventId: randomUUID(), amount: '0.1' }, // no budget applies: no row
-    { org: ORG, user: 'max', eventId: randomUUID(), amount: '2' }, // refused: more than max's $1
-    { org: ORG, user: 'amy', eventId: randomUUID(), amount: '0.1' }, // admitted
+    { org: ORG, user: 'zed', eventId: randomUUID(), amount: '0.1', at: new Date().toISOString() }, // refused: $0 budget
+    { org: ORG, user: 'nobody', eventId: randomUUID(), amount: '0.1', at: new Date().toISOString() }, // no budget applies: no row
+    { org: ORG, user: 'max', eventId: randomUUID(), amount: '2', at: new Date().toISOString() }, // refused: more than max's $1
+    { org: ORG, user: 'amy', eventId: randomUUID(), amount: '0.1', at: new Date().toISOString() }, // admitted
   ]
-  const rows = await Promise.all(items.map((i) => reserver.reserve(i))) // one turn: one batch
+  const rows = await Promise.all(items.map((i) => reserver.reserve(i).row)) // one turn: one batch
   t.same(rows.map((r) => r && [r.refused_scope, r.lim]), [['user', '0'], undefined, ['user', '1'], [null, '1']])
   const held = await db.sql`select event_id, amount_usd::text as a from budget_reservations`
   t.same(held.map((r) => [r.event_id, r.a]), [[items[3].eventId, '0.1']], 'only amy\'s request holds anything')

@@ -17,9 +17,12 @@ import type { BudgetPeriod } from '../config/config.js'
 
 // The admission before a metered request goes upstream: rate limits, then a reservation of the
 // request's estimated billed cost against every budget that applies (budget_reserve() in
-// sql/006_budgets.sql; requests that arrive together share one round trip, see reserver.ts).
+// sql/functions/2-budgets.sql; requests that arrive together share one round trip, see
+// reserver.ts), in the period of the record's created_at: the period its spend is booked in.
 // Settlement needs nothing from here: the trigger on usage_events settles the reservation when
-// the request's record is inserted.
+// the request's record is inserted. While a request runs, its hold is renewed (as rate leases
+// are), so no sweeper releases the hold of a live request; one that ends keeps its hold for
+// BUDGET_RESERVATION_TTL_MS more, the time its record has to land.
 //
 // With no budget in the database and no rate limit configured, admit() returns null at once:
 // whether any budget exists is cached and refreshed every BUDGET_REFRESH_MS (and at once when this
@@ -41,7 +44,6 @@ export interface LimitsDeps {
   markupPercent: string
   prices: PriceList
   alerts: Alerts | null
-  now?: () => Date
 }
 
 /** A request let through: call done() once when its exchange has finished. */
@@ -53,6 +55,8 @@ const RESERVE_COLUMNS = `refused_scope, limit_usd::text, period, period_start, s
   user_scope, user_limit::text, user_spent::text, user_period, user_period_start`
 /** How often each replica looks for expired reservations (and rate leases). */
 const SWEEP_MS = 30_000
+/** Live holds are renewed at least this often, and at least three times per TTL. */
+const RENEW_MS = 30_000
 
 interface ReserveRow {
   refused_scope: 'organization' | 'user' | 'default-user' | null
@@ -78,7 +82,10 @@ export class Limits {
   private readonly sweepTimer: NodeJS.Timeout
   private readonly rate: RateLimiter
   private readonly reserver: Reserver<ReserveRow>
-  private readonly now: () => Date
+  private readonly renewTimer: NodeJS.Timeout
+  /** Event ids of the requests this process runs that hold a reservation. */
+  private readonly live = new Set<string>()
+  private renewing = false
   private readonly template: string
   private failures = 0
   private readonly failedOpen: FailOpenLog
@@ -86,22 +93,24 @@ export class Limits {
   refused = 0
 
   constructor (private readonly d: LimitsDeps) {
-    this.now = d.now ?? (() => new Date())
     this.template = d.config.exceededMessage ?? DEFAULT_EXCEEDED_MESSAGE
     this.admissionSql = d.admissionSql ?? d.sql
     this.failedOpen = new FailOpenLog(d.log)
-    this.reserver = new Reserver<ReserveRow>(this.admissionSql, RESERVE_COLUMNS, d.config.reservationTtlMs / 1000, this.now)
+    this.reserver = new Reserver<ReserveRow>(this.admissionSql, RESERVE_COLUMNS, d.config.reservationTtlMs / 1000)
     this.rate = new RateLimiter(this.admissionSql, d.organizationId, { rpm: d.config.userRpm, maxConcurrent: d.config.userMaxConcurrent })
     void this.refresh()
     this.refreshTimer = setInterval(() => { void this.refresh() }, d.config.refreshMs)
     this.refreshTimer.unref()
     this.sweepTimer = setInterval(() => { void this.sweep() }, SWEEP_MS)
     this.sweepTimer.unref()
+    this.renewTimer = setInterval(() => { void this.renew() }, Math.min(RENEW_MS, Math.max(1, Math.floor(d.config.reservationTtlMs / 3))))
+    this.renewTimer.unref()
   }
 
   close (): void {
     clearInterval(this.refreshTimer)
     clearInterval(this.sweepTimer)
+    clearInterval(this.renewTimer)
     this.rate.close()
     this.failedOpen.close()
   }
@@ -123,10 +132,10 @@ export class Limits {
     } catch { /* keep what was known; unknown means "ask" */ }
   }
 
-  /** Releases reservations whose record never came (a crash that lost its journal). */
+  /** Releases reservations whose record never came (a crash that lost its journal); never a live one. */
   async sweep (): Promise<number> {
     try {
-      const [r] = await this.d.sql<Array<{ n: number }>>`select budget_sweep(1000) as n`
+      const [r] = await this.d.sql<Array<{ n: number }>>`select budget_sweep(1000, ${[...this.live]}::uuid[]) as n`
       if (r.n > 0) this.d.log.warn({ released: r.n }, 'budgets: released expired reservations')
       return r.n
     } catch { return 0 }
@@ -153,12 +162,20 @@ export class Limits {
     })
   }
 
-  /** Lets go of a reservation whose request was never sent (the sweeper does the arithmetic). */
-  async release (eventId: string): Promise<void> {
+  /** Extends the holds of the requests still running by a TTL (one statement for all of them). */
+  async renew (): Promise<void> {
+    if (this.live.size === 0 || this.renewing) return
+    this.renewing = true
     try {
-      const gone = await this.admissionSql`update budget_reservations set expires_at = '-infinity' where event_id = ${eventId} returning 1`
-      if (gone.length > 0) await this.admissionSql`select budget_sweep(1000)`
-    } catch { /* it expires on its own */ }
+      await this.admissionSql`update budget_reservations set expires_at = now() + make_interval(secs => ${this.d.config.reservationTtlMs / 1000})
+                        where event_id = any(${[...this.live]}::uuid[])`
+    } catch { /* the next tick tries again; the TTL is three ticks at least */ } finally { this.renewing = false }
+  }
+
+  /** Lets go of a reservation whose request was never sent. */
+  async release (eventId: string): Promise<void> {
+    this.live.delete(eventId)
+    await this.reserver.release([eventId])
   }
 
   /**
@@ -209,10 +226,13 @@ export class Limits {
       { defaultMaxTokens: this.d.config.defaultMaxTokens, imageTokens: this.d.config.imageTokens, markupPercent: this.d.markupPercent })
     rec.estimatedCostUsd = amount // the journal's intent line carries it: a crash's row is counted at it
     let row: ReserveRow | undefined
+    const pending = this.reserver.reserve({ org: rec.organizationId, user: rec.userId, eventId: rec.eventId, amount, at: rec.createdAt })
     try {
-      row = await this.withTimeout(this.reserver.reserve({ org: rec.organizationId, user: rec.userId, eventId: rec.eventId, amount }))
+      row = await this.withTimeout(pending.row)
       this.failures = 0
     } catch (err) {
+      // Too late (or failed): whatever the query still commits is let go (reserver.ts).
+      pending.abandon()
       // One request served unchecked is counted once, whichever checks it skipped.
       if (unchecked ? this.d.config.failMode === 'open' : this.failOpen(err, 'budget', rec.userId, rec.eventId)) return done
       done.done()
@@ -232,11 +252,13 @@ export class Limits {
       })
       return null
     }
+    const held: Admission = { done: () => { this.live.delete(rec.eventId); done.done() } }
+    this.live.add(rec.eventId)
     if (this.d.alerts) {
       if (row.org_limit !== null) this.d.alerts.check({ scope: 'organization', userId: null, limitUsd: row.org_limit, spentUsd: row.org_spent!, period: row.org_period!, periodStart: row.org_period_start! })
       if (row.user_limit !== null) this.d.alerts.check({ scope: row.user_scope!, userId: rec.userId, limitUsd: row.user_limit, spentUsd: row.user_spent!, period: row.user_period!, periodStart: row.user_period_start! })
     }
-    return done
+    return held
   }
 
   private refuse (res: ServerResponse, rec: UsageRecord, f: ExceededFacts): void {

@@ -2,10 +2,12 @@ import { Counter, Gauge, type Registry } from 'prom-client'
 import type { Sql } from '../db/connect.js'
 import { within } from '../deadline.js'
 import type { FailOpenStats } from './fail-open.js'
-import { utilization } from './store.js'
+import { overruns, utilization } from './store.js'
 
-// usage_proxy_budget_utilization_ratio{scope="organization"|"default"}: read from Postgres when
-// Prometheus scrapes, so every replica reports the shared truth and the request path does nothing.
+// usage_proxy_budget_utilization_ratio{scope="organization"|"default"} and
+// usage_proxy_budget_overrun_usd_total{scope}: read from Postgres when Prometheus scrapes, so every
+// replica reports the shared truth and the request path does nothing. The overrun counts up within
+// a budget period and starts again at 0 with the next one (a counter reset, as rate() expects).
 // usage_proxy_budget_fail_open_total: requests this process served without a spend check, read
 // from memory, so it is there exactly when Postgres is not.
 
@@ -44,6 +46,20 @@ export function registerBudgetMetrics (registry: Registry, source: () => { sql: 
     collect () {
       const at = failOpen()?.lastAt
       this.set(at ? at.getTime() / 1000 : 0)
+    },
+  })
+  new Counter({
+    name: 'usage_proxy_budget_overrun_usd_total',
+    help: 'Billed USD by which real costs exceeded their reservations in the current budget period (default: all its users)',
+    labelNames: ['scope'],
+    registers: [registry],
+    async collect () {
+      this.reset()
+      const s = source()
+      if (!s) return
+      try {
+        for (const o of await within(overruns(s.sql, s.org), UTILIZATION_DEADLINE_MS, () => [])) this.inc({ scope: o.scope }, Number(o.usd))
+      } catch { /* Postgres away: no sample rather than a failed scrape */ }
     },
   })
 }

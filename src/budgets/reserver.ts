@@ -1,29 +1,58 @@
 import type { Sql } from '../db/connect.js'
 
 // Admissions that arrive together share one round trip and one commit (budget_reserve_many() in
-// sql/006_budgets.sql): at 64 requests in flight the organization's counter is locked once per
-// batch instead of once per request. A lone request goes at once, as it would alone.
+// sql/functions/2-budgets.sql): at 64 requests in flight the organization's counter is locked
+// once per batch instead of once per request. A lone request goes at once, as it would alone.
+//
+// An admission that stops waiting (its deadline passed) abandons its item, and nothing it
+// reserved stays behind: a queued item leaves the queue; a batch whose every item was abandoned
+// is cancelled; an abandoned item of a batch that commits anyway has its hold released at once.
 
-export interface ReserveItem { org: string, user: string | null, eventId: string, amount: string }
+/** `at`: the record's created_at, the period the hold is booked in (one clock per request). */
+export interface ReserveItem { org: string, user: string | null, eventId: string, amount: string, at: string }
+
+/** The item's row (undefined: no budget applies), and a way to stop waiting for it. */
+export interface PendingReservation<R> { row: Promise<R | undefined>, abandon: () => void }
 
 const MAX_BATCH = 256
 const IN_FLIGHT = 2
 
-interface Pending<R> { item: ReserveItem, resolve: (row: R | undefined) => void, reject: (err: unknown) => void }
+interface Pending<R> {
+  item: ReserveItem
+  resolve: (row: R | undefined) => void
+  reject: (err: unknown) => void
+  abandoned: boolean
+  batch: Batch | null
+}
+
+interface Batch { cancel: () => void, open: number }
 
 export class Reserver<R extends object> {
   private queue: Array<Pending<R>> = []
   private inFlight = 0
   private scheduled = false
 
-  constructor (private readonly sql: Sql, private readonly columns: string, private readonly ttlSeconds: number, private readonly now: () => Date) {}
+  constructor (private readonly sql: Sql, private readonly columns: string, private readonly ttlSeconds: number) {}
 
-  /** The item's row, or undefined when no budget applies to it. */
-  reserve (item: ReserveItem): Promise<R | undefined> {
-    return new Promise((resolve, reject) => {
-      this.queue.push({ item, resolve, reject })
-      this.schedule()
+  reserve (item: ReserveItem): PendingReservation<R> {
+    let p!: Pending<R>
+    const row = new Promise<R | undefined>((resolve, reject) => {
+      p = { item, resolve, reject, abandoned: false, batch: null }
     })
+    this.queue.push(p)
+    this.schedule()
+    return { row, abandon: () => this.abandon(p) }
+  }
+
+  private abandon (p: Pending<R>): void {
+    if (p.abandoned) return
+    p.abandoned = true
+    p.reject(new Error('reservation abandoned'))
+    if (p.batch === null) {
+      this.queue = this.queue.filter((q) => q !== p)
+      return
+    }
+    if (--p.batch.open === 0) p.batch.cancel()
   }
 
   private schedule (): void {
@@ -37,19 +66,33 @@ export class Reserver<R extends object> {
     if (this.queue.length === 0 || this.inFlight >= IN_FLIGHT) return
     const batch = this.queue.splice(0, MAX_BATCH)
     this.inFlight++
+    const items = batch.map((p, i) => ({ i, org: p.item.org, usr: p.item.user, ev: p.item.eventId, amount: p.item.amount, at: p.item.at }))
+    const query = this.sql.unsafe<Array<R & { i: number }>>(
+      `select i, ${this.columns} from budget_reserve_many($1::jsonb, make_interval(secs => $2))`,
+      [items as never, this.ttlSeconds])
+    const state: Batch = { cancel: () => query.cancel(), open: batch.length }
+    for (const p of batch) p.batch = state
     try {
-      const items = batch.map((p, i) => ({ i, org: p.item.org, usr: p.item.user, ev: p.item.eventId, amount: p.item.amount }))
-      const rows = await this.sql.unsafe<Array<R & { i: number }>>(
-        `select i, ${this.columns} from budget_reserve_many($1::jsonb, $2, make_interval(secs => $3))`,
-        [items as never, this.now(), this.ttlSeconds])
+      const rows = await query
       const byIndex = new Map<number, R>()
       for (const r of rows) byIndex.set(r.i, r)
-      batch.forEach((p, i) => p.resolve(byIndex.get(i)))
+      batch.forEach((p, i) => { if (!p.abandoned) p.resolve(byIndex.get(i)) })
     } catch (err) {
-      for (const p of batch) p.reject(err)
+      for (const p of batch) if (!p.abandoned) p.reject(err)
     } finally {
       this.inFlight--
       if (this.queue.length > 0) this.schedule()
     }
+    // Committed, failed, or cancelled: whichever it was, an abandoned item holds nothing after this
+    // (a release of a hold that never was is a no-op).
+    const gone = batch.filter((p) => p.abandoned).map((p) => p.item.eventId)
+    if (gone.length > 0) await this.release(gone)
+  }
+
+  /** Lets go of these requests' holds (budget_release()); a failure leaves them to expire. */
+  async release (eventIds: string[]): Promise<void> {
+    try {
+      await this.sql`select budget_release(${eventIds}::uuid[])`
+    } catch { /* not renewed: they expire within the TTL and the sweeper releases them */ }
   }
 }

@@ -17,6 +17,8 @@ export interface BudgetStatus {
   source: 'env' | 'api'
   spent_usd: string
   reserved_usd: string
+  /** What real costs exceeded their reservations by this period (estimates going wrong). */
+  overrun_usd: string
   remaining_usd: string
   period_start: string
   resets_at: string | null
@@ -67,11 +69,12 @@ export async function seedFromEnv (sql: Sql, org: string, cfg: LimitsConfig): Pr
  */
 export async function budgetStatus (sql: Sql, org: string, now: Date, userId?: string): Promise<Array<BudgetStatus & { applies?: boolean }>> {
   const one = userId !== undefined
-  const rows = await sql<Array<BudgetRow & { period_start: Date, spent: string, reserved: string, remaining: string }>>`
+  const rows = await sql<Array<BudgetRow & { period_start: Date, spent: string, reserved: string, overrun: string, remaining: string }>>`
     select b.scope, b.user_id, b.limit_usd::text, b.period, b.source, b.updated_at,
            budget_period_start(b.period, ${now}) as period_start,
            coalesce(sum(c.spent_usd), 0)::text as spent,
            coalesce(sum(c.reserved_usd), 0)::text as reserved,
+           coalesce(sum(c.overrun_usd), 0)::text as overrun,
            greatest(b.limit_usd - case when b.scope = 'default-user' then coalesce(max(c.spent_usd + c.reserved_usd), 0)
                                        else coalesce(sum(c.spent_usd + c.reserved_usd), 0) end, 0)::text as remaining
       from budgets b
@@ -97,6 +100,7 @@ export async function budgetStatus (sql: Sql, org: string, now: Date, userId?: s
       source: b.source,
       spent_usd: trimDecimal(b.spent),
       reserved_usd: trimDecimal(b.reserved),
+      overrun_usd: trimDecimal(b.overrun),
       remaining_usd: trimDecimal(b.remaining),
       period_start: b.period_start.toISOString(),
       resets_at: resets ? resets.toISOString() : null,
@@ -105,6 +109,24 @@ export async function budgetStatus (sql: Sql, org: string, now: Date, userId?: s
     if (one) status.applies = b.scope !== 'default-user' || !own
     return status
   })
+}
+
+/**
+ * What real costs exceeded their reservations by in the current period of the organization's
+ * budget and of the default one (all the users it governs), in USD: exact text.
+ */
+export async function overruns (sql: Sql, org: string): Promise<Array<{ scope: 'organization' | 'default', usd: string }>> {
+  return sql<Array<{ scope: 'organization' | 'default', usd: string }>>`
+    select case b.scope when 'organization' then 'organization' else 'default' end as scope,
+           coalesce(sum(c.overrun_usd), 0)::text as usd
+      from budgets b
+      left join budget_counters c
+        on c.organization_id = b.organization_id and c.period = b.period and c.period_start = budget_period_start(b.period, now())
+       and c.scope = case b.scope when 'organization' then 'organization' else 'user' end
+       and (b.scope = 'organization' or not exists (select 1 from budgets o where o.organization_id = b.organization_id
+                                                      and o.scope = 'user' and o.user_id = c.user_id and o.limit_usd is not null))
+     where b.organization_id = ${org} and b.scope in ('organization', 'default-user') and b.limit_usd is not null
+     group by b.scope`
 }
 
 /**

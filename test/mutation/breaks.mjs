@@ -367,16 +367,16 @@ export const BREAKS = [
   },
   {
     name: "new: budget check ignores reservations",
-    file: "sql/006_budgets.sql",
+    file: "sql/functions/2-budgets.sql",
     search: "oc.spent_usd + oc.reserved_usd + p_amount > ob.limit_usd",
     replace: "oc.spent_usd + p_amount > ob.limit_usd",
     tests: ['test/budgets-concurrency.test.ts', 'test/budgets-admission.test.ts'],
   },
   {
     name: "new: settlement never releases the reservation",
-    file: "sql/006_budgets.sql",
-    search: "SET reserved_usd = greatest(c.reserved_usd - s.amount, 0)",
-    replace: "SET reserved_usd = greatest(c.reserved_usd, 0)",
+    file: "sql/functions/2-budgets.sql",
+    search: "SET reserved_usd = greatest(c.reserved_usd - (SELECT s.amount",
+    replace: "SET reserved_usd = greatest(c.reserved_usd - 0 * (SELECT s.amount",
     tests: ['test/budgets.test.ts', 'test/budgets-admission.test.ts'],
   },
   {
@@ -451,17 +451,17 @@ export const BREAKS = [
   },
   {
     name: "new: settlement counts rows the generation-id claim took back (011 undone)",
-    file: "sql/011_budget_settle_replays.sql",
-    search: "       AND EXISTS (SELECT 1 FROM usage_events e WHERE e.event_id = n.event_id AND e.created_at = n.created_at)",
-    replace: "",
+    file: "sql/functions/3-usage-after-insert.sql",
+    search: "       WHERE NOT (n.event_id = ANY (losers))",
+    replace: "       WHERE true",
     tests: ['test/budget-settlement.test.ts'],
   },
   {
     name: "new: budget check refuses landing exactly on the limit",
-    file: "sql/006_budgets.sql",
+    file: "sql/functions/2-budgets.sql",
     search: "uc.spent_usd + uc.reserved_usd + p_amount > ub.limit_usd THEN",
     replace: "uc.spent_usd + uc.reserved_usd + p_amount >= ub.limit_usd THEN",
-    tests: ['test/budgets.test.ts'],
+    tests: ['test/budget-settlement.test.ts'],
   },
   {
     name: "new: rollup compaction overwrites cost instead of adding",

@@ -1,0 +1,112 @@
+-- What every insert into usage_events does, in its own transaction, once per statement: one
+-- trigger, one function, three steps in this order (no second trigger whose firing order by name
+-- could matter). src/db/migrate.ts applies this file at every boot after the numbered migrations.
+--
+-- 1. Claim each new generation id in usage_generation_ids, in id order. A row whose id was
+--    already claimed (or claimed twice in this statement) is a replay and is deleted again, so
+--    the statement's net effect is exactly INSERT ... ON CONFLICT DO NOTHING's on a UNIQUE
+--    (generation_id) (migration 007 explains why a side table); a concurrent replay waits on the
+--    first claimer's entry. The common case (every id new) costs one count and no delete.
+-- 2. Settle budgets (when the database has any budget or hold): each kept row's spend (its billed
+--    cost, or the estimate of a row that has none: outcome 'interrupted', migration 012) is added
+--    to the counters of the period of its created_at; its reservation is deleted and released;
+--    what the spend exceeds the reservation by is added to overrun_usd. A replay taken back in
+--    step 1 releases its hold and counts nothing (its original row counted). Counters are
+--    written by one upsert in key order, the order admissions lock them in: no deadlocks.
+--    The organization's budget key is taken shared first: a recount (sql/functions/2-budgets.sql)
+--    holds it exclusively, so this either commits before the recount reads or waits for it and
+--    then sees the budget it wrote.
+-- 3. Append the kept rows' sums to usage_rollup_deltas (usage_rollup_select's SELECT, written out
+--    for the plan cache; `usage-proxy verify` would show any drift between the two).
+CREATE OR REPLACE FUNCTION usage_after_insert () RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+  claimed text[];
+  with_id bigint;
+  losers uuid[] := '{}';
+  replay record;
+BEGIN
+  -- 1. the generation-id claim
+  WITH c AS (
+    INSERT INTO usage_generation_ids (generation_id, created_at)
+    SELECT DISTINCT ON (generation_id) generation_id, created_at FROM inserted_rows
+    WHERE generation_id IS NOT NULL ORDER BY generation_id, event_id
+    ON CONFLICT DO NOTHING RETURNING generation_id)
+  SELECT coalesce(array_agg(generation_id), '{}') INTO claimed FROM c;
+  SELECT count(*) INTO with_id FROM inserted_rows WHERE generation_id IS NOT NULL;
+  IF cardinality(claimed) < with_id THEN
+    FOR replay IN
+      SELECT i.event_id, i.created_at FROM inserted_rows i
+      LEFT JOIN (SELECT DISTINCT ON (generation_id) generation_id, event_id FROM inserted_rows
+                 WHERE generation_id IS NOT NULL ORDER BY generation_id, event_id) f
+        ON f.event_id = i.event_id AND f.generation_id = ANY (claimed)
+      WHERE i.generation_id IS NOT NULL AND f.event_id IS NULL
+    LOOP
+      DELETE FROM usage_events WHERE event_id = replay.event_id AND created_at = replay.created_at;
+      losers := losers || replay.event_id;
+    END LOOP;
+  END IF;
+
+  -- 2. budget settlement
+  PERFORM pg_advisory_xact_lock_shared(727361002, budget_org_lock_key(o))
+     FROM (SELECT DISTINCT organization_id AS o FROM inserted_rows ORDER BY 1) x;
+  IF EXISTS (SELECT 1 FROM budgets WHERE limit_usd IS NOT NULL) OR EXISTS (SELECT 1 FROM budget_reservations) THEN
+    WITH released AS (
+      DELETE FROM budget_reservations r USING inserted_rows n WHERE r.event_id = n.event_id
+      RETURNING r.*
+    ), spend AS (
+      SELECT n.organization_id, n.user_id, n.created_at, coalesce(n.billed_cost_usd, n.estimated_cost_usd, 0) AS amount, rel.amount_usd AS held
+        FROM inserted_rows n LEFT JOIN released rel ON rel.event_id = n.event_id
+       WHERE NOT (n.event_id = ANY (losers))
+    ), kept AS (
+      SELECT organization_id, user_id, created_at, amount, greatest(amount - coalesce(held, amount), 0) AS overrun
+        FROM spend WHERE amount <> 0
+    ), periods AS (
+      SELECT DISTINCT organization_id, CASE scope WHEN 'organization' THEN 'organization' ELSE 'user' END AS scope, period
+        FROM budgets WHERE limit_usd IS NOT NULL
+    ), deltas AS (
+      SELECT organization_id, 'organization' AS scope, '' AS user_id, org_period AS period, org_period_start AS period_start,
+             0::numeric AS spent, -amount_usd AS reserved, 0::numeric AS overrun
+        FROM released WHERE org_period IS NOT NULL
+      UNION ALL
+      SELECT organization_id, 'user', user_id, user_period, user_period_start, 0, -amount_usd, 0
+        FROM released WHERE user_period IS NOT NULL
+      UNION ALL
+      SELECT k.organization_id, 'organization', '', p.period, budget_period_start(p.period, k.created_at), k.amount, 0, k.overrun
+        FROM kept k JOIN periods p ON p.organization_id = k.organization_id AND p.scope = 'organization'
+      UNION ALL
+      SELECT k.organization_id, 'user', k.user_id, p.period, budget_period_start(p.period, k.created_at), k.amount, 0, k.overrun
+        FROM kept k JOIN periods p ON p.organization_id = k.organization_id AND p.scope = 'user'
+       WHERE k.user_id IS NOT NULL
+    )
+    INSERT INTO budget_counters AS c (organization_id, scope, user_id, period, period_start, spent_usd, reserved_usd, overrun_usd)
+    SELECT organization_id, scope, user_id, period, period_start, sum(spent), sum(reserved), sum(overrun)
+      FROM deltas GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
+    ON CONFLICT (organization_id, scope, user_id, period, period_start) DO UPDATE
+      SET spent_usd = c.spent_usd + excluded.spent_usd,
+          reserved_usd = greatest(c.reserved_usd + excluded.reserved_usd, 0),
+          overrun_usd = c.overrun_usd + excluded.overrun_usd;
+  END IF;
+
+  -- 3. the rollups
+  INSERT INTO usage_rollup_deltas
+    SELECT organization_id, (created_at AT TIME ZONE 'UTC')::date AS day, external_user_id,
+           coalesce(served_model, model, '') AS model, kind,
+           count(*) AS requests,
+           count(*) FILTER (WHERE outcome <> 'ok') AS failed_or_aborted,
+           coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
+           coalesce(sum(completion_tokens), 0) AS completion_tokens,
+           coalesce(sum(total_tokens), 0) AS total_tokens,
+           coalesce(sum(cached_tokens), 0) AS cached_tokens,
+           coalesce(sum(reasoning_tokens), 0) AS reasoning_tokens,
+           coalesce(sum(cost_usd), 0) AS cost_usd,
+           coalesce(sum(upstream_cost_usd), 0) AS upstream_cost_usd,
+           coalesce(sum(billed_cost_usd), 0) AS billed_cost_usd,
+           max(user_id) AS user_id
+    FROM inserted_rows
+    WHERE cardinality(losers) = 0 OR NOT (event_id = ANY (losers))
+    GROUP BY 1, 2, 3, 4, 5;
+  RETURN NULL;
+END $$;
+
+SELECT ensure_triggers('usage_events', 'usage_after_insert', ARRAY['usage_events_after_insert'], ARRAY[
+  'CREATE TRIGGER usage_events_after_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS inserted_rows FOR EACH STATEMENT EXECUTE FUNCTION usage_after_insert()']);

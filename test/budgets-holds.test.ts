@@ -1,0 +1,171 @@
+import t from 'tap'
+import { createServer, type Server, type ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { fileURLToPath } from 'node:url'
+import { dirname, join } from 'node:path'
+import { randomUUID } from 'node:crypto'
+import { request } from 'undici'
+import postgres from 'postgres'
+import { createTestDb, rowsSoon, type TestDb } from './support/db.js'
+import { LogSink } from './support/sidecar.js'
+import { createLogger } from '../src/log.js'
+import { loadConfig } from '../src/config/config.js'
+import { migrate } from '../src/db/migrate.js'
+import { upsertOrganization } from '../src/db/organizations.js'
+import type { UsageRecord } from '../src/usage/record.js'
+import { Limits, type Admission } from '../src/budgets/limits.js'
+import { PriceList } from '../src/budgets/prices.js'
+import { Reserver } from '../src/budgets/reserver.js'
+import { setBudget } from '../src/budgets/store.js'
+
+// Reservations leave nothing behind and live ones stay: a fail-closed timeout (the query is
+// cancelled, or what it reserved released once it commits), and holds renewed while a request
+// runs longer than their TTL, which the sweeper then leaves alone.
+
+const ORG = 'mai_client_holds'
+const SQL_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', 'sql')
+const config = loadConfig({ OPENROUTER_API_KEY: 'sk-or-v1-test-key-0123456789', OPENROUTER_EXTERNAL_USER: ORG, ORGANIZATION_NAME: 'Holds', BUDGET_REFRESH_MS: '60000' }).limits
+const log = createLogger('silent', new LogSink())
+let db: TestDb
+/** Lock holders and observers, on connections of their own (the code under test uses db.sql's two). */
+let aux: postgres.Sql<{}>
+let server: Server
+let url: string
+let handler: (res: ServerResponse) => void = (res) => res.end()
+
+const prices = new PriceList(async () => ({
+  status: 200,
+  body: JSON.stringify({ data: [{ id: 'm/priced', pricing: { prompt: '0.000001', completion: '0.000002', request: '0.0001' } }] }),
+}), '60', log)
+
+t.before(async () => {
+  db = await createTestDb()
+  await migrate(db.sql, SQL_DIR)
+  aux = postgres(db.url, { max: 4, onnotice: () => {} })
+  await upsertOrganization(db.sql, { id: ORG, name: 'Holds', markupPercent: '0' }, 'sk-or-v1-test-key-0123456789')
+  await prices.start()
+  server = createServer((_req, res) => handler(res))
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
+  url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+})
+t.teardown(async () => {
+  prices.stop()
+  server.close()
+  await aux.end({ timeout: 1 })
+  await db.drop()
+})
+
+function rec (user: string): UsageRecord {
+  return {
+    eventId: randomUUID(), generationId: null, organizationId: ORG, userId: user, externalUserId: `x-${user}`, endpoint: 'chat/completions',
+    model: 'm/priced', servedModel: null, provider: null, streamed: false, status: 200, outcome: 'ok', finishReason: null, errorMessage: null,
+    usageSource: 'none', promptTokens: null, completionTokens: null, totalTokens: null, cachedTokens: null, reasoningTokens: null,
+    costUsd: null, upstreamCostUsd: null, isByok: null, markupPercent: '0', latencyMs: null, ttfbMs: null, chatId: null, kind: 'api', messageId: null,
+    createdAt: new Date().toISOString(),
+  }
+}
+
+function makeLimits (extra: Partial<typeof config> = {}): Limits {
+  const limits = new Limits({ sql: db.sql, record: () => {}, log, config: { ...config, ...extra }, organizationId: ORG, markupPercent: '0', prices, alerts: null })
+  t.teardown(() => limits.close())
+  return limits
+}
+
+async function admit (limits: Limits, r: UsageRecord) {
+  let admission: Admission | null | undefined
+  handler = (res) => {
+    const p = limits.admit(res, r, Buffer.alloc(400, 0x61), 100)
+    if (p === null) { admission = undefined; res.end('direct'); return }
+    void p.then((a) => { admission = a; if (a) res.end('admitted') })
+  }
+  const res = await request(url)
+  return { status: res.statusCode, text: await res.body.text(), admission }
+}
+
+/** A transaction holding `user`'s counters until the returned function is called. */
+async function lockCounters (user: string): Promise<() => void> {
+  let release!: () => void
+  await new Promise<void>((resolve) => {
+    void aux.begin(async (tx: postgres.TransactionSql<{}>) => {
+      await tx`select 1 from budget_counters where user_id = ${user} for update`
+      resolve()
+      await new Promise<void>((r) => { release = r })
+    })
+  })
+  return () => release()
+}
+
+const lockWaiters = async () => (await aux`select count(*)::int as n from pg_locks l join pg_stat_activity a on a.pid = l.pid
+                                              where not l.granted and a.datname = ${db.name}`)[0].n as number
+const held = async (user: string) => (await aux`select coalesce(sum(reserved_usd), 0)::float8 as r from budget_counters where user_id = ${user}`)[0].r as number
+const reservation = async (eventId: string) => (await aux`select 1 from budget_reservations where event_id = ${eventId}`).length
+
+t.test('BUDGET_FAIL_MODE=closed: a timed-out admission answers 503 and its query is cancelled, holding nothing', async (t) => {
+  await setBudget(db.sql, ORG, 'user', 'tim', '1', 'total')
+  const warm = makeLimits()
+  await warm.refresh()
+  const first = await admit(warm, rec('tim')) // the counter exists, so it can be held
+  first.admission!.done()
+  await db.sql`delete from budget_reservations`
+  await db.sql`update budget_counters set reserved_usd = 0`
+  const limits = makeLimits({ failMode: 'closed', dbTimeoutMs: 300 })
+  await limits.refresh()
+  const unlock = await lockCounters('tim')
+  const r = rec('tim')
+  const res = await admit(limits, r)
+  t.equal(res.status, 503, 'fail closed')
+  const cancelled = await rowsSoon(async () => (await lockWaiters()) === 0 ? [1] : [])
+  t.equal(cancelled.length, 1, 'nothing waits on the lock any more: the reservation query was cancelled')
+  unlock()
+  t.equal(await reservation(r.eventId), 0, 'no reservation')
+  t.equal(await held('tim'), 0, 'nothing held')
+})
+
+t.test('a batch where one admission gave up: its hold is released once the batch commits, the others keep theirs', async (t) => {
+  await setBudget(db.sql, ORG, 'user', 'ava', '1', 'total')
+  await setBudget(db.sql, ORG, 'user', 'ben', '1', 'total')
+  const reserver = new Reserver<{ refused_scope: string | null }>(db.sql, 'refused_scope', 300)
+  const now = new Date().toISOString()
+  const warm = [reserver.reserve({ org: ORG, user: 'ava', eventId: randomUUID(), amount: '0', at: now }), reserver.reserve({ org: ORG, user: 'ben', eventId: randomUUID(), amount: '0', at: now })]
+  await Promise.all(warm.map((w) => w.row))
+  const unlock = await lockCounters('ava')
+  const a = { org: ORG, user: 'ava', eventId: randomUUID(), amount: '0.25', at: now }
+  const b = { org: ORG, user: 'ben', eventId: randomUUID(), amount: '0.25', at: now }
+  const pa = reserver.reserve(a)
+  const pb = reserver.reserve(b) // same turn: same batch
+  const blocked = await rowsSoon(async () => (await lockWaiters()) > 0 ? [1] : [])
+  t.equal(blocked.length, 1, 'the batch waits on ava\'s counter')
+  pa.abandon()
+  await t.rejects(pa.row, /abandoned/)
+  t.ok(await lockWaiters() > 0, 'ben still waits: the batch is not cancelled for him')
+  unlock()
+  const rb = await pb.row
+  t.equal(rb?.refused_scope, null, 'ben admitted')
+  const released = await rowsSoon(async () => (await reservation(a.eventId)) === 0 && (await held('ava')) === 0 ? [1] : [])
+  t.equal(released.length, 1, 'ava\'s late hold released')
+  t.equal(await reservation(b.eventId), 1, 'ben\'s hold stays')
+  t.equal(await held('ben'), 0.25)
+})
+
+t.test('a request running longer than the TTL keeps its hold: renewed, and never swept while live', async (t) => {
+  await setBudget(db.sql, ORG, 'user', 'liv', '1', 'total')
+  const limits = makeLimits({ reservationTtlMs: 1500 })
+  await limits.refresh()
+  const r = rec('liv')
+  const res = await admit(limits, r)
+  t.equal(res.status, 200)
+  const [{ e: first }] = await db.sql`select expires_at as e from budget_reservations where event_id = ${r.eventId}`
+  // the first TTL runs out while the request still runs
+  await rowsSoon(async () => (await db.sql`select 1 where now() > ${first}::timestamptz + interval '200 milliseconds'`), 15_000)
+  const [{ e: later }] = await db.sql`select expires_at as e from budget_reservations where event_id = ${r.eventId}`
+  t.ok(later > first, 'the hold was renewed')
+  t.equal(await limits.sweep(), 0, 'the sweeper released nothing')
+  // even when a renewal is late (its expiry already passed), this sidecar's sweeper spares it
+  await db.sql`update budget_reservations set expires_at = now() - interval '1 second' where event_id = ${r.eventId}`
+  t.equal(await limits.sweep(), 0, 'a live hold is never swept')
+  t.equal(await reservation(r.eventId), 1)
+  t.equal(await held('liv'), 0.0004)
+  res.admission!.done()
+  t.equal(await limits.sweep(), 1, 'once the request ended, an expired hold is released')
+  t.equal(await held('liv'), 0)
+})
