@@ -173,6 +173,7 @@ function dataPlane (config: Config, log: Logger, s: Services, journal: Journal, 
     maxModels: config.metrics.maxModels,
     postgresUp: () => postgresAnswers(s.sql),
     keyBalance: () => s.keyPoller?.latest() ?? null,
+    ownPort: config.metrics.port !== undefined,
     organizationId: config.organization.id,
   }, (registry) => registerBudgetMetrics(registry, () => s.sql && { sql: s.sql, org: config.organization.id }))
   // The usage page's bar and "My usage" read the budget that governs a user.

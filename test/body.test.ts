@@ -168,6 +168,10 @@ t.test('upload endpoints: other bodies are refused and nothing is forwarded', as
     ['multipart without its closing delimiter', 'multipart/form-data; boundary=x', '--x\r\nContent-Disposition: form-data; name="user"\r\n\r\nme', 400, 'invalid_multipart'],
     ['multipart with a header line that is not one', 'multipart/form-data; boundary=x', '--x\r\nContent-Disposition: form-data; name="a"\r\n--x\r\nContent-Disposition: form-data; name="user"\r\n\r\nme\r\n--x--', 400, 'invalid_multipart'],
     ['multipart with a boundary look-alike line', 'multipart/form-data; boundary=x', '--x\r\nContent-Disposition: form-data; name="a"\r\n\r\n1\r\n--xy\r\n--x--', 400, 'invalid_multipart'],
+    ['multipart with the boundary twice', 'multipart/form-data; boundary=x; boundary=y', '--y\r\nContent-Disposition: form-data; name="user"\r\n\r\nme\r\n--y--', 400, 'invalid_multipart'],
+    ['multipart with the boundary twice, in another case', 'multipart/form-data; boundary=x; BOUNDARY="x"', '--x\r\nContent-Disposition: form-data; name="user"\r\n\r\nme\r\n--x--', 400, 'invalid_multipart'],
+    ['a part named twice', 'multipart/form-data; boundary=x', '--x\r\nContent-Disposition: form-data; name="file"; name="user"\r\n\r\nme\r\n--x--', 400, 'invalid_multipart'],
+    ['a part named twice, in another case', 'multipart/form-data; boundary=x', '--x\r\nContent-Disposition: form-data; name="user"; NAME=file\r\n\r\nme\r\n--x--', 400, 'invalid_multipart'],
     ['a JSON body that is not an object', 'application/json', '[1]', 400, 'invalid_json'],
   ]
   for (const [name, type, body, status, code] of cases) {
