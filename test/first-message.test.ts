@@ -44,7 +44,7 @@ t.test('the last duplicate wins, as JSON.parse keeps it, and only the last messa
   t.equal(single('{"messages":[{"role":"user","content":"x"}],"messages":[1,2]}'), null)
   t.same(single('{"messages":[1,2],"messages":[{"role":"user","content":"y"}]}'), [{ role: 'user', content: 'y' }])
   t.equal(single('{"messages":[{"role":"user","content":"x"}],"messages":3}'), null)
-  t.same(single('{"messages":[{"role":"user","content":"x"}],"x":[{"role":"a","content":"b"}],"y":{"messages":[]}}'), [{ role: 'user', content: 'x' }],
+  t.same(single('{"messages":[{"role":"user","content":"x"}],"x":[{"role":"a","content":"b"}],"y":{"messages":[]},"stream_options":{"a":[1]},"model":"m"}'), [{ role: 'user', content: 'x' }],
     'later arrays and objects do not disturb it')
   t.same(single('{"x":{"messages":[{"role":"a"}]},"messages":[{"content":"c"}]}'), [{ content: 'c' }], 'a nested messages is not the one')
 })

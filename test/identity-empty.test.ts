@@ -5,7 +5,7 @@ import { createTestDb, rowsSoon, type TestDb } from './support/db.js'
 import { baseEnv, startSidecar, type Started } from './support/sidecar.js'
 import { externalUserId } from '../src/identity/external-id.js'
 import { identify, IdentityError, type IdentityOptions } from '../src/identity/identify.js'
-import { signJwt } from '../src/identity/jwt.js'
+import { MAX_TOKEN_BYTES, signJwt } from '../src/identity/jwt.js'
 import { normalizeId } from '../src/identity/user-id.js'
 
 // An id that names nobody (NUL, whitespace, control or format characters only) is no identity,
@@ -49,6 +49,16 @@ t.test('identify: body user, headers and JWT claims alike', async (t) => {
   t.same(identify({ 'x-openwebui-user-id': 'a\u0000b', 'x-openwebui-user-name': '%00', 'x-openwebui-user-role': '\u0007' }, undefined, opts),
     { userId: 'ab', name: null, email: null, role: null, chatId: null, source: 'headers' }, 'headers normalized')
   t.equal(identify({}, 'z\u0000ed', opts).userId, 'zed')
+})
+
+t.test('a JWT is client bytes until its signature is checked: past MAX_TOKEN_BYTES it is not decoded', async (t) => {
+  const claims = { sub: 'u1', iss: 'open-webui', iat: now(), exp: now() + 300 }
+  const fits = signJwt({ ...claims, name: 'n'.repeat(MAX_TOKEN_BYTES / 2) }, SECRET)
+  t.ok(fits.length <= MAX_TOKEN_BYTES)
+  t.equal(identify({ 'x-openwebui-user-jwt': fits }, undefined, { ...opts, jwtSecret: SECRET }).userId, 'u1')
+  const big = signJwt({ ...claims, name: 'n'.repeat(MAX_TOKEN_BYTES) }, SECRET)
+  t.ok(big.length > MAX_TOKEN_BYTES)
+  t.throws(() => identify({ 'x-openwebui-user-jwt': big }, undefined, { ...opts, jwtSecret: SECRET }), /token too large/, 'signed, but too large')
 })
 
 let fake: FakeOpenRouter
