@@ -7,7 +7,8 @@ import { decodeJsonString, isJsonString } from './json-text.js'
 // `### Task:`, and which task its first line names. So what is kept is bounded whatever the
 // client sends: the role when a short string, and the content's first TEXT_BYTES when a string,
 // or the type and text (first TEXT_BYTES) of its first MAX_PARTS parts when an array. Nothing
-// deeper than a part's members is looked at; the scan itself bounds nothing but its own memory.
+// deeper than a part's members is looked at. The scan notes where these are; they are decoded
+// only when asked for, from the body's bytes (which a splice of `user` leaves in place).
 
 /** A content part as far as it is read: `type` and `text` when strings. */
 export interface PartStart { type?: string, text?: string }
@@ -29,8 +30,33 @@ const MEMBER = 3
 const PART = 4
 const PART_MEMBER = 5
 
+/** Where a string value is: [start, end) of its quoted bytes; -1 when absent or not a string. */
+interface Where { start: number, end: number }
+const NONE: Where = { start: -1, end: -1 }
+interface PartSpans { type: Where, text: Where }
+/** The first message as spans: decoded only if it is asked for (a single message is rare). */
+interface MessageSpans { role: Where, content: Where | PartSpans[] | null }
+
 /** What one `messages` array held: how many items, and the first one's start (null: not an object). */
-export interface FirstMessage { at: number, items: number, message: MessageStart | null }
+export class FirstMessage {
+  constructor (readonly at: number, readonly items: number, private readonly spans: MessageSpans | null, private readonly bytes: Uint8Array) {}
+
+  get message (): MessageStart | null {
+    const m = this.spans
+    if (m === null) return null
+    const out: MessageStart = {}
+    if (m.role.start >= 0) out.role = decodeJsonString(this.bytes, m.role.start, m.role.end)
+    if (Array.isArray(m.content)) {
+      out.content = m.content.map((p) => {
+        const part: PartStart = {}
+        if (p.type.start >= 0) part.type = decodeJsonString(this.bytes, p.type.start, p.type.end)
+        if (p.text.start >= 0) part.text = decodeJsonString(this.bytes, p.text.start, p.text.end, TEXT_BYTES)
+        return part
+      })
+    } else if (m.content !== null) out.content = decodeJsonString(this.bytes, m.content.start, m.content.end, TEXT_BYTES)
+    return out
+  }
+}
 
 export class FirstMessageReader implements DeepVisitor {
   readonly levels = PART_MEMBER
@@ -40,17 +66,17 @@ export class FirstMessageReader implements DeepVisitor {
   private active = false
   private at = -1
   private items = 0
-  private message: MessageStart | null = null
+  private message: MessageSpans | null = null
   /** Parts of the message member being read, when it is an array (only `content`'s are kept). */
-  private parts: PartStart[] | null = null
+  private parts: PartSpans[] | null = null
   /** The part being read; null when it is not an object or past MAX_PARTS. */
-  private part: PartStart | null = null
+  private part: PartSpans | null = null
 
   constructor (private readonly bytes: Uint8Array) {}
 
   /** What the `messages` array starting at `at` held; null when it was not read (not an array). */
   result (at: number): FirstMessage | null {
-    return this.active && this.at === at ? { at, items: this.items, message: this.message } : null
+    return this.active && this.at === at ? new FirstMessage(at, this.items, this.message, this.bytes) : null
   }
 
   open (level: number, ks: number, ke: number, kesc: boolean, start: number): void {
@@ -65,9 +91,9 @@ export class FirstMessageReader implements DeepVisitor {
     }
     // Everything below concerns the first item only.
     if (!this.active || this.items > 0) return
-    if (level === MESSAGE) this.message = b[start] === 0x7b ? {} : null
+    if (level === MESSAGE) this.message = b[start] === 0x7b ? { role: NONE, content: null } : null
     else if (level === MEMBER) this.parts = this.message !== null && b[start] === 0x5b && isJsonString(b, ks, ke, kesc, 'content') ? [] : null
-    else if (level === PART) this.part = this.parts !== null && this.parts.length < MAX_PARTS && b[start] === 0x7b ? {} : null
+    else if (level === PART) this.part = this.parts !== null && this.parts.length < MAX_PARTS && b[start] === 0x7b ? { type: NONE, text: NONE } : null
   }
 
   value (level: number, ks: number, ke: number, kesc: boolean, start: number, end: number): void {
@@ -85,32 +111,26 @@ export class FirstMessageReader implements DeepVisitor {
       if (m === null) return
       // The last duplicate wins, as JSON.parse keeps it.
       if (isJsonString(b, ks, ke, kesc, 'role')) {
-        if (b[start] === 0x22 && end - start - 2 <= NAME_BYTES) m.role = decodeJsonString(b, start, end)
-        else delete m.role
+        m.role = b[start] === 0x22 && end - start - 2 <= NAME_BYTES ? { start, end } : NONE
       } else if (isJsonString(b, ks, ke, kesc, 'content')) {
-        if (b[start] === 0x22) m.content = decodeJsonString(b, start, end, TEXT_BYTES)
+        if (b[start] === 0x22) m.content = { start, end }
         else if (b[start] === 0x5b && this.parts !== null) m.content = this.parts
-        else delete m.content
+        else m.content = null
       }
       this.parts = null
       return
     }
     if (level === PART) {
       // A part that is not an object has no type or text: an empty one stands for it.
-      if (this.parts !== null && this.parts.length < MAX_PARTS) this.parts.push(this.part ?? {})
+      if (this.parts !== null && this.parts.length < MAX_PARTS) this.parts.push(this.part ?? { type: NONE, text: NONE })
       this.part = null
       return
     }
     if (level === PART_MEMBER) {
       const p = this.part
       if (p === null) return
-      if (isJsonString(b, ks, ke, kesc, 'type')) {
-        if (b[start] === 0x22 && end - start - 2 <= NAME_BYTES) p.type = decodeJsonString(b, start, end)
-        else delete p.type
-      } else if (isJsonString(b, ks, ke, kesc, 'text')) {
-        if (b[start] === 0x22) p.text = decodeJsonString(b, start, end, TEXT_BYTES)
-        else delete p.text
-      }
+      if (isJsonString(b, ks, ke, kesc, 'type')) p.type = b[start] === 0x22 && end - start - 2 <= NAME_BYTES ? { start, end } : NONE
+      else if (isJsonString(b, ks, ke, kesc, 'text')) p.text = b[start] === 0x22 ? { start, end } : NONE
     }
   }
 }

@@ -72,10 +72,10 @@ export class JsonScanner {
   /** Bit n set: level n is an object (else an array). */
   private kinds = new Uint8Array(16)
   /** Per level (index 1 up to `levels`): the key just read, and where the value begins. */
-  private readonly keyStart: Int32Array
-  private readonly keyEnd: Int32Array
-  private readonly keyEscaped: Uint8Array
-  private readonly valueStart: Int32Array
+  private readonly keyStart: number[]
+  private readonly keyEnd: number[]
+  private readonly keyEscaped: boolean[]
+  private readonly valueStart: number[]
   /** The deepest level whose keys and value starts are kept: 1, or the deep visitor's. */
   private readonly levels: number
   private words: Words | null = null
@@ -83,10 +83,11 @@ export class JsonScanner {
   constructor (private readonly buf: Uint8Array, from: number, private readonly to: number, private readonly visit?: MemberVisitor, private readonly deep?: DeepVisitor) {
     this.i = from
     this.levels = Math.max(1, deep?.levels ?? 1)
-    this.keyStart = new Int32Array(this.levels + 1).fill(-1)
-    this.keyEnd = new Int32Array(this.levels + 1).fill(-1)
-    this.keyEscaped = new Uint8Array(this.levels + 1)
-    this.valueStart = new Int32Array(this.levels + 1).fill(-1)
+    // Small arrays: cheaper to make than typed ones, and a small body is scanned per request.
+    this.keyStart = new Array<number>(this.levels + 1).fill(-1)
+    this.keyEnd = new Array<number>(this.levels + 1).fill(-1)
+    this.keyEscaped = new Array<boolean>(this.levels + 1).fill(false)
+    this.valueStart = new Array<number>(this.levels + 1).fill(-1)
   }
 
   get done (): boolean { return this.state >= DONE }
@@ -144,7 +145,7 @@ export class JsonScanner {
         if (c !== QUOTE) { state = FAIL; break }
         const end = skipString(buf, words, i, to)
         if (end < 0) { state = FAIL; break }
-        if (depth <= levels) { this.keyStart[depth] = i; this.keyEnd[depth] = end; this.keyEscaped[depth] = lastEscaped ? 1 : 0 }
+        if (depth <= levels) { this.keyStart[depth] = i; this.keyEnd[depth] = end; this.keyEscaped[depth] = lastEscaped }
         i = end
         state = COLON
         continue
@@ -198,17 +199,17 @@ export class JsonScanner {
     this.members++
     if (!this.visit) return false
     const inObject = this.isObject(0)
-    return this.visit(inObject ? this.keyStart[1] : -1, inObject ? this.keyEnd[1] : -1, inObject && this.keyEscaped[1] === 1, this.valueStart[1], valueEnd) === true
+    return this.visit(inObject ? this.keyStart[1] : -1, inObject ? this.keyEnd[1] : -1, inObject && this.keyEscaped[1], this.valueStart[1], valueEnd) === true
   }
 
   private deepOpen (level: number, start: number): void {
     const inObject = this.isObject(level - 1)
-    this.deep!.open(level, inObject ? this.keyStart[level] : -1, inObject ? this.keyEnd[level] : -1, inObject && this.keyEscaped[level] === 1, start)
+    this.deep!.open(level, inObject ? this.keyStart[level] : -1, inObject ? this.keyEnd[level] : -1, inObject && this.keyEscaped[level], start)
   }
 
   private deepValue (level: number, valueEnd: number): void {
     const inObject = this.isObject(level - 1)
-    this.deep!.value(level, inObject ? this.keyStart[level] : -1, inObject ? this.keyEnd[level] : -1, inObject && this.keyEscaped[level] === 1, this.valueStart[level], valueEnd)
+    this.deep!.value(level, inObject ? this.keyStart[level] : -1, inObject ? this.keyEnd[level] : -1, inObject && this.keyEscaped[level], this.valueStart[level], valueEnd)
   }
 
   private isObject (level: number): boolean {

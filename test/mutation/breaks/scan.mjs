@@ -19,22 +19,22 @@ export const BREAKS = [
   {
     name: 's8scan: a content string is read whole, unbounded',
     file: 'src/proxy/first-message.ts',
-    search: '        if (b[start] === 0x22) m.content = decodeJsonString(b, start, end, TEXT_BYTES)',
-    replace: '        if (b[start] === 0x22) m.content = decodeJsonString(b, start, end)',
+    search: '    } else if (m.content !== null) out.content = decodeJsonString(this.bytes, m.content.start, m.content.end, TEXT_BYTES)',
+    replace: '    } else if (m.content !== null) out.content = decodeJsonString(this.bytes, m.content.start, m.content.end)',
     tests: ['test/first-message.test.ts'],
   },
   {
     name: 's8scan: parts are not bounded by MAX_PARTS',
     file: 'src/proxy/first-message.ts',
-    search: '      if (this.parts !== null && this.parts.length < MAX_PARTS) this.parts.push(this.part ?? {})',
-    replace: '      if (this.parts !== null) this.parts.push(this.part ?? {})',
+    search: '      if (this.parts !== null && this.parts.length < MAX_PARTS) this.parts.push(this.part ?? { type: NONE, text: NONE })',
+    replace: '      if (this.parts !== null) this.parts.push(this.part ?? { type: NONE, text: NONE })',
     tests: ['test/first-message.test.ts'],
   },
   {
     name: 's8scan: the first duplicate role wins instead of the last',
     file: 'src/proxy/first-message.ts',
-    search: '        if (b[start] === 0x22 && end - start - 2 <= NAME_BYTES) m.role = decodeJsonString(b, start, end)',
-    replace: '        if (m.role !== undefined) { /* keep the first */ } else if (b[start] === 0x22 && end - start - 2 <= NAME_BYTES) m.role = decodeJsonString(b, start, end)',
+    search: '        m.role = b[start] === 0x22 && end - start - 2 <= NAME_BYTES ? { start, end } : NONE',
+    replace: '        if (m.role === NONE) m.role = b[start] === 0x22 && end - start - 2 <= NAME_BYTES ? { start, end } : NONE',
     tests: ['test/json-body.test.ts'],
   },
   {
