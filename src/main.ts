@@ -174,6 +174,7 @@ function dataPlane (config: Config, log: Logger, s: Services, journal: Journal, 
     maxModels: config.metrics.maxModels,
     postgresUp: () => postgresAnswers(s.sql),
     keyBalance: () => s.keyPoller?.latest() ?? null,
+    ownPort: config.metrics.port !== undefined,
     organizationId: config.organization.id,
   }, (registry) => registerBudgetMetrics(registry, () => s.sql && { sql: s.sql, org: config.organization.id }, () => s.spend?.limits.failOpenStats ?? null))
   // "My usage" reads the budget that governs its user; the usage page every listed user's at once,

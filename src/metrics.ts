@@ -26,8 +26,15 @@ export interface MetricsOptions {
   maxModels?: number
   /** Answers whether Postgres answers now (asked once per scrape). */
   postgresUp?: () => Promise<boolean>
-  /** The latest GET /key answer, polled in the background. */
+  /**
+   * The latest GET /key answer, polled in the background. Its gauges (the organization key's
+   * limit, balance and usage) are shown only behind METRICS_API_KEY or on METRICS_PORT's own
+   * listener: the closed /key and /credits routes protect the same numbers, and the data-plane
+   * port is open to every user.
+   */
   keyBalance?: () => KeyBalance | null
+  /** METRICS_PORT: /metrics is served on its own listener, not on the data plane. */
+  ownPort?: boolean
   /** OPENROUTER_EXTERNAL_USER: the `organization` label of the key gauges. */
   organizationId?: string
 }
@@ -102,9 +109,11 @@ export function createMetrics (sources: () => MetricsSources | null, opts: Metri
       if (n !== null) this.set({ organization }, n)
     },
   })
-  keyGauge('usage_proxy_openrouter_key_limit_remaining_usd', 'Credit left on the organization\'s OpenRouter key (GET /key limit_remaining; absent when the key has no limit)', (k) => k.limitRemaining)
-  keyGauge('usage_proxy_openrouter_key_limit_usd', 'Credit limit of the organization\'s OpenRouter key (GET /key limit)', (k) => k.limit)
-  keyGauge('usage_proxy_openrouter_key_usage_usd', 'Credits used by the organization\'s OpenRouter key, all time (GET /key usage)', (k) => k.usage)
+  if (keyGaugesShown(opts)) {
+    keyGauge('usage_proxy_openrouter_key_limit_remaining_usd', 'Credit left on the organization\'s OpenRouter key (GET /key limit_remaining; absent when the key has no limit)', (k) => k.limitRemaining)
+    keyGauge('usage_proxy_openrouter_key_limit_usd', 'Credit limit of the organization\'s OpenRouter key (GET /key limit)', (k) => k.limit)
+    keyGauge('usage_proxy_openrouter_key_usage_usd', 'Credits used by the organization\'s OpenRouter key, all time (GET /key usage)', (k) => k.usage)
+  }
 
   // prom-client hashes a label object on every call; the label sets here are few, so each one's
   // child is looked up once and kept.
@@ -155,3 +164,8 @@ export function createMetrics (sources: () => MetricsSources | null, opts: Metri
 }
 
 function digest (s: string): Buffer { return createHash('sha256').update(s).digest() }
+
+/** Whether /metrics shows the organization key's gauges: only where not every user can scrape it. */
+export function keyGaugesShown (o: Pick<MetricsOptions, 'apiKey' | 'ownPort' | 'keyBalance'>): boolean {
+  return o.keyBalance !== undefined && ((o.apiKey !== undefined && o.apiKey !== '') || o.ownPort === true)
+}

@@ -1,10 +1,10 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { subscribe, unsubscribe } from 'node:diagnostics_channel'
 import { createServer, type ServerResponse } from 'node:http'
 import { connect, type AddressInfo, type Socket } from 'node:net'
 import { Pool, request } from 'undici'
 import { FakeOpenRouter } from './support/fake-openrouter.js'
-import { createTestDb, type TestDb } from './support/db.js'
+import { createTestDb, rowsSoon, type TestDb } from './support/db.js'
 import { baseEnv, startSidecar, type Started } from './support/sidecar.js'
 import { freePort, spawnSidecar } from './support/child.js'
 import { externalUserId } from '../src/identity/external-id.js'
@@ -103,6 +103,96 @@ t.test('requests are served while an 18 MB numeric body is scanned: it is read a
   t.equal(sent.body.length, big.length + `,"user":"${ORG}"`.length, 'the whole body went upstream, plus the user')
 })
 
+/**
+ * Sends `big` while another client keeps asking (health checks, one after the other; every
+ * eighth a small "My usage" chat, which reads the database), from the moment the sidecar has the whole big body until it is done with it
+ * (`dispatched`: it went upstream; else: its answer arrived). Returns what the other client got
+ * in that window, and how often the sidecar handed the big request's text to JSON.parse.
+ */
+async function othersServedWhile (t: Test, big: Buffer, marker: string, dispatched: boolean) {
+  const upstreamPath = '/api/v1/chat/completions'
+  let served = 0
+  let servedWhenDone = -1
+  let sending = false
+  const onCreate = (m: unknown) => {
+    const req = (m as { request: { path: string, method: string, headers: unknown } }).request
+    if (dispatched && sending && servedWhenDone === -1 && req.method === 'POST' && req.path === upstreamPath && JSON.stringify(req.headers).includes('big')) servedWhenDone = served
+  }
+  subscribe('undici:request:create', onCreate)
+  t.teardown(() => unsubscribe('undici:request:create', onCreate))
+  // The rule for the request path: no client byte goes to JSON.parse (the fake's own parse aside).
+  const parse = JSON.parse
+  let parsed = 0
+  JSON.parse = function (text: string, reviver?: (this: unknown, key: string, value: unknown) => unknown) {
+    if (typeof text === 'string' && text.includes(marker) && !(new Error().stack ?? '').includes('fake-openrouter')) parsed++
+    return parse.call(JSON, text, reviver)
+  } as typeof JSON.parse
+  t.teardown(() => { JSON.parse = parse })
+  let pinging: Promise<void> | null = null
+  const small = JSON.stringify({ model: 'usage-proxy/my-usage', messages: [{ role: 'user', content: 'how much?' }] })
+  const onRequest = (req: import('node:http').IncomingMessage) => {
+    if (req.headers['x-test'] !== 'big') return
+    req.once('end', () => {
+      pinging = (async () => {
+        for (let k = 0; servedWhenDone === -1; k++) {
+          const r = k % 8 !== 7
+            ? await request(`${s.url}/healthz`)
+            : await request(`${s.url}/v1/chat/completions`, { method: 'POST', headers: { ...json, ...owui('other-client') }, body: small })
+          const text = await r.body.text()
+          if (r.statusCode === 200 && (k % 8 !== 7 || text.includes('chat.completion'))) served++
+        }
+      })()
+    })
+  }
+  s.sidecar.server.on('request', onRequest)
+  t.teardown(() => { s.sidecar.server.off('request', onRequest) })
+  sending = true
+  const r = await post(`${s.url}/v1/chat/completions`, big, { ...json, ...owui('big-user'), 'x-test': 'big' })
+  if (!dispatched) servedWhenDone = served
+  await pinging
+  return { status: r.status, text: r.text, served: servedWhenDone, parsed }
+}
+
+const TASK = '### Task:\nGenerate a concise, 3-5 word title with an emoji summarizing the chat history.'
+
+t.test('a 6 MB first message nested millions deep: the others are answered meanwhile, the message is never parsed, the task still found', async (t) => {
+  fake.shallowOver = 1024 * 1024
+  t.teardown(() => { fake.shallowOver = Infinity })
+  const n = 3_000_000
+  const marker = 'nested-6mb-marker'
+  for (const model of ['fake/ok', 'usage-proxy/my-usage']) {
+    const big = Buffer.from(`{"model":"${model}","messages":[{"role":"user","content":"${TASK.replace('\n', '\\n')} ${marker}","x":${'['.repeat(n)}${']'.repeat(n)}}]}`)
+    t.ok(big.length >= 6_000_000, `${(big.length / 1e6).toFixed(1)} MB`)
+    const r = await othersServedWhile(t, big, marker, model === 'fake/ok')
+    t.equal(r.status, 200, model)
+    t.ok(r.served >= 2, `${model}: the other client was answered while it was read (${r.served})`)
+    t.equal(r.parsed, 0, `${model}: JSON.parse never saw the client's bytes`)
+    if (model === 'usage-proxy/my-usage') t.equal(JSON.parse(JSON.parse(r.text).choices[0].message.content).title, 'My usage', 'My usage saw a task prompt')
+  }
+  const rows = await rowsSoon(() => db.sql<Array<{ kind: string }>>`select kind from usage_events where user_id = 'big-user'`)
+  t.same(rows.map((x) => x.kind), ['title_generation'], 'classified from the start of the first message')
+})
+
+t.test('a first message of one object with a million keys: the others are answered meanwhile, nothing parsed', async (t) => {
+  fake.shallowOver = 1024 * 1024
+  t.teardown(() => { fake.shallowOver = Infinity })
+  const marker = 'million-keys-marker'
+  const keys = Array.from({ length: 1_000_000 }, (_, i) => `"k${i}":${i}`).join(',')
+  for (const model of ['fake/ok', 'usage-proxy/my-usage']) {
+    const big = Buffer.from(`{"model":"${model}","messages":[{${keys},"role":"user","content":"${TASK.replace('\n', '\\n')} ${marker}"}]}`)
+    const r = await othersServedWhile(t, big, marker, model === 'fake/ok')
+    t.equal(r.status, 200, model)
+    t.ok(r.served >= 2, `${model}: the other client was answered while it was read (${r.served})`)
+    t.equal(r.parsed, 0, `${model}: JSON.parse never saw the client's bytes`)
+    if (model === 'usage-proxy/my-usage') t.equal(JSON.parse(JSON.parse(r.text).choices[0].message.content).title, 'My usage', 'My usage saw a task prompt')
+  }
+  const rows = await rowsSoon(async () => {
+    const got = await db.sql<Array<{ kind: string }>>`select kind from usage_events where user_id = 'big-user'`
+    return got.length >= 2 ? got : []
+  })
+  t.same(rows.map((x) => x.kind), ['title_generation', 'title_generation'])
+})
+
 t.test('multipart uploads: the user field is the user\'s external id, whatever the client put there', async (t) => {
   const file = Buffer.concat([Buffer.from('RIFF'), Buffer.from([0, 1, 2, 0xff, 0xfe, 13, 10, 45, 45]), Buffer.from('\r\n--not-the-boundary\r\nname="user"\r\n'), Buffer.alloc(70_000, 7)])
   for (const endpoint of ['audio/transcriptions', 'audio/translations', 'images/edits', 'images/variations']) {
@@ -168,6 +258,10 @@ t.test('upload endpoints: other bodies are refused and nothing is forwarded', as
     ['multipart without its closing delimiter', 'multipart/form-data; boundary=x', '--x\r\nContent-Disposition: form-data; name="user"\r\n\r\nme', 400, 'invalid_multipart'],
     ['multipart with a header line that is not one', 'multipart/form-data; boundary=x', '--x\r\nContent-Disposition: form-data; name="a"\r\n--x\r\nContent-Disposition: form-data; name="user"\r\n\r\nme\r\n--x--', 400, 'invalid_multipart'],
     ['multipart with a boundary look-alike line', 'multipart/form-data; boundary=x', '--x\r\nContent-Disposition: form-data; name="a"\r\n\r\n1\r\n--xy\r\n--x--', 400, 'invalid_multipart'],
+    ['multipart with the boundary twice', 'multipart/form-data; boundary=x; boundary=y', '--y\r\nContent-Disposition: form-data; name="user"\r\n\r\nme\r\n--y--', 400, 'invalid_multipart'],
+    ['multipart with the boundary twice, in another case', 'multipart/form-data; boundary=x; BOUNDARY="x"', '--x\r\nContent-Disposition: form-data; name="user"\r\n\r\nme\r\n--x--', 400, 'invalid_multipart'],
+    ['a part named twice', 'multipart/form-data; boundary=x', '--x\r\nContent-Disposition: form-data; name="file"; name="user"\r\n\r\nme\r\n--x--', 400, 'invalid_multipart'],
+    ['a part named twice, in another case', 'multipart/form-data; boundary=x', '--x\r\nContent-Disposition: form-data; name="user"; NAME=file\r\n\r\nme\r\n--x--', 400, 'invalid_multipart'],
     ['a JSON body that is not an object', 'application/json', '[1]', 400, 'invalid_json'],
   ]
   for (const [name, type, body, status, code] of cases) {

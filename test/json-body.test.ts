@@ -51,6 +51,9 @@ function disagreement (buf: Buffer, budget?: number, room?: number): string | nu
     if (!Object.is(body.number(f), want)) return `${f}: ${body.number(f)} vs ${want}`
   }
   if (body.isTrue('stream') !== (o.stream === true)) return 'stream'
+  const single = canonical(body.singleMessage())
+  const wantSingle = canonical(singleMessageOf(o))
+  if (single !== wantSingle) return `singleMessage: ${single} vs ${wantSingle}`
   for (const f of ['messages', 'stream_options']) {
     const span = body.span(f)
     if ((span === undefined) !== !(f in o)) return `${f} presence`
@@ -65,6 +68,34 @@ function disagreement (buf: Buffer, budget?: number, room?: number): string | nu
   try { got = JSON.stringify(JSON.parse(spliced.toString('utf8'))) } catch (e) { return `spliced does not parse: ${(e as Error).message}: ${spliced.toString('utf8').slice(0, 200)}` }
   if (got !== expected) return `spliced: ${got.slice(0, 300)} vs ${expected.slice(0, 300)}`
   return null
+}
+
+/** The single message as JSON.parse gives it, reduced to what JsonBody.singleMessage keeps. */
+function singleMessageOf (o: Record<string, any>): unknown {
+  const m = o.messages
+  if (!Array.isArray(m) || m.length !== 1) return null
+  const isObject = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v)
+  const first = m[0]
+  if (!isObject(first)) return [null]
+  const out: Record<string, unknown> = {}
+  if (typeof first.role === 'string') out.role = first.role
+  if (typeof first.content === 'string') out.content = first.content
+  else if (Array.isArray(first.content)) {
+    out.content = first.content.slice(0, 16).map((p) => {
+      const part: Record<string, unknown> = {}
+      if (isObject(p) && typeof p.type === 'string') part.type = p.type
+      if (isObject(p) && typeof p.text === 'string') part.text = p.text
+      return part
+    })
+  }
+  return [out]
+}
+
+/** JSON with keys sorted: the order of a message's members is not what is compared. */
+function canonical (v: unknown): string {
+  return JSON.stringify(v, (_k, x: unknown) => x !== null && typeof x === 'object' && !Array.isArray(x)
+    ? Object.fromEntries(Object.entries(x as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : 1)))
+    : x)
 }
 
 // ---- a generator of JSON text that JSON.stringify would never write ----
@@ -146,10 +177,49 @@ function object (r: Rng, depth: number): string {
     else if (key === 'stream' && r() < 0.7) v = pick(r, ['true', 'false', '"true"', '1', 'null'])
     else if ((key === 'max_tokens' || key === 'max_completion_tokens') && r() < 0.7) v = pick(r, NUMBERS)
     else if (key === 'stream_options' && r() < 0.6) v = `{${ws(r)}"include_usage"${ws(r)}:${ws(r)}${pick(r, ['true', 'false', 'null'])}${ws(r)}}`
+    else if (key === 'messages' && r() < 0.7) v = messages(r, depth)
     else v = value(r, depth)
     members.push(ws(r) + quote(r, key) + ws(r) + ':' + ws(r) + v + ws(r))
   }
   return '{' + (n === 0 ? ws(r) : members.join(',')) + '}'
+}
+
+/** A `messages` array: mostly one message, with the members the task heuristic reads, written every way. */
+function messages (r: Rng, depth: number): string {
+  const n = pick(r, [1, 1, 1, 0, 2, 3])
+  const items = Array.from({ length: n }, () => ws(r) + (r() < 0.85 ? message(r, depth) : value(r, depth + 1)) + ws(r))
+  return '[' + (n === 0 ? ws(r) : items.join(',')) + ']'
+}
+
+function message (r: Rng, depth: number): string {
+  const members: string[] = []
+  const n = Math.floor(r() * 5)
+  for (let i = 0; i < n; i++) {
+    const key = pick(r, ['role', 'content', 'content', 'role', 'name', 'Role', 'text', 'type', 'rolex'])
+    let v: string
+    if (key === 'role' && r() < 0.8) v = quote(r, pick(r, ['user', 'assistant', 'system', 'us"er', '', 'user ']))
+    else if (key === 'content' && r() < 0.45) v = quote(r, pick(r, ['### Task:\nGenerate a title', '  ### Task: tags', 'hi', randomString(r)]))
+    else if (key === 'content' && r() < 0.8) v = parts(r, depth)
+    else v = value(r, depth + 2)
+    members.push(ws(r) + quote(r, key) + ws(r) + ':' + ws(r) + v + ws(r))
+  }
+  return '{' + (n === 0 ? ws(r) : members.join(',')) + '}'
+}
+
+function parts (r: Rng, depth: number): string {
+  const n = Math.floor(r() * 4)
+  const items = Array.from({ length: n }, () => {
+    if (r() < 0.15) return ws(r) + value(r, depth + 3) + ws(r)
+    const members: string[] = []
+    const m = Math.floor(r() * 4)
+    for (let i = 0; i < m; i++) {
+      const key = pick(r, ['type', 'text', 'text', 'type', 'image_url', 'Text'])
+      const v = key === 'type' && r() < 0.8 ? quote(r, pick(r, ['text', 'image_url', 'Text'])) : key === 'text' && r() < 0.8 ? quote(r, randomString(r)) : value(r, depth + 4)
+      members.push(ws(r) + quote(r, key) + ws(r) + ':' + ws(r) + v + ws(r))
+    }
+    return ws(r) + '{' + (m === 0 ? ws(r) : members.join(',')) + '}' + ws(r)
+  })
+  return '[' + (n === 0 ? ws(r) : items.join(',')) + ']'
 }
 
 function document (r: Rng): string {
@@ -462,7 +532,7 @@ t.test('a single message is read for the task heuristic; a history is not parsed
   t.same(one.singleMessage(), [{ role: 'user', content: '### Task:\nGenerate a title' }])
   t.equal(scanBody(Buffer.from('{"messages":[{"role":"user"},{"role":"assistant"}]}'))!.singleMessage(), null, 'two messages')
   t.equal(scanBody(Buffer.from('{"messages":[{"role":"user"} \n\t, "x"]}'))!.singleMessage(), null, 'two, with space before the comma')
-  t.same(scanBody(Buffer.from('{"messages":[ "only" \r\n ]}'))!.singleMessage(), ['only'], 'one, with space before the bracket')
+  t.same(scanBody(Buffer.from('{"messages":[ "only" \r\n ]}'))!.singleMessage(), [null], 'one that is not an object, with space before the bracket')
   t.equal(scanBody(Buffer.from('{"messages":[]}'))!.singleMessage(), null, 'none')
   t.equal(scanBody(Buffer.from('{"messages":"### Task:"}'))!.singleMessage(), null, 'not an array')
   t.equal(scanBody(Buffer.from('{"model":"m"}'))!.singleMessage(), null, 'absent')
@@ -513,6 +583,6 @@ t.test('a long key is reported escaped whatever its escape and wherever it falls
 
 t.test('a single message right before the closing bracket, with no space, is read', async (t) => {
   t.same(scanBody(Buffer.from('{"messages":[{"role":"user","content":"hi"}]}'))!.singleMessage(), [{ role: 'user', content: 'hi' }])
-  t.same(scanBody(Buffer.from('{"messages":["only"],"model":"m"}'))!.singleMessage(), ['only'])
+  t.same(scanBody(Buffer.from('{"messages":["only"],"model":"m"}'))!.singleMessage(), [null])
   t.equal(scanBody(Buffer.from('{"messages":["a","b"]}'))!.singleMessage(), null)
 })

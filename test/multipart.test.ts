@@ -1,5 +1,5 @@
 import t from 'tap'
-import { multipartBoundary, scanMultipart } from '../src/proxy/multipart.js'
+import { multipartBoundary, multipartType, scanMultipart } from '../src/proxy/multipart.js'
 
 // The multipart reader alone: which content types it takes, which parts are `user`, and what it
 // refuses because parsers could read it differently.
@@ -65,4 +65,39 @@ t.test('every user part is replaced, not only the last', async (t) => {
   const out = form.withUser('ours').toString()
   t.notMatch(out, /first|second/, 'neither client value is left')
   t.equal(out.split('\r\n\r\nours\r\n').length - 1, 2, 'both parts carry ours')
+})
+
+t.test('a parameter given twice, in any case, quoted or not, or written ambiguously, is refused', async (t) => {
+  const refused = [
+    'multipart/form-data; boundary=a; boundary=b',
+    'multipart/form-data; boundary=a; boundary=a',
+    'multipart/form-data; boundary=a; BOUNDARY=b',
+    'multipart/form-data; boundary="a"; Boundary=a',
+    'multipart/form-data; boundary="a;b"; boundary=c',
+    'multipart/form-data; charset=utf-8; boundary=a; charset=latin1',
+    'multipart/form-data; x; boundary=a',
+    'multipart/form-data; boundary="a',
+    'multipart/form-data; boundary="a"b',
+    'multipart/form-data; =a; boundary=b',
+  ]
+  for (const ct of refused) {
+    t.match(multipartType(ct), { error: /twice or written ambiguously/ }, ct)
+    t.equal(multipartBoundary(ct), null, ct)
+  }
+  t.same(multipartType('multipart/form-data; boundary="a" ; charset=utf-8;'), { boundary: 'a' }, 'space after a quoted value, a trailing semicolon')
+  t.equal(multipartType('multipart/form-data'), null, 'no boundary: not a usable upload type (415), as before')
+  t.equal(multipartType('text/plain; boundary=a; boundary=b'), null, 'another type is not looked into')
+  const dup = [
+    'Content-Disposition: form-data; name="file"; name="user"',
+    'Content-Disposition: form-data; name="user"; name="user"',
+    'Content-Disposition: form-data; name=user; NAME="file"',
+    'Content-Disposition: form-data; Name="user"; name=file',
+    "Content-Disposition: form-data; name*=UTF-8''user; name*=UTF-8''file",
+    'Content-Disposition: form-data; filename="a"; name="user"; filename="b"',
+    'Content-Disposition: form-data; x; name="user"',
+    'Content-Disposition: form-data; name="user',
+    'Content-Disposition: form-data; name="us"er',
+  ]
+  for (const headers of dup) t.equal(scanMultipart(body(part(headers, 'client'), '--b--'), 'b'), null, headers)
+  t.ok(scanMultipart(body(part('Content-Disposition: form-data; name="user" ; filename="f";', 'client'), '--b--'), 'b'), 'space and a trailing semicolon are fine')
 })

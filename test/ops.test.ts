@@ -134,11 +134,11 @@ t.test('x-api-key is the proxy key on /messages (Anthropic SDK), and only there'
   t.equal((await call(s, '/v1/chat/completions', { method: 'POST', headers: { ...json, 'x-api-key': KEY }, body })).status, 401, 'not on other endpoints')
 })
 
-t.test('metrics conventions: counters end in _total, Node metrics unprefixed, postgres and key balance gauges', async (t) => {
+t.test('metrics conventions: counters end in _total, Node metrics unprefixed, postgres and key balance gauges (behind METRICS_API_KEY)', async (t) => {
   const before = fake.requests.filter((r) => r.path.endsWith('/key')).length
-  const s = await startSidecar(baseEnv(fake, db.url))
+  const s = await startSidecar(baseEnv(fake, db.url, { METRICS_API_KEY: 'metrics-key-0123456789' }))
   t.teardown(() => s.sidecar.stop('test end'))
-  const scrape = async (): Promise<string> => (await call(s, '/metrics')).text
+  const scrape = async (): Promise<string> => (await call(s, '/metrics', { headers: { authorization: 'Bearer metrics-key-0123456789' } })).text
   let out = ''
   const deadline = Date.now() + 10_000
   while (Date.now() < deadline) {
@@ -161,6 +161,35 @@ t.test('metrics conventions: counters end in _total, Node metrics unprefixed, po
   for (let i = 0; i < 3; i++) await scrape()
   t.equal(fake.requests.filter((r) => r.path.endsWith('/key')).length - before, 1, 'scrapes do not call /key: one background poll')
   t.equal(fake.requests.find((r) => r.path.endsWith('/key'))?.headers.authorization, 'Bearer sk-or-v1-test-key-0123456789', 'with the organization key')
+})
+
+t.test('the open data plane\'s /metrics never shows the organization key\'s limit or balance; everything else is there', async (t) => {
+  const s = await startSidecar(baseEnv(fake, db.url))
+  t.teardown(() => s.sidecar.stop('test end'))
+  // Whether or not the background poll has answered yet, a shown gauge has its HELP line.
+  t.equal((await call(s, '/v1/chat/completions', { method: 'POST', headers: json, body: JSON.stringify({ model: 'fake/ok', messages: [{ role: 'user', content: 'hi' }] }) })).status, 200)
+  const r = await call(s, '/metrics')
+  t.equal(r.status, 200)
+  t.notMatch(r.text, /openrouter_key/, 'no key gauge, not even its HELP line')
+  t.equal(sample(r.text, 'usage_proxy_postgres_up'), 1, 'the rest is served')
+  t.match(r.text, /^usage_proxy_http_responses_total\{/m)
+  t.match(r.text, /^process_cpu_seconds_total /m)
+})
+
+t.test('METRICS_PORT: the key gauges are on its own listener', async (t) => {
+  const mport = await closedPort()
+  const s = await startSidecar(baseEnv(fake, db.url, { METRICS_PORT: String(mport) }))
+  t.teardown(() => s.sidecar.stop('test end'))
+  let text = ''
+  const deadline = Date.now() + 10_000
+  while (Date.now() < deadline) {
+    const res = await request(`http://127.0.0.1:${mport}/metrics`)
+    text = await res.body.text()
+    if (sample(text, 'usage_proxy_openrouter_key_limit_remaining_usd', ORG) !== undefined) break
+    await new Promise((r) => setTimeout(r, 20))
+  }
+  t.equal(sample(text, 'usage_proxy_openrouter_key_limit_remaining_usd', ORG), 87.5)
+  t.equal(sample(text, 'usage_proxy_openrouter_key_limit_usd', ORG), 100)
 })
 
 t.test('METRICS_API_KEY protects /metrics', async (t) => {
@@ -210,10 +239,10 @@ function record (model: string): UsageRecord {
   }
 }
 
-async function scrapeHandler (handler: (req: any, res: any) => void): Promise<string> {
+async function scrapeHandler (handler: (req: any, res: any) => void, authorization?: string): Promise<string> {
   return new Promise((resolve) => {
     let body = ''
-    handler({ headers: {} }, { writeHead: () => {}, end: (b: string) => { body = b; resolve(body) } })
+    handler({ headers: authorization ? { authorization } : {} }, { writeHead: () => {}, end: (b: string) => { body = b; resolve(body) } })
   })
 }
 
@@ -247,7 +276,14 @@ t.test('the /key poller: reads limit_remaining, keeps the last value on failure,
   t.teardown(() => poller.stop())
   await until(() => (calls > 0 && sink.text.includes('GET /key gave no balance') ? true : undefined), 'the failed poll')
   t.equal(poller.latest(), null, 'nothing known')
-  const m = createMetrics(() => null, { organizationId: 'org', keyBalance: () => ({ limit: null, limitRemaining: null, usage: 3.5, at: 0 }) })
+  const balance = () => ({ limit: 10, limitRemaining: null, usage: 3.5, at: 0 })
+  t.notMatch(await scrapeHandler(createMetrics(() => null, { organizationId: 'org', keyBalance: balance }).handler), /openrouter_key/,
+    'neither a METRICS_API_KEY nor METRICS_PORT: no key gauges')
+  t.notMatch(await scrapeHandler(createMetrics(() => null, { organizationId: 'org', keyBalance: balance, apiKey: '' }).handler), /openrouter_key/, 'an empty key is none')
+  const keyed = createMetrics(() => null, { organizationId: 'org', keyBalance: balance, apiKey: 'metrics-key-0123456789' })
+  const keyedText = await scrapeHandler(keyed.handler, 'Bearer metrics-key-0123456789')
+  t.equal(sample(keyedText, 'usage_proxy_openrouter_key_limit_usd', '{organization="org"}'), 10, 'behind METRICS_API_KEY')
+  const m = createMetrics(() => null, { organizationId: 'org', keyBalance: () => ({ limit: null, limitRemaining: null, usage: 3.5, at: 0 }), ownPort: true })
   const text = await scrapeHandler(m.handler)
   t.equal(sample(text, 'usage_proxy_openrouter_key_usage_usd', '{organization="org"}'), 3.5)
   t.equal(sample(text, 'usage_proxy_openrouter_key_limit_remaining_usd', '{organization="org"}'), undefined, 'unlimited: no sample rather than 0')

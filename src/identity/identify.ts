@@ -1,10 +1,12 @@
 import type { IncomingHttpHeaders } from 'node:http'
 import type { Logger } from '../log.js'
 import { JwtError, verifyJwt } from './jwt.js'
+import { normalizeId } from './user-id.js'
 
 // Who is asking, in order of trust: a signed JWT from the app; the plain headers the app
 // forwards (only while no JWT secret is configured: anyone who reaches the sidecar can forge
-// them); the OpenAI-style `user` field of the body; else the organization itself.
+// them); the OpenAI-style `user` field of the body; else the organization itself. Every id and
+// claim comes back normalized (user-id.ts): an id that names nobody counts as not sent.
 
 export interface Identity {
   userId: string | null
@@ -50,38 +52,49 @@ export function decodeName (raw: string | null): string | null {
 
 export function identify (headers: IncomingHttpHeaders, bodyUser: unknown, o: IdentityOptions): Identity {
   const chatId = one(headers[o.chatIdHeader])
+  /** Where an id was sent that names nobody, for the refusal's message. */
+  let empty: string | null = null
   if (o.jwtSecret) {
     if (o.onIgnoredHeaders && (headers[o.userIdHeader] !== undefined || headers[o.userNameHeader] !== undefined ||
       headers[o.userEmailHeader] !== undefined || headers[o.userRoleHeader] !== undefined)) o.onIgnoredHeaders()
     const token = one(headers[o.jwtHeader])
     if (token !== null) {
+      let c
       try {
-        const c = verifyJwt(token, o.jwtSecret, { issuer: 'open-webui' })
-        return { userId: c.sub, name: c.name ?? null, email: c.email ?? null, role: c.role ?? null, chatId, source: 'jwt' }
+        c = verifyJwt(token, o.jwtSecret, { issuer: 'open-webui' })
       } catch (err) {
         throw new IdentityError(`invalid ${o.jwtHeader}: ${err instanceof JwtError ? err.message : 'unreadable'}`)
       }
+      // A signed subject that names nobody is refused as an empty one is (RFC 7519 §4.1.2).
+      const userId = normalizeId(c.sub)
+      if (userId === null) throw new IdentityError(`invalid ${o.jwtHeader}: no subject (the sub claim is empty once control characters and whitespace are removed)`)
+      return { userId, name: normalizeId(c.name), email: normalizeId(c.email), role: normalizeId(c.role), chatId, source: 'jwt' }
     }
   } else {
-    const userId = one(headers[o.userIdHeader])
+    const sent = one(headers[o.userIdHeader])
+    const userId = normalizeId(sent)
     if (userId !== null) {
       return {
         userId,
-        name: decodeName(one(headers[o.userNameHeader])),
-        email: one(headers[o.userEmailHeader]),
-        role: one(headers[o.userRoleHeader]),
+        name: normalizeId(decodeName(one(headers[o.userNameHeader]))),
+        email: normalizeId(one(headers[o.userEmailHeader])),
+        role: normalizeId(one(headers[o.userRoleHeader])),
         chatId,
         source: 'headers',
       }
     }
+    if (sent !== null) empty = o.userIdHeader
   }
-  if (o.trustBodyUser && typeof bodyUser === 'string' && bodyUser !== '') {
-    return { userId: bodyUser, name: null, email: null, role: null, chatId, source: 'body' }
+  if (o.trustBodyUser && typeof bodyUser === 'string') {
+    const userId = normalizeId(bodyUser)
+    if (userId !== null) return { userId, name: null, email: null, role: null, chatId, source: 'body' }
+    if (bodyUser !== '') empty ??= 'the "user" field'
   }
   if (o.requireUserIdentity) {
+    const why = empty === null ? '' : `${empty} names nobody once control characters and whitespace are removed; `
     throw new IdentityError(o.jwtSecret
-      ? `no user identity: a signed ${o.jwtHeader} is required (REQUIRE_USER_IDENTITY)`
-      : `no user identity: send ${o.userIdHeader} or a "user" field (REQUIRE_USER_IDENTITY)`)
+      ? `no user identity: ${why}a signed ${o.jwtHeader} is required (REQUIRE_USER_IDENTITY)`
+      : `no user identity: ${why}send ${o.userIdHeader} or a "user" field (REQUIRE_USER_IDENTITY)`)
   }
   return { userId: null, name: null, email: null, role: null, chatId, source: 'organization' }
 }

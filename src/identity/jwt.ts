@@ -12,7 +12,15 @@ export class JwtError extends Error {}
 
 const B64URL = /^[A-Za-z0-9_-]+$/
 
+/**
+ * Longer tokens are refused before anything is decoded: the header and payload are client bytes
+ * until the signature is checked, so what JSON.parse reads of them is bounded here. Open WebUI's
+ * tokens are a few hundred bytes.
+ */
+export const MAX_TOKEN_BYTES = 8 * 1024
+
 export function verifyJwt (token: string, secret: string, opts: { issuer?: string, now?: number, leewaySec?: number } = {}): JwtClaims {
+  if (token.length > MAX_TOKEN_BYTES) throw new JwtError('token too large')
   const parts = token.split('.')
   if (parts.length !== 3) throw new JwtError('malformed token')
   const [h, p, s] = parts

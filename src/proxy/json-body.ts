@@ -1,5 +1,7 @@
 import { isUtf8 } from 'node:buffer'
+import { FirstMessageReader, type FirstMessage, type MessageStart } from './first-message.js'
 import { JsonScanner } from './json-scan.js'
+import { decodeJsonString } from './json-text.js'
 import { replaceSpans, type Span } from './splice.js'
 
 // The request body as the proxy sees it: bytes, a few top-level fields read in place, and the
@@ -10,12 +12,21 @@ import { replaceSpans, type Span } from './splice.js'
 // UTF-8 is first replaced the way toString does (U+FFFD), so a stray byte inside a string is
 // accepted and forwarded repaired, and one outside a string is refused. A UTF-8 BOM is refused,
 // as JSON.parse refuses U+FEFF.
+//
+// No client byte goes through JSON.parse: strings are decoded here (json-text.ts), at most
+// FIELD_BYTES of one, and the first message is read by the same scan (first-message.ts).
 
 /** The top-level fields read; add a name here to read another. */
 export const FIELDS = new Set(['model', 'stream', 'user', 'max_tokens', 'max_completion_tokens', 'max_output_tokens', 'stream_options', 'messages'])
 
 /** A byte range [start, end) of `bytes`. */
 export type { Span }
+export type { MessageStart }
+
+/** Bytes of a string field (`model`, `user`) that are decoded: no model or user id is longer. */
+export const FIELD_BYTES = 64 * 1024
+/** A key longer than this (escapes included) is no name in FIELDS. */
+const KEY_BYTES = 6 * Math.max(...[...FIELDS].map((f) => f.length))
 
 export class JsonBody {
   /** Last occurrence of each field in FIELDS, as JSON.parse keeps the last duplicate. */
@@ -24,6 +35,10 @@ export class JsonBody {
   private readonly users: Span[] = []
   private close = -1
   private count = 0
+  /** What the last `messages` held, read by the body's scan; null when it was not an array. */
+  private first: FirstMessage | null = null
+  /** @internal set by BodyScan: the reader of the first message. */
+  reader: FirstMessageReader | null = null
 
   /** The bytes that are forwarded: the client's, or their UTF-8 repair. */
   readonly bytes: Buffer
@@ -51,24 +66,13 @@ export class JsonBody {
   }
 
   /**
-   * `messages` as JSON.parse would give it when it holds exactly one message (what the task
-   * heuristic looks for), else null: a long history is read to its first item, never parsed,
-   * and an image in the second message is not scanned again.
+   * `messages` when it holds exactly one message (what the task heuristic looks for), else null:
+   * that message's role and the start of its content (first-message.ts), or null for an item
+   * that is not an object. Read during the body's scan: nothing is scanned or parsed again.
    */
-  singleMessage (): unknown[] | null {
-    const span = this.fields.get('messages')
-    if (!span || this.bytes[span.start] !== 0x5b) return null
-    let first: Span | null = null
-    new JsonScanner(this.bytes, span.start, span.end, (_ks, _ke, _esc, vs, ve) => {
-      first = { start: vs, end: ve }
-      return true
-    }).run()
-    if (first === null) return null
-    const item: Span = first
-    // The array was validated with the body: after its first item comes ']' or ','.
-    let i = item.end
-    while (isSpace(this.bytes[i])) i++
-    return this.bytes[i] === 0x5d ? [JSON.parse(this.bytes.toString('utf8', item.start, item.end))] : null
+  singleMessage (): [MessageStart | null] | null {
+    const f = this.first
+    return f !== null && f.items === 1 ? [f.message] : null
   }
 
   /** Whether a top-level field is the literal `true`. */
@@ -113,6 +117,7 @@ export class JsonBody {
     if (!FIELDS.has(key)) return
     this.fields.set(key, span)
     if (key === 'user') this.users.push(span)
+    else if (key === 'messages') this.first = this.reader?.result(span.start) ?? null
   }
 
   /** @internal */
@@ -137,10 +142,11 @@ export class BodyScan {
     // Not an object: refused whatever follows, without reading it.
     if (bytes[first] !== 0x7b) { this.scanner = null; return }
     this.body = body
+    const reader = body.reader = new FirstMessageReader(bytes)
     this.scanner = new JsonScanner(bytes, first, bytes.length, (ks, ke, escaped, vs, ve) => {
       body.add(keyName(bytes, ks, ke, escaped), { start: vs, end: ve })
       return undefined
-    })
+    }, reader)
   }
 
   step (budget = Infinity): boolean {
@@ -160,16 +166,20 @@ export function scanBody (raw: Buffer): JsonBody | null {
   return scan.body
 }
 
-/** The JSON string at `span` of valid JSON bytes, decoded; undefined if the value is not a string. */
-export function stringAt (bytes: Buffer, span: Span): string | undefined {
+/**
+ * The JSON string at `span` of valid JSON bytes, decoded (its first `maxBytes` bytes when longer,
+ * see decodeJsonString); undefined if the value is not a string.
+ */
+export function stringAt (bytes: Buffer, span: Span, maxBytes = FIELD_BYTES): string | undefined {
   if (bytes[span.start] !== 0x22) return undefined
-  const inner = bytes.subarray(span.start + 1, span.end - 1)
-  return inner.includes(0x5c) ? JSON.parse(bytes.toString('utf8', span.start, span.end)) as string : inner.toString('utf8')
+  return decodeJsonString(bytes, span.start, span.end, maxBytes)
 }
 
 function keyName (bytes: Buffer, start: number, end: number, escaped: boolean): string {
   // Only ASCII names are looked up, and non-ASCII bytes never decode to ASCII under latin1.
-  return escaped ? JSON.parse(bytes.toString('utf8', start, end)) as string : bytes.toString('latin1', start + 1, end - 1)
+  if (!escaped) return bytes.toString('latin1', start + 1, end - 1)
+  // A key too long to be one of them is not decoded: its name is none of theirs.
+  return end - start - 2 <= KEY_BYTES ? decodeJsonString(bytes, start, end) : ''
 }
 
 function isSpace (c: number): boolean { return c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09 }

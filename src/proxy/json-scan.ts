@@ -12,6 +12,25 @@ import { forgetWindow, restEscaped, simdStrings, skipRest } from './json-strings
 /** A direct member of the root: its key's quoted bytes (-1 for array items) and its value's. */
 export type MemberVisitor = (keyStart: number, keyEnd: number, keyEscaped: boolean, valueStart: number, valueEnd: number) => boolean | undefined
 
+/**
+ * Values a few levels below the root, for a reader that wants more than the root's members (the
+ * first message of `messages`) without a second pass. Level 1 is a member of the root, level 2 a
+ * member of that, and so on; keys are quoted bytes as for MemberVisitor, -1 for array items.
+ */
+export interface DeepVisitor {
+  /** Levels that may be reported: open for 1..levels, value for 2..levels (level 1 goes to the MemberVisitor). */
+  readonly levels: number
+  /**
+   * Levels reported right now (1..levels), read again after each call: a reader done with the
+   * current member asks for less, and a long chat history costs it nothing past its first items.
+   */
+  readonly wanted: number
+  /** A container begins at `level`; `start` is its '{' or '['. */
+  open: (level: number, keyStart: number, keyEnd: number, keyEscaped: boolean, start: number) => void
+  /** A value at `level` ended. */
+  value: (level: number, keyStart: number, keyEnd: number, keyEscaped: boolean, start: number, end: number) => void
+}
+
 const VALUE = 0 // a value must come
 const VALUE_OR_CLOSE = 1 // after '['
 const KEY_OR_CLOSE = 2 // after '{'
@@ -52,14 +71,23 @@ export class JsonScanner {
   private depth = 0
   /** Bit n set: level n is an object (else an array). */
   private kinds = new Uint8Array(16)
-  private keyStart = -1
-  private keyEnd = -1
-  private keyEscaped = false
-  private valueStart = -1
+  /** Per level (index 1 up to `levels`): the key just read, and where the value begins. */
+  private readonly keyStart: number[]
+  private readonly keyEnd: number[]
+  private readonly keyEscaped: boolean[]
+  private readonly valueStart: number[]
+  /** The deepest level whose keys and value starts are kept: 1, or the deep visitor's. */
+  private readonly levels: number
   private words: Words | null = null
 
-  constructor (private readonly buf: Uint8Array, from: number, private readonly to: number, private readonly visit?: MemberVisitor) {
+  constructor (private readonly buf: Uint8Array, from: number, private readonly to: number, private readonly visit?: MemberVisitor, private readonly deep?: DeepVisitor) {
     this.i = from
+    this.levels = Math.max(1, deep?.levels ?? 1)
+    // Small arrays: cheaper to make than typed ones, and a small body is scanned per request.
+    this.keyStart = new Array<number>(this.levels + 1).fill(-1)
+    this.keyEnd = new Array<number>(this.levels + 1).fill(-1)
+    this.keyEscaped = new Array<boolean>(this.levels + 1).fill(false)
+    this.valueStart = new Array<number>(this.levels + 1).fill(-1)
   }
 
   get done (): boolean { return this.state >= DONE }
@@ -80,6 +108,9 @@ export class JsonScanner {
     let i = this.i
     let state = this.state
     let depth = this.depth
+    const levels = this.levels
+    const deep = this.deep
+    let deepLevels = deep === undefined ? 0 : deep.wanted
     const stop = budget >= to - i ? to : i + budget
     for (;;) {
       if (state >= DONE) break
@@ -99,6 +130,7 @@ export class JsonScanner {
         i++
         depth--
         if (depth === 1) { if (this.member(i)) { state = STOPPED; break } } else if (depth === 0) this.rootClose = i - 1
+        else if (depth <= deepLevels) { this.deepValue(depth, i); deepLevels = deep!.wanted }
         continue
       }
       if (state === KEY || state === KEY_OR_CLOSE) {
@@ -107,12 +139,13 @@ export class JsonScanner {
           depth--
           state = AFTER
           if (depth === 1) { if (this.member(i)) { state = STOPPED; break } } else if (depth === 0) this.rootClose = i - 1
+          else if (depth <= deepLevels) { this.deepValue(depth, i); deepLevels = deep!.wanted }
           continue
         }
         if (c !== QUOTE) { state = FAIL; break }
         const end = skipString(buf, words, i, to)
         if (end < 0) { state = FAIL; break }
-        if (depth === 1) { this.keyStart = i; this.keyEnd = end; this.keyEscaped = lastEscaped }
+        if (depth <= levels) { this.keyStart[depth] = i; this.keyEnd[depth] = end; this.keyEscaped[depth] = lastEscaped }
         i = end
         state = COLON
         continue
@@ -129,10 +162,14 @@ export class JsonScanner {
         depth--
         state = AFTER
         if (depth === 1) { if (this.member(i)) { state = STOPPED; break } } else if (depth === 0) this.rootClose = i - 1
+        else if (depth <= deepLevels) { this.deepValue(depth, i); deepLevels = deep!.wanted }
         continue
       }
       if (depth === 0) this.root = c
-      else if (depth === 1) this.valueStart = i
+      else if (depth <= levels) {
+        this.valueStart[depth] = i
+        if ((depth <= deepLevels || depth === 1) && deep !== undefined && (c === OBJECT || c === ARRAY)) { this.deepOpen(depth, i); deepLevels = deep.wanted }
+      }
       if (c === OBJECT || c === ARRAY) {
         this.push(depth, c === OBJECT)
         depth++
@@ -150,7 +187,7 @@ export class JsonScanner {
       if (end < 0) { state = FAIL; break }
       i = end
       state = AFTER
-      if (depth === 1 && this.member(i)) { state = STOPPED; break }
+      if (depth === 1) { if (this.member(i)) { state = STOPPED; break } } else if (depth <= deepLevels && depth > 1) { this.deepValue(depth, i); deepLevels = deep!.wanted }
     }
     this.i = i
     this.state = state
@@ -162,7 +199,17 @@ export class JsonScanner {
     this.members++
     if (!this.visit) return false
     const inObject = this.isObject(0)
-    return this.visit(inObject ? this.keyStart : -1, inObject ? this.keyEnd : -1, inObject && this.keyEscaped, this.valueStart, valueEnd) === true
+    return this.visit(inObject ? this.keyStart[1] : -1, inObject ? this.keyEnd[1] : -1, inObject && this.keyEscaped[1], this.valueStart[1], valueEnd) === true
+  }
+
+  private deepOpen (level: number, start: number): void {
+    const inObject = this.isObject(level - 1)
+    this.deep!.open(level, inObject ? this.keyStart[level] : -1, inObject ? this.keyEnd[level] : -1, inObject && this.keyEscaped[level], start)
+  }
+
+  private deepValue (level: number, valueEnd: number): void {
+    const inObject = this.isObject(level - 1)
+    this.deep!.value(level, inObject ? this.keyStart[level] : -1, inObject ? this.keyEnd[level] : -1, inObject && this.keyEscaped[level], this.valueStart[level], valueEnd)
   }
 
   private isObject (level: number): boolean {

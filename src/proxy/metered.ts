@@ -14,7 +14,7 @@ import { sendError } from './errors.js'
 import { upstreamHeaders } from './headers.js'
 import type { BodyMemory } from './body-memory.js'
 import { BodyScan, type JsonBody } from './json-body.js'
-import { multipartBoundary, scanMultipart } from './multipart.js'
+import { multipartType, scanMultipart } from './multipart.js'
 import type { SelfService } from './self-service.js'
 import type { Upstream } from './upstream.js'
 
@@ -234,12 +234,13 @@ interface RequestBody {
 function readPayload (req: IncomingMessage, res: ServerResponse, kind: 'json' | 'raw', raw: Buffer, room: number, memory: Buffer | null, ctx: MeterContext, done: (body: RequestBody) => void): void {
   const contentType = req.headers['content-type']
   if (kind === 'raw' && !(contentType ?? '').includes('json')) {
-    const boundary = multipartBoundary(contentType)
-    if (boundary === null) {
+    const type = multipartType(contentType)
+    if (type === null) {
       sendError(res, 415, 'invalid_request_error', 'unsupported_media_type', 'upload endpoints take multipart/form-data (or a JSON object)')
       return
     }
-    const form = scanMultipart(raw, boundary)
+    if ('error' in type) { sendError(res, 400, 'invalid_request_error', 'invalid_multipart', type.error); return }
+    const form = scanMultipart(raw, type.boundary)
     if (!form) { sendError(res, 400, 'invalid_request_error', 'invalid_multipart', 'request body is not well-formed multipart/form-data'); return }
     done({ json: null, user: form.user, bytes: raw, withUser: (user) => form.withUserParts(user), memory })
     return

@@ -8,18 +8,32 @@ import { replaceSpans, type Span } from './splice.js'
 //
 // Strict where parsers could disagree: a preamble, a boundary line followed by anything but `--`
 // or a line end, a missing closing delimiter, a header line without a colon is refused, so no parser
-// upstream can find a `user` part this one did not replace.
+// upstream can find a `user` part this one did not replace. So is a parameter given twice (a
+// `boundary` in Content-Type, a `name` in a part's Content-Disposition, in any case, quoted or
+// not) or written so that parsers could split it differently: one parser keeps the first, another
+// the last, and would cut the body, or name a part, where this one does not.
 
 export type { Span }
 
-/** The boundary of a multipart/form-data content type; null for any other type. */
-export function multipartBoundary (contentType: string | undefined): string | null {
+/**
+ * What a multipart/form-data content type says: its boundary, or why it is refused (400: its
+ * parameters could be read two ways); null for any other type, or one without a usable boundary.
+ */
+export function multipartType (contentType: string | undefined): { boundary: string } | { error: string } | null {
   if (!contentType) return null
   const semi = contentType.indexOf(';')
   if ((semi === -1 ? contentType : contentType.slice(0, semi)).trim().toLowerCase() !== 'multipart/form-data') return null
-  const b = params(contentType.slice(semi + 1)).get('boundary')
+  const p = semi === -1 ? new Map<string, string>() : params(contentType.slice(semi + 1))
+  if (p === null) return { error: 'the multipart/form-data content type has a parameter given twice or written ambiguously' }
+  const b = p.get('boundary')
   // RFC 2046: 1 to 70 characters.
-  return b !== undefined && b.length >= 1 && b.length <= 70 ? b : null
+  return b !== undefined && b.length >= 1 && b.length <= 70 ? { boundary: b } : null
+}
+
+/** The boundary of a multipart/form-data content type; null for any other type, or a refused one. */
+export function multipartBoundary (contentType: string | undefined): string | null {
+  const type = multipartType(contentType)
+  return type !== null && 'boundary' in type ? type.boundary : null
 }
 
 export class MultipartBody {
@@ -112,6 +126,7 @@ function partName (headers: string): string | undefined | null {
     const value = line.slice(colon + 1)
     const semi = value.indexOf(';')
     const p = params(semi === -1 ? '' : value.slice(semi + 1))
+    if (p === null) return null
     const extended = p.get('name*')
     const plain = p.get('name')
     const plainName = plain === undefined ? undefined : Buffer.from(plain, 'latin1').toString('utf8')
@@ -127,15 +142,21 @@ function partName (headers: string): string | undefined | null {
   return name
 }
 
-/** `; key=value; key="quoted \" value"` parameters, keys lower-cased. */
-function params (s: string): Map<string, string> {
+/**
+ * `; key=value; key="quoted \" value"` parameters, keys lower-cased; null when one is given twice
+ * (whatever its case), has no `=`, or has a quoted value left open or followed by more than space.
+ */
+function params (s: string): Map<string, string> | null {
   const out = new Map<string, string>()
   let i = 0
-  while (i < s.length) {
+  for (;;) {
     while (i < s.length && (s[i] === ';' || s[i] === ' ' || s[i] === '\t')) i++
+    if (i >= s.length) return out
     const eq = s.indexOf('=', i)
-    if (eq === -1) break
+    const semi = s.indexOf(';', i)
+    if (eq === -1 || (semi !== -1 && semi < eq)) return null // `; flag;`: parsers disagree on what follows
     const key = s.slice(i, eq).trim().toLowerCase()
+    if (key === '') return null
     i = eq + 1
     while (s[i] === ' ' || s[i] === '\t') i++
     let value = ''
@@ -145,13 +166,16 @@ function params (s: string): Map<string, string> {
         if (s[i] === '\\' && i + 1 < s.length) i++
         value += s[i++]
       }
+      if (i >= s.length) return null // never closed
       i++
+      while (s[i] === ' ' || s[i] === '\t') i++
+      if (i < s.length && s[i] !== ';') return null // `name="a"b`
     } else {
       const end = s.indexOf(';', i)
       value = (end === -1 ? s.slice(i) : s.slice(i, end)).trim()
       i = end === -1 ? s.length : end
     }
-    if (!out.has(key)) out.set(key, value)
+    if (out.has(key)) return null
+    out.set(key, value)
   }
-  return out
 }

@@ -144,6 +144,12 @@ export class FakeOpenRouter {
   /** Sum of what was charged, in exact decimal (as integer nano-nano-dollars), for cross-checks. */
   chargedTotal (): string { return sumDecimals([...this.generations.values()].map((g) => g.cost)) }
 
+  /**
+   * Bodies larger than this are not parsed: model, stream and user are picked out by pattern, so
+   * a test's huge body (nested millions deep) costs the fake nothing in the test's own process.
+   */
+  shallowOver = Infinity
+
   /** What GET /key answers: OpenRouter's shape for the calling key (tests may change it). */
   key: Record<string, unknown> = {
     label: 'sk-or-v1-tes...789', limit: 100, limit_reset: null, limit_remaining: 87.5, include_byok_in_limit: false,
@@ -176,7 +182,13 @@ export class FakeOpenRouter {
       return this.finish(g, res, Buffer.from(`{"id":"${g.id}","text":"hello","usage":{"prompt_tokens":${g.promptTokens},"total_tokens":${g.promptTokens},"cost":${g.cost}}}`))
     }
     let parsed: Record<string, any>
-    try { parsed = JSON.parse(body) } catch { return json(res, 400, { error: { code: 400, message: 'Invalid JSON' } }) }
+    if (bytes.length > this.shallowOver) {
+      const field = (name: string) => new RegExp(`"${name}":("[^"]*"|true|false)`).exec(body)?.[1]
+      const str = (v: string | undefined) => (v?.startsWith('"') ? v.slice(1, -1) : undefined)
+      parsed = { model: str(field('model')), stream: field('stream') === 'true', user: str(field('user')) }
+    } else {
+      try { parsed = JSON.parse(body) } catch { return json(res, 400, { error: { code: 400, message: 'Invalid JSON' } }) }
+    }
     const model = String(parsed.model ?? 'fake/ok')
     if (model === 'fake/silent') return // never answers: the sidecar's headers timeout must end this
     if (model === 'fake/error-402') {
