@@ -2,6 +2,8 @@ import type { Config } from '../config/config.js'
 import type { Sql } from '../db/connect.js'
 import type { Logger } from '../log.js'
 import { budgetRoutes } from './budgets.js'
+import { ledgerRoutes } from './ledger.js'
+import type { Backlog } from '../usage/ledger.js'
 import { noBudgets, type BudgetFor } from '../usage/budget-seam.js'
 import { pageRoutes } from './page.js'
 import { createAdmin, sendJson, type AdminHandler, type AdminRoute } from './router.js'
@@ -23,6 +25,8 @@ export interface AdminDeps {
   budgetsChanged?: () => void
   /** A user's budget for the usage views; the budgets module provides it (null: no budgets). */
   budgetFor?: BudgetFor
+  /** The ledger's backlog, from memory (null before boot made the ledger). */
+  backlog?: () => Backlog | null
 }
 
 export function adminRoutes (deps: AdminDeps): AdminRoute[] {
@@ -34,6 +38,7 @@ export function adminRoutes (deps: AdminDeps): AdminRoute[] {
     },
     ...budgetRoutes({ config: deps.config, sql: deps.sql, changed: deps.budgetsChanged }),
     ...storageRoutes(deps),
+    ...ledgerRoutes(deps.backlog ?? (() => null)),
     ...usageRoutes({ organizationId: deps.config.organization.id, readSql: deps.readSql, budgetFor: deps.budgetFor ?? noBudgets }),
     ...sessionRoutes(deps.config.admin.apiKey ?? ''),
     ...pageRoutes(),

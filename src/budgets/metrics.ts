@@ -1,23 +1,21 @@
 import { Gauge, type Registry } from 'prom-client'
-import type { Sql } from '../db/connect.js'
-import { utilization } from './store.js'
 
-// usage_proxy_budget_utilization_ratio{scope="organization"|"default"}: read from Postgres when
-// Prometheus scrapes, so every replica reports the shared truth and the request path does nothing.
+// usage_proxy_budget_utilization_ratio{scope="organization"|"default"}: Postgres's shared truth,
+// so every replica reports the same, as read in the background (src/db-readings.ts): a scrape
+// never waits on the database, and the request path does nothing.
 
-export function registerBudgetMetrics (registry: Registry, source: () => { sql: Sql, org: string } | null): void {
+export type Utilization = Array<{ scope: 'organization' | 'default', ratio: number }>
+
+export function registerBudgetMetrics (registry: Registry, latest: () => Utilization | null): void {
   new Gauge({
     name: 'usage_proxy_budget_utilization_ratio',
-    help: 'Billed spend of the current period divided by the budget limit (default: its most spent user)',
+    help: 'Billed spend of the current period divided by the budget limit (default: its most spent user), as of the last background read',
     labelNames: ['scope'],
     registers: [registry],
-    async collect () {
+    collect () {
       this.reset()
-      const s = source()
-      if (!s) return
-      try {
-        for (const u of await utilization(s.sql, s.org)) this.set({ scope: u.scope }, u.ratio)
-      } catch { /* Postgres away: no sample rather than a failed scrape */ }
+      // Unknown (Postgres away, or not read yet): no sample rather than a stale or false one.
+      for (const u of latest() ?? []) this.set({ scope: u.scope }, u.ratio)
     },
   })
 }
