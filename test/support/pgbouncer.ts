@@ -39,7 +39,7 @@ function runAsUser (): string[] {
   return []
 }
 
-export async function startPgbouncer (o: { postgresPort: number, mode: 'transaction' | 'session', poolSize?: number, maxClients?: number }): Promise<Bouncer> {
+export async function startPgbouncer (o: { postgresPort: number, mode: 'transaction' | 'session' | 'statement', poolSize?: number, maxClients?: number }): Promise<Bouncer> {
   const bin = pgbouncerBinary()
   if (!('path' in bin)) throw new Error(bin.missing)
   const dir = mkdtempSync(join(tmpdir(), 'pgbouncer-'))
