@@ -2,7 +2,6 @@ import { join, resolve } from 'node:path'
 import type { Config } from './config/config.js'
 import { connect, redactUrl, type Sql } from './db/connect.js'
 import { bounded } from './db/bounded.js'
-import { StartupError } from './startup-error.js'
 import { startEmbedded, type EmbeddedDb } from './db/embedded.js'
 import { migrate, type MigrationResult } from './db/migrate.js'
 import { startPartitionMaintenance, type PartitionMaintainer } from './db/partitions.js'
@@ -101,23 +100,10 @@ export async function bootServices (s: Services, { config, log, journal, upstrea
 const MIGRATION_DEADLINE_MS = 10 * 60_000
 
 async function migrateOver (directUrl: string | undefined, pool: Sql, sqlDir: string, log: Logger, retryMaxMs: number, signal: AbortSignal): Promise<MigrationResult> {
-  if (!directUrl) return migrate(bounded(pool, MIGRATION_DEADLINE_MS, 'migration deadline', MIGRATION_DEADLINE_MS), sqlDir).catch(refuseStatementPooling)
+  if (!directUrl) return migrate(bounded(pool, MIGRATION_DEADLINE_MS, 'migration deadline', MIGRATION_DEADLINE_MS), sqlDir)
   return migrateDirect(directUrl, sqlDir, log, retryMaxMs, signal)
 }
 
-
-/**
- * A pooler in statement mode hands every statement another backend: no transaction can work, so
- * the ledger could not either. Said once at boot, naming the setting, rather than as a stream of
- * failed inserts.
- */
-function refuseStatementPooling (err: unknown): never {
-  if (/statement pooling mode/i.test((err as Error)?.message ?? '')) {
-    throw new StartupError('DATABASE_URL: the pooler runs in statement mode, where no transaction can work: use its transaction or session mode ' +
-      '(PgBouncer pool_mode = transaction; Supabase port 6543), or a direct connection', 'DATABASE_URL')
-  }
-  throw err
-}
 
 async function migrateDirect (directUrl: string, sqlDir: string, log: Logger, retryMaxMs: number, signal: AbortSignal): Promise<MigrationResult> {
   const direct = await connect({ url: directUrl, log, retryMaxMs, signal, max: 1, variable: 'DATABASE_DIRECT_URL' })

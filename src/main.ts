@@ -175,7 +175,7 @@ function dataPlane (config: Config, log: Logger, s: Services, journal: Journal, 
   }, {
     apiKey: config.metrics.apiKey,
     maxModels: config.metrics.maxModels,
-    postgresUp: () => ({ up: readings.latest().postgresUp, lastAnswerAt: readings.latest().lastAnswerAt }),
+    db: readings,
     keyBalance: () => s.keyPoller?.latest() ?? null,
     organizationId: config.organization.id,
   }, (registry) => registerBudgetMetrics(registry, () => readings.latest().utilization))

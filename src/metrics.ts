@@ -4,6 +4,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import type { UsageRecord } from './usage/record.js'
 import type { KeyBalance } from './openrouter-key.js'
 import type { Backlog } from './usage/ledger.js'
+import type { DbReadings } from './db-readings.js'
 
 // Prometheus metrics. The request path only bumps counters and observes two histograms once per
 // exchange, after its last byte; queue depths and totals kept elsewhere are read when Prometheus
@@ -26,8 +27,8 @@ export interface MetricsOptions {
   apiKey?: string
   /** METRICS_MAX_MODELS: distinct `model` label values; later models count as `other`. */
   maxModels?: number
-  /** Whether Postgres answered the last background probe, and when it last did (src/db-readings.ts): read, never awaited. */
-  postgresUp?: () => { up: boolean, lastAnswerAt: number | null }
+  /** What Postgres last answered in the background (src/db-readings.ts): read at a scrape, never awaited. */
+  db?: Pick<DbReadings, 'latest' | 'refresh'>
   /** The latest GET /key answer, polled in the background. */
   keyBalance?: () => KeyBalance | null
   /** OPENROUTER_EXTERNAL_USER: the `organization` label of the key gauges. */
@@ -95,12 +96,12 @@ export function createMetrics (sources: () => MetricsSources | null, opts: Metri
   total('usage_proxy_ledger_rejected_total', 'Rows Postgres refused as data, set aside in rejected.jsonl, since start', (s) => s.ledgerRejected())
   new Gauge({
     name: 'usage_proxy_postgres_up', help: '1 when Postgres answered the last background probe (every 5 s, 2 s deadline), else 0', registers: [registry],
-    collect () { this.set(opts.postgresUp?.().up === true ? 1 : 0) },
+    collect () { this.set(opts.db?.latest().postgresUp === true ? 1 : 0) },
   })
   new Gauge({
     name: 'usage_proxy_postgres_last_answer_age_seconds', help: 'Seconds since Postgres last answered a probe (absent until it first does)', registers: [registry],
     collect () {
-      const at = opts.postgresUp?.().lastAnswerAt ?? null
+      const at = opts.db?.latest().lastAnswerAt ?? null
       this.reset()
       if (at !== null) this.set((Date.now() - at) / 1000)
     },

@@ -10,6 +10,8 @@ import { poolOptions, type Sql } from '../src/db/connect.js'
 import { createLogger } from '../src/log.js'
 import { Ledger } from '../src/usage/ledger.js'
 import { newRecord } from '../src/usage/record.js'
+import { createMetrics } from '../src/metrics.js'
+import { startDbReadings } from '../src/db-readings.js'
 
 // Never blind without saying so: every query has a deadline (and is cancelled at it), /metrics
 // and /healthz answer while Postgres does not, the ledger's backlog shows and drains by itself,
@@ -61,7 +63,7 @@ t.test('Postgres stops answering: /healthz, /metrics and the admin ledger answer
   await relay.reserve()
   await relay.open()
   const env = baseEnv(fake, `${relay.url}/${db.name}`, {
-    LOG_LEVEL: 'info', ADMIN_API_KEY: 'admin-key-0123456789abcdef', DATABASE_QUERY_TIMEOUT_MS: '600000', BUDGET_DB_TIMEOUT_MS: '200',
+    LOG_LEVEL: 'info', ADMIN_API_KEY: 'admin-key-0123456789abcdef', DATABASE_QUERY_TIMEOUT_MS: '1500', BUDGET_DB_TIMEOUT_MS: '200',
   })
   const s = await startSidecar(env)
   t.teardown(async () => { await relay.cut(); await s.sidecar.stop('test over'); await fake.close(); await db.drop() })
@@ -88,10 +90,14 @@ t.test('Postgres stops answering: /healthz, /metrics and the admin ledger answer
   await until(async () => await metric('usage_proxy_ledger_backlog_oldest_seconds') > 0, 'the oldest record ages')
   await until(async () => await metric('usage_proxy_postgres_up') === 0, 'the background probe says Postgres is down')
   t.ok(await metric('usage_proxy_postgres_last_answer_age_seconds') >= 0, 'and when it last answered')
-  const admin = await request(s.url + '/admin/v1/ledger', { headers: { authorization: 'Bearer admin-key-0123456789abcdef' } })
-  const body = await admin.body.json() as { backlog_records: number, oldest_waiting_seconds: number }
-  t.equal(admin.statusCode, 200, 'the usage page\'s backlog answers from memory')
-  t.equal(body.backlog_records, 4)
+  const ledgerApi = async () => {
+    const admin = await request(s.url + '/admin/v1/ledger', { headers: { authorization: 'Bearer admin-key-0123456789abcdef' } })
+    t.equal(admin.statusCode, 200, 'the usage page\'s backlog answers from memory')
+    return await admin.body.json() as { backlog_records: number, oldest_waiting_seconds: number, last_error: string | null }
+  }
+  t.equal((await ledgerApi()).backlog_records, 4)
+  // The inserts hang on the frozen connection: their deadline ends them, and says which setting.
+  await until(async () => /within 1500 ms \(DATABASE_QUERY_TIMEOUT_MS\)/.test((await ledgerApi()).last_error ?? ''), 'the insert hit its deadline')
   // Back: the stuck connections end, new ones work, and the ledger drains by itself.
   await relay.cut()
   await relay.open()
@@ -132,7 +138,44 @@ t.test('a ledger that cannot commit for a minute logs at error level once a minu
   failing = false
   await until(() => ledger.backlog().records === 0, 'drained')
   t.same(ledger.backlog(), { records: 0, oldestSeconds: 0, stalledSeconds: 0, lastError: null }, 'committed: nothing waits, no error kept')
+  // The age is the oldest record still waiting, not of the first one ever accepted.
+  failing = true
+  ledger.record(newRecord({ organizationId: 'o', userId: 'u', externalUserId: 'o_u', endpoint: 'chat/completions', model: 'm', streamed: false, markupPercent: '0', chatId: null }))
+  now += 5_000
+  t.equal(ledger.backlog().oldestSeconds, 5, 'a new record after the drain is 5 s old, not as old as the first')
+  failing = false
+  await until(() => ledger.backlog().records === 0, 'drained again')
   now += 120_000
   ledger.checkStalled()
   t.equal(errors().length, 2, 'nothing to say once it commits')
+})
+
+t.test('/metrics answers from what was read before: a background read that never ends does not hold a scrape', async (t) => {
+  const never = new Promise<void>(() => {})
+  const m = createMetrics(() => null, { db: { latest: () => ({ postgresUp: true, lastAnswerAt: Date.now() - 4000, utilization: null }), refresh: () => never } })
+  const { createServer } = await import('node:http')
+  const server = createServer(m.handler)
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
+  t.teardown(() => new Promise<void>((r) => server.close(() => r())))
+  const res = await request(`http://127.0.0.1:${(server.address() as import('node:net').AddressInfo).port}/metrics`)
+  const text = await res.body.text()
+  t.match(text, /^usage_proxy_postgres_up 1$/m)
+  t.match(text, /^usage_proxy_postgres_last_answer_age_seconds (4|5)(\.\d+)?$/m, 'with the age of that answer')
+})
+
+t.test('the background reads have their own deadline: a hung database reads as down, promptly', async (t) => {
+  const db = await createTestDb()
+  const relay = new TcpRelay(db.port)
+  await relay.reserve()
+  await relay.open()
+  const pool = postgres(`${relay.url}/${db.name}`, poolOptions(1)) as unknown as Sql
+  t.teardown(async () => { await relay.cut(); await pool.end({ timeout: 0 }); await db.drop() })
+  const readings = startDbReadings(() => ({ sql: pool, org: 'o' }), { everyMs: 3_600_000, deadlineMs: 200 })
+  t.teardown(() => readings.stop())
+  await readings.refresh()
+  t.equal(readings.latest().postgresUp, true, 'up while it answers')
+  relay.freeze()
+  await readings.refresh()
+  t.equal(readings.latest().postgresUp, false, 'down once a read missed its deadline')
+  t.equal(readings.latest().utilization, null, 'and nothing stale is kept')
 })

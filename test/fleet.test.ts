@@ -4,8 +4,6 @@ import { Agent, request } from 'undici'
 import { FakeOpenRouter, sumDecimals } from './support/fake-openrouter.js'
 import { createTestDb, type TestDb } from './support/db.js'
 import { baseEnv, startSidecar, type Started } from './support/sidecar.js'
-import { start } from '../src/main.js'
-import { createLogger } from '../src/log.js'
 import { pgbouncerBinary, startPgbouncer, type Bouncer } from './support/pgbouncer.js'
 
 // A fleet through one PgBouncer: sidecars of distinct organizations whose only DATABASE_URL is
@@ -187,20 +185,4 @@ t.test('the pooler restarts mid-run: every generation still gets its row once it
   }
   const [{ waiting }] = await Promise.all([metricsText(f.sidecars[0]).then((x) => ({ waiting: /^usage_proxy_ledger_backlog_records (\d+)$/m.exec(x)?.[1] }))])
   t.equal(waiting, '0', 'the backlog drained without a restart')
-})
-
-t.test('a pooler in statement mode is refused at boot, naming DATABASE_URL; DATABASE_DIRECT_URL carries the migrations', { skip }, async (t) => {
-  const db = await createTestDb()
-  if (db.embedded) { await db.drop(); t.plan(0, 'PgBouncer needs a real Postgres server'); return }
-  const fake = await new FakeOpenRouter(3).start()
-  const statement = await startPgbouncer({ postgresPort: db.port, mode: 'statement' })
-  const transaction = await startPgbouncer({ postgresPort: db.port, mode: 'transaction' })
-  t.teardown(async () => { await statement.kill(); await transaction.kill(); await fake.close(); await db.drop() })
-  const refused = await start(baseEnv(fake, statement.url(db.name), { LOG_LEVEL: 'info' }), createLogger('silent'))
-  await t.rejects(refused.ready, { variable: 'DATABASE_URL', message: /statement mode/ }, 'refused, naming the setting')
-  await refused.stop('test over')
-  const s = await startSidecar(baseEnv(fake, transaction.url(db.name), { LOG_LEVEL: 'info', DATABASE_DIRECT_URL: db.url }))
-  t.teardown(() => s.sidecar.stop('test over'))
-  const ready = s.logs.lines.map((l) => JSON.parse(l)).find((l) => l.msg === 'schema ready')
-  t.equal(ready?.database, db.url.replace(/\/\/([^:/@]+):([^@]*)@/, '//$1:***@'), 'migrated over the direct URL')
 })

@@ -20,6 +20,7 @@ interface PendingQuery extends Promise<unknown> {
   handle: () => Promise<void>
   reject: (err: unknown) => void
   cancel: () => unknown
+  canceller: ((q: PendingQuery) => Promise<void>) | null
   cursor: (...args: unknown[]) => unknown
   state?: unknown
 }
@@ -46,7 +47,11 @@ function arm (q: PendingQuery, ms: number, setting: string): void {
     // than postgres.js's generic cancel. Sent: cancelled first, while postgres.js still counts it
     // active (its reject clears that, and an inactive query is only marked for a later cancel).
     if (!q.state) q.reject(err)
-    Promise.resolve(q.cancel()).catch(() => {})
+    // postgres.js's cancel() drops the promise of its cancel request: a server that cannot be
+    // reached would make it an unhandled rejection. Its canceller is called here, and caught.
+    const canceller = q.canceller
+    q.canceller = null
+    if (canceller) canceller(q).catch(() => {})
     q.reject(err)
   }
   const restart = (): void => {

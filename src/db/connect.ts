@@ -46,16 +46,36 @@ export async function connect (opts: ConnectOptions): Promise<Sql> {
   for (;;) {
     try {
       await sql`select 1`
+      await refuseStatementPooling(sql, opts)
       if (attempt > 0) opts.log.info({ attempts: attempt + 1 }, 'postgres reachable')
       return sql
     } catch (err) {
-      const fatal = unfixableByRetry(err, opts.url, opts.variable)
+      const fatal = err instanceof StartupError ? err : unfixableByRetry(err, opts.url, opts.variable)
       if (fatal) { await sql.end({ timeout: 0 }).catch(() => {}); throw fatal }
       attempt++
       const wait = Math.min(200 * 2 ** (attempt - 1), opts.retryMaxMs)
       opts.log.warn({ attempt, retryInMs: wait, reason: describe(err), target: redactUrl(opts.url) }, 'postgres unreachable, retrying')
       if (opts.signal?.aborted) { await sql.end({ timeout: 0 }); throw err }
       await sleep(wait, opts.signal)
+    }
+  }
+}
+
+/**
+ * A pooler in statement mode (PgBouncer pool_mode = statement) closes the connection at BEGIN:
+ * no transaction could work, so neither could the ledger or the budgets. A server that answered
+ * `select 1` and then closes at every BEGIN (three tries) is refused at boot, naming the setting.
+ */
+async function refuseStatementPooling (sql: Sql, opts: ConnectOptions): Promise<void> {
+  for (let i = 0; ; i++) {
+    try { await sql.begin((tx) => tx`select 1`); return } catch (err) {
+      if ((err as { code?: string }).code !== 'CONNECTION_CLOSED' || i === 2) {
+        if ((err as { code?: string }).code !== 'CONNECTION_CLOSED') throw err
+        await sql.end({ timeout: 0 }).catch(() => {})
+        const variable = opts.variable ?? 'DATABASE_URL'
+        throw new StartupError(`${variable}: ${redactUrl(opts.url)} answers queries but closes the connection at every BEGIN, as a pooler in statement mode does: ` +
+          'no transaction can work there. Use its transaction or session mode (PgBouncer pool_mode = transaction; Supabase port 6543), or a direct connection', variable)
+      }
     }
   }
 }
