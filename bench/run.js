@@ -105,6 +105,8 @@ function ledgerBench (extra = []) {
 let tmp = null
 
 async function main () {
+  // `--only fleet`: the fleet through one PgBouncer (bench/fleet.js), nothing else.
+  if (ONLY === 'fleet') { await (await import('./fleet.js')).fleet(); return }
   await ensurePrerequisites()
   tmp = mkdtempSync(join(tmpdir(), 'usage-proxy-bench-'))
   const startedAt = new Date().toISOString()

@@ -1,8 +1,9 @@
 import { join, resolve } from 'node:path'
 import type { Config } from './config/config.js'
 import { connect, redactUrl, type Sql } from './db/connect.js'
+import { bounded } from './db/bounded.js'
 import { startEmbedded, type EmbeddedDb } from './db/embedded.js'
-import { migrate } from './db/migrate.js'
+import { migrate, type MigrationResult } from './db/migrate.js'
 import { startPartitionMaintenance, type PartitionMaintainer } from './db/partitions.js'
 import { upsertOrganization } from './db/organizations.js'
 import { UserDirectory } from './identity/directory.js'
@@ -63,32 +64,40 @@ export async function bootServices (s: Services, { config, log, journal, upstrea
     log.warn('the embedded database is for trying usage-proxy out: one process, a password-less superuser on loopback, several hundred MB of memory. ' +
       'In production set DATABASE_URL to a PostgreSQL server you back up (compose.example.yml runs one)')
   }
-  // The ledger's three batches in flight, and two for the request path (budgets, admin, reports).
-  const sql = s.sql = await connect({ url, log, retryMaxMs: config.db.connectRetryMaxMs, signal, max: s.embedded ? 1 : 5 })
-  // 3. schema, under an advisory lock so sidecars booting together are safe
-  const migrated = await migrate(sql, sqlDir)
-  log.info({ applied: migrated.applied, alreadyApplied: migrated.skipped.length, database: redactUrl(url) }, 'schema ready')
+  // DATABASE_POOL_MAX connections (README "Many sidecars, one Postgres"), every query bounded by
+  // DATABASE_QUERY_TIMEOUT_MS on this side: nothing waits on Postgres without a deadline.
+  const pool = await connect({ url, log, retryMaxMs: config.db.connectRetryMaxMs, signal, max: s.embedded ? 1 : config.db.poolMax })
+  const sql = s.sql = bounded(pool, config.db.queryTimeoutMs)
+  // 3. schema, under a transaction-scoped advisory lock so sidecars booting together are safe,
+  // through a pooler as well; over DATABASE_DIRECT_URL when the operator gives one.
+  const migrated = await migrateOver(config.db.directUrl, pool, sqlDir, log, config.db.connectRetryMaxMs, signal)
+  log.info({ applied: migrated.applied, alreadyApplied: migrated.skipped.length, database: redactUrl(config.db.directUrl ?? url) }, 'schema ready')
   // 3b. monthly partitions ahead and retention, by one replica a day (src/db/partitions.ts)
   s.maintenance = await startPartitionMaintenance(sql, log, { retentionMonths: config.retentionMonths })
   s.compactor = startRollupCompaction(sql, log)
   // Reports read from the replica once it answers; the primary serves them until then, so a
   // replica that is down never holds up boot or the data plane.
   if (config.databaseReadUrl) {
-    void connect({ url: config.databaseReadUrl, log, retryMaxMs: config.db.connectRetryMaxMs, signal, max: 4 })
-      .then((r) => { if (isStopping()) void r.end({ timeout: 0 }); else { s.readSql = r; log.info({ database: redactUrl(config.databaseReadUrl!) }, 'read replica ready for reports') } }, () => {})
+    void connect({ url: config.databaseReadUrl, variable: 'DATABASE_READ_URL', log, retryMaxMs: config.db.connectRetryMaxMs, signal, max: config.db.poolMax })
+      .then((r) => { if (isStopping()) void r.end({ timeout: 0 }); else { s.readSql = bounded(r, config.db.queryTimeoutMs); log.info({ database: redactUrl(config.databaseReadUrl!) }, 'read replica ready for reports') } }, () => {})
   }
   // 4. the organization row
   const created = await upsertOrganization(sql, config.organization, config.openrouter.apiKey)
   log.info({ organization: config.organization.id, created, markupPercent: config.organization.markupPercent }, 'organization ready')
   // 5. replay what an earlier process journaled but never committed
-  const ledger = s.ledger = new Ledger(sql, journal, log, { ...config.ledger, rejectedPath: join(resolve(config.ledger.dataDir), 'rejected.jsonl') })
+  const ledger = s.ledger = new Ledger(sql, journal, log, {
+    ...config.ledger,
+    rejectedPath: join(resolve(config.ledger.dataDir), 'rejected.jsonl'),
+    // Inserts in flight leave a connection of the pool to the request path and the admin plane.
+    parallelBatches: Math.max(1, Math.min(3, config.db.poolMax - 1)),
+  })
   const reconciler = s.reconciler = new Reconciler(upstream.fetchGeneration, (r) => ledger.record(r), log, { maxWaitMs: config.ledger.reconcileMaxWaitMs })
   s.directory = new UserDirectory(config.organization.id)
   // The embedded database runs one session for every connection: a second pool there could slip
   // a statement into the ledger's open transaction, so admissions share its single connection.
   const admissionSql = s.admissionSql = s.embedded
     ? sql
-    : await connect({ url, log, retryMaxMs: config.db.connectRetryMaxMs, signal, max: config.db.admissionPoolMax })
+    : bounded(await connect({ url, log, retryMaxMs: config.db.connectRetryMaxMs, signal, max: config.db.admissionPoolMax }), config.limits.dbTimeoutMs, 'BUDGET_DB_TIMEOUT_MS')
   s.spend = await startLimits({ sql, admissionSql, config, upstream, log, record: (r) => ledger.record(r) })
   const replay = journal.replay()
   for (const r of replay.finals) ledger.record(r, true)
@@ -100,6 +109,24 @@ export async function bootServices (s: Services, { config, log, journal, upstrea
   if (replay.segments > 0) log.info({ records: replay.finals.length, toReconcile: replay.pendings.length, interrupted: replay.intents.length, tornLines: replay.tornLines }, 'journal replayed')
   if (replay.intents.length > 0) log.warn({ requests: replay.intents.length }, 'journal: requests interrupted before OpenRouter named their generation; recorded with their estimate only (usage-proxy verify lists them)')
   s.keyPoller = startKeyPoller(upstream.fetchKey, log)
+}
+
+/** A migration may build an index over a large table: its own, longer deadline. */
+const MIGRATION_DEADLINE_MS = 10 * 60_000
+
+async function migrateOver (directUrl: string | undefined, pool: Sql, sqlDir: string, log: Logger, retryMaxMs: number, signal: AbortSignal): Promise<MigrationResult> {
+  if (!directUrl) return migrate(bounded(pool, MIGRATION_DEADLINE_MS, 'migration deadline', MIGRATION_DEADLINE_MS), sqlDir)
+  return migrateDirect(directUrl, sqlDir, log, retryMaxMs, signal)
+}
+
+
+async function migrateDirect (directUrl: string, sqlDir: string, log: Logger, retryMaxMs: number, signal: AbortSignal): Promise<MigrationResult> {
+  const direct = await connect({ url: directUrl, log, retryMaxMs, signal, max: 1, variable: 'DATABASE_DIRECT_URL' })
+  try {
+    return await migrate(bounded(direct, MIGRATION_DEADLINE_MS, 'migration deadline', MIGRATION_DEADLINE_MS), sqlDir)
+  } finally {
+    await direct.end({ timeout: 2 }).catch(() => {})
+  }
 }
 
 /**

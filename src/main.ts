@@ -6,7 +6,6 @@ import { ConfigError, loadConfig, type Config } from './config/config.js'
 import { processEnvironment } from './config/env-file.js'
 import { createAdminPlane } from './admin/index.js'
 import { bootServices, noServices, releaseServices, type Services } from './boot.js'
-import type { Sql } from './db/connect.js'
 import { installCrashGuard } from './crash-guard.js'
 import { HEADROOM_MB, keepGcHeadroom } from './gc-headroom.js'
 import { identityHeaders, ignoredHeadersWarning } from './identity/identify.js'
@@ -28,7 +27,7 @@ import { createAccessLog } from './proxy/access-log.js'
 import { StartupError, listenError } from './startup-error.js'
 import { createServer } from 'node:http'
 import { registerBudgetMetrics } from './budgets/metrics.js'
-import { within } from './deadline.js'
+import { startDbReadings } from './db-readings.js'
 
 const SQL_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', 'sql')
 
@@ -86,7 +85,8 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
   const ready$ = (async () => {
     // 2-5. database, schema, organization, journal replay (src/boot.ts)
     await bootServices(s, { config, log: log!, journal, upstream: plane.upstream, sqlDir: SQL_DIR, signal: abort.signal, isStopping: () => stopping !== null })
-    // 6. open for traffic
+    // 6. open for traffic, with /metrics's first reading of Postgres taken
+    void plane.readings.refresh()
     ready = true
     log!.info({ port }, 'ready')
   })()
@@ -104,6 +104,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
       abort.abort()
       plane.server.close()
       plane.server.closeIdleConnections()
+      plane.readings.stop()
       s.keyPoller?.stop()
       plane.metricsServer?.close()
       plane.metricsServer?.closeAllConnections()
@@ -161,6 +162,8 @@ function dataPlane (config: Config, log: Logger, s: Services, journal: Journal, 
   if (!config.server.proxyApiKey && !LOOPBACK.includes(config.server.host)) {
     log.warn({ host: config.server.host }, 'PROXY_API_KEY is not set: anyone who can reach this port can spend the organization\'s OpenRouter key')
   }
+  // Postgres's side of /metrics, read in the background: a scrape never waits on the database.
+  const readings = startDbReadings(() => s.sql && { sql: s.sql, org: config.organization.id })
   const metrics = createMetrics(() => s.ledger && s.reconciler && {
     ledgerDepth: () => s.ledger!.depth,
     journalBacklog: () => journal.backlog,
@@ -169,14 +172,15 @@ function dataPlane (config: Config, log: Logger, s: Services, journal: Journal, 
     reconcileGaveUp: () => s.reconciler!.gaveUp,
     ledgerWritten: () => s.ledger!.written,
     ledgerRejected: () => s.ledger!.rejected,
+    ledgerBacklog: () => s.ledger!.backlog(),
   }, {
     apiKey: config.metrics.apiKey,
     maxModels: config.metrics.maxModels,
-    postgresUp: () => postgresAnswers(s.sql),
+    db: readings,
     keyBalance: () => s.keyPoller?.latest() ?? null,
     ownPort: config.metrics.port !== undefined,
     organizationId: config.organization.id,
-  }, (registry) => registerBudgetMetrics(registry, () => s.sql && { sql: s.sql, org: config.organization.id }, () => s.spend?.limits.failOpenStats ?? null))
+  }, (registry) => registerBudgetMetrics(registry, () => readings.latest(), () => s.spend?.limits.failOpenStats ?? null))
   // "My usage" reads the budget that governs its user; the usage page every listed user's at once,
   // from the read replica when there is one.
   const mayHaveBudgets = (): boolean => s.spend?.limits.mayHaveBudgets ?? false
@@ -224,9 +228,10 @@ function dataPlane (config: Config, log: Logger, s: Services, journal: Journal, 
     admin: createAdminPlane({
       config, sql: () => s.sql!, readSql: () => s.readSql ?? s.sql!, log, budgetsFor,
       admissions: () => s.spend?.limits.failOpenStats ?? null,
+      backlog: () => s.ledger?.backlog() ?? null,
       budgetsChanged: () => { void s.spend?.limits.refresh(); summaries.clear() },
     }) ?? undefined, models: selfService?.listModels })
-  return { upstream, passthrough, server, metricsServer }
+  return { upstream, passthrough, server, metricsServer, readings }
 }
 
 /** Runs the sidecar as a process: exits 2 on a configuration error, stops gracefully on SIGTERM/SIGINT. */
@@ -265,12 +270,6 @@ function listen (server: Server, variable: string, host: string, port: number): 
     server.once('error', failed)
     server.listen(port, host, () => { server.off('error', failed); ok() })
   })
-}
-
-/** For the postgres_up gauge: a query answered within two seconds. */
-function postgresAnswers (sql: Sql | null): Promise<boolean> {
-  if (!sql) return Promise.resolve(false)
-  return within(sql`select 1`.then(() => true, () => false), 2000, () => false)
 }
 
 if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) void main()

@@ -3,6 +3,8 @@ import { createHash, timingSafeEqual } from 'node:crypto'
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 import type { UsageRecord } from './usage/record.js'
 import type { KeyBalance } from './openrouter-key.js'
+import type { Backlog } from './usage/ledger.js'
+import type { DbReadings } from './db-readings.js'
 
 // Prometheus metrics. The request path only bumps counters and observes two histograms once per
 // exchange, after its last byte; queue depths and totals kept elsewhere are read when Prometheus
@@ -17,6 +19,7 @@ export interface MetricsSources {
   reconcileGaveUp: () => number
   ledgerWritten: () => number
   ledgerRejected: () => number
+  ledgerBacklog: () => Backlog
 }
 
 export interface MetricsOptions {
@@ -24,8 +27,8 @@ export interface MetricsOptions {
   apiKey?: string
   /** METRICS_MAX_MODELS: distinct `model` label values; later models count as `other`. */
   maxModels?: number
-  /** Answers whether Postgres answers now (asked once per scrape). */
-  postgresUp?: () => Promise<boolean>
+  /** What Postgres last answered in the background (src/db-readings.ts): read at a scrape, never awaited. */
+  db?: Pick<DbReadings, 'latest' | 'refresh'>
   /**
    * The latest GET /key answer, polled in the background. Its gauges (the organization key's
    * limit, balance and usage) are shown only behind METRICS_API_KEY or on METRICS_PORT's own
@@ -89,6 +92,9 @@ export function createMetrics (sources: () => MetricsSources | null, opts: Metri
     collect () { const s = sources(); this.reset(); this.inc(s ? read(s) : 0) },
   })
   gauge('usage_proxy_ledger_queue_depth', 'Records waiting to be inserted', (s) => s.ledgerDepth())
+  gauge('usage_proxy_ledger_backlog_records', 'Records accepted and not yet committed to Postgres (memory and journal)', (s) => s.ledgerBacklog().records)
+  gauge('usage_proxy_ledger_backlog_oldest_seconds', 'How long the oldest record not yet committed has waited; 0 when none waits', (s) => s.ledgerBacklog().oldestSeconds)
+  gauge('usage_proxy_ledger_stalled_seconds', 'How long records have waited with no commit at all; 0 while the ledger commits', (s) => s.ledgerBacklog().stalledSeconds)
   gauge('usage_proxy_journal_backlog', 'Records in the local journal not yet committed', (s) => s.journalBacklog())
   gauge('usage_proxy_reconciliations_active', 'Generations being looked up on /generation', (s) => s.reconcileActive())
   total('usage_proxy_reconciled_total', 'Generations reconciled through /generation since start', (s) => s.reconciled())
@@ -96,8 +102,16 @@ export function createMetrics (sources: () => MetricsSources | null, opts: Metri
   total('usage_proxy_ledger_written_total', 'Rows inserted since start', (s) => s.ledgerWritten())
   total('usage_proxy_ledger_rejected_total', 'Rows Postgres refused as data, set aside in rejected.jsonl, since start', (s) => s.ledgerRejected())
   new Gauge({
-    name: 'usage_proxy_postgres_up', help: '1 when Postgres answered a query at scrape time, else 0', registers: [registry],
-    async collect () { this.set(opts.postgresUp && await opts.postgresUp().catch(() => false) ? 1 : 0) },
+    name: 'usage_proxy_postgres_up', help: '1 when Postgres answered the last background probe (every 5 s, 2 s deadline), else 0', registers: [registry],
+    collect () { this.set(opts.db?.latest().postgresUp === true ? 1 : 0) },
+  })
+  new Gauge({
+    name: 'usage_proxy_postgres_last_answer_age_seconds', help: 'Seconds since Postgres last answered a probe (absent until it first does)', registers: [registry],
+    collect () {
+      const at = opts.db?.latest().lastAnswerAt ?? null
+      this.reset()
+      if (at !== null) this.set((Date.now() - at) / 1000)
+    },
   })
   const organization = opts.organizationId ?? 'unknown'
   const keyGauge = (name: string, help: string, read: (k: KeyBalance) => number | null) => new Gauge({

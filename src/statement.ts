@@ -1,7 +1,7 @@
 import { writeFileSync } from 'node:fs'
 import postgres from 'postgres'
 import { loadDatabaseConfig } from './config/config.js'
-import type { Sql } from './db/connect.js'
+import { poolOptions, type Sql } from './db/connect.js'
 import { startEmbedded, type EmbeddedDb } from './db/embedded.js'
 import { organizations, statementLines, statementTotals, sumsSource, type StatementLine } from './db/usage-report.js'
 import { createLogger } from './log.js'
@@ -128,14 +128,14 @@ export async function statement (args: string[], env: Record<string, string | un
   if (!o.all && cfg.organizationId === undefined) throw new StatementError('OPENROUTER_EXTERNAL_USER is not set: name the organization, or pass --all-organizations')
   let embedded: EmbeddedDb | null = null
   let sql: Sql
-  if (cfg.databaseUrl) sql = postgres(cfg.databaseUrl, { max: 1, onnotice: () => {} })
+  if (cfg.databaseUrl) sql = postgres(cfg.databaseUrl, poolOptions(1))
   else {
     // The embedded database is served by a running sidecar on its port; else open it here.
-    sql = postgres(`postgres://postgres@127.0.0.1:${cfg.embeddedPort}/postgres`, { max: 1, connect_timeout: 2, onnotice: () => {} })
+    sql = postgres(`postgres://postgres@127.0.0.1:${cfg.embeddedPort}/postgres`, { ...poolOptions(1), connect_timeout: 2 })
     try { await sql`select 1` } catch {
       await sql.end({ timeout: 0 })
       embedded = await startEmbedded(cfg.dataDir, 0, createLogger('silent'))
-      sql = postgres(embedded.url, { max: 1, onnotice: () => {} })
+      sql = postgres(embedded.url, poolOptions(1))
     }
   }
   try {

@@ -9,6 +9,7 @@ import { migrate } from '../src/db/migrate.js'
 import { Reserver } from '../src/budgets/reserver.js'
 import { periodStart, resetsAt } from '../src/budgets/periods.js'
 import { budgetStatus, setBudget } from '../src/budgets/store.js'
+import { startDbReadings } from '../src/db-readings.js'
 import { registerBudgetMetrics } from '../src/budgets/metrics.js'
 
 // The money SQL of sql/functions/ against the real Postgres, every session in a time zone far
@@ -152,7 +153,10 @@ t.test('overruns: a cost above its reservation is counted per counter, in the bu
   const mine = await budgetStatus(sql, o, new Date(), 'una')
   t.equal(mine.find((b) => b.scope === 'default-user')!.overrun_usd, '0.05')
   const registry = new Registry()
-  registerBudgetMetrics(registry, () => ({ sql, org: o }))
+  const readings = startDbReadings(() => ({ sql, org: o }), { everyMs: 3_600_000 })
+  t.teardown(() => readings.stop())
+  await readings.refresh()
+  registerBudgetMetrics(registry, () => readings.latest())
   const text = await registry.metrics()
   t.match(text, /# TYPE usage_proxy_budget_overrun_usd_total counter/)
   t.match(text, /usage_proxy_budget_overrun_usd_total\{scope="organization"\} 0\.25/)

@@ -5,6 +5,8 @@ import { admissionRoutes } from './admissions.js'
 import { budgetRoutes } from './budgets.js'
 import type { FailOpenStats } from '../budgets/fail-open.js'
 import { noBudgetsFor, type BudgetsFor } from '../usage/budget-seam.js'
+import { ledgerRoutes } from './ledger.js'
+import type { Backlog } from '../usage/ledger.js'
 import { pageRoutes } from './page.js'
 import { createAdmin, sendJson, type AdminHandler, type AdminRoute } from './router.js'
 import { storageRoutes } from './storage.js'
@@ -27,6 +29,8 @@ export interface AdminDeps {
   budgetsFor?: BudgetsFor
   /** Admissions served without a spend check (the page shows them). */
   admissions?: () => FailOpenStats | null
+  /** The ledger's backlog, from memory (null before boot made the ledger). */
+  backlog?: () => Backlog | null
 }
 
 export function adminRoutes (deps: AdminDeps): AdminRoute[] {
@@ -39,6 +43,7 @@ export function adminRoutes (deps: AdminDeps): AdminRoute[] {
     ...budgetRoutes({ config: deps.config, sql: deps.sql, changed: deps.budgetsChanged }),
     ...storageRoutes(deps),
     ...admissionRoutes({ failMode: deps.config.limits.failMode, stats: deps.admissions ?? (() => null) }),
+    ...ledgerRoutes(deps.backlog ?? (() => null)),
     ...usageRoutes({ organizationId: deps.config.organization.id, readSql: deps.readSql, budgetsFor: deps.budgetsFor ?? noBudgetsFor }),
     ...sessionRoutes(deps.config.admin.apiKey ?? ''),
     ...pageRoutes(),

@@ -1,33 +1,27 @@
 import { Counter, Gauge, type Registry } from 'prom-client'
-import type { Sql } from '../db/connect.js'
-import { within } from '../deadline.js'
+import type { Readings } from '../db-readings.js'
 import type { FailOpenStats } from './fail-open.js'
-import { overruns, utilization } from './store.js'
 
 // usage_proxy_budget_utilization_ratio{scope="organization"|"default"} and
-// usage_proxy_budget_overrun_usd_total{scope}: read from Postgres when Prometheus scrapes, so every
-// replica reports the shared truth and the request path does nothing. The overrun counts up within
-// a budget period and starts again at 0 with the next one (a counter reset, as rate() expects).
+// usage_proxy_budget_overrun_usd_total{scope}: Postgres's shared truth, so every replica reports
+// the same, as read in the background (src/db-readings.ts): a scrape never waits on the database,
+// and the request path does nothing. The overrun counts up within a budget period and starts
+// again at 0 with the next one (a counter reset, as rate() expects).
 // usage_proxy_budget_fail_open_total: requests this process served without a spend check, read
 // from memory, so it is there exactly when Postgres is not.
 
-/** A scrape waits this long for the utilization read, then goes without it. */
-const UTILIZATION_DEADLINE_MS = 1000
+export type Utilization = NonNullable<Readings['utilization']>
 
-export function registerBudgetMetrics (registry: Registry, source: () => { sql: Sql, org: string } | null, failOpen: () => FailOpenStats | null = () => null): void {
+export function registerBudgetMetrics (registry: Registry, latest: () => Pick<Readings, 'utilization' | 'overruns'> | null, failOpen: () => FailOpenStats | null = () => null): void {
   new Gauge({
     name: 'usage_proxy_budget_utilization_ratio',
-    help: 'Billed spend of the current period divided by the budget limit (default: its most spent user)',
+    help: 'Billed spend of the current period divided by the budget limit (default: its most spent user), as of the last background read',
     labelNames: ['scope'],
     registers: [registry],
-    async collect () {
+    collect () {
       this.reset()
-      const s = source()
-      if (!s) return
-      try {
-        const rows = await within(utilization(s.sql, s.org), UTILIZATION_DEADLINE_MS, () => [])
-        for (const u of rows) this.set({ scope: u.scope }, u.ratio)
-      } catch { /* Postgres away: no sample rather than a failed scrape */ }
+      // Unknown (Postgres away, or not read yet): no sample rather than a stale or false one.
+      for (const u of latest()?.utilization ?? []) this.set({ scope: u.scope }, u.ratio)
     },
   })
   new Counter({
@@ -50,16 +44,12 @@ export function registerBudgetMetrics (registry: Registry, source: () => { sql: 
   })
   new Counter({
     name: 'usage_proxy_budget_overrun_usd_total',
-    help: 'Billed USD by which real costs exceeded their reservations in the current budget period (default: all its users)',
+    help: 'Billed USD by which real costs exceeded their reservations in the current budget period (default: all its users), as of the last background read',
     labelNames: ['scope'],
     registers: [registry],
-    async collect () {
+    collect () {
       this.reset()
-      const s = source()
-      if (!s) return
-      try {
-        for (const o of await within(overruns(s.sql, s.org), UTILIZATION_DEADLINE_MS, () => [])) this.inc({ scope: o.scope }, Number(o.usd))
-      } catch { /* Postgres away: no sample rather than a failed scrape */ }
+      for (const o of latest()?.overruns ?? []) this.inc({ scope: o.scope }, Number(o.usd))
     },
   })
 }

@@ -52,7 +52,6 @@ export const envSchema = z.object({
   LEDGER_FLUSH_MS: positiveInt.default(50),
   DB_CONNECT_RETRY_MAX_MS: positiveInt.default(10_000),
   EMBEDDED_DB_PORT: port.default(54320),
-  DATABASE_ADMISSION_POOL_MAX: positiveInt.max(20).default(2),
   ADMIN_API_KEY: z.string().min(16, 'must be at least 16 characters (e.g. openssl rand -hex 24)').optional(),
   REQUIRE_USER_IDENTITY: bool.default(false),
   MAX_CONNECTIONS: positiveInt.default(4096),
@@ -85,6 +84,11 @@ export const envSchema = z.object({
   USER_RPM: positiveInt.optional(),
   USER_MAX_CONCURRENT: positiveInt.optional(),
   DATABASE_READ_URL: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL').optional(),
+  // Fleet (README "Many sidecars, one Postgres"): connections per sidecar and a deadline on every query.
+  DATABASE_DIRECT_URL: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL').optional(),
+  DATABASE_POOL_MAX: positiveInt.max(100).default(4),
+  DATABASE_ADMISSION_POOL_MAX: positiveInt.max(20).default(2),
+  DATABASE_QUERY_TIMEOUT_MS: positiveInt.min(100).default(15_000),
   RETENTION_MONTHS: positiveInt.optional(),
   SELF_SERVICE_MODEL: z.string().trim().min(1).max(200).regex(/^[^\s]+$/, 'must be a model id without spaces, or off').default('usage-proxy/my-usage'),
   SELF_SERVICE_MODEL_NAME: z.string().trim().min(1).max(200).default('My usage'),
@@ -108,8 +112,17 @@ export interface Config {
     requireUserIdentity: boolean
   }
   ledger: { dataDir: string, batchSize: number, flushMs: number, reconcileMaxWaitMs: number }
-  /** admissionPoolMax: connections of the admissions' own pool (rate limits, reservations). */
-  db: { connectRetryMaxMs: number, embeddedPort: number, admissionPoolMax: number }
+  db: {
+    connectRetryMaxMs: number, embeddedPort: number
+    /** DATABASE_POOL_MAX: connections of the primary pool, and of the read pool when DATABASE_READ_URL is set. */
+    poolMax: number
+    /** DATABASE_ADMISSION_POOL_MAX: the admissions' own connections on the primary, opened lazily. */
+    admissionPoolMax: number
+    /** DATABASE_DIRECT_URL: migrations run over it when set (a pooler in front of DATABASE_URL then never sees DDL). */
+    directUrl: string | undefined
+    /** DATABASE_QUERY_TIMEOUT_MS: the longest any query waits, for a connection and for its answer. */
+    queryTimeoutMs: number
+  }
   logLevel: Env['LOG_LEVEL']
   admin: { apiKey: string | undefined }
   accessLog: boolean
@@ -173,6 +186,9 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
     throw new ConfigError(problems)
   }
   const e = parsed.data
+  if (e.DATABASE_DIRECT_URL && !e.DATABASE_URL) {
+    throw new ConfigError(['DATABASE_DIRECT_URL is set without DATABASE_URL: it only serves migrations next to a DATABASE_URL (set DATABASE_URL, or unset DATABASE_DIRECT_URL)'])
+  }
   if (e.CLIENT_HEADERS_TIMEOUT_MS > e.CLIENT_REQUEST_TIMEOUT_MS) {
     throw new ConfigError(['CLIENT_HEADERS_TIMEOUT_MS must not exceed CLIENT_REQUEST_TIMEOUT_MS'])
   }
@@ -209,7 +225,11 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
       requireUserIdentity: e.REQUIRE_USER_IDENTITY,
     },
     ledger: { dataDir: e.DATA_DIR, batchSize: e.LEDGER_BATCH_SIZE, flushMs: e.LEDGER_FLUSH_MS, reconcileMaxWaitMs: e.RECONCILE_MAX_WAIT_MS },
-    db: { connectRetryMaxMs: e.DB_CONNECT_RETRY_MAX_MS, embeddedPort: e.EMBEDDED_DB_PORT, admissionPoolMax: e.DATABASE_ADMISSION_POOL_MAX },
+    db: {
+      connectRetryMaxMs: e.DB_CONNECT_RETRY_MAX_MS, embeddedPort: e.EMBEDDED_DB_PORT,
+      poolMax: e.DATABASE_POOL_MAX, admissionPoolMax: e.DATABASE_ADMISSION_POOL_MAX,
+      directUrl: e.DATABASE_DIRECT_URL, queryTimeoutMs: e.DATABASE_QUERY_TIMEOUT_MS,
+    },
     logLevel: e.LOG_LEVEL,
     admin: { apiKey: e.ADMIN_API_KEY },
     accessLog: e.ACCESS_LOG === 'on',

@@ -6,6 +6,8 @@ export type Sql = postgres.Sql<{}>
 
 export interface ConnectOptions {
   url: string
+  /** The setting the URL came from, named in errors (DATABASE_URL unless told). */
+  variable?: string
   max?: number
   log: Logger
   /** Longest pause between two connection attempts at boot. */
@@ -14,27 +16,41 @@ export interface ConnectOptions {
 }
 
 /**
- * Opens a pool and waits until Postgres answers, retrying with capped exponential backoff.
- * The default postgres.js reconnect backoff grows to 20 s; a ledger that waits that long after
- * a blip only piles up records, so reconnects are capped at one second here.
+ * The pool options every connection of the sidecar and its commands uses, whatever sits in front
+ * of Postgres. `prepare: false`: a named prepared statement lives in one backend's session, and a
+ * pooler in transaction mode (PgBouncer, Supabase's port 6543, Neon's -pooler host) hands the
+ * next transaction another backend, where it "does not exist". Unnamed statements are parsed
+ * with each query and work through any pooler. No other startup parameter than
+ * application_name (which PgBouncer tracks): a pooler refuses the ones it does not know.
  */
-export async function connect (opts: ConnectOptions): Promise<Sql> {
-  const sql = postgres(opts.url, {
-    max: opts.max ?? 4,
+export function poolOptions (max: number): postgres.Options<{}> {
+  return {
+    max,
+    prepare: false,
     connect_timeout: 5,
     idle_timeout: 60,
     backoff: (attempt: number) => Math.min(0.05 * 2 ** attempt, 1),
     onnotice: () => {},
     connection: { application_name: 'usage-proxy' },
-  })
+  }
+}
+
+/**
+ * Opens a pool and waits until Postgres answers, retrying with capped exponential backoff.
+ * The default postgres.js reconnect backoff grows to 20 s; a ledger that waits that long after
+ * a blip only piles up records, so reconnects are capped at one second here.
+ */
+export async function connect (opts: ConnectOptions): Promise<Sql> {
+  const sql = postgres(opts.url, poolOptions(opts.max ?? 4))
   let attempt = 0
   for (;;) {
     try {
       await sql`select 1`
+      await refuseStatementPooling(sql, opts)
       if (attempt > 0) opts.log.info({ attempts: attempt + 1 }, 'postgres reachable')
       return sql
     } catch (err) {
-      const fatal = unfixableByRetry(err, opts.url)
+      const fatal = err instanceof StartupError ? err : unfixableByRetry(err, opts.url, opts.variable)
       if (fatal) { await sql.end({ timeout: 0 }).catch(() => {}); throw fatal }
       attempt++
       const wait = Math.min(200 * 2 ** (attempt - 1), opts.retryMaxMs)
@@ -46,15 +62,34 @@ export async function connect (opts: ConnectOptions): Promise<Sql> {
 }
 
 /**
+ * A pooler in statement mode (PgBouncer pool_mode = statement) closes the connection at BEGIN:
+ * no transaction could work, so neither could the ledger or the budgets. A server that answered
+ * `select 1` and then closes at every BEGIN (three tries) is refused at boot, naming the setting.
+ */
+async function refuseStatementPooling (sql: Sql, opts: ConnectOptions): Promise<void> {
+  for (let i = 0; ; i++) {
+    try { await sql.begin((tx) => tx`select 1`); return } catch (err) {
+      if ((err as { code?: string }).code !== 'CONNECTION_CLOSED' || i === 2) {
+        if ((err as { code?: string }).code !== 'CONNECTION_CLOSED') throw err
+        await sql.end({ timeout: 0 }).catch(() => {})
+        const variable = opts.variable ?? 'DATABASE_URL'
+        throw new StartupError(`${variable}: ${redactUrl(opts.url)} answers queries but closes the connection at every BEGIN, as a pooler in statement mode does: ` +
+          'no transaction can work there. Use its transaction or session mode (PgBouncer pool_mode = transaction; Supabase port 6543), or a direct connection', variable)
+      }
+    }
+  }
+}
+
+/**
  * Wrong credentials (SQLSTATE class 28) or a database that does not exist (3D000) will not fix
  * themselves: fail at once, naming the variable, instead of retrying forever as "unreachable".
  */
-export function unfixableByRetry (err: unknown, url: string): StartupError | null {
+export function unfixableByRetry (err: unknown, url: string, variable = 'DATABASE_URL'): StartupError | null {
   const e = err as { code?: string, message?: string }
   const code = typeof e?.code === 'string' ? e.code : ''
   const target = redactUrl(url)
-  if (code.startsWith('28')) return new StartupError(`DATABASE_URL: Postgres refused the login (${code}: ${e.message}) at ${target}: check the user and password in DATABASE_URL`, 'DATABASE_URL')
-  if (code === '3D000') return new StartupError(`DATABASE_URL: ${e.message} (3D000) at ${target}: create the database or fix its name in DATABASE_URL`, 'DATABASE_URL')
+  if (code.startsWith('28')) return new StartupError(`${variable}: Postgres refused the login (${code}: ${e.message}) at ${target}: check the user and password in ${variable}`, variable)
+  if (code === '3D000') return new StartupError(`${variable}: ${e.message} (3D000) at ${target}: create the database or fix its name in ${variable}`, variable)
   return null
 }
 

@@ -25,7 +25,27 @@ export interface LedgerOptions {
   maxInMemory?: number
   /** Where a record Postgres refuses as data (SQLSTATE class 22) is set aside for an operator. */
   rejectedPath?: string
+  /** Inserts in flight at once (each holds a connection); 3 unless the pool is smaller. */
+  parallelBatches?: number
+  /** Records waiting and no commit for this long: logged at error level, again every this long. */
+  stalledAfterMs?: number
+  /** The clock of the stall check (tests move it). */
+  now?: () => number
 }
+
+/** What the ledger holds back, for /metrics and the usage page: read from memory, never from Postgres. */
+export interface Backlog {
+  /** Records accepted and not yet committed (memory, inserts in flight, journal-only). */
+  records: number
+  /** Seconds the oldest of them has waited; 0 when none waits. */
+  oldestSeconds: number
+  /** Seconds records have waited with no commit at all; 0 while the ledger commits. */
+  stalledSeconds: number
+  /** Why the last insert failed, while inserts fail; null once one succeeds. */
+  lastError: string | null
+}
+
+const STALLED_AFTER_MS = 60_000
 
 const MAX_IN_MEMORY = 20_000
 // Three batches at once keep Postgres busy on both cores while this process builds the next one
@@ -42,6 +62,12 @@ export class Ledger {
   private closed = false
   private inserting = 0
   private refusedAlike = 0
+  /** Accepted-at time of every record waiting, oldest first (a Map keeps insertion order). */
+  private readonly waitingSince = new Map<string, number>()
+  private lastCommitAt = 0
+  private lastError: string | null = null
+  private lastStallLogAt = -Infinity
+  private readonly watchdog: NodeJS.Timeout
   written = 0
   rejected = 0
   /** Batches Postgres refused whole and that were then written row by row. */
@@ -52,9 +78,39 @@ export class Ledger {
     private readonly journal: Journal | null,
     private readonly log: Logger,
     private readonly opts: LedgerOptions,
-  ) {}
+  ) {
+    this.lastCommitAt = this.now()
+    this.watchdog = setInterval(() => this.checkStalled(), Math.max(10, Math.min(5_000, this.stalledAfterMs / 4)))
+    this.watchdog.unref()
+  }
 
   private get cap (): number { return this.opts.maxInMemory ?? MAX_IN_MEMORY }
+  private get stalledAfterMs (): number { return this.opts.stalledAfterMs ?? STALLED_AFTER_MS }
+  private now (): number { return this.opts.now?.() ?? Date.now() }
+
+  /** The backlog as /metrics and the usage page show it. */
+  backlog (): Backlog {
+    const now = this.now()
+    const first = this.waitingSince.values().next()
+    const oldest = first.done === true ? now : first.value
+    const records = this.depth
+    const stalledMs = records === 0 ? 0 : now - Math.max(this.lastCommitAt, oldest)
+    return { records, oldestSeconds: records === 0 ? 0 : (now - oldest) / 1000, stalledSeconds: Math.max(0, stalledMs) / 1000, lastError: this.lastError }
+  }
+
+  /**
+   * Records waiting and nothing committed for a minute: billing, budgets and the usage page are
+   * blind, so it is said at error level, with why and how much waits, once a minute until a
+   * commit succeeds. (Failures come with a reason; an insert that never answers hits its deadline.)
+   */
+  checkStalled (): void {
+    const b = this.backlog()
+    const now = this.now()
+    if (b.stalledSeconds * 1000 < this.stalledAfterMs || now - this.lastStallLogAt < this.stalledAfterMs) return
+    this.lastStallLogAt = now
+    this.log.error({ reason: b.lastError ?? 'no insert finished', backlog: b.records, oldestWaitingSeconds: Math.round(b.oldestSeconds), stalledSeconds: Math.round(b.stalledSeconds) },
+      'ledger: cannot commit to postgres; records wait in the journal and are written once it answers')
+  }
 
   /** A request is about to go upstream: journal it so a crash cannot lose what it may cost. */
   intent (r: UsageRecord): void { this.journal?.intent(r) }
@@ -67,6 +123,7 @@ export class Ledger {
 
   /** Accepts a finished record. Never throws, never waits. */
   record (r: UsageRecord, journaled = false): void {
+    if (!this.waitingSince.has(r.eventId)) this.waitingSince.set(r.eventId, this.now())
     if (this.spilled.size > 0 || this.queue.length >= this.cap) {
       // Past the memory cap only the journal would keep it: written now, and let out of memory
       // only if that worked. A record that is not on disk is never let out of memory.
@@ -108,6 +165,7 @@ export class Ledger {
 
   close (): void {
     this.closed = true
+    clearInterval(this.watchdog)
     if (this.timer) clearTimeout(this.timer)
     this.timer = null
   }
@@ -127,7 +185,7 @@ export class Ledger {
     const flushing = this.refill().then(() => {
       // Order does not matter to an idempotent insert.
       const batches: UsageRecord[][] = []
-      for (let i = 0; i < PARALLEL_BATCHES && this.queue.length > 0; i++) batches.push(this.queue.splice(0, this.opts.batchSize))
+      for (let i = 0; i < (this.opts.parallelBatches ?? PARALLEL_BATCHES) && this.queue.length > 0; i++) batches.push(this.queue.splice(0, this.opts.batchSize))
       return Promise.all(batches.map((b) => this.writeBatch(b))).then(() => undefined)
     }).finally(() => {
       this.flushing = null
@@ -162,11 +220,13 @@ export class Ledger {
       this.done(batch)
       if (this.failures > 0) this.log.info({ afterFailures: this.failures, queued: this.depth }, 'ledger: postgres writes resumed')
       this.failures = 0
+      this.lastError = null
     } catch (err) {
       if (isDataError(err)) {
         try { await this.isolate(batch); return } catch (again) { err = again }
       }
       this.failures++
+      this.lastError = describe(err)
       this.queue.unshift(...batch) // back to the front, to be tried again
       if (this.failures === 1 || this.failures % 20 === 0) {
         this.log.warn({ reason: describe(err), queued: this.depth, failures: this.failures }, 'ledger: insert failed, will retry')
@@ -201,8 +261,9 @@ export class Ledger {
   }
 
   private done (batch: UsageRecord[]): void {
-    for (const r of batch) this.journal?.committed(r.eventId)
+    for (const r of batch) { this.journal?.committed(r.eventId); this.waitingSince.delete(r.eventId) }
     this.written += batch.length
+    this.lastCommitAt = this.now()
   }
 
   /**

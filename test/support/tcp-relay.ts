@@ -10,6 +10,7 @@ export class TcpRelay {
   private readonly sockets = new Set<Socket>()
   private paused = false
   private held: Array<[Socket, Buffer]> = []
+  private frozen = false
 
   constructor (private readonly targetPort: number, private readonly targetHost = '127.0.0.1') {}
 
@@ -26,6 +27,7 @@ export class TcpRelay {
   async open (): Promise<void> {
     if (this.server) return
     const server = createServer((client) => {
+      if (this.frozen) { this.sockets.add(client); client.on('error', () => {}); return } // accepted, never answered
       const upstream = connect(this.targetPort, this.targetHost)
       this.sockets.add(client).add(upstream)
       const drop = () => { client.destroy(); upstream.destroy(); this.sockets.delete(client); this.sockets.delete(upstream) }
@@ -57,10 +59,21 @@ export class TcpRelay {
     for (const [to, d] of held) if (!to.destroyed) to.write(d)
   }
 
+  /**
+   * A database that stops answering without closing anything (a partition, a hung server): bytes
+   * sent are never delivered, new connections are accepted and never answered. `cut` then `open`
+   * ends it.
+   */
+  freeze (): void {
+    this.frozen = true
+    for (const s of this.sockets) { s.unpipe(); s.pause() }
+  }
+
   /** Drops every connection mid-whatever and refuses new ones. */
   async cut (): Promise<void> {
     const server = this.server
     this.server = null
+    this.frozen = false
     for (const s of this.sockets) s.destroy()
     this.sockets.clear()
     if (server) await new Promise<void>((r) => server.close(() => r()))

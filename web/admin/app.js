@@ -289,6 +289,18 @@
     } catch (err) { /* the rest of the page says what failed */ }
   }
 
+  // The ledger's backlog, read from the sidecar's memory: shown apart from the usage (which is
+  // only as complete as the ledger's last commit), and shown even when the usage cannot load.
+  async function backlog () {
+    const b = await api('/admin/v1/ledger').catch(() => null)
+    const box = $('ledger-backlog')
+    if (!b || b.backlog_records === 0) { box.hidden = true; box.textContent = ''; return }
+    const waited = b.oldest_waiting_seconds >= 120 ? `${Math.round(b.oldest_waiting_seconds / 60)} min` : `${b.oldest_waiting_seconds} s`
+    box.textContent = `${count(b.backlog_records)} request record(s) not yet in the database; the oldest has waited ${waited}. ` +
+      (b.last_error ? `Postgres: ${b.last_error}. ` : '') + 'They are kept in the journal and appear here once the database takes them.'
+    box.hidden = false
+  }
+
   // ---- wiring ----
   function showSignIn () {
     $('dashboard').hidden = true
@@ -308,6 +320,7 @@
     $('sign-out').hidden = false
     const mine = ++rendering
     admissions()
+    backlog()
     $('status').textContent = 'Loading…'
     document.body.setAttribute('aria-busy', 'true')
     try {

@@ -1,0 +1,188 @@
+import t, { type Test } from 'tap'
+import postgres from 'postgres'
+import { Agent, request } from 'undici'
+import { FakeOpenRouter, sumDecimals } from './support/fake-openrouter.js'
+import { createTestDb, type TestDb } from './support/db.js'
+import { baseEnv, startSidecar, type Started } from './support/sidecar.js'
+import { pgbouncerBinary, startPgbouncer, type Bouncer } from './support/pgbouncer.js'
+
+// A fleet through one PgBouncer: sidecars of distinct organizations whose only DATABASE_URL is
+// the pooler, 16 requests at a time each. Every generation the fake OpenRouter billed has its
+// row; small organization budgets bind; no admission fails open; /metrics answers from every
+// sidecar while Postgres is held (a table lock that stalls every insert). Then in session mode,
+// and with the pooler killed and started again mid-run.
+
+const ORGS = 10
+const PER_ORG = 48
+const AT_ONCE = 16
+/** Every completed generation costs this (billed × 1.125), just under its estimate: the bound is the limit. */
+const COST = '0.0004'
+const BUDGET_ORGS = new Set([0, 1, 2])
+const ORG_LIMIT = '0.004'
+
+// Ten sidecars in one process: each adds its journal's exit hook.
+process.setMaxListeners(50)
+
+const bin = pgbouncerBinary()
+const skip = 'missing' in bin ? bin.missing : false
+
+/** a <= b for decimal strings, exactly. */
+function le (a: string, b: string): boolean {
+  const units = (v: string) => { const [i, f = ''] = v.split('.'); return BigInt(i + f.padEnd(40, '0').slice(0, 40)) }
+  return units(a) <= units(b)
+}
+
+interface Fleet { fake: FakeOpenRouter, db: TestDb, bouncer: Bouncer, sidecars: Started[], agent: Agent }
+
+async function startFleet (t: Test, mode: 'transaction' | 'session'): Promise<Fleet | null> {
+  const db = await createTestDb()
+  if (db.embedded) { await db.drop(); t.plan(0, 'PgBouncer needs a real Postgres server (none on 127.0.0.1:5432)'); return null }
+  const fake = await new FakeOpenRouter(27).start()
+  fake.fixedCost = COST
+  fake.slowEventMs = 5
+  fake.generationDelayMs = 0
+  // Session mode gives each client connection a backend for its life: the pool must hold them all.
+  const bouncer = await startPgbouncer({ postgresPort: db.port, mode, poolSize: mode === 'session' ? ORGS * 4 + 4 : 8 })
+  const agent = new Agent({ connections: ORGS * AT_ONCE })
+  const sidecars: Started[] = []
+  t.teardown(async () => {
+    await Promise.all(sidecars.map((s) => s.sidecar.stop('test over')))
+    await agent.close()
+    await bouncer.kill()
+    await fake.close()
+    await db.drop()
+  })
+  sidecars.push(...await Promise.all(Array.from({ length: ORGS }, (_, i) => startSidecar(baseEnv(fake, bouncer.url(db.name), {
+    OPENROUTER_EXTERNAL_USER: `fleet_org_${i}`,
+    ORGANIZATION_NAME: `Fleet ${i}`,
+    LOG_LEVEL: 'info',
+    ACCESS_LOG: 'off',
+    DATABASE_POOL_MAX: '3',
+    // A lock held for seconds must not count as the pooler being away.
+    BUDGET_DB_TIMEOUT_MS: '10000',
+    ...(BUDGET_ORGS.has(i) ? { ORG_BUDGET_USD: ORG_LIMIT, ORG_BUDGET_PERIOD: 'month' } : {}),
+  })))))
+  return { fake, db, bouncer, sidecars, agent }
+}
+
+/** PER_ORG requests per sidecar, AT_ONCE at a time each, all sidecars together; statuses by org. */
+async function load (f: Fleet, during?: () => Promise<void>): Promise<Array<Map<number, number>>> {
+  const statuses = f.sidecars.map(() => new Map<number, number>())
+  const run = f.sidecars.map(async (s, org) => {
+    let next = 0
+    await Promise.all(Array.from({ length: AT_ONCE }, async () => {
+      while (next < PER_ORG) {
+        const i = next++
+        const res = await request(s.url + '/v1/chat/completions', {
+          dispatcher: f.agent,
+          method: 'POST',
+          headers: { 'content-type': 'application/json', 'x-openwebui-user-id': `o${org}u${i % 3}` },
+          body: JSON.stringify({ model: 'fake/ok', stream: i % 2 === 0, max_tokens: 200, messages: [{ role: 'user', content: `request ${i}` }] }),
+        })
+        await res.body.text()
+        statuses[org].set(res.statusCode, (statuses[org].get(res.statusCode) ?? 0) + 1)
+      }
+    }))
+  })
+  await Promise.all([...run, during?.()])
+  return statuses
+}
+
+/** Waits (within the test's own timeout) until every billed generation has its row. */
+async function rowsForEveryGeneration (f: Fleet): Promise<string[]> {
+  for (;;) {
+    const rows = await f.db.sql<{ generation_id: string }[]>`select generation_id from usage_events where generation_id is not null`
+    if (rows.length >= f.fake.generations.size) return rows.map((r) => r.generation_id).sort()
+    await new Promise((r) => setTimeout(r, 100))
+  }
+}
+
+async function metricsText (s: Started): Promise<string> {
+  const res = await request(s.url + '/metrics')
+  const text = await res.body.text()
+  if (res.statusCode !== 200) throw new Error(`/metrics answered ${res.statusCode}: ${text}`)
+  return text
+}
+
+function assertFleet (t: Test, f: Fleet, statuses: Array<Map<number, number>>, rows: string[]): void {
+  t.same(rows, [...f.fake.generations.keys()].sort(), 'one row for every generation OpenRouter billed, no more')
+  for (const [org, st] of statuses.entries()) {
+    const other = [...st.keys()].filter((c) => c !== 200 && c !== 402)
+    t.same(other, [], `org ${org}: every answer is 200 or a budget's 402`)
+    if (BUDGET_ORGS.has(org)) t.ok((st.get(402) ?? 0) > 0, `org ${org}: its budget refused requests`)
+    else t.equal(st.get(200), PER_ORG, `org ${org}: no budget, all served`)
+  }
+  for (const s of f.sidecars) {
+    t.notMatch(s.logs.text, /postgres unavailable for the admission|fail(ed|s)? open/i, `${s.sidecar.config.organization.id}: no admission failed open`)
+    t.notMatch(s.logs.text, /prepared statement|does not exist/, `${s.sidecar.config.organization.id}: no statement lost between backends`)
+  }
+}
+
+async function assertBudgetsBind (t: Test, f: Fleet): Promise<void> {
+  for (const org of BUDGET_ORGS) {
+    const [{ billed }] = await f.db.sql<{ billed: string }[]>`select coalesce(sum(billed_cost_usd), 0)::text as billed from usage_events where organization_id = ${`fleet_org_${org}`}`
+    // No generation costs more than its estimate here, so the overruns are 0 and the bound is the limit.
+    t.ok(le(billed, ORG_LIMIT), `org ${org}: billed ${billed} <= limit ${ORG_LIMIT}`)
+    t.ok(le(sumDecimals([ORG_LIMIT, '-0.0005']), billed), `org ${org}: the budget filled (${billed}), so it was the limit that refused`)
+  }
+}
+
+t.test('transaction mode: 10 sidecars at 16 at a time, rows equal generations, budgets bind, /metrics answers while Postgres is held', { skip }, async (t) => {
+  const f = await startFleet(t, 'transaction')
+  if (!f) return
+  const lock = postgres(f.db.url, { max: 1, onnotice: () => {} })
+  t.teardown(() => lock.end({ timeout: 1 }))
+  let heldScrapes = 0
+  const statuses = await load(f, async () => {
+    // Mid-run: every insert waits on a lock for 3 s; meanwhile every sidecar's /metrics answers.
+    await new Promise((r) => setTimeout(r, 300))
+    await lock.begin(async (tx) => {
+      await tx`lock table usage_events in access exclusive mode`
+      const texts = await Promise.all(f.sidecars.map(metricsText))
+      heldScrapes = texts.filter((x) => /^usage_proxy_ledger_backlog_records \d+/m.test(x)).length
+      await new Promise((r) => setTimeout(r, 3000))
+    })
+  })
+  t.equal(heldScrapes, ORGS, 'every sidecar answered /metrics, with its backlog, while inserts were held')
+  const rows = await rowsForEveryGeneration(f)
+  assertFleet(t, f, statuses, rows)
+  await assertBudgetsBind(t, f)
+  const [{ n }] = await f.db.sql<{ n: number }[]>`select count(distinct organization_id)::int as n from usage_events`
+  t.equal(n, ORGS, 'every organization has its rows')
+  const after = await metricsText(f.sidecars[3])
+  t.match(after, /^usage_proxy_ledger_backlog_records 0$/m, 'drained: nothing waits')
+  t.match(after, /^usage_proxy_postgres_up 1$/m)
+})
+
+t.test('session mode works too', { skip }, async (t) => {
+  const f = await startFleet(t, 'session')
+  if (!f) return
+  const statuses = await load(f)
+  assertFleet(t, f, statuses, await rowsForEveryGeneration(f))
+  await assertBudgetsBind(t, f)
+})
+
+t.test('the pooler restarts mid-run: every generation still gets its row once it is back, without a sidecar restart', { skip }, async (t) => {
+  const f = await startFleet(t, 'transaction')
+  if (!f) return
+  const statuses = await load(f, async () => {
+    await new Promise((r) => setTimeout(r, 300))
+    await f.bouncer.kill()
+    // While it is away: /metrics and /healthz answer, and the backlog shows.
+    const down = await Promise.all(f.sidecars.map(async (s) => (await request(s.url + '/healthz')).statusCode))
+    t.same(down, f.sidecars.map(() => 200), '/healthz answers with the pooler gone')
+    await new Promise((r) => setTimeout(r, 1500))
+    await f.bouncer.start()
+  })
+  const rows = await rowsForEveryGeneration(f)
+  t.same(rows, [...f.fake.generations.keys()].sort(), 'one row for every generation OpenRouter billed')
+  for (const [org, st] of statuses.entries()) {
+    // With the pooler gone an admission cannot reach Postgres: refused (fail-closed is not the
+    // default) or admitted open, but never a request lost; what was served has its row.
+    const served = st.get(200) ?? 0
+    const [{ n }] = await f.db.sql<{ n: number }[]>`select count(*)::int as n from usage_events where organization_id = ${`fleet_org_${org}`} and status = 200`
+    t.equal(n, served, `org ${org}: a row for every answer served`)
+  }
+  const [{ waiting }] = await Promise.all([metricsText(f.sidecars[0]).then((x) => ({ waiting: /^usage_proxy_ledger_backlog_records (\d+)$/m.exec(x)?.[1] }))])
+  t.equal(waiting, '0', 'the backlog drained without a restart')
+})
