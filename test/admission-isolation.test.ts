@@ -111,7 +111,7 @@ t.test('(b) long usage reports over thousands of users: admissions meanwhile nev
 })
 
 t.test('(c) the main pool held by blocked queries: admissions still complete through their own connections', async (t) => {
-  const { db, s } = await sidecar(t, { USER_BUDGET_USD: '0', USER_RPM: '1000' })
+  const { db, s } = await sidecar(t, { USER_BUDGET_USD: '0', USER_RPM: '1000', DATABASE_POOL_MAX: '5' })
   await putBudget(s.url, 'rich', '100')
   t.equal(await statusOf(chat(s.url, 'rich')), 200, 'served before')
   // Every query that reads usage_events now waits for this lock: "My usage" and reports take the

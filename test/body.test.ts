@@ -291,6 +291,21 @@ function meterBase (pool: Pool) {
   }
 }
 
+/**
+ * A ledger that keeps nothing. The intent line's write before dispatch passes at once; `onEnd`
+ * gets the write each answer's end waits for (the record's), which tests hold or stall.
+ */
+function fakeLedger (onEnd: (then: () => void) => void, record: () => void = () => {}) {
+  let intent = false
+  return {
+    pending: () => {},
+    record,
+    intent: () => { intent = true },
+    withdraw: () => {},
+    afterJournal: (then: () => void) => { if (intent) { intent = false; then() } else onEnd(then) },
+  }
+}
+
 t.test('an exception before dispatch answers 500 for that request only', async (t) => {
   const pool = new Pool(`http://127.0.0.1:${fake.port}`)
   t.teardown(() => pool.close())
@@ -299,7 +314,7 @@ t.test('an exception before dispatch answers 500 for that request only', async (
     ...meterBase(pool),
     // A fault injected where a bug would be: the user directory throws on its second use.
     directory: { resolve: () => { if (++calls === 2) throw new TypeError('injected'); return { userId: null, externalUserId: ORG, mapping: null } } },
-    ledger: { pending: () => {}, record: () => {}, afterJournal: (then: () => void) => then() },
+    ledger: fakeLedger((then) => then()),
     reconciler: { enqueue: () => {} },
     log: createLogger('fatal'),
     track: () => {},
@@ -327,7 +342,7 @@ t.test('a response ends only once the journal has written its record (group comm
     ...meterBase(pool),
     directory: { resolve: () => ({ userId: null, externalUserId: ORG, mapping: null }) },
     // The journal's write at the end of the turn, held until the test lets it happen.
-    ledger: { pending: () => {}, record: () => {}, afterJournal: (then: () => void) => { endedWhenHeld.push(last!.writableEnded); held.push(then) } },
+    ledger: fakeLedger((then) => { endedWhenHeld.push(last!.writableEnded); held.push(then) }),
     reconciler: { enqueue: () => {} },
     log: createLogger('fatal'),
     track: () => {},
@@ -404,7 +419,7 @@ t.test('an exchange counts as over for a graceful stop only once its response ha
     directory: { resolve: () => ({ userId: null, externalUserId: ORG, mapping: null }) },
     // A slow client, as the process sees it: from the journal's write on, its socket's writes
     // wait (the kernel's buffer is full), so the answer's last bytes are still in the process.
-    ledger: { pending: () => {}, record: () => {}, afterJournal: (then: () => void) => { stall(seen.res!.socket!); then() } },
+    ledger: fakeLedger((then) => { stall(seen.res!.socket!); then() }),
     reconciler: { enqueue: () => {} },
     log: createLogger('fatal'),
     track: (d: 1 | -1) => { inFlight += d },
@@ -476,7 +491,7 @@ t.test('an exchange is observed (metrics, access line) once, after its answer, a
   const ctx = {
     ...meterBase(pool),
     directory: { resolve: () => ({ userId: null, externalUserId: ORG, mapping: null }) },
-    ledger: { pending: () => {}, record: () => { if (refuse) throw new Error('injected ledger fault') }, afterJournal: (then: () => void) => then() },
+    ledger: fakeLedger((then) => then(), () => { if (refuse) throw new Error('injected ledger fault') }),
     reconciler: { enqueue: () => {} },
     log: createLogger('fatal'),
     track: () => {},
