@@ -299,6 +299,7 @@ function fakeLedger (onEnd: (then: () => void) => void, record: () => void = () 
   let intent = false
   return {
     pending: () => {},
+    pendingNow: () => {},
     record,
     intent: () => { intent = true },
     withdraw: () => {},

@@ -329,6 +329,8 @@ class Exchange implements Dispatcher.DispatchHandler {
   /** The last chunk of a declared-length body, held until the record is written (see onData). */
   private tail: Buffer | undefined
   private done = false
+  /** Set while the generation is named but its pending line is not yet handed to the journal. */
+  private unjournaled: (() => void) | null = null
   /** finish() filled the record and handed it to the ledger: it can be observed. */
   private recorded = false
   private resume: (() => void) | null = null
@@ -399,6 +401,9 @@ class Exchange implements Dispatcher.DispatchHandler {
 
   onData (chunk: Buffer): boolean {
     let more = true
+    // The tap reads first: a chunk that names the generation is journaled with it before the
+    // client can see it (unjournaled() below).
+    this.tap!.write(chunk)
     if (!this.clientGone) {
       if (this.lengthLeft !== null && (this.lengthLeft -= chunk.length) <= 0 && chunk.length > 0) {
         // The declared length completes the answer for the client, with no terminator to wait
@@ -406,10 +411,10 @@ class Exchange implements Dispatcher.DispatchHandler {
         // Whole, not just its last byte: a small answer then leaves in one write, headers and all.
         this.tail = chunk
       } else {
+        this.unjournaled?.()
         more = this.res.write(chunk)
       }
     }
-    this.tap!.write(chunk)
     return more
   }
 
@@ -472,13 +477,22 @@ class Exchange implements Dispatcher.DispatchHandler {
     // Journal it as pending once the read that revealed it is handled: a response that also
     // completed in that read (most non-stream answers) goes straight to its final line, saving
     // a write; any other is pending before the event loop turns, let alone before a crash could.
-    queueMicrotask(() => {
+    // A byte that reaches the client before that turn ends waits for the line's write(2) first:
+    // a generation a client has seen is never one the journal does not name.
+    let journaled = false
+    const journal = (now: boolean): void => {
+      if (journaled || this.done) return
+      journaled = true
+      this.unjournaled = null
       try {
-        if (!this.done) this.ctx.ledger.pending(this.rec)
+        if (now) this.ctx.ledger.pendingNow(this.rec)
+        else this.ctx.ledger.pending(this.rec)
       } catch (err) {
         this.ctx.log.error({ err: err instanceof Error ? err.message : String(err) }, 'metered request: could not journal it as pending')
       }
-    })
+    }
+    this.unjournaled = () => journal(true)
+    queueMicrotask(() => journal(false))
   }
 
   /**
