@@ -151,7 +151,14 @@ t.test('transaction mode: 10 sidecars at 16 at a time, rows equal generations, b
   t.equal(n, ORGS, 'every organization has its rows')
   const after = await metricsText(f.sidecars[3])
   t.match(after, /^usage_proxy_ledger_backlog_records 0$/m, 'drained: nothing waits')
-  t.match(after, /^usage_proxy_postgres_up 1$/m)
+  // postgres_up is the last background probe's (every 5 s): one that ran while the pooler's
+  // backends were all held may still read 0. Scrape until a later probe answered.
+  let up = after
+  for (const until = Date.now() + 20_000; !/^usage_proxy_postgres_up 1$/m.test(up) && Date.now() < until;) {
+    await new Promise((r) => setTimeout(r, 250))
+    up = await metricsText(f.sidecars[3])
+  }
+  t.match(up, /^usage_proxy_postgres_up 1$/m, 'a probe after the hold found Postgres up')
 })
 
 t.test('session mode works too', { skip }, async (t) => {
