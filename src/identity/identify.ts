@@ -1,7 +1,7 @@
 import type { IncomingHttpHeaders } from 'node:http'
 import type { Logger } from '../log.js'
 import { JwtError, verifyJwt } from './jwt.js'
-import { normalizeId } from './user-id.js'
+import { MAX_USER_ID_CHARS, normalizeId } from './user-id.js'
 
 // Who is asking, in order of trust: a signed JWT from the app; the plain headers the app
 // forwards (only while no JWT secret is configured: anyone who reaches the sidecar can forge
@@ -66,13 +66,13 @@ export function identify (headers: IncomingHttpHeaders, bodyUser: unknown, o: Id
         throw new IdentityError(`invalid ${o.jwtHeader}: ${err instanceof JwtError ? err.message : 'unreadable'}`)
       }
       // A signed subject that names nobody is refused as an empty one is (RFC 7519 §4.1.2).
-      const userId = normalizeId(c.sub)
+      const userId = bounded(normalizeId(c.sub), `the sub claim of ${o.jwtHeader}`)
       if (userId === null) throw new IdentityError(`invalid ${o.jwtHeader}: no subject (the sub claim is empty once control characters and whitespace are removed)`)
       return { userId, name: normalizeId(c.name), email: normalizeId(c.email), role: normalizeId(c.role), chatId, source: 'jwt' }
     }
   } else {
     const sent = one(headers[o.userIdHeader])
-    const userId = normalizeId(sent)
+    const userId = bounded(normalizeId(sent), o.userIdHeader)
     if (userId !== null) {
       return {
         userId,
@@ -86,7 +86,7 @@ export function identify (headers: IncomingHttpHeaders, bodyUser: unknown, o: Id
     if (sent !== null) empty = o.userIdHeader
   }
   if (o.trustBodyUser && typeof bodyUser === 'string') {
-    const userId = normalizeId(bodyUser)
+    const userId = bounded(normalizeId(bodyUser), 'the "user" field')
     if (userId !== null) return { userId, name: null, email: null, role: null, chatId, source: 'body' }
     if (bodyUser !== '') empty ??= 'the "user" field'
   }
@@ -97,6 +97,12 @@ export function identify (headers: IncomingHttpHeaders, bodyUser: unknown, o: Id
       : `no user identity: ${why}send ${o.userIdHeader} or a "user" field (REQUIRE_USER_IDENTITY)`)
   }
   return { userId: null, name: null, email: null, role: null, chatId, source: 'organization' }
+}
+
+/** A user id past MAX_USER_ID_CHARS is refused: no one is named by it, nor is it the organization. */
+function bounded (id: string | null, where: string): string | null {
+  if (id !== null && id.length > MAX_USER_ID_CHARS) throw new IdentityError(`${where} is longer than ${MAX_USER_ID_CHARS} characters`)
+  return id
 }
 
 /**

@@ -16,3 +16,10 @@ export function normalizeId (raw: string | null | undefined): string | null {
   const id = pgText(raw)
   return NOTHING.test(id) ? null : id
 }
+
+/**
+ * The longest user id accepted (characters): an email fits; a longer id is refused where it is
+ * read (identify.ts), since budgets, rate limits and mappings key on it and a btree entry holds
+ * at most 2704 bytes.
+ */
+export const MAX_USER_ID_CHARS = 256

@@ -72,6 +72,9 @@ export interface MeterContext {
 
 const DROP_RESPONSE = new Set(['connection', 'keep-alive', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-connection'])
 
+/** The longest model id accepted: OpenRouter's are under 100 characters. */
+export const MAX_MODEL_CHARS = 256
+
 /** A stream whose client left before the generation was named is aborted once it is, or after this. */
 const ABORT_WAIT_FOR_HEADERS_MS = 10_000
 
@@ -86,6 +89,11 @@ function forward (req: IncomingMessage, res: ServerResponse, endpoint: string, q
   const who = identifyUser(req, res, body, ctx)
   if (!who) return
   const model = body.json?.string('model')
+  if (model !== undefined && model.length > MAX_MODEL_CHARS) {
+    // The ledger indexes the model (a btree entry holds 2704 bytes): no model id is this long.
+    sendError(res, 400, 'invalid_request_error', 'invalid_model', `model is longer than ${MAX_MODEL_CHARS} characters`)
+    return
+  }
   if (ctx.selfService && model === ctx.selfService.model && endpoint === 'chat/completions') {
     // "My usage": answered here, free, nothing goes upstream and no record (so no mapping) is
     // written. Its task prompts are one message. It counts toward the user's rate limits (never

@@ -23,7 +23,7 @@ export interface LedgerOptions {
   flushMs: number
   /** Past this many queued records, new ones stay only in the journal until there is room. */
   maxInMemory?: number
-  /** Where a record Postgres refuses as data (SQLSTATE class 22) is set aside for an operator. */
+  /** Where a record Postgres refuses as data (isDataError) is set aside for an operator. */
   rejectedPath?: string
   /** Inserts in flight at once (each holds a connection); 3 unless the pool is smaller. */
   parallelBatches?: number
@@ -332,10 +332,13 @@ function mappingRows (batch: UsageRecord[]): Array<Record<string, unknown>> {
   return [...byUser.values()].sort((a, b) => (a.user_id as string) < (b.user_id as string) ? -1 : 1)
 }
 
-/** Postgres refused the data itself (class 22), or one statement touched a row twice (21000). */
+/**
+ * Postgres refused the data itself (class 22), one statement touched a row twice (21000), or a
+ * value too large for an index entry (54000: a key past btree's 2704 bytes): retrying never helps.
+ */
 function isDataError (err: unknown): boolean {
   const state = sqlState(err)
-  return state.startsWith('22') || state === '21000'
+  return state.startsWith('22') || state === '21000' || state === '54000'
 }
 
 function sqlState (err: unknown): string {
