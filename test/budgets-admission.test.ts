@@ -120,6 +120,9 @@ t.test('the estimate: prompt counts, max_tokens or the default for the completio
   t.equal(maxTokensOf({ max_completion_tokens: 70, max_tokens: 50 }), 70)
   t.equal(maxTokensOf({ max_output_tokens: 9 }), 9)
   t.equal(maxTokensOf({ max_tokens: 'lots' }), null)
+  // every spelling goes upstream: the largest bounds the answer, not the first
+  t.equal(maxTokensOf({ max_completion_tokens: 5, max_tokens: 1_000_000 }), 1_000_000)
+  t.equal(maxTokensOf({ max_tokens: 5, max_output_tokens: 900 }), 900)
 })
 
 t.test('no budget, no rate limit: admit() answers synchronously, no database round trip', async (t) => {

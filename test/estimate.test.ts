@@ -137,6 +137,10 @@ t.test('/models entries: prices, context and top_provider', async (t) => {
   await prices.refresh()
   t.equal(prices.size, 2)
   t.equal(prices.price('v/router').prompt, 60_000_000_000_000n, 'the ceiling: $60 / M')
+  t.equal(prices.price('v/vision:nitro').prompt, 3_000_000_000_000n, 'a variant not listed on its own: its base model\'s price')
+  t.equal(prices.price('v/vision:').prompt, 3_000_000_000_000n)
+  t.equal(prices.price(':nitro').prompt, 60_000_000_000_000n, 'no base model: the ceiling')
+  t.equal(prices.price('v/unknown:nitro').prompt, 60_000_000_000_000n, 'an unknown base: the ceiling')
 })
 
 t.test('the estimate from counts and prices', async (t) => {

@@ -64,11 +64,15 @@ export function estimateBilledUsd (input: EstimateInput, prices: PriceList, opts
   return fromUnits(mulDivUp(cost, 1_000_000n + markup, 1_000_000n))
 }
 
-/** The completion limit a request body names, if any (the first of the three spellings). */
+/**
+ * The completion limit a request body names, if any: the largest of the three spellings, since
+ * all of them go upstream and a provider may honour any one (the smallest would under-estimate).
+ */
 export function maxTokensOf (body: Record<string, unknown>): number | null {
+  let most: number | null = null
   for (const k of ['max_completion_tokens', 'max_tokens', 'max_output_tokens']) {
     const v = body[k]
-    if (typeof v === 'number' && Number.isInteger(v) && v > 0) return v
+    if (typeof v === 'number' && Number.isInteger(v) && v > 0 && (most === null || v > most)) most = v
   }
-  return null
+  return most
 }

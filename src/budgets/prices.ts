@@ -54,8 +54,16 @@ export class PriceList {
 
   stop (): void { if (this.timer) clearInterval(this.timer) }
 
+  /**
+   * A variant OpenRouter does not list on its own (`vendor/model:nitro`, `:floor`, `:online`) is
+   * priced as its base model; one it lists (`:free`, `:thinking`) at its own price.
+   */
   price (model: string | null): Price {
-    return (model !== null && this.prices.get(model)) || this.fallback
+    if (model === null) return this.fallback
+    const own = this.prices.get(model)
+    if (own) return own
+    const colon = model.lastIndexOf(':')
+    return (colon > 0 && this.prices.get(model.slice(0, colon))) || this.fallback
   }
 
   get size (): number { return this.prices.size }
