@@ -125,25 +125,19 @@ t.test('64 concurrent requests across 3 processes never overspend an organizatio
   t.ok(over > 0, `requests cost more than their estimate (${over} overruns)`)
 
   /**
-   * The bound: spend <= limit + the overruns of the requests in flight when spend crossed the
-   * limit. Spend crosses at the commit of the row that takes the running sum (in commit order)
-   * past the limit; in flight then are the rows that arrived before and landed no earlier. An
-   * overrun is billed − estimate, and every estimate is at least ESTIMATE_FLOOR.
+   * The bound: spend <= limit + the overruns of the requests in flight when the last request was
+   * admitted (each admission saw spent + held + its estimate fit, and only what those requests
+   * cost beyond their estimates can land after it). Admission times are not in the rows, so this
+   * asserts the looser bound that contains it: limit + every overrun (billed - estimate, where
+   * positive; every estimate is at least ESTIMATE_FLOOR). The exact lock behaviour is held to
+   * account deterministically in budget-locks.test.ts.
    */
   const bound = async (who: string, where: string, params: string[], limit: string) => {
-    const rows = await db.sql.unsafe(`select billed_cost_usd::text as b, created_at, recorded_at from usage_events
-      where billed_cost_usd is not null ${where} order by recorded_at, event_id`, params)
+    const rows = await db.sql.unsafe(`select billed_cost_usd::text as b from usage_events where billed_cost_usd is not null ${where}`, params)
     const [{ spent }] = await db.sql.unsafe(`select coalesce(sum(billed_cost_usd), 0)::text as spent from usage_events where true ${where}`, params)
-    let running = '0'
-    let crossed: Date | null = null
-    for (const r of rows) {
-      running = sumDecimals([running, r.b])
-      if (!le(running, limit)) { crossed = r.recorded_at; break }
-    }
-    const inFlight = crossed === null ? [] : rows.filter((r) => r.created_at <= crossed! && r.recorded_at >= crossed!)
-    const overruns = inFlight.map((r) => sumDecimals([r.b, '-' + ESTIMATE_FLOOR])).filter((d) => !d.startsWith('-'))
+    const overruns = rows.filter((r) => !le(r.b, ESTIMATE_FLOOR)).map((r) => sumDecimals([r.b, '-' + ESTIMATE_FLOOR]))
     const allowed = sumDecimals([limit, ...overruns])
-    t.ok(le(spent, allowed), `${who}: spent ${spent} <= limit ${limit} + overruns in flight at the crossing (${overruns.length}) = ${allowed}`)
+    t.ok(le(spent, allowed), `${who}: spent ${spent} <= limit ${limit} + overruns (${overruns.length}) = ${allowed}`)
     return spent
   }
   const orgSpent = await bound('organization', '', [], ORG_LIMIT)
