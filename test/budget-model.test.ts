@@ -270,6 +270,10 @@ for (const seed of seeds) {
   })
 }
 
-t.test('every kind of budget refused something', async (t) => {
-  t.same([...refusedBy].sort(), ['default-user', 'organization', 'user'])
-})
+// Over the default seeds together (fixed, so this holds every run); one seed replayed alone with
+// BUDGET_MODEL_SEED need not reach every kind of refusal.
+if (!process.env.BUDGET_MODEL_SEED) {
+  t.test('every kind of budget refused something', async (t) => {
+    t.same([...refusedBy].sort(), ['default-user', 'organization', 'user'])
+  })
+}
