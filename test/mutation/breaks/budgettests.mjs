@@ -78,6 +78,8 @@ export const BREAKS = [
     tests: [MODEL],
   },
   // The recount: budget_recount(), the trigger on budgets
+  // The recount's lock is the organization's advisory key (taken shared by settlement), no longer
+  // a table lock on budget_counters.
   {
     name: 's8bt: no recount lock: a row settling meanwhile is lost',
     file: 'sql/functions/2-budgets.sql',
@@ -85,6 +87,8 @@ export const BREAKS = [
     replace: '  PERFORM 1',
     tests: [LOCKS],
   },
+  // Both ends move, so the wrong counter gets that period's exact spend: only a counter settlement
+  // never wrote (a budget whose period changed, as the model does) tells it apart.
   {
     name: "s8bt: recount writes a different period's counter",
     file: 'sql/functions/2-budgets.sql',
@@ -100,6 +104,8 @@ export const BREAKS = [
     replace: 'WHERE NOT (event_id = ANY (p_live))',
     tests: [MODEL],
   },
+  // The sweep's own delete, bypassing budget_release(): a break inside budget_release() would
+  // also break every other release, not the sweeper's.
   {
     name: 's8bt: the sweeper deletes reservations without giving back their holds',
     file: 'sql/functions/2-budgets.sql',
