@@ -7,12 +7,12 @@ import { migrate } from '../src/db/migrate.js'
 // The budget SQL against a model of its counters. Random (seeded) sequences of what happens to
 // requests — reserve, settle (the usage row lands), abort (released), crash (left to expire, then
 // swept after the clock moved), replay (the same row again, or the same generation under a new
-// event id), budget change (recount) and period change (the request clock moves on) — are applied
-// to Postgres through the SQL functions themselves (budget_reserve_many, insert into usage_events,
-// budget_sweep, update budgets) and to a small in-memory model in exact integers. After every step
-// the counters, the reservations and each admission's answer must be the model's. The session runs
-// at UTC+14 so nothing may depend on the session's time zone. A failure prints its seed: rerun
-// with BUDGET_MODEL_SEED=<seed>.
+// event id), budget change (its limit, now and then its period; recount) and period change (the
+// request clock moves on) — are applied to Postgres through the SQL functions themselves
+// (budget_reserve_many, insert into usage_events, budget_sweep, update budgets) and to a small
+// in-memory model in exact integers. After every step the counters, the reservations and each
+// admission's answer must be the model's. The session runs at UTC+14 so nothing may depend on the
+// session's time zone. A failure prints its seed: rerun with BUDGET_MODEL_SEED=<seed>.
 
 const ORG = 'mai_client_model'
 const SCALE = 18n
@@ -244,10 +244,14 @@ async function run (t: Test, seed: number, steps: number): Promise<void> {
     } else if (kind === 'budget') {
       const b = pick(budgets)
       b.limit = BigInt(1 + rnd(80)) * 10n ** 16n // $0.01-0.80
-      await sql`update budgets set limit_usd = ${text(b.limit)}::numeric, updated_at = now() where organization_id = ${org} and scope = ${b.scope} and user_id = ${b.user}`
+      // Now and then its period changes too: no settlement has been writing the new period's
+      // counter, so only the recount can make it start from what was already spent.
+      if (rnd(3) === 0) b.period = pick(['day', 'week', 'month', 'total'] as const)
+      await sql`update budgets set limit_usd = ${text(b.limit)}::numeric, period = ${b.period}, updated_at = now()
+                where organization_id = ${org} and scope = ${b.scope} and user_id = ${b.user}`
       const [{ now }] = await sql<Array<{ now: Date }>>`select now()`
       model.recount(b, now)
-      log.push(`${n} budget ${b.scope} ${b.user} -> ${text(b.limit)}`)
+      log.push(`${n} budget ${b.scope} ${b.user} -> ${text(b.limit)} per ${b.period}`)
     } else {
       clock = new Date(Math.min(clock.getTime() + 3_600_000 * (1 + rnd(96)), realNow))
       log.push(`${n} clock -> ${clock.toISOString()}`)
@@ -258,7 +262,7 @@ async function run (t: Test, seed: number, steps: number): Promise<void> {
 }
 const refusedBy = new Set<string>()
 
-const seeds = process.env.BUDGET_MODEL_SEED ? [Number(process.env.BUDGET_MODEL_SEED)] : [1, 20261130, 777, (Date.now() % 1_000_000) + 1]
+const seeds = process.env.BUDGET_MODEL_SEED ? [Number(process.env.BUDGET_MODEL_SEED)] : [1, 20261130, 777, 3, (Date.now() % 1_000_000) + 1]
 for (const seed of seeds) {
   t.test(`seed ${seed}`, async (t) => {
     t.comment(`BUDGET_MODEL_SEED=${seed}`)
@@ -266,6 +270,10 @@ for (const seed of seeds) {
   })
 }
 
-t.test('every kind of budget refused something', async (t) => {
-  t.same([...refusedBy].sort(), ['default-user', 'organization', 'user'])
-})
+// Over the default seeds together: the fixed ones reach all three every run (seed 3 alone does);
+// one seed replayed alone with BUDGET_MODEL_SEED need not.
+if (!process.env.BUDGET_MODEL_SEED) {
+  t.test('every kind of budget refused something', async (t) => {
+    t.same([...refusedBy].sort(), ['default-user', 'organization', 'user'])
+  })
+}

@@ -69,8 +69,8 @@ export const BREAKS = [
   {
     name: 's8sql: the recount counts folded days of whole months twice',
     file: 'sql/functions/2-budgets.sql',
-    search: 'AND r.day < today AND NOT (r.day >= first_month AND r.day < this_month)',
-    replace: 'AND r.day < today',
+    search: 'AND r.day < least(today, last_day) AND NOT (r.day >= first_month AND r.day < this_month)',
+    replace: 'AND r.day < least(today, last_day)',
     tests: SQLT,
   },
   {
