@@ -93,22 +93,22 @@ export const BREAKS = [
   {
     name: 's8scan: the body user is not normalized',
     file: 'src/identity/identify.ts',
-    search: '    const userId = normalizeId(bodyUser)\n',
-    replace: "    const userId = bodyUser === '' ? null : bodyUser\n",
+    search: "    const userId = bounded(normalizeId(bodyUser), 'the \"user\" field')\n",
+    replace: "    const userId = bounded(bodyUser === '' ? null : bodyUser, 'the \"user\" field')\n",
     tests: ['test/identity-empty.test.ts'],
   },
   {
     name: 's8scan: an identity header naming nobody is a user',
     file: 'src/identity/identify.ts',
-    search: '    const userId = normalizeId(sent)\n',
-    replace: '    const userId = sent\n',
+    search: '    const userId = bounded(normalizeId(sent), o.userIdHeader)\n',
+    replace: '    const userId = bounded(sent, o.userIdHeader)\n',
     tests: ['test/identity-empty.test.ts'],
   },
   {
     name: 's8scan: a JWT sub naming nobody is a user',
     file: 'src/identity/identify.ts',
-    search: '      const userId = normalizeId(c.sub)\n',
-    replace: '      const userId = c.sub\n',
+    search: '      const userId = bounded(normalizeId(c.sub), `the sub claim of ${o.jwtHeader}`)\n',
+    replace: '      const userId = bounded(c.sub, `the sub claim of ${o.jwtHeader}`)\n',
     tests: ['test/identity-empty.test.ts'],
   },
   {
