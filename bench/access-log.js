@@ -4,8 +4,8 @@
 import { EventEmitter } from 'node:events'
 import pino from 'pino'
 import { createAccessLog } from '../dist/proxy/access-log.js'
-import { createMetrics } from '../dist/metrics.js'
-import { createLogger } from '../dist/log.js'
+import { createMetrics } from '../dist/ops/metrics.js'
+import { createLogger } from '../dist/lib/log.js'
 
 const log = createLogger('info', pino.destination({ dest: '/dev/null', sync: false }))
 const rec = { status: 200, model: 'm', externalUserId: 'x', generationId: 'gen-1', outcome: 'ok', kind: 'chat', ttfbMs: 1 }

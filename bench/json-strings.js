@@ -1,9 +1,9 @@
 // The body scan alone, on the bench's bodies, with long strings read by the SIMD loop and by
-// the JavaScript word loop (src/proxy/json-strings.ts): microseconds per scan, alternating.
+// the JavaScript word loop (src/proxy/body/json-strings.ts): microseconds per scan, alternating.
 //
 //   npm run build && node bench/json-strings.js [--reps=300]
-import { scanBody } from '../dist/proxy/json-body.js'
-import { tuneStrings } from '../dist/proxy/json-strings.js'
+import { scanBody } from '../dist/proxy/body/json-body.js'
+import { tuneStrings } from '../dist/proxy/body/json-strings.js'
 import { requestBody } from './load.js'
 
 const reps = Number(process.argv.find((a) => a.startsWith('--reps='))?.slice(7) ?? 300)

@@ -3,7 +3,7 @@
 // whole body per request); 'inplace' reads the body into memory with room after it.
 //
 //   node bench/splice.js        (after npm run build)
-import { BodyScan } from '../dist/proxy/json-body.js'
+import { BodyScan } from '../dist/proxy/body/json-body.js'
 import { requestBody } from './load.js'
 
 for (const kind of ['chat500k', 'image4m']) {

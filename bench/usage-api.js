@@ -135,11 +135,11 @@ async function rollups () {
 
 async function time () {
   const { start } = await import('../dist/main.js')
-  const { createLogger } = await import('../dist/log.js')
-  const { buildStatement } = await import('../dist/statement.js')
-  const { myUsageSummary } = await import('../dist/usage/my-usage.js')
+  const { createLogger } = await import('../dist/lib/log.js')
+  const { buildStatement } = await import('../dist/usage/reports/statement.js')
+  const { myUsageSummary } = await import('../dist/usage/reports/my-usage.js')
   const { externalUserId } = await import('../dist/identity/external-id.js')
-  const { noBudgets } = await import('../dist/usage/budget-seam.js')
+  const { noBudgets } = await import('../dist/usage/reports/budget-seam.js')
   const sidecar = await start({
     OPENROUTER_API_KEY: 'sk-or-v1-bench-0123456789', OPENROUTER_EXTERNAL_USER: ORG, ORGANIZATION_NAME: 'Bench Org 2',
     MARKUP_PERCENT: '5', DATABASE_URL: dbUrl(DB), OPENROUTER_BASE_URL: 'http://127.0.0.1:9/api/v1', PORT: '0', HOST: '127.0.0.1',

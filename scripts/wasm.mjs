@@ -1,12 +1,12 @@
 // Compiles the WebAssembly text sources in src/ to TypeScript modules holding their bytes, so
 // that the build needs no WebAssembly toolchain and the runtime reads no file:
-//   npm run wasm            writes src/proxy/json-strings-wasm.ts from json-strings.wat
+//   npm run wasm            writes src/proxy/body/json-strings-wasm.ts from json-strings.wat
 //   npm run wasm -- --check exits 1 when a written module does not match its source
 import { readFileSync, writeFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import wabt from 'wabt'
 
-const SOURCES = [['src/proxy/json-strings.wat', 'src/proxy/json-strings-wasm.ts']]
+const SOURCES = [['src/proxy/body/json-strings.wat', 'src/proxy/body/json-strings-wasm.ts']]
 const root = fileURLToPath(new URL('..', import.meta.url))
 
 export async function compile (watPath) {

@@ -122,12 +122,12 @@ async function run (argv: string[]): Promise<void> {
     const { main } = await import('./main.js')
     await main()
   } else if (command === 'verify') {
-    const [{ runVerify }, { processEnvironment }] = await Promise.all([import('./verify-command.js'), import('./config/env-file.js')])
+    const [{ runVerify }, { processEnvironment }] = await Promise.all([import('./usage/reports/verify-command.js'), import('./config/env-file.js')])
     process.exitCode = await runVerify(args, processEnvironment())
   } else if (command === 'gen-env') {
     process.stdout.write(genEnv(args))
   } else if (command === 'statement') {
-    const { statement, StatementError } = await import('./statement.js')
+    const { statement, StatementError } = await import('./usage/reports/statement.js')
     const { processEnvironment } = await import('./config/env-file.js')
     const { ConfigError } = await import('./config/config.js')
     await statement(args, processEnvironment()).catch((e: unknown) => {

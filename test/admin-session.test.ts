@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net'
 import { request } from 'undici'
 import { createAdmin, type AdminRoute } from '../src/admin/router.js'
 import { sessionRoutes } from '../src/admin/session.js'
-import { createLogger } from '../src/log.js'
+import { createLogger } from '../src/lib/log.js'
 
 // The admin router and the sign-in routes on a plain server, with a clock the test moves.
 const KEY = 'admin-key-for-session-tests-0123456789'

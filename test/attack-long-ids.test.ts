@@ -7,10 +7,10 @@ import { request } from 'undici'
 import { FakeOpenRouter } from './support/fake-openrouter.js'
 import { createTestDb } from './support/db.js'
 import { baseEnv, LogSink, startSidecar } from './support/sidecar.js'
-import { createLogger } from '../src/log.js'
+import { createLogger } from '../src/lib/log.js'
 import { migrate } from '../src/db/migrate.js'
-import { Ledger } from '../src/usage/ledger.js'
-import type { UsageRecord } from '../src/usage/record.js'
+import { Ledger } from '../src/usage/ledger/ledger.js'
+import type { UsageRecord } from '../src/usage/ledger/record.js'
 
 // An id or model longer than a btree index entry holds (2704 bytes, incompressible) made the
 // budget reservation fail (served WITHOUT a spend check under BUDGET_FAIL_MODE=open, past a $0

@@ -5,10 +5,10 @@ import { FakeOpenRouter } from './support/fake-openrouter.js'
 import { createTestDb, type TestDb } from './support/db.js'
 import { baseEnv, startSidecar, type Started } from './support/sidecar.js'
 import { externalUserId } from '../src/identity/external-id.js'
-import { BodyMemory } from '../src/proxy/body-memory.js'
+import { BodyMemory } from '../src/proxy/body/body-memory.js'
 
 // Bodies that arrive in several reads are read into memory reused from one request to the next
-// (src/proxy/body-memory.ts). A buffer holds a user's conversation: it must never come back while
+// (src/proxy/body/body-memory.ts). A buffer holds a user's conversation: it must never come back while
 // a write may still read it, and what it held before must never leave with the next body.
 
 t.test('a buffer comes back only when no write may still read it, within the cap, and is best fit', (t) => {

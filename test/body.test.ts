@@ -8,7 +8,7 @@ import { createTestDb, rowsSoon, type TestDb } from './support/db.js'
 import { baseEnv, startSidecar, type Started } from './support/sidecar.js'
 import { freePort, spawnSidecar } from './support/child.js'
 import { externalUserId } from '../src/identity/external-id.js'
-import { createLogger } from '../src/log.js'
+import { createLogger } from '../src/lib/log.js'
 import { handleMetered, type MeterContext } from '../src/proxy/metered.js'
 
 // The request body path: bodies that used to take the process down or hold the event loop,

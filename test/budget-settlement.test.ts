@@ -2,9 +2,9 @@ import t from 'tap'
 import { randomUUID } from 'node:crypto'
 import { createTestDb } from './support/db.js'
 import { migrate } from '../src/db/migrate.js'
-import { createLogger } from '../src/log.js'
-import { Ledger } from '../src/usage/ledger.js'
-import type { UsageRecord } from '../src/usage/record.js'
+import { createLogger } from '../src/lib/log.js'
+import { Ledger } from '../src/usage/ledger/ledger.js'
+import type { UsageRecord } from '../src/usage/ledger/record.js'
 
 // The limit is a ceiling that may be reached, not crossed: an estimate that lands spend exactly on
 // the limit is admitted, one that passes it by the smallest amount is refused. budget_reserve()

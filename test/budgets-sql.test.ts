@@ -9,8 +9,8 @@ import { migrate } from '../src/db/migrate.js'
 import { Reserver } from '../src/budgets/reserver.js'
 import { periodStart, resetsAt } from '../src/budgets/periods.js'
 import { budgetStatus, setBudget } from '../src/budgets/store.js'
-import { startDbReadings } from '../src/db-readings.js'
-import { registerBudgetMetrics } from '../src/budgets/metrics.js'
+import { startDbReadings } from '../src/ops/db-readings.js'
+import { registerBudgetMetrics } from '../src/ops/budget-metrics.js'
 
 // The money SQL of sql/functions/ against the real Postgres, every session in a time zone far
 // from UTC: one clock per request, overruns, estimates, the recount (exact, from the rollups,

@@ -1,6 +1,6 @@
 import t from 'tap'
 import { spawnSync } from 'node:child_process'
-import { isPostgresSocketRace } from '../src/crash-guard.js'
+import { isPostgresSocketRace } from '../src/lib/crash-guard.js'
 
 const raceStack = "TypeError: Cannot read properties of null (reading 'write')\n    at nextWrite (/app/node_modules/postgres/src/connection.js:255:22)\n    at process.processImmediate (node:internal/timers:483:21)"
 
@@ -16,8 +16,8 @@ t.test('recognizes the postgres.js socket race and nothing else', async (t) => {
 
 // The guard is process-wide, so it is exercised in a process of its own.
 const script = (stack: string) => `
-  import { installCrashGuard } from './dist/crash-guard.js'
-  import { createLogger } from './dist/log.js'
+  import { installCrashGuard } from './dist/lib/crash-guard.js'
+  import { createLogger } from './dist/lib/log.js'
   installCrashGuard(createLogger('info'))
   setImmediate(() => { const e = new TypeError("Cannot read properties of null (reading 'write')"); e.stack = ${JSON.stringify(stack)}; throw e })
   setTimeout(() => { console.log('still alive'); process.exit(0) }, 100)

@@ -7,11 +7,11 @@ import { baseEnv, LogSink, startSidecar } from './support/sidecar.js'
 import { TcpRelay } from './support/tcp-relay.js'
 import { bounded, DeadlineError } from '../src/db/bounded.js'
 import { poolOptions, type Sql } from '../src/db/connect.js'
-import { createLogger } from '../src/log.js'
-import { Ledger } from '../src/usage/ledger.js'
-import { newRecord } from '../src/usage/record.js'
-import { createMetrics } from '../src/metrics.js'
-import { startDbReadings } from '../src/db-readings.js'
+import { createLogger } from '../src/lib/log.js'
+import { Ledger } from '../src/usage/ledger/ledger.js'
+import { newRecord } from '../src/usage/ledger/record.js'
+import { createMetrics } from '../src/ops/metrics.js'
+import { startDbReadings } from '../src/ops/db-readings.js'
 
 // Never blind without saying so: every query has a deadline (and is cancelled at it), /metrics
 // and /healthz answer while Postgres does not, the ledger's backlog shows and drains by itself,

@@ -9,7 +9,7 @@ import { baseEnv, startSidecar, TEST_KEY, type Started } from './support/sidecar
 import { signJwt } from '../src/identity/jwt.js'
 import { externalUserId } from '../src/identity/external-id.js'
 import { createProxyServer } from '../src/proxy/server.js'
-import { createLogger } from '../src/log.js'
+import { createLogger } from '../src/lib/log.js'
 import { LogSink } from './support/sidecar.js'
 
 // Issue 8, the edge: what reaches OpenRouter, which paths pass, who may hold a connection, and

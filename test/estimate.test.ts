@@ -2,7 +2,7 @@ import t from 'tap'
 import { countPrompt, countPromptSliced, type PromptCounts } from '../src/budgets/prompt-counts.js'
 import { AUDIO_BYTES_PER_TOKEN, estimateBilledUsd, type EstimateOptions } from '../src/budgets/estimate.js'
 import { PriceList, parseModel } from '../src/budgets/prices.js'
-import { createLogger } from '../src/log.js'
+import { createLogger } from '../src/lib/log.js'
 import { LogSink } from './support/sidecar.js'
 
 // The estimator's parts: what the byte pass counts as text and as media, how /models entries are

@@ -1,6 +1,6 @@
 import t from 'tap'
 import { FailOpenLog } from '../src/budgets/fail-open.js'
-import { createLogger } from '../src/log.js'
+import { createLogger } from '../src/lib/log.js'
 import { LogSink } from './support/sidecar.js'
 
 // The fail-open log with a clock of its own: the first request of an outage named at once, the

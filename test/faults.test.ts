@@ -11,8 +11,8 @@ import { TEST_KEY } from './support/sidecar.js'
 import { TcpRelay } from './support/tcp-relay.js'
 import { faultEnv, freePort, ROOT, runNode, spawnSidecar } from './support/child.js'
 import { runLoad } from './support/load.js'
-import { createLogger } from '../src/log.js'
-import { Journal } from '../src/usage/journal.js'
+import { createLogger } from '../src/lib/log.js'
+import { Journal } from '../src/usage/ledger/journal.js'
 
 // Fault tests, bounded in time, loopback only: the sidecar runs as a real process so that a cut
 // database connection, SIGKILL and SIGTERM act on it as they would in production.

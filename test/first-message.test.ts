@@ -1,7 +1,7 @@
 import t from 'tap'
-import { BodyScan, FIELD_BYTES, scanBody, stringAt } from '../src/proxy/json-body.js'
-import { MAX_PARTS, TEXT_BYTES } from '../src/proxy/first-message.js'
-import { decodeJsonString } from '../src/proxy/json-text.js'
+import { BodyScan, FIELD_BYTES, scanBody, stringAt } from '../src/proxy/body/json-body.js'
+import { MAX_PARTS, TEXT_BYTES } from '../src/proxy/body/first-message.js'
+import { decodeJsonString } from '../src/proxy/body/json-text.js'
 import { mulberry32 } from './support/fake-openrouter.js'
 
 // What the request path reads of the first message, and its bounds: the role, and the start of

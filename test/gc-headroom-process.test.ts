@@ -6,9 +6,9 @@ import { FakeOpenRouter } from './support/fake-openrouter.js'
 import { createTestDb, type TestDb } from './support/db.js'
 import { baseEnv } from './support/sidecar.js'
 import { freePort, spawnSidecar } from './support/child.js'
-import { RUN } from '../src/gc-headroom.js'
+import { RUN } from '../src/lib/gc-headroom.js'
 
-// main() is what turns the GC headroom on (src/gc-headroom.ts): the unit tests call
+// main() is what turns the GC headroom on (src/lib/gc-headroom.ts): the unit tests call
 // keepGcHeadroom themselves, so only the sidecar as a process shows it is wired in. The process
 // runs with gc() exposed and a preload that forces a burst of full collections on SIGUSR2.
 

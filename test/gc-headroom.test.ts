@@ -3,10 +3,10 @@ import { setFlagsFromString, getHeapStatistics } from 'node:v8'
 import { runInNewContext } from 'node:vm'
 import { setImmediate as turn, setTimeout as sleep } from 'node:timers/promises'
 import { PerformanceObserver, constants } from 'node:perf_hooks'
-import { HEADROOM_MB, RUN, growingPercent, keepGcHeadroom } from '../src/gc-headroom.js'
+import { HEADROOM_MB, RUN, growingPercent, keepGcHeadroom } from '../src/lib/gc-headroom.js'
 
 // Full collections back to back on a nearly empty heap make V8 give the old space more room
-// (src/gc-headroom.ts). Collections are forced here with gc(), exposed for this file only.
+// (src/lib/gc-headroom.ts). Collections are forced here with gc(), exposed for this file only.
 setFlagsFromString('--expose-gc')
 const gc = runInNewContext('gc') as (options?: { type: 'minor' | 'major' }) => void
 

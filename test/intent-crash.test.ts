@@ -8,7 +8,7 @@ import { createTestDb, type TestDb } from './support/db.js'
 import { TEST_KEY } from './support/sidecar.js'
 import { ROOT, faultEnv, freePort, spawnSidecar, type Child } from './support/child.js'
 import { journalLines, sendAs, until } from './support/crash-cycle.js'
-import { runVerify } from '../src/verify-command.js'
+import { runVerify } from '../src/usage/reports/verify-command.js'
 import { externalUserId } from '../src/identity/external-id.js'
 
 // README "Durability": no billed generation without a row. A request is journaled (an intent

@@ -2,11 +2,11 @@ import t from 'tap'
 import { existsSync, mkdtempSync, readdirSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { createLogger } from '../src/log.js'
-import { Journal } from '../src/usage/journal.js'
-import { fromIntent, newRecord, toRow, UNNAMED_INTERRUPTION, type UsageRecord } from '../src/usage/record.js'
+import { createLogger } from '../src/lib/log.js'
+import { Journal } from '../src/usage/ledger/journal.js'
+import { fromIntent, newRecord, toRow, UNNAMED_INTERRUPTION, type UsageRecord } from '../src/usage/ledger/record.js'
 
-// The journal's intent lines (src/usage/journal.ts): what replay makes of them, and how they keep
+// The journal's intent lines (src/usage/ledger/journal.ts): what replay makes of them, and how they keep
 // their segments alive: never deleted while the request may still cost something, never kept
 // once its row is committed or the request was withdrawn.
 

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { multipartBoundary, multipartType, scanMultipart } from '../src/proxy/multipart.js'
+import { multipartBoundary, multipartType, scanMultipart } from '../src/proxy/body/multipart.js'
 
 // The multipart reader alone: which content types it takes, which parts are `user`, and what it
 // refuses because parsers could read it differently.

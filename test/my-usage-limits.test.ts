@@ -3,7 +3,7 @@ import { request } from 'undici'
 import { FakeOpenRouter } from './support/fake-openrouter.js'
 import { createTestDb, type TestDb } from './support/db.js'
 import { baseEnv, startSidecar, type Started } from './support/sidecar.js'
-import { cachedSummary } from '../src/usage/my-usage-cache.js'
+import { cachedSummary } from '../src/usage/reports/my-usage-cache.js'
 
 // "My usage" is free but not unlimited: it counts toward USER_RPM and USER_MAX_CONCURRENT (budgets
 // never apply to it), and its answer is kept per user for a few seconds, so a user or a script

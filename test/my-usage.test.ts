@@ -7,8 +7,8 @@ import { createTestDb, type TestDb } from './support/db.js'
 import { baseEnv, settle, startSidecar, type Started } from './support/sidecar.js'
 import { ORG, seedLedger } from './support/seed.js'
 import { createSelfService } from '../src/proxy/self-service.js'
-import { formatUsd } from '../src/budgets/money.js'
-import { createLogger } from '../src/log.js'
+import { formatUsd } from '../src/lib/money.js'
+import { createLogger } from '../src/lib/log.js'
 
 // The virtual model: listed next to OpenRouter's models, answered by the sidecar itself in the
 // exact chat-completions shape, for the identified user, without calling OpenRouter or billing.
@@ -179,7 +179,7 @@ t.test('the organization row exists for the seeded ledger', async (t) => {
 })
 
 t.test('with a budget, the answer shows the limit, what is left and when it resets', async (t) => {
-  const { myUsageSummary } = await import('../src/usage/my-usage.js')
+  const { myUsageSummary } = await import('../src/usage/reports/my-usage.js')
   const { externalUserId } = await import('../src/identity/external-id.js')
   const text = await myUsageSummary(db.sql, {
     organizationId: ORG, userId: 'u-anna', externalUserId: externalUserId(ORG, 'u-anna'),

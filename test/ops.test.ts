@@ -5,8 +5,8 @@ import { request } from 'undici'
 import { FakeOpenRouter } from './support/fake-openrouter.js'
 import { createTestDb, type TestDb } from './support/db.js'
 import { baseEnv, startSidecar, type Started } from './support/sidecar.js'
-import { createMetrics } from '../src/metrics.js'
-import type { UsageRecord } from '../src/usage/record.js'
+import { createMetrics } from '../src/ops/metrics.js'
+import type { UsageRecord } from '../src/usage/ledger/record.js'
 
 // Operations: the access log, a count for every answer, metrics conventions and protection.
 
@@ -256,7 +256,7 @@ async function closedPort (): Promise<number> {
 
 async function startNotReady (env: Record<string, string | undefined>) {
   const { start } = await import('../src/main.js')
-  const { createLogger } = await import('../src/log.js')
+  const { createLogger } = await import('../src/lib/log.js')
   const { LogSink } = await import('./support/sidecar.js')
   const s = await start(env, createLogger('silent', new LogSink()))
   s.ready.catch(() => {})
@@ -264,8 +264,8 @@ async function startNotReady (env: Record<string, string | undefined>) {
 }
 
 t.test('the /key poller: reads limit_remaining, keeps the last value on failure, no sample for an unlimited key', async (t) => {
-  const { parseKey, startKeyPoller } = await import('../src/openrouter-key.js')
-  const { createLogger } = await import('../src/log.js')
+  const { parseKey, startKeyPoller } = await import('../src/ops/openrouter-key.js')
+  const { createLogger } = await import('../src/lib/log.js')
   const { LogSink } = await import('./support/sidecar.js')
   t.match(parseKey('{"data":{"limit":null,"limit_remaining":null,"usage":3.5}}'), { limit: null, limitRemaining: null, usage: 3.5 })
   t.equal(parseKey('not json'), null)
@@ -312,7 +312,7 @@ t.test('a taken METRICS_PORT is named', async (t) => {
   t.teardown(() => { blocker.close() })
   const port = (blocker.address() as AddressInfo).port
   const { start } = await import('../src/main.js')
-  const { createLogger } = await import('../src/log.js')
+  const { createLogger } = await import('../src/lib/log.js')
   const { LogSink } = await import('./support/sidecar.js')
   await t.rejects(start(baseEnv(fake, db.url, { METRICS_PORT: String(port) }), createLogger('silent', new LogSink())),
     { name: 'StartupError', message: new RegExp(`^METRICS_PORT: port ${port} on 127\\.0\\.0\\.1 is already in use`) })

@@ -4,13 +4,13 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { randomUUID } from 'node:crypto'
 import { createTestDb, type TestDb } from './support/db.js'
-import { createLogger } from '../src/log.js'
+import { createLogger } from '../src/lib/log.js'
 import { migrate } from '../src/db/migrate.js'
 import { maintainPartitions, monthStart } from '../src/db/partitions.js'
-import { Ledger } from '../src/usage/ledger.js'
-import type { UsageRecord } from '../src/usage/record.js'
-import { verifyRollups } from '../src/usage/verify.js'
-import { compactRollups } from '../src/usage/rollups.js'
+import { Ledger } from '../src/usage/ledger/ledger.js'
+import type { UsageRecord } from '../src/usage/ledger/record.js'
+import { verifyRollups } from '../src/usage/reports/verify.js'
+import { compactRollups } from '../src/usage/ledger/rollups.js'
 
 // Migration 007 and what hangs on it: the in-place conversion of a database filled by the
 // schema before it, replays across month boundaries, partition maintenance and retention.

@@ -6,7 +6,7 @@ import { baseEnv, startSidecar } from './support/sidecar.js'
 import { pgbouncerBinary, startPgbouncer } from './support/pgbouncer.js'
 import { poolOptions } from '../src/db/connect.js'
 import { start } from '../src/main.js'
-import { createLogger } from '../src/log.js'
+import { createLogger } from '../src/lib/log.js'
 
 // The sidecar's pool through PgBouncer, in the small: the same statement from several client
 // connections through a pooler in transaction mode that hands each transaction whichever backend

@@ -1,8 +1,8 @@
 import t from 'tap'
 import { randomUUID } from 'node:crypto'
-import { createLogger } from '../src/log.js'
-import { Reconciler, type FetchGeneration } from '../src/usage/reconcile.js'
-import type { UsageRecord } from '../src/usage/record.js'
+import { createLogger } from '../src/lib/log.js'
+import { Reconciler, type FetchGeneration } from '../src/usage/ledger/reconcile.js'
+import type { UsageRecord } from '../src/usage/ledger/record.js'
 
 const rec = (extra: Partial<UsageRecord> = {}): UsageRecord => ({
   eventId: randomUUID(), generationId: 'gen-rec-1', organizationId: 'o', userId: 'u', externalUserId: 'o_user_x',

@@ -7,7 +7,7 @@ import { createTestDb } from './support/db.js'
 import { TEST_KEY } from './support/sidecar.js'
 import { freePort, spawnSidecar, type Child } from './support/child.js'
 import { runLoad, type LoadResult } from './support/load.js'
-import { verifyRollups } from '../src/usage/verify.js'
+import { verifyRollups } from '../src/usage/reports/verify.js'
 
 // Five sidecar processes on one Postgres, booted at the same moment: three replicas of one
 // organization (each its own DATA_DIR) and two other organizations, all writing at once. One

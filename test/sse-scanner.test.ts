@@ -1,6 +1,6 @@
 import t from 'tap'
-import { MAX_EVENT_BYTES, SseScanner, type SseEvent } from '../src/usage/sse-scanner.js'
-import { ResponseTap } from '../src/usage/response-tap.js'
+import { MAX_EVENT_BYTES, SseScanner, type SseEvent } from '../src/usage/tap/sse-scanner.js'
+import { ResponseTap } from '../src/usage/tap/response-tap.js'
 import { mulberry32 } from './support/fake-openrouter.js'
 
 const collect = (parts: Array<string | Buffer>): Array<{ type?: string, data: string }> => {

@@ -8,8 +8,8 @@ import { createTestDb, type TestDb } from './support/db.js'
 import { ORG, seedLedger } from './support/seed.js'
 import { parseCsv } from './support/csv.js'
 import { migrate } from '../src/db/migrate.js'
-import { StatementError, statement, type Statement } from '../src/statement.js'
-import { sameDecimal, sumDecimals } from '../src/usage/decimal.js'
+import { StatementError, statement, type Statement } from '../src/usage/reports/statement.js'
+import { sameDecimal, sumDecimals } from '../src/lib/decimal.js'
 
 // The monthly statement: per-user lines whose exact total equals the sum of the lines and the
 // sum over usage_events, for one organization or all of them.

@@ -1,6 +1,6 @@
 import t from 'tap'
 import { brotliCompressSync, deflateSync, gzipSync } from 'node:zlib'
-import { ResponseTap } from '../src/usage/response-tap.js'
+import { ResponseTap } from '../src/usage/tap/response-tap.js'
 import { upstreamHeaders } from '../src/proxy/headers.js'
 
 // The tap checks the response's Content-Encoding instead of trusting that `accept-encoding:

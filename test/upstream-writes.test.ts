@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net'
 import { createUpstream } from '../src/proxy/upstream.js'
 
 // BodyMemory reuses a request body's buffer only once the socket that body went out on has no
-// write pending (src/proxy/body-memory.ts): an upstream that answers before it has read the whole
+// write pending (src/proxy/body/body-memory.ts): an upstream that answers before it has read the whole
 // body leaves the rest of that body in the process, still pointing into the buffer. Other
 // sockets' writes do not hold it back: with eight 4 MB images in flight one always has a write.
 

@@ -1,8 +1,8 @@
 import t from 'tap'
-import { exactObjectNearEnd, parseExact, decimal, count, rawNumber } from '../src/usage/exact-json.js'
-import { normalizeUsage, mergeUsage } from '../src/usage/extract.js'
-import { ResponseTap, bodyKind } from '../src/usage/response-tap.js'
-import { factsFromGeneration } from '../src/usage/reconcile.js'
+import { exactObjectNearEnd, parseExact, decimal, count, rawNumber } from '../src/usage/tap/exact-json.js'
+import { normalizeUsage, mergeUsage } from '../src/usage/tap/extract.js'
+import { ResponseTap, bodyKind } from '../src/usage/tap/response-tap.js'
+import { factsFromGeneration } from '../src/usage/ledger/reconcile.js'
 
 t.test('exact parser keeps every digit a double would lose', async (t) => {
   const v = parseExact('{"cost": 0.00012345678901234567891, "n": -1.5e-7, "s": "x\\"y", "a": [1, true, null], "o": {}}') as any

@@ -8,11 +8,11 @@ import { baseEnv, startSidecar } from './support/sidecar.js'
 import { createTestDb, type TestDb } from './support/db.js'
 import { ORG, seedLedger } from './support/seed.js'
 import { migrate } from '../src/db/migrate.js'
-import { GROUP_BYS, statementLines, sumsSource, usageByGroup, usageTotals, wholeMonths, type Period } from '../src/db/usage-report.js'
+import { GROUP_BYS, statementLines, sumsSource, usageByGroup, usageTotals, wholeMonths, type Period } from '../src/usage/reports/usage-report.js'
 import { externalUserId } from '../src/identity/external-id.js'
-import { compactRollups } from '../src/usage/rollups.js'
-import { verifyRollups } from '../src/usage/verify.js'
-import { runVerify } from '../src/verify-command.js'
+import { compactRollups } from '../src/usage/ledger/rollups.js'
+import { verifyRollups } from '../src/usage/reports/verify.js'
+import { runVerify } from '../src/usage/reports/verify-command.js'
 
 // Migration 009: a range's whole months come from usage_monthly_rollups, an organization's days
 // and kinds from usage_org_daily_rollups, the other days from the daily rollups; all of them plus

@@ -2,11 +2,11 @@ import t from 'tap'
 import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { request } from 'undici'
-import { roundDecimal, sameDecimal, sumDecimals } from '../src/usage/decimal.js'
+import { roundDecimal, sameDecimal, sumDecimals } from '../src/lib/decimal.js'
 import { pageRoutes } from '../src/admin/page.js'
 import { createAdmin } from '../src/admin/router.js'
 import { csvField, csvLine } from '../src/admin/csv.js'
-import { createLogger } from '../src/log.js'
+import { createLogger } from '../src/lib/log.js'
 
 // The small pure pieces of the usage views: exact decimal sums and rounding, CSV fields, and the
 // page's answer when its files are missing from a deployment.
@@ -56,7 +56,7 @@ t.test('a deployment without web/admin answers 500 naming what is missing', asyn
 })
 
 t.test('outcomes from totals: ok is the exact difference, and absent when nothing ended ok', async (t) => {
-  const { withOkOutcome } = await import('../src/usage/totals.js')
+  const { withOkOutcome } = await import('../src/usage/reports/totals.js')
   const row = (key: string, requests: number, billed: string) => ({ key, requests, prompt_tokens: '0', completion_tokens: '0', cached_tokens: '0', reasoning_tokens: '0', total_tokens: '0', cost_usd: billed, billed_cost_usd: billed })
   const failed = [row('client_aborted', 2, '0.30'), row('upstream_error', 1, '0')]
   const all = withOkOutcome(row('', 10, '1.25'), failed)

@@ -6,12 +6,12 @@ import { join } from 'node:path'
 import { randomUUID } from 'node:crypto'
 import { createTestDb, type TestDb } from './support/db.js'
 import { startSidecar, TEST_KEY } from './support/sidecar.js'
-import { createLogger } from '../src/log.js'
+import { createLogger } from '../src/lib/log.js'
 import { migrate } from '../src/db/migrate.js'
-import { Ledger } from '../src/usage/ledger.js'
-import type { UsageRecord } from '../src/usage/record.js'
-import { runVerify } from '../src/verify-command.js'
-import { compactRollups } from '../src/usage/rollups.js'
+import { Ledger } from '../src/usage/ledger/ledger.js'
+import type { UsageRecord } from '../src/usage/ledger/record.js'
+import { runVerify } from '../src/usage/reports/verify-command.js'
+import { compactRollups } from '../src/usage/ledger/rollups.js'
 
 // `usage-proxy verify` and its admin twin: the rollups recomputed from the raw rows; a single
 // corrupted rollup row is named, and the exit code says so. Reports read from DATABASE_READ_URL.

@@ -1,4 +1,4 @@
-import type { Backlog } from '../usage/ledger.js'
+import type { Backlog } from '../usage/ledger/ledger.js'
 import { sendJson, type AdminRoute } from './router.js'
 
 // GET /admin/v1/ledger: what this sidecar holds back from Postgres, read from memory (the page

@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { sendError } from '../proxy/errors.js'
+import { sendError } from '../lib/errors.js'
 import type { AdminRoute } from './router.js'
 
 // The /admin/ page: plain HTML, CSS and JS from web/admin/ in the repository (next to sql/, and

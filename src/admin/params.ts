@@ -1,4 +1,4 @@
-import { GROUP_BYS, type GroupBy } from '../db/usage-report.js'
+import { GROUP_BYS, type GroupBy } from '../usage/reports/usage-report.js'
 
 // Query parameters of the usage API, checked before any query runs. A bad one answers 400
 // naming the parameter; nothing is guessed.

@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { createHash, timingSafeEqual } from 'node:crypto'
-import type { Logger } from '../log.js'
-import { sendError } from '../proxy/errors.js'
+import type { Logger } from '../lib/log.js'
+import { sendError } from '../lib/errors.js'
 
 // The admin plane (/admin/v1/* and the /admin/ page): one key, one tiny router. It is mounted by
 // the server only when ADMIN_API_KEY is set; the data plane under /v1 never reaches it.

@@ -1,6 +1,6 @@
 import { createHash, timingSafeEqual } from 'node:crypto'
 import type { IncomingMessage, ServerResponse } from 'node:http'
-import { sendError } from '../proxy/errors.js'
+import { sendError } from '../lib/errors.js'
 import { ADMIN_COOKIE, type AdminRoute } from './router.js'
 
 // Sign-in for the /admin/ page: the key goes once in a POST body and comes back as an HttpOnly,

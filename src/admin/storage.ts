@@ -1,7 +1,7 @@
-import type { AdminDeps } from './index.js'
+import type { AdminDeps } from './deps.js'
 import { sendJson, type AdminRoute } from './router.js'
-import { sendError } from '../proxy/errors.js'
-import { monthRange, verifyRollups } from '../usage/verify.js'
+import { sendError } from '../lib/errors.js'
+import { monthRange, verifyRollups } from '../usage/reports/verify.js'
 
 // The ledger's storage as an operator sees it: monthly partitions, the last maintenance run, and
 // the rollup check of `usage-proxy verify`. Reads go to DATABASE_READ_URL when it is set.

@@ -1,4 +1,4 @@
-import type { Logger } from '../log.js'
+import type { Logger } from '../lib/log.js'
 
 // Admissions served without a check (BUDGET_FAIL_MODE=open, Postgres did not answer in time):
 // the documented last resort for a database that is really down, and never a silent one. Each is

@@ -1,5 +1,5 @@
-import type { Logger } from '../log.js'
-import { mulDivUp, toUnits } from './money.js'
+import type { Logger } from '../lib/log.js'
+import { mulDivUp, toUnits } from '../lib/money.js'
 
 // Prices from OpenRouter's GET /models (decimal strings in USD per token, per image, per request),
 // with each model's context_length and top_provider.max_completion_tokens; cached and refreshed

@@ -1,6 +1,6 @@
 import postgres from 'postgres'
-import type { Logger } from '../log.js'
-import { StartupError } from '../startup-error.js'
+import type { Logger } from '../lib/log.js'
+import { StartupError } from '../lib/startup-error.js'
 
 export type Sql = postgres.Sql<{}>
 

@@ -1,8 +1,8 @@
 import { mkdirSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import type { AddressInfo } from 'node:net'
-import type { Logger } from '../log.js'
-import { StartupError } from '../startup-error.js'
+import type { Logger } from '../lib/log.js'
+import { StartupError } from '../lib/startup-error.js'
 
 // Zero-setup default: without DATABASE_URL the sidecar runs PGlite (Postgres compiled to WASM)
 // with its data under DATA_DIR, served on a loopback port so the same postgres.js client, the

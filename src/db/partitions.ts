@@ -1,5 +1,5 @@
 import type { Sql } from './connect.js'
-import type { Logger } from '../log.js'
+import type { Logger } from '../lib/log.js'
 
 // Monthly partitions of usage_events are created ahead (this month and the next two) and old
 // ones dropped (RETENTION_MONTHS) once a day. Every replica tries, at boot and every hour; an

@@ -1,5 +1,4 @@
-import { pgText } from '../db/text.js'
-import type { UserMapping } from '../usage/record.js'
+import { pgText } from '../lib/text.js'
 import { externalUserId } from './external-id.js'
 import type { Identity } from './identify.js'
 
@@ -10,6 +9,9 @@ import type { Identity } from './identify.js'
 // is exactly as durable as the usage. This map only decides when a record needs to carry it: a new
 // user, a changed name/email/role, or once a minute (last_seen_at). Losing an entry costs one
 // extra upsert, never data, so the map is simply capped.
+
+/** The user's details as the ledger stores them beside their rows. */
+export interface UserMapping { userId: string, name: string | null, email: string | null, role: string | null }
 
 export interface ResolvedUser {
   /** The normalized app user id, or null when the organization itself is billed. */

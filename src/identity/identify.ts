@@ -1,5 +1,5 @@
 import type { IncomingHttpHeaders } from 'node:http'
-import type { Logger } from '../log.js'
+import type { Logger } from '../lib/log.js'
 import { JwtError, verifyJwt } from './jwt.js'
 import { MAX_USER_ID_CHARS, normalizeId } from './user-id.js'
 

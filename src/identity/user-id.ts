@@ -1,4 +1,4 @@
-import { pgText } from '../db/text.js'
+import { pgText } from '../lib/text.js'
 
 // One rule for every id a client or the app names a user by (body `user`, identity headers, JWT
 // claims): cleaned as Postgres will store it (pgText: no NUL, no lone surrogate), and an id with

@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
-import type { Logger } from '../log.js'
-import type { UsageRecord } from '../usage/record.js'
-import type { RouteClass } from '../metrics.js'
+import type { Logger } from '../lib/log.js'
+import type { UsageRecord } from '../usage/ledger/record.js'
+import type { RouteClass } from '../ops/metrics.js'
 
 // One line and one count per exchange, whoever answered it: OpenRouter through the metered path
 // or passthrough, or the sidecar itself (401 wrong key, 400, 404, 413, 503 not ready). A wrong

@@ -1,8 +1,8 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { pipeline } from 'node:stream'
 import { Pool } from 'undici'
-import type { Logger } from '../log.js'
-import { sendError } from './errors.js'
+import type { Logger } from '../lib/log.js'
+import { sendError } from '../lib/errors.js'
 import { upstreamHeaders, type UpstreamHeaderPolicy } from './headers.js'
 
 // The few GET endpoints a client needs to choose a model go through unchanged, with the

@@ -2,8 +2,8 @@ import { randomUUID } from 'node:crypto'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { request } from 'undici'
 import type { Identity } from '../identity/identify.js'
-import type { Logger } from '../log.js'
-import { sendError } from './errors.js'
+import type { Logger } from '../lib/log.js'
+import { sendError } from '../lib/errors.js'
 import { upstreamHeaders, type UpstreamHeaderPolicy } from './headers.js'
 
 // The virtual model `usage-proxy/my-usage` (SELF_SERVICE_MODEL): listed in GET /v1/models beside

@@ -1,7 +1,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { answerClientErrors } from './client-errors.js'
 import { timingSafeEqual, createHash } from 'node:crypto'
-import { sendError } from './errors.js'
+import { sendError } from '../lib/errors.js'
 import { handleMetered, meteredKind, type MeterContext } from './metered.js'
 import { passesThrough, type Passthrough } from './passthrough.js'
 import { limitConnections, type ConnectionLimits } from './connection-limits.js'

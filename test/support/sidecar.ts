@@ -2,7 +2,7 @@ import { Writable } from 'node:stream'
 import { mkdtempSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { createLogger } from '../../src/log.js'
+import { createLogger } from '../../src/lib/log.js'
 import { start, type Sidecar } from '../../src/main.js'
 import type { FakeOpenRouter } from './fake-openrouter.js'
 

@@ -159,14 +159,14 @@ export const BREAKS = [
   },
   {
     name: 's8bt: mulDivUp rounds down',
-    file: 'src/budgets/money.ts',
+    file: 'src/lib/money.ts',
     search: 'return p % c === 0n ? p / c : p / c + 1n',
     replace: 'return p / c',
     tests: [MONEY],
   },
   {
     name: 's8bt: amounts under a cent rounded to cents ($0.0025 reads $0.00)',
-    file: 'src/budgets/money.ts',
+    file: 'src/lib/money.ts',
     search: 'const places = underCent ? first + 2 : 2',
     replace: 'const places = 2',
     tests: [MONEY, REFUSAL],
@@ -209,14 +209,14 @@ export const BREAKS = [
   // The ledger
   {
     name: 's8bt: ledger drops a batch whose insert failed',
-    file: 'src/usage/ledger.ts',
+    file: 'src/usage/ledger/ledger.ts',
     search: '      this.queue.unshift(...batch) // back to the front, to be tried again\n',
     replace: '',
     tests: ['test/ledger.test.ts'],
   },
   {
     name: 's8bt: ledger insert without ON CONFLICT DO NOTHING (a replay fails the batch)',
-    file: 'src/usage/ledger.ts',
+    file: 'src/usage/ledger/ledger.ts',
     search: '        on conflict do nothing)\n      insert into user_mappings',
     replace: '        )\n      insert into user_mappings',
     tests: ['test/ledger.test.ts'],

@@ -4,42 +4,42 @@ export const BREAKS = [
   // Item 1: no JSON.parse on client bytes; the first message read by the body's own scan.
   {
     name: 's8scan: the single message is parsed again with JSON.parse',
-    file: 'src/proxy/json-body.ts',
+    file: 'src/proxy/body/json-body.ts',
     search: '    return f !== null && f.items === 1 ? [f.message] : null',
     replace: "    const span = this.fields.get('messages')\n    return f !== null && f.items === 1 && span ? [(JSON.parse(this.bytes.toString('utf8', span.start, span.end)) as unknown[])[0] as MessageStart] : null",
     tests: ['test/body.test.ts'],
   },
   {
     name: 's8scan: a second message is not counted (a history reads as one message)',
-    file: 'src/proxy/first-message.ts',
+    file: 'src/proxy/body/first-message.ts',
     search: '      if (++this.items >= 2) this.wanted = MESSAGES',
     replace: '      if (++this.items >= 2) { this.items = 1; this.wanted = MESSAGES }',
     tests: ['test/json-body.test.ts'],
   },
   {
     name: 's8scan: a content string is read whole, unbounded',
-    file: 'src/proxy/first-message.ts',
+    file: 'src/proxy/body/first-message.ts',
     search: '    } else if (m.content !== null) out.content = decodeJsonString(this.bytes, m.content.start, m.content.end, TEXT_BYTES)',
     replace: '    } else if (m.content !== null) out.content = decodeJsonString(this.bytes, m.content.start, m.content.end)',
     tests: ['test/first-message.test.ts'],
   },
   {
     name: 's8scan: parts are not bounded by MAX_PARTS',
-    file: 'src/proxy/first-message.ts',
+    file: 'src/proxy/body/first-message.ts',
     search: '      if (this.parts !== null && this.parts.length < MAX_PARTS) this.parts.push(this.part ?? { type: NONE, text: NONE })',
     replace: '      if (this.parts !== null) this.parts.push(this.part ?? { type: NONE, text: NONE })',
     tests: ['test/first-message.test.ts'],
   },
   {
     name: 's8scan: the first duplicate role wins instead of the last',
-    file: 'src/proxy/first-message.ts',
+    file: 'src/proxy/body/first-message.ts',
     search: '        m.role = b[start] === 0x22 && end - start - 2 <= NAME_BYTES ? { start, end } : NONE',
     replace: '        if (m.role === NONE) m.role = b[start] === 0x22 && end - start - 2 <= NAME_BYTES ? { start, end } : NONE',
     tests: ['test/json-body.test.ts'],
   },
   {
     name: 's8scan: a later top-level array resets what the messages member held',
-    file: 'src/proxy/json-body.ts',
+    file: 'src/proxy/body/json-body.ts',
     search: "    else if (key === 'messages') this.first = this.reader?.result(span.start) ?? null",
     replace: "    if (key === 'messages' || this.first !== null) this.first = this.reader?.result(this.fields.get('messages')!.start) ?? null",
     tests: ['test/first-message.test.ts'],
@@ -49,28 +49,28 @@ export const BREAKS = [
   // is not: a scanner that does not re-read `wanted` after an opening reports nothing below it.
   {
     name: 's8scan: the scanner does not re-read what the deep visitor wants after an opening',
-    file: 'src/proxy/json-scan.ts',
+    file: 'src/proxy/body/json-scan.ts',
     search: '{ this.deepOpen(depth, i); deepLevels = deep.wanted }',
     replace: '{ this.deepOpen(depth, i) }',
     tests: ['test/json-body.test.ts', 'test/first-message.test.ts'],
   },
   {
     name: 's8scan: a \\u escape decodes its first three digits only',
-    file: 'src/proxy/json-text.ts',
+    file: 'src/proxy/body/json-text.ts',
     search: '(HEX[bytes[j + 2]] << 12) | (HEX[bytes[j + 3]] << 8) | (HEX[bytes[j + 4]] << 4) | HEX[bytes[j + 5]]',
     replace: '(HEX[bytes[j + 2]] << 12) | (HEX[bytes[j + 3]] << 8) | (HEX[bytes[j + 4]] << 4)',
     tests: ['test/first-message.test.ts', 'test/json-body.test.ts'],
   },
   {
     name: 's8scan: a cut string may end inside a UTF-8 character',
-    file: 'src/proxy/json-text.ts',
+    file: 'src/proxy/body/json-text.ts',
     search: '  if (cut) while (to > from && (bytes[to] & 0xc0) === 0x80) to--',
     replace: '  if (cut) void to',
     tests: ['test/first-message.test.ts'],
   },
   {
     name: 's8scan: string fields decoded without the FIELD_BYTES bound',
-    file: 'src/proxy/json-body.ts',
+    file: 'src/proxy/body/json-body.ts',
     search: 'export function stringAt (bytes: Buffer, span: Span, maxBytes = FIELD_BYTES): string | undefined {',
     replace: 'export function stringAt (bytes: Buffer, span: Span, maxBytes = Infinity): string | undefined {',
     tests: ['test/first-message.test.ts'],
@@ -121,14 +121,14 @@ export const BREAKS = [
   // Item 8: multipart parameters given twice.
   {
     name: 's8scan: a duplicated parameter keeps the first (boundary, name)',
-    file: 'src/proxy/multipart.ts',
+    file: 'src/proxy/body/multipart.ts',
     search: '    if (out.has(key)) return null\n    out.set(key, value)',
     replace: '    if (!out.has(key)) out.set(key, value)',
     tests: ['test/multipart.test.ts', 'test/body.test.ts'],
   },
   {
     name: 's8scan: a parameter without = is skipped over',
-    file: 'src/proxy/multipart.ts',
+    file: 'src/proxy/body/multipart.ts',
     search: "    if (eq === -1 || (semi !== -1 && semi < eq)) return null // `; flag;`: parsers disagree on what follows",
     replace: '    if (eq === -1) return out',
     tests: ['test/multipart.test.ts'],
@@ -143,7 +143,7 @@ export const BREAKS = [
   // Item 9: the key gauges only behind METRICS_API_KEY or on METRICS_PORT.
   {
     name: 's8scan: the key gauges are shown on the open data plane',
-    file: 'src/metrics.ts',
+    file: 'src/ops/metrics.ts',
     search: "  return o.keyBalance !== undefined && ((o.apiKey !== undefined && o.apiKey !== '') || o.ownPort === true)",
     replace: '  return o.keyBalance !== undefined',
     tests: ['test/ops.test.ts'],

@@ -1,9 +1,9 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { createHash, timingSafeEqual } from 'node:crypto'
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
-import type { UsageRecord } from './usage/record.js'
+import type { UsageRecord } from '../usage/ledger/record.js'
 import type { KeyBalance } from './openrouter-key.js'
-import type { Backlog } from './usage/ledger.js'
+import type { Backlog } from '../usage/ledger/ledger.js'
 import type { DbReadings } from './db-readings.js'
 
 // Prometheus metrics. The request path only bumps counters and observes two histograms once per

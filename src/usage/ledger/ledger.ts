@@ -1,10 +1,10 @@
 import { appendFileSync } from 'node:fs'
-import type { Sql } from '../db/connect.js'
-import { describe } from '../db/connect.js'
-import type { Logger } from '../log.js'
+import type { Sql } from '../../db/connect.js'
+import { describe } from '../../db/connect.js'
+import type { Logger } from '../../lib/log.js'
 import type { Journal } from './journal.js'
-import { pgText } from '../db/text.js'
-import { within } from '../deadline.js'
+import { pgText } from '../../lib/text.js'
+import { within } from '../../lib/deadline.js'
 import { ROW_COLUMNS, toRow, type UsageRecord } from './record.js'
 
 // Column lists as constant SQL text: postgres.js's column helper guesses its form from the

@@ -1,4 +1,4 @@
-import type { Sql } from './connect.js'
+import type { Sql } from '../../db/connect.js'
 
 // Every read behind the usage API, the /admin/ page, statements and "My usage", in one place.
 // Money and token sums leave Postgres as text (exact numeric, no float on the way); counts are

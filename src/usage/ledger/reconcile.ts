@@ -1,6 +1,6 @@
-import type { Logger } from '../log.js'
-import { count, decimal, parseExact, type ExactJson } from './exact-json.js'
-import type { Usage } from './extract.js'
+import type { Logger } from '../../lib/log.js'
+import { count, decimal, parseExact, type ExactJson } from '../tap/exact-json.js'
+import type { Usage } from '../tap/extract.js'
 import { withUsage, type UsageRecord } from './record.js'
 
 // A generation whose usage never arrived inline (client abort, broken stream, crash) is asked for

@@ -1,6 +1,6 @@
-import type { Sql } from './db/connect.js'
-import { bounded } from './db/bounded.js'
-import { overruns, utilization } from './budgets/store.js'
+import type { Sql } from '../db/connect.js'
+import { bounded } from '../db/bounded.js'
+import { overruns, utilization } from '../budgets/store.js'
 
 // What /metrics shows that only Postgres knows (is it up, how spent are the budgets), read in the
 // background with a short deadline and kept here. A scrape answers from these at once: /metrics

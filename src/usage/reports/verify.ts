@@ -1,4 +1,4 @@
-import type { Sql } from '../db/connect.js'
+import type { Sql } from '../../db/connect.js'
 
 // `usage-proxy verify`: recomputes the daily rollups from the raw rows, with the SQL that defines
 // them (usage_rollup_select in sql/007), and lists every rollup row that differs. The rollups

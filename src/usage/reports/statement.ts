@@ -1,11 +1,11 @@
 import { writeFileSync } from 'node:fs'
 import postgres from 'postgres'
-import { loadDatabaseConfig } from './config/config.js'
-import { poolOptions, type Sql } from './db/connect.js'
-import { startEmbedded, type EmbeddedDb } from './db/embedded.js'
-import { organizations, statementLines, statementTotals, sumsSource, type StatementLine } from './db/usage-report.js'
-import { createLogger } from './log.js'
-import { sameDecimal, sumDecimals } from './usage/decimal.js'
+import { loadDatabaseConfig } from '../../config/config.js'
+import { poolOptions, type Sql } from '../../db/connect.js'
+import { startEmbedded, type EmbeddedDb } from '../../db/embedded.js'
+import { organizations, statementLines, statementTotals, sumsSource, type StatementLine } from './usage-report.js'
+import { createLogger } from '../../lib/log.js'
+import { sameDecimal, sumDecimals } from '../../lib/decimal.js'
 
 // `usage-proxy statement --month YYYY-MM`: the reseller's monthly statement, one line per user
 // with requests, tokens, cost, markup and billed cost. The lines and the totals are read in one

@@ -1,8 +1,8 @@
-import { ConfigError, loadDatabaseConfig } from './config/config.js'
-import { connect, type Sql } from './db/connect.js'
-import { startEmbedded, type EmbeddedDb } from './db/embedded.js'
-import { createLogger } from './log.js'
-import { formatDifference, formatEstimateOnly, monthRange, verifyRollups } from './usage/verify.js'
+import { ConfigError, loadDatabaseConfig } from '../../config/config.js'
+import { connect, type Sql } from '../../db/connect.js'
+import { startEmbedded, type EmbeddedDb } from '../../db/embedded.js'
+import { createLogger } from '../../lib/log.js'
+import { formatDifference, formatEstimateOnly, monthRange, verifyRollups } from './verify.js'
 
 // `usage-proxy verify [--month YYYY-MM]`: exit 0 when every rollup matches the raw rows, 1 when
 // any differs (each difference printed), 2 on a usage or configuration error.

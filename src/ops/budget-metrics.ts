@@ -1,6 +1,6 @@
 import { Counter, Gauge, type Registry } from 'prom-client'
-import type { Readings } from '../db-readings.js'
-import type { FailOpenStats } from './fail-open.js'
+import type { Readings } from './db-readings.js'
+import type { FailOpenStats } from '../budgets/fail-open.js'
 
 // usage_proxy_budget_utilization_ratio{scope="organization"|"default"} and
 // usage_proxy_budget_overrun_usd_total{scope}: Postgres's shared truth, so every replica reports

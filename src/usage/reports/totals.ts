@@ -1,5 +1,5 @@
-import type { Sums } from '../db/usage-report.js'
-import { sumDecimals } from './decimal.js'
+import type { Sums } from './usage-report.js'
+import { sumDecimals } from '../../lib/decimal.js'
 
 /** The totals of a grouping's rows: each request is in exactly one group, so these are the period's totals, with no second scan. */
 export function totalsOf (rows: readonly Sums[]): Sums {

@@ -1,5 +1,5 @@
-import type { Sql } from '../db/connect.js'
-import type { Logger } from '../log.js'
+import type { Sql } from '../../db/connect.js'
+import type { Logger } from '../../lib/log.js'
 
 // Folds usage_rollup_deltas (appended by every insert, in its transaction) into
 // usage_daily_rollups. Every replica ticks; an advisory lock lets one fold at a time. A missed or

@@ -1,4 +1,4 @@
-import type { Logger } from './log.js'
+import type { Logger } from '../lib/log.js'
 
 // The organization's OpenRouter key as OpenRouter sees it (GET /key): how much credit is left
 // before requests start failing with 402. Polled in the background, at most once a minute, so a

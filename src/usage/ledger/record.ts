@@ -1,7 +1,8 @@
 import { randomUUID } from 'node:crypto'
-import { pgText as text } from '../db/text.js'
-import type { Usage } from './extract.js'
-import { checkUsage } from './sanity.js'
+import { pgText as text } from '../../lib/text.js'
+import type { UserMapping } from '../../identity/directory.js'
+import type { Usage } from '../tap/extract.js'
+import { checkUsage } from '../tap/sanity.js'
 
 // One row of usage_events, as it travels through the journal and the writer. Costs are decimal
 // strings, timestamps ISO strings: the record survives a JSON round trip unchanged.
@@ -103,7 +104,6 @@ export function newRecord (start: RecordStart): UsageRecord {
 }
 
 /** One user_mappings row as a record carries it; userId is already normalized (pgText). */
-export interface UserMapping { userId: string, name: string | null, email: string | null, role: string | null }
 
 /** Adds usage from `source`; numbers that are not sane are left out and named in `anomaly`. */
 export function withUsage (rec: UsageRecord, usage: Usage | null, source: UsageSource): UsageRecord {

@@ -1,7 +1,7 @@
 import { closeSync, fsyncSync, ftruncateSync, mkdirSync, openSync, readdirSync, readFileSync, statSync, unlinkSync, writeSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import type { Logger } from '../log.js'
+import type { Logger } from '../../lib/log.js'
 import type { UsageRecord } from './record.js'
 
 // The local journal: a usage record is on disk before its response ends, and leaves the disk

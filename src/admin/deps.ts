@@ -1,0 +1,26 @@
+import type { Config } from '../config/config.js'
+import type { Sql } from '../db/connect.js'
+import type { Logger } from '../lib/log.js'
+import type { FailOpenStats } from '../budgets/fail-open.js'
+import type { BudgetsFor } from '../usage/reports/budget-seam.js'
+import type { Backlog } from '../usage/ledger/ledger.js'
+
+// What the admin plane is given by the composition: connections, the logger and readings of the
+// running process.
+
+export interface AdminDeps {
+  config: Config
+  /** The primary: writes, budgets. Null until boot reached the database. */
+  sql: () => Sql
+  /** Reads for reports (DATABASE_READ_URL when set, else the primary). */
+  readSql: () => Sql
+  log: Logger
+  /** Tells the admission of this process that budgets changed. */
+  budgetsChanged?: () => void
+  /** Users' budgets for the usage views, in one read; the budgets module provides it. */
+  budgetsFor?: BudgetsFor
+  /** Admissions served without a spend check (the page shows them). */
+  admissions?: () => FailOpenStats | null
+  /** The ledger's backlog, from memory (null before boot made the ledger). */
+  backlog?: () => Backlog | null
+}
