@@ -43,6 +43,8 @@ async function get (path: string, headers: Record<string, string> = AUTH) {
 }
 
 const same = (a: string, b: string): boolean => sumDecimals([a]) === sumDecimals([b])
+/** Every significant digit, no trailing zeros, no trailing '.', zero as "0". */
+const EXACT = /^-?(0|[1-9]\d*)(\.\d*[1-9])?$/
 
 function expectedBy (key: (r: Raw) => string | null): Map<string | null, { requests: number, cost: string, billed: string }> {
   const out = new Map<string | null, { requests: number, costs: string[], billed: string[] }>()
@@ -86,7 +88,9 @@ for (const [groupBy, key] of [
       t.type(row.cost_usd, 'string')
       t.ok(same(row.cost_usd, e!.cost), `${row[groupBy]}: cost ${row.cost_usd} = ${e!.cost}`)
       t.ok(same(row.billed_cost_usd, e!.billed), `${row[groupBy]}: billed ${row.billed_cost_usd} = ${e!.billed}`)
+      for (const c of ['cost_usd', 'billed_cost_usd', 'total_tokens']) t.match(row[c], EXACT, `${row[groupBy]}: ${c} ${row[c]} without trailing zeros`)
     }
+    for (const c of ['cost_usd', 'billed_cost_usd', 'prompt_tokens']) t.match(body.totals[c], EXACT, `totals.${c} ${body.totals[c]} without trailing zeros`)
     t.equal(body.totals.requests, raw.length)
     t.ok(same(body.totals.billed_cost_usd, sumDecimals(raw.filter((x) => x.billed).map((x) => x.billed!))), 'totals.billed_cost_usd')
     t.ok(same(body.totals.billed_cost_usd, sumDecimals(body.data.map((x: { billed_cost_usd: string }) => x.billed_cost_usd))), 'totals = sum of rows')
@@ -115,6 +119,15 @@ t.test('user= narrows to one user', async (t) => {
   t.equal(nobody.totals.billed_cost_usd, '0')
 })
 
+t.test('the organization by id and by name, for the page\'s header', async (t) => {
+  const root = (await get('/admin/v1/')).json()
+  t.equal(root.organization, ORG, 'the id, as before')
+  t.equal(root.organization_name, 'Acme GmbH', 'ORGANIZATION_NAME')
+  const usage = (await get(`/admin/v1/usage?from=${FROM}&to=${TO}&group_by=task`)).json()
+  t.equal(usage.organization, ORG)
+  t.equal(usage.organization_name, 'Acme GmbH')
+})
+
 t.test('the default period is the current UTC month', async (t) => {
   const body = (await get('/admin/v1/usage?group_by=day')).json()
   const now = new Date()
@@ -122,7 +135,7 @@ t.test('the default period is the current UTC month', async (t) => {
   t.equal(body.to, new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + 1, 1)).toISOString().slice(0, 10))
 })
 
-t.test('CSV: RFC 4180, a header row, decimals untouched, sums equal to sum(billed_cost_usd)', async (t) => {
+t.test('CSV: RFC 4180, a header row, decimals trimmed as in the JSON, sums equal to sum(billed_cost_usd)', async (t) => {
   for (const [how, path, headers] of [
     ['format=csv', `/admin/v1/usage?from=${FROM}&to=${TO}&group_by=user&format=csv`, AUTH],
     ['Accept: text/csv', `/admin/v1/usage?from=${FROM}&to=${TO}&group_by=user`, { ...AUTH, accept: 'text/csv' }],
@@ -135,6 +148,7 @@ t.test('CSV: RFC 4180, a header row, decimals untouched, sums equal to sum(bille
     t.same(header, ['user', 'user_name', 'user_email', 'requests', 'prompt_tokens', 'completion_tokens', 'cached_tokens', 'reasoning_tokens', 'total_tokens', 'cost_usd', 'billed_cost_usd'])
     const json = (await get(`/admin/v1/usage?from=${FROM}&to=${TO}&group_by=user`)).json()
     t.same(rows.map((row) => row[header.indexOf('billed_cost_usd')]), json.data.map((x: { billed_cost_usd: string }) => x.billed_cost_usd), 'the same decimal text as the JSON')
+    t.ok(rows.every((row) => EXACT.test(row[header.indexOf('cost_usd')]) && EXACT.test(row[header.indexOf('billed_cost_usd')])), 'no trailing zeros')
     t.ok(rows.some((row) => row[1] === 'Bob "the builder", Jr.'), 'quotes and commas survive')
     const [{ total }] = await db.sql<[{ total: string }]>`select sum(billed_cost_usd)::text as total from usage_events
       where created_at >= ${FROM}::timestamptz and created_at < ${TO}::timestamptz`
@@ -172,13 +186,19 @@ t.test('events: filters, exact decimals, names, and CSV', async (t) => {
   t.ok(want.length > 0)
   const byId = new Map(want.map((r) => [r.event_id, r]))
   for (const e of body.data) {
-    t.equal(e.billed_cost_usd, byId.get(e.event_id)!.billed, 'billed as Postgres wrote it')
+    const pg = byId.get(e.event_id)!.billed!
+    t.ok(same(e.billed_cost_usd, pg), `billed ${e.billed_cost_usd} = Postgres' ${pg}`)
+    t.match(e.billed_cost_usd, EXACT, 'every significant digit, no trailing zeros')
+    t.equal(e.markup_percent, '12.5', 'the markup trimmed too')
     t.equal(e.user_name, '陈 晨')
   }
   const csv = await get(`/admin/v1/events?from=${FROM}&to=${TO}&outcome=client_aborted&limit=1000&format=csv`)
   const [header, ...rows] = parseCsv(csv.text)
   t.equal(header[0], 'event_id')
   t.equal(rows.length, raw.filter((r) => r.outcome === 'client_aborted').length)
+  for (const c of ['cost_usd', 'billed_cost_usd', 'markup_percent']) {
+    t.ok(rows.every((row) => row[header.indexOf(c)] === '' || EXACT.test(row[header.indexOf(c)])), `CSV ${c} without trailing zeros`)
+  }
 })
 
 t.test('bad parameters: 400 with an OpenAI-style error naming the parameter', async (t) => {

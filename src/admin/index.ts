@@ -19,13 +19,13 @@ export function adminRoutes (deps: AdminDeps): AdminRoute[] {
     {
       method: 'GET',
       path: /^\/admin\/v1\/?$/,
-      handle: ({ res }) => sendJson(res, 200, { object: 'admin', organization: deps.config.organization.id }),
+      handle: ({ res }) => sendJson(res, 200, { object: 'admin', organization: deps.config.organization.id, organization_name: deps.config.organization.name }),
     },
     ...budgetRoutes({ config: deps.config, sql: deps.sql, changed: deps.budgetsChanged }),
     ...storageRoutes(deps),
     ...admissionRoutes({ failMode: deps.config.limits.failMode, stats: deps.admissions ?? (() => null) }),
     ...ledgerRoutes(deps.backlog ?? (() => null)),
-    ...usageRoutes({ organizationId: deps.config.organization.id, readSql: deps.readSql, budgetsFor: deps.budgetsFor ?? noBudgetsFor }),
+    ...usageRoutes({ organizationId: deps.config.organization.id, organizationName: deps.config.organization.name, readSql: deps.readSql, budgetsFor: deps.budgetsFor ?? noBudgetsFor }),
     ...sessionRoutes(deps.config.admin.apiKey ?? ''),
     ...pageRoutes(),
   ]

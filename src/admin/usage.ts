@@ -8,12 +8,15 @@ import { streamCsv } from './csv.js'
 import { ParamError, encodeCursor, optionalText, parseCursor, parseGroupBy, parseLimit, parsePeriod, wantsCsv } from './params.js'
 import { sendJson, type AdminRequest, type AdminRoute } from './router.js'
 import type { Sql } from '../db/connect.js'
+import { exact, exactFields } from '../lib/exact.js'
 
 // GET /admin/v1/usage (sums per user, model, day, task or outcome) and GET /admin/v1/events
 // (the raw rows, newest first), each as JSON or streamed CSV.
 
 export interface UsageDeps {
   organizationId: string
+  /** ORGANIZATION_NAME, for the page's header. */
+  organizationName: string
   readSql: () => Sql
   /** Every listed user's budget in one query (DATABASE_READ_URL when set). */
   budgetsFor: BudgetsFor
@@ -21,6 +24,8 @@ export interface UsageDeps {
 
 const SUM_COLUMNS = ['requests', 'prompt_tokens', 'completion_tokens', 'cached_tokens', 'reasoning_tokens', 'total_tokens', 'cost_usd', 'billed_cost_usd'] as const
 const CURSOR_BATCH = 500
+/** The events' decimal columns: written trimmed, as the sums are. */
+const EVENT_DECIMALS = ['cost_usd', 'upstream_cost_usd', 'markup_percent', 'billed_cost_usd'] as const
 
 export function usageRoutes (deps: UsageDeps): AdminRoute[] {
   return [
@@ -68,15 +73,16 @@ async function usage (deps: UsageDeps, { req, res, url }: AdminRequest): Promise
   if (csv) {
     const name = `usage-${groupBy}-${from}-${to}${userId === undefined ? '' : '-user'}.csv`
     return streamCsv(res, name, [...keyColumns, ...SUM_COLUMNS], outcomes ? once(outcomes()) : usageByGroup(sql, period, groupBy, source).cursor(CURSOR_BATCH),
-      (row) => [...(groupBy === 'user' ? [row.key, row.user_name, row.user_email] : [row.key]), ...SUM_COLUMNS.map((c) => row[c])])
+      (row) => [...(groupBy === 'user' ? [row.key, row.user_name, row.user_email] : [row.key]), ...SUM_COLUMNS.map((c) => exactSum(row[c]))])
   }
   const rows = outcomes ? await outcomes() : await usageByGroup(sql, period, groupBy, source)
-  const totals = totalsOf(rows)
+  // Summed before trimming: a sum of trimmed values can end in zeros again (0.15 + 0.05).
+  const totals = exactFields(totalsOf(rows), SUM_COLUMNS)
   // Per user: every budget of the page in one read, however many users it lists.
   const budgets = groupBy === 'user' ? await deps.budgetsFor(rows.flatMap((r) => r.key === null ? [] : [r.key])) : null
   const data = rows.map((row) => shape(groupBy, row, budgets))
   sendJson(res, 200, {
-    object: 'usage', organization: deps.organizationId, from, to, group_by: groupBy, ...(userId === undefined ? {} : { user: userId }),
+    object: 'usage', organization: deps.organizationId, organization_name: deps.organizationName, from, to, group_by: groupBy, ...(userId === undefined ? {} : { user: userId }),
     data, totals,
   })
 }
@@ -84,10 +90,14 @@ async function usage (deps: UsageDeps, { req, res, url }: AdminRequest): Promise
 async function * once<T> (rows: Promise<T[]>): AsyncIterable<T[]> { yield await rows }
 
 function shape (groupBy: GroupBy, row: GroupRow, budgets: Map<string, BudgetStatus> | null): Record<string, unknown> {
-  const sums = Object.fromEntries(SUM_COLUMNS.map((c) => [c, row[c]]))
+  const sums = Object.fromEntries(SUM_COLUMNS.map((c) => [c, exactSum(row[c])]))
   if (groupBy !== 'user') return { [groupBy]: row.key, ...sums }
   const budget = row.key === null ? null : budgets?.get(row.key) ?? null
   return { user: row.key, user_name: row.user_name ?? null, user_email: row.user_email ?? null, ...sums, budget }
+}
+
+function exactSum (v: string | number): string | number {
+  return typeof v === 'string' ? exact(v) : v
 }
 
 async function listEvents (deps: UsageDeps, { req, res, url }: AdminRequest): Promise<void> {
@@ -102,11 +112,11 @@ async function listEvents (deps: UsageDeps, { req, res, url }: AdminRequest): Pr
   const sql = deps.readSql()
   if (csv) {
     return streamCsv(res, `events-${from}-${to}.csv`, EVENT_COLUMNS, events(sql, { ...filter, limit }).cursor(CURSOR_BATCH),
-      (row) => EVENT_COLUMNS.map((c) => row[c]))
+      (row) => { const r = exactFields(row, EVENT_DECIMALS); return EVENT_COLUMNS.map((c) => r[c]) })
   }
   // One row more than asked tells whether another page exists.
   const rows = await events(sql, { ...filter, limit: limit + 1 })
-  const page = rows.slice(0, limit)
+  const page = rows.slice(0, limit).map((r) => exactFields(r, EVENT_DECIMALS))
   const last = page.at(-1)
   const more = rows.length > limit
   sendJson(res, 200, {
