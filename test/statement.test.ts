@@ -8,7 +8,7 @@ import { createTestDb, type TestDb } from './support/db.js'
 import { ORG, seedLedger } from './support/seed.js'
 import { parseCsv } from './support/csv.js'
 import { migrate } from '../src/db/migrate.js'
-import { StatementError, statement, type Statement } from '../src/usage/reports/statement.js'
+import { StatementError, render, statement, type Statement } from '../src/usage/reports/statement.js'
 import { sameDecimal, sumDecimals } from '../src/lib/decimal.js'
 
 // The monthly statement: per-user lines whose exact total equals the sum of the lines and the
@@ -17,6 +17,8 @@ import { sameDecimal, sumDecimals } from '../src/lib/decimal.js'
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 const OTHER = 'mai_client_0000beef'
 let db: TestDb
+/** Every significant digit, no trailing zeros, no trailing '.', zero as "0". */
+const EXACT = /^-?(0|[1-9]\d*)(\.\d*[1-9])?$/
 
 t.before(async () => {
   db = await createTestDb()
@@ -32,9 +34,10 @@ async function run (args: string[], env: Record<string, string> = {}): Promise<s
   return out
 }
 
-async function fromDb (org: string | null): Promise<{ requests: number, cost: string, billed: string }> {
-  const [r] = await db.sql<[{ requests: number, cost: string, billed: string }]>`
-    select count(*)::int as requests, coalesce(sum(cost_usd), 0)::text as cost, coalesce(sum(billed_cost_usd), 0)::text as billed
+async function fromDb (org: string | null): Promise<{ requests: number, cost: string, billed: string, cents: string }> {
+  const [r] = await db.sql<[{ requests: number, cost: string, billed: string, cents: string }]>`
+    select count(*)::int as requests, coalesce(sum(cost_usd), 0)::text as cost, coalesce(sum(billed_cost_usd), 0)::text as billed,
+           round(coalesce(sum(billed_cost_usd), 0), 2)::text as cents
     from usage_events where created_at >= '2026-11-01T00:00:00Z' and created_at < '2026-12-01T00:00:00Z'
       and (${org}::text is null or organization_id = ${org})`
   return r
@@ -57,6 +60,11 @@ t.test('json: per-user lines, and a total equal to their sum and to usage_events
   t.ok(sameDecimal(org.total.markup_usd, sumDecimals([org.total.billed_cost_usd, '-' + org.total.cost_usd])))
   const anna = org.lines.find((l) => l.user_id === 'u-anna')
   t.equal(anna?.user_name, 'Anna Müller')
+  t.equal(org.markup_percent, '12.5', 'the markup without trailing zeros')
+  for (const row of [...org.lines, org.total]) {
+    for (const c of ['prompt_tokens', 'total_tokens', 'cost_usd', 'markup_usd', 'billed_cost_usd'] as const) t.match(row[c], EXACT, `${c} ${row[c]} exact, no trailing zeros`)
+  }
+  t.equal(org.invoice_total_usd, db$.cents, `the invoice total: ${db$.billed} half up to the cent`)
 })
 
 t.test('csv: RFC 4180 lines plus a total line per organization; --all-organizations', async (t) => {
@@ -73,6 +81,7 @@ t.test('csv: RFC 4180 lines plus a total line per organization; --all-organizati
     t.equal(Number(total[0][col('requests')]), db$.requests)
   }
   t.ok(rows.some((r) => r[col('user_name')] === 'Bob "the builder", Jr.'), 'quoted names survive')
+  t.ok(rows.every((r) => ['cost_usd', 'markup_usd', 'billed_cost_usd'].every((c) => EXACT.test(r[col(c)]))), 'no trailing zeros in any amount')
 })
 
 t.test('md: a readable table with a bold total; --out writes a file', async (t) => {
@@ -88,13 +97,57 @@ t.test('md: a readable table with a bold total; --out writes a file', async (t) 
   t.equal(Number(total![1]), db$.requests)
   t.ok(sameDecimal(total![4], db$.billed))
   t.match(md, /Bob "the builder", Jr\. \(u-bob\)/)
+  t.match(md, /\| Markup 12\.5% \|/, 'the markup column says the percent')
+  const cells = md.split('\n').filter((l) => l.startsWith('| ') && !l.startsWith('| User')).flatMap((l) => l.split(' | ').slice(2).map((c) => c.replace(/[*| ]/g, '')))
+  t.ok(cells.length > 10)
+  t.same(cells.filter((c) => c !== '' && !EXACT.test(c)), [], 'every number in the table is exact, without trailing zeros')
+  t.equal(/\*\*Invoice total: \$([\d,]+\.\d\d)\*\*\[\^exact-1\]/.exec(md)?.[1], db$.cents, 'the invoice total in cents, from the exact total')
+  const note = /^\[\^exact-1\]: Exactly ([\d.]+) USD/m.exec(md)
+  t.ok(note, 'a footnote with the exact amount')
+  t.equal(note![1], total![4], 'the footnote repeats the exact billed total')
+})
+
+t.test('md: the invoice total is rounded once, half up, on the total, never per line', async (t) => {
+  const line = (user: string, billed: string) => ({
+    organization_id: 'o', organization_name: 'O', user_id: user, user_name: null, user_email: null, requests: 1,
+    prompt_tokens: '1', completion_tokens: '1', total_tokens: '2', cost_usd: billed, markup_usd: '0', billed_cost_usd: billed,
+  })
+  const doc = (lines: Array<ReturnType<typeof line>>, billed: string, markup = '0'): string => render({
+    month: '2026-11', from: '2026-11-01', to: '2026-12-01',
+    organizations: [{
+      id: 'o', name: 'O', markup_percent: markup, lines, invoice_total_usd: '',
+      total: { requests: lines.length, prompt_tokens: '1', completion_tokens: '1', total_tokens: '2', cost_usd: billed, markup_usd: '0', billed_cost_usd: billed },
+    }],
+  }, 'md')
+  const invoice = (md: string): string | undefined => /\*\*Invoice total: (\S+)\*\*/.exec(md)?.[1]
+  // Each line alone rounds to $0.00; their total does not.
+  t.equal(invoice(doc([line('a', '0.0049'), line('b', '0.0049'), line('c', '0.0049')], '0.0147')), '$0.01')
+  t.equal(invoice(doc([line('a', '0.125')], '0.125')), '$0.13', 'half up, not to even')
+  t.equal(invoice(doc([line('a', '0.124999')], '0.124999')), '$0.12')
+  t.equal(invoice(doc([line('a', '1234567.895')], '1234567.895')), '$1,234,567.90', 'thousands grouped')
+  t.equal(invoice(doc([], '0')), '$0.00')
+  t.match(doc([line('a', '0.0147')], '0.0147', '7.25'), /Markup 7\.25%/)
+  t.match(doc([line('a', '0.0147')], '0.0147'), /Markup 0%/, 'no markup reads as 0%')
 })
 
 t.test('a month without usage still prints a statement, with zero totals', async (t) => {
   const s = JSON.parse(await run(['--month', '2020-02', '--format', 'json'])) as Statement
   t.same(s.organizations[0].lines, [])
   t.equal(s.organizations[0].total.billed_cost_usd, '0')
+  t.equal(s.organizations[0].invoice_total_usd, '0.00')
   t.equal(s.to, '2020-03-01')
+  t.match(await run(['--month', '2020-02']), /\*\*Invoice total: \$0\.00\*\*/)
+})
+
+t.test('md with every organization: each has its own invoice total and footnote', async (t) => {
+  const md = await run(['--month', '2026-11', '--all-organizations'], { OPENROUTER_EXTERNAL_USER: '' })
+  t.match(md, /Markup 7\.25%/)
+  for (const [n, org] of [[1, OTHER], [2, ORG]] as const) { // in order of id
+    const db$ = await fromDb(org)
+    t.match(md, new RegExp(`\\*\\*Invoice total: \\$${db$.cents.replace('.', '\\.')}\\*\\*\\[\\^exact-${n}\\]`), `${org}: $${db$.cents}`)
+    const note = new RegExp(`^\\[\\^exact-${n}\\]: Exactly ([\\d.]+) USD`, 'm').exec(md)
+    t.ok(note && sameDecimal(note[1], db$.billed), `${org}: the footnote's exact amount`)
+  }
 })
 
 t.test('bad arguments are refused with a message', async (t) => {

@@ -5,12 +5,15 @@ import { poolOptions, type Sql } from '../../db/connect.js'
 import { startEmbedded, type EmbeddedDb } from '../../db/embedded.js'
 import { organizations, statementLines, statementTotals, sumsSource, type StatementLine } from './usage-report.js'
 import { createLogger } from '../../lib/log.js'
-import { sameDecimal, sumDecimals } from '../../lib/decimal.js'
+import { roundDecimal, sameDecimal, sumDecimals } from '../../lib/decimal.js'
+import { exact, exactFields } from '../../lib/exact.js'
 
 // `usage-proxy statement --month YYYY-MM`: the reseller's monthly statement, one line per user
 // with requests, tokens, cost, markup and billed cost. The lines and the totals are read in one
 // snapshot, and the total printed is checked to equal both the sum of the lines and the sum over
-// usage_events: a statement that does not add up is refused, never printed.
+// usage_events: a statement that does not add up is refused, never printed. Every amount is exact,
+// written without trailing zeros; the Markdown, the document handed to a client, adds the invoice
+// total rounded to the cent once, on the total, with the exact amount in a footnote.
 
 export class StatementError extends Error {}
 
@@ -20,6 +23,8 @@ export interface OrganizationStatement {
   markup_percent: string
   lines: StatementLine[]
   total: { requests: number, prompt_tokens: string, completion_tokens: string, total_tokens: string, cost_usd: string, markup_usd: string, billed_cost_usd: string }
+  /** The billed total rounded half up to the cent, once: what the invoice says. */
+  invoice_total_usd: string
 }
 
 export interface Statement { month: string, from: string, to: string, organizations: OrganizationStatement[] }
@@ -80,10 +85,17 @@ export async function buildStatement (sql: Sql, organizationId: string | undefin
     if (total.requests !== direct.requests || !sameDecimal(total.cost_usd, direct.cost_usd) || !sameDecimal(total.billed_cost_usd, direct.billed_cost_usd)) {
       throw new StatementError(`${org.id}: the lines add up to ${total.billed_cost_usd} billed over ${total.requests} requests, usage_events to ${direct.billed_cost_usd} over ${direct.requests}: not printing a statement that does not add up`)
     }
-    return { id: org.id, name: org.name, markup_percent: org.markup_percent, lines: mine, total }
+    // Trimmed after summing: a sum of trimmed amounts can end in zeros again (0.15 + 0.05).
+    return {
+      id: org.id, name: org.name, markup_percent: exact(org.markup_percent),
+      lines: mine.map((l) => exactFields(l, AMOUNTS)), total: exactFields(total, AMOUNTS),
+      invoice_total_usd: roundDecimal(total.billed_cost_usd, 2),
+    }
   })
   return { month, from, to, organizations: out }
 }
+
+const AMOUNTS = ['prompt_tokens', 'completion_tokens', 'total_tokens', 'cost_usd', 'markup_usd', 'billed_cost_usd'] as const
 
 const CSV_COLUMNS = ['line', 'organization_id', 'organization_name', 'user_id', 'user_name', 'user_email', 'requests', 'prompt_tokens',
   'completion_tokens', 'total_tokens', 'cost_usd', 'markup_usd', 'billed_cost_usd'] as const
@@ -107,18 +119,28 @@ export function render (s: Statement, format: Format): string {
   }
   const cell = (v: unknown): string => String(v ?? '').replace(/\|/g, '\\|').replace(/[\r\n]+/g, ' ')
   const parts: string[] = []
-  for (const org of s.organizations) {
+  s.organizations.forEach((org, n) => {
+    const note = `exact-${n + 1}` // a label of its own per organization; an id may hold what a label cannot
     parts.push(`# Statement ${s.month}: ${cell(org.name)} (${org.id})`, '',
-      `Period ${s.from} to ${s.to} (UTC, end exclusive). Markup ${org.markup_percent.replace(/\.?0+$/, '')}%. Amounts in USD, exact.`, '',
-      '| User | Email | Requests | Tokens | Cost | Markup | Billed |', '|---|---|--:|--:|--:|--:|--:|')
+      `Period ${s.from} to ${s.to} (UTC, end exclusive). Markup ${org.markup_percent}%. Amounts in USD, exact.`, '',
+      `| User | Email | Requests | Tokens | Cost | Markup ${org.markup_percent}% | Billed |`, '|---|---|--:|--:|--:|--:|--:|')
     for (const l of org.lines) {
       const who = l.user_id === null ? '(no user)' : l.user_name ? `${cell(l.user_name)} (${cell(l.user_id)})` : cell(l.user_id)
       parts.push(`| ${who} | ${cell(l.user_email)} | ${l.requests} | ${l.total_tokens} | ${l.cost_usd} | ${l.markup_usd} | ${l.billed_cost_usd} |`)
     }
     const t = org.total
-    parts.push(`| **Total** | | **${t.requests}** | **${t.total_tokens}** | **${t.cost_usd}** | **${t.markup_usd}** | **${t.billed_cost_usd}** |`, '')
-  }
+    parts.push(`| **Total** | | **${t.requests}** | **${t.total_tokens}** | **${t.cost_usd}** | **${t.markup_usd}** | **${t.billed_cost_usd}** |`, '',
+      `**Invoice total: ${invoiceUsd(roundDecimal(t.billed_cost_usd, 2))}**[^${note}]`, '',
+      `[^${note}]: Exactly ${t.billed_cost_usd} USD, the billed total above, rounded half up to the cent once, on the total.`, '')
+  })
   return parts.join('\n')
+}
+
+/** Cents as a person reads them, thousands grouped: "1234.57" -> "$1,234.57". */
+function invoiceUsd (cents: string): string {
+  const neg = cents.startsWith('-')
+  const [int, frac] = (neg ? cents.slice(1) : cents).split('.')
+  return `${neg ? '-' : ''}$${int.replace(/\B(?=(\d{3})+(?!\d))/g, ',')}.${frac}`
 }
 
 /** The command: parse, open the database (DATABASE_URL, else the embedded one), print or write. */
