@@ -1,4 +1,4 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { existsSync, mkdirSync, readFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -8,6 +8,7 @@ import { createTestDb, type TestDb } from './support/db.js'
 import { baseEnv, startSidecar, type Started } from './support/sidecar.js'
 import { seedLedger } from './support/seed.js'
 import { parseCsv } from './support/csv.js'
+import { externalUserId } from '../src/identity/external-id.js'
 import { sameDecimal, sumDecimals } from '../src/lib/decimal.js'
 import { formatUsd } from '../src/lib/money.js'
 
@@ -157,6 +158,140 @@ if (!existsSync(CHROMIUM)) {
     const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth)
     t.ok(overflow <= 0, `the page itself does not scroll sideways (${overflow}px)`)
     await page.screenshot({ path: join(shots, 'usage-page-narrow.png'), fullPage: true })
+  })
+
+  const api = async (method: string, path: string, body?: unknown): Promise<number> => {
+    const res = await fetch(on.url + path, {
+      method, headers: { authorization: `Bearer ${ADMIN_KEY}`, 'content-type': 'application/json' }, body: body === undefined ? undefined : JSON.stringify(body),
+    })
+    await res.arrayBuffer()
+    return res.status
+  }
+  const reload = async (): Promise<void> => {
+    await page.reload()
+    await page.waitForSelector('#overview:not([hidden]) #users-table')
+  }
+
+  /** At 1280 px: the page does not scroll sideways, and every table fits its card. */
+  const fitsAt1280 = async (t: Test, when: string): Promise<void> => {
+    await page.setViewportSize({ width: 1280, height: 900 })
+    await reload()
+    const m = await page.evaluate(() => ({
+      body: [document.body.scrollWidth, document.body.clientWidth],
+      root: [document.documentElement.scrollWidth, document.documentElement.clientWidth],
+      wraps: [...document.querySelectorAll('#overview .table-wrap')].filter((w) => (w as HTMLElement).offsetParent !== null)
+        .map((w) => [w.querySelector('table')?.id, w.scrollWidth, w.clientWidth]),
+    }))
+    t.ok(m.body[0] <= m.body[1], `${when}: body ${m.body[0]} <= ${m.body[1]}`)
+    t.ok(m.root[0] <= m.root[1], `${when}: page ${m.root[0]} <= ${m.root[1]}`)
+    t.ok(m.wraps.length >= 4, 'the tables were measured')
+    for (const [id, sw, cw] of m.wraps) t.ok(Number(sw) <= Number(cw), `${when}: ${id} ${sw} <= ${cw}, inside its card`)
+  }
+
+  t.test('the header names the organization, not its id', async (t) => {
+    await page.setViewportSize({ width: 1280, height: 900 })
+    await reload()
+    t.equal(await page.textContent('#org'), 'Acme GmbH', 'ORGANIZATION_NAME')
+    t.equal(await page.getAttribute('#org', 'title'), 'mai_client_63a4eb6d', 'the id at hand in the tooltip')
+    await page.click('#users-table a[data-user="u-anna"]')
+    await page.waitForSelector('#user-view:not([hidden]) #user-totals-billed [data-exact]')
+    t.equal(await page.textContent('#org'), 'Acme GmbH', 'on a user\'s page too')
+    await page.click('#back')
+    await page.waitForSelector('#overview:not([hidden]) #users-table')
+  })
+
+  t.test('the budget column names its period; budgets of different periods say theirs in each row', async (t) => {
+    const header = () => page.textContent('#users-table thead th:last-child')
+    const cell = (user: string) => page.textContent(`#users-table tr:has(a[data-user="${user}"]) td:last-child`)
+    t.equal(await api('PUT', '/admin/v1/budgets/users/u-anna', { limit_usd: '5', period: 'month' }), 200)
+    t.equal(await api('PUT', '/admin/v1/budgets/users/u-bob', { limit_usd: '20', period: 'month' }), 200)
+    await reload()
+    t.equal(await header(), 'Budget used (month)', 'one period: the header says it')
+    t.match(await cell('u-anna'), /^\s*\d+% of \$5\.00$/)
+    t.equal(await api('PUT', '/admin/v1/budgets/users/u-bob', { limit_usd: '1', period: 'day' }), 200)
+    await reload()
+    t.equal(await header(), 'Budget used', 'periods differ: each row says its own')
+    t.match(await cell('u-anna'), /of \$5\.00 per month$/)
+    t.match(await cell('u-bob'), /of \$1\.00 per day$/)
+    t.equal(await cell('u-chen'), '—', 'no budget')
+    await fitsAt1280(t, 'with budgets of two periods')
+    await page.screenshot({ path: join(shots, 'usage-page-budgets.png'), fullPage: true })
+    await page.click('#users-table a[data-user="u-bob"]')
+    await page.waitForSelector('#user-view:not([hidden]) #user-budget .budget')
+    t.match(await page.textContent('#user-budget'), /of \$1\.00 per day$/, 'a user\'s page says the period')
+    await page.click('#back')
+    for (const u of ['u-anna', 'u-bob']) t.equal(await api('DELETE', `/admin/v1/budgets/users/${u}`), 200)
+    await reload()
+    t.equal(await header(), 'Budget used')
+  })
+
+  t.test('an amount under a cent reads non-zero, in the one money format of the page', async (t) => {
+    await db.sql`insert into user_mappings (organization_id, user_id, external_user_id, user_name, user_email)
+      values ('mai_client_63a4eb6d', 'u-tiny', ${externalUserId('mai_client_63a4eb6d', 'u-tiny')}, '小林 さくら', 'sakura.kobayashi@acme-holdings.test')`
+    await db.sql`insert into usage_events (event_id, generation_id, organization_id, user_id, external_user_id, endpoint, model, provider,
+        streamed, status, outcome, usage_source, prompt_tokens, completion_tokens, total_tokens, cost_usd, markup_percent, kind, created_at)
+      values (gen_random_uuid(), 'gen-tiny', 'mai_client_63a4eb6d', 'u-tiny', ${externalUserId('mai_client_63a4eb6d', 'u-tiny')},
+        'chat/completions', 'openai/gpt-4o', 'Fake', false, 200, 'ok', 'inline', 3, 1, 4, '0.00004', '12.5', 'chat', now())`
+    await reload()
+    const cells = await page.$$eval('#users-table tr:has(a[data-user="u-tiny"]) [data-exact]', (es) => es.map((e) => [e.getAttribute('data-exact'), e.textContent]))
+    t.same(cells[2], ['0.00004', '$0.00004'], 'cost $0.00004 shows as such')
+    t.same(cells[3], ['0.000045', '$0.000045'], 'billed with markup, two significant digits')
+    const shown = await page.$$eval('[data-exact]', (es) => es.filter((e) => /[1-9]/.test(e.getAttribute('data-exact') ?? '') && e.textContent?.startsWith('$'))
+      .map((e) => e.textContent ?? ''))
+    t.ok(shown.length > 20)
+    t.same(shown.filter((v) => /^-?\$[0.,]+$/.test(v)), [], 'no non-zero amount reads as $0.00')
+    t.same(shown.filter((v) => !/^-?\$\d{1,3}(,\d{3})*\.(\d\d|0\d*[1-9]\d?)$/.test(v)), [], 'cents, or two significant digits under a cent: one format')
+    const exact = await page.$$eval('[data-exact]', (es) => es.filter((e) => e.textContent?.startsWith('$')).map((e) => [e.getAttribute('data-exact'), e.textContent]))
+    t.same(exact.filter(([v, text]) => formatUsd(v!) !== text), [], 'every money cell is formatUsd of its exact amount')
+  })
+
+  t.test('1280 px: nothing overflows, a long name and an amount under a cent included', (t) => fitsAt1280(t, 'all users'))
+
+  t.test('390 px: tables scroll inside their cards, the page does not, the chart\'s labels are readable', async (t) => {
+    await page.setViewportSize({ width: 390, height: 844 })
+    await reload()
+    const m = await page.evaluate(() => {
+      const wraps = [...document.querySelectorAll('#overview .table-wrap')].filter((w) => (w as HTMLElement).offsetParent !== null) as HTMLElement[]
+      return {
+        body: [document.body.scrollWidth, document.body.clientWidth],
+        root: [document.documentElement.scrollWidth, document.documentElement.clientWidth],
+        users: wraps.filter((w) => w.querySelector('#users-table')).map((w) => [w.scrollWidth, w.clientWidth, getComputedStyle(w).overflowX])[0],
+        cards: wraps.map((w) => w.getBoundingClientRect().right),
+        ticks: [...document.querySelectorAll('#chart text')].map((e) => ({
+          text: e.textContent, css: parseFloat(getComputedStyle(e).fontSize), drawn: e.getBoundingClientRect().height,
+        })),
+      }
+    })
+    t.ok(m.body[0] <= m.body[1], `body ${m.body[0]} <= ${m.body[1]}`)
+    t.ok(m.root[0] <= m.root[1], `page ${m.root[0]} <= ${m.root[1]}`)
+    t.ok(m.users[0] > m.users[1], `the users table is wider than its card (${m.users[0]} > ${m.users[1]})`)
+    t.equal(m.users[2], 'auto', 'and the card scrolls it')
+    t.same(m.cards.filter((r) => r > 390), [], 'every card ends inside the screen')
+    t.ok(m.ticks.length >= 3, 'the chart has labels')
+    for (const tk of m.ticks) {
+      t.ok(tk.css >= 11, `${tk.text}: ${tk.css}px`)
+      t.ok(tk.drawn >= 11, `${tk.text}: drawn ${tk.drawn.toFixed(1)}px high, not scaled down`)
+    }
+    await page.screenshot({ path: join(shots, 'usage-page-390.png'), fullPage: true })
+    await page.setViewportSize({ width: 1280, height: 900 })
+  })
+
+  t.test('CJK names render with a real font, not empty boxes', async (t) => {
+    await reload()
+    // Empty boxes (no font) are one glyph for every character: two different ideographs drawn
+    // in the page's font come out different only when a font has them.
+    const differ = await page.evaluate(() => {
+      const a = document.querySelector('#users-table a[data-user="u-chen"]')!
+      const font = getComputedStyle(a).font
+      const draw = (ch: string): string => {
+        const c = document.createElement('canvas'); c.width = 40; c.height = 40
+        const g = c.getContext('2d')!; g.font = font; g.textBaseline = 'top'; g.fillText(ch, 4, 4)
+        return Array.from(g.getImageData(0, 0, 40, 40).data).join(',')
+      }
+      return { name: a.textContent, differ: draw('陈') !== draw('晨') && draw('晨') !== draw('林') }
+    })
+    t.equal(differ.name, '陈 晨')
+    t.ok(differ.differ, 'the CJK glyphs differ: a CJK font is installed (Debian: apt-get install fonts-noto-cjk)')
   })
 
   t.test('sign out returns to the sign-in form', async (t) => {

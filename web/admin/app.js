@@ -139,16 +139,37 @@
     { key: 'billed', label: 'Billed', numeric: true, sort: true, sortValue: (r) => Number(r.billed_cost_usd), cell: (r) => money(r.billed_cost_usd) },
   ]
 
-  function budgetCell (b) {
+  // A budget names its period: the column's header when every listed budget has the same one,
+  // each cell when they differ (a daily and a monthly budget must not read alike).
+  const PERIOD_NAME = { day: 'day', week: 'week', month: 'month', total: 'all time' }
+  const PER_PERIOD = { day: 'per day', week: 'per week', month: 'per month', total: 'in total' }
+  const periodName = (p) => PERIOD_NAME[p] || p
+  const perPeriod = (p) => PER_PERIOD[p] || `per ${p}`
+  function budgetColumn (rows) {
+    const periods = [...new Set(rows.flatMap((r) => (r.budget ? [r.budget.period] : [])))]
+    const one = periods.length === 1 ? periods[0] : null
+    return {
+      key: 'budget',
+      label: one ? `Budget used (${periodName(one)})` : 'Budget used',
+      cell: (r) => budgetCell(r.budget, one === null),
+    }
+  }
+
+  function budgetCell (b, sayPeriod) {
     if (!b) return el('span', { class: 'muted', text: '—' })
     const pct = Math.round(ratio(b.used_usd, b.limit_usd) * 100)
-    return el('span', { class: 'budget' }, [
-      el('meter', { min: '0', max: '100', low: '80', high: '95', optimum: '0', value: String(Math.min(pct, 100)), 'aria-label': `${pct}% of ${usd(b.limit_usd)}` }),
-      el('span', { text: ` ${pct}% of ${usd(b.limit_usd)}` }),
+    const of = `${pct}% of ${usd(b.limit_usd)}${sayPeriod ? ` ${perPeriod(b.period)}` : ''}`
+    return el('span', { class: 'budget', 'data-period': b.period }, [
+      el('meter', { min: '0', max: '100', low: '80', high: '95', optimum: '0', value: String(Math.min(pct, 100)), 'aria-label': `${pct}% of ${usd(b.limit_usd)} ${perPeriod(b.period)}` }),
+      el('span', { text: ` ${of}` }),
     ])
   }
 
-  /** Bars of billed cost per day over the whole period (days without requests show as empty). */
+  /**
+   * Bars of billed cost per day over the whole period (days without requests show as empty).
+   * Horizontal positions are percentages and heights pixels, with no viewBox: the SVG stretches
+   * to its card without scaling, so its labels stay at their CSS size on a phone.
+   */
   function chart (container, days, s) {
     container.replaceChildren()
     const byDay = new Map(days.map((d) => [d.day, d]))
@@ -157,27 +178,32 @@
     const max = days.reduce((m, d) => Math.max(m, Number(d.billed_cost_usd)), 0)
     // The label shows the exact amount of the highest day; the float only sizes bars.
     const top = days.reduce((b, d) => (b === null || Number(d.billed_cost_usd) > Number(b.billed_cost_usd) ? d : b), null)
-    const W = 720; const H = 200; const pad = 28; const bw = (W - pad) / Math.max(all.length, 1)
+    const H = 200; const TOP = 20; const n = Math.max(all.length, 1)
+    const pct = (x) => `${(x * 100).toFixed(4)}%`
     const NS = 'http://www.w3.org/2000/svg'
     const svg = document.createElementNS(NS, 'svg')
-    svg.setAttribute('viewBox', `0 0 ${W} ${H + 20}`)
+    svg.setAttribute('width', '100%')
+    svg.setAttribute('height', String(H + 22))
     svg.setAttribute('role', 'img')
-    const total = days.reduce((n, d) => n + d.requests, 0)
+    const total = days.reduce((k, d) => k + d.requests, 0)
     svg.setAttribute('aria-label', `Billed cost per day from ${s.from} through ${s.through}; highest day ${top ? usd(top.billed_cost_usd) : '$0.00'}; ${total} requests. The table below lists each day.`)
     const axis = document.createElementNS(NS, 'line')
-    for (const [k, v] of [['x1', pad], ['x2', W], ['y1', H], ['y2', H]]) axis.setAttribute(k, String(v))
+    for (const [k, v] of [['x1', '0'], ['x2', '100%'], ['y1', H], ['y2', H]]) axis.setAttribute(k, String(v))
     axis.setAttribute('class', 'axis')
     svg.append(axis)
     const label = document.createElementNS(NS, 'text')
     label.setAttribute('x', '0'); label.setAttribute('y', '12'); label.setAttribute('class', 'tick')
-    label.textContent = top ? usd(top.billed_cost_usd) : '$0.00'
+    label.textContent = top ? `highest day ${usd(top.billed_cost_usd)}` : '$0.00'
     svg.append(label)
+    // Date labels: the first, the last, and about six between, none crowding the last one.
+    const step = Math.ceil(n / 6)
+    const labelled = (i) => i === 0 || i === n - 1 || (n > 10 && i % step === 0 && n - 1 - i >= step / 2)
     all.forEach((day, i) => {
       const d = byDay.get(day)
-      const h = d && max > 0 ? Math.max(1, (Number(d.billed_cost_usd) / max) * (H - 20)) : 0
+      const h = d && max > 0 ? Math.max(1, (Number(d.billed_cost_usd) / max) * (H - TOP)) : 0
       const r = document.createElementNS(NS, 'rect')
-      r.setAttribute('x', String(pad + i * bw + bw * 0.1))
-      r.setAttribute('width', String(Math.max(bw * 0.8, 1)))
+      r.setAttribute('x', pct((i + 0.1) / n))
+      r.setAttribute('width', pct(0.8 / n))
       r.setAttribute('y', String(H - h))
       r.setAttribute('height', String(h))
       r.setAttribute('class', 'bar')
@@ -186,9 +212,10 @@
       tip.textContent = `${day}: ${d ? usd(d.billed_cost_usd) : '$0.00'} billed, ${d ? d.requests : 0} requests`
       r.append(tip)
       svg.append(r)
-      if (i === 0 || i === all.length - 1 || (all.length > 10 && i % Math.ceil(all.length / 6) === 0)) {
+      if (labelled(i)) {
         const tx = document.createElementNS(NS, 'text')
-        tx.setAttribute('x', String(pad + i * bw)); tx.setAttribute('y', String(H + 16)); tx.setAttribute('class', 'tick')
+        tx.setAttribute('x', pct(i === 0 ? 0 : i === n - 1 ? 1 : (i + 0.5) / n)); tx.setAttribute('y', String(H + 16)); tx.setAttribute('class', 'tick')
+        tx.setAttribute('text-anchor', i === 0 ? 'start' : i === n - 1 ? 'end' : 'middle')
         tx.textContent = day.slice(5)
         svg.append(tx)
       }
@@ -205,7 +232,7 @@
     const p = apiPeriod(s)
     const [days, users, models, tasks, outcomes] = await Promise.all(['day', 'user', 'model', 'task', 'outcome']
       .map((g) => api(`/admin/v1/usage?${p}&group_by=${g}`)))
-    $('org').textContent = days.organization
+    showOrganization(days)
     totalsInto($('totals'), days.totals)
     const empty = days.totals.requests === 0
     $('empty').hidden = !empty
@@ -222,7 +249,7 @@
           : el('a', { href: '#', 'data-user': r.user, text: r.user_name || r.user }) },
         { key: 'email', label: 'Email', cell: (r) => r.user_email || '' },
         ...SUM_COLUMNS,
-        { key: 'budget', label: 'Budget used', cell: (r) => budgetCell(r.budget) },
+        budgetColumn(users.data),
       ],
     })
     table($('models'), { id: 'models-table', title: 'Spend per model', csv: csvHref(`/admin/v1/usage?${p}&group_by=model`), rows: models.data, sortBy: 'billed',
@@ -231,6 +258,12 @@
       columns: [{ key: 'task', label: 'Kind', cell: (r) => taskLabel(r.task) }, ...SUM_COLUMNS] })
     table($('outcomes'), { id: 'outcomes-table', title: 'Outcomes: failed, aborted and refused requests', csv: csvHref(`/admin/v1/usage?${p}&group_by=outcome`), rows: outcomes.data,
       columns: [{ key: 'outcome', label: 'Outcome', cell: (r) => el('span', { class: r.outcome === 'ok' ? '' : 'warn', text: r.outcome }) }, ...SUM_COLUMNS] })
+  }
+
+  // The header names the organization as people know it; the id stays at hand in the tooltip.
+  function showOrganization (body) {
+    $('org').textContent = body.organization_name || body.organization
+    $('org').title = body.organization
   }
 
   function taskLabel (kind) {
@@ -247,9 +280,10 @@
       api(`/admin/v1/usage?${p}&group_by=day`), api(`/admin/v1/usage?${p}&group_by=model`),
       api(`/admin/v1/events?${p}&limit=50`), api(`/admin/v1/usage?${p}&group_by=user`),
     ])
+    showOrganization(days)
     const me = users.data[0]
     $('user-title').textContent = me && me.user_name ? `${me.user_name} (${s.user})` : s.user
-    $('user-budget').replaceChildren(...(me && me.budget ? [el('span', { text: 'Budget: ' }), budgetCell(me.budget)] : []))
+    $('user-budget').replaceChildren(...(me && me.budget ? [el('span', { text: 'Budget: ' }), budgetCell(me.budget, true)] : []))
     totalsInto($('user-totals'), days.totals)
     const empty = days.totals.requests === 0
     $('user-empty').hidden = !empty
