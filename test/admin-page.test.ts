@@ -193,6 +193,7 @@ if (!existsSync(CHROMIUM)) {
     await reload()
     t.equal(await page.textContent('#org'), 'Acme GmbH', 'ORGANIZATION_NAME')
     t.equal(await page.getAttribute('#org', 'title'), 'mai_client_63a4eb6d', 'the id at hand in the tooltip')
+    t.equal(await page.title(), 'Usage · Acme GmbH · usage-proxy', 'and in the tab')
     await page.click('#users-table a[data-user="u-anna"]')
     await page.waitForSelector('#user-view:not([hidden]) #user-totals-billed [data-exact]')
     t.equal(await page.textContent('#org'), 'Acme GmbH', 'on a user\'s page too')

@@ -262,8 +262,10 @@
 
   // The header names the organization as people know it; the id stays at hand in the tooltip.
   function showOrganization (body) {
-    $('org').textContent = body.organization_name || body.organization
+    const name = body.organization_name || body.organization
+    $('org').textContent = name
     $('org').title = body.organization
+    document.title = `Usage · ${name} · usage-proxy`
   }
 
   function taskLabel (kind) {

@@ -128,8 +128,8 @@ export const BREAKS = [
   {
     name: 'moneyshow: the page header shows the organization id',
     file: 'web/admin/app.js',
-    search: "$('org').textContent = body.organization_name || body.organization",
-    replace: "$('org').textContent = body.organization",
+    search: 'const name = body.organization_name || body.organization',
+    replace: 'const name = body.organization',
     tests: PAGE,
   },
   {
