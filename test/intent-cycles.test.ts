@@ -92,7 +92,7 @@ t.test('random kill cycles: every billed generation has exactly one row', async 
       }
     }
   }
-  await new Promise((r) => setTimeout(r, 500)) // the fake finishes what the dead sidecars asked for (slow-complete: 400 ms)
+  await until('the fake finished what the dead sidecars asked for', () => fake.answering === 0)
   const gens = gensOf(users)
   await sidecar(t, db, dataDir, port)
   let rows: Row[] = []

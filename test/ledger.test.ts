@@ -300,7 +300,12 @@ t.test('an organization deleted while a batch for it is being inserted: the dele
   let deleteSettled = false
   const del = db.sql`delete from organizations where id = 'mai_client_racing'`.then(() => 'deleted', (e: { code?: string }) => e.code)
     .finally(() => { deleteSettled = true })
-  await new Promise((resolve) => setTimeout(resolve, 300))
+  // Seen from a connection of its own: the delete settles (wrongly) or waits on a lock.
+  const watcher = postgres(db.url, { max: 1, onnotice: () => {} })
+  t.teardown(() => watcher.end({ timeout: 1 }))
+  const lockWait = async () => (await watcher`select count(*)::int as n from pg_stat_activity
+    where wait_event_type = 'Lock' and query like 'delete from organizations%'`)[0].n > 0
+  while (!deleteSettled && !await lockWait()) await new Promise((r) => setTimeout(r, 10))
   t.notOk(deleteSettled, 'the delete waits for the open batch')
   release()
   await batch
