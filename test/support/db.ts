@@ -60,6 +60,15 @@ async function createEmbedded (): Promise<TestDb> {
   }
 }
 
+/**
+ * A tap `skip` option for a test that needs a PostgreSQL server, not the embedded fallback: one
+ * about concurrent backends (locks, pg_stat_activity, cancelling a running query), which a single
+ * PGlite session cannot have. False when a server answers, so CI's run with one runs them all.
+ */
+export async function serverOnly (why: string): Promise<string | false> {
+  return (await realServerAvailable()) ? false : `needs a PostgreSQL server (none answers on 127.0.0.1:5432): ${why}`
+}
+
 /** Polls a query until it returns rows (the ledger writes off the request path), or times out empty. */
 export async function rowsSoon<T> (read: () => Promise<T[]>, timeoutMs = 7500): Promise<T[]> {
   const deadline = Date.now() + timeoutMs
