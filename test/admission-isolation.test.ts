@@ -1,7 +1,7 @@
 import t, { type Test } from 'tap'
 import { request } from 'undici'
 import { FakeOpenRouter } from './support/fake-openrouter.js'
-import { createTestDb, serverOnly, type TestDb } from './support/db.js'
+import { createTestDb, withoutServer, type TestDb } from './support/db.js'
 import { baseEnv, startSidecar, type Started } from './support/sidecar.js'
 import { ORG } from './support/seed.js'
 
@@ -68,9 +68,10 @@ async function seedUsers (db: TestDb, users: number, perUser: number): Promise<v
 
 // Admissions have connections of their own only on a server: the embedded database is one session,
 // which the sidecar shares between admissions and reports.
-const skip = await serverOnly('admissions on their own connections, beside a flood of reports')
+const WHY = 'admissions on their own connections, beside a flood of reports'
 
-t.test('(a) a flood of "My usage" from hundreds of users: a user with a $0 budget is refused every time, never served', { skip }, async (t) => {
+t.test('(a) a flood of "My usage" from hundreds of users: a user with a $0 budget is refused every time, never served', async (t) => {
+  if (await withoutServer(t, WHY)) return
   const { db, s } = await sidecar(t, { USER_BUDGET_USD: '0' })
   await seedUsers(db, 600, 20)
   t.equal(await statusOf(chat(s.url, 'broke')), 402, 'refused before the flood')
@@ -92,7 +93,8 @@ t.test('(a) a flood of "My usage" from hundreds of users: a user with a $0 budge
   t.equal(await failedOpen(s.url), 0, `no admission failed open ${why(s)}`)
 })
 
-t.test('(b) long usage reports over thousands of users: admissions meanwhile never fail open', { skip }, async (t) => {
+t.test('(b) long usage reports over thousands of users: admissions meanwhile never fail open', async (t) => {
+  if (await withoutServer(t, WHY)) return
   const { db, s } = await sidecar(t, { USER_BUDGET_USD: '0' })
   await seedUsers(db, 3000, 2)
   await putBudget(s.url, 'seed-7', '3')
@@ -114,7 +116,8 @@ t.test('(b) long usage reports over thousands of users: admissions meanwhile nev
   t.equal(await failedOpen(s.url), 0, `no admission failed open ${why(s)}`)
 })
 
-t.test('(c) the main pool held by blocked queries: admissions still complete through their own connections', { skip }, async (t) => {
+t.test('(c) the main pool held by blocked queries: admissions still complete through their own connections', async (t) => {
+  if (await withoutServer(t, WHY)) return
   const { db, s } = await sidecar(t, { USER_BUDGET_USD: '0', USER_RPM: '1000', DATABASE_POOL_MAX: '5' })
   await putBudget(s.url, 'rich', '100')
   t.equal(await statusOf(chat(s.url, 'rich')), 200, 'served before')

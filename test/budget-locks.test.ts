@@ -1,7 +1,7 @@
 import t from 'tap'
 import postgres from 'postgres'
 import { randomUUID } from 'node:crypto'
-import { createTestDb, serverOnly, type TestDb } from './support/db.js'
+import { createTestDb, withoutServer, type TestDb } from './support/db.js'
 import { migrate } from '../src/db/migrate.js'
 import { Reserver } from '../src/budgets/reserver.js'
 
@@ -11,7 +11,7 @@ import { Reserver } from '../src/budgets/reserver.js'
 // sleep decides anything: the test waits until Postgres reports the second one blocked (or done).
 
 const ORG = 'mai_client_locks'
-const skip = await serverOnly('two transactions at once, the second blocked on the first\'s lock')
+const WHY = 'two transactions at once, the second blocked on the first\'s lock'
 let db: TestDb
 const conns: Array<postgres.Sql<{}>> = []
 
@@ -77,7 +77,8 @@ async function race (user: string | null, amount: string) {
   return { first: first.refused_scope, second: r2.refused_scope, state, counters: counters.map((c) => [c.scope, c.reserved]) }
 }
 
-t.test('organization counter: two 0.6 reservations against 1.0, the second while the first is uncommitted', { skip }, async (t) => {
+t.test('organization counter: two 0.6 reservations against 1.0, the second while the first is uncommitted', async (t) => {
+  if (await withoutServer(t, WHY)) return
   await reset()
   await db.sql`insert into budgets (organization_id, scope, user_id, limit_usd, period) values (${ORG}, 'organization', '', 1.0, 'month')`
   const r = await race(null, '0.6')
@@ -87,7 +88,8 @@ t.test('organization counter: two 0.6 reservations against 1.0, the second while
   t.same(r.counters, [['organization', '0.6']], 'only the first is held')
 })
 
-t.test('user counter: the same race on one user\'s budget, the organization unlimited', { skip }, async (t) => {
+t.test('user counter: the same race on one user\'s budget, the organization unlimited', async (t) => {
+  if (await withoutServer(t, WHY)) return
   await reset()
   await db.sql`insert into budgets (organization_id, scope, user_id, limit_usd, period) values (${ORG}, 'user', 'ulla', 1.0, 'day')`
   const r = await race('ulla', '0.6')
@@ -97,7 +99,8 @@ t.test('user counter: the same race on one user\'s budget, the organization unli
   t.same(r.counters, [['user', '0.6']])
 })
 
-t.test('user counter under a default-user budget, with an organization budget that has room', { skip }, async (t) => {
+t.test('user counter under a default-user budget, with an organization budget that has room', async (t) => {
+  if (await withoutServer(t, WHY)) return
   await reset()
   await db.sql`insert into budgets (organization_id, scope, user_id, limit_usd, period) values
     (${ORG}, 'organization', '', 100, 'month'), (${ORG}, 'default-user', '', 1.0, 'week')`
@@ -112,7 +115,8 @@ t.test('user counter under a default-user budget, with an organization budget th
   t.equal(o.r, '1.1', '0.5 + 0.6 on the organization')
 })
 
-t.test('a budget written while a usage row settles counts that row exactly once', { skip }, async (t) => {
+t.test('a budget written while a usage row settles counts that row exactly once', async (t) => {
+  if (await withoutServer(t, WHY)) return
   await reset()
   await db.sql`insert into budgets (organization_id, scope, user_id, limit_usd, period) values (${ORG}, 'organization', '', 10, 'month'), (${ORG}, 'user', 'rita', 5, 'month')`
   await insertUsage(db.sql, 'rita', '0.25')

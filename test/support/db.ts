@@ -61,12 +61,15 @@ async function createEmbedded (): Promise<TestDb> {
 }
 
 /**
- * A tap `skip` option for a test that needs a PostgreSQL server, not the embedded fallback: one
- * about concurrent backends (locks, pg_stat_activity, cancelling a running query), which a single
- * PGlite session cannot have. False when a server answers, so CI's run with one runs them all.
+ * For a test that needs a PostgreSQL server, not the embedded fallback: one about concurrent
+ * backends (locks, pg_stat_activity, cancelling a running query), which a single PGlite session
+ * cannot have. Without a server it ends the test as skipped, saying why, and returns true; where a
+ * server answers (CI's run with one) it returns false and the test runs.
  */
-export async function serverOnly (why: string): Promise<string | false> {
-  return (await realServerAvailable()) ? false : `needs a PostgreSQL server (none answers on 127.0.0.1:5432): ${why}`
+export async function withoutServer (t: { plan: (n: number, why: string) => void }, why: string): Promise<boolean> {
+  if (await realServerAvailable()) return false
+  t.plan(0, `needs a PostgreSQL server (none answers on 127.0.0.1:5432): ${why}`)
+  return true
 }
 
 /** Polls a query until it returns rows (the ledger writes off the request path), or times out empty. */
