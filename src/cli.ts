@@ -1,8 +1,10 @@
 #!/usr/bin/env node
 import { createHash, randomBytes } from 'node:crypto'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 
 // The `usage-proxy` command: `start` (the default) runs the sidecar, `gen-env` writes the .env
-// of a new client organization. No framework: two commands and one option.
+// of a new client organization; the other commands load their modules on demand. No framework.
 
 const USAGE = `usage: usage-proxy [command]
 
@@ -20,6 +22,9 @@ commands:
   statement --month YYYY-MM [--format csv|json|md] [--out FILE] [--all-organizations]
                                  the month's statement per user (requests, tokens, cost,
                                  markup, billed) with exact totals; reads DATABASE_URL
+  export-db --to postgres://…    copy the embedded database under DATA_DIR (sidecar stopped)
+                                 into an empty PostgreSQL database, schema first; then start
+                                 with DATABASE_URL and the same DATA_DIR
   help, --help, -h               print this help
 
 example:
@@ -124,6 +129,9 @@ async function run (argv: string[]): Promise<void> {
   } else if (command === 'verify') {
     const [{ runVerify }, { processEnvironment }] = await Promise.all([import('./usage/reports/verify-command.js'), import('./config/env-file.js')])
     process.exitCode = await runVerify(args, processEnvironment())
+  } else if (command === 'export-db') {
+    const [{ runExportDb }, { processEnvironment }] = await Promise.all([import('./db/export-command.js'), import('./config/env-file.js')])
+    process.exitCode = await runExportDb(args, processEnvironment(), join(dirname(fileURLToPath(import.meta.url)), '..', 'sql'))
   } else if (command === 'gen-env') {
     process.stdout.write(genEnv(args))
   } else if (command === 'statement') {
