@@ -14,7 +14,7 @@ commands:
   gen-env "<Organization Name>" [--prefix mai_client]
                                  print a .env for a new client organization to stdout:
                                  its stable OPENROUTER_EXTERNAL_USER id, fresh PROXY_API_KEY,
-                                 WEBUI_SECRET_KEY and POSTGRES_PASSWORD, and a placeholder
+                                 ADMIN_API_KEY, WEBUI_SECRET_KEY and POSTGRES_PASSWORD, and a placeholder
                                  OPENROUTER_API_KEY; values unquoted (docker run --env-file)
   verify [--month YYYY-MM]       recompute the daily rollups from the raw rows and list any
                                  difference; exits 1 when one differs (needs DATABASE_URL, or
@@ -101,6 +101,9 @@ function genEnv (args: string[]): string {
     '# The key Open WebUI presents to usage-proxy (compose passes it to Open WebUI as OPENAI_API_KEY).',
     '# Without one, usage-proxy listens on 127.0.0.1 only.',
     `PROXY_API_KEY=up-${secret()}`,
+    '',
+    '# Signs in to the usage page (http://localhost:8787/admin/) and the /admin/v1 API.',
+    `ADMIN_API_KEY=${secret()}`,
     '',
     '# Signs Open WebUI\'s sessions: a fixed value keeps users logged in when the container is recreated.',
     `WEBUI_SECRET_KEY=${secret()}`,
