@@ -11,7 +11,7 @@ import { journalLines, nothingPending, sendAs, until } from './support/crash-cyc
 import { runVerify } from '../src/usage/reports/verify-command.js'
 import { externalUserId } from '../src/identity/external-id.js'
 
-// README "Durability": no billed generation without a row. A request is journaled (an intent
+// docs/durability.md: no billed generation without a row. A request is journaled (an intent
 // line, with the admission's estimate) before it goes upstream, so a SIGKILL at any moment leaves
 // a row for it at the next start: reconciled through /generation when its generation id was
 // seen, else 'interrupted' with no cost and the estimate in estimated_cost_usd.

@@ -10,7 +10,7 @@ import { faultEnv, freePort, spawnSidecar, type Child } from './support/child.js
 import { sendAs, until } from './support/crash-cycle.js'
 import { externalUserId } from '../src/identity/external-id.js'
 
-// README "Durability": no billed generation without a row, whenever the SIGKILL comes. Random
+// docs/durability.md: no billed generation without a row, whenever the SIGKILL comes. Random
 // kill cycles against a fake OpenRouter: every generation it billed has exactly one row after
 // the last restart (by its generation id, or, never named, by its request's user).
 

@@ -84,7 +84,7 @@ export const envSchema = z.object({
   USER_RPM: positiveInt.optional(),
   USER_MAX_CONCURRENT: positiveInt.optional(),
   DATABASE_READ_URL: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL').optional(),
-  // Fleet (README "Many sidecars, one Postgres"): connections per sidecar and a deadline on every query.
+  // Fleet (docs/scale.md, "Many sidecars, one Postgres"): connections per sidecar and a deadline on every query.
   DATABASE_DIRECT_URL: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL').optional(),
   DATABASE_POOL_MAX: positiveInt.max(100).default(4),
   DATABASE_ADMISSION_POOL_MAX: positiveInt.max(20).default(2),

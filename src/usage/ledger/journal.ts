@@ -9,7 +9,7 @@ import type { UsageRecord } from './record.js'
 // appended during one turn goes out in one write(2) to an O_APPEND file at the end of that turn
 // (setImmediate), or sooner when someone needs it on disk now (flush). Once written, a line
 // survives a SIGKILL (the kernel has it); a torn last line after a power cut is skipped and
-// reported at replay, never fatal. README "Durability" states what this promises a client.
+// reported at replay, never fatal. docs/durability.md states what this promises a client.
 //
 // Segments: journal/seg-<seq>.jsonl, about 1 MB each. A segment is deleted when every record it
 // holds is committed. Four kinds of line, all keyed by the record's eventId; for one eventId a
