@@ -1,6 +1,6 @@
 import type { ServerResponse } from 'node:http'
 import type { BudgetPeriod } from '../config/config.js'
-import { formatUsd, fromUnits, toUnits } from '../lib/money.js'
+import { formatUsd, fromUnits, toUnits } from '../lib/decimal.js'
 import { ADJECTIVE, humanTime, resetsAt } from './periods.js'
 
 // What the person in the chat reads. Open WebUI shows error.message of a JSON error that arrives

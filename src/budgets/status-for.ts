@@ -1,7 +1,7 @@
 import type { BudgetPeriod } from '../config/config.js'
 import type { Sql } from '../db/connect.js'
 import type { BudgetFor, BudgetStatus, BudgetsFor } from '../usage/reports/budget-seam.js'
-import { trimDecimal } from '../lib/money.js'
+import { trimDecimal } from '../lib/decimal.js'
 import { periodStart, resetsAt } from './periods.js'
 
 // The budget that governs each user now (their own, else the default) with its current period's

@@ -159,14 +159,14 @@ export const BREAKS = [
   },
   {
     name: 's8bt: mulDivUp rounds down',
-    file: 'src/lib/money.ts',
+    file: 'src/lib/decimal.ts',
     search: 'return p % c === 0n ? p / c : p / c + 1n',
     replace: 'return p / c',
     tests: [MONEY],
   },
   {
     name: 's8bt: amounts under a cent rounded to cents ($0.0025 reads $0.00)',
-    file: 'src/lib/money.ts',
+    file: 'src/lib/decimal.ts',
     search: 'const places = underCent ? first + 2 : 2',
     replace: 'const places = 2',
     tests: [MONEY, REFUSAL],
