@@ -1,7 +1,7 @@
 import type { Sql } from '../../db/connect.js'
 import { requestsSince, sumsSource, usageByGroup } from './usage-report.js'
 import { totalsOf } from './totals.js'
-import type { BudgetFor } from './budget-seam.js'
+import type { BudgetFor } from '../../budgets/status-for.js'
 import { formatUsd } from '../../lib/decimal.js'
 
 // "My usage": what a user sees when they pick the virtual model in the chat. A short Markdown
