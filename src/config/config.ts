@@ -56,7 +56,7 @@ export const envSchema = z.object({
   REQUIRE_USER_IDENTITY: bool.default(false),
   MAX_CONNECTIONS: positiveInt.default(4096),
   MAX_CONNECTIONS_PER_IP: positiveInt.default(2048),
-  // h3-ops: operations (access log, /metrics, safer defaults, Open WebUI task headers)
+  // Operations: the access log, /metrics, whether a request without the proxy key passes, Open WebUI's task headers
   ALLOW_UNAUTHENTICATED: bool.default(false),
   ACCESS_LOG: z.enum(['on', 'off']).default('on'),
   METRICS_API_KEY: z.string().min(16, 'must be at least 16 characters (e.g. openssl rand -hex 24)').optional(),

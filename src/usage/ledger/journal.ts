@@ -152,7 +152,7 @@ export class Journal {
     return ok
   }
 
-  /** Its row is committed: the lines of this record are no longer needed. */
+  /** Its row is committed: the journal lets this record's lines go. */
   committed (eventId: string): void {
     if (this.lines.length > 0) this.flush() // its lines must be counted before they are let go
     const seqs = this.holders.get(eventId)
