@@ -12,14 +12,14 @@
 // the same rows. Prints one JSON object per command on stdout.
 //
 // `query` times the four billing questions below, then every SQL statement README.md and docs/
-// print (bench/doc-sql.js finds them, as test/readme-billing.test.ts does), with --explain their
+// print (test/doc-sql.mjs finds them, as test/readme-billing.test.ts does), with --explain their
 // plans on stderr.
 import { readFileSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
 import postgres from 'postgres'
 import { dbUrl, freshDatabase } from './db.js'
 import { ROOT } from './targets.js'
-import { documentedStatements, forOrganization } from './doc-sql.js'
+import { documentedStatements, forOrganization } from '../test/doc-sql.mjs'
 
 const arg = (name, dflt) => { const a = process.argv.find((x) => x.startsWith(`--${name}=`)); return a ? a.slice(name.length + 3) : dflt }
 const command = process.argv[2]

@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url'
 import postgres from 'postgres'
 import { createTestDb, type TestDb } from './support/db.js'
 import { migrate } from '../src/db/migrate.js'
-import { documentedStatements, forOrganization } from '../bench/doc-sql.js'
+import { documentedStatements, forOrganization } from './doc-sql.mjs'
 
 // The SQL that README.md and docs/ print, exactly as printed, run against a seeded ledger: each
 // billing query returns what the README says it does, every statement runs, and none of them
