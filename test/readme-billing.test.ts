@@ -130,6 +130,18 @@ t.test('the views show exact amounts without trailing zeros', async (t) => {
   t.equal(mine.b, dec(raw.billed), 'the same number, to the last digit')
   const [trimmed] = await sql`select trim_scale(0.0143275740000000000000000000::numeric)::text as v`
   t.equal(trimmed.v, '0.014327574')
+  // A cost whose own text ends in zeros, folded into the rollups: every view shows it trimmed.
+  const views = await rolledBack(async (tx) => {
+    await tx`insert into usage_events (event_id, generation_id, organization_id, user_id, external_user_id, endpoint, model, streamed, status,
+      outcome, usage_source, prompt_tokens, completion_tokens, total_tokens, cost_usd, markup_percent, kind, created_at)
+      values (gen_random_uuid(), 'gen-zeros', ${ORG}, 'u-1', ${ORG + '_user_1'}, 'chat/completions', 'm/one', true, 200,
+      'ok', 'inline', 10, 5, 15, '0.25000', 10, 'chat', '2001-01-15T12:00:00Z')`
+    await tx`select usage_rollup_compact()`
+    return tx`select (select cost_usd::text || ' ' || billed_cost_usd::text from spend_per_user_month where month = '2001-01-01') as u,
+      (select cost_usd::text || ' ' || billed_cost_usd::text from spend_per_model_month where month = '2001-01-01') as m,
+      (select cost_usd::text || ' ' || billed_cost_usd::text from spend_per_day where day = '2001-01-15') as d`
+  })
+  t.same(views[0], { u: '0.25 0.275', m: '0.25 0.275', d: '0.25 0.275' }, '0.25000 billed at 10% shows as 0.25 and 0.275')
 })
 
 interface PlanNode { 'Node Type': string, 'Relation Name'?: string, 'Index Name'?: string, Plans?: PlanNode[] }
