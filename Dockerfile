@@ -28,6 +28,9 @@ COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund \
  && npm cache clean --force
 COPY --from=build /app/dist ./dist
+# `usage-proxy statement|verify|export-db` on PATH (docker compose exec usage-proxy usage-proxy …):
+# the bin of package.json, which npm links only on a global install.
+RUN chmod 755 dist/cli.js && ln -s /app/dist/cli.js /usr/local/bin/usage-proxy
 # dist/main.js reads its migrations from ../sql, i.e. /app/sql.
 COPY sql ./sql
 # dist/admin/page.js serves the /admin/ page from ../../web/admin, i.e. /app/web/admin.

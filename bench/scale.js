@@ -3,18 +3,23 @@
 // (migrations 001-003 only) so the two can be compared side by side.
 //
 //   node bench/scale.js fill  --rows=10000000 --db=usage_proxy_bench_10m [--flat]
-//   node bench/scale.js query --db=usage_proxy_bench_10m [--flat] [--runs=5]
+//   node bench/scale.js query --db=usage_proxy_bench_10m [--flat] [--runs=5] [--explain]
 //   node bench/scale.js drop  --db=usage_proxy_bench_10m
 //
 // Rows: 12 months ending with the current one, 2,000 users in 5 organizations, 50 models (each
-// user sticks to 3 of them, as people do), 80% chat turns and 20% background tasks, costs exact
-// decimals. Everything derives from the row number, so the flat and partitioned databases hold
+// user sticks to 3 of them, as people do), 80% chat turns and 20% background tasks, 2% failed
+// upstream and 2% aborted by the client (half of those cancelled upstream), costs exact decimals. Everything derives from the row number, so the flat and partitioned databases hold
 // the same rows. Prints one JSON object per command on stdout.
+//
+// `query` times the four billing questions below, then every SQL statement README.md and docs/
+// print (test/doc-sql.mjs finds them, as test/readme-billing.test.ts does), with --explain their
+// plans on stderr.
 import { readFileSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
 import postgres from 'postgres'
 import { dbUrl, freshDatabase } from './db.js'
 import { ROOT } from './targets.js'
+import { documentedStatements, forOrganization } from '../test/doc-sql.mjs'
 
 const arg = (name, dflt) => { const a = process.argv.find((x) => x.startsWith(`--${name}=`)); return a ? a.slice(name.length + 3) : dflt }
 const command = process.argv[2]
@@ -22,6 +27,7 @@ const DB = arg('db', 'usage_proxy_bench_scale')
 const FLAT = process.argv.includes('--flat')
 const ROWS = Number(arg('rows', '1000000'))
 const RUNS = Number(arg('runs', '5'))
+const EXPLAIN = process.argv.includes('--explain')
 const MONTHS = 12
 const ORGS = 5
 const USERS = 2000
@@ -41,7 +47,9 @@ async function fill () {
   const t0 = performance.now()
   const files = readdirSync(join(ROOT, 'sql')).filter((f) => /^\d+_.*\.sql$/.test(f)).sort()
     .filter((f) => !FLAT || Number(f.slice(0, 3)) <= 3)
-  await sql.begin(async (tx) => { for (const f of files) await tx.unsafe(readFileSync(join(ROOT, 'sql', f), 'utf8')) })
+  // The current functions and triggers too (sql/functions, re-applied at every boot), as migrate() does.
+  const functions = FLAT ? [] : readdirSync(join(ROOT, 'sql', 'functions')).filter((f) => f.endsWith('.sql')).sort().map((f) => join('functions', f))
+  await sql.begin(async (tx) => { for (const f of [...files, ...functions]) await tx.unsafe(readFileSync(join(ROOT, 'sql', f), 'utf8')) })
   const [{ first }] = await sql`select (date_trunc('month', now() at time zone 'UTC') - interval '11 months')::date::text as first`
   if (!FLAT) {
     for (let m = 0; m < MONTHS; m++) await sql`select usage_ensure_partition((${first}::date + ${m} * interval '1 month')::date)`
@@ -64,14 +72,14 @@ async function fill () {
       await tx.unsafe(`insert into usage_events (event_id, generation_id, organization_id, user_id, external_user_id, endpoint, model,
           served_model, provider, streamed, status, outcome, finish_reason, usage_source, prompt_tokens, completion_tokens, total_tokens,
           cached_tokens, reasoning_tokens, cost_usd, upstream_cost_usd, is_byok, markup_percent, latency_ms, ttfb_ms, chat_id,
-          created_at, recorded_at, kind, message_id)
+          created_at, recorded_at, kind, message_id, cancelled)
         select md5('bench' || i)::uuid, 'gen-bench-' || i, 'bench_org_' || (u % ${ORGS}), 'user-' || u, 'bench_org_' || (u % ${ORGS}) || '_u' || u,
           'chat/completions', model, model, 'Provider ' || (${h(13)} % 7), i % 2 = 0, case when ${h(17)} % 50 = 0 then 502 else 200 end,
-          case when ${h(17)} % 50 = 0 then 'upstream_error' else 'ok' end, 'stop', 'inline', pt, ct, pt + ct, pt / 4, 0,
+          case ${h(17)} % 50 when 0 then 'upstream_error' when 1 then 'client_aborted' else 'ok' end, 'stop', 'inline', pt, ct, pt + ct, pt / 4, 0,
           ((pt * 3 + ct * 11) * 0.00000017)::numeric(20,10), null, false, ((u % ${ORGS}) * 2.5)::numeric(9,4),
           (${h(23)} % 9000 + 200)::numeric(12,3), (${h(29)} % 900 + 50)::numeric(12,3), 'chat-' || (i % 100000),
           ts, ts + interval '2 seconds', case when ${h(31)} % 10 < 8 then 'chat' when ${h(31)} % 10 = 8 then 'title_generation' else 'tags_generation' end,
-          md5('msg' || i)
+          md5('msg' || i), case when ${h(17)} % 50 = 1 then ${h(53)} % 2 = 0 end
         from (select i, u, 'vendor/model-' || ((u * 7 + (${h(37)} % 3) * 17) % ${MODELS}) as model,
                      (${h(41)} % 4000 + 20)::int as pt, (${h(43)} % 1500 + 5)::int as ct,
                      ('${first}'::date + interval '${m} months') at time zone 'UTC'
@@ -88,6 +96,18 @@ async function fill () {
     // In time order, organizations and users mixed within a day: the physical order the
     // sidecars' compaction produces over a year, not one clustered by organization.
     await sql.unsafe(`insert into usage_daily_rollups select * from (${q}) r order by day, md5(organization_id || external_user_id || model || kind)`)
+    // The monthly and per-organization daily sums, as the compaction folds them from the same
+    // deltas (sql/009): the invoice and the usage page read them.
+    await sql`insert into usage_monthly_rollups
+      select organization_id, date_trunc('month', day::timestamp)::date, external_user_id, model, kind,
+             sum(requests), sum(failed_or_aborted), sum(prompt_tokens), sum(completion_tokens), sum(total_tokens),
+             sum(cached_tokens), sum(reasoning_tokens), sum(cost_usd), sum(upstream_cost_usd), sum(billed_cost_usd), max(user_id)
+      from usage_daily_rollups group by 1, 2, 3, 4, 5 order by 2, 1, 3, 4, 5`
+    await sql`insert into usage_org_daily_rollups
+      select organization_id, day, kind,
+             sum(requests), sum(failed_or_aborted), sum(prompt_tokens), sum(completion_tokens), sum(total_tokens),
+             sum(cached_tokens), sum(reasoning_tokens), sum(cost_usd), sum(upstream_cost_usd), sum(billed_cost_usd)
+      from usage_daily_rollups group by 1, 2, 3 order by 2, 1, 3`
   }
   const rollupMs = since(tr)
   await sql.unsafe('vacuum analyze')
@@ -130,21 +150,75 @@ async function query () {
     oneUsersMonth: () => sql`select * from spend_per_user_month where organization_id = ${org} and month = ${month} and external_user_id = ${user}`,
   }
   const result = { command: 'query', db: DB, flat: FLAT, month, organization: org }
-  for (const [name, run] of Object.entries(queries)) {
-    const times = []
-    let rows = 0
-    await run() // warm the cache once: the median of 5 is of warm runs
-    for (let i = 0; i < RUNS; i++) {
-      const t = performance.now()
-      rows = (await run()).length
-      times.push(performance.now() - t)
+  for (const [name, run] of Object.entries(queries)) result[name] = await timed(sql, run)
+  // Then every statement README.md and docs/ print, as printed (their example organization is
+  // this one), each in a transaction rolled back so that a documented write leaves no trace.
+  if (!FLAT) {
+    result.documented = []
+    for (const { file, title, sql: text } of documentedStatements(ROOT)) {
+      const statement = forOrganization(text, org)
+      const run = async () => {
+        await sql.unsafe('begin')
+        try {
+          const t = performance.now()
+          const rows = await sql.unsafe(statement)
+          return Object.assign(rows, { ms: performance.now() - t })
+        } finally {
+          await sql.unsafe('rollback')
+        }
+      }
+      let entry
+      try {
+        entry = { file, title, ...await timed(sql, run) }
+      } catch (err) {
+        entry = { file, title, error: err.message }
+      }
+      result.documented.push(entry)
+      if (EXPLAIN) {
+        await sql.unsafe('begin')
+        try {
+          const plan = await sql.unsafe(`explain (analyze, buffers, costs off) ${statement}`)
+          process.stderr.write(`\n-- ${file}: ${title}\n${plan.map((r) => r['QUERY PLAN']).join('\n')}\n`)
+        } finally { await sql.unsafe('rollback') }
+      }
     }
-    times.sort((a, b) => a - b)
-    result[name] = { medianMs: Math.round(times[Math.floor(times.length / 2)] * 10) / 10, rows, runsMs: times.map((x) => Math.round(x)) }
   }
   Object.assign(result, await diskUsage(sql))
   out(result)
   await sql.end()
+}
+
+/**
+ * Median of RUNS warm runs (one run first to warm the cache); a run may report its own `ms`.
+ * cpuMs: the server process's own CPU time per run (utime + stime from /proc, the database being
+ * on this machine), which other processes' load does not inflate the way it inflates wall time.
+ */
+async function timed (sql, run) {
+  const times = []
+  let rows = 0
+  await run()
+  const pid = Number((await sql`select pg_backend_pid() as pid`)[0].pid)
+  const cpu0 = cpuTicks(pid)
+  for (let i = 0; i < RUNS; i++) {
+    const t = performance.now()
+    const r = await run()
+    times.push(r.ms ?? performance.now() - t)
+    rows = r.length
+  }
+  const cpu1 = cpuTicks(pid)
+  times.sort((a, b) => a - b)
+  const cpuMs = cpu0 === null || cpu1 === null ? null : Math.round((cpu1 - cpu0) * (1000 / CLOCK_TICKS) / RUNS * 10) / 10
+  return { medianMs: Math.round(times[Math.floor(times.length / 2)] * 10) / 10, cpuMs, rows, runsMs: times.map((x) => Math.round(x)) }
+}
+
+// USER_HZ: 100 on Linux everywhere it matters.
+const CLOCK_TICKS = 100
+function cpuTicks (pid) {
+  try {
+    // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')
+    return Number(fields[11]) + Number(fields[12])
+  } catch { return null }
 }
 
 async function drop () {
@@ -158,4 +232,4 @@ if (!/^[a-z_][a-z0-9_]*$/.test(DB)) throw new Error(`unsafe database name ${DB}`
 if (command === 'fill') await fill()
 else if (command === 'query') await query()
 else if (command === 'drop') await drop()
-else { process.stderr.write('usage: node bench/scale.js fill|query|drop --db=NAME [--rows=N] [--flat] [--runs=5]\n'); process.exitCode = 2 }
+else { process.stderr.write('usage: node bench/scale.js fill|query|drop --db=NAME [--rows=N] [--flat] [--runs=5] [--explain]\n'); process.exitCode = 2 }

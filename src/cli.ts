@@ -1,8 +1,10 @@
 #!/usr/bin/env node
 import { createHash, randomBytes } from 'node:crypto'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 
 // The `usage-proxy` command: `start` (the default) runs the sidecar, `gen-env` writes the .env
-// of a new client organization. No framework: two commands and one option.
+// of a new client organization; the other commands load their modules on demand. No framework.
 
 const USAGE = `usage: usage-proxy [command]
 
@@ -12,7 +14,7 @@ commands:
   gen-env "<Organization Name>" [--prefix mai_client]
                                  print a .env for a new client organization to stdout:
                                  its stable OPENROUTER_EXTERNAL_USER id, fresh PROXY_API_KEY,
-                                 WEBUI_SECRET_KEY and POSTGRES_PASSWORD, and a placeholder
+                                 ADMIN_API_KEY, WEBUI_SECRET_KEY and POSTGRES_PASSWORD, and a placeholder
                                  OPENROUTER_API_KEY; values unquoted (docker run --env-file)
   verify [--month YYYY-MM]       recompute the daily rollups from the raw rows and list any
                                  difference; exits 1 when one differs (needs DATABASE_URL, or
@@ -20,6 +22,9 @@ commands:
   statement --month YYYY-MM [--format csv|json|md] [--out FILE] [--all-organizations]
                                  the month's statement per user (requests, tokens, cost,
                                  markup, billed) with exact totals; reads DATABASE_URL
+  export-db --to postgres://…    copy the embedded database under DATA_DIR (sidecar stopped)
+                                 into an empty PostgreSQL database, schema first; then start
+                                 with DATABASE_URL and the same DATA_DIR
   help, --help, -h               print this help
 
 example:
@@ -97,6 +102,9 @@ function genEnv (args: string[]): string {
     '# Without one, usage-proxy listens on 127.0.0.1 only.',
     `PROXY_API_KEY=up-${secret()}`,
     '',
+    '# Signs in to the usage page (http://localhost:8787/admin/) and the /admin/v1 API.',
+    `ADMIN_API_KEY=${secret()}`,
+    '',
     '# Signs Open WebUI\'s sessions: a fixed value keeps users logged in when the container is recreated.',
     `WEBUI_SECRET_KEY=${secret()}`,
     '',
@@ -124,6 +132,9 @@ async function run (argv: string[]): Promise<void> {
   } else if (command === 'verify') {
     const [{ runVerify }, { processEnvironment }] = await Promise.all([import('./usage/reports/verify-command.js'), import('./config/env-file.js')])
     process.exitCode = await runVerify(args, processEnvironment())
+  } else if (command === 'export-db') {
+    const [{ runExportDb }, { processEnvironment }] = await Promise.all([import('./db/export-command.js'), import('./config/env-file.js')])
+    process.exitCode = await runExportDb(args, processEnvironment(), join(dirname(fileURLToPath(import.meta.url)), '..', 'sql'))
   } else if (command === 'gen-env') {
     process.stdout.write(genEnv(args))
   } else if (command === 'statement') {

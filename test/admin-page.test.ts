@@ -9,8 +9,7 @@ import { baseEnv, startSidecar, type Started } from './support/sidecar.js'
 import { seedLedger } from './support/seed.js'
 import { parseCsv } from './support/csv.js'
 import { externalUserId } from '../src/identity/external-id.js'
-import { sameDecimal, sumDecimals } from '../src/lib/decimal.js'
-import { formatUsd } from '../src/lib/money.js'
+import { formatUsd, sameDecimal, sumDecimals } from '../src/lib/decimal.js'
 
 // The /admin/ page in a real browser: Debian's Chromium driven by playwright-core (nothing is
 // downloaded). It signs in, reads the numbers the page shows and checks them against the

@@ -4,6 +4,7 @@ import { request } from 'undici'
 import { FakeOpenRouter } from './support/fake-openrouter.js'
 import { createTestDb, type TestDb } from './support/db.js'
 import { baseEnv, startSidecar, type Started } from './support/sidecar.js'
+import { journalLines, until } from './support/crash-cycle.js'
 import { externalUserId } from '../src/identity/external-id.js'
 import { BodyMemory } from '../src/proxy/body/body-memory.js'
 
@@ -93,11 +94,19 @@ t.test('a body queued behind a busy upstream connection keeps its memory until i
     }).then(async (res) => ({ status: res.statusCode, text: await res.body.text(), body }))
   }
   const seen = fake.requests.length
+  const intents = () => journalLines(one.dataDir).filter((l) => l.k === 'i').length
+  // The fake holds the slow stream after its headers: it keeps the one connection until released.
+  fake.holdAt = 'body'
+  t.teardown(() => fake.release())
   const slow = send('fake/slow', 'S', 300_000, true)
-  await new Promise((r) => setTimeout(r, 150)) // the slow stream holds the one connection
+  await until('the slow stream holds the one connection', () => fake.held === 1)
   const queued = send('fake/ok', 'Q', 700_000)
-  await new Promise((r) => setTimeout(r, 150)) // read and dispatched: waiting in the pool
+  // An intent line is written as a request is handed to the upstream pool.
+  await until('the second body read and waiting in the pool', () => intents() === 2)
   const third = send('fake/ok', 'T', 650_000)
+  await until('the third read while the second waits', () => intents() === 3)
+  t.equal(fake.held, 1, 'both still wait behind the slow stream')
+  fake.release()
   const answers = await Promise.all([slow, queued, third])
   t.same(answers.map((a) => a.status), [200, 200, 200])
   const forwarded = fake.requests.slice(seen).filter((r) => r.method === 'POST' && r.path.endsWith('/chat/completions')).map((r) => JSON.parse(r.body) as { messages: Array<{ content: string }> })

@@ -11,7 +11,7 @@ import { freePort, spawnSidecar, type Child } from './support/child.js'
 // The guarantee, with three sidecar processes sharing one Postgres and 64 requests in flight at
 // once (every eighth a stream the client aborts): a budget's billed spend ends at most its limit
 // plus the overruns (billed − estimate) of the requests that were in flight when spend crossed
-// it (README, "The guarantee"). Most requests cost $0.0004 ($0.00045 billed), just under their
+// it (docs/spend-control.md, "The guarantee"). Most requests cost $0.0004 ($0.00045 billed), just under their
 // estimate (200 completion tokens at $0.000002 plus the prompt, with markup); every fifth costs
 // $0.0007, more than OpenRouter lists, so overruns happen. u0 sends half the traffic and runs into
 // its own daily budget; the others together run into the organization's.

@@ -14,7 +14,7 @@ import { CLI, MAIN, ROOT as root, runNode, spawnNode } from './support/child.js'
 
 // The CLI is tested as users run it: `node dist/cli.js ...`, a separate process.
 
-const KEYS = ['MARKUP_PERCENT', 'OPENROUTER_API_KEY', 'OPENROUTER_EXTERNAL_USER', 'ORGANIZATION_NAME', 'POSTGRES_PASSWORD', 'PROXY_API_KEY', 'WEBUI_SECRET_KEY']
+const KEYS = ['ADMIN_API_KEY', 'MARKUP_PERCENT', 'OPENROUTER_API_KEY', 'OPENROUTER_EXTERNAL_USER', 'ORGANIZATION_NAME', 'POSTGRES_PASSWORD', 'PROXY_API_KEY', 'WEBUI_SECRET_KEY']
 const REAL_KEY = 'sk-or-v1-0123456789abcdef0123456789abcdef'
 
 function newestMtime (dir: string): number {
@@ -141,6 +141,8 @@ t.test('gen-env writes the secrets compose needs, and a signed-identity secret t
   const { text, env } = genEnv('Acme GmbH')
   t.match(env.WEBUI_SECRET_KEY, /^[A-Za-z0-9_-]{32}$/, 'Open WebUI sessions survive a recreated container')
   t.not(env.WEBUI_SECRET_KEY, env.POSTGRES_PASSWORD)
+  t.match(env.ADMIN_API_KEY, /^[A-Za-z0-9_-]{32}$/, 'the usage page\'s key: long enough for the schema')
+  t.not(env.ADMIN_API_KEY, env.PROXY_API_KEY)
   t.match(text, /^# FORWARD_USER_INFO_HEADER_JWT_SECRET=[A-Za-z0-9_-]{32}$/m, 'commented out: only for app versions that sign')
 })
 

@@ -1,8 +1,9 @@
 import t from 'tap'
-import { spawn } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
 import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { existsSync, readdirSync, readFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, readdirSync, readFileSync, symlinkSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { dirname, join, posix } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parse as parseYaml } from 'yaml'
@@ -259,4 +260,55 @@ t.test('the health checks pass on 200 and fail on 503', async (t) => {
     t.same(up.paths, [path], `${name}: asks ${path}`)
     t.equal((await probe(script, 503)).code, 1, `${name}: unhealthy on 503`)
   }
+})
+
+// ---- README's compose section and the files agree ----------------------------------------------
+
+const readme = read('README.md')
+const composeSection = ((): string => {
+  const start = readme.indexOf('## Running with Docker Compose')
+  return start === -1 ? '' : readme.slice(start, readme.indexOf('\n## ', start + 5) === -1 ? undefined : readme.indexOf('\n## ', start + 5))
+})()
+
+t.test('compose: every setting README\'s compose section names is in compose.example.yml', async (t) => {
+  t.not(composeSection, '', 'README has a "Running with Docker Compose" section')
+  const named = [...new Set([...composeSection.matchAll(/\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b/g)].map((m) => m[0]))].filter((n) => schemaKeys.has(n))
+  t.ok(named.includes('ADMIN_API_KEY') && named.includes('USER_BUDGET_USD') && named.includes('USER_RPM'), 'the section speaks of the admin key, budgets and rate limits')
+  // Optional ones may be commented out, but each is there to uncomment.
+  for (const name of named) t.match(composeText, new RegExp(`^\\s*(#\\s*)?${name}: `, 'm'), `${name} is in compose.example.yml`)
+  const env = envOf(services['usage-proxy'])
+  for (const name of ['ADMIN_API_KEY', 'ORG_BUDGET_USD', 'ORG_BUDGET_PERIOD', 'USER_BUDGET_USD', 'USER_BUDGET_PERIOD', 'USER_RPM', 'USER_MAX_CONCURRENT']) {
+    t.match(env[name], new RegExp(`^\\$\\{${name}:-[^}]*\\}$`), `${name} reaches the container from .env, empty (unset) by default`)
+  }
+})
+
+t.test('compose: the admin page\'s port is published', async (t) => {
+  const ports = ((services['usage-proxy'] as Service & { ports?: unknown[] }).ports ?? []).map(String)
+  const containerPort = (p: string): string => p.split(':').at(-1)!.split('/')[0]
+  t.ok(ports.some((p) => containerPort(p) === '8787' && p.split(':').length >= 2), `8787 published (${ports.join(', ')})`)
+  t.match(composeSection, /http:\/\/localhost:8787\/admin\//, 'README says where the page is')
+})
+
+t.test('Dockerfile: usage-proxy is on PATH, and README shows statement and verify through compose', async (t) => {
+  const link = one('RUN').map((i) => /ln -s\s+(\S+)\s+(\/usr\/local\/bin|\/usr\/bin)\/usage-proxy\b/.exec(i.args)).find(Boolean)
+  t.ok(link, 'a link named usage-proxy in a PATH directory')
+  const workdir = instructions.filter((i) => i.stage === last && i.op === 'WORKDIR').at(-1)?.args ?? '/'
+  const pkg = JSON.parse(read('package.json')) as { bin: Record<string, string> }
+  const bin = posix.resolve(workdir, pkg.bin['usage-proxy'])
+  t.equal(link?.[1], bin, 'it points at the bin of package.json, where the build puts it')
+  t.ok(one('RUN').some((i) => new RegExp(`chmod\\s+(\\+x|7[0-7][0-7])\\s+(${pkg.bin['usage-proxy'].replace('.', '\\.')}|${bin.replace(/[./]/g, '\\$&')})`).test(i.args)),
+    'and makes it executable (tsc writes 644)')
+  t.equal(read('src/cli.ts').split('\n')[0], '#!/usr/bin/env node', 'the shebang runs it with node')
+  for (const cmd of ['statement', 'verify']) t.match(composeSection, new RegExp(`docker compose exec usage-proxy usage-proxy ${cmd}\\b`), `README: ${cmd} through compose`)
+  t.match(composeText, /docker compose exec usage-proxy usage-proxy statement/, 'and the compose file\'s header')
+
+  // Run through a symlink as the image does: its imports resolve from the real file.
+  const cli = join(root, 'dist', 'cli.js')
+  if (!existsSync(cli)) return t.fail('dist/cli.js is built before the tests (npm test builds it)')
+  t.equal(readFileSync(cli, 'utf8').split('\n')[0], '#!/usr/bin/env node', 'the build keeps the shebang')
+  const dir = mkdtempSync(join(tmpdir(), 'usage-proxy-path-'))
+  symlinkSync(cli, join(dir, 'usage-proxy'))
+  const r = spawnSync(process.execPath, [join(dir, 'usage-proxy'), '--help'], { cwd: dir, env: { PATH: process.env.PATH ?? '' }, encoding: 'utf8' })
+  t.equal(r.status, 0, r.stderr)
+  t.match(r.stdout, /^usage: usage-proxy/)
 })

@@ -6,13 +6,13 @@ import type { AddressInfo } from 'node:net'
 import { FakeOpenRouter } from './support/fake-openrouter.js'
 import { createTestDb, type TestDb } from './support/db.js'
 import { baseEnv, startSidecar, TEST_KEY, type Started } from './support/sidecar.js'
-import { signJwt } from '../src/identity/jwt.js'
+import { signJwt } from './support/sign-jwt.js'
 import { externalUserId } from '../src/identity/external-id.js'
 import { createProxyServer } from '../src/proxy/server.js'
 import { createLogger } from '../src/lib/log.js'
 import { LogSink } from './support/sidecar.js'
 
-// Issue 8, the edge: what reaches OpenRouter, which paths pass, who may hold a connection, and
+// The edge: what reaches OpenRouter, which paths pass, who may hold a connection, and
 // that a fault in one exchange stays in that exchange.
 
 let fake: FakeOpenRouter
@@ -84,7 +84,7 @@ function dechunk (b: Buffer): Buffer {
 const forwarded = () => fake.requests.filter((r) => !(r.path.endsWith('/key') && r.headers['x-title'] === undefined))
 const lastUpstream = () => forwarded().at(-1)!
 
-t.test('item 2: Expect: 100-continue on a GET passthrough still gets the org key and loses the client\'s credentials', async (t) => {
+t.test('Expect: 100-continue on a GET passthrough still gets the org key and loses the client\'s credentials', async (t) => {
   const before = forwarded().length
   const res = await raw(s.url, 'GET /v1/models HTTP/1.1\r\nHost: x\r\n' +
     `Authorization: Bearer ${PROXY_KEY}\r\nExpect: 100-continue\r\nX-API-Key: client-key-abc\r\n` +
@@ -103,7 +103,7 @@ t.test('item 2: Expect: 100-continue on a GET passthrough still gets the org key
   t.equal(up['x-title'], 'usage-proxy')
 })
 
-t.test('item 4: backslash dot segments, plain or percent-encoded, are refused with 404 and never forwarded', async (t) => {
+t.test('backslash dot segments, plain or percent-encoded, are refused with 404 and never forwarded', async (t) => {
   const before = forwarded().length
   for (const [method, path] of [['GET', '/v1/..\\credits'], ['GET', '/v1/models\\..\\..\\credits'], ['GET', '/v1/..%5ccredits'],
     ['GET', '/api/v1/%5C..%5Ccredits'], ['HEAD', '/v1/..\\key'], ['POST', '/v1/chat\\..\\keys'], ['POST', '/v1/chat%5ccompletions']]) {
@@ -114,7 +114,7 @@ t.test('item 4: backslash dot segments, plain or percent-encoded, are refused wi
   t.equal(forwarded().length, before, 'nothing reached OpenRouter')
 })
 
-t.test('item 6: the GET passthrough serves the model catalogue only', async (t) => {
+t.test('the GET passthrough serves the model catalogue only', async (t) => {
   for (const path of ['/v1/credits', '/v1/key', '/v1/keys', '/v1/keys/abc', '/v1/activity', '/v1/auth/keys', '/v1/generation?id=gen-someone-elses',
     '/api/v1/credits', '/v1/chat/completions', '/v1/models/x/y/z/endpoints', '/v1/models/a/b']) {
     const before = forwarded().length
@@ -137,7 +137,7 @@ t.test('item 6: the GET passthrough serves the model catalogue only', async (t) 
   }
 })
 
-t.test('item 6: a GET body and method-override headers do not travel upstream', async (t) => {
+t.test('a GET body and method-override headers do not travel upstream', async (t) => {
   const before = forwarded().length
   const body = '{"name":"new key","limit":1000}'
   const res = await raw(s.url, `GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${PROXY_KEY}\r\n` +
@@ -151,7 +151,7 @@ t.test('item 6: a GET body and method-override headers do not travel upstream', 
   for (const h of ['x-http-method-override', 'x-http-method', 'x-method-override', 'content-length', 'transfer-encoding']) t.equal(up.headers[h], undefined, `${h} dropped`)
 })
 
-t.test('item 15: proxy-authorization and headers named in Connection never travel upstream, metered or passthrough', async (t) => {
+t.test('proxy-authorization and headers named in Connection never travel upstream, metered or passthrough', async (t) => {
   const body = JSON.stringify({ model: 'fake/ok', messages: [], user: 'hop-user' })
   const res = await raw(s.url, `POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${PROXY_KEY}\r\n` +
     'Proxy-Authorization: Basic c2VjcmV0OnNlY3JldA==\r\nConnection: close, X-Hop-Secret, X-Other-Hop\r\nX-Hop-Secret: hop-value\r\nX-Other-Hop: 1\r\n' +
@@ -182,7 +182,7 @@ async function rowFor (gen: string): Promise<any> {
   return undefined
 }
 
-t.test('item 15: an upstream that answers gzip anyway: the client gets the bytes untouched, the tap reads them decompressed', async (t) => {
+t.test('an upstream that answers gzip anyway: the client gets the bytes untouched, the tap reads them decompressed', async (t) => {
   for (const stream of [false, true]) {
     const lookups = fake.generationLookups
     const res = await request(s.url + '/v1/chat/completions', {
@@ -203,12 +203,12 @@ t.test('item 15: an upstream that answers gzip anyway: the client gets the bytes
   }
 })
 
-t.test('item 7: an unauthenticated request is answered 401 and its connection closed, without waiting for its body', { timeout: 20_000 }, async (t) => {
+t.test('an unauthenticated request is answered 401 and its connection closed, without waiting for its body', { timeout: 20_000 }, async (t) => {
   const { port } = new URL(s.url)
   const before = forwarded().length
   const result = await new Promise<{ text: string }>((resolve) => {
     const sock = connect(Number(port), '127.0.0.1', () => {
-      // A body announced, never finished: the old behaviour kept reading it for up to ten minutes.
+      // A body announced, never finished: waiting for it would hold the connection for minutes.
       sock.write('POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"model":')
     })
     let text = ''
@@ -237,7 +237,7 @@ function held (url: string, localAddress?: string): Promise<{ sock: Socket, serv
   })
 }
 
-t.test('item 7: MAX_CONNECTIONS and MAX_CONNECTIONS_PER_IP close connections over the bound', async (t) => {
+t.test('MAX_CONNECTIONS and MAX_CONNECTIONS_PER_IP close connections over the bound', async (t) => {
   const capped = await startSidecar(baseEnv(fake, db.url, { MAX_CONNECTIONS: '3', MAX_CONNECTIONS_PER_IP: '2' }))
   const open: Socket[] = []
   t.teardown(async () => { for (const sock of open) sock.destroy(); await capped.sidecar.stop() })
@@ -257,7 +257,7 @@ t.test('item 7: MAX_CONNECTIONS and MAX_CONNECTIONS_PER_IP close connections ove
   t.ok(again, 'a closed connection frees its slot')
 })
 
-t.test('item 11: REQUIRE_USER_IDENTITY refuses a request no user can be named for, with or without a JWT secret', async (t) => {
+t.test('REQUIRE_USER_IDENTITY refuses a request no user can be named for, with or without a JWT secret', async (t) => {
   const secret = 'require-identity-secret-0123456789'
   const signed = await startSidecar(baseEnv(fake, db.url, { REQUIRE_USER_IDENTITY: 'true', FORWARD_USER_INFO_HEADER_JWT_SECRET: secret }))
   const plain = await startSidecar(baseEnv(fake, db.url, { REQUIRE_USER_IDENTITY: 'true' }))
@@ -292,7 +292,7 @@ t.test('item 11: REQUIRE_USER_IDENTITY refuses a request no user can be named fo
   }
 })
 
-t.test('item 11: plain identity headers next to a JWT secret are logged, once per interval rather than per request', async (t) => {
+t.test('plain identity headers next to a JWT secret are logged, once per interval rather than per request', async (t) => {
   const secret = 'warning-secret-0123456789abcdef'
   const signed = await startSidecar(baseEnv(fake, db.url, { FORWARD_USER_INFO_HEADER_JWT_SECRET: secret }))
   t.teardown(() => signed.sidecar.stop())

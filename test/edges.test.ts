@@ -8,7 +8,7 @@ import { FakeOpenRouter } from './support/fake-openrouter.js'
 import { createTestDb, type TestDb } from './support/db.js'
 import { baseEnv, startSidecar, type Started } from './support/sidecar.js'
 import { freePort } from './support/child.js'
-import { signJwt } from '../src/identity/jwt.js'
+import { signJwt } from './support/sign-jwt.js'
 import { externalUserId } from '../src/identity/external-id.js'
 
 let fake: FakeOpenRouter

@@ -1,5 +1,6 @@
 import t from 'tap'
-import { BodyScan, FIELD_BYTES, scanBody, stringAt } from '../src/proxy/body/json-body.js'
+import { BodyScan, FIELD_BYTES, stringAt } from '../src/proxy/body/json-body.js'
+import { scanBody } from './support/scan-body.js'
 import { MAX_PARTS, TEXT_BYTES } from '../src/proxy/body/first-message.js'
 import { decodeJsonString } from '../src/proxy/body/json-text.js'
 import { mulberry32 } from './support/fake-openrouter.js'

@@ -5,7 +5,8 @@ import { createTestDb, rowsSoon, type TestDb } from './support/db.js'
 import { baseEnv, startSidecar, type Started } from './support/sidecar.js'
 import { externalUserId } from '../src/identity/external-id.js'
 import { identify, IdentityError, type IdentityOptions } from '../src/identity/identify.js'
-import { MAX_TOKEN_BYTES, signJwt } from '../src/identity/jwt.js'
+import { MAX_TOKEN_BYTES } from '../src/identity/jwt.js'
+import { signJwt } from './support/sign-jwt.js'
 import { normalizeId } from '../src/identity/user-id.js'
 
 // An id that names nobody (NUL, whitespace, control or format characters only) is no identity,

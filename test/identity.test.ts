@@ -1,7 +1,8 @@
 import t from 'tap'
 import { externalUserId } from '../src/identity/external-id.js'
 import { decodeName, identify, type IdentityOptions } from '../src/identity/identify.js'
-import { signJwt, verifyJwt } from '../src/identity/jwt.js'
+import { verifyJwt } from '../src/identity/jwt.js'
+import { signJwt } from './support/sign-jwt.js'
 
 const opts: IdentityOptions = {
   userIdHeader: 'x-openwebui-user-id', userNameHeader: 'x-openwebui-user-name', userEmailHeader: 'x-openwebui-user-email',

@@ -16,7 +16,7 @@ import { sendAs, until } from './support/crash-cycle.js'
 //
 // Requests in flight when the sidecar is SIGKILLed, whose generations OpenRouter billed and the
 // sidecar never saw named: after the restart the budgets count them at their estimates (nothing
-// reserved any more, nothing forgotten).
+// left held, nothing forgotten).
 
 let fake: FakeOpenRouter
 t.before(async () => { fake = await new FakeOpenRouter(77).start() })

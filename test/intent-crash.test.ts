@@ -7,11 +7,11 @@ import { FakeOpenRouter, sumDecimals, type FakeGeneration } from './support/fake
 import { createTestDb, type TestDb } from './support/db.js'
 import { TEST_KEY } from './support/sidecar.js'
 import { ROOT, faultEnv, freePort, spawnSidecar, type Child } from './support/child.js'
-import { journalLines, sendAs, until } from './support/crash-cycle.js'
+import { journalLines, nothingPending, sendAs, until } from './support/crash-cycle.js'
 import { runVerify } from '../src/usage/reports/verify-command.js'
 import { externalUserId } from '../src/identity/external-id.js'
 
-// README "Durability": no billed generation without a row. A request is journaled (an intent
+// docs/durability.md: no billed generation without a row. A request is journaled (an intent
 // line, with the admission's estimate) before it goes upstream, so a SIGKILL at any moment leaves
 // a row for it at the next start: reconciled through /generation when its generation id was
 // seen, else 'interrupted' with no cost and the estimate in estimated_cost_usd.
@@ -119,7 +119,7 @@ t.test('upstream paused with requests in flight, SIGKILL, upstream resumed, rest
   // Idempotent: a second restart (nothing new in the journal) makes no row twice.
   await kill(child)
   child = await sidecar(t, db, dataDir, port)
-  await new Promise((r) => setTimeout(r, 300))
+  await nothingPending(child.url)
   t.equal((await rowsOf(db)).length, 13, 'a restart replays nothing twice')
 })
 
@@ -155,7 +155,7 @@ t.test('a request refused by admission leaves no intent, only its 402 record', a
   child = await sidecar(t, db, dataDir, port, { ORG_BUDGET_USD: '0.000000000001' })
   let rows: Row[] = []
   await until('3 rows', async () => (rows = await rowsOf(db)).length >= 3)
-  await new Promise((r) => setTimeout(r, 300))
+  await nothingPending(child.url)
   rows = await rowsOf(db)
   t.same(rows.map((r) => [r.outcome, r.status, r.cost, r.estimate]), [0, 1, 2].map(() => ['budget_exceeded', 402, null, null]), 'the 402 records as they are, no interrupted phantom')
 })

@@ -10,7 +10,7 @@ import { faultEnv, freePort, spawnSidecar, type Child } from './support/child.js
 import { sendAs, until } from './support/crash-cycle.js'
 import { externalUserId } from '../src/identity/external-id.js'
 
-// README "Durability": no billed generation without a row, whenever the SIGKILL comes. Random
+// docs/durability.md: no billed generation without a row, whenever the SIGKILL comes. Random
 // kill cycles against a fake OpenRouter: every generation it billed has exactly one row after
 // the last restart (by its generation id, or, never named, by its request's user).
 
@@ -92,7 +92,7 @@ t.test('random kill cycles: every billed generation has exactly one row', async 
       }
     }
   }
-  await new Promise((r) => setTimeout(r, 500)) // the fake finishes what the dead sidecars asked for (slow-complete: 400 ms)
+  await until('the fake finished what the dead sidecars asked for', () => fake.answering === 0)
   const gens = gensOf(users)
   await sidecar(t, db, dataDir, port)
   let rows: Row[] = []

@@ -1,6 +1,7 @@
 import { spawnSync } from 'node:child_process'
 import t, { type Test } from 'tap'
-import { BodyScan, scanBody, stringAt, type JsonBody } from '../src/proxy/body/json-body.js'
+import { BodyScan, stringAt, type JsonBody } from '../src/proxy/body/json-body.js'
+import { scanBody } from './support/scan-body.js'
 import { JsonScanner } from '../src/proxy/body/json-scan.js'
 import { simdStrings, tuneStrings } from '../src/proxy/body/json-strings.js'
 import { mulberry32 } from './support/fake-openrouter.js'
@@ -437,8 +438,8 @@ t.test('the SIMD loop is there, and its bytes are compiled from json-strings.wat
   t.equal(check.status, 0, check.stderr)
   // Where WebAssembly is off the scanner still works, in JavaScript.
   const jitless = spawnSync(process.execPath, ['--jitless', '--input-type=module', '-e',
-    "import { simdStrings } from './dist/proxy/body/json-strings.js'; import { scanBody } from './dist/proxy/body/json-body.js'; " +
-    "const b = scanBody(Buffer.from(JSON.stringify({ model: 'm', messages: [{ content: 'x'.repeat(100) + '\\n\\u00e9' }] })));" +
+    "import { simdStrings } from './dist/proxy/body/json-strings.js'; import { BodyScan } from './dist/proxy/body/json-body.js'; " +
+    "const s = new BodyScan(Buffer.from(JSON.stringify({ model: 'm', messages: [{ content: 'x'.repeat(100) + '\\n\\u00e9' }] }))); s.step(); const b = s.body;" +
     "console.log(simdStrings(), b && b.string('model'))"], { encoding: 'utf8' })
   t.equal(jitless.stdout.trim(), 'false m', jitless.stderr)
 })

@@ -8,7 +8,7 @@ import { createTestDb, rowsSoon } from './support/db.js'
 import { TEST_KEY } from './support/sidecar.js'
 import { ROOT, faultEnv, freePort, spawnSidecar } from './support/child.js'
 
-// README "Durability": a client that holds a finished response has its record on disk. With group
+// docs/durability.md: a client that holds a finished response has its record on disk. With group
 // commit the record's line is written at the end of the turn; these kill the sidecar the moment
 // the client holds the whole answer, while that turn is still running (made long by
 // support/busy-turn.mjs, as a turn is under load), and look for the row after a restart.

@@ -2,7 +2,7 @@ import t from 'tap'
 import { readFileSync } from 'node:fs'
 import { createContext, runInContext } from 'node:vm'
 import { fileURLToPath } from 'node:url'
-import { formatUsd, fromUnits, mulDivUp, toUnits } from '../src/lib/money.js'
+import { formatUsd, fromUnits, mulDivUp, toUnits } from '../src/lib/decimal.js'
 
 // One rounding rule for every amount a person reads: the 402, "My usage" and the admin page.
 // The page cannot import TypeScript, so web/admin/money.js ports formatUsd(); this file runs the

@@ -7,7 +7,7 @@ import { createTestDb, type TestDb } from './support/db.js'
 import { baseEnv, settle, startSidecar, type Started } from './support/sidecar.js'
 import { ORG, seedLedger } from './support/seed.js'
 import { createSelfService } from '../src/proxy/self-service.js'
-import { formatUsd } from '../src/lib/money.js'
+import { formatUsd } from '../src/lib/decimal.js'
 import { createLogger } from '../src/lib/log.js'
 
 // The virtual model: listed next to OpenRouter's models, answered by the sidecar itself in the

@@ -60,10 +60,14 @@ async function writeAll (db: TestDb, records: UsageRecord[]): Promise<void> {
 
 const totals = (db: TestDb) => db.sql`select organization_id, count(*)::int as n, sum(cost_usd)::text as cost,
   sum(billed_cost_usd)::text as billed, sum(prompt_tokens)::text as prompt from usage_events group by 1 order by 1`
+// Amounts without trailing zeros: later migrations show the views' sums trimmed (the same numbers).
+const trimmed = (rows: Array<Record<string, unknown>>) => rows.map((r) => ({ ...r,
+  cost_usd: String(r.cost_usd).replace(/(\.\d*?)0+$/, '$1').replace(/\.$/, ''),
+  billed_cost_usd: String(r.billed_cost_usd).replace(/(\.\d*?)0+$/, '$1').replace(/\.$/, '') }))
 const views = async (db: TestDb) => ({
-  user: await db.sql`select * from spend_per_user_month order by organization_id, month, external_user_id, kind`,
-  model: await db.sql`select * from spend_per_model_month order by organization_id, month, model nulls first, kind`,
-  day: await db.sql`select * from spend_per_day order by organization_id, day, kind`,
+  user: trimmed(await db.sql`select * from spend_per_user_month order by organization_id, month, external_user_id, kind`),
+  model: trimmed(await db.sql`select * from spend_per_model_month order by organization_id, month, model nulls first, kind`),
+  day: trimmed(await db.sql`select * from spend_per_day order by organization_id, day, kind`),
 })
 
 t.test('an existing database converts in place: every row kept, totals and billing views equal to the last digit', async (t) => {

@@ -18,7 +18,8 @@ import { runVerify } from '../src/usage/reports/verify-command.js'
 // and kinds from usage_org_daily_rollups, the other days from the daily rollups; all of them plus
 // the deltas not folded yet. Every one of those reads must give the digits usage_events gives.
 // Also: the migration fills both tables from what is already there, verify checks them, and
-// events?model= (two ordered index scans merged) returns exactly the rows of the old OR.
+// events?model= (two ordered index scans merged) returns exactly the rows of a plain
+// `model = $1 or served_model = $1`.
 
 const DAY = 86_400_000
 const iso = (ms: number): string => new Date(ms).toISOString().slice(0, 10)

@@ -3,7 +3,8 @@ import type { Sql } from '../db/connect.js'
 import { PERIODS } from '../budgets/periods.js'
 import { budgetStatus, deleteBudget, setBudget, type BudgetScope } from '../budgets/store.js'
 import { sendError } from '../lib/errors.js'
-import { readJson, sendJson, type AdminRoute } from './router.js'
+import { readJson } from '../lib/read-body.js'
+import { sendJson, type AdminRoute } from './router.js'
 
 // /admin/v1/budgets: read and write the budgets of README "Budgets and limits".
 

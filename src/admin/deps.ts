@@ -2,7 +2,7 @@ import type { Config } from '../config/config.js'
 import type { Sql } from '../db/connect.js'
 import type { Logger } from '../lib/log.js'
 import type { FailOpenStats } from '../budgets/fail-open.js'
-import type { BudgetsFor } from '../usage/reports/budget-seam.js'
+import type { BudgetsFor } from '../budgets/status-for.js'
 import type { Backlog } from '../usage/ledger/ledger.js'
 
 // What the admin plane is given by the composition: connections, the logger and readings of the

@@ -1,7 +1,7 @@
 import type { AdminDeps } from './deps.js'
 import { admissionRoutes } from './admissions.js'
 import { budgetRoutes } from './budgets.js'
-import { noBudgetsFor } from '../usage/reports/budget-seam.js'
+import { noBudgetsFor } from '../budgets/status-for.js'
 import { ledgerRoutes } from './ledger.js'
 import { pageRoutes } from './page.js'
 import { createAdmin, sendJson, type AdminHandler, type AdminRoute } from './router.js'

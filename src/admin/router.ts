@@ -75,18 +75,6 @@ export function createAdmin (apiKey: string, routes: AdminRoute[], log: Logger):
   }
 }
 
-/** Reads a whole JSON request body (admin bodies are small): null when it is not a JSON value. */
-export async function readJson (req: IncomingMessage, limit = 64 * 1024): Promise<unknown> {
-  const parts: Buffer[] = []
-  let size = 0
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    size += chunk.length
-    if (size > limit) return null
-    parts.push(chunk)
-  }
-  try { return JSON.parse(Buffer.concat(parts).toString('utf8')) } catch { return null }
-}
-
 export function sendJson (res: ServerResponse, status: number, value: unknown): void {
   const body = JSON.stringify(value)
   res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), 'cache-control': 'no-store' })

@@ -1,6 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { sendError } from '../lib/errors.js'
+import { readText } from '../lib/read-body.js'
 import { ADMIN_COOKIE, type AdminRoute } from './router.js'
 
 // Sign-in for the /admin/ page: the key goes once in a POST body and comes back as an HttpOnly,
@@ -92,14 +93,8 @@ function redirect (res: ServerResponse, cookie: string): void {
 
 /** The key from a JSON body {"key": "..."} or a form field key=...; null when neither. */
 async function readKey (req: IncomingMessage): Promise<string | null> {
-  const parts: Buffer[] = []
-  let size = 0
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    size += chunk.length
-    if (size > MAX_BODY) return null
-    parts.push(chunk)
-  }
-  const text = Buffer.concat(parts).toString('utf8')
+  const text = await readText(req, MAX_BODY)
+  if (text === null) return null
   if (isForm(req)) return new URLSearchParams(text).get('key')
   try {
     const body = JSON.parse(text) as unknown

@@ -3,7 +3,7 @@ import { EVENT_COLUMNS, events, failedByOutcome, sumsSource, usageByGroup, usage
 import { totalsOf, withOkOutcome } from '../usage/reports/totals.js'
 import { externalUserId } from '../identity/external-id.js'
 import { sendError } from '../lib/errors.js'
-import type { BudgetsFor, BudgetStatus } from '../usage/reports/budget-seam.js'
+import type { BudgetsFor, UserBudget } from '../budgets/status-for.js'
 import { streamCsv } from './csv.js'
 import { ParamError, encodeCursor, optionalText, parseCursor, parseGroupBy, parseLimit, parsePeriod, wantsCsv } from './params.js'
 import { sendJson, type AdminRequest, type AdminRoute } from './router.js'
@@ -89,7 +89,7 @@ async function usage (deps: UsageDeps, { req, res, url }: AdminRequest): Promise
 
 async function * once<T> (rows: Promise<T[]>): AsyncIterable<T[]> { yield await rows }
 
-function shape (groupBy: GroupBy, row: GroupRow, budgets: Map<string, BudgetStatus> | null): Record<string, unknown> {
+function shape (groupBy: GroupBy, row: GroupRow, budgets: Map<string, UserBudget> | null): Record<string, unknown> {
   const sums = Object.fromEntries(SUM_COLUMNS.map((c) => [c, exactSum(row[c])]))
   if (groupBy !== 'user') return { [groupBy]: row.key, ...sums }
   const budget = row.key === null ? null : budgets?.get(row.key) ?? null

@@ -1,7 +1,7 @@
 import { request } from 'undici'
 import type { Sql } from '../db/connect.js'
 import type { Logger } from '../lib/log.js'
-import { toUnits, trimDecimal } from '../lib/money.js'
+import { toUnits, trimDecimal } from '../lib/decimal.js'
 import type { BudgetPeriod } from '../config/config.js'
 import { resetsAt } from './periods.js'
 

@@ -1,4 +1,4 @@
-import { fromUnits, mulDivUp } from '../lib/money.js'
+import { fromUnits, mulDivUp } from '../lib/decimal.js'
 import type { PriceList } from './prices.js'
 import type { PromptCounts } from './prompt-counts.js'
 

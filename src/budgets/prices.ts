@@ -1,5 +1,5 @@
 import type { Logger } from '../lib/log.js'
-import { mulDivUp, toUnits } from '../lib/money.js'
+import { mulDivUp, toUnits } from '../lib/decimal.js'
 
 // Prices from OpenRouter's GET /models (decimal strings in USD per token, per image, per request),
 // with each model's context_length and top_provider.max_completion_tokens; cached and refreshed
@@ -8,7 +8,7 @@ import { mulDivUp, toUnits } from '../lib/money.js'
 
 export type FetchModels = () => Promise<{ status: number, body: string }>
 
-/** A model's prices in 18-decimal units (money.ts); null where /models lists none. */
+/** A model's prices in 18-decimal units (lib/decimal.ts); null where /models lists none. */
 export interface Price {
   prompt: bigint
   completion: bigint

@@ -1,6 +1,7 @@
 import type { ServerResponse } from 'node:http'
 import type { BudgetPeriod } from '../config/config.js'
-import { formatUsd, fromUnits, toUnits } from '../lib/money.js'
+import { formatUsd, fromUnits, toUnits } from '../lib/decimal.js'
+import { sendError, type ErrorType } from '../lib/errors.js'
 import { ADJECTIVE, humanTime, resetsAt } from './periods.js'
 
 // What the person in the chat reads. Open WebUI shows error.message of a JSON error that arrives
@@ -75,7 +76,7 @@ export function exceededMessage (template: string, f: ExceededFacts): string {
 
 export interface Refusal {
   status: number
-  type: string
+  type: ErrorType
   code: string
   message: string
   headers?: Record<string, string>
@@ -83,8 +84,5 @@ export interface Refusal {
 
 /** OpenAI's error shape, `param` included, as its SDK parses it into an APIError. */
 export function sendRefusal (res: ServerResponse, r: Refusal): void {
-  if (res.headersSent || res.destroyed) { res.destroy(); return }
-  const body = JSON.stringify({ error: { message: r.message, type: r.type, code: r.code, param: null } })
-  res.writeHead(r.status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...r.headers })
-  res.end(body)
+  sendError(res, r.status, r.type, r.code, r.message, r.headers, null)
 }

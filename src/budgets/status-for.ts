@@ -1,18 +1,39 @@
 import type { BudgetPeriod } from '../config/config.js'
 import type { Sql } from '../db/connect.js'
-import type { BudgetFor, BudgetStatus, BudgetsFor } from '../usage/reports/budget-seam.js'
-import { trimDecimal } from '../lib/money.js'
+import { trimDecimal } from '../lib/decimal.js'
 import { periodStart, resetsAt } from './periods.js'
 
 // The budget that governs each user now (their own, else the default) with its current period's
 // spend, for the usage page's bars and "My usage". However many users a report lists, this is ONE
 // query: the operator's page must not turn into thousands of round trips on the primary.
 
+/** The budget that governs one user now, as the usage views show it (a bar, a line of text). */
+export interface UserBudget {
+  /** The budget for the period, exact USD. */
+  limit_usd: string
+  /** Spent in the current period, exact USD (billed cost). */
+  used_usd: string
+  /** limit − spent − held by requests in flight, exact USD; 0 when used up (never negative). */
+  remaining_usd: string
+  period: BudgetPeriod
+  /** ISO instant at which the period starts over; null for a 'total' budget, which never does. */
+  resets_at: string | null
+}
+
+/** One user's budget ("My usage"); userId null: requests made with no user (the organization itself). */
+export type BudgetFor = (userId: string | null) => Promise<UserBudget | null>
+
+/** Many users' budgets in one read (the usage report); a user without one is absent. */
+export type BudgetsFor = (userIds: readonly string[]) => Promise<Map<string, UserBudget>>
+
+/** For a deployment with no budgets: every report shows spend without a bar. */
+export const noBudgetsFor: BudgetsFor = async () => new Map()
+
 interface Row { user_id: string, limit_usd: string, period: BudgetPeriod, spent: string, remaining: string }
 
 /** Budgets of many users in one query; users with no budget are absent from the map. */
-export async function budgetsOf (sql: Sql, organizationId: string, userIds: readonly string[], now = new Date()): Promise<Map<string, BudgetStatus>> {
-  const out = new Map<string, BudgetStatus>()
+export async function budgetsOf (sql: Sql, organizationId: string, userIds: readonly string[], now = new Date()): Promise<Map<string, UserBudget>> {
+  const out = new Map<string, UserBudget>()
   const ids = [...new Set(userIds)]
   if (ids.length === 0) return out
   // Period starts from this clock, passed in: nothing depends on the session's time zone.

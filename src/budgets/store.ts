@@ -1,6 +1,6 @@
 import type { BudgetPeriod, LimitsConfig } from '../config/config.js'
 import type { Sql } from '../db/connect.js'
-import { trimDecimal } from '../lib/money.js'
+import { trimDecimal } from '../lib/decimal.js'
 import { resetsAt } from './periods.js'
 
 // Budgets as rows: what the admin API and the boot-time seeding read and write. Writing a row

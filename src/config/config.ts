@@ -56,7 +56,7 @@ export const envSchema = z.object({
   REQUIRE_USER_IDENTITY: bool.default(false),
   MAX_CONNECTIONS: positiveInt.default(4096),
   MAX_CONNECTIONS_PER_IP: positiveInt.default(2048),
-  // h3-ops: operations (access log, /metrics, safer defaults, Open WebUI task headers)
+  // Operations: the access log, /metrics, whether a request without the proxy key passes, Open WebUI's task headers
   ALLOW_UNAUTHENTICATED: bool.default(false),
   ACCESS_LOG: z.enum(['on', 'off']).default('on'),
   METRICS_API_KEY: z.string().min(16, 'must be at least 16 characters (e.g. openssl rand -hex 24)').optional(),
@@ -84,7 +84,7 @@ export const envSchema = z.object({
   USER_RPM: positiveInt.optional(),
   USER_MAX_CONCURRENT: positiveInt.optional(),
   DATABASE_READ_URL: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL').optional(),
-  // Fleet (README "Many sidecars, one Postgres"): connections per sidecar and a deadline on every query.
+  // Fleet (docs/scale.md, "Many sidecars, one Postgres"): connections per sidecar and a deadline on every query.
   DATABASE_DIRECT_URL: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL').optional(),
   DATABASE_POOL_MAX: positiveInt.max(100).default(4),
   DATABASE_ADMISSION_POOL_MAX: positiveInt.max(20).default(2),

@@ -1,8 +1,8 @@
 import { mkdirSync } from 'node:fs'
 import { join, resolve } from 'node:path'
-import type { AddressInfo } from 'node:net'
 import type { Logger } from '../lib/log.js'
 import { StartupError } from '../lib/startup-error.js'
+import { servePglite, type PgliteServer } from './pglite-server.js'
 
 // Zero-setup default: without DATABASE_URL the sidecar runs PGlite (Postgres compiled to WASM)
 // with its data under DATA_DIR, served on a loopback port so the same postgres.js client, the
@@ -16,13 +16,12 @@ export async function startEmbedded (dataDir: string, port: number, log: Logger)
   mkdirSync(dir, { recursive: true })
   const started = Date.now()
   const { PGlite } = await import('@electric-sql/pglite')
-  const { PGLiteSocketServer } = await import('@electric-sql/pglite-socket')
   const db = await PGlite.create(dir)
-  // Several connections are accepted and their queries serialized, so an operator's psql can
-  // look while the sidecar writes.
-  const server = new PGLiteSocketServer({ db, host: '127.0.0.1', port, maxConnections: 8 })
+  // Several connections take turns on the one session, exchange by exchange, so an operator's
+  // psql can look while the sidecar writes.
+  let server: PgliteServer
   try {
-    await server.start()
+    server = await servePglite(db, '127.0.0.1', port)
   } catch (err) {
     await db.close().catch(() => {})
     if ((err as { code?: string }).code === 'EADDRINUSE') {
@@ -31,7 +30,7 @@ export async function startEmbedded (dataDir: string, port: number, log: Logger)
     }
     throw err
   }
-  const actual = ((server as unknown as { server: { address: () => AddressInfo } }).server.address()).port
+  const actual = server.port
   const url = `postgres://postgres@127.0.0.1:${actual}/postgres`
   log.info({ dataDir: dir, ms: Date.now() - started }, 'embedded postgres (PGlite) started')
   return {

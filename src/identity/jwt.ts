@@ -59,11 +59,3 @@ function jsonObject (part: string): Record<string, unknown> {
 function isNumericDate (v: unknown): v is number {
   return typeof v === 'number' && Number.isFinite(v)
 }
-
-/** For tests and tools: signs claims the way Open WebUI does. */
-export function signJwt (claims: Record<string, unknown>, secret: string): string {
-  const h = Buffer.from(JSON.stringify({ alg: 'HS256', typ: 'JWT' })).toString('base64url')
-  const p = Buffer.from(JSON.stringify(claims)).toString('base64url')
-  const s = createHmac('sha256', secret).update(`${h}.${p}`).digest('base64url')
-  return `${h}.${p}.${s}`
-}

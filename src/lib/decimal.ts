@@ -1,5 +1,6 @@
-// Exact sums of decimal strings (as Postgres and OpenRouter write them), for totals computed
-// outside SQL. BigInt at a common scale: never a float.
+// Exact decimal arithmetic: money is never a float here. Postgres holds the authoritative
+// numbers; this module sums and compares its decimal text outside SQL, prepares estimates and
+// messages as BigInt at a fixed scale, and formats amounts for people to read.
 
 const DECIMAL = /^-?\d+(\.\d+)?$/
 
@@ -37,4 +38,57 @@ export function roundDecimal (v: string, places: number): string {
   const s = rounded.toString().padStart(places + 1, '0')
   const out = places > 0 ? `${s.slice(0, -places)}.${s.slice(-places)}` : s
   return (neg && rounded !== 0n ? '-' : '') + out
+}
+
+/** Postgres numeric text, trimmed: "1.6500000" -> "1.65". */
+export function trimDecimal (text: string): string {
+  return text.includes('.') ? text.replace(/0+$/, '').replace(/\.$/, '') : text
+}
+
+// Units: estimates multiply and divide, so they work on BigInt at one fixed scale of 18 decimals.
+const SCALE = 18
+const ONE = 10n ** BigInt(SCALE)
+
+/** "0.000000075" -> 75_000_000_000n. Throws on anything but a plain non-negative decimal. */
+export function toUnits (text: string): bigint {
+  const m = /^(\d+)(?:\.(\d+))?$/.exec(text.trim())
+  if (!m) throw new Error(`not a decimal: ${text}`)
+  const frac = (m[2] ?? '').slice(0, SCALE).padEnd(SCALE, '0')
+  return BigInt(m[1]) * ONE + BigInt(frac)
+}
+
+/** Units back to the shortest decimal text: 1_500_000_000_000_000_000n -> "1.5". */
+export function fromUnits (units: bigint): string {
+  const neg = units < 0n
+  const abs = neg ? -units : units
+  const int = abs / ONE
+  const frac = (abs % ONE).toString().padStart(SCALE, '0').replace(/0+$/, '')
+  return `${neg ? '-' : ''}${int}${frac ? '.' + frac : ''}`
+}
+
+/** a × b ÷ c, rounded up: an estimate errs on the side of holding too much. */
+export function mulDivUp (a: bigint, b: bigint, c: bigint): bigint {
+  const p = a * b
+  return p % c === 0n ? p / c : p / c + 1n
+}
+
+/**
+ * Money for a person to read: the one rule behind the 402, "My usage" and the admin page
+ * (web/admin/money.js is its port; test/money-format.test.ts checks that the two agree). Half up
+ * to the cent with thousands grouped, "$1,234.57"; an amount under a cent keeps two significant
+ * digits, so a non-zero amount never reads as nothing ("$0.0025", "$0.00079"); zero is "$0.00".
+ */
+export function formatUsd (text: string): string {
+  const m = /^(-?)(\d+)(?:\.(\d*))?$/.exec(text.trim())
+  if (!m) throw new Error(`not a decimal: ${text}`)
+  const [, sign, int, frac = ''] = m
+  const first = frac.search(/[1-9]/)
+  const underCent = /^0+$/.test(int) && first >= 2
+  const places = underCent ? first + 2 : 2
+  const rounded = (BigInt(int + frac.padEnd(places + 1, '0').slice(0, places + 1)) + 5n) / 10n
+  const s = rounded.toString().padStart(places + 1, '0')
+  const whole = s.slice(0, -places).replace(/\B(?=(\d{3})+(?!\d))/g, ',')
+  // A sub-cent amount that rounded up to a whole cent reads as cents: "$0.01", not "$0.0100".
+  const cents = underCent ? s.slice(-places).replace(/0+$/, '').padEnd(2, '0') : s.slice(-places)
+  return `${sign && rounded !== 0n ? '-' : ''}$${whole}.${cents}`
 }

@@ -5,6 +5,7 @@ import type { UsageRecord } from '../usage/ledger/record.js'
 import type { KeyBalance } from './openrouter-key.js'
 import type { Backlog } from '../usage/ledger/ledger.js'
 import type { DbReadings } from './db-readings.js'
+import { sendError } from '../lib/errors.js'
 
 // Prometheus metrics. The request path only bumps counters and observes two histograms once per
 // exchange, after its last byte; queue depths and totals kept elsewhere are read when Prometheus
@@ -161,9 +162,7 @@ export function createMetrics (sources: () => MetricsSources | null, opts: Metri
     handler (req, res) {
       const given = req.headers.authorization
       if (keyDigest && (typeof given !== 'string' || !timingSafeEqual(digest(given), keyDigest))) {
-        const body = '{"error":{"message":"missing or wrong METRICS_API_KEY","type":"authentication_error","code":"invalid_api_key"}}'
-        res.writeHead(401, { 'content-type': 'application/json', 'content-length': body.length, 'www-authenticate': 'Bearer' })
-        res.end(body)
+        sendError(res, 401, 'authentication_error', 'invalid_api_key', 'missing or wrong METRICS_API_KEY', { 'www-authenticate': 'Bearer' })
         return
       }
       registry.metrics().then((text) => {

@@ -1,5 +1,6 @@
 import type { Server } from 'node:http'
 import type { Duplex } from 'node:stream'
+import { errorBody } from '../lib/errors.js'
 
 // A request Node cannot parse (headers too large, bad framing, a timeout before the request
 // was whole) never reaches a route. Node's own answer is a bare status line with no body; this
@@ -16,7 +17,7 @@ export function answerClientErrors (server: Server): void {
     const started = (socket as Duplex & { _httpMessage?: { headersSent?: boolean } })._httpMessage?.headersSent === true
     if (err.code === 'ECONNRESET' || !socket.writable || started) { socket.destroy(); return }
     const [status, reason, code, message] = ANSWERS[err.code ?? ''] ?? BAD
-    const body = JSON.stringify({ error: { message, type: 'invalid_request_error', code } })
+    const body = errorBody('invalid_request_error', code, message)
     socket.end(`HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`)
   })
 }

@@ -1,10 +1,10 @@
 // The deliberate breaks `npm run mutate` applies, one at a time. Each: a name, a file, an exact
 // search text (replaced once), and the test files that must fail with it in place. A search text
-// that no longer exists is reported STALE: update the entry with the code it guards.
+// missing from its file is reported STALE: update the entry with the code it guards.
 export const BREAKS = [
   // The four an outside mutation run found surviving.
   {
-    name: 'pending journal lines no longer keep their segment alive',
+    name: 'pending journal lines do not keep their segment alive',
     file: 'src/usage/ledger/journal.ts',
     search: '    this.lineIds.push(r.eventId)',
     replace: "    this.lineIds.push(kind === 'r' ? r.eventId : 'unheld')",
@@ -31,65 +31,65 @@ export const BREAKS = [
     replace: 'else void ABORT_WAIT_FOR_HEADERS_MS',
     tests: ['test/usage-truth.test.ts'],
   },
-  // Issue 8, items 3, 9, 10, 13, 14 (h2-ledger).
+  // The ledger: identities and their mappings, insane upstream numbers, the SSE scanner, reconciling, exact cost.
   {
-    name: 'identity not normalized before the external id (item 3)',
+    name: 'identity not normalized before the external id',
     file: 'src/identity/directory.ts',
     search: 'const userId = who.userId === null ? null : pgText(who.userId)',
     replace: 'const userId = who.userId',
     tests: ['test/ledger.test.ts'],
   },
   {
-    name: 'mappings of one user not merged within a batch (item 3)',
+    name: 'mappings of one user not merged within a batch',
     file: 'src/usage/ledger/ledger.ts',
     search: '    const row = byUser.get(userId)\n',
     replace: '    const row = undefined\n',
     tests: ['test/ledger.test.ts'],
   },
   {
-    name: 'a refused batch is retried whole instead of isolated (item 3)',
+    name: 'a refused batch is retried whole instead of isolated',
     file: 'src/usage/ledger/ledger.ts',
     search: 'if (isDataError(err)) {',
     replace: 'if (false) {',
     tests: ['test/ledger.test.ts'],
   },
   {
-    name: 'insane upstream numbers stored as they are (item 9)',
+    name: 'insane upstream numbers stored as they are',
     file: 'src/usage/ledger/record.ts',
     search: 'const checked = checkUsage(usage)',
     replace: 'const checked = { usage, anomaly: null }',
     tests: ['test/reconcile.test.ts', 'test/usage-truth.test.ts'],
   },
   {
-    name: 'an oversized SSE line is buffered whole (item 9)',
+    name: 'an oversized SSE line is buffered whole',
     file: 'src/usage/tap/sse-scanner.ts',
     search: 'if (this.lineBytes + rest.length > this.maxEventBytes) { this.tooLong(rest); return }',
     replace: '',
     tests: ['test/sse-scanner.test.ts'],
   },
   {
-    name: 'the SSE scanner searches for CR again on every line (item 9)',
+    name: 'the SSE scanner searches for CR again on every line',
     file: 'src/usage/tap/sse-scanner.ts',
     search: 'if (cr !== -1 && cr < start) {',
     replace: 'if (cr !== -1) {',
     tests: ['test/sse-scanner.test.ts'],
   },
   {
-    name: 'mappings not written with the usage batch (item 10)',
+    name: 'mappings not written with the usage batch',
     file: 'src/usage/ledger/ledger.ts',
     search: '${this.sql.typed(mappingRows(rows) as never, JSON_OID)}',
     replace: '${this.sql.typed([] as never, JSON_OID)}',
     tests: ['test/ledger.test.ts'],
   },
   {
-    name: 'reconcile only when no usage at all (item 13)',
+    name: 'reconcile only when no usage at all',
     file: 'src/proxy/metered.ts',
     search: "if (rec.costUsd === null && rec.generationId && outcome !== 'upstream_error') {",
     replace: "if (rec.usageSource === 'none' && rec.generationId && outcome !== 'upstream_error') {",
     tests: ['test/usage-truth.test.ts'],
   },
   {
-    name: 'cost falls back to String(double) (item 14)',
+    name: 'cost falls back to String(double)',
     file: 'src/usage/tap/extract.ts',
     search: '(source === undefined ? decimal(v) : rawNumber(source, key, v)) ?? null',
     replace: "(source === undefined ? decimal(v) : rawNumber(source, key, v)) ?? (typeof v === 'number' ? String(v) : null)",
@@ -117,7 +117,7 @@ export const BREAKS = [
     replace: 'if (journaled || (this.journal?.appendNow(r), true)) this.spilled.add(r.eventId)',
     tests: ['test/journal.test.ts'],
   },
-  // Session 4: journal group commit, records filled in place, the body spliced in place: npm run mutate -- gc:
+  // Journal group commit, records filled in place, the body spliced in place: npm run mutate -- gc:
   {
     name: 'gc: the response ends before its record is written',
     file: 'src/proxy/metered.ts',
@@ -195,7 +195,7 @@ export const BREAKS = [
     replace: '',
     tests: ['test/usage-truth.test.ts'],
   },
-  // Session 5: more breaks of group commit (journal, ledger, the exchange's end, the exit hook)
+  // More breaks of group commit (journal, ledger, the exchange's end, the exit hook)
   {
     name: 'gc: an upstream error is answered before its record is written',
     file: 'src/proxy/metered.ts',
@@ -429,7 +429,7 @@ export const BREAKS = [
     tests: ['test/my-usage.test.ts'],
   },
   {
-    name: "new: app headers no longer mark chat",
+    name: "new: app headers do not mark chat",
     file: "src/usage/ledger/kind.ts",
     search: "if (headers[name] !== undefined) return 'chat'",
     replace: "if (headers[name] !== undefined) return 'api'",
@@ -491,7 +491,7 @@ export const BREAKS = [
     replace: "if (false) return",
     tests: ['test/ops.test.ts'],
   },
-  // Session 5 (attack on group commit): npm run mutate -- atk-gc:
+  // Group commit under attack: npm run mutate -- atk-gc:
   {
     name: 'atk-gc: a declared-length answer sends its last chunk before its record is written',
     file: 'src/proxy/metered.ts',
@@ -506,8 +506,8 @@ export const BREAKS = [
     replace: 'await (this.flushing ?? this.flush())',
     tests: ['test/shutdown-silent-db.test.ts'],
   },
-  // Session s5: the held last chunk, observe after the answer, paced partial batches, the json batch
-  // parameter (git diff a8bb107): npm run mutate -- s5:
+  // The held last chunk, observe after the answer, paced partial batches, the json batch
+  // parameter: npm run mutate -- s5:
   {
     name: 's5: the last chunk of a declared-length answer is written before its record',
     file: 'src/proxy/metered.ts',
@@ -620,7 +620,7 @@ export const BREAKS = [
     replace: '${this.sql.typed([] as never, JSON_OID)}',
     tests: ['test/ledger.test.ts'],
   },
-  // Session 5, after the attack: reused body memory, mapping ids stripped, journal failures counted once.
+  // Reused body memory, mapping ids stripped, journal failures counted once: npm run mutate -- s5b:
   {
     name: 's5b: body memory comes back while an upstream write is pending',
     file: 'src/proxy/body/body-memory.ts',
@@ -635,7 +635,7 @@ export const BREAKS = [
     replace: 'return !socket.closed && socket.connecting',
     tests: ['test/upstream-writes.test.ts'],
   },
-  // Session 6: body memory held back by its own socket only; long strings read by SIMD.
+  // Body memory held back by its own socket only; long strings read by SIMD: npm run mutate -- s6:
   {
     name: 's6: the socket a body went out on is not recorded',
     file: 'src/proxy/upstream.ts',
@@ -685,8 +685,8 @@ export const BREAKS = [
     replace: '\n',
     tests: ['test/body-memory.test.ts'],
   },
-  // Session 6, a second look (s6h): window edges, the escape set, the hex check, the ran-out
-  // encoding, the escaped flag, which memory a write may read, and the shortcuts in readBody.
+  // Window edges, the escape set, the hex check, the ran-out encoding, the escaped flag, which
+  // memory a write may read, and the shortcuts in readBody: npm run mutate -- s6h:
   {
     name: 's6h: the SIMD loop takes \\v for \\f',
     file: 'src/proxy/body/json-strings.wat',
@@ -799,7 +799,7 @@ export const BREAKS = [
     replace: 'if (first === null && mem === null) { first = chunk; return }',
     tests: ['test/body-memory.test.ts'],
   },
-  // The first message is read inside the body's scan now (src/proxy/body/first-message.ts); its own
+  // The first message is read inside the body's scan (src/proxy/body/first-message.ts); its own
   // breaks are in breaks/scan.mjs. "Reads every item and keeps the last" has no equivalent: past
   // the first item nothing is read, and a second item makes singleMessage() null either way.
   {
@@ -844,7 +844,7 @@ export const BREAKS = [
     replace: 'this.failures += ids.length',
     tests: ['test/journal.test.ts'],
   },
-  // Session 7: GC headroom (src/lib/gc-headroom.ts) and its wiring in main().
+  // GC headroom (src/lib/gc-headroom.ts) and its wiring in main(): npm run mutate -- s7:
   {
     name: 's7: a run is declared one collection early',
     file: 'src/lib/gc-headroom.ts',

@@ -38,3 +38,16 @@ export async function until (what: string, ok: () => boolean | Promise<boolean>,
     await new Promise((r) => setTimeout(r, 20))
   }
 }
+
+/**
+ * Waits until a sidecar has nothing left to write: no record in memory or in the journal waiting
+ * for Postgres, and no generation being looked up (its /metrics). From then on its rows can only
+ * change through new requests, so a count read after it holds whatever the timing.
+ */
+export async function nothingPending (url: string): Promise<void> {
+  const gauges = ['usage_proxy_ledger_backlog_records', 'usage_proxy_ledger_queue_depth', 'usage_proxy_journal_backlog', 'usage_proxy_reconciliations_active']
+  await until('nothing left to write', async () => {
+    const text = await request(`${url}/metrics`).then((r) => r.body.text())
+    return gauges.every((g) => new RegExp(`^${g} 0$`, 'm').test(text))
+  })
+}

@@ -1,12 +1,13 @@
 import postgres from 'postgres'
 import { randomBytes } from 'node:crypto'
-import type { AddressInfo } from 'node:net'
+import { servePglite } from '../../src/db/pglite-server.js'
 
 // Each test file gets a database of its own, created here and dropped at the end: files run in
 // parallel and never see each other's rows. The real server (TEST_DATABASE_URL, or the one on
 // 127.0.0.1:5432) is used when it answers; on a laptop without Postgres each database is an
 // in-memory embedded Postgres (PGlite) served on a loopback port instead, so `npm test` passes
-// there too. CI has the real server.
+// there too (src/db/pglite-server.ts gives each client the session for a whole exchange). CI runs
+// the suite both ways.
 
 export const ADMIN_URL = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
 
@@ -45,21 +46,30 @@ async function createOnServer (): Promise<TestDb> {
 
 async function createEmbedded (): Promise<TestDb> {
   const { PGlite } = await import('@electric-sql/pglite')
-  const { PGLiteSocketServer } = await import('@electric-sql/pglite-socket')
   const db = await PGlite.create()
-  const server = new PGLiteSocketServer({ db, host: '127.0.0.1', port: 0, maxConnections: 32 })
-  await server.start()
-  const port = ((server as unknown as { server: { address: () => AddressInfo } }).server.address()).port
-  const url = `postgres://postgres@127.0.0.1:${port}/postgres`
-  const sql = postgres(url, { max: 1, onnotice: () => {} })
+  const server = await servePglite(db, '127.0.0.1', 0)
+  const url = `postgres://postgres@127.0.0.1:${server.port}/postgres`
+  const sql = postgres(url, { max: 2, onnotice: () => {} })
   return {
-    url, name: 'postgres', port, embedded: true, sql,
+    url, name: 'postgres', port: server.port, embedded: true, sql,
     async drop () {
       await sql.end({ timeout: 1 })
       await server.stop()
       await db.close()
     },
   }
+}
+
+/**
+ * For a test that needs a PostgreSQL server, not the embedded fallback: one about concurrent
+ * backends (locks, pg_stat_activity, cancelling a running query), which a single PGlite session
+ * cannot have. Without a server it ends the test as skipped, saying why, and returns true; where a
+ * server answers (CI's run with one) it returns false and the test runs.
+ */
+export async function withoutServer (t: { plan: (n: number, why: string) => void }, why: string): Promise<boolean> {
+  if (await realServerAvailable()) return false
+  t.plan(0, `needs a PostgreSQL server (none answers on 127.0.0.1:5432): ${why}`)
+  return true
 }
 
 /** Polls a query until it returns rows (the ledger writes off the request path), or times out empty. */

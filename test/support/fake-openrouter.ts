@@ -110,8 +110,14 @@ export class FakeOpenRouter {
 
   constructor (seed = 42) {
     this.rng = mulberry32(seed)
-    this.server = createServer((req, res) => { void this.handle(req, res) })
+    this.server = createServer((req, res) => {
+      this.answering++
+      void this.handle(req, res).finally(() => { this.answering-- })
+    })
   }
+
+  /** Requests still being answered (or billed: a client that went away does not stop the work). */
+  answering = 0
 
   get baseUrl (): string { return `http://127.0.0.1:${this.port}/api/v1` }
 

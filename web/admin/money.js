@@ -1,5 +1,5 @@
 // Money for a person to read, as "My usage" and the 402 write it: a port of formatUsd() in
-// src/lib/money.ts, line for line (test/money-format.test.ts runs both on the same amounts).
+// src/lib/decimal.ts, line for line (test/money-format.test.ts runs both on the same amounts).
 // Half up to the cent with thousands grouped; under a cent, two significant digits; zero "$0.00".
 'use strict'
 ;(function () {

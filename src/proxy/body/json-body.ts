@@ -159,13 +159,6 @@ export class BodyScan {
   }
 }
 
-/** The body's top-level object in one go; null when the body is not a JSON object. */
-export function scanBody (raw: Buffer): JsonBody | null {
-  const scan = new BodyScan(raw)
-  scan.step()
-  return scan.body
-}
-
 /**
  * The JSON string at `span` of valid JSON bytes, decoded (its first `maxBytes` bytes when longer,
  * see decodeJsonString); undefined if the value is not a string.

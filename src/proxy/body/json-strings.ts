@@ -38,7 +38,7 @@ export function simdStrings (): boolean { return memory !== null }
 /** Set by skipRest: whether the string held a backslash escape. */
 export let restEscaped = false
 
-/** The window no longer holds what it was copied from. */
+/** Drops the window: the bytes it was copied from may change before the next read. */
 export function forgetWindow (): void { windowOf = null }
 
 /**

@@ -9,7 +9,7 @@ import type { UsageRecord } from './record.js'
 // appended during one turn goes out in one write(2) to an O_APPEND file at the end of that turn
 // (setImmediate), or sooner when someone needs it on disk now (flush). Once written, a line
 // survives a SIGKILL (the kernel has it); a torn last line after a power cut is skipped and
-// reported at replay, never fatal. README "Durability" states what this promises a client.
+// reported at replay, never fatal. docs/durability.md states what this promises a client.
 //
 // Segments: journal/seg-<seq>.jsonl, about 1 MB each. A segment is deleted when every record it
 // holds is committed. Four kinds of line, all keyed by the record's eventId; for one eventId a
@@ -152,7 +152,7 @@ export class Journal {
     return ok
   }
 
-  /** Its row is committed: the lines of this record are no longer needed. */
+  /** Its row is committed: the journal lets this record's lines go. */
   committed (eventId: string): void {
     if (this.lines.length > 0) this.flush() // its lines must be counted before they are let go
     const seqs = this.holders.get(eventId)

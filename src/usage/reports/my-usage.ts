@@ -1,8 +1,8 @@
 import type { Sql } from '../../db/connect.js'
 import { requestsSince, sumsSource, usageByGroup } from './usage-report.js'
 import { totalsOf } from './totals.js'
-import type { BudgetFor } from './budget-seam.js'
-import { formatUsd } from '../../lib/money.js'
+import type { BudgetFor } from '../../budgets/status-for.js'
+import { formatUsd } from '../../lib/decimal.js'
 
 // "My usage": what a user sees when they pick the virtual model in the chat. A short Markdown
 // summary of their own usage, read from the ledger; it costs nothing and calls no one.

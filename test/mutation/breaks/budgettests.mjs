@@ -1,5 +1,5 @@
-// Breaks of the budget guarantees, the refusal's wording and money rule, and the ledger (issue 21
-// item 11): `npm run mutate -- s8bt:`. The SQL entries target the definitions in effect, the ones
+// Breaks of the budget guarantees, the refusal's wording and money rule, and the ledger:
+// `npm run mutate -- s8bt:`. The SQL entries target the definitions in effect, the ones
 // src/db/migrate.ts re-applies at every boot: sql/functions/2-budgets.sql (admission, release,
 // sweep, recount, period start) and sql/functions/3-usage-after-insert.sql (settlement). A break
 // in a numbered migration that these override (006, 011, 013) would change nothing that runs.
@@ -78,8 +78,8 @@ export const BREAKS = [
     tests: [MODEL],
   },
   // The recount: budget_recount(), the trigger on budgets
-  // The recount's lock is the organization's advisory key (taken shared by settlement), no longer
-  // a table lock on budget_counters.
+  // The recount's lock is the organization's advisory key (taken shared by settlement), not a
+  // table lock on budget_counters: a recount holds back only its own organization's settlements.
   {
     name: 's8bt: no recount lock: a row settling meanwhile is lost',
     file: 'sql/functions/2-budgets.sql',
@@ -159,14 +159,14 @@ export const BREAKS = [
   },
   {
     name: 's8bt: mulDivUp rounds down',
-    file: 'src/lib/money.ts',
+    file: 'src/lib/decimal.ts',
     search: 'return p % c === 0n ? p / c : p / c + 1n',
     replace: 'return p / c',
     tests: [MONEY],
   },
   {
     name: 's8bt: amounts under a cent rounded to cents ($0.0025 reads $0.00)',
-    file: 'src/lib/money.ts',
+    file: 'src/lib/decimal.ts',
     search: 'const places = underCent ? first + 2 : 2',
     replace: 'const places = 2',
     tests: [MONEY, REFUSAL],

@@ -1,5 +1,5 @@
 // Breaks of the budgets' estimate (src/budgets/prompt-counts.ts, estimate.ts, prices.ts and the
-// admission's input in proxy/metered.ts): each makes an estimate that is no longer an upper
+// admission's input in proxy/metered.ts): each makes an estimate that is not an upper
 // bound, or prices media as text, and a test must see it.
 const UNIT = 'test/estimate.test.ts'
 const CORPUS = 'test/estimate-corpus.test.ts'

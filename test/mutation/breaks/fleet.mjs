@@ -1,4 +1,4 @@
-// Issue 27 (fleet): a pooler in front of Postgres, deadlines on every query, /metrics that never
+// A pooler in front of Postgres, deadlines on every query, /metrics that never
 // waits, the ledger's backlog and its once-a-minute error.
 export const BREAKS = [
   {

@@ -1,4 +1,4 @@
-// Breaks of admission isolation (issue 21 item 2): the admissions' own pool, "My usage" under the
+// Breaks of admission isolation: the admissions' own pool, "My usage" under the
 // rate limits and its cache, the report's one budget query, and counting every fail-open.
 const ISO = 'test/admission-isolation.test.ts'
 const OPEN = 'test/admission-fail-open.test.ts'

@@ -1,7 +1,7 @@
-// Breaks for issue 21 items 1, 7, 8 and 9 (helper "scan"): the request path's byte scan of the
-// first message, identity normalization, multipart parameters, and the key gauges of /metrics.
+// Breaks of the request path's byte scan of the first message, identity normalization, multipart
+// parameters, and the key gauges of /metrics.
 export const BREAKS = [
-  // Item 1: no JSON.parse on client bytes; the first message read by the body's own scan.
+  // No JSON.parse on client bytes; the first message read by the body's own scan.
   {
     name: 's8scan: the single message is parsed again with JSON.parse',
     file: 'src/proxy/body/json-body.ts',
@@ -82,7 +82,7 @@ export const BREAKS = [
     replace: '',
     tests: ['test/identity-empty.test.ts'],
   },
-  // Item 7: an id that normalizes to nothing is no identity.
+  // An id that normalizes to nothing is no identity.
   {
     name: 's8scan: an id of only control characters and whitespace is a user',
     file: 'src/identity/user-id.ts',
@@ -118,7 +118,7 @@ export const BREAKS = [
     replace: '  if (o.requireUserIdentity && empty === null) {\n    const why',
     tests: ['test/identity-empty.test.ts'],
   },
-  // Item 8: multipart parameters given twice.
+  // Multipart parameters given twice.
   {
     name: 's8scan: a duplicated parameter keeps the first (boundary, name)',
     file: 'src/proxy/body/multipart.ts',
@@ -140,7 +140,7 @@ export const BREAKS = [
     replace: "    if ('error' in type) { sendError(res, 415, 'invalid_request_error', 'unsupported_media_type', type.error); return }",
     tests: ['test/body.test.ts'],
   },
-  // Item 9: the key gauges only behind METRICS_API_KEY or on METRICS_PORT.
+  // The key gauges only behind METRICS_API_KEY or on METRICS_PORT.
   {
     name: 's8scan: the key gauges are shown on the open data plane',
     file: 'src/ops/metrics.ts',

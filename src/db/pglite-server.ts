@@ -1,0 +1,186 @@
+import { createServer, type Server, type Socket } from 'node:net'
+import type { PGlite } from '@electric-sql/pglite'
+
+// PGlite is one Postgres session. Serving it to several clients is sound only when each client
+// has the session to itself for a whole exchange: from its first message until Postgres says it
+// is idle again (ReadyForQuery 'I', outside any transaction). Interleaved message by message, one
+// client's Bind lands between another's Parse and Execute ("portal "" does not exist"), and a
+// statement slips into someone else's transaction. So clients take turns here, exchange by
+// exchange; the one holding a transaction open keeps its turn until it ends.
+
+const SSL_REQUEST = 80877103
+const GSSENC_REQUEST = 80877104
+const CANCEL_REQUEST = 80877102
+
+export interface PgliteServer {
+  port: number
+  /** Clients waiting for their turn on the session. */
+  waiting: () => number
+  stop: () => Promise<void>
+}
+
+export async function servePglite (db: PGlite, host: string, port: number): Promise<PgliteServer> {
+  const turns = new Turns()
+  const clients = new Set<Client>()
+  const server = createServer((socket) => {
+    const client: Client = new Client(db, socket, turns, () => clients.delete(client))
+    clients.add(client)
+  })
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(port, host, () => { server.off('error', reject); resolve() })
+  })
+  const actual = (server.address() as { port: number }).port
+  return {
+    port: actual,
+    waiting: () => turns.queued,
+    async stop () {
+      for (const c of clients) c.socket.destroy()
+      await closeServer(server)
+      await turns.idle()
+    },
+  }
+}
+
+function closeServer (server: Server): Promise<void> {
+  return new Promise((resolve) => server.close(() => resolve()))
+}
+
+/** Who has the session: one client at a time, the others queue in arrival order. */
+class Turns {
+  private holder: Client | null = null
+  private waiting: Array<{ client: Client, go: () => void }> = []
+
+  get queued (): number { return this.waiting.length }
+
+  take (client: Client): Promise<void> {
+    if (this.holder === client) return Promise.resolve()
+    if (this.holder === null) { this.holder = client; return Promise.resolve() }
+    return new Promise((resolve) => this.waiting.push({ client, go: resolve }))
+  }
+
+  give (client: Client): void {
+    if (this.holder !== client) { this.waiting = this.waiting.filter((w) => w.client !== client); return }
+    const next = this.waiting.shift()
+    this.holder = next?.client ?? null
+    next?.go()
+  }
+
+  /** Resolves once nobody holds or waits for the session (a stop lets the last exchange end). */
+  async idle (): Promise<void> {
+    while (this.holder !== null) await new Promise((r) => setImmediate(r))
+  }
+}
+
+class Client {
+  private input: Buffer = Buffer.alloc(0)
+  private started = false
+  private busy = false
+  private closed = false
+  /** Postgres's transaction status from its last ReadyForQuery: 'I' idle, 'T' in a transaction, 'E' failed one. */
+  private status = 'I'
+  private exchanging = false
+  private output = new OutputScanner((s) => { this.status = s })
+
+  constructor (private readonly db: PGlite, readonly socket: Socket, private readonly turns: Turns, private readonly gone: () => void) {
+    socket.setNoDelay(true)
+    socket.on('data', (chunk: Buffer) => { this.input = this.input.length === 0 ? chunk : Buffer.concat([this.input, chunk]); void this.pump() })
+    socket.on('error', () => {})
+    socket.on('close', () => { this.closed = true; void this.pump() })
+  }
+
+  /** Hands each whole message to Postgres in order; one pump runs per client at a time. */
+  private async pump (): Promise<void> {
+    if (this.busy) return
+    this.busy = true
+    try {
+      for (;;) {
+        if (this.closed) { await this.leave(); return }
+        const message = this.next()
+        if (message === null) return
+        if (message === 'skip') continue
+        if (message[0] === 0x58) { this.socket.end(); continue } // Terminate: the close ends the turn
+        await this.turns.take(this)
+        this.exchanging = true
+        await this.db.execProtocolRawStream(new Uint8Array(message), {
+          onRawData: (data) => { this.output.scan(data); if (!this.socket.destroyed) this.socket.write(Buffer.from(data)) },
+        })
+        // Postgres answers ReadyForQuery once per Sync, simple Query and startup: the exchange ends
+        // there, and the turn with it unless a transaction is open.
+        if (this.output.answeredReady) { this.output.answeredReady = false; this.exchanging = false }
+        if (!this.exchanging && this.status === 'I') this.turns.give(this)
+      }
+    } catch {
+      this.socket.destroy()
+      this.closed = true
+      await this.leave()
+    } finally {
+      this.busy = false
+    }
+  }
+
+  /** A client that goes away mid-transaction leaves the session as it found it. */
+  private async leave (): Promise<void> {
+    if (this.status !== 'I' || this.exchanging) {
+      await this.turns.take(this)
+      await this.db.exec('rollback').catch(() => {})
+      this.status = 'I'
+      this.exchanging = false
+    }
+    this.turns.give(this)
+    this.gone()
+  }
+
+  /** The next whole message, 'skip' for one answered here, or null until more bytes arrive. */
+  private next (): Buffer | 'skip' | null {
+    const b = this.input
+    if (!this.started) {
+      if (b.length < 8) return null
+      const len = b.readInt32BE(0)
+      if (b.length < len) return null
+      const code = b.readInt32BE(4)
+      this.input = b.subarray(len)
+      if (code === SSL_REQUEST || code === GSSENC_REQUEST) { this.socket.write('N'); return 'skip' }
+      // PGlite has no backend to interrupt: a cancel is read and dropped, as Postgres ends it.
+      if (code === CANCEL_REQUEST) { this.socket.end(); return 'skip' }
+      this.started = true // the startup message (protocol 3.0), which PGlite answers itself
+      return b.subarray(0, len)
+    }
+    if (b.length < 5) return null
+    const len = 1 + b.readInt32BE(1)
+    if (b.length < len) return null
+    this.input = b.subarray(len)
+    return b.subarray(0, len)
+  }
+}
+
+/** Follows the server's messages across chunks, to see each ReadyForQuery and its status. */
+class OutputScanner {
+  answeredReady = false
+  private header: Buffer = Buffer.alloc(0)
+  private skip = 0
+  private readyPending = false
+
+  constructor (private readonly onStatus: (status: string) => void) {}
+
+  scan (data: Uint8Array): void {
+    let i = 0
+    while (i < data.length) {
+      if (this.skip > 0) {
+        const n = Math.min(this.skip, data.length - i)
+        if (this.readyPending && n > 0 && this.skip === 1) { this.onStatus(String.fromCharCode(data[i])); this.answeredReady = true; this.readyPending = false }
+        this.skip -= n
+        i += n
+        continue
+      }
+      const need = 5 - this.header.length
+      const take = Math.min(need, data.length - i)
+      this.header = Buffer.concat([this.header, data.subarray(i, i + take)])
+      i += take
+      if (this.header.length < 5) return
+      this.readyPending = this.header[0] === 0x5a // 'Z'
+      this.skip = this.header.readInt32BE(1) - 4
+      this.header = Buffer.alloc(0)
+    }
+  }
+}

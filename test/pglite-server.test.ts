@@ -1,0 +1,92 @@
+import t, { type Test } from 'tap'
+import postgres from 'postgres'
+import { PGlite } from '@electric-sql/pglite'
+import { servePglite } from '../src/db/pglite-server.js'
+
+// The embedded database (the sidecar's trial mode, and the suite's fallback without a server) is
+// one PGlite session shared by several clients: each must get it for whole exchanges.
+
+// One PGlite for the file (it takes seconds to start); each test has its own server and table.
+const db = await PGlite.create()
+t.teardown(() => db.close())
+
+async function served (t: Test) {
+  const server = await servePglite(db, '127.0.0.1', 0)
+  const url = `postgres://postgres@127.0.0.1:${server.port}/postgres`
+  const pools: postgres.Sql<{}>[] = []
+  const pool = (max = 4, opts: postgres.Options<{}> = {}) => { const p = postgres(url, { max, prepare: false, onnotice: () => {}, ...opts }); pools.push(p); return p }
+  t.teardown(async () => {
+    for (const p of pools) await p.end({ timeout: 0 }).catch(() => {})
+    await server.stop()
+  })
+  return { pool, server }
+}
+
+t.test('many clients pipelining unnamed statements and transactions never see each other\'s portals', async (t) => {
+  const { pool } = await served(t)
+  const a = pool()
+  const b = pool()
+  await a`create table t1 (i int)`
+  const jobs: Promise<unknown>[] = []
+  for (let i = 0; i < 120; i++) {
+    const c = i % 2 === 0 ? a : b
+    jobs.push(i % 5 === 0
+      ? c.begin(async (tx) => { await tx`insert into t1 values (${i})`; return tx`select count(*)::int as n from t1 where i > ${i}` })
+      : c`select ${i}::int as x`.then((r) => { if (r[0].x !== i) throw new Error(`asked ${i}, got ${r[0].x}`) }))
+  }
+  const results = await Promise.allSettled(jobs)
+  t.same(results.filter((r) => r.status === 'rejected').map((r) => String((r as PromiseRejectedResult).reason)), [], 'every exchange answered, in its own turn')
+  t.same(await a`select count(*)::int as n from t1`, [{ n: 24 }])
+})
+
+t.test('a transaction keeps the session: another client\'s statement waits for its end and sees it whole', async (t) => {
+  const { pool, server } = await served(t)
+  const a = pool(1)
+  const b = pool(1)
+  await a`create table t2 (i int)`
+  let release!: () => void
+  const held = new Promise<void>((r) => { release = r })
+  let inserted!: () => void
+  const insertedYet = new Promise<void>((r) => { inserted = r })
+  const tx = a.begin(async (tx) => {
+    await tx`insert into t2 values (1)`
+    inserted()
+    await held
+    await tx`insert into t2 values (2)`
+  })
+  await insertedYet
+  let seen: number | null = null
+  const read = b`select count(*)::int as n from t2`.then((r) => { seen = r[0].n })
+  while (server.waiting() === 0) await new Promise((r) => setImmediate(r)) // its bytes reached the server
+  t.equal(seen, null, 'not answered inside another client\'s transaction')
+  release()
+  await tx
+  await read
+  t.equal(seen, 2, 'it sees the committed transaction whole')
+})
+
+t.test('a client gone mid-transaction is rolled back and frees the session', async (t) => {
+  const { pool } = await served(t)
+  const a = pool(1)
+  const b = pool(1)
+  await b`create table t3 (i int)`
+  let inserted!: () => void
+  const insertedYet = new Promise<void>((r) => { inserted = r })
+  const tx = a.begin(async (tx) => {
+    await tx`insert into t3 values (1)`
+    inserted()
+    await new Promise(() => {}) // never commits
+  }).catch((e: { code?: string }) => e.code)
+  await insertedYet
+  await a.end({ timeout: 0 })
+  t.match(await tx, /^CONNECTION_(CLOSED|DESTROYED)$/)
+  t.same(await b`select count(*)::int as n from t3`, [{ n: 0 }], 'its insert is gone, and the next client is served')
+  await b.begin((tx) => tx`insert into t3 values (3)`)
+  t.same(await b`select i from t3`, [{ i: 3 }], 'a new transaction starts cleanly')
+})
+
+t.test('a client asking for TLS is told no and carries on in plain text (psql does this by default)', async (t) => {
+  const { pool } = await served(t)
+  const c = pool(1, { ssl: 'prefer' })
+  t.same(await c`select 1 as one`, [{ one: 1 }])
+})
