@@ -8,7 +8,7 @@ import { streamCsv } from './csv.js'
 import { ParamError, encodeCursor, optionalText, parseCursor, parseGroupBy, parseLimit, parsePeriod, wantsCsv } from './params.js'
 import { sendJson, type AdminRequest, type AdminRoute } from './router.js'
 import type { Sql } from '../db/connect.js'
-import { exact, exactFields } from '../lib/exact.js'
+import { trimDecimal, trimDecimalFields } from '../lib/decimal.js'
 
 // GET /admin/v1/usage (sums per user, model, day, task or outcome) and GET /admin/v1/events
 // (the raw rows, newest first), each as JSON or streamed CSV.
@@ -77,7 +77,7 @@ async function usage (deps: UsageDeps, { req, res, url }: AdminRequest): Promise
   }
   const rows = outcomes ? await outcomes() : await usageByGroup(sql, period, groupBy, source)
   // Summed before trimming: a sum of trimmed values can end in zeros again (0.15 + 0.05).
-  const totals = exactFields(totalsOf(rows), SUM_COLUMNS)
+  const totals = trimDecimalFields(totalsOf(rows), SUM_COLUMNS)
   // Per user: every budget of the page in one read, however many users it lists.
   const budgets = groupBy === 'user' ? await deps.budgetsFor(rows.flatMap((r) => r.key === null ? [] : [r.key])) : null
   const data = rows.map((row) => shape(groupBy, row, budgets))
@@ -97,7 +97,7 @@ function shape (groupBy: GroupBy, row: GroupRow, budgets: Map<string, UserBudget
 }
 
 function exactSum (v: string | number): string | number {
-  return typeof v === 'string' ? exact(v) : v
+  return typeof v === 'string' ? trimDecimal(v) : v
 }
 
 async function listEvents (deps: UsageDeps, { req, res, url }: AdminRequest): Promise<void> {
@@ -112,11 +112,11 @@ async function listEvents (deps: UsageDeps, { req, res, url }: AdminRequest): Pr
   const sql = deps.readSql()
   if (csv) {
     return streamCsv(res, `events-${from}-${to}.csv`, EVENT_COLUMNS, events(sql, { ...filter, limit }).cursor(CURSOR_BATCH),
-      (row) => { const r = exactFields(row, EVENT_DECIMALS); return EVENT_COLUMNS.map((c) => r[c]) })
+      (row) => { const r = trimDecimalFields(row, EVENT_DECIMALS); return EVENT_COLUMNS.map((c) => r[c]) })
   }
   // One row more than asked tells whether another page exists.
   const rows = await events(sql, { ...filter, limit: limit + 1 })
-  const page = rows.slice(0, limit).map((r) => exactFields(r, EVENT_DECIMALS))
+  const page = rows.slice(0, limit).map((r) => trimDecimalFields(r, EVENT_DECIMALS))
   const last = page.at(-1)
   const more = rows.length > limit
   sendJson(res, 200, {

@@ -40,9 +40,32 @@ export function roundDecimal (v: string, places: number): string {
   return (neg && rounded !== 0n ? '-' : '') + out
 }
 
-/** Postgres numeric text, trimmed: "1.6500000" -> "1.65". */
+// Exact amounts as people read them: Postgres writes a numeric with its full scale
+// ("0.0143275740000000000000000000"), and the API, the CSV, the statement and the messages show
+// the same value with every significant digit and no trailing zeros ("0.014327574").
+const PLAIN_DECIMAL = /^(-?)(\d+)(?:\.(\d*))?$/
+
+/**
+ * "1.6500" -> "1.65", "12.0000" -> "12", "0.000" and "-0.00" -> "0". Text that is not a plain
+ * decimal (Postgres' NaN) goes out as written: a report never fails over how a number looks.
+ */
 export function trimDecimal (text: string): string {
-  return text.includes('.') ? text.replace(/0+$/, '').replace(/\.$/, '') : text
+  const m = PLAIN_DECIMAL.exec(text)
+  if (!m) return text
+  const int = m[2].replace(/^0+(?=\d)/, '')
+  const frac = (m[3] ?? '').replace(/0+$/, '')
+  const body = frac === '' ? int : `${int}.${frac}`
+  return m[1] === '-' && /[1-9]/.test(body) ? `-${body}` : body
+}
+
+/** A copy of `row` with the named fields trimmed by trimDecimal(); null and numbers stay as they are. */
+export function trimDecimalFields<T extends object> (row: T, fields: readonly string[]): T {
+  const out = { ...row } as Record<string, unknown>
+  for (const f of fields) {
+    const v = out[f]
+    if (typeof v === 'string') out[f] = trimDecimal(v)
+  }
+  return out as T
 }
 
 // Units: estimates multiply and divide, so they work on BigInt at one fixed scale of 18 decimals.

@@ -6,7 +6,7 @@ import { startEmbedded, type EmbeddedDb } from '../../db/embedded.js'
 import { organizations, statementLines, statementTotals, sumsSource, type StatementLine } from './usage-report.js'
 import { createLogger } from '../../lib/log.js'
 import { roundDecimal, sameDecimal, sumDecimals } from '../../lib/decimal.js'
-import { exact, exactFields } from '../../lib/exact.js'
+import { trimDecimal, trimDecimalFields } from '../../lib/decimal.js'
 
 // `usage-proxy statement --month YYYY-MM`: the reseller's monthly statement, one line per user
 // with requests, tokens, cost, markup and billed cost. The lines and the totals are read in one
@@ -87,8 +87,8 @@ export async function buildStatement (sql: Sql, organizationId: string | undefin
     }
     // Trimmed after summing: a sum of trimmed amounts can end in zeros again (0.15 + 0.05).
     return {
-      id: org.id, name: org.name, markup_percent: exact(org.markup_percent),
-      lines: mine.map((l) => exactFields(l, AMOUNTS)), total: exactFields(total, AMOUNTS),
+      id: org.id, name: org.name, markup_percent: trimDecimal(org.markup_percent),
+      lines: mine.map((l) => trimDecimalFields(l, AMOUNTS)), total: trimDecimalFields(total, AMOUNTS),
       invoice_total_usd: roundDecimal(total.billed_cost_usd, 2),
     }
   })

@@ -1,35 +1,35 @@
 // Breaks of money as people read it (exact amounts without trailing zeros, the statement's invoice
 // total) and of the usage page (organization name, budget period, sizes at 1280 and 390 px): each
 // must make the named tests fail. Run: npm run mutate -- moneyshow
-const EXACT = ['test/exact.test.ts']
+const EXACT = ['test/trim-decimal.test.ts']
 const API = ['test/admin-usage.test.ts']
 const STATEMENT = ['test/statement.test.ts']
 const PAGE = ['test/admin-page.test.ts']
 export const BREAKS = [
   {
-    name: 'moneyshow: exact() keeps trailing zeros',
-    file: 'src/lib/exact.ts',
+    name: 'moneyshow: trimDecimal() keeps trailing zeros',
+    file: 'src/lib/decimal.ts',
     search: "const frac = (m[3] ?? '').replace(/0+$/, '')",
     replace: "const frac = m[3] ?? ''",
     tests: [...EXACT, ...API],
   },
   {
-    name: 'moneyshow: exact() writes negative zero as "-0"',
-    file: 'src/lib/exact.ts',
+    name: 'moneyshow: trimDecimal() writes negative zero as "-0"',
+    file: 'src/lib/decimal.ts',
     search: "return m[1] === '-' && /[1-9]/.test(body) ? `-${body}` : body",
     replace: "return m[1] === '-' ? `-${body}` : body",
     tests: EXACT,
   },
   {
-    name: 'moneyshow: exact() keeps leading zeros',
-    file: 'src/lib/exact.ts',
+    name: 'moneyshow: trimDecimal() keeps leading zeros',
+    file: 'src/lib/decimal.ts',
     search: "const int = m[2].replace(/^0+(?=\\d)/, '')",
     replace: 'const int = m[2]',
     tests: EXACT,
   },
   {
-    name: 'moneyshow: exact() throws on NaN, failing the whole report',
-    file: 'src/lib/exact.ts',
+    name: 'moneyshow: trimDecimal() throws on NaN, failing the whole report',
+    file: 'src/lib/decimal.ts',
     search: '  if (!m) return text',
     replace: "  if (!m) throw new Error('not a decimal')",
     tests: EXACT,
@@ -37,7 +37,7 @@ export const BREAKS = [
   {
     name: 'moneyshow: the usage totals keep Postgres\' scale',
     file: 'src/admin/usage.ts',
-    search: 'const totals = exactFields(totalsOf(rows), SUM_COLUMNS)',
+    search: 'const totals = trimDecimalFields(totalsOf(rows), SUM_COLUMNS)',
     replace: 'const totals = totalsOf(rows)',
     tests: API,
   },
@@ -58,14 +58,14 @@ export const BREAKS = [
   {
     name: 'moneyshow: the events JSON keeps Postgres\' scale',
     file: 'src/admin/usage.ts',
-    search: 'const page = rows.slice(0, limit).map((r) => exactFields(r, EVENT_DECIMALS))',
+    search: 'const page = rows.slice(0, limit).map((r) => trimDecimalFields(r, EVENT_DECIMALS))',
     replace: 'const page = rows.slice(0, limit)',
     tests: API,
   },
   {
     name: 'moneyshow: the events CSV keeps Postgres\' scale',
     file: 'src/admin/usage.ts',
-    search: '(row) => { const r = exactFields(row, EVENT_DECIMALS); return EVENT_COLUMNS.map((c) => r[c]) })',
+    search: '(row) => { const r = trimDecimalFields(row, EVENT_DECIMALS); return EVENT_COLUMNS.map((c) => r[c]) })',
     replace: '(row) => EVENT_COLUMNS.map((c) => row[c]))',
     tests: API,
   },
@@ -79,14 +79,14 @@ export const BREAKS = [
   {
     name: 'moneyshow: the statement lines keep Postgres\' scale',
     file: 'src/usage/reports/statement.ts',
-    search: 'lines: mine.map((l) => exactFields(l, AMOUNTS)),',
+    search: 'lines: mine.map((l) => trimDecimalFields(l, AMOUNTS)),',
     replace: 'lines: mine,',
     tests: STATEMENT,
   },
   {
     name: 'moneyshow: the statement\'s markup percent keeps its four decimals',
     file: 'src/usage/reports/statement.ts',
-    search: 'markup_percent: exact(org.markup_percent),',
+    search: 'markup_percent: trimDecimal(org.markup_percent),',
     replace: 'markup_percent: org.markup_percent,',
     tests: STATEMENT,
   },

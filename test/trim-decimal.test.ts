@@ -1,5 +1,5 @@
 import t from 'tap'
-import { exact, exactFields } from '../src/lib/exact.js'
+import { trimDecimal, trimDecimalFields } from '../src/lib/decimal.js'
 
 // Exact amounts as people read them: every significant digit, no trailing zeros, zero as "0".
 
@@ -21,15 +21,15 @@ t.test('trailing zeros and a trailing point go, every significant digit stays', 
     ['0.00000000000000000000000001', '0.00000000000000000000000001'],
     ['123456789012345678901234567890.123456789012345678900', '123456789012345678901234567890.1234567890123456789'],
   ]
-  for (const [v, want] of cases) t.equal(exact(v), want, `${v} -> ${want}`)
+  for (const [v, want] of cases) t.equal(trimDecimal(v), want, `${v} -> ${want}`)
 })
 
 t.test('text that is not a plain decimal goes out as written', async (t) => {
-  for (const v of ['NaN', '', '1e-7', 'abc', '1.5 ']) t.equal(exact(v), v)
+  for (const v of ['NaN', '', '1e-7', 'abc', '1.5 ']) t.equal(trimDecimal(v), v)
 })
 
 t.test('exactFields trims the named string fields of a copy, and nothing else', async (t) => {
   const row = { cost_usd: '1.2500', billed_cost_usd: null, requests: 3, note: '1.50' }
-  t.same(exactFields(row, ['cost_usd', 'billed_cost_usd', 'requests']), { cost_usd: '1.25', billed_cost_usd: null, requests: 3, note: '1.50' })
+  t.same(trimDecimalFields(row, ['cost_usd', 'billed_cost_usd', 'requests']), { cost_usd: '1.25', billed_cost_usd: null, requests: 3, note: '1.50' })
   t.equal(row.cost_usd, '1.2500', 'the row itself is left as it was')
 })
