@@ -1,5 +1,8 @@
 import postgres from 'postgres'
 import { randomBytes } from 'node:crypto'
+import { mkdir, readFile, rename, writeFile } from 'node:fs/promises'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { servePglite } from '../../src/db/pglite-server.js'
 
 // Each test file gets a database of its own, created here and dropped at the end: files run in
@@ -46,7 +49,7 @@ async function createOnServer (): Promise<TestDb> {
 
 async function createEmbedded (): Promise<TestDb> {
   const { PGlite } = await import('@electric-sql/pglite')
-  const db = await PGlite.create()
+  const db = await PGlite.create({ loadDataDir: await blankDataDir() })
   const server = await servePglite(db, '127.0.0.1', 0)
   const url = `postgres://postgres@127.0.0.1:${server.port}/postgres`
   const sql = postgres(url, { max: 2, onnotice: () => {} })
@@ -58,6 +61,35 @@ async function createEmbedded (): Promise<TestDb> {
       await db.close()
     },
   }
+}
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..')
+
+/**
+ * A freshly initialised, empty PGlite data directory (a tar), made once per PGlite version and
+ * kept under .tap/: PGlite's initdb takes seconds of WASM work in every test file, loading its
+ * result takes a fraction of that, and the database is the same empty one either way. Two files
+ * starting at once may both make it; each writes its own temporary file and renames it, so a
+ * reader never sees half of one.
+ */
+export async function blankDataDir (): Promise<Blob> {
+  const manifest = join(ROOT, 'node_modules', '@electric-sql', 'pglite', 'package.json')
+  const { version } = JSON.parse(await readFile(manifest, 'utf8')) as { version: string }
+  const file = join(ROOT, '.tap', 'pglite', `blank-${version}.tar`)
+  try {
+    return new Blob([await readFile(file)])
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+  }
+  const { PGlite } = await import('@electric-sql/pglite')
+  const db = await PGlite.create()
+  const tar = await db.dumpDataDir('none')
+  await db.close()
+  await mkdir(dirname(file), { recursive: true })
+  const temp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}`
+  await writeFile(temp, new Uint8Array(await tar.arrayBuffer()))
+  await rename(temp, file)
+  return tar
 }
 
 /**
