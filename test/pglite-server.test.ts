@@ -2,12 +2,13 @@ import t, { type Test } from 'tap'
 import postgres from 'postgres'
 import { PGlite } from '@electric-sql/pglite'
 import { servePglite } from '../src/db/pglite-server.js'
+import { blankDataDir, rowsSoon } from './support/db.js'
 
 // The embedded database (the sidecar's trial mode, and the suite's fallback without a server) is
 // one PGlite session shared by several clients: each must get it for whole exchanges.
 
 // One PGlite for the file (it takes seconds to start); each test has its own server and table.
-const db = await PGlite.create()
+const db = await PGlite.create({ loadDataDir: await blankDataDir() })
 t.teardown(() => db.close())
 
 async function served (t: Test) {
@@ -89,4 +90,32 @@ t.test('a client asking for TLS is told no and carries on in plain text (psql do
   const { pool } = await served(t)
   const c = pool(1, { ssl: 'prefer' })
   t.same(await c`select 1 as one`, [{ one: 1 }])
+})
+
+t.test('settings are each client\'s own, as with a backend each: startup parameters and SETs neither leak nor get lost', async (t) => {
+  const { pool } = await served(t)
+  const far = pool(1, { connection: { TimeZone: 'Pacific/Kiritimati' } })
+  const plain = pool(1)
+  const zone = async (c: postgres.Sql<{}>) => (await c`select current_setting('TimeZone') as z, current_setting('statement_timeout') as s`)[0]
+  t.same(await zone(far), { z: 'Pacific/Kiritimati', s: '0' }, 'a startup parameter is in place')
+  t.same(await zone(plain), { z: 'UTC', s: '0' }, 'and not in another client\'s session')
+  await plain`set statement_timeout = '7s'`
+  await plain`select set_config('TimeZone', 'Asia/Tokyo', false)`
+  t.same(await zone(far), { z: 'Pacific/Kiritimati', s: '0' }, 'another client\'s SET does not reach it')
+  t.same(await zone(plain), { z: 'Asia/Tokyo', s: '7s' }, 'its own SETs survive another client\'s turn')
+  await plain`reset all`
+  t.same(await zone(far), { z: 'Pacific/Kiritimati', s: '0' })
+  t.same(await zone(plain), { z: 'UTC', s: '0' }, 'a RESET is its own too')
+})
+
+t.test('a client gone leaves none of its prepared statements in the session', async (t) => {
+  const { pool } = await served(t)
+  const preparing = pool(1, { prepare: true })
+  const other = pool(1)
+  const prepared = async () => (await other`select count(*)::int as n from pg_prepared_statements`)[0].n
+  await preparing`select ${1}::int as one`
+  await preparing`select ${2}::int as two`
+  t.ok(await prepared() >= 2, 'its statements live in the one session')
+  await preparing.end({ timeout: 1 })
+  t.equal((await rowsSoon(async () => (await prepared()) === 0 ? [1] : [])).length, 1, 'and go when it does')
 })

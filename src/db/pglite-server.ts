@@ -7,6 +7,10 @@ import type { PGlite } from '@electric-sql/pglite'
 // client's Bind lands between another's Parse and Execute ("portal "" does not exist"), and a
 // statement slips into someone else's transaction. So clients take turns here, exchange by
 // exchange; the one holding a transaction open keeps its turn until it ends.
+// The session's settings are per client too, as each would have a backend of its own: one
+// client's SET TimeZone (or search_path, statement_timeout, its startup parameters) is not
+// another's. When the session passes to another client, the settings the last one made are put
+// aside and the next one's put back.
 
 const SSL_REQUEST = 80877103
 const GSSENC_REQUEST = 80877104
@@ -21,9 +25,10 @@ export interface PgliteServer {
 
 export async function servePglite (db: PGlite, host: string, port: number): Promise<PgliteServer> {
   const turns = new Turns()
+  const settings = new Settings(db)
   const clients = new Set<Client>()
   const server = createServer((socket) => {
-    const client: Client = new Client(db, socket, turns, () => clients.delete(client))
+    const client: Client = new Client(db, socket, turns, settings, () => clients.delete(client))
     clients.add(client)
   })
   await new Promise<void>((resolve, reject) => {
@@ -72,7 +77,53 @@ class Turns {
   }
 }
 
+/** A client's own settings: its startup parameters, then whatever it SETs in its session. */
+type Setting = [name: string, value: string]
+
+/** Which client's settings the session holds, and the swap when another client's turn begins. */
+class Settings {
+  private current: Client | null = null
+
+  constructor (private readonly db: PGlite) {}
+
+  async enter (client: Client): Promise<void> {
+    if (this.current === client) return
+    const last = this.current
+    let dirty = last !== null
+    if (last !== null && !last.gone) {
+      const { rows } = await this.db.query<{ name: string, value: string }>(
+        "select name, current_setting(name) as value from pg_settings where source in ('session', 'client')")
+      last.settings = rows.map((r) => [r.name, r.value])
+      dirty = rows.length > 0
+    }
+    if (dirty) await this.db.exec('reset all')
+    for (const [name, value] of client.settings) {
+      // One the session refuses (a startup parameter PGlite does not have) is left out, as
+      // Postgres would have refused the connection's own SET of it.
+      await this.db.query('select set_config($1, $2, false)', [name, value]).catch(() => {})
+    }
+    this.current = client
+  }
+}
+
+/** Startup parameters that choose the connection, not a setting of its session. */
+const NOT_SETTINGS = new Set(['user', 'database', 'replication', 'options'])
+
+function startupSettings (message: Buffer): Setting[] {
+  const fields = message.subarray(8).toString('utf8').split('\0')
+  const settings: Setting[] = []
+  for (let i = 0; i + 1 < fields.length && fields[i] !== ''; i += 2) {
+    if (!NOT_SETTINGS.has(fields[i])) settings.push([fields[i], fields[i + 1]])
+  }
+  return settings
+}
+
 class Client {
+  settings: Setting[] = []
+  /** Gone: its socket closed and the session no longer holds anything of it. */
+  gone = false
+  /** Named statements it prepared (Parse): they live in the one session, and leave with it. */
+  private statements = new Set<string>()
   private input: Buffer = Buffer.alloc(0)
   private started = false
   private busy = false
@@ -82,7 +133,8 @@ class Client {
   private exchanging = false
   private output = new OutputScanner((s) => { this.status = s })
 
-  constructor (private readonly db: PGlite, readonly socket: Socket, private readonly turns: Turns, private readonly gone: () => void) {
+  constructor (private readonly db: PGlite, readonly socket: Socket, private readonly turns: Turns, private readonly session: Settings,
+    private readonly forget: () => void) {
     socket.setNoDelay(true)
     socket.on('data', (chunk: Buffer) => { this.input = this.input.length === 0 ? chunk : Buffer.concat([this.input, chunk]); void this.pump() })
     socket.on('error', () => {})
@@ -101,6 +153,7 @@ class Client {
         if (message === 'skip') continue
         if (message[0] === 0x58) { this.socket.end(); continue } // Terminate: the close ends the turn
         await this.turns.take(this)
+        await this.session.enter(this)
         this.exchanging = true
         await this.db.execProtocolRawStream(new Uint8Array(message), {
           onRawData: (data) => { this.output.scan(data); if (!this.socket.destroyed) this.socket.write(Buffer.from(data)) },
@@ -119,16 +172,23 @@ class Client {
     }
   }
 
-  /** A client that goes away mid-transaction leaves the session as it found it. */
+  /**
+   * A client that goes away leaves the session as it found it: a transaction it left open rolled
+   * back, its prepared statements gone (the next client to prepare one of that name would be
+   * refused), its settings reset when the next client's turn begins.
+   */
   private async leave (): Promise<void> {
-    if (this.status !== 'I' || this.exchanging) {
+    if (this.gone) return
+    if (this.status !== 'I' || this.exchanging || this.statements.size > 0) {
       await this.turns.take(this)
-      await this.db.exec('rollback').catch(() => {})
+      if (this.status !== 'I' || this.exchanging) await this.db.exec('rollback').catch(() => {})
+      for (const name of this.statements) await this.db.exec(`deallocate "${name.replaceAll('"', '""')}"`).catch(() => {})
       this.status = 'I'
       this.exchanging = false
     }
+    this.gone = true
     this.turns.give(this)
-    this.gone()
+    this.forget()
   }
 
   /** The next whole message, 'skip' for one answered here, or null until more bytes arrive. */
@@ -143,14 +203,19 @@ class Client {
       if (code === SSL_REQUEST || code === GSSENC_REQUEST) { this.socket.write('N'); return 'skip' }
       // PGlite has no backend to interrupt: a cancel is read and dropped, as Postgres ends it.
       if (code === CANCEL_REQUEST) { this.socket.end(); return 'skip' }
-      this.started = true // the startup message (protocol 3.0), which PGlite answers itself
+      // The startup message (protocol 3.0), which PGlite answers itself. Its parameters are this
+      // client's settings, put in place whenever its turn begins.
+      this.started = true
+      this.settings = startupSettings(b.subarray(0, len))
       return b.subarray(0, len)
     }
     if (b.length < 5) return null
     const len = 1 + b.readInt32BE(1)
     if (b.length < len) return null
     this.input = b.subarray(len)
-    return b.subarray(0, len)
+    const message = b.subarray(0, len)
+    if (message[0] === 0x50 && message[5] !== 0) this.statements.add(message.subarray(5, message.indexOf(0, 5)).toString('utf8')) // Parse, named
+    return message
   }
 }
 
