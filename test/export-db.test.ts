@@ -8,7 +8,7 @@ import { request } from 'undici'
 import { FakeOpenRouter } from './support/fake-openrouter.js'
 import { createTestDb, type TestDb } from './support/db.js'
 import { TEST_KEY } from './support/sidecar.js'
-import { CLI, freePort, runNode, spawnSidecar, type Child } from './support/child.js'
+import { CLI, freePort, runNode, runNodeAsync, spawnSidecar, type Child } from './support/child.js'
 import { journalLines, sendAs, until } from './support/crash-cycle.js'
 import { runVerify } from '../src/usage/reports/verify-command.js'
 
@@ -86,13 +86,13 @@ t.test('embedded ledger -> export-db -> PostgreSQL: the same rows and budgets; t
 
   const db: TestDb = await createTestDb()
   t.teardown(() => db.drop())
-  const copy = runNode([CLI, 'export-db', '--to', db.url], { DATA_DIR: dataDir }, 120_000)
+  const copy = await runNodeAsync([CLI, 'export-db', '--to', db.url], { DATA_DIR: dataDir }, 120_000)
   t.equal(copy.status, 0, `export-db exits 0: ${copy.stderr}`)
   t.match(copy.stdout, /usage_events: 4 rows/)
   t.match(copy.stdout, /Next: set DATABASE_URL/)
   t.same(await ledger(db.sql), before, 'every row, budget, mapping and rollup as it was, to the last digit')
 
-  const again = runNode([CLI, 'export-db', '--to', db.url], { DATA_DIR: dataDir }, 120_000)
+  const again = await runNodeAsync([CLI, 'export-db', '--to', db.url], { DATA_DIR: dataDir }, 120_000)
   t.equal(again.status, 2, 'a second copy into the same database is refused')
   t.match(again.stderr, /already holds rows in/)
   t.same(await ledger(db.sql), before, 'and writes nothing')

@@ -9,7 +9,7 @@ import { FakeOpenRouter, sumDecimals } from './support/fake-openrouter.js'
 import { createTestDb, rowsSoon, type TestDb } from './support/db.js'
 import { TEST_KEY } from './support/sidecar.js'
 import { TcpRelay } from './support/tcp-relay.js'
-import { faultEnv, freePort, ROOT, runNode, spawnSidecar } from './support/child.js'
+import { faultEnv, freePort, ROOT, runNodeAsync, spawnSidecar } from './support/child.js'
 import { runLoad } from './support/load.js'
 import { createLogger } from '../src/lib/log.js'
 import { Journal } from '../src/usage/ledger/journal.js'
@@ -256,7 +256,7 @@ t.test('a fatal error in the turn a record was accepted: process.exit writes the
   const dist = (f: string) => JSON.stringify(pathToFileURL(join(ROOT, 'dist', f)).href)
   const script = `
     import { start } from ${dist('main.js')}
-    import { installCrashGuard } from ${dist('crash-guard.js')}
+    import { installCrashGuard } from ${dist('lib/crash-guard.js')}
     const sidecar = await start(${JSON.stringify({ ...env(db.url, dataDir), PORT: '0', HOST: '127.0.0.1' })})
     installCrashGuard(sidecar.log)
     await sidecar.ready
@@ -265,7 +265,7 @@ t.test('a fatal error in the turn a record was accepted: process.exit writes the
       throw new Error('a bug, in the turn that accepted the record')
     }, 0)
   `
-  const r = runNode(['--input-type=module', '-e', script], {}, 60_000)
+  const r = await runNodeAsync(['--input-type=module', '-e', script], {}, 60_000)
   t.equal(r.status, 1, 'the crash guard exited 1')
   t.match(r.stdout, /uncaught exception; exiting/)
   const replay = new Journal(join(dataDir, 'journal'), createLogger('silent')).replay()

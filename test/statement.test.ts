@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { createTestDb, type TestDb } from './support/db.js'
+import { runNodeAsync } from './support/child.js'
 import { ORG, seedLedger } from './support/seed.js'
 import { parseCsv } from './support/csv.js'
 import { migrate } from '../src/db/migrate.js'
@@ -173,14 +174,14 @@ t.test('the command as users run it: node dist/cli.js statement', async (t) => {
     const tsc = spawnSync(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.build.json'], { cwd: root, encoding: 'utf8' })
     t.equal(tsc.status, 0, tsc.stdout)
   }
-  const cwd = mkdtempSync(join(tmpdir(), 'statement-cwd-')) // no .env here
-  const env = { PATH: process.env.PATH ?? '', DATABASE_URL: db.url, OPENROUTER_EXTERNAL_USER: ORG }
-  const ok = spawnSync(process.execPath, [cli, 'statement', '--month', '2026-11', '--format', 'json'], { cwd, env, encoding: 'utf8', timeout: 20_000 })
+  // In an empty directory (no .env), and not blocking this process: it may serve the database.
+  const env = { DATABASE_URL: db.url, OPENROUTER_EXTERNAL_USER: ORG }
+  const ok = await runNodeAsync([cli, 'statement', '--month', '2026-11', '--format', 'json'], env)
   t.equal(ok.status, 0, ok.stderr)
   t.equal(JSON.parse(ok.stdout).organizations[0].total.requests, (await fromDb(ORG)).requests)
-  const bad = spawnSync(process.execPath, [cli, 'statement', '--month', 'november'], { cwd, env, encoding: 'utf8', timeout: 20_000 })
+  const bad = await runNodeAsync([cli, 'statement', '--month', 'november'], env)
   t.equal(bad.status, 2)
   t.match(bad.stderr, /usage-proxy: --month must be YYYY-MM/)
-  const help = spawnSync(process.execPath, [cli, '--help'], { cwd, env, encoding: 'utf8' })
+  const help = await runNodeAsync([cli, '--help'], env)
   t.match(help.stdout, /statement --month YYYY-MM/)
 })

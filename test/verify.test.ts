@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { randomUUID } from 'node:crypto'
 import { createTestDb, type TestDb } from './support/db.js'
+import { runNodeAsync } from './support/child.js'
 import { startSidecar, TEST_KEY } from './support/sidecar.js'
 import { createLogger } from '../src/lib/log.js'
 import { migrate } from '../src/db/migrate.js'
@@ -79,18 +80,18 @@ t.test('usage-proxy verify as a command', async (t) => {
   const db = await filled([[1, '2026-05-05T10:00:00Z']])
   t.teardown(() => db.drop())
   const cli = join(process.cwd(), 'dist', 'cli.js')
-  const stale = !existsSync(join('dist', 'verify-command.js')) || statSync(join('dist', 'verify-command.js')).mtimeMs < statSync(join('src', 'verify-command.ts')).mtimeMs
+  const built = join('dist', 'usage', 'reports', 'verify-command.js')
+  const stale = !existsSync(built) || statSync(built).mtimeMs < statSync(join('src', 'usage', 'reports', 'verify-command.ts')).mtimeMs
   if (stale || !readdirSync('dist').includes('cli.js')) {
     const tsc = spawnSync(process.execPath, [join('node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.build.json'], { encoding: 'utf8' })
     t.equal(tsc.status, 0, tsc.stdout)
   }
-  const run = (args: string[]) => spawnSync(process.execPath, [cli, 'verify', ...args], {
-    encoding: 'utf8', env: { PATH: process.env.PATH ?? '', DATABASE_URL: db.url }, cwd: mkdtempSync(join(tmpdir(), 'verify-cwd-')), timeout: 30_000,
-  })
-  const ok = run(['--month', '2026-05'])
+  // Not blocking this process: it may serve the database (the embedded fallback of support/db).
+  const run = (args: string[]) => runNodeAsync([cli, 'verify', ...args], { DATABASE_URL: db.url }, 30_000)
+  const ok = await run(['--month', '2026-05'])
   t.equal(ok.status, 0, ok.stdout + ok.stderr)
   await db.sql`update usage_daily_rollups set requests = requests + 1`
-  const bad = run([])
+  const bad = await run([])
   t.equal(bad.status, 1, 'non-zero exit when a rollup differs')
   t.match(bad.stdout, /2026-05-05 .* requests: rollup 2 != raw 1/)
 })

@@ -38,6 +38,23 @@ export function runNode (args: string[], env: Record<string, string | undefined>
   return spawnSync(process.execPath, args, { cwd: cleanCwd(), env: childEnv(env), encoding: 'utf8', timeout: timeoutMs })
 }
 
+/**
+ * runNode without blocking this process's event loop: for a child that talks to something this
+ * process serves, such as the embedded test database (test/support/db.ts serves it from the test's
+ * own process, and a spawnSync would leave the child's connection unanswered).
+ */
+export function runNodeAsync (args: string[], env: Record<string, string | undefined> = {}, timeoutMs = 20_000): Promise<{ status: number | null, stdout: string, stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, args, { cwd: cleanCwd(), env: childEnv(env), stdio: ['ignore', 'pipe', 'pipe'], timeout: timeoutMs })
+    let stdout = ''
+    let stderr = ''
+    child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d })
+    child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d })
+    child.on('error', reject)
+    child.on('close', (status) => resolve({ status, stdout, stderr }))
+  })
+}
+
 /** Starts node with the given arguments, immune to the developer's environment (see cleanCwd). */
 export function spawnNode (args: string[], env: Record<string, string | undefined> = {}, cwd = cleanCwd()): ChildProcess {
   return spawn(process.execPath, args, { cwd, env: childEnv(env), stdio: ['ignore', 'pipe', 'pipe'] })
