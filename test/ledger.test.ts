@@ -343,7 +343,12 @@ t.test('after a flush: a full batch that came in during the insert goes at once,
     const holding = db.sql.begin(async (tx) => { await tx`lock table usage_events in share mode`; locked(); await new Promise<void>((resolve) => { release = resolve }) })
     await isLocked
     during()
-    await untilAsync(async () => (await db.sql`select 1 from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query like '%insert into usage_events%'`).length === 1, 'the insert waiting for the lock')
+    // On the embedded database the transaction holds the one session, and the insert waits for
+    // its turn instead: the ledger's connection is the only other client.
+    await untilAsync(async () => db.queued
+      ? db.queued() === 1
+      : (await db.sql`select 1 from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query like '%insert into usage_events%'`).length === 1,
+    'the insert waiting for the lock')
     release()
     await holding
   }

@@ -14,7 +14,14 @@ import { servePglite } from '../../src/db/pglite-server.js'
 
 export const ADMIN_URL = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
 
-export interface TestDb { url: string, name: string, port: number, embedded: boolean, sql: postgres.Sql<{}>, drop: () => Promise<void> }
+export interface TestDb {
+  url: string, name: string, port: number, embedded: boolean, sql: postgres.Sql<{}>, drop: () => Promise<void>
+  /**
+   * Embedded only: how many clients wait for the one session (a statement sent while another
+   * client's transaction holds it), where a server would show a backend waiting on a lock.
+   */
+  queued?: () => number
+}
 
 let realServer: Promise<boolean> | null = null
 
@@ -54,7 +61,7 @@ async function createEmbedded (): Promise<TestDb> {
   const url = `postgres://postgres@127.0.0.1:${server.port}/postgres`
   const sql = postgres(url, { max: 2, onnotice: () => {} })
   return {
-    url, name: 'postgres', port: server.port, embedded: true, sql,
+    url, name: 'postgres', port: server.port, embedded: true, sql, queued: server.waiting,
     async drop () {
       await sql.end({ timeout: 1 })
       await server.stop()
