@@ -430,7 +430,7 @@ export const BREAKS = [
   },
   {
     name: "new: app headers no longer mark chat",
-    file: "src/usage/ledger/kind.ts",
+    file: "src/usage/ledger/row-kind.ts",
     search: "if (headers[name] !== undefined) return 'chat'",
     replace: "if (headers[name] !== undefined) return 'api'",
     tests: ['test/kind.test.ts'],
