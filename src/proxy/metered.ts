@@ -199,7 +199,7 @@ interface RawBody { raw: Buffer, room: number, memory: Buffer | null }
  * The whole body, or null once answered 413 (past MAX_BODY_BYTES). A body of more than one read
  * goes into memory (reused: ctx.bodies) with free bytes after it (`room`), where `user` is spliced
  * in place; `memory` goes back when the exchange is over. With a declared length each read is
- * copied as it arrives and dies young; kept to the end, a 4 MB image's reads outlived the young
+ * copied as it arrives and dies young; kept to the end, a 4 MB image's reads outlive the young
  * generation and cost full collections. Without one (chunked), the reads are copied at the end.
  * A client that leaves mid-body never resolves it: nothing follows.
  */
@@ -337,8 +337,8 @@ function requestHeaders (req: IncomingMessage, body: RequestBody, ctx: MeterCont
 /** On the upstream pool; from here on the Exchange answers the client whatever happens. */
 function dispatch (res: ServerResponse, path: string, headers: Record<string, string>, parts: Buffer[], memory: Buffer | null, rec: UsageRecord, ctx: MeterContext, admission: Admission | null): void {
   // One buffer: spliced in place when it could be, else one copy of the slices. (Handing undici
-  // the slices as an iterable saves that copy but measured slower: its iterable writer cost more
-  // CPU than the copy on a 4 MB image.)
+  // the slices as an iterable saves that copy but is slower: its iterable writer costs more CPU
+  // than the copy on a 4 MB image.)
   const body = parts.length === 1 ? parts[0] : Buffer.concat(parts)
   const exchange = new Exchange(res, rec, ctx, admission, memory, body)
   ctx.track(1)

@@ -13,8 +13,8 @@ export const BREAKS = [
   {
     name: "the client's accept-encoding is forwarded upstream",
     file: 'src/proxy/metered.ts',
-    search: "upstreamHeaders(req.headers, ctx, 'identity')",
-    replace: "upstreamHeaders(req.headers, ctx, 'client')",
+    search: "upstreamHeaders(req.headers, ctx.headers, 'identity')",
+    replace: "upstreamHeaders(req.headers, ctx.headers, 'client')",
     tests: ['test/usage-truth.test.ts'],
   },
   {
