@@ -256,7 +256,7 @@ t.test('a fatal error in the turn a record was accepted: process.exit writes the
   const dist = (f: string) => JSON.stringify(pathToFileURL(join(ROOT, 'dist', f)).href)
   const script = `
     import { start } from ${dist('main.js')}
-    import { installCrashGuard } from ${dist('crash-guard.js')}
+    import { installCrashGuard } from ${dist('lib/crash-guard.js')}
     const sidecar = await start(${JSON.stringify({ ...env(db.url, dataDir), PORT: '0', HOST: '127.0.0.1' })})
     installCrashGuard(sidecar.log)
     await sidecar.ready

@@ -24,9 +24,10 @@ import type { BudgetPeriod } from '../config/config.js'
 // are), so no sweeper releases the hold of a live request; one that ends keeps its hold for
 // BUDGET_RESERVATION_TTL_MS more, the time its record has to land.
 //
-// With no budget in the database and no rate limit configured, admit() returns null at once:
-// whether any budget exists is cached and refreshed every BUDGET_REFRESH_MS (and at once when this
-// process's admin API writes one), so the hot path does no database round trip.
+// With no budget in the database and no rate limit configured, needsAdmission() is false and the
+// request goes on without admit(): whether any budget exists is cached and refreshed every
+// BUDGET_REFRESH_MS (and at once when this process's admin API writes one), so the hot path does
+// no database round trip and allocates nothing here.
 
 export interface LimitsDeps {
   /** The main pool: the budgets-exist check and the sweeper. */
@@ -90,7 +91,8 @@ export class Limits {
   private failures = 0
   private readonly failedOpen: FailOpenLog
   private readonly admissionSql: Sql
-  refused = 0
+  /** Requests refused because a budget would be exceeded (402), since this process started. */
+  budgetRefusals = 0
 
   constructor (private readonly d: LimitsDeps) {
     this.template = d.config.exceededMessage ?? DEFAULT_EXCEEDED_MESSAGE
@@ -142,18 +144,24 @@ export class Limits {
   }
 
   /**
-   * null: nothing to check, go on at once. Otherwise a promise of the admission, or of null when
-   * the request was refused and answered here (nothing may then reach OpenRouter). `body` is the
-   * request body as received: it is read (prompt-counts.ts) only when a budget applies.
+   * Whether this request has anything to check: a rate limit for its user, or a budget that may
+   * apply. When false, the request goes on without admit() and costs this module nothing.
    */
-  admit (res: ServerResponse, rec: UsageRecord, body: Buffer, maxTokens: number | null): Promise<Admission | null> | null {
-    const rated = this.rate.active && rec.userId !== null
-    if (!rated && this.anyBudgets === false) return null
+  needsAdmission (rec: UsageRecord): boolean {
+    return this.hasRateLimit(rec.userId) || this.anyBudgets !== false
+  }
+
+  /**
+   * The admission, or null when the request was refused and answered here (nothing may then
+   * reach OpenRouter). `body` is the request body as received: it is read (prompt-counts.ts) only
+   * when a budget applies.
+   */
+  admit (res: ServerResponse, rec: UsageRecord, body: Buffer, maxTokens: number | null): Promise<Admission | null> {
     // A client that leaves while the admission waits is not dispatched: its hold is let go.
     let gone = false
     const onClose = (): void => { gone = true }
     res.once('close', onClose)
-    return this.admitAsync(res, rec, body, maxTokens, rated).then((a) => {
+    return this.admitChecked(res, rec, body, maxTokens).then((a) => {
       res.off('close', onClose)
       if (!a || !gone) return a
       a.done()
@@ -178,20 +186,24 @@ export class Limits {
     await this.reserver.release([eventId])
   }
 
+  /** Whether USER_RPM or USER_MAX_CONCURRENT applies to this user (an anonymous request has none). */
+  hasRateLimit (userId: string | null): userId is string {
+    return this.rate.active && userId !== null
+  }
+
   /**
    * "My usage": USER_RPM and USER_MAX_CONCURRENT apply, budgets do not (a refused user must still
-   * be able to read why). null: no rate limit for this user, answer at once.
+   * be able to read why). Only for a user hasRateLimit() holds for; null once the request was answered.
    */
-  admitRate (res: ServerResponse, userId: string | null): Promise<Admission | null> | null {
-    if (!this.rate.active || userId === null) return null
-    return this.rated(res, userId, null).then((r) => r && r.admission)
+  admitRate (res: ServerResponse, userId: string): Promise<Admission | null> {
+    return this.admitRated(res, userId, null).then((r) => r && r.admission)
   }
 
   /**
    * The rate-limit half of an admission; null once the request was answered (429 or 503).
    * `unchecked`: it failed open (and was counted as such).
    */
-  private async rated (res: ServerResponse, user: string, eventId: string | null): Promise<{ admission: Admission, unchecked: boolean } | null> {
+  private async admitRated (res: ServerResponse, user: string, eventId: string | null): Promise<{ admission: Admission, unchecked: boolean } | null> {
     let r
     let abandoned = false
     let unchecked = false
@@ -209,11 +221,11 @@ export class Limits {
     return { admission: { done: () => this.rate.release(user, lease) }, unchecked }
   }
 
-  private async admitAsync (res: ServerResponse, rec: UsageRecord, body: Buffer, maxTokens: number | null, rated: boolean): Promise<Admission | null> {
+  private async admitChecked (res: ServerResponse, rec: UsageRecord, body: Buffer, maxTokens: number | null): Promise<Admission | null> {
     let done: Admission = NOTHING
     let unchecked = false
-    if (rated) {
-      const a = await this.rated(res, rec.userId!, rec.eventId)
+    if (this.hasRateLimit(rec.userId)) {
+      const a = await this.admitRated(res, rec.userId, rec.eventId)
       if (!a) return null
       done = a.admission
       unchecked = a.unchecked
@@ -262,7 +274,7 @@ export class Limits {
   }
 
   private refuse (res: ServerResponse, rec: UsageRecord, f: ExceededFacts): void {
-    this.refused++
+    this.budgetRefusals++
     const message = exceededMessage(this.template, f)
     sendRefusal(res, { status: 402, type: 'insufficient_quota', code: 'budget_exceeded', message })
     // The operator sees who was blocked: a row with no cost, through the ledger (journaled).

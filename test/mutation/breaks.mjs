@@ -13,8 +13,8 @@ export const BREAKS = [
   {
     name: "the client's accept-encoding is forwarded upstream",
     file: 'src/proxy/metered.ts',
-    search: "upstreamHeaders(req.headers, ctx, 'identity')",
-    replace: "upstreamHeaders(req.headers, ctx, 'client')",
+    search: "upstreamHeaders(req.headers, ctx.headers, 'identity')",
+    replace: "upstreamHeaders(req.headers, ctx.headers, 'client')",
     tests: ['test/usage-truth.test.ts'],
   },
   {
@@ -430,7 +430,7 @@ export const BREAKS = [
   },
   {
     name: "new: app headers do not mark chat",
-    file: "src/usage/ledger/kind.ts",
+    file: "src/usage/ledger/row-kind.ts",
     search: "if (headers[name] !== undefined) return 'chat'",
     replace: "if (headers[name] !== undefined) return 'api'",
     tests: ['test/kind.test.ts'],
