@@ -28,6 +28,7 @@ import { StartupError, listenError } from './lib/startup-error.js'
 import { createServer } from 'node:http'
 import { registerBudgetMetrics } from './ops/budget-metrics.js'
 import { startDbReadings } from './ops/db-readings.js'
+import { logStartupBanner } from './ops/startup-banner.js'
 
 const SQL_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', 'sql')
 
@@ -89,6 +90,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     void plane.readings.refresh()
     ready = true
     log!.info({ port }, 'ready')
+    await logStartupBanner({ config, env, port, sql: s.sql!, embeddedDir: s.embedded?.dataDir ?? null, log: log! })
   })()
   ready$.catch((err) => {
     if (stopping) return
