@@ -7,7 +7,7 @@ import { IdentityError, identify, type Identity, type IdentityOptions } from '..
 import type { UserDirectory } from '../identity/directory.js'
 import type { Ledger } from '../usage/ledger/ledger.js'
 import type { Reconciler } from '../usage/ledger/reconcile.js'
-import { addUsage, newRecord, type Outcome, type UsageRecord } from '../usage/ledger/record.js'
+import { addUsage, isRefusal, newRecord, type Outcome, type UsageRecord } from '../usage/ledger/record.js'
 import { ResponseTap, bodyKind, type TapResult } from '../usage/tap/response-tap.js'
 import { classifyKind, messageIdOf, type KindOptions } from '../usage/ledger/kind.js'
 import { sendError } from '../lib/errors.js'
@@ -140,7 +140,10 @@ function forward (req: IncomingMessage, res: ServerResponse, endpoint: string, q
   // Spend controls (src/budgets): a refused request is answered there and never dispatched.
   const admitting = ctx.limits?.admit(res, rec, body.bytes, requestedMaxTokens(body.json)) ?? null
   if (admitting === null) return dispatch(res, path, headers, payload, body.memory, rec, ctx, null)
-  admitting.then((a) => { if (a) guarded(res, ctx, () => dispatch(res, path, headers, payload, body.memory, rec, ctx, a)) }, (err: Error) => {
+  admitting.then((a) => {
+    if (a) guarded(res, ctx, () => dispatch(res, path, headers, payload, body.memory, rec, ctx, a))
+    else if (isRefusal(rec.outcome)) ctx.observe?.(rec, res) // 402/429: its record says who, which model, why
+  }, (err: Error) => {
     ctx.log.error({ err: err.message }, 'admission failed')
     sendError(res, 500, 'api_error', 'internal_error', 'usage-proxy could not check spend limits')
   })
