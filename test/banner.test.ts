@@ -139,6 +139,7 @@ t.test('the documented variables draw no warning', async (t) => {
   for (const file of ['README.md', 'compose.example.yml']) {
     for (const m of readFileSync(file, 'utf8').matchAll(/\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b/g)) documented.add(m[0])
   }
+  documented.delete('USER_RMP') // README's own example of a typo
   t.same(unknownVariables(Object.fromEntries([...documented].map((n) => [n, 'x']))).map((u) => u.name), [])
 })
 
