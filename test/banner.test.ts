@@ -114,6 +114,7 @@ t.test('unknown variables: the project\'s prefixes and near misses, not the rest
   const names = (env: Record<string, string>, file: string[] = []) => unknownVariables(env, new Set(file))
   t.same(names({ USER_RMP: '5' }), [{ name: 'USER_RMP', source: 'environment', suggestion: 'USER_RPM' }])
   t.same(names({ user_rpm: '5' }), [{ name: 'user_rpm', source: 'environment', suggestion: 'USER_RPM' }], 'names are case-sensitive')
+  t.same(names({ log_level: 'debug' }), [{ name: 'log_level', source: 'environment', suggestion: 'LOG_LEVEL' }], 'whatever the first word')
   t.same(names({ USAGE_PROXY_PORT: '9000' }), [{ name: 'USAGE_PROXY_PORT', source: 'environment', suggestion: 'PORT' }])
   t.same(names({ BUDGET_FAILMODE: 'open' }, ['BUDGET_FAILMODE']), [{ name: 'BUDGET_FAILMODE', source: '.env', suggestion: 'BUDGET_FAIL_MODE' }])
   t.same(names({ LOG_LEVL: 'debug', DB_CONECT_RETRY_MAX_MS: '5' }).map((u) => u.suggestion), ['DB_CONNECT_RETRY_MAX_MS', 'LOG_LEVEL'], 'a near miss, whatever its first word')

@@ -41,10 +41,9 @@ export function unknownVariables (env: Record<string, string | undefined>, fromF
     // Kubernetes writes a service's address into every pod as SERVICE_NAME_SERVICE_HOST,
     // SERVICE_NAME_PORT=tcp://..., ...: a service named usage-proxy is not a typo.
     if (source === 'environment' && isServiceLink(name, env[name])) continue
+    // Compared in upper case: names are case-sensitive, so `user_rpm` is USER_RPM's near miss.
     const upper = name.toUpperCase()
     const near = closest(upper)
-    // Names are case-sensitive: `user_rpm` is not USER_RPM.
-    if (upper !== name && known.has(upper)) { out.push({ name, source, suggestion: upper }); continue }
     const prefixed = PREFIXES.some((p) => upper.startsWith(p))
     // The namespace a reader might assume: USAGE_PROXY_PORT for PORT.
     const unprefixed = upper.startsWith('USAGE_PROXY_') && known.has(upper.slice('USAGE_PROXY_'.length)) ? upper.slice('USAGE_PROXY_'.length) : null
