@@ -29,6 +29,7 @@ import { StartupError, listenError } from './lib/startup-error.js'
 import { createServer } from 'node:http'
 import { registerBudgetMetrics } from './ops/budget-metrics.js'
 import { startDbReadings } from './ops/db-readings.js'
+import { logStartupBanner } from './ops/startup-banner.js'
 
 const SQL_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', 'sql')
 
@@ -91,6 +92,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     void front.readings.refresh()
     plane = dataPlane(config, log!, booted, front, { isStopping: () => stopping !== null, track: inFlight.track })
     log!.info({ port }, 'ready')
+    await logStartupBanner({ config, env, port, sql: booted.sql, embeddedDir: s.embedded?.dataDir ?? null, log: log! })
   })()
   ready$.catch((err) => {
     if (stopping) return

@@ -2,7 +2,7 @@ import type { ServerResponse } from 'node:http'
 import type { LimitsConfig } from '../config/config.js'
 import { describe, type Sql } from '../db/connect.js'
 import type { Logger } from '../lib/log.js'
-import type { UsageRecord } from '../usage/ledger/record.js'
+import type { Outcome, UsageRecord } from '../usage/ledger/record.js'
 import type { Alerts } from './alerts.js'
 import { estimateBilledUsd } from './estimate.js'
 import { countPromptSliced } from './prompt-counts.js'
@@ -37,7 +37,7 @@ export interface LimitsDeps {
    * user or the operator does elsewhere can take its connections. Defaults to sql.
    */
   admissionSql?: Sql
-  /** Where a refused request's record goes (outcome budget_exceeded, no cost). */
+  /** Where a refused request's record goes (outcome budget_exceeded or rate_limited, no cost). */
   record: (r: UsageRecord) => void
   log: Logger
   config: LimitsConfig
@@ -203,7 +203,8 @@ export class Limits {
    * The rate-limit half of an admission; null once the request was answered (429 or 503).
    * `unchecked`: it failed open (and was counted as such).
    */
-  private async admitRated (res: ServerResponse, user: string, eventId: string | null): Promise<{ admission: Admission, unchecked: boolean } | null> {
+  private async admitRated (res: ServerResponse, user: string, rec: UsageRecord | null): Promise<{ admission: Admission, unchecked: boolean } | null> {
+    const eventId = rec?.eventId ?? null
     let r
     let abandoned = false
     let unchecked = false
@@ -216,7 +217,11 @@ export class Limits {
       r = { lease: null }
       unchecked = true
     }
-    if ('refusal' in r) { sendRefusal(res, r.refusal); return null }
+    if ('refusal' in r) {
+      sendRefusal(res, r.refusal)
+      if (rec) this.recordRefusal(rec, r.refusal.status, 'rate_limited', r.refusal.message)
+      return null
+    }
     const lease = r.lease
     return { admission: { done: () => this.rate.release(user, lease) }, unchecked }
   }
@@ -225,7 +230,7 @@ export class Limits {
     let done: Admission = NOTHING
     let unchecked = false
     if (this.hasRateLimit(rec.userId)) {
-      const a = await this.admitRated(res, rec.userId, rec.eventId)
+      const a = await this.admitRated(res, rec.userId, rec)
       if (!a) return null
       done = a.admission
       unchecked = a.unchecked
@@ -277,8 +282,20 @@ export class Limits {
     this.budgetRefusals++
     const message = exceededMessage(this.template, f)
     sendRefusal(res, { status: 402, type: 'insufficient_quota', code: 'budget_exceeded', message })
-    // The operator sees who was blocked: a row with no cost, through the ledger (journaled).
-    this.d.record({ ...rec, status: 402, outcome: 'budget_exceeded', errorMessage: message, latencyMs: 0 })
+    this.recordRefusal(rec, 402, 'budget_exceeded', message)
+  }
+
+  /**
+   * The operator sees who was blocked: the request's own record, filled in place (the access log
+   * reads it too) with no cost, goes through the ledger like every row (journaled, batched,
+   * bounded), so a flood of refusals is a flood of small rows in a few inserts, nothing more.
+   */
+  private recordRefusal (rec: UsageRecord, status: number, outcome: Outcome, message: string): void {
+    rec.status = status
+    rec.outcome = outcome
+    rec.errorMessage = message
+    rec.latencyMs = 0
+    this.d.record(rec)
   }
 
   /**

@@ -7,7 +7,7 @@ import { IdentityError, identify, type Identity, type IdentityOptions } from '..
 import type { ResolvedUser, UserDirectory } from '../identity/directory.js'
 import type { Ledger } from '../usage/ledger/ledger.js'
 import type { Reconciler } from '../usage/ledger/reconcile.js'
-import { addUsage, newRecord, type Outcome, type UsageRecord } from '../usage/ledger/record.js'
+import { addUsage, isRefusal, newRecord, type Outcome, type UsageRecord } from '../usage/ledger/record.js'
 import { ResponseTap, answerFormat, type TapResult } from '../usage/tap/response-tap.js'
 import { classifyRowKind, messageIdOf, type RowKindOptions } from '../usage/ledger/row-kind.js'
 import { sendError } from '../lib/errors.js'
@@ -178,7 +178,10 @@ const REFUSED = Symbol('refused')
 async function admit (res: ServerResponse, rec: UsageRecord, body: RequestBody, ctx: MeterContext): Promise<Admission | typeof REFUSED> {
   const admitting = ctx.limits.admit(res, rec, body.bytes, requestedMaxTokens(body.json))
   try {
-    return await admitting ?? REFUSED
+    const admission = await admitting
+    if (admission) return admission
+    if (isRefusal(rec.outcome)) ctx.observe?.(rec, res) // 402/429: its record says who, which model, why
+    return REFUSED
   } catch (err) {
     ctx.log.error({ err: (err as Error).message }, 'admission failed')
     sendError(res, 500, 'api_error', 'internal_error', 'usage-proxy could not check spend limits')
