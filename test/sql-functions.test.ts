@@ -1,5 +1,5 @@
 import t from 'tap'
-import { readFileSync, readdirSync } from 'node:fs'
+import { existsSync, readFileSync, readdirSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { dirname, join } from 'node:path'
 import { createTestDb, type TestDb } from './support/db.js'
@@ -100,4 +100,19 @@ t.test('a usage row for an unknown organization is refused by the one path, with
   await row('mai_client_known', 'gen-known')
   const [after] = await db.sql`select (select count(*) from usage_generation_ids)::int as ids, (select count(*) from usage_rollup_deltas)::int as deltas`
   t.same(after, { ids: 1, deltas: 1 }, 'a known organization\'s row is claimed and rolled up')
+})
+
+t.test('docs/money-flow.md names only files, SQL functions and triggers that exist', async (t) => {
+  const doc = readFileSync(join(root, 'docs', 'money-flow.md'), 'utf8')
+  const paths = [...doc.matchAll(/`((?:src|sql)\/[\w./-]+)`/g)].map((m) => m[1])
+  const files = [...doc.matchAll(/`(\d-[\w-]+\.sql)`/g)].map((m) => `sql/functions/${m[1]}`)
+  t.ok(paths.length > 15, `${paths.length} paths`)
+  for (const p of [...paths, ...files]) t.ok(existsSync(join(root, p)), p)
+  const fns = new Set((await ourFunctions()).map((f) => f.name))
+  const named = [...doc.matchAll(/`(\w+)\(\)`/g)].map((m) => m[1])
+  t.ok(named.length > 10, `${named.length} functions`)
+  t.same(named.filter((n) => !fns.has(n)), [], 'every function named is defined')
+  const triggers = new Set((await db.sql`select tgname from pg_trigger where not tgisinternal`).map((r) => r.tgname as string))
+  const namedTriggers = [...doc.matchAll(/`(\w+)`/g)].map((m) => m[1]).filter((n) => /^(usage_events|budgets|organizations)_/.test(n) && !fns.has(n))
+  t.same(namedTriggers.filter((n) => !triggers.has(n)), [], 'every trigger named exists')
 })
