@@ -55,8 +55,8 @@ export const BREAKS = [
   {
     name: 'moneysql: the data directory is made before PGlite is known to load',
     file: 'src/db/embedded.ts',
-    search: "  const { PGlite, PGLiteSocketServer } = await loadPglite(load)\n  const dir = resolve(join(dataDir, 'pglite'))\n  mkdirSync(dir, { recursive: true })\n",
-    replace: "  const dir = resolve(join(dataDir, 'pglite'))\n  mkdirSync(dir, { recursive: true })\n  const { PGlite, PGLiteSocketServer } = await loadPglite(load)\n",
+    search: "  const PGlite = await loadPglite(load)\n  const dir = resolve(join(dataDir, 'pglite'))\n  mkdirSync(dir, { recursive: true })\n",
+    replace: "  const dir = resolve(join(dataDir, 'pglite'))\n  mkdirSync(dir, { recursive: true })\n  const PGlite = await loadPglite(load)\n",
     tests: ['test/embedded-missing.test.ts'],
   },
   {
