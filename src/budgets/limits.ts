@@ -236,7 +236,19 @@ export class Limits {
       unchecked = a.unchecked
     }
     if (this.anyBudgets === false) return done
+    let given = false
+    const rate: Admission = { done: () => { if (!given) { given = true; done.done() } } }
+    try {
+      return await this.admitBudget(res, rec, body, maxTokens, rate, unchecked)
+    } catch (err) {
+      // The request is answered 500 and never sent: the rate slot it took is given back (once),
+      // or the user would be refused from then on for a request that is not running.
+      rate.done()
+      throw err
+    }
+  }
 
+  private async admitBudget (res: ServerResponse, rec: UsageRecord, body: Buffer, maxTokens: number | null, done: Admission, unchecked: boolean): Promise<Admission | null> {
     // The body is read here, only now that a budget may apply, a slice per event-loop turn.
     const counts = await countPromptSliced(body)
     const amount = estimateBilledUsd({ model: rec.model, counts, maxTokens }, this.d.prices,
