@@ -9,6 +9,7 @@ import { start } from '../src/main.js'
 import { createLogger } from '../src/lib/log.js'
 import { verifyRollups } from '../src/usage/reports/verify.js'
 import type { Sql } from '../src/db/connect.js'
+import { ROWS_PER_MINUTE } from '../src/budgets/refusal-rows.js'
 
 // Who was blocked, and why: a 402 (budget) and a 429 (rate limit) leave an access line with the
 // app's user id, the model and the outcome, and a row with no cost that counts toward no budget
@@ -107,6 +108,29 @@ t.test('402 and 429: an access line with user, model and outcome, and a row with
   t.match(metrics, new RegExp(`^usage_proxy_outcomes_total\\{outcome="rate_limited"\\} ${BURST}$`, 'm'))
   t.match(metrics, /^usage_proxy_outcomes_total\{outcome="budget_exceeded"\} 1$/m)
   t.match(metrics, /^usage_proxy_upstream_latency_seconds_count\{endpoint="chat\/completions",streamed="false"\} 1$/m, 'a refusal has no upstream latency')
+})
+
+t.test('a flood of 429s: every one answered and logged, at most ROWS_PER_MINUTE rows a minute for the user', async (t) => {
+  fake.holdAt = 'headers'
+  const held = chat('hank')
+  await until(() => fake.held === 1 ? true : undefined, 'hank\'s first request to be held upstream')
+  const FLOOD = 2 * ROWS_PER_MINUTE + 30
+  const codes: number[] = []
+  for (let i = 0; i < FLOOD; i += 30) {
+    codes.push(...await Promise.all(Array.from({ length: Math.min(30, FLOOD - i) }, async () => { const r = await chat('hank'); await r.body.dump(); return r.statusCode })))
+  }
+  t.same(new Set(codes), new Set([429]), 'every request past the slot is refused')
+  fake.release()
+  const ok = await held
+  t.equal(ok.statusCode, 200)
+  await ok.body.dump()
+  // The answered request is recorded after every refusal: once its row is in, so are theirs.
+  await rowsSoon(() => db.sql`select 1 from usage_events where user_id = 'hank' and outcome = 'ok'`, 15_000)
+  const [{ n }] = await db.sql<{ n: number }[]>`select count(*)::int as n from usage_events where user_id = 'hank' and outcome = 'rate_limited'`
+  // The flood takes seconds: it lies in one minute, or across one minute's end.
+  t.ok(n >= ROWS_PER_MINUTE && n <= 2 * ROWS_PER_MINUTE, `${n} rows for ${FLOOD} refusals`)
+  const lines = await until(() => { const l = access(s.logs).filter((x) => x.user === 'hank' && x.status === 429); return l.length === FLOOD ? l : undefined }, 'an access line per refusal')
+  t.equal(lines.length, FLOOD)
 })
 
 t.test('/readyz answers 503 while boot waits for the database: logged at debug, not as a warning', async (t) => {

@@ -13,6 +13,7 @@ import { Reserver } from './reserver.js'
 import { within } from '../lib/deadline.js'
 import { FailOpenLog, type FailOpenStats } from './fail-open.js'
 import { DEFAULT_EXCEEDED_MESSAGE, exceededMessage, sendRefusal, type ExceededFacts, type Refusal } from './refusal.js'
+import { RefusalRows } from './refusal-rows.js'
 import type { BudgetPeriod } from '../config/config.js'
 
 // The admission before a metered request goes upstream: rate limits, then a reservation of the
@@ -86,6 +87,8 @@ export class Limits {
   private readonly renewTimer: NodeJS.Timeout
   /** Event ids of the requests this process runs that hold a reservation. */
   private readonly live = new Set<string>()
+  /** Which refusals get a row: a flood of them does not become a flood of inserts. */
+  readonly refusalRows = new RefusalRows()
   private renewing = false
   private readonly template: string
   private failures = 0
@@ -299,15 +302,15 @@ export class Limits {
 
   /**
    * The operator sees who was blocked: the request's own record, filled in place (the access log
-   * reads it too) with no cost, goes through the ledger like every row (journaled, batched,
-   * bounded), so a flood of refusals is a flood of small rows in a few inserts, nothing more.
+   * reads it too) with no cost, goes through the ledger like every row (journaled, batched), up to
+   * a user's ROWS_PER_MINUTE refusals a minute (refusal-rows.ts).
    */
   private recordRefusal (rec: UsageRecord, status: number, outcome: Outcome, message: string): void {
     rec.status = status
     rec.outcome = outcome
     rec.errorMessage = message
     rec.latencyMs = 0
-    this.d.record(rec)
+    if (this.refusalRows.admit(rec.userId)) this.d.record(rec)
   }
 
   /**

@@ -47,4 +47,18 @@ export const BREAKS = [
     replace: '      throw err',
     tests: ['test/attack-s9-admission-throws.test.ts'],
   },
+  {
+    name: 'attack9: every refusal of a flood becomes a row',
+    file: 'src/budgets/refusal-rows.ts',
+    search: '    if (n <= this.perMinute) return true',
+    replace: '    return true',
+    tests: ['test/access-refusals.test.ts', 'test/refusal-rows.test.ts'],
+  },
+  {
+    name: 'attack9: the refusal rows never start a new minute',
+    file: 'src/budgets/refusal-rows.ts',
+    search: '    if (minute !== this.window) { this.window = minute; this.counts.clear() }',
+    replace: '',
+    tests: ['test/refusal-rows.test.ts'],
+  },
 ]

@@ -140,14 +140,14 @@ export const BREAKS = [
   {
     name: 'banner refusals: the refusal is recorded on a copy, the access log never sees it',
     file: 'src/budgets/limits.ts',
-    search: '    rec.status = status\n    rec.outcome = outcome\n    rec.errorMessage = message\n    rec.latencyMs = 0\n    this.d.record(rec)',
-    replace: '    this.d.record({ ...rec, status, outcome, errorMessage: message, latencyMs: 0 })',
+    search: '    rec.status = status\n    rec.outcome = outcome\n    rec.errorMessage = message\n    rec.latencyMs = 0\n    if (this.refusalRows.admit(rec.userId)) this.d.record(rec)',
+    replace: '    if (this.refusalRows.admit(rec.userId)) this.d.record({ ...rec, status, outcome, errorMessage: message, latencyMs: 0 })',
     tests: REFUSALS,
   },
   {
     name: 'banner refusals: the metered path does not hand a refusal\'s record to the access log',
     file: 'src/proxy/metered.ts',
-    search: '    else if (isRefusal(rec.outcome)) ctx.observe?.(rec, res)',
+    search: '    if (isRefusal(rec.outcome)) ctx.observe?.(rec, res)',
     replace: '',
     tests: REFUSALS,
   },
