@@ -25,7 +25,10 @@ RUN apt-get update \
 WORKDIR /app
 ENV NODE_ENV=production DATA_DIR=/data PORT=8787
 COPY package.json package-lock.json ./
-RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund \
+# The embedded database (PGlite, an optional dependency of about 27 MB) is for trying usage-proxy
+# out, so the image leaves it out and needs DATABASE_URL; `--build-arg EMBEDDED=1` keeps it.
+ARG EMBEDDED=0
+RUN npm ci --omit=dev $([ "$EMBEDDED" = 1 ] || echo --omit=optional) --ignore-scripts --no-audit --no-fund \
  && npm cache clean --force
 COPY --from=build /app/dist ./dist
 # `usage-proxy statement|verify|export-db` on PATH (docker compose exec usage-proxy usage-proxy …):
@@ -35,7 +38,7 @@ RUN chmod 755 dist/cli.js && ln -s /app/dist/cli.js /usr/local/bin/usage-proxy
 COPY sql ./sql
 # dist/admin/page.js serves the /admin/ page from ../../web/admin, i.e. /app/web/admin.
 COPY web ./web
-# The local journal (and the embedded database when DATABASE_URL is unset) live under /data.
+# The local journal (and the embedded database of an EMBEDDED=1 image without DATABASE_URL) live under /data.
 RUN mkdir -p /data && chown node:node /data
 VOLUME /data
 USER node

@@ -51,8 +51,8 @@ export function checks ({ figures, slow, ledger }) {
   const get = (scenario, target) => figures.find((a) => a.scenario === scenario && a.target === target)
   const out = []
   const add = (name, target, actual, ok, detail) => out.push({ name, target, actual, ok, detail })
-  // Throughput and latency against bare Node, large bodies included, are issue 13's checks
-  // (bench/issue13.js: medians of per-round ratios); these are the others.
+  // Throughput and latency against bare Node, large bodies included, are the ratio checks
+  // (bench/ratios.js: medians of per-round ratios); these are the others.
   for (const sc of ['c64', 'c64-stream', 'c64-stream-whole']) {
     const up = get(sc, 'usage-proxy')
     const pk = get(sc, 'portkey')

@@ -22,7 +22,7 @@ import { measure } from './measure.js'
 import { slowStreams } from './slow-streams.js'
 import { waitQuiet } from './procstat.js'
 import { aggregate, checks, markdown } from './report.js'
-import { issue13Checks } from './issue13.js'
+import { ratioChecks } from './ratios.js'
 import { BENCH, NODE_FLAGS, ROOT, TARGET_NAMES, startTargets, startUpstreamProcess } from './targets.js'
 
 const env = process.env
@@ -38,7 +38,7 @@ const SLOW_PACE_MS = num('BENCH_SLOW_PACE_MS', 100)
 const SLOW_EVENTS = num('BENCH_SLOW_EVENTS', 20)
 const LEDGER_RECORDS = num('BENCH_LEDGER_RECORDS', ONLY_BODIES ? 0 : 200_000)
 const TARGETS = (env.BENCH_TARGETS ?? (ONLY_BODIES ? 'direct,bare-node,usage-proxy' : TARGET_NAMES.join(','))).split(',').map((s) => s.trim()).filter(Boolean)
-// BENCH_ONLY=bodies (or `npm run bench -- --only bodies`): issue 13's scenarios only (large bodies,
+// BENCH_ONLY=bodies (or `npm run bench -- --only bodies`): the large-body scenarios only (large bodies,
 // small requests under both upstream modes), direct/bare-node/usage-proxy, 3 rounds, no slow
 // streams, no ledger micro-bench: a few minutes instead of the whole bench.
 const onlyArg = process.argv.indexOf('--only')
@@ -182,7 +182,7 @@ async function main () {
   }
 
   const figures = aggregate(measurements)
-  const checkList = [...checks({ figures, slow, ledger }), ...issue13Checks(measurements)]
+  const checkList = [...checks({ figures, slow, ledger }), ...ratioChecks(measurements)]
   const skipped = targets.filter((t) => t.skipped)
   const table = markdown({ figures, slow, ledger, checkList, skipped, completeness })
   process.stdout.write(table)

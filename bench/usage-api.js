@@ -9,7 +9,7 @@
 //
 // Rows: 12 months ending with the current one, 5 organizations, 2,000 users (each sticks to 3 of
 // 50 models), 80% chat, 20% background tasks, 2% upstream errors, exact decimal costs. The same
-// shape as bench/scale.js (h5-scale), with external user ids derived the way the sidecar derives
+// shape as bench/scale.js, with external user ids derived the way the sidecar derives
 // them, so ?user= finds them. Prints one JSON object per command on stdout.
 import { mkdtempSync } from 'node:fs'
 import { tmpdir } from 'node:os'

@@ -1,4 +1,4 @@
--- OpenRouter's full usage (issue 9 item 10) and `kind` in the billing views (item 9).
+-- OpenRouter's full usage and `kind` in the billing views.
 --   cache_write_tokens  prompt_tokens_details.cache_write_tokens (Anthropic: cache_creation_input_tokens):
 --                       tokens written to the provider's prompt cache, priced above plain input
 --   audio_tokens        prompt_tokens_details.audio_tokens

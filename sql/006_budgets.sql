@@ -1,4 +1,4 @@
--- Spend controls (issue 10): budgets in billed USD, counters that hold reservations, and rate-limit
+-- Spend controls: budgets in billed USD, counters that hold reservations, and rate-limit
 -- state. Postgres is the only state shared between replicas. README "Budgets and limits" explains
 -- how to read and write these tables with psql.
 
@@ -156,7 +156,7 @@ BEGIN
   RETURN NULL;
 END
 $$;
--- h5-scale's partitioned usage_events (migration 007) must carry this trigger on its parent table:
+-- The partitioned usage_events (migration 007) must carry this trigger on its parent table:
 -- statement-level triggers with transition tables are allowed on a partitioned table's parent.
 CREATE TRIGGER usage_events_settle_budgets AFTER INSERT ON usage_events
   REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION budget_settle();

@@ -15,11 +15,15 @@ import { fromIntent } from './usage/ledger/record.js'
 import { Reconciler } from './usage/ledger/reconcile.js'
 import { startRollupCompaction, type RollupCompactor } from './usage/ledger/rollups.js'
 import { startLimits, type SpendControls } from './budgets/boot.js'
+import type { Limits } from './budgets/limits.js'
 import { startKeyPoller, type KeyPoller } from './ops/openrouter-key.js'
 
-// What the sidecar needs Postgres for, filled in step by step while the listener already answers
-// /healthz. The server reaches these only once boot is done; stop releases whatever was made.
+// What the sidecar needs Postgres for. Boot opens it step by step while the listener already
+// answers /healthz, noting each piece in Services as it is made so that a stop at any point
+// releases what exists; once every step is done it returns the pieces the data plane is built
+// from (Booted), none of them missing.
 
+/** What boot has opened so far: stop releases these, whichever exist. */
 export interface Services {
   sql: Sql | null
   /**
@@ -43,6 +47,18 @@ export function noServices (): Services {
   return { sql: null, admissionSql: null, readSql: null, embedded: null, maintenance: null, compactor: null, ledger: null, reconciler: null, directory: null, spend: null, keyPoller: null }
 }
 
+/** What a finished boot opened: the data plane is built from these. */
+export interface Booted {
+  /** The primary: writes, budgets, "My usage". */
+  sql: Sql
+  /** Reports' pool: DATABASE_READ_URL's once it answers, the primary's until then. */
+  readSql: () => Sql
+  ledger: Ledger
+  reconciler: Reconciler
+  directory: UserDirectory
+  limits: Limits
+}
+
 export interface BootDeps {
   config: Config
   log: Logger
@@ -54,7 +70,7 @@ export interface BootDeps {
 }
 
 /** Steps 2-5 of the boot sequence (main.ts numbers them); resolves when traffic may be served. */
-export async function bootServices (s: Services, { config, log, journal, upstream, sqlDir, signal, isStopping }: BootDeps): Promise<void> {
+export async function bootServices (s: Services, { config, log, journal, upstream, sqlDir, signal, isStopping }: BootDeps): Promise<Booted> {
   // 2. the database: DATABASE_URL, or the embedded one under DATA_DIR
   let url = config.databaseUrl
   if (!url) {
@@ -92,13 +108,13 @@ export async function bootServices (s: Services, { config, log, journal, upstrea
     parallelBatches: Math.max(1, Math.min(3, config.db.poolMax - 1)),
   })
   const reconciler = s.reconciler = new Reconciler(upstream.fetchGeneration, (r) => ledger.record(r), log, { maxWaitMs: config.ledger.reconcileMaxWaitMs })
-  s.directory = new UserDirectory(config.organization.id)
+  const directory = s.directory = new UserDirectory(config.organization.id)
   // The embedded database runs one session for every connection: a second pool there could slip
   // a statement into the ledger's open transaction, so admissions share its single connection.
   const admissionSql = s.admissionSql = s.embedded
     ? sql
     : bounded(await connect({ url, log, retryMaxMs: config.db.connectRetryMaxMs, signal, max: config.db.admissionPoolMax }), config.limits.dbTimeoutMs, 'BUDGET_DB_TIMEOUT_MS')
-  s.spend = await startLimits({ sql, admissionSql, config, upstream, log, record: (r) => ledger.record(r) })
+  const spend = s.spend = await startLimits({ sql, admissionSql, config, upstream, log, record: (r) => ledger.record(r) })
   const replay = journal.replay()
   for (const r of replay.finals) ledger.record(r, true)
   // A pending line is the request as far as it got: 'interrupted' unless it had ended.
@@ -109,6 +125,7 @@ export async function bootServices (s: Services, { config, log, journal, upstrea
   if (replay.segments > 0) log.info({ records: replay.finals.length, toReconcile: replay.pendings.length, interrupted: replay.intents.length, tornLines: replay.tornLines }, 'journal replayed')
   if (replay.intents.length > 0) log.warn({ requests: replay.intents.length }, 'journal: requests interrupted before OpenRouter named their generation; recorded with their estimate only (usage-proxy verify lists them)')
   s.keyPoller = startKeyPoller(upstream.fetchKey, log)
+  return { sql, readSql: () => s.readSql ?? sql, ledger, reconciler, directory, limits: spend.limits }
 }
 
 /** A migration may build an index over a large table: its own, longer deadline. */

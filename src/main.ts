@@ -5,14 +5,15 @@ import type { Server, ServerResponse } from 'node:http'
 import { ConfigError, loadConfig, type Config } from './config/config.js'
 import { processEnvironment } from './config/env-file.js'
 import { createAdminPlane } from './admin/index.js'
-import { bootServices, noServices, releaseServices, type Services } from './boot.js'
+import { bootServices, noServices, releaseServices, type Booted, type Services } from './boot.js'
 import { installCrashGuard } from './lib/crash-guard.js'
 import { HEADROOM_MB, keepGcHeadroom } from './lib/gc-headroom.js'
 import { identityHeaders, ignoredHeadersWarning } from './identity/identify.js'
 import { createLogger, scrub, type Logger } from './lib/log.js'
 import { createPassthrough } from './proxy/passthrough.js'
 import { createSelfService } from './proxy/self-service.js'
-import { createProxyServer } from './proxy/server.js'
+import { createProxyServer, type DataPlane } from './proxy/server.js'
+import type { UpstreamHeaderPolicy } from './proxy/headers.js'
 import type { MeterContext } from './proxy/metered.js'
 import { BodyMemory } from './proxy/body/body-memory.js'
 import { budgetForUser, budgetsForUsers } from './budgets/status-for.js'
@@ -20,14 +21,15 @@ import { myUsageSummary } from './usage/reports/my-usage.js'
 import { MY_USAGE_CACHE, cachedSummary } from './usage/reports/my-usage-cache.js'
 import { createUpstream } from './proxy/upstream.js'
 import { Journal } from './usage/ledger/journal.js'
-import { Ledger } from './usage/ledger/ledger.js'
+import type { Ledger } from './usage/ledger/ledger.js'
 import type { UsageRecord } from './usage/ledger/record.js'
-import { createMetrics } from './ops/metrics.js'
+import { createMetrics, type MetricsSources } from './ops/metrics.js'
 import { createAccessLog } from './proxy/access-log.js'
 import { StartupError, listenError } from './lib/startup-error.js'
 import { createServer } from 'node:http'
 import { registerBudgetMetrics } from './ops/budget-metrics.js'
 import { startDbReadings } from './ops/db-readings.js'
+import { logStartupBanner } from './ops/startup-banner.js'
 
 const SQL_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', 'sql')
 
@@ -46,7 +48,8 @@ export interface Sidecar {
 
 /**
  * The boot sequence. The listener opens first so /healthz and /readyz answer while Postgres is
- * still being reached; the data plane answers 503 until every step below is done.
+ * still being reached; the data plane is built from what boot opened, and until it exists every
+ * route that needs it answers 503.
  */
 export async function start (env: Record<string, string | undefined>, log?: Logger): Promise<Sidecar> {
   // 1. configuration: every problem at once, or nothing starts
@@ -58,24 +61,24 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
   const flushAtExit = (): void => { journal.flush() }
   process.once('exit', flushAtExit)
 
-  let ready = false
+  let plane: DataPlane | null = null // what the server answers with once boot is done; null again at stop
   let stopping: Promise<void> | null = null
-  const s = noServices() // filled in by boot; the server only reaches them once `ready` is true
+  const s = noServices() // what boot has opened so far: /metrics reads it, stop releases it
   const inFlight = inFlightCounter()
-  const plane = dataPlane(config, log, s, journal, { isReady: () => ready, isStopping: () => stopping !== null, track: inFlight.track })
+  const front = frontDoor(config, log, s, journal, () => plane)
   try {
-    await listen(plane.server, 'PORT', config.server.host, config.server.port)
-    if (plane.metricsServer) await listen(plane.metricsServer, 'METRICS_PORT', config.metrics.host, config.metrics.port!)
+    await listen(front.server, 'PORT', config.server.host, config.server.port)
+    if (front.metricsServer) await listen(front.metricsServer, 'METRICS_PORT', config.metrics.host, config.metrics.port!)
   } catch (err) {
-    plane.server.close()
-    plane.passthrough.close()
+    front.server.close()
+    front.passthrough.close()
     journal.close()
     process.removeListener('exit', flushAtExit)
-    await plane.upstream.close().catch(() => {})
+    await front.upstream.close().catch(() => {})
     throw err
   }
-  const port = (plane.server.address() as AddressInfo).port
-  if (plane.metricsServer) log.info({ port: (plane.metricsServer.address() as AddressInfo).port, host: config.metrics.host }, 'metrics listening')
+  const port = (front.server.address() as AddressInfo).port
+  if (front.metricsServer) log.info({ port: (front.metricsServer.address() as AddressInfo).port, host: config.metrics.host }, 'metrics listening')
   if (!config.server.proxyApiKey && LOOPBACK.includes(config.server.host)) {
     log.warn({ host: config.server.host }, 'PROXY_API_KEY is not set: listening on loopback only; set PROXY_API_KEY to serve other hosts')
   }
@@ -84,11 +87,12 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
   const abort = new AbortController()
   const ready$ = (async () => {
     // 2-5. database, schema, organization, journal replay (src/boot.ts)
-    await bootServices(s, { config, log: log!, journal, upstream: plane.upstream, sqlDir: SQL_DIR, signal: abort.signal, isStopping: () => stopping !== null })
+    const booted = await bootServices(s, { config, log: log!, journal, upstream: front.upstream, sqlDir: SQL_DIR, signal: abort.signal, isStopping: () => stopping !== null })
     // 6. open for traffic, with /metrics's first reading of Postgres taken
-    void plane.readings.refresh()
-    ready = true
+    void front.readings.refresh()
+    plane = dataPlane(config, log!, booted, front, { isStopping: () => stopping !== null, track: inFlight.track })
     log!.info({ port }, 'ready')
+    await logStartupBanner({ config, env, port, sql: booted.sql, embeddedDir: s.embedded?.dataDir ?? null, log: log! })
   })()
   ready$.catch((err) => {
     if (stopping) return
@@ -100,39 +104,39 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
   const stop = (reason = 'stop'): Promise<void> => {
     stopping ??= (async () => {
       log!.info({ reason, inFlight: inFlight.count }, 'shutting down: no new requests, waiting for streams in flight')
-      ready = false
+      plane = null
       abort.abort()
-      plane.server.close()
-      plane.server.closeIdleConnections()
-      plane.readings.stop()
+      front.server.close()
+      front.server.closeIdleConnections()
+      front.readings.stop()
       s.keyPoller?.stop()
-      plane.metricsServer?.close()
-      plane.metricsServer?.closeAllConnections()
-      await inFlight.settled(config.server.shutdownGraceMs)
-      plane.server.closeAllConnections()
+      front.metricsServer?.close()
+      front.metricsServer?.closeAllConnections()
+      await inFlight.idle(config.server.shutdownGraceMs)
+      front.server.closeAllConnections()
       await releaseServices(s, journal, log!)
       process.removeListener('exit', flushAtExit) // closed: nothing left to write
-      plane.passthrough.close()
-      await plane.upstream.close().catch(() => {})
+      front.passthrough.close()
+      await front.upstream.close().catch(() => {})
     })()
     return stopping
   }
 
-  return { config, server: plane.server, port, ready: ready$, ledger: () => s.ledger, log, stop, isStopping: () => stopping !== null }
+  return { config, server: front.server, port, ready: ready$, ledger: () => s.ledger, log, stop, isStopping: () => stopping !== null }
 }
 
 const LOOPBACK = ['127.0.0.1', '::1', 'localhost']
-/** Request-body memory kept between requests for reuse (src/proxy/body-memory.ts). */
+/** Request-body memory kept between requests for reuse (src/proxy/body/body-memory.ts). */
 const BODY_MEMORY_BYTES = 32 * 1024 * 1024
 
 /** Exchanges in flight: a graceful stop waits for them, up to its grace period. */
-function inFlightCounter (): { readonly count: number, track: (delta: 1 | -1) => void, settled: (graceMs: number) => Promise<void> } {
+function inFlightCounter (): { readonly count: number, track: (delta: 1 | -1) => void, idle: (graceMs: number) => Promise<void> } {
   let count = 0
   let idle: (() => void) | null = null
   return {
     get count () { return count },
     track (delta) { count += delta; if (count === 0 && idle) idle() },
-    settled (graceMs) {
+    idle (graceMs) {
       if (count === 0) return Promise.resolve()
       return Promise.race([
         new Promise<void>((r) => { idle = r }),
@@ -142,38 +146,27 @@ function inFlightCounter (): { readonly count: number, track: (delta: 1 | -1) =>
   }
 }
 
-interface PlaneState {
-  isReady: () => boolean
-  isStopping: () => boolean
-  track: (delta: 1 | -1) => void
-}
+type FrontDoor = ReturnType<typeof frontDoor>
 
 /**
- * Everything that answers requests, built before it listens: the upstream pool, the metered
- * path's context, metrics and the access log, the admin plane and the servers. It reaches the
- * database only through `s`, which boot fills in.
+ * What answers before the database does, built before it listens: the upstream pool, the
+ * passthrough, metrics and the access log, and the servers. /metrics reads whatever boot has
+ * opened so far (`s`); every route that needs the database asks `plane()`, which is null until
+ * boot is done.
  */
-function dataPlane (config: Config, log: Logger, s: Services, journal: Journal, state: PlaneState) {
+function frontDoor (config: Config, log: Logger, s: Services, journal: Journal, plane: () => DataPlane | null) {
   const upstream = createUpstream({ baseUrl: config.openrouter.baseUrl, apiKey: config.openrouter.apiKey, ...config.upstream })
   const idHeaders = identityHeaders(config.identity)
   // The task and message-id headers stay with the sidecar too, whatever they are named.
-  idHeaders.add(config.kinds.taskHeader).add(config.kinds.messageIdHeader)
+  idHeaders.add(config.rowKinds.taskHeader).add(config.rowKinds.messageIdHeader)
+  const headers: UpstreamHeaderPolicy = { apiKey: config.openrouter.apiKey, appUrl: config.openrouter.appUrl, appTitle: config.openrouter.appTitle, identityHeaders: idHeaders }
   const passthrough = createPassthrough(config.openrouter.baseUrl, config.openrouter.apiKey, config.openrouter.appUrl, config.openrouter.appTitle, idHeaders, log)
   if (!config.server.proxyApiKey && !LOOPBACK.includes(config.server.host)) {
     log.warn({ host: config.server.host }, 'PROXY_API_KEY is not set: anyone who can reach this port can spend the organization\'s OpenRouter key')
   }
   // Postgres's side of /metrics, read in the background: a scrape never waits on the database.
   const readings = startDbReadings(() => s.sql && { sql: s.sql, org: config.organization.id })
-  const metrics = createMetrics(() => s.ledger && s.reconciler && {
-    ledgerDepth: () => s.ledger!.depth,
-    journalBacklog: () => journal.backlog,
-    reconcileActive: () => s.reconciler!.active,
-    reconciled: () => s.reconciler!.reconciled,
-    reconcileGaveUp: () => s.reconciler!.gaveUp,
-    ledgerWritten: () => s.ledger!.written,
-    ledgerRejected: () => s.ledger!.rejected,
-    ledgerBacklog: () => s.ledger!.backlog(),
-  }, {
+  const metrics = createMetrics(() => ledgerReadings(s, journal), {
     apiKey: config.metrics.apiKey,
     maxModels: config.metrics.maxModels,
     db: readings,
@@ -181,57 +174,86 @@ function dataPlane (config: Config, log: Logger, s: Services, journal: Journal, 
     ownPort: config.metrics.port !== undefined,
     organizationId: config.organization.id,
   }, (registry) => registerBudgetMetrics(registry, () => readings.latest(), () => s.spend?.limits.failOpenStats ?? null))
-  // "My usage" reads the budget that governs its user; the usage page every listed user's at once,
-  // from the read replica when there is one.
-  const mayHaveBudgets = (): boolean => s.spend?.limits.mayHaveBudgets ?? false
-  const budgetFor = budgetForUser(() => s.sql!, config.organization.id, mayHaveBudgets)
-  const budgetsFor = budgetsForUsers(() => s.readSql ?? s.sql!, config.organization.id, mayHaveBudgets)
-  const summaries = cachedSummary((who: { userId: string | null }, externalUserId: string) =>
-    myUsageSummary(s.sql!, { organizationId: config.organization.id, userId: who.userId, externalUserId, budgetFor }), MY_USAGE_CACHE)
-  const selfService = config.selfService.model === null ? undefined : createSelfService({
-    model: config.selfService.model, name: config.selfService.name, modelsUrl: `${config.openrouter.baseUrl}/models`, log,
-    headers: { apiKey: config.openrouter.apiKey, appUrl: config.openrouter.appUrl, appTitle: config.openrouter.appTitle, identityHeaders: idHeaders },
-    summary: (who, externalUserId) => summaries.get(who, externalUserId),
-  })
   const access = createAccessLog({ log, enabled: config.accessLog, count: metrics.response })
-  const meter: MeterContext = {
-    selfService,
-    upstream,
-    bodies: new BodyMemory(BODY_MEMORY_BYTES, upstream.writing),
-    apiKey: config.openrouter.apiKey,
-    appUrl: config.openrouter.appUrl,
-    appTitle: config.openrouter.appTitle,
-    organizationId: config.organization.id,
-    markupPercent: config.organization.markupPercent,
-    maxBodyBytes: config.server.maxBodyBytes,
-    identity: { ...config.identity, onIgnoredHeaders: config.identity.jwtSecret ? ignoredHeadersWarning(log, config.identity) : undefined },
-    identityHeaders: idHeaders,
-    get directory () { return s.directory! },
-    get ledger () { return s.ledger! },
-    get reconciler () { return s.reconciler! },
-    log,
-    track: state.track,
-    observe (rec: UsageRecord, res: ServerResponse) { metrics.observe(rec); access.record(res, rec) },
-    stopping: state.isStopping,
-    kinds: { ...config.kinds, appHeaders: idHeaders },
-    get limits () { return s.spend?.limits },
-  }
   // METRICS_PORT: /metrics only on its own listener (loopback by default), not on the data plane.
   const metricsServer = config.metrics.port === undefined ? null : createServer((req, res) => {
     if ((req.url ?? '/').split('?')[0] === '/metrics') return metrics.handler(req, res)
     res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: this port serves /metrics\n')
   })
-  const server = createProxyServer({ meter, passthrough, proxyApiKey: config.server.proxyApiKey, isReady: state.isReady, metrics: metricsServer ? undefined : metrics.handler,
-    onExchange: access.begin,
+  const server = createProxyServer({ log, plane, passthrough, proxyApiKey: config.server.proxyApiKey, adminEnabled: Boolean(config.admin.apiKey),
+    metrics: metricsServer ? undefined : metrics.handler, onExchange: access.begin,
     clientTimeouts: { headersMs: config.server.headersTimeoutMs, requestMs: config.server.requestTimeoutMs }, onPassthrough: metrics.passthrough,
-    connections: { max: config.server.maxConnections, perIp: config.server.maxConnectionsPerIp },
-    admin: createAdminPlane({
-      config, sql: () => s.sql!, readSql: () => s.readSql ?? s.sql!, log, budgetsFor,
-      admissions: () => s.spend?.limits.failOpenStats ?? null,
-      backlog: () => s.ledger?.backlog() ?? null,
-      budgetsChanged: () => { void s.spend?.limits.refresh(); summaries.clear() },
-    }) ?? undefined, models: selfService?.listModels })
-  return { upstream, passthrough, server, metricsServer, readings }
+    connections: { max: config.server.maxConnections, perIp: config.server.maxConnectionsPerIp } })
+  return { upstream, headers, passthrough, server, metricsServer, readings, metrics, access }
+}
+
+/** The ledger's and the reconciler's side of /metrics, once boot has made them. */
+function ledgerReadings (s: Services, journal: Journal): MetricsSources | null {
+  const { ledger, reconciler } = s
+  if (!ledger || !reconciler) return null
+  return {
+    ledgerDepth: () => ledger.depth,
+    journalBacklog: () => journal.backlog,
+    reconcileActive: () => reconciler.active,
+    reconciled: () => reconciler.reconciled,
+    reconcileGaveUp: () => reconciler.gaveUp,
+    ledgerWritten: () => ledger.written,
+    ledgerRejected: () => ledger.rejected,
+    ledgerBacklog: () => ledger.backlog(),
+  }
+}
+
+interface ExchangeHooks {
+  isStopping: () => boolean
+  track: (delta: 1 | -1) => void
+}
+
+/**
+ * The routes that need the database, built from what boot opened: the metered path's context,
+ * "My usage", and the admin plane.
+ */
+function dataPlane (config: Config, log: Logger, booted: Booted, front: FrontDoor, hooks: ExchangeHooks): DataPlane {
+  const { sql, readSql, limits } = booted
+  // "My usage" reads the budget that governs its user; the usage page every listed user's at once,
+  // from the read replica when there is one.
+  const mayHaveBudgets = (): boolean => limits.mayHaveBudgets
+  const budgetFor = budgetForUser(() => sql, config.organization.id, mayHaveBudgets)
+  const budgetsFor = budgetsForUsers(readSql, config.organization.id, mayHaveBudgets)
+  const summaries = cachedSummary((who: { userId: string | null }, externalUserId: string) =>
+    myUsageSummary(sql, { organizationId: config.organization.id, userId: who.userId, externalUserId, budgetFor }), MY_USAGE_CACHE)
+  const selfService = config.selfService.model === null ? undefined : createSelfService({
+    model: config.selfService.model, name: config.selfService.name, modelsUrl: `${config.openrouter.baseUrl}/models`, log,
+    headers: front.headers,
+    summary: (who, externalUserId) => summaries.get(who, externalUserId),
+  })
+  const meter: MeterContext = {
+    upstream: front.upstream,
+    headers: front.headers,
+    rules: {
+      organizationId: config.organization.id,
+      markupPercent: config.organization.markupPercent,
+      maxBodyBytes: config.server.maxBodyBytes,
+      identity: { ...config.identity, onIgnoredHeaders: config.identity.jwtSecret ? ignoredHeadersWarning(log, config.identity) : undefined },
+      rowKinds: { ...config.rowKinds, appHeaders: front.headers.identityHeaders },
+    },
+    directory: booted.directory,
+    ledger: booted.ledger,
+    reconciler: booted.reconciler,
+    limits,
+    log,
+    track: hooks.track,
+    observe (rec: UsageRecord, res: ServerResponse) { front.metrics.observe(rec); front.access.record(res, rec) },
+    stopping: hooks.isStopping,
+    selfService,
+    bodies: new BodyMemory(BODY_MEMORY_BYTES, front.upstream.writing),
+  }
+  const admin = createAdminPlane({
+    config, sql: () => sql, readSql, log, budgetsFor,
+    admissions: () => limits.failOpenStats,
+    backlog: () => booted.ledger.backlog(),
+    budgetsChanged: () => { void limits.refresh(); summaries.clear() },
+  }) ?? undefined
+  return { meter, admin, models: selfService?.listModels }
 }
 
 /** Runs the sidecar as a process: exits 2 on a configuration error, stops gracefully on SIGTERM/SIGINT. */

@@ -280,14 +280,9 @@ t.test('upload endpoints: other bodies are refused and nothing is forwarded', as
 function meterBase (pool: Pool) {
   return {
     upstream: { pool, basePath: '/api/v1' },
-    apiKey: 'sk-or-v1-test-key-0123456789',
-    appUrl: 'http://x',
-    appTitle: 't',
-    organizationId: ORG,
-    markupPercent: '0',
-    maxBodyBytes: 1_000_000,
-    identity: s.sidecar.config.identity,
-    identityHeaders: new Set<string>(),
+    headers: { apiKey: 'sk-or-v1-test-key-0123456789', appUrl: 'http://x', appTitle: 't', identityHeaders: new Set<string>() },
+    rules: { organizationId: ORG, markupPercent: '0', maxBodyBytes: 1_000_000, identity: s.sidecar.config.identity },
+    limits: { needsAdmission: () => false },
   }
 }
 

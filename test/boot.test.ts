@@ -6,8 +6,9 @@ import { baseEnv, startSidecar, LogSink } from './support/sidecar.js'
 import { TcpRelay } from './support/tcp-relay.js'
 import { start } from '../src/main.js'
 import { createLogger } from '../src/lib/log.js'
-import { migrate } from '../src/db/migrate.js'
-import { mkdtempSync, writeFileSync, cpSync, readdirSync } from 'node:fs'
+import { migrate, statementsChecksum } from '../src/db/migrate.js'
+import { mkdtempSync, writeFileSync, cpSync, readdirSync, readFileSync } from 'node:fs'
+import { createHash } from 'node:crypto'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
@@ -78,13 +79,35 @@ t.test('an edited migration is refused rather than silently diverging', async (t
   await t.rejects(migrate(db.sql, dir), /002_billing_views.sql changed after it was applied/)
 })
 
+t.test('a reworded comment is no edit; databases migrated under whole-text checksums keep booting', async (t) => {
+  const db = await createTestDb()
+  t.teardown(() => db.drop())
+  const dir = mkdtempSync(join(tmpdir(), 'mig-'))
+  cpSync('sql', dir, { recursive: true })
+  await migrate(db.sql, dir)
+  const file = join(dir, '002_billing_views.sql')
+  const text = readFileSync(file, 'utf8')
+  writeFileSync(file, `-- a comment reworded\n${text.replace(/^--.*$/m, '-- and another')}`)
+  t.same((await migrate(db.sql, dir)).applied, [], 'comment lines are not part of the checksum')
+  // What a database migrated before statement checksums holds: the whole text's sha256, and for
+  // 005 and 006 the text before their comments were reworded.
+  await db.sql`update schema_migrations set checksum = ${createHash('sha256').update(readFileSync('sql/001_schema.sql', 'utf8')).digest('hex')} where name = '001_schema.sql'`
+  await db.sql`update schema_migrations set checksum = '04507beecb5f2becb0ea4bceccc726aa8b823970addd41cdf66d72f082903943' where name = '006_budgets.sql'`
+  t.same((await migrate(db.sql, dir)).applied, [], 'earlier checksums are accepted')
+  await db.sql`update schema_migrations set checksum = ${'0'.repeat(64)} where name = '006_budgets.sql'`
+  await t.rejects(migrate(db.sql, dir), /006_budgets.sql changed after it was applied/, 'an unknown earlier text is not')
+  writeFileSync(join(dir, '001_schema.sql'), readFileSync('sql/001_schema.sql', 'utf8') + '\nselect 1;\n')
+  await db.sql`update schema_migrations set checksum = ${statementsChecksum(readFileSync('sql/006_budgets.sql', 'utf8'))} where name = '006_budgets.sql'`
+  await t.rejects(migrate(db.sql, dir), /001_schema.sql changed after it was applied/, 'a statement added is an edit')
+})
+
 t.test('Postgres down at boot: /readyz 503 and traffic refused, a log line says why, ready once it is up', async (t) => {
   const db = await createTestDb()
   t.teardown(() => db.drop())
   const relay = new TcpRelay(db.port)
   await relay.reserve()
   const logs = new LogSink()
-  const env = baseEnv(fake, `${relay.url}/${db.name}`, { DB_CONNECT_RETRY_MAX_MS: '200' })
+  const env = baseEnv(fake, `${relay.url}/${db.name}`, { DB_CONNECT_RETRY_MAX_MS: '200', ADMIN_API_KEY: 'boot-admin-key-0123456789' })
   const s = await start(env, createLogger('debug', logs))
   t.teardown(async () => { await s.stop(); await relay.cut() })
   const url = `http://127.0.0.1:${s.port}`
@@ -98,6 +121,9 @@ t.test('Postgres down at boot: /readyz 503 and traffic refused, a log line says 
   const refused = await request(`${url}/v1/chat/completions`, { method: 'POST', body: '{}' })
   t.equal(refused.statusCode, 503)
   t.match(await refused.body.json(), { error: { code: 'not_ready' } })
+  const admin = await request(`${url}/admin/v1/`, { headers: { authorization: 'Bearer boot-admin-key-0123456789' } })
+  t.equal(admin.statusCode, 503, 'the admin plane exists, and waits for the database too')
+  t.match(await admin.body.json(), { error: { code: 'not_ready' } })
   t.match(logs.text, /postgres unreachable, retrying/)
   t.match(logs.text, /ECONNREFUSED/)
   await relay.open()
@@ -105,4 +131,7 @@ t.test('Postgres down at boot: /readyz 503 and traffic refused, a log line says 
   const ok = await request(`${url}/readyz`)
   t.equal(ok.statusCode, 200)
   await ok.body.dump()
+  const adminReady = await request(`${url}/admin/v1/`, { headers: { authorization: 'Bearer boot-admin-key-0123456789' } })
+  t.equal(adminReady.statusCode, 200, 'and answers once it is ready')
+  await adminReady.body.dump()
 })

@@ -84,9 +84,8 @@ const BODY_100 = bodyOf(100)
 async function admit (limits: Limits, r: UsageRecord, body = BODY_100, maxTokens: number | null = 100) {
   let admission: Admission | null | undefined
   handler = (res) => {
-    const p = limits.admit(res, r, body, maxTokens)
-    if (p === null) { admission = undefined; res.end('direct'); return }
-    void p.then((a) => { admission = a; if (a) res.end('admitted') })
+    if (!limits.needsAdmission(r)) { admission = undefined; res.end('direct'); return }
+    void limits.admit(res, r, body, maxTokens).then((a) => { admission = a; if (a) res.end('admitted') })
   }
   const res = await request(url)
   return { status: res.statusCode, text: await res.body.text(), admission }
@@ -125,11 +124,11 @@ t.test('the estimate: prompt counts, max_tokens or the default for the completio
   t.equal(maxTokensOf({ max_tokens: 5, max_output_tokens: 900 }), 900)
 })
 
-t.test('no budget, no rate limit: admit() answers synchronously, no database round trip', async (t) => {
+t.test('no budget, no rate limit: nothing to admit, known synchronously, no database round trip', async (t) => {
   const limits = makeLimits()
   await limits.refresh()
   const res = await admit(limits, rec('nobody'))
-  t.equal(res.admission, undefined, 'null returned at once: nothing was awaited')
+  t.equal(res.admission, undefined, 'known at once: nothing was awaited')
   t.equal(res.text, 'direct')
 })
 

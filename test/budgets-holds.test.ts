@@ -74,9 +74,8 @@ function makeLimits (extra: Partial<typeof config> = {}): Limits {
 async function admit (limits: Limits, r: UsageRecord) {
   let admission: Admission | null | undefined
   handler = (res) => {
-    const p = limits.admit(res, r, Buffer.alloc(400, 0x61), 100)
-    if (p === null) { admission = undefined; res.end('direct'); return }
-    void p.then((a) => { admission = a; if (a) res.end('admitted') })
+    if (!limits.needsAdmission(r)) { admission = undefined; res.end('direct'); return }
+    void limits.admit(res, r, Buffer.alloc(400, 0x61), 100).then((a) => { admission = a; if (a) res.end('admitted') })
   }
   const res = await request(url)
   return { status: res.statusCode, text: await res.body.text(), admission }

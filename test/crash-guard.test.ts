@@ -1,5 +1,8 @@
 import t from 'tap'
 import { spawnSync } from 'node:child_process'
+import { readFileSync } from 'node:fs'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { isPostgresSocketRace } from '../src/lib/crash-guard.js'
 
 const raceStack = "TypeError: Cannot read properties of null (reading 'write')\n    at nextWrite (/app/node_modules/postgres/src/connection.js:255:22)\n    at process.processImmediate (node:internal/timers:483:21)"
@@ -32,4 +35,24 @@ t.test('the race is logged and survived; any other uncaught error exits 1', asyn
   t.equal(died.status, 1)
   t.match(died.stdout, /uncaught exception; exiting/)
   t.notMatch(died.stdout, /still alive/)
+})
+
+// The guard matches a file path and a property read inside postgres.js (pinned exactly in
+// package.json): a release that moves either makes the guard let the race crash the process.
+t.test('the guarded internals are where the installed postgres.js has them', async (t) => {
+  const entry = fileURLToPath(import.meta.resolve('postgres'))
+  const connection = join(dirname(entry), 'connection.js')
+  const source = readFileSync(connection, 'utf8')
+  const pinned = JSON.parse(readFileSync(join(dirname(fileURLToPath(import.meta.url)), '..', 'package.json'), 'utf8')).dependencies.postgres
+  t.equal(JSON.parse(readFileSync(join(dirname(entry), '..', 'package.json'), 'utf8')).version, pinned, 'the installed version is the pinned one')
+  t.match(source, /setImmediate\(nextWrite\)/, 'the write is deferred to a setImmediate')
+  const nextWrite = /function nextWrite\([^)]*\) \{([^}]*)\}/.exec(source)?.[1] ?? ''
+  t.match(nextWrite, /\bsocket\.write\(/, 'nextWrite reads .write of the socket that closing sets to null')
+  t.match(source, /^\s+socket = null$/m, 'closing sets it to null')
+  // The error V8 throws there, from the file the process loads, is the one the guard lets pass.
+  const socket = null as unknown as { write: () => void }
+  let err: unknown
+  try { socket.write() } catch (e) { err = e }
+  ;(err as Error).stack = `${(err as Error).message}\n    at nextWrite (${connection}:255:22)\n    at process.processImmediate (node:internal/timers:483:21)`
+  t.ok(isPostgresSocketRace(err), `recognized at ${connection}`)
 })

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { spawn, spawnSync } from 'node:child_process'
+import { execFileSync, spawn, spawnSync } from 'node:child_process'
 import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { existsSync, mkdtempSync, readdirSync, readFileSync, symlinkSync } from 'node:fs'
@@ -165,6 +165,18 @@ t.test('Dockerfile: node:24-slim stages, non-root, tini, node dist/main.js', asy
   t.notOk(one('RUN').some((i) => /npm (ci|install)\b/.test(i.args) && !/--omit=dev/.test(i.args)), 'no dev dependencies')
   t.ok(instructions.some((i) => i.stage < last && i.op === 'RUN' && /npm run build/.test(i.args)), 'the build stage compiles')
   t.match(one('HEALTHCHECK').at(-1)?.args ?? '', /CMD \["node", "-e", .*\/healthz/, 'HEALTHCHECK with node itself')
+})
+
+t.test('Dockerfile: the embedded database (PGlite, optional) is in the image only with --build-arg EMBEDDED=1', async (t) => {
+  t.ok(one('ARG').some((i) => i.args === 'EMBEDDED=0'), 'EMBEDDED, off by default')
+  const install = one('RUN').find((i) => /npm ci\b/.test(i.args))!.args.split('&&')[0]
+  // The install line as the image's /bin/sh expands it, for each value of the build arg.
+  const flags = (embedded: string): string[] => execFileSync('sh', ['-c', `echo ${install}`], { env: { PATH: process.env.PATH, EMBEDDED: embedded }, encoding: 'utf8' }).trim().split(/\s+/)
+  t.ok(flags('0').includes('--omit=optional'), 'by default optional dependencies are left out')
+  t.notOk(flags('1').includes('--omit=optional'), 'EMBEDDED=1 installs them')
+  t.ok(flags('1').includes('--omit=dev'), 'and never dev dependencies')
+  const pkg = JSON.parse(read('package.json')) as { optionalDependencies?: Record<string, string> }
+  t.same(Object.keys(pkg.optionalDependencies ?? {}), ['@electric-sql/pglite'], 'optional is exactly PGlite')
 })
 
 t.test('Dockerfile: every COPY source exists and is not excluded by .dockerignore', async (t) => {

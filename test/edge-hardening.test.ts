@@ -315,10 +315,11 @@ t.test('route guard: an exception thrown while routing answers that exchange 500
   const log = createLogger('debug', logs)
   let calls = 0
   const server = createProxyServer({
-    meter: { log } as any,
+    log,
     passthrough: { handle (_req, res) { if (++calls === 1) throw new TypeError('bug in a handler'); res.end('{"data":[]}') }, close () {} },
     proxyApiKey: undefined,
-    isReady: () => true,
+    plane: () => ({ meter: {} as any }),
+    adminEnabled: false,
     clientTimeouts: { headersMs: 5000, requestMs: 10000 },
   })
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))

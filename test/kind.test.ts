@@ -1,6 +1,6 @@
 import t from 'tap'
 import { request } from 'undici'
-import { classifyKind, messageIdOf, taskFromPrompt, DEFAULT_KIND_OPTIONS as O } from '../src/usage/ledger/kind.js'
+import { classifyRowKind, messageIdOf, taskFromPrompt, DEFAULT_ROW_KIND_OPTIONS as O } from '../src/usage/ledger/row-kind.js'
 import { normalizeUsage, mergeUsage } from '../src/usage/tap/extract.js'
 import { factsFromGeneration } from '../src/usage/ledger/reconcile.js'
 import { parseExact } from '../src/usage/tap/exact-json.js'
@@ -16,11 +16,11 @@ const TITLE = '### Task:\nGenerate a concise, 3-5 word title with an emoji summa
 const owui = { 'x-openwebui-user-id': 'u-1' }
 
 t.test('the task header wins, and names the task', async (t) => {
-  t.equal(classifyKind({ 'x-openwebui-task': 'title_generation', ...owui }, { streamed: true, messages: single('hi') }), 'title_generation')
-  t.equal(classifyKind({ 'x-openwebui-task': 'Tags_Generation' }, { streamed: false, messages: single(TITLE) }), 'tags_generation', 'over the prompt')
-  t.equal(classifyKind({ 'x-task': 'query_generation' }, { streamed: true, messages: single('') }, { ...O, taskHeader: 'x-task' }), 'query_generation', 'configurable name')
-  t.equal(classifyKind({ 'x-openwebui-task': '{{TASK}}', ...owui }, { streamed: true, messages: single('hi') }), 'chat', 'an unfilled template says nothing')
-  t.equal(classifyKind({ 'x-openwebui-task': '', ...owui }, { streamed: true, messages: single('hi') }), 'chat', 'empty: a chat turn')
+  t.equal(classifyRowKind({ 'x-openwebui-task': 'title_generation', ...owui }, { streamed: true, messages: single('hi') }), 'title_generation')
+  t.equal(classifyRowKind({ 'x-openwebui-task': 'Tags_Generation' }, { streamed: false, messages: single(TITLE) }), 'tags_generation', 'over the prompt')
+  t.equal(classifyRowKind({ 'x-task': 'query_generation' }, { streamed: true, messages: single('') }, { ...O, taskHeader: 'x-task' }), 'query_generation', 'configurable name')
+  t.equal(classifyRowKind({ 'x-openwebui-task': '{{TASK}}', ...owui }, { streamed: true, messages: single('hi') }), 'chat', 'an unfilled template says nothing')
+  t.equal(classifyRowKind({ 'x-openwebui-task': '', ...owui }, { streamed: true, messages: single('hi') }), 'chat', 'empty: a chat turn')
 })
 
 t.test('the ### Task: heuristic: non-stream, one user message', async (t) => {
@@ -33,12 +33,12 @@ t.test('the ### Task: heuristic: non-stream, one user message', async (t) => {
     ['### Task:\nGenerate a detailed prompt for am image generation task based on the given language and context.', 'image_prompt_generation'],
     ['### Task:\nSummarize the document below.', 'task'],
   ]
-  for (const [prompt, kind] of cases) t.equal(classifyKind(owui, { streamed: false, messages: single(prompt) }), kind, kind)
-  t.equal(classifyKind(owui, { streamed: false, messages: single([{ type: 'text', text: TITLE }]) }), 'title_generation', 'content parts')
-  t.equal(classifyKind(owui, { streamed: true, messages: single(TITLE) }), 'chat', 'streamed: a chat')
-  t.equal(classifyKind(owui, { streamed: false, messages: () => [{ role: 'system', content: 'x' }, { role: 'user', content: TITLE }] }), 'chat', 'two messages: a chat')
-  t.equal(classifyKind(owui, { streamed: false, messages: single('Tell me about ### Task: lists') }), 'chat', 'must begin with it')
-  t.equal(classifyKind({}, { streamed: false, messages: single(TITLE) }), 'title_generation', 'the prompt says so even without identity headers')
+  for (const [prompt, kind] of cases) t.equal(classifyRowKind(owui, { streamed: false, messages: single(prompt) }), kind, kind)
+  t.equal(classifyRowKind(owui, { streamed: false, messages: single([{ type: 'text', text: TITLE }]) }), 'title_generation', 'content parts')
+  t.equal(classifyRowKind(owui, { streamed: true, messages: single(TITLE) }), 'chat', 'streamed: a chat')
+  t.equal(classifyRowKind(owui, { streamed: false, messages: () => [{ role: 'system', content: 'x' }, { role: 'user', content: TITLE }] }), 'chat', 'two messages: a chat')
+  t.equal(classifyRowKind(owui, { streamed: false, messages: single('Tell me about ### Task: lists') }), 'chat', 'must begin with it')
+  t.equal(classifyRowKind({}, { streamed: false, messages: single(TITLE) }), 'title_generation', 'the prompt says so even without identity headers')
   t.equal(taskFromPrompt('not an array'), null)
   t.equal(taskFromPrompt([null]), null)
   t.equal(taskFromPrompt([{ role: 'assistant', content: TITLE }]), null)
@@ -47,11 +47,11 @@ t.test('the ### Task: heuristic: non-stream, one user message', async (t) => {
 t.test('chat when Open WebUI sent it, api otherwise; the body is read only when needed', async (t) => {
   let reads = 0
   const facts = { streamed: true, messages: () => { reads++; return [] } }
-  t.equal(classifyKind(owui, facts), 'chat')
-  t.equal(classifyKind({ 'x-openwebui-user-jwt': 'a.b.c' }, facts), 'chat')
-  t.equal(classifyKind({ 'x-openwebui-message-id': 'm-1' }, facts), 'chat')
-  t.equal(classifyKind({}, facts), 'api')
-  t.equal(classifyKind({ 'x-openwebui-task': 'title_generation' }, { streamed: false, messages: facts.messages }), 'title_generation')
+  t.equal(classifyRowKind(owui, facts), 'chat')
+  t.equal(classifyRowKind({ 'x-openwebui-user-jwt': 'a.b.c' }, facts), 'chat')
+  t.equal(classifyRowKind({ 'x-openwebui-message-id': 'm-1' }, facts), 'chat')
+  t.equal(classifyRowKind({}, facts), 'api')
+  t.equal(classifyRowKind({ 'x-openwebui-task': 'title_generation' }, { streamed: false, messages: facts.messages }), 'title_generation')
   t.equal(reads, 0, 'streamed requests and declared tasks never read the messages')
   t.equal(messageIdOf({ 'x-openwebui-message-id': ' m-42 ' }), 'm-42')
   t.equal(messageIdOf({ 'x-openwebui-message-id': '{{MESSAGE_ID}}' }), null)

@@ -64,7 +64,7 @@ t.test('access log: one line per exchange with its facts, and every answer count
 
   const lines = await until(() => { const l = accessLines(s); return l.length >= 7 ? l : undefined }, 'seven access lines')
   const metered = lines.find((l) => l.generationId === gen)
-  t.match(metered, { status: 200, method: 'POST', endpoint: '/v1/chat/completions', route: 'metered', model: 'fake/ok', outcome: 'ok', user: /^mai_client_63a4eb6d_user_[0-9a-f]{16}$/ })
+  t.match(metered, { status: 200, method: 'POST', endpoint: '/v1/chat/completions', route: 'metered', model: 'fake/ok', outcome: 'ok', user: 'u-access', externalUser: /^mai_client_63a4eb6d_user_[0-9a-f]{16}$/ })
   t.type(metered?.durationMs, 'number')
   t.type(metered?.ttfbMs, 'number')
   t.notOk(lines.some((l) => l.route === 'probe'), 'a healthy probe is not logged (it is counted)')
@@ -226,7 +226,7 @@ t.test('20,000 distinct models make a bounded number of series', async (t) => {
   t.ok(models.has('other'))
   t.ok(models.has('vendor/model-0'), 'the first models keep their own series')
   t.ok(series.length <= 51 * 3, `${series.length} series with a model label`)
-  const prompt = series.filter((l) => l.startsWith('usage_proxy_tokens_total{') && l.includes('kind="prompt"')).reduce((n, l) => n + Number(l.split(' ')[1]), 0)
+  const prompt = series.filter((l) => l.startsWith('usage_proxy_tokens_total{') && l.includes('type="prompt"')).reduce((n, l) => n + Number(l.split(' ')[1]), 0)
   t.equal(prompt, 20_000 * 10, 'no traffic lost: other holds the rest')
 })
 

@@ -340,7 +340,7 @@ t.test('metrics: Prometheus text with requests, outcomes, tokens and ledger gaug
   t.match(text, /usage_proxy_requests_total\{route="chat\/completions",status="200"\} \d+/)
   t.match(text, /usage_proxy_requests_total\{route="passthrough",status="200"\} [1-9]/)
   t.match(text, /usage_proxy_outcomes_total\{outcome="client_aborted"\} [1-9]/)
-  t.match(text, /usage_proxy_tokens_total\{model="fake\/ok-2025",kind="prompt"\} \d+/)
+  t.match(text, /usage_proxy_tokens_total\{model="fake\/ok-2025",type="prompt"\} \d+/)
   t.match(text, /usage_proxy_upstream_ttfb_seconds_bucket/)
   t.match(text, /usage_proxy_ledger_queue_depth \d+/)
   t.match(text, /usage_proxy_journal_backlog \d+/)

@@ -1,7 +1,7 @@
 import t from 'tap'
 import { exactObjectNearEnd, parseExact, decimal, count, rawNumber } from '../src/usage/tap/exact-json.js'
 import { normalizeUsage, mergeUsage } from '../src/usage/tap/extract.js'
-import { ResponseTap, bodyKind } from '../src/usage/tap/response-tap.js'
+import { ResponseTap, answerFormat } from '../src/usage/tap/response-tap.js'
 import { factsFromGeneration } from '../src/usage/ledger/reconcile.js'
 
 t.test('exact parser keeps every digit a double would lose', async (t) => {
@@ -41,10 +41,10 @@ t.test('usage shapes of every endpoint normalize to one', async (t) => {
 })
 
 t.test('content type decides how the body is read', async (t) => {
-  t.equal(bodyKind('text/event-stream; charset=utf-8'), 'sse')
-  t.equal(bodyKind('application/json'), 'json')
-  t.equal(bodyKind('text/plain'), 'other')
-  t.equal(bodyKind(undefined), 'other')
+  t.equal(answerFormat('text/event-stream; charset=utf-8'), 'sse')
+  t.equal(answerFormat('application/json'), 'json')
+  t.equal(answerFormat('text/plain'), 'other')
+  t.equal(answerFormat(undefined), 'other')
   const tap = new ResponseTap('other')
   tap.write(Buffer.from('anything'))
   t.same(tap.end().usage, null)

@@ -1,7 +1,7 @@
 -- Spend controls in Postgres: the current definition of every budget and rate-limit function and
 -- of the trigger on budgets. src/db/migrate.ts applies this file at every boot, after the numbered
 -- migrations, in their transaction and under their lock; the tables are in sql/006 and sql/013.
--- Settlement (a usage row's cost booked, its hold released) is in usage-after-insert.sql.
+-- Settlement (a usage row's cost booked, its hold released) is in 3-usage-after-insert.sql.
 --
 -- Three rules every function here keeps:
 -- * One clock per request: a request's hold and its spend are booked in the period of the
@@ -298,7 +298,6 @@ BEGIN
   SELECT organization_id, scope, user_id, period, period_start, max(spent) FROM wanted
    GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
   ON CONFLICT (organization_id, scope, user_id, period, period_start) DO UPDATE SET spent_usd = excluded.spent_usd;
-  PERFORM pg_notify('usage_proxy_budgets', '');
   RETURN NULL;
 END
 $$;

@@ -1,7 +1,14 @@
 -- What every insert into usage_events does, in its own transaction, once per statement: one
--- trigger, one function, three steps in this order (no second trigger whose firing order by name
+-- trigger, one function, four steps in this order (no second trigger whose firing order by name
 -- could matter). src/db/migrate.ts applies this file at every boot after the numbered migrations.
 --
+-- 0. Check that the statement's organizations exist: usage_events keeps its reference to
+--    organizations without a foreign key, whose per-row check was 12% of a 2,000-row ledger
+--    batch's time (sql/010, BENCHMARKS.md "Ledger write throughput"). The same question, once
+--    per distinct organization, raising the foreign key's own SQLSTATE (23503), so the ledger
+--    treats a missing organization as "retry later", never as bad data to set aside. First, so a
+--    refused batch claims and settles nothing. Deleting or renaming an organization that has usage
+--    is refused by organizations_keep_usage (sql/functions/6-organizations.sql).
 -- 1. Claim each new generation id in usage_generation_ids, in id order. A row whose id was
 --    already claimed (or claimed twice in this statement) is a replay and is deleted again, so
 --    the statement's net effect is exactly INSERT ... ON CONFLICT DO NOTHING's on a UNIQUE
@@ -24,7 +31,23 @@ DECLARE
   with_id bigint;
   losers uuid[] := '{}';
   replay record;
+  missing text;
 BEGIN
+  -- 0. the organizations exist. FOR KEY SHARE is the lock the foreign key took per row, once per
+  -- organization: a concurrent DELETE of one of them waits for this transaction, then finds its
+  -- usage and is refused (or, if it came first, this check finds the organization gone).
+  PERFORM 1 FROM organizations o WHERE o.id IN (SELECT organization_id FROM inserted_rows) ORDER BY o.id FOR KEY SHARE;
+  SELECT i.organization_id INTO missing
+    FROM (SELECT DISTINCT organization_id FROM inserted_rows) i
+    LEFT JOIN organizations o ON o.id = i.organization_id
+   WHERE o.id IS NULL
+   LIMIT 1;
+  IF FOUND THEN
+    RAISE foreign_key_violation USING
+      MESSAGE = format('insert into usage_events refers to organization %L, which does not exist', missing),
+      TABLE = 'usage_events';
+  END IF;
+
   -- 1. the generation-id claim
   WITH c AS (
     INSERT INTO usage_generation_ids (generation_id, created_at)

@@ -10,7 +10,7 @@ import type { Backlog } from '../usage/ledger/ledger.js'
 
 export interface AdminDeps {
   config: Config
-  /** The primary: writes, budgets. Null until boot reached the database. */
+  /** The primary: writes, budgets. */
   sql: () => Sql
   /** Reads for reports (DATABASE_READ_URL when set, else the primary). */
   readSql: () => Sql
@@ -21,6 +21,6 @@ export interface AdminDeps {
   budgetsFor?: BudgetsFor
   /** Admissions served without a spend check (the page shows them). */
   admissions?: () => FailOpenStats | null
-  /** The ledger's backlog, from memory (null before boot made the ledger). */
+  /** The ledger's backlog, from memory. */
   backlog?: () => Backlog | null
 }

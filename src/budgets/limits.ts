@@ -2,7 +2,7 @@ import type { ServerResponse } from 'node:http'
 import type { LimitsConfig } from '../config/config.js'
 import { describe, type Sql } from '../db/connect.js'
 import type { Logger } from '../lib/log.js'
-import type { UsageRecord } from '../usage/ledger/record.js'
+import type { Outcome, UsageRecord } from '../usage/ledger/record.js'
 import type { Alerts } from './alerts.js'
 import { estimateBilledUsd } from './estimate.js'
 import { countPromptSliced } from './prompt-counts.js'
@@ -13,6 +13,7 @@ import { Reserver } from './reserver.js'
 import { within } from '../lib/deadline.js'
 import { FailOpenLog, type FailOpenStats } from './fail-open.js'
 import { DEFAULT_EXCEEDED_MESSAGE, exceededMessage, sendRefusal, type ExceededFacts, type Refusal } from './refusal.js'
+import { RefusalRows } from './refusal-rows.js'
 import type { BudgetPeriod } from '../config/config.js'
 
 // The admission before a metered request goes upstream: rate limits, then a reservation of the
@@ -24,9 +25,10 @@ import type { BudgetPeriod } from '../config/config.js'
 // are), so no sweeper releases the hold of a live request; one that ends keeps its hold for
 // BUDGET_RESERVATION_TTL_MS more, the time its record has to land.
 //
-// With no budget in the database and no rate limit configured, admit() returns null at once:
-// whether any budget exists is cached and refreshed every BUDGET_REFRESH_MS (and at once when this
-// process's admin API writes one), so the hot path does no database round trip.
+// With no budget in the database and no rate limit configured, needsAdmission() is false and the
+// request goes on without admit(): whether any budget exists is cached and refreshed every
+// BUDGET_REFRESH_MS (and at once when this process's admin API writes one), so the hot path does
+// no database round trip and allocates nothing here.
 
 export interface LimitsDeps {
   /** The main pool: the budgets-exist check and the sweeper. */
@@ -36,7 +38,7 @@ export interface LimitsDeps {
    * user or the operator does elsewhere can take its connections. Defaults to sql.
    */
   admissionSql?: Sql
-  /** Where a refused request's record goes (outcome budget_exceeded, no cost). */
+  /** Where a refused request's record goes (outcome budget_exceeded or rate_limited, no cost). */
   record: (r: UsageRecord) => void
   log: Logger
   config: LimitsConfig
@@ -85,12 +87,15 @@ export class Limits {
   private readonly renewTimer: NodeJS.Timeout
   /** Event ids of the requests this process runs that hold a reservation. */
   private readonly live = new Set<string>()
+  /** Which refusals get a row: a flood of them does not become a flood of inserts. */
+  readonly refusalRows = new RefusalRows()
   private renewing = false
   private readonly template: string
   private failures = 0
   private readonly failedOpen: FailOpenLog
   private readonly admissionSql: Sql
-  refused = 0
+  /** Requests refused because a budget would be exceeded (402), since this process started. */
+  budgetRefusals = 0
 
   constructor (private readonly d: LimitsDeps) {
     this.template = d.config.exceededMessage ?? DEFAULT_EXCEEDED_MESSAGE
@@ -142,18 +147,24 @@ export class Limits {
   }
 
   /**
-   * null: nothing to check, go on at once. Otherwise a promise of the admission, or of null when
-   * the request was refused and answered here (nothing may then reach OpenRouter). `body` is the
-   * request body as received: it is read (prompt-counts.ts) only when a budget applies.
+   * Whether this request has anything to check: a rate limit for its user, or a budget that may
+   * apply. When false, the request goes on without admit() and costs this module nothing.
    */
-  admit (res: ServerResponse, rec: UsageRecord, body: Buffer, maxTokens: number | null): Promise<Admission | null> | null {
-    const rated = this.rate.active && rec.userId !== null
-    if (!rated && this.anyBudgets === false) return null
+  needsAdmission (rec: UsageRecord): boolean {
+    return this.hasRateLimit(rec.userId) || this.anyBudgets !== false
+  }
+
+  /**
+   * The admission, or null when the request was refused and answered here (nothing may then
+   * reach OpenRouter). `body` is the request body as received: it is read (prompt-counts.ts) only
+   * when a budget applies.
+   */
+  admit (res: ServerResponse, rec: UsageRecord, body: Buffer, maxTokens: number | null): Promise<Admission | null> {
     // A client that leaves while the admission waits is not dispatched: its hold is let go.
     let gone = false
     const onClose = (): void => { gone = true }
     res.once('close', onClose)
-    return this.admitAsync(res, rec, body, maxTokens, rated).then((a) => {
+    return this.admitChecked(res, rec, body, maxTokens).then((a) => {
       res.off('close', onClose)
       if (!a || !gone) return a
       a.done()
@@ -178,20 +189,25 @@ export class Limits {
     await this.reserver.release([eventId])
   }
 
+  /** Whether USER_RPM or USER_MAX_CONCURRENT applies to this user (an anonymous request has none). */
+  hasRateLimit (userId: string | null): userId is string {
+    return this.rate.active && userId !== null
+  }
+
   /**
    * "My usage": USER_RPM and USER_MAX_CONCURRENT apply, budgets do not (a refused user must still
-   * be able to read why). null: no rate limit for this user, answer at once.
+   * be able to read why). Only for a user hasRateLimit() holds for; null once the request was answered.
    */
-  admitRate (res: ServerResponse, userId: string | null): Promise<Admission | null> | null {
-    if (!this.rate.active || userId === null) return null
-    return this.rated(res, userId, null).then((r) => r && r.admission)
+  admitRate (res: ServerResponse, userId: string): Promise<Admission | null> {
+    return this.admitRated(res, userId, null).then((r) => r && r.admission)
   }
 
   /**
    * The rate-limit half of an admission; null once the request was answered (429 or 503).
    * `unchecked`: it failed open (and was counted as such).
    */
-  private async rated (res: ServerResponse, user: string, eventId: string | null): Promise<{ admission: Admission, unchecked: boolean } | null> {
+  private async admitRated (res: ServerResponse, user: string, rec: UsageRecord | null): Promise<{ admission: Admission, unchecked: boolean } | null> {
+    const eventId = rec?.eventId ?? null
     let r
     let abandoned = false
     let unchecked = false
@@ -204,22 +220,38 @@ export class Limits {
       r = { lease: null }
       unchecked = true
     }
-    if ('refusal' in r) { sendRefusal(res, r.refusal); return null }
+    if ('refusal' in r) {
+      sendRefusal(res, r.refusal)
+      if (rec) this.recordRefusal(rec, r.refusal.status, 'rate_limited', r.refusal.message)
+      return null
+    }
     const lease = r.lease
     return { admission: { done: () => this.rate.release(user, lease) }, unchecked }
   }
 
-  private async admitAsync (res: ServerResponse, rec: UsageRecord, body: Buffer, maxTokens: number | null, rated: boolean): Promise<Admission | null> {
+  private async admitChecked (res: ServerResponse, rec: UsageRecord, body: Buffer, maxTokens: number | null): Promise<Admission | null> {
     let done: Admission = NOTHING
     let unchecked = false
-    if (rated) {
-      const a = await this.rated(res, rec.userId!, rec.eventId)
+    if (this.hasRateLimit(rec.userId)) {
+      const a = await this.admitRated(res, rec.userId, rec)
       if (!a) return null
       done = a.admission
       unchecked = a.unchecked
     }
     if (this.anyBudgets === false) return done
+    let given = false
+    const rate: Admission = { done: () => { if (!given) { given = true; done.done() } } }
+    try {
+      return await this.admitBudget(res, rec, body, maxTokens, rate, unchecked)
+    } catch (err) {
+      // The request is answered 500 and never sent: the rate slot it took is given back (once),
+      // or the user would be refused from then on for a request that is not running.
+      rate.done()
+      throw err
+    }
+  }
 
+  private async admitBudget (res: ServerResponse, rec: UsageRecord, body: Buffer, maxTokens: number | null, done: Admission, unchecked: boolean): Promise<Admission | null> {
     // The body is read here, only now that a budget may apply, a slice per event-loop turn.
     const counts = await countPromptSliced(body)
     const amount = estimateBilledUsd({ model: rec.model, counts, maxTokens }, this.d.prices,
@@ -262,11 +294,23 @@ export class Limits {
   }
 
   private refuse (res: ServerResponse, rec: UsageRecord, f: ExceededFacts): void {
-    this.refused++
+    this.budgetRefusals++
     const message = exceededMessage(this.template, f)
     sendRefusal(res, { status: 402, type: 'insufficient_quota', code: 'budget_exceeded', message })
-    // The operator sees who was blocked: a row with no cost, through the ledger (journaled).
-    this.d.record({ ...rec, status: 402, outcome: 'budget_exceeded', errorMessage: message, latencyMs: 0 })
+    this.recordRefusal(rec, 402, 'budget_exceeded', message)
+  }
+
+  /**
+   * The operator sees who was blocked: the request's own record, filled in place (the access log
+   * reads it too) with no cost, goes through the ledger like every row (journaled, batched), up to
+   * a user's ROWS_PER_MINUTE refusals a minute (refusal-rows.ts).
+   */
+  private recordRefusal (rec: UsageRecord, status: number, outcome: Outcome, message: string): void {
+    rec.status = status
+    rec.outcome = outcome
+    rec.errorMessage = message
+    rec.latencyMs = 0
+    if (this.refusalRows.admit(rec.userId)) this.d.record(rec)
   }
 
   /**

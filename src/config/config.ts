@@ -129,7 +129,7 @@ export interface Config {
   /** METRICS_PORT set: /metrics is served only there, on METRICS_HOST. */
   metrics: { apiKey: string | undefined, port: number | undefined, host: string, maxModels: number }
   /** Open WebUI's per-connection custom headers ({{TASK}}, {{MESSAGE_ID}}). */
-  kinds: { taskHeader: string, messageIdHeader: string }
+  rowKinds: { taskHeader: string, messageIdHeader: string }
   limits: LimitsConfig
   /** A read replica for reports (admin, statements, usage); writes and budgets use databaseUrl. */
   databaseReadUrl: string | undefined
@@ -234,7 +234,7 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
     admin: { apiKey: e.ADMIN_API_KEY },
     accessLog: e.ACCESS_LOG === 'on',
     metrics: { apiKey: e.METRICS_API_KEY, port: e.METRICS_PORT, host: e.METRICS_HOST, maxModels: e.METRICS_MAX_MODELS },
-    kinds: { taskHeader: e.TASK_HEADER, messageIdHeader: e.MESSAGE_ID_HEADER },
+    rowKinds: { taskHeader: e.TASK_HEADER, messageIdHeader: e.MESSAGE_ID_HEADER },
     limits: {
       orgBudget: e.ORG_BUDGET_USD === undefined ? null : { limitUsd: e.ORG_BUDGET_USD, period: e.ORG_BUDGET_PERIOD },
       userBudget: e.USER_BUDGET_USD === undefined ? null : { limitUsd: e.USER_BUDGET_USD, period: e.USER_BUDGET_PERIOD },

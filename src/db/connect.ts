@@ -100,7 +100,17 @@ export function describe (err: unknown): string {
 
 /** postgres://user:secret@host/db -> postgres://user:***@host/db, for log lines. */
 export function redactUrl (url: string): string {
-  return url.replace(/\/\/([^:/@]+):([^@]*)@/, '//$1:***@')
+  // Everything between the user's colon and the last '@' is the password: one with an '@', '/'
+  // or '?' of its own (unencoded) is hidden whole. A password or key passphrase given as a
+  // parameter (libpq's ?password=, ?sslpassword=) is hidden too.
+  const start = url.indexOf('//') + 2
+  const at = url.lastIndexOf('@')
+  let shown = url
+  if (start >= 2 && at > start) {
+    const colon = url.indexOf(':', start)
+    if (colon !== -1 && colon < at) shown = `${url.slice(0, colon + 1)}***${url.slice(at)}`
+  }
+  return shown.replace(/([?&](?:ssl)?password=)[^&#]*/gi, '$1***')
 }
 
 function sleep (ms: number, signal?: AbortSignal): Promise<void> {

@@ -7,6 +7,26 @@ import type { Sql } from './connect.js'
 // and then find nothing left to do.
 const MIGRATION_LOCK = 727_361_001
 
+// A migration is checksummed on its statements, its comment lines left out, so that rewording a
+// comment is not an edit. Databases migrated before carry the checksum of the whole text: it is
+// accepted for the text as it was then (EARLIER_WORDING holds those of reworded files).
+const STATEMENTS = 'v2:'
+const EARLIER_WORDING: Record<string, string> = {
+  '005_full_usage_and_kind_views.sql': '51735a19624681c0d6203984b312914af1181b0cd2c17c7a1bcafd25accd24c6',
+  '006_budgets.sql': '04507beecb5f2becb0ea4bceccc726aa8b823970addd41cdf66d72f082903943',
+}
+
+function sha256 (text: string): string { return createHash('sha256').update(text).digest('hex') }
+
+/** The checksum a migration is recorded under: its text without comment lines. */
+export function statementsChecksum (text: string): string {
+  return STATEMENTS + sha256(text.split('\n').filter((line) => !line.trimStart().startsWith('--')).join('\n'))
+}
+
+function sameMigration (name: string, text: string, recorded: string): boolean {
+  return recorded === statementsChecksum(text) || recorded === sha256(text) || recorded === EARLIER_WORDING[name]
+}
+
 export interface MigrationResult { applied: string[], skipped: string[], functions: string[] }
 
 /**
@@ -27,11 +47,11 @@ export async function migrate (sql: Sql, dir: string): Promise<MigrationResult> 
       .map((r) => [r.name, r.checksum]))
     const result: MigrationResult = { applied: [], skipped: [], functions: [] }
     for (const { name, text } of scripts) {
-      const checksum = createHash('sha256').update(text).digest('hex')
+      const checksum = statementsChecksum(text)
       const previous = done.get(name)
       if (previous !== undefined) {
         // An edited migration would silently diverge between databases: refuse instead.
-        if (previous !== checksum) throw new Error(`migration ${name} changed after it was applied (checksum mismatch); add a new migration instead`)
+        if (!sameMigration(name, text, previous)) throw new Error(`migration ${name} changed after it was applied (checksum mismatch); add a new migration instead`)
         result.skipped.push(name)
         continue
       }

@@ -15,6 +15,14 @@ import type { PGlite } from '@electric-sql/pglite'
 const SSL_REQUEST = 80877103
 const GSSENC_REQUEST = 80877104
 const CANCEL_REQUEST = 80877102
+/** Postgres's own bound on a client message (PQ_LARGE_MESSAGE_LIMIT): a longer length is garbage. */
+const MAX_MESSAGE_BYTES = 0x3fffffff
+/**
+ * A client holding the session (a transaction open, or an exchange begun and not yet synced)
+ * that sends nothing for this long while others wait is cut off and rolled back, as Postgres's
+ * idle_in_transaction_session_timeout would: one stalled psql must not stop the sidecar's writes.
+ */
+export const HOLD_IDLE_MS = 15_000
 
 export interface PgliteServer {
   port: number
@@ -23,12 +31,13 @@ export interface PgliteServer {
   stop: () => Promise<void>
 }
 
-export async function servePglite (db: PGlite, host: string, port: number): Promise<PgliteServer> {
+export async function servePglite (db: PGlite, host: string, port: number, opts: { holdIdleMs?: number } = {}): Promise<PgliteServer> {
   const turns = new Turns()
   const settings = new Settings(db)
   const clients = new Set<Client>()
+  const holdIdleMs = opts.holdIdleMs ?? HOLD_IDLE_MS
   const server = createServer((socket) => {
-    const client: Client = new Client(db, socket, turns, settings, () => clients.delete(client))
+    const client: Client = new Client(db, socket, turns, settings, holdIdleMs, () => clients.delete(client))
     clients.add(client)
   })
   await new Promise<void>((resolve, reject) => {
@@ -132,13 +141,29 @@ class Client {
   private status = 'I'
   private exchanging = false
   private output = new OutputScanner((s) => { this.status = s })
+  private idleTimer: NodeJS.Timeout | null = null
 
   constructor (private readonly db: PGlite, readonly socket: Socket, private readonly turns: Turns, private readonly session: Settings,
-    private readonly forget: () => void) {
+    private readonly holdIdleMs: number, private readonly forget: () => void) {
     socket.setNoDelay(true)
-    socket.on('data', (chunk: Buffer) => { this.input = this.input.length === 0 ? chunk : Buffer.concat([this.input, chunk]); void this.pump() })
+    socket.on('data', (chunk: Buffer) => { this.stopIdleTimer(); this.input = this.input.length === 0 ? chunk : Buffer.concat([this.input, chunk]); void this.pump() })
     socket.on('error', () => {})
-    socket.on('close', () => { this.closed = true; void this.pump() })
+    socket.on('close', () => { this.stopIdleTimer(); this.closed = true; void this.pump() })
+  }
+
+  /** Holding the session and waiting for this client's bytes: it may not do so forever while others queue. */
+  private startIdleTimer (): void {
+    this.stopIdleTimer()
+    this.idleTimer = setTimeout(() => {
+      this.idleTimer = null
+      if (this.turns.queued > 0) { this.socket.destroy(); return }
+      this.startIdleTimer()
+    }, this.holdIdleMs)
+    this.idleTimer.unref()
+  }
+
+  private stopIdleTimer (): void {
+    if (this.idleTimer !== null) { clearTimeout(this.idleTimer); this.idleTimer = null }
   }
 
   /** Hands each whole message to Postgres in order; one pump runs per client at a time. */
@@ -149,8 +174,9 @@ class Client {
       for (;;) {
         if (this.closed) { await this.leave(); return }
         const message = this.next()
-        if (message === null) return
+        if (message === null) { if (this.exchanging || this.status !== 'I') this.startIdleTimer(); return }
         if (message === 'skip') continue
+        if (message === 'garbage') { this.socket.destroy(); this.closed = true; continue }
         if (message[0] === 0x58) { this.socket.end(); continue } // Terminate: the close ends the turn
         await this.turns.take(this)
         await this.session.enter(this)
@@ -191,12 +217,16 @@ class Client {
     this.forget()
   }
 
-  /** The next whole message, 'skip' for one answered here, or null until more bytes arrive. */
-  private next (): Buffer | 'skip' | null {
+  /**
+   * The next whole message, 'skip' for one answered here, 'garbage' for a length no message can
+   * have (the connection is then closed, as Postgres closes it), or null until more bytes arrive.
+   */
+  private next (): Buffer | 'skip' | 'garbage' | null {
     const b = this.input
     if (!this.started) {
-      if (b.length < 8) return null
+      if (b.length < 4) return null
       const len = b.readInt32BE(0)
+      if (len < 8 || len > MAX_MESSAGE_BYTES) return 'garbage'
       if (b.length < len) return null
       const code = b.readInt32BE(4)
       this.input = b.subarray(len)
@@ -210,7 +240,9 @@ class Client {
       return b.subarray(0, len)
     }
     if (b.length < 5) return null
-    const len = 1 + b.readInt32BE(1)
+    const declared = b.readInt32BE(1) // counts itself: never under 4
+    if (declared < 4 || declared > MAX_MESSAGE_BYTES) return 'garbage'
+    const len = 1 + declared
     if (b.length < len) return null
     this.input = b.subarray(len)
     const message = b.subarray(0, len)

@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { createHash, timingSafeEqual } from 'node:crypto'
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
-import type { UsageRecord } from '../usage/ledger/record.js'
+import { isRefusal, type UsageRecord } from '../usage/ledger/record.js'
 import type { KeyBalance } from './openrouter-key.js'
 import type { Backlog } from '../usage/ledger/ledger.js'
 import type { DbReadings } from './db-readings.js'
@@ -81,7 +81,8 @@ export function createMetrics (sources: () => MetricsSources | null, opts: Metri
   const outcomes = new Counter({ name: 'usage_proxy_outcomes_total', help: 'Metered exchanges by outcome', labelNames: ['outcome'], registers: [registry] })
   const latency = new Histogram({ name: 'usage_proxy_upstream_latency_seconds', help: 'Upstream dispatch to last byte', labelNames: ['endpoint', 'streamed'], buckets: seconds, registers: [registry] })
   const ttfb = new Histogram({ name: 'usage_proxy_upstream_ttfb_seconds', help: 'Upstream dispatch to response headers', labelNames: ['endpoint', 'streamed'], buckets: seconds, registers: [registry] })
-  const tokens = new Counter({ name: 'usage_proxy_tokens_total', help: 'Tokens by model and kind', labelNames: ['model', 'kind'], registers: [registry] })
+  // `type`, not `kind`: kind names a row's chat-or-task everywhere else.
+  const tokens = new Counter({ name: 'usage_proxy_tokens_total', help: 'Tokens by model and type (prompt, completion)', labelNames: ['model', 'type'], registers: [registry] })
   const cost = new Counter({ name: 'usage_proxy_cost_usd_total', help: 'Cost by model in USD (approximate, for dashboards; billing reads usage_events)', labelNames: ['model'], registers: [registry] })
   const gauge = (name: string, help: string, read: (s: MetricsSources) => number) => new Gauge({
     name, help, registers: [registry],
@@ -147,7 +148,8 @@ export function createMetrics (sources: () => MetricsSources | null, opts: Metri
       const ep = rec.endpoint
       child(`r|${ep}|${rec.status}`, () => requests.labels(ep, String(rec.status))).inc()
       child(`o|${rec.outcome}`, () => outcomes.labels(rec.outcome)).inc()
-      if (rec.latencyMs !== null) child(`l|${ep}|${streamed}`, () => latency.labels(ep, streamed)).observe(rec.latencyMs / 1000)
+      // A refusal (402, 429) never went upstream: it has no upstream latency to show.
+      if (rec.latencyMs !== null && !isRefusal(rec.outcome)) child(`l|${ep}|${streamed}`, () => latency.labels(ep, streamed)).observe(rec.latencyMs / 1000)
       if (rec.ttfbMs !== null) child(`t|${ep}|${streamed}`, () => ttfb.labels(ep, streamed)).observe(rec.ttfbMs / 1000)
       const model = models.label(rec.servedModel ?? rec.model ?? 'unknown')
       if (rec.promptTokens) child(`p|${model}`, () => tokens.labels(model, 'prompt')).inc(rec.promptTokens)

@@ -54,7 +54,10 @@ export function createAccessLog (o: AccessLogOptions): AccessLog {
       endpoint: p.url.split('?')[0],
       route: p.routeClass,
       model: rec?.model ?? undefined,
-      user: rec?.externalUserId ?? undefined,
+      // The id the chat app sent: the one an operator is asked about. The external id is what
+      // OpenRouter saw (the organization's own when the request named no user).
+      user: rec?.userId ?? undefined,
+      externalUser: rec?.externalUserId ?? undefined,
       generationId: rec?.generationId ?? undefined,
       outcome: rec?.outcome ?? undefined,
       kind: rec?.kind ?? undefined,
@@ -62,7 +65,10 @@ export function createAccessLog (o: AccessLogOptions): AccessLog {
       ttfbMs: rec?.ttfbMs ?? undefined,
       error: upstreamFailed ? rec.errorMessage ?? undefined : undefined,
     }
-    if (status >= 500) out.warn(line, 'access')
+    // /readyz answers 503 while boot reaches the database, and orchestrators ask every few
+    // seconds: expected, not a warning.
+    if (status === 503 && line.endpoint === '/readyz') out.debug(line, 'access')
+    else if (status >= 500) out.warn(line, 'access')
     else out.info(line, 'access')
   }
 

@@ -4,24 +4,25 @@ import type { Logger } from '../lib/log.js'
 import type { Admission, Limits } from '../budgets/limits.js'
 import { maxTokensOf } from '../budgets/estimate.js'
 import { IdentityError, identify, type Identity, type IdentityOptions } from '../identity/identify.js'
-import type { UserDirectory } from '../identity/directory.js'
+import type { ResolvedUser, UserDirectory } from '../identity/directory.js'
 import type { Ledger } from '../usage/ledger/ledger.js'
 import type { Reconciler } from '../usage/ledger/reconcile.js'
-import { addUsage, newRecord, type Outcome, type UsageRecord } from '../usage/ledger/record.js'
-import { ResponseTap, bodyKind, type TapResult } from '../usage/tap/response-tap.js'
-import { classifyKind, messageIdOf, type KindOptions } from '../usage/ledger/kind.js'
+import { addUsage, isRefusal, newRecord, type Outcome, type UsageRecord } from '../usage/ledger/record.js'
+import { ResponseTap, answerFormat, type TapResult } from '../usage/tap/response-tap.js'
+import { classifyRowKind, messageIdOf, type RowKindOptions } from '../usage/ledger/row-kind.js'
 import { sendError } from '../lib/errors.js'
-import { upstreamHeaders } from './headers.js'
+import { upstreamHeaders, type UpstreamHeaderPolicy } from './headers.js'
 import type { BodyMemory } from './body/body-memory.js'
 import { BodyScan, type JsonBody } from './body/json-body.js'
 import { multipartType, scanMultipart } from './body/multipart.js'
 import type { SelfService } from './self-service.js'
 import type { Upstream } from './upstream.js'
 
-// THE HOT PATH. One metered request, in five steps: read the body, read what it says (a byte scan,
-// never a parse), identify the user, rewrite `user`, dispatch on the upstream pool; then the
-// Exchange hands every response chunk to the client first and to the tap second. The client never
-// waits for anything but OpenRouter: the record goes to the ledger after the last byte.
+// THE HOT PATH. One metered request, as meter() lists its steps: read the body, read what it says
+// (a byte scan, never a parse), identify the user, describe the record, admit it against the
+// spend controls, dispatch on the upstream pool with `user` rewritten; then the Exchange hands
+// every response chunk to the client first and to the tap second. The client never waits for
+// anything but OpenRouter: the record goes to the ledger after the last byte.
 
 /** Inference endpoints whose JSON body gets the user's external id. */
 export const METERED = new Set(['chat/completions', 'completions', 'embeddings', 'responses', 'messages', 'rerank',
@@ -29,30 +30,31 @@ export const METERED = new Set(['chat/completions', 'completions', 'embeddings',
 /** Endpoints that take multipart uploads: their `user` field is rewritten as a JSON body's is. */
 const METERED_UPLOADS = new Set(['audio/transcriptions', 'audio/translations', 'images/edits', 'images/variations'])
 
+/** What a metered endpoint's request body may be: a JSON object, or (uploads) multipart too. */
+export type BodyFormat = 'json' | 'raw'
+
 /**
- * Which POST paths are metered. Every other non-GET request is refused by the router, so
- * nothing billable goes out unmetered; a closed list also keeps metric labels bounded.
+ * Which POST paths are metered, and the body each takes. Every other non-GET request is refused
+ * by the router, so nothing billable goes out unmetered; a closed list also keeps metric labels
+ * bounded.
  */
-export function meteredKind (endpoint: string): 'json' | 'raw' | null {
+export function meteredBodyFormat (endpoint: string): BodyFormat | null {
   if (METERED.has(endpoint)) return 'json'
   if (METERED_UPLOADS.has(endpoint)) return 'raw'
   return null
 }
 
+/** Everything the metered path uses, built once boot has opened the database. */
 export interface MeterContext {
+  /** OpenRouter: the pool, and the headers every request to it carries. */
   upstream: Upstream
-  apiKey: string
-  appUrl: string | undefined
-  appTitle: string
-  organizationId: string
-  markupPercent: string
-  maxBodyBytes: number
-  identity: IdentityOptions
-  /** identityHeaders(identity), computed once. */
-  identityHeaders: Set<string>
+  headers: UpstreamHeaderPolicy
+  rules: MeterRules
+  /** Who the users are, where records go, what may be spent. */
   directory: UserDirectory
   ledger: Ledger
   reconciler: Reconciler
+  limits: Limits
   log: Logger
   /** Called when an exchange starts and ends: graceful shutdown waits for these. */
   track: (delta: 1 | -1) => void
@@ -60,14 +62,20 @@ export interface MeterContext {
   observe?: (rec: UsageRecord, res: ServerResponse) => void
   /** True once shutdown began: connections cut after the grace period are not client aborts. */
   stopping?: () => boolean
-  /** Task and message-id header names (TASK_HEADER, MESSAGE_ID_HEADER) and the app's headers. */
-  kinds?: KindOptions
-  /** Spend controls (budgets, rate limits); absent until boot reached the database. */
-  limits?: Limits
   /** The virtual "My usage" model, answered locally (SELF_SERVICE_MODEL). */
   selfService?: SelfService
   /** Reused memory for bodies that arrive in several reads; without it, each gets its own. */
   bodies?: BodyMemory
+}
+
+/** What a request is checked against, and what its record is stamped with. */
+export interface MeterRules {
+  organizationId: string
+  markupPercent: string
+  maxBodyBytes: number
+  identity: IdentityOptions
+  /** Task and message-id header names (TASK_HEADER, MESSAGE_ID_HEADER) and the app's headers. */
+  rowKinds?: RowKindOptions
 }
 
 const DROP_RESPONSE = new Set(['connection', 'keep-alive', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-connection'])
@@ -78,14 +86,23 @@ export const MAX_MODEL_CHARS = 256
 /** A stream whose client left before the generation was named is aborted once it is, or after this. */
 const ABORT_WAIT_FOR_HEADERS_MS = 10_000
 
-export function handleMetered (req: IncomingMessage, res: ServerResponse, endpoint: string, query: string, kind: 'json' | 'raw', ctx: MeterContext): void {
-  readBody(req, res, ctx, (raw, room, memory) => guarded(res, ctx, () =>
-    readPayload(req, res, kind, raw, room, memory, ctx, (body) => guarded(res, ctx, () =>
-      forward(req, res, endpoint, query, body, ctx)))))
+/**
+ * Answers one metered request. An exception in any step answers that request 500 and goes no
+ * further: it never reaches the process-wide handler, which would stop every stream in flight.
+ */
+export function handleMetered (req: IncomingMessage, res: ServerResponse, endpoint: string, query: string, format: BodyFormat, ctx: MeterContext): void {
+  meter(req, res, endpoint, query, format, ctx).catch((err: unknown) => failed(res, ctx, err))
 }
 
-/** The steps of one metered request once its body is read and understood. */
-function forward (req: IncomingMessage, res: ServerResponse, endpoint: string, query: string, body: RequestBody, ctx: MeterContext): void {
+/**
+ * The steps, in order. A step that stops the request has answered the client itself (and the
+ * step returns null); from dispatch on, the Exchange answers whatever happens.
+ */
+async function meter (req: IncomingMessage, res: ServerResponse, endpoint: string, query: string, format: BodyFormat, ctx: MeterContext): Promise<void> {
+  const read = await readBody(req, res, ctx)
+  if (!read) return
+  const body = await readPayload(req, res, format, read, ctx)
+  if (!body) return
   const who = identifyUser(req, res, body, ctx)
   if (!who) return
   const model = body.json?.string('model')
@@ -95,55 +112,81 @@ function forward (req: IncomingMessage, res: ServerResponse, endpoint: string, q
     return
   }
   if (ctx.selfService && model === ctx.selfService.model && endpoint === 'chat/completions') {
-    // "My usage": answered here, free, nothing goes upstream and no record (so no mapping) is
-    // written. Its task prompts are one message. It counts toward the user's rate limits (never
-    // their budget: a refused user must still be able to read why).
-    const json = body.json!
-    const self = ctx.selfService
-    const answer = (): void => self.answer(res, { model, stream: json.isTrue('stream'), messages: json.singleMessage() ?? [] }, who, ctx.directory.externalIdOf(who))
-    const admitting = ctx.limits?.admitRate(res, ctx.directory.userIdOf(who)) ?? null
-    if (admitting === null) return answer()
-    admitting.then((a) => {
-      if (!a) return
-      // The slot is held until the answer has gone (USER_MAX_CONCURRENT); a client that left
-      // while it was admitted gives it back at once.
-      if (res.closed || res.destroyed) { a.done(); return }
-      res.once('close', a.done)
-      guarded(res, ctx, answer)
-    }, (err: Error) => {
-      ctx.log.error({ err: err.message }, 'admission failed')
-      sendError(res, 500, 'api_error', 'internal_error', 'usage-proxy could not check rate limits')
-    })
-    return
+    return answerMyUsage(res, body.json!, model, who, ctx.selfService, ctx)
   }
   const user = ctx.directory.resolve(who) // normalized once: the id, its external id and mapping agree
-  const externalUserId = user.externalUserId
-  // Only `user` changes. stream_options.include_usage is no longer added: OpenRouter always
-  // reports usage and documents that option as a no-op, so the body goes as the client sent it.
-  const payload = body.withUser(externalUserId)
+  // Only `user` changes: OpenRouter always reports usage (stream_options.include_usage is a no-op
+  // there), so the body goes as the client sent it. Spliced in place from here on.
+  const payload = body.withUser(user.externalUserId)
   const headers = requestHeaders(req, body, ctx)
+  const rec = describe(req, endpoint, body, model, who, user, ctx)
+  // Spend controls (src/budgets): a refused request is answered there and never dispatched; with
+  // nothing to check (no budget, no rate limit) it goes on at once, holding nothing.
+  const admission = ctx.limits.needsAdmission(rec) ? await admit(res, rec, body, ctx) : null
+  if (admission === REFUSED) return
+  dispatch(res, `${ctx.upstream.basePath}/${endpoint}${query}`, headers, payload, body.memory, rec, ctx, admission)
+}
+
+/**
+ * "My usage": answered here, free, nothing goes upstream and no record (so no mapping) is
+ * written. Its task prompts are one message. It counts toward the user's rate limits (never
+ * their budget: a refused user must still be able to read why).
+ */
+async function answerMyUsage (res: ServerResponse, json: JsonBody, model: string, who: Identity, self: SelfService, ctx: MeterContext): Promise<void> {
+  const answer = (): void => self.answer(res, { model, stream: json.isTrue('stream'), messages: json.singleMessage() ?? [] }, who, ctx.directory.externalIdOf(who))
+  const userId = ctx.directory.userIdOf(who)
+  if (!ctx.limits.hasRateLimit(userId)) return answer()
+  const admitting = ctx.limits.admitRate(res, userId)
+  let a: Admission | null
+  try {
+    a = await admitting
+  } catch (err) {
+    ctx.log.error({ err: (err as Error).message }, 'admission failed')
+    sendError(res, 500, 'api_error', 'internal_error', 'usage-proxy could not check rate limits')
+    return
+  }
+  if (!a) return
+  // The slot is held until the answer has gone (USER_MAX_CONCURRENT); a client that left
+  // while it was admitted gives it back at once.
+  if (res.closed || res.destroyed) { a.done(); return }
+  res.once('close', a.done)
+  answer()
+}
+
+/** The record of a request about to be admitted: who asks, for what, and the kind of row it makes. */
+function describe (req: IncomingMessage, endpoint: string, body: RequestBody, model: string | undefined, who: Identity, user: ResolvedUser, ctx: MeterContext): UsageRecord {
   const streamed = body.json?.isTrue('stream') ?? false
-  const rec = newRecord({
-    organizationId: ctx.organizationId,
+  return newRecord({
+    organizationId: ctx.rules.organizationId,
     userId: user.userId,
-    externalUserId,
+    externalUserId: user.externalUserId,
     endpoint,
     model: model ?? null,
     streamed,
-    markupPercent: ctx.markupPercent,
+    markupPercent: ctx.rules.markupPercent,
     chatId: who.chatId,
-    kind: classifyKind(req.headers, { streamed, messages: () => body.json?.singleMessage() }, ctx.kinds),
-    messageId: messageIdOf(req.headers, ctx.kinds),
+    kind: classifyRowKind(req.headers, { streamed, messages: () => body.json?.singleMessage() }, ctx.rules.rowKinds),
+    messageId: messageIdOf(req.headers, ctx.rules.rowKinds),
     mapping: user.mapping,
   })
-  const path = `${ctx.upstream.basePath}/${endpoint}${query}`
-  // Spend controls (src/budgets): a refused request is answered there and never dispatched.
-  const admitting = ctx.limits?.admit(res, rec, body.bytes, requestedMaxTokens(body.json)) ?? null
-  if (admitting === null) return dispatch(res, path, headers, payload, body.memory, rec, ctx, null)
-  admitting.then((a) => { if (a) guarded(res, ctx, () => dispatch(res, path, headers, payload, body.memory, rec, ctx, a)) }, (err: Error) => {
-    ctx.log.error({ err: err.message }, 'admission failed')
+}
+
+/** What admit() gives when the request was answered there (refused, or the check failed). */
+const REFUSED = Symbol('refused')
+
+/** The admission's holds, or REFUSED once the client was answered (402, 429, 503 or 500). */
+async function admit (res: ServerResponse, rec: UsageRecord, body: RequestBody, ctx: MeterContext): Promise<Admission | typeof REFUSED> {
+  const admitting = ctx.limits.admit(res, rec, body.bytes, requestedMaxTokens(body.json))
+  try {
+    const admission = await admitting
+    if (admission) return admission
+    if (isRefusal(rec.outcome)) ctx.observe?.(rec, res) // 402/429: its record says who, which model, why
+    return REFUSED
+  } catch (err) {
+    ctx.log.error({ err: (err as Error).message }, 'admission failed')
     sendError(res, 500, 'api_error', 'internal_error', 'usage-proxy could not check spend limits')
-  })
+    return REFUSED
+  }
 }
 
 /** The completion tokens the client asked for, read from the scanned fields: the estimate needs them. */
@@ -152,54 +195,61 @@ function requestedMaxTokens (json: JsonBody | null): number | null {
   return maxTokensOf({ max_completion_tokens: json.number('max_completion_tokens'), max_tokens: json.number('max_tokens'), max_output_tokens: json.number('max_output_tokens') })
 }
 
+/** A body as read: `room` free bytes follow it in `memory` (reused memory, when it was read into some). */
+interface RawBody { raw: Buffer, room: number, memory: Buffer | null }
+
 /**
- * Step 1: the whole body, or 413 past MAX_BODY_BYTES. A body of more than one read goes into
- * memory (reused: ctx.bodies) with free bytes after it (`room`), where `user` is spliced in
- * place; `memory` goes back when the exchange is over. With a declared length each read is
- * copied as it arrives and dies young; kept to the end, a 4 MB image's reads outlived the young
+ * The whole body, or null once answered 413 (past MAX_BODY_BYTES). A body of more than one read
+ * goes into memory (reused: ctx.bodies) with free bytes after it (`room`), where `user` is spliced
+ * in place; `memory` goes back when the exchange is over. With a declared length each read is
+ * copied as it arrives and dies young; kept to the end, a 4 MB image's reads outlive the young
  * generation and cost full collections. Without one (chunked), the reads are copied at the end.
+ * A client that leaves mid-body never resolves it: nothing follows.
  */
-function readBody (req: IncomingMessage, res: ServerResponse, ctx: MeterContext, done: (raw: Buffer, room: number, memory: Buffer | null) => void): void {
-  const maxBodyBytes = ctx.maxBodyBytes
+function readBody (req: IncomingMessage, res: ServerResponse, ctx: MeterContext): Promise<RawBody | null> {
+  const maxBodyBytes = ctx.rules.maxBodyBytes
   const declared = Number(req.headers['content-length'])
   if (declared > maxBodyBytes) {
     sendError(res, 413, 'invalid_request_error', 'body_too_large', `request body exceeds ${maxBodyBytes} bytes`)
     req.resume()
-    return
+    return Promise.resolve(null)
   }
-  const known = Number.isSafeInteger(declared) ? declared : -1
-  const take = (n: number): Buffer => ctx.bodies?.take(n + SPLICE_ROOM) ?? Buffer.allocUnsafeSlow(n + SPLICE_ROOM) // never pooled by Node: the room is ours
-  let first: Buffer | null = null
-  let parts: Buffer[] | null = null
-  let mem: Buffer | null = null
-  let size = 0
-  let refused = false
-  req.on('data', (chunk: Buffer) => {
-    if (refused) return
-    size += chunk.length
-    if (size > maxBodyBytes) {
-      refused = true
-      first = parts = mem = null
-      sendError(res, 413, 'invalid_request_error', 'body_too_large', `request body exceeds ${maxBodyBytes} bytes`)
-      return
-    }
-    if (mem !== null && size <= known) { chunk.copy(mem, size - chunk.length); return }
-    if (mem !== null) { parts = [mem.subarray(0, size - chunk.length), chunk]; mem = null; return } // more than declared: Node's parser never lets this happen
-    if (first === null && parts === null) { first = chunk; return }
-    if (first !== null) { parts = [first]; first = null }
-    parts!.push(chunk)
-    // Memory for the declared length once what arrived vouches for it: a client that declares
-    // 20 MB and sends a few bytes gets no 20 MB buffer.
-    if (size <= known && known <= Math.max(RESERVE_AHEAD, RESERVE_RATIO * size)) {
-      mem = gather(parts!, take(known))
-      parts = null
-    }
-  })
-  req.on('end', () => {
-    if (refused) return
-    if (first !== null) { done(first, 0, null); return } // one read: a small body, copied when spliced
-    mem ??= gather(parts ?? [], take(size))
-    done(mem.subarray(0, size), mem.length - size, ctx.bodies ? mem : null)
+  return new Promise((done) => {
+    const known = Number.isSafeInteger(declared) ? declared : -1
+    const take = (n: number): Buffer => ctx.bodies?.take(n + SPLICE_ROOM) ?? Buffer.allocUnsafeSlow(n + SPLICE_ROOM) // never pooled by Node: the room is ours
+    let first: Buffer | null = null
+    let parts: Buffer[] | null = null
+    let mem: Buffer | null = null
+    let size = 0
+    let refused = false
+    req.on('data', (chunk: Buffer) => {
+      if (refused) return
+      size += chunk.length
+      if (size > maxBodyBytes) {
+        refused = true
+        first = parts = mem = null
+        sendError(res, 413, 'invalid_request_error', 'body_too_large', `request body exceeds ${maxBodyBytes} bytes`)
+        done(null)
+        return
+      }
+      if (mem !== null && size <= known) { chunk.copy(mem, size - chunk.length); return }
+      if (mem !== null) { parts = [mem.subarray(0, size - chunk.length), chunk]; mem = null; return } // more than declared: Node's parser never lets this happen
+      if (first === null && parts === null) { first = chunk; return }
+      if (first !== null) { parts = [first]; first = null }
+      parts!.push(chunk)
+      // Memory for the declared length once what arrived vouches for it: a client that declares
+      // 20 MB and sends a few bytes gets no 20 MB buffer.
+      if (size <= known && known <= Math.max(RESERVE_AHEAD, RESERVE_RATIO * size)) {
+        mem = gather(parts!, take(known))
+        parts = null
+      }
+    })
+    req.on('end', () => {
+      if (refused) return
+      if (first !== null) { done({ raw: first, room: 0, memory: null }); return } // one read: a small body, copied when spliced
+      mem ??= gather(parts ?? [], take(size))
+      done({ raw: mem.subarray(0, size), room: mem.length - size, memory: ctx.bodies ? mem : null })
+    })
   })
 }
 
@@ -234,61 +284,64 @@ interface RequestBody {
 }
 
 /**
- * Step 2: the body's shape. JSON must be an object (else 400, nothing forwarded); an upload
- * endpoint also takes multipart/form-data, and nothing else, since a body the sidecar cannot
- * read could carry a `user` it did not choose. A body larger than one slice is scanned a slice
- * per event-loop turn, so a huge one delays nobody else.
+ * The body's shape, or null once answered. JSON must be an object (else 400, nothing
+ * forwarded); an upload endpoint also takes multipart/form-data, and nothing else, since a body
+ * the sidecar cannot read could carry a `user` it did not choose. A body larger than one slice
+ * is scanned a slice per event-loop turn, so a huge one delays nobody else.
  */
-function readPayload (req: IncomingMessage, res: ServerResponse, kind: 'json' | 'raw', raw: Buffer, room: number, memory: Buffer | null, ctx: MeterContext, done: (body: RequestBody) => void): void {
+async function readPayload (req: IncomingMessage, res: ServerResponse, format: BodyFormat, { raw, room, memory }: RawBody, ctx: MeterContext): Promise<RequestBody | null> {
   const contentType = req.headers['content-type']
-  if (kind === 'raw' && !(contentType ?? '').includes('json')) {
+  if (format === 'raw' && !(contentType ?? '').includes('json')) {
     const type = multipartType(contentType)
     if (type === null) {
       sendError(res, 415, 'invalid_request_error', 'unsupported_media_type', 'upload endpoints take multipart/form-data (or a JSON object)')
-      return
+      return null
     }
-    if ('error' in type) { sendError(res, 400, 'invalid_request_error', 'invalid_multipart', type.error); return }
+    if ('error' in type) { sendError(res, 400, 'invalid_request_error', 'invalid_multipart', type.error); return null }
     const form = scanMultipart(raw, type.boundary)
-    if (!form) { sendError(res, 400, 'invalid_request_error', 'invalid_multipart', 'request body is not well-formed multipart/form-data'); return }
-    done({ json: null, user: form.user, bytes: raw, withUser: (user) => form.withUserParts(user), memory })
-    return
+    if (!form) { sendError(res, 400, 'invalid_request_error', 'invalid_multipart', 'request body is not well-formed multipart/form-data'); return null }
+    return { json: null, user: form.user, bytes: raw, withUser: (user) => form.withUserParts(user), memory }
   }
   const scan = new BodyScan(raw, room)
-  const step = (): void => {
-    if (res.destroyed) return // the client left while its body was being read: nothing to forward
-    if (!scan.step(SCAN_SLICE_BYTES)) { setImmediate(() => guarded(res, ctx, step)); return }
-    const json = scan.body
-    if (!json) { sendError(res, 400, 'invalid_request_error', 'invalid_json', 'request body must be a JSON object'); return }
-    done({ json, user: json.string('user'), bytes: raw, withUser: (user) => json.withUserParts(user), memory })
+  for (;;) {
+    if (res.destroyed) return null // the client left while its body was being read: nothing to forward
+    if (scan.step(SCAN_SLICE_BYTES)) break
+    await nextTurn()
   }
-  step()
+  const json = scan.body
+  if (!json) { sendError(res, 400, 'invalid_request_error', 'invalid_json', 'request body must be a JSON object'); return null }
+  return { json, user: json.string('user'), bytes: raw, withUser: (user) => json.withUserParts(user), memory }
 }
 
 /** Bytes scanned per event-loop turn: about a millisecond of work. */
 const SCAN_SLICE_BYTES = 512 * 1024
 
-/** Step 3: who is asking; null once a bad identity was answered with 401. */
+function nextTurn (): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve))
+}
+
+/** Who is asking; null once a bad identity was answered with 401. */
 function identifyUser (req: IncomingMessage, res: ServerResponse, body: RequestBody, ctx: MeterContext): Identity | null {
   try {
-    return identify(req.headers, body.user, ctx.identity)
+    return identify(req.headers, body.user, ctx.rules.identity)
   } catch (err) {
     if (err instanceof IdentityError) { sendError(res, 401, 'authentication_error', 'invalid_identity', err.message); return null }
     throw err
   }
 }
 
-/** Step 4: the upstream request's headers: ours in, the client's credentials and identity out. */
+/** The upstream request's headers: ours in, the client's credentials and identity out. */
 function requestHeaders (req: IncomingMessage, body: RequestBody, ctx: MeterContext): Record<string, string> {
-  const headers = upstreamHeaders(req.headers, ctx, 'identity') // the tap must read plain bytes
+  const headers = upstreamHeaders(req.headers, ctx.headers, 'identity') // the tap must read plain bytes
   if (body.json) headers['content-type'] = 'application/json'
   return headers
 }
 
-/** Step 5: on the upstream pool; from here on the Exchange answers the client whatever happens. */
+/** On the upstream pool; from here on the Exchange answers the client whatever happens. */
 function dispatch (res: ServerResponse, path: string, headers: Record<string, string>, parts: Buffer[], memory: Buffer | null, rec: UsageRecord, ctx: MeterContext, admission: Admission | null): void {
   // One buffer: spliced in place when it could be, else one copy of the slices. (Handing undici
-  // the slices as an iterable saves that copy but measured slower: its iterable writer cost more
-  // CPU than the copy on a 4 MB image.)
+  // the slices as an iterable saves that copy but is slower: its iterable writer costs more CPU
+  // than the copy on a 4 MB image.)
   const body = parts.length === 1 ? parts[0] : Buffer.concat(parts)
   const exchange = new Exchange(res, rec, ctx, admission, memory, body)
   ctx.track(1)
@@ -303,16 +356,18 @@ function dispatch (res: ServerResponse, path: string, headers: Record<string, st
   }))
 }
 
-/**
- * An exception in one exchange answers that exchange (500, OpenAI-style) and goes no further:
- * it never reaches the process-wide handler, which would stop every stream in flight.
- */
+/** A step's exception: logged, and that request (only) answered 500, OpenAI-style. */
+function failed (res: ServerResponse, ctx: MeterContext, err: unknown): void {
+  ctx.log.error({ err: err instanceof Error ? err.stack ?? err.message : String(err) }, 'metered request failed; answered 500')
+  sendError(res, 500, 'api_error', 'internal_error', 'usage-proxy could not handle this request')
+}
+
+/** A callback outside the steps (the journal's write, for one): an exception in it is failed(). */
 function guarded (res: ServerResponse, ctx: MeterContext, step: () => void): void {
   try {
     step()
   } catch (err) {
-    ctx.log.error({ err: err instanceof Error ? err.stack ?? err.message : String(err) }, 'metered request failed; answered 500')
-    sendError(res, 500, 'api_error', 'internal_error', 'usage-proxy could not handle this request')
+    failed(res, ctx, err)
   }
 }
 
@@ -339,7 +394,7 @@ class Exchange implements Dispatcher.DispatchHandler {
   private done = false
   /** Set while the generation is named but its pending line is not yet handed to the journal. */
   private unjournaled: (() => void) | null = null
-  /** finish() filled the record and handed it to the ledger: it can be observed. */
+  /** writeRecord() filled the record and handed it to the ledger: it can be observed. */
   private recorded = false
   private resume: (() => void) | null = null
 
@@ -356,7 +411,7 @@ class Exchange implements Dispatcher.DispatchHandler {
     this.done = true
     this.ctx.ledger.withdraw(this.rec.eventId)
     this.admission?.done()
-    if (this.admission) void this.ctx.limits?.release(this.rec.eventId)
+    if (this.admission) void this.ctx.limits.release(this.rec.eventId)
     this.answered(() => {})
     return true
   }
@@ -399,7 +454,7 @@ class Exchange implements Dispatcher.DispatchHandler {
       out.push(name, value)
     }
     this.resume = resume
-    this.tap = new ResponseTap(statusCode < 300 ? bodyKind(contentType) : 'json', (id) => this.sawGeneration(id), contentEncoding)
+    this.tap = new ResponseTap(statusCode < 300 ? answerFormat(contentType) : 'json', (id) => this.sawGeneration(id), contentEncoding)
     if (generationId && statusCode < 300) this.sawGeneration(generationId)
     if (this.clientGone) return true // read on, unseen; sawGeneration aborts a stream once it is named
     this.res.writeHead(statusCode, out)
@@ -431,13 +486,13 @@ class Exchange implements Dispatcher.DispatchHandler {
     // on disk yet. The bytes, [DONE] included, are already out; this only closes the body, at
     // the end of this event-loop turn, with the journal's one write for every record of the turn.
     if (this.done) return
-    this.settle(null)
+    this.recordOutcome(null)
     this.ctx.ledger.afterJournal(() => this.answered(() => { if (!this.clientGone) this.res.end(this.tail) }))
   }
 
   onError (err: Error): void {
     if (this.done) return
-    const status = this.settle(err)
+    const status = this.recordOutcome(err)
     this.ctx.ledger.afterJournal(() => this.answered(() => this.answerError(err, status)))
   }
 
@@ -523,16 +578,16 @@ class Exchange implements Dispatcher.DispatchHandler {
   }
 
   /** Records how the exchange ended and returns the status; a failure here is logged, never thrown. */
-  private settle (err: Error | null): number {
+  private recordOutcome (err: Error | null): number {
     try {
-      return this.finish(err).status
+      return this.writeRecord(err).status
     } catch (e) {
       this.ctx.log.error({ err: e instanceof Error ? e.stack ?? e.message : String(e) }, 'metered request: could not record its outcome')
       return 502
     }
   }
 
-  private finish (err: Error | null): UsageRecord {
+  private writeRecord (err: Error | null): UsageRecord {
     this.done = true
     this.admission?.done()
     const tap = this.tap?.end() ?? null

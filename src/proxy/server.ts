@@ -2,7 +2,8 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { answerClientErrors } from './client-errors.js'
 import { timingSafeEqual, createHash } from 'node:crypto'
 import { sendError } from '../lib/errors.js'
-import { handleMetered, meteredKind, type MeterContext } from './metered.js'
+import { handleMetered, meteredBodyFormat, type MeterContext } from './metered.js'
+import type { Logger } from '../lib/log.js'
 import { passesThrough, type Passthrough } from './passthrough.js'
 import { limitConnections, type ConnectionLimits } from './connection-limits.js'
 
@@ -10,20 +11,28 @@ import { limitConnections, type ConnectionLimits } from './connection-limits.js'
 // /api/v1/ (OpenRouter's own layout); the rest of the path is appended to OPENROUTER_BASE_URL.
 
 export interface ServerContext {
-  meter: MeterContext
+  log: Logger
   passthrough: Passthrough
   proxyApiKey: string | undefined
-  isReady: () => boolean
+  /** What answers the routes that need the database: null while booting and once stopping (503). */
+  plane: () => DataPlane | null
+  /** ADMIN_API_KEY is set: /admin is a route (503 until the plane is up); without it, 404. */
+  adminEnabled: boolean
   /** Slow or endless clients are cut off: all headers within the first, the whole request within the second. */
   clientTimeouts: { headersMs: number, requestMs: number }
   metrics?: (req: IncomingMessage, res: ServerResponse) => void
   onPassthrough?: (status: number) => void
-  /** The admin plane (/admin/...), present only when ADMIN_API_KEY is set. */
-  admin?: (req: IncomingMessage, res: ServerResponse) => void
   /** MAX_CONNECTIONS and MAX_CONNECTIONS_PER_IP; unbounded when absent. */
   connections?: ConnectionLimits
   /** Called as each request arrives, before routing: the access log and the responses counter. */
   onExchange?: (req: IncomingMessage, res: ServerResponse) => void
+}
+
+/** The routes built from what boot opened. */
+export interface DataPlane {
+  meter: MeterContext
+  /** The admin plane (/admin/...), present when ADMIN_API_KEY is set. */
+  admin?: (req: IncomingMessage, res: ServerResponse) => void
   /** GET /v1/models with the virtual "My usage" model appended (SELF_SERVICE_MODEL). */
   models?: (req: IncomingMessage, res: ServerResponse, query: string) => void
 }
@@ -45,7 +54,7 @@ export function createProxyServer (ctx: ServerContext): Server {
   answerClientErrors(server)
 
   function internalError (req: IncomingMessage, res: ServerResponse, err: unknown): void {
-    ctx.meter.log.error({ err: err instanceof Error ? `${err.name}: ${err.message}` : String(err), method: req.method, path: (req.url ?? '').split('?')[0] },
+    ctx.log.error({ err: err instanceof Error ? `${err.name}: ${err.message}` : String(err), method: req.method, path: (req.url ?? '').split('?')[0] },
       'request handling failed')
     try {
       req.resume()
@@ -60,15 +69,17 @@ export function createProxyServer (ctx: ServerContext): Server {
     else if (url.startsWith('/api/v1/')) rest = url.slice(7)
     else {
       if (url === '/healthz') return plain(res, 200, '{"status":"ok"}')
-      if (url === '/readyz') return ctx.isReady() ? plain(res, 200, '{"status":"ready"}') : plain(res, 503, '{"status":"starting"}')
+      if (url === '/readyz') return ctx.plane() ? plain(res, 200, '{"status":"ready"}') : plain(res, 503, '{"status":"starting"}')
       if (url === '/metrics' && ctx.metrics) return ctx.metrics(req, res)
-      if ((url === '/admin' || url.startsWith('/admin/') || url.startsWith('/admin?')) && ctx.admin) {
-        if (!ctx.isReady()) return sendError(res, 503, 'service_unavailable', 'not_ready', 'usage-proxy is starting', { 'retry-after': '1' })
-        return ctx.admin(req, res)
+      if ((url === '/admin' || url.startsWith('/admin/') || url.startsWith('/admin?')) && ctx.adminEnabled) {
+        const admin = ctx.plane()?.admin
+        if (!admin) return notReady(res)
+        return admin(req, res)
       }
       return sendError(res, 404, 'not_found_error', 'not_found', `no route for ${req.method} ${url.split('?')[0]}: the API lives under /v1/`)
     }
-    if (!ctx.isReady()) return sendError(res, 503, 'service_unavailable', 'not_ready', 'usage-proxy is starting', { 'retry-after': '1' })
+    const plane = ctx.plane()
+    if (!plane) return notReady(res)
     if (keyDigest) {
       const given = req.headers.authorization ?? anthropicKey(req, rest)
       // Compare digests: constant time whatever the length of what the client sent.
@@ -95,11 +106,11 @@ export function createProxyServer (ctx: ServerContext): Server {
           `usage-proxy passes through only the model catalogue (GET /models, /providers, ...); GET /${endpoint} is not forwarded`)
       }
       if (ctx.onPassthrough) res.once('finish', () => ctx.onPassthrough!(res.statusCode))
-      if (req.method === 'GET' && endpoint === 'models' && ctx.models) return ctx.models(req, res, query)
+      if (req.method === 'GET' && endpoint === 'models' && plane.models) return plane.models(req, res, query)
       return ctx.passthrough.handle(req, res, `/${endpoint}${query}`)
     }
-    const kind = req.method === 'POST' ? meteredKind(endpoint) : null
-    if (kind) return handleMetered(req, res, endpoint, query, kind, ctx.meter)
+    const format = req.method === 'POST' ? meteredBodyFormat(endpoint) : null
+    if (format) return handleMetered(req, res, endpoint, query, format, plane.meter)
     // Anything else could spend the organization's key without a record: refuse it.
     req.resume()
     return sendError(res, 404, 'not_found_error', 'not_metered',
@@ -113,6 +124,10 @@ export function createProxyServer (ctx: ServerContext): Server {
 function anthropicKey (req: IncomingMessage, rest: string): string | undefined {
   const key = req.headers['x-api-key']
   return typeof key === 'string' && /^\/messages\/?(\?|$)/.test(rest) ? `Bearer ${key}` : undefined
+}
+
+function notReady (res: ServerResponse): void {
+  sendError(res, 503, 'service_unavailable', 'not_ready', 'usage-proxy is starting', { 'retry-after': '1' })
 }
 
 function plain (res: ServerResponse, status: number, body: string): void {

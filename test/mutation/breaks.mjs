@@ -13,8 +13,8 @@ export const BREAKS = [
   {
     name: "the client's accept-encoding is forwarded upstream",
     file: 'src/proxy/metered.ts',
-    search: "upstreamHeaders(req.headers, ctx, 'identity')",
-    replace: "upstreamHeaders(req.headers, ctx, 'client')",
+    search: "upstreamHeaders(req.headers, ctx.headers, 'identity')",
+    replace: "upstreamHeaders(req.headers, ctx.headers, 'client')",
     tests: ['test/usage-truth.test.ts'],
   },
   {
@@ -430,21 +430,21 @@ export const BREAKS = [
   },
   {
     name: "new: app headers do not mark chat",
-    file: "src/usage/ledger/kind.ts",
+    file: "src/usage/ledger/row-kind.ts",
     search: "if (headers[name] !== undefined) return 'chat'",
     replace: "if (headers[name] !== undefined) return 'api'",
     tests: ['test/kind.test.ts'],
   },
   {
-    name: "new: usage rows for a missing organization are let in (010's check skipped)",
-    file: "sql/010_usage_organization_check.sql",
+    name: "new: usage rows for a missing organization are let in (the after-insert check skipped)",
+    file: "sql/functions/3-usage-after-insert.sql",
     search: "  IF FOUND THEN\n    RAISE foreign_key_violation USING\n      MESSAGE = format('insert into usage_events",
     replace: "  IF false THEN\n    RAISE foreign_key_violation USING\n      MESSAGE = format('insert into usage_events",
     tests: ['test/ledger.test.ts'],
   },
   {
-    name: "new: an organization with usage can be deleted (010's guard off)",
-    file: "sql/010_usage_organization_check.sql",
+    name: "new: an organization with usage can be deleted (its guard off)",
+    file: "sql/functions/6-organizations.sql",
     search: "AND EXISTS (SELECT 1 FROM usage_events WHERE organization_id = OLD.id) THEN",
     replace: "AND false THEN",
     tests: ['test/ledger.test.ts'],
@@ -465,7 +465,7 @@ export const BREAKS = [
   },
   {
     name: "new: rollup compaction overwrites cost instead of adding",
-    file: "sql/007_partitions_rollups.sql",
+    file: "sql/functions/5-usage-rollups.sql",
     search: "      cost_usd = u.cost_usd + excluded.cost_usd,",
     replace: "      cost_usd = excluded.cost_usd,",
     tests: ['test/verify.test.ts'],

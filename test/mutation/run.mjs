@@ -29,9 +29,10 @@ if (gone.length > 0) {
 const breaks = all.filter((b) => !filter || b.name.includes(filter))
 
 const copy = mkdtempSync(join(tmpdir(), 'usage-proxy-mutate-'))
-// web/ and README.md are read at run time (the admin page, the config table), and scripts/ checks
-// the WebAssembly build, so tests need them too.
-for (const entry of ['src', 'test', 'sql', 'web', 'docs', 'scripts', 'README.md', 'package.json', 'tsconfig.json', 'tsconfig.build.json']) {
+// web/ and README.md are read at run time (the admin page, the config table), scripts/ checks
+// the WebAssembly build, and the deploy and dependency tests read the Dockerfile, compose file and
+// lockfile, so tests need them too.
+for (const entry of ['src', 'test', 'sql', 'web', 'docs', 'scripts', 'README.md', 'package.json', 'package-lock.json', 'Dockerfile', '.dockerignore', 'compose.example.yml', 'tsconfig.json', 'tsconfig.build.json']) {
   if (existsSync(join(root, entry))) cpSync(join(root, entry), join(copy, entry), { recursive: true })
 }
 symlinkSync(join(root, 'node_modules'), join(copy, 'node_modules'), 'dir')

@@ -2,7 +2,7 @@ import type { DeepVisitor } from './json-scan.js'
 import { decodeJsonString, isJsonString } from './json-text.js'
 
 // The start of the first message of `messages`, read by the body's own scan (a DeepVisitor), so
-// it costs no second pass and no parse: the task heuristic (usage/kind.ts) and "My usage"'s task
+// it costs no second pass and no parse: the task heuristic (usage/ledger/row-kind.ts) and "My usage"'s task
 // check (self-service.ts) only ask whether the request is one user message whose text begins with
 // `### Task:`, and which task its first line names. So what is kept is bounded whatever the
 // client sends: the role when a short string, and the content's first TEXT_BYTES when a string,

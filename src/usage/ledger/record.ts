@@ -17,6 +17,12 @@ export type Outcome =
   | 'upstream_unreachable' // no HTTP answer at all
   | 'interrupted' // the sidecar itself stopped mid-request (found in the journal at boot)
   | 'budget_exceeded' // refused with 402 before dispatch: nothing reached OpenRouter
+  | 'rate_limited' // refused with 429 (USER_RPM, USER_MAX_CONCURRENT) before dispatch: nothing reached OpenRouter
+
+/** Answered by the sidecar's spend controls before dispatch: a row with no cost, no upstream latency. */
+export function isRefusal (outcome: Outcome): boolean {
+  return outcome === 'budget_exceeded' || outcome === 'rate_limited'
+}
 
 export type UsageSource = 'inline' | 'generation' | 'none'
 

@@ -19,7 +19,8 @@ export interface TapResult {
   done: boolean
 }
 
-export type BodyKind = 'sse' | 'json' | 'other'
+/** How an answer's body is written, as its content type says: what the tap reads it as. */
+export type AnswerFormat = 'sse' | 'json' | 'other'
 
 /** JSON bodies larger than this are streamed through but not inspected; /generation fills in. */
 const MAX_JSON_INSPECT = 16 * 1024 * 1024
@@ -46,7 +47,7 @@ const USAGE_OR_ERROR = /"(?:usage|error)" *: *\{/
 /** Responses API events that carry the whole response, usage included. */
 const FINAL_EVENTS = new Set(['response.completed', 'response.failed', 'response.incomplete'])
 
-export function bodyKind (contentType: string | undefined): BodyKind {
+export function answerFormat (contentType: string | undefined): AnswerFormat {
   if (!contentType) return 'other'
   if (contentType.includes('text/event-stream')) return 'sse'
   if (contentType.includes('json')) return 'json'
@@ -71,15 +72,15 @@ export class ResponseTap {
   private encoded: { coding: string, parts: Buffer[] | null, size: number } | null = null
 
   /** `contentEncoding` is the response's Content-Encoding header, if any. */
-  constructor (readonly kind: BodyKind, private readonly onGenerationId?: (id: string) => void, contentEncoding?: string) {
+  constructor (readonly format: AnswerFormat, private readonly onGenerationId?: (id: string) => void, contentEncoding?: string) {
     const coding = contentEncoding?.trim().toLowerCase()
-    if (coding && coding !== 'identity' && kind !== 'other') {
+    if (coding && coding !== 'identity' && format !== 'other') {
       this.encoded = { coding, parts: DECODERS[coding] ? [] : null, size: 0 }
       this.scanner = null
       return
     }
-    this.scanner = kind === 'sse' ? new SseScanner((e) => this.event(e)) : null
-    if (kind === 'json') this.parts = []
+    this.scanner = format === 'sse' ? new SseScanner((e) => this.event(e)) : null
+    if (format === 'json') this.parts = []
   }
 
   write (chunk: Buffer): void {
@@ -108,7 +109,7 @@ export class ResponseTap {
     e.parts.push(chunk)
   }
 
-  /** The whole body in one synchronous pass, by a plain tap of the same kind. */
+  /** The whole body in one synchronous pass, by a plain tap of the same format. */
   private decodeAndRead (e: { coding: string, parts: Buffer[] | null, size: number }): TapResult {
     this.encoded = null
     let plain: Buffer | null = null
@@ -116,7 +117,7 @@ export class ResponseTap {
       try { plain = DECODERS[e.coding](Buffer.concat(e.parts, e.size), { maxOutputLength: MAX_JSON_INSPECT }) } catch { plain = null }
     }
     if (plain === null) { this.result.malformed = true; return this.result }
-    const inner = new ResponseTap(this.kind, this.onGenerationId)
+    const inner = new ResponseTap(this.format, this.onGenerationId)
     inner.write(plain)
     Object.assign(this.result, inner.end())
     return this.result

@@ -22,15 +22,15 @@ export const BREAKS = [
   },
   {
     name: 's8iso: "My usage" is not rate-limited',
-    file: 'src/budgets/limits.ts',
-    search: 'if (!this.rate.active || userId === null) return null',
-    replace: 'if (userId !== "\\u0000") return null',
+    file: 'src/proxy/metered.ts',
+    search: 'if (!ctx.limits.hasRateLimit(userId)) return answer()',
+    replace: 'if (userId !== "\\u0000") return answer()',
     tests: [MINE],
   },
   {
     name: 's8iso: "My usage" never gives its concurrency slot back',
     file: 'src/proxy/metered.ts',
-    search: "      res.once('close', a.done)\n",
+    search: "  res.once('close', a.done)\n",
     replace: '\n',
     tests: [MINE],
   },
@@ -72,8 +72,8 @@ export const BREAKS = [
   {
     name: 's8iso: an admin API budget change leaves "My usage" answers cached',
     file: 'src/main.ts',
-    search: 'void s.spend?.limits.refresh(); summaries.clear()',
-    replace: 'void s.spend?.limits.refresh()',
+    search: 'void limits.refresh(); summaries.clear()',
+    replace: 'void limits.refresh()',
     tests: [MINE],
   },
   {
@@ -86,8 +86,8 @@ export const BREAKS = [
   {
     name: "s8iso: the report's budgets are read from the primary, not DATABASE_READ_URL",
     file: 'src/main.ts',
-    search: 'budgetsForUsers(() => s.readSql ?? s.sql!',
-    replace: 'budgetsForUsers(() => s.sql!',
+    search: 'budgetsForUsers(readSql, ',
+    replace: 'budgetsForUsers(() => sql, ',
     tests: [REPORT],
   },
   {

@@ -136,8 +136,8 @@ export const BREAKS = [
   {
     name: 's8scan: a refused multipart content type is answered 415, not 400',
     file: 'src/proxy/metered.ts',
-    search: "    if ('error' in type) { sendError(res, 400, 'invalid_request_error', 'invalid_multipart', type.error); return }",
-    replace: "    if ('error' in type) { sendError(res, 415, 'invalid_request_error', 'unsupported_media_type', type.error); return }",
+    search: "    if ('error' in type) { sendError(res, 400, 'invalid_request_error', 'invalid_multipart', type.error); return null }",
+    replace: "    if ('error' in type) { sendError(res, 415, 'invalid_request_error', 'unsupported_media_type', type.error); return null }",
     tests: ['test/body.test.ts'],
   },
   // The key gauges only behind METRICS_API_KEY or on METRICS_PORT.

@@ -10,7 +10,7 @@ import type { IncomingHttpHeaders } from 'node:http'
 //   4. `api`: a client with no chat app.
 // Pure: headers and a few facts about the body in, a label out.
 
-export interface KindOptions {
+export interface RowKindOptions {
   /** Lower-cased header names (TASK_HEADER, MESSAGE_ID_HEADER). */
   taskHeader: string
   messageIdHeader: string
@@ -24,7 +24,7 @@ export interface BodyFacts {
   messages: () => unknown
 }
 
-export const DEFAULT_KIND_OPTIONS: KindOptions = {
+export const DEFAULT_ROW_KIND_OPTIONS: RowKindOptions = {
   taskHeader: 'x-openwebui-task',
   messageIdHeader: 'x-openwebui-message-id',
   appHeaders: new Set(['x-openwebui-user-id', 'x-openwebui-user-jwt', 'x-openwebui-chat-id']),
@@ -53,7 +53,7 @@ function header (headers: IncomingHttpHeaders, name: string): string | null {
 }
 
 /** `chat`, a task name, `task` (a task whose name the prompt does not reveal), or `api`. */
-export function classifyKind (headers: IncomingHttpHeaders, body: BodyFacts, o: KindOptions = DEFAULT_KIND_OPTIONS): string {
+export function classifyRowKind (headers: IncomingHttpHeaders, body: BodyFacts, o: RowKindOptions = DEFAULT_ROW_KIND_OPTIONS): string {
   const declared = header(headers, o.taskHeader)?.toLowerCase()
   // An old Open WebUI sends its template unfilled ("{{TASK}}"): that says nothing.
   if (declared && TASK_NAME.test(declared)) return declared
@@ -67,7 +67,7 @@ export function classifyKind (headers: IncomingHttpHeaders, body: BodyFacts, o: 
 }
 
 /** Open WebUI's message id, when the connection forwards it (`{{MESSAGE_ID}}`). */
-export function messageIdOf (headers: IncomingHttpHeaders, o: KindOptions = DEFAULT_KIND_OPTIONS): string | null {
+export function messageIdOf (headers: IncomingHttpHeaders, o: RowKindOptions = DEFAULT_ROW_KIND_OPTIONS): string | null {
   const id = header(headers, o.messageIdHeader)
   if (id === null || id.length > 200 || id.includes('{{')) return null
   return id

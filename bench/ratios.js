@@ -1,4 +1,4 @@
-// Issue 13's targets, as ratios to the bare Node pass-through measured in the same run. Each
+// The pass-through targets, as ratios to the bare Node pass-through measured in the same run. Each
 // figure is the median over rounds of a per-round value (rounds alternate targets), so one
 // noisy round does not decide it.
 const median = (xs) => { const s = xs.filter((x) => x !== null && !Number.isNaN(x)).sort((a, b) => a - b); return s.length ? (s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2) : NaN }
@@ -29,7 +29,7 @@ export function perRoundMedians (measurements) {
   return out
 }
 
-export function issue13Checks (measurements) {
+export function ratioChecks (measurements) {
   const med = perRoundMedians(measurements)
   const get = (sc, t) => med.get(`${sc}|${t}`)
   const out = []

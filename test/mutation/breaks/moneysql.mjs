@@ -1,0 +1,111 @@
+// Breaks of the money SQL's one place (sql/functions/, migration 014), the optional embedded
+// database, the postgres pin and the import layers: each must make the named tests fail.
+const CATALOG = ['test/sql-functions.test.ts']
+const ARCH = ['test/architecture.test.ts']
+export const BREAKS = [
+  {
+    name: 'moneysql: the old organization-check trigger is kept beside the one path',
+    file: 'sql/014_one_after_insert_trigger.sql',
+    search: 'DROP TRIGGER usage_events_check_organizations ON usage_events;\nDROP FUNCTION usage_events_check_organizations();',
+    replace: 'SELECT 1;',
+    tests: CATALOG,
+  },
+  {
+    name: 'moneysql: the old organization-check function is left behind, defined only in a migration',
+    file: 'sql/014_one_after_insert_trigger.sql',
+    search: 'DROP FUNCTION usage_events_check_organizations();',
+    replace: 'DROP TRIGGER IF EXISTS usage_events_check_organizations ON usage_events;',
+    tests: CATALOG,
+  },
+  {
+    name: 'moneysql: the recount notifies a channel nobody listens on',
+    file: 'sql/functions/2-budgets.sql',
+    search: 'DO UPDATE SET spent_usd = excluded.spent_usd;\n  RETURN NULL;',
+    replace: "DO UPDATE SET spent_usd = excluded.spent_usd;\n  PERFORM pg_notify('usage_proxy_budgets', '');\n  RETURN NULL;",
+    tests: CATALOG,
+  },
+  {
+    name: 'moneysql: a function nothing calls',
+    file: 'sql/functions/5-usage-rollups.sql',
+    search: '-- Moves every committed delta into',
+    replace: 'CREATE OR REPLACE FUNCTION usage_rollup_unused () RETURNS integer LANGUAGE sql AS $$ SELECT 1 $$;\n\n-- Moves every committed delta into',
+    tests: CATALOG,
+  },
+  {
+    name: 'moneysql: a second after-insert trigger on usage_events',
+    file: 'sql/functions/3-usage-after-insert.sql',
+    search: "SELECT ensure_triggers('usage_events', 'usage_after_insert', ARRAY['usage_events_after_insert'], ARRAY[",
+    replace: "CREATE TRIGGER usage_events_zz_second AFTER INSERT ON usage_events FOR EACH STATEMENT EXECUTE FUNCTION budget_recount();\nSELECT ensure_triggers('usage_events', 'usage_after_insert', ARRAY['usage_events_after_insert'], ARRAY[",
+    tests: CATALOG,
+  },
+  {
+    name: 'moneysql: the one after-insert path lets an unknown organization\'s row in',
+    file: 'sql/functions/3-usage-after-insert.sql',
+    search: "  IF FOUND THEN\n    RAISE foreign_key_violation USING\n      MESSAGE = format('insert into usage_events",
+    replace: "  IF FOUND AND false THEN\n    RAISE foreign_key_violation USING\n      MESSAGE = format('insert into usage_events",
+    tests: CATALOG,
+  },
+  {
+    name: 'moneysql: a missing PGlite is passed on as a module-not-found trace',
+    file: 'src/db/embedded.ts',
+    search: "if (code === 'ERR_MODULE_NOT_FOUND' || code === 'MODULE_NOT_FOUND') throw",
+    replace: 'if (code === undefined) throw',
+    tests: ['test/embedded-missing.test.ts'],
+  },
+  {
+    name: 'moneysql: the data directory is made before PGlite is known to load',
+    file: 'src/db/embedded.ts',
+    search: "  const PGlite = await loadPglite(load)\n  const dir = resolve(join(dataDir, 'pglite'))\n  mkdirSync(dir, { recursive: true })\n",
+    replace: "  const dir = resolve(join(dataDir, 'pglite'))\n  mkdirSync(dir, { recursive: true })\n  const PGlite = await loadPglite(load)\n",
+    tests: ['test/embedded-missing.test.ts'],
+  },
+  {
+    name: 'moneysql: postgres back to a caret range',
+    file: 'package.json',
+    search: '"postgres": "3.4.9"',
+    replace: '"postgres": "^3.4.9"',
+    tests: ['test/dependencies.test.ts', 'test/crash-guard.test.ts'],
+  },
+  {
+    name: 'moneysql: PGlite a plain dependency again',
+    file: 'package.json',
+    search: '"optionalDependencies": {',
+    replace: '"dependencies_": {',
+    tests: ['test/dependencies.test.ts', 'test/deploy-files.test.ts'],
+  },
+  {
+    name: 'moneysql: the image always carries PGlite',
+    file: 'Dockerfile',
+    search: '$([ "$EMBEDDED" = 1 ] || echo --omit=optional) ',
+    replace: '',
+    tests: ['test/deploy-files.test.ts'],
+  },
+  {
+    name: 'moneysql: lib imports config',
+    file: 'src/lib/text.ts',
+    search: '',
+    replace: "import type { Config } from '../config/config.js'\nexport type LibSeesConfig = Config\n",
+    tests: ARCH,
+  },
+  {
+    name: 'moneysql: identity imports a type of usage',
+    file: 'src/identity/external-id.ts',
+    search: '',
+    replace: "import type { UsageRecord } from '../usage/ledger/record.js'\nexport type IdentitySeesMoney = UsageRecord\n",
+    tests: ARCH,
+  },
+  {
+    name: 'moneysql: a room imports the composition',
+    file: 'src/ops/metrics.ts',
+    search: '',
+    replace: "import type { Sidecar } from '../main.js'\nexport type OpsSeesMain = Sidecar\n",
+    tests: ARCH,
+  },
+  {
+    name: 'moneysql: a cycle between rooms (db imports budgets, budgets imports db)',
+    file: 'src/db/partitions.ts',
+    search: '',
+    replace: "import type { Reserver } from '../budgets/reserver.js'\nexport type DbSeesBudgets = Reserver<object>\n",
+    tests: ARCH,
+  },
+]
