@@ -104,6 +104,8 @@ class Settings {
         "select name, current_setting(name) as value from pg_settings where source in ('session', 'client')")
       last.settings = rows.map((r) => [r.name, r.value])
       dirty = rows.length > 0
+      // Two connections of one pool usually carry the same settings: nothing to swap.
+      if (sameSettings(last.settings, client.settings)) { this.current = client; return }
     }
     if (dirty) await this.db.exec('reset all')
     for (const [name, value] of client.settings) {
@@ -113,6 +115,12 @@ class Settings {
     }
     this.current = client
   }
+}
+
+function sameSettings (a: Setting[], b: Setting[]): boolean {
+  if (a.length !== b.length) return false
+  const key = (x: Setting[]) => x.map(([n, v]) => `${n.toLowerCase()}=${v}`).sort().join('\0')
+  return key(a) === key(b)
 }
 
 /** Startup parameters that choose the connection, not a setting of its session. */
