@@ -141,7 +141,6 @@ t.test('64 concurrent requests across 3 processes never overspend an organizatio
     return spent
   }
   const orgSpent = await bound('organization', '', [], ORG_LIMIT)
-  t.ok(le('0.009', orgSpent), `and the budget was really used, not blocked early (${orgSpent})`)
   const [oc] = await db.sql`select spent_usd::text as spent, reserved_usd::text as reserved from budget_counters where scope = 'organization' and period = 'month'`
   t.equal(sumDecimals([oc.spent]), sumDecimals([orgSpent]), 'the counter is the sum of the rows, exactly')
   t.equal(sumDecimals([oc.reserved]), '0')
@@ -150,5 +149,27 @@ t.test('64 concurrent requests across 3 processes never overspend an organizatio
     const [uc] = await db.sql`select spent_usd::text as spent from budget_counters where scope = 'user' and user_id = ${u} and period = 'day'`
     t.equal(sumDecimals([uc.spent]), sumDecimals([spent]), `${u}: counter exact`)
   }
+  // Not blocked early: with nothing in flight, requests one at a time (each from a user with room
+  // of their own) are served until the organization refuses, and it refuses only once what is
+  // left is less than one request's estimate (under 2 × ESTIMATE_FLOOR).
+  let probeRefusal = ''
+  for (let k = 0; k < 40 && probeRefusal === ''; k++) {
+    const res = await request(children[k % 3].url + '/v1/chat/completions', {
+      dispatcher: agent,
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-openwebui-user-id': `probe-${k}` },
+      body: JSON.stringify({ model: 'fake/ok', max_tokens: 200, messages: [{ role: 'user', content: `probe ${String(k).padStart(3, '0')}` }] }),
+    })
+    const text = await res.body.text()
+    if (res.statusCode === 402) probeRefusal = text
+    else t.equal(res.statusCode, 200, `probe ${k} served while the organization has room`)
+  }
+  t.match(probeRefusal, /organization's monthly budget/, 'the organization refuses in the end')
+  const [{ finalSpent }] = await rowsSoon(async () => {
+    const [r] = await db.sql`select (select count(*)::int from budget_reservations) as held, coalesce(sum(billed_cost_usd), 0)::text as "finalSpent" from usage_events`
+    return r.held === 0 ? [r] : []
+  }, 30_000)
+  const floor = sumDecimals([ORG_LIMIT, '-' + ESTIMATE_FLOOR, '-' + ESTIMATE_FLOOR])
+  t.ok(le(floor, finalSpent), `and the budget was really used, not blocked early: ${finalSpent} spent at the refusal, limit ${ORG_LIMIT}`)
   for (const c of children) t.equal(c.proc.exitCode, null, 'every process is still up')
 })
