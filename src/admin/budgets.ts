@@ -4,6 +4,7 @@ import { PERIODS } from '../budgets/periods.js'
 import { budgetStatus, deleteBudget, setBudget, type BudgetScope } from '../budgets/store.js'
 import { sendError } from '../lib/errors.js'
 import { readJson } from '../lib/read-body.js'
+import { appendAudit } from '../audit/audit.js'
 import { sendJson, type AdminRoute } from './router.js'
 
 // /admin/v1/budgets: read and write the budgets of README "Budgets and limits".
@@ -53,9 +54,12 @@ export function budgetRoutes (d: BudgetRouteDeps): AdminRoute[] {
           const body = await readJson(r.req)
           const problem = validate(body, scope, userId)
           if (typeof problem === 'string') return sendError(r.res, 400, 'invalid_request_error', 'invalid_budget', problem)
+          const before = await one(scope, userId)
           await setBudget(d.sql(), org, scope, userId, problem.limit, problem.period)
           d.changed?.()
-          sendJson(r.res, 200, await one(scope, userId))
+          const after = await one(scope, userId)
+          await appendAudit(d.sql(), org, { actor: r.actor, action: 'budget.set', target: budgetTarget(scope, userId), before: limitOf(before), after: limitOf(after) })
+          sendJson(r.res, 200, after)
         },
       },
       {
@@ -64,14 +68,25 @@ export function budgetRoutes (d: BudgetRouteDeps): AdminRoute[] {
         handle: async (r) => {
           r.req.resume()
           const [scope, userId] = target(r.params)
+          const before = await one(scope, userId)
           const deleted = await deleteBudget(d.sql(), org, scope, userId)
           d.changed?.()
+          if (deleted) await appendAudit(d.sql(), org, { actor: r.actor, action: 'budget.deleted', target: budgetTarget(scope, userId), before: limitOf(before), after: null })
           if (!deleted) return sendError(r.res, 404, 'not_found_error', 'budget_not_found', `no ${scope} budget${userId ? ` for user ${userId}` : ''}`)
           sendJson(r.res, 200, { object: 'budget.deleted', scope, user_id: scope === 'user' ? userId : null, deleted: true })
         },
       },
     ]),
   ]
+}
+
+function budgetTarget (scope: BudgetScope, userId: string): string {
+  return scope === 'user' ? `budgets/users/${userId}` : `budgets/${scope}`
+}
+
+/** What the trail keeps of a budget: its setting, not its spend at that moment. */
+function limitOf (b: { limit_usd: string, period: string } | null): { limit_usd: string, period: string } | null {
+  return b === null ? null : { limit_usd: b.limit_usd, period: b.period }
 }
 
 function validate (body: unknown, scope: BudgetScope, userId: string): string | { limit: string, period: (typeof PERIODS)[number] } {

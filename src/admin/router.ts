@@ -2,6 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import { createHash, timingSafeEqual } from 'node:crypto'
 import type { Logger } from '../lib/log.js'
 import { sendError } from '../lib/errors.js'
+import { actorOf } from '../audit/audit.js'
 
 // The admin plane (/admin/v1/* and the /admin/ page): one key, one tiny router. It is mounted by
 // the server only when ADMIN_API_KEY is set; the data plane under /v1 never reaches it.
@@ -12,6 +13,8 @@ export interface AdminRequest {
   /** Named groups of the route's pattern, decoded. */
   params: Record<string, string>
   url: URL
+  /** Who is calling, for the audit trail: a fingerprint of the credential (src/audit/audit.ts). */
+  actor: string
 }
 
 export interface AdminRoute {
@@ -58,8 +61,12 @@ export function createAdmin (apiKey: string, routes: AdminRoute[], log: Logger):
         params[k] = decoded
       }
       // An admin call that fails answers that call; it never reaches the process.
+      const fromHeader = bearer(req.headers.authorization)
+      const actor = fromHeader !== null
+        ? actorOf('admin-key', fromHeader)
+        : actorOf('session', cookie(req.headers.cookie, ADMIN_COOKIE) ?? '')
       Promise.resolve()
-        .then(() => route.handle({ req, res, params, url }))
+        .then(() => route.handle({ req, res, params, url, actor }))
         .catch((err: unknown) => {
           log.error({ err: err instanceof Error ? err.message : String(err), path: url.pathname }, 'admin: request failed')
           sendError(res, 500, 'api_error', 'internal_error', 'the admin request failed; see the sidecar log')
