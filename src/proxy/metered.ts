@@ -168,6 +168,8 @@ function describe (req: IncomingMessage, endpoint: string, body: RequestBody, mo
     kind: classifyRowKind(req.headers, { streamed, messages: () => body.json?.singleMessage() }, ctx.rules.rowKinds),
     messageId: messageIdOf(req.headers, ctx.rules.rowKinds),
     mapping: user.mapping,
+    groups: who.groups,
+    apiKeyId: who.apiKey?.id ?? null,
   })
 }
 
