@@ -11,6 +11,7 @@ import { HEADROOM_MB, keepGcHeadroom } from './lib/gc-headroom.js'
 import { identityHeaders, ignoredHeadersWarning } from './identity/identify.js'
 import { createLogger, scrub, type Logger } from './lib/log.js'
 import { createPassthrough } from './proxy/passthrough.js'
+import { modelsList } from './proxy/models-list.js'
 import { createSelfService } from './proxy/self-service.js'
 import { createProxyServer, type DataPlane } from './proxy/server.js'
 import type { UpstreamHeaderPolicy } from './proxy/headers.js'
@@ -245,6 +246,7 @@ function dataPlane (config: Config, log: Logger, booted: Booted, front: FrontDoo
     observe (rec: UsageRecord, res: ServerResponse) { front.metrics.observe(rec); front.access.record(res, rec) },
     stopping: hooks.isStopping,
     selfService,
+    allowlists: booted.allowlists,
     bodies: new BodyMemory(BODY_MEMORY_BYTES, front.upstream.writing),
   }
   const admin = createAdminPlane({
@@ -252,8 +254,13 @@ function dataPlane (config: Config, log: Logger, booted: Booted, front: FrontDoo
     admissions: () => limits.failOpenStats,
     backlog: () => booted.ledger.backlog(),
     budgetsChanged: () => { void limits.refresh(); summaries.clear() },
+    allowlistsChanged: () => booted.allowlists.refresh(),
   }) ?? undefined
-  return { meter, admin, models: selfService?.listModels }
+  const models = modelsList({
+    modelsUrl: `${config.openrouter.baseUrl}/models`, headers: front.headers, log, identity: meter.rules.identity,
+    allowlists: booted.allowlists, extra: selfService?.entry,
+  })
+  return { meter, admin, models }
 }
 
 /** Runs the sidecar as a process: exits 2 on a configuration error, stops gracefully on SIGTERM/SIGINT. */
