@@ -139,6 +139,12 @@ t.test('lock order: one admission', async (t) => {
 
 t.test('lock order: a batch with group budgets locks every counter first, in key order', async (t) => {
   if (await withoutServer(t, WHY)) return
-  const items = (n: number) => Array.from({ length: n }, (_, i) => ({ i, org: ORG, usr: i === 0 ? 'ulla' : 'zed', groups: ['physics'], key: null, ev: randomUUID(), amount: '0.1', at: new Date().toISOString() }))
-  await orderRace(t, (c) => c`select * from budget_reserve_many(${items(2) as never}::jsonb, interval '5 minutes')`)
+  // Items go in user order: 'anna' (no group) would take the organization's counter before
+  // 'ulla' waits for the group's, unless the batch locked every counter first.
+  const at = new Date().toISOString()
+  const items = [
+    { i: 0, org: ORG, usr: 'ulla', groups: ['physics'], key: null, ev: randomUUID(), amount: '0.1', at },
+    { i: 1, org: ORG, usr: 'anna', groups: [], key: null, ev: randomUUID(), amount: '0.1', at },
+  ]
+  await orderRace(t, (c) => c`select * from budget_reserve_many(${items as never}::jsonb, interval '5 minutes')`)
 })
