@@ -203,6 +203,11 @@ t.test('a group budget set mid-period starts from what the group already spent t
   const put = await call(s.url, 'PUT', '/admin/v1/budgets/groups/physics', { limit_usd: '100', period: 'month' })
   // 0.1 + 0.2 + 3.2 billed at 12.5% markup, plus the interrupted row's estimate; last month's and chem's alone are not counted.
   t.equal(sumDecimals([put.body.spent_usd]), sumDecimals(['0.1125', '0.225', '3.6', '0.016']), 'physics: this month\'s rows that name it')
+  // What applies to one user: the budgets of the groups kept with their mapping.
+  await db.sql`insert into user_mappings (organization_id, user_id, external_user_id, groups) values (${ORG}, 'ann', 'x-ann', '{chem,physics}'), (${ORG}, 'bob', 'x-bob', '{chem}')`
+  const ann = await call(s.url, 'GET', '/admin/v1/budgets/users/ann')
+  t.same(ann.body.data.map((b: any) => [b.scope, b.group_id, b.applies]), [['group', 'physics', true]], 'a member sees her group\'s budget')
+  t.same((await call(s.url, 'GET', '/admin/v1/budgets/users/bob')).body.data, [], 'a non-member does not')
   await setBudget(db.sql, ORG, 'key', 'k1', '50', 'total')
   const [k] = await db.sql`select spent_usd::text as spent from budget_counters where scope = 'key' and user_id = 'k1' and period = 'total'`
   t.equal(sumDecimals([k.spent]), sumDecimals(['1.8', '3.6']), 'a key budget counts the rows it authenticated, in every period for total')
