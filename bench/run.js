@@ -3,7 +3,7 @@
 // memory, then the ledger micro-bench. Prints Markdown, writes bench/results/latest.json.
 //
 // Environment: BENCH_SECONDS (4) per measurement, BENCH_ROUNDS (2), BENCH_WARMUP (0.5) seconds,
-// BENCH_TARGETS (comma list of direct,nginx,bare-node,portkey,usage-proxy; usage-proxy-budgets is opt-in), BENCH_SCENARIOS
+// BENCH_TARGETS (comma list of direct,nginx,bare-node,floor,portkey,usage-proxy; usage-proxy-budgets is opt-in), BENCH_SCENARIOS
 // (c1,c1-stream,c64,c64-stream,c1-whole,c64-whole,c64-stream-whole,chat500k-c1,chat500k-c8,image4m-c1,image4m-c8), BENCH_SLOW_STREAMS (1000, 0 skips), BENCH_SLOW_PACE_MS (100),
 // BENCH_SLOW_EVENTS (20), BENCH_LEDGER_RECORDS (200000, 0 skips), BENCH_LEDGER_NO_JOURNAL (unset;
 // 1 adds a run without the journal), BENCH_QUIET_MAX_MS (5000) and BENCH_QUIET_BUDGET_MS (30000):
@@ -118,7 +118,7 @@ async function main () {
   let targets = []
   try {
     const upstream = await startUpstreamProcess(tmp)
-    const databaseUrl = TARGETS.some((n) => n.startsWith('usage-proxy')) ? await freshDatabase('usage_proxy_bench') : null
+    const databaseUrl = TARGETS.some((n) => n.startsWith('usage-proxy') || n === 'floor') ? await freshDatabase('usage_proxy_bench') : null
     targets = await startTargets({ tmp, upstreamPort: upstream.port, databaseUrl, names: TARGETS })
     if (databaseUrl) ledgerSql = openDb(databaseUrl)
     const live = targets.filter((t) => !t.skipped)

@@ -17,7 +17,7 @@ export const ROOT = process.env.BENCH_PROJECT_DIR ? resolve(process.env.BENCH_PR
 export const NODE_FLAGS = (process.env.BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolean)
 export const PORTKEY_BIN = join(BENCH, 'node_modules', '@portkey-ai', 'gateway', 'build', 'start-server.js')
 
-export const TARGET_NAMES = ['direct', 'nginx', 'bare-node', 'portkey', 'usage-proxy']
+export const TARGET_NAMES = ['direct', 'nginx', 'bare-node', 'floor', 'portkey', 'usage-proxy']
 /**
  * Opt-in targets (BENCH_TARGETS=usage-proxy,usage-proxy-budgets): usage-proxy with an organization
  * and a per-user budget configured (never reached), for the cost of enforcement. It is its own
@@ -84,6 +84,14 @@ export async function startBareNode ({ tmp, upstreamPort, nodeArgs = [] }) {
   return { name: 'bare-node', url: `http://127.0.0.1:${port}${CHAT}`, headers: CLIENT_HEADERS, child, pid: child.pid }
 }
 
+/** The metering floor (bench/floor-proxy.js): bare Node plus a regex usage read and a batched row per request. */
+export async function startFloor ({ tmp, upstreamPort, databaseUrl, nodeArgs = [] }) {
+  const port = await freePort()
+  const child = start('floor', process.execPath, [...NODE_FLAGS, ...nodeArgs, join(BENCH, 'floor-proxy.js'), `--port=${port}`, `--upstream=http://127.0.0.1:${upstreamPort}`, `--db=${databaseUrl}`], { logPath: join(tmp, 'floor.log') })
+  await waitHttp(`http://127.0.0.1:${port}/healthz`, { status: 404, child })
+  return { name: 'floor', url: `http://127.0.0.1:${port}${CHAT}`, headers: CLIENT_HEADERS, child, pid: child.pid }
+}
+
 export async function startPortkey ({ tmp, upstreamPort }) {
   const port = await freePort()
   // Exactly what `npx @portkey-ai/gateway --port=N --headless` runs, minus the npm wrapper
@@ -119,6 +127,8 @@ export async function startTargets ({ tmp, upstreamPort, databaseUrl, names = TA
       out.push({ name, url: `http://127.0.0.1:${port}${CHAT}`, headers: CLIENT_HEADERS, child, pid: child.pid })
     } else if (name === 'bare-node') {
       out.push(await startBareNode({ tmp, upstreamPort }))
+    } else if (name === 'floor') {
+      out.push(await startFloor({ tmp, upstreamPort, databaseUrl }))
     } else if (name === 'portkey') {
       if (!existsSync(PORTKEY_BIN)) {
         const msg = `${PORTKEY_BIN} not found: skipping Portkey (run: npm ci --prefix bench)`
