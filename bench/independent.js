@@ -11,6 +11,7 @@
 //        [--client=string|buffer]    string: Pool.request + string body (default); buffer: bench/load.js
 //        [--upstream=parsing|fake]   parsing: bench/parsing-upstream.js (default); fake: bench/upstream.js
 //        [--shape=ascii|bench]       ascii: string-load.js's bodies (default); bench: bench/load.js's
+//        [--bare-headroom=1|0]       1: also a bare Node with usage-proxy's GC headroom preloaded (the same GC regime)
 //        [--env='{"K":"V"}']         more environment for usage-proxy; [--node='--flag'] node flags for both proxies
 //        [--out=bench/results/independent-latest.json]
 import { mkdtempSync, readFileSync, writeFileSync, existsSync, mkdirSync } from 'node:fs'
@@ -37,6 +38,7 @@ const UPSTREAM = arg('upstream', 'parsing')
 const SHAPE = arg('shape', 'ascii')
 const EXTRA_ENV = JSON.parse(arg('env', '{}'))
 const NODE = arg('node', '').split(' ').filter(Boolean)
+const BARE_HEADROOM = arg('bare-headroom', '1') === '1'
 const OUT = arg('out', join(BENCH, 'results', 'independent-latest.json'))
 const PROBE = ['--import', join(BENCH, 'gc-probe.js')]
 const say = (m) => process.stderr.write(`independent: ${m}\n`)
@@ -69,6 +71,7 @@ async function main () {
   const up = await startUpstream(tmp)
   const targets = [{ name: 'direct', url: `http://127.0.0.1:${up.port}/api/v1/chat/completions`, headers: CLIENT_HEADERS, pid: null }]
   targets.push(await startBareNode({ tmp, upstreamPort: up.port, nodeArgs: [...PROBE, ...NODE] }))
+  if (BARE_HEADROOM) targets.push(await startBareNode({ tmp, upstreamPort: up.port, name: 'bare-node-headroom', nodeArgs: [...PROBE, '--import', join(BENCH, 'gc-headroom-preload.js'), ...NODE] }))
   for (const mb of MAX_BODY) {
     const name = mb === 'default' ? 'usage-proxy' : `usage-proxy-${mb}mb`
     const env = { ...EXTRA_ENV, ...(mb === 'default' ? {} : { MAX_BODY_BYTES: String(Number(mb) * 1024 * 1024) }) }
@@ -122,7 +125,7 @@ async function main () {
 /** Per body, concurrency and target: medians over reps; targets against bare Node in the same reps. */
 export function report (rows, names) {
   const f = (x, d = 2) => Number.isFinite(x) ? x.toFixed(d) : '—'
-  let out = '| body | c | target | req/s | p50 ms | added p50 ms (limit) | CPU ms/req (x bare) | upstream / client CPU ms/req | major GCs/s | GC ms/req (major+minor) | verdict |\n|---|---|---|---|---|---|---|---|---|---|---|\n'
+  let out = '| body | c | target | req/s | p50 ms | added p50 ms (limit) | CPU ms/req (x bare) | x bare with headroom | upstream / client CPU ms/req | major GCs/s | GC ms/req (major+minor) | verdict vs bare Node |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n'
   for (const body of new Set(rows.map((r) => r.body))) {
     for (const c of new Set(rows.map((r) => r.c))) {
       const of = (name) => rows.filter((r) => r.body === body && r.c === c && r.target === name)
@@ -130,6 +133,7 @@ export function report (rows, names) {
       const added = (name) => median(of(name).map((r) => r.p50 - (direct.find((d) => d.rep === r.rep)?.p50 ?? NaN)))
       const bareAdded = added('bare-node')
       const bareCpu = median(of('bare-node').map((r) => r.cpuMsPerReq.proxy))
+      const bareHrCpu = median(of('bare-node-headroom').map((r) => r.cpuMsPerReq.proxy))
       for (const name of names) {
         const rs = of(name)
         if (!rs.length) continue
@@ -140,7 +144,7 @@ export function report (rows, names) {
         const verdict = isProxy ? `${add <= limit ? 'latency met' : '**latency not met**'}, ${cpu / bareCpu <= 1.5 ? 'CPU met' : '**CPU not met**'}` : ''
         const gcs = rs.map((r) => r.gc).filter(Boolean)
         out += `| ${body} | ${c} | ${name} | ${Math.round(median(rs.map((r) => r.rps)))} | ${f(median(rs.map((r) => r.p50)))} | ${name === 'direct' ? '—' : `${f(add)}${isProxy ? ` (${f(limit)})` : ''}`} | ` +
-          `${name === 'direct' ? '—' : `${f(cpu)}${isProxy ? ` (${f(cpu / bareCpu)}x)` : ''}`} | ${f(median(rs.map((r) => r.cpuMsPerReq.upstream)))} / ${f(median(rs.map((r) => r.cpuMsPerReq.client)))} | ` +
+          `${name === 'direct' ? '—' : `${f(cpu)}${isProxy ? ` (${f(cpu / bareCpu)}x)` : ''}`} | ${isProxy ? `${f(cpu / bareHrCpu)}x` : '—'} | ${f(median(rs.map((r) => r.cpuMsPerReq.upstream)))} / ${f(median(rs.map((r) => r.cpuMsPerReq.client)))} | ` +
           `${gcs.length ? f(median(gcs.map((g) => g.majorsPerSecond)), 1) : '—'} | ${gcs.length ? `${f(median(gcs.map((g) => g.majorMsPerReq)))}+${f(median(gcs.map((g) => g.minorMsPerReq)))}` : '—'} | ${verdict} |\n`
       }
     }

@@ -10,7 +10,8 @@
 // how long to wait for other work on the machine to calm down before one measurement, and in all.
 // BENCH_PROJECT_DIR (a snapshot from bench/snapshot.js; default: this work tree), BENCH_NGINX
 // (/usr/sbin/nginx), BENCH_PG_URL (postgres://postgres@127.0.0.1:5432/postgres, loopback only),
-// BENCH_NODE_FLAGS (node flags for bare-node and usage-proxy alike; default none).
+// BENCH_NODE_FLAGS (node flags for bare-node and usage-proxy alike; default none), BENCH_SIDECAR_ENV
+// (JSON: more environment for usage-proxy, e.g. '{"MAX_BODY_BYTES":"67108864"}').
 import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync, readFileSync } from 'node:fs'
 import { cpus, tmpdir } from 'node:os'
 import { join } from 'node:path'
