@@ -38,9 +38,9 @@ const SLOW_STREAMS = num('BENCH_SLOW_STREAMS', ONLY_BODIES ? 0 : 1000)
 const SLOW_PACE_MS = num('BENCH_SLOW_PACE_MS', 100)
 const SLOW_EVENTS = num('BENCH_SLOW_EVENTS', 20)
 const LEDGER_RECORDS = num('BENCH_LEDGER_RECORDS', ONLY_BODIES ? 0 : 200_000)
-const TARGETS = (env.BENCH_TARGETS ?? (ONLY_BODIES ? 'direct,bare-node,usage-proxy' : TARGET_NAMES.join(','))).split(',').map((s) => s.trim()).filter(Boolean)
+const TARGETS = (env.BENCH_TARGETS ?? (ONLY_BODIES ? 'direct,bare-node,bare-node-headroom,usage-proxy' : TARGET_NAMES.join(','))).split(',').map((s) => s.trim()).filter(Boolean)
 // BENCH_ONLY=bodies (or `npm run bench -- --only bodies`): the large-body scenarios only (large bodies,
-// small requests under both upstream modes), direct/bare-node/usage-proxy, 3 rounds, no slow
+// small requests under both upstream modes), direct/bare-node/bare-node-headroom/usage-proxy, 3 rounds, no slow
 // streams, no ledger micro-bench: a few minutes instead of the whole bench.
 const onlyArg = process.argv.indexOf('--only')
 const ONLY = env.BENCH_ONLY ?? (onlyArg > 0 ? process.argv[onlyArg + 1] : undefined)
