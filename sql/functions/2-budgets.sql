@@ -74,10 +74,12 @@ LANGUAGE plpgsql AS $$
 DECLARE
   a record;
   scopes text[] := '{}'; cscopes text[] := '{}'; subjects text[] := '{}'; limits numeric[] := '{}'; periods text[] := '{}';
-  starts timestamptz[] := '{}'; spent numeric[] := '{}'; held numeric[] := '{}';
+  starts timestamptz[] := '{}'; spent numeric[] := '{}'; held numeric[] := '{}'; ranks integer[] := '{}';
+  -- The groups' and the key's counters, as the reservation records them.
+  h_scopes text[] := '{}'; h_subjects text[] := '{}'; h_periods text[] := '{}'; h_starts timestamptz[] := '{}';
   n integer;
   c budget_counters;
-  k integer; r integer; refuse integer;
+  k integer; refuse integer;
   o integer; u integer;
 BEGIN
   -- The organization's counter is one hot row: waiting for a WAL flush while holding it would
@@ -87,6 +89,11 @@ BEGIN
   FOR a IN SELECT * FROM budget_applicable(p_org, p_user, coalesce(p_groups, '{}'), p_key) LOOP
     scopes := scopes || a.scope; cscopes := cscopes || a.counter_scope; subjects := subjects || a.subject;
     limits := limits || a.limit_usd; periods := periods || a.period; starts := starts || budget_period_start(a.period, p_at);
+    ranks := ranks || budget_scope_rank(a.scope);
+    IF a.counter_scope IN ('group', 'key') THEN
+      h_scopes := h_scopes || a.counter_scope; h_subjects := h_subjects || a.subject;
+      h_periods := h_periods || a.period; h_starts := h_starts || budget_period_start(a.period, p_at);
+    END IF;
   END LOOP;
   n := cardinality(scopes);
   IF n = 0 THEN
@@ -97,10 +104,8 @@ BEGIN
   -- Everything that needs no lock first: the hot organization row is held as briefly as possible.
   INSERT INTO budget_reservations (event_id, organization_id, user_id, org_period, org_period_start, user_period, user_period_start,
                                    held_scopes, held_subjects, held_periods, held_starts, amount_usd, expires_at)
-  SELECT p_event, p_org, coalesce(p_user, ''), periods[o], starts[o], periods[u], starts[u],
-         coalesce(array_agg(cscopes[i] ORDER BY i), '{}'), coalesce(array_agg(subjects[i] ORDER BY i), '{}'),
-         coalesce(array_agg(periods[i] ORDER BY i), '{}'), coalesce(array_agg(starts[i] ORDER BY i), '{}'), p_amount, now() + p_ttl
-    FROM generate_series(1, n) i WHERE cscopes[i] IN ('group', 'key');
+  VALUES (p_event, p_org, coalesce(p_user, ''), periods[o], starts[o], periods[u], starts[u],
+          h_scopes, h_subjects, h_periods, h_starts, p_amount, now() + p_ttl);
   FOR k IN 1..n LOOP
     SELECT * INTO c FROM budget_counters x WHERE x.organization_id = p_org AND x.scope = cscopes[k] AND x.user_id = subjects[k]
        AND x.period = periods[k] AND x.period_start = starts[k] FOR UPDATE;
@@ -113,10 +118,8 @@ BEGIN
     spent := spent || c.spent_usd; held := held || c.reserved_usd;
   END LOOP;
   refuse := NULL;
-  FOR r IN 0..3 LOOP
-    FOR k IN 1..n LOOP
-      IF refuse IS NULL AND budget_scope_rank(scopes[k]) = r AND spent[k] + held[k] + p_amount > limits[k] THEN refuse := k; END IF;
-    END LOOP;
+  FOR k IN 1..n LOOP
+    IF spent[k] + held[k] + p_amount > limits[k] AND (refuse IS NULL OR ranks[k] < ranks[refuse]) THEN refuse := k; END IF;
   END LOOP;
   IF refuse IS NOT NULL THEN
     DELETE FROM budget_reservations x WHERE x.event_id = p_event;
