@@ -2,11 +2,16 @@ import type { IncomingHttpHeaders } from 'node:http'
 import type { Logger } from '../lib/log.js'
 import { JwtError, verifyJwt } from './jwt.js'
 import { MAX_USER_ID_CHARS, normalizeId } from './user-id.js'
+import { GroupsError, groupsFromClaim, groupsFromHeader } from './groups.js'
 
 // Who is asking, in order of trust: a signed JWT from the app; the plain headers the app
 // forwards (only while no JWT secret is configured: anyone who reaches the sidecar can forge
 // them); the OpenAI-style `user` field of the body; else the organization itself. Every id and
 // claim comes back normalized (user-id.ts): an id that names nobody counts as not sent.
+//
+// Groups follow the same trust: the signed claim when the JWT carries one; the plain group header
+// only without a JWT secret, or when the operator says the header is set by the app alone
+// (TRUST_GROUP_HEADER: Open WebUI's JWT carries no groups today, so the header is the only source).
 
 export interface Identity {
   userId: string | null
@@ -15,6 +20,8 @@ export interface Identity {
   role: string | null
   chatId: string | null
   source: 'jwt' | 'headers' | 'body' | 'organization'
+  /** The user's groups: sorted, duplicate-free, normalized group ids (groups.ts); [] for none. */
+  groups: string[]
 }
 
 export interface IdentityOptions {
@@ -26,6 +33,12 @@ export interface IdentityOptions {
   jwtHeader: string
   jwtSecret: string | undefined
   trustBodyUser: boolean
+  /** USER_GROUPS_HEADER: comma-separated group names (Open WebUI's `{{USER_GROUPS}}`). */
+  groupsHeader?: string
+  /** USER_GROUPS_CLAIM: the claim of the signed identity that holds the groups. */
+  groupsClaim?: string
+  /** TRUST_GROUP_HEADER: the plain group header counts even with a JWT secret set. */
+  trustGroupHeader?: boolean
   /** REQUIRE_USER_IDENTITY: a request that names no user is refused rather than billed to the organization. */
   requireUserIdentity?: boolean
   /** Called when plain identity headers arrive although a JWT secret is set (they are ignored). */
@@ -33,10 +46,14 @@ export interface IdentityOptions {
 }
 
 export class IdentityError extends Error {}
+export { GroupsError }
+
+export const DEFAULT_GROUPS_HEADER = 'x-openwebui-user-groups'
+export const DEFAULT_GROUPS_CLAIM = 'groups'
 
 /** The headers that carry identity: they stay with the sidecar and never travel upstream. */
 export function identityHeaders (o: IdentityOptions): Set<string> {
-  return new Set([o.userIdHeader, o.userNameHeader, o.userEmailHeader, o.userRoleHeader, o.chatIdHeader, o.jwtHeader])
+  return new Set([o.userIdHeader, o.userNameHeader, o.userEmailHeader, o.userRoleHeader, o.chatIdHeader, o.jwtHeader, o.groupsHeader ?? DEFAULT_GROUPS_HEADER])
 }
 
 const one = (v: string | string[] | undefined): string | null => {
@@ -50,7 +67,20 @@ export function decodeName (raw: string | null): string | null {
   try { return decodeURIComponent(raw) } catch { return raw }
 }
 
+/**
+ * Who is asking, with their groups. Throws IdentityError (401: the identity itself is bad) or
+ * GroupsError (400: the groups named cannot be honoured).
+ */
 export function identify (headers: IncomingHttpHeaders, bodyUser: unknown, o: IdentityOptions): Identity {
+  const who = person(headers, bodyUser, o)
+  if (who.groups !== null) return who as Identity
+  const header = o.groupsHeader ?? DEFAULT_GROUPS_HEADER
+  const trusted = !o.jwtSecret || o.trustGroupHeader === true
+  return { ...who, groups: trusted ? groupsFromHeader(headers[header], header) : [] }
+}
+
+/** The person, with groups null unless a signed claim named them (the header is read after). */
+function person (headers: IncomingHttpHeaders, bodyUser: unknown, o: IdentityOptions): Omit<Identity, 'groups'> & { groups: string[] | null } {
   const chatId = one(headers[o.chatIdHeader])
   /** Where an id was sent that names nobody, for the refusal's message. */
   let empty: string | null = null
@@ -68,7 +98,10 @@ export function identify (headers: IncomingHttpHeaders, bodyUser: unknown, o: Id
       // A signed subject that names nobody is refused as an empty one is (RFC 7519 §4.1.2).
       const userId = bounded(normalizeId(c.sub), `the sub claim of ${o.jwtHeader}`)
       if (userId === null) throw new IdentityError(`invalid ${o.jwtHeader}: no subject (the sub claim is empty once control characters and whitespace are removed)`)
-      return { userId, name: normalizeId(c.name), email: normalizeId(c.email), role: normalizeId(c.role), chatId, source: 'jwt' }
+      // A signed list, even an empty one, is what the app says: the header does not add to it.
+      const claim = o.groupsClaim ?? DEFAULT_GROUPS_CLAIM
+      const groups = c.all[claim] === undefined ? null : groupsFromClaim(c.all[claim], `the ${claim} claim of ${o.jwtHeader}`)
+      return { userId, name: normalizeId(c.name), email: normalizeId(c.email), role: normalizeId(c.role), chatId, source: 'jwt', groups }
     }
   } else {
     const sent = one(headers[o.userIdHeader])
@@ -81,13 +114,14 @@ export function identify (headers: IncomingHttpHeaders, bodyUser: unknown, o: Id
         role: normalizeId(one(headers[o.userRoleHeader])),
         chatId,
         source: 'headers',
+        groups: null,
       }
     }
     if (sent !== null) empty = o.userIdHeader
   }
   if (o.trustBodyUser && typeof bodyUser === 'string') {
     const userId = bounded(normalizeId(bodyUser), 'the "user" field')
-    if (userId !== null) return { userId, name: null, email: null, role: null, chatId, source: 'body' }
+    if (userId !== null) return { userId, name: null, email: null, role: null, chatId, source: 'body', groups: null }
     if (bodyUser !== '') empty ??= 'the "user" field'
   }
   if (o.requireUserIdentity) {
@@ -96,7 +130,7 @@ export function identify (headers: IncomingHttpHeaders, bodyUser: unknown, o: Id
       ? `no user identity: ${why}a signed ${o.jwtHeader} is required (REQUIRE_USER_IDENTITY)`
       : `no user identity: ${why}send ${o.userIdHeader} or a "user" field (REQUIRE_USER_IDENTITY)`)
   }
-  return { userId: null, name: null, email: null, role: null, chatId, source: 'organization' }
+  return { userId: null, name: null, email: null, role: null, chatId, source: 'organization', groups: null }
 }
 
 /** A user id past MAX_USER_ID_CHARS is refused: no one is named by it, nor is it the organization. */

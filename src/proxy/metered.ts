@@ -3,7 +3,7 @@ import { errors as undiciErrors, type Dispatcher } from 'undici'
 import type { Logger } from '../lib/log.js'
 import type { Admission, Limits } from '../budgets/limits.js'
 import { maxTokensOf } from '../budgets/estimate.js'
-import { IdentityError, identify, type Identity, type IdentityOptions } from '../identity/identify.js'
+import { GroupsError, IdentityError, identify, type Identity, type IdentityOptions } from '../identity/identify.js'
 import type { ResolvedUser, UserDirectory } from '../identity/directory.js'
 import type { Ledger } from '../usage/ledger/ledger.js'
 import type { Reconciler } from '../usage/ledger/reconcile.js'
@@ -167,6 +167,7 @@ function describe (req: IncomingMessage, endpoint: string, body: RequestBody, mo
     chatId: who.chatId,
     kind: classifyRowKind(req.headers, { streamed, messages: () => body.json?.singleMessage() }, ctx.rules.rowKinds),
     messageId: messageIdOf(req.headers, ctx.rules.rowKinds),
+    groups: who.groups,
     mapping: user.mapping,
   })
 }
@@ -326,6 +327,7 @@ function identifyUser (req: IncomingMessage, res: ServerResponse, body: RequestB
     return identify(req.headers, body.user, ctx.rules.identity)
   } catch (err) {
     if (err instanceof IdentityError) { sendError(res, 401, 'authentication_error', 'invalid_identity', err.message); return null }
+    if (err instanceof GroupsError) { sendError(res, 400, 'invalid_request_error', 'invalid_groups', err.message); return null }
     throw err
   }
 }

@@ -51,6 +51,12 @@ export interface UsageRecord extends Usage {
   kind: string
   /** Open WebUI's message id (X-OpenWebUI-Message-Id), when the app sends it. */
   messageId: string | null
+  /**
+   * The groups its user was in (sorted, duplicate-free; [] for none): the row counts in each of
+   * these groups' reports, once in the organization's. newRecord sets it; journal lines of old
+   * versions (and records built by hand) have none, read as [].
+   */
+  groups?: string[]
   /** From /generation: OpenRouter stopped the generation (the client left). Null: not looked up. */
   cancelled?: boolean | null
   createdAt: string
@@ -99,6 +105,7 @@ export function newRecord (start: RecordStart): UsageRecord {
     ttfbMs: null,
     kind: 'api',
     messageId: null,
+    groups: [],
     cacheWriteTokens: null,
     audioTokens: null,
     cancelled: null,
@@ -199,6 +206,7 @@ export function toRow (r: UsageRecord): Record<string, unknown> {
     audio_tokens: r.audioTokens ?? null,
     cancelled: r.cancelled ?? null,
     estimated_cost_usd: isEstimateOnly(r) ? r.estimatedCostUsd ?? null : null,
+    groups: r.groups ?? [], // journal lines of old versions have none
     created_at: r.createdAt,
   }
 }

@@ -9,8 +9,12 @@ import type { Sql } from '../../db/connect.js'
 // and an organization's days, kinds and totals from its per-day sums: a year is then twelve
 // months of rows, not 365 days of every user's.
 
-export type GroupBy = 'user' | 'model' | 'day' | 'task' | 'outcome'
-export const GROUP_BYS: readonly GroupBy[] = ['user', 'model', 'day', 'task', 'outcome']
+// By group: a row made by a member of several groups is in each of those groups' sums (the group
+// rollups, sql/023); every other grouping counts it once. So the rows of group_by=group can add up
+// to more than the period's total, and its totals are read on their own.
+
+export type GroupBy = 'user' | 'model' | 'day' | 'task' | 'outcome' | 'group'
+export const GROUP_BYS: readonly GroupBy[] = ['user', 'model', 'day', 'task', 'outcome', 'group']
 
 export interface Period {
   organizationId: string
@@ -20,6 +24,8 @@ export interface Period {
   to: string
   /** One user's rows: their external id (the indexed column; the organization's own id for requests with no user). */
   externalUserId?: string
+  /** One group's rows: those whose user was in this group when they were made. */
+  group?: string
 }
 
 export interface Sums {
@@ -38,6 +44,8 @@ export interface GroupRow extends Sums {
   /** group_by=user only: from user_mappings. */
   user_name?: string | null
   user_email?: string | null
+  /** group_by=group only: the users with usage in that group over the period. */
+  members?: number
 }
 
 /**
@@ -61,6 +69,9 @@ const DAILY_ROWS = `(select organization_id, day, external_user_id, model, kind,
   union all select organization_id, day, external_user_id, model, kind, ${SUMMED} from usage_rollup_deltas) d`
 const MONTHLY_ROWS = `(select organization_id, month, external_user_id, model, kind, ${SUMMED} from usage_monthly_rollups
   union all select organization_id, date_trunc('month', day::timestamp)::date, external_user_id, model, kind, ${SUMMED} from usage_rollup_deltas) m`
+/** The group rollups as of now (sql/023): one row per group of each grouped usage row. */
+const GROUP_DAILY_ROWS = `(select organization_id, day, group_id, external_user_id, model, kind, ${SUMMED} from usage_group_daily_rollups
+  union all select organization_id, day, group_id, external_user_id, model, kind, ${SUMMED} from usage_group_rollup_deltas) d`
 const ORG_DAILY_ROWS = `(select organization_id, day, kind, ${SUMMED} from usage_org_daily_rollups
   union all select organization_id, day, kind, ${SUMMED} from usage_rollup_deltas) o`
 
@@ -76,6 +87,7 @@ const SOURCE = {
       day: `(created_at at time zone 'UTC')::date`,
       task: 'kind',
       outcome: 'outcome',
+      group: 'g.group_id',
     } as Record<GroupBy, string>,
     userId: 'max(user_id)',
   },
@@ -89,6 +101,7 @@ const SOURCE = {
       day: 'day',
       task: 'kind',
       outcome: 'null', // not in the rollups: see outcomesWithRollups()
+      group: 'group_id', // only in the group rollups (rowsOf)
     } as Record<GroupBy, string>,
     userId: 'null::text',
   },
@@ -98,6 +111,7 @@ SOURCE.monthly = SOURCE.rollups
 /** Largest spend first (what a reader looks for), days in calendar order. */
 const ORDER: Record<Exclude<GroupBy, 'user'>, string> = {
   model: 'billed_cost_usd_n desc, requests desc, key',
+  group: 'billed_cost_usd_n desc, requests desc, key',
   day: 'key',
   task: 'requests desc, key',
   outcome: 'requests desc, key',
@@ -172,6 +186,12 @@ function where (sql: Sql, p: Period, source: Source) {
  * and the days around them; one user's days from the daily rollups.
  */
 function rowsOf (sql: Sql, p: Period, source: Source, groupBy?: GroupBy) {
+  if (groupBy === 'group' || p.group !== undefined) {
+    // One row per group of each usage row: from the group rollups, or the ledger's rows unnested.
+    const only = p.group === undefined ? sql`` : sql`and group_id = ${p.group}`
+    if (source === 'events') return sql`usage_events cross join lateral unnest(groups) as g(group_id) where ${where(sql, p, source)} ${only}`
+    return sql`${sql.unsafe(GROUP_DAILY_ROWS)} where ${where(sql, p, 'rollups')} ${only}`
+  }
   if (source === 'monthly' && p.externalUserId === undefined && (groupBy === undefined || groupBy === 'day' || groupBy === 'task')) {
     return sql`${sql.unsafe(ORG_DAILY_ROWS)} where ${where(sql, p, source)}`
   }
@@ -186,7 +206,8 @@ export function usageByGroup (sql: Sql, p: Period, groupBy: GroupBy, source: Sou
   const s = SOURCE[source]
   const grouped = sql`
     select ${sql.unsafe(s.key[groupBy])} as key, ${sql.unsafe(groupBy === 'user' ? s.userId : 'null::text')} as user_id,
-           ${sql.unsafe(s.sums)}, ${sql.unsafe(s.billed)} as billed_cost_usd_n
+           ${sql.unsafe(s.sums)}, ${sql.unsafe(s.billed)} as billed_cost_usd_n,
+           ${sql.unsafe(groupBy === 'group' ? 'count(distinct external_user_id)::int' : 'null::int')} as members
     from ${rowsOf(sql, p, source, groupBy)}
     group by 1`
   if (groupBy === 'user') {
@@ -201,8 +222,9 @@ export function usageByGroup (sql: Sql, p: Period, groupBy: GroupBy, source: Sou
   }
   // Days are grouped as dates and written as text once per group, not once per row.
   const key = groupBy === 'day' ? sql`to_char(key, 'YYYY-MM-DD') as key` : sql`key`
+  const members = groupBy === 'group' ? sql`members,` : sql``
   return sql<GroupRow[]>`
-    select ${key}, requests, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, total_tokens, cost_usd, billed_cost_usd
+    select ${key}, ${members} requests, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, total_tokens, cost_usd, billed_cost_usd
     from (${grouped}) g order by ${sql.unsafe(ORDER[groupBy])}`
 }
 
@@ -212,6 +234,7 @@ export function failedByOutcome (sql: Sql, p: Period) {
   return sql<GroupRow[]>`
     select outcome as key, ${sql.unsafe(s.sums)}
     from usage_events where ${where(sql, p, 'events')} and outcome <> 'ok'
+      ${p.group === undefined ? sql`` : sql`and ${p.group} = any (groups)`}
     group by 1 order by 2 desc, 1`
 }
 
