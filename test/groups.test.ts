@@ -5,6 +5,7 @@ import { createTestDb, type TestDb } from './support/db.js'
 import { baseEnv, settle, startSidecar, type Started } from './support/sidecar.js'
 import { signJwt } from './support/sign-jwt.js'
 import { parseCsv } from './support/csv.js'
+import { statement, type Statement } from '../src/usage/reports/statement.js'
 
 // Open WebUI groups as identity, through the HTTP API with a real Postgres: the group header
 // Open WebUI sends with `X-OpenWebUI-User-Groups: {{USER_GROUPS}}`, the signed claim, the trust
@@ -227,4 +228,39 @@ t.test('bad group parameters are 400s naming them', async (t) => {
   const b = await get(plain, '/admin/v1/usage?group_by=groups')
   t.equal(b.status, 400)
   t.match(b.json().error.message, /group_by must be one of .*group/)
+})
+
+async function runStatement (args: string[]): Promise<string> {
+  let out = ''
+  await statement(['--month', MONTH, ...args], { DATABASE_URL: db.url, OPENROUTER_EXTERNAL_USER: 'mai_client_63a4eb6d' }, (s) => { out += s })
+  return out
+}
+
+t.test('usage-proxy statement: a section per group beside the total, which counts each request once', async (t) => {
+  const raw = await ledger()
+  const s = JSON.parse(await runStatement(['--format', 'json'])) as Statement
+  const org = s.organizations[0]
+  t.equal(org.total.requests, raw.length, 'the total counts each request once')
+  t.ok(same(org.total.billed_cost_usd, sumDecimals(raw.flatMap((r) => r.billed ?? []))))
+  const groups = new Set(raw.flatMap((r) => r.groups))
+  t.equal(org.groups.length, groups.size, 'one line per group')
+  for (const g of org.groups) {
+    const mine = raw.filter((r) => r.groups.includes(g.group_id))
+    t.equal(g.requests, mine.length, `${g.group_id}: requests`)
+    t.equal(g.members, new Set(mine.map((r) => r.user_id)).size, `${g.group_id}: members`)
+    t.ok(same(g.billed_cost_usd, sumDecimals(mine.flatMap((r) => r.billed ?? []))), `${g.group_id}: billed to the digit`)
+    t.ok(same(g.markup_usd, sumDecimals([g.billed_cost_usd, '-' + g.cost_usd])), `${g.group_id}: markup = billed - cost`)
+  }
+  const md = await runStatement([])
+  t.match(md, /## By group/)
+  t.match(md, /counts in each of those groups' lines; the total above counts it once/)
+  const physics = org.groups.find((g) => g.group_id === 'Physics')!
+  t.match(md, new RegExp(`\\| Physics \\| 2 \\| 5 \\| \\d+ \\| [\\d.]+ \\| [\\d.]+ \\| ${physics.billed_cost_usd.replace('.', '\\.')} \\|`))
+  const [head, ...lines] = parseCsv(await runStatement(['--format', 'csv']))
+  const col = (n: string): number => head.indexOf(n)
+  const users = lines.filter((l) => l[0] === 'user')
+  t.ok(same(sumDecimals(users.map((l) => l[col('billed_cost_usd')])), org.total.billed_cost_usd), 'user lines still add up to the total')
+  const csvPhysics = lines.find((l) => l[0] === 'group' && l[col('group_id')] === 'Physics')!
+  t.equal(csvPhysics[col('billed_cost_usd')], physics.billed_cost_usd)
+  t.equal(csvPhysics[col('members')], '2')
 })

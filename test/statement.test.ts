@@ -116,7 +116,7 @@ t.test('md: the invoice total is rounded once, half up, on the total, never per 
   const doc = (lines: Array<ReturnType<typeof line>>, billed: string, markup = '0'): string => render({
     month: '2026-11', from: '2026-11-01', to: '2026-12-01',
     organizations: [{
-      id: 'o', name: 'O', markup_percent: markup, lines, invoice_total_usd: '',
+      id: 'o', name: 'O', markup_percent: markup, lines, groups: [], invoice_total_usd: '',
       total: { requests: lines.length, prompt_tokens: '1', completion_tokens: '1', total_tokens: '2', cost_usd: billed, markup_usd: '0', billed_cost_usd: billed },
     }],
   }, 'md')

@@ -337,6 +337,40 @@ export function statementLines (sql: Sql, organizationId: string | undefined, fr
     order by g.organization_id, g.billed_cost_usd::numeric desc, 3 nulls first`
 }
 
+export interface StatementGroupLine {
+  organization_id: string
+  group_id: string
+  members: number
+  requests: number
+  prompt_tokens: string
+  completion_tokens: string
+  total_tokens: string
+  cost_usd: string
+  markup_usd: string
+  billed_cost_usd: string
+}
+
+/**
+ * One line per (organization, group) for a month: a request made by a member of several groups
+ * is in each of those lines, so they are shown beside the statement's total, never summed into it.
+ */
+export function statementGroupLines (sql: Sql, organizationId: string | undefined, from: string, to: string, source: Source = 'events') {
+  const org = organizationId === undefined ? sql`` : sql`and organization_id = ${organizationId}`
+  const s = SOURCE[source]
+  const rows = source === 'events'
+    ? sql`usage_events cross join lateral unnest(groups) as g(group_id) where created_at >= ${from}::timestamptz and created_at < ${to}::timestamptz ${org}`
+    : sql`${sql.unsafe(GROUP_DAILY_ROWS)} where day >= ${from}::date and day < ${to}::date ${org}`
+  return sql<StatementGroupLine[]>`
+    select organization_id, group_id, members, requests, prompt_tokens, completion_tokens, total_tokens, cost_usd,
+           (billed_cost_usd::numeric - cost_usd::numeric)::text as markup_usd, billed_cost_usd
+    from (
+      select organization_id, ${sql.unsafe(s.key.group)} as group_id, count(distinct external_user_id)::int as members, ${sql.unsafe(s.sums)}
+      from ${rows}
+      group by 1, 2
+    ) g
+    order by organization_id, billed_cost_usd::numeric desc, group_id`
+}
+
 /** Exact totals straight from usage_events, per organization, to check a statement against. */
 export function statementTotals (sql: Sql, organizationId: string | undefined, from: string, to: string) {
   const org = organizationId === undefined ? sql`` : sql`and organization_id = ${organizationId}`
