@@ -1,0 +1,118 @@
+// Breaks of Open WebUI groups as identity and of the reports by group. Each must make the named
+// tests fail: the trust rule, the template rule, the limits, the rows' groups, the group rollups
+// (trigger and compaction), the counting rule of group_by=group, and the statement's group lines.
+const GROUPS = ['test/groups.test.ts']
+export const BREAKS = [
+  {
+    name: 'groups: the plain group header is trusted next to a JWT secret',
+    file: 'src/identity/identify.ts',
+    search: 'const trusted = !o.jwtSecret || o.trustGroupHeader === true',
+    replace: 'const trusted = true',
+    tests: GROUPS,
+  },
+  {
+    name: 'groups: TRUST_GROUP_HEADER is not honoured',
+    file: 'src/identity/identify.ts',
+    search: 'const trusted = !o.jwtSecret || o.trustGroupHeader === true',
+    replace: 'const trusted = !o.jwtSecret',
+    tests: GROUPS,
+  },
+  {
+    name: 'groups: the signed claim is not read',
+    file: 'src/identity/identify.ts',
+    search: 'const groups = c.all[claim] === undefined ? null : groupsFromClaim',
+    replace: 'const groups = c.all[claim] !== 7 ? null : groupsFromClaim',
+    tests: GROUPS,
+  },
+  {
+    name: 'groups: an unexpanded template is a group',
+    file: 'src/identity/groups.ts',
+    search: 'if (TEMPLATE.test(raw)) return null',
+    replace: '',
+    tests: GROUPS,
+  },
+  {
+    name: 'groups: percent-encoding is kept',
+    file: 'src/identity/groups.ts',
+    search: 'if (!s.includes(\'%\')) return s',
+    replace: 'return s',
+    tests: GROUPS,
+  },
+  {
+    name: 'groups: duplicates are kept',
+    file: 'src/identity/groups.ts',
+    search: 'for (const n of names) if (n !== null) set.add(n)',
+    replace: 'for (const n of names) if (n !== null) set.add(n + (set.has(n) ? \' \' : \'\'))',
+    tests: GROUPS,
+  },
+  {
+    name: 'groups: too many groups are accepted',
+    file: 'src/identity/groups.ts',
+    search: 'if (set.size > MAX_GROUPS) throw',
+    replace: 'if (set.size > MAX_GROUPS * 2) throw',
+    tests: GROUPS,
+  },
+  {
+    name: 'groups: the row does not carry its groups',
+    file: 'src/proxy/metered.ts',
+    search: '    groups: who.groups,\n',
+    replace: '',
+    tests: [...GROUPS, 'test/admin-page-groups.test.ts'],
+  },
+  {
+    name: 'groups: the mapping keeps its first groups',
+    file: 'src/usage/ledger/ledger.ts',
+    search: 'groups = case when excluded.last_seen_at >= user_mappings.last_seen_at then excluded.groups else user_mappings.groups end',
+    replace: 'groups = user_mappings.groups',
+    tests: GROUPS,
+  },
+  {
+    name: 'groups: the trigger counts a two-group row in one group only',
+    file: 'sql/functions/3-usage-after-insert.sql',
+    search: 'FROM inserted_rows i CROSS JOIN LATERAL unnest(i.groups) AS g(group_id)',
+    replace: 'FROM inserted_rows i CROSS JOIN LATERAL unnest(i.groups[1:1]) AS g(group_id)',
+    tests: GROUPS,
+  },
+  {
+    name: 'groups: compaction loses the group deltas',
+    file: 'sql/functions/5-usage-rollups.sql',
+    search: '  FROM moved GROUP BY 1, 2, 3, 4, 5, 6\n',
+    replace: '  FROM moved WHERE false GROUP BY 1, 2, 3, 4, 5, 6\n',
+    tests: GROUPS,
+  },
+  {
+    name: 'groups: compaction adds a delta twice',
+    file: 'sql/functions/5-usage-rollups.sql',
+    search: '    requests = u.requests + excluded.requests,\n    failed_or_aborted = u.failed_or_aborted + excluded.failed_or_aborted,\n    prompt_tokens = u.prompt_tokens + excluded.prompt_tokens,\n    completion_tokens = u.completion_tokens + excluded.completion_tokens,\n    total_tokens = u.total_tokens + excluded.total_tokens,\n    cached_tokens = u.cached_tokens + excluded.cached_tokens,\n    reasoning_tokens = u.reasoning_tokens + excluded.reasoning_tokens,\n    cost_usd = u.cost_usd + excluded.cost_usd,\n    upstream_cost_usd = u.upstream_cost_usd + excluded.upstream_cost_usd,\n    billed_cost_usd = u.billed_cost_usd + excluded.billed_cost_usd,\n    user_id = greatest(u.user_id, excluded.user_id);',
+    replace: '    requests = u.requests + excluded.requests,\n    failed_or_aborted = u.failed_or_aborted + excluded.failed_or_aborted,\n    prompt_tokens = u.prompt_tokens + excluded.prompt_tokens,\n    completion_tokens = u.completion_tokens + excluded.completion_tokens,\n    total_tokens = u.total_tokens + excluded.total_tokens,\n    cached_tokens = u.cached_tokens + excluded.cached_tokens,\n    reasoning_tokens = u.reasoning_tokens + excluded.reasoning_tokens,\n    cost_usd = u.cost_usd + excluded.cost_usd,\n    upstream_cost_usd = u.upstream_cost_usd + excluded.upstream_cost_usd,\n    billed_cost_usd = u.billed_cost_usd + 2 * excluded.billed_cost_usd,\n    user_id = greatest(u.user_id, excluded.user_id);',
+    tests: GROUPS,
+  },
+  {
+    name: 'groups: group_by=group totals are the sum of its overlapping rows',
+    file: 'src/admin/usage.ts',
+    search: 'const overlapping = groupBy === \'group\' && group === undefined',
+    replace: 'const overlapping = false',
+    tests: GROUPS,
+  },
+  {
+    name: 'groups: the group filter is ignored',
+    file: 'src/usage/reports/usage-report.ts',
+    search: 'const only = p.group === undefined ? sql`` : sql`and group_id = ${p.group}`',
+    replace: 'const only = sql``',
+    tests: GROUPS,
+  },
+  {
+    name: 'groups: members counts requests, not users',
+    file: 'src/usage/reports/usage-report.ts',
+    search: '${sql.unsafe(groupBy === \'group\' ? \'count(distinct external_user_id)::int\' : \'null::int\')} as members',
+    replace: '${sql.unsafe(groupBy === \'group\' ? \'count(*)::int\' : \'null::int\')} as members',
+    tests: [...GROUPS, 'test/admin-page-groups.test.ts'],
+  },
+  {
+    name: 'groups: the statement\'s group members count requests',
+    file: 'src/usage/reports/usage-report.ts',
+    search: "select organization_id, ${sql.unsafe(s.key.group)} as group_id, count(distinct external_user_id)::int as members, ${sql.unsafe(s.sums)}",
+    replace: "select organization_id, ${sql.unsafe(s.key.group)} as group_id, count(*)::int as members, ${sql.unsafe(s.sums)}",
+    tests: GROUPS,
+  },
+]
