@@ -14,6 +14,9 @@
 -- * A query on usage_events with an index on groups (GIN) was the other way: it costs a GIN entry
 --   per inserted row, and a month's group report would still read every grouped row of the month
 --   (seconds at 10 million rows, where the rollups answer in milliseconds).
+-- * usage_group_monthly_rollups holds the same sums per calendar month, folded by the same
+--   compaction from the same deltas (the insert path is unchanged by it): a month or a year of
+--   groups reads whole months there, and only the days around them from the daily table.
 -- * Readers add the deltas not folded yet, as for the other rollups: exact at every moment.
 -- * spend_per_group_month is the psql view of a group's month.
 
@@ -37,9 +40,30 @@ CREATE TABLE usage_group_daily_rollups (
   user_id           text,
   PRIMARY KEY (organization_id, day, group_id, external_user_id, model, kind)
 );
--- One group's days (the group=ID filter, the group's page) and one group's months (the view).
+-- One group's days (the group=ID filter, the group's page).
 CREATE INDEX usage_group_daily_rollups_group ON usage_group_daily_rollups (organization_id, group_id, day);
-CREATE INDEX usage_group_daily_rollups_month ON usage_group_daily_rollups (organization_id, (date_trunc('month', day::timestamp)::date), group_id);
+
+CREATE TABLE usage_group_monthly_rollups (
+  organization_id   text NOT NULL,
+  month             date NOT NULL,                 -- first day of the UTC month of created_at
+  group_id          text NOT NULL,
+  external_user_id  text NOT NULL,
+  model             text NOT NULL,
+  kind              text NOT NULL,
+  requests          bigint NOT NULL,
+  failed_or_aborted bigint NOT NULL,
+  prompt_tokens     bigint NOT NULL,
+  completion_tokens bigint NOT NULL,
+  total_tokens      bigint NOT NULL,
+  cached_tokens     bigint NOT NULL,
+  reasoning_tokens  bigint NOT NULL,
+  cost_usd          numeric NOT NULL,
+  upstream_cost_usd numeric NOT NULL,
+  billed_cost_usd   numeric NOT NULL,
+  user_id           text,
+  PRIMARY KEY (organization_id, month, group_id, external_user_id, model, kind)
+);
+CREATE INDEX usage_group_monthly_rollups_group ON usage_group_monthly_rollups (organization_id, group_id, month);
 
 CREATE TABLE usage_group_rollup_deltas (LIKE usage_group_daily_rollups);
 
@@ -55,12 +79,19 @@ FROM usage_events e CROSS JOIN LATERAL unnest(e.groups) AS g(group_id)
 WHERE cardinality(e.groups) > 0
 GROUP BY 1, 2, 3, 4, 5, 6;
 
+INSERT INTO usage_group_monthly_rollups
+SELECT organization_id, date_trunc('month', day::timestamp)::date, group_id, external_user_id, model, kind,
+       sum(requests), sum(failed_or_aborted), sum(prompt_tokens), sum(completion_tokens), sum(total_tokens),
+       sum(cached_tokens), sum(reasoning_tokens), sum(cost_usd), sum(upstream_cost_usd), sum(billed_cost_usd), max(user_id)
+FROM usage_group_daily_rollups
+GROUP BY 1, 2, 3, 4, 5, 6;
+
 -- A group's month, as people read it in psql. members: the users with usage in that group that
 -- month. A request made by a member of two groups is in both groups' lines; spend_per_user_month
 -- and the statement's organization total count it once.
 CREATE VIEW spend_per_group_month AS
 SELECT organization_id,
-       date_trunc('month', day::timestamp)::date       AS month,
+       month,
        group_id,
        count(DISTINCT external_user_id)::bigint        AS members,
        sum(requests)::bigint                           AS requests,
@@ -68,9 +99,10 @@ SELECT organization_id,
        sum(completion_tokens)::bigint                  AS completion_tokens,
        trim_scale(coalesce(sum(cost_usd), 0))          AS cost_usd,
        trim_scale(coalesce(sum(billed_cost_usd), 0))   AS billed_cost_usd
-FROM (SELECT organization_id, day, group_id, external_user_id, requests, prompt_tokens, completion_tokens, cost_usd, billed_cost_usd
-      FROM usage_group_daily_rollups
+FROM (SELECT organization_id, month, group_id, external_user_id, requests, prompt_tokens, completion_tokens, cost_usd, billed_cost_usd
+      FROM usage_group_monthly_rollups
       UNION ALL
-      SELECT organization_id, day, group_id, external_user_id, requests, prompt_tokens, completion_tokens, cost_usd, billed_cost_usd
+      SELECT organization_id, date_trunc('month', day::timestamp)::date, group_id, external_user_id, requests, prompt_tokens,
+             completion_tokens, cost_usd, billed_cost_usd
       FROM usage_group_rollup_deltas) r
 GROUP BY 1, 2, 3;

@@ -175,6 +175,17 @@ t.test('group_by=group: each group sums its rows to the digit; a two-group reque
   t.same(again.totals, body.totals)
 })
 
+t.test('a range of a whole month and some days reads both rollups and gives the same digits', async (t) => {
+  // Last month whole (monthly group rollups) and this month up to tomorrow (daily ones).
+  const lastMonth = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() - 1, 1)).toISOString().slice(0, 10)
+  const tomorrow = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate() + 1)).toISOString().slice(0, 10)
+  const month = (await get(plain, `/admin/v1/usage?from=${FROM}&to=${TO}&group_by=group`)).json()
+  const mixed = (await get(plain, `/admin/v1/usage?from=${lastMonth}&to=${tomorrow}&group_by=group`)).json()
+  t.same(mixed.data, month.data, 'every group, to the digit')
+  const physics = (await get(plain, `/admin/v1/usage?from=${lastMonth}&to=${tomorrow}&group_by=user&group=Physics`)).json()
+  t.equal(physics.totals.requests, 5)
+})
+
 t.test('group=ID narrows every grouping to that group\'s rows', async (t) => {
   const raw = (await ledger()).filter((r) => r.groups.includes('Physics'))
   for (const groupBy of ['user', 'model', 'day', 'task', 'outcome']) {

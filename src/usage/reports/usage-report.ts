@@ -72,6 +72,10 @@ const MONTHLY_ROWS = `(select organization_id, month, external_user_id, model, k
 /** The group rollups as of now (sql/023): one row per group of each grouped usage row. */
 const GROUP_DAILY_ROWS = `(select organization_id, day, group_id, external_user_id, model, kind, ${SUMMED} from usage_group_daily_rollups
   union all select organization_id, day, group_id, external_user_id, model, kind, ${SUMMED} from usage_group_rollup_deltas) d`
+const GROUP_MONTHLY_ROWS = `(select organization_id, month, group_id, external_user_id, model, kind, ${SUMMED} from usage_group_monthly_rollups
+  union all select organization_id, date_trunc('month', day::timestamp)::date, group_id, external_user_id, model, kind, ${SUMMED}
+  from usage_group_rollup_deltas) m`
+const GROUP_COLUMNS = `organization_id, group_id, external_user_id, model, kind, ${SUMMED}`
 const ORG_DAILY_ROWS = `(select organization_id, day, kind, ${SUMMED} from usage_org_daily_rollups
   union all select organization_id, day, kind, ${SUMMED} from usage_rollup_deltas) o`
 
@@ -172,6 +176,23 @@ function monthlyAndDaily (sql: Sql, organizationId: string | undefined, from: st
   return sql`(${parts.reduce((a, b) => sql`${a} union all ${b}`)}) r`
 }
 
+/**
+ * The group rollup rows of whole days [from, to), as monthlyAndDaily() reads the others: whole
+ * months from the monthly group rollups, the days around them from the daily ones.
+ */
+function groupMonthlyAndDaily (sql: Sql, organizationId: string | undefined, from: string, to: string, filter: ReturnType<Sql>) {
+  const org = organizationId === undefined ? sql`` : sql`and organization_id = ${organizationId}`
+  const daily = (lo: string, hi: string) => sql`
+    select ${sql.unsafe(GROUP_COLUMNS)} from ${sql.unsafe(GROUP_DAILY_ROWS)} where day >= ${lo}::date and day < ${hi}::date ${org} ${filter}`
+  const months = wholeMonths(from, to)
+  if (months === null) return sql`(${daily(dayOf(from), dayOf(to))}) r`
+  const [m1, m2] = months
+  const parts = [sql`select ${sql.unsafe(GROUP_COLUMNS)} from ${sql.unsafe(GROUP_MONTHLY_ROWS)} where month >= ${m1}::date and month < ${m2}::date ${org} ${filter}`]
+  if (dayOf(from) < m1) parts.push(daily(dayOf(from), m1))
+  if (m2 < dayOf(to)) parts.push(daily(m2, dayOf(to)))
+  return sql`(${parts.reduce((a, b) => sql`${a} union all ${b}`)}) r`
+}
+
 function where (sql: Sql, p: Period, source: Source) {
   const user = p.externalUserId === undefined ? sql`` : sql`and external_user_id = ${p.externalUserId}`
   const range = source === 'events'
@@ -190,6 +211,10 @@ function rowsOf (sql: Sql, p: Period, source: Source, groupBy?: GroupBy) {
     // One row per group of each usage row: from the group rollups, or the ledger's rows unnested.
     const only = p.group === undefined ? sql`` : sql`and group_id = ${p.group}`
     if (source === 'events') return sql`usage_events cross join lateral unnest(groups) as g(group_id) where ${where(sql, p, source)} ${only}`
+    if (source === 'monthly' && groupBy !== 'day') {
+      const user = p.externalUserId === undefined ? sql`` : sql`and external_user_id = ${p.externalUserId}`
+      return sql`${groupMonthlyAndDaily(sql, p.organizationId, p.from, p.to, sql`${only} ${user}`)} where true`
+    }
     return sql`${sql.unsafe(GROUP_DAILY_ROWS)} where ${where(sql, p, 'rollups')} ${only}`
   }
   if (source === 'monthly' && p.externalUserId === undefined && (groupBy === undefined || groupBy === 'day' || groupBy === 'task')) {
@@ -359,7 +384,9 @@ export function statementGroupLines (sql: Sql, organizationId: string | undefine
   const s = SOURCE[source]
   const rows = source === 'events'
     ? sql`usage_events cross join lateral unnest(groups) as g(group_id) where created_at >= ${from}::timestamptz and created_at < ${to}::timestamptz ${org}`
-    : sql`${sql.unsafe(GROUP_DAILY_ROWS)} where day >= ${from}::date and day < ${to}::date ${org}`
+    : source === 'monthly'
+      ? sql`${groupMonthlyAndDaily(sql, organizationId, from, to, sql``)} where true`
+      : sql`${sql.unsafe(GROUP_DAILY_ROWS)} where day >= ${from}::date and day < ${to}::date ${org}`
   return sql<StatementGroupLine[]>`
     select organization_id, group_id, members, requests, prompt_tokens, completion_tokens, total_tokens, cost_usd,
            (billed_cost_usd::numeric - cost_usd::numeric)::text as markup_usd, billed_cost_usd

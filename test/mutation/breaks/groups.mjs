@@ -27,8 +27,8 @@ export const BREAKS = [
   {
     name: 'groups: an unexpanded template is a group',
     file: 'src/identity/groups.ts',
-    search: 'if (TEMPLATE.test(raw)) return null',
-    replace: '',
+    search: 'const TEMPLATE = /\\{\\{[^}]*\\}\\}/',
+    replace: 'const TEMPLATE = /^\\b\\B$/',
     tests: GROUPS,
   },
   {
@@ -76,8 +76,22 @@ export const BREAKS = [
   {
     name: 'groups: compaction loses the group deltas',
     file: 'sql/functions/5-usage-rollups.sql',
-    search: '  FROM moved GROUP BY 1, 2, 3, 4, 5, 6\n',
-    replace: '  FROM moved WHERE false GROUP BY 1, 2, 3, 4, 5, 6\n',
+    search: '    FROM moved GROUP BY 1, 2, 3, 4, 5, 6),',
+    replace: '    FROM moved WHERE false GROUP BY 1, 2, 3, 4, 5, 6),',
+    tests: GROUPS,
+  },
+  {
+    name: 'groups: compaction folds nothing into the monthly group rollups',
+    file: 'sql/functions/5-usage-rollups.sql',
+    search: '  FROM daily GROUP BY 1, 2, 3, 4, 5, 6\n',
+    replace: '  FROM daily WHERE false GROUP BY 1, 2, 3, 4, 5, 6\n',
+    tests: GROUPS,
+  },
+  {
+    name: 'groups: a month of groups reads the monthly rollups for the days around it too',
+    file: 'src/usage/reports/usage-report.ts',
+    search: 'if (m2 < dayOf(to)) parts.push(daily(m2, dayOf(to)))\n  return sql`(${parts.reduce((a, b) => sql`${a} union all ${b}`)}) r`\n}\n\nfunction where',
+    replace: 'return sql`(${parts.reduce((a, b) => sql`${a} union all ${b}`)}) r`\n}\n\nfunction where',
     tests: GROUPS,
   },
   {
