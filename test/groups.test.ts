@@ -275,3 +275,20 @@ t.test('usage-proxy statement: a section per group beside the total, which count
   t.equal(csvPhysics[col('billed_cost_usd')], physics.billed_cost_usd)
   t.equal(csvPhysics[col('members')], '2')
 })
+
+t.test('a fold onto rollup rows that exist already adds each delta once', async (t) => {
+  await db.sql`select usage_rollup_compact()`
+  // The same group, user, model and kind as rows already folded: the compaction's upserts update.
+  await rowGroups(plain, { 'x-openwebui-user-id': 'u-two', [HEADER]: 'Maths,Physics' })
+  await db.sql`select usage_rollup_compact()`
+  const raw = await ledger()
+  const body = (await get(plain, `/admin/v1/usage?from=${FROM}&to=${TO}&group_by=group`)).json()
+  for (const g of ['Maths', 'Physics']) {
+    const mine = raw.filter((r) => r.groups.includes(g))
+    const row = body.data.find((r: any) => r.group === g)
+    t.equal(row.requests, mine.length, `${g}: requests from the monthly group rollups`)
+    t.ok(same(row.billed_cost_usd, sumDecimals(mine.flatMap((r) => r.billed ?? []))), `${g}: billed to the digit`)
+    const days = (await get(plain, `/admin/v1/usage?from=${FROM}&to=${TO}&group_by=day&group=${g}`)).json()
+    t.ok(same(days.totals.billed_cost_usd, sumDecimals(mine.flatMap((r) => r.billed ?? []))), `${g}: billed from the daily group rollups`)
+  }
+})
