@@ -22,6 +22,8 @@ export interface Identity {
   source: 'jwt' | 'headers' | 'body' | 'organization'
   /** The user's groups: sorted, duplicate-free, normalized group ids (groups.ts); [] for none. */
   groups: string[]
+  /** The API key that authenticated the request; null for PROXY_API_KEY (the chat app's key). */
+  apiKey: { id: string, name: string, models: string[] | null, rpm: number | null } | null
 }
 
 export interface IdentityOptions {
@@ -43,6 +45,8 @@ export interface IdentityOptions {
   requireUserIdentity?: boolean
   /** Called when plain identity headers arrive although a JWT secret is set (they are ignored). */
   onIgnoredHeaders?: () => void
+  /** Tests only: where the request's groups come from, in place of the header and the claim. */
+  groupsOf?: (headers: IncomingHttpHeaders) => string[]
 }
 
 export class IdentityError extends Error {}
@@ -73,6 +77,7 @@ export function decodeName (raw: string | null): string | null {
  */
 export function identify (headers: IncomingHttpHeaders, bodyUser: unknown, o: IdentityOptions): Identity {
   const who = person(headers, bodyUser, o)
+  if (o.groupsOf) return { ...who, groups: o.groupsOf(headers) }
   if (who.groups !== null) return who as Identity
   const header = o.groupsHeader ?? DEFAULT_GROUPS_HEADER
   const trusted = !o.jwtSecret || o.trustGroupHeader === true
@@ -101,7 +106,7 @@ function person (headers: IncomingHttpHeaders, bodyUser: unknown, o: IdentityOpt
       // A signed list, even an empty one, is what the app says: the header does not add to it.
       const claim = o.groupsClaim ?? DEFAULT_GROUPS_CLAIM
       const groups = c.all[claim] === undefined ? null : groupsFromClaim(c.all[claim], `the ${claim} claim of ${o.jwtHeader}`)
-      return { userId, name: normalizeId(c.name), email: normalizeId(c.email), role: normalizeId(c.role), chatId, source: 'jwt', groups }
+      return { userId, name: normalizeId(c.name), email: normalizeId(c.email), role: normalizeId(c.role), chatId, source: 'jwt', groups, apiKey: null }
     }
   } else {
     const sent = one(headers[o.userIdHeader])
@@ -115,13 +120,14 @@ function person (headers: IncomingHttpHeaders, bodyUser: unknown, o: IdentityOpt
         chatId,
         source: 'headers',
         groups: null,
+        apiKey: null,
       }
     }
     if (sent !== null) empty = o.userIdHeader
   }
   if (o.trustBodyUser && typeof bodyUser === 'string') {
     const userId = bounded(normalizeId(bodyUser), 'the "user" field')
-    if (userId !== null) return { userId, name: null, email: null, role: null, chatId, source: 'body', groups: null }
+    if (userId !== null) return { userId, name: null, email: null, role: null, chatId, source: 'body', groups: null, apiKey: null }
     if (bodyUser !== '') empty ??= 'the "user" field'
   }
   if (o.requireUserIdentity) {
@@ -130,7 +136,7 @@ function person (headers: IncomingHttpHeaders, bodyUser: unknown, o: IdentityOpt
       ? `no user identity: ${why}a signed ${o.jwtHeader} is required (REQUIRE_USER_IDENTITY)`
       : `no user identity: ${why}send ${o.userIdHeader} or a "user" field (REQUIRE_USER_IDENTITY)`)
   }
-  return { userId: null, name: null, email: null, role: null, chatId, source: 'organization', groups: null }
+  return { userId: null, name: null, email: null, role: null, chatId, source: 'organization', groups: null, apiKey: null }
 }
 
 /** A user id past MAX_USER_ID_CHARS is refused: no one is named by it, nor is it the organization. */

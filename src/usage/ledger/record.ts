@@ -57,6 +57,8 @@ export interface UsageRecord extends Usage {
    * versions (and records built by hand) have none, read as [].
    */
   groups?: string[]
+  /** The API key that authenticated the request; null for PROXY_API_KEY; absent on old journal lines. */
+  apiKeyId?: string | null
   /** From /generation: OpenRouter stopped the generation (the client left). Null: not looked up. */
   cancelled?: boolean | null
   createdAt: string
@@ -106,6 +108,7 @@ export function newRecord (start: RecordStart): UsageRecord {
     kind: 'api',
     messageId: null,
     groups: [],
+    apiKeyId: null,
     cacheWriteTokens: null,
     audioTokens: null,
     cancelled: null,
@@ -206,8 +209,9 @@ export function toRow (r: UsageRecord): Record<string, unknown> {
     audio_tokens: r.audioTokens ?? null,
     cancelled: r.cancelled ?? null,
     estimated_cost_usd: isEstimateOnly(r) ? r.estimatedCostUsd ?? null : null,
-    groups: r.groups ?? [], // journal lines of old versions have none
     created_at: r.createdAt,
+    groups: r.groups ?? [],
+    api_key_id: text(r.apiKeyId ?? null),
   }
 }
 
