@@ -323,13 +323,14 @@
         budgetColumn(users.data),
       ],
     })
-    await groupsSection(s, p)
     table($('models'), { id: 'models-table', title: 'Spend per model', csv: csvHref(`/admin/v1/usage?${p}&group_by=model`), rows: models.data, sortBy: 'billed',
       columns: [{ key: 'model', label: 'Model', cell: (r) => r.model || '(none)' }, ...SUM_COLUMNS] })
     table($('tasks'), { id: 'tasks-table', title: 'Chat and background tasks', csv: csvHref(`/admin/v1/usage?${p}&group_by=task`), rows: tasks.data,
       columns: [{ key: 'task', label: 'Kind', cell: (r) => taskLabel(r.task) }, ...SUM_COLUMNS] })
     table($('outcomes'), { id: 'outcomes-table', title: 'Outcomes: failed, aborted and refused requests', csv: csvHref(`/admin/v1/usage?${p}&group_by=outcome`), rows: outcomes.data,
       columns: [{ key: 'outcome', label: 'Outcome', cell: (r) => el('span', { class: r.outcome === 'ok' ? '' : 'warn', text: r.outcome }) }, ...SUM_COLUMNS] })
+    // Last, so the tables above never wait for the groups and budgets reads.
+    await groupsSection(s, p)
   }
 
   // The header names the organization as people know it; the id stays at hand in the tooltip.
