@@ -40,6 +40,10 @@ export const envSchema = z.object({
   FORWARD_USER_INFO_HEADER_JWT: header('X-OpenWebUI-User-Jwt'),
   FORWARD_USER_INFO_HEADER_JWT_SECRET: z.string().min(16, 'must be at least 16 characters').optional(),
   TRUST_BODY_USER: bool.optional(),
+  // Groups (README "Groups"): Open WebUI's `{{USER_GROUPS}}` header, or a claim of the signed identity
+  USER_GROUPS_HEADER: header('X-OpenWebUI-User-Groups'),
+  USER_GROUPS_CLAIM: z.string().regex(/^[A-Za-z0-9_.:-]{1,100}$/, 'must be a JWT claim name such as groups').default('groups'),
+  TRUST_GROUP_HEADER: bool.default(false),
   MAX_BODY_BYTES: positiveInt.default(20 * 1024 * 1024),
   CLIENT_HEADERS_TIMEOUT_MS: positiveInt.default(30_000),
   CLIENT_REQUEST_TIMEOUT_MS: positiveInt.default(600_000),
@@ -110,6 +114,8 @@ export interface Config {
     userIdHeader: string, userNameHeader: string, userEmailHeader: string, userRoleHeader: string,
     chatIdHeader: string, jwtHeader: string, jwtSecret: string | undefined, trustBodyUser: boolean
     requireUserIdentity: boolean
+    /** USER_GROUPS_HEADER, USER_GROUPS_CLAIM, TRUST_GROUP_HEADER: where a user's groups come from. */
+    groupsHeader: string, groupsClaim: string, trustGroupHeader: boolean
   }
   ledger: { dataDir: string, batchSize: number, flushMs: number, reconcileMaxWaitMs: number }
   db: {
@@ -223,6 +229,10 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
       // With signed identity configured, an unsigned `user` in the body could name anyone.
       trustBodyUser: e.TRUST_BODY_USER ?? !e.FORWARD_USER_INFO_HEADER_JWT_SECRET,
       requireUserIdentity: e.REQUIRE_USER_IDENTITY,
+      groupsHeader: e.USER_GROUPS_HEADER,
+      groupsClaim: e.USER_GROUPS_CLAIM,
+      // With signed identity configured, an unsigned group header could name any group.
+      trustGroupHeader: e.TRUST_GROUP_HEADER,
     },
     ledger: { dataDir: e.DATA_DIR, batchSize: e.LEDGER_BATCH_SIZE, flushMs: e.LEDGER_FLUSH_MS, reconcileMaxWaitMs: e.RECONCILE_MAX_WAIT_MS },
     db: {

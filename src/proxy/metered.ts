@@ -4,7 +4,7 @@ import type { Logger } from '../lib/log.js'
 import type { Admission, Limits } from '../budgets/limits.js'
 import { refusalFor, type Allowlists } from '../budgets/allowlists.js'
 import { maxTokensOf } from '../budgets/estimate.js'
-import { IdentityError, identify, type Identity, type IdentityOptions } from '../identity/identify.js'
+import { GroupsError, IdentityError, identify, type Identity, type IdentityOptions } from '../identity/identify.js'
 import type { ResolvedUser, UserDirectory } from '../identity/directory.js'
 import type { Ledger } from '../usage/ledger/ledger.js'
 import type { Reconciler } from '../usage/ledger/reconcile.js'
@@ -355,6 +355,7 @@ function identifyUser (req: IncomingMessage, res: ServerResponse, body: RequestB
     return identify(req.headers, body.user, ctx.rules.identity)
   } catch (err) {
     if (err instanceof IdentityError) { sendError(res, 401, 'authentication_error', 'invalid_identity', err.message); return null }
+    if (err instanceof GroupsError) { sendError(res, 400, 'invalid_request_error', 'invalid_groups', err.message); return null }
     throw err
   }
 }
