@@ -252,6 +252,7 @@ function dataPlane (config: Config, log: Logger, booted: Booted, front: FrontDoo
     admissions: () => limits.failOpenStats,
     backlog: () => booted.ledger.backlog(),
     budgetsChanged: () => { void limits.refresh(); summaries.clear() },
+    userForgotten: (userId) => { booted.directory.forget(userId); void limits.refresh(); summaries.clear() },
   }) ?? undefined
   return { meter, admin, models: selfService?.listModels }
 }

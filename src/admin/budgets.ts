@@ -28,8 +28,8 @@ const TARGETS: Array<[RegExp, (p: Record<string, string>) => [BudgetScope, strin
 export function budgetRoutes (d: BudgetRouteDeps): AdminRoute[] {
   const org = d.config.organization.id
   const now = d.now ?? (() => new Date())
-  const one = async (scope: BudgetScope, userId: string) =>
-    (await budgetStatus(d.sql(), org, now(), scope === 'user' ? userId : undefined))
+  const one = async (sql: Sql, scope: BudgetScope, userId: string) =>
+    (await budgetStatus(sql, org, now(), scope === 'user' ? userId : undefined))
       .find((b) => b.scope === scope && (scope !== 'user' || b.user_id === userId)) ?? null
   return [
     {
@@ -54,11 +54,15 @@ export function budgetRoutes (d: BudgetRouteDeps): AdminRoute[] {
           const body = await readJson(r.req)
           const problem = validate(body, scope, userId)
           if (typeof problem === 'string') return sendError(r.res, 400, 'invalid_request_error', 'invalid_budget', problem)
-          const before = await one(scope, userId)
-          await setBudget(d.sql(), org, scope, userId, problem.limit, problem.period)
+          // The change and its audit line commit together, or neither does.
+          const after = await inTransaction(d.sql(), async (tx) => {
+            const before = await one(tx, scope, userId)
+            await setBudget(tx, org, scope, userId, problem.limit, problem.period)
+            const after = await one(tx, scope, userId)
+            await appendAudit(tx, org, { actor: r.actor, action: 'budget.set', target: budgetTarget(scope, userId), before: limitOf(before), after: limitOf(after) })
+            return after
+          })
           d.changed?.()
-          const after = await one(scope, userId)
-          await appendAudit(d.sql(), org, { actor: r.actor, action: 'budget.set', target: budgetTarget(scope, userId), before: limitOf(before), after: limitOf(after) })
           sendJson(r.res, 200, after)
         },
       },
@@ -68,16 +72,23 @@ export function budgetRoutes (d: BudgetRouteDeps): AdminRoute[] {
         handle: async (r) => {
           r.req.resume()
           const [scope, userId] = target(r.params)
-          const before = await one(scope, userId)
-          const deleted = await deleteBudget(d.sql(), org, scope, userId)
+          const deleted = await inTransaction(d.sql(), async (tx) => {
+            const before = await one(tx, scope, userId)
+            const deleted = await deleteBudget(tx, org, scope, userId)
+            if (deleted) await appendAudit(tx, org, { actor: r.actor, action: 'budget.deleted', target: budgetTarget(scope, userId), before: limitOf(before), after: null })
+            return deleted
+          })
           d.changed?.()
-          if (deleted) await appendAudit(d.sql(), org, { actor: r.actor, action: 'budget.deleted', target: budgetTarget(scope, userId), before: limitOf(before), after: null })
           if (!deleted) return sendError(r.res, 404, 'not_found_error', 'budget_not_found', `no ${scope} budget${userId ? ` for user ${userId}` : ''}`)
           sendJson(r.res, 200, { object: 'budget.deleted', scope, user_id: scope === 'user' ? userId : null, deleted: true })
         },
       },
     ]),
   ]
+}
+
+async function inTransaction<T> (sql: Sql, run: (tx: Sql) => Promise<T>): Promise<T> {
+  return await sql.begin((t) => run(t as unknown as Sql)) as T
 }
 
 function budgetTarget (scope: BudgetScope, userId: string): string {

@@ -17,6 +17,8 @@ export interface AdminDeps {
   log: Logger
   /** Tells the admission of this process that budgets changed. */
   budgetsChanged?: () => void
+  /** A user was forgotten: this process's user directory and caches let go of the id. */
+  userForgotten?: (userId: string) => void
   /** Users' budgets for the usage views, in one read; the budgets module provides it. */
   budgetsFor?: BudgetsFor
   /** Admissions served without a spend check (the page shows them). */
