@@ -56,6 +56,15 @@ t.test('forget under concurrent traffic on two replicas', async (t) => {
     while (running || i < 10) { await chat(w % 2 === 0 ? a.url : b.url, USERS[(w + i) % USERS.length]); i++ }
   })
   const compacting = (async () => { while (running) await db.sql`select usage_rollup_compact()` })()
+  // Budgets written through the API meanwhile (the victim's own included): no deadlock with forget.
+  const budgetStatuses: number[] = []
+  const budgeting = (async () => {
+    for (let i = 0; running; i++) {
+      const r = await request(b.url + `/admin/v1/budgets/users/${USERS[i % USERS.length]}`, { method: 'PUT', headers: { ...AUTH, 'content-type': 'application/json' }, body: JSON.stringify({ limit_usd: String(5000 + i), period: 'month' }) })
+      await r.body.dump()
+      budgetStatuses.push(r.statusCode)
+    }
+  })()
   // Forget once traffic is flowing on both replicas.
   while (sent < 60) await new Promise((r) => setTimeout(r, 5))
   const del = await request(a.url + `/admin/v1/users/${VICTIM}`, { method: 'DELETE', headers: AUTH })
@@ -65,8 +74,9 @@ t.test('forget under concurrent traffic on two replicas', async (t) => {
   const forgottenAt = sent
   while (sent < forgottenAt + 60) await new Promise((r) => setTimeout(r, 5))
   running = false
-  await Promise.all([...workers, compacting])
+  await Promise.all([...workers, compacting, budgeting])
   t.same([...new Set(statuses)], [200], `every one of ${sent} requests served`)
+  t.same([...new Set(budgetStatuses)], [200], `every one of ${budgetStatuses.length} budget changes made`)
   t.equal(await settle(a.sidecar, db.sql, sent, 20_000), sent, 'every request recorded once')
   await db.sql`select usage_rollup_compact()`
 

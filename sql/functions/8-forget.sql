@@ -65,8 +65,12 @@ END $$;
 --
 -- Locks, in the order inserts and compaction take them: usage_events and the rollup tables
 -- EXCLUSIVE (reads go on; the ledger's inserts and the compaction wait for the commit, then the
--- insert trigger sees forgotten_users), then the organization's budget key exclusively, as a
--- budget recount does (settlements in flight commit first).
+-- insert trigger sees forgotten_users; the ledger's statement takes usage_events before
+-- user_mappings, as here), user_mappings and budgets (a budget written through the API holds
+-- budgets and then wants the budget key: taking the tables first means forget never holds the key
+-- while waiting for them), then the organization's budget key exclusively, as a budget recount
+-- does (settlements in flight commit first). The key alone would order forget after insert
+-- statements that finished; the table lock also waits for one still inserting its rows.
 CREATE OR REPLACE FUNCTION forget_user(p_org text, p_user text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
   p text;
@@ -74,8 +78,8 @@ DECLARE
   exts text[];
 BEGIN
   LOCK TABLE usage_events, usage_rollup_deltas, usage_daily_rollups, usage_monthly_rollups IN EXCLUSIVE MODE;
-  PERFORM pg_advisory_xact_lock(727361002, budget_org_lock_key(p_org));
   LOCK TABLE user_mappings, budgets IN SHARE ROW EXCLUSIVE MODE;
+  PERFORM pg_advisory_xact_lock(727361002, budget_org_lock_key(p_org));
 
   SELECT coalesce(array_agg(DISTINCT x), '{}') INTO exts FROM (
     SELECT forget_external_id(p_org, p_user) AS x

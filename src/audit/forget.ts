@@ -16,6 +16,11 @@ export interface Forgotten {
 export async function forgetUser (sql: Sql, organizationId: string, userId: string, actor: string): Promise<Forgotten | null> {
   return await sql.begin(async (t) => {
     const tx = t as unknown as Sql
+    // A pseudonym names nobody to forget: asking for it again answers as a second forget would.
+    if (userId.startsWith('forgotten:')) {
+      const [known] = await tx`select 1 from forgotten_users where organization_id = ${organizationId} and pseudonym = ${userId}`
+      return known ? { pseudonym: userId, alreadyForgotten: true } : null
+    }
     const [row] = await tx<Array<{ p: string | null }>>`select forget_user(${organizationId}, ${userId}) as p`
     if (row.p !== null) {
       await appendAudit(tx, organizationId, { actor, action: 'user.forgotten', target: `users/${row.p}`, before: null, after: { user_id: row.p } })
