@@ -16,17 +16,17 @@ CREATE OR REPLACE FUNCTION forget_pseudonym(p_org text, p_user text) RETURNS tex
 $$;
 
 -- A usage row or mapping made before its user was forgotten (a journal line replayed, a ledger
--- batch still queued): written under the pseudonym, without chat and message ids or name. Rows
--- made after the last forget of their organization cost one index probe; only older ones are
--- hashed. The triggers exist only once someone was forgotten (forget_ensure_triggers).
+-- batch still queued): written under the pseudonym, without chat and message ids or name. The
+-- triggers exist only once someone was forgotten, and their WHEN clause holds the time of the
+-- latest forget: a row made after it (live traffic) never calls this function; an older one is
+-- hashed and looked up.
 CREATE OR REPLACE FUNCTION forget_pending_row() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
   p text;
   at timestamptz;
 BEGIN
   IF TG_TABLE_NAME = 'user_mappings' THEN at := NEW.last_seen_at; ELSE at := NEW.created_at; END IF;
-  IF NEW.user_id IS NULL OR NEW.user_id LIKE 'forgotten:%' OR NOT EXISTS (
-       SELECT 1 FROM forgotten_users f WHERE f.organization_id = NEW.organization_id AND f.forgotten_at >= at) THEN
+  IF NEW.user_id IS NULL OR NEW.user_id LIKE 'forgotten:%' THEN
     RETURN NEW;
   END IF;
   p := forget_pseudonym(NEW.organization_id, NEW.user_id);
@@ -44,17 +44,27 @@ BEGIN
 END
 $$;
 
+-- (Re)creates both triggers with the latest forget's time in their WHEN clause. CREATE OR REPLACE
+-- TRIGGER takes the lock forget_user already holds; readers are not blocked.
 CREATE OR REPLACE FUNCTION forget_ensure_triggers() RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+  latest text := (SELECT max(forgotten_at) FROM forgotten_users)::text;
 BEGIN
-  PERFORM ensure_triggers('usage_events', 'forget_pending_row', ARRAY['usage_events_forget_pending'], ARRAY[
-    'CREATE TRIGGER usage_events_forget_pending BEFORE INSERT ON %s FOR EACH ROW EXECUTE FUNCTION forget_pending_row()']);
-  PERFORM ensure_triggers('user_mappings', 'forget_pending_row', ARRAY['user_mappings_forget_pending'], ARRAY[
-    'CREATE TRIGGER user_mappings_forget_pending BEFORE INSERT ON %s FOR EACH ROW EXECUTE FUNCTION forget_pending_row()']);
+  IF latest IS NULL THEN RETURN; END IF;
+  EXECUTE format('CREATE OR REPLACE TRIGGER usage_events_forget_pending BEFORE INSERT ON usage_events FOR EACH ROW '
+    'WHEN (NEW.created_at <= %L::timestamptz) EXECUTE FUNCTION forget_pending_row()', latest);
+  EXECUTE format('CREATE OR REPLACE TRIGGER user_mappings_forget_pending BEFORE INSERT ON user_mappings FOR EACH ROW '
+    'WHEN (NEW.last_seen_at <= %L::timestamptz) EXECUTE FUNCTION forget_pending_row()', latest);
 END
 $$;
 
+-- At boot only when missing (a database restored without them): forget keeps them current.
 DO $$ BEGIN
-  IF EXISTS (SELECT 1 FROM forgotten_users) THEN PERFORM forget_ensure_triggers(); END IF;
+  IF EXISTS (SELECT 1 FROM forgotten_users)
+     AND (NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'usage_events'::regclass AND tgname = 'usage_events_forget_pending')
+          OR NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'user_mappings'::regclass AND tgname = 'user_mappings_forget_pending')) THEN
+    PERFORM forget_ensure_triggers();
+  END IF;
 END $$;
 
 -- Forgets one user of one organization, in the caller's transaction: their rows, rollups,

@@ -47,6 +47,13 @@ export const BREAKS = [
     tests: [...FORGET, ...CONCURRENT],
   },
   {
+    name: 'audit: the pending-row trigger fires only for rows made after the latest forget',
+    file: 'sql/functions/8-forget.sql',
+    search: "'WHEN (NEW.created_at <= %L::timestamptz) EXECUTE FUNCTION forget_pending_row()'",
+    replace: "'WHEN (NEW.created_at > %L::timestamptz) EXECUTE FUNCTION forget_pending_row()'",
+    tests: FORGET,
+  },
+  {
     name: 'audit: forget is not idempotent (a second forget is a 404)',
     file: 'src/audit/forget.ts',
     search: 'return seen ? { pseudonym: seen.p!, alreadyForgotten: true } : null',
