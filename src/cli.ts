@@ -19,6 +19,9 @@ commands:
   verify [--month YYYY-MM]       recompute the daily rollups from the raw rows and list any
                                  difference; exits 1 when one differs (needs DATABASE_URL, or
                                  the stopped sidecar's DATA_DIR)
+  forget --user ID                erase a user: their id becomes a stable pseudonym in every row,
+                                 rollup, mapping, budget and audit line; name, email, chat and
+                                 message ids are erased, amounts kept (README "Privacy")
   statement --month YYYY-MM [--format csv|json|md] [--out FILE] [--all-organizations]
                                  the month's statement per user (requests, tokens, cost,
                                  markup, billed) with exact totals; reads DATABASE_URL
@@ -132,6 +135,9 @@ async function run (argv: string[]): Promise<void> {
   } else if (command === 'verify') {
     const [{ runVerify }, { processEnvironment }] = await Promise.all([import('./usage/reports/verify-command.js'), import('./config/env-file.js')])
     process.exitCode = await runVerify(args, processEnvironment())
+  } else if (command === 'forget') {
+    const [{ runForget }, { processEnvironment }] = await Promise.all([import('./audit/forget-command.js'), import('./config/env-file.js')])
+    process.exitCode = await runForget(args, processEnvironment())
   } else if (command === 'export-db') {
     const [{ runExportDb }, { processEnvironment }] = await Promise.all([import('./db/export-command.js'), import('./config/env-file.js')])
     process.exitCode = await runExportDb(args, processEnvironment(), join(dirname(fileURLToPath(import.meta.url)), '..', 'sql'))

@@ -261,6 +261,7 @@ function dataPlane (config: Config, log: Logger, booted: Booted, front: FrontDoo
     backlog: () => booted.ledger.backlog(),
     budgetsChanged: () => { void limits.refresh(); summaries.clear() },
     allowlistsChanged: () => booted.allowlists.refresh(),
+    userForgotten: (userId) => { booted.directory.forget(userId); void limits.refresh(); summaries.clear() },
   }) ?? undefined
   const models = modelsList({
     modelsUrl: `${config.openrouter.baseUrl}/models`, headers: front.headers, log, identity: meter.rules.identity,

@@ -32,8 +32,8 @@ const SUBJECT: Partial<Record<BudgetScope, string>> = { user: 'user', group: 'gr
 export function budgetRoutes (d: BudgetRouteDeps): AdminRoute[] {
   const org = d.config.organization.id
   const now = d.now ?? (() => new Date())
-  const one = async (scope: BudgetScope, userId: string) =>
-    (await budgetStatus(d.sql(), org, now(), scope === 'user' ? userId : undefined))
+  const one = async (sql: Sql, scope: BudgetScope, userId: string) =>
+    (await budgetStatus(sql, org, now(), scope === 'user' ? userId : undefined))
       .find((b) => b.scope === scope && (scope === 'user' ? b.user_id === userId : scope === 'group' ? b.group_id === userId : true)) ?? null
   return [
     {
@@ -53,7 +53,7 @@ export function budgetRoutes (d: BudgetRouteDeps): AdminRoute[] {
       method: 'GET',
       path: /^\/admin\/v1\/budgets\/groups\/(?<groupId>[^/]+)$/,
       handle: async ({ res, params }) => {
-        const b = await one('group', params.groupId)
+        const b = await one(d.sql(), 'group', params.groupId)
         if (!b) return sendError(res, 404, 'not_found_error', 'budget_not_found', `no budget for group ${params.groupId}`)
         sendJson(res, 200, b)
       },
@@ -67,11 +67,15 @@ export function budgetRoutes (d: BudgetRouteDeps): AdminRoute[] {
           const body = await readJson(r.req)
           const problem = validate(body, scope, userId)
           if (typeof problem === 'string') return sendError(r.res, 400, 'invalid_request_error', 'invalid_budget', problem)
-          const before = await one(scope, userId)
-          await setBudget(d.sql(), org, scope, userId, problem.limit, problem.period)
+          // The change and its audit line commit together, or neither does.
+          const after = await inTransaction(d.sql(), async (tx) => {
+            const before = await one(tx, scope, userId)
+            await setBudget(tx, org, scope, userId, problem.limit, problem.period)
+            const after = await one(tx, scope, userId)
+            await appendAudit(tx, org, { actor: r.actor, action: 'budget.set', target: budgetTarget(scope, userId), before: limitOf(before), after: limitOf(after) })
+            return after
+          })
           d.changed?.()
-          const after = await one(scope, userId)
-          await appendAudit(d.sql(), org, { actor: r.actor, action: 'budget.set', target: budgetTarget(scope, userId), before: limitOf(before), after: limitOf(after) })
           sendJson(r.res, 200, after)
         },
       },
@@ -81,16 +85,23 @@ export function budgetRoutes (d: BudgetRouteDeps): AdminRoute[] {
         handle: async (r) => {
           r.req.resume()
           const [scope, userId] = target(r.params)
-          const before = await one(scope, userId)
-          const deleted = await deleteBudget(d.sql(), org, scope, userId)
+          const deleted = await inTransaction(d.sql(), async (tx) => {
+            const before = await one(tx, scope, userId)
+            const deleted = await deleteBudget(tx, org, scope, userId)
+            if (deleted) await appendAudit(tx, org, { actor: r.actor, action: 'budget.deleted', target: budgetTarget(scope, userId), before: limitOf(before), after: null })
+            return deleted
+          })
           d.changed?.()
-          if (deleted) await appendAudit(d.sql(), org, { actor: r.actor, action: 'budget.deleted', target: budgetTarget(scope, userId), before: limitOf(before), after: null })
           if (!deleted) return sendError(r.res, 404, 'not_found_error', 'budget_not_found', `no ${scope} budget${userId ? ` for ${SUBJECT[scope]} ${userId}` : ''}`)
           sendJson(r.res, 200, { object: 'budget.deleted', scope, user_id: scope === 'user' ? userId : null, ...(scope === 'group' ? { group_id: userId } : {}), deleted: true })
         },
       },
     ]),
   ]
+}
+
+async function inTransaction<T> (sql: Sql, run: (tx: Sql) => Promise<T>): Promise<T> {
+  return await sql.begin((t) => run(t as unknown as Sql)) as T
 }
 
 function budgetTarget (scope: BudgetScope, userId: string): string {

@@ -19,6 +19,8 @@ export interface AdminDeps {
   budgetsChanged?: () => void
   /** Tells this process that a model allowlist changed: it re-reads them before answering. */
   allowlistsChanged?: () => Promise<void>
+  /** A user was forgotten: this process's user directory and caches let go of the id. */
+  userForgotten?: (userId: string) => void
   /** Users' budgets for the usage views, in one read; the budgets module provides it. */
   budgetsFor?: BudgetsFor
   /** Admissions served without a spend check (the page shows them). */

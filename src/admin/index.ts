@@ -1,6 +1,7 @@
 import type { AdminDeps } from './deps.js'
 import { admissionRoutes } from './admissions.js'
 import { allowlistRoutes } from './allowlists.js'
+import { auditRoutes } from './audit.js'
 import { budgetRoutes } from './budgets.js'
 import { noBudgetsFor } from '../budgets/status-for.js'
 import { ledgerRoutes } from './ledger.js'
@@ -24,6 +25,7 @@ export function adminRoutes (deps: AdminDeps): AdminRoute[] {
     },
     ...budgetRoutes({ config: deps.config, sql: deps.sql, changed: deps.budgetsChanged }),
     ...allowlistRoutes({ config: deps.config, sql: deps.sql, changed: deps.allowlistsChanged }),
+    ...auditRoutes({ organizationId: deps.config.organization.id, sql: deps.sql, forgotten: deps.userForgotten }),
     ...storageRoutes(deps),
     ...admissionRoutes({ failMode: deps.config.limits.failMode, stats: deps.admissions ?? (() => null) }),
     ...ledgerRoutes(deps.backlog ?? (() => null)),

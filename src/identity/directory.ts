@@ -80,6 +80,15 @@ export class UserDirectory {
     return { userId, externalUserId: e.externalUserId, mapping: { userId, name: e.name, email: e.email, role: e.role, groups: e.groups } }
   }
 
+  /**
+   * The user was forgotten (their mapping is now the pseudonym's): the next request under this id
+   * is a new user and carries its mapping again. Other replicas carry it within a minute
+   * (REFRESH_LAST_SEEN_MS).
+   */
+  forget (userId: string): void {
+    this.users.delete(pgText(userId))
+  }
+
   private evictOldest (): void {
     // Map order is insertion order: drop the oldest half in one go, not one entry per request.
     let drop = this.users.size - MAX_ENTRIES / 2

@@ -301,6 +301,7 @@
     $('group-view').hidden = true
     $('overview').hidden = false
     const p = apiPeriod(s)
+    auditTrail().catch(() => {})
     const [days, users, models, tasks, outcomes] = await Promise.all(['day', 'user', 'model', 'task', 'outcome']
       .map((g) => api(`/admin/v1/usage?${p}&group_by=${g}`)))
     showOrganization(days)
@@ -331,6 +332,37 @@
       columns: [{ key: 'outcome', label: 'Outcome', cell: (r) => el('span', { class: r.outcome === 'ok' ? '' : 'warn', text: r.outcome }) }, ...SUM_COLUMNS] })
     // Last, so the tables above never wait for the groups and budgets reads.
     await groupsSection(s, p)
+  }
+
+  // The audit trail, newest first, a page at a time (GET /admin/v1/audit's cursor). Every value
+  // goes in as text: a target or a value can hold anything a caller typed.
+  const ACTORS = { env: 'environment', cli: 'command line' }
+  function actorLabel (a) {
+    if (ACTORS[a]) return ACTORS[a]
+    const [kind, print] = a.split(':')
+    return kind === 'session' ? `page sign-in ${print}` : kind === 'admin-key' ? `admin key ${print}` : a
+  }
+  const shown = (v) => v === null || v === undefined ? '—'
+    : typeof v !== 'object' || Array.isArray(v) ? (typeof v === 'string' ? v : JSON.stringify(v))
+      : Object.keys(v).sort().map((k) => `${k}: ${typeof v[k] === 'string' ? v[k] : JSON.stringify(v[k])}`).join(', ')
+  async function auditTrail (cursor) {
+    const body = await api(`/admin/v1/audit?limit=20${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`)
+    const tbody = $('audit-table').querySelector('tbody')
+    if (!cursor) tbody.replaceChildren()
+    for (const r of body.data) {
+      tbody.append(el('tr', {}, [
+        el('th', { scope: 'row' }, [el('time', { datetime: r.at, text: r.at.slice(0, 19).replace('T', ' ') })]),
+        el('td', { title: r.actor, text: actorLabel(r.actor) }),
+        el('td', { text: r.action }),
+        el('td', { text: r.target }),
+        el('td', { class: 'json', text: shown(r.before) }),
+        el('td', { class: 'json', text: shown(r.after) }),
+      ]))
+    }
+    $('audit-empty').hidden = tbody.children.length > 0
+    const more = $('audit-more')
+    more.hidden = !body.has_more
+    more.onclick = body.has_more ? () => { auditTrail(body.next_cursor).catch(() => {}) } : null
   }
 
   // The header names the organization as people know it; the id stays at hand in the tooltip.
