@@ -252,8 +252,9 @@ function dataPlane (config: Config, log: Logger, booted: Booted, front: FrontDoo
     admissions: () => limits.failOpenStats,
     backlog: () => booted.ledger.backlog(),
     budgetsChanged: () => { void limits.refresh(); summaries.clear() },
+    keys: booted.keys,
   }) ?? undefined
-  return { meter, admin, models: selfService?.listModels }
+  return { meter, admin, models: selfService?.listModels, keys: booted.keys }
 }
 
 /** Runs the sidecar as a process: exits 2 on a configuration error, stops gracefully on SIGTERM/SIGINT. */

@@ -2,6 +2,7 @@ import type { AdminDeps } from './deps.js'
 import { admissionRoutes } from './admissions.js'
 import { budgetRoutes } from './budgets.js'
 import { noBudgetsFor } from '../budgets/status-for.js'
+import { keyRoutes } from './keys.js'
 import { ledgerRoutes } from './ledger.js'
 import { pageRoutes } from './page.js'
 import { createAdmin, sendJson, type AdminHandler, type AdminRoute } from './router.js'
@@ -22,6 +23,7 @@ export function adminRoutes (deps: AdminDeps): AdminRoute[] {
       handle: ({ res }) => sendJson(res, 200, { object: 'admin', organization: deps.config.organization.id, organization_name: deps.config.organization.name }),
     },
     ...budgetRoutes({ config: deps.config, sql: deps.sql, changed: deps.budgetsChanged }),
+    ...keyRoutes({ organizationId: deps.config.organization.id, sql: deps.sql, ring: deps.keys, budgetsChanged: deps.budgetsChanged }),
     ...storageRoutes(deps),
     ...admissionRoutes({ failMode: deps.config.limits.failMode, stats: deps.admissions ?? (() => null) }),
     ...ledgerRoutes(deps.backlog ?? (() => null)),

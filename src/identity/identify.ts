@@ -6,7 +6,11 @@ import { MAX_USER_ID_CHARS, normalizeId } from './user-id.js'
 // Who is asking, in order of trust: a signed JWT from the app; the plain headers the app
 // forwards (only while no JWT secret is configured: anyone who reaches the sidecar can forge
 // them); the OpenAI-style `user` field of the body; else the organization itself. Every id and
-// claim comes back normalized (user-id.ts): an id that names nobody counts as not sent.
+// claim comes back normalized (user-id.ts): an id that names nobody counts as not sent. A request
+// made with an API key of the sidecar's own (keyIdentity) is whoever the key says, whatever it sends.
+
+/** The API key a request was made with, as the spend controls read it. */
+export interface IdentityKey { id: string, name: string, models: string[] | null, rpm: number | null }
 
 export interface Identity {
   userId: string | null
@@ -14,7 +18,19 @@ export interface Identity {
   email: string | null
   role: string | null
   chatId: string | null
-  source: 'jwt' | 'headers' | 'body' | 'organization'
+  source: 'jwt' | 'headers' | 'body' | 'organization' | 'key'
+  /** Sorted, duplicate-free group ids; [] for none. */
+  groups: string[]
+  /** The API key the request was made with; null for PROXY_API_KEY (or none). */
+  apiKey: IdentityKey | null
+}
+
+/** What keyIdentity() needs of a key (src/keys/store.ts ApiKey). */
+export interface KeyHolder extends IdentityKey { userId: string | null, groups: string[] }
+
+/** The user id a key without a user of its own is billed as: the key itself. */
+export function keyUserId (keyId: string): string {
+  return `key:${keyId}`
 }
 
 export interface IdentityOptions {
@@ -68,7 +84,7 @@ export function identify (headers: IncomingHttpHeaders, bodyUser: unknown, o: Id
       // A signed subject that names nobody is refused as an empty one is (RFC 7519 §4.1.2).
       const userId = bounded(normalizeId(c.sub), `the sub claim of ${o.jwtHeader}`)
       if (userId === null) throw new IdentityError(`invalid ${o.jwtHeader}: no subject (the sub claim is empty once control characters and whitespace are removed)`)
-      return { userId, name: normalizeId(c.name), email: normalizeId(c.email), role: normalizeId(c.role), chatId, source: 'jwt' }
+      return { userId, name: normalizeId(c.name), email: normalizeId(c.email), role: normalizeId(c.role), chatId, source: 'jwt', groups: [], apiKey: null }
     }
   } else {
     const sent = one(headers[o.userIdHeader])
@@ -81,13 +97,15 @@ export function identify (headers: IncomingHttpHeaders, bodyUser: unknown, o: Id
         role: normalizeId(one(headers[o.userRoleHeader])),
         chatId,
         source: 'headers',
+        groups: [],
+        apiKey: null,
       }
     }
     if (sent !== null) empty = o.userIdHeader
   }
   if (o.trustBodyUser && typeof bodyUser === 'string') {
     const userId = bounded(normalizeId(bodyUser), 'the "user" field')
-    if (userId !== null) return { userId, name: null, email: null, role: null, chatId, source: 'body' }
+    if (userId !== null) return { userId, name: null, email: null, role: null, chatId, source: 'body', groups: [], apiKey: null }
     if (bodyUser !== '') empty ??= 'the "user" field'
   }
   if (o.requireUserIdentity) {
@@ -96,7 +114,26 @@ export function identify (headers: IncomingHttpHeaders, bodyUser: unknown, o: Id
       ? `no user identity: ${why}a signed ${o.jwtHeader} is required (REQUIRE_USER_IDENTITY)`
       : `no user identity: ${why}send ${o.userIdHeader} or a "user" field (REQUIRE_USER_IDENTITY)`)
   }
-  return { userId: null, name: null, email: null, role: null, chatId, source: 'organization' }
+  return { userId: null, name: null, email: null, role: null, chatId, source: 'organization', groups: [], apiKey: null }
+}
+
+/**
+ * A request made with an API key: its user is the key's (or the key itself, named as the key is),
+ * its groups are the key's. Identity headers, a JWT and the body's `user` are not read: an app
+ * holding a key cannot bill anyone else, nor join other groups. Only the chat id is taken.
+ */
+export function keyIdentity (headers: IncomingHttpHeaders, key: KeyHolder, o: Pick<IdentityOptions, 'chatIdHeader'>): Identity {
+  const own = key.userId === null
+  return {
+    userId: own ? keyUserId(key.id) : key.userId,
+    name: own ? key.name : null,
+    email: null,
+    role: null,
+    chatId: one(headers[o.chatIdHeader]),
+    source: 'key',
+    groups: key.groups,
+    apiKey: { id: key.id, name: key.name, models: key.models, rpm: key.rpm },
+  }
 }
 
 /** A user id past MAX_USER_ID_CHARS is refused: no one is named by it, nor is it the organization. */

@@ -69,6 +69,10 @@ export interface UsageRecord extends Usage {
    * exactly as durable as the usage. Absent on most records and on journal lines of old versions.
    */
   mapping?: UserMapping | null
+  /** The groups its user was in (sorted, duplicate-free); [] for none. Absent on journal lines of old versions. */
+  groups?: string[]
+  /** The API key the request was made with (api_keys.id); null for PROXY_API_KEY. Absent on journal lines of old versions. */
+  apiKeyId?: string | null
 }
 
 /** What is known when an exchange starts: who asks, for what. */
@@ -104,6 +108,8 @@ export function newRecord (start: RecordStart): UsageRecord {
     cancelled: null,
     anomaly: null,
     estimatedCostUsd: null,
+    groups: [],
+    apiKeyId: null,
     createdAt: new Date().toISOString(),
     ...start,
   }
@@ -199,6 +205,8 @@ export function toRow (r: UsageRecord): Record<string, unknown> {
     audio_tokens: r.audioTokens ?? null,
     cancelled: r.cancelled ?? null,
     estimated_cost_usd: isEstimateOnly(r) ? r.estimatedCostUsd ?? null : null,
+    groups: (r.groups ?? []).map(text),
+    api_key_id: text(r.apiKeyId ?? null),
     created_at: r.createdAt,
   }
 }
