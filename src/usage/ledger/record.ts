@@ -51,6 +51,10 @@ export interface UsageRecord extends Usage {
   kind: string
   /** Open WebUI's message id (X-OpenWebUI-Message-Id), when the app sends it. */
   messageId: string | null
+  /** The user's groups when the request was made (sorted, no duplicates); absent on old journal lines. */
+  groups?: string[]
+  /** The API key that authenticated the request; null for PROXY_API_KEY; absent on old journal lines. */
+  apiKeyId?: string | null
   /** From /generation: OpenRouter stopped the generation (the client left). Null: not looked up. */
   cancelled?: boolean | null
   createdAt: string
@@ -69,10 +73,6 @@ export interface UsageRecord extends Usage {
    * exactly as durable as the usage. Absent on most records and on journal lines of old versions.
    */
   mapping?: UserMapping | null
-  /** The groups its user was in (sorted, duplicate-free); [] for none. Absent on journal lines of old versions. */
-  groups?: string[]
-  /** The API key the request was made with (api_keys.id); null for PROXY_API_KEY. Absent on journal lines of old versions. */
-  apiKeyId?: string | null
 }
 
 /** What is known when an exchange starts: who asks, for what. */
@@ -103,13 +103,13 @@ export function newRecord (start: RecordStart): UsageRecord {
     ttfbMs: null,
     kind: 'api',
     messageId: null,
+    groups: [],
+    apiKeyId: null,
     cacheWriteTokens: null,
     audioTokens: null,
     cancelled: null,
     anomaly: null,
     estimatedCostUsd: null,
-    groups: [],
-    apiKeyId: null,
     createdAt: new Date().toISOString(),
     ...start,
   }
@@ -205,9 +205,9 @@ export function toRow (r: UsageRecord): Record<string, unknown> {
     audio_tokens: r.audioTokens ?? null,
     cancelled: r.cancelled ?? null,
     estimated_cost_usd: isEstimateOnly(r) ? r.estimatedCostUsd ?? null : null,
-    groups: (r.groups ?? []).map(text),
-    api_key_id: text(r.apiKeyId ?? null),
     created_at: r.createdAt,
+    groups: r.groups ?? [],
+    api_key_id: text(r.apiKeyId ?? null),
   }
 }
 
