@@ -120,10 +120,10 @@ export async function bootServices (s: Services, { config, log, journal, upstrea
     : bounded(await connect({ url, log, retryMaxMs: config.db.connectRetryMaxMs, signal, max: config.db.admissionPoolMax }), config.limits.dbTimeoutMs, 'BUDGET_DB_TIMEOUT_MS')
   const spend = s.spend = await startLimits({ sql, admissionSql, config, upstream, log, record: (r) => ledger.record(r) })
   // Keys are read on the admissions' pool, so a busy main pool never delays a revocation. With
-  // BUDGET_FAIL_MODE=closed, keys not re-read for several intervals stop being trusted.
+  // BUDGET_FAIL_MODE=closed, keys not re-read for five intervals (and a read's deadline) stop being trusted.
   const keys = s.keys = new KeyRing({
     readSql: admissionSql, writeSql: sql, organizationId: config.organization.id, log, refreshMs: config.keys.refreshMs,
-    staleAfterMs: config.limits.failMode === 'closed' ? Math.max(10_000, 5 * config.keys.refreshMs) : null,
+    staleAfterMs: config.limits.failMode === 'closed' ? 5 * config.keys.refreshMs + config.limits.dbTimeoutMs : null,
   })
   await keys.start()
   const replay = journal.replay()

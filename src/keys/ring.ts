@@ -48,6 +48,7 @@ export class KeyRing {
   private closed = false
   private flushing = false
   private failures = 0
+  private lookupFailures = 0
   /** When the keys were last read whole (epoch ms); 0: never. */
   readAt = 0
   private readonly now: () => number
@@ -114,7 +115,8 @@ export class KeyRing {
       this.remember(hash, found.refused)
       return found
     }, (err: unknown): KeyCheck => {
-      this.o.log.warn({ reason: describe(err) }, 'api keys: could not look up a key; answered 503')
+      // A flood of unfamiliar keys during an outage is one log line per hundred, not one each.
+      if (this.lookupFailures++ % 100 === 0) this.o.log.warn({ reason: describe(err), failures: this.lookupFailures }, 'api keys: could not look up a key; answered 503')
       return { refused: 'unavailable' }
     }).finally(() => this.lookups.delete(hash))
     this.lookups.set(hash, p)
