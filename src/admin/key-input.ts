@@ -17,7 +17,9 @@ export interface KeyInput {
 const FIELDS = ['name', 'user_id', 'groups', 'budget', 'rpm', 'models', 'expires_at']
 export const MAX_NAME_CHARS = 200
 const MAX_ID_CHARS = 256
-const MAX_GROUPS = 100
+/** As many groups, as long, as a request may name through its header (identity/groups.ts rules). */
+const MAX_GROUPS = 64
+const MAX_GROUP_CHARS = 128
 const MAX_MODELS = 1000
 const MAX_RPM = 1_000_000
 /** RFC 3339 with a zone: a bare date or a local time would expire at a moment nobody chose. */
@@ -49,8 +51,8 @@ export function keyInput (body: unknown, now: Date): string | KeyInput {
   if (b.groups !== undefined && b.groups !== null) {
     if (!Array.isArray(b.groups) || b.groups.length > MAX_GROUPS) return `groups must be an array of at most ${MAX_GROUPS} group ids`
     for (const g of b.groups) {
-      if (typeof g !== 'string' || g.trim() === '' || g.length > MAX_ID_CHARS || INVISIBLE.test(g) || g.includes(',')) {
-        return `each group must be a group id of 1 to ${MAX_ID_CHARS} printable characters without a comma`
+      if (typeof g !== 'string' || g.trim() === '' || g.trim().length > MAX_GROUP_CHARS || INVISIBLE.test(g) || g.includes(',') || /\{\{.*\}\}/.test(g)) {
+        return `each group must be a group id of 1 to ${MAX_GROUP_CHARS} printable characters, without a comma or a {{template}}`
       }
     }
     groups = [...new Set((b.groups as string[]).map((g) => g.trim()))].sort()
