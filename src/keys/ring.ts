@@ -46,7 +46,7 @@ export class KeyRing {
   private used = new Map<string, number>()
   private timer: NodeJS.Timeout | null = null
   private closed = false
-  private flushing = false
+  private flushing: Promise<void> | null = null
   private failures = 0
   private lookupFailures = 0
   /** When the keys were last read whole (epoch ms); 0: never. */
@@ -87,10 +87,11 @@ export class KeyRing {
     this.revokedHere.add(id)
   }
 
-  /** Writes what is left of last_used_at and stops the refresh. */
+  /** Writes what is left of last_used_at (after a write in flight) and stops the refresh. */
   async close (): Promise<void> {
     this.closed = true
     if (this.timer) clearTimeout(this.timer)
+    await this.flushing
     await this.flushUsed()
   }
 
@@ -157,18 +158,14 @@ export class KeyRing {
   }
 
   /** One write at a time: a slow one is not overtaken (nor is the refresh held up by it). */
-  private async flushUsed (): Promise<void> {
-    if (this.used.size === 0 || this.flushing) return
+  private flushUsed (): Promise<void> {
+    if (this.used.size === 0 || this.flushing) return Promise.resolve()
     const used = this.used
     this.used = new Map()
-    this.flushing = true
-    try {
-      await touchKeys(this.o.writeSql, this.o.organizationId, used)
-    } catch {
+    this.flushing = touchKeys(this.o.writeSql, this.o.organizationId, used).catch(() => {
       // Kept for the next tick (a later use of the same key wins).
       for (const [id, at] of used) if (!this.used.has(id)) this.used.set(id, at)
-    } finally {
-      this.flushing = false
-    }
+    }).finally(() => { this.flushing = null })
+    return this.flushing
   }
 }
