@@ -40,6 +40,9 @@ for (const mode of ['closed', 'open'] as const) {
     const made = await request(`${s.url}/admin/v1/keys`, { method: 'POST', headers: admin, body: JSON.stringify({ name: 'outage' }) })
     const k = await made.body.json() as { key: string }
     t.equal((await chat(s.url, k.key)).status, 200)
+    const brief = await request(`${s.url}/admin/v1/keys`, { method: 'POST', headers: admin, body: JSON.stringify({ name: 'brief', expires_at: new Date(Date.now() + 1500).toISOString() }) })
+    const b = await brief.body.json() as { key: string }
+    t.equal((await chat(s.url, b.key)).status, 200)
 
     relay.pause()
     const stranger = await chat(s.url, `upk_${'C'.repeat(43)}`)
@@ -53,6 +56,12 @@ for (const mode of ['closed', 'open'] as const) {
     } else {
       while (!s.logs.text.includes('could not re-read the keys')) await new Promise((r) => setTimeout(r, 25))
       t.equal((await chat(s.url, k.key)).status, 200, 'the keys read last keep serving')
+      // Expiry needs no read: a key that expires while Postgres is away is refused all the same.
+      const deadline = Date.now() + 20_000
+      let r
+      do { r = await chat(s.url, b.key) } while (r.status === 200 && Date.now() < deadline)
+      t.equal(r.status, 401, 'a key that expired meanwhile is refused without a read')
+      t.match(r.body, { error: { message: /expired/ } })
     }
     t.equal((await chat(s.url, 'proxy-key-for-the-chat-app')).status, 200, 'PROXY_API_KEY needs no database')
 

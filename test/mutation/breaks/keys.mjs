@@ -27,14 +27,14 @@ export const BREAKS = [
     file: 'src/keys/ring.ts',
     search: "    if (key.expiresAt !== null && key.expiresAt <= now) return { refused: 'expired' }\n",
     replace: '',
-    tests: ['test/keys-requests.test.ts'],
+    tests: ['test/keys-outage.test.ts'],
   },
   {
     name: 'keys: a lookup by hash ignores revocation',
     file: 'src/keys/store.ts',
     search: "  if (r.revoked) return { refused: 'revoked' }\n",
     replace: '',
-    tests: ['test/keys-requests.test.ts'],
+    tests: ['test/keys-replicas.test.ts'],
   },
   {
     name: 'keys: with PROXY_API_KEY unset, an unknown upk_ key passes as "any key"',
