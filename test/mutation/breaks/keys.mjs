@@ -120,11 +120,4 @@ export const BREAKS = [
     replace: '',
     tests: ['test/keys-requests.test.ts', 'test/keys-replicas.test.ts'],
   },
-  {
-    name: 'keys: last_used_at can go back in time',
-    file: 'src/keys/store.ts',
-    search: 'set last_used_at = greatest(k.last_used_at, u.at)',
-    replace: 'set last_used_at = u.at - interval \'1 hour\'',
-    tests: ['test/keys-replicas.test.ts'],
-  },
 ]
