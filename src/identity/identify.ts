@@ -46,6 +46,8 @@ export interface IdentityOptions {
   requireUserIdentity?: boolean
   /** Called when plain identity headers arrive although a JWT secret is set (they are ignored). */
   onIgnoredHeaders?: () => void
+  /** Where the request's groups come from; none without it. */
+  groupsOf?: (headers: IncomingHttpHeaders) => string[]
 }
 
 export class IdentityError extends Error {}
@@ -67,6 +69,12 @@ export function decodeName (raw: string | null): string | null {
 }
 
 export function identify (headers: IncomingHttpHeaders, bodyUser: unknown, o: IdentityOptions): Identity {
+  const who = person(headers, bodyUser, o)
+  if (o.groupsOf) who.groups = o.groupsOf(headers)
+  return who
+}
+
+function person (headers: IncomingHttpHeaders, bodyUser: unknown, o: IdentityOptions): Identity {
   const chatId = one(headers[o.chatIdHeader])
   /** Where an id was sent that names nobody, for the refusal's message. */
   let empty: string | null = null
