@@ -262,12 +262,13 @@ function dataPlane (config: Config, log: Logger, booted: Booted, front: FrontDoo
     budgetsChanged: () => { void limits.refresh(); summaries.clear() },
     allowlistsChanged: () => booted.allowlists.refresh(),
     userForgotten: (userId) => { booted.directory.forget(userId); void limits.refresh(); summaries.clear() },
+    keys: booted.keys,
   }) ?? undefined
   const models = modelsList({
     modelsUrl: `${config.openrouter.baseUrl}/models`, headers: front.headers, log, identity: meter.rules.identity,
     allowlists: booted.allowlists, extra: selfService?.entry,
   })
-  return { meter, admin, models }
+  return { meter, admin, models, keys: booted.keys }
 }
 
 /** Runs the sidecar as a process: exits 2 on a configuration error, stops gracefully on SIGTERM/SIGINT. */

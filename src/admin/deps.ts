@@ -4,6 +4,7 @@ import type { Logger } from '../lib/log.js'
 import type { FailOpenStats } from '../budgets/fail-open.js'
 import type { BudgetsFor } from '../budgets/status-for.js'
 import type { Backlog } from '../usage/ledger/ledger.js'
+import type { KeyRouteDeps } from './keys.js'
 
 // What the admin plane is given by the composition: connections, the logger and readings of the
 // running process.
@@ -27,4 +28,6 @@ export interface AdminDeps {
   admissions?: () => FailOpenStats | null
   /** The ledger's backlog, from memory. */
   backlog?: () => Backlog | null
+  /** This replica's API keys: a key made or revoked here takes effect here at once. */
+  keys?: KeyRouteDeps['ring']
 }

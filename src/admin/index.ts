@@ -4,6 +4,7 @@ import { allowlistRoutes } from './allowlists.js'
 import { auditRoutes } from './audit.js'
 import { budgetRoutes } from './budgets.js'
 import { noBudgetsFor } from '../budgets/status-for.js'
+import { keyRoutes } from './keys.js'
 import { ledgerRoutes } from './ledger.js'
 import { pageRoutes } from './page.js'
 import { createAdmin, sendJson, type AdminHandler, type AdminRoute } from './router.js'
@@ -24,6 +25,7 @@ export function adminRoutes (deps: AdminDeps): AdminRoute[] {
       handle: ({ res }) => sendJson(res, 200, { object: 'admin', organization: deps.config.organization.id, organization_name: deps.config.organization.name }),
     },
     ...budgetRoutes({ config: deps.config, sql: deps.sql, changed: deps.budgetsChanged }),
+    ...keyRoutes({ organizationId: deps.config.organization.id, sql: deps.sql, ring: deps.keys, budgetsChanged: deps.budgetsChanged }),
     ...allowlistRoutes({ config: deps.config, sql: deps.sql, changed: deps.allowlistsChanged }),
     ...auditRoutes({ organizationId: deps.config.organization.id, sql: deps.sql, forgotten: deps.userForgotten }),
     ...storageRoutes(deps),

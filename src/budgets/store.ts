@@ -1,5 +1,5 @@
 import type { BudgetPeriod, LimitsConfig } from '../config/config.js'
-import type { Sql } from '../db/connect.js'
+import type { Querier, Sql } from '../db/connect.js'
 import { trimDecimal } from '../lib/decimal.js'
 import { resetsAt } from './periods.js'
 import { appendAudit } from '../audit/audit.js'
@@ -36,7 +36,7 @@ export interface BudgetStatus {
 
 interface BudgetRow { scope: BudgetScope, user_id: string, limit_usd: string | null, period: BudgetPeriod, source: 'env' | 'api', updated_at: Date }
 
-export async function setBudget (sql: Sql, org: string, scope: BudgetScope, userId: string, limitUsd: string, period: BudgetPeriod): Promise<void> {
+export async function setBudget (sql: Querier, org: string, scope: BudgetScope, userId: string, limitUsd: string, period: BudgetPeriod): Promise<void> {
   await sql`
     insert into budgets (organization_id, scope, user_id, limit_usd, period, source, updated_at)
     values (${org}, ${scope}, ${userId}, ${limitUsd}::numeric, ${period}, 'api', now())

@@ -86,6 +86,8 @@ export const envSchema = z.object({
   BUDGET_RESERVATION_TTL_MS: positiveInt.default(1_800_000),
   BUDGET_DB_TIMEOUT_MS: positiveInt.default(2000),
   USER_RPM: positiveInt.optional(),
+  // API keys (README "API keys for apps"): how often each replica re-reads them; a revocation takes effect within it.
+  API_KEYS_REFRESH_MS: positiveInt.min(100).max(60_000).default(2000),
   USER_MAX_CONCURRENT: positiveInt.optional(),
   DATABASE_READ_URL: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL').optional(),
   // Fleet (docs/scale.md, "Many sidecars, one Postgres"): connections per sidecar and a deadline on every query.
@@ -143,6 +145,8 @@ export interface Config {
   retentionMonths: number | undefined
   /** The virtual "My usage" model; model null when SELF_SERVICE_MODEL=off. */
   selfService: { model: string | null, name: string }
+  /** API_KEYS_REFRESH_MS: each replica re-reads the API keys this often. */
+  keys: { refreshMs: number }
 }
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/i
@@ -264,6 +268,7 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
     databaseReadUrl: e.DATABASE_READ_URL,
     retentionMonths: e.RETENTION_MONTHS,
     selfService: { model: e.SELF_SERVICE_MODEL.toLowerCase() === 'off' ? null : e.SELF_SERVICE_MODEL, name: e.SELF_SERVICE_MODEL_NAME },
+    keys: { refreshMs: e.API_KEYS_REFRESH_MS },
   }
 }
 

@@ -12,6 +12,10 @@ import { GroupsError, groupsFromClaim, groupsFromHeader } from './groups.js'
 // Groups follow the same trust: the signed claim when the JWT carries one; the plain group header
 // only without a JWT secret, or when the operator says the header is set by the app alone
 // (TRUST_GROUP_HEADER: Open WebUI's JWT carries no groups today, so the header is the only source).
+// A request made with an API key of the sidecar's own (keyIdentity) is whoever the key says, whatever it sends.
+
+/** The API key a request was made with, as the spend controls read it. */
+export interface IdentityKey { id: string, name: string, models: string[] | null, rpm: number | null }
 
 export interface Identity {
   userId: string | null
@@ -19,11 +23,19 @@ export interface Identity {
   email: string | null
   role: string | null
   chatId: string | null
-  source: 'jwt' | 'headers' | 'body' | 'organization'
+  source: 'jwt' | 'headers' | 'body' | 'organization' | 'key'
   /** The user's groups: sorted, duplicate-free, normalized group ids (groups.ts); [] for none. */
   groups: string[]
-  /** The API key that authenticated the request; null for PROXY_API_KEY (the chat app's key). */
-  apiKey: { id: string, name: string, models: string[] | null, rpm: number | null } | null
+  /** The API key the request was made with; null for PROXY_API_KEY (or none). */
+  apiKey: IdentityKey | null
+}
+
+/** What keyIdentity() needs of a key (src/keys/store.ts ApiKey). */
+export interface KeyHolder extends IdentityKey { userId: string | null, groups: string[] }
+
+/** The user id a key without a user of its own is billed as: the key itself. */
+export function keyUserId (keyId: string): string {
+  return `key:${keyId}`
 }
 
 export interface IdentityOptions {
@@ -137,6 +149,25 @@ function person (headers: IncomingHttpHeaders, bodyUser: unknown, o: IdentityOpt
       : `no user identity: ${why}send ${o.userIdHeader} or a "user" field (REQUIRE_USER_IDENTITY)`)
   }
   return { userId: null, name: null, email: null, role: null, chatId, source: 'organization', groups: null, apiKey: null }
+}
+
+/**
+ * A request made with an API key: its user is the key's (or the key itself, named as the key is),
+ * its groups are the key's. Identity headers, a JWT and the body's `user` are not read: an app
+ * holding a key cannot bill anyone else, nor join other groups. Only the chat id is taken.
+ */
+export function keyIdentity (headers: IncomingHttpHeaders, key: KeyHolder, o: Pick<IdentityOptions, 'chatIdHeader'>): Identity {
+  const own = key.userId === null
+  return {
+    userId: own ? keyUserId(key.id) : key.userId,
+    name: own ? key.name : null,
+    email: null,
+    role: null,
+    chatId: one(headers[o.chatIdHeader]),
+    source: 'key',
+    groups: key.groups,
+    apiKey: { id: key.id, name: key.name, models: key.models, rpm: key.rpm },
+  }
 }
 
 /** A user id past MAX_USER_ID_CHARS is refused: no one is named by it, nor is it the organization. */
