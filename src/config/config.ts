@@ -92,6 +92,17 @@ export const envSchema = z.object({
   RETENTION_MONTHS: positiveInt.optional(),
   SELF_SERVICE_MODEL: z.string().trim().min(1).max(200).regex(/^[^\s]+$/, 'must be a model id without spaces, or off').default('usage-proxy/my-usage'),
   SELF_SERVICE_MODEL_NAME: z.string().trim().min(1).max(200).default('My usage'),
+  // OpenTelemetry (docs/telemetry.md): the standard OTEL_* names, read here and handed to the SDK.
+  OTEL_EXPORTER_OTLP_ENDPOINT: url.optional(),
+  OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: url.optional(),
+  OTEL_EXPORTER_OTLP_PROTOCOL: z.string().refine((p) => p !== 'grpc', 'grpc is not supported: use http/protobuf or http/json')
+    .pipe(z.enum(['http/protobuf', 'http/json'])).default('http/protobuf'),
+  OTEL_EXPORTER_OTLP_HEADERS: z.string().refine((h) => parseOtlpHeaders(h) !== null, 'must be name=value pairs separated by commas (values percent-encoded)').optional(),
+  OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE: z.string().toLowerCase().pipe(z.enum(['cumulative', 'delta', 'lowmemory'])).default('cumulative'),
+  OTEL_METRIC_EXPORT_INTERVAL: positiveInt.default(60_000),
+  OTEL_SERVICE_NAME: z.string().trim().min(1).default('usage-proxy'),
+  OTEL_RESOURCE_ATTRIBUTES: z.string().refine((h) => parseOtlpHeaders(h) !== null, 'must be key=value pairs separated by commas (values percent-encoded)').optional(),
+  OTEL_SDK_DISABLED: bool.default(false),
 })
 
 export type Env = z.infer<typeof envSchema>
@@ -137,6 +148,20 @@ export interface Config {
   retentionMonths: number | undefined
   /** The virtual "My usage" model; model null when SELF_SERVICE_MODEL=off. */
   selfService: { model: string | null, name: string }
+  /** OpenTelemetry metrics; null (and the SDK never loaded) unless an OTLP endpoint is set. */
+  telemetry: TelemetryConfig | null
+}
+
+export interface TelemetryConfig {
+  /** Where metrics are POSTed: OTEL_EXPORTER_OTLP_METRICS_ENDPOINT as is, else OTEL_EXPORTER_OTLP_ENDPOINT + /v1/metrics. */
+  metricsUrl: string
+  protocol: 'http/protobuf' | 'http/json'
+  /** Secrets as often as not (an API key header): never logged. */
+  headers: Record<string, string>
+  temporality: 'cumulative' | 'delta' | 'lowmemory'
+  exportIntervalMs: number
+  serviceName: string
+  resourceAttributes: Record<string, string>
 }
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/i
@@ -254,7 +279,45 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
     databaseReadUrl: e.DATABASE_READ_URL,
     retentionMonths: e.RETENTION_MONTHS,
     selfService: { model: e.SELF_SERVICE_MODEL.toLowerCase() === 'off' ? null : e.SELF_SERVICE_MODEL, name: e.SELF_SERVICE_MODEL_NAME },
+    telemetry: telemetryConfig(e),
   }
+}
+
+function telemetryConfig (e: Env): TelemetryConfig | null {
+  const base = e.OTEL_EXPORTER_OTLP_ENDPOINT
+  if (e.OTEL_SDK_DISABLED || (base === undefined && e.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT === undefined)) return null
+  // The OTLP rule: the signal's own variable is the whole URL, the general one a base the signal's path is added to.
+  const metricsUrl = e.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT ?? base!.replace(/\/+$/, '') + '/v1/metrics'
+  return {
+    metricsUrl,
+    protocol: e.OTEL_EXPORTER_OTLP_PROTOCOL,
+    headers: parseOtlpHeaders(e.OTEL_EXPORTER_OTLP_HEADERS ?? '') ?? {},
+    temporality: e.OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE,
+    exportIntervalMs: e.OTEL_METRIC_EXPORT_INTERVAL,
+    serviceName: e.OTEL_SERVICE_NAME,
+    resourceAttributes: parseOtlpHeaders(e.OTEL_RESOURCE_ATTRIBUTES ?? '') ?? {},
+  }
+}
+
+/**
+ * OTEL_EXPORTER_OTLP_HEADERS and OTEL_RESOURCE_ATTRIBUTES: `key=value` pairs separated by commas,
+ * values percent-encoded (the W3C Baggage format the OpenTelemetry spec names). Null when malformed.
+ */
+export function parseOtlpHeaders (text: string): Record<string, string> | null {
+  const out: Record<string, string> = {}
+  for (const part of text.split(',')) {
+    if (part.trim() === '') continue
+    const eq = part.indexOf('=')
+    if (eq <= 0) return null
+    const key = part.slice(0, eq).trim()
+    if (key === '') return null
+    try {
+      out[key] = decodeURIComponent(part.slice(eq + 1).trim())
+    } catch {
+      return null
+    }
+  }
+  return out
 }
 
 /** What a command that only reads the ledger (`usage-proxy statement`) needs: the database and the organization. */

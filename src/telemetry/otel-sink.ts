@@ -1,0 +1,88 @@
+import type { TelemetryConfig } from '../config/config.js'
+import { measure, type ServerAddress, type TelemetryRow } from './genai.js'
+import type { MetricsPipeline, PipelineOptions } from './sdk.js'
+
+// The OpenTelemetry sink: ledger rows, read by the export layer with this sink's own cursor, go
+// into the SDK's instruments and out in one OTLP export per batch. Rows are acknowledged only when
+// the receiver accepted the export that carried them; a failed export forgets what it held (see
+// sdk.ts) and the rows come back as 'retry', so each row reaches the receiver in one successful
+// export, unless an export arrived but its answer was lost (docs/telemetry.md says what that means).
+
+export type SinkResult = { status: 'ok' } | { status: 'retry', afterMs?: number, reason: string }
+
+export interface OtelSinkOptions {
+  /** The upstream's host and port, for server.address / server.port. */
+  server: ServerAddress | null
+  /** Rows per batch: a full batch goes out at once, a partial one waits for the export interval. */
+  batchSize?: number
+  pipeline: PipelineOptions
+  /** Builds the SDK pipeline; the default loads the SDK (sdk.ts). Tests hand in their own. */
+  load?: (cfg: TelemetryConfig, opts: PipelineOptions) => Promise<MetricsPipeline>
+}
+
+export const OTEL_SINK_NAME = 'otel'
+const DEFAULT_BATCH = 5000
+
+export interface OtelSink {
+  readonly name: string
+  readonly batchSize: number
+  send: (rows: readonly TelemetryRow[], ctx: { signal: AbortSignal }) => Promise<SinkResult[]>
+  close: () => Promise<void>
+}
+
+export function createOtelSink (cfg: TelemetryConfig, opts: OtelSinkOptions): OtelSink {
+  const batchSize = opts.batchSize ?? DEFAULT_BATCH
+  let pipeline: Promise<MetricsPipeline> | null = null
+  const load = opts.load ?? (async (c, o) => (await import('./sdk.js')).loadPipeline(c, o))
+  // When the last export started: OTEL_METRIC_EXPORT_INTERVAL is the pause between two exports
+  // while the sink keeps up; a backlog (full batches) goes out without waiting.
+  let lastExport = -Infinity
+
+  const retryAll = (rows: readonly unknown[], reason: string): SinkResult[] => rows.map(() => ({ status: 'retry', reason }))
+
+  return {
+    name: OTEL_SINK_NAME,
+    batchSize,
+    async send (rows, ctx) {
+      if (rows.length === 0) return []
+      if (rows.length < batchSize) await pause(lastExport + cfg.exportIntervalMs - Date.now(), ctx.signal)
+      if (ctx.signal.aborted) return retryAll(rows, 'the exporter is stopping')
+      let p: MetricsPipeline
+      try {
+        pipeline ??= load(cfg, opts.pipeline)
+        p = await pipeline
+      } catch (err) {
+        pipeline = null
+        return retryAll(rows, `the OpenTelemetry SDK did not load: ${message(err)}`)
+      }
+      lastExport = Date.now()
+      for (const row of rows) p.record(measure(row, opts.server))
+      try {
+        await p.export()
+        return rows.map(() => ({ status: 'ok' }))
+      } catch (err) {
+        await p.reset()
+        return retryAll(rows, `OTLP export failed: ${message(err)}`)
+      }
+    },
+    async close () {
+      const p = pipeline
+      pipeline = null
+      if (p) await (await p.catch(() => null))?.close()
+    },
+  }
+}
+
+function message (err: unknown): string {
+  return err instanceof Error ? err.message : String(err)
+}
+
+/** Waits `ms` (nothing when not positive), or less when the signal aborts. */
+function pause (ms: number, signal: AbortSignal): Promise<void> {
+  if (!(ms > 0) || signal.aborted) return Promise.resolve()
+  return new Promise((resolve) => {
+    const done = (): void => { clearTimeout(timer); signal.removeEventListener('abort', done); resolve() }
+    const timer = setTimeout(done, ms)
+    signal.addEventListener('abort', done, { once: true })
+  })
+}
