@@ -3,6 +3,8 @@
 // answers for each row: delivered, try again later, or refused for good. A sink never touches the
 // cursor, the lease or the acknowledgements; it only delivers and says how it went.
 
+import type { Sql } from '../db/connect.js'
+
 /** One committed usage row as the export layer reads it. Money is exact decimal text. */
 export interface ExportRow {
   /** The sidecar's id for the row: stable, the receiver's dedupe key when there is no generation id. */
@@ -69,6 +71,12 @@ export interface Sink {
   /** How many rows one send may carry. */
   readonly batchSize: number
   send (rows: readonly ExportRow[], ctx: SendContext): Promise<RowResult[]>
+  /**
+   * Optional: state of the sink's own that must commit together with the acknowledgements of a
+   * batch (the Stripe sink's running totals). Called inside the layer's fenced transaction, after
+   * `send`, with the same rows and results; a throw rolls the batch's acknowledgements back.
+   */
+  settle?: (tx: Sql, rows: readonly ExportRow[], results: readonly RowResult[]) => Promise<void>
   /** Releases what the sink holds (sockets, SDK providers) when the exporter stops. */
   close?: () => Promise<void>
 }
