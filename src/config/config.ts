@@ -99,6 +99,7 @@ export const envSchema = z.object({
     .pipe(z.enum(['http/protobuf', 'http/json'])).default('http/protobuf'),
   OTEL_EXPORTER_OTLP_HEADERS: z.string().refine((h) => parseOtlpHeaders(h) !== null, 'must be name=value pairs separated by commas (values percent-encoded)').optional(),
   OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE: z.string().toLowerCase().pipe(z.enum(['cumulative', 'delta', 'lowmemory'])).default('cumulative'),
+  OTEL_EXPORTER_OTLP_TIMEOUT: positiveInt.default(10_000),
   OTEL_METRIC_EXPORT_INTERVAL: positiveInt.default(60_000),
   OTEL_SERVICE_NAME: z.string().trim().min(1).default('usage-proxy'),
   OTEL_RESOURCE_ATTRIBUTES: z.string().refine((h) => parseOtlpHeaders(h) !== null, 'must be key=value pairs separated by commas (values percent-encoded)').optional(),
@@ -159,6 +160,8 @@ export interface TelemetryConfig {
   /** Secrets as often as not (an API key header): never logged. */
   headers: Record<string, string>
   temporality: 'cumulative' | 'delta' | 'lowmemory'
+  /** How long one export may take, the exporter's own retries (429, 502-504, refused connections) included. */
+  timeoutMs: number
   exportIntervalMs: number
   serviceName: string
   resourceAttributes: Record<string, string>
@@ -293,6 +296,7 @@ function telemetryConfig (e: Env): TelemetryConfig | null {
     protocol: e.OTEL_EXPORTER_OTLP_PROTOCOL,
     headers: parseOtlpHeaders(e.OTEL_EXPORTER_OTLP_HEADERS ?? '') ?? {},
     temporality: e.OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE,
+    timeoutMs: e.OTEL_EXPORTER_OTLP_TIMEOUT,
     exportIntervalMs: e.OTEL_METRIC_EXPORT_INTERVAL,
     serviceName: e.OTEL_SERVICE_NAME,
     resourceAttributes: parseOtlpHeaders(e.OTEL_RESOURCE_ATTRIBUTES ?? '') ?? {},

@@ -1,5 +1,6 @@
 import type { TelemetryConfig } from '../config/config.js'
-import { measure, type ServerAddress, type TelemetryRow } from './genai.js'
+import type { RowResult, Sink } from '../export/sink.js'
+import { measure, type ServerAddress } from './genai.js'
 import type { MetricsPipeline, PipelineOptions } from './sdk.js'
 
 // The OpenTelemetry sink: ledger rows, read by the export layer with this sink's own cursor, go
@@ -7,8 +8,6 @@ import type { MetricsPipeline, PipelineOptions } from './sdk.js'
 // the receiver accepted the export that carried them; a failed export forgets what it held (see
 // sdk.ts) and the rows come back as 'retry', so each row reaches the receiver in one successful
 // export, unless an export arrived but its answer was lost (docs/telemetry.md says what that means).
-
-export type SinkResult = { status: 'ok' } | { status: 'retry', afterMs?: number, reason: string }
 
 export interface OtelSinkOptions {
   /** The upstream's host and port, for server.address / server.port. */
@@ -23,14 +22,7 @@ export interface OtelSinkOptions {
 export const OTEL_SINK_NAME = 'otel'
 const DEFAULT_BATCH = 5000
 
-export interface OtelSink {
-  readonly name: string
-  readonly batchSize: number
-  send: (rows: readonly TelemetryRow[], ctx: { signal: AbortSignal }) => Promise<SinkResult[]>
-  close: () => Promise<void>
-}
-
-export function createOtelSink (cfg: TelemetryConfig, opts: OtelSinkOptions): OtelSink {
+export function createOtelSink (cfg: TelemetryConfig, opts: OtelSinkOptions): Sink & { close: () => Promise<void> } {
   const batchSize = opts.batchSize ?? DEFAULT_BATCH
   let pipeline: Promise<MetricsPipeline> | null = null
   const load = opts.load ?? (async (c, o) => (await import('./sdk.js')).loadPipeline(c, o))
@@ -38,7 +30,7 @@ export function createOtelSink (cfg: TelemetryConfig, opts: OtelSinkOptions): Ot
   // while the sink keeps up; a backlog (full batches) goes out without waiting.
   let lastExport = -Infinity
 
-  const retryAll = (rows: readonly unknown[], reason: string): SinkResult[] => rows.map(() => ({ status: 'retry', reason }))
+  const retryAll = (rows: readonly unknown[], reason: string): RowResult[] => rows.map(() => ({ status: 'retry', reason }))
 
   return {
     name: OTEL_SINK_NAME,

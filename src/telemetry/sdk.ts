@@ -43,7 +43,7 @@ export async function loadPipeline (cfg: TelemetryConfig, opts: PipelineOptions)
     delta: http.AggregationTemporalityPreference.DELTA,
     lowmemory: http.AggregationTemporalityPreference.LOWMEMORY,
   }[cfg.temporality]
-  const exporterConfig = { url: cfg.metricsUrl, headers: cfg.headers, temporalityPreference: preference }
+  const exporterConfig = { url: cfg.metricsUrl, headers: cfg.headers, temporalityPreference: preference, timeoutMillis: cfg.timeoutMs }
   const exporter = proto ? new proto.OTLPMetricExporter(exporterConfig) : new http.OTLPMetricExporter(exporterConfig)
 
   // service.instance.id tells this process's stream from another replica's, and from its own
