@@ -4,6 +4,7 @@ import type { Logger } from '../lib/log.js'
 import type { FailOpenStats } from '../budgets/fail-open.js'
 import type { BudgetsFor } from '../budgets/status-for.js'
 import type { Backlog } from '../usage/ledger/ledger.js'
+import type { SinkReadings } from '../export/exporter.js'
 
 // What the admin plane is given by the composition: connections, the logger and readings of the
 // running process.
@@ -23,4 +24,6 @@ export interface AdminDeps {
   admissions?: () => FailOpenStats | null
   /** The ledger's backlog, from memory. */
   backlog?: () => Backlog | null
+  /** This process's exporter, per sink (empty when no sink is configured or boot is not done). */
+  exportReadings?: () => SinkReadings[]
 }

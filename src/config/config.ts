@@ -104,6 +104,19 @@ export const envSchema = z.object({
   OTEL_SERVICE_NAME: z.string().trim().min(1).default('usage-proxy'),
   OTEL_RESOURCE_ATTRIBUTES: z.string().refine((h) => parseOtlpHeaders(h) !== null, 'must be key=value pairs separated by commas (values percent-encoded)').optional(),
   OTEL_SDK_DISABLED: bool.default(false),
+  // Export to billing receivers (README "Send usage to your billing system", docs/export.md)
+  STRIPE_SECRET_KEY: z.string().regex(/^(sk|rk)_[A-Za-z0-9_]{8,}$/, 'must be a Stripe secret or restricted key (sk_live_..., sk_test_..., rk_...)').optional(),
+  STRIPE_API_BASE: url.default('https://api.stripe.com').transform((u) => u.replace(/\/+$/, '')),
+  STRIPE_METER_EVENT_NAME: z.string().trim().min(1).max(100).default('llm_usage'),
+  STRIPE_METER_VALUE: z.enum(['billed_micro_usd', 'tokens']).default('billed_micro_usd'),
+  STRIPE_CUSTOMER_ID: z.string().regex(/^cus_[A-Za-z0-9]{1,250}$/, 'must be a Stripe customer id (cus_...)').optional(),
+  CLOUDEVENTS_URL: url.optional(),
+  CLOUDEVENTS_SECRET: z.string().min(16, 'must be at least 16 characters (e.g. openssl rand -hex 24)').optional(),
+  CLOUDEVENTS_SOURCE: z.string().trim().min(1).max(500).optional(),
+  CLOUDEVENTS_BATCH_SIZE: positiveInt.max(1000).default(100),
+  EXPORT_LEASE_MS: positiveInt.min(100).default(15_000),
+  EXPORT_POLL_MS: positiveInt.default(1000),
+  EXPORT_RETRY_MAX_MS: positiveInt.default(60_000),
 })
 
 export type Env = z.infer<typeof envSchema>
@@ -151,6 +164,7 @@ export interface Config {
   selfService: { model: string | null, name: string }
   /** OpenTelemetry metrics; null (and the SDK never loaded) unless an OTLP endpoint is set. */
   telemetry: TelemetryConfig | null
+  export: ExportConfig
 }
 
 export interface TelemetryConfig {
@@ -165,6 +179,15 @@ export interface TelemetryConfig {
   exportIntervalMs: number
   serviceName: string
   resourceAttributes: Record<string, string>
+}
+
+/** The export of ledger rows to receivers; a sink is null when not configured. */
+export interface ExportConfig {
+  stripe: { secretKey: string, apiBase: string, eventName: string, value: 'billed_micro_usd' | 'tokens', customerId: string | undefined } | null
+  cloudEvents: { url: string, secret: string | undefined, source: string, batchSize: number } | null
+  leaseMs: number
+  pollMs: number
+  retryMaxMs: number
 }
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/i
@@ -283,6 +306,24 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
     retentionMonths: e.RETENTION_MONTHS,
     selfService: { model: e.SELF_SERVICE_MODEL.toLowerCase() === 'off' ? null : e.SELF_SERVICE_MODEL, name: e.SELF_SERVICE_MODEL_NAME },
     telemetry: telemetryConfig(e),
+    export: exportConfig(e),
+  }
+}
+
+function exportConfig (e: Env): ExportConfig {
+  if (e.STRIPE_CUSTOMER_ID && !e.STRIPE_SECRET_KEY) {
+    throw new ConfigError(['STRIPE_CUSTOMER_ID is set without STRIPE_SECRET_KEY: it seeds the organization\'s customer for the Stripe export, which STRIPE_SECRET_KEY turns on'])
+  }
+  return {
+    stripe: e.STRIPE_SECRET_KEY === undefined ? null : {
+      secretKey: e.STRIPE_SECRET_KEY, apiBase: e.STRIPE_API_BASE, eventName: e.STRIPE_METER_EVENT_NAME, value: e.STRIPE_METER_VALUE, customerId: e.STRIPE_CUSTOMER_ID,
+    },
+    cloudEvents: e.CLOUDEVENTS_URL === undefined ? null : {
+      url: e.CLOUDEVENTS_URL, secret: e.CLOUDEVENTS_SECRET, source: e.CLOUDEVENTS_SOURCE ?? e.OPENROUTER_EXTERNAL_USER, batchSize: e.CLOUDEVENTS_BATCH_SIZE,
+    },
+    leaseMs: e.EXPORT_LEASE_MS,
+    pollMs: e.EXPORT_POLL_MS,
+    retryMaxMs: e.EXPORT_RETRY_MAX_MS,
   }
 }
 

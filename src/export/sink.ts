@@ -3,7 +3,10 @@
 // answers for each row: delivered, try again later, or refused for good. A sink never touches the
 // cursor, the lease or the acknowledgements; it only delivers and says how it went.
 
-import type { Sql } from '../db/connect.js'
+import type postgres from 'postgres'
+
+/** The layer's transaction, as a sink's settle hook receives it. */
+export type ExportTx = postgres.TransactionSql<{}>
 
 /** One committed usage row as the export layer reads it. Money is exact decimal text. */
 export interface ExportRow {
@@ -76,7 +79,7 @@ export interface Sink {
    * batch (the Stripe sink's running totals). Called inside the layer's fenced transaction, after
    * `send`, with the same rows and results; a throw rolls the batch's acknowledgements back.
    */
-  settle?: (tx: Sql, rows: readonly ExportRow[], results: readonly RowResult[]) => Promise<void>
+  settle?: (tx: ExportTx, rows: readonly ExportRow[], results: readonly RowResult[]) => Promise<void>
   /** Releases what the sink holds (sockets, SDK providers) when the exporter stops. */
   close?: () => Promise<void>
 }
