@@ -1,6 +1,6 @@
 import t from 'tap'
 import { loadConfig, type TelemetryConfig } from '../src/config/config.js'
-import type { ExportRow } from '../src/export/sink.js'
+import type { ExportRow, Sink } from '../src/export/sink.js'
 import { createOtelSink } from '../src/telemetry/otel-sink.js'
 import { OtlpReceiver, total, type Point, type Received } from './support/otlp-receiver.js'
 
@@ -11,7 +11,7 @@ import { OtlpReceiver, total, type Point, type Received } from './support/otlp-r
 const BASE_ENV = { OPENROUTER_API_KEY: 'sk-or-v1-test-key', OPENROUTER_EXTERNAL_USER: 'org_otel', ORGANIZATION_NAME: 'Otel Org' }
 
 function telemetry (endpoint: string, extra: Record<string, string> = {}): TelemetryConfig {
-  const cfg = loadConfig({ ...BASE_ENV, OTEL_EXPORTER_OTLP_ENDPOINT: endpoint, OTEL_METRIC_EXPORT_INTERVAL: '1', OTEL_EXPORTER_OTLP_TIMEOUT: '1500', ...extra }).telemetry
+  const cfg = loadConfig({ ...BASE_ENV, OTEL_EXPORTER_OTLP_ENDPOINT: endpoint, OTEL_METRIC_EXPORT_INTERVAL: '1', OTEL_EXPORTER_OTLP_TIMEOUT: '1500', ...extra }).export.otel
   if (!cfg) throw new Error('telemetry should be on')
   return cfg
 }
@@ -57,12 +57,13 @@ for (const protocol of ['http/protobuf', 'http/json'] as const) {
     const receiver = await new OtlpReceiver().start()
     t.teardown(() => receiver.close())
     const sink = createOtelSink(telemetry(receiver.url, { OTEL_EXPORTER_OTLP_PROTOCOL: protocol, OTEL_SERVICE_NAME: 'proxy-a', OTEL_EXPORTER_OTLP_HEADERS: 'x-api-key=s%3Dcret' }),
-      { server: { address: 'openrouter.ai', port: 443 }, pipeline: { resource: { 'usage_proxy.organization.id': 'org_otel' }, version: '0.1.0' } })
+      { organizationId: 'org_otel' })
     t.teardown(() => sink.close())
     const rows = [row(), row(), row({ model: 'anthropic/claude-sonnet-4', requestedModel: 'anthropic/claude-sonnet-4', provider: 'Anthropic' }),
       row({ outcome: 'upstream_error', status: 503, promptTokens: null, completionTokens: null, costUsd: null, billedCostUsd: null, generationId: null }),
       row({ outcome: 'budget_exceeded', status: 402, promptTokens: null, completionTokens: null, costUsd: null, billedCostUsd: null, latencyMs: null, generationId: null })]
-    const results = await sink.send(rows, ctx())
+    const asLayerSees: Sink = sink // the export layer's contract, checked by tsc
+    const results = await asLayerSees.send(rows, ctx())
     t.same(results, rows.map(() => ({ status: 'ok' })), 'every row acknowledged')
     t.equal(receiver.accepted.length, 1, 'one export for the batch')
     const got = receiver.accepted[0]
@@ -110,7 +111,7 @@ for (const temporality of ['cumulative', 'delta'] as const) {
     const receiver = await new OtlpReceiver().start()
     t.teardown(() => receiver.close())
     const sink = createOtelSink(telemetry(receiver.url, { OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE: temporality }),
-      { server: null, pipeline: { resource: {}, version: '0.1.0' } })
+      { organizationId: 'org_otel' })
     t.teardown(() => sink.close())
     const first = [row(), row()]
     t.same((await sink.send(first, ctx())).map((r) => r.status), ['ok', 'ok'])
@@ -140,7 +141,7 @@ for (const temporality of ['cumulative', 'delta'] as const) {
 t.test('429 with Retry-After: retried inside the export when it fits OTEL_EXPORTER_OTLP_TIMEOUT, else handed back as retry', async (t) => {
   const receiver = await new OtlpReceiver().start()
   t.teardown(() => receiver.close())
-  const sink = createOtelSink(telemetry(receiver.url, { OTEL_EXPORTER_OTLP_TIMEOUT: '20000' }), { server: null, pipeline: { resource: {}, version: '0.1.0' } })
+  const sink = createOtelSink(telemetry(receiver.url, { OTEL_EXPORTER_OTLP_TIMEOUT: '20000' }), { organizationId: 'org_otel' })
   t.teardown(() => sink.close())
   receiver.retryAfter = '1'
   receiver.failWith(429)
@@ -158,7 +159,7 @@ t.test('429 with Retry-After: retried inside the export when it fits OTEL_EXPORT
 t.test('a partial batch waits for the export interval; stopping answers retry and sends nothing', async (t) => {
   const receiver = await new OtlpReceiver().start()
   t.teardown(() => receiver.close())
-  const sink = createOtelSink(telemetry(receiver.url, { OTEL_METRIC_EXPORT_INTERVAL: '3600000' }), { server: null, batchSize: 3, pipeline: { resource: {}, version: '0.1.0' } })
+  const sink = createOtelSink(telemetry(receiver.url, { OTEL_METRIC_EXPORT_INTERVAL: '3600000' }), { organizationId: 'org_otel', batchSize: 3 })
   t.teardown(() => sink.close())
   t.same((await sink.send([row()], ctx())).map((r) => r.status), ['ok'], 'the first export goes at once')
   t.same((await sink.send([row(), row(), row()], ctx())).map((r) => r.status), ['ok', 'ok', 'ok'], 'a full batch (a backlog) does not wait')

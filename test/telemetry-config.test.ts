@@ -1,7 +1,7 @@
 import t from 'tap'
 import { ConfigError, loadConfig, parseOtlpHeaders } from '../src/config/config.js'
 import { unknownVariables } from '../src/config/unknown-variables.js'
-import { errorType, measure, operationName, serverOf } from '../src/telemetry/genai.js'
+import { errorType, measure, operationName } from '../src/telemetry/genai.js'
 
 // The standard OTEL_* variables as the sidecar reads them: off unless an OTLP endpoint is set,
 // the OTLP rules for URLs, protocols and headers, and the GenAI mapping of a row.
@@ -9,15 +9,15 @@ import { errorType, measure, operationName, serverOf } from '../src/telemetry/ge
 const good = { OPENROUTER_API_KEY: 'sk-or-v1-abcdef123456', OPENROUTER_EXTERNAL_USER: 'mai_client_63a4eb6d', ORGANIZATION_NAME: 'Acme', DATABASE_URL: 'postgres://u@h/db' }
 
 t.test('off unless OTEL_EXPORTER_OTLP_ENDPOINT (or the metrics one) is set; OTEL_SDK_DISABLED wins', async (t) => {
-  t.equal(loadConfig(good).telemetry, null)
-  t.equal(loadConfig({ ...good, OTEL_EXPORTER_OTLP_ENDPOINT: '' }).telemetry, null, 'empty means unset')
-  t.equal(loadConfig({ ...good, OTEL_SERVICE_NAME: 'x', OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json' }).telemetry, null, 'other OTEL_* alone do not turn it on')
-  t.equal(loadConfig({ ...good, OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c:4318', OTEL_SDK_DISABLED: 'true' }).telemetry, null)
-  t.ok(loadConfig({ ...good, OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: 'http://c:4318/v1/metrics' }).telemetry)
+  t.equal(loadConfig(good).export.otel, null)
+  t.equal(loadConfig({ ...good, OTEL_EXPORTER_OTLP_ENDPOINT: '' }).export.otel, null, 'empty means unset')
+  t.equal(loadConfig({ ...good, OTEL_SERVICE_NAME: 'x', OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json' }).export.otel, null, 'other OTEL_* alone do not turn it on')
+  t.equal(loadConfig({ ...good, OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c:4318', OTEL_SDK_DISABLED: 'true' }).export.otel, null)
+  t.ok(loadConfig({ ...good, OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: 'http://c:4318/v1/metrics' }).export.otel)
 })
 
 t.test('defaults and the OTLP URL rules', async (t) => {
-  const c = loadConfig({ ...good, OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4318/' }).telemetry!
+  const c = loadConfig({ ...good, OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4318/' }).export.otel!
   t.same(c, {
     metricsUrl: 'http://collector:4318/v1/metrics',
     protocol: 'http/protobuf',
@@ -27,10 +27,14 @@ t.test('defaults and the OTLP URL rules', async (t) => {
     exportIntervalMs: 60000,
     serviceName: 'usage-proxy',
     resourceAttributes: {},
+    server: { address: 'openrouter.ai', port: 443 },
   })
-  t.equal(loadConfig({ ...good, OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4318/base' }).telemetry!.metricsUrl, 'http://collector:4318/base/v1/metrics', 'the signal path is appended to a base with a path')
-  t.equal(loadConfig({ ...good, OTEL_EXPORTER_OTLP_ENDPOINT: 'http://a:4318', OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: 'http://b:9/custom' }).telemetry!.metricsUrl, 'http://b:9/custom', 'the signal\'s own URL is used as is')
-  const d = loadConfig({ ...good, OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c:4318', OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json', OTEL_METRIC_EXPORT_INTERVAL: '5000', OTEL_SERVICE_NAME: 'proxy-eu', OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE: 'Delta', OTEL_RESOURCE_ATTRIBUTES: 'deployment.environment=prod,team=a%20b' }).telemetry!
+  const server = (base: string) => loadConfig({ ...good, OPENROUTER_BASE_URL: base, OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c:4318' }).export.otel!.server
+  t.same(server('http://127.0.0.1:9000/v1'), { address: '127.0.0.1', port: 9000 }, 'server.address and server.port: the upstream\'s')
+  t.same(server('http://fake/v1'), { address: 'fake', port: 80 })
+  t.equal(loadConfig({ ...good, OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4318/base' }).export.otel!.metricsUrl, 'http://collector:4318/base/v1/metrics', 'the signal path is appended to a base with a path')
+  t.equal(loadConfig({ ...good, OTEL_EXPORTER_OTLP_ENDPOINT: 'http://a:4318', OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: 'http://b:9/custom' }).export.otel!.metricsUrl, 'http://b:9/custom', 'the signal\'s own URL is used as is')
+  const d = loadConfig({ ...good, OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c:4318', OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json', OTEL_METRIC_EXPORT_INTERVAL: '5000', OTEL_SERVICE_NAME: 'proxy-eu', OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE: 'Delta', OTEL_RESOURCE_ATTRIBUTES: 'deployment.environment=prod,team=a%20b' }).export.otel!
   t.match(d, { protocol: 'http/json', exportIntervalMs: 5000, serviceName: 'proxy-eu', temporality: 'delta', resourceAttributes: { 'deployment.environment': 'prod', team: 'a b' } })
 })
 
@@ -68,10 +72,6 @@ t.test('the GenAI mapping of a row', async (t) => {
   t.equal(errorType({ outcome: 'ok', status: 200 }), undefined)
   t.equal(errorType({ outcome: 'upstream_error', status: 429 }), '429')
   t.equal(errorType({ outcome: 'upstream_timeout', status: 504 }), 'upstream_timeout')
-  t.same(serverOf('https://openrouter.ai/api/v1'), { address: 'openrouter.ai', port: 443 })
-  t.same(serverOf('http://127.0.0.1:9000/v1'), { address: '127.0.0.1', port: 9000 })
-  t.same(serverOf('http://fake/v1'), { address: 'fake', port: 80 })
-  t.equal(serverOf('not a url'), null)
   const m = measure({ endpoint: 'chat/completions', model: 'openai/gpt-4o-2024-08-06', requestedModel: 'openai/gpt-4o', provider: null, kind: 'title_generation', outcome: 'ok', status: 200, promptTokens: 0, completionTokens: null, costUsd: '0.5', billedCostUsd: null, latencyMs: 1500 }, null)
   t.same(m.attributes, { 'gen_ai.operation.name': 'chat', 'gen_ai.provider.name': 'openrouter', 'usage_proxy.outcome': 'ok', 'usage_proxy.kind': 'title_generation', 'gen_ai.request.model': 'openai/gpt-4o', 'gen_ai.response.model': 'openai/gpt-4o-2024-08-06' })
   t.same(m.tokens, [{ type: 'input', value: 0 }], 'a zero count is recorded, an unknown one is not')

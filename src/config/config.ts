@@ -162,8 +162,6 @@ export interface Config {
   retentionMonths: number | undefined
   /** The virtual "My usage" model; model null when SELF_SERVICE_MODEL=off. */
   selfService: { model: string | null, name: string }
-  /** OpenTelemetry metrics; null (and the SDK never loaded) unless an OTLP endpoint is set. */
-  telemetry: TelemetryConfig | null
   export: ExportConfig
 }
 
@@ -179,12 +177,16 @@ export interface TelemetryConfig {
   exportIntervalMs: number
   serviceName: string
   resourceAttributes: Record<string, string>
+  /** The upstream's host and port (OPENROUTER_BASE_URL): server.address and server.port. */
+  server: { address: string, port: number }
 }
 
 /** The export of ledger rows to receivers; a sink is null when not configured. */
 export interface ExportConfig {
   stripe: { secretKey: string, apiBase: string, eventName: string, value: 'billed_micro_usd' | 'tokens', customerId: string | undefined } | null
   cloudEvents: { url: string, secret: string | undefined, source: string, batchSize: number } | null
+  /** OpenTelemetry metrics; null (and the SDK never loaded) unless an OTLP endpoint is set. */
+  otel: TelemetryConfig | null
   leaseMs: number
   pollMs: number
   retryMaxMs: number
@@ -305,7 +307,6 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
     databaseReadUrl: e.DATABASE_READ_URL,
     retentionMonths: e.RETENTION_MONTHS,
     selfService: { model: e.SELF_SERVICE_MODEL.toLowerCase() === 'off' ? null : e.SELF_SERVICE_MODEL, name: e.SELF_SERVICE_MODEL_NAME },
-    telemetry: telemetryConfig(e),
     export: exportConfig(e),
   }
 }
@@ -321,6 +322,7 @@ function exportConfig (e: Env): ExportConfig {
     cloudEvents: e.CLOUDEVENTS_URL === undefined ? null : {
       url: e.CLOUDEVENTS_URL, secret: e.CLOUDEVENTS_SECRET, source: e.CLOUDEVENTS_SOURCE ?? e.OPENROUTER_EXTERNAL_USER, batchSize: e.CLOUDEVENTS_BATCH_SIZE,
     },
+    otel: telemetryConfig(e),
     leaseMs: e.EXPORT_LEASE_MS,
     pollMs: e.EXPORT_POLL_MS,
     retryMaxMs: e.EXPORT_RETRY_MAX_MS,
@@ -332,6 +334,7 @@ function telemetryConfig (e: Env): TelemetryConfig | null {
   if (e.OTEL_SDK_DISABLED || (base === undefined && e.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT === undefined)) return null
   // The OTLP rule: the signal's own variable is the whole URL, the general one a base the signal's path is added to.
   const metricsUrl = e.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT ?? base!.replace(/\/+$/, '') + '/v1/metrics'
+  const upstream = new URL(e.OPENROUTER_BASE_URL)
   return {
     metricsUrl,
     protocol: e.OTEL_EXPORTER_OTLP_PROTOCOL,
@@ -341,6 +344,7 @@ function telemetryConfig (e: Env): TelemetryConfig | null {
     exportIntervalMs: e.OTEL_METRIC_EXPORT_INTERVAL,
     serviceName: e.OTEL_SERVICE_NAME,
     resourceAttributes: parseOtlpHeaders(e.OTEL_RESOURCE_ATTRIBUTES ?? '') ?? {},
+    server: { address: upstream.hostname, port: upstream.port !== '' ? Number(upstream.port) : upstream.protocol === 'https:' ? 443 : 80 },
   }
 }
 

@@ -3,6 +3,7 @@ import type { Sql } from '../db/connect.js'
 import { cloudEventsSink } from './cloudevents-sink.js'
 import type { Sink } from './sink.js'
 import { stripeSink } from './stripe-sink.js'
+import { createOtelSink } from '../telemetry/otel-sink.js'
 
 /** The sinks the configuration turns on, each off unless its variable is set. */
 export function configuredSinks (cfg: ExportConfig, sql: Sql, organizationId: string): Sink[] {
@@ -11,5 +12,7 @@ export function configuredSinks (cfg: ExportConfig, sql: Sql, organizationId: st
     sinks.push(stripeSink({ sql, organizationId, secretKey: cfg.stripe.secretKey, apiBase: cfg.stripe.apiBase, eventName: cfg.stripe.eventName, value: cfg.stripe.value }))
   }
   if (cfg.cloudEvents) sinks.push(cloudEventsSink(cfg.cloudEvents))
+  // The SDK itself loads with the sink's first batch, never when telemetry is off.
+  if (cfg.otel) sinks.push(createOtelSink(cfg.otel, { organizationId }))
   return sinks
 }

@@ -102,14 +102,3 @@ export function measure (row: TelemetryRow, server: ServerAddress | null): Measu
   if (row.billedCostUsd !== null) costs.push({ type: 'billed', usd: Number(row.billedCostUsd) })
   return { attributes, tokens, durationS: row.latencyMs === null ? null : row.latencyMs / 1000, costs }
 }
-
-/** server.address and server.port of an upstream base URL. */
-export function serverOf (baseUrl: string): ServerAddress | null {
-  try {
-    const u = new URL(baseUrl)
-    const port = u.port !== '' ? Number(u.port) : u.protocol === 'https:' ? 443 : 80
-    return { address: u.hostname, port }
-  } catch {
-    return null
-  }
-}

@@ -1,6 +1,5 @@
 import type { TelemetryConfig } from '../config/config.js'
-import type { RowResult, Sink } from '../export/sink.js'
-import { measure, type ServerAddress } from './genai.js'
+import { measure, type TelemetryRow } from './genai.js'
 import type { MetricsPipeline, PipelineOptions } from './sdk.js'
 
 // The OpenTelemetry sink: ledger rows, read by the export layer with this sink's own cursor, go
@@ -10,22 +9,31 @@ import type { MetricsPipeline, PipelineOptions } from './sdk.js'
 // export, unless an export arrived but its answer was lost (docs/telemetry.md says what that means).
 
 export interface OtelSinkOptions {
-  /** The upstream's host and port, for server.address / server.port. */
-  server: ServerAddress | null
+  organizationId: string
   /** Rows per batch: a full batch goes out at once, a partial one waits for the export interval. */
   batchSize?: number
-  pipeline: PipelineOptions
-  /** Builds the SDK pipeline; the default loads the SDK (sdk.ts). Tests hand in their own. */
-  load?: (cfg: TelemetryConfig, opts: PipelineOptions) => Promise<MetricsPipeline>
+}
+
+/**
+ * The export layer's Sink contract (src/export/sink.ts), written out here so this room needs
+ * nothing from the export room: the export room builds this sink among its others.
+ */
+export type RowResult = { status: 'ok' } | { status: 'retry', afterMs?: number, reason: string }
+export interface OtelSink {
+  readonly name: string
+  readonly batchSize: number
+  send: (rows: readonly TelemetryRow[], ctx: { signal: AbortSignal }) => Promise<RowResult[]>
+  close: () => Promise<void>
 }
 
 export const OTEL_SINK_NAME = 'otel'
 const DEFAULT_BATCH = 5000
 
-export function createOtelSink (cfg: TelemetryConfig, opts: OtelSinkOptions): Sink & { close: () => Promise<void> } {
+export function createOtelSink (cfg: TelemetryConfig, opts: OtelSinkOptions): OtelSink {
   const batchSize = opts.batchSize ?? DEFAULT_BATCH
   let pipeline: Promise<MetricsPipeline> | null = null
-  const load = opts.load ?? (async (c, o) => (await import('./sdk.js')).loadPipeline(c, o))
+  const pipelineOptions: PipelineOptions = { resource: { 'usage_proxy.organization.id': opts.organizationId } }
+  const load = async (): Promise<MetricsPipeline> => (await import('./sdk.js')).loadPipeline(cfg, pipelineOptions)
   // When the last export started: OTEL_METRIC_EXPORT_INTERVAL is the pause between two exports
   // while the sink keeps up; a backlog (full batches) goes out without waiting.
   let lastExport = -Infinity
@@ -41,14 +49,14 @@ export function createOtelSink (cfg: TelemetryConfig, opts: OtelSinkOptions): Si
       if (ctx.signal.aborted) return retryAll(rows, 'the exporter is stopping')
       let p: MetricsPipeline
       try {
-        pipeline ??= load(cfg, opts.pipeline)
+        pipeline ??= load()
         p = await pipeline
       } catch (err) {
         pipeline = null
         return retryAll(rows, `the OpenTelemetry SDK did not load: ${message(err)}`)
       }
       lastExport = Date.now()
-      for (const row of rows) p.record(measure(row, opts.server))
+      for (const row of rows) p.record(measure(row, cfg.server))
       try {
         await p.export()
         return rows.map(() => ({ status: 'ok' }))

@@ -27,8 +27,6 @@ const EXPORT_SUCCESS = 0
 export interface PipelineOptions {
   /** Resource attributes of our own (the organization), besides OTEL_RESOURCE_ATTRIBUTES. */
   resource: Record<string, string>
-  /** Reported as service.version. */
-  version: string
 }
 
 export async function loadPipeline (cfg: TelemetryConfig, opts: PipelineOptions): Promise<MetricsPipeline> {
@@ -52,7 +50,6 @@ export async function loadPipeline (cfg: TelemetryConfig, opts: PipelineOptions)
     ...cfg.resourceAttributes,
     ...opts.resource,
     'service.name': cfg.serviceName,
-    'service.version': opts.version,
     'service.instance.id': randomUUID(),
   })
 
@@ -68,7 +65,7 @@ export async function loadPipeline (cfg: TelemetryConfig, opts: PipelineOptions)
       aggregationTemporalitySelector: exporter.selectAggregationTemporality?.bind(exporter),
     })
     const provider = new metrics.MeterProvider({ resource, readers: [reader] })
-    const meter = provider.getMeter('usage-proxy', opts.version)
+    const meter = provider.getMeter('usage-proxy')
     return {
       provider,
       reader,
