@@ -59,7 +59,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
   // 1. configuration: every problem at once, or nothing starts
   const config = loadConfig(env)
   log ??= createLogger(config.logLevel)
-  const secrets = [config.openrouter.apiKey, config.server.proxyApiKey, config.identity.jwtSecret, config.metrics.apiKey, config.export.stripe?.secretKey, config.export.cloudEvents?.secret]
+  const secrets = [config.openrouter.apiKey, config.server.proxyApiKey, config.identity.jwtSecret, config.metrics.apiKey, config.export.stripe?.secretKey, config.export.cloudEvents?.secret, ...Object.values(config.export.otel?.headers ?? {})]
   const journal = new Journal(join(resolve(config.ledger.dataDir), 'journal'), log)
   // Whatever way the process exits (process.exit after a fatal error included), this turn's lines go first.
   const flushAtExit = (): void => { journal.flush() }
