@@ -78,6 +78,7 @@ export class FakeCloudEvents {
   requests = 0
   problems: string[] = []
   answer: Answerer = () => null
+  onHeld: (() => void) | null = null
   constructor (readonly secret: string | undefined) {
     this.server = createServer((req, res) => { void this.handle(req, res) })
   }
@@ -105,13 +106,15 @@ export class FakeCloudEvents {
       if (e.specversion !== '1.0' || !e.id || !e.source || !e.type) { this.problems.push(`not a CloudEvent: ${JSON.stringify(e).slice(0, 100)}`); res.writeHead(400).end('bad event'); return }
     }
     const scripted = this.answer(n, { ids: events.map((e) => e.id) })
-    if (scripted !== null) { res.writeHead(scripted.status, scripted.headers ?? {}).end(scripted.body ?? ''); return }
+    if (scripted !== null && scripted.status !== 0) { res.writeHead(scripted.status, scripted.headers ?? {}).end(scripted.body ?? ''); return }
     this.batches.push(events.length)
     for (const e of events) {
       const key = `${e.source}\u0000${e.id}`
       if (!this.events.has(key)) this.events.set(key, e)
       this.accepted.push(e)
     }
+    // Status 0: the events are taken and the answer never comes (the sender dies waiting for it).
+    if (scripted?.status === 0) { this.onHeld?.(); return }
     res.writeHead(202).end()
   }
 }
