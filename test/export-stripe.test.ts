@@ -116,7 +116,7 @@ t.test('every billed row arrives once, sums per customer and month equal the led
 
   // A deliberate replay resends the set-aside row once the receiver takes it.
   stripe.answer = () => null
-  const sink = stripeSink({ sql: db.sql, organizationId: ORG, secretKey: KEY, apiBase: base, eventName: 'llm_usage', value: 'billed_micro_usd' })
+  const sink = stripeSink({ sql: db.sql, organizationId: ORG, secretKey: KEY, apiBase: base, eventName: 'llm_usage', value: 'billed_micro_usd', totals: 'fresh' })
   const r = await replay(db.sql, ORG, sink, new Date(Date.now() - 30 * 86_400_000).toISOString(), { maxAttempts: 3 })
   t.ok(stripe.events.has(refused.id), 'the refused row arrived on replay')
   t.equal(r.recoveredFromSetAside, 1, 'and left the set-aside list')

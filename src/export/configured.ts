@@ -5,10 +5,10 @@ import type { Sink } from './sink.js'
 import { stripeSink } from './stripe-sink.js'
 
 /** The sinks the configuration turns on, each off unless its variable is set. */
-export function configuredSinks (cfg: ExportConfig, sql: Sql, organizationId: string): Sink[] {
+export function configuredSinks (cfg: ExportConfig, sql: Sql, organizationId: string, use: 'export' | 'replay' = 'export'): Sink[] {
   const sinks: Sink[] = []
   if (cfg.stripe) {
-    sinks.push(stripeSink({ sql, organizationId, secretKey: cfg.stripe.secretKey, apiBase: cfg.stripe.apiBase, eventName: cfg.stripe.eventName, value: cfg.stripe.value }))
+    sinks.push(stripeSink({ sql, organizationId, secretKey: cfg.stripe.secretKey, apiBase: cfg.stripe.apiBase, eventName: cfg.stripe.eventName, value: cfg.stripe.value, totals: use === 'replay' ? 'fresh' : 'stored' }))
   }
   if (cfg.cloudEvents) sinks.push(cloudEventsSink(cfg.cloudEvents))
   return sinks
