@@ -74,7 +74,7 @@ export async function runExport (args: string[], env: Record<string, string | un
       throw e
     }
     const s = await open()
-    const sink = configuredSinks(config.export, s, org).find((k) => k.name === sinkName)
+    const sink = configuredSinks(config.export, s, org, 'replay').find((k) => k.name === sinkName)
     if (sink === undefined) { err(`usage-proxy: export replay: sink ${JSON.stringify(sinkName)} is not configured here (configured: ${configuredSinks(config.export, s, org).map((k) => k.name).join(', ') || 'none'})\n`); return 2 }
     for (const w of await dedupeWarnings(s, org, sink.name, fromUtc)) err(`usage-proxy: export replay: warning: ${w}\n`)
     if (flags.has('dry-run')) { out('export replay: dry run, nothing sent\n'); return 0 }

@@ -25,13 +25,13 @@ export async function recordBatch (sql: Sql, lease: Lease, ttlMs: number, sink: 
     await fence(tx, lease, ttlMs)
     if (acked.length > 0) {
       await tx`INSERT INTO export_acks (organization_id, sink, xid, created_at, event_id)
-        SELECT ${lease.org}, ${lease.sink}, x::bigint, c::timestamptz, e::uuid
+        SELECT ${lease.org}, ${lease.sink}, x::bigint, c::text::timestamptz, e::uuid
         FROM unnest(${acked.map((a) => a.xid)}::text[], ${acked.map((a) => a.createdAt)}::text[], ${acked.map((a) => a.eventId)}::text[]) AS u(x, c, e)
         ON CONFLICT DO NOTHING`
     }
     if (setAside.length > 0) {
       await tx`INSERT INTO export_set_aside (organization_id, sink, event_id, row_created_at, reason)
-        SELECT ${lease.org}, ${lease.sink}, e::uuid, c::timestamptz, r
+        SELECT ${lease.org}, ${lease.sink}, e::uuid, c::text::timestamptz, r
         FROM unnest(${setAside.map((s) => s.r.row.eventId)}::text[], ${setAside.map((s) => s.r.at.createdAt)}::text[], ${setAside.map((s) => s.reason.slice(0, 1000))}::text[]) AS u(e, c, r)
         ON CONFLICT DO NOTHING`
     }
@@ -47,11 +47,11 @@ export async function recordBatch (sql: Sql, lease: Lease, ttlMs: number, sink: 
       RETURNING xid::text, created_at::text, event_id::text`
     moved = { xid: c.xid, createdAt: c.created_at, eventId: c.event_id }
     if (cursor !== null) {
-      await tx`UPDATE export_cursors SET xid = ${cursor.xid}::bigint, created_at = ${cursor.createdAt}::timestamptz, event_id = ${cursor.eventId}::uuid
+      await tx`UPDATE export_cursors SET xid = ${cursor.xid}::bigint, created_at = ${cursor.createdAt}::text::timestamptz, event_id = ${cursor.eventId}::uuid
         WHERE organization_id = ${lease.org} AND sink = ${lease.sink}`
       // Acknowledgements the cursor has now passed are kept by the cursor itself.
       await tx`DELETE FROM export_acks WHERE organization_id = ${lease.org} AND sink = ${lease.sink}
-        AND (xid, created_at, event_id) <= (${cursor.xid}::bigint, ${cursor.createdAt}::timestamptz, ${cursor.eventId}::uuid)`
+        AND (xid, created_at, event_id) <= (${cursor.xid}::bigint, ${cursor.createdAt}::text::timestamptz, ${cursor.eventId}::uuid)`
       moved = cursor
     }
     if (sink.settle) await sink.settle(tx, rows.map((r) => r.row), results)

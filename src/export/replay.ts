@@ -23,7 +23,7 @@ export const DEDUPE: Record<string, DedupeWindow> = {
 export async function dedupeWarnings (sql: Sql, org: string, sink: string, from: string): Promise<string[]> {
   const [c] = await sql<{ n: string, old: string }[]>`SELECT count(*)::text AS n,
       count(*) FILTER (WHERE recorded_at < now() - interval '24 hours')::text AS old
-    FROM usage_events WHERE organization_id = ${org} AND created_at >= ${from}::timestamptz`
+    FROM usage_events WHERE organization_id = ${org} AND created_at >= ${from}::text::timestamptz`
   const d = DEDUPE[sink]
   const out: string[] = []
   if (d?.windowHours === 24) {

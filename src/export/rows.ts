@@ -68,7 +68,7 @@ export interface Batch {
 export async function readBatch (sql: Sql, org: string, sink: string, from: Position, limit: number): Promise<Batch> {
   if (from.xid === '0') {
     const rows = await sql.unsafe<DbRow[]>(`SELECT ${COLUMNS} FROM usage_events e
-      WHERE organization_id = $1 AND export_xid IS NULL AND (created_at, event_id) > ($2::timestamptz, $3::uuid)
+      WHERE organization_id = $1 AND export_xid IS NULL AND (created_at, event_id) > ($2::text::timestamptz, $3::uuid)
         AND NOT EXISTS (SELECT 1 FROM export_acks a WHERE a.organization_id = $1 AND a.sink = $4 AND a.event_id = e.event_id)
         AND NOT EXISTS (SELECT 1 FROM export_set_aside s WHERE s.organization_id = $1 AND s.sink = $4 AND s.event_id = e.event_id)
       ORDER BY created_at, event_id LIMIT $5`, [org, from.createdAt, from.eventId, sink, limit])
@@ -83,7 +83,7 @@ export async function readBatch (sql: Sql, org: string, sink: string, from: Posi
   if (hi <= lo) return { rows: [], end: from }
   const rows = await sql.unsafe<DbRow[]>(`SELECT ${COLUMNS} FROM usage_events e
     WHERE organization_id = $1 AND export_xid >= $2::bigint AND export_xid < $3::bigint
-      AND (export_xid, created_at, event_id) > ($2::bigint, $4::timestamptz, $5::uuid)
+      AND (export_xid, created_at, event_id) > ($2::bigint, $4::text::timestamptz, $5::uuid)
       AND NOT EXISTS (SELECT 1 FROM export_acks a WHERE a.organization_id = $1 AND a.sink = $6 AND a.event_id = e.event_id)
       AND NOT EXISTS (SELECT 1 FROM export_set_aside s WHERE s.organization_id = $1 AND s.sink = $6 AND s.event_id = e.event_id)
     ORDER BY export_xid, created_at, event_id LIMIT $7`, [org, from.xid, hi.toString(), from.createdAt, from.eventId, sink, limit])
@@ -99,9 +99,9 @@ export async function readBatch (sql: Sql, org: string, sink: string, from: Posi
  */
 export async function readHandledSince (sql: Sql, org: string, sink: string, from: string, cursor: Position, after: Position, limit: number): Promise<PlacedRow[]> {
   const rows = await sql.unsafe<DbRow[]>(`SELECT ${COLUMNS} FROM usage_events e
-    WHERE organization_id = $1 AND created_at >= $2::timestamptz
-      AND (coalesce(export_xid, 0), created_at, event_id) > ($3::bigint, $4::timestamptz, $5::uuid)
-      AND ((coalesce(export_xid, 0), created_at, event_id) <= ($6::bigint, $7::timestamptz, $8::uuid)
+    WHERE organization_id = $1 AND created_at >= $2::text::timestamptz
+      AND (coalesce(export_xid, 0), created_at, event_id) > ($3::bigint, $4::text::timestamptz, $5::uuid)
+      AND ((coalesce(export_xid, 0), created_at, event_id) <= ($6::bigint, $7::text::timestamptz, $8::uuid)
         OR EXISTS (SELECT 1 FROM export_acks a WHERE a.organization_id = $1 AND a.sink = $9 AND a.event_id = e.event_id)
         OR EXISTS (SELECT 1 FROM export_set_aside s WHERE s.organization_id = $1 AND s.sink = $9 AND s.event_id = e.event_id))
     ORDER BY coalesce(export_xid, 0), created_at, event_id LIMIT $10`,

@@ -38,7 +38,7 @@ export async function exportStatus (sql: Sql, org: string, setAsideLimit = 20): 
     const [p] = await sql.unsafe<Array<{ n: string, oldest: number | null }>>(`SELECT count(*)::text AS n,
         extract(epoch FROM now() - min(created_at))::float8 AS oldest FROM (
         SELECT e.event_id, e.created_at FROM usage_events e
-        WHERE e.organization_id = $1 AND (coalesce(e.export_xid, 0), e.created_at, e.event_id) > ($2::bigint, $3::timestamptz, $4::uuid)
+        WHERE e.organization_id = $1 AND (coalesce(e.export_xid, 0), e.created_at, e.event_id) > ($2::bigint, $3::text::timestamptz, $4::uuid)
           AND NOT EXISTS (SELECT 1 FROM export_acks a WHERE a.organization_id = $1 AND a.sink = $5 AND a.event_id = e.event_id)
           AND NOT EXISTS (SELECT 1 FROM export_set_aside s WHERE s.organization_id = $1 AND s.sink = $5 AND s.event_id = e.event_id)
         LIMIT ${PENDING_CAP}) w`, [org, c.xid, c.c_created_at, c.c_event_id, c.sink])

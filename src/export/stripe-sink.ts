@@ -22,6 +22,11 @@ export interface StripeOptions {
   maxAgeMs?: number
   concurrency?: number
   batchSize?: number
+  /**
+   * `stored` (the exporter): running totals from export_stripe_totals, updated by settle.
+   * `fresh` (a replay): totals start at zero for the replayed rows and stay in memory.
+   */
+  totals?: 'stored' | 'fresh'
   now?: () => number
 }
 
@@ -37,6 +42,7 @@ export function stripeSink (o: StripeOptions): Sink {
   const now = o.now ?? Date.now
   // What the last send computed per row, for settle to add to the totals of the rows that went.
   let pending = new Map<string, Pending>()
+  const fresh = o.totals === 'fresh' ? new Map<string, Running>() : null
 
   async function send (rows: readonly ExportRow[], ctx: SendContext): Promise<RowResult[]> {
     const results: RowResult[] = rows.map(() => ({ status: 'ok' }))
@@ -60,7 +66,7 @@ export function stripeSink (o: StripeOptions): Sink {
       list.push(i)
       groups.set(key, list)
     })
-    const totals = await loadTotals(o, [...groups.keys()])
+    const totals = fresh ?? await loadTotals(o, [...groups.keys()])
     const queue = [...groups.entries()]
     const worker = async (): Promise<void> => {
       for (let next = queue.shift(); next !== undefined; next = queue.shift()) {
@@ -84,6 +90,7 @@ export function stripeSink (o: StripeOptions): Sink {
             results[i] = { status: 'ok' }
             pending.set(row.eventId, { key, customer, month, exact, units })
             total = after
+            fresh?.set(key, after)
           } else if (answer.kind === 'refused') {
             results[i] = { status: 'rejected', reason: answer.reason }
           } else {
