@@ -59,7 +59,7 @@ t.test('two replicas, one OTLP receiver: the ledger\'s token sums, each row once
   t.teardown(() => receiver.close())
   const org = 'mai_client_otel_e2e'
   const probe = join(mkdtempSync(join(tmpdir(), 'otel-probe-')), 'loaded.txt')
-  const otel = { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, OTEL_METRIC_EXPORT_INTERVAL: '100', OTEL_EXPORTER_OTLP_TIMEOUT: '800', OTEL_SERVICE_NAME: 'usage-proxy-e2e' }
+  const otel = { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, OTEL_METRIC_EXPORT_INTERVAL: '100', OTEL_EXPORTER_OTLP_TIMEOUT: '5000', OTEL_SERVICE_NAME: 'usage-proxy-e2e' }
   const replicas: Child[] = []
   for (let i = 0; i < 2; i++) replicas.push(spawnSidecar(env({ org, databaseUrl: db.url, probe }, otel), await freePort(), ['--import', PROBE]))
   t.teardown(async () => { for (const r of replicas) { r.proc.kill('SIGKILL'); await r.exited } })
@@ -77,6 +77,9 @@ t.test('two replicas, one OTLP receiver: the ledger\'s token sums, each row once
   await receiver.down()
   await Promise.all([load(replicas[0], 20, 'ann'), load(replicas[1], 20, 'chen')])
   t.equal(await ledgerRows(db.sql, org, 100), 100)
+  const failedBatch = () => replicas.some((c) => c.logs().some((l) => String(l.msg).startsWith('export: receiver did not take rows') && l.sink === 'otel'))
+  while (!failedBatch()) await new Promise((r) => setTimeout(r, 25))
+  t.pass('the holder tried while the receiver was down, and was told to retry')
   await receiver.up()
 
   // 3. The lease holder stops (SIGTERM, a deploy); the other replica takes the sink over.

@@ -11,7 +11,7 @@ import { OtlpReceiver, total, type Point, type Received } from './support/otlp-r
 const BASE_ENV = { OPENROUTER_API_KEY: 'sk-or-v1-test-key', OPENROUTER_EXTERNAL_USER: 'org_otel', ORGANIZATION_NAME: 'Otel Org' }
 
 function telemetry (endpoint: string, extra: Record<string, string> = {}): TelemetryConfig {
-  const cfg = loadConfig({ ...BASE_ENV, OTEL_EXPORTER_OTLP_ENDPOINT: endpoint, OTEL_METRIC_EXPORT_INTERVAL: '1', OTEL_EXPORTER_OTLP_TIMEOUT: '1500', ...extra }).export.otel
+  const cfg = loadConfig({ ...BASE_ENV, OTEL_EXPORTER_OTLP_ENDPOINT: endpoint, OTEL_METRIC_EXPORT_INTERVAL: '1', OTEL_EXPORTER_OTLP_TIMEOUT: '3000', ...extra }).export.otel
   if (!cfg) throw new Error('telemetry should be on')
   return cfg
 }
