@@ -17,6 +17,7 @@ export interface DedupeWindow { sink: string, windowHours: number | null, receiv
 export const DEDUPE: Record<string, DedupeWindow> = {
   stripe: { sink: 'stripe', windowHours: 24, receiver: 'Stripe (meter event identifiers are deduplicated for about 24 hours)' },
   cloudevents: { sink: 'cloudevents', windowHours: null, receiver: 'the CloudEvents receiver (OpenMeter and Lago dedupe by id / transaction_id; a receiver that does not will count them again)' },
+  otel: { sink: 'otel', windowHours: null, receiver: 'the OpenTelemetry receiver (OTLP metrics carry no id: every resent row is counted again in the dashboards)' },
 }
 
 /** Warnings to print before a replay: how many rows fall outside the receiver's dedupe window. */
