@@ -34,7 +34,10 @@ function env (o: { org: string, databaseUrl: string, probe: string }, extra: Rec
     RECONCILE_MAX_WAIT_MS: '5000',
     DATA_DIR: mkdtempSync(join(tmpdir(), 'otel-replica-')),
     EXPORT_POLL_MS: '50',
-    EXPORT_LEASE_MS: '1500',
+    // Long enough that a starved machine never lets the lease lapse mid-batch (a new holder would
+    // then send a batch the old one delivered but could not acknowledge: counted twice, as
+    // docs/telemetry.md says); a stopping holder releases it at once.
+    EXPORT_LEASE_MS: '10000',
     EXPORT_RETRY_MAX_MS: '400',
     OTEL_LOAD_PROBE_FILE: o.probe,
     ...extra,

@@ -170,3 +170,23 @@ t.test('a partial batch waits for the export interval; stopping answers retry an
   t.equal(receiver.accepted.length, 2, 'and nothing more was sent')
   t.equal(total(receiver.accepted, 'usage_proxy.generations'), 4)
 })
+
+t.test('the lease lost while a batch is being recorded: nothing is sent, the rows come back, and count once when resent', async (t) => {
+  const receiver = await new OtlpReceiver().start()
+  t.teardown(() => receiver.close())
+  const sink = createOtelSink(telemetry(receiver.url, { OTEL_METRIC_EXPORT_INTERVAL: '3600000' }), { organizationId: 'org_otel', batchSize: 600 })
+  t.teardown(() => sink.close())
+  const first = [row()]
+  t.same((await sink.send(first, ctx())).map((r) => r.status), ['ok'])
+  const batch = Array.from({ length: 600 }, () => row())
+  const lost = new AbortController()
+  const sending = sink.send(batch, { signal: lost.signal })
+  // Recording gives the event loop a turn every few hundred rows; the lease is lost in the first one.
+  setImmediate(() => lost.abort())
+  const results = await sending
+  t.ok(results.every((r) => r.status === 'retry'), 'every row of the batch is to be retried')
+  t.equal(receiver.accepted.length, 1, 'nothing was exported after the lease was lost')
+  t.same(new Set((await sink.send(batch, ctx())).map((r) => r.status)), new Set(['ok']), 'the next holder (here: the same sink) sends them')
+  t.equal(total(receiver.accepted, 'usage_proxy.generations'), 601, 'each row once')
+  t.equal(tokens(receiver.accepted, 'input'), sumOf([...first, ...batch], (r) => r.promptTokens))
+})

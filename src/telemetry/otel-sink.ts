@@ -28,6 +28,7 @@ export interface OtelSink {
 
 export const OTEL_SINK_NAME = 'otel'
 const DEFAULT_BATCH = 5000
+const RECORD_SLICE = 250
 
 export function createOtelSink (cfg: TelemetryConfig, opts: OtelSinkOptions): OtelSink {
   const batchSize = opts.batchSize ?? DEFAULT_BATCH
@@ -56,7 +57,17 @@ export function createOtelSink (cfg: TelemetryConfig, opts: OtelSinkOptions): Ot
         return retryAll(rows, `the OpenTelemetry SDK did not load: ${message(err)}`)
       }
       lastExport = Date.now()
-      for (const row of rows) p.record(measure(row, cfg.server))
+      // Recording runs on the data plane's event loop: a turn is given back every few hundred rows,
+      // so a full batch never holds a request for long.
+      for (let i = 0; i < rows.length; i++) {
+        if (i > 0 && i % RECORD_SLICE === 0) await new Promise<void>((resolve) => setImmediate(resolve))
+        p.record(measure(rows[i], cfg.server))
+      }
+      // Lost the lease while recording: the next holder sends these rows, so this process must not.
+      if (ctx.signal.aborted) {
+        await p.reset()
+        return retryAll(rows, 'the exporter is stopping')
+      }
       try {
         await p.export()
         return rows.map(() => ({ status: 'ok' }))

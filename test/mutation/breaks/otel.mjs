@@ -54,10 +54,10 @@ export const BREAKS = [
     tests: [SINK],
   },
   {
-    name: 'otel: the partial-batch pause ignores the stop signal',
+    name: 'otel: a batch recorded after the lease was lost is exported anyway',
     file: 'src/telemetry/otel-sink.ts',
-    search: "      if (ctx.signal.aborted) return retryAll(rows, 'the exporter is stopping')",
-    replace: '',
+    search: '      if (ctx.signal.aborted) {\n        await p.reset()',
+    replace: '      if (ctx.signal.aborted && false) {\n        await p.reset()',
     tests: [SINK],
   },
   {
