@@ -69,8 +69,11 @@ t.test('customers: seeded from the environment, set, read, deleted, validated an
   t.equal(bad.body.error.code, 'invalid_billing_customer')
   t.equal((await call('PUT', '/admin/v1/billing/customers/users/u-anna', { stripe_customer_id: 'cus_x', extra: 1 })).status, 400, 'unknown field')
   t.equal((await call('PUT', '/admin/v1/billing/customers/users/u-anna', 'nope')).status, 400, 'not an object')
+  const key = await call('PUT', '/admin/v1/billing/customers/keys/key_123', { stripe_customer_id: 'cus_Key1' })
+  t.same(key.body, { object: 'billing_customer', scope: 'key', key_id: 'key_123', stripe_customer_id: 'cus_Key1' })
+  t.equal((await call('PUT', '/admin/v1/billing/customers/keys/key_123', { stripe_customer_id: 'cus_Key1' })).status, 200, 'setting the same again')
   const list = await call('GET', '/admin/v1/billing/customers')
-  t.equal(list.body.data.length, 3)
+  t.equal(list.body.data.length, 4)
   t.equal((await call('DELETE', '/admin/v1/billing/customers/groups/sales')).status, 200)
   t.equal((await call('DELETE', '/admin/v1/billing/customers/groups/sales')).status, 404, 'a second delete finds nothing')
   t.equal((await call('GET', '/admin/v1/billing/customers/groups/sales')).status, 404)
@@ -79,6 +82,7 @@ t.test('customers: seeded from the environment, set, read, deleted, validated an
     'billing_customer.set billing/customers/organization',
     'billing_customer.set billing/customers/users/u-anna',
     'billing_customer.set billing/customers/groups/sales',
+    'billing_customer.set billing/customers/keys/key_123',
     'billing_customer.deleted billing/customers/groups/sales',
   ], 'every change, and only changes, audited')
   t.ok(trail.slice(1).every((r) => r.actor.startsWith('admin-key:')), 'by the admin key\'s fingerprint')
