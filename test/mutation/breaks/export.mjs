@@ -8,8 +8,8 @@ export const BREAKS = [
   {
     name: 'export: the cursor reads past the oldest open transaction (a late-committing row is skipped)',
     file: 'src/export/rows.ts',
-    search: 'const hi = lo + XID_WINDOW < h ? lo + XID_WINDOW : h',
-    replace: 'const hi = lo + XID_WINDOW',
+    search: 'const hi = lo + window < h ? lo + window : h',
+    replace: 'const hi = lo + window',
     tests: FAULTS,
   },
   {
