@@ -4,6 +4,7 @@
 //     local Stripe endpoint (one request per event, as Stripe's v1 API takes them), events/s;
 //  2. the data plane at c=64 (non-streamed, BENCH_SECONDS each, BENCH_ROUNDS alternating rounds)
 //     with the export off and on (CloudEvents to the local receiver), in the same run.
+// BENCH_EXPORT_THROUGHPUT=0 skips part 1.
 // Needs Postgres on loopback (BENCH_PG_URL). Prints Markdown.
 import { join } from 'node:path'
 import { mkdtempSync } from 'node:fs'
@@ -59,15 +60,17 @@ async function throughput (label, rows, makeSink) {
 }
 
 const results = []
+const THROUGHPUT = process.env.BENCH_EXPORT_THROUGHPUT !== '0'
 const { cloudEventsSink } = await dist('export/cloudevents-sink.js')
 const { stripeSink } = await dist('export/stripe-sink.js')
-results.push(await throughput('CloudEvents, batches of 100', ROWS, () => cloudEventsSink({ url: `http://127.0.0.1:${rport}/events`, source: 'bench_org', batchSize: 100 })))
-results.push(await throughput('CloudEvents, batches of 1000', ROWS, () => cloudEventsSink({ url: `http://127.0.0.1:${rport}/events`, source: 'bench_org', batchSize: 1000 })))
-results.push(await throughput('Stripe meter events (one customer-month: sequential)', STRIPE_ROWS, (pool) => stripeSink({
+if (THROUGHPUT) results.push(await throughput('CloudEvents, batches of 100', ROWS, () => cloudEventsSink({ url: `http://127.0.0.1:${rport}/events`, source: 'bench_org', batchSize: 100 })))
+if (THROUGHPUT) results.push(await throughput('CloudEvents, batches of 1000', ROWS, () => cloudEventsSink({ url: `http://127.0.0.1:${rport}/events`, source: 'bench_org', batchSize: 1000 })))
+if (THROUGHPUT) results.push(await throughput('Stripe meter events (one customer-month: sequential)', STRIPE_ROWS, (pool) => stripeSink({
   sql: pool, organizationId: 'bench_org', secretKey: 'sk_test_bench00000000', apiBase: `http://127.0.0.1:${rport}`, eventName: 'llm_usage', value: 'billed_micro_usd', batchSize: 100,
 })))
 
 // The data plane with the export off and on, alternating.
+await reset()
 const upstream = await startUpstreamProcess(tmp)
 const plane = []
 for (const on of [false, true]) {
