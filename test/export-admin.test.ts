@@ -126,6 +126,20 @@ t.test('a request reaches Stripe under the user\'s customer; status, metrics, CL
   t.equal(await runExport(['replay', '--sink', 'nope', '--from', '2020-01-01'], { ...env }, () => {}, () => {}), 2, 'an unknown sink is a usage error')
   t.equal(await runExport(['replay', '--sink', 'stripe', '--from', 'yesterday'], { ...env }, () => {}, () => {}), 2, 'a bad date is a usage error')
 
+  out = ''; err = ''
+  const replayed = await runExport(['replay', '--sink=stripe', '--from=2020-01-01'], { ...env }, (s) => { out += s }, (s) => { err += s })
+  t.equal(replayed, 0, err)
+  t.match(out, /1 rows resent, 1 taken, 0 refused/)
+  t.equal(stripe.events.size, 1, 'the resend came under the same identifier: still one event at Stripe')
+  t.equal(stripe.accepted.length, 2, 'sent twice on purpose')
+  out = ''
+  t.equal(await runExport(['status', '--json'], { DATABASE_URL: db.url, OPENROUTER_EXTERNAL_USER: ORG }, (s) => { out += s }, () => {}), 0)
+  t.equal(JSON.parse(out)[0].rowsSent, '1', 'a replay does not count as the exporter\'s sending')
+  t.equal(await runExport(['nope'], {}, () => {}, () => {}), 2, 'an unknown subcommand')
+  t.equal(await runExport(['replay', '--from', '2020-01-01'], { ...env }, () => {}, () => {}), 2, 'replay without --sink')
+  t.equal(await runExport(['status', '--bogus'], { ...env }, () => {}, () => {}), 2, 'an unknown option')
+  t.equal(await runExport(['status'], { DATABASE_URL: db.url }, () => {}, () => {}), 2, 'no organization')
+
   t.notMatch(on.logs.text, STRIPE_KEY, 'the Stripe key is in no log line')
   t.notMatch(JSON.stringify(st), STRIPE_KEY)
   t.notMatch(metrics, STRIPE_KEY)
