@@ -88,11 +88,12 @@ CREATE TABLE IF NOT EXISTS export_stripe_totals (
   PRIMARY KEY (organization_id, sink, stripe_customer_id, month)
 );
 
--- Which Stripe customer is billed for a row: the row's user's own, else its first group's (in
--- the row's sorted group order) that has one, else the organization's (subject '').
+-- Which Stripe customer is billed for a row: the row's user's own, else its API key's, else its
+-- first group's (in the row's sorted group order) that has one, else the organization's
+-- (subject '').
 CREATE TABLE IF NOT EXISTS billing_customers (
   organization_id text NOT NULL,
-  scope text NOT NULL CHECK (scope IN ('organization', 'user', 'group')),
+  scope text NOT NULL CHECK (scope IN ('organization', 'user', 'key', 'group')),
   subject text NOT NULL,
   stripe_customer_id text NOT NULL CHECK (stripe_customer_id ~ '^cus_[A-Za-z0-9]{1,250}$'),
   updated_at timestamptz NOT NULL DEFAULT now(),

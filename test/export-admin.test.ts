@@ -69,8 +69,11 @@ t.test('customers: seeded from the environment, set, read, deleted, validated an
   t.equal(bad.body.error.code, 'invalid_billing_customer')
   t.equal((await call('PUT', '/admin/v1/billing/customers/users/u-anna', { stripe_customer_id: 'cus_x', extra: 1 })).status, 400, 'unknown field')
   t.equal((await call('PUT', '/admin/v1/billing/customers/users/u-anna', 'nope')).status, 400, 'not an object')
+  const key = await call('PUT', '/admin/v1/billing/customers/keys/key_123', { stripe_customer_id: 'cus_Key1' })
+  t.same(key.body, { object: 'billing_customer', scope: 'key', key_id: 'key_123', stripe_customer_id: 'cus_Key1' })
+  t.equal((await call('PUT', '/admin/v1/billing/customers/keys/key_123', { stripe_customer_id: 'cus_Key1' })).status, 200, 'setting the same again')
   const list = await call('GET', '/admin/v1/billing/customers')
-  t.equal(list.body.data.length, 3)
+  t.equal(list.body.data.length, 4)
   t.equal((await call('DELETE', '/admin/v1/billing/customers/groups/sales')).status, 200)
   t.equal((await call('DELETE', '/admin/v1/billing/customers/groups/sales')).status, 404, 'a second delete finds nothing')
   t.equal((await call('GET', '/admin/v1/billing/customers/groups/sales')).status, 404)
@@ -79,6 +82,7 @@ t.test('customers: seeded from the environment, set, read, deleted, validated an
     'billing_customer.set billing/customers/organization',
     'billing_customer.set billing/customers/users/u-anna',
     'billing_customer.set billing/customers/groups/sales',
+    'billing_customer.set billing/customers/keys/key_123',
     'billing_customer.deleted billing/customers/groups/sales',
   ], 'every change, and only changes, audited')
   t.ok(trail.slice(1).every((r) => r.actor.startsWith('admin-key:')), 'by the admin key\'s fingerprint')
@@ -121,6 +125,20 @@ t.test('a request reaches Stripe under the user\'s customer; status, metrics, CL
   t.equal(stripe.requests, 1, 'a dry run sends nothing')
   t.equal(await runExport(['replay', '--sink', 'nope', '--from', '2020-01-01'], { ...env }, () => {}, () => {}), 2, 'an unknown sink is a usage error')
   t.equal(await runExport(['replay', '--sink', 'stripe', '--from', 'yesterday'], { ...env }, () => {}, () => {}), 2, 'a bad date is a usage error')
+
+  out = ''; err = ''
+  const replayed = await runExport(['replay', '--sink=stripe', '--from=2020-01-01'], { ...env }, (s) => { out += s }, (s) => { err += s })
+  t.equal(replayed, 0, err)
+  t.match(out, /1 rows resent, 1 taken, 0 refused/)
+  t.equal(stripe.events.size, 1, 'the resend came under the same identifier: still one event at Stripe')
+  t.equal(stripe.accepted.length, 2, 'sent twice on purpose')
+  out = ''
+  t.equal(await runExport(['status', '--json'], { DATABASE_URL: db.url, OPENROUTER_EXTERNAL_USER: ORG }, (s) => { out += s }, () => {}), 0)
+  t.equal(JSON.parse(out)[0].rowsSent, '1', 'a replay does not count as the exporter\'s sending')
+  t.equal(await runExport(['nope'], {}, () => {}, () => {}), 2, 'an unknown subcommand')
+  t.equal(await runExport(['replay', '--from', '2020-01-01'], { ...env }, () => {}, () => {}), 2, 'replay without --sink')
+  t.equal(await runExport(['status', '--bogus'], { ...env }, () => {}, () => {}), 2, 'an unknown option')
+  t.equal(await runExport(['status'], { DATABASE_URL: db.url }, () => {}, () => {}), 2, 'no organization')
 
   t.notMatch(on.logs.text, STRIPE_KEY, 'the Stripe key is in no log line')
   t.notMatch(JSON.stringify(st), STRIPE_KEY)

@@ -131,18 +131,23 @@ t.test('two replicas racing for the lease: one sends, every row once', async (t)
 t.test('Postgres cuts the exporter\'s connections: every row, sums exact', async (t) => {
   if (await withoutServer(t, 'pg_terminate_backend on another backend')) return
   const { db, ce, url } = await fresh()
-  t.teardown(async () => { await ce.close(); await db.drop() })
+  const fake = new FakeOpenRouter()
+  await fake.start()
+  t.teardown(async () => { await ce.close(); await fake.close(); await db.drop() })
   await seedLedger(db.sql, { rows: 2000, from: '2026-11-01', days: 5 })
-  const pool = postgres(db.url, { max: 2, onnotice: () => {}, connection: { application_name: 'export-cut' } })
-  t.teardown(() => pool.end({ timeout: 1 }))
-  const exporter = startExporter([cloudEventsSink({ url, source: ORG, batchSize: 40 })], { sql: pool, organizationId: ORG, log: log(), leaseMs: 2000, pollMs: 10, backoff: { baseMs: 10, maxMs: 100 } })
-  t.teardown(() => exporter.stop())
+  // A sidecar process (its crash guard covers the client library's race on a cut socket).
+  const env = faultEnv({ org: ORG, name: 'Acme', key: 'sk-or-v1-test-key-0123456789', databaseUrl: db.url, upstream: fake.baseUrl, dataDir: mkdtempSync(join(tmpdir(), 'export-cut-')) },
+    { CLOUDEVENTS_URL: url, CLOUDEVENTS_BATCH_SIZE: '40', EXPORT_LEASE_MS: '2000', EXPORT_POLL_MS: '10', EXPORT_RETRY_MAX_MS: '100' })
+  const sidecar = spawnSidecar(env, await freePort())
+  t.teardown(async () => { sidecar.proc.kill('SIGTERM'); await sidecar.exited })
+  await sidecar.waitReady()
   for (const at of [300, 900, 1500]) {
     await waitFor(`${at} rows`, () => ce.events.size >= at)
-    await db.sql`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'export-cut' AND datname = current_database()`
+    await db.sql`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'usage-proxy' AND datname = current_database()`
   }
   await waitFor('every row', () => ce.events.size === 2000)
   await waitFor('caught up', async () => (await exportStatus(db.sql, ORG))[0].pending === 0)
+  t.equal(sidecar.proc.exitCode, null, 'the sidecar lived through the cuts')
   await reconciles(t, db, ce, 3 * 40)
 })
 

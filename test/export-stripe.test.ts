@@ -47,11 +47,13 @@ function run (value: 'billed_micro_usd' | 'tokens' = 'billed_micro_usd'): Export
 }
 
 /** The customer each row bills to, as documented: user's own, else first mapped group, else organization. */
-const CUSTOMER_SQL = `CASE WHEN user_id = 'u-anna' THEN 'cus_anna' WHEN 'g-sales' = ANY (groups) THEN 'cus_sales' ELSE 'cus_org' END`
+const CUSTOMER_SQL = `CASE WHEN user_id = 'u-anna' THEN 'cus_anna' WHEN api_key_id = 'key_k1' THEN 'cus_key' WHEN 'g-sales' = ANY (groups) THEN 'cus_sales' ELSE 'cus_org' END`
 
 t.test('every billed row arrives once, sums per customer and month equal the ledger to the unit', async (t) => {
   await seedLedger(db.sql, { rows: 600, from: daysAgo(12), days: 10 })
-  await db.sql`UPDATE usage_events SET groups = '{g-sales,g-zeta}' WHERE user_id = 'u-bob'`
+  await db.sql`UPDATE usage_events SET groups = '{g-sales,g-zeta}' WHERE user_id IN ('u-bob', 'u-anna')`
+  // Half of Bob's rows were made with a key that has a customer: the key wins over the group.
+  await db.sql`UPDATE usage_events SET api_key_id = 'key_k1' WHERE user_id IN ('u-bob', 'u-anna') AND prompt_tokens % 2 = 0`
   // One row too old for Stripe: set aside, not sent.
   const oldId = randomUUID()
   await db.sql`INSERT INTO usage_events (event_id, generation_id, organization_id, user_id, external_user_id, endpoint, model, streamed, status, outcome, usage_source, cost_usd, markup_percent, created_at)
@@ -59,6 +61,7 @@ t.test('every billed row arrives once, sums per customer and month equal the led
   await setCustomer(db.sql, ORG, 'organization', '', 'cus_org')
   await setCustomer(db.sql, ORG, 'user', 'u-anna', 'cus_anna')
   await setCustomer(db.sql, ORG, 'group', 'g-sales', 'cus_sales')
+  await setCustomer(db.sql, ORG, 'key', 'key_k1', 'cus_key')
   // The receiver: 500 for the first requests, one 429 with Retry-After, one row refused for good.
   const [refused] = await db.sql<{ id: string }[]>`SELECT coalesce(generation_id, event_id::text) AS id FROM usage_events WHERE billed_cost_usd IS NOT NULL AND created_at > now() - interval '30 days' ORDER BY event_id LIMIT 1`
   let limitedAt: { id: string, at: number } | null = null
@@ -97,7 +100,7 @@ t.test('every billed row arrives once, sums per customer and month equal the led
     const [{ r }] = await db.sql<{ r: string }[]>`SELECT round(sum(x::numeric))::text AS r FROM unnest(${micros}::text[]) x`
     t.equal(sent.get(k)?.toString(), r, `${k}: units sent = round(exact ledger micro-USD)`)
   }
-  t.ok(sent.has(`cus_sales|${billed[0].month}`) || [...sent.keys()].some((k) => k.startsWith('cus_sales|')), 'a group customer was billed')
+  for (const c of ['cus_anna', 'cus_key', 'cus_sales', 'cus_org']) t.ok([...sent.keys()].some((k) => k.startsWith(`${c}|`)), `${c} was billed`)
 
   const [status] = await exportStatus(db.sql, ORG)
   t.equal(status.rowsSetAside, '2', 'two rows set aside')

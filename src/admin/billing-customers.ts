@@ -5,12 +5,14 @@ import { sendError } from '../lib/errors.js'
 import { readJson } from '../lib/read-body.js'
 import { sendJson, type AdminRoute } from './router.js'
 
-// /admin/v1/billing/customers: which Stripe customer the Stripe export bills a row to. A user's
-// own customer wins over its groups', a group's over the organization's (docs/export.md).
+// /admin/v1/billing/customers: which Stripe customer the Stripe export bills a row to. The most
+// specific wins: the user's own, then the API key's, then a group's, then the organization's
+// (docs/export.md).
 
 const TARGETS: Array<[RegExp, (p: Record<string, string>) => [CustomerScope, string]]> = [
   [/^\/admin\/v1\/billing\/customers\/organization$/, () => ['organization', '']],
   [/^\/admin\/v1\/billing\/customers\/users\/(?<userId>[^/]+)$/, (p) => ['user', p.userId]],
+  [/^\/admin\/v1\/billing\/customers\/keys\/(?<keyId>[^/]+)$/, (p) => ['key', p.keyId]],
   [/^\/admin\/v1\/billing\/customers\/groups\/(?<groupId>[^/]+)$/, (p) => ['group', p.groupId]],
 ]
 
@@ -20,7 +22,7 @@ const target = (scope: CustomerScope, subject: string): string =>
 function shown (scope: CustomerScope, subject: string, customer: string): Record<string, unknown> {
   return {
     object: 'billing_customer', scope,
-    ...(scope === 'user' ? { user_id: subject } : scope === 'group' ? { group_id: subject } : {}),
+    ...(scope === 'user' ? { user_id: subject } : scope === 'group' ? { group_id: subject } : scope === 'key' ? { key_id: subject } : {}),
     stripe_customer_id: customer,
   }
 }

@@ -3,18 +3,20 @@ import type { ExportTx } from './sink.js'
 import type { ExportRow } from './sink.js'
 
 // Which Stripe customer a row is billed to (sql/021_export.sql, billing_customers): the row's
-// user's own customer, else the customer of the row's first group (groups are sorted) that has
-// one, else the organization's. A request made with an API key and no user is the user
-// `key:<keyId>`, so a key is mapped as that user. The mapping in force when the row is exported
-// is the one used.
+// user's own customer, else its API key's, else the customer of the row's first group (groups
+// are sorted) that has one, else the organization's. The most specific mapping wins: a person,
+// then the key they used, then a team, then the organization. A request made with a key and no
+// user is the user `key:<keyId>`, so either mapping reaches it. The mapping in force when the
+// row is exported is the one used.
 
-export type CustomerScope = 'organization' | 'user' | 'group'
+export type CustomerScope = 'organization' | 'user' | 'key' | 'group'
 
 export const CUSTOMER_ID = /^cus_[A-Za-z0-9]{1,250}$/
 
 export interface CustomerMap {
   organization: string | null
   users: Map<string, string>
+  keys: Map<string, string>
   groups: Map<string, string>
 }
 
@@ -23,19 +25,24 @@ type Querier = Sql | ExportTx
 export async function loadCustomers (sql: Querier, org: string): Promise<CustomerMap> {
   const rows = await sql<{ scope: CustomerScope, subject: string, stripe_customer_id: string }[]>`SELECT scope, subject, stripe_customer_id
     FROM billing_customers WHERE organization_id = ${org}`
-  const map: CustomerMap = { organization: null, users: new Map(), groups: new Map() }
+  const map: CustomerMap = { organization: null, users: new Map(), keys: new Map(), groups: new Map() }
   for (const r of rows) {
     if (r.scope === 'organization') map.organization = r.stripe_customer_id
     else if (r.scope === 'user') map.users.set(r.subject, r.stripe_customer_id)
+    else if (r.scope === 'key') map.keys.set(r.subject, r.stripe_customer_id)
     else map.groups.set(r.subject, r.stripe_customer_id)
   }
   return map
 }
 
-export function customerFor (map: CustomerMap, row: Pick<ExportRow, 'userId' | 'groups'>): string | null {
+export function customerFor (map: CustomerMap, row: Pick<ExportRow, 'userId' | 'apiKeyId' | 'groups'>): string | null {
   if (row.userId !== null) {
     const own = map.users.get(row.userId)
     if (own !== undefined) return own
+  }
+  if (row.apiKeyId !== null) {
+    const key = map.keys.get(row.apiKeyId)
+    if (key !== undefined) return key
   }
   for (const g of row.groups) {
     const c = map.groups.get(g)

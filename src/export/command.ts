@@ -7,8 +7,8 @@ import { dedupeWarnings, replay } from './replay.js'
 import { exportStatus } from './status.js'
 
 // `usage-proxy export status [--json]` and `usage-proxy export replay --sink NAME --from DATE
-// [--dry-run]`. Exit 0 on success, 1 when status finds a sink failing or rows set aside, 2 on a
-// usage or configuration error.
+// [--dry-run]`. Exit 0 on success, 1 when the database cannot be read or a replay leaves rows
+// refused, 2 on a usage or configuration error.
 
 const USAGE = 'usage: usage-proxy export status [--json] | usage-proxy export replay --sink NAME --from YYYY-MM-DD[THH:MM:SSZ] [--dry-run]\n'
 
@@ -59,7 +59,7 @@ export async function runExport (args: string[], env: Record<string, string | un
           for (const a of s.setAside) out(`  set aside ${a.eventId} (created ${a.createdAt}): ${a.reason}\n`)
         }
       }
-      return status.some((s) => Number(s.rowsSetAside) > 0 || (s.lastErrorAt !== null && (s.lastSentAt === null || s.lastErrorAt > s.lastSentAt))) ? 1 : 0
+      return 0
     }
     const sinkName = flags.get('sink')
     const from = flags.get('from')

@@ -3,7 +3,7 @@ import type { Logger } from '../lib/log.js'
 import { backoffMs, type BackoffOptions } from './backoff.js'
 import { acquire, holderName, LeaseLost, release, renew, type Lease } from './lease.js'
 import { readCursor, recordBatch } from './progress.js'
-import { readBatch } from './rows.js'
+import { readBatch, XID_WINDOW, type PlacedRow, type Position } from './rows.js'
 import type { RowResult, Sink } from './sink.js'
 
 // One exporter per configured sink, in the sidecar's process but off the request path: it reads
@@ -43,6 +43,9 @@ export interface Exporter {
   /** Resolves when every sink has nothing left below the horizon (tests, bench). */
   idle: () => Promise<void>
 }
+
+/** Rows read per query at least: a sink's batches are handed out of one read, not one query each. */
+const PREFETCH = 2000
 
 const sleep = (ms: number, signal: AbortSignal): Promise<void> => new Promise((resolve) => {
   if (signal.aborted) { resolve(); return }
@@ -101,18 +104,30 @@ function runSink (sink: Sink, opts: ExporterOptions, stopping: AbortSignal) {
       }, Math.max(50, Math.floor(leaseMs / 3)))
       try {
         let cursor = await readCursor(sql, opts.organizationId, sink.name)
+        // Rows read ahead of the sink, handed out a batch at a time; dropped after a retry (the
+        // next read starts again from the cursor).
+        let buffer: PlacedRow[] = []
+        let bufferEnd: Position = cursor
+        let window = XID_WINDOW
         while (!lost.signal.aborted) {
-          const batch = await readBatch(sql, opts.organizationId, sink.name, cursor, sink.batchSize)
-          if (batch.rows.length === 0) {
-            if (batch.end.xid !== cursor.xid || batch.end.eventId !== cursor.eventId) {
-              cursor = (await recordBatch(sql, lease, leaseMs, sink, batch, [])).cursor
+          if (buffer.length === 0) {
+            const read = await readBatch(sql, opts.organizationId, sink.name, cursor, Math.max(sink.batchSize, PREFETCH), window)
+            window = read.window ?? window
+            if (read.rows.length === 0) {
+              if (read.end.xid !== cursor.xid || read.end.eventId !== cursor.eventId || read.end.createdAt !== cursor.createdAt) {
+                cursor = (await recordBatch(sql, lease, leaseMs, sink, read, [])).cursor
+                continue
+              }
+              readings.lagSeconds = 0
+              markIdle(true)
+              await sleep(pollMs, lost.signal)
               continue
             }
-            readings.lagSeconds = 0
-            markIdle(true)
-            await sleep(pollMs, lost.signal)
-            continue
+            buffer = read.rows
+            bufferEnd = read.end
           }
+          const rows = buffer.splice(0, sink.batchSize)
+          const batch = { rows, end: buffer.length === 0 ? bufferEnd : rows[rows.length - 1].at }
           markIdle(false)
           readings.lagSeconds = Math.max(0, (Date.now() - Date.parse(batch.rows[0].row.createdAt)) / 1000)
           let results: RowResult[]
@@ -127,6 +142,7 @@ function runSink (sink: Sink, opts: ExporterOptions, stopping: AbortSignal) {
           readings.setAside += outcome.setAside
           if (outcome.setAside > 0) log.warn({ sink: sink.name, rows: outcome.setAside }, 'export: rows refused for good, set aside')
           if (outcome.retry > 0) {
+            buffer = []
             readings.failures++
             const first = results.find((r) => r.status === 'retry') as { reason: string, afterMs?: number }
             readings.lastError = first.reason

@@ -15,8 +15,14 @@ export const START: Position = { xid: '0', createdAt: '-infinity', eventId: '000
 /** A row with its position, so the layer can move the cursor past it. */
 export interface PlacedRow { row: ExportRow, at: Position }
 
-/** How many transaction ids one read looks across: bounds the rows sorted per batch after an idle stretch. */
-const XID_WINDOW = 100_000n
+/**
+ * How many transaction ids one read looks across, at first. Rows within a window are sorted
+ * without an index (the BRIN index only narrows the blocks), so the window adapts to the rows'
+ * density: a read that came back full narrows the next one to about as many ids as held that
+ * many rows, a read that came back short widens it (up to MAX_WINDOW).
+ */
+export const XID_WINDOW = 100_000n
+const MAX_WINDOW = 1_000_000n
 
 const COLUMNS = `event_id::text AS event_id, generation_id, organization_id, user_id, external_user_id, groups, api_key_id,
   endpoint, coalesce(served_model, model) AS model, model AS requested_model, provider, kind, outcome, status, streamed,
@@ -58,6 +64,8 @@ export interface Batch {
   rows: PlacedRow[]
   /** Where the cursor may go when every row of `rows` is handled (past rows read and rows known absent). */
   end: Position
+  /** The window to read across next time. */
+  window?: bigint
 }
 
 /**
@@ -65,7 +73,7 @@ export interface Batch {
  * acknowledged or set aside past the cursor. `end` is the position after the last row, or, when
  * the read found fewer rows than asked, the furthest point it proved empty.
  */
-export async function readBatch (sql: Sql, org: string, sink: string, from: Position, limit: number): Promise<Batch> {
+export async function readBatch (sql: Sql, org: string, sink: string, from: Position, limit: number, window: bigint = XID_WINDOW): Promise<Batch> {
   if (from.xid === '0') {
     const rows = await sql.unsafe<DbRow[]>(`SELECT ${COLUMNS} FROM usage_events e
       WHERE organization_id = $1 AND export_xid IS NULL AND (created_at, event_id) > ($2::text::timestamptz, $3::uuid)
@@ -74,13 +82,20 @@ export async function readBatch (sql: Sql, org: string, sink: string, from: Posi
       ORDER BY created_at, event_id LIMIT $5`, [org, from.createdAt, from.eventId, sink, limit])
     const placed = rows.map(place)
     if (placed.length === limit) return { rows: placed, end: placed[placed.length - 1].at }
-    // The rows from before the export are all read: the ordered part starts at transaction 1.
-    return { rows: placed, end: { ...START, xid: '1' } }
+    // The rows from before the export are all read: the ordered part starts at the organization's
+    // lowest transaction id (read once, so a sink's first start does not step through every
+    // transaction id the cluster ever used).
+    const [first] = await sql.unsafe<Array<{ x: string | null }>>(
+      'SELECT min(export_xid)::text AS x FROM usage_events WHERE organization_id = $1 AND export_xid IS NOT NULL', [org])
+    // Not above the horizon: a transaction still open below the lowest committed row may add rows.
+    const h = await horizon(sql)
+    const start = first?.x !== null && first?.x !== undefined && BigInt(first.x) < h ? BigInt(first.x) : h
+    return { rows: placed, end: { ...START, xid: (start < 1n ? 1n : start).toString() } }
   }
   const h = await horizon(sql)
   const lo = BigInt(from.xid)
-  const hi = lo + XID_WINDOW < h ? lo + XID_WINDOW : h
-  if (hi <= lo) return { rows: [], end: from }
+  const hi = lo + window < h ? lo + window : h
+  if (hi <= lo) return { rows: [], end: from, window }
   const rows = await sql.unsafe<DbRow[]>(`SELECT ${COLUMNS} FROM usage_events e
     WHERE organization_id = $1 AND export_xid >= $2::bigint AND export_xid < $3::bigint
       AND (export_xid, created_at, event_id) > ($2::bigint, $4::text::timestamptz, $5::uuid)
@@ -88,9 +103,13 @@ export async function readBatch (sql: Sql, org: string, sink: string, from: Posi
       AND NOT EXISTS (SELECT 1 FROM export_set_aside s WHERE s.organization_id = $1 AND s.sink = $6 AND s.event_id = e.event_id)
     ORDER BY export_xid, created_at, event_id LIMIT $7`, [org, from.xid, hi.toString(), from.createdAt, from.eventId, sink, limit])
   const placed = rows.map(place)
-  if (placed.length === limit) return { rows: placed, end: placed[placed.length - 1].at }
+  if (placed.length === limit) {
+    const last = placed[placed.length - 1].at
+    return { rows: placed, end: last, window: BigInt(last.xid) - lo + 1n }
+  }
   // Fewer than asked: nothing else lies below `hi`, and nothing can commit there any more.
-  return { rows: placed, end: { ...START, xid: hi.toString() } }
+  const wider = placed.length < limit / 4 ? window * 4n : window
+  return { rows: placed, end: { ...START, xid: hi.toString() }, window: wider > MAX_WINDOW ? MAX_WINDOW : wider }
 }
 
 /**
