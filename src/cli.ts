@@ -28,6 +28,11 @@ commands:
   export-db --to postgres://…    copy the embedded database under DATA_DIR (sidecar stopped)
                                  into an empty PostgreSQL database, schema first; then start
                                  with DATABASE_URL and the same DATA_DIR
+  export status [--json]         where each billing export sink stands: rows sent, set aside
+                                 (with reasons), waiting, the lease holder, the last error
+  export replay --sink NAME --from DATE [--dry-run]
+                                 resend on purpose the rows from DATE on that the sink already
+                                 handled; warns where the receiver will count them twice
   help, --help, -h               print this help
 
 example:
@@ -141,6 +146,9 @@ async function run (argv: string[]): Promise<void> {
   } else if (command === 'export-db') {
     const [{ runExportDb }, { processEnvironment }] = await Promise.all([import('./db/export-command.js'), import('./config/env-file.js')])
     process.exitCode = await runExportDb(args, processEnvironment(), join(dirname(fileURLToPath(import.meta.url)), '..', 'sql'))
+  } else if (command === 'export') {
+    const [{ runExport }, { processEnvironment }] = await Promise.all([import('./export/command.js'), import('./config/env-file.js')])
+    process.exitCode = await runExport(args, processEnvironment())
   } else if (command === 'gen-env') {
     process.stdout.write(genEnv(args))
   } else if (command === 'statement') {

@@ -5,6 +5,7 @@ import type { FailOpenStats } from '../budgets/fail-open.js'
 import type { BudgetsFor } from '../budgets/status-for.js'
 import type { Backlog } from '../usage/ledger/ledger.js'
 import type { KeyRouteDeps } from './keys.js'
+import type { SinkReadings } from '../export/exporter.js'
 
 // What the admin plane is given by the composition: connections, the logger and readings of the
 // running process.
@@ -30,4 +31,6 @@ export interface AdminDeps {
   backlog?: () => Backlog | null
   /** This replica's API keys: a key made or revoked here takes effect here at once. */
   keys?: KeyRouteDeps['ring']
+  /** This process's exporter, per sink (empty when no sink is configured or boot is not done). */
+  exportReadings?: () => SinkReadings[]
 }

@@ -11,6 +11,8 @@ import { createAdmin, sendJson, type AdminHandler, type AdminRoute } from './rou
 import { storageRoutes } from './storage.js'
 import { sessionRoutes } from './session.js'
 import { usageRoutes } from './usage.js'
+import { billingCustomerRoutes } from './billing-customers.js'
+import { exportRoutes } from './export.js'
 
 export type { AdminDeps } from './deps.js'
 
@@ -32,6 +34,11 @@ export function adminRoutes (deps: AdminDeps): AdminRoute[] {
     ...admissionRoutes({ failMode: deps.config.limits.failMode, stats: deps.admissions ?? (() => null) }),
     ...ledgerRoutes(deps.backlog ?? (() => null)),
     ...usageRoutes({ organizationId: deps.config.organization.id, organizationName: deps.config.organization.name, readSql: deps.readSql, budgetsFor: deps.budgetsFor ?? noBudgetsFor }),
+    ...billingCustomerRoutes({ organizationId: deps.config.organization.id, sql: deps.sql }),
+    ...exportRoutes({
+      organizationId: deps.config.organization.id, sql: deps.sql, readings: deps.exportReadings ?? (() => []),
+      configured: [...(deps.config.export.stripe ? ['stripe'] : []), ...(deps.config.export.cloudEvents ? ['cloudevents'] : [])],
+    }),
     ...sessionRoutes(deps.config.admin.apiKey ?? ''),
     ...pageRoutes(),
   ]

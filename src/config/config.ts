@@ -98,6 +98,31 @@ export const envSchema = z.object({
   RETENTION_MONTHS: positiveInt.optional(),
   SELF_SERVICE_MODEL: z.string().trim().min(1).max(200).regex(/^[^\s]+$/, 'must be a model id without spaces, or off').default('usage-proxy/my-usage'),
   SELF_SERVICE_MODEL_NAME: z.string().trim().min(1).max(200).default('My usage'),
+  // OpenTelemetry (docs/telemetry.md): the standard OTEL_* names, read here and handed to the SDK.
+  OTEL_EXPORTER_OTLP_ENDPOINT: url.optional(),
+  OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: url.optional(),
+  OTEL_EXPORTER_OTLP_PROTOCOL: z.string().refine((p) => p !== 'grpc', 'grpc is not supported: use http/protobuf or http/json')
+    .pipe(z.enum(['http/protobuf', 'http/json'])).default('http/protobuf'),
+  OTEL_EXPORTER_OTLP_HEADERS: z.string().refine((h) => parseOtlpHeaders(h) !== null, 'must be name=value pairs separated by commas (values percent-encoded)').optional(),
+  OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE: z.string().toLowerCase().pipe(z.enum(['cumulative', 'delta', 'lowmemory'])).default('cumulative'),
+  OTEL_EXPORTER_OTLP_TIMEOUT: positiveInt.default(10_000),
+  OTEL_METRIC_EXPORT_INTERVAL: positiveInt.default(60_000),
+  OTEL_SERVICE_NAME: z.string().trim().min(1).default('usage-proxy'),
+  OTEL_RESOURCE_ATTRIBUTES: z.string().refine((h) => parseOtlpHeaders(h) !== null, 'must be key=value pairs separated by commas (values percent-encoded)').optional(),
+  OTEL_SDK_DISABLED: bool.default(false),
+  // Export to billing receivers (README "Send usage to your billing system", docs/export.md)
+  STRIPE_SECRET_KEY: z.string().regex(/^(sk|rk)_[A-Za-z0-9_]{8,}$/, 'must be a Stripe secret or restricted key (sk_live_..., sk_test_..., rk_...)').optional(),
+  STRIPE_API_BASE: url.default('https://api.stripe.com').transform((u) => u.replace(/\/+$/, '')),
+  STRIPE_METER_EVENT_NAME: z.string().trim().min(1).max(100).default('llm_usage'),
+  STRIPE_METER_VALUE: z.enum(['billed_micro_usd', 'tokens']).default('billed_micro_usd'),
+  STRIPE_CUSTOMER_ID: z.string().regex(/^cus_[A-Za-z0-9]{1,250}$/, 'must be a Stripe customer id (cus_...)').optional(),
+  CLOUDEVENTS_URL: url.optional(),
+  CLOUDEVENTS_SECRET: z.string().min(16, 'must be at least 16 characters (e.g. openssl rand -hex 24)').optional(),
+  CLOUDEVENTS_SOURCE: z.string().trim().min(1).max(500).optional(),
+  CLOUDEVENTS_BATCH_SIZE: positiveInt.max(1000).default(100),
+  EXPORT_LEASE_MS: positiveInt.min(100).default(15_000),
+  EXPORT_POLL_MS: positiveInt.default(1000),
+  EXPORT_RETRY_MAX_MS: positiveInt.default(60_000),
 })
 
 export type Env = z.infer<typeof envSchema>
@@ -147,6 +172,34 @@ export interface Config {
   selfService: { model: string | null, name: string }
   /** API_KEYS_REFRESH_MS: each replica re-reads the API keys this often. */
   keys: { refreshMs: number }
+  export: ExportConfig
+}
+
+export interface TelemetryConfig {
+  /** Where metrics are POSTed: OTEL_EXPORTER_OTLP_METRICS_ENDPOINT as is, else OTEL_EXPORTER_OTLP_ENDPOINT + /v1/metrics. */
+  metricsUrl: string
+  protocol: 'http/protobuf' | 'http/json'
+  /** Secrets as often as not (an API key header): never logged. */
+  headers: Record<string, string>
+  temporality: 'cumulative' | 'delta' | 'lowmemory'
+  /** How long one export may take, the exporter's own retries (429, 502-504, refused connections) included. */
+  timeoutMs: number
+  exportIntervalMs: number
+  serviceName: string
+  resourceAttributes: Record<string, string>
+  /** The upstream's host and port (OPENROUTER_BASE_URL): server.address and server.port. */
+  server: { address: string, port: number }
+}
+
+/** The export of ledger rows to receivers; a sink is null when not configured. */
+export interface ExportConfig {
+  stripe: { secretKey: string, apiBase: string, eventName: string, value: 'billed_micro_usd' | 'tokens', customerId: string | undefined } | null
+  cloudEvents: { url: string, secret: string | undefined, source: string, batchSize: number } | null
+  /** OpenTelemetry metrics; null (and the SDK never loaded) unless an OTLP endpoint is set. */
+  otel: TelemetryConfig | null
+  leaseMs: number
+  pollMs: number
+  retryMaxMs: number
 }
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/i
@@ -269,7 +322,66 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
     retentionMonths: e.RETENTION_MONTHS,
     selfService: { model: e.SELF_SERVICE_MODEL.toLowerCase() === 'off' ? null : e.SELF_SERVICE_MODEL, name: e.SELF_SERVICE_MODEL_NAME },
     keys: { refreshMs: e.API_KEYS_REFRESH_MS },
+    export: exportConfig(e),
   }
+}
+
+function exportConfig (e: Env): ExportConfig {
+  if (e.STRIPE_CUSTOMER_ID && !e.STRIPE_SECRET_KEY) {
+    throw new ConfigError(['STRIPE_CUSTOMER_ID is set without STRIPE_SECRET_KEY: it seeds the organization\'s customer for the Stripe export, which STRIPE_SECRET_KEY turns on'])
+  }
+  return {
+    stripe: e.STRIPE_SECRET_KEY === undefined ? null : {
+      secretKey: e.STRIPE_SECRET_KEY, apiBase: e.STRIPE_API_BASE, eventName: e.STRIPE_METER_EVENT_NAME, value: e.STRIPE_METER_VALUE, customerId: e.STRIPE_CUSTOMER_ID,
+    },
+    cloudEvents: e.CLOUDEVENTS_URL === undefined ? null : {
+      url: e.CLOUDEVENTS_URL, secret: e.CLOUDEVENTS_SECRET, source: e.CLOUDEVENTS_SOURCE ?? e.OPENROUTER_EXTERNAL_USER, batchSize: e.CLOUDEVENTS_BATCH_SIZE,
+    },
+    otel: telemetryConfig(e),
+    leaseMs: e.EXPORT_LEASE_MS,
+    pollMs: e.EXPORT_POLL_MS,
+    retryMaxMs: e.EXPORT_RETRY_MAX_MS,
+  }
+}
+
+function telemetryConfig (e: Env): TelemetryConfig | null {
+  const base = e.OTEL_EXPORTER_OTLP_ENDPOINT
+  if (e.OTEL_SDK_DISABLED || (base === undefined && e.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT === undefined)) return null
+  // The OTLP rule: the signal's own variable is the whole URL, the general one a base the signal's path is added to.
+  const metricsUrl = e.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT ?? base!.replace(/\/+$/, '') + '/v1/metrics'
+  const upstream = new URL(e.OPENROUTER_BASE_URL)
+  return {
+    metricsUrl,
+    protocol: e.OTEL_EXPORTER_OTLP_PROTOCOL,
+    headers: parseOtlpHeaders(e.OTEL_EXPORTER_OTLP_HEADERS ?? '') ?? {},
+    temporality: e.OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE,
+    timeoutMs: e.OTEL_EXPORTER_OTLP_TIMEOUT,
+    exportIntervalMs: e.OTEL_METRIC_EXPORT_INTERVAL,
+    serviceName: e.OTEL_SERVICE_NAME,
+    resourceAttributes: parseOtlpHeaders(e.OTEL_RESOURCE_ATTRIBUTES ?? '') ?? {},
+    server: { address: upstream.hostname, port: upstream.port !== '' ? Number(upstream.port) : upstream.protocol === 'https:' ? 443 : 80 },
+  }
+}
+
+/**
+ * OTEL_EXPORTER_OTLP_HEADERS and OTEL_RESOURCE_ATTRIBUTES: `key=value` pairs separated by commas,
+ * values percent-encoded (the W3C Baggage format the OpenTelemetry spec names). Null when malformed.
+ */
+export function parseOtlpHeaders (text: string): Record<string, string> | null {
+  const out: Record<string, string> = {}
+  for (const part of text.split(',')) {
+    if (part.trim() === '') continue
+    const eq = part.indexOf('=')
+    if (eq <= 0) return null
+    const key = part.slice(0, eq).trim()
+    if (key === '') return null
+    try {
+      out[key] = decodeURIComponent(part.slice(eq + 1).trim())
+    } catch {
+      return null
+    }
+  }
+  return out
 }
 
 /** What a command that only reads the ledger (`usage-proxy statement`) needs: the database and the organization. */

@@ -443,6 +443,26 @@
     box.hidden = false
   }
 
+  // The export to billing receivers: per sink, what went out, what waits, what was set aside.
+  async function exportPanel () {
+    const e = await api('/admin/v1/export').catch(() => null)
+    const box = $('export-panel')
+    const list = $('export-sinks')
+    if (!e || e.data.length === 0) { box.hidden = true; return }
+    list.replaceChildren(...e.data.map((s) => {
+      const lag = s.pending === 0 ? 'caught up' : `${count(s.pending)}${s.pending_capped ? '+' : ''} waiting, the oldest for ${s.lag_seconds >= 120 ? `${Math.round(s.lag_seconds / 60)} min` : `${s.lag_seconds} s`}`
+      const parts = [`${s.sink}: ${count(Number(s.rows_sent))} sent, ${lag}`]
+      if (s.rows_set_aside !== '0') parts.push(`${count(Number(s.rows_set_aside))} set aside (latest: ${s.set_aside[0]?.reason ?? ''})`)
+      if (s.last_error && (!s.last_sent_at || s.last_error_at > s.last_sent_at)) parts.push(`failing: ${s.last_error}`)
+      if (!s.configured) parts.push('not configured on this replica')
+      const li = document.createElement('li')
+      li.textContent = parts.join('; ')
+      if (parts.length > 1) li.className = 'warn'
+      return li
+    }))
+    box.hidden = false
+  }
+
   // ---- wiring ----
   function showSignIn () {
     $('dashboard').hidden = true
@@ -463,6 +483,7 @@
     const mine = ++rendering
     admissions()
     backlog()
+    exportPanel()
     $('status').textContent = 'Loading…'
     document.body.setAttribute('aria-busy', 'true')
     try {
