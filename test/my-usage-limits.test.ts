@@ -20,7 +20,7 @@ let free: Started
 
 t.before(async () => {
   fake = await new FakeOpenRouter().start()
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
   const common = { USER_BUDGET_USD: '0', ADMIN_API_KEY: ADMIN_KEY, SHUTDOWN_GRACE_MS: '200' }
   s = await startSidecar(baseEnv(fake, db.url, { USER_RPM: '3', USER_MAX_CONCURRENT: '1', ...common }))
   free = await startSidecar(baseEnv(fake, db.url, common))
