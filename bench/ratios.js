@@ -41,6 +41,12 @@ export function ratioChecks (measurements) {
     add(`added p50, ${sc}`, '<= 1.25x bare + 1 ms', `${sign(up.addedP50)} ms (limit ${sign(limit)})`, up.addedP50 <= limit, `bare Node ${sign(bare.addedP50)} ms over direct; median of ${up.rounds} rounds`)
     const r = up.cpuMsPerRequest / bare.cpuMsPerRequest
     add(`CPU per request, ${sc}`, '<= 1.5x bare', `${f(r)}x`, r <= 1.5, `${f(up.cpuMsPerRequest, 3)} vs ${f(bare.cpuMsPerRequest, 3)} ms/req`)
+    const same = get(sc, 'bare-node-headroom')
+    if (same) {
+      // The same GC regime on both sides: what is left is the sidecar's work, not V8's tuning.
+      const rs = up.cpuMsPerRequest / same.cpuMsPerRequest
+      add(`CPU per request vs bare Node with the same GC headroom, ${sc}`, '<= 1.5x', `${f(rs)}x`, rs <= 1.5, `${f(up.cpuMsPerRequest, 3)} vs ${f(same.cpuMsPerRequest, 3)} ms/req`)
+    }
   }
   for (const sc of ['c64', 'c64-stream', 'c64-whole', 'c64-stream-whole']) {
     const up = get(sc, 'usage-proxy'); const bare = get(sc, 'bare-node')
@@ -51,6 +57,16 @@ export function ratioChecks (measurements) {
     const ceiling = bare.machineMs / (bare.machineMs + up.postgresMs)
     add(`throughput, ${sc}`, '>= 0.85x bare', `${f(r)}x`, r >= 0.85, `${Math.round(up.rps)} vs ${Math.round(bare.rps)} req/s; CPU ${f(up.cpuMsPerRequest, 3)} vs ${f(bare.cpuMsPerRequest, 3)} ms/req; ` +
       `ceiling on this machine ${f(ceiling)}x (bare Node's ${f(bare.machineMs, 3)} ms of machine CPU per request plus Postgres's ${f(up.postgresMs, 3)})`)
+  }
+  // The metering floor (bench/floor-proxy.js): bare Node plus the least metering must do. The
+  // ratio is taken per round (rounds alternate targets) and its median kept.
+  for (const sc of ['c64', 'c64-stream', 'c64-whole', 'c64-stream-whole']) {
+    const rounds = measurements.filter((m) => m.scenario === sc && m.target === 'usage-proxy')
+    const ratios = rounds.map((m) => { const fl = measurements.find((x) => x.scenario === sc && x.target === 'floor' && x.round === m.round); return fl ? m.rps / fl.rps : NaN })
+    const r = median(ratios)
+    if (Number.isNaN(r)) continue
+    const up = get(sc, 'usage-proxy'); const fl = get(sc, 'floor')
+    add(`throughput vs the metering floor, ${sc}`, '>= 0.9x floor', `${f(r)}x`, r >= 0.9, `per round ${ratios.map((x) => f(x)).join(', ')}; ${Math.round(up.rps)} vs ${Math.round(fl.rps)} req/s; CPU ${f(up.cpuMsPerRequest, 3)} vs ${f(fl.cpuMsPerRequest, 3)} ms/req; Postgres ${f(up.postgresMs, 3)} vs ${f(fl.postgresMs, 3)} ms/req`)
   }
   for (const sc of ['c1', 'c1-whole']) {
     const up = get(sc, 'usage-proxy'); const bare = get(sc, 'bare-node')

@@ -3,14 +3,15 @@
 // memory, then the ledger micro-bench. Prints Markdown, writes bench/results/latest.json.
 //
 // Environment: BENCH_SECONDS (4) per measurement, BENCH_ROUNDS (2), BENCH_WARMUP (0.5) seconds,
-// BENCH_TARGETS (comma list of direct,nginx,bare-node,portkey,usage-proxy; usage-proxy-budgets is opt-in), BENCH_SCENARIOS
+// BENCH_TARGETS (comma list of direct,nginx,bare-node,floor,portkey,usage-proxy; usage-proxy-budgets is opt-in), BENCH_SCENARIOS
 // (c1,c1-stream,c64,c64-stream,c1-whole,c64-whole,c64-stream-whole,chat500k-c1,chat500k-c8,image4m-c1,image4m-c8), BENCH_SLOW_STREAMS (1000, 0 skips), BENCH_SLOW_PACE_MS (100),
 // BENCH_SLOW_EVENTS (20), BENCH_LEDGER_RECORDS (200000, 0 skips), BENCH_LEDGER_NO_JOURNAL (unset;
 // 1 adds a run without the journal), BENCH_QUIET_MAX_MS (5000) and BENCH_QUIET_BUDGET_MS (30000):
 // how long to wait for other work on the machine to calm down before one measurement, and in all.
 // BENCH_PROJECT_DIR (a snapshot from bench/snapshot.js; default: this work tree), BENCH_NGINX
 // (/usr/sbin/nginx), BENCH_PG_URL (postgres://postgres@127.0.0.1:5432/postgres, loopback only),
-// BENCH_NODE_FLAGS (node flags for bare-node and usage-proxy alike; default none).
+// BENCH_NODE_FLAGS (node flags for bare-node and usage-proxy alike; default none), BENCH_SIDECAR_ENV
+// (JSON: more environment for usage-proxy, e.g. '{"MAX_BODY_BYTES":"67108864"}').
 import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync, readFileSync } from 'node:fs'
 import { cpus, tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -37,9 +38,9 @@ const SLOW_STREAMS = num('BENCH_SLOW_STREAMS', ONLY_BODIES ? 0 : 1000)
 const SLOW_PACE_MS = num('BENCH_SLOW_PACE_MS', 100)
 const SLOW_EVENTS = num('BENCH_SLOW_EVENTS', 20)
 const LEDGER_RECORDS = num('BENCH_LEDGER_RECORDS', ONLY_BODIES ? 0 : 200_000)
-const TARGETS = (env.BENCH_TARGETS ?? (ONLY_BODIES ? 'direct,bare-node,usage-proxy' : TARGET_NAMES.join(','))).split(',').map((s) => s.trim()).filter(Boolean)
+const TARGETS = (env.BENCH_TARGETS ?? (ONLY_BODIES ? 'direct,bare-node,bare-node-headroom,usage-proxy' : TARGET_NAMES.join(','))).split(',').map((s) => s.trim()).filter(Boolean)
 // BENCH_ONLY=bodies (or `npm run bench -- --only bodies`): the large-body scenarios only (large bodies,
-// small requests under both upstream modes), direct/bare-node/usage-proxy, 3 rounds, no slow
+// small requests under both upstream modes), direct/bare-node/bare-node-headroom/usage-proxy, 3 rounds, no slow
 // streams, no ledger micro-bench: a few minutes instead of the whole bench.
 const onlyArg = process.argv.indexOf('--only')
 const ONLY = env.BENCH_ONLY ?? (onlyArg > 0 ? process.argv[onlyArg + 1] : undefined)
@@ -118,7 +119,7 @@ async function main () {
   let targets = []
   try {
     const upstream = await startUpstreamProcess(tmp)
-    const databaseUrl = TARGETS.some((n) => n.startsWith('usage-proxy')) ? await freshDatabase('usage_proxy_bench') : null
+    const databaseUrl = TARGETS.some((n) => n.startsWith('usage-proxy') || n === 'floor') ? await freshDatabase('usage_proxy_bench') : null
     targets = await startTargets({ tmp, upstreamPort: upstream.port, databaseUrl, names: TARGETS })
     if (databaseUrl) ledgerSql = openDb(databaseUrl)
     const live = targets.filter((t) => !t.skipped)

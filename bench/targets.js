@@ -15,15 +15,19 @@ export const ROOT = process.env.BENCH_PROJECT_DIR ? resolve(process.env.BENCH_PR
  * ends the back-to-back full collections large bodies cause; BENCHMARKS.md, session 7).
  */
 export const NODE_FLAGS = (process.env.BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolean)
+/** BENCH_SIDECAR_ENV: more environment for usage-proxy, as JSON (e.g. '{"MAX_BODY_BYTES":"67108864"}'). */
+const SIDECAR_ENV = JSON.parse(process.env.BENCH_SIDECAR_ENV || '{}')
 export const PORTKEY_BIN = join(BENCH, 'node_modules', '@portkey-ai', 'gateway', 'build', 'start-server.js')
 
-export const TARGET_NAMES = ['direct', 'nginx', 'bare-node', 'portkey', 'usage-proxy']
+export const TARGET_NAMES = ['direct', 'nginx', 'bare-node', 'floor', 'portkey', 'usage-proxy']
 /**
- * Opt-in targets (BENCH_TARGETS=usage-proxy,usage-proxy-budgets): usage-proxy with an organization
+ * Opt-in targets. bare-node-headroom: the bare proxy with usage-proxy's GC headroom preloaded
+ * (bench/gc-headroom-preload.js), to compare the two at the same GC regime.
+ * usage-proxy-budgets (BENCH_TARGETS=usage-proxy,usage-proxy-budgets): usage-proxy with an organization
  * and a per-user budget configured (never reached), for the cost of enforcement. It is its own
  * organization, so the plain usage-proxy in the same database still has no budget.
  */
-export const EXTRA_TARGETS = ['usage-proxy-budgets']
+export const EXTRA_TARGETS = ['usage-proxy-budgets', 'bare-node-headroom']
 const BUDGETS_ENV = { OPENROUTER_EXTERNAL_USER: 'bench_org_budgets', ORG_BUDGET_USD: '1000000', USER_BUDGET_USD: '1000000' }
 
 /** What every client request carries (usage-proxy replaces the key and keeps the identity). */
@@ -71,17 +75,25 @@ export async function startUsageProxy ({ tmp, upstreamPort, databaseUrl, nodeArg
   const dataDir = join(tmp, `${name}-data`)
   mkdirSync(dataDir, { recursive: true })
   const child = start(name, process.execPath, [...NODE_FLAGS, ...nodeArgs, join(ROOT, 'dist', 'main.js')], {
-    env: { ...usageProxyEnv({ port, upstreamPort, databaseUrl, dataDir }), ...extraEnv }, logPath: join(tmp, `${name}.log`), cwd: tmp,
+    env: { ...usageProxyEnv({ port, upstreamPort, databaseUrl, dataDir }), ...SIDECAR_ENV, ...extraEnv }, logPath: join(tmp, `${name}.log`), cwd: tmp,
   })
   await waitHttp(`http://127.0.0.1:${port}/readyz`, { child, timeoutMs: 60_000 })
   return { name, url: `http://127.0.0.1:${port}${CHAT}`, headers: CLIENT_HEADERS, child, pid: child.pid }
 }
 
-export async function startBareNode ({ tmp, upstreamPort, nodeArgs = [] }) {
+export async function startBareNode ({ tmp, upstreamPort, nodeArgs = [], name = 'bare-node' }) {
   const port = await freePort()
-  const child = start('bare-node', process.execPath, [...NODE_FLAGS, ...nodeArgs, join(BENCH, 'bare-proxy.js'), `--port=${port}`, `--upstream=http://127.0.0.1:${upstreamPort}`], { logPath: join(tmp, 'bare-node.log') })
+  const child = start(name, process.execPath, [...NODE_FLAGS, ...nodeArgs, join(BENCH, 'bare-proxy.js'), `--port=${port}`, `--upstream=http://127.0.0.1:${upstreamPort}`], { logPath: join(tmp, `${name}.log`) })
   await waitHttp(`http://127.0.0.1:${port}/healthz`, { status: 404, child })
-  return { name: 'bare-node', url: `http://127.0.0.1:${port}${CHAT}`, headers: CLIENT_HEADERS, child, pid: child.pid }
+  return { name, url: `http://127.0.0.1:${port}${CHAT}`, headers: CLIENT_HEADERS, child, pid: child.pid }
+}
+
+/** The metering floor (bench/floor-proxy.js): bare Node plus a regex usage read and a batched row per request. */
+export async function startFloor ({ tmp, upstreamPort, databaseUrl, nodeArgs = [] }) {
+  const port = await freePort()
+  const child = start('floor', process.execPath, [...NODE_FLAGS, ...nodeArgs, join(BENCH, 'floor-proxy.js'), `--port=${port}`, `--upstream=http://127.0.0.1:${upstreamPort}`, `--db=${databaseUrl}`], { logPath: join(tmp, 'floor.log') })
+  await waitHttp(`http://127.0.0.1:${port}/healthz`, { status: 404, child })
+  return { name: 'floor', url: `http://127.0.0.1:${port}${CHAT}`, headers: CLIENT_HEADERS, child, pid: child.pid }
 }
 
 export async function startPortkey ({ tmp, upstreamPort }) {
@@ -119,6 +131,10 @@ export async function startTargets ({ tmp, upstreamPort, databaseUrl, names = TA
       out.push({ name, url: `http://127.0.0.1:${port}${CHAT}`, headers: CLIENT_HEADERS, child, pid: child.pid })
     } else if (name === 'bare-node') {
       out.push(await startBareNode({ tmp, upstreamPort }))
+    } else if (name === 'bare-node-headroom') {
+      out.push(await startBareNode({ tmp, upstreamPort, name, nodeArgs: ['--import', join(BENCH, 'gc-headroom-preload.js')] }))
+    } else if (name === 'floor') {
+      out.push(await startFloor({ tmp, upstreamPort, databaseUrl }))
     } else if (name === 'portkey') {
       if (!existsSync(PORTKEY_BIN)) {
         const msg = `${PORTKEY_BIN} not found: skipping Portkey (run: npm ci --prefix bench)`

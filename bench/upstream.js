@@ -26,7 +26,7 @@ const usage = (completion) => ({
   completion_tokens_details: { reasoning_tokens: 0, image_tokens: 0 },
 })
 
-function completion (id) {
+export function completion (id) {
   return JSON.stringify({
     id,
     provider: 'OpenAI',
@@ -72,7 +72,7 @@ function streamEvents (id, count) {
   return events
 }
 
-function sendStream (res, id, count, paceMs, whole = false) {
+export function sendStream (res, id, count, paceMs, whole = false) {
   res.writeHead(200, {
     'content-type': 'text/event-stream',
     'cache-control': 'no-cache',

@@ -274,7 +274,7 @@ export async function main (): Promise<void> {
     throw err
   }
   installCrashGuard(sidecar.log)
-  keepGcHeadroom({ onRun: (perSecond, liveMb) => sidecar.log.info({ perSecond, liveMb: Math.round(liveMb) }, `gc: full collections back to back; the heap keeps ${HEADROOM_MB} MB of room from now on`) })
+  keepGcHeadroom({ onRun: (collections, liveMb, spanMs) => sidecar.log.info({ collections, spanMs: Math.round(spanMs), liveMb: Math.round(liveMb) }, `gc: full collections back to back; the heap keeps ${HEADROOM_MB} MB of room from now on`) })
   // A boot cut short by SIGTERM is a stop, not a failure.
   sidecar.ready.catch((err) => {
     if (sidecar.isStopping()) return
