@@ -16,6 +16,7 @@ import { Reconciler } from './usage/ledger/reconcile.js'
 import { startRollupCompaction, type RollupCompactor } from './usage/ledger/rollups.js'
 import { startLimits, type SpendControls } from './budgets/boot.js'
 import type { Limits } from './budgets/limits.js'
+import type { Allowlists } from './budgets/allowlists.js'
 import { startKeyPoller, type KeyPoller } from './ops/openrouter-key.js'
 
 // What the sidecar needs Postgres for. Boot opens it step by step while the listener already
@@ -57,6 +58,7 @@ export interface Booted {
   reconciler: Reconciler
   directory: UserDirectory
   limits: Limits
+  allowlists: Allowlists
 }
 
 export interface BootDeps {
@@ -125,7 +127,7 @@ export async function bootServices (s: Services, { config, log, journal, upstrea
   if (replay.segments > 0) log.info({ records: replay.finals.length, toReconcile: replay.pendings.length, interrupted: replay.intents.length, tornLines: replay.tornLines }, 'journal replayed')
   if (replay.intents.length > 0) log.warn({ requests: replay.intents.length }, 'journal: requests interrupted before OpenRouter named their generation; recorded with their estimate only (usage-proxy verify lists them)')
   s.keyPoller = startKeyPoller(upstream.fetchKey, log)
-  return { sql, readSql: () => s.readSql ?? sql, ledger, reconciler, directory, limits: spend.limits }
+  return { sql, readSql: () => s.readSql ?? sql, ledger, reconciler, directory, limits: spend.limits, allowlists: spend.allowlists }
 }
 
 /** A migration may build an index over a large table: its own, longer deadline. */

@@ -8,9 +8,10 @@ import { createAdminPlane } from './admin/index.js'
 import { bootServices, noServices, releaseServices, type Booted, type Services } from './boot.js'
 import { installCrashGuard } from './lib/crash-guard.js'
 import { HEADROOM_MB, keepGcHeadroom } from './lib/gc-headroom.js'
-import { identityHeaders, ignoredHeadersWarning } from './identity/identify.js'
+import { identityHeaders, ignoredHeadersWarning, type IdentityOptions } from './identity/identify.js'
 import { createLogger, scrub, type Logger } from './lib/log.js'
 import { createPassthrough } from './proxy/passthrough.js'
+import { modelsList } from './proxy/models-list.js'
 import { createSelfService } from './proxy/self-service.js'
 import { createProxyServer, type DataPlane } from './proxy/server.js'
 import type { UpstreamHeaderPolicy } from './proxy/headers.js'
@@ -51,7 +52,13 @@ export interface Sidecar {
  * still being reached; the data plane is built from what boot opened, and until it exists every
  * route that needs it answers 503.
  */
-export async function start (env: Record<string, string | undefined>, log?: Logger): Promise<Sidecar> {
+/** What an embedding program (a test) may add to what the environment configures. */
+export interface StartOptions {
+  /** Where a request's groups come from. */
+  groupsOf?: IdentityOptions['groupsOf']
+}
+
+export async function start (env: Record<string, string | undefined>, log?: Logger, options: StartOptions = {}): Promise<Sidecar> {
   // 1. configuration: every problem at once, or nothing starts
   const config = loadConfig(env)
   log ??= createLogger(config.logLevel)
@@ -90,7 +97,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     const booted = await bootServices(s, { config, log: log!, journal, upstream: front.upstream, sqlDir: SQL_DIR, signal: abort.signal, isStopping: () => stopping !== null })
     // 6. open for traffic, with /metrics's first reading of Postgres taken
     void front.readings.refresh()
-    plane = dataPlane(config, log!, booted, front, { isStopping: () => stopping !== null, track: inFlight.track })
+    plane = dataPlane(config, log!, booted, front, { isStopping: () => stopping !== null, track: inFlight.track }, options)
     log!.info({ port }, 'ready')
     await logStartupBanner({ config, env, port, sql: booted.sql, embeddedDir: s.embedded?.dataDir ?? null, log: log! })
   })()
@@ -212,7 +219,7 @@ interface ExchangeHooks {
  * The routes that need the database, built from what boot opened: the metered path's context,
  * "My usage", and the admin plane.
  */
-function dataPlane (config: Config, log: Logger, booted: Booted, front: FrontDoor, hooks: ExchangeHooks): DataPlane {
+function dataPlane (config: Config, log: Logger, booted: Booted, front: FrontDoor, hooks: ExchangeHooks, options: StartOptions): DataPlane {
   const { sql, readSql, limits } = booted
   // "My usage" reads the budget that governs its user; the usage page every listed user's at once,
   // from the read replica when there is one.
@@ -233,7 +240,7 @@ function dataPlane (config: Config, log: Logger, booted: Booted, front: FrontDoo
       organizationId: config.organization.id,
       markupPercent: config.organization.markupPercent,
       maxBodyBytes: config.server.maxBodyBytes,
-      identity: { ...config.identity, onIgnoredHeaders: config.identity.jwtSecret ? ignoredHeadersWarning(log, config.identity) : undefined },
+      identity: { ...config.identity, groupsOf: options.groupsOf, onIgnoredHeaders: config.identity.jwtSecret ? ignoredHeadersWarning(log, config.identity) : undefined },
       rowKinds: { ...config.rowKinds, appHeaders: front.headers.identityHeaders },
     },
     directory: booted.directory,
@@ -245,6 +252,7 @@ function dataPlane (config: Config, log: Logger, booted: Booted, front: FrontDoo
     observe (rec: UsageRecord, res: ServerResponse) { front.metrics.observe(rec); front.access.record(res, rec) },
     stopping: hooks.isStopping,
     selfService,
+    allowlists: booted.allowlists,
     bodies: new BodyMemory(BODY_MEMORY_BYTES, front.upstream.writing),
   }
   const admin = createAdminPlane({
@@ -252,8 +260,13 @@ function dataPlane (config: Config, log: Logger, booted: Booted, front: FrontDoo
     admissions: () => limits.failOpenStats,
     backlog: () => booted.ledger.backlog(),
     budgetsChanged: () => { void limits.refresh(); summaries.clear() },
+    allowlistsChanged: () => booted.allowlists.refresh(),
   }) ?? undefined
-  return { meter, admin, models: selfService?.listModels }
+  const models = modelsList({
+    modelsUrl: `${config.openrouter.baseUrl}/models`, headers: front.headers, log, identity: meter.rules.identity,
+    allowlists: booted.allowlists, extra: selfService?.entry,
+  })
+  return { meter, admin, models }
 }
 
 /** Runs the sidecar as a process: exits 2 on a configuration error, stops gracefully on SIGTERM/SIGINT. */

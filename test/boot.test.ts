@@ -30,7 +30,7 @@ t.test('fresh boot: schema, views and the organization row exist before /readyz 
   const s = await startSidecar(baseEnv(fake, db.url))
   t.teardown(() => s.sidecar.stop())
   const all = await tables(db)
-  t.same(all.filter((n) => !/^usage_events_(\d{4}_\d{2}|default)$/.test(n)), ['audit_log', 'budget_counters', 'budget_reservations', 'budgets', 'organizations', 'rate_leases', 'rate_windows', 'schema_migrations',
+  t.same(all.filter((n) => !/^usage_events_(\d{4}_\d{2}|default)$/.test(n)), ['audit_log', 'budget_counters', 'budget_reservations', 'budgets', 'model_allowlists', 'organizations', 'rate_leases', 'rate_windows', 'schema_migrations',
     'spend_per_day', 'spend_per_model_month', 'spend_per_user_month',
     'usage_daily_rollups', 'usage_daily_totals', 'usage_events', 'usage_generation_ids', 'usage_maintenance',
       'usage_monthly_rollups', 'usage_monthly_totals', 'usage_org_daily_rollups', 'usage_org_daily_totals', 'usage_rollup_deltas', 'user_mappings'])

@@ -35,7 +35,7 @@ t.test('the rule: pgText, then nothing visible left is no id', async (t) => {
 t.test('identify: body user, headers and JWT claims alike', async (t) => {
   for (const id of NOBODY) {
     const what = JSON.stringify(id)
-    t.same(identify({}, id, opts), { userId: null, name: null, email: null, role: null, chatId: null, source: 'organization' }, `body ${what}`)
+    t.same(identify({}, id, opts), { userId: null, name: null, email: null, role: null, chatId: null, source: 'organization', groups: [], apiKey: null }, `body ${what}`)
     t.throws(() => identify({}, id, { ...opts, requireUserIdentity: true }), { name: 'Error', message: /names nobody.*REQUIRE_USER_IDENTITY/ }, `body ${what}, required`)
     t.equal(identify({ 'x-openwebui-user-id': id }, undefined, opts).userId, null, `header ${what}`)
     t.equal(identify({ 'x-openwebui-user-id': id }, 'body-user', opts).userId, 'body-user', `header ${what}: the body user is next`)
@@ -46,9 +46,9 @@ t.test('identify: body user, headers and JWT claims alike', async (t) => {
   t.ok(new IdentityError('x') instanceof Error)
   const token = signJwt({ sub: 'u\u00009', name: '\u0000', email: ' ', role: 'user\u0000', iss: 'open-webui', iat: now(), exp: now() + 300 }, SECRET)
   t.same(identify({ 'x-openwebui-user-jwt': token }, undefined, { ...opts, jwtSecret: SECRET }),
-    { userId: 'u9', name: null, email: null, role: 'user', chatId: null, source: 'jwt' }, 'claims normalized')
+    { userId: 'u9', name: null, email: null, role: 'user', chatId: null, source: 'jwt', groups: [], apiKey: null }, 'claims normalized')
   t.same(identify({ 'x-openwebui-user-id': 'a\u0000b', 'x-openwebui-user-name': '%00', 'x-openwebui-user-role': '\u0007' }, undefined, opts),
-    { userId: 'ab', name: null, email: null, role: null, chatId: null, source: 'headers' }, 'headers normalized')
+    { userId: 'ab', name: null, email: null, role: null, chatId: null, source: 'headers', groups: [], apiKey: null }, 'headers normalized')
   t.equal(identify({}, 'z\u0000ed', opts).userId, 'zed')
 })
 

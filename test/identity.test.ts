@@ -29,7 +29,7 @@ t.test('names arrive percent-encoded', async (t) => {
 
 t.test('order: headers, then body user, then the organization', async (t) => {
   const h = identify({ 'x-openwebui-user-id': 'u1', 'x-openwebui-user-name': 'A%20B', 'x-openwebui-chat-id': 'c1' }, 'body-user', opts)
-  t.same(h, { userId: 'u1', name: 'A B', email: null, role: null, chatId: 'c1', source: 'headers' })
+  t.same(h, { userId: 'u1', name: 'A B', email: null, role: null, chatId: 'c1', source: 'headers', groups: [], apiKey: null })
   t.equal(identify({}, 'body-user', opts).source, 'body')
   t.equal(identify({}, 'body-user', { ...opts, trustBodyUser: false }).source, 'organization')
   t.equal(identify({}, 42, opts).source, 'organization')
@@ -39,7 +39,7 @@ t.test('order: headers, then body user, then the organization', async (t) => {
 t.test('signed identity: verified, and plain headers are not trusted once a secret is set', async (t) => {
   const withSecret = { ...opts, jwtSecret: SECRET }
   const token = signJwt({ sub: 'u9', name: 'Zoë', email: 'z@x', role: 'admin', iss: 'open-webui', iat: now(), exp: now() + 300 }, SECRET)
-  t.same(identify({ 'x-openwebui-user-jwt': token }, undefined, withSecret), { userId: 'u9', name: 'Zoë', email: 'z@x', role: 'admin', chatId: null, source: 'jwt' })
+  t.same(identify({ 'x-openwebui-user-jwt': token }, undefined, withSecret), { userId: 'u9', name: 'Zoë', email: 'z@x', role: 'admin', chatId: null, source: 'jwt', groups: [], apiKey: null })
   t.equal(identify({ 'x-openwebui-user-id': 'forged' }, undefined, withSecret).source, 'organization', 'forgeable headers ignored')
   const forged = signJwt({ sub: 'u9', iss: 'open-webui', exp: now() + 300 }, 'another-secret-of-length')
   t.throws(() => identify({ 'x-openwebui-user-jwt': forged }, undefined, withSecret), /invalid x-openwebui-user-jwt: bad signature/)

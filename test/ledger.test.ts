@@ -181,7 +181,7 @@ t.test('lone surrogates are made well-formed, and a batch that is all bad data c
   journal.close()
 })
 
-const who = (userId: string, name: string | null = null, email: string | null = null): Identity => ({ userId, name, email, role: 'user', chatId: null, source: 'headers' })
+const who = (userId: string, name: string | null = null, email: string | null = null): Identity => ({ userId, name, email, role: 'user', chatId: null, source: 'headers', groups: [], apiKey: null })
 
 t.test('identity is normalized once: zed and z\\u0000ed are one user, one external id, one mapping row, and their batch lands', async (t) => {
   const db = await createTestDb({ migrated: true })

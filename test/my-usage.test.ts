@@ -147,7 +147,7 @@ t.test('failures answer that request alone', async (t) => {
   const svc = createSelfService({ model: MODEL, name: 'x', modelsUrl: `${upUrl}/models`, headers: { apiKey: 'k', appUrl: undefined, appTitle: 't', identityHeaders: new Set() }, log, summary: () => Promise.reject(new Error('db down')) })
   const dead = createSelfService({ model: MODEL, name: 'x', modelsUrl: 'http://127.0.0.1:1/models', headers: { apiKey: 'k', appUrl: undefined, appTitle: 't', identityHeaders: new Set() }, log, summary: () => Promise.resolve('') })
   const front = createServer((req, res) => {
-    if (req.url === '/chat') svc.answer(res, { model: MODEL }, { userId: 'u', name: null, email: null, role: null, chatId: null, source: 'headers' }, 'x')
+    if (req.url === '/chat') svc.answer(res, { model: MODEL }, { userId: 'u', name: null, email: null, role: null, chatId: null, source: 'headers', groups: [], apiKey: null }, 'x')
     else if (req.url === '/dead') dead.listModels(req, res, '')
     else svc.listModels(req, res, '')
   })

@@ -35,92 +35,137 @@ CREATE OR REPLACE FUNCTION budget_org_lock_key(p_org text) RETURNS integer LANGU
   SELECT hashtext('usage-proxy budgets ' || p_org)
 $$;
 
--- The admission: one call. Locks the organization's counter, then the user's, refuses when the
--- estimate does not fit either budget, else holds it on both and records the reservation.
--- p_at is the record's created_at: the hold sits in the period its spend will be booked in.
-CREATE OR REPLACE FUNCTION budget_reserve(p_org text, p_user text, p_event uuid, p_amount numeric, p_at timestamptz, p_ttl interval)
+-- The budgets that apply to one request, each with the counter it is checked against: the
+-- organization's, the user's own (else the default one, counted on the user's counter), each of
+-- the request's groups' and its API key's. In counter key order (scope, then subject), the order
+-- their counters are locked in.
+CREATE OR REPLACE FUNCTION budget_applicable(p_org text, p_user text, p_groups text[], p_key text)
+RETURNS TABLE (scope text, counter_scope text, subject text, limit_usd numeric, period text)
+LANGUAGE sql STABLE AS $$
+  SELECT a.scope, a.counter_scope, a.subject, a.limit_usd, a.period FROM (
+    SELECT b.scope, b.scope AS counter_scope, b.user_id AS subject, b.limit_usd, b.period
+      FROM budgets b WHERE b.organization_id = p_org AND b.limit_usd IS NOT NULL
+       AND (b.scope = 'organization' OR (b.scope = 'group' AND b.user_id = ANY (p_groups)) OR (b.scope = 'key' AND b.user_id = p_key))
+    UNION ALL
+    (SELECT b.scope, 'user', p_user, b.limit_usd, b.period
+       FROM budgets b WHERE p_user IS NOT NULL AND b.organization_id = p_org AND b.limit_usd IS NOT NULL
+        AND ((b.scope = 'user' AND b.user_id = p_user) OR b.scope = 'default-user')
+      ORDER BY b.scope DESC LIMIT 1)  -- 'user' before 'default-user'
+  ) a
+  ORDER BY a.counter_scope, a.subject
+$$;
+
+-- Which refusal a request is told about when several budgets refuse it: the widest first.
+CREATE OR REPLACE FUNCTION budget_scope_rank(p_scope text) RETURNS integer LANGUAGE sql IMMUTABLE AS $$
+  SELECT CASE p_scope WHEN 'organization' THEN 0 WHEN 'group' THEN 1 WHEN 'key' THEN 2 ELSE 3 END
+$$;
+
+-- The admission: one call. Locks the counter of every budget that applies, in key order (groups,
+-- key, organization, user: the order of the scope names), refuses when the estimate does not fit
+-- one of them (the widest is named: organization, then group, key, user), else holds it on every
+-- one and records the reservation. p_at is the record's created_at: the hold sits in the period
+-- its spend will be booked in. refused_subject names the group or key that refused.
+CREATE OR REPLACE FUNCTION budget_reserve(p_org text, p_user text, p_groups text[], p_key text, p_event uuid, p_amount numeric, p_at timestamptz, p_ttl interval)
 RETURNS TABLE (refused_scope text, limit_usd numeric, period text, period_start timestamptz, spent_usd numeric, reserved_usd numeric,
                org_limit numeric, org_spent numeric, org_period text, org_period_start timestamptz,
-               user_scope text, user_limit numeric, user_spent numeric, user_period text, user_period_start timestamptz)
+               user_scope text, user_limit numeric, user_spent numeric, user_period text, user_period_start timestamptz,
+               refused_subject text)
 LANGUAGE plpgsql AS $$
 DECLARE
-  ob budgets; ub budgets;
-  os timestamptz; us timestamptz;
-  oc budget_counters; uc budget_counters;
+  a record;
+  scopes text[] := '{}'; cscopes text[] := '{}'; subjects text[] := '{}'; limits numeric[] := '{}'; periods text[] := '{}';
+  starts timestamptz[] := '{}'; spent numeric[] := '{}'; held numeric[] := '{}'; ranks integer[] := '{}';
+  -- The groups' and the key's counters, as the reservation records them.
+  h_scopes text[] := '{}'; h_subjects text[] := '{}'; h_periods text[] := '{}'; h_starts timestamptz[] := '{}';
+  n integer;
+  c budget_counters;
+  k integer; refuse integer;
+  o integer; u integer;
 BEGIN
   -- The organization's counter is one hot row: waiting for a WAL flush while holding it would
   -- serialize every request on fsync. A reservation lost to a database crash only lets the
   -- requests then in flight run unheld; their spend still lands with their records.
   PERFORM set_config('synchronous_commit', 'off', true);
-  SELECT * INTO ob FROM budgets b WHERE b.organization_id = p_org AND b.scope = 'organization' AND b.limit_usd IS NOT NULL;
-  IF p_user IS NOT NULL THEN
-    SELECT * INTO ub FROM budgets b WHERE b.organization_id = p_org AND b.limit_usd IS NOT NULL
-       AND ((b.scope = 'user' AND b.user_id = p_user) OR b.scope = 'default-user')
-     ORDER BY b.scope DESC LIMIT 1;  -- 'user' before 'default-user'
-  END IF;
-  IF ob.scope IS NULL AND ub.scope IS NULL THEN
+  FOR a IN SELECT * FROM budget_applicable(p_org, p_user, coalesce(p_groups, '{}'), p_key) LOOP
+    scopes := scopes || a.scope; cscopes := cscopes || a.counter_scope; subjects := subjects || a.subject;
+    limits := limits || a.limit_usd; periods := periods || a.period; starts := starts || budget_period_start(a.period, p_at);
+    ranks := ranks || budget_scope_rank(a.scope);
+    IF a.counter_scope IN ('group', 'key') THEN
+      h_scopes := h_scopes || a.counter_scope; h_subjects := h_subjects || a.subject;
+      h_periods := h_periods || a.period; h_starts := h_starts || budget_period_start(a.period, p_at);
+    END IF;
+  END LOOP;
+  n := cardinality(scopes);
+  IF n = 0 THEN
     RETURN;  -- no row: no budget applies
   END IF;
-  os := budget_period_start(ob.period, p_at);
-  us := budget_period_start(ub.period, p_at);
+  o := array_position(cscopes, 'organization');
+  u := array_position(cscopes, 'user');
   -- Everything that needs no lock first: the hot organization row is held as briefly as possible.
-  INSERT INTO budget_reservations (event_id, organization_id, user_id, org_period, org_period_start, user_period, user_period_start, amount_usd, expires_at)
-  VALUES (p_event, p_org, coalesce(p_user, ''), ob.period, os, ub.period, us, p_amount, now() + p_ttl);
-  IF ob.scope IS NOT NULL THEN
-    SELECT * INTO oc FROM budget_counters c WHERE c.organization_id = p_org AND c.scope = 'organization' AND c.user_id = ''
-       AND c.period = ob.period AND c.period_start = os FOR UPDATE;
+  INSERT INTO budget_reservations (event_id, organization_id, user_id, org_period, org_period_start, user_period, user_period_start,
+                                   held_scopes, held_subjects, held_periods, held_starts, amount_usd, expires_at)
+  VALUES (p_event, p_org, coalesce(p_user, ''), periods[o], starts[o], periods[u], starts[u],
+          h_scopes, h_subjects, h_periods, h_starts, p_amount, now() + p_ttl);
+  FOR k IN 1..n LOOP
+    SELECT * INTO c FROM budget_counters x WHERE x.organization_id = p_org AND x.scope = cscopes[k] AND x.user_id = subjects[k]
+       AND x.period = periods[k] AND x.period_start = starts[k] FOR UPDATE;
     IF NOT FOUND THEN
       INSERT INTO budget_counters (organization_id, scope, user_id, period, period_start)
-        VALUES (p_org, 'organization', '', ob.period, os) ON CONFLICT DO NOTHING;
-      SELECT * INTO oc FROM budget_counters c WHERE c.organization_id = p_org AND c.scope = 'organization' AND c.user_id = ''
-         AND c.period = ob.period AND c.period_start = os FOR UPDATE;
+        VALUES (p_org, cscopes[k], subjects[k], periods[k], starts[k]) ON CONFLICT DO NOTHING;
+      SELECT * INTO c FROM budget_counters x WHERE x.organization_id = p_org AND x.scope = cscopes[k] AND x.user_id = subjects[k]
+         AND x.period = periods[k] AND x.period_start = starts[k] FOR UPDATE;
     END IF;
-  END IF;
-  IF ub.scope IS NOT NULL THEN
-    SELECT * INTO uc FROM budget_counters c WHERE c.organization_id = p_org AND c.scope = 'user' AND c.user_id = p_user
-       AND c.period = ub.period AND c.period_start = us FOR UPDATE;
-    IF NOT FOUND THEN
-      INSERT INTO budget_counters (organization_id, scope, user_id, period, period_start)
-        VALUES (p_org, 'user', p_user, ub.period, us) ON CONFLICT DO NOTHING;
-      SELECT * INTO uc FROM budget_counters c WHERE c.organization_id = p_org AND c.scope = 'user' AND c.user_id = p_user
-         AND c.period = ub.period AND c.period_start = us FOR UPDATE;
-    END IF;
-  END IF;
-  IF ob.scope IS NOT NULL AND oc.spent_usd + oc.reserved_usd + p_amount > ob.limit_usd THEN
-    DELETE FROM budget_reservations r WHERE r.event_id = p_event;
-    RETURN QUERY SELECT 'organization'::text, ob.limit_usd, ob.period, os, oc.spent_usd, oc.reserved_usd,
-      ob.limit_usd, oc.spent_usd, ob.period, os, ub.scope, ub.limit_usd, uc.spent_usd, ub.period, us;
+    spent := spent || c.spent_usd; held := held || c.reserved_usd;
+  END LOOP;
+  refuse := NULL;
+  FOR k IN 1..n LOOP
+    IF spent[k] + held[k] + p_amount > limits[k] AND (refuse IS NULL OR ranks[k] < ranks[refuse]) THEN refuse := k; END IF;
+  END LOOP;
+  IF refuse IS NOT NULL THEN
+    DELETE FROM budget_reservations x WHERE x.event_id = p_event;
+    RETURN QUERY SELECT scopes[refuse], limits[refuse], periods[refuse], starts[refuse], spent[refuse], held[refuse],
+      limits[o], spent[o], periods[o], starts[o], scopes[u], limits[u], spent[u], periods[u], starts[u],
+      CASE WHEN cscopes[refuse] IN ('group', 'key') THEN subjects[refuse] END;
     RETURN;
   END IF;
-  IF ub.scope IS NOT NULL AND uc.spent_usd + uc.reserved_usd + p_amount > ub.limit_usd THEN
-    DELETE FROM budget_reservations r WHERE r.event_id = p_event;
-    RETURN QUERY SELECT ub.scope, ub.limit_usd, ub.period, us, uc.spent_usd, uc.reserved_usd,
-      ob.limit_usd, oc.spent_usd, ob.period, os, ub.scope, ub.limit_usd, uc.spent_usd, ub.period, us;
-    RETURN;
-  END IF;
-  IF ob.scope IS NOT NULL THEN
-    UPDATE budget_counters c SET reserved_usd = c.reserved_usd + p_amount WHERE c.organization_id = p_org AND c.scope = 'organization'
-       AND c.user_id = '' AND c.period = ob.period AND c.period_start = os;
-  END IF;
-  IF ub.scope IS NOT NULL THEN
-    UPDATE budget_counters c SET reserved_usd = c.reserved_usd + p_amount WHERE c.organization_id = p_org AND c.scope = 'user'
-       AND c.user_id = p_user AND c.period = ub.period AND c.period_start = us;
-  END IF;
+  FOR k IN 1..n LOOP
+    UPDATE budget_counters x SET reserved_usd = x.reserved_usd + p_amount WHERE x.organization_id = p_org AND x.scope = cscopes[k]
+       AND x.user_id = subjects[k] AND x.period = periods[k] AND x.period_start = starts[k];
+  END LOOP;
   RETURN QUERY SELECT NULL::text, NULL::numeric, NULL::text, NULL::timestamptz, NULL::numeric, NULL::numeric,
-    ob.limit_usd, oc.spent_usd, ob.period, os, ub.scope, ub.limit_usd, uc.spent_usd, ub.period, us;
+    limits[o], spent[o], periods[o], starts[o], scopes[u], limits[u], spent[u], periods[u], starts[u], NULL::text;
+END
+$$;
+
+-- The organization-and-user admission of the previous versions (and of psql sessions and tests
+-- that name no group or key).
+CREATE OR REPLACE FUNCTION budget_reserve(p_org text, p_user text, p_event uuid, p_amount numeric, p_at timestamptz, p_ttl interval)
+RETURNS TABLE (refused_scope text, limit_usd numeric, period text, period_start timestamptz, spent_usd numeric, reserved_usd numeric,
+               org_limit numeric, org_spent numeric, org_period text, org_period_start timestamptz,
+               user_scope text, user_limit numeric, user_spent numeric, user_period text, user_period_start timestamptz)
+LANGUAGE plpgsql AS $$
+BEGIN
+  RETURN QUERY SELECT r.refused_scope, r.limit_usd, r.period, r.period_start, r.spent_usd, r.reserved_usd, r.org_limit, r.org_spent,
+      r.org_period, r.org_period_start, r.user_scope, r.user_limit, r.user_spent, r.user_period, r.user_period_start
+    FROM budget_reserve(p_org, p_user, '{}'::text[], NULL::text, p_event, p_amount, p_at, p_ttl) r;
 END
 $$;
 
 -- Many admissions in one round trip and one commit: a replica gathers the requests that arrive
--- together. Each item carries its record's created_at (`at`). Each item returns its row under
--- its index `i`; an item without a row has no budget that applies.
--- Lock order: a batch that straddles a period boundary needs two counters of its organization;
--- they are locked first, in key order, then the items go in (organization, user, created_at)
--- order, so users' counters are taken in ascending order, as settlement takes them.
+-- together. Each item carries its record's created_at (`at`), and its `groups` and `key` when it
+-- has them. Each item returns its row under its index `i`; an item without a row has no budget
+-- that applies.
+-- Lock order: a batch holds every lock it took until it commits, so its items' counters must be
+-- taken in one key order across the whole batch. In the common batch (one organization period,
+-- no group or key budget) items go in (organization, user, created_at) order: each takes the
+-- organization's counter (held from the first item on), then its user's, in ascending order. A
+-- batch that straddles a period boundary, or whose items have group or key budgets, first locks
+-- every counter any of its items needs, in key order; the items then find them held.
 CREATE OR REPLACE FUNCTION budget_reserve_many(p_items jsonb, p_ttl interval)
 RETURNS TABLE (i integer, refused_scope text, limit_usd numeric, period text, period_start timestamptz, spent_usd numeric, reserved_usd numeric,
                org_limit numeric, org_spent numeric, org_period text, org_period_start timestamptz,
-               user_scope text, user_limit numeric, user_spent numeric, user_period text, user_period_start timestamptz)
+               user_scope text, user_limit numeric, user_spent numeric, user_period text, user_period_start timestamptz,
+               refused_subject text)
 LANGUAGE plpgsql AS $$
 DECLARE item record;
 BEGIN
@@ -128,24 +173,27 @@ BEGIN
   IF EXISTS (SELECT 1 FROM jsonb_to_recordset(p_items) AS x(at timestamptz) WHERE x.at IS NULL) THEN
     RAISE EXCEPTION 'budget_reserve_many: every item needs its record''s created_at (at)';
   END IF;
-  IF (SELECT count(DISTINCT (x.org, x.at)) FROM jsonb_to_recordset(p_items) AS x(org text, at timestamptz)) > 1 THEN
+  IF (SELECT count(DISTINCT (x.org, x.at)) FROM jsonb_to_recordset(p_items) AS x(org text, at timestamptz)) > 1
+     OR EXISTS (SELECT 1 FROM jsonb_to_recordset(p_items) AS x(org text, groups text[], key text)
+                  JOIN budgets b ON b.organization_id = x.org AND b.limit_usd IS NOT NULL
+                   AND ((b.scope = 'group' AND b.user_id = ANY (x.groups)) OR (b.scope = 'key' AND b.user_id = x.key))) THEN
     INSERT INTO budget_counters (organization_id, scope, user_id, period, period_start)
-    SELECT DISTINCT b.organization_id, 'organization', '', b.period, budget_period_start(b.period, x.at)
-      FROM jsonb_to_recordset(p_items) AS x(org text, at timestamptz)
-      JOIN budgets b ON b.organization_id = x.org AND b.scope = 'organization' AND b.limit_usd IS NOT NULL
+    SELECT DISTINCT x.org, a.counter_scope, a.subject, a.period, budget_period_start(a.period, x.at)
+      FROM jsonb_to_recordset(p_items) AS x(org text, usr text, groups text[], key text, at timestamptz)
+      CROSS JOIN LATERAL budget_applicable(x.org, x.usr, coalesce(x.groups, '{}'), x.key) a
      ORDER BY 1, 2, 3, 4, 5
     ON CONFLICT DO NOTHING;
     PERFORM 1 FROM budget_counters c
      WHERE (c.organization_id, c.scope, c.user_id, c.period, c.period_start) IN (
-       SELECT b.organization_id, 'organization', '', b.period, budget_period_start(b.period, x.at)
-         FROM jsonb_to_recordset(p_items) AS x(org text, at timestamptz)
-         JOIN budgets b ON b.organization_id = x.org AND b.scope = 'organization' AND b.limit_usd IS NOT NULL)
+       SELECT x.org, a.counter_scope, a.subject, a.period, budget_period_start(a.period, x.at)
+         FROM jsonb_to_recordset(p_items) AS x(org text, usr text, groups text[], key text, at timestamptz)
+         CROSS JOIN LATERAL budget_applicable(x.org, x.usr, coalesce(x.groups, '{}'), x.key) a)
      ORDER BY c.organization_id, c.scope, c.user_id, c.period, c.period_start
        FOR UPDATE;
   END IF;
-  FOR item IN SELECT * FROM jsonb_to_recordset(p_items) AS x(i integer, org text, usr text, ev uuid, amount numeric, at timestamptz)
+  FOR item IN SELECT * FROM jsonb_to_recordset(p_items) AS x(i integer, org text, usr text, groups text[], key text, ev uuid, amount numeric, at timestamptz)
                ORDER BY x.org, x.usr NULLS FIRST, x.at, x.i LOOP
-    RETURN QUERY SELECT item.i, r.* FROM budget_reserve(item.org, item.usr, item.ev, item.amount, item.at, p_ttl) r;
+    RETURN QUERY SELECT item.i, r.* FROM budget_reserve(item.org, item.usr, coalesce(item.groups, '{}'), item.key, item.ev, item.amount, item.at, p_ttl) r;
   END LOOP;
 END
 $$;
@@ -155,10 +203,23 @@ $$;
 CREATE OR REPLACE FUNCTION budget_reserve_many(p_items jsonb, p_now timestamptz, p_ttl interval)
 RETURNS TABLE (i integer, refused_scope text, limit_usd numeric, period text, period_start timestamptz, spent_usd numeric, reserved_usd numeric,
                org_limit numeric, org_spent numeric, org_period text, org_period_start timestamptz,
-               user_scope text, user_limit numeric, user_spent numeric, user_period text, user_period_start timestamptz)
+               user_scope text, user_limit numeric, user_spent numeric, user_period text, user_period_start timestamptz,
+               refused_subject text)
 LANGUAGE sql AS $$
   SELECT * FROM budget_reserve_many(
     (SELECT coalesce(jsonb_agg(x || jsonb_build_object('at', p_now)), '[]') FROM jsonb_array_elements(p_items) x), p_ttl)
+$$;
+
+-- Every counter a reservation holds: the organization's and the user's (columns of their own),
+-- then the groups' and the key's (the held_* arrays).
+CREATE OR REPLACE FUNCTION budget_held(p_user text, p_org_period text, p_org_start timestamptz, p_user_period text, p_user_start timestamptz,
+                                       p_scopes text[], p_subjects text[], p_periods text[], p_starts timestamptz[])
+RETURNS TABLE (scope text, user_id text, period text, period_start timestamptz) LANGUAGE sql IMMUTABLE AS $$
+  SELECT 'organization', '', p_org_period, p_org_start WHERE p_org_period IS NOT NULL
+  UNION ALL
+  SELECT 'user', p_user, p_user_period, p_user_start WHERE p_user_period IS NOT NULL
+  UNION ALL
+  SELECT * FROM unnest(p_scopes, p_subjects, p_periods, p_starts)
 $$;
 
 -- Lets go of holds whose record will not come (or has not come in time): each reservation is
@@ -170,10 +231,9 @@ BEGIN
   WITH released AS (
     DELETE FROM budget_reservations WHERE event_id = ANY (p_events) RETURNING *
   ), deltas AS (
-    SELECT organization_id, 'organization' AS scope, '' AS user_id, org_period AS period, org_period_start AS period_start, amount_usd
-      FROM released WHERE org_period IS NOT NULL
-    UNION ALL
-    SELECT organization_id, 'user', user_id, user_period, user_period_start, amount_usd FROM released WHERE user_period IS NOT NULL
+    SELECT r.organization_id, h.scope, h.user_id, h.period, h.period_start, r.amount_usd
+      FROM released r CROSS JOIN LATERAL budget_held(r.user_id, r.org_period, r.org_period_start, r.user_period, r.user_period_start,
+                                                     r.held_scopes, r.held_subjects, r.held_periods, r.held_starts) h
   ), sums AS (
     SELECT organization_id, scope, user_id, period, period_start, sum(amount_usd) AS amount FROM deltas GROUP BY 1, 2, 3, 4, 5
   ), upd AS (
@@ -261,6 +321,19 @@ BEGIN
 END
 $$;
 
+-- What a group's members (rows whose groups contain it) or an API key (rows it authenticated)
+-- spent from p_since until p_until: billed cost, or the estimate of a row that has none, as
+-- budget_spend counts it. The rollups keep neither groups nor keys, so this reads the period's
+-- rows by (organization_id, created_at): a recount of a group or key budget costs a scan of the
+-- organization's rows of that period (docs/spend-control.md).
+CREATE OR REPLACE FUNCTION budget_subject_spend(p_org text, p_since timestamptz, p_until timestamptz, p_scope text, p_subject text)
+RETURNS numeric LANGUAGE sql STABLE AS $$
+  SELECT coalesce(sum(coalesce(e.billed_cost_usd, CASE WHEN e.cost_usd IS NULL THEN e.estimated_cost_usd END)), 0)
+    FROM usage_events e
+   WHERE e.organization_id = p_org AND e.created_at >= p_since AND e.created_at < p_until
+     AND CASE p_scope WHEN 'group' THEN e.groups @> ARRAY[p_subject] WHEN 'key' THEN e.api_key_id = p_subject ELSE false END
+$$;
+
 -- Spend of the current period, recomputed, for every counter a budget just written governs
 -- (by psql or the admin API): a budget set mid-period starts from what was already spent.
 -- Exact against concurrent settlement without locking every counter: the organization's key is
@@ -293,6 +366,9 @@ BEGIN
           FULL JOIN (SELECT c.user_id FROM budget_counters c WHERE c.organization_id = b.organization_id AND c.scope = 'user'
                         AND c.period = b.period AND c.period_start = b.s) c ON c.user_id = x.user_id) u
      WHERE b.scope = 'default-user'
+    UNION ALL
+    SELECT b.organization_id, b.scope, b.user_id, b.period, b.s, budget_subject_spend(b.organization_id, b.s, b.e, b.scope, b.user_id)
+      FROM b WHERE b.scope IN ('group', 'key')
   )
   INSERT INTO budget_counters AS c (organization_id, scope, user_id, period, period_start, spent_usd)
   SELECT organization_id, scope, user_id, period, period_start, max(spent) FROM wanted

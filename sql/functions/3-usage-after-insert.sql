@@ -16,7 +16,9 @@
 --    first claimer's entry. The common case (every id new) costs one count and no delete.
 -- 2. Settle budgets (when the database has any budget or hold): each kept row's spend (its billed
 --    cost, or the estimate of a row that has none: outcome 'interrupted', migration 012) is added
---    to the counters of the period of its created_at; its reservation is deleted and released;
+--    to the counters of the period of its created_at (the organization's, its user's, each of its
+--    groups' that has a budget, its API key's if that has one); its reservation is deleted and
+--    every counter it held released;
 --    what the spend exceeds the reservation by is added to overrun_usd. A replay taken back in
 --    step 1 releases its hold and counts nothing (its original row counted). Counters are
 --    written by one upsert in key order, the order admissions lock them in: no deadlocks.
@@ -77,22 +79,29 @@ BEGIN
       DELETE FROM budget_reservations r USING inserted_rows n WHERE r.event_id = n.event_id
       RETURNING r.*
     ), spend AS (
-      SELECT n.organization_id, n.user_id, n.created_at, coalesce(n.billed_cost_usd, n.estimated_cost_usd, 0) AS amount, rel.amount_usd AS held
+      SELECT n.organization_id, n.user_id, n.groups, n.api_key_id, n.created_at, coalesce(n.billed_cost_usd, n.estimated_cost_usd, 0) AS amount, rel.amount_usd AS held
         FROM inserted_rows n LEFT JOIN released rel ON rel.event_id = n.event_id
        WHERE NOT (n.event_id = ANY (losers))
     ), kept AS (
-      SELECT organization_id, user_id, created_at, amount, greatest(amount - coalesce(held, amount), 0) AS overrun
+      SELECT organization_id, user_id, groups, api_key_id, created_at, amount, greatest(amount - coalesce(held, amount), 0) AS overrun
         FROM spend WHERE amount <> 0
     ), periods AS (
       SELECT DISTINCT organization_id, CASE scope WHEN 'organization' THEN 'organization' ELSE 'user' END AS scope, period
-        FROM budgets WHERE limit_usd IS NOT NULL
+        FROM budgets WHERE limit_usd IS NOT NULL AND scope IN ('organization', 'user', 'default-user')
+    ), subjects AS (
+      -- Group and key budgets count only their own subjects' rows.
+      SELECT organization_id, scope, user_id, period FROM budgets WHERE scope IN ('group', 'key') AND limit_usd IS NOT NULL
     ), deltas AS (
-      SELECT organization_id, 'organization' AS scope, '' AS user_id, org_period AS period, org_period_start AS period_start,
-             0::numeric AS spent, -amount_usd AS reserved, 0::numeric AS overrun
-        FROM released WHERE org_period IS NOT NULL
+      SELECT r.organization_id, h.scope, h.user_id, h.period, h.period_start, 0::numeric AS spent, -r.amount_usd AS reserved, 0::numeric AS overrun
+        FROM released r CROSS JOIN LATERAL budget_held(r.user_id, r.org_period, r.org_period_start, r.user_period, r.user_period_start,
+                                                       r.held_scopes, r.held_subjects, r.held_periods, r.held_starts) h
       UNION ALL
-      SELECT organization_id, 'user', user_id, user_period, user_period_start, 0, -amount_usd, 0
-        FROM released WHERE user_period IS NOT NULL
+      SELECT k.organization_id, 'group', g.g, b.period, budget_period_start(b.period, k.created_at), k.amount, 0, k.overrun
+        FROM kept k CROSS JOIN LATERAL (SELECT DISTINCT x AS g FROM unnest(k.groups) x) g
+        JOIN subjects b ON b.organization_id = k.organization_id AND b.scope = 'group' AND b.user_id = g.g
+      UNION ALL
+      SELECT k.organization_id, 'key', k.api_key_id, b.period, budget_period_start(b.period, k.created_at), k.amount, 0, k.overrun
+        FROM kept k JOIN subjects b ON b.organization_id = k.organization_id AND b.scope = 'key' AND b.user_id = k.api_key_id
       UNION ALL
       SELECT k.organization_id, 'organization', '', p.period, budget_period_start(p.period, k.created_at), k.amount, 0, k.overrun
         FROM kept k JOIN periods p ON p.organization_id = k.organization_id AND p.scope = 'organization'

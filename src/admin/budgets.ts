@@ -23,14 +23,18 @@ const TARGETS: Array<[RegExp, (p: Record<string, string>) => [BudgetScope, strin
   [/^\/admin\/v1\/budgets\/organization$/, () => ['organization', '']],
   [/^\/admin\/v1\/budgets\/default-user$/, () => ['default-user', '']],
   [/^\/admin\/v1\/budgets\/users\/(?<userId>[^/]+)$/, (p) => ['user', p.userId]],
+  [/^\/admin\/v1\/budgets\/groups\/(?<groupId>[^/]+)$/, (p) => ['group', p.groupId]],
 ]
+
+/** What the subject of a scoped budget is called in messages and the audit trail. */
+const SUBJECT: Partial<Record<BudgetScope, string>> = { user: 'user', group: 'group', key: 'key' }
 
 export function budgetRoutes (d: BudgetRouteDeps): AdminRoute[] {
   const org = d.config.organization.id
   const now = d.now ?? (() => new Date())
   const one = async (scope: BudgetScope, userId: string) =>
     (await budgetStatus(d.sql(), org, now(), scope === 'user' ? userId : undefined))
-      .find((b) => b.scope === scope && (scope !== 'user' || b.user_id === userId)) ?? null
+      .find((b) => b.scope === scope && (scope === 'user' ? b.user_id === userId : scope === 'group' ? b.group_id === userId : true)) ?? null
   return [
     {
       method: 'GET',
@@ -43,6 +47,15 @@ export function budgetRoutes (d: BudgetRouteDeps): AdminRoute[] {
       handle: async ({ res, params }) => {
         const data = await budgetStatus(d.sql(), org, now(), params.userId)
         sendJson(res, 200, { object: 'list', user_id: params.userId, data })
+      },
+    },
+    {
+      method: 'GET',
+      path: /^\/admin\/v1\/budgets\/groups\/(?<groupId>[^/]+)$/,
+      handle: async ({ res, params }) => {
+        const b = await one('group', params.groupId)
+        if (!b) return sendError(res, 404, 'not_found_error', 'budget_not_found', `no budget for group ${params.groupId}`)
+        sendJson(res, 200, b)
       },
     },
     ...TARGETS.flatMap(([path, target]): AdminRoute[] => [
@@ -72,8 +85,8 @@ export function budgetRoutes (d: BudgetRouteDeps): AdminRoute[] {
           const deleted = await deleteBudget(d.sql(), org, scope, userId)
           d.changed?.()
           if (deleted) await appendAudit(d.sql(), org, { actor: r.actor, action: 'budget.deleted', target: budgetTarget(scope, userId), before: limitOf(before), after: null })
-          if (!deleted) return sendError(r.res, 404, 'not_found_error', 'budget_not_found', `no ${scope} budget${userId ? ` for user ${userId}` : ''}`)
-          sendJson(r.res, 200, { object: 'budget.deleted', scope, user_id: scope === 'user' ? userId : null, deleted: true })
+          if (!deleted) return sendError(r.res, 404, 'not_found_error', 'budget_not_found', `no ${scope} budget${userId ? ` for ${SUBJECT[scope]} ${userId}` : ''}`)
+          sendJson(r.res, 200, { object: 'budget.deleted', scope, user_id: scope === 'user' ? userId : null, ...(scope === 'group' ? { group_id: userId } : {}), deleted: true })
         },
       },
     ]),
@@ -81,7 +94,7 @@ export function budgetRoutes (d: BudgetRouteDeps): AdminRoute[] {
 }
 
 function budgetTarget (scope: BudgetScope, userId: string): string {
-  return scope === 'user' ? `budgets/users/${userId}` : `budgets/${scope}`
+  return userId !== '' ? `budgets/${SUBJECT[scope]}s/${userId}` : `budgets/${scope}`
 }
 
 /** What the trail keeps of a budget: its setting, not its spend at that moment. */
@@ -90,7 +103,7 @@ function limitOf (b: { limit_usd: string, period: string } | null): { limit_usd:
 }
 
 function validate (body: unknown, scope: BudgetScope, userId: string): string | { limit: string, period: (typeof PERIODS)[number] } {
-  if (scope === 'user' && (userId.length > 256 || /[\u0000-\u001f]/.test(userId))) return 'userId must be at most 256 printable characters'
+  if (userId !== '' && (userId.length > 256 || /[\u0000-\u001f]/.test(userId))) return `${SUBJECT[scope]}Id must be at most 256 printable characters`
   if (body === null || typeof body !== 'object' || Array.isArray(body)) return 'the body must be a JSON object such as {"limit_usd": "20.00", "period": "month"}'
   const b = body as Record<string, unknown>
   for (const k of Object.keys(b)) if (k !== 'limit_usd' && k !== 'period') return `unknown field ${k}: only limit_usd and period are accepted`

@@ -17,6 +17,8 @@ export interface AdminDeps {
   log: Logger
   /** Tells the admission of this process that budgets changed. */
   budgetsChanged?: () => void
+  /** Tells this process that a model allowlist changed: it re-reads them before answering. */
+  allowlistsChanged?: () => Promise<void>
   /** Users' budgets for the usage views, in one read; the budgets module provides it. */
   budgetsFor?: BudgetsFor
   /** Admissions served without a spend check (the page shows them). */

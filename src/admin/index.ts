@@ -1,5 +1,6 @@
 import type { AdminDeps } from './deps.js'
 import { admissionRoutes } from './admissions.js'
+import { allowlistRoutes } from './allowlists.js'
 import { budgetRoutes } from './budgets.js'
 import { noBudgetsFor } from '../budgets/status-for.js'
 import { ledgerRoutes } from './ledger.js'
@@ -22,6 +23,7 @@ export function adminRoutes (deps: AdminDeps): AdminRoute[] {
       handle: ({ res }) => sendJson(res, 200, { object: 'admin', organization: deps.config.organization.id, organization_name: deps.config.organization.name }),
     },
     ...budgetRoutes({ config: deps.config, sql: deps.sql, changed: deps.budgetsChanged }),
+    ...allowlistRoutes({ config: deps.config, sql: deps.sql, changed: deps.allowlistsChanged }),
     ...storageRoutes(deps),
     ...admissionRoutes({ failMode: deps.config.limits.failMode, stats: deps.admissions ?? (() => null) }),
     ...ledgerRoutes(deps.backlog ?? (() => null)),

@@ -3,6 +3,7 @@ import type { Sql } from '../db/connect.js'
 import type { Logger } from '../lib/log.js'
 import type { UsageRecord } from '../usage/ledger/record.js'
 import { Alerts } from './alerts.js'
+import { Allowlists } from './allowlists.js'
 import { Limits } from './limits.js'
 import { PriceList } from './prices.js'
 import { seedFromEnv } from './store.js'
@@ -13,7 +14,7 @@ import { seedFromEnv } from './store.js'
 /** What main needs of the upstream pool: a GET on OpenRouter with the organization's key. */
 export interface PriceSource { pool: { request: (o: { method: 'GET', path: string, headers: Record<string, string>, headersTimeout: number, bodyTimeout: number }) => Promise<{ statusCode: number, body: { text: () => Promise<string> } }> }, basePath: string }
 
-export interface SpendControls { limits: Limits, prices: PriceList, alerts: Alerts, close: () => void }
+export interface SpendControls { limits: Limits, allowlists: Allowlists, prices: PriceList, alerts: Alerts, close: () => void }
 
 /** admissionSql: the admissions' own pool (src/boot.ts); everything else here uses sql. */
 export async function startLimits (o: { sql: Sql, admissionSql?: Sql, config: Config, upstream: PriceSource, log: Logger, record: (r: UsageRecord) => void }): Promise<SpendControls> {
@@ -32,5 +33,7 @@ export async function startLimits (o: { sql: Sql, admissionSql?: Sql, config: Co
     markupPercent: config.organization.markupPercent, prices, alerts,
   })
   await limits.refresh()
-  return { limits, prices, alerts, close () { limits.close(); prices.stop() } }
+  const allowlists = new Allowlists(sql, config.organization.id, config.limits.refreshMs, log)
+  await allowlists.refresh()
+  return { limits, allowlists, prices, alerts, close () { limits.close(); allowlists.close(); prices.stop() } }
 }

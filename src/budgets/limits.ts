@@ -54,14 +54,16 @@ export interface Admission { done: () => void }
 const NOTHING: Admission = { done () {} }
 const RESERVE_COLUMNS = `refused_scope, limit_usd::text, period, period_start, spent_usd::text, reserved_usd::text,
   org_limit::text, org_spent::text, org_period, org_period_start,
-  user_scope, user_limit::text, user_spent::text, user_period, user_period_start`
+  user_scope, user_limit::text, user_spent::text, user_period, user_period_start, refused_subject`
 /** How often each replica looks for expired reservations (and rate leases). */
 const SWEEP_MS = 30_000
 /** Live holds are renewed at least this often, and at least three times per TTL. */
 const RENEW_MS = 30_000
 
 interface ReserveRow {
-  refused_scope: 'organization' | 'user' | 'default-user' | null
+  refused_scope: 'organization' | 'user' | 'default-user' | 'group' | 'key' | null
+  /** The group or API key id whose budget refused. */
+  refused_subject: string | null
   limit_usd: string | null
   period: BudgetPeriod | null
   period_start: Date | null
@@ -258,7 +260,7 @@ export class Limits {
       { defaultMaxTokens: this.d.config.defaultMaxTokens, imageTokens: this.d.config.imageTokens, markupPercent: this.d.markupPercent })
     rec.estimatedCostUsd = amount // the journal's intent line carries it: a crash's row is counted at it
     let row: ReserveRow | undefined
-    const pending = this.reserver.reserve({ org: rec.organizationId, user: rec.userId, eventId: rec.eventId, amount, at: rec.createdAt })
+    const pending = this.reserver.reserve({ org: rec.organizationId, user: rec.userId, groups: rec.groups ?? [], key: rec.apiKeyId ?? null, eventId: rec.eventId, amount, at: rec.createdAt })
     try {
       row = await this.withTimeout(pending.row)
       this.failures = 0
@@ -275,6 +277,7 @@ export class Limits {
       done.done()
       this.refuse(res, rec, {
         scope: row.refused_scope,
+        subject: row.refused_subject,
         limitUsd: trimDecimal(row.limit_usd!),
         spentUsd: trimDecimal(row.spent_usd!),
         reservedUsd: trimDecimal(row.reserved_usd!),

@@ -10,7 +10,9 @@ import { ADJECTIVE, humanTime, resetsAt } from './periods.js'
 export const DEFAULT_EXCEEDED_MESSAGE = '{reason} {advice} {reset}'
 
 export interface ExceededFacts {
-  scope: 'organization' | 'user' | 'default-user'
+  scope: 'organization' | 'user' | 'default-user' | 'group' | 'key'
+  /** The group or API key id, for those scopes. */
+  subject?: string | null
   limitUsd: string
   spentUsd: string
   /** Held by this budget's other requests in flight when this one was refused. */
@@ -32,8 +34,15 @@ export function leftUsd (f: Pick<ExceededFacts, 'limitUsd' | 'spentUsd' | 'reser
   return fromUnits(left > 0n ? left : 0n)
 }
 
+/** A group or key id as the message quotes it: control characters out, bounded. */
+function quoted (id: string | null | undefined): string {
+  const s = (id ?? '').replace(/[\u0000-\u001f\u007f]/g, '')
+  return `'${s.length > 80 ? s.slice(0, 79) + '…' : s}'`
+}
+
 /**
- * Placeholders: {scope} "Your" or "The organization's", {period} daily/weekly/monthly/total,
+ * Placeholders: {scope} "Your", "The organization's", "The 'physics' group's" or "The 'k1' API
+ * key's", {period} daily/weekly/monthly/total,
  * {limit} {spent} {reserved} (held by requests in flight) {left} (limit − spent − reserved) and
  * {estimate} (what this request could cost) in dollars (formatUsd), {resets_at}
  * "2026-12-01 00:00 UTC" (or "never"), {reset} "It resets on 2026-12-01 00:00 UTC." (or "It does
@@ -43,10 +52,13 @@ export function leftUsd (f: Pick<ExceededFacts, 'limitUsd' | 'spentUsd' | 'reser
  */
 export function exceededMessage (template: string, f: ExceededFacts): string {
   const resets = resetsAt(f.period, f.periodStart)
-  const Whose = f.scope === 'organization' ? 'The organization\'s' : 'Your'
-  const whose = f.scope === 'organization' ? 'the organization\'s' : 'your'
-  const full = usedUp(f)
   const limit = formatUsd(f.limitUsd)
+  const Whose = f.scope === 'organization' ? 'The organization\'s' : f.scope === 'group' ? `The ${quoted(f.subject)} group's` : f.scope === 'key' ? `The ${quoted(f.subject)} API key's` : 'Your'
+  // The budget as the reason names it: whose, which period, how much.
+  const owner = f.scope === 'group' ? ` for group ${quoted(f.subject)}` : f.scope === 'key' ? ` for API key ${quoted(f.subject)}` : ''
+  const Budget = owner ? `The ${ADJECTIVE[f.period]} budget of ${limit}${owner}` : `${Whose} ${ADJECTIVE[f.period]} budget of ${limit}`
+  const budget = owner ? Budget.replace(/^The/, 'the') : `${f.scope === 'organization' ? 'the organization\'s' : 'your'} ${ADJECTIVE[f.period]} budget of ${limit}`
+  const full = usedUp(f)
   const spent = formatUsd(f.spentUsd)
   const reserved = formatUsd(f.reservedUsd)
   const left = formatUsd(leftUsd(f))
@@ -63,8 +75,8 @@ export function exceededMessage (template: string, f: ExceededFacts): string {
     resets_at: resets ? humanTime(resets) : 'never',
     reset: resets ? `It resets on ${humanTime(resets)}.` : 'It does not reset.',
     reason: full
-      ? `${Whose} ${ADJECTIVE[f.period]} budget of ${limit} is used up (${spent} spent${held}).`
-      : `This request could cost up to ${estimate}, and ${left} of ${whose} ${ADJECTIVE[f.period]} budget of ${limit} is left.`,
+      ? `${Budget} is used up (${spent} spent${held}).`
+      : `This request could cost up to ${estimate}, and ${left} of ${budget} is left.`,
     advice: full ? '' : 'Ask for a shorter answer (a smaller max_tokens) or send a shorter conversation.',
   }
   return template.replace(/\{(\w+)\}( ?)/g, (all, name: string, space: string) => {

@@ -8,8 +8,11 @@ import type { Sql } from '../db/connect.js'
 // reserved stays behind: a queued item leaves the queue; a batch whose every item was abandoned
 // is cancelled; an abandoned item of a batch that commits anyway has its hold released at once.
 
-/** `at`: the record's created_at, the period the hold is booked in (one clock per request). */
-export interface ReserveItem { org: string, user: string | null, eventId: string, amount: string, at: string }
+/**
+ * `at`: the record's created_at, the period the hold is booked in (one clock per request);
+ * `groups` and `key`: the request's groups and API key id, whose budgets apply too.
+ */
+export interface ReserveItem { org: string, user: string | null, groups?: string[], key?: string | null, eventId: string, amount: string, at: string }
 
 /** The item's row (undefined: no budget applies), and a way to stop waiting for it. */
 export interface PendingReservation<R> { row: Promise<R | undefined>, abandon: () => void }
@@ -66,7 +69,7 @@ export class Reserver<R extends object> {
     if (this.queue.length === 0 || this.inFlight >= IN_FLIGHT) return
     const batch = this.queue.splice(0, MAX_BATCH)
     this.inFlight++
-    const items = batch.map((p, i) => ({ i, org: p.item.org, usr: p.item.user, ev: p.item.eventId, amount: p.item.amount, at: p.item.at }))
+    const items = batch.map((p, i) => ({ i, org: p.item.org, usr: p.item.user, groups: p.item.groups ?? [], key: p.item.key ?? null, ev: p.item.eventId, amount: p.item.amount, at: p.item.at }))
     const query = this.sql.unsafe<Array<R & { i: number }>>(
       `select i, ${this.columns} from budget_reserve_many($1::jsonb, make_interval(secs => $2))`,
       [items as never, this.ttlSeconds])

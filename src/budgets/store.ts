@@ -7,11 +7,19 @@ import { resetsAt } from './periods.js'
 // (here or with psql) fires budget_recount(), so a budget set mid-period starts from the spend
 // already recorded in that period.
 
-export type BudgetScope = 'organization' | 'default-user' | 'user'
+/**
+ * 'group' and 'key' budgets name their subject (a group id, an API key id) where a user budget
+ * names its user: the same `userId` argument, the same user_id column.
+ */
+export type BudgetScope = 'organization' | 'default-user' | 'user' | 'group' | 'key'
 
 export interface BudgetStatus {
   scope: BudgetScope
   user_id: string | null
+  /** Scope 'group' only: the group it caps. */
+  group_id?: string
+  /** Scope 'key' only: the API key it caps. */
+  key_id?: string
   limit_usd: string
   period: BudgetPeriod
   source: 'env' | 'api'
@@ -82,11 +90,15 @@ export async function budgetStatus (sql: Sql, org: string, now: Date, userId?: s
         on c.organization_id = b.organization_id and c.period = b.period and c.period_start = budget_period_start(b.period, ${now})
        and ((b.scope = 'organization' and c.scope = 'organization')
          or (b.scope = 'user' and c.scope = 'user' and c.user_id = b.user_id)
+         or (b.scope in ('group', 'key') and c.scope = b.scope and c.user_id = b.user_id)
          or (b.scope = 'default-user' and c.scope = 'user' ${one ? sql`and c.user_id = ${userId}` : sql``}
              and not exists (select 1 from budgets o where o.organization_id = b.organization_id and o.scope = 'user'
                                                        and o.user_id = c.user_id and o.limit_usd is not null)))
      where b.organization_id = ${org} and b.limit_usd is not null
-       ${one ? sql`and (b.scope <> 'user' or b.user_id = ${userId})` : sql``}
+       ${one ? sql`and (b.scope <> 'user' or b.user_id = ${userId})
+               and (b.scope <> 'group' or b.user_id = any(coalesce((select m.groups from user_mappings m where m.organization_id = ${org}
+                                                                      and m.user_id = ${userId}), '{}')))
+               and b.scope <> 'key'` : sql``}
      group by b.organization_id, b.scope, b.user_id
      order by b.scope = 'user', b.scope, b.user_id`
   const own = rows.some((b) => b.scope === 'user')
@@ -95,6 +107,7 @@ export async function budgetStatus (sql: Sql, org: string, now: Date, userId?: s
     const status: BudgetStatus & { applies?: boolean } = {
       scope: b.scope,
       user_id: b.scope === 'user' ? b.user_id : null,
+      ...(b.scope === 'group' ? { group_id: b.user_id } : b.scope === 'key' ? { key_id: b.user_id } : {}),
       limit_usd: trimDecimal(b.limit_usd!),
       period: b.period,
       source: b.source,

@@ -15,6 +15,10 @@ export interface Identity {
   role: string | null
   chatId: string | null
   source: 'jwt' | 'headers' | 'body' | 'organization'
+  /** The user's groups: sorted, without duplicates, normalized ids; [] for none. */
+  groups: string[]
+  /** The API key that authenticated the request; null for PROXY_API_KEY (the chat app's key). */
+  apiKey: { id: string, name: string, models: string[] | null, rpm: number | null } | null
 }
 
 export interface IdentityOptions {
@@ -30,6 +34,8 @@ export interface IdentityOptions {
   requireUserIdentity?: boolean
   /** Called when plain identity headers arrive although a JWT secret is set (they are ignored). */
   onIgnoredHeaders?: () => void
+  /** Where the request's groups come from; none without it. */
+  groupsOf?: (headers: IncomingHttpHeaders) => string[]
 }
 
 export class IdentityError extends Error {}
@@ -51,6 +57,12 @@ export function decodeName (raw: string | null): string | null {
 }
 
 export function identify (headers: IncomingHttpHeaders, bodyUser: unknown, o: IdentityOptions): Identity {
+  const who = person(headers, bodyUser, o)
+  if (o.groupsOf) who.groups = o.groupsOf(headers)
+  return who
+}
+
+function person (headers: IncomingHttpHeaders, bodyUser: unknown, o: IdentityOptions): Identity {
   const chatId = one(headers[o.chatIdHeader])
   /** Where an id was sent that names nobody, for the refusal's message. */
   let empty: string | null = null
@@ -68,7 +80,7 @@ export function identify (headers: IncomingHttpHeaders, bodyUser: unknown, o: Id
       // A signed subject that names nobody is refused as an empty one is (RFC 7519 §4.1.2).
       const userId = bounded(normalizeId(c.sub), `the sub claim of ${o.jwtHeader}`)
       if (userId === null) throw new IdentityError(`invalid ${o.jwtHeader}: no subject (the sub claim is empty once control characters and whitespace are removed)`)
-      return { userId, name: normalizeId(c.name), email: normalizeId(c.email), role: normalizeId(c.role), chatId, source: 'jwt' }
+      return { userId, name: normalizeId(c.name), email: normalizeId(c.email), role: normalizeId(c.role), chatId, source: 'jwt', groups: [], apiKey: null }
     }
   } else {
     const sent = one(headers[o.userIdHeader])
@@ -81,13 +93,15 @@ export function identify (headers: IncomingHttpHeaders, bodyUser: unknown, o: Id
         role: normalizeId(one(headers[o.userRoleHeader])),
         chatId,
         source: 'headers',
+        groups: [],
+        apiKey: null,
       }
     }
     if (sent !== null) empty = o.userIdHeader
   }
   if (o.trustBodyUser && typeof bodyUser === 'string') {
     const userId = bounded(normalizeId(bodyUser), 'the "user" field')
-    if (userId !== null) return { userId, name: null, email: null, role: null, chatId, source: 'body' }
+    if (userId !== null) return { userId, name: null, email: null, role: null, chatId, source: 'body', groups: [], apiKey: null }
     if (bodyUser !== '') empty ??= 'the "user" field'
   }
   if (o.requireUserIdentity) {
@@ -96,7 +110,7 @@ export function identify (headers: IncomingHttpHeaders, bodyUser: unknown, o: Id
       ? `no user identity: ${why}a signed ${o.jwtHeader} is required (REQUIRE_USER_IDENTITY)`
       : `no user identity: ${why}send ${o.userIdHeader} or a "user" field (REQUIRE_USER_IDENTITY)`)
   }
-  return { userId: null, name: null, email: null, role: null, chatId, source: 'organization' }
+  return { userId: null, name: null, email: null, role: null, chatId, source: 'organization', groups: [], apiKey: null }
 }
 
 /** A user id past MAX_USER_ID_CHARS is refused: no one is named by it, nor is it the organization. */

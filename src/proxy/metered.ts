@@ -2,6 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import { errors as undiciErrors, type Dispatcher } from 'undici'
 import type { Logger } from '../lib/log.js'
 import type { Admission, Limits } from '../budgets/limits.js'
+import { refusalFor, type Allowlists } from '../budgets/allowlists.js'
 import { maxTokensOf } from '../budgets/estimate.js'
 import { IdentityError, identify, type Identity, type IdentityOptions } from '../identity/identify.js'
 import type { ResolvedUser, UserDirectory } from '../identity/directory.js'
@@ -64,6 +65,8 @@ export interface MeterContext {
   stopping?: () => boolean
   /** The virtual "My usage" model, answered locally (SELF_SERVICE_MODEL). */
   selfService?: SelfService
+  /** Model allowlists: a request for a model its caller may not use is refused with 403. */
+  allowlists?: Allowlists
   /** Reused memory for bodies that arrive in several reads; without it, each gets its own. */
   bodies?: BodyMemory
 }
@@ -114,6 +117,7 @@ async function meter (req: IncomingMessage, res: ServerResponse, endpoint: strin
   if (ctx.selfService && model === ctx.selfService.model && endpoint === 'chat/completions') {
     return answerMyUsage(res, body.json!, model, who, ctx.selfService, ctx)
   }
+  if (ctx.allowlists && !(await modelsAllowed(res, body, model, who, ctx.allowlists))) return
   const user = ctx.directory.resolve(who) // normalized once: the id, its external id and mapping agree
   // Only `user` changes: OpenRouter always reports usage (stream_options.include_usage is a no-op
   // there), so the body goes as the client sent it. Spliced in place from here on.
@@ -153,6 +157,29 @@ async function answerMyUsage (res: ServerResponse, json: JsonBody, model: string
   answer()
 }
 
+/**
+ * Model allowlists (src/budgets/allowlists.ts): every model the request names (`model` and
+ * OpenRouter's `models` fallback list) must be allowed by every list that applies to its caller,
+ * else 403 model_not_allowed, before the budget reservation and before anything goes upstream.
+ * A request that names no model (OpenRouter would pick one) is refused to a restricted caller.
+ */
+async function modelsAllowed (res: ServerResponse, body: RequestBody, model: string | undefined, who: Identity, allowlists: Allowlists): Promise<boolean> {
+  let rs
+  try {
+    rs = await allowlists.restrictions(who.groups, who.apiKey?.models ?? null)
+  } catch {
+    sendError(res, 503, 'service_unavailable', 'allowlists_unavailable', 'The models you may use cannot be checked right now, so the request was not sent. Try again in a moment.', { 'retry-after': '5' })
+    return false
+  }
+  if (rs.length === 0) return true
+  const fallbacks = body.json?.strings('models')
+  const named = fallbacks === null ? null : [...(model === undefined ? [] : [model]), ...(fallbacks ?? [])]
+  const why = refusalFor(rs, named)
+  if (why === null) return true
+  sendError(res, 403, 'invalid_request_error', 'model_not_allowed', why)
+  return false
+}
+
 /** The record of a request about to be admitted: who asks, for what, and the kind of row it makes. */
 function describe (req: IncomingMessage, endpoint: string, body: RequestBody, model: string | undefined, who: Identity, user: ResolvedUser, ctx: MeterContext): UsageRecord {
   const streamed = body.json?.isTrue('stream') ?? false
@@ -168,6 +195,8 @@ function describe (req: IncomingMessage, endpoint: string, body: RequestBody, mo
     kind: classifyRowKind(req.headers, { streamed, messages: () => body.json?.singleMessage() }, ctx.rules.rowKinds),
     messageId: messageIdOf(req.headers, ctx.rules.rowKinds),
     mapping: user.mapping,
+    groups: who.groups,
+    apiKeyId: who.apiKey?.id ?? null,
   })
 }
 

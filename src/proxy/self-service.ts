@@ -30,6 +30,8 @@ export interface SelfService {
   answer: (res: ServerResponse, body: Record<string, unknown>, who: Identity, externalUserId: string) => void
   /** GET /v1/models: OpenRouter's list with the virtual model appended. */
   listModels: (req: IncomingMessage, res: ServerResponse, query: string) => void
+  /** The virtual model's entry in the model list. */
+  entry: { id: string }
 }
 
 // Open WebUI sends its background tasks (title, tags, follow-ups, ...) to the chat's model with a
@@ -53,6 +55,7 @@ export function createSelfService (o: SelfServiceOptions): SelfService {
   }
   return {
     model: o.model,
+    entry,
     matches: (endpoint, body) => endpoint === 'chat/completions' && body.model === o.model,
     answer (res, body, who, externalUserId) {
       const task = isTask(body.messages)

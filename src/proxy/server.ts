@@ -33,8 +33,11 @@ export interface DataPlane {
   meter: MeterContext
   /** The admin plane (/admin/...), present when ADMIN_API_KEY is set. */
   admin?: (req: IncomingMessage, res: ServerResponse) => void
-  /** GET /v1/models with the virtual "My usage" model appended (SELF_SERVICE_MODEL). */
-  models?: (req: IncomingMessage, res: ServerResponse, query: string) => void
+  /**
+   * GET /v1/models as the caller may use it (model allowlists), with the virtual "My usage" model
+   * appended (SELF_SERVICE_MODEL); calls `passthrough` when neither changes the list.
+   */
+  models?: (req: IncomingMessage, res: ServerResponse, query: string, passthrough: () => void) => void
 }
 
 export function createProxyServer (ctx: ServerContext): Server {
@@ -106,7 +109,7 @@ export function createProxyServer (ctx: ServerContext): Server {
           `usage-proxy passes through only the model catalogue (GET /models, /providers, ...); GET /${endpoint} is not forwarded`)
       }
       if (ctx.onPassthrough) res.once('finish', () => ctx.onPassthrough!(res.statusCode))
-      if (req.method === 'GET' && endpoint === 'models' && plane.models) return plane.models(req, res, query)
+      if (req.method === 'GET' && endpoint === 'models' && plane.models) return plane.models(req, res, query, () => ctx.passthrough.handle(req, res, `/${endpoint}${query}`))
       return ctx.passthrough.handle(req, res, `/${endpoint}${query}`)
     }
     const format = req.method === 'POST' ? meteredBodyFormat(endpoint) : null

@@ -368,8 +368,8 @@ export const BREAKS = [
   {
     name: "new: budget check ignores reservations",
     file: "sql/functions/2-budgets.sql",
-    search: "oc.spent_usd + oc.reserved_usd + p_amount > ob.limit_usd",
-    replace: "oc.spent_usd + p_amount > ob.limit_usd",
+    search: "spent[k] + held[k] + p_amount > limits[k]",
+    replace: "(CASE WHEN cscopes[k] = 'organization' THEN spent[k] + p_amount > limits[k] ELSE spent[k] + held[k] + p_amount > limits[k] END)",
     tests: ['test/budgets-concurrency.test.ts', 'test/budgets-admission.test.ts'],
   },
   {
@@ -459,8 +459,8 @@ export const BREAKS = [
   {
     name: "new: budget check refuses landing exactly on the limit",
     file: "sql/functions/2-budgets.sql",
-    search: "uc.spent_usd + uc.reserved_usd + p_amount > ub.limit_usd THEN",
-    replace: "uc.spent_usd + uc.reserved_usd + p_amount >= ub.limit_usd THEN",
+    search: "spent[k] + held[k] + p_amount > limits[k]",
+    replace: "(spent[k] + held[k] + p_amount > limits[k] OR (cscopes[k] = 'user' AND spent[k] + held[k] + p_amount = limits[k]))",
     tests: ['test/budget-settlement.test.ts'],
   },
   {

@@ -3,7 +3,7 @@ import { mkdtempSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createLogger } from '../../src/lib/log.js'
-import { start, type Sidecar } from '../../src/main.js'
+import { start, type Sidecar, type StartOptions } from '../../src/main.js'
 import type { FakeOpenRouter } from './fake-openrouter.js'
 
 export const TEST_KEY = 'sk-or-v1-test-key-0123456789'
@@ -35,9 +35,9 @@ export function baseEnv (fake: FakeOpenRouter, databaseUrl: string | undefined, 
   }
 }
 
-export async function startSidecar (env: Record<string, string | undefined>): Promise<Started> {
+export async function startSidecar (env: Record<string, string | undefined>, options?: StartOptions): Promise<Started> {
   const logs = new LogSink()
-  const sidecar = await start(env, createLogger(env.LOG_LEVEL ?? 'debug', logs))
+  const sidecar = await start(env, createLogger(env.LOG_LEVEL ?? 'debug', logs), options)
   await sidecar.ready
   return { sidecar, logs, url: `http://127.0.0.1:${sidecar.port}`, dataDir: env.DATA_DIR! }
 }

@@ -17,7 +17,10 @@ import { replaceSpans, type Span } from './splice.js'
 // FIELD_BYTES of one, and the first message is read by the same scan (first-message.ts).
 
 /** The top-level fields read; add a name here to read another. */
-export const FIELDS = new Set(['model', 'stream', 'user', 'max_tokens', 'max_completion_tokens', 'max_output_tokens', 'stream_options', 'messages'])
+export const FIELDS = new Set(['model', 'models', 'stream', 'user', 'max_tokens', 'max_completion_tokens', 'max_output_tokens', 'stream_options', 'messages'])
+
+/** The most entries strings() reads of one array: OpenRouter's `models` fallback list takes a few. */
+export const MAX_LIST_ITEMS = 64
 
 /** A byte range [start, end) of `bytes`. */
 export type { Span }
@@ -73,6 +76,32 @@ export class JsonBody {
   singleMessage (): [MessageStart | null] | null {
     const f = this.first
     return f !== null && f.items === 1 ? [f.message] : null
+  }
+
+  /**
+   * A top-level array of strings, decoded: undefined when absent (or null), null when it is not
+   * an array of strings or holds more than MAX_LIST_ITEMS. The bytes are valid JSON (the scan
+   * checked them), so each string ends at the first unescaped quote.
+   */
+  strings (name: string): string[] | null | undefined {
+    const s = this.fields.get(name)
+    if (!s) return undefined
+    const b = this.bytes
+    if (b[s.start] === 0x6e) return undefined // null
+    if (b[s.start] !== 0x5b) return null
+    const out: string[] = []
+    let i = s.start + 1
+    for (;;) {
+      while (i < s.end && isSpace(b[i])) i++
+      if (b[i] === 0x5d) return out
+      if (b[i] !== 0x22 || out.length === MAX_LIST_ITEMS) return null
+      let j = i + 1
+      while (b[j] !== 0x22) j += b[j] === 0x5c ? 2 : 1
+      out.push(stringAt(b, { start: i, end: j + 1 })!)
+      i = j + 1
+      while (i < s.end && isSpace(b[i])) i++
+      if (b[i] === 0x2c) i++
+    }
   }
 
   /** Whether a top-level field is the literal `true`. */

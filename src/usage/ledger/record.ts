@@ -51,6 +51,10 @@ export interface UsageRecord extends Usage {
   kind: string
   /** Open WebUI's message id (X-OpenWebUI-Message-Id), when the app sends it. */
   messageId: string | null
+  /** The user's groups when the request was made (sorted, no duplicates); absent on old journal lines. */
+  groups?: string[]
+  /** The API key that authenticated the request; null for PROXY_API_KEY; absent on old journal lines. */
+  apiKeyId?: string | null
   /** From /generation: OpenRouter stopped the generation (the client left). Null: not looked up. */
   cancelled?: boolean | null
   createdAt: string
@@ -99,6 +103,8 @@ export function newRecord (start: RecordStart): UsageRecord {
     ttfbMs: null,
     kind: 'api',
     messageId: null,
+    groups: [],
+    apiKeyId: null,
     cacheWriteTokens: null,
     audioTokens: null,
     cancelled: null,
@@ -200,6 +206,8 @@ export function toRow (r: UsageRecord): Record<string, unknown> {
     cancelled: r.cancelled ?? null,
     estimated_cost_usd: isEstimateOnly(r) ? r.estimatedCostUsd ?? null : null,
     created_at: r.createdAt,
+    groups: r.groups ?? [],
+    api_key_id: text(r.apiKeyId ?? null),
   }
 }
 

@@ -6,22 +6,22 @@ export const BREAKS = [
   {
     name: 's8sql: FOR UPDATE dropped on the organization counter',
     file: 'sql/functions/2-budgets.sql',
-    search: "       AND c.period = ob.period AND c.period_start = os FOR UPDATE;\n    IF NOT FOUND THEN",
-    replace: "       AND c.period = ob.period AND c.period_start = os;\n    IF NOT FOUND THEN",
+    search: "    SELECT * INTO c FROM budget_counters x WHERE x.organization_id = p_org AND x.scope = cscopes[k] AND x.user_id = subjects[k]\n       AND x.period = periods[k] AND x.period_start = starts[k] FOR UPDATE;\n    IF NOT FOUND THEN",
+    replace: "    IF cscopes[k] = 'organization' THEN\n      SELECT * INTO c FROM budget_counters x WHERE x.organization_id = p_org AND x.scope = cscopes[k] AND x.user_id = subjects[k]\n         AND x.period = periods[k] AND x.period_start = starts[k];\n    ELSE\n      SELECT * INTO c FROM budget_counters x WHERE x.organization_id = p_org AND x.scope = cscopes[k] AND x.user_id = subjects[k]\n         AND x.period = periods[k] AND x.period_start = starts[k] FOR UPDATE;\n    END IF;\n    IF NOT FOUND THEN",
     tests: SQLT,
   },
   {
     name: 's8sql: FOR UPDATE dropped on the user counter',
     file: 'sql/functions/2-budgets.sql',
-    search: "       AND c.period = ub.period AND c.period_start = us FOR UPDATE;\n    IF NOT FOUND THEN",
-    replace: "       AND c.period = ub.period AND c.period_start = us;\n    IF NOT FOUND THEN",
+    search: "    SELECT * INTO c FROM budget_counters x WHERE x.organization_id = p_org AND x.scope = cscopes[k] AND x.user_id = subjects[k]\n       AND x.period = periods[k] AND x.period_start = starts[k] FOR UPDATE;\n    IF NOT FOUND THEN",
+    replace: "    IF cscopes[k] = 'user' THEN\n      SELECT * INTO c FROM budget_counters x WHERE x.organization_id = p_org AND x.scope = cscopes[k] AND x.user_id = subjects[k]\n         AND x.period = periods[k] AND x.period_start = starts[k];\n    ELSE\n      SELECT * INTO c FROM budget_counters x WHERE x.organization_id = p_org AND x.scope = cscopes[k] AND x.user_id = subjects[k]\n         AND x.period = periods[k] AND x.period_start = starts[k] FOR UPDATE;\n    END IF;\n    IF NOT FOUND THEN",
     tests: SQLT,
   },
   {
     name: 's8sql: batch items held in the period of now(), not of their created_at',
     file: 'sql/functions/2-budgets.sql',
-    search: 'budget_reserve(item.org, item.usr, item.ev, item.amount, item.at, p_ttl)',
-    replace: 'budget_reserve(item.org, item.usr, item.ev, item.amount, now(), p_ttl)',
+    search: "item.ev, item.amount, item.at, p_ttl)",
+    replace: "item.ev, item.amount, now(), p_ttl)",
     tests: SQLT,
   },
   {
