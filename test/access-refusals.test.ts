@@ -22,7 +22,7 @@ let s: Started
 
 t.before(async () => {
   fake = await new FakeOpenRouter(13).start()
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
   s = await startSidecar(baseEnv(fake, db.url, { ADMIN_API_KEY: ADMIN_KEY, USER_BUDGET_USD: '100', USER_MAX_CONCURRENT: '1', BUDGET_REFRESH_MS: '100' }))
 })
 t.teardown(async () => {

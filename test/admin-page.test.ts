@@ -34,7 +34,7 @@ if (!existsSync(CHROMIUM)) {
 
   t.before(async () => {
     fake = await new FakeOpenRouter().start()
-    db = await createTestDb()
+    db = await createTestDb({ migrated: true })
     on = await startSidecar(baseEnv(fake, db.url, { ADMIN_API_KEY: ADMIN_KEY }))
     await seedLedger(db.sql, { rows: 800, from: monthStart, days: now.getUTCDate() - 1 + now.getUTCHours() / 24 })
     const { chromium } = await import('playwright-core')

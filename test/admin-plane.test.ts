@@ -15,7 +15,7 @@ let off: Started
 
 t.before(async () => {
   fake = await new FakeOpenRouter().start()
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
   on = await startSidecar(baseEnv(fake, db.url, { ADMIN_API_KEY: ADMIN_KEY }))
   off = await startSidecar(baseEnv(fake, db.url))
 })

@@ -22,7 +22,7 @@ let raw: Raw[] = []
 
 t.before(async () => {
   fake = await new FakeOpenRouter().start()
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
   on = await startSidecar(baseEnv(fake, db.url, { ADMIN_API_KEY: ADMIN_KEY }))
   // October plus a few rows on each side of it, which must never be counted.
   await seedLedger(db.sql, { rows: 600, from: '2026-09-28', days: 38 })

@@ -37,7 +37,7 @@ async function failedOpen (base: string): Promise<number> {
 }
 
 t.test('Postgres stops answering: every request served unchecked is counted in /metrics, logged and shown on the page; its spend lands later', async (t) => {
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   const relay = new TcpRelay(db.port)
   await relay.reserve()
   await relay.open()

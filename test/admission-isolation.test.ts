@@ -32,7 +32,7 @@ async function statusOf (p: ReturnType<typeof chat>): Promise<number> {
 }
 
 async function sidecar (t: Test, env: Record<string, string>): Promise<{ db: TestDb, s: Started }> {
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   const s = await startSidecar(baseEnv(fake, db.url, { ADMIN_API_KEY: ADMIN_KEY, SHUTDOWN_GRACE_MS: '200', ...env }))
   t.teardown(async () => { await s.sidecar.stop('test end'); await db.drop() })
   return { db, s }

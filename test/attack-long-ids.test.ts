@@ -21,7 +21,7 @@ const long = (): string => randomBytes(3000).toString('base64') // 4000 characte
 
 t.test('a user id or model too long to index is refused before anything goes upstream; others are served and their rows land', async (t) => {
   const fake = await new FakeOpenRouter(21).start()
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   const s = await startSidecar(baseEnv(fake, db.url, { USER_BUDGET_USD: '0', SHUTDOWN_GRACE_MS: '200' }))
   t.teardown(async () => { await s.sidecar.stop('test end'); await fake.close(); await db.drop() })
   const send = async (body: Record<string, unknown>, headers: Record<string, string> = {}) => {
@@ -51,7 +51,7 @@ t.test('a user id or model too long to index is refused before anything goes ups
 })
 
 t.test('a row whose value is too large for an index is set aside; the rows behind it land', async (t) => {
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   t.teardown(() => db.drop())
   await migrate(db.sql, 'sql')
   const ORG = 'mai_client_long'

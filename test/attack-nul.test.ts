@@ -14,7 +14,7 @@ const ADMIN = 'admin-key-0123456789abcdef'
 
 t.before(async () => {
   fake = await new FakeOpenRouter().start()
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
   s = await startSidecar(baseEnv(fake, db.url, { ADMIN_API_KEY: ADMIN }))
 })
 t.teardown(async () => {

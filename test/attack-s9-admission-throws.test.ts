@@ -30,7 +30,7 @@ let url: string
 let handler: (res: ServerResponse) => void = (res) => res.end()
 
 t.before(async () => {
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
   await migrate(db.sql, SQL_DIR)
   await upsertOrganization(db.sql, { id: ORG, name: 'Throws', markupPercent: '0' }, 'sk-or-v1-test-key-0123456789')
   await setBudget(db.sql, ORG, 'user', 'alice', '100', 'month')

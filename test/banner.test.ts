@@ -23,7 +23,7 @@ let fake: FakeOpenRouter
 let db: TestDb
 t.before(async () => {
   fake = await new FakeOpenRouter(11).start()
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
 })
 t.teardown(async () => { await fake?.close(); await db?.drop() })
 
@@ -49,7 +49,7 @@ const facts = (f: Partial<BannerFacts>): BannerFacts => ({
 const text = (f: BannerFacts): string[] => bannerLines(f).map((l) => `${l.level} ${l.msg}`)
 
 t.test('a sidecar started with budgets, limits and a typo says so, once it is ready; an override shows after a restart', async (t) => {
-  const own = await createTestDb() // the admin API's budgets stay in it
+  const own = await createTestDb({ migrated: true }) // the admin API's budgets stay in it
   const env = baseEnv(fake, urlWithPassword(own.url), {
     ADMIN_API_KEY: ADMIN_KEY, PROXY_API_KEY: PROXY_KEY, ORG_BUDGET_USD: '100.00', USER_BUDGET_USD: '2', USER_BUDGET_PERIOD: 'day',
     USER_MAX_CONCURRENT: '3', USER_RMP: '5',

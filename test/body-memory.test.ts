@@ -48,7 +48,7 @@ let db: TestDb
 let s: Started
 t.before(async () => {
   fake = await new FakeOpenRouter(21).start()
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
   s = await startSidecar(baseEnv(fake, db.url))
 })
 t.teardown(async () => {
@@ -106,6 +106,8 @@ t.test('a body queued behind a busy upstream connection keeps its memory until i
   const third = send('fake/ok', 'T', 650_000)
   await until('the third read while the second waits', () => intents() === 3)
   t.equal(fake.held, 1, 'both still wait behind the slow stream')
+  // Released, the slow stream runs to its end unpaced: the other two still wait for it to end.
+  fake.slowEventMs = 0
   fake.release()
   const answers = await Promise.all([slow, queued, third])
   t.same(answers.map((a) => a.status), [200, 200, 200])

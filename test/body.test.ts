@@ -24,7 +24,7 @@ const owui = (id: string) => ({ 'x-openwebui-user-id': id, 'x-openwebui-user-nam
 
 t.before(async () => {
   fake = await new FakeOpenRouter(8).start()
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
   s = await startSidecar(baseEnv(fake, db.url))
 })
 t.teardown(async () => {

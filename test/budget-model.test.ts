@@ -120,7 +120,7 @@ class Model {
 let db: TestDb
 let sql: postgres.Sql<{}>
 t.before(async () => {
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
   await migrate(db.sql, 'sql')
   // A session far from UTC: period starts must not follow it.
   sql = postgres(db.url, { max: 1, onnotice: () => {}, connection: { TimeZone: 'Pacific/Kiritimati' } })

@@ -11,7 +11,7 @@ import type { UsageRecord } from '../src/usage/ledger/record.js'
 // (migration 006) decides it for every replica, so it is tested where it lives.
 
 t.test('landing exactly on a budget is admitted; a billionth of a cent past it is refused', async (t) => {
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   t.teardown(() => db.drop())
   await migrate(db.sql, 'sql')
   const org = 'mai_client_boundary'
@@ -34,7 +34,7 @@ t.test('landing exactly on a budget is admitted; a billionth of a cent past it i
 // A record replayed under a new event_id (its generation already written) is taken back by the
 // generation-id claim; its spend must not reach the budget counters a second time.
 t.test('a generation replayed under another event_id settles once', async (t) => {
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   t.teardown(() => db.drop())
   await migrate(db.sql, 'sql')
   const org = 'mai_client_replay'

@@ -42,7 +42,7 @@ const prices = new PriceList(async () => ({
 }), '60', log)
 
 t.before(async () => {
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
   await migrate(db.sql, SQL_DIR)
   await upsertOrganization(db.sql, { id: ORG, name: 'Admission', markupPercent: '0' }, 'sk-or-v1-test-key-0123456789')
   ledger = new Ledger(db.sql, null, log, { batchSize: 100, flushMs: 5 })

@@ -36,7 +36,7 @@ t.test('64 concurrent requests across 3 processes never overspend an organizatio
   fake.slowEventMs = 15
   fake.fixedCost = '0.0004'
   fake.costFor = (n) => (n % 5 === 0 ? '0.0007' : null)
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   const children: Child[] = []
   t.teardown(async () => {
     for (const c of children) c.proc.kill('SIGKILL')

@@ -21,7 +21,7 @@ function chat (base: string, user: string) {
 }
 
 async function setup (t: Test, mode: 'open' | 'closed') {
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   const relay = new TcpRelay(db.port)
   await relay.reserve()
   await relay.open()

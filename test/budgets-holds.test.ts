@@ -39,7 +39,7 @@ const prices = new PriceList(async () => ({
 }), '60', log)
 
 t.before(async () => {
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
   await migrate(db.sql, SQL_DIR)
   aux = postgres(db.url, { max: 4, onnotice: () => {} })
   await upsertOrganization(db.sql, { id: ORG, name: 'Holds', markupPercent: '0' }, 'sk-or-v1-test-key-0123456789')

@@ -18,7 +18,7 @@ let s: Started
 
 t.before(async () => {
   fake = await new FakeOpenRouter(7).start()
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
   s = await startSidecar(baseEnv(fake, db.url, { ADMIN_API_KEY: ADMIN_KEY, BUDGET_REFRESH_MS: '100' }))
 })
 t.teardown(async () => {
@@ -190,7 +190,7 @@ t.test('a client abort mid-stream settles to what OpenRouter charged', async (t)
 })
 
 t.test('an organization refusal names the organization; BUDGET_EXCEEDED_MESSAGE fills placeholders', async (t) => {
-  const db2 = await createTestDb()
+  const db2 = await createTestDb({ migrated: true })
   const s2 = await startSidecar(baseEnv(fake, db2.url, {
     ORG_BUDGET_USD: '0', ORG_BUDGET_PERIOD: 'day',
     BUDGET_EXCEEDED_MESSAGE: 'Blocked: {scope} {period} limit {limit}, spent {spent}, resets {resets_at}. {reset} {unknown}',
@@ -206,7 +206,7 @@ t.test('an organization refusal names the organization; BUDGET_EXCEEDED_MESSAGE 
 })
 
 t.test('the database wins over the environment once the admin API set a budget', async (t) => {
-  const db2 = await createTestDb()
+  const db2 = await createTestDb({ migrated: true })
   const env = baseEnv(fake, db2.url, { ORG_BUDGET_USD: '50', USER_BUDGET_USD: '5', USER_BUDGET_PERIOD: 'week', ADMIN_API_KEY: ADMIN_KEY })
   let s2 = await startSidecar(env)
   const rows = async () => (await db2.sql`select scope, limit_usd::text as l, period, source from budgets order by scope`).map((r) => ({ ...r }))
@@ -225,7 +225,7 @@ t.test('the database wins over the environment once the admin API set a budget',
 })
 
 t.test('USER_RPM and USER_MAX_CONCURRENT: 429 with OpenAI\'s headers; other users unaffected', async (t) => {
-  const db2 = await createTestDb()
+  const db2 = await createTestDb({ migrated: true })
   const s2 = await startSidecar(baseEnv(fake, db2.url, { USER_RPM: '3', USER_MAX_CONCURRENT: '1' }))
   t.teardown(async () => { await s2.sidecar.stop('test end'); await db2.drop() })
   // concurrency: a slow stream holds the user's only slot
@@ -238,6 +238,10 @@ t.test('USER_RPM and USER_MAX_CONCURRENT: 429 with OpenAI\'s headers; other user
   const other = await chat(s2.url, 'hank')
   t.equal(other.statusCode, 200, 'another user is served meanwhile')
   await other.body.dump()
+  // The slot was shown held; the rest of the stream need not be paced (8 s at the fake's default).
+  const paced = fake.slowEventMs
+  fake.slowEventMs = 0
+  t.teardown(() => { fake.slowEventMs = paced })
   await slow.body.dump()
   // requests per minute: the slot is free again once the stream's record is done
   // The window is the database clock's minute: four requests whose round began and ended in the
@@ -281,7 +285,7 @@ t.test('BUDGET_WARN_PERCENT: one warning per period, posted to ALERT_WEBHOOK_URL
     })
   })
   await new Promise<void>((r) => hook.listen(0, '127.0.0.1', r))
-  const db2 = await createTestDb()
+  const db2 = await createTestDb({ migrated: true })
   const s2 = await startSidecar(baseEnv(fake, db2.url, {
     ORG_BUDGET_USD: '1000', USER_BUDGET_USD: '0.005', USER_BUDGET_PERIOD: 'day', BUDGET_WARN_PERCENT: '1',
     ALERT_WEBHOOK_URL: `http://127.0.0.1:${(hook.address() as AddressInfo).port}/alerts`,

@@ -212,7 +212,7 @@ t.test('a start that fails for another reason (port taken) exits 1 with one line
 t.test('`usage-proxy` runs the sidecar from gen-env output and stops cleanly on SIGTERM', async (t) => {
   let db: TestDb
   try {
-    db = await createTestDb()
+    db = await createTestDb({ migrated: true })
   } catch (err) {
     t.fail(`no test Postgres (TEST_DATABASE_URL): ${String(err)}`)
     return

@@ -25,7 +25,7 @@ async function until (cond: () => boolean | Promise<boolean>, what: string): Pro
 
 t.test('bounded: a query past its deadline is rejected and cancelled on the server; a queued one too; a transaction as a whole', async (t) => {
   if (await withoutServer(t, 'a running query cancelled on the server (PGlite has no backend to signal)')) return
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   const pool = postgres(db.url, poolOptions(1)) as unknown as Sql
   t.teardown(async () => { await pool.end({ timeout: 1 }); await db.drop() })
   const sql = bounded(pool, 300, 'TEST_DEADLINE')
@@ -58,7 +58,7 @@ t.test('bounded: a query past its deadline is rejected and cancelled on the serv
 })
 
 t.test('Postgres stops answering: /healthz, /metrics and the admin ledger answer at once; the backlog shows, then drains without a restart', async (t) => {
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   const fake = await new FakeOpenRouter(5).start()
   fake.generationDelayMs = 0
   const relay = new TcpRelay(db.port)
@@ -166,7 +166,7 @@ t.test('/metrics answers from what was read before: a background read that never
 })
 
 t.test('the background reads have their own deadline: a hung database reads as down, promptly', async (t) => {
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   const relay = new TcpRelay(db.port)
   await relay.reserve()
   await relay.open()

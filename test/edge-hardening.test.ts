@@ -23,7 +23,7 @@ const auth = { authorization: `Bearer ${PROXY_KEY}` }
 
 t.before(async () => {
   fake = await new FakeOpenRouter(8).start()
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
   s = await startSidecar(baseEnv(fake, db.url, { PROXY_API_KEY: PROXY_KEY }))
 })
 t.teardown(async () => { await s?.sidecar.stop(); await fake?.close(); await db?.drop() })

@@ -20,7 +20,7 @@ const headers = { authorization: `Bearer ${PROXY_KEY}`, 'content-type': 'applica
 
 t.before(async () => {
   fake = await new FakeOpenRouter(11).start()
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
   s = await startSidecar(baseEnv(fake, db.url, {
     PROXY_API_KEY: PROXY_KEY,
     FORWARD_USER_INFO_HEADER_JWT_SECRET: JWT_SECRET,
@@ -137,7 +137,7 @@ t.test('signed identity: a valid JWT names the user, a forged one is refused, pl
 })
 
 t.test('a journal left by a crash, with a torn last line, is replayed at boot', async (t) => {
-  const other = await createTestDb()
+  const other = await createTestDb({ migrated: true })
   t.teardown(() => other.drop())
   const env = baseEnv(fake, other.url)
   const dir = join(env.DATA_DIR!, 'journal')

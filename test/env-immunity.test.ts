@@ -32,7 +32,7 @@ t.test('the repository holds a quick-start .env with a PROXY_API_KEY', async (t)
 t.test('a sidecar process started by the tests ignores it', async (t) => {
   const fake = await new FakeOpenRouter(2).start()
   t.teardown(() => fake.close())
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   t.teardown(() => db.drop())
   const port = await freePort()
   const hadData = existsSync(join(ROOT, 'data'))

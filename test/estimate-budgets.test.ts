@@ -21,7 +21,7 @@ let s: Started
 
 t.before(async () => {
   fake = await new FakeOpenRouter(5).start()
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
   // An organization budget from the environment: boot has loaded /models before it is ready.
   s = await startSidecar(baseEnv(fake, db.url, { ORG_BUDGET_USD: '1000', ORG_BUDGET_PERIOD: 'month', LOG_LEVEL: 'warn' }))
 })

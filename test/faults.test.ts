@@ -45,7 +45,7 @@ async function rowsSettled (db: TestDb, want: (n: number) => boolean, timeoutMs 
 }
 
 t.test('Postgres cut three times under load: proxying goes on, rows == generations, none duplicated', async (t) => {
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   t.teardown(() => db.drop())
   const relay = new TcpRelay(db.port)
   await relay.reserve()
@@ -102,7 +102,7 @@ t.test('Postgres cut three times under load: proxying goes on, rows == generatio
 })
 
 t.test('SIGKILL under load, then restart: every generation a client saw is billed exactly once', async (t) => {
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   t.teardown(() => db.drop())
   const dataDir = mkdtempSync(join(tmpdir(), 'kill-'))
   const port = await freePort()
@@ -166,7 +166,7 @@ t.test('SIGKILL under load, then restart: every generation a client saw is bille
 })
 
 t.test('SIGTERM: stops accepting, lets the stream in flight finish, flushes, exits 0', async (t) => {
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   t.teardown(() => db.drop())
   fake.slowEventMs = 10
   t.teardown(() => { fake.slowEventMs = 40 })
@@ -190,7 +190,7 @@ t.test('SIGTERM: stops accepting, lets the stream in flight finish, flushes, exi
 })
 
 t.test('SIGTERM past the grace period: the cut stream is recorded as interrupted and reconciled at the next start', async (t) => {
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   t.teardown(() => db.drop())
   const dataDir = mkdtempSync(join(tmpdir(), 'grace-'))
   const port = await freePort()
@@ -215,7 +215,7 @@ t.test('SIGTERM past the grace period: the cut stream is recorded as interrupted
 })
 
 t.test('a user seen only while Postgres is down, then SIGKILL: after the restart their mapping is there with their usage', async (t) => {
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   t.teardown(() => db.drop())
   const relay = new TcpRelay(db.port)
   await relay.reserve()
@@ -250,7 +250,7 @@ t.test('a user seen only while Postgres is down, then SIGKILL: after the restart
 t.test('a fatal error in the turn a record was accepted: process.exit writes the buffered journal line first', async (t) => {
   // Group commit buffers a record's line until the end of its event-loop turn. The crash guard
   // exits in that same turn; the exit hook must write the line, or the record is gone.
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   t.teardown(() => db.drop())
   const dataDir = mkdtempSync(join(tmpdir(), 'exit-'))
   const eventId = randomUUID()

@@ -17,7 +17,7 @@ let db: TestDb
 
 t.before(async () => {
   fake = await new FakeOpenRouter(8).start()
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
 })
 t.teardown(async () => {
   await fake?.close()

@@ -69,7 +69,7 @@ let strict: Started
 
 t.before(async () => {
   fake = await new FakeOpenRouter().start()
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
   open = await startSidecar(baseEnv(fake, db.url))
   strict = await startSidecar(baseEnv(fake, db.url, { REQUIRE_USER_IDENTITY: 'true' }))
 })

@@ -28,7 +28,7 @@ const ADMIN_KEY = 'admin-key-intent-0123456789abcdef'
 interface Budget { scope: string, user_id: string | null, spent_usd: string, reserved_usd: string }
 
 t.test('interrupted requests count toward the organization and user budgets at their estimates after the restart', async (t) => {
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   t.teardown(() => db.drop())
   const dataDir = mkdtempSync(join(tmpdir(), 'intent-budget-'))
   const port = await freePort()

@@ -49,7 +49,7 @@ const gensOf = (users: Iterable<string>): FakeGeneration[] => {
 }
 
 t.test('upstream paused with requests in flight, SIGKILL, upstream resumed, restart: one row per billed generation', async (t) => {
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   t.teardown(() => db.drop())
   const dataDir = mkdtempSync(join(tmpdir(), 'intent-paused-'))
   const port = await freePort()
@@ -124,7 +124,7 @@ t.test('upstream paused with requests in flight, SIGKILL, upstream resumed, rest
 })
 
 t.test('the intent line is on disk (written, not buffered) whenever a request is handed to the upstream pool', async (t) => {
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   t.teardown(() => db.drop())
   const dataDir = mkdtempSync(join(tmpdir(), 'intent-order-'))
   // The probe reads the journal on disk at each dispatch (test/support/intent-probe.mjs).
@@ -138,7 +138,7 @@ t.test('the intent line is on disk (written, not buffered) whenever a request is
 })
 
 t.test('a request refused by admission leaves no intent, only its 402 record', async (t) => {
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   t.teardown(() => db.drop())
   const dataDir = mkdtempSync(join(tmpdir(), 'intent-refused-'))
   const port = await freePort()

@@ -45,7 +45,7 @@ const gensOf = (users: Iterable<string>): FakeGeneration[] => {
 }
 
 t.test('random kill cycles: every billed generation has exactly one row', async (t) => {
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   t.teardown(() => db.drop())
   const dataDir = mkdtempSync(join(tmpdir(), 'intent-cycles-'))
   const port = await freePort()

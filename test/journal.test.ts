@@ -145,7 +145,7 @@ t.test('a failed write counts each record once, though it held its pending and i
 })
 
 t.test('records the journal cannot write (a full disk) stay in memory and still reach Postgres', async (t) => {
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   t.teardown(() => db.drop())
   await migrate(db.sql, 'sql')
   await db.sql`insert into organizations (id, name) values (${ORG}, 'Journal Org')`

@@ -22,7 +22,7 @@ const env = (databaseUrl: string, dataDir: string, extra: Record<string, string>
   faultEnv({ org: 'mai_client_kill_answer', name: 'Kill After Answer Inc', key: TEST_KEY, databaseUrl, upstream: fake.baseUrl, dataDir }, { LOG_LEVEL: 'warn', LEDGER_FLUSH_MS: '5000', ...extra })
 
 t.test('SIGKILL as soon as a client holds a complete Content-Length answer: after the restart its row is there, once', async (t) => {
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   t.teardown(() => db.drop())
   const dataDir = mkdtempSync(join(tmpdir(), 'kill-answer-'))
   const port = await freePort()

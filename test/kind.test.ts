@@ -73,7 +73,7 @@ t.test('usage: cache writes, audio, upstream cost only for BYOK', async (t) => {
 
 t.test('through the proxy: kind, message id and the full usage land in the row', async (t) => {
   const fake = await new FakeOpenRouter(11).start()
-  const db: TestDb = await createTestDb()
+  const db: TestDb = await createTestDb({ migrated: true })
   const s: Started = await startSidecar(baseEnv(fake, db.url))
   t.teardown(async () => { await s.sidecar.stop('test end'); await fake.close(); await db.drop() })
   const post = async (headers: Record<string, string>, body: unknown): Promise<string> => {
@@ -99,7 +99,7 @@ t.test('through the proxy: kind, message id and the full usage land in the row',
 
 t.test('a reconciled generation records OpenRouter\'s cancelled flag', async (t) => {
   const fake = await new FakeOpenRouter(12).start()
-  const db: TestDb = await createTestDb()
+  const db: TestDb = await createTestDb({ migrated: true })
   const s: Started = await startSidecar(baseEnv(fake, db.url))
   t.teardown(async () => { await s.sidecar.stop('test end'); await fake.close(); await db.drop() })
   const ac = new AbortController()

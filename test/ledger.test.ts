@@ -32,7 +32,7 @@ const rec = (i: number): UsageRecord => ({
 })
 
 t.test('while inserts fail, records wait (spilling to the journal past the memory cap), then all land exactly once', async (t) => {
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   t.teardown(() => db.drop())
   await migrate(db.sql, 'sql')
   const dir = mkdtempSync(join(tmpdir(), 'ledger-'))
@@ -88,7 +88,7 @@ t.test('afterJournal: the answer waits until the records accepted so far are on 
 })
 
 t.test('a record Postgres refuses as data is set aside with its reason; the rest of the batch lands; NULs are stripped', async (t) => {
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   t.teardown(() => db.drop())
   await migrate(db.sql, 'sql')
   await db.sql`insert into organizations (id, name) values (${ORG}, 'Ledger Org')`
@@ -156,7 +156,7 @@ t.test('journal replay adopts segments in place: nothing copied, deleted only on
 })
 
 t.test('lone surrogates are made well-formed, and a batch that is all bad data cannot wedge the queue', async (t) => {
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   t.teardown(() => db.drop())
   await migrate(db.sql, 'sql')
   await db.sql`insert into organizations (id, name) values (${ORG}, 'Ledger Org')`
@@ -184,7 +184,7 @@ t.test('lone surrogates are made well-formed, and a batch that is all bad data c
 const who = (userId: string, name: string | null = null, email: string | null = null): Identity => ({ userId, name, email, role: 'user', chatId: null, source: 'headers', groups: [], apiKey: null })
 
 t.test('identity is normalized once: zed and z\\u0000ed are one user, one external id, one mapping row, and their batch lands', async (t) => {
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   t.teardown(() => db.drop())
   await migrate(db.sql, 'sql')
   await db.sql`insert into organizations (id, name) values (${ORG}, 'Ledger Org')`
@@ -215,7 +215,7 @@ t.test('identity is normalized once: zed and z\\u0000ed are one user, one extern
 })
 
 t.test('a mapping Postgres refuses is set aside with its record; the rest of the batch and its users land', async (t) => {
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   t.teardown(() => db.drop())
   await migrate(db.sql, 'sql')
   await db.sql`insert into organizations (id, name) values (${ORG}, 'Ledger Org')`
@@ -244,7 +244,7 @@ t.test('the directory stays bounded: old entries are dropped, and a dropped user
 })
 
 t.test('usage rows must name an existing organization, checked per statement: a batch with one unknown organization is refused whole, and an organization with usage cannot be deleted or renamed', async (t) => {
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   t.teardown(() => db.drop())
   await migrate(db.sql, 'sql')
   await db.sql`insert into organizations (id, name) values (${ORG}, 'Ledger Org'), ('mai_client_idle', 'Idle Org')`
@@ -276,7 +276,7 @@ t.test('usage rows must name an existing organization, checked per statement: a 
 
 t.test('an organization deleted while a batch for it is being inserted: the delete waits for the batch, then is refused; no row is left without its organization', async (t) => {
   if (await withoutServer(t, 'a delete waiting on a lock held by another connection\'s transaction')) return
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   t.teardown(() => db.drop())
   await migrate(db.sql, 'sql')
   await db.sql`insert into organizations (id, name) values (${ORG}, 'Ledger Org')`
@@ -325,7 +325,7 @@ async function untilAsync (cond: () => Promise<boolean>, what: string, timeoutMs
 }
 
 t.test('after a flush: a full batch that came in during the insert goes at once, a partial one waits flushMs to fill (one insert statement per batch)', async (t) => {
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   t.teardown(() => db.drop())
   await migrate(db.sql, 'sql')
   await db.sql`insert into organizations (id, name) values (${ORG}, 'Ledger Org')`
@@ -376,7 +376,7 @@ t.test('after a flush: a full batch that came in during the insert goes at once,
 })
 
 t.test('after a failed insert the retry follows the backoff (at most a second), not flushMs', async (t) => {
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   t.teardown(() => db.drop())
   await migrate(db.sql, 'sql')
   const logs = new LogSink()

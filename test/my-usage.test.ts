@@ -23,7 +23,7 @@ let custom: Started
 
 t.before(async () => {
   fake = await new FakeOpenRouter().start()
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
   on = await startSidecar(baseEnv(fake, db.url))
   off = await startSidecar(baseEnv(fake, db.url, { SELF_SERVICE_MODEL: 'off' }))
   custom = await startSidecar(baseEnv(fake, db.url, { SELF_SERVICE_MODEL: 'acme/usage', SELF_SERVICE_MODEL_NAME: 'Acme usage' }))

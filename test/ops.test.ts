@@ -14,7 +14,7 @@ let fake: FakeOpenRouter
 let db: TestDb
 t.before(async () => {
   fake = await new FakeOpenRouter(7).start()
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
 })
 t.teardown(async () => { await fake?.close(); await db?.drop() })
 

@@ -11,7 +11,7 @@ let s: Started
 
 t.before(async () => {
   fake = await new FakeOpenRouter().start()
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
   s = await startSidecar(baseEnv(fake, db.url, { PROXY_API_KEY: 'proxy-secret-key-1234' }))
 })
 t.teardown(async () => {

@@ -34,7 +34,7 @@ const lastMonth = Date.UTC(now.getUTCFullYear(), now.getUTCMonth() - 1, 1)
 const at = (ms: number): string => new Date(ms).toISOString()
 
 t.before(async () => {
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
   await migrate(db.sql, join(ROOT, 'sql'))
   await db.sql`insert into organizations (id, name, markup_percent) values (${ORG}, 'Billing GmbH', 10)`
   await db.sql`insert into user_mappings (organization_id, user_id, external_user_id, user_name, user_email) values

@@ -58,7 +58,7 @@ const env = (databaseUrl: string, dataDir: string, extra: Record<string, string>
   faultEnv({ org: 'mai_client_silent_db', name: 'Silent DB Inc', key: TEST_KEY, databaseUrl, upstream: fake.baseUrl, dataDir }, { SHUTDOWN_GRACE_MS: '3000', ...extra })
 
 t.test('SIGTERM while Postgres is silent: every response ends, the process exits 0 in bounded time, nothing is lost', async (t) => {
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   t.teardown(() => db.drop())
   const relay = new SilentRelay(db.port)
   const relayPort = await relay.listen()

@@ -19,7 +19,7 @@ const srcText = (readdirSync(join(root, 'src'), { recursive: true }) as string[]
 
 let db: TestDb
 t.before(async () => {
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
   await migrate(db.sql, join(root, 'sql'))
   // Partitions as maintenance makes them: a trigger on one would fire beside the parent's.
   await db.sql`select usage_ensure_partition(current_date), usage_ensure_partition((current_date + interval '1 month')::date)`

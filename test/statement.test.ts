@@ -22,7 +22,7 @@ let db: TestDb
 const EXACT = /^-?(0|[1-9]\d*)(\.\d*[1-9])?$/
 
 t.before(async () => {
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
   await migrate(db.sql, join(root, 'sql'))
   await seedLedger(db.sql, { rows: 400, from: '2026-10-25', days: 45 })
   await seedLedger(db.sql, { rows: 150, from: '2026-11-01', days: 30, seed: 9, organizationId: OTHER, markup: '7.25' })

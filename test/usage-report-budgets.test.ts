@@ -28,7 +28,7 @@ const onPrimary: string[] = []
 const onReads: string[] = []
 
 t.before(async () => {
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
   primary = postgres(db.url, { max: 2, onnotice: () => {}, debug: (_c, q) => { onPrimary.push(q) } })
   reads = postgres(db.url, { max: 2, onnotice: () => {}, debug: (_c, q) => { onReads.push(q) } })
   await migrate(primary as Sql, new URL('../sql', import.meta.url).pathname)
@@ -103,7 +103,7 @@ t.test('the sidecar reads the report\'s budgets from DATABASE_READ_URL when set'
   // which one the report read.
   await primary`update budgets set limit_usd = 0.7 where scope = 'default-user'`
   const fake = await new FakeOpenRouter().start()
-  const other = await createTestDb()
+  const other = await createTestDb({ migrated: true })
   const s = await startSidecar(baseEnv(fake, other.url, { ADMIN_API_KEY: ADMIN_KEY, DATABASE_READ_URL: db.url, USER_BUDGET_USD: '0.5', OPENROUTER_EXTERNAL_USER: ORG, SHUTDOWN_GRACE_MS: '200' }))
   t.teardown(async () => { await s.sidecar.stop('test end'); await fake.close(); await other.drop() })
   const deadline = Date.now() + 10_000

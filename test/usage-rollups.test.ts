@@ -21,7 +21,7 @@ let db: TestDb
 const P: Period = { organizationId: ORG, from: '2026-10-01', to: '2026-11-01' }
 
 t.before(async () => {
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
   await migrate(db.sql, join(process.cwd(), 'sql'))
   await seedLedger(db.sql, { rows: 700, from: '2026-09-20', days: 50 })
   // Migration 007's trigger wrote the sums as deltas; fold them so the rollup table itself is read too.

@@ -15,7 +15,7 @@ let s: Started
 
 t.before(async () => {
   fake = await new FakeOpenRouter(11).start()
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
   s = await startSidecar(baseEnv(fake, db.url))
 })
 t.teardown(async () => {

@@ -29,7 +29,7 @@ const rec = (i: number, createdAt: string): UsageRecord => ({
 })
 
 async function filled (rows: Array<[number, string]>): Promise<TestDb> {
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   await migrate(db.sql, 'sql')
   await db.sql`insert into organizations (id, name, markup_percent) values (${ORG}, 'Verify', 10)`
   const ledger = new Ledger(db.sql, null, log, { batchSize: 100, flushMs: 1 })
