@@ -37,8 +37,8 @@ export const BREAKS = [
   {
     name: 'moneyshow: the usage totals keep Postgres\' scale',
     file: 'src/admin/usage.ts',
-    search: 'const totals = trimDecimalFields(totalsOf(rows), SUM_COLUMNS)',
-    replace: 'const totals = totalsOf(rows)',
+    search: 'const totals = trimDecimalFields(whole ?? totalsOf(rows), SUM_COLUMNS)',
+    replace: 'const totals = whole ?? totalsOf(rows)',
     tests: API,
   },
   {

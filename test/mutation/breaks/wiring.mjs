@@ -21,14 +21,14 @@ export const BREAKS = [
   {
     name: 'wiring: a budget never needs an admission (only a rate limit does)',
     file: 'src/budgets/limits.ts',
-    search: 'return this.hasRateLimit(rec.userId) || this.anyBudgets !== false',
-    replace: 'return this.hasRateLimit(rec.userId)',
+    search: "return this.hasRateLimit(rec.userId) || (keyRpm !== null && Boolean(rec.apiKeyId)) || this.anyBudgets !== false",
+    replace: "return this.hasRateLimit(rec.userId) || (keyRpm !== null && Boolean(rec.apiKeyId))",
     tests: ['test/budgets.test.ts'],
   },
   {
     name: 'wiring: no budget, no rate limit, and the admission is still asked for',
     file: 'src/budgets/limits.ts',
-    search: 'return this.hasRateLimit(rec.userId) || this.anyBudgets !== false',
+    search: "return this.hasRateLimit(rec.userId) || (keyRpm !== null && Boolean(rec.apiKeyId)) || this.anyBudgets !== false",
     replace: 'return true',
     tests: ['test/budgets-admission.test.ts'],
   },
