@@ -57,10 +57,7 @@ export async function replay (sql: Sql, org: string, sink: Sink, from: string, o
       const okIds = todo.filter((_, i) => results[i].status === 'ok').map((r) => r.row.eventId)
       report.sent += okIds.length
       report.rejected += results.filter((r) => r.status === 'rejected').length
-      if (okIds.length > 0) {
-        const gone = await sql`DELETE FROM export_set_aside WHERE organization_id = ${org} AND sink = ${sink.name} AND event_id = ANY (${okIds}::uuid[]) RETURNING 1`
-        report.recoveredFromSetAside += gone.length
-      }
+      if (okIds.length > 0) report.recoveredFromSetAside += await unsetAside(sql, org, sink.name, todo.filter((_, i) => results[i].status === 'ok').map((r) => r.at))
       const retry = todo.filter((_, i) => results[i].status === 'retry')
       if (retry.length > 0) {
         if (opts.maxAttempts !== undefined && attempt + 1 >= opts.maxAttempts) throw new Error(`replay stopped: ${retry.length} rows still not taken after ${attempt + 1} attempts (${(results.find((r) => r.status === 'retry') as { reason: string }).reason})`)
@@ -72,4 +69,26 @@ export async function replay (sql: Sql, org: string, sink: Sink, from: string, o
     report.rows += rows.length
   }
   return report
+}
+
+/**
+ * Takes delivered rows off the set-aside list. A row set aside past the cursor (an earlier row
+ * was waiting for a retry) becomes an acknowledgement in the same transaction: otherwise the
+ * exporter, finding it neither set aside nor acknowledged when its cursor gets there, would send
+ * it a second time.
+ */
+async function unsetAside (sql: Sql, org: string, sink: string, delivered: Position[]): Promise<number> {
+  return await sql.begin(async (tx) => {
+    const gone = await tx<{ event_id: string }[]>`DELETE FROM export_set_aside WHERE organization_id = ${org} AND sink = ${sink}
+      AND event_id = ANY (${delivered.map((d) => d.eventId)}::uuid[]) RETURNING event_id::text`
+    if (gone.length === 0) return 0
+    await tx`INSERT INTO export_acks (organization_id, sink, xid, created_at, event_id)
+      SELECT ${org}, ${sink}, u.x::bigint, u.c::text::timestamptz, u.e::uuid
+      FROM unnest(${delivered.map((d) => d.xid)}::text[], ${delivered.map((d) => d.createdAt)}::text[], ${delivered.map((d) => d.eventId)}::text[]) AS u(x, c, e)
+      JOIN export_cursors k ON k.organization_id = ${org} AND k.sink = ${sink}
+      WHERE u.e = ANY (${gone.map((g) => g.event_id)}::text[])
+        AND (u.x::bigint, u.c::text::timestamptz, u.e::uuid) > (k.xid, k.created_at, k.event_id)
+      ON CONFLICT DO NOTHING`
+    return gone.length
+  }) as number
 }
