@@ -23,10 +23,23 @@ export async function post (url: string, body: string, headers: Record<string, s
     const e = err as { name?: string, message?: string, cause?: { code?: string } }
     return { kind: 'retry', status: 0, body: '', reason: `no answer from ${new URL(url).host}: ${e.cause?.code ?? e.name ?? ''} ${e.message ?? ''}`.trim() }
   }
-  const text = (await res.text().catch(() => '')).slice(0, 2000)
+  const text = redact(await res.text().catch(() => ''), headers).slice(0, 2000)
   const afterMs = retryAfterMs(res.headers.get('retry-after'))
   if (res.status >= 200 && res.status < 300) return { kind: 'ok', status: res.status, body: text, reason: '' }
   const reason = `HTTP ${res.status} from ${new URL(url).host}: ${text.replace(/\s+/g, ' ').slice(0, 300)}`
   if (res.status >= 500 || TEMPORARY.has(res.status)) return { kind: 'retry', status: res.status, body: text, afterMs, reason }
   return { kind: 'refused', status: res.status, body: text, reason }
+}
+
+/**
+ * The answer's text with the credential we sent cut out: a receiver (or a proxy in front of it)
+ * may echo it, and the text becomes a reason that reaches logs, Postgres and the status page.
+ */
+export function redact (text: string, headers: Record<string, string>): string {
+  const auth = Object.entries(headers).find(([k]) => k.toLowerCase() === 'authorization')?.[1]
+  if (auth === undefined) return text
+  const token = auth.replace(/^\S+\s+/, '')
+  let out = text
+  for (const s of [auth, token]) if (s.length >= 8) out = out.split(s).join('[redacted]')
+  return out
 }
