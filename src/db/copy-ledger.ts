@@ -94,6 +94,7 @@ export async function copyLedger (source: Sql, target: Sql): Promise<CopyResult>
       for (const table of ordered) await t.unsafe(`alter table ${ident(table)} disable trigger user`)
       const copied: CopiedTable[] = []
       for (const table of ordered) copied.push({ table, rows: await copyTable(s, t, table) })
+      await rebaseExport(t)
       for (const table of ordered) await t.unsafe(`alter table ${ident(table)} enable trigger user`)
       const after = await ledgerSums(t)
       if (after.cost !== sums.cost || after.billed !== sums.billed) {
@@ -116,4 +117,23 @@ async function copyTable (source: Sql, target: Sql, table: string): Promise<numb
   const [{ n }] = await target.unsafe<Array<{ n: string }>>(`select count(*)::text as n from ${ident(table)}`)
   if (Number(n) !== rows) throw new Error(`${table}: ${rows} rows read, ${n} in the target`)
   return rows
+}
+
+/**
+ * The export's positions are transaction ids of the source cluster (sql/021_export.sql), which
+ * mean nothing on the target: an embedded database may be millions of ids ahead of a fresh
+ * server, so a copied cursor would sit above every row the target records for a long time and
+ * skip them. The copied rows become rows "from before the export" (export_xid NULL, read first in
+ * (created_at, event_id) order); the rows each sink had handled behind its cursor become
+ * acknowledgements, so they are not sent again; every cursor starts over.
+ */
+async function rebaseExport (t: Sql): Promise<void> {
+  await t`insert into export_acks (organization_id, sink, xid, created_at, event_id)
+    select c.organization_id, c.sink, 0, e.created_at, e.event_id
+      from export_cursors c join usage_events e on e.organization_id = c.organization_id
+     where (coalesce(e.export_xid, 0), e.created_at, e.event_id) <= (c.xid, c.created_at, c.event_id)
+    on conflict do nothing`
+  await t`update export_acks set xid = 0 where xid <> 0`
+  await t`update export_cursors set xid = 0, created_at = '-infinity', event_id = '00000000-0000-0000-0000-000000000000'`
+  await t`update usage_events set export_xid = null where export_xid is not null`
 }
