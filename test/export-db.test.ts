@@ -42,7 +42,8 @@ async function ledger (sql: postgres.Sql<{}>): Promise<Record<string, string[]>>
   const text = async (q: string): Promise<string[]> => (await sql.unsafe<Array<{ j: string }>>(q)).map((r) => r.j)
   return {
     // With the partition each row sits in: retention drops partitions whole.
-    events: await text('select row_to_json(e)::text as j from (select tableoid::regclass::text as part, * from usage_events) e order by event_id'),
+    // export_xid is a transaction id of the copied-from cluster: the copy resets it (copy-ledger.ts).
+    events: await text("select (to_jsonb(e) - 'export_xid')::text as j from (select tableoid::regclass::text as part, * from usage_events) e order by event_id"),
     budgets: await text('select row_to_json(b)::text as j from (select organization_id, scope, user_id, limit_usd, period, source from budgets) b order by j'),
     mappings: await text('select row_to_json(m)::text as j from (select organization_id, user_id, external_user_id, user_name from user_mappings) m order by j'),
     rollups: await text('select row_to_json(r)::text as j from usage_daily_rollups r order by j'),
@@ -72,7 +73,7 @@ t.test('embedded ledger -> export-db -> PostgreSQL: the same rows and budgets; t
   const before = await ledger(source)
   await source.end({ timeout: 1 })
   t.equal(before.events.length, 4)
-  t.ok(before.events.some((e) => e.includes('"part":"usage_events_2025_01"')), 'the old row sits in its month\'s partition')
+  t.ok(before.events.some((e) => /"part": ?"usage_events_2025_01"/.test(e)), 'the old row sits in its month\'s partition')
   t.equal(before.budgets.length, 2, 'the env default-user budget and anna\'s own')
 
   // A request in flight when the sidecar dies: its intent is only in the journal.
