@@ -281,7 +281,7 @@ function dataPlane (config: Config, log: Logger, booted: Booted, front: FrontDoo
     budgetsChanged: () => { void limits.refresh(); summaries.clear() },
     exportReadings: () => exporter()?.readings() ?? [],
     allowlistsChanged: () => booted.allowlists.refresh(),
-    userForgotten: (userId) => { booted.directory.forget(userId); void limits.refresh(); summaries.clear() },
+    userForgotten: (userId) => { booted.directory.forget(userId); booted.keys.userForgotten(userId); void limits.refresh(); summaries.clear() },
     keys: booted.keys,
   }) ?? undefined
   const models = modelsList({

@@ -104,3 +104,28 @@ t.test('forgetting a user named like a value leaves unrelated audit lines alone'
   const [again] = await db.sql`select target, before, after from audit_log where target = 'budgets/users/u-budgeted'`
   t.same(again, line, 'another user\'s budget line is unchanged by forgetting "month"')
 })
+
+t.test('a key made for a user bills the pseudonym right after the forget, not the erased id', async (t) => {
+  const made = await call('POST', '/admin/v1/keys', { name: 'kay app', user_id: 'u-kay' })
+  t.equal(made.status, 201)
+  const withKey = async () => {
+    const res = await request(on.url + '/v1/chat/completions', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${made.body.key}` },
+      body: JSON.stringify({ model: 'fake/ok', messages: [{ role: 'user', content: 'hi' }], max_tokens: 10 }),
+    })
+    await res.body.text()
+    return res.statusCode
+  }
+  const [{ n: before }] = await db.sql<Array<{ n: number }>>`select count(*)::int as n from usage_events`
+  t.equal(await withKey(), 200)
+  await settle(on.sidecar, db.sql, before + 1)
+  const gone = await call('DELETE', '/admin/v1/users/u-kay')
+  t.equal(gone.status, 200)
+  t.equal(await withKey(), 200)
+  await settle(on.sidecar, db.sql, before + 2)
+  const rows = await db.sql<Array<{ user_id: string }>>`select user_id from usage_events where api_key_id = ${made.body.id} order by created_at`
+  t.same(rows.map((r) => r.user_id), [gone.body.user_id, gone.body.user_id], 'both rows under the pseudonym')
+  const [{ n: mappings }] = await db.sql<Array<{ n: number }>>`select count(*)::int as n from user_mappings where user_id = 'u-kay'`
+  t.equal(mappings, 0, 'no mapping under the erased id')
+})
