@@ -129,3 +129,23 @@ t.test('a key made for a user bills the pseudonym right after the forget, not th
   const [{ n: mappings }] = await db.sql<Array<{ n: number }>>`select count(*)::int as n from user_mappings where user_id = 'u-kay'`
   t.equal(mappings, 0, 'no mapping under the erased id')
 })
+
+t.test('a user whose own id starts with "forgotten:" can be forgotten too', async (t) => {
+  const ID = 'forgotten:me'
+  const [{ n: before }] = await db.sql<Array<{ n: number }>>`select count(*)::int as n from usage_events`
+  const res = await request(on.url + '/v1/chat/completions', {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'x-openwebui-user-id': ID, 'x-openwebui-user-name': 'Mia', 'x-openwebui-user-email': 'mia@acme.test' },
+    body: JSON.stringify({ model: 'fake/ok', messages: [{ role: 'user', content: 'hi' }], max_tokens: 10 }),
+  })
+  t.equal(res.statusCode, 200)
+  await res.body.text()
+  await settle(on.sidecar, db.sql, before + 1)
+  const gone = await call('DELETE', `/admin/v1/users/${encodeURIComponent(ID)}`)
+  t.equal(gone.status, 200, 'forgotten, not 404')
+  const [{ n }] = await db.sql<Array<{ n: number }>>`select count(*)::int as n from user_mappings where user_id = ${ID} or user_email = 'mia@acme.test'`
+  t.equal(n, 0, 'her mapping, name and email are gone')
+  const [{ r }] = await db.sql<Array<{ r: number }>>`select count(*)::int as r from usage_events where user_id = ${ID}`
+  t.equal(r, 0, 'her rows are the pseudonym\'s')
+  t.equal((await call('DELETE', `/admin/v1/users/${encodeURIComponent(gone.body.user_id)}`)).body.already_forgotten, true, 'the pseudonym itself still answers as already forgotten')
+})

@@ -26,7 +26,8 @@ DECLARE
   at timestamptz;
 BEGIN
   IF TG_TABLE_NAME = 'user_mappings' THEN at := NEW.last_seen_at; ELSE at := NEW.created_at; END IF;
-  IF NEW.user_id IS NULL OR NEW.user_id LIKE 'forgotten:%' THEN
+  -- No shortcut on the "forgotten:" prefix: a client may send such an id as its own.
+  IF NEW.user_id IS NULL THEN
     RETURN NEW;
   END IF;
   p := forget_pseudonym(NEW.organization_id, NEW.user_id);
