@@ -5,6 +5,7 @@ import { budgetStatus, deleteBudget, setBudget, type BudgetScope } from '../budg
 import { sendError } from '../lib/errors.js'
 import { readJson } from '../lib/read-body.js'
 import { appendAudit } from '../audit/audit.js'
+import { auditedChange } from './audited.js'
 import { sendJson, type AdminRoute } from './router.js'
 
 // /admin/v1/budgets: read and write the budgets of README "Budgets and limits".
@@ -32,8 +33,8 @@ const SUBJECT: Partial<Record<BudgetScope, string>> = { user: 'user', group: 'gr
 export function budgetRoutes (d: BudgetRouteDeps): AdminRoute[] {
   const org = d.config.organization.id
   const now = d.now ?? (() => new Date())
-  const one = async (scope: BudgetScope, userId: string) =>
-    (await budgetStatus(d.sql(), org, now(), scope === 'user' ? userId : undefined))
+  const one = async (sql: Sql, scope: BudgetScope, userId: string) =>
+    (await budgetStatus(sql, org, now(), scope === 'user' ? userId : undefined))
       .find((b) => b.scope === scope && (scope === 'user' ? b.user_id === userId : scope === 'group' ? b.group_id === userId : true)) ?? null
   return [
     {
@@ -53,7 +54,7 @@ export function budgetRoutes (d: BudgetRouteDeps): AdminRoute[] {
       method: 'GET',
       path: /^\/admin\/v1\/budgets\/groups\/(?<groupId>[^/]+)$/,
       handle: async ({ res, params }) => {
-        const b = await one('group', params.groupId)
+        const b = await one(d.sql(), 'group', params.groupId)
         if (!b) return sendError(res, 404, 'not_found_error', 'budget_not_found', `no budget for group ${params.groupId}`)
         sendJson(res, 200, b)
       },
@@ -67,11 +68,15 @@ export function budgetRoutes (d: BudgetRouteDeps): AdminRoute[] {
           const body = await readJson(r.req)
           const problem = validate(body, scope, userId)
           if (typeof problem === 'string') return sendError(r.res, 400, 'invalid_request_error', 'invalid_budget', problem)
-          const before = await one(scope, userId)
-          await setBudget(d.sql(), org, scope, userId, problem.limit, problem.period)
+          const what = budgetTarget(scope, userId)
+          const after = await auditedChange(d.sql(), org, what, async (tx) => {
+            const before = await one(tx, scope, userId)
+            await setBudget(tx, org, scope, userId, problem.limit, problem.period)
+            const after = await one(tx, scope, userId)
+            await appendAudit(tx, org, { actor: r.actor, action: 'budget.set', target: what, before: limitOf(before), after: limitOf(after) })
+            return after
+          })
           d.changed?.()
-          const after = await one(scope, userId)
-          await appendAudit(d.sql(), org, { actor: r.actor, action: 'budget.set', target: budgetTarget(scope, userId), before: limitOf(before), after: limitOf(after) })
           sendJson(r.res, 200, after)
         },
       },
@@ -81,10 +86,14 @@ export function budgetRoutes (d: BudgetRouteDeps): AdminRoute[] {
         handle: async (r) => {
           r.req.resume()
           const [scope, userId] = target(r.params)
-          const before = await one(scope, userId)
-          const deleted = await deleteBudget(d.sql(), org, scope, userId)
+          const what = budgetTarget(scope, userId)
+          const deleted = await auditedChange(d.sql(), org, what, async (tx) => {
+            const before = await one(tx, scope, userId)
+            if (!await deleteBudget(tx, org, scope, userId)) return false
+            await appendAudit(tx, org, { actor: r.actor, action: 'budget.deleted', target: what, before: limitOf(before), after: null })
+            return true
+          })
           d.changed?.()
-          if (deleted) await appendAudit(d.sql(), org, { actor: r.actor, action: 'budget.deleted', target: budgetTarget(scope, userId), before: limitOf(before), after: null })
           if (!deleted) return sendError(r.res, 404, 'not_found_error', 'budget_not_found', `no ${scope} budget${userId ? ` for ${SUBJECT[scope]} ${userId}` : ''}`)
           sendJson(r.res, 200, { object: 'budget.deleted', scope, user_id: scope === 'user' ? userId : null, ...(scope === 'group' ? { group_id: userId } : {}), deleted: true })
         },
