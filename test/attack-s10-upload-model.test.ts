@@ -88,3 +88,16 @@ t.test('model id tricks on JSON requests', async (t) => {
     t.equal(r.body.error.code, 'model_not_allowed')
   }
 })
+
+t.test('every list of models is filtered for a restricted caller, not only /v1/models', async (t) => {
+  for (const path of ['/v1/models', '/v1/models/user', '/api/v1/models/user', '/v1/embeddings/models', '/v1/models/user/']) {
+    const res = await request(s.url + path, { headers: { 'x-openwebui-user-id': 'stu', 'x-test-groups': 'lab' } })
+    t.equal(res.statusCode, 200, path)
+    const ids = ((await res.body.json()) as { data: Array<{ id: string }> }).data.map((m) => m.id)
+    t.ok(ids.length > 0 && ids.every((id) => id === 'fake/ok' || id === 'fake/whisper' || id.startsWith('fake/ok:') || id === 'usage-proxy/my-usage'), `${path}: only allowed models (${ids.join(', ')})`)
+  }
+  const open = await request(s.url + '/v1/models/user', { headers: { 'x-openwebui-user-id': 'free' } })
+  const all = ((await open.body.json()) as { data: Array<{ id: string }> }).data.map((m) => m.id)
+  t.ok(all.some((id) => id !== 'fake/ok' && id !== 'fake/whisper'), 'an unrestricted caller still sees the whole list')
+  t.notOk(all.includes('usage-proxy/my-usage'), 'the My usage entry is added to /models only')
+})

@@ -37,8 +37,11 @@ export interface DataPlane {
    * GET /v1/models as the caller may use it (model allowlists), with the virtual "My usage" model
    * appended (SELF_SERVICE_MODEL); calls `passthrough` when neither changes the list.
    */
-  models?: (req: IncomingMessage, res: ServerResponse, query: string, passthrough: () => void) => void
+  models?: (req: IncomingMessage, res: ServerResponse, endpoint: string, query: string, passthrough: () => void) => void
 }
+
+/** The GET endpoints that answer a list of models: each is filtered by the caller's allowlists. */
+const MODEL_LISTS = new Set(['models', 'models/user', 'embeddings/models'])
 
 export function createProxyServer (ctx: ServerContext): Server {
   const keyDigest = ctx.proxyApiKey ? digest(`Bearer ${ctx.proxyApiKey}`) : null
@@ -109,7 +112,8 @@ export function createProxyServer (ctx: ServerContext): Server {
           `usage-proxy passes through only the model catalogue (GET /models, /providers, ...); GET /${endpoint} is not forwarded`)
       }
       if (ctx.onPassthrough) res.once('finish', () => ctx.onPassthrough!(res.statusCode))
-      if (req.method === 'GET' && endpoint === 'models' && plane.models) return plane.models(req, res, query, () => ctx.passthrough.handle(req, res, `/${endpoint}${query}`))
+      // Every catalogue that lists models goes through the caller's allowlists, not just /models.
+      if (req.method === 'GET' && MODEL_LISTS.has(endpoint) && plane.models) return plane.models(req, res, endpoint, query, () => ctx.passthrough.handle(req, res, `/${endpoint}${query}`))
       return ctx.passthrough.handle(req, res, `/${endpoint}${query}`)
     }
     const format = req.method === 'POST' ? meteredBodyFormat(endpoint) : null

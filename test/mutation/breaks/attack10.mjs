@@ -27,4 +27,11 @@ export const BREAKS = [
     replace: 'return this.modelParts.slice(-1).map(',
     tests: UPLOAD,
   },
+  {
+    name: 'attack10: /v1/models/user passes through unfiltered',
+    file: 'src/proxy/server.ts',
+    search: "new Set(['models', 'models/user', 'embeddings/models'])",
+    replace: "new Set(['models', 'embeddings/models'])",
+    tests: UPLOAD,
+  },
 ]
