@@ -18,6 +18,7 @@ import { startLimits, type SpendControls } from './budgets/boot.js'
 import type { Limits } from './budgets/limits.js'
 import type { Allowlists } from './budgets/allowlists.js'
 import { startKeyPoller, type KeyPoller } from './ops/openrouter-key.js'
+import { KeyRing } from './keys/ring.js'
 
 // What the sidecar needs Postgres for. Boot opens it step by step while the listener already
 // answers /healthz, noting each piece in Services as it is made so that a stop at any point
@@ -42,10 +43,12 @@ export interface Services {
   directory: UserDirectory | null
   spend: SpendControls | null
   keyPoller: KeyPoller | null
+  /** The organization's API keys, re-read every API_KEYS_REFRESH_MS. */
+  keys: KeyRing | null
 }
 
 export function noServices (): Services {
-  return { sql: null, admissionSql: null, readSql: null, embedded: null, maintenance: null, compactor: null, ledger: null, reconciler: null, directory: null, spend: null, keyPoller: null }
+  return { sql: null, admissionSql: null, readSql: null, embedded: null, maintenance: null, compactor: null, ledger: null, reconciler: null, directory: null, spend: null, keyPoller: null, keys: null }
 }
 
 /** What a finished boot opened: the data plane is built from these. */
@@ -58,6 +61,7 @@ export interface Booted {
   reconciler: Reconciler
   directory: UserDirectory
   limits: Limits
+  keys: KeyRing
   allowlists: Allowlists
 }
 
@@ -117,6 +121,13 @@ export async function bootServices (s: Services, { config, log, journal, upstrea
     ? sql
     : bounded(await connect({ url, log, retryMaxMs: config.db.connectRetryMaxMs, signal, max: config.db.admissionPoolMax }), config.limits.dbTimeoutMs, 'BUDGET_DB_TIMEOUT_MS')
   const spend = s.spend = await startLimits({ sql, admissionSql, config, upstream, log, record: (r) => ledger.record(r) })
+  // Keys are read on the admissions' pool, so a busy main pool never delays a revocation. With
+  // BUDGET_FAIL_MODE=closed, keys not re-read for five intervals (and a read's deadline) stop being trusted.
+  const keys = s.keys = new KeyRing({
+    readSql: admissionSql, writeSql: sql, organizationId: config.organization.id, log, refreshMs: config.keys.refreshMs,
+    staleAfterMs: config.limits.failMode === 'closed' ? 5 * config.keys.refreshMs + config.limits.dbTimeoutMs : null,
+  })
+  await keys.start()
   const replay = journal.replay()
   for (const r of replay.finals) ledger.record(r, true)
   // A pending line is the request as far as it got: 'interrupted' unless it had ended.
@@ -127,7 +138,7 @@ export async function bootServices (s: Services, { config, log, journal, upstrea
   if (replay.segments > 0) log.info({ records: replay.finals.length, toReconcile: replay.pendings.length, interrupted: replay.intents.length, tornLines: replay.tornLines }, 'journal replayed')
   if (replay.intents.length > 0) log.warn({ requests: replay.intents.length }, 'journal: requests interrupted before OpenRouter named their generation; recorded with their estimate only (usage-proxy verify lists them)')
   s.keyPoller = startKeyPoller(upstream.fetchKey, log)
-  return { sql, readSql: () => s.readSql ?? sql, ledger, reconciler, directory, limits: spend.limits, allowlists: spend.allowlists }
+  return { sql, readSql: () => s.readSql ?? sql, ledger, reconciler, directory, limits: spend.limits, allowlists: spend.allowlists, keys }
 }
 
 /** A migration may build an index over a large table: its own, longer deadline. */
@@ -160,6 +171,7 @@ export async function releaseServices (s: Services, journal: Journal, log: Logge
   s.ledger?.close()
   journal.close()
   log.info({ drained, backlog: journal.backlog }, drained ? 'ledger flushed' : 'ledger not fully flushed: the journal keeps the rest for the next start')
+  await s.keys?.close() // when keys were last used: written before the pools close
   s.maintenance?.stop()
   // The pools are ended (at most 2 s, then their connections are cut) before the compaction in
   // flight is awaited: a query to a Postgres that does not answer ends only when its connection does.

@@ -19,12 +19,20 @@ commands:
   verify [--month YYYY-MM]       recompute the daily rollups from the raw rows and list any
                                  difference; exits 1 when one differs (needs DATABASE_URL, or
                                  the stopped sidecar's DATA_DIR)
+  forget --user ID                erase a user: their id becomes a stable pseudonym in every row,
+                                 rollup, mapping, budget and audit line; name, email, chat and
+                                 message ids are erased, amounts kept (README "Privacy")
   statement --month YYYY-MM [--format csv|json|md] [--out FILE] [--all-organizations]
                                  the month's statement per user (requests, tokens, cost,
                                  markup, billed) with exact totals; reads DATABASE_URL
   export-db --to postgres://…    copy the embedded database under DATA_DIR (sidecar stopped)
                                  into an empty PostgreSQL database, schema first; then start
                                  with DATABASE_URL and the same DATA_DIR
+  export status [--json]         where each billing export sink stands: rows sent, set aside
+                                 (with reasons), waiting, the lease holder, the last error
+  export replay --sink NAME --from DATE [--dry-run]
+                                 resend on purpose the rows from DATE on that the sink already
+                                 handled; warns where the receiver will count them twice
   help, --help, -h               print this help
 
 example:
@@ -132,9 +140,15 @@ async function run (argv: string[]): Promise<void> {
   } else if (command === 'verify') {
     const [{ runVerify }, { processEnvironment }] = await Promise.all([import('./usage/reports/verify-command.js'), import('./config/env-file.js')])
     process.exitCode = await runVerify(args, processEnvironment())
+  } else if (command === 'forget') {
+    const [{ runForget }, { processEnvironment }] = await Promise.all([import('./audit/forget-command.js'), import('./config/env-file.js')])
+    process.exitCode = await runForget(args, processEnvironment())
   } else if (command === 'export-db') {
     const [{ runExportDb }, { processEnvironment }] = await Promise.all([import('./db/export-command.js'), import('./config/env-file.js')])
     process.exitCode = await runExportDb(args, processEnvironment(), join(dirname(fileURLToPath(import.meta.url)), '..', 'sql'))
+  } else if (command === 'export') {
+    const [{ runExport }, { processEnvironment }] = await Promise.all([import('./export/command.js'), import('./config/env-file.js')])
+    process.exitCode = await runExport(args, processEnvironment())
   } else if (command === 'gen-env') {
     process.stdout.write(genEnv(args))
   } else if (command === 'statement') {

@@ -31,6 +31,10 @@ import { createServer } from 'node:http'
 import { registerBudgetMetrics } from './ops/budget-metrics.js'
 import { startDbReadings } from './ops/db-readings.js'
 import { logStartupBanner } from './ops/startup-banner.js'
+import { configuredSinks } from './export/configured.js'
+import { startExporter, type Exporter } from './export/exporter.js'
+import { registerExportMetrics } from './export/metrics.js'
+import { seedStripeCustomer } from './export/seed.js'
 
 const SQL_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', 'sql')
 
@@ -62,7 +66,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
   // 1. configuration: every problem at once, or nothing starts
   const config = loadConfig(env)
   log ??= createLogger(config.logLevel)
-  const secrets = [config.openrouter.apiKey, config.server.proxyApiKey, config.identity.jwtSecret, config.metrics.apiKey]
+  const secrets = [config.openrouter.apiKey, config.server.proxyApiKey, config.identity.jwtSecret, config.metrics.apiKey, config.export.stripe?.secretKey, config.export.cloudEvents?.secret, ...Object.values(config.export.otel?.headers ?? {})]
   const journal = new Journal(join(resolve(config.ledger.dataDir), 'journal'), log)
   // Whatever way the process exits (process.exit after a fatal error included), this turn's lines go first.
   const flushAtExit = (): void => { journal.flush() }
@@ -72,7 +76,8 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
   let stopping: Promise<void> | null = null
   const s = noServices() // what boot has opened so far: /metrics reads it, stop releases it
   const inFlight = inFlightCounter()
-  const front = frontDoor(config, log, s, journal, () => plane)
+  let exporter: Exporter | null = null // the export to billing receivers, once boot is done
+  const front = frontDoor(config, log, s, journal, () => plane, () => exporter)
   try {
     await listen(front.server, 'PORT', config.server.host, config.server.port)
     if (front.metricsServer) await listen(front.metricsServer, 'METRICS_PORT', config.metrics.host, config.metrics.port!)
@@ -97,8 +102,18 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     const booted = await bootServices(s, { config, log: log!, journal, upstream: front.upstream, sqlDir: SQL_DIR, signal: abort.signal, isStopping: () => stopping !== null })
     // 6. open for traffic, with /metrics's first reading of Postgres taken
     void front.readings.refresh()
-    plane = dataPlane(config, log!, booted, front, { isStopping: () => stopping !== null, track: inFlight.track }, options)
+    plane = dataPlane(config, log!, booted, front, { isStopping: () => stopping !== null, track: inFlight.track }, options, () => exporter)
     log!.info({ port }, 'ready')
+    // 7. the export: reads committed rows in the background, never on a request's path
+    const sinks = configuredSinks(config.export, booted.sql, config.organization.id)
+    if (config.export.stripe?.customerId) await seedStripeCustomer(booted.sql, config.organization.id, config.export.stripe.customerId)
+    if (sinks.length > 0 && stopping === null) {
+      exporter = startExporter(sinks, {
+        sql: booted.sql, organizationId: config.organization.id, log: log!,
+        leaseMs: config.export.leaseMs, pollMs: config.export.pollMs, backoff: { baseMs: 250, maxMs: config.export.retryMaxMs },
+      })
+      log!.info({ sinks: sinks.map((k) => k.name) }, 'export started')
+    }
     await logStartupBanner({ config, env, port, sql: booted.sql, embeddedDir: s.embedded?.dataDir ?? null, log: log! })
   })()
   ready$.catch((err) => {
@@ -121,6 +136,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
       front.metricsServer?.closeAllConnections()
       await inFlight.idle(config.server.shutdownGraceMs)
       front.server.closeAllConnections()
+      await exporter?.stop()
       await releaseServices(s, journal, log!)
       process.removeListener('exit', flushAtExit) // closed: nothing left to write
       front.passthrough.close()
@@ -161,7 +177,7 @@ type FrontDoor = ReturnType<typeof frontDoor>
  * opened so far (`s`); every route that needs the database asks `plane()`, which is null until
  * boot is done.
  */
-function frontDoor (config: Config, log: Logger, s: Services, journal: Journal, plane: () => DataPlane | null) {
+function frontDoor (config: Config, log: Logger, s: Services, journal: Journal, plane: () => DataPlane | null, exporter: () => Exporter | null) {
   const upstream = createUpstream({ baseUrl: config.openrouter.baseUrl, apiKey: config.openrouter.apiKey, ...config.upstream })
   const idHeaders = identityHeaders(config.identity)
   // The task and message-id headers stay with the sidecar too, whatever they are named.
@@ -180,7 +196,10 @@ function frontDoor (config: Config, log: Logger, s: Services, journal: Journal, 
     keyBalance: () => s.keyPoller?.latest() ?? null,
     ownPort: config.metrics.port !== undefined,
     organizationId: config.organization.id,
-  }, (registry) => registerBudgetMetrics(registry, () => readings.latest(), () => s.spend?.limits.failOpenStats ?? null))
+  }, (registry) => {
+    registerBudgetMetrics(registry, () => readings.latest(), () => s.spend?.limits.failOpenStats ?? null)
+    registerExportMetrics(registry, () => exporter()?.readings() ?? [])
+  })
   const access = createAccessLog({ log, enabled: config.accessLog, count: metrics.response })
   // METRICS_PORT: /metrics only on its own listener (loopback by default), not on the data plane.
   const metricsServer = config.metrics.port === undefined ? null : createServer((req, res) => {
@@ -219,7 +238,7 @@ interface ExchangeHooks {
  * The routes that need the database, built from what boot opened: the metered path's context,
  * "My usage", and the admin plane.
  */
-function dataPlane (config: Config, log: Logger, booted: Booted, front: FrontDoor, hooks: ExchangeHooks, options: StartOptions): DataPlane {
+function dataPlane (config: Config, log: Logger, booted: Booted, front: FrontDoor, hooks: ExchangeHooks, options: StartOptions, exporter: () => Exporter | null): DataPlane {
   const { sql, readSql, limits } = booted
   // "My usage" reads the budget that governs its user; the usage page every listed user's at once,
   // from the read replica when there is one.
@@ -260,13 +279,16 @@ function dataPlane (config: Config, log: Logger, booted: Booted, front: FrontDoo
     admissions: () => limits.failOpenStats,
     backlog: () => booted.ledger.backlog(),
     budgetsChanged: () => { void limits.refresh(); summaries.clear() },
+    exportReadings: () => exporter()?.readings() ?? [],
     allowlistsChanged: () => booted.allowlists.refresh(),
+    userForgotten: (userId) => { booted.directory.forget(userId); void limits.refresh(); summaries.clear() },
+    keys: booted.keys,
   }) ?? undefined
   const models = modelsList({
     baseUrl: config.openrouter.baseUrl, headers: front.headers, log, identity: meter.rules.identity,
     allowlists: booted.allowlists, extra: selfService?.entry,
   })
-  return { meter, admin, models }
+  return { meter, admin, models, keys: booted.keys }
 }
 
 /** Runs the sidecar as a process: exits 2 on a configuration error, stops gracefully on SIGTERM/SIGINT. */

@@ -79,3 +79,19 @@ t.test('operations settings', async (t) => {
   t.throws(() => loadConfig({ ...good, METRICS_PORT: '70000' }), /METRICS_PORT/)
   t.equal(loadConfig({ ...good, TASK_HEADER: 'X-Task' }).rowKinds.taskHeader, 'x-task')
 })
+
+t.test('export settings: each sink off until its variable is set, checked at start', async (t) => {
+  const off = loadConfig(good)
+  t.equal(off.export.stripe, null)
+  t.equal(off.export.cloudEvents, null)
+  const on = loadConfig({ ...good, STRIPE_SECRET_KEY: 'sk_test_0123456789abc', STRIPE_CUSTOMER_ID: 'cus_Abc123', CLOUDEVENTS_URL: 'https://meter.example/events' })
+  t.same(on.export.stripe, { secretKey: 'sk_test_0123456789abc', apiBase: 'https://api.stripe.com', eventName: 'llm_usage', value: 'billed_micro_usd', customerId: 'cus_Abc123' })
+  t.same(on.export.cloudEvents, { url: 'https://meter.example/events', secret: undefined, source: good.OPENROUTER_EXTERNAL_USER, batchSize: 100 })
+  const err = t.throws(() => loadConfig({ ...good, STRIPE_CUSTOMER_ID: 'cus_Abc123' })) as ConfigError
+  t.match(err.message, /STRIPE_CUSTOMER_ID is set without STRIPE_SECRET_KEY/)
+  const bad = t.throws(() => loadConfig({ ...good, STRIPE_SECRET_KEY: 'pk_live_nope0000000', STRIPE_METER_VALUE: 'dollars', CLOUDEVENTS_BATCH_SIZE: '0' })) as ConfigError
+  t.match(bad.message, /STRIPE_SECRET_KEY must be a Stripe secret/)
+  t.match(bad.message, /STRIPE_METER_VALUE/)
+  t.match(bad.message, /CLOUDEVENTS_BATCH_SIZE/)
+  t.notMatch(bad.message, /pk_live_nope/, 'the key itself is not repeated')
+})

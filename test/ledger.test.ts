@@ -193,7 +193,7 @@ t.test('identity is normalized once: zed and z\\u0000ed are one user, one extern
   const b = dir.resolve(who('z\u0000ed', 'Zed Again'))
   t.equal(a.externalUserId, b.externalUserId, 'the same external id')
   t.equal(b.userId, 'zed')
-  t.same(b.mapping, { userId: 'zed', name: 'Zed Again', email: 'zed@example.com', role: 'user' }, 'a change is carried, merged with what was known')
+  t.same(b.mapping, { userId: 'zed', name: 'Zed Again', email: 'zed@example.com', role: 'user', groups: [] }, 'a change is carried, merged with what was known')
   t.equal(dir.resolve(who('zed', 'Zed Again')).mapping, null, 'nothing new: no mapping carried')
   t.equal(dir.resolve(who('\u0000')).externalUserId, ORG, 'an id that cleans to nothing bills the organization')
   const logs = new LogSink()

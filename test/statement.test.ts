@@ -58,6 +58,18 @@ t.test('json: per-user lines, and a total equal to their sum and to usage_events
   t.ok(sameDecimal(org.total.cost_usd, db$.cost))
   t.ok(sameDecimal(org.total.billed_cost_usd, sumDecimals(org.lines.map((l) => l.billed_cost_usd))), 'total = sum of lines')
   for (const l of org.lines) t.ok(sameDecimal(l.markup_usd, sumDecimals([l.billed_cost_usd, '-' + l.cost_usd])), 'markup = billed - cost')
+  // The group section (the seed puts users' rows in Sales, in Engineering and Sales, or in none).
+  const groups = await db.sql<Array<{ group_id: string, members: number, requests: number, billed: string }>>`
+    select g as group_id, count(distinct user_id)::int as members, count(*)::int as requests, coalesce(sum(billed_cost_usd), 0)::text as billed
+    from usage_events, unnest(groups) g
+    where organization_id = ${ORG} and created_at >= '2026-11-01' and created_at < '2026-12-01' group by 1 order by 1`
+  t.same(org.groups.map((g) => g.group_id).sort(), groups.map((g) => g.group_id), 'a line per group')
+  for (const g of groups) {
+    const line = org.groups.find((l) => l.group_id === g.group_id)!
+    t.equal(line.members, g.members, `${g.group_id}: members are users, not rollup rows`)
+    t.equal(line.requests, g.requests, `${g.group_id}: requests`)
+    t.ok(sameDecimal(line.billed_cost_usd, g.billed), `${g.group_id}: billed to the digit`)
+  }
   t.ok(sameDecimal(org.total.markup_usd, sumDecimals([org.total.billed_cost_usd, '-' + org.total.cost_usd])))
   const anna = org.lines.find((l) => l.user_id === 'u-anna')
   t.equal(anna?.user_name, 'Anna Müller')
@@ -99,7 +111,7 @@ t.test('md: a readable table with a bold total; --out writes a file', async (t) 
   t.ok(sameDecimal(total![4], db$.billed))
   t.match(md, /Bob "the builder", Jr\. \(u-bob\)/)
   t.match(md, /\| Markup 12\.5% \|/, 'the markup column says the percent')
-  const cells = md.split('\n').filter((l) => l.startsWith('| ') && !l.startsWith('| User')).flatMap((l) => l.split(' | ').slice(2).map((c) => c.replace(/[*| ]/g, '')))
+  const cells = md.split('\n').filter((l) => l.startsWith('| ') && !l.startsWith('| User') && !l.startsWith('| Group')).flatMap((l) => l.split(' | ').slice(2).map((c) => c.replace(/[*| ]/g, '')))
   t.ok(cells.length > 10)
   t.same(cells.filter((c) => c !== '' && !EXACT.test(c)), [], 'every number in the table is exact, without trailing zeros')
   t.equal(/\*\*Invoice total: \$([\d,]+\.\d\d)\*\*\[\^exact-1\]/.exec(md)?.[1], db$.cents, 'the invoice total in cents, from the exact total')
@@ -116,7 +128,7 @@ t.test('md: the invoice total is rounded once, half up, on the total, never per 
   const doc = (lines: Array<ReturnType<typeof line>>, billed: string, markup = '0'): string => render({
     month: '2026-11', from: '2026-11-01', to: '2026-12-01',
     organizations: [{
-      id: 'o', name: 'O', markup_percent: markup, lines, invoice_total_usd: '',
+      id: 'o', name: 'O', markup_percent: markup, lines, groups: [], invoice_total_usd: '',
       total: { requests: lines.length, prompt_tokens: '1', completion_tokens: '1', total_tokens: '2', cost_usd: billed, markup_usd: '0', billed_cost_usd: billed },
     }],
   }, 'md')

@@ -27,6 +27,9 @@
 --    then sees the budget it wrote.
 -- 3. Append the kept rows' sums to usage_rollup_deltas (usage_rollup_select's SELECT, written out
 --    for the plan cache; `usage-proxy verify` would show any drift between the two).
+-- 4. Append the kept rows that name groups to usage_group_rollup_deltas, once per group of each
+--    row (sql/023): a row in two groups counts in both groups' sums. Rows without groups are
+--    filtered out here and add nothing.
 CREATE OR REPLACE FUNCTION usage_after_insert () RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
   claimed text[];
@@ -137,6 +140,25 @@ BEGIN
     FROM inserted_rows
     WHERE cardinality(losers) = 0 OR NOT (event_id = ANY (losers))
     GROUP BY 1, 2, 3, 4, 5;
+
+  -- 4. the group rollups
+  INSERT INTO usage_group_rollup_deltas
+    SELECT organization_id, (created_at AT TIME ZONE 'UTC')::date AS day, g.group_id, external_user_id,
+           coalesce(served_model, model, '') AS model, kind,
+           count(*) AS requests,
+           count(*) FILTER (WHERE outcome <> 'ok') AS failed_or_aborted,
+           coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
+           coalesce(sum(completion_tokens), 0) AS completion_tokens,
+           coalesce(sum(total_tokens), 0) AS total_tokens,
+           coalesce(sum(cached_tokens), 0) AS cached_tokens,
+           coalesce(sum(reasoning_tokens), 0) AS reasoning_tokens,
+           coalesce(sum(cost_usd), 0) AS cost_usd,
+           coalesce(sum(upstream_cost_usd), 0) AS upstream_cost_usd,
+           coalesce(sum(billed_cost_usd), 0) AS billed_cost_usd,
+           max(user_id) AS user_id
+    FROM inserted_rows i CROSS JOIN LATERAL unnest(i.groups) AS g(group_id)
+    WHERE cardinality(i.groups) > 0 AND (cardinality(losers) = 0 OR NOT (i.event_id = ANY (losers)))
+    GROUP BY 1, 2, 3, 4, 5, 6;
   RETURN NULL;
 END $$;
 

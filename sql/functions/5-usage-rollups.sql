@@ -26,7 +26,8 @@ CREATE OR REPLACE FUNCTION usage_rollup_select (source text) RETURNS text LANGUA
 $$;
 
 -- Moves every committed delta into usage_daily_rollups, usage_monthly_rollups and
--- usage_org_daily_rollups in one statement: a delta is folded exactly once into each (a
+-- usage_org_daily_rollups in one statement (and the group deltas into usage_group_daily_rollups
+-- and usage_group_monthly_rollups in a second): a delta is folded exactly once into each (a
 -- concurrent compaction skips the rows this one deleted), upserts in key order.
 CREATE OR REPLACE FUNCTION usage_rollup_compact () RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
@@ -100,5 +101,51 @@ BEGIN
     RETURNING 1)
   -- Every data-modifying WITH runs to completion whether read or not; the count is the daily rows'.
   SELECT (SELECT count(*) FROM folded) INTO n;
+
+  -- The group rollups' deltas (sql/023), folded the same way into the daily and monthly group
+  -- rollups, in a second statement.
+  WITH moved AS (DELETE FROM usage_group_rollup_deltas RETURNING *),
+  daily AS MATERIALIZED (
+    SELECT organization_id, day, group_id, external_user_id, model, kind,
+           sum(requests) AS requests, sum(failed_or_aborted) AS failed_or_aborted, sum(prompt_tokens) AS prompt_tokens,
+           sum(completion_tokens) AS completion_tokens, sum(total_tokens) AS total_tokens, sum(cached_tokens) AS cached_tokens,
+           sum(reasoning_tokens) AS reasoning_tokens, sum(cost_usd) AS cost_usd, sum(upstream_cost_usd) AS upstream_cost_usd,
+           sum(billed_cost_usd) AS billed_cost_usd, max(user_id) AS user_id
+    FROM moved GROUP BY 1, 2, 3, 4, 5, 6),
+  folded AS (
+    INSERT INTO usage_group_daily_rollups AS u
+    SELECT * FROM daily
+    ORDER BY 1, 2, 3, 4, 5, 6
+    ON CONFLICT (organization_id, day, group_id, external_user_id, model, kind) DO UPDATE SET
+    requests = u.requests + excluded.requests,
+    failed_or_aborted = u.failed_or_aborted + excluded.failed_or_aborted,
+    prompt_tokens = u.prompt_tokens + excluded.prompt_tokens,
+    completion_tokens = u.completion_tokens + excluded.completion_tokens,
+    total_tokens = u.total_tokens + excluded.total_tokens,
+    cached_tokens = u.cached_tokens + excluded.cached_tokens,
+    reasoning_tokens = u.reasoning_tokens + excluded.reasoning_tokens,
+    cost_usd = u.cost_usd + excluded.cost_usd,
+    upstream_cost_usd = u.upstream_cost_usd + excluded.upstream_cost_usd,
+    billed_cost_usd = u.billed_cost_usd + excluded.billed_cost_usd,
+    user_id = greatest(u.user_id, excluded.user_id)
+    RETURNING 1)
+  INSERT INTO usage_group_monthly_rollups AS u
+  SELECT organization_id, date_trunc('month', day::timestamp)::date, group_id, external_user_id, model, kind,
+         sum(requests), sum(failed_or_aborted), sum(prompt_tokens), sum(completion_tokens), sum(total_tokens),
+         sum(cached_tokens), sum(reasoning_tokens), sum(cost_usd), sum(upstream_cost_usd), sum(billed_cost_usd), max(user_id)
+  FROM daily GROUP BY 1, 2, 3, 4, 5, 6
+  ORDER BY 1, 2, 3, 4, 5, 6
+  ON CONFLICT (organization_id, month, group_id, external_user_id, model, kind) DO UPDATE SET
+    requests = u.requests + excluded.requests,
+    failed_or_aborted = u.failed_or_aborted + excluded.failed_or_aborted,
+    prompt_tokens = u.prompt_tokens + excluded.prompt_tokens,
+    completion_tokens = u.completion_tokens + excluded.completion_tokens,
+    total_tokens = u.total_tokens + excluded.total_tokens,
+    cached_tokens = u.cached_tokens + excluded.cached_tokens,
+    reasoning_tokens = u.reasoning_tokens + excluded.reasoning_tokens,
+    cost_usd = u.cost_usd + excluded.cost_usd,
+    upstream_cost_usd = u.upstream_cost_usd + excluded.upstream_cost_usd,
+    billed_cost_usd = u.billed_cost_usd + excluded.billed_cost_usd,
+    user_id = greatest(u.user_id, excluded.user_id);
   RETURN n;
 END $$;

@@ -111,9 +111,16 @@ function limitOf (b: { limit_usd: string, period: string } | null): { limit_usd:
   return b === null ? null : { limit_usd: b.limit_usd, period: b.period }
 }
 
-function validate (body: unknown, scope: BudgetScope, userId: string): string | { limit: string, period: (typeof PERIODS)[number] } {
+function validate (body: unknown, scope: BudgetScope, userId: string): string | BudgetSetting {
   if (userId !== '' && (userId.length > 256 || /[\u0000-\u001f]/.test(userId))) return `${SUBJECT[scope]}Id must be at most 256 printable characters`
-  if (body === null || typeof body !== 'object' || Array.isArray(body)) return 'the body must be a JSON object such as {"limit_usd": "20.00", "period": "month"}'
+  return budgetSetting(body)
+}
+
+export interface BudgetSetting { limit: string, period: (typeof PERIODS)[number] }
+
+/** A budget's `{"limit_usd", "period"}`, checked field by field; a string says what is wrong. */
+export function budgetSetting (body: unknown, what = 'the body'): string | BudgetSetting {
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) return `${what} must be a JSON object such as {"limit_usd": "20.00", "period": "month"}`
   const b = body as Record<string, unknown>
   for (const k of Object.keys(b)) if (k !== 'limit_usd' && k !== 'period') return `unknown field ${k}: only limit_usd and period are accepted`
   let limit: string

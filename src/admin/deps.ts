@@ -4,6 +4,8 @@ import type { Logger } from '../lib/log.js'
 import type { FailOpenStats } from '../budgets/fail-open.js'
 import type { BudgetsFor } from '../budgets/status-for.js'
 import type { Backlog } from '../usage/ledger/ledger.js'
+import type { KeyRouteDeps } from './keys.js'
+import type { SinkReadings } from '../export/exporter.js'
 
 // What the admin plane is given by the composition: connections, the logger and readings of the
 // running process.
@@ -19,10 +21,16 @@ export interface AdminDeps {
   budgetsChanged?: () => void
   /** Tells this process that a model allowlist changed: it re-reads them before answering. */
   allowlistsChanged?: () => Promise<void>
+  /** A user was forgotten: this process's user directory and caches let go of the id. */
+  userForgotten?: (userId: string) => void
   /** Users' budgets for the usage views, in one read; the budgets module provides it. */
   budgetsFor?: BudgetsFor
   /** Admissions served without a spend check (the page shows them). */
   admissions?: () => FailOpenStats | null
   /** The ledger's backlog, from memory. */
   backlog?: () => Backlog | null
+  /** This replica's API keys: a key made or revoked here takes effect here at once. */
+  keys?: KeyRouteDeps['ring']
+  /** This process's exporter, per sink (empty when no sink is configured or boot is not done). */
+  exportReadings?: () => SinkReadings[]
 }

@@ -10,8 +10,11 @@ import { sendJson, type AdminRequest, type AdminRoute } from './router.js'
 import type { Sql } from '../db/connect.js'
 import { trimDecimal, trimDecimalFields } from '../lib/decimal.js'
 
-// GET /admin/v1/usage (sums per user, model, day, task or outcome) and GET /admin/v1/events
-// (the raw rows, newest first), each as JSON or streamed CSV.
+// GET /admin/v1/usage (sums per user, model, day, task, outcome or group, optionally of one
+// group's rows) and GET /admin/v1/events (the raw rows, newest first), each as JSON or streamed CSV.
+
+/** Said wherever the rows of group_by=group are shown: they overlap, the organization's total does not. */
+export const GROUP_COUNTING_NOTE = 'A request made by a member of several groups counts in each of those groups\' rows; totals count it once, so the rows can add up to more than totals.'
 
 export interface UsageDeps {
   organizationId: string
@@ -55,7 +58,8 @@ async function usage (deps: UsageDeps, { req, res, url }: AdminRequest): Promise
   const groupBy = parseGroupBy(q)
   const csv = wantsCsv(q, req.headers.accept)
   const { userId, externalUserId } = userFilter(deps, q)
-  const period: Period = { organizationId: deps.organizationId, from, to, externalUserId }
+  const group = optionalText(q, 'group')
+  const period: Period = { organizationId: deps.organizationId, from, to, externalUserId, group }
   const sql = deps.readSql()
   const source = await sumsSource(sql, period)
   // The rollups keep no outcome: their totals, minus the few rows that did not end 'ok'.
@@ -69,21 +73,32 @@ async function usage (deps: UsageDeps, { req, res, url }: AdminRequest): Promise
       return withOkOutcome(totals, failed)
     }
     : null
-  const keyColumns = groupBy === 'user' ? ['user', 'user_name', 'user_email'] : [groupBy]
+  const keyColumns = groupBy === 'user' ? ['user', 'user_name', 'user_email'] : groupBy === 'group' ? ['group', 'members'] : [groupBy]
+  const keyFields = (row: GroupRow): unknown[] =>
+    groupBy === 'user' ? [row.key, row.user_name, row.user_email] : groupBy === 'group' ? [row.key, row.members] : [row.key]
   if (csv) {
-    const name = `usage-${groupBy}-${from}-${to}${userId === undefined ? '' : '-user'}.csv`
+    const name = `usage-${groupBy}-${from}-${to}${userId === undefined ? '' : '-user'}${group === undefined ? '' : '-group'}.csv`
     return streamCsv(res, name, [...keyColumns, ...SUM_COLUMNS], outcomes ? once(outcomes()) : usageByGroup(sql, period, groupBy, source).cursor(CURSOR_BATCH),
-      (row) => [...(groupBy === 'user' ? [row.key, row.user_name, row.user_email] : [row.key]), ...SUM_COLUMNS.map((c) => exactSum(row[c]))])
+      (row) => [...keyFields(row), ...SUM_COLUMNS.map((c) => exactSum(row[c]))])
   }
-  const rows = outcomes ? await outcomes() : await usageByGroup(sql, period, groupBy, source)
+  // Per group, the rows overlap (a request in two groups is in both): the totals are the
+  // organization's (or the user's), read in the same snapshot, each request once.
+  const overlapping = groupBy === 'group' && group === undefined
+  const [rows, whole] = overlapping
+    ? await sql.begin('isolation level repeatable read read only', (t) => {
+      const tx = t as unknown as Sql
+      return [usageByGroup(tx, period, groupBy, source), usageTotals(tx, period, source)]
+    }) as unknown as [GroupRow[], Sums]
+    : [outcomes ? await outcomes() : await usageByGroup(sql, period, groupBy, source), null]
   // Summed before trimming: a sum of trimmed values can end in zeros again (0.15 + 0.05).
-  const totals = trimDecimalFields(totalsOf(rows), SUM_COLUMNS)
+  const totals = trimDecimalFields(whole ?? totalsOf(rows), SUM_COLUMNS)
   // Per user: every budget of the page in one read, however many users it lists.
   const budgets = groupBy === 'user' ? await deps.budgetsFor(rows.flatMap((r) => r.key === null ? [] : [r.key])) : null
   const data = rows.map((row) => shape(groupBy, row, budgets))
   sendJson(res, 200, {
-    object: 'usage', organization: deps.organizationId, organization_name: deps.organizationName, from, to, group_by: groupBy, ...(userId === undefined ? {} : { user: userId }),
-    data, totals,
+    object: 'usage', organization: deps.organizationId, organization_name: deps.organizationName, from, to, group_by: groupBy,
+    ...(userId === undefined ? {} : { user: userId }), ...(group === undefined ? {} : { group }),
+    data, totals, ...(overlapping ? { note: GROUP_COUNTING_NOTE } : {}),
   })
 }
 
@@ -91,6 +106,7 @@ async function * once<T> (rows: Promise<T[]>): AsyncIterable<T[]> { yield await 
 
 function shape (groupBy: GroupBy, row: GroupRow, budgets: Map<string, UserBudget> | null): Record<string, unknown> {
   const sums = Object.fromEntries(SUM_COLUMNS.map((c) => [c, exactSum(row[c])]))
+  if (groupBy === 'group') return { group: row.key, members: row.members ?? 0, ...sums }
   if (groupBy !== 'user') return { [groupBy]: row.key, ...sums }
   const budget = row.key === null ? null : budgets?.get(row.key) ?? null
   return { user: row.key, user_name: row.user_name ?? null, user_email: row.user_email ?? null, ...sums, budget }

@@ -32,8 +32,15 @@ type Querier = Pick<Sql, 'unsafe'> & ((strings: TemplateStringsArray, ...values:
 export async function appendAudit (sql: Querier, organizationId: string, e: AuditEntry): Promise<void> {
   await sql`INSERT INTO audit_log (organization_id, actor, action, target, before, after)
     VALUES (${organizationId}, ${e.actor}, ${e.action}, ${e.target},
-      ${e.before === undefined || e.before === null ? null : JSON.stringify(e.before)}::jsonb,
-      ${e.after === undefined || e.after === null ? null : JSON.stringify(e.after)}::jsonb)`
+      ${jsonText(e.before)}::text::jsonb, ${jsonText(e.after)}::text::jsonb)`
+}
+
+/**
+ * The value as JSON text, parsed by Postgres: a parameter typed jsonb would be JSON-encoded again by
+ * the driver, and the trail would hold a string instead of the object.
+ */
+function jsonText (v: unknown): string | null {
+  return v === undefined || v === null ? null : JSON.stringify(v)
 }
 
 /**
@@ -44,11 +51,14 @@ export function actorOf (kind: 'admin-key' | 'session', credential: string): str
   return `${kind}:${createHash('sha256').update(credential).digest('hex').slice(0, 12)}`
 }
 
-/** One page of the trail, newest first, after the keyset cursor `before` (an id). */
+/**
+ * One page of the trail, newest first, after the keyset cursor `before` (an id). The order names
+ * the table's column: a bare `id` would be the text one selected, and '9' sorts after '10'.
+ */
 export async function auditPage (sql: Sql, organizationId: string, limit: number, before?: string): Promise<AuditRow[]> {
   const rows = await sql<AuditRow[]>`SELECT id::text, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS at,
       actor, action, target, before, after
     FROM audit_log WHERE organization_id = ${organizationId} ${before === undefined ? sql`` : sql`AND id < ${before}::bigint`}
-    ORDER BY id DESC LIMIT ${limit}`
+    ORDER BY audit_log.id DESC LIMIT ${limit}`
   return [...rows]
 }

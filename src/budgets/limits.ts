@@ -85,6 +85,8 @@ export class Limits {
   private readonly refreshTimer: NodeJS.Timeout
   private readonly sweepTimer: NodeJS.Timeout
   private readonly rate: RateLimiter
+  /** API keys' own `rpm`, in windows of their own (rate.ts). */
+  private readonly keyRate: RateLimiter
   private readonly reserver: Reserver<ReserveRow>
   private readonly renewTimer: NodeJS.Timeout
   /** Event ids of the requests this process runs that hold a reservation. */
@@ -105,6 +107,8 @@ export class Limits {
     this.failedOpen = new FailOpenLog(d.log)
     this.reserver = new Reserver<ReserveRow>(this.admissionSql, RESERVE_COLUMNS, d.config.reservationTtlMs / 1000)
     this.rate = new RateLimiter(this.admissionSql, d.organizationId, { rpm: d.config.userRpm, maxConcurrent: d.config.userMaxConcurrent })
+    // `:` is in no organization id (config.ts): a key's window can never be a user's.
+    this.keyRate = new RateLimiter(this.admissionSql, `${d.organizationId}:keys`, { rpm: undefined, maxConcurrent: undefined }, Date.now, 'key')
     void this.refresh()
     this.refreshTimer = setInterval(() => { void this.refresh() }, d.config.refreshMs)
     this.refreshTimer.unref()
@@ -119,6 +123,7 @@ export class Limits {
     clearInterval(this.sweepTimer)
     clearInterval(this.renewTimer)
     this.rate.close()
+    this.keyRate.close()
     this.failedOpen.close()
   }
 
@@ -152,21 +157,21 @@ export class Limits {
    * Whether this request has anything to check: a rate limit for its user, or a budget that may
    * apply. When false, the request goes on without admit() and costs this module nothing.
    */
-  needsAdmission (rec: UsageRecord): boolean {
-    return this.hasRateLimit(rec.userId) || this.anyBudgets !== false
+  needsAdmission (rec: UsageRecord, keyRpm: number | null = null): boolean {
+    return this.hasRateLimit(rec.userId) || (keyRpm !== null && Boolean(rec.apiKeyId)) || this.anyBudgets !== false
   }
 
   /**
    * The admission, or null when the request was refused and answered here (nothing may then
    * reach OpenRouter). `body` is the request body as received: it is read (prompt-counts.ts) only
-   * when a budget applies.
+   * when a budget applies. `keyRpm`: the `rpm` of the API key the request was made with (rec.apiKeyId).
    */
-  admit (res: ServerResponse, rec: UsageRecord, body: Buffer, maxTokens: number | null): Promise<Admission | null> {
+  admit (res: ServerResponse, rec: UsageRecord, body: Buffer, maxTokens: number | null, keyRpm: number | null = null): Promise<Admission | null> {
     // A client that leaves while the admission waits is not dispatched: its hold is let go.
     let gone = false
     const onClose = (): void => { gone = true }
     res.once('close', onClose)
-    return this.admitChecked(res, rec, body, maxTokens).then((a) => {
+    return this.admitChecked(res, rec, body, maxTokens, keyRpm).then((a) => {
       res.off('close', onClose)
       if (!a || !gone) return a
       a.done()
@@ -208,17 +213,17 @@ export class Limits {
    * The rate-limit half of an admission; null once the request was answered (429 or 503).
    * `unchecked`: it failed open (and was counted as such).
    */
-  private async admitRated (res: ServerResponse, user: string, rec: UsageRecord | null): Promise<{ admission: Admission, unchecked: boolean } | null> {
+  private async admitRated (res: ServerResponse, user: string, rec: UsageRecord | null, limiter = this.rate, rpm?: number): Promise<{ admission: Admission, unchecked: boolean } | null> {
     const eventId = rec?.eventId ?? null
     let r
     let abandoned = false
     let unchecked = false
     try {
-      r = await this.withTimeout(this.rate.admit(user, () => abandoned))
+      r = await this.withTimeout(rpm === undefined ? limiter.admit(user, () => abandoned) : limiter.admit(user, () => abandoned, { rpm, maxConcurrent: undefined }))
     } catch (err) {
       abandoned = true
       if (!this.failOpen(err, 'rate', user, eventId)) return this.unavailable(res)
-      this.rate.holdLocal(user)
+      limiter.holdLocal(user)
       r = { lease: null }
       unchecked = true
     }
@@ -228,10 +233,10 @@ export class Limits {
       return null
     }
     const lease = r.lease
-    return { admission: { done: () => this.rate.release(user, lease) }, unchecked }
+    return { admission: { done: () => limiter.release(user, lease) }, unchecked }
   }
 
-  private async admitChecked (res: ServerResponse, rec: UsageRecord, body: Buffer, maxTokens: number | null): Promise<Admission | null> {
+  private async admitChecked (res: ServerResponse, rec: UsageRecord, body: Buffer, maxTokens: number | null, keyRpm: number | null): Promise<Admission | null> {
     let done: Admission = NOTHING
     let unchecked = false
     if (this.hasRateLimit(rec.userId)) {
@@ -239,6 +244,14 @@ export class Limits {
       if (!a) return null
       done = a.admission
       unchecked = a.unchecked
+    }
+    if (keyRpm !== null && rec.apiKeyId) {
+      // The key's own limit, besides its user's: a key shared by an app's many users is capped as one.
+      const k = await this.admitRated(res, rec.apiKeyId, rec, this.keyRate, keyRpm)
+      if (!k) { done.done(); return null }
+      const user = done
+      done = { done: () => { user.done(); k.admission.done() } }
+      unchecked ||= k.unchecked
     }
     if (this.anyBudgets === false) return done
     let given = false

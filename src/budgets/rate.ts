@@ -10,6 +10,9 @@ import type { Refusal } from './refusal.js'
 
 export interface RateOptions { rpm: number | undefined, maxConcurrent: number | undefined }
 
+/** Whose limit a refusal names: a user's (USER_RPM, USER_MAX_CONCURRENT) or an API key's own `rpm`. */
+export type RateSubject = 'user' | 'key'
+
 const LEASE_TTL_S = 120
 const HEARTBEAT_MS = 30_000
 
@@ -23,7 +26,13 @@ export class RateLimiter {
   private readonly timer: NodeJS.Timeout
   private readonly instance = randomUUID()
 
-  constructor (private readonly sql: Sql, private readonly org: string, private readonly opts: RateOptions, private readonly now: () => number = Date.now) {
+  /**
+   * `org` names the windows' namespace in rate_windows: the organization's id for its users, a
+   * name no organization can have for its keys (rate.ts's callers), so a key's window is never a
+   * user's. `opts` are the limits when admit() is given none.
+   */
+  constructor (private readonly sql: Sql, private readonly org: string, private readonly opts: RateOptions, private readonly now: () => number = Date.now,
+    private readonly subject: RateSubject = 'user') {
     // A sidecar keeps its leases alive while their requests run; a crashed one's lapse.
     this.timer = setInterval(() => {
       if (this.leases.size === 0) return
@@ -40,12 +49,12 @@ export class RateLimiter {
    * Refused at once when this replica alone knows the user is over; else asks Postgres. When the
    * caller gave up waiting (abandoned() is true by the time Postgres answers), the slot and lease go.
    */
-  async admit (user: string, abandoned: () => boolean = () => false): Promise<RateResult> {
+  async admit (user: string, abandoned: () => boolean = () => false, opts: RateOptions = this.opts): Promise<RateResult> {
     const l = this.local.get(user) ?? { inFlight: 0, fullUntil: 0 }
     const now = this.now()
-    if (this.opts.rpm !== undefined && l.fullUntil > now) return { refusal: this.refusal('rpm', 0, l.fullUntil - now) }
-    if (this.opts.maxConcurrent !== undefined && l.inFlight >= this.opts.maxConcurrent) return { refusal: this.refusal('concurrent', null, 1000) }
-    const lease = this.opts.maxConcurrent !== undefined ? randomUUID() : null
+    if (opts.rpm !== undefined && l.fullUntil > now) return { refusal: this.refusal(opts, 'rpm', 0, l.fullUntil - now) }
+    if (opts.maxConcurrent !== undefined && l.inFlight >= opts.maxConcurrent) return { refusal: this.refusal(opts, 'concurrent', null, 1000) }
+    const lease = opts.maxConcurrent !== undefined ? randomUUID() : null
     // This request holds a local slot while Postgres is asked: a second one of the same user
     // meanwhile is counted without a round trip.
     const others = l.inFlight++
@@ -53,7 +62,7 @@ export class RateLimiter {
     let r
     try {
       [r] = await this.sql<Array<{ refused: string | null, requests: number, in_flight: number, reset_ms: number }>>`
-        select * from rate_admit(${this.org}, ${user}, ${lease}, ${this.opts.rpm ?? null}, ${this.opts.maxConcurrent ?? null},
+        select * from rate_admit(${this.org}, ${user}, ${lease}, ${opts.rpm ?? null}, ${opts.maxConcurrent ?? null},
                                  make_interval(secs => ${LEASE_TTL_S}), ${this.instance}::uuid, ${others})`
     } catch (err) {
       this.release(user, null)
@@ -63,9 +72,9 @@ export class RateLimiter {
     if (r.refused === 'rpm') {
       l.fullUntil = now + r.reset_ms
       this.local.set(user, l)
-      return { refusal: this.refusal('rpm', 0, r.reset_ms) }
+      return { refusal: this.refusal(opts, 'rpm', 0, r.reset_ms) }
     }
-    if (r.refused) return { refusal: this.refusal('concurrent', this.opts.rpm === undefined ? null : this.opts.rpm - r.requests, 1000) }
+    if (r.refused) return { refusal: this.refusal(opts, 'concurrent', opts.rpm === undefined ? null : opts.rpm - r.requests, 1000) }
     if (lease) this.leases.add(lease)
     return { lease }
   }
@@ -90,17 +99,19 @@ export class RateLimiter {
     }
   }
 
-  private refusal (why: 'rpm' | 'concurrent', remaining: number | null, resetMs: number): Refusal {
+  private refusal (opts: RateOptions, why: 'rpm' | 'concurrent', remaining: number | null, resetMs: number): Refusal {
     const retry = Math.max(1, Math.ceil(resetMs / 1000))
     const headers: Record<string, string> = { 'retry-after': String(retry) }
-    if (this.opts.rpm !== undefined) {
-      headers['x-ratelimit-limit-requests'] = String(this.opts.rpm)
+    if (opts.rpm !== undefined) {
+      headers['x-ratelimit-limit-requests'] = String(opts.rpm)
       headers['x-ratelimit-remaining-requests'] = String(Math.max(0, remaining ?? 0))
       headers['x-ratelimit-reset-requests'] = `${(Math.max(resetMs, 0) / 1000).toFixed(3).replace(/\.?0+$/, '')}s`
     }
-    const message = why === 'rpm'
-      ? `You have sent too many requests: the limit is ${this.opts.rpm} per minute. Try again in ${retry} s.`
-      : `You have too many requests in progress: the limit is ${this.opts.maxConcurrent} at a time. Try again when one has finished.`
+    const message = this.subject === 'key'
+      ? `This API key has sent too many requests: its limit is ${opts.rpm} per minute. Try again in ${retry} s.`
+      : why === 'rpm'
+        ? `You have sent too many requests: the limit is ${opts.rpm} per minute. Try again in ${retry} s.`
+        : `You have too many requests in progress: the limit is ${opts.maxConcurrent} at a time. Try again when one has finished.`
     return { status: 429, type: 'rate_limit_exceeded', code: 'rate_limit_exceeded', message, headers }
   }
 }

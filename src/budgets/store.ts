@@ -1,7 +1,8 @@
 import type { BudgetPeriod, LimitsConfig } from '../config/config.js'
-import type { Sql } from '../db/connect.js'
+import type { Querier, Sql } from '../db/connect.js'
 import { trimDecimal } from '../lib/decimal.js'
 import { resetsAt } from './periods.js'
+import { appendAudit } from '../audit/audit.js'
 
 // Budgets as rows: what the admin API and the boot-time seeding read and write. Writing a row
 // (here or with psql) fires budget_recount(), so a budget set mid-period starts from the spend
@@ -35,7 +36,7 @@ export interface BudgetStatus {
 
 interface BudgetRow { scope: BudgetScope, user_id: string, limit_usd: string | null, period: BudgetPeriod, source: 'env' | 'api', updated_at: Date }
 
-export async function setBudget (sql: Sql, org: string, scope: BudgetScope, userId: string, limitUsd: string, period: BudgetPeriod): Promise<void> {
+export async function setBudget (sql: Querier, org: string, scope: BudgetScope, userId: string, limitUsd: string, period: BudgetPeriod): Promise<void> {
   await sql`
     insert into budgets (organization_id, scope, user_id, limit_usd, period, source, updated_at)
     values (${org}, ${scope}, ${userId}, ${limitUsd}::numeric, ${period}, 'api', now())
@@ -52,21 +53,36 @@ export async function deleteBudget (sql: Sql, org: string, scope: BudgetScope, u
   return rows.length > 0
 }
 
-/** ORG_BUDGET_USD / USER_BUDGET_USD: written unless the admin API (source 'api') set that budget. */
+/**
+ * ORG_BUDGET_USD / USER_BUDGET_USD: written unless the admin API (source 'api') set that budget.
+ * A boot that changes a budget appends an audit line (actor `env`) in the same transaction; a boot
+ * that finds the budget as the environment says appends nothing.
+ */
 export async function seedFromEnv (sql: Sql, org: string, cfg: LimitsConfig): Promise<void> {
   const wanted: Array<[BudgetScope, LimitsConfig['orgBudget']]> = [['organization', cfg.orgBudget], ['default-user', cfg.userBudget]]
   for (const [scope, b] of wanted) {
-    if (b) {
-      await sql`
-        insert into budgets (organization_id, scope, user_id, limit_usd, period, source)
-        values (${org}, ${scope}, '', ${b.limitUsd}::numeric, ${b.period}, 'env')
-        on conflict (organization_id, scope, user_id) do update
-          set limit_usd = excluded.limit_usd, period = excluded.period, updated_at = now()
-          where budgets.source = 'env' and (budgets.limit_usd is distinct from excluded.limit_usd or budgets.period <> excluded.period)`
-    } else {
-      // The variable was removed: so is the budget it created (one set through the API stays).
-      await sql`delete from budgets where organization_id = ${org} and scope = ${scope} and source = 'env'`
-    }
+    await sql.begin(async (t) => {
+      const tx = t as unknown as Sql
+      const [before] = await tx<Array<{ limit_usd: string | null, period: BudgetPeriod }>>`
+        select limit_usd::text, period from budgets where organization_id = ${org} and scope = ${scope} and user_id = '' for update`
+      const was = before?.limit_usd == null ? null : { limit_usd: trimDecimal(before.limit_usd), period: before.period }
+      if (b) {
+        const written = await tx<Array<{ limit_usd: string, period: BudgetPeriod }>>`
+          insert into budgets (organization_id, scope, user_id, limit_usd, period, source)
+          values (${org}, ${scope}, '', ${b.limitUsd}::numeric, ${b.period}, 'env')
+          on conflict (organization_id, scope, user_id) do update
+            set limit_usd = excluded.limit_usd, period = excluded.period, updated_at = now()
+            where budgets.source = 'env' and (budgets.limit_usd is distinct from excluded.limit_usd or budgets.period <> excluded.period)
+          returning limit_usd::text, period`
+        if (written.length > 0) {
+          await appendAudit(tx, org, { actor: 'env', action: 'budget.set', target: `budgets/${scope}`, before: was, after: { limit_usd: trimDecimal(written[0].limit_usd), period: written[0].period } })
+        }
+      } else {
+        // The variable was removed: so is the budget it created (one set through the API stays).
+        const gone = await tx`delete from budgets where organization_id = ${org} and scope = ${scope} and source = 'env' returning 1`
+        if (gone.length > 0 && was !== null) await appendAudit(tx, org, { actor: 'env', action: 'budget.deleted', target: `budgets/${scope}`, before: was, after: null })
+      }
+    })
   }
 }
 

@@ -40,6 +40,10 @@ export const envSchema = z.object({
   FORWARD_USER_INFO_HEADER_JWT: header('X-OpenWebUI-User-Jwt'),
   FORWARD_USER_INFO_HEADER_JWT_SECRET: z.string().min(16, 'must be at least 16 characters').optional(),
   TRUST_BODY_USER: bool.optional(),
+  // Groups (README "Groups"): Open WebUI's `{{USER_GROUPS}}` header, or a claim of the signed identity
+  USER_GROUPS_HEADER: header('X-OpenWebUI-User-Groups'),
+  USER_GROUPS_CLAIM: z.string().regex(/^[A-Za-z0-9_.:-]{1,100}$/, 'must be a JWT claim name such as groups').default('groups'),
+  TRUST_GROUP_HEADER: bool.default(false),
   MAX_BODY_BYTES: positiveInt.default(20 * 1024 * 1024),
   CLIENT_HEADERS_TIMEOUT_MS: positiveInt.default(30_000),
   CLIENT_REQUEST_TIMEOUT_MS: positiveInt.default(600_000),
@@ -82,6 +86,8 @@ export const envSchema = z.object({
   BUDGET_RESERVATION_TTL_MS: positiveInt.default(1_800_000),
   BUDGET_DB_TIMEOUT_MS: positiveInt.default(2000),
   USER_RPM: positiveInt.optional(),
+  // API keys (README "API keys for apps"): how often each replica re-reads them; a revocation takes effect within it.
+  API_KEYS_REFRESH_MS: positiveInt.min(100).max(60_000).default(2000),
   USER_MAX_CONCURRENT: positiveInt.optional(),
   DATABASE_READ_URL: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL').optional(),
   // Fleet (docs/scale.md, "Many sidecars, one Postgres"): connections per sidecar and a deadline on every query.
@@ -92,6 +98,31 @@ export const envSchema = z.object({
   RETENTION_MONTHS: positiveInt.optional(),
   SELF_SERVICE_MODEL: z.string().trim().min(1).max(200).regex(/^[^\s]+$/, 'must be a model id without spaces, or off').default('usage-proxy/my-usage'),
   SELF_SERVICE_MODEL_NAME: z.string().trim().min(1).max(200).default('My usage'),
+  // OpenTelemetry (docs/telemetry.md): the standard OTEL_* names, read here and handed to the SDK.
+  OTEL_EXPORTER_OTLP_ENDPOINT: url.optional(),
+  OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: url.optional(),
+  OTEL_EXPORTER_OTLP_PROTOCOL: z.string().refine((p) => p !== 'grpc', 'grpc is not supported: use http/protobuf or http/json')
+    .pipe(z.enum(['http/protobuf', 'http/json'])).default('http/protobuf'),
+  OTEL_EXPORTER_OTLP_HEADERS: z.string().refine((h) => parseOtlpHeaders(h) !== null, 'must be name=value pairs separated by commas (values percent-encoded)').optional(),
+  OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE: z.string().toLowerCase().pipe(z.enum(['cumulative', 'delta', 'lowmemory'])).default('cumulative'),
+  OTEL_EXPORTER_OTLP_TIMEOUT: positiveInt.default(10_000),
+  OTEL_METRIC_EXPORT_INTERVAL: positiveInt.default(60_000),
+  OTEL_SERVICE_NAME: z.string().trim().min(1).default('usage-proxy'),
+  OTEL_RESOURCE_ATTRIBUTES: z.string().refine((h) => parseOtlpHeaders(h) !== null, 'must be key=value pairs separated by commas (values percent-encoded)').optional(),
+  OTEL_SDK_DISABLED: bool.default(false),
+  // Export to billing receivers (README "Send usage to your billing system", docs/export.md)
+  STRIPE_SECRET_KEY: z.string().regex(/^(sk|rk)_[A-Za-z0-9_]{8,}$/, 'must be a Stripe secret or restricted key (sk_live_..., sk_test_..., rk_...)').optional(),
+  STRIPE_API_BASE: url.default('https://api.stripe.com').transform((u) => u.replace(/\/+$/, '')),
+  STRIPE_METER_EVENT_NAME: z.string().trim().min(1).max(100).default('llm_usage'),
+  STRIPE_METER_VALUE: z.enum(['billed_micro_usd', 'tokens']).default('billed_micro_usd'),
+  STRIPE_CUSTOMER_ID: z.string().regex(/^cus_[A-Za-z0-9]{1,250}$/, 'must be a Stripe customer id (cus_...)').optional(),
+  CLOUDEVENTS_URL: url.optional(),
+  CLOUDEVENTS_SECRET: z.string().min(16, 'must be at least 16 characters (e.g. openssl rand -hex 24)').optional(),
+  CLOUDEVENTS_SOURCE: z.string().trim().min(1).max(500).optional(),
+  CLOUDEVENTS_BATCH_SIZE: positiveInt.max(1000).default(100),
+  EXPORT_LEASE_MS: positiveInt.min(100).default(15_000),
+  EXPORT_POLL_MS: positiveInt.default(1000),
+  EXPORT_RETRY_MAX_MS: positiveInt.default(60_000),
 })
 
 export type Env = z.infer<typeof envSchema>
@@ -110,6 +141,8 @@ export interface Config {
     userIdHeader: string, userNameHeader: string, userEmailHeader: string, userRoleHeader: string,
     chatIdHeader: string, jwtHeader: string, jwtSecret: string | undefined, trustBodyUser: boolean
     requireUserIdentity: boolean
+    /** USER_GROUPS_HEADER, USER_GROUPS_CLAIM, TRUST_GROUP_HEADER: where a user's groups come from. */
+    groupsHeader: string, groupsClaim: string, trustGroupHeader: boolean
   }
   ledger: { dataDir: string, batchSize: number, flushMs: number, reconcileMaxWaitMs: number }
   db: {
@@ -137,6 +170,36 @@ export interface Config {
   retentionMonths: number | undefined
   /** The virtual "My usage" model; model null when SELF_SERVICE_MODEL=off. */
   selfService: { model: string | null, name: string }
+  /** API_KEYS_REFRESH_MS: each replica re-reads the API keys this often. */
+  keys: { refreshMs: number }
+  export: ExportConfig
+}
+
+export interface TelemetryConfig {
+  /** Where metrics are POSTed: OTEL_EXPORTER_OTLP_METRICS_ENDPOINT as is, else OTEL_EXPORTER_OTLP_ENDPOINT + /v1/metrics. */
+  metricsUrl: string
+  protocol: 'http/protobuf' | 'http/json'
+  /** Secrets as often as not (an API key header): never logged. */
+  headers: Record<string, string>
+  temporality: 'cumulative' | 'delta' | 'lowmemory'
+  /** How long one export may take, the exporter's own retries (429, 502-504, refused connections) included. */
+  timeoutMs: number
+  exportIntervalMs: number
+  serviceName: string
+  resourceAttributes: Record<string, string>
+  /** The upstream's host and port (OPENROUTER_BASE_URL): server.address and server.port. */
+  server: { address: string, port: number }
+}
+
+/** The export of ledger rows to receivers; a sink is null when not configured. */
+export interface ExportConfig {
+  stripe: { secretKey: string, apiBase: string, eventName: string, value: 'billed_micro_usd' | 'tokens', customerId: string | undefined } | null
+  cloudEvents: { url: string, secret: string | undefined, source: string, batchSize: number } | null
+  /** OpenTelemetry metrics; null (and the SDK never loaded) unless an OTLP endpoint is set. */
+  otel: TelemetryConfig | null
+  leaseMs: number
+  pollMs: number
+  retryMaxMs: number
 }
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/i
@@ -223,6 +286,10 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
       // With signed identity configured, an unsigned `user` in the body could name anyone.
       trustBodyUser: e.TRUST_BODY_USER ?? !e.FORWARD_USER_INFO_HEADER_JWT_SECRET,
       requireUserIdentity: e.REQUIRE_USER_IDENTITY,
+      groupsHeader: e.USER_GROUPS_HEADER,
+      groupsClaim: e.USER_GROUPS_CLAIM,
+      // With signed identity configured, an unsigned group header could name any group.
+      trustGroupHeader: e.TRUST_GROUP_HEADER,
     },
     ledger: { dataDir: e.DATA_DIR, batchSize: e.LEDGER_BATCH_SIZE, flushMs: e.LEDGER_FLUSH_MS, reconcileMaxWaitMs: e.RECONCILE_MAX_WAIT_MS },
     db: {
@@ -254,7 +321,67 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
     databaseReadUrl: e.DATABASE_READ_URL,
     retentionMonths: e.RETENTION_MONTHS,
     selfService: { model: e.SELF_SERVICE_MODEL.toLowerCase() === 'off' ? null : e.SELF_SERVICE_MODEL, name: e.SELF_SERVICE_MODEL_NAME },
+    keys: { refreshMs: e.API_KEYS_REFRESH_MS },
+    export: exportConfig(e),
   }
+}
+
+function exportConfig (e: Env): ExportConfig {
+  if (e.STRIPE_CUSTOMER_ID && !e.STRIPE_SECRET_KEY) {
+    throw new ConfigError(['STRIPE_CUSTOMER_ID is set without STRIPE_SECRET_KEY: it seeds the organization\'s customer for the Stripe export, which STRIPE_SECRET_KEY turns on'])
+  }
+  return {
+    stripe: e.STRIPE_SECRET_KEY === undefined ? null : {
+      secretKey: e.STRIPE_SECRET_KEY, apiBase: e.STRIPE_API_BASE, eventName: e.STRIPE_METER_EVENT_NAME, value: e.STRIPE_METER_VALUE, customerId: e.STRIPE_CUSTOMER_ID,
+    },
+    cloudEvents: e.CLOUDEVENTS_URL === undefined ? null : {
+      url: e.CLOUDEVENTS_URL, secret: e.CLOUDEVENTS_SECRET, source: e.CLOUDEVENTS_SOURCE ?? e.OPENROUTER_EXTERNAL_USER, batchSize: e.CLOUDEVENTS_BATCH_SIZE,
+    },
+    otel: telemetryConfig(e),
+    leaseMs: e.EXPORT_LEASE_MS,
+    pollMs: e.EXPORT_POLL_MS,
+    retryMaxMs: e.EXPORT_RETRY_MAX_MS,
+  }
+}
+
+function telemetryConfig (e: Env): TelemetryConfig | null {
+  const base = e.OTEL_EXPORTER_OTLP_ENDPOINT
+  if (e.OTEL_SDK_DISABLED || (base === undefined && e.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT === undefined)) return null
+  // The OTLP rule: the signal's own variable is the whole URL, the general one a base the signal's path is added to.
+  const metricsUrl = e.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT ?? base!.replace(/\/+$/, '') + '/v1/metrics'
+  const upstream = new URL(e.OPENROUTER_BASE_URL)
+  return {
+    metricsUrl,
+    protocol: e.OTEL_EXPORTER_OTLP_PROTOCOL,
+    headers: parseOtlpHeaders(e.OTEL_EXPORTER_OTLP_HEADERS ?? '') ?? {},
+    temporality: e.OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE,
+    timeoutMs: e.OTEL_EXPORTER_OTLP_TIMEOUT,
+    exportIntervalMs: e.OTEL_METRIC_EXPORT_INTERVAL,
+    serviceName: e.OTEL_SERVICE_NAME,
+    resourceAttributes: parseOtlpHeaders(e.OTEL_RESOURCE_ATTRIBUTES ?? '') ?? {},
+    server: { address: upstream.hostname, port: upstream.port !== '' ? Number(upstream.port) : upstream.protocol === 'https:' ? 443 : 80 },
+  }
+}
+
+/**
+ * OTEL_EXPORTER_OTLP_HEADERS and OTEL_RESOURCE_ATTRIBUTES: `key=value` pairs separated by commas,
+ * values percent-encoded (the W3C Baggage format the OpenTelemetry spec names). Null when malformed.
+ */
+export function parseOtlpHeaders (text: string): Record<string, string> | null {
+  const out: Record<string, string> = {}
+  for (const part of text.split(',')) {
+    if (part.trim() === '') continue
+    const eq = part.indexOf('=')
+    if (eq <= 0) return null
+    const key = part.slice(0, eq).trim()
+    if (key === '') return null
+    try {
+      out[key] = decodeURIComponent(part.slice(eq + 1).trim())
+    } catch {
+      return null
+    }
+  }
+  return out
 }
 
 /** What a command that only reads the ledger (`usage-proxy statement`) needs: the database and the organization. */

@@ -37,6 +37,9 @@ export function unknownVariables (env: Record<string, string | undefined>, fromF
   const out: UnknownVariable[] = []
   for (const name of Object.keys(env).sort()) {
     if (known.has(name) || READ_ELSEWHERE.has(name)) continue
+    // OpenTelemetry's own namespace: the SDK reads more OTEL_* names than the sidecar lists
+    // (OTEL_EXPORTER_OTLP_TIMEOUT, OTEL_EXPORTER_OTLP_COMPRESSION, ...), so none is a mistake.
+    if (name.startsWith('OTEL_')) continue
     const source = fromFile.has(name) ? '.env' : 'environment'
     // Kubernetes writes a service's address into every pod as SERVICE_NAME_SERVICE_HOST,
     // SERVICE_NAME_PORT=tcp://..., ...: a service named usage-proxy is not a typo.

@@ -3,6 +3,8 @@ import type { Logger } from '../lib/log.js'
 import { StartupError } from '../lib/startup-error.js'
 
 export type Sql = postgres.Sql<{}>
+/** A pool or a transaction on it: for writes that may join the caller's transaction. */
+export type Querier = Sql | postgres.TransactionSql<{}>
 
 export interface ConnectOptions {
   url: string

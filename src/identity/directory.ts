@@ -7,11 +7,18 @@ import type { Identity } from './identify.js'
 // never two rows fighting over one key. The mapping itself is not written from here: it rides in
 // the user's usage record (journaled, then upserted in the same statement as the usage row), so it
 // is exactly as durable as the usage. This map only decides when a record needs to carry it: a new
-// user, a changed name/email/role, or once a minute (last_seen_at). Losing an entry costs one
+// user, a changed name/email/role or groups, or once a minute (last_seen_at). Losing an entry costs one
 // extra upsert, never data, so the map is simply capped.
 
 /** The user's details as the ledger stores them beside their rows. */
-export interface UserMapping { userId: string, name: string | null, email: string | null, role: string | null }
+export interface UserMapping {
+  userId: string
+  name: string | null
+  email: string | null
+  role: string | null
+  /** The user's groups as of this request (user_mappings.groups keeps the latest); absent on journal lines of old versions. */
+  groups?: string[]
+}
 
 export interface ResolvedUser {
   /** The normalized app user id, or null when the organization itself is billed. */
@@ -21,7 +28,9 @@ export interface ResolvedUser {
   mapping: UserMapping | null
 }
 
-interface Entry { externalUserId: string, name: string | null, email: string | null, role: string | null, carriedAt: number }
+interface Entry { externalUserId: string, name: string | null, email: string | null, role: string | null, groups: string[], carriedAt: number }
+
+const sameGroups = (a: string[], b: string[]): boolean => a.length === b.length && a.every((g, i) => g === b[i])
 
 const REFRESH_LAST_SEEN_MS = 60_000
 const MAX_ENTRIES = 100_000
@@ -55,17 +64,29 @@ export class UserDirectory {
     let e = this.users.get(userId)
     if (!e) {
       if (this.users.size >= MAX_ENTRIES) this.evictOldest()
-      e = { externalUserId: externalUserId(this.organizationId, userId), name, email, role, carriedAt: now }
+      e = { externalUserId: externalUserId(this.organizationId, userId), name, email, role, groups: who.groups, carriedAt: now }
       this.users.set(userId, e)
-      return { userId, externalUserId: e.externalUserId, mapping: { userId, name, email, role } }
+      return { userId, externalUserId: e.externalUserId, mapping: { userId, name, email, role, groups: who.groups } }
     }
-    const changed = (name !== null && name !== e.name) || (email !== null && email !== e.email) || (role !== null && role !== e.role)
+    // Groups are replaced, not merged: a user taken out of every group is in none ([]).
+    const changed = (name !== null && name !== e.name) || (email !== null && email !== e.email) || (role !== null && role !== e.role) ||
+      !sameGroups(who.groups, e.groups)
     if (!changed && now - e.carriedAt <= REFRESH_LAST_SEEN_MS) return { userId, externalUserId: e.externalUserId, mapping: null }
     e.name = name ?? e.name
     e.email = email ?? e.email
     e.role = role ?? e.role
+    e.groups = who.groups
     e.carriedAt = now
-    return { userId, externalUserId: e.externalUserId, mapping: { userId, name: e.name, email: e.email, role: e.role } }
+    return { userId, externalUserId: e.externalUserId, mapping: { userId, name: e.name, email: e.email, role: e.role, groups: e.groups } }
+  }
+
+  /**
+   * The user was forgotten (their mapping is now the pseudonym's): the next request under this id
+   * is a new user and carries its mapping again. Other replicas carry it within a minute
+   * (REFRESH_LAST_SEEN_MS).
+   */
+  forget (userId: string): void {
+    this.users.delete(pgText(userId))
   }
 
   private evictOldest (): void {

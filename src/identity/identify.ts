@@ -2,11 +2,20 @@ import type { IncomingHttpHeaders } from 'node:http'
 import type { Logger } from '../lib/log.js'
 import { JwtError, verifyJwt } from './jwt.js'
 import { MAX_USER_ID_CHARS, normalizeId } from './user-id.js'
+import { GroupsError, groupsFromClaim, groupsFromHeader } from './groups.js'
 
 // Who is asking, in order of trust: a signed JWT from the app; the plain headers the app
 // forwards (only while no JWT secret is configured: anyone who reaches the sidecar can forge
 // them); the OpenAI-style `user` field of the body; else the organization itself. Every id and
 // claim comes back normalized (user-id.ts): an id that names nobody counts as not sent.
+//
+// Groups follow the same trust: the signed claim when the JWT carries one; the plain group header
+// only without a JWT secret, or when the operator says the header is set by the app alone
+// (TRUST_GROUP_HEADER: Open WebUI's JWT carries no groups today, so the header is the only source).
+// A request made with an API key of the sidecar's own (keyIdentity) is whoever the key says, whatever it sends.
+
+/** The API key a request was made with, as the spend controls read it. */
+export interface IdentityKey { id: string, name: string, models: string[] | null, rpm: number | null }
 
 export interface Identity {
   userId: string | null
@@ -14,11 +23,19 @@ export interface Identity {
   email: string | null
   role: string | null
   chatId: string | null
-  source: 'jwt' | 'headers' | 'body' | 'organization'
-  /** The user's groups: sorted, without duplicates, normalized ids; [] for none. */
+  source: 'jwt' | 'headers' | 'body' | 'organization' | 'key'
+  /** The user's groups: sorted, duplicate-free, normalized group ids (groups.ts); [] for none. */
   groups: string[]
-  /** The API key that authenticated the request; null for PROXY_API_KEY (the chat app's key). */
-  apiKey: { id: string, name: string, models: string[] | null, rpm: number | null } | null
+  /** The API key the request was made with; null for PROXY_API_KEY (or none). */
+  apiKey: IdentityKey | null
+}
+
+/** What keyIdentity() needs of a key (src/keys/store.ts ApiKey). */
+export interface KeyHolder extends IdentityKey { userId: string | null, groups: string[] }
+
+/** The user id a key without a user of its own is billed as: the key itself. */
+export function keyUserId (keyId: string): string {
+  return `key:${keyId}`
 }
 
 export interface IdentityOptions {
@@ -30,19 +47,29 @@ export interface IdentityOptions {
   jwtHeader: string
   jwtSecret: string | undefined
   trustBodyUser: boolean
+  /** USER_GROUPS_HEADER: comma-separated group names (Open WebUI's `{{USER_GROUPS}}`). */
+  groupsHeader?: string
+  /** USER_GROUPS_CLAIM: the claim of the signed identity that holds the groups. */
+  groupsClaim?: string
+  /** TRUST_GROUP_HEADER: the plain group header counts even with a JWT secret set. */
+  trustGroupHeader?: boolean
   /** REQUIRE_USER_IDENTITY: a request that names no user is refused rather than billed to the organization. */
   requireUserIdentity?: boolean
   /** Called when plain identity headers arrive although a JWT secret is set (they are ignored). */
   onIgnoredHeaders?: () => void
-  /** Where the request's groups come from; none without it. */
+  /** Tests only: where the request's groups come from, in place of the header and the claim. */
   groupsOf?: (headers: IncomingHttpHeaders) => string[]
 }
 
 export class IdentityError extends Error {}
+export { GroupsError }
+
+export const DEFAULT_GROUPS_HEADER = 'x-openwebui-user-groups'
+export const DEFAULT_GROUPS_CLAIM = 'groups'
 
 /** The headers that carry identity: they stay with the sidecar and never travel upstream. */
 export function identityHeaders (o: IdentityOptions): Set<string> {
-  return new Set([o.userIdHeader, o.userNameHeader, o.userEmailHeader, o.userRoleHeader, o.chatIdHeader, o.jwtHeader])
+  return new Set([o.userIdHeader, o.userNameHeader, o.userEmailHeader, o.userRoleHeader, o.chatIdHeader, o.jwtHeader, o.groupsHeader ?? DEFAULT_GROUPS_HEADER])
 }
 
 const one = (v: string | string[] | undefined): string | null => {
@@ -56,13 +83,21 @@ export function decodeName (raw: string | null): string | null {
   try { return decodeURIComponent(raw) } catch { return raw }
 }
 
+/**
+ * Who is asking, with their groups. Throws IdentityError (401: the identity itself is bad) or
+ * GroupsError (400: the groups named cannot be honoured).
+ */
 export function identify (headers: IncomingHttpHeaders, bodyUser: unknown, o: IdentityOptions): Identity {
   const who = person(headers, bodyUser, o)
-  if (o.groupsOf) who.groups = o.groupsOf(headers)
-  return who
+  if (o.groupsOf) return { ...who, groups: o.groupsOf(headers) }
+  if (who.groups !== null) return who as Identity
+  const header = o.groupsHeader ?? DEFAULT_GROUPS_HEADER
+  const trusted = !o.jwtSecret || o.trustGroupHeader === true
+  return { ...who, groups: trusted ? groupsFromHeader(headers[header], header) : [] }
 }
 
-function person (headers: IncomingHttpHeaders, bodyUser: unknown, o: IdentityOptions): Identity {
+/** The person, with groups null unless a signed claim named them (the header is read after). */
+function person (headers: IncomingHttpHeaders, bodyUser: unknown, o: IdentityOptions): Omit<Identity, 'groups'> & { groups: string[] | null } {
   const chatId = one(headers[o.chatIdHeader])
   /** Where an id was sent that names nobody, for the refusal's message. */
   let empty: string | null = null
@@ -80,7 +115,10 @@ function person (headers: IncomingHttpHeaders, bodyUser: unknown, o: IdentityOpt
       // A signed subject that names nobody is refused as an empty one is (RFC 7519 §4.1.2).
       const userId = bounded(normalizeId(c.sub), `the sub claim of ${o.jwtHeader}`)
       if (userId === null) throw new IdentityError(`invalid ${o.jwtHeader}: no subject (the sub claim is empty once control characters and whitespace are removed)`)
-      return { userId, name: normalizeId(c.name), email: normalizeId(c.email), role: normalizeId(c.role), chatId, source: 'jwt', groups: [], apiKey: null }
+      // A signed list, even an empty one, is what the app says: the header does not add to it.
+      const claim = o.groupsClaim ?? DEFAULT_GROUPS_CLAIM
+      const groups = c.all[claim] === undefined ? null : groupsFromClaim(c.all[claim], `the ${claim} claim of ${o.jwtHeader}`)
+      return { userId, name: normalizeId(c.name), email: normalizeId(c.email), role: normalizeId(c.role), chatId, source: 'jwt', groups, apiKey: null }
     }
   } else {
     const sent = one(headers[o.userIdHeader])
@@ -93,7 +131,7 @@ function person (headers: IncomingHttpHeaders, bodyUser: unknown, o: IdentityOpt
         role: normalizeId(one(headers[o.userRoleHeader])),
         chatId,
         source: 'headers',
-        groups: [],
+        groups: null,
         apiKey: null,
       }
     }
@@ -101,7 +139,7 @@ function person (headers: IncomingHttpHeaders, bodyUser: unknown, o: IdentityOpt
   }
   if (o.trustBodyUser && typeof bodyUser === 'string') {
     const userId = bounded(normalizeId(bodyUser), 'the "user" field')
-    if (userId !== null) return { userId, name: null, email: null, role: null, chatId, source: 'body', groups: [], apiKey: null }
+    if (userId !== null) return { userId, name: null, email: null, role: null, chatId, source: 'body', groups: null, apiKey: null }
     if (bodyUser !== '') empty ??= 'the "user" field'
   }
   if (o.requireUserIdentity) {
@@ -110,7 +148,26 @@ function person (headers: IncomingHttpHeaders, bodyUser: unknown, o: IdentityOpt
       ? `no user identity: ${why}a signed ${o.jwtHeader} is required (REQUIRE_USER_IDENTITY)`
       : `no user identity: ${why}send ${o.userIdHeader} or a "user" field (REQUIRE_USER_IDENTITY)`)
   }
-  return { userId: null, name: null, email: null, role: null, chatId, source: 'organization', groups: [], apiKey: null }
+  return { userId: null, name: null, email: null, role: null, chatId, source: 'organization', groups: null, apiKey: null }
+}
+
+/**
+ * A request made with an API key: its user is the key's (or the key itself, named as the key is),
+ * its groups are the key's. Identity headers, a JWT and the body's `user` are not read: an app
+ * holding a key cannot bill anyone else, nor join other groups. Only the chat id is taken.
+ */
+export function keyIdentity (headers: IncomingHttpHeaders, key: KeyHolder, o: Pick<IdentityOptions, 'chatIdHeader'>): Identity {
+  const own = key.userId === null
+  return {
+    userId: own ? keyUserId(key.id) : key.userId,
+    name: own ? key.name : null,
+    email: null,
+    role: null,
+    chatId: one(headers[o.chatIdHeader]),
+    source: 'key',
+    groups: key.groups,
+    apiKey: { id: key.id, name: key.name, models: key.models, rpm: key.rpm },
+  }
 }
 
 /** A user id past MAX_USER_ID_CHARS is refused: no one is named by it, nor is it the organization. */

@@ -6,7 +6,14 @@ import { createHmac, timingSafeEqual } from 'node:crypto'
 // RFC 7515/7519 edge cases. Only HS256 is accepted, so "alg: none" and key confusion (RS256 with
 // the secret as a public key, HS512, ...) fail by construction.
 
-export interface JwtClaims { sub: string, name?: string, email?: string, role?: string }
+export interface JwtClaims {
+  sub: string
+  name?: string
+  email?: string
+  role?: string
+  /** Every claim of the verified payload, for the ones read by name from configuration (groups). */
+  all: Record<string, unknown>
+}
 
 export class JwtError extends Error {}
 
@@ -45,7 +52,7 @@ export function verifyJwt (token: string, secret: string, opts: { issuer?: strin
   if (opts.issuer !== undefined && payload.iss !== opts.issuer) throw new JwtError('wrong issuer')
   if (typeof payload.sub !== 'string' || payload.sub === '') throw new JwtError('no subject')
   const str = (v: unknown) => (typeof v === 'string' && v !== '' ? v : undefined)
-  return { sub: payload.sub, name: str(payload.name), email: str(payload.email), role: str(payload.role) }
+  return { sub: payload.sub, name: str(payload.name), email: str(payload.email), role: str(payload.role), all: payload }
 }
 
 function jsonObject (part: string): Record<string, unknown> {

@@ -4,7 +4,8 @@ import type { Logger } from '../lib/log.js'
 import type { Admission, Limits } from '../budgets/limits.js'
 import { refusalFor, type Allowlists } from '../budgets/allowlists.js'
 import { maxTokensOf } from '../budgets/estimate.js'
-import { IdentityError, identify, type Identity, type IdentityOptions } from '../identity/identify.js'
+import { GroupsError, IdentityError, identify, keyIdentity, type Identity, type IdentityOptions } from '../identity/identify.js'
+import type { ApiKey } from '../keys/store.js'
 import type { ResolvedUser, UserDirectory } from '../identity/directory.js'
 import type { Ledger } from '../usage/ledger/ledger.js'
 import type { Reconciler } from '../usage/ledger/reconcile.js'
@@ -93,20 +94,20 @@ const ABORT_WAIT_FOR_HEADERS_MS = 10_000
  * Answers one metered request. An exception in any step answers that request 500 and goes no
  * further: it never reaches the process-wide handler, which would stop every stream in flight.
  */
-export function handleMetered (req: IncomingMessage, res: ServerResponse, endpoint: string, query: string, format: BodyFormat, ctx: MeterContext): void {
-  meter(req, res, endpoint, query, format, ctx).catch((err: unknown) => failed(res, ctx, err))
+export function handleMetered (req: IncomingMessage, res: ServerResponse, endpoint: string, query: string, format: BodyFormat, ctx: MeterContext, key: ApiKey | null = null): void {
+  meter(req, res, endpoint, query, format, ctx, key).catch((err: unknown) => failed(res, ctx, err))
 }
 
 /**
  * The steps, in order. A step that stops the request has answered the client itself (and the
  * step returns null); from dispatch on, the Exchange answers whatever happens.
  */
-async function meter (req: IncomingMessage, res: ServerResponse, endpoint: string, query: string, format: BodyFormat, ctx: MeterContext): Promise<void> {
+async function meter (req: IncomingMessage, res: ServerResponse, endpoint: string, query: string, format: BodyFormat, ctx: MeterContext, key: ApiKey | null): Promise<void> {
   const read = await readBody(req, res, ctx)
   if (!read) return
   const body = await readPayload(req, res, format, read, ctx)
   if (!body) return
-  const who = identifyUser(req, res, body, ctx)
+  const who = key ? keyIdentity(req.headers, key, ctx.rules.identity) : identifyUser(req, res, body, ctx)
   if (!who) return
   const model = body.json?.string('model')
   if (model !== undefined && model.length > MAX_MODEL_CHARS) {
@@ -126,7 +127,8 @@ async function meter (req: IncomingMessage, res: ServerResponse, endpoint: strin
   const rec = describe(req, endpoint, body, model, who, user, ctx)
   // Spend controls (src/budgets): a refused request is answered there and never dispatched; with
   // nothing to check (no budget, no rate limit) it goes on at once, holding nothing.
-  const admission = ctx.limits.needsAdmission(rec) ? await admit(res, rec, body, ctx) : null
+  const keyRpm = who.apiKey?.rpm ?? null
+  const admission = ctx.limits.needsAdmission(rec, keyRpm) ? await admit(res, rec, body, keyRpm, ctx) : null
   if (admission === REFUSED) return
   dispatch(res, `${ctx.upstream.basePath}/${endpoint}${query}`, headers, payload, body.memory, rec, ctx, admission)
 }
@@ -205,8 +207,8 @@ function describe (req: IncomingMessage, endpoint: string, body: RequestBody, mo
 const REFUSED = Symbol('refused')
 
 /** The admission's holds, or REFUSED once the client was answered (402, 429, 503 or 500). */
-async function admit (res: ServerResponse, rec: UsageRecord, body: RequestBody, ctx: MeterContext): Promise<Admission | typeof REFUSED> {
-  const admitting = ctx.limits.admit(res, rec, body.bytes, requestedMaxTokens(body.json))
+async function admit (res: ServerResponse, rec: UsageRecord, body: RequestBody, keyRpm: number | null, ctx: MeterContext): Promise<Admission | typeof REFUSED> {
+  const admitting = ctx.limits.admit(res, rec, body.bytes, requestedMaxTokens(body.json), keyRpm)
   try {
     const admission = await admitting
     if (admission) return admission
@@ -358,6 +360,7 @@ function identifyUser (req: IncomingMessage, res: ServerResponse, body: RequestB
     return identify(req.headers, body.user, ctx.rules.identity)
   } catch (err) {
     if (err instanceof IdentityError) { sendError(res, 401, 'authentication_error', 'invalid_identity', err.message); return null }
+    if (err instanceof GroupsError) { sendError(res, 400, 'invalid_request_error', 'invalid_groups', err.message); return null }
     throw err
   }
 }

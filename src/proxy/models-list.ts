@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { request } from 'undici'
 import { allowedBy, type Allowlists } from '../budgets/allowlists.js'
-import { IdentityError, identify, type IdentityOptions } from '../identity/identify.js'
+import { IdentityError, identify, keyIdentity, type IdentityOptions, type KeyHolder } from '../identity/identify.js'
 import type { Logger } from '../lib/log.js'
 import { sendError } from '../lib/errors.js'
 import { upstreamHeaders, type UpstreamHeaderPolicy } from './headers.js'
@@ -23,14 +23,15 @@ export interface ModelsListOptions {
   extra?: { id: string }
 }
 
-export type ModelsHandler = (req: IncomingMessage, res: ServerResponse, endpoint: string, query: string, passthrough: () => void) => void
+/** `key`: the API key the list was asked with (its groups and models are the caller's). */
+export type ModelsHandler = (req: IncomingMessage, res: ServerResponse, endpoint: string, query: string, passthrough: () => void, key?: KeyHolder | null) => void
 
 export function modelsList (o: ModelsListOptions): ModelsHandler {
-  return (req, res, endpoint, query, passthrough) => {
+  return (req, res, endpoint, query, passthrough, key = null) => {
     let keep: ((id: string) => boolean) | null = null
     const decided = (async () => {
       if (!o.allowlists) return
-      const who = identify(req.headers, undefined, o.identity)
+      const who = key ? keyIdentity(req.headers, key, o.identity) : identify(req.headers, undefined, o.identity)
       const rs = await o.allowlists.restrictions(who.groups, who.apiKey?.models ?? null)
       if (rs.length > 0) keep = (id) => allowedBy(rs, id)
     })()

@@ -6,9 +6,15 @@ import { handleMetered, meteredBodyFormat, type MeterContext } from './metered.j
 import type { Logger } from '../lib/log.js'
 import { passesThrough, type Passthrough } from './passthrough.js'
 import { limitConnections, type ConnectionLimits } from './connection-limits.js'
+import { claimsApiKey } from '../keys/secret.js'
+import type { KeyCheck, KeyRefusal } from '../keys/ring.js'
+import type { ApiKey } from '../keys/store.js'
 
 // Routing, access and readiness. The data plane lives under /v1/ (the app's OpenAI base URL) and
 // /api/v1/ (OpenRouter's own layout); the rest of the path is appended to OPENROUTER_BASE_URL.
+// A request is let in by PROXY_API_KEY (the chat app's key), or by an API key made through the
+// admin API (`upk_...`, src/keys): such a key is always checked, even when PROXY_API_KEY is unset
+// and any other key is accepted, so a revoked or expired key never works anywhere.
 
 export interface ServerContext {
   log: Logger
@@ -35,9 +41,12 @@ export interface DataPlane {
   admin?: (req: IncomingMessage, res: ServerResponse) => void
   /**
    * GET /v1/models as the caller may use it (model allowlists), with the virtual "My usage" model
-   * appended (SELF_SERVICE_MODEL); calls `passthrough` when neither changes the list.
+   * appended (SELF_SERVICE_MODEL); calls `passthrough` when neither changes the list. `key`: the
+   * API key it was asked with.
    */
-  models?: (req: IncomingMessage, res: ServerResponse, endpoint: string, query: string, passthrough: () => void) => void
+  models?: (req: IncomingMessage, res: ServerResponse, endpoint: string, query: string, passthrough: () => void, key: ApiKey | null) => void
+  /** The organization's API keys (src/keys/ring.ts). */
+  keys?: { check: (secret: string) => KeyCheck | Promise<KeyCheck> }
 }
 
 /** The GET endpoints that answer a list of models: each is filtered by the caller's allowlists. */
@@ -86,15 +95,32 @@ export function createProxyServer (ctx: ServerContext): Server {
     }
     const plane = ctx.plane()
     if (!plane) return notReady(res)
-    if (keyDigest) {
-      const given = req.headers.authorization ?? anthropicKey(req, rest)
-      // Compare digests: constant time whatever the length of what the client sent.
-      if (typeof given !== 'string' || !timingSafeEqual(digest(given), keyDigest)) {
-        // Not a byte of the body is read, and the connection closes once this is sent: an
-        // unauthenticated client cannot hold a socket by trickling a body.
-        return sendError(res, 401, 'authentication_error', 'invalid_api_key', 'missing or wrong API key for usage-proxy', { connection: 'close' })
-      }
+    const given = req.headers.authorization ?? anthropicKey(req, rest)
+    // Compare digests: constant time whatever the length of what the client sent.
+    if (keyDigest && typeof given === 'string' && timingSafeEqual(digest(given), keyDigest)) return serve(req, res, plane, rest, null)
+    const secret = bearerToken(given)
+    if (secret !== null && claimsApiKey(secret) && plane.keys) {
+      const checked = plane.keys.check(secret)
+      if (!(checked instanceof Promise)) return admitKey(req, res, plane, rest, checked)
+      checked.then((c) => admitKey(req, res, plane, rest, c)).catch((err: unknown) => internalError(req, res, err))
+      return
     }
+    // Not a byte of the body is read, and the connection closes once this is sent: an
+    // unauthenticated client cannot hold a socket by trickling a body.
+    if (keyDigest) return sendError(res, 401, 'authentication_error', 'invalid_api_key', 'missing or wrong API key for usage-proxy', { connection: 'close' })
+    return serve(req, res, plane, rest, null)
+  }
+
+  function admitKey (req: IncomingMessage, res: ServerResponse, plane: DataPlane, rest: string, c: KeyCheck): void {
+    if ('key' in c) return serve(req, res, plane, rest, c.key)
+    if (c.refused === 'unavailable') {
+      req.resume()
+      return sendError(res, 503, 'service_unavailable', 'key_check_unavailable', 'usage-proxy cannot check API keys right now; try again in a moment', { 'retry-after': '1' })
+    }
+    return sendError(res, 401, 'authentication_error', 'invalid_api_key', KEY_REFUSALS[c.refused], { connection: 'close' })
+  }
+
+  function serve (req: IncomingMessage, res: ServerResponse, plane: DataPlane, rest: string, key: ApiKey | null): void {
     const q = rest.indexOf('?')
     const query = q === -1 ? '' : rest.slice(q)
     // One spelling per endpoint: "chat/completions/" is chat/completions; dot segments, empty
@@ -113,11 +139,11 @@ export function createProxyServer (ctx: ServerContext): Server {
       }
       if (ctx.onPassthrough) res.once('finish', () => ctx.onPassthrough!(res.statusCode))
       // Every catalogue that lists models goes through the caller's allowlists, not just /models.
-      if (req.method === 'GET' && MODEL_LISTS.has(endpoint) && plane.models) return plane.models(req, res, endpoint, query, () => ctx.passthrough.handle(req, res, `/${endpoint}${query}`))
+      if (req.method === 'GET' && MODEL_LISTS.has(endpoint) && plane.models) return plane.models(req, res, endpoint, query, () => ctx.passthrough.handle(req, res, `/${endpoint}${query}`), key)
       return ctx.passthrough.handle(req, res, `/${endpoint}${query}`)
     }
     const format = req.method === 'POST' ? meteredBodyFormat(endpoint) : null
-    if (format) return handleMetered(req, res, endpoint, query, format, plane.meter)
+    if (format) return handleMetered(req, res, endpoint, query, format, plane.meter, key)
     // Anything else could spend the organization's key without a record: refuse it.
     req.resume()
     return sendError(res, 404, 'not_found_error', 'not_metered',
@@ -125,6 +151,17 @@ export function createProxyServer (ctx: ServerContext): Server {
   }
 
   return server
+}
+
+const KEY_REFUSALS: Record<Exclude<KeyRefusal, 'unavailable'>, string> = {
+  unknown: 'unknown API key for usage-proxy',
+  revoked: 'this API key was revoked',
+  expired: 'this API key has expired',
+}
+
+/** The credential of `Authorization: Bearer <credential>`, or null. */
+function bearerToken (given: string | undefined): string | null {
+  return typeof given === 'string' && /^bearer /i.test(given) ? given.slice(7).trim() : null
 }
 
 /** The Anthropic SDK sends its key as `x-api-key`: accepted as the proxy key on /messages only. */

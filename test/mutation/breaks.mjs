@@ -848,33 +848,29 @@ export const BREAKS = [
   {
     name: 's7: a run is declared one collection early',
     file: 'src/lib/gc-headroom.ts',
-    search: 'if (recent.length < RUN) return',
-    replace: 'if (recent.length < RUN - 1) return',
+    search: 'if (at.length < RUN) return',
+    replace: 'if (at.length < RUN - 1) return',
     tests: ['test/gc-headroom.test.ts'],
   },
   {
     name: 's7: a run is declared one collection late',
     file: 'src/lib/gc-headroom.ts',
-    search: 'if (recent.length < RUN) return',
-    replace: 'if (recent.length <= RUN) return',
-    tests: ['test/gc-headroom.test.ts'],
-  },
-  // Not listed: `recent[0] <= at - 1000` as `<`. It differs only for a collection exactly
-  // 1000.000 ms before another (times are fractional ms from performance.now()), and then only
-  // in whether 8 collections in [0, 1000] or in [0, 1000) make a run: equivalent in practice, and
-  // only a test that fed the window its own times could tell (none can fake a GC entry).
-  {
-    name: 's7: old collections are never dropped from the window',
-    file: 'src/lib/gc-headroom.ts',
-    search: 'while (recent.length > 0 && recent[0] <= at - 1000) recent.shift()',
-    replace: 'void 0',
+    search: 'if (at.length < RUN) return',
+    replace: 'if (at.length <= RUN) return',
     tests: ['test/gc-headroom.test.ts'],
   },
   {
-    name: 's7: the window is ten seconds, not one',
+    name: 's7: a collection long after the last one does not start a new run',
     file: 'src/lib/gc-headroom.ts',
-    search: 'recent[0] <= at - 1000',
-    replace: 'recent[0] <= at - 10_000',
+    search: 'end - at[last] > GAP_MS ||',
+    replace: 'false ||',
+    tests: ['test/gc-headroom.test.ts'],
+  },
+  {
+    name: 's7: a growing heap still makes a run',
+    file: 'src/lib/gc-headroom.ts',
+    search: '|| Math.abs(liveMb - live[0]) > FLAT_MB)',
+    replace: '|| false)',
     tests: ['test/gc-headroom.test.ts'],
   },
   {

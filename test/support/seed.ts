@@ -37,6 +37,9 @@ export async function seedLedger (sql: postgres.Sql<{}>, o: SeedOptions): Promis
       values (${org}, ${u.id}, ${externalUserId(org, u.id)}, ${u.name}, ${u.email}) on conflict do nothing`
   }
   const start = Date.parse(o.from + 'T00:00:00Z')
+  // Tests that seed an older schema (before migration 017) get rows without groups.
+  const [{ grouped }] = await sql<Array<{ grouped: boolean }>>`
+    select exists (select 1 from information_schema.columns where table_name = 'usage_events' and column_name = 'groups') as grouped`
   const rows: Record<string, unknown>[] = []
   for (let i = 0; i < o.rows; i++) {
     const user = rnd() < 0.1 ? null : pick(USERS)
@@ -67,6 +70,9 @@ export async function seedLedger (sql: postgres.Sql<{}>, o: SeedOptions): Promis
       cost_usd: failed ? null : (Math.floor(rnd() * 1e9) / 1e12).toFixed(12).replace(/0+$/, '').replace(/\.$/, ''),
       markup_percent: o.markup ?? '12.5',
       kind: pick(KINDS),
+      // Open WebUI groups, without drawing from rnd (the rest of the seed stays as it was): a
+      // third of the users' rows in one group, a third in two, a third in none.
+      ...(grouped ? { groups: user === null ? [] : [['Sales'], ['Engineering', 'Sales'], []][i % 3] } : {}),
       created_at: new Date(start + Math.floor(rnd() * o.days * 86_400_000)).toISOString(),
     })
     if (rows.length === 1000 || i === o.rows - 1) { await sql`insert into usage_events ${sql(rows)}`; rows.length = 0 }

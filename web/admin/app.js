@@ -38,11 +38,12 @@
   function readState () {
     const h = new URLSearchParams(location.hash.slice(1))
     const [pf, pt] = presetRange('this-month')
-    return { from: h.get('from') || iso(pf), through: h.get('through') || iso(pt), preset: h.get('preset') || 'this-month', user: h.get('user') }
+    return { from: h.get('from') || iso(pf), through: h.get('through') || iso(pt), preset: h.get('preset') || 'this-month', user: h.get('user'), group: h.get('group') }
   }
   function writeState (s) {
     const h = new URLSearchParams({ from: s.from, through: s.through, preset: s.preset })
     if (s.user !== null && s.user !== undefined) h.set('user', s.user)
+    else if (s.group !== null && s.group !== undefined) h.set('group', s.group)
     location.hash = h.toString()
   }
   const apiPeriod = (s) => `from=${s.from}&to=${iso(Date.parse(s.through) + DAY_MS)}`
@@ -225,11 +226,82 @@
 
   const csvHref = (path) => path + (path.includes('?') ? '&' : '?') + 'format=csv'
 
+  // ---- group budgets: listed by GET /admin/v1/budgets when the deployment has any (scope 'group') ----
+  async function groupBudgets () {
+    const list = await api('/admin/v1/budgets').catch(() => null)
+    const out = new Map()
+    for (const b of (list && list.data) || []) {
+      if (b.scope !== 'group') continue
+      const id = b.group_id ?? b.subject ?? b.user_id
+      if (id !== null && id !== undefined) out.set(id, { limit_usd: b.limit_usd, period: b.period, used_usd: b.spent_usd })
+    }
+    return out
+  }
+
+  const GROUPS_NOTE = 'A request made by a member of several groups counts in each of those groups\' rows; the organization\'s total counts it once, so these rows can add up to more than the total.'
+
+  async function groupsSection (s, p) {
+    const [groups, budgets] = await Promise.all([api(`/admin/v1/usage?${p}&group_by=group`), groupBudgets()])
+    const box = $('groups')
+    box.hidden = groups.data.length === 0 && budgets.size === 0
+    if (box.hidden) { box.replaceChildren(); return }
+    const rows = groups.data.map((r) => ({ ...r, budget: budgets.get(r.group) || null }))
+    // A group with a budget and no requests yet is listed too: its budget is worth seeing.
+    for (const [id, b] of budgets) {
+      if (!rows.some((r) => r.group === id)) rows.push({ group: id, members: 0, requests: 0, total_tokens: '0', cost_usd: '0', billed_cost_usd: '0', budget: b })
+    }
+    table(box, {
+      id: 'groups-table', title: 'Groups', csv: csvHref(`/admin/v1/usage?${p}&group_by=group`), rows, sortBy: 'billed',
+      columns: [
+        { key: 'group', label: 'Group', cell: (r) => el('a', { href: '#', 'data-group': r.group, text: r.group }) },
+        { key: 'members', label: 'Members', numeric: true, sort: true, sortValue: (r) => r.members, cell: (r) => num(r.members) },
+        ...SUM_COLUMNS,
+        ...(budgets.size > 0 ? [budgetColumn(rows)] : []),
+      ],
+    })
+    box.append(el('p', { class: 'muted group-note', id: 'groups-note', text: GROUPS_NOTE }))
+  }
+
+  async function groupPage (s) {
+    $('overview').hidden = true
+    $('user-view').hidden = true
+    $('group-view').hidden = false
+    const p = `${apiPeriod(s)}&group=${encodeURIComponent(s.group)}`
+    const [members, models, budgets] = await Promise.all([
+      api(`/admin/v1/usage?${p}&group_by=user`), api(`/admin/v1/usage?${p}&group_by=model`), groupBudgets(),
+    ])
+    showOrganization(members)
+    $('group-title').textContent = `Group ${s.group}`
+    const budget = budgets.get(s.group)
+    $('group-budget').replaceChildren(...(budget ? [el('span', { text: 'Group budget: ' }), budgetCell(budget, true)] : []))
+    totalsInto($('group-totals'), members.totals)
+    const empty = members.totals.requests === 0
+    $('group-empty').hidden = !empty
+    $('group-tables').hidden = empty
+    $('group-title').focus()
+    if (empty) return
+    table($('group-members'), {
+      id: 'group-members-table', title: `Members (${members.data.length})`, csv: csvHref(`/admin/v1/usage?${p}&group_by=user`), rows: members.data, sortBy: 'billed',
+      columns: [
+        { key: 'user', label: 'User', cell: (r) => r.user === null
+          ? el('span', { class: 'muted', text: 'No user (API key only)' })
+          : el('a', { href: '#', 'data-user': r.user, text: r.user_name || r.user }) },
+        { key: 'email', label: 'Email', cell: (r) => r.user_email || '' },
+        ...SUM_COLUMNS,
+        budgetColumn(members.data),
+      ],
+    })
+    table($('group-models'), { id: 'group-models-table', title: 'Models', csv: csvHref(`/admin/v1/usage?${p}&group_by=model`), rows: models.data, sortBy: 'billed',
+      columns: [{ key: 'model', label: 'Model', cell: (r) => r.model || '(none)' }, ...SUM_COLUMNS] })
+  }
+
   // ---- views ----
   async function overview (s) {
     $('user-view').hidden = true
+    $('group-view').hidden = true
     $('overview').hidden = false
     const p = apiPeriod(s)
+    auditTrail().catch(() => {})
     const [days, users, models, tasks, outcomes] = await Promise.all(['day', 'user', 'model', 'task', 'outcome']
       .map((g) => api(`/admin/v1/usage?${p}&group_by=${g}`)))
     showOrganization(days)
@@ -258,6 +330,39 @@
       columns: [{ key: 'task', label: 'Kind', cell: (r) => taskLabel(r.task) }, ...SUM_COLUMNS] })
     table($('outcomes'), { id: 'outcomes-table', title: 'Outcomes: failed, aborted and refused requests', csv: csvHref(`/admin/v1/usage?${p}&group_by=outcome`), rows: outcomes.data,
       columns: [{ key: 'outcome', label: 'Outcome', cell: (r) => el('span', { class: r.outcome === 'ok' ? '' : 'warn', text: r.outcome }) }, ...SUM_COLUMNS] })
+    // Last, so the tables above never wait for the groups and budgets reads.
+    await groupsSection(s, p)
+  }
+
+  // The audit trail, newest first, a page at a time (GET /admin/v1/audit's cursor). Every value
+  // goes in as text: a target or a value can hold anything a caller typed.
+  const ACTORS = { env: 'environment', cli: 'command line' }
+  function actorLabel (a) {
+    if (ACTORS[a]) return ACTORS[a]
+    const [kind, print] = a.split(':')
+    return kind === 'session' ? `page sign-in ${print}` : kind === 'admin-key' ? `admin key ${print}` : a
+  }
+  const shown = (v) => v === null || v === undefined ? '—'
+    : typeof v !== 'object' || Array.isArray(v) ? (typeof v === 'string' ? v : JSON.stringify(v))
+      : Object.keys(v).sort().map((k) => `${k}: ${typeof v[k] === 'string' ? v[k] : JSON.stringify(v[k])}`).join(', ')
+  async function auditTrail (cursor) {
+    const body = await api(`/admin/v1/audit?limit=20${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`)
+    const tbody = $('audit-table').querySelector('tbody')
+    if (!cursor) tbody.replaceChildren()
+    for (const r of body.data) {
+      tbody.append(el('tr', {}, [
+        el('th', { scope: 'row' }, [el('time', { datetime: r.at, text: r.at.slice(0, 19).replace('T', ' ') })]),
+        el('td', { title: r.actor, text: actorLabel(r.actor) }),
+        el('td', { text: r.action }),
+        el('td', { text: r.target }),
+        el('td', { class: 'json', text: shown(r.before) }),
+        el('td', { class: 'json', text: shown(r.after) }),
+      ]))
+    }
+    $('audit-empty').hidden = tbody.children.length > 0
+    const more = $('audit-more')
+    more.hidden = !body.has_more
+    more.onclick = body.has_more ? () => { auditTrail(body.next_cursor).catch(() => {}) } : null
   }
 
   // The header names the organization as people know it; the id stays at hand in the tooltip.
@@ -276,6 +381,7 @@
 
   async function userPage (s) {
     $('overview').hidden = true
+    $('group-view').hidden = true
     $('user-view').hidden = false
     const p = `${apiPeriod(s)}&user=${encodeURIComponent(s.user)}`
     const [days, models, events, users] = await Promise.all([
@@ -337,6 +443,26 @@
     box.hidden = false
   }
 
+  // The export to billing receivers: per sink, what went out, what waits, what was set aside.
+  async function exportPanel () {
+    const e = await api('/admin/v1/export').catch(() => null)
+    const box = $('export-panel')
+    const list = $('export-sinks')
+    if (!e || e.data.length === 0) { box.hidden = true; return }
+    list.replaceChildren(...e.data.map((s) => {
+      const lag = s.pending === 0 ? 'caught up' : `${count(s.pending)}${s.pending_capped ? '+' : ''} waiting, the oldest for ${s.lag_seconds >= 120 ? `${Math.round(s.lag_seconds / 60)} min` : `${s.lag_seconds} s`}`
+      const parts = [`${s.sink}: ${count(Number(s.rows_sent))} sent, ${lag}`]
+      if (s.rows_set_aside !== '0') parts.push(`${count(Number(s.rows_set_aside))} set aside (latest: ${s.set_aside[0]?.reason ?? ''})`)
+      if (s.last_error && (!s.last_sent_at || s.last_error_at > s.last_sent_at)) parts.push(`failing: ${s.last_error}`)
+      if (!s.configured) parts.push('not configured on this replica')
+      const li = document.createElement('li')
+      li.textContent = parts.join('; ')
+      if (parts.length > 1) li.className = 'warn'
+      return li
+    }))
+    box.hidden = false
+  }
+
   // ---- wiring ----
   function showSignIn () {
     $('dashboard').hidden = true
@@ -357,10 +483,12 @@
     const mine = ++rendering
     admissions()
     backlog()
+    exportPanel()
     $('status').textContent = 'Loading…'
     document.body.setAttribute('aria-busy', 'true')
     try {
       if (s.user !== null) await userPage(s)
+      else if (s.group !== null) await groupPage(s)
       else await overview(s)
       if (mine === rendering) { $('status').textContent = `Showing ${s.from} through ${s.through} (UTC).`; document.body.removeAttribute('aria-busy') }
     } catch (err) {
@@ -396,10 +524,12 @@
     })
     document.addEventListener('click', (e) => {
       const a = e.target.closest('a[data-user]')
-      if (a) { e.preventDefault(); writeState({ ...readState(), user: a.getAttribute('data-user') }) }
+      if (a) { e.preventDefault(); writeState({ ...readState(), user: a.getAttribute('data-user'), group: null }) }
+      const g = e.target.closest('a[data-group]')
+      if (g) { e.preventDefault(); writeState({ ...readState(), user: null, group: g.getAttribute('data-group') }) }
     })
-    for (const id of ['back', 'home-link']) {
-      $(id).addEventListener('click', (e) => { e.preventDefault(); writeState({ ...readState(), user: null }) })
+    for (const id of ['back', 'home-link', 'group-back']) {
+      $(id).addEventListener('click', (e) => { e.preventDefault(); writeState({ ...readState(), user: null, group: null }) })
     }
     window.addEventListener('hashchange', render)
     const probe = await fetch('/admin/v1/', { credentials: 'same-origin' })

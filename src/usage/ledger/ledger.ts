@@ -12,7 +12,9 @@ import { ROW_COLUMNS, toRow, type UsageRecord } from './record.js'
 const USAGE_LIST = ROW_COLUMNS.join(', ')
 /** Postgres's type oid for json: the batch parameter's type (sql.json would send jsonb). */
 const JSON_OID = 114
-const MAPPING_LIST = 'organization_id, user_id, external_user_id, user_name, user_email, user_role, first_seen_at, last_seen_at'
+const MAPPING_LIST = 'organization_id, user_id, external_user_id, user_name, user_email, user_role, first_seen_at, last_seen_at, groups'
+/** The same columns as read from the batch: a mapping from a journal line of an old version has no groups, read as none. */
+const MAPPING_SELECT = MAPPING_LIST.replace('groups', `coalesce(groups, '{}')`)
 
 // Records go journal -> memory queue -> batched INSERT ... ON CONFLICT DO NOTHING -> journal
 // trimmed. The request path only calls record(), which returns at once; a client never waits
@@ -257,13 +259,15 @@ export class Ledger {
         select ${this.sql.unsafe(USAGE_LIST)} from json_populate_recordset(null::usage_events, ${this.sql.typed(rows.map(toRow) as never, JSON_OID)})
         on conflict do nothing)
       insert into user_mappings (${this.sql.unsafe(MAPPING_LIST)})
-      select ${this.sql.unsafe(MAPPING_LIST)} from json_populate_recordset(null::user_mappings, ${this.sql.typed(mappingRows(rows) as never, JSON_OID)})
+      select ${this.sql.unsafe(MAPPING_SELECT)} from json_populate_recordset(null::user_mappings, ${this.sql.typed(mappingRows(rows) as never, JSON_OID)})
       on conflict (organization_id, user_id) do update set
         user_name = coalesce(excluded.user_name, user_mappings.user_name),
         user_email = coalesce(excluded.user_email, user_mappings.user_email),
         user_role = coalesce(excluded.user_role, user_mappings.user_role),
         first_seen_at = least(user_mappings.first_seen_at, excluded.first_seen_at),
-        last_seen_at = greatest(user_mappings.last_seen_at, excluded.last_seen_at)`
+        last_seen_at = greatest(user_mappings.last_seen_at, excluded.last_seen_at),
+        -- the latest groups: a batch replayed late does not bring back groups a user has left
+        groups = case when excluded.last_seen_at >= user_mappings.last_seen_at then excluded.groups else user_mappings.groups end`
   }
 
   private done (batch: UsageRecord[]): void {
@@ -320,9 +324,11 @@ function mappingRows (batch: UsageRecord[]): Array<Record<string, unknown>> {
       byUser.set(userId, {
         organization_id: r.organizationId, user_id: userId, external_user_id: pgText(r.externalUserId),
         user_name: pgText(m.name), user_email: pgText(m.email), user_role: pgText(m.role), first_seen_at: r.createdAt, last_seen_at: r.createdAt,
+        groups: m.groups ?? null,
       })
       continue
     }
+    if (r.createdAt >= row.last_seen_at) row.groups = m.groups ?? null
     row.user_name = pgText(m.name) ?? row.user_name
     row.user_email = pgText(m.email) ?? row.user_email
     row.user_role = pgText(m.role) ?? row.user_role

@@ -51,7 +51,11 @@ export interface UsageRecord extends Usage {
   kind: string
   /** Open WebUI's message id (X-OpenWebUI-Message-Id), when the app sends it. */
   messageId: string | null
-  /** The user's groups when the request was made (sorted, no duplicates); absent on old journal lines. */
+  /**
+   * The groups its user was in (sorted, duplicate-free; [] for none): the row counts in each of
+   * these groups' reports, once in the organization's. newRecord sets it; journal lines of old
+   * versions (and records built by hand) have none, read as [].
+   */
   groups?: string[]
   /** The API key that authenticated the request; null for PROXY_API_KEY; absent on old journal lines. */
   apiKeyId?: string | null

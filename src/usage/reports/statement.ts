@@ -3,7 +3,7 @@ import postgres from 'postgres'
 import { loadDatabaseConfig } from '../../config/config.js'
 import { poolOptions, type Sql } from '../../db/connect.js'
 import { startEmbedded, type EmbeddedDb } from '../../db/embedded.js'
-import { organizations, statementLines, statementTotals, sumsSource, type StatementLine } from './usage-report.js'
+import { organizations, statementGroupLines, statementLines, statementTotals, sumsSource, type StatementGroupLine, type StatementLine } from './usage-report.js'
 import { createLogger } from '../../lib/log.js'
 import { roundDecimal, sameDecimal, sumDecimals } from '../../lib/decimal.js'
 import { trimDecimal, trimDecimalFields } from '../../lib/decimal.js'
@@ -13,7 +13,9 @@ import { trimDecimal, trimDecimalFields } from '../../lib/decimal.js'
 // snapshot, and the total printed is checked to equal both the sum of the lines and the sum over
 // usage_events: a statement that does not add up is refused, never printed. Every amount is exact,
 // written without trailing zeros; the Markdown, the document handed to a client, adds the invoice
-// total rounded to the cent once, on the total, with the exact amount in a footnote.
+// total rounded to the cent once, on the total, with the exact amount in a footnote. Below it, a
+// section per group (Open WebUI groups): a request made by a member of several groups counts in
+// each of them, so those lines are not part of the total and the statement says so.
 
 export class StatementError extends Error {}
 
@@ -22,6 +24,8 @@ export interface OrganizationStatement {
   name: string
   markup_percent: string
   lines: StatementLine[]
+  /** Spend per group, beside the total: a request in several groups is in each group's line. */
+  groups: Array<Omit<StatementGroupLine, 'organization_id'>>
   total: { requests: number, prompt_tokens: string, completion_tokens: string, total_tokens: string, cost_usd: string, markup_usd: string, billed_cost_usd: string }
   /** The billed total rounded half up to the cent, once: what the invoice says. */
   invoice_total_usd: string
@@ -64,11 +68,12 @@ export async function buildStatement (sql: Sql, organizationId: string | undefin
   const { from, to } = monthRange(month)
   // The lines from the rollups when there are any, the check always from usage_events.
   const source = await sumsSource(sql, { organizationId: organizationId ?? '', from, to })
-  const [orgs, lines, totals] = await sql.begin('isolation level repeatable read read only', (t) => {
+  const [orgs, lines, totals, groupLines] = await sql.begin('isolation level repeatable read read only', (t) => {
     const tx = t as unknown as Sql // the same query interface; the types differ only in pool controls
-    return [organizations(tx, organizationId), statementLines(tx, organizationId, from, to, source), statementTotals(tx, organizationId, from, to)]
+    return [organizations(tx, organizationId), statementLines(tx, organizationId, from, to, source), statementTotals(tx, organizationId, from, to),
+      statementGroupLines(tx, organizationId, from, to, source)]
   }) as unknown as [
-    Awaited<ReturnType<typeof organizations>>, StatementLine[], Awaited<ReturnType<typeof statementTotals>>]
+    Awaited<ReturnType<typeof organizations>>, StatementLine[], Awaited<ReturnType<typeof statementTotals>>, StatementGroupLine[]]
   if (organizationId !== undefined && orgs.length === 0) throw new StatementError(`no organization ${organizationId} in this database`)
   const out = orgs.map((org): OrganizationStatement => {
     const mine = lines.filter((l) => l.organization_id === org.id)
@@ -88,7 +93,9 @@ export async function buildStatement (sql: Sql, organizationId: string | undefin
     // Trimmed after summing: a sum of trimmed amounts can end in zeros again (0.15 + 0.05).
     return {
       id: org.id, name: org.name, markup_percent: trimDecimal(org.markup_percent),
-      lines: mine.map((l) => trimDecimalFields(l, AMOUNTS)), total: trimDecimalFields(total, AMOUNTS),
+      lines: mine.map((l) => trimDecimalFields(l, AMOUNTS)),
+      groups: groupLines.filter((g) => g.organization_id === org.id).map(({ organization_id: _org, ...g }) => trimDecimalFields(g, AMOUNTS)),
+      total: trimDecimalFields(total, AMOUNTS),
       invoice_total_usd: roundDecimal(total.billed_cost_usd, 2),
     }
   })
@@ -98,7 +105,10 @@ export async function buildStatement (sql: Sql, organizationId: string | undefin
 const AMOUNTS = ['prompt_tokens', 'completion_tokens', 'total_tokens', 'cost_usd', 'markup_usd', 'billed_cost_usd'] as const
 
 const CSV_COLUMNS = ['line', 'organization_id', 'organization_name', 'user_id', 'user_name', 'user_email', 'requests', 'prompt_tokens',
-  'completion_tokens', 'total_tokens', 'cost_usd', 'markup_usd', 'billed_cost_usd'] as const
+  'completion_tokens', 'total_tokens', 'cost_usd', 'markup_usd', 'billed_cost_usd', 'group_id', 'members'] as const
+
+/** Said beside every group section: the group lines overlap, the total does not. */
+export const GROUPS_NOTE = 'A request made by a member of several groups counts in each of those groups\' lines; the total above counts it once, so the group lines are not added to it.'
 
 function csvField (v: unknown): string {
   const raw = v === null || v === undefined ? '' : String(v)
@@ -114,6 +124,8 @@ export function render (s: Statement, format: Format): string {
     for (const org of s.organizations) {
       for (const l of org.lines) rows.push(['user', ...CSV_COLUMNS.slice(1).map((c) => (l as unknown as Record<string, unknown>)[c])])
       rows.push(['total', org.id, org.name, '', '', '', ...CSV_COLUMNS.slice(6).map((c) => (org.total as Record<string, unknown>)[c])])
+      // Group lines after the total: they overlap (GROUPS_NOTE), so a sum over 'user' lines stays the total.
+      for (const g of org.groups) rows.push(['group', org.id, org.name, '', '', '', ...CSV_COLUMNS.slice(6).map((c) => (g as Record<string, unknown>)[c])])
     }
     return rows.map((r) => r.map(csvField).join(',') + '\r\n').join('')
   }
@@ -132,6 +144,14 @@ export function render (s: Statement, format: Format): string {
     parts.push(`| **Total** | | **${t.requests}** | **${t.total_tokens}** | **${t.cost_usd}** | **${t.markup_usd}** | **${t.billed_cost_usd}** |`, '',
       `**Invoice total: ${invoiceUsd(roundDecimal(t.billed_cost_usd, 2))}**[^${note}]`, '',
       `[^${note}]: Exactly ${t.billed_cost_usd} USD, the billed total above, rounded half up to the cent once, on the total.`, '')
+    if (org.groups.length > 0) {
+      parts.push('## By group', '', `${GROUPS_NOTE}`, '',
+        `| Group | Members | Requests | Tokens | Cost | Markup ${org.markup_percent}% | Billed |`, '|---|--:|--:|--:|--:|--:|--:|')
+      for (const g of org.groups) {
+        parts.push(`| ${cell(g.group_id)} | ${g.members} | ${g.requests} | ${g.total_tokens} | ${g.cost_usd} | ${g.markup_usd} | ${g.billed_cost_usd} |`)
+      }
+      parts.push('')
+    }
   })
   return parts.join('\n')
 }

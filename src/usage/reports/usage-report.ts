@@ -9,8 +9,12 @@ import type { Sql } from '../../db/connect.js'
 // and an organization's days, kinds and totals from its per-day sums: a year is then twelve
 // months of rows, not 365 days of every user's.
 
-export type GroupBy = 'user' | 'model' | 'day' | 'task' | 'outcome'
-export const GROUP_BYS: readonly GroupBy[] = ['user', 'model', 'day', 'task', 'outcome']
+// By group: a row made by a member of several groups is in each of those groups' sums (the group
+// rollups, sql/023); every other grouping counts it once. So the rows of group_by=group can add up
+// to more than the period's total, and its totals are read on their own.
+
+export type GroupBy = 'user' | 'model' | 'day' | 'task' | 'outcome' | 'group'
+export const GROUP_BYS: readonly GroupBy[] = ['user', 'model', 'day', 'task', 'outcome', 'group']
 
 export interface Period {
   organizationId: string
@@ -20,6 +24,8 @@ export interface Period {
   to: string
   /** One user's rows: their external id (the indexed column; the organization's own id for requests with no user). */
   externalUserId?: string
+  /** One group's rows: those whose user was in this group when they were made. */
+  group?: string
 }
 
 export interface Sums {
@@ -38,6 +44,8 @@ export interface GroupRow extends Sums {
   /** group_by=user only: from user_mappings. */
   user_name?: string | null
   user_email?: string | null
+  /** group_by=group only: the users with usage in that group over the period. */
+  members?: number
 }
 
 /**
@@ -61,6 +69,13 @@ const DAILY_ROWS = `(select organization_id, day, external_user_id, model, kind,
   union all select organization_id, day, external_user_id, model, kind, ${SUMMED} from usage_rollup_deltas) d`
 const MONTHLY_ROWS = `(select organization_id, month, external_user_id, model, kind, ${SUMMED} from usage_monthly_rollups
   union all select organization_id, date_trunc('month', day::timestamp)::date, external_user_id, model, kind, ${SUMMED} from usage_rollup_deltas) m`
+/** The group rollups as of now (sql/023): one row per group of each grouped usage row. */
+const GROUP_DAILY_ROWS = `(select organization_id, day, group_id, external_user_id, model, kind, ${SUMMED} from usage_group_daily_rollups
+  union all select organization_id, day, group_id, external_user_id, model, kind, ${SUMMED} from usage_group_rollup_deltas) d`
+const GROUP_MONTHLY_ROWS = `(select organization_id, month, group_id, external_user_id, model, kind, ${SUMMED} from usage_group_monthly_rollups
+  union all select organization_id, date_trunc('month', day::timestamp)::date, group_id, external_user_id, model, kind, ${SUMMED}
+  from usage_group_rollup_deltas) m`
+const GROUP_COLUMNS = `organization_id, group_id, external_user_id, model, kind, ${SUMMED}`
 const ORG_DAILY_ROWS = `(select organization_id, day, kind, ${SUMMED} from usage_org_daily_rollups
   union all select organization_id, day, kind, ${SUMMED} from usage_rollup_deltas) o`
 
@@ -76,6 +91,7 @@ const SOURCE = {
       day: `(created_at at time zone 'UTC')::date`,
       task: 'kind',
       outcome: 'outcome',
+      group: 'g.group_id',
     } as Record<GroupBy, string>,
     userId: 'max(user_id)',
   },
@@ -89,6 +105,7 @@ const SOURCE = {
       day: 'day',
       task: 'kind',
       outcome: 'null', // not in the rollups: see outcomesWithRollups()
+      group: 'group_id', // only in the group rollups (rowsOf)
     } as Record<GroupBy, string>,
     userId: 'null::text',
   },
@@ -98,6 +115,7 @@ SOURCE.monthly = SOURCE.rollups
 /** Largest spend first (what a reader looks for), days in calendar order. */
 const ORDER: Record<Exclude<GroupBy, 'user'>, string> = {
   model: 'billed_cost_usd_n desc, requests desc, key',
+  group: 'billed_cost_usd_n desc, requests desc, key',
   day: 'key',
   task: 'requests desc, key',
   outcome: 'requests desc, key',
@@ -158,6 +176,23 @@ function monthlyAndDaily (sql: Sql, organizationId: string | undefined, from: st
   return sql`(${parts.reduce((a, b) => sql`${a} union all ${b}`)}) r`
 }
 
+/**
+ * The group rollup rows of whole days [from, to), as monthlyAndDaily() reads the others: whole
+ * months from the monthly group rollups, the days around them from the daily ones.
+ */
+function groupMonthlyAndDaily (sql: Sql, organizationId: string | undefined, from: string, to: string, filter: ReturnType<Sql>) {
+  const org = organizationId === undefined ? sql`` : sql`and organization_id = ${organizationId}`
+  const daily = (lo: string, hi: string) => sql`
+    select ${sql.unsafe(GROUP_COLUMNS)} from ${sql.unsafe(GROUP_DAILY_ROWS)} where day >= ${lo}::date and day < ${hi}::date ${org} ${filter}`
+  const months = wholeMonths(from, to)
+  if (months === null) return sql`(${daily(dayOf(from), dayOf(to))}) r`
+  const [m1, m2] = months
+  const parts = [sql`select ${sql.unsafe(GROUP_COLUMNS)} from ${sql.unsafe(GROUP_MONTHLY_ROWS)} where month >= ${m1}::date and month < ${m2}::date ${org} ${filter}`]
+  if (dayOf(from) < m1) parts.push(daily(dayOf(from), m1))
+  if (m2 < dayOf(to)) parts.push(daily(m2, dayOf(to)))
+  return sql`(${parts.reduce((a, b) => sql`${a} union all ${b}`)}) r`
+}
+
 function where (sql: Sql, p: Period, source: Source) {
   const user = p.externalUserId === undefined ? sql`` : sql`and external_user_id = ${p.externalUserId}`
   const range = source === 'events'
@@ -172,6 +207,16 @@ function where (sql: Sql, p: Period, source: Source) {
  * and the days around them; one user's days from the daily rollups.
  */
 function rowsOf (sql: Sql, p: Period, source: Source, groupBy?: GroupBy) {
+  if (groupBy === 'group' || p.group !== undefined) {
+    // One row per group of each usage row: from the group rollups, or the ledger's rows unnested.
+    const only = p.group === undefined ? sql`` : sql`and group_id = ${p.group}`
+    if (source === 'events') return sql`usage_events cross join lateral unnest(groups) as g(group_id) where ${where(sql, p, source)} ${only}`
+    if (source === 'monthly' && groupBy !== 'day') {
+      const user = p.externalUserId === undefined ? sql`` : sql`and external_user_id = ${p.externalUserId}`
+      return sql`${groupMonthlyAndDaily(sql, p.organizationId, p.from, p.to, sql`${only} ${user}`)} where true`
+    }
+    return sql`${sql.unsafe(GROUP_DAILY_ROWS)} where ${where(sql, p, 'rollups')} ${only}`
+  }
   if (source === 'monthly' && p.externalUserId === undefined && (groupBy === undefined || groupBy === 'day' || groupBy === 'task')) {
     return sql`${sql.unsafe(ORG_DAILY_ROWS)} where ${where(sql, p, source)}`
   }
@@ -186,7 +231,8 @@ export function usageByGroup (sql: Sql, p: Period, groupBy: GroupBy, source: Sou
   const s = SOURCE[source]
   const grouped = sql`
     select ${sql.unsafe(s.key[groupBy])} as key, ${sql.unsafe(groupBy === 'user' ? s.userId : 'null::text')} as user_id,
-           ${sql.unsafe(s.sums)}, ${sql.unsafe(s.billed)} as billed_cost_usd_n
+           ${sql.unsafe(s.sums)}, ${sql.unsafe(s.billed)} as billed_cost_usd_n,
+           ${sql.unsafe(groupBy === 'group' ? 'count(distinct external_user_id)::int' : 'null::int')} as members
     from ${rowsOf(sql, p, source, groupBy)}
     group by 1`
   if (groupBy === 'user') {
@@ -201,8 +247,9 @@ export function usageByGroup (sql: Sql, p: Period, groupBy: GroupBy, source: Sou
   }
   // Days are grouped as dates and written as text once per group, not once per row.
   const key = groupBy === 'day' ? sql`to_char(key, 'YYYY-MM-DD') as key` : sql`key`
+  const members = groupBy === 'group' ? sql`members,` : sql``
   return sql<GroupRow[]>`
-    select ${key}, requests, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, total_tokens, cost_usd, billed_cost_usd
+    select ${key}, ${members} requests, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, total_tokens, cost_usd, billed_cost_usd
     from (${grouped}) g order by ${sql.unsafe(ORDER[groupBy])}`
 }
 
@@ -212,6 +259,7 @@ export function failedByOutcome (sql: Sql, p: Period) {
   return sql<GroupRow[]>`
     select outcome as key, ${sql.unsafe(s.sums)}
     from usage_events where ${where(sql, p, 'events')} and outcome <> 'ok'
+      ${p.group === undefined ? sql`` : sql`and ${p.group} = any (groups)`}
     group by 1 order by 2 desc, 1`
 }
 
@@ -312,6 +360,42 @@ export function statementLines (sql: Sql, organizationId: string | undefined, fr
     join organizations o on o.id = g.organization_id
     left join user_mappings m on m.organization_id = g.organization_id and m.external_user_id = g.ext
     order by g.organization_id, g.billed_cost_usd::numeric desc, 3 nulls first`
+}
+
+export interface StatementGroupLine {
+  organization_id: string
+  group_id: string
+  members: number
+  requests: number
+  prompt_tokens: string
+  completion_tokens: string
+  total_tokens: string
+  cost_usd: string
+  markup_usd: string
+  billed_cost_usd: string
+}
+
+/**
+ * One line per (organization, group) for a month: a request made by a member of several groups
+ * is in each of those lines, so they are shown beside the statement's total, never summed into it.
+ */
+export function statementGroupLines (sql: Sql, organizationId: string | undefined, from: string, to: string, source: Source = 'events') {
+  const org = organizationId === undefined ? sql`` : sql`and organization_id = ${organizationId}`
+  const s = SOURCE[source]
+  const rows = source === 'events'
+    ? sql`usage_events cross join lateral unnest(groups) as g(group_id) where created_at >= ${from}::timestamptz and created_at < ${to}::timestamptz ${org}`
+    : source === 'monthly'
+      ? sql`${groupMonthlyAndDaily(sql, organizationId, from, to, sql``)} where true`
+      : sql`${sql.unsafe(GROUP_DAILY_ROWS)} where day >= ${from}::date and day < ${to}::date ${org}`
+  return sql<StatementGroupLine[]>`
+    select organization_id, group_id, members, requests, prompt_tokens, completion_tokens, total_tokens, cost_usd,
+           (billed_cost_usd::numeric - cost_usd::numeric)::text as markup_usd, billed_cost_usd
+    from (
+      select organization_id, ${sql.unsafe(s.key.group)} as group_id, count(distinct external_user_id)::int as members, ${sql.unsafe(s.sums)}
+      from ${rows}
+      group by 1, 2
+    ) g
+    order by organization_id, billed_cost_usd::numeric desc, group_id`
 }
 
 /** Exact totals straight from usage_events, per organization, to check a statement against. */

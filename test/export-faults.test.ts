@@ -1,0 +1,177 @@
+import t from 'tap'
+import postgres from 'postgres'
+import { randomUUID } from 'node:crypto'
+import { mkdtempSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { createTestDb, withoutServer, type TestDb } from './support/db.js'
+import { FakeCloudEvents } from './support/billing-receivers.js'
+import { ORG, seedLedger } from './support/seed.js'
+import { LogSink } from './support/sidecar.js'
+import { faultEnv, freePort, spawnSidecar } from './support/child.js'
+import { FakeOpenRouter } from './support/fake-openrouter.js'
+import { migrate } from '../src/db/migrate.js'
+import { createLogger } from '../src/lib/log.js'
+import { startExporter } from '../src/export/exporter.js'
+import { cloudEventsSink } from '../src/export/cloudevents-sink.js'
+import { exportStatus } from '../src/export/status.js'
+import { acquire, LeaseLost } from '../src/export/lease.js'
+import { readCursor, recordBatch } from '../src/export/progress.js'
+import { sumDecimals } from '../src/lib/decimal.js'
+
+// The export under faults: rows committing out of order, a stale lease holder, two replicas
+// racing for the lease, Postgres cutting the exporter's connections, and a sidecar killed with
+// SIGKILL in the middle of a batch. In each, every row arrives, the receiver's deduplicated
+// counts and sums equal the ledger's to the digit, and nothing is acknowledged twice.
+
+const log = (): ReturnType<typeof createLogger> => createLogger('warn', new LogSink())
+
+async function waitFor (what: string, check: () => Promise<boolean> | boolean, timeoutMs = 60_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((r) => setTimeout(r, 20))
+  }
+}
+
+async function fresh (): Promise<{ db: TestDb, ce: FakeCloudEvents, url: string }> {
+  const db = await createTestDb()
+  await migrate(db.sql, 'sql')
+  const ce = new FakeCloudEvents(undefined)
+  const url = await ce.listen()
+  return { db, ce, url }
+}
+
+/** The receiver holds exactly the ledger: same ids, billed sum to the digit, each id accepted once unless `dupesAllowed`. */
+async function reconciles (t: any, db: TestDb, ce: FakeCloudEvents, dupesAllowed = 0): Promise<void> {
+  const ledger = await db.sql<{ id: string, billed: string | null }[]>`SELECT coalesce(generation_id, event_id::text) AS id, billed_cost_usd::text AS billed FROM usage_events`
+  t.same(new Set(ce.events.keys()), new Set(ledger.map((r) => `${ORG}\u0000${r.id}`)), `all ${ledger.length} rows arrived`)
+  t.ok(ce.accepted.length - ce.events.size <= dupesAllowed, `resent under the same id at most ${dupesAllowed} times (${ce.accepted.length - ce.events.size})`)
+  const sum = (xs: Array<string | null>): string => sumDecimals(xs.filter((x): x is string => x !== null)).replace(/\.?0+$/, '')
+  t.equal(sum([...ce.events.values()].map((e) => e.data.billed_cost_usd)), sum(ledger.map((r) => r.billed)), 'billed sums equal to the digit')
+}
+
+t.test('a row committing after later ones is not skipped', async (t) => {
+  if (await withoutServer(t, 'two transactions open at once')) return
+  const { db, ce, url } = await fresh()
+  t.teardown(async () => { await ce.close(); await db.drop() })
+  await seedLedger(db.sql, { rows: 10, from: '2026-11-01', days: 2 })
+  // A transaction takes its id first and commits last, as a slow replica's batch does.
+  const slow = postgres(db.url, { max: 1, onnotice: () => {} })
+  t.teardown(() => slow.end({ timeout: 1 }))
+  let commit!: () => void
+  const held = new Promise<void>((r) => { commit = r })
+  const lateId = randomUUID()
+  let inserted!: () => void
+  const insertedP = new Promise<void>((r) => { inserted = r })
+  const done = slow.begin(async (tx) => {
+    await tx`INSERT INTO usage_events (event_id, organization_id, external_user_id, endpoint, streamed, status, outcome, usage_source, cost_usd, markup_percent, created_at)
+      VALUES (${lateId}, ${ORG}, 'x', 'chat/completions', false, 200, 'ok', 'inline', '0.25', '0', '2026-11-01T00:00:00Z')`
+    inserted()
+    await held
+  })
+  await insertedP
+  await seedLedger(db.sql, { rows: 20, from: '2026-11-02', days: 1, seed: 9 })
+  const exporter = startExporter([cloudEventsSink({ url, source: ORG, batchSize: 7 })], { sql: db.sql, organizationId: ORG, log: log(), leaseMs: 2000, pollMs: 20 })
+  t.teardown(() => exporter.stop())
+  // The horizon is the cluster's oldest writing transaction: other databases' work may hold it
+  // back a while, so wait for the first rows, then for the exporter to find nothing more it may send.
+  await waitFor('the rows committed before the slow transaction', () => ce.events.size >= 10)
+  await exporter.idle()
+  t.equal(ce.events.size, 10, 'only rows below the oldest open transaction went out')
+  commit()
+  await done
+  await waitFor('every row', () => ce.events.size === 31)
+  t.ok(ce.events.has(`${ORG}\u0000${lateId}`), 'the late row arrived')
+  await reconciles(t, db, ce)
+})
+
+t.test('a holder whose lease passed on cannot move the cursor', async (t) => {
+  const { db, ce } = await fresh()
+  t.teardown(async () => { await ce.close(); await db.drop() })
+  await seedLedger(db.sql, { rows: 5, from: '2026-11-01', days: 1 })
+  const stale = await acquire(db.sql, ORG, 'cloudevents', 'replica-a', 200)
+  t.ok(stale, 'replica a takes the lease')
+  await waitFor('the lease to expire', async () => (await db.sql`SELECT 1 FROM export_leases WHERE expires_at < now()`).length === 1)
+  const taker = await acquire(db.sql, ORG, 'cloudevents', 'replica-b', 60_000)
+  t.ok(taker, 'replica b takes it over')
+  t.not(taker!.token, stale!.token, 'with a new token')
+  t.equal(await acquire(db.sql, ORG, 'cloudevents', 'replica-a', 60_000), null, 'a cannot take it back while b holds it')
+  const before = await readCursor(db.sql, ORG, 'cloudevents')
+  const sink = cloudEventsSink({ url: 'http://127.0.0.1:9/', source: ORG, batchSize: 10 })
+  const end = { xid: '99999999', createdAt: '2026-11-02 00:00:00+00', eventId: '00000000-0000-0000-0000-000000000000' }
+  await t.rejects(recordBatch(db.sql, stale!, 1000, sink, { rows: [], end }, []), LeaseLost, 'the stale holder\'s write is refused')
+  t.same(await readCursor(db.sql, ORG, 'cloudevents'), before, 'the cursor did not move')
+  const moved = await recordBatch(db.sql, taker!, 1000, sink, { rows: [], end }, [])
+  t.equal(moved.cursor.xid, '99999999', 'the holder\'s write goes through')
+})
+
+t.test('two replicas racing for the lease: one sends, every row once', async (t) => {
+  if (await withoutServer(t, 'two exporters on their own connections')) return
+  const { db, ce, url } = await fresh()
+  t.teardown(async () => { await ce.close(); await db.drop() })
+  await seedLedger(db.sql, { rows: 1500, from: '2026-11-01', days: 5 })
+  const pools = [postgres(db.url, { max: 2, onnotice: () => {} }), postgres(db.url, { max: 2, onnotice: () => {} })]
+  t.teardown(() => Promise.all(pools.map((p) => p.end({ timeout: 1 }))))
+  const exporters = pools.map((sql, i) => startExporter([cloudEventsSink({ url, source: ORG, batchSize: 50 })],
+    { sql, organizationId: ORG, log: log(), leaseMs: 1000, pollMs: 10, holder: `replica-${i}` }))
+  // Half-way, the holder dies without letting go: its pool is gone, its lease expires.
+  await waitFor('some rows out', () => ce.events.size >= 500)
+  const holderIndex = exporters.findIndex((e) => e.readings()[0].holding)
+  t.ok(holderIndex >= 0, 'one replica holds the lease')
+  t.notOk(exporters[1 - holderIndex].readings()[0].holding, 'the other does not')
+  await pools[holderIndex].end({ timeout: 0 })
+  await waitFor('every row', () => ce.events.size === 1500)
+  await exporters[1 - holderIndex].stop()
+  void exporters[holderIndex].stop()
+  t.ok(exporters[1 - holderIndex].readings()[0].sent > 0, 'the survivor took over')
+  await reconciles(t, db, ce, 50)
+})
+
+t.test('Postgres cuts the exporter\'s connections: every row, sums exact', async (t) => {
+  if (await withoutServer(t, 'pg_terminate_backend on another backend')) return
+  const { db, ce, url } = await fresh()
+  const fake = new FakeOpenRouter()
+  await fake.start()
+  t.teardown(async () => { await ce.close(); await fake.close(); await db.drop() })
+  await seedLedger(db.sql, { rows: 2000, from: '2026-11-01', days: 5 })
+  // A sidecar process (its crash guard covers the client library's race on a cut socket).
+  const env = faultEnv({ org: ORG, name: 'Acme', key: 'sk-or-v1-test-key-0123456789', databaseUrl: db.url, upstream: fake.baseUrl, dataDir: mkdtempSync(join(tmpdir(), 'export-cut-')) },
+    { CLOUDEVENTS_URL: url, CLOUDEVENTS_BATCH_SIZE: '40', EXPORT_LEASE_MS: '2000', EXPORT_POLL_MS: '10', EXPORT_RETRY_MAX_MS: '100' })
+  const sidecar = spawnSidecar(env, await freePort())
+  t.teardown(async () => { sidecar.proc.kill('SIGTERM'); await sidecar.exited })
+  await sidecar.waitReady()
+  for (const at of [300, 900, 1500]) {
+    await waitFor(`${at} rows`, () => ce.events.size >= at)
+    await db.sql`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'usage-proxy' AND datname = current_database()`
+  }
+  await waitFor('every row', () => ce.events.size === 2000)
+  await waitFor('caught up', async () => (await exportStatus(db.sql, ORG))[0].pending === 0)
+  t.equal(sidecar.proc.exitCode, null, 'the sidecar lived through the cuts')
+  await reconciles(t, db, ce, 3 * 40)
+})
+
+t.test('SIGKILL in the middle of a batch: the next sidecar resends it under the same ids', async (t) => {
+  if (await withoutServer(t, 'a sidecar process on a shared database')) return
+  const { db, ce, url } = await fresh()
+  const fake = new FakeOpenRouter()
+  await fake.start()
+  t.teardown(async () => { await ce.close(); await fake.close(); await db.drop() })
+  await seedLedger(db.sql, { rows: 800, from: '2026-11-01', days: 5 })
+  // The third batch is taken by the receiver and its answer never comes: the sidecar dies waiting.
+  const stuck = new Promise<void>((r) => { ce.onHeld = r })
+  ce.answer = (n) => n === 2 ? { status: 0 } : null
+  const env = faultEnv({ org: ORG, name: 'Acme', key: 'sk-or-v1-test-key-0123456789', databaseUrl: db.url, upstream: fake.baseUrl, dataDir: mkdtempSync(join(tmpdir(), 'export-kill-')) },
+    { CLOUDEVENTS_URL: url, CLOUDEVENTS_BATCH_SIZE: '100', EXPORT_LEASE_MS: '1000', EXPORT_POLL_MS: '20', EXPORT_RETRY_MAX_MS: '200' })
+  const first = spawnSidecar(env, await freePort())
+  await first.waitReady()
+  await stuck
+  first.proc.kill('SIGKILL')
+  t.equal((await first.exited).signal, 'SIGKILL', 'the first sidecar died by SIGKILL')
+  const second = spawnSidecar(env, await freePort())
+  t.teardown(async () => { second.proc.kill('SIGTERM'); await second.exited })
+  await second.waitReady()
+  await waitFor('every row', () => ce.events.size === 800)
+  await waitFor('caught up', async () => (await exportStatus(db.sql, ORG))[0].pending === 0)
+  await reconciles(t, db, ce, 100)
+})
