@@ -87,7 +87,8 @@ DECLARE
   p_ext text;
   exts text[];
 BEGIN
-  LOCK TABLE usage_events, usage_rollup_deltas, usage_daily_rollups, usage_monthly_rollups IN EXCLUSIVE MODE;
+  LOCK TABLE usage_events, usage_rollup_deltas, usage_daily_rollups, usage_monthly_rollups,
+             usage_group_rollup_deltas, usage_group_daily_rollups, usage_group_monthly_rollups IN EXCLUSIVE MODE;
   LOCK TABLE user_mappings, budgets IN SHARE ROW EXCLUSIVE MODE;
   PERFORM pg_advisory_xact_lock(727361002, budget_org_lock_key(p_org));
 
@@ -146,6 +147,48 @@ BEGIN
          CASE WHEN max(user_id) IS NULL THEN NULL ELSE p END
     FROM moved GROUP BY 1, 2, 4, 5 ORDER BY 1, 2, 4, 5
   ON CONFLICT (organization_id, month, external_user_id, model, kind) DO UPDATE SET
+    requests = u.requests + excluded.requests,
+    failed_or_aborted = u.failed_or_aborted + excluded.failed_or_aborted,
+    prompt_tokens = u.prompt_tokens + excluded.prompt_tokens,
+    completion_tokens = u.completion_tokens + excluded.completion_tokens,
+    total_tokens = u.total_tokens + excluded.total_tokens,
+    cached_tokens = u.cached_tokens + excluded.cached_tokens,
+    reasoning_tokens = u.reasoning_tokens + excluded.reasoning_tokens,
+    cost_usd = u.cost_usd + excluded.cost_usd,
+    upstream_cost_usd = u.upstream_cost_usd + excluded.upstream_cost_usd,
+    billed_cost_usd = u.billed_cost_usd + excluded.billed_cost_usd,
+    user_id = greatest(u.user_id, excluded.user_id);
+
+  -- The group rollups (sql/023) the same way: each group's sums stay, under the pseudonym.
+  UPDATE usage_group_rollup_deltas SET external_user_id = p_ext, user_id = CASE WHEN user_id IS NULL THEN NULL ELSE p END
+   WHERE organization_id = p_org AND external_user_id = ANY (exts);
+  WITH moved AS (DELETE FROM usage_group_daily_rollups WHERE organization_id = p_org AND external_user_id = ANY (exts) RETURNING *)
+  INSERT INTO usage_group_daily_rollups AS u
+  SELECT organization_id, day, group_id, p_ext, model, kind,
+         sum(requests), sum(failed_or_aborted), sum(prompt_tokens), sum(completion_tokens), sum(total_tokens),
+         sum(cached_tokens), sum(reasoning_tokens), sum(cost_usd), sum(upstream_cost_usd), sum(billed_cost_usd),
+         CASE WHEN max(user_id) IS NULL THEN NULL ELSE p END
+    FROM moved GROUP BY 1, 2, 3, 5, 6 ORDER BY 1, 2, 3, 5, 6
+  ON CONFLICT (organization_id, day, group_id, external_user_id, model, kind) DO UPDATE SET
+    requests = u.requests + excluded.requests,
+    failed_or_aborted = u.failed_or_aborted + excluded.failed_or_aborted,
+    prompt_tokens = u.prompt_tokens + excluded.prompt_tokens,
+    completion_tokens = u.completion_tokens + excluded.completion_tokens,
+    total_tokens = u.total_tokens + excluded.total_tokens,
+    cached_tokens = u.cached_tokens + excluded.cached_tokens,
+    reasoning_tokens = u.reasoning_tokens + excluded.reasoning_tokens,
+    cost_usd = u.cost_usd + excluded.cost_usd,
+    upstream_cost_usd = u.upstream_cost_usd + excluded.upstream_cost_usd,
+    billed_cost_usd = u.billed_cost_usd + excluded.billed_cost_usd,
+    user_id = greatest(u.user_id, excluded.user_id);
+  WITH moved AS (DELETE FROM usage_group_monthly_rollups WHERE organization_id = p_org AND external_user_id = ANY (exts) RETURNING *)
+  INSERT INTO usage_group_monthly_rollups AS u
+  SELECT organization_id, month, group_id, p_ext, model, kind,
+         sum(requests), sum(failed_or_aborted), sum(prompt_tokens), sum(completion_tokens), sum(total_tokens),
+         sum(cached_tokens), sum(reasoning_tokens), sum(cost_usd), sum(upstream_cost_usd), sum(billed_cost_usd),
+         CASE WHEN max(user_id) IS NULL THEN NULL ELSE p END
+    FROM moved GROUP BY 1, 2, 3, 5, 6 ORDER BY 1, 2, 3, 5, 6
+  ON CONFLICT (organization_id, month, group_id, external_user_id, model, kind) DO UPDATE SET
     requests = u.requests + excluded.requests,
     failed_or_aborted = u.failed_or_aborted + excluded.failed_or_aborted,
     prompt_tokens = u.prompt_tokens + excluded.prompt_tokens,
