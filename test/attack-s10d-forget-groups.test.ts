@@ -78,3 +78,19 @@ t.test('forget rewrites the group rollups, folded and not, with sums kept', asyn
   await db.sql`select usage_rollup_compact()`
   t.same({ physics: await byUser('physics'), staff: await byUser('staff') }, before, 'and the same after compaction')
 })
+
+t.test('forgetting a user whose id is also a group name leaves the group\'s audit lines alone', async (t) => {
+  const res = await request(`${s.url}/admin/v1/budgets/groups/staff`, { method: 'PUT', headers: ADMIN, body: JSON.stringify({ limit_usd: '50', period: 'month' }) })
+  await res.body.text()
+  t.equal(res.statusCode, 200)
+  const key = await request(`${s.url}/admin/v1/keys`, { method: 'POST', headers: ADMIN, body: JSON.stringify({ name: 'staff app', groups: ['staff'] }) })
+  await key.body.text()
+  t.equal(key.statusCode, 201)
+  await chat('staff', 'staff')  // a user whose id is "staff", in the group "staff"
+  t.equal(await settle(s.sidecar, db.sql, rows), rows)
+  t.equal((await admin('DELETE', '/admin/v1/users/staff')).status, 200)
+  const [b] = await db.sql<Array<{ n: number }>>`select count(*)::int as n from audit_log where target = 'budgets/groups/staff'`
+  t.equal(b.n, 1, 'the group budget\'s line still names the group')
+  const [k] = await db.sql<Array<{ groups: unknown }>>`select after->'groups' as groups from audit_log where action = 'key.created'`
+  t.same(k.groups, ['staff'], 'the key\'s groups in its line still name the group')
+})
