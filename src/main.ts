@@ -285,7 +285,7 @@ function dataPlane (config: Config, log: Logger, booted: Booted, front: FrontDoo
     keys: booted.keys,
   }) ?? undefined
   const models = modelsList({
-    modelsUrl: `${config.openrouter.baseUrl}/models`, headers: front.headers, log, identity: meter.rules.identity,
+    baseUrl: config.openrouter.baseUrl, headers: front.headers, log, identity: meter.rules.identity,
     allowlists: booted.allowlists, extra: selfService?.entry,
   })
   return { meter, admin, models, keys: booted.keys }
