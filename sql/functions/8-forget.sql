@@ -241,20 +241,18 @@ BEGIN
   DELETE FROM rate_windows WHERE organization_id = p_org AND user_id = p_user;
   UPDATE rate_leases SET user_id = p WHERE organization_id = p_org AND user_id = p_user;
 
-  -- The audit trail: the one rewrite its trigger lets through. A target ending in the user's id
-  -- (budgets/users/<id>) and a "user_id" field holding it (a key's settings) now name the
-  -- pseudonym. Only that field: a user called "month" or "10" leaves other lines' periods and
-  -- limits alone. jsonb prints a field as "name": value, and a quote inside a string is escaped,
-  -- so the pair below matches only a real user_id field.
+  -- The audit trail: the one rewrite its trigger lets through. A target naming the user
+  -- (budgets/users/<id>, billing/customers/users/<id>) and a JSON "user_id" equal to the id now
+  -- name the pseudonym. Only those: a group, key or model may carry the same text as a user id
+  -- (user "staff", group "staff"), and its lines must keep naming it.
   PERFORM set_config('usage_proxy.audit_rewrite', 'forget', true);
   UPDATE audit_log SET
-    target = CASE WHEN right(target, length(p_user) + 1) = '/' || p_user THEN left(target, length(target) - length(p_user)) || p ELSE target END,
+    target = CASE WHEN right(target, length(p_user) + 7) = '/users/' || p_user THEN left(target, length(target) - length(p_user)) || p ELSE target END,
     before = replace(before::text, '"user_id": ' || to_jsonb(p_user)::text, '"user_id": ' || to_jsonb(p)::text)::jsonb,
     after = replace(after::text, '"user_id": ' || to_jsonb(p_user)::text, '"user_id": ' || to_jsonb(p)::text)::jsonb
    WHERE organization_id = p_org
-     AND (right(target, length(p_user) + 1) = '/' || p_user
-          OR strpos(before::text, '"user_id": ' || to_jsonb(p_user)::text) > 0
-          OR strpos(after::text, '"user_id": ' || to_jsonb(p_user)::text) > 0);
+     AND (right(target, length(p_user) + 7) = '/users/' || p_user
+          OR strpos(before::text, '"user_id": ' || to_jsonb(p_user)::text) > 0 OR strpos(after::text, '"user_id": ' || to_jsonb(p_user)::text) > 0);
   PERFORM set_config('usage_proxy.audit_rewrite', '', true);
   RETURN p;
 END
