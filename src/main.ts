@@ -281,11 +281,11 @@ function dataPlane (config: Config, log: Logger, booted: Booted, front: FrontDoo
     budgetsChanged: () => { void limits.refresh(); summaries.clear() },
     exportReadings: () => exporter()?.readings() ?? [],
     allowlistsChanged: () => booted.allowlists.refresh(),
-    userForgotten: (userId) => { booted.directory.forget(userId); void limits.refresh(); summaries.clear() },
+    userForgotten: (userId) => { booted.directory.forget(userId); booted.keys.userForgotten(userId); void limits.refresh(); summaries.clear() },
     keys: booted.keys,
   }) ?? undefined
   const models = modelsList({
-    modelsUrl: `${config.openrouter.baseUrl}/models`, headers: front.headers, log, identity: meter.rules.identity,
+    baseUrl: config.openrouter.baseUrl, headers: front.headers, log, identity: meter.rules.identity,
     allowlists: booted.allowlists, extra: selfService?.entry,
   })
   return { meter, admin, models, keys: booted.keys }

@@ -67,13 +67,16 @@ t.test('a group budget binds under 64 concurrent requests across 3 sidecars', as
     await fake.close()
     await db.drop()
   })
-  for (let i = 0; i < 3; i++) {
-    sidecars.push(await startSidecar(baseEnv(fake, db.url, { ADMIN_API_KEY: ADMIN_KEY, LOG_LEVEL: 'warn', BUDGET_REFRESH_MS: '100', RECONCILE_MAX_WAIT_MS: '15000' }), { groupsOf }))
-  }
+  const start = async () => sidecars.push(await startSidecar(baseEnv(fake, db.url, { ADMIN_API_KEY: ADMIN_KEY, LOG_LEVEL: 'warn', BUDGET_REFRESH_MS: '100', RECONCILE_MAX_WAIT_MS: '15000' }), { groupsOf }))
+  await start()
   const put = await call(sidecars[0].url, 'PUT', '/admin/v1/budgets/groups/physics', { limit_usd: GROUP_LIMIT, period: 'month' })
   t.equal(put.status, 200)
   t.equal(put.body.group_id, 'physics')
-  // Every replica knows a budget exists before the traffic starts.
+  // Every replica knows a budget exists before the traffic starts: the others boot after it is
+  // set (a replica that booted before learns of it only at its next refresh, up to
+  // BUDGET_REFRESH_MS later, and would admit the first requests unchecked meanwhile).
+  await start()
+  await start()
   for (const s of sidecars) await s.sidecar.ready
 
   const agent = new Agent({ connections: CONCURRENCY })

@@ -95,10 +95,10 @@ t.test('an existing database converts in place: every row kept, totals and billi
   }
   // Today's ledger writes columns (migrations 012 and 017) the old schema does not have: it lends
   // them for the write and takes them back, so the conversion meets the old tables as they were.
-  await db.sql`alter table usage_events add column estimated_cost_usd numeric, add column groups text[] not null default '{}'`
+  await db.sql`alter table usage_events add column estimated_cost_usd numeric, add column groups text[] not null default '{}', add column api_key_id text`
   await db.sql`alter table user_mappings add column groups text[] not null default '{}'`
   await writeAll(db, records)
-  await db.sql`alter table usage_events drop column estimated_cost_usd, drop column groups`
+  await db.sql`alter table usage_events drop column estimated_cost_usd, drop column groups, drop column api_key_id`
   await db.sql`alter table user_mappings drop column groups`
   await db.sql`update usage_events set note = 'n' || prompt_tokens where prompt_tokens % 2 = 0`
   const before = await totals(db)

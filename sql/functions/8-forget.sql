@@ -26,7 +26,8 @@ DECLARE
   at timestamptz;
 BEGIN
   IF TG_TABLE_NAME = 'user_mappings' THEN at := NEW.last_seen_at; ELSE at := NEW.created_at; END IF;
-  IF NEW.user_id IS NULL OR NEW.user_id LIKE 'forgotten:%' THEN
+  -- No shortcut on the "forgotten:" prefix: a client may send such an id as its own.
+  IF NEW.user_id IS NULL THEN
     RETURN NEW;
   END IF;
   p := forget_pseudonym(NEW.organization_id, NEW.user_id);
@@ -87,7 +88,8 @@ DECLARE
   p_ext text;
   exts text[];
 BEGIN
-  LOCK TABLE usage_events, usage_rollup_deltas, usage_daily_rollups, usage_monthly_rollups IN EXCLUSIVE MODE;
+  LOCK TABLE usage_events, usage_rollup_deltas, usage_daily_rollups, usage_monthly_rollups,
+             usage_group_rollup_deltas, usage_group_daily_rollups, usage_group_monthly_rollups IN EXCLUSIVE MODE;
   LOCK TABLE user_mappings, budgets IN SHARE ROW EXCLUSIVE MODE;
   PERFORM pg_advisory_xact_lock(727361002, budget_org_lock_key(p_org));
 
@@ -158,6 +160,56 @@ BEGIN
     billed_cost_usd = u.billed_cost_usd + excluded.billed_cost_usd,
     user_id = greatest(u.user_id, excluded.user_id);
 
+  -- The group rollups (sql/023) carry the user too: moved and merged the same way, per group.
+  UPDATE usage_group_rollup_deltas SET external_user_id = p_ext, user_id = CASE WHEN user_id IS NULL THEN NULL ELSE p END
+   WHERE organization_id = p_org AND external_user_id = ANY (exts);
+  WITH moved AS (DELETE FROM usage_group_daily_rollups WHERE organization_id = p_org AND external_user_id = ANY (exts) RETURNING *)
+  INSERT INTO usage_group_daily_rollups AS u
+  SELECT organization_id, day, group_id, p_ext, model, kind,
+         sum(requests), sum(failed_or_aborted), sum(prompt_tokens), sum(completion_tokens), sum(total_tokens),
+         sum(cached_tokens), sum(reasoning_tokens), sum(cost_usd), sum(upstream_cost_usd), sum(billed_cost_usd),
+         CASE WHEN max(user_id) IS NULL THEN NULL ELSE p END
+    FROM moved GROUP BY 1, 2, 3, 5, 6 ORDER BY 1, 2, 3, 5, 6
+  ON CONFLICT (organization_id, day, group_id, external_user_id, model, kind) DO UPDATE SET
+    requests = u.requests + excluded.requests,
+    failed_or_aborted = u.failed_or_aborted + excluded.failed_or_aborted,
+    prompt_tokens = u.prompt_tokens + excluded.prompt_tokens,
+    completion_tokens = u.completion_tokens + excluded.completion_tokens,
+    total_tokens = u.total_tokens + excluded.total_tokens,
+    cached_tokens = u.cached_tokens + excluded.cached_tokens,
+    reasoning_tokens = u.reasoning_tokens + excluded.reasoning_tokens,
+    cost_usd = u.cost_usd + excluded.cost_usd,
+    upstream_cost_usd = u.upstream_cost_usd + excluded.upstream_cost_usd,
+    billed_cost_usd = u.billed_cost_usd + excluded.billed_cost_usd,
+    user_id = greatest(u.user_id, excluded.user_id);
+  WITH moved AS (DELETE FROM usage_group_monthly_rollups WHERE organization_id = p_org AND external_user_id = ANY (exts) RETURNING *)
+  INSERT INTO usage_group_monthly_rollups AS u
+  SELECT organization_id, month, group_id, p_ext, model, kind,
+         sum(requests), sum(failed_or_aborted), sum(prompt_tokens), sum(completion_tokens), sum(total_tokens),
+         sum(cached_tokens), sum(reasoning_tokens), sum(cost_usd), sum(upstream_cost_usd), sum(billed_cost_usd),
+         CASE WHEN max(user_id) IS NULL THEN NULL ELSE p END
+    FROM moved GROUP BY 1, 2, 3, 5, 6 ORDER BY 1, 2, 3, 5, 6
+  ON CONFLICT (organization_id, month, group_id, external_user_id, model, kind) DO UPDATE SET
+    requests = u.requests + excluded.requests,
+    failed_or_aborted = u.failed_or_aborted + excluded.failed_or_aborted,
+    prompt_tokens = u.prompt_tokens + excluded.prompt_tokens,
+    completion_tokens = u.completion_tokens + excluded.completion_tokens,
+    total_tokens = u.total_tokens + excluded.total_tokens,
+    cached_tokens = u.cached_tokens + excluded.cached_tokens,
+    reasoning_tokens = u.reasoning_tokens + excluded.reasoning_tokens,
+    cost_usd = u.cost_usd + excluded.cost_usd,
+    upstream_cost_usd = u.upstream_cost_usd + excluded.upstream_cost_usd,
+    billed_cost_usd = u.billed_cost_usd + excluded.billed_cost_usd,
+    user_id = greatest(u.user_id, excluded.user_id);
+
+  -- Keys made for the user bill the pseudonym from now on (every replica at its next key read),
+  -- and a Stripe customer mapped to the user stays mapped to the same (renamed) spend.
+  UPDATE api_keys SET user_id = p WHERE organization_id = p_org AND user_id = p_user;
+  WITH gone AS (DELETE FROM billing_customers WHERE organization_id = p_org AND scope = 'user' AND subject = p_user RETURNING *)
+  INSERT INTO billing_customers AS c (organization_id, scope, subject, stripe_customer_id, updated_at)
+  SELECT organization_id, scope, p, stripe_customer_id, updated_at FROM gone
+  ON CONFLICT (organization_id, scope, subject) DO UPDATE SET stripe_customer_id = excluded.stripe_customer_id, updated_at = excluded.updated_at;
+
   -- The mapping: kept as the pseudonym's, with nothing that names a person.
   WITH gone AS (DELETE FROM user_mappings WHERE organization_id = p_org AND user_id = p_user RETURNING *)
   INSERT INTO user_mappings AS m (organization_id, user_id, external_user_id, user_name, user_email, user_role, first_seen_at, last_seen_at, groups)
@@ -196,16 +248,18 @@ BEGIN
   DELETE FROM rate_windows WHERE organization_id = p_org AND user_id = p_user;
   UPDATE rate_leases SET user_id = p WHERE organization_id = p_org AND user_id = p_user;
 
-  -- The audit trail: the one rewrite its trigger lets through. A target ending in the user's id
-  -- (budgets/users/<id>) and any JSON string value equal to it now name the pseudonym.
+  -- The audit trail: the one rewrite its trigger lets through. A target naming the user
+  -- (budgets/users/<id>, billing/customers/users/<id>) and a JSON "user_id" equal to the id now
+  -- name the pseudonym. Only those: a group, key or model may carry the same text as a user id
+  -- (user "staff", group "staff"), and its lines must keep naming it.
   PERFORM set_config('usage_proxy.audit_rewrite', 'forget', true);
   UPDATE audit_log SET
-    target = CASE WHEN right(target, length(p_user) + 1) = '/' || p_user THEN left(target, length(target) - length(p_user)) || p ELSE target END,
-    before = replace(before::text, to_jsonb(p_user)::text, to_jsonb(p)::text)::jsonb,
-    after = replace(after::text, to_jsonb(p_user)::text, to_jsonb(p)::text)::jsonb
+    target = CASE WHEN right(target, length(p_user) + 7) = '/users/' || p_user THEN left(target, length(target) - length(p_user)) || p ELSE target END,
+    before = replace(before::text, '"user_id": ' || to_jsonb(p_user)::text, '"user_id": ' || to_jsonb(p)::text)::jsonb,
+    after = replace(after::text, '"user_id": ' || to_jsonb(p_user)::text, '"user_id": ' || to_jsonb(p)::text)::jsonb
    WHERE organization_id = p_org
-     AND (right(target, length(p_user) + 1) = '/' || p_user
-          OR strpos(before::text, to_jsonb(p_user)::text) > 0 OR strpos(after::text, to_jsonb(p_user)::text) > 0);
+     AND (right(target, length(p_user) + 7) = '/users/' || p_user
+          OR strpos(before::text, '"user_id": ' || to_jsonb(p_user)::text) > 0 OR strpos(after::text, '"user_id": ' || to_jsonb(p_user)::text) > 0);
   PERFORM set_config('usage_proxy.audit_rewrite', '', true);
   RETURN p;
 END

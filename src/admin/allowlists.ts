@@ -4,6 +4,7 @@ import { deleteAllowlist, MAX_MODEL_ID, MAX_MODELS, readAllowlists, setAllowlist
 import { sendError } from '../lib/errors.js'
 import { readJson } from '../lib/read-body.js'
 import { appendAudit } from '../audit/audit.js'
+import { auditedChange } from './audited.js'
 import { sendJson, type AdminRoute } from './router.js'
 
 // /admin/v1/allowlists: the models each group's members may use (README "Model allowlists").
@@ -19,7 +20,7 @@ const GROUP = /^\/admin\/v1\/allowlists\/groups\/(?<groupId>[^/]+)$/
 
 export function allowlistRoutes (d: AllowlistRouteDeps): AdminRoute[] {
   const org = d.config.organization.id
-  const one = async (groupId: string) => (await readAllowlists(d.sql(), org, groupId))[0] ?? null
+  const one = async (sql: Sql, groupId: string) => (await readAllowlists(sql, org, groupId))[0] ?? null
   return [
     {
       method: 'GET',
@@ -30,7 +31,7 @@ export function allowlistRoutes (d: AllowlistRouteDeps): AdminRoute[] {
       method: 'GET',
       path: GROUP,
       handle: async ({ res, params }) => {
-        const l = await one(params.groupId)
+        const l = await one(d.sql(), params.groupId)
         if (!l) return sendError(res, 404, 'not_found_error', 'allowlist_not_found', `group ${params.groupId} has no model allowlist: its members may use every model`)
         sendJson(res, 200, l)
       },
@@ -42,9 +43,13 @@ export function allowlistRoutes (d: AllowlistRouteDeps): AdminRoute[] {
         const groupId = r.params.groupId
         const models = validate(await readJson(r.req), groupId)
         if (typeof models === 'string') return sendError(r.res, 400, 'invalid_request_error', 'invalid_allowlist', models)
-        const before = await one(groupId)
-        const after = await setAllowlist(d.sql(), org, groupId, models)
-        await appendAudit(d.sql(), org, { actor: r.actor, action: 'allowlist.set', target: `allowlists/groups/${groupId}`, before: before && { models: before.models }, after: { models: after.models } })
+        const target = `allowlists/groups/${groupId}`
+        const after = await auditedChange(d.sql(), org, target, async (tx) => {
+          const before = await one(tx, groupId)
+          const after = await setAllowlist(tx, org, groupId, models)
+          await appendAudit(tx, org, { actor: r.actor, action: 'allowlist.set', target, before: before && { models: before.models }, after: { models: after.models } })
+          return after
+        })
         await d.changed?.()
         sendJson(r.res, 200, after)
       },
@@ -55,10 +60,14 @@ export function allowlistRoutes (d: AllowlistRouteDeps): AdminRoute[] {
       handle: async (r) => {
         r.req.resume()
         const groupId = r.params.groupId
-        const before = await one(groupId)
-        const deleted = await deleteAllowlist(d.sql(), org, groupId)
+        const target = `allowlists/groups/${groupId}`
+        const deleted = await auditedChange(d.sql(), org, target, async (tx) => {
+          const before = await one(tx, groupId)
+          if (!await deleteAllowlist(tx, org, groupId)) return false
+          await appendAudit(tx, org, { actor: r.actor, action: 'allowlist.deleted', target, before: before && { models: before.models }, after: null })
+          return true
+        })
         if (!deleted) return sendError(r.res, 404, 'not_found_error', 'allowlist_not_found', `group ${groupId} has no model allowlist`)
-        await appendAudit(d.sql(), org, { actor: r.actor, action: 'allowlist.deleted', target: `allowlists/groups/${groupId}`, before: before && { models: before.models }, after: null })
         await d.changed?.()
         sendJson(r.res, 200, { object: 'allowlist.deleted', group_id: groupId, deleted: true })
       },

@@ -5,6 +5,7 @@ import { budgetStatus, deleteBudget, setBudget, type BudgetScope } from '../budg
 import { sendError } from '../lib/errors.js'
 import { readJson } from '../lib/read-body.js'
 import { appendAudit } from '../audit/audit.js'
+import { auditedChange } from './audited.js'
 import { sendJson, type AdminRoute } from './router.js'
 
 // /admin/v1/budgets: read and write the budgets of README "Budgets and limits".
@@ -67,12 +68,12 @@ export function budgetRoutes (d: BudgetRouteDeps): AdminRoute[] {
           const body = await readJson(r.req)
           const problem = validate(body, scope, userId)
           if (typeof problem === 'string') return sendError(r.res, 400, 'invalid_request_error', 'invalid_budget', problem)
-          // The change and its audit line commit together, or neither does.
-          const after = await inTransaction(d.sql(), async (tx) => {
+          const what = budgetTarget(scope, userId)
+          const after = await auditedChange(d.sql(), org, what, async (tx) => {
             const before = await one(tx, scope, userId)
             await setBudget(tx, org, scope, userId, problem.limit, problem.period)
             const after = await one(tx, scope, userId)
-            await appendAudit(tx, org, { actor: r.actor, action: 'budget.set', target: budgetTarget(scope, userId), before: limitOf(before), after: limitOf(after) })
+            await appendAudit(tx, org, { actor: r.actor, action: 'budget.set', target: what, before: limitOf(before), after: limitOf(after) })
             return after
           })
           d.changed?.()
@@ -85,11 +86,12 @@ export function budgetRoutes (d: BudgetRouteDeps): AdminRoute[] {
         handle: async (r) => {
           r.req.resume()
           const [scope, userId] = target(r.params)
-          const deleted = await inTransaction(d.sql(), async (tx) => {
+          const what = budgetTarget(scope, userId)
+          const deleted = await auditedChange(d.sql(), org, what, async (tx) => {
             const before = await one(tx, scope, userId)
-            const deleted = await deleteBudget(tx, org, scope, userId)
-            if (deleted) await appendAudit(tx, org, { actor: r.actor, action: 'budget.deleted', target: budgetTarget(scope, userId), before: limitOf(before), after: null })
-            return deleted
+            if (!await deleteBudget(tx, org, scope, userId)) return false
+            await appendAudit(tx, org, { actor: r.actor, action: 'budget.deleted', target: what, before: limitOf(before), after: null })
+            return true
           })
           d.changed?.()
           if (!deleted) return sendError(r.res, 404, 'not_found_error', 'budget_not_found', `no ${scope} budget${userId ? ` for ${SUBJECT[scope]} ${userId}` : ''}`)
@@ -98,10 +100,6 @@ export function budgetRoutes (d: BudgetRouteDeps): AdminRoute[] {
       },
     ]),
   ]
-}
-
-async function inTransaction<T> (sql: Sql, run: (tx: Sql) => Promise<T>): Promise<T> {
-  return await sql.begin((t) => run(t as unknown as Sql)) as T
 }
 
 function budgetTarget (scope: BudgetScope, userId: string): string {

@@ -1,3 +1,4 @@
+import { canonicalGroup } from '../identity/groups.js'
 import { budgetSetting, type BudgetSetting } from './budgets.js'
 
 // The body of POST /admin/v1/keys, checked field by field before anything is written: an unknown
@@ -55,7 +56,7 @@ export function keyInput (body: unknown, now: Date): string | KeyInput {
         return `each group must be a group id of 1 to ${MAX_GROUP_CHARS} printable characters, without a comma or a {{template}}`
       }
     }
-    groups = [...new Set((b.groups as string[]).map((g) => g.trim()))].sort()
+    groups = [...new Set((b.groups as string[]).map(canonicalGroup))].sort()
   }
 
   let budget: BudgetSetting | null = null

@@ -1,3 +1,4 @@
+import { adminGroupId } from '../identity/groups.js'
 import { GROUP_BYS, type GroupBy } from '../usage/reports/usage-report.js'
 
 // Query parameters of the usage API, checked before any query runs. A bad one answers 400
@@ -62,6 +63,15 @@ export function optionalText (q: URLSearchParams, param: string): string | undef
   // NUL included: Postgres text cannot hold it, and the query would fail as a 500.
   if (v === '' || v.length > 500 || v.includes('\u0000')) throw new ParamError(param, `${param} must be 1-500 characters, without NUL`)
   return v
+}
+
+/** `group=ID`: read as the request's group header is (identity/groups.ts), so any spelling finds the group. */
+export function optionalGroup (q: URLSearchParams): string | undefined {
+  const v = optionalText(q, 'group')
+  if (v === undefined) return undefined
+  const g = adminGroupId(v)
+  if ('error' in g) throw new ParamError('group', g.error)
+  return g.id
 }
 
 const CURSOR_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$/

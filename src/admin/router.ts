@@ -3,6 +3,7 @@ import { createHash, timingSafeEqual } from 'node:crypto'
 import type { Logger } from '../lib/log.js'
 import { sendError } from '../lib/errors.js'
 import { actorOf } from '../audit/audit.js'
+import { adminGroupId } from '../identity/groups.js'
 
 // The admin plane (/admin/v1/* and the /admin/ page): one key, one tiny router. It is mounted by
 // the server only when ADMIN_API_KEY is set; the data plane under /v1 never reaches it.
@@ -58,6 +59,13 @@ export function createAdmin (apiKey: string, routes: AdminRoute[], log: Logger):
         let decoded: string
         try { decoded = decodeURIComponent(v) } catch { return sendError(res, 400, 'invalid_request_error', 'invalid_path', `malformed ${k} in path`) }
         if (decoded.includes('\u0000')) return sendError(res, 400, 'invalid_request_error', 'invalid_path', `malformed ${k} in path`)
+        // A group id is read as the request's group header is (identity/groups.ts), so the budget
+        // or list set on it binds the group its members are in.
+        if (k === 'groupId') {
+          const g = adminGroupId(decoded)
+          if ('error' in g) return sendError(res, 400, 'invalid_request_error', 'invalid_path', g.error)
+          decoded = g.id
+        }
         params[k] = decoded
       }
       // An admin call that fails answers that call; it never reaches the process.

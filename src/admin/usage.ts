@@ -5,7 +5,7 @@ import { externalUserId } from '../identity/external-id.js'
 import { sendError } from '../lib/errors.js'
 import type { BudgetsFor, UserBudget } from '../budgets/status-for.js'
 import { streamCsv } from './csv.js'
-import { ParamError, encodeCursor, optionalText, parseCursor, parseGroupBy, parseLimit, parsePeriod, wantsCsv } from './params.js'
+import { ParamError, encodeCursor, optionalGroup, optionalText, parseCursor, parseGroupBy, parseLimit, parsePeriod, wantsCsv } from './params.js'
 import { sendJson, type AdminRequest, type AdminRoute } from './router.js'
 import type { Sql } from '../db/connect.js'
 import { trimDecimal, trimDecimalFields } from '../lib/decimal.js'
@@ -58,7 +58,7 @@ async function usage (deps: UsageDeps, { req, res, url }: AdminRequest): Promise
   const groupBy = parseGroupBy(q)
   const csv = wantsCsv(q, req.headers.accept)
   const { userId, externalUserId } = userFilter(deps, q)
-  const group = optionalText(q, 'group')
+  const group = optionalGroup(q)
   const period: Period = { organizationId: deps.organizationId, from, to, externalUserId, group }
   const sql = deps.readSql()
   const source = await sumsSource(sql, period)

@@ -17,9 +17,10 @@ export async function forgetUser (sql: Sql, organizationId: string, userId: stri
   return await sql.begin(async (t) => {
     const tx = t as unknown as Sql
     // A pseudonym names nobody to forget: asking for it again answers as a second forget would.
+    // Only a known one: a client may call itself "forgotten:..." and must be forgettable too.
     if (userId.startsWith('forgotten:')) {
       const [known] = await tx`select 1 from forgotten_users where organization_id = ${organizationId} and pseudonym = ${userId}`
-      return known ? { pseudonym: userId, alreadyForgotten: true } : null
+      if (known) return { pseudonym: userId, alreadyForgotten: true }
     }
     const [row] = await tx<Array<{ p: string | null }>>`select forget_user(${organizationId}, ${userId}) as p`
     if (row.p !== null) {

@@ -40,10 +40,29 @@ function percentDecoded (s: string): string {
   try { return decodeURIComponent(s) } catch { return s }
 }
 
+/**
+ * A decoded name as its group id: control and format characters (a pasted zero-width space) go,
+ * Unicode's composed form (NFC) is kept, so `Réseau` typed with a combining accent is the same
+ * group as `Réseau` typed with `é`, and surrounding spaces are trimmed. The admin plane reads the
+ * group ids it is given (budgets, allowlists, filters) by this same rule: a budget set on one
+ * spelling binds the members the header names with the other.
+ */
+export function canonicalGroup (decoded: string): string {
+  return pgText(decoded).replace(CONTROL, '').normalize('NFC').replace(CONTROL, '').trim()
+}
+
+/** A group id given to the admin plane (already decoded once), canonical, or a string saying what is wrong. */
+export function adminGroupId (decoded: string): { id: string } | { error: string } {
+  const id = canonicalGroup(decoded)
+  if (id === '' || TEMPLATE.test(id)) return { error: 'a group id must name a group (not empty, not a {{template}})' }
+  if (id.length > MAX_GROUP_CHARS) return { error: `a group id is at most ${MAX_GROUP_CHARS} characters` }
+  return { id }
+}
+
 /** One group name as it is stored, or null when it names no group. */
 function one (raw: string, where: string): string | null {
   if (TEMPLATE.test(raw)) return null
-  const name = pgText(percentDecoded(fromLatin1(raw))).replace(CONTROL, '').trim()
+  const name = canonicalGroup(percentDecoded(fromLatin1(raw)))
   if (name === '' || TEMPLATE.test(name)) return null
   if (name.length > MAX_GROUP_CHARS) throw new GroupsError(`${where}: a group name is longer than ${MAX_GROUP_CHARS} characters`)
   return name

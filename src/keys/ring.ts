@@ -87,6 +87,15 @@ export class KeyRing {
     this.revokedHere.add(id)
   }
 
+  /**
+   * A user was forgotten through this replica: their keys now bill the pseudonym in api_keys.
+   * Dropped from the copy, so the next request reads the key again instead of billing the erased
+   * id until the next refresh (other replicas: within refreshMs).
+   */
+  userForgotten (userId: string): void {
+    for (const [hash, key] of this.live) if (key.userId === userId) this.live.delete(hash)
+  }
+
   /** Writes what is left of last_used_at (after a write in flight) and stops the refresh. */
   async close (): Promise<void> {
     this.closed = true

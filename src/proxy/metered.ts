@@ -174,7 +174,8 @@ async function modelsAllowed (res: ServerResponse, body: RequestBody, model: str
     return false
   }
   if (rs.length === 0) return true
-  const fallbacks = body.json?.strings('models')
+  // An upload names its model in form fields: every one is checked, whichever upstream reads.
+  const fallbacks = body.uploadModels ?? body.json?.strings('models')
   const named = fallbacks === null ? null : [...(model === undefined ? [] : [model]), ...(fallbacks ?? [])]
   const why = refusalFor(rs, named)
   if (why === null) return true
@@ -303,6 +304,8 @@ interface RequestBody {
   json: JsonBody | null
   /** The body's own `user` field, if a string. */
   user: string | undefined
+  /** A multipart upload's `model` fields (every one); null for a JSON body. */
+  uploadModels: string[] | null
   /**
    * Bytes as received: the budgets' estimate reads them when a budget applies (a `user` spliced
    * in place may by then have replaced the closing brace: a few bytes more, never fewer).
@@ -331,7 +334,7 @@ async function readPayload (req: IncomingMessage, res: ServerResponse, format: B
     if ('error' in type) { sendError(res, 400, 'invalid_request_error', 'invalid_multipart', type.error); return null }
     const form = scanMultipart(raw, type.boundary)
     if (!form) { sendError(res, 400, 'invalid_request_error', 'invalid_multipart', 'request body is not well-formed multipart/form-data'); return null }
-    return { json: null, user: form.user, bytes: raw, withUser: (user) => form.withUserParts(user), memory }
+    return { json: null, user: form.user, uploadModels: form.models, bytes: raw, withUser: (user) => form.withUserParts(user), memory }
   }
   const scan = new BodyScan(raw, room)
   for (;;) {
@@ -341,7 +344,7 @@ async function readPayload (req: IncomingMessage, res: ServerResponse, format: B
   }
   const json = scan.body
   if (!json) { sendError(res, 400, 'invalid_request_error', 'invalid_json', 'request body must be a JSON object'); return null }
-  return { json, user: json.string('user'), bytes: raw, withUser: (user) => json.withUserParts(user), memory }
+  return { json, user: json.string('user'), uploadModels: null, bytes: raw, withUser: (user) => json.withUserParts(user), memory }
 }
 
 /** Bytes scanned per event-loop turn: about a millisecond of work. */

@@ -6,27 +6,28 @@ import type { Logger } from '../lib/log.js'
 import { sendError } from '../lib/errors.js'
 import { upstreamHeaders, type UpstreamHeaderPolicy } from './headers.js'
 
-// GET /v1/models: OpenRouter's list as the caller may use it. A caller whom a model allowlist
+// GET /v1/models (and the other lists of models, /models/user and /embeddings/models):
+// OpenRouter's list as the caller may use it. A caller whom a model allowlist
 // restricts (their groups' lists, their API key's) sees only the models every list allows; the
 // virtual "My usage" model (SELF_SERVICE_MODEL) is added for everyone. With neither, the request
 // passes through untouched.
 
 export interface ModelsListOptions {
-  /** OpenRouter's /models, and the same header rewrite as the passthrough (the organization's key). */
-  modelsUrl: string
+  /** OpenRouter's base URL (its lists are below it), and the same header rewrite as the passthrough (the organization's key). */
+  baseUrl: string
   headers: UpstreamHeaderPolicy
   log: Logger
   identity: IdentityOptions
   allowlists?: Allowlists
-  /** An entry appended to the list (the "My usage" model). */
+  /** An entry appended to the list of /models (the "My usage" model). */
   extra?: { id: string }
 }
 
 /** `key`: the API key the list was asked with (its groups and models are the caller's). */
-export type ModelsHandler = (req: IncomingMessage, res: ServerResponse, query: string, passthrough: () => void, key?: KeyHolder | null) => void
+export type ModelsHandler = (req: IncomingMessage, res: ServerResponse, endpoint: string, query: string, passthrough: () => void, key?: KeyHolder | null) => void
 
 export function modelsList (o: ModelsListOptions): ModelsHandler {
-  return (req, res, query, passthrough, key = null) => {
+  return (req, res, endpoint, query, passthrough, key = null) => {
     let keep: ((id: string) => boolean) | null = null
     const decided = (async () => {
       if (!o.allowlists) return
@@ -35,8 +36,9 @@ export function modelsList (o: ModelsListOptions): ModelsHandler {
       if (rs.length > 0) keep = (id) => allowedBy(rs, id)
     })()
     decided.then(() => {
-      if (keep === null && !o.extra) return passthrough()
-      fetchList(o, req, res, query, keep)
+      const extra = endpoint === 'models' ? o.extra : undefined
+      if (keep === null && !extra) return passthrough()
+      fetchList(o, req, res, `/${endpoint}${query}`, keep, extra)
     }, (err: unknown) => {
       req.resume()
       if (err instanceof IdentityError) return sendError(res, 401, 'authentication_error', 'invalid_identity', err.message)
@@ -46,11 +48,11 @@ export function modelsList (o: ModelsListOptions): ModelsHandler {
   }
 }
 
-function fetchList (o: ModelsListOptions, req: IncomingMessage, res: ServerResponse, query: string, keep: ((id: string) => boolean) | null): void {
+function fetchList (o: ModelsListOptions, req: IncomingMessage, res: ServerResponse, path: string, keep: ((id: string) => boolean) | null, extra: { id: string } | undefined): void {
   req.resume()
   // identity: the list is read and rewritten here, so it must arrive uncompressed.
   const headers = upstreamHeaders(req.headers, o.headers, 'identity')
-  request(o.modelsUrl + query, { headers, headersTimeout: 30_000, bodyTimeout: 30_000 }).then(async (up) => {
+  request(o.baseUrl + path, { headers, headersTimeout: 30_000, bodyTimeout: 30_000 }).then(async (up) => {
     const text = await up.body.text()
     let list: { data?: unknown } | null = null
     try { list = JSON.parse(text) as { data?: unknown } } catch { /* answered as it came, or refused below */ }
@@ -66,7 +68,7 @@ function fetchList (o: ModelsListOptions, req: IncomingMessage, res: ServerRespo
       const k = keep
       data = data.filter((m) => typeof (m as { id?: unknown } | null)?.id === 'string' && k((m as { id: string }).id))
     }
-    if (o.extra) data.push(o.extra)
+    if (extra) data.push(extra)
     list.data = data
     const out = JSON.stringify(list)
     res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(out) })

@@ -44,10 +44,13 @@ export interface DataPlane {
    * appended (SELF_SERVICE_MODEL); calls `passthrough` when neither changes the list. `key`: the
    * API key it was asked with.
    */
-  models?: (req: IncomingMessage, res: ServerResponse, query: string, passthrough: () => void, key: ApiKey | null) => void
+  models?: (req: IncomingMessage, res: ServerResponse, endpoint: string, query: string, passthrough: () => void, key: ApiKey | null) => void
   /** The organization's API keys (src/keys/ring.ts). */
   keys?: { check: (secret: string) => KeyCheck | Promise<KeyCheck> }
 }
+
+/** The GET endpoints that answer a list of models: each is filtered by the caller's allowlists. */
+const MODEL_LISTS = new Set(['models', 'models/user', 'embeddings/models'])
 
 export function createProxyServer (ctx: ServerContext): Server {
   const keyDigest = ctx.proxyApiKey ? digest(`Bearer ${ctx.proxyApiKey}`) : null
@@ -135,7 +138,8 @@ export function createProxyServer (ctx: ServerContext): Server {
           `usage-proxy passes through only the model catalogue (GET /models, /providers, ...); GET /${endpoint} is not forwarded`)
       }
       if (ctx.onPassthrough) res.once('finish', () => ctx.onPassthrough!(res.statusCode))
-      if (req.method === 'GET' && endpoint === 'models' && plane.models) return plane.models(req, res, query, () => ctx.passthrough.handle(req, res, `/${endpoint}${query}`), key)
+      // Every catalogue that lists models goes through the caller's allowlists, not just /models.
+      if (req.method === 'GET' && MODEL_LISTS.has(endpoint) && plane.models) return plane.models(req, res, endpoint, query, () => ctx.passthrough.handle(req, res, `/${endpoint}${query}`), key)
       return ctx.passthrough.handle(req, res, `/${endpoint}${query}`)
     }
     const format = req.method === 'POST' ? meteredBodyFormat(endpoint) : null

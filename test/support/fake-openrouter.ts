@@ -174,7 +174,7 @@ export class FakeOpenRouter {
       return json(res, 401, { error: { code: 401, message: 'No auth credentials found' } })
     }
     const path = url.pathname.replace(/^\/api\/v1/, '')
-    if (req.method === 'GET' && path === '/models') return json(res, 200, { data: this.models })
+    if (req.method === 'GET' && (path === '/models' || path === '/models/user' || path === '/embeddings/models')) return json(res, 200, { data: this.models })
     if (req.method === 'GET' && path === '/key') return json(res, 200, { data: this.key })
     if (req.method === 'GET' && path === '/generation') return this.generation(res, url.searchParams.get('id') ?? '')
     if (req.method !== 'POST') return json(res, 404, { error: { code: 404, message: 'Not Found' } })

@@ -44,7 +44,14 @@ export class MultipartBody {
     private readonly users: Span[],
     /** Where the closing delimiter (`--boundary--`) begins: a new part goes here. */
     private readonly close: number,
+    /** Content of every part named `model`. */
+    private readonly modelParts: Span[] = [],
   ) {}
+
+  /** Every `model` field, as text, in order: parsers upstream differ on which of several they read. */
+  get models (): string[] {
+    return this.modelParts.map((m) => this.bytes.toString('utf8', m.start, m.end))
+  }
 
   /** The last `user` field, as text (the JSON path also reads the last one). */
   get user (): string | undefined {
@@ -80,9 +87,10 @@ export function scanMultipart (bytes: Buffer, boundary: string): MultipartBody |
   if (!startsWithAt(bytes, dash, 0)) return null
   let at = 0
   const users: Span[] = []
+  const models: Span[] = []
   for (;;) {
     let p = at + dash.length
-    if (bytes[p] === 0x2d && bytes[p + 1] === 0x2d) return new MultipartBody(bytes, boundary, users, at) // the closing delimiter
+    if (bytes[p] === 0x2d && bytes[p + 1] === 0x2d) return new MultipartBody(bytes, boundary, users, at, models) // the closing delimiter
     while (bytes[p] === 0x20 || bytes[p] === 0x09) p++ // transport padding
     if (bytes[p] !== 0x0d || bytes[p + 1] !== 0x0a) return null
     p += 2
@@ -102,6 +110,7 @@ export function scanMultipart (bytes: Buffer, boundary: string): MultipartBody |
     const name = partName(headers)
     if (name === null) return null
     if (name === 'user') users.push({ start: contentStart, end: next })
+    else if (name === 'model') models.push({ start: contentStart, end: next })
     at = next + 2
   }
 }
