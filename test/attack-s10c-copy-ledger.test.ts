@@ -55,6 +55,10 @@ t.test('after a copy from a source whose transaction ids run ahead, new rows are
   const url = await ce.listen()
   const sink = cloudEventsSink({ url, source: 'test', batchSize: 10 })
   const exporter = startExporter([sink], { sql: target.sql, organizationId: ORG, log: createLogger('warn', new LogSink()), leaseMs: 2000, pollMs: 20, backoff: { baseMs: 10, maxMs: 50 } })
+  // Delivered means received: idle alone can come early while another transaction of the cluster
+  // holds the horizon below the new row.
+  const deadline = Date.now() + 30_000
+  while (!ce.accepted.some((e) => e.id === fresh) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
   await exporter.idle()
   await exporter.stop()
   const ids = ce.accepted.map((e) => e.id).sort()

@@ -237,13 +237,6 @@ BEGIN
   ON CONFLICT (organization_id, scope, user_id) DO UPDATE SET
     limit_usd = excluded.limit_usd, period = excluded.period, source = excluded.source, updated_at = excluded.updated_at;
 
-  -- The user's Stripe customer becomes the pseudonym's: rows not exported yet, and rows the
-  -- journal brings in later under the pseudonym, still bill to the customer they belong to.
-  WITH gone AS (DELETE FROM billing_customers WHERE organization_id = p_org AND scope = 'user' AND subject = p_user RETURNING *)
-  INSERT INTO billing_customers AS c (organization_id, scope, subject, stripe_customer_id, updated_at)
-  SELECT organization_id, scope, p, stripe_customer_id, updated_at FROM gone
-  ON CONFLICT (organization_id, scope, subject) DO UPDATE SET stripe_customer_id = excluded.stripe_customer_id, updated_at = excluded.updated_at;
-
   -- Rate limits: the window is the next minute's business; leases in flight keep counting, renamed.
   DELETE FROM rate_windows WHERE organization_id = p_org AND user_id = p_user;
   UPDATE rate_leases SET user_id = p WHERE organization_id = p_org AND user_id = p_user;
