@@ -108,9 +108,13 @@ t.test('a request reaches Stripe under the user\'s customer; status, metrics, CL
   t.equal(st.sink, 'stripe')
   t.equal(st.pending, 0)
   t.equal(st.held_here, true)
-  const metrics = await (await request(on.url + '/metrics')).body.text()
+  // The lag is the age of the oldest row of the last batch read; it is 0 again at the next read
+  // that finds nothing pending, one poll after the delivery.
+  const metricsText = async () => await (await request(on.url + '/metrics')).body.text()
+  await waitFor('the lag to be back to 0', async () => /usage_proxy_export_lag_seconds\{sink="stripe"\} 0\n/.test(await metricsText()))
+  const metrics = await metricsText()
   t.match(metrics, /usage_proxy_export_rows_sent_total\{sink="stripe"\} 1/)
-  t.match(metrics, /usage_proxy_export_lag_seconds\{sink="stripe"\} 0/)
+  t.match(metrics, /usage_proxy_export_lag_seconds\{sink="stripe"\} 0\n/)
   t.match(metrics, /usage_proxy_export_holding_lease\{sink="stripe"\} 1/)
 
   let out = ''
