@@ -36,10 +36,10 @@ export const BREAKS = [
     file: 'sql/functions/8-forget.sql',
     search: `after = replace(after::text, '"user_id": ' || to_jsonb(p_user)::text, '"user_id": ' || to_jsonb(p)::text)::jsonb
    WHERE organization_id = p_org
-     AND (right(target, length(p_user) + 1) = '/' || p_user`,
+     AND (right(target, length(p_user) + 7) = '/users/' || p_user`,
     replace: `after = replace(after::text, to_jsonb(p_user)::text, to_jsonb(p)::text)::jsonb
    WHERE organization_id = p_org
-     AND (right(target, length(p_user) + 1) = '/' || p_user OR strpos(after::text, to_jsonb(p_user)::text) > 0`,
+     AND (right(target, length(p_user) + 7) = '/users/' || p_user OR strpos(after::text, to_jsonb(p_user)::text) > 0`,
     tests: FORGET,
   },
   {

@@ -98,8 +98,8 @@ export const BREAKS = [
   {
     name: 'audit: a budget change is recorded before it is known to have happened (no transaction)',
     file: 'src/admin/budgets.ts',
-    search: "            if (deleted) await appendAudit(tx, org, { actor: r.actor, action: 'budget.deleted'",
-    replace: "            await appendAudit(tx, org, { actor: r.actor, action: 'budget.deleted'",
+    search: "            if (!await deleteBudget(tx, org, scope, userId)) return false",
+    replace: "            const gone = await deleteBudget(tx, org, scope, userId)",
     tests: AUDIT,
   },
 ]
