@@ -852,6 +852,10 @@ export const BREAKS = [
     replace: 'if (at.length < RUN - 1) return',
     tests: ['test/gc-headroom.test.ts'],
   },
+  // Survives, on purpose: telling a run declared on the 4th collection from one declared on the
+  // 5th needs forced collections within GAP_MS of each other and none from the process between
+  // them, so a test of it fails whenever the machine stalls the test for a second. The tests check
+  // that a run is declared, reported once, and what the flag then is.
   {
     name: 's7: a run is declared one collection late',
     file: 'src/lib/gc-headroom.ts',
