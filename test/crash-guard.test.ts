@@ -3,7 +3,7 @@ import { spawnSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { isPostgresSocketRace } from '../src/lib/crash-guard.js'
+import { isDroppedSocketRejection, isPostgresSocketRace } from '../src/lib/crash-guard.js'
 
 const raceStack = "TypeError: Cannot read properties of null (reading 'write')\n    at nextWrite (/app/node_modules/postgres/src/connection.js:255:22)\n    at process.processImmediate (node:internal/timers:483:21)"
 
@@ -55,4 +55,41 @@ t.test('the guarded internals are where the installed postgres.js has them', asy
   try { socket.write() } catch (e) { err = e }
   ;(err as Error).stack = `${(err as Error).message}\n    at nextWrite (${connection}:255:22)\n    at process.processImmediate (node:internal/timers:483:21)`
   t.ok(isPostgresSocketRace(err), `recognized at ${connection}`)
+})
+
+const resetStack = 'Error: read ECONNRESET\n    at TCP.onStreamRead (node:internal/stream_base_commons:218:20)'
+const reset = (stack = resetStack): Error => Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET', errno: -104, syscall: 'read', stack })
+
+t.test('an unawaited bare socket error is recognized; one thrown, or raised in our code, is not', async (t) => {
+  t.ok(isDroppedSocketRejection(reset(), 'unhandledRejection'))
+  t.notOk(isDroppedSocketRejection(reset(), 'uncaughtException'), 'an unhandled error event stays fatal')
+  t.notOk(isDroppedSocketRejection(reset(`${resetStack}\n    at liveKeys (/app/dist/keys/store.js:1:1)`), 'unhandledRejection'), 'a query of ours left unawaited is a real bug')
+  t.notOk(isDroppedSocketRejection(new Error('read ECONNRESET'), 'unhandledRejection'), 'no errno: not a socket error')
+  t.notOk(isDroppedSocketRejection(Object.assign(reset(), { code: 'ENOENT' }), 'unhandledRejection'))
+})
+
+const rejectScript = (stack: string) => `
+  import { installCrashGuard } from './dist/lib/crash-guard.js'
+  import { createLogger } from './dist/lib/log.js'
+  installCrashGuard(createLogger('info'))
+  Promise.reject(Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET', errno: -104, syscall: 'read', stack: ${JSON.stringify(stack)} }))
+  setTimeout(() => { console.log('still alive'); process.exit(0) }, 100)
+`
+
+t.test('a connection reset nobody awaited is survived; a rejection from our code exits 1', async (t) => {
+  const survived = spawnSync(process.execPath, ['--input-type=module', '-e', rejectScript(resetStack)], { encoding: 'utf8', timeout: 10_000 })
+  t.equal(survived.status, 0)
+  t.match(survived.stdout, /reset while it was being set up/)
+  t.match(survived.stdout, /still alive/)
+  const died = spawnSync(process.execPath, ['--input-type=module', '-e', rejectScript(`${resetStack}\n    at mine (/app/dist/x.js:1:1)`)], { encoding: 'utf8', timeout: 10_000 })
+  t.equal(died.status, 1)
+  t.match(died.stdout, /uncaught exception; exiting/)
+})
+
+// Why the guard is needed: the installed postgres.js starts the array-type query from a message
+// handler that drops its promise, and that query's rejection carries no origin frames.
+t.test('postgres.js drops the promise of its per-connection array-type fetch', async (t) => {
+  const source = readFileSync(join(dirname(fileURLToPath(import.meta.resolve('postgres'))), 'connection.js'), 'utf8')
+  t.match(source, /return fetchArrayTypes\(\)/, 'started from the ReadyForQuery handler, whose result nobody reads')
+  t.match(source, /async function fetchArrayTypes\(\) \{[^}]*await new Query\(\[/, 'an untagged query: its error gets no origin frames')
 })
