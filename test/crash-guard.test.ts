@@ -64,6 +64,9 @@ t.test('an unawaited bare socket error is recognized; one thrown, or raised in o
   t.ok(isDroppedSocketRejection(reset(), 'unhandledRejection'))
   t.notOk(isDroppedSocketRejection(reset(), 'uncaughtException'), 'an unhandled error event stays fatal')
   t.notOk(isDroppedSocketRejection(reset(`${resetStack}\n    at liveKeys (/app/dist/keys/store.js:1:1)`), 'unhandledRejection'), 'a query of ours left unawaited is a real bug')
+  const refused = Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:41765'), { code: 'ECONNREFUSED', syscall: 'connect',
+    stack: 'Error: connect ECONNREFUSED 127.0.0.1:41765\n    at TCPConnectWrap.afterConnect [as oncomplete] (node:net:1611:16)' })
+  t.ok(isDroppedSocketRejection(refused, 'unhandledRejection'), 'a reconnect refused while Postgres is away')
   t.notOk(isDroppedSocketRejection(new Error('read ECONNRESET'), 'unhandledRejection'), 'no errno: not a socket error')
   t.notOk(isDroppedSocketRejection(Object.assign(reset(), { code: 'ENOENT' }), 'unhandledRejection'))
 })

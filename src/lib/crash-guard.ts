@@ -11,9 +11,10 @@ import type { Logger } from './log.js'
 // fetchArrayTypes) from a socket handler that drops the promise: a connection reset while that
 // query runs rejects it with the bare socket error (its query has no origin to add), and nobody
 // awaits it. Node makes that an uncaught exception. That connection is gone too and the pool
-// reconnects, so an unawaited rejection carrying only a socket read/write error is survived.
+// reconnects, so an unawaited rejection carrying only a bare socket error (reset, refused, timed out) is survived.
 
-const SOCKET_ERRORS = new Set(['ECONNRESET', 'EPIPE', 'ETIMEDOUT'])
+const SOCKET_ERRORS = new Set(['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ECONNREFUSED'])
+const SOCKET_CALLS = new Set(['read', 'write', 'connect'])
 
 export function isPostgresSocketRace (err: unknown): boolean {
   return err instanceof TypeError && err.message.includes("reading 'write'") &&
@@ -24,9 +25,9 @@ export function isPostgresSocketRace (err: unknown): boolean {
 export function isDroppedSocketRejection (err: unknown, origin: string): boolean {
   if (origin !== 'unhandledRejection' || !(err instanceof Error)) return false
   const e = err as NodeJS.ErrnoException
-  if (!SOCKET_ERRORS.has(e.code ?? '') || (e.syscall !== 'read' && e.syscall !== 'write')) return false
+  if (!SOCKET_ERRORS.has(e.code ?? '') || !SOCKET_CALLS.has(e.syscall ?? '')) return false
   const frames = (e.stack ?? '').split('\n').slice(1)
-  return frames.length > 0 && frames.every((f) => /^\s+at .*\(node:internal\//.test(f))
+  return frames.length > 0 && frames.every((f) => /^\s+at .*\(node:/.test(f))
 }
 
 export function installCrashGuard (log: Logger): void {
