@@ -5,6 +5,7 @@ import { FakeOpenRouter, sumDecimals } from './support/fake-openrouter.js'
 import { createTestDb, type TestDb } from './support/db.js'
 import { baseEnv, startSidecar, type Started } from './support/sidecar.js'
 import { pgbouncerBinary, startPgbouncer, type Bouncer } from './support/pgbouncer.js'
+import { isDroppedSocketRejection, isPostgresSocketRace } from '../src/lib/crash-guard.js'
 
 // A fleet through one PgBouncer: sidecars of distinct organizations whose only DATABASE_URL is
 // the pooler, 16 requests at a time each. Every generation the fake OpenRouter billed has its
@@ -170,6 +171,15 @@ t.test('session mode works too', { skip }, async (t) => {
 })
 
 t.test('the pooler restarts mid-run: every generation still gets its row once it is back, without a sidecar restart', { skip }, async (t) => {
+  // The sidecars run in this process, so it needs the guard their own process installs
+  // (src/lib/crash-guard.ts): postgres.js can throw from a timer when the pooler drops a
+  // connection mid-write. Anything else still fails the file.
+  const survive = (err: Error, origin: string): void => {
+    if (isPostgresSocketRace(err) || isDroppedSocketRejection(err, origin)) return
+    throw err
+  }
+  process.on('uncaughtException', survive)
+  t.teardown(() => { process.off('uncaughtException', survive) })
   const f = await startFleet(t, 'transaction')
   if (!f) return
   const statuses = await load(f, async () => {
