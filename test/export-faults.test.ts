@@ -86,6 +86,34 @@ t.test('a row committing after later ones is not skipped', async (t) => {
   await reconciles(t, db, ce)
 })
 
+t.test('a caught-up exporter on a quiet database goes idle and stops writing', async (t) => {
+  // Each write takes a transaction id and moves the horizon; an exporter that wrote its cursor down
+  // after every empty read would find a new empty stretch behind its own write, forever.
+  if (await withoutServer(t, 'an exporter and its lease renewals on connections of their own')) return
+  const { db, ce, url } = await fresh()
+  t.teardown(async () => { await ce.close(); await db.drop() })
+  await seedLedger(db.sql, { rows: 12, from: '2026-11-01', days: 2 })
+  await db.sql.unsafe(`CREATE TABLE writes (tbl text);
+    CREATE FUNCTION count_write() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSERT INTO writes VALUES (TG_TABLE_NAME); RETURN NULL; END $$;
+    CREATE TRIGGER count_cursor AFTER UPDATE ON export_cursors FOR EACH ROW EXECUTE FUNCTION count_write();
+    CREATE TRIGGER count_lease AFTER UPDATE ON export_leases FOR EACH ROW EXECUTE FUNCTION count_write();`)
+  const leaseMs = 600
+  const exporter = startExporter([cloudEventsSink({ url, source: ORG, batchSize: 5 })], { sql: db.sql, organizationId: ORG, log: log(), leaseMs, pollMs: 10 })
+  t.teardown(() => exporter.stop())
+  await waitFor('every row', () => ce.events.size === 12)
+  await exporter.idle()
+  const count = async (tbl: string): Promise<number> => Number((await db.sql<{ n: string }[]>`SELECT count(*)::text AS n FROM writes WHERE tbl = ${tbl}`)[0].n)
+  const cursorsBefore = await count('export_cursors')
+  const leasesBefore = await count('export_leases')
+  // Six renewals (one every leaseMs / 3) span two lease periods and about two hundred polls.
+  await waitFor('six lease renewals', async () => await count('export_leases') >= leasesBefore + 6)
+  const cursorWrites = await count('export_cursors') - cursorsBefore
+  t.ok(cursorWrites <= 3, `the idle exporter wrote its cursor ${cursorWrites} times in two lease periods (at most once a lease)`)
+  await exporter.idle()
+  t.pass('and stays idle')
+  await reconciles(t, db, ce)
+})
+
 t.test('a holder whose lease passed on cannot move the cursor', async (t) => {
   const { db, ce } = await fresh()
   t.teardown(async () => { await ce.close(); await db.drop() })

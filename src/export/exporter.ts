@@ -109,13 +109,21 @@ function runSink (sink: Sink, opts: ExporterOptions, stopping: AbortSignal) {
         let buffer: PlacedRow[] = []
         let bufferEnd: Position = cursor
         let window = XID_WINDOW
+        let savedAt = Date.now()
         while (!lost.signal.aborted) {
           if (buffer.length === 0) {
             const read = await readBatch(sql, opts.organizationId, sink.name, cursor, Math.max(sink.batchSize, PREFETCH), window)
             window = read.window ?? window
             if (read.rows.length === 0) {
               if (read.end.xid !== cursor.xid || read.end.eventId !== cursor.eventId || read.end.createdAt !== cursor.createdAt) {
-                cursor = (await recordBatch(sql, lease, leaseMs, sink, read, [])).cursor
+                // An empty stretch moves the cursor in memory; writing it down each time would take
+                // a transaction id, move the horizon past it and make the next read find a new empty
+                // stretch, forever, on a quiet cluster. It is written down at most once a lease.
+                cursor = read.end
+                if (Date.now() - savedAt >= leaseMs) {
+                  cursor = (await recordBatch(sql, lease, leaseMs, sink, read, [])).cursor
+                  savedAt = Date.now()
+                }
                 continue
               }
               readings.lagSeconds = 0
