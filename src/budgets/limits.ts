@@ -93,7 +93,7 @@ export class Limits {
   private readonly live = new Set<string>()
   /** Which refusals get a row: a flood of them does not become a flood of inserts. */
   readonly refusalRows = new RefusalRows()
-  private renewing = false
+  private renewing: Promise<void> | null = null
   private readonly template: string
   private failures = 0
   private readonly failedOpen: FailOpenLog
@@ -181,13 +181,20 @@ export class Limits {
   }
 
   /** Extends the holds of the requests still running by a TTL (one statement for all of them). */
-  async renew (): Promise<void> {
-    if (this.live.size === 0 || this.renewing) return
-    this.renewing = true
-    try {
-      await this.admissionSql`update budget_reservations set expires_at = now() + make_interval(secs => ${this.d.config.reservationTtlMs / 1000})
-                        where event_id = any(${[...this.live]}::uuid[])`
-    } catch { /* the next tick tries again; the TTL is three ticks at least */ } finally { this.renewing = false }
+  renew (): Promise<void> {
+    // One renewal at a time; a call while one runs waits for it (what a caller asks is then done:
+    // every hold live when it started has its new expiry).
+    if (this.renewing !== null) return this.renewing
+    if (this.live.size === 0) return Promise.resolve()
+    const ids = [...this.live]
+    const ttlSeconds = this.d.config.reservationTtlMs / 1000
+    this.renewing = (async () => {
+      await this.admissionSql`update budget_reservations set expires_at = now() + make_interval(secs => ${ttlSeconds})
+                        where event_id = any(${ids}::uuid[])`
+    })()
+      .catch(() => { /* the next tick tries again; the TTL is three ticks at least */ })
+      .finally(() => { this.renewing = null })
+    return this.renewing
   }
 
   /** Lets go of a reservation whose request was never sent. */
