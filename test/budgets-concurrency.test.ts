@@ -60,6 +60,10 @@ t.test('64 concurrent requests across 3 processes never overspend an organizatio
       ORG_BUDGET_PERIOD: 'month',
       USER_BUDGET_USD: USER_LIMIT,
       USER_BUDGET_PERIOD: 'day',
+      // The guarantee under test is the locks': an admission that gave up waiting would be served
+      // unchecked (BUDGET_FAIL_MODE=open), which the embedded database's one session can cause
+      // under this load. It waits instead, and the end checks that none failed open.
+      BUDGET_DB_TIMEOUT_MS: '60000',
     }, await freePort()))
   }
   await Promise.all(children.map((c) => c.waitReady()))
@@ -139,6 +143,11 @@ t.test('64 concurrent requests across 3 processes never overspend an organizatio
     const allowed = sumDecimals([limit, ...overruns])
     t.ok(le(spent, allowed), `${who}: spent ${spent} <= limit ${limit} + overruns (${overruns.length}) = ${allowed}`)
     return spent
+  }
+  for (const c of children) {
+    const metrics = await (await request(c.url + '/metrics', { dispatcher: agent })).body.text()
+    t.match(metrics, /^usage_proxy_budget_fail_open_total(\{[^}]*\})? 0$/m, 'no admission was served without a spend check')
+    t.notMatch(metrics, /^usage_proxy_budget_fail_open_total(\{[^}]*\})? [1-9]/m)
   }
   const orgSpent = await bound('organization', '', [], ORG_LIMIT)
   const [oc] = await db.sql`select spent_usd::text as spent, reserved_usd::text as reserved from budget_counters where scope = 'organization' and period = 'month'`

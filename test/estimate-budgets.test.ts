@@ -23,7 +23,12 @@ t.before(async () => {
   fake = await new FakeOpenRouter(5).start()
   db = await createTestDb({ migrated: true })
   // An organization budget from the environment: boot has loaded /models before it is ready.
-  s = await startSidecar(baseEnv(fake, db.url, { ORG_BUDGET_USD: '1000', ORG_BUDGET_PERIOD: 'month', LOG_LEVEL: 'warn' }))
+  s = await startSidecar(baseEnv(fake, db.url, {
+    ORG_BUDGET_USD: '1000', ORG_BUDGET_PERIOD: 'month', LOG_LEVEL: 'warn',
+    // An admission that gave up waiting would be served unchecked (BUDGET_FAIL_MODE=open), which
+    // the embedded database's one session can cause under 48 at once: it waits instead.
+    BUDGET_DB_TIMEOUT_MS: '60000',
+  }))
 })
 t.teardown(async () => {
   await s?.sidecar.stop('test end')
@@ -109,6 +114,8 @@ t.test('concurrent CJK prompts never overspend a user budget', async (t) => {
     return r.n === served ? [r] : []
   }, 15_000)
   const total = await spent('cjk')
+  const metrics = await (await request(s.url + '/metrics', { dispatcher: agent })).body.text()
+  t.match(metrics, /^usage_proxy_budget_fail_open_total(\{[^}]*\})? 0$/m, 'no admission was served without a spend check')
   t.ok(le(total, LIMIT), `spent ${total} <= limit ${LIMIT}`)
   t.ok(le('0.02', total), `and the budget was used (${total})`)
 })

@@ -67,7 +67,11 @@ t.test('a group budget binds under 64 concurrent requests across 3 sidecars', as
     await fake.close()
     await db.drop()
   })
-  const start = async () => sidecars.push(await startSidecar(baseEnv(fake, db.url, { ADMIN_API_KEY: ADMIN_KEY, LOG_LEVEL: 'warn', BUDGET_REFRESH_MS: '100', RECONCILE_MAX_WAIT_MS: '15000' }), { groupsOf }))
+  const start = async () => sidecars.push(await startSidecar(baseEnv(fake, db.url, { ADMIN_API_KEY: ADMIN_KEY, LOG_LEVEL: 'warn', BUDGET_REFRESH_MS: '100', RECONCILE_MAX_WAIT_MS: '15000',
+    // The locks are under test: an admission that gave up waiting would be served unchecked
+    // (BUDGET_FAIL_MODE=open), which the embedded database's one session can cause under this
+    // load. It waits instead, and the end checks that none failed open.
+    BUDGET_DB_TIMEOUT_MS: '60000' }), { groupsOf }))
   await start()
   const put = await call(sidecars[0].url, 'PUT', '/admin/v1/budgets/groups/physics', { limit_usd: GROUP_LIMIT, period: 'month' })
   t.equal(put.status, 200)
@@ -119,6 +123,10 @@ t.test('a group budget binds under 64 concurrent requests across 3 sidecars', as
   const spent = sumDecimals(rows.map((r) => r.b))
   const overruns = rows.filter((r) => !le(r.b, ESTIMATE_FLOOR)).map((r) => sumDecimals([r.b, '-' + ESTIMATE_FLOOR]))
   t.ok(overruns.length > 0, 'requests cost more than their estimate')
+  for (const s of sidecars) {
+    const metrics = await (await request(s.url + '/metrics', { dispatcher: agent })).body.text()
+    t.match(metrics, /^usage_proxy_budget_fail_open_total(\{[^}]*\})? 0$/m, 'no admission was served without a spend check')
+  }
   t.ok(le(spent, sumDecimals([GROUP_LIMIT, ...overruns])), `physics spent ${spent} <= limit ${GROUP_LIMIT} + overruns (${overruns.length})`)
   const [c] = await db.sql`select spent_usd::text as spent, reserved_usd::text as reserved from budget_counters where scope = 'group' and user_id = 'physics' and period = 'month'`
   t.equal(sumDecimals([c.spent]), spent, 'the group counter is the sum of its rows, exactly')

@@ -34,7 +34,9 @@ for (const mode of ['closed', 'open'] as const) {
     await relay.open()
     const s = await startSidecar(baseEnv(fake, `${relay.url}/${db.name}`, {
       ADMIN_API_KEY: ADMIN_KEY, PROXY_API_KEY: 'proxy-key-for-the-chat-app', SHUTDOWN_GRACE_MS: '200',
-      BUDGET_FAIL_MODE: mode, BUDGET_DB_TIMEOUT_MS: '300', API_KEYS_REFRESH_MS: '100',
+      // Long enough for a lookup on a busy embedded database to answer; short enough that the
+      // outage below shows within seconds.
+      BUDGET_FAIL_MODE: mode, BUDGET_DB_TIMEOUT_MS: '2000', API_KEYS_REFRESH_MS: '100',
     }))
     t.teardown(async () => { relay.resume(); await s.sidecar.stop('test end'); await relay.cut(); await db.drop() })
     const made = await request(`${s.url}/admin/v1/keys`, { method: 'POST', headers: admin, body: JSON.stringify({ name: 'outage' }) })
