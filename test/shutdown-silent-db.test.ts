@@ -51,11 +51,11 @@ class SilentRelay {
 }
 
 let fake: FakeOpenRouter
-t.before(async () => { fake = await new FakeOpenRouter(17).start(); fake.slowEventMs = 5 }) // 1 s streams, within the grace
+t.before(async () => { fake = await new FakeOpenRouter(17).start(); fake.slowEventMs = 5 }) // 1 s streams quiet, several on a starved machine: within the grace
 t.teardown(async () => { await fake.close() })
 
 const env = (databaseUrl: string, dataDir: string, extra: Record<string, string> = {}) =>
-  faultEnv({ org: 'mai_client_silent_db', name: 'Silent DB Inc', key: TEST_KEY, databaseUrl, upstream: fake.baseUrl, dataDir }, { SHUTDOWN_GRACE_MS: '3000', ...extra })
+  faultEnv({ org: 'mai_client_silent_db', name: 'Silent DB Inc', key: TEST_KEY, databaseUrl, upstream: fake.baseUrl, dataDir }, { SHUTDOWN_GRACE_MS: '8000', ...extra })
 
 t.test('SIGTERM while Postgres is silent: every response ends, the process exits 0 in bounded time, nothing is lost', async (t) => {
   const db = await createTestDb({ migrated: true })
@@ -88,7 +88,7 @@ t.test('SIGTERM while Postgres is silent: every response ends, the process exits
   clearTimeout(killer)
   const took = Date.now() - termAt
   t.same({ code, signal }, { code: 0, signal: null }, `exited 0 by itself (after ${took} ms)`)
-  t.ok(took < 20_000, 'within the grace period, the drain and the pool close (and some slack)')
+  t.ok(took < 25_000, 'within the grace period, the drain and the pool close (and some slack)')
   // Postgres is back: the next start replays the journal.
   relay.speak()
   child = spawnSidecar(env(url, dataDir), port)
