@@ -54,7 +54,7 @@ t.test('rows of a forgotten user still bill to the customer the user was mapped 
   const exporter = startExporter([sink], { sql: db.sql, organizationId: ORG, log: createLogger('warn', new LogSink()), leaseMs: 2000, pollMs: 20, backoff: { baseMs: 10, maxMs: 50 } })
   await waitFor('the export to catch up', async () => (await exportStatus(db.sql, ORG))[0]?.pending === 0)
   await exporter.stop()
-  const sent = stripe.accepted.filter((e) => e.identifier === 'gen-' + id)
+  const sent = stripe.posts.filter((e) => e.identifier === 'gen-' + id)
   t.equal(sent.length, 1, 'the row is delivered once')
   t.equal(sent[0]?.customer, 'cus_anna', "billed to the user's customer, not the organization's")
 })

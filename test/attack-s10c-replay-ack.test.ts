@@ -59,7 +59,7 @@ t.test('a row replayed out of the set-aside list past the cursor is not sent aga
   await waitFor('row b set aside while row a waits', async () =>
     (await db.sql`SELECT 1 FROM export_set_aside WHERE organization_id = ${ORG} AND sink = 'stripe'`).length === 1)
   await exporter.stop()
-  t.equal(stripe.accepted.filter((e) => e.identifier === a).length, 0, 'row a is still waiting')
+  t.equal(stripe.posts.filter((e) => e.identifier === a).length, 0, 'row a is still waiting')
 
   await setCustomer(db.sql, ORG, 'user', 'u-chen', 'cus_chen')
   const r = await replay(db.sql, ORG, sink('fresh'), new Date(Date.now() - 86_400_000).toISOString(), { maxAttempts: 3 })
@@ -69,8 +69,8 @@ t.test('a row replayed out of the set-aside list past the cursor is not sent aga
   exporter = run()
   await waitFor('the export to catch up', async () => (await exportStatus(db.sql, ORG))[0]?.pending === 0)
   await exporter.stop()
-  t.equal(stripe.accepted.filter((e) => e.identifier === a).length, 1, 'row a delivered once')
-  t.equal(stripe.accepted.filter((e) => e.identifier === b).length, 1, 'row b delivered once: by the replay, not again by the exporter')
+  t.equal(stripe.posts.filter((e) => e.identifier === a).length, 1, 'row a delivered once')
+  t.equal(stripe.posts.filter((e) => e.identifier === b).length, 1, 'row b delivered once: by the replay, not again by the exporter')
   const [acks] = await db.sql<{ n: number }[]>`SELECT count(*)::int AS n FROM export_acks WHERE organization_id = ${ORG}`
   t.equal(acks.n, 0, 'no acknowledgement is left behind the cursor')
 })

@@ -86,6 +86,7 @@ t.test('every billed row arrives once, sums per customer and month equal the led
   const expectedIds = new Set(billed.map((b) => b.id).filter((id) => id !== refused.id))
   t.same(new Set(stripe.events.keys()), expectedIds, 'every billed row within 35 days arrived, the refused one excepted')
   t.equal(stripe.accepted.length, stripe.events.size, 'no identifier was delivered twice')
+  t.same(stripe.repeats, [], 'and none was even sent twice')
   t.notOk(stripe.events.has(`gen-old-${oldId}`), 'the 40-day-old row was not sent')
   t.same(stripe.problems, [], 'every request followed the published shape')
   t.ok(retried.length >= 1 && retried[0] >= 1000, `the row answered 429 was retried after Retry-After (${retried[0]} ms)`)
@@ -126,6 +127,34 @@ t.test('every billed row arrives once, sums per customer and month equal the led
   const r = await replay(db.sql, ORG, sink, new Date(Date.now() - 30 * 86_400_000).toISOString(), { maxAttempts: 3 })
   t.ok(stripe.events.has(refused.id), 'the refused row arrived on replay')
   t.equal(r.recoveredFromSetAside, 1, 'and left the set-aside list')
+})
+
+t.test('a send whose answer was lost is retried, and Stripe\'s duplicate answer acknowledges it: one event, exact units', async (t) => {
+  const org = 'mai_client_lost_answers'
+  const fresh = await createTestDb({ migrated: true })
+  const receiver = new FakeStripe(KEY)
+  const url = await receiver.listen()
+  t.teardown(async () => { await receiver.close(); await fresh.drop() })
+  await seedLedger(fresh.sql, { organizationId: org, rows: 12, from: daysAgo(3), days: 2 })
+  await setCustomer(fresh.sql, org, 'organization', '', 'cus_org')
+  // The first send of every third row is kept by Stripe, but its answer never arrives.
+  const lost = new Set<string>()
+  let n = 0
+  receiver.loseAnswer = (id) => { if (lost.has(id) || n++ % 3 !== 0) return false; lost.add(id); return true }
+  const sink = stripeSink({ sql: fresh.sql, organizationId: org, secretKey: KEY, apiBase: url, eventName: 'llm_usage', value: 'billed_micro_usd', batchSize: 5 })
+  const exporter = startExporter([sink], { sql: fresh.sql, organizationId: org, log: createLogger('warn', new LogSink()), leaseMs: 2000, pollMs: 20, backoff: { baseMs: 10, maxMs: 50 } })
+  t.teardown(() => exporter.stop())
+  await waitFor('the export to catch up', async () => (await exportStatus(fresh.sql, org))[0]?.pending === 0)
+  await exporter.stop()
+  const ledger = await fresh.sql<{ id: string, micro: string }[]>`SELECT coalesce(generation_id, event_id::text) AS id, (billed_cost_usd * 1000000)::text AS micro
+    FROM usage_events WHERE organization_id = ${org} AND billed_cost_usd IS NOT NULL`
+  t.ok(lost.size > 0, `answers were lost (${lost.size})`)
+  t.same(new Set(receiver.events.keys()), new Set(ledger.map((r) => r.id)), 'every billed row is one event at Stripe')
+  t.equal(receiver.repeats.length, lost.size, 'each row whose answer was lost was sent once more, and no other')
+  const [status] = await exportStatus(fresh.sql, org)
+  t.equal(status.rowsSetAside, '0', 'a duplicate answer is a delivery, not a refusal')
+  const [{ r }] = await fresh.sql<{ r: string }[]>`SELECT round(sum(x::numeric))::text AS r FROM unnest(${ledger.map((l) => l.micro)}::text[]) x`
+  t.equal(String([...receiver.events.values()].reduce((a, e) => a + BigInt(e.value), 0n)), r, 'units kept = round(exact ledger micro-USD)')
 })
 
 t.test('rounding: running totals never drift more than half a unit', async (t) => {

@@ -147,8 +147,9 @@ function form (fields: Record<string, string>): string {
 }
 
 /**
- * Stripe answers a resend of an identifier it still remembers with a 400 naming the duplicate:
- * that event is delivered, so the row is acknowledged, not set aside.
+ * Stripe answers a resend of an identifier it still holds with a 400 invalid_request_error, "An
+ * event already exists with identifier ...": that event is delivered (a send that timed out had
+ * gone through), so the row is acknowledged, not set aside.
  */
 function alreadyDelivered (status: number, body: string): boolean {
   return status === 400 && /identifier/i.test(body) && /(already|duplicate)/i.test(body)

@@ -22,11 +22,21 @@ export class FakeStripe {
   server: Server
   /** Events Stripe kept: first delivery of each identifier. */
   events = new Map<string, MeterEvent>()
-  /** Every POST that was answered 200 (a repeat identifier included). */
+  /** Every POST that was answered 200: the first of each identifier within the dedupe window. */
   accepted: MeterEvent[] = []
+  /**
+   * Every well-formed POST that got past the scripted answers, a repeat included: what "sent
+   * once" counts. Within the window Stripe refuses a repeat identifier with a 400 ("An event
+   * already exists with identifier ..."), as real Stripe does for at least 24 hours.
+   */
+  posts: MeterEvent[] = []
+  /** Identifiers the dedupe window still holds; forget() is the window passing. */
+  private readonly remembered = new Set<string>()
   requests = 0
   problems: string[] = []
   answer: Answerer = () => null
+  /** After keeping an event, drop the connection instead of answering: a send whose answer was lost. */
+  loseAnswer: (identifier: string) => boolean = () => false
   constructor (readonly secretKey: string) {
     this.server = createServer((req, res) => { void this.handle(req, res) })
   }
@@ -37,6 +47,12 @@ export class FakeStripe {
   }
 
   close (): Promise<void> { this.server.closeAllConnections(); return new Promise((r) => this.server.close(() => r())) }
+
+  /** The dedupe window passes: every identifier may be counted again. */
+  forget (): void { this.remembered.clear() }
+
+  /** Repeat posts of an identifier Stripe already held (answered 400 as duplicates). */
+  get repeats (): MeterEvent[] { return this.posts.filter((e, i) => this.posts.findIndex((f) => f.identifier === e.identifier) !== i) }
 
   private async handle (req: IncomingMessage, res: ServerResponse): Promise<void> {
     const body = await readBody(req)
@@ -61,8 +77,14 @@ export class FakeStripe {
     }
     const scripted = this.answer(n, { identifier: ev.identifier })
     if (scripted !== null) { res.writeHead(scripted.status, { 'content-type': 'application/json', ...scripted.headers }).end(scripted.body ?? '{"error":{"message":"scripted"}}'); return }
+    this.posts.push(ev)
+    if (this.remembered.has(ev.identifier)) {
+      return reply(400, { error: { type: 'invalid_request_error', message: `An event already exists with identifier ${ev.identifier}.` } }, { 'stripe-should-retry': 'false' })
+    }
+    this.remembered.add(ev.identifier)
     if (!this.events.has(ev.identifier)) this.events.set(ev.identifier, ev)
     this.accepted.push(ev)
+    if (this.loseAnswer(ev.identifier)) { res.socket?.destroy(); return }
     reply(200, { object: 'billing.meter_event', event_name: ev.event_name, identifier: ev.identifier, payload: { stripe_customer_id: ev.customer, value: ev.value }, timestamp: ev.timestamp })
   }
 }

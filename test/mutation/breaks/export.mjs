@@ -54,4 +54,18 @@ export const BREAKS = [
     replace: 'SET exact_units = t.exact_units + excluded.exact_units, sent_units = t.sent_units',
     tests: STRIPE,
   },
+  {
+    name: 'export: every empty stretch is written down (a caught-up exporter chases the horizon its own writes move)',
+    file: 'src/export/exporter.ts',
+    search: 'if (Date.now() - savedAt >= leaseMs) {',
+    replace: 'if (true) {',
+    tests: FAULTS,
+  },
+  {
+    name: 'export: Stripe\'s duplicate-identifier answer is taken as a refusal (a send whose answer was lost is set aside)',
+    file: 'src/export/stripe-sink.ts',
+    search: "return status === 400 && /identifier/i.test(body) && /(already|duplicate)/i.test(body)",
+    replace: 'return false',
+    tests: STRIPE,
+  },
 ]
