@@ -148,6 +148,42 @@ t.test('a batch where one admission gave up: its hold is released once the batch
   t.equal(await held('ben'), 0.25)
 })
 
+t.test('a batch chosen as a deadlock victim runs again: its admissions are decided, not failed', async (t) => {
+  if (await withoutServer(t, 'a batch of reservations and another backend locking in the opposite order')) return
+  await setBudget(db.sql, ORG, 'organization', '', '100', 'total')
+  await setBudget(db.sql, ORG, 'user', 'dee', '1', 'total')
+  const reserver = new Reserver<{ refused_scope: string | null }>(db.sql, 'refused_scope', 300)
+  const now = new Date().toISOString()
+  await reserver.reserve({ org: ORG, user: 'dee', eventId: randomUUID(), amount: '0', at: now }).row // both counters exist
+  // Another backend takes dee's counter, then, once the batch holds the organization's and waits
+  // for dee's, asks for the organization's: a cycle. Its own deadlock_timeout is long, so the
+  // batch's check (1 s, the default) finds it first and the batch is the one rolled back.
+  let release!: () => void
+  let taken!: () => void
+  const tookUser = new Promise<void>((r) => { taken = r })
+  let crossed: 'took the organization counter' | string = ''
+  const other = aux.begin(async (tx: postgres.TransactionSql<{}>) => {
+    await tx`set local deadlock_timeout = '60s'`
+    await tx`select 1 from budget_counters where scope = 'user' and user_id = 'dee' for update`
+    taken()
+    await new Promise<void>((r) => { release = r })
+    await tx`select 1 from budget_counters where scope = 'organization' for update`
+    crossed = 'took the organization counter'
+  }).catch((err: { code?: string }) => { crossed = `failed: ${err.code}` })
+  await tookUser
+  const item = { org: ORG, user: 'dee', eventId: randomUUID(), amount: '0.25', at: now }
+  const pending = reserver.reserve(item)
+  const waiting = await rowsSoon(async () => (await lockWaiters()) > 0 ? [1] : [])
+  t.equal(waiting.length, 1, 'the batch waits on dee\'s counter')
+  release()
+  await other
+  t.equal(crossed, 'took the organization counter', 'the other backend got through: the batch was the deadlock victim')
+  const row = await pending.row
+  t.equal(row?.refused_scope, null, 'the batch ran again and admitted the request')
+  t.equal(await reservation(item.eventId), 1, 'its hold is in place')
+  t.equal(await held('dee'), 0.25)
+})
+
 t.test('a request running longer than the TTL keeps its hold: renewed, and never swept while live', async (t) => {
   await setBudget(db.sql, ORG, 'user', 'liv', '1', 'total')
   const limits = makeLimits({ reservationTtlMs: 1500 })

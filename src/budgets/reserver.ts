@@ -19,6 +19,9 @@ export interface PendingReservation<R> { row: Promise<R | undefined>, abandon: (
 
 const MAX_BATCH = 256
 const IN_FLIGHT = 2
+/** deadlock_detected, serialization_failure: the statement can run again as it was. */
+const RETRYABLE = new Set(['40P01', '40001'])
+const RETRIES = 3
 
 interface Pending<R> {
   item: ReserveItem
@@ -72,13 +75,24 @@ export class Reserver<R extends object> {
     const items = batch.map((p, i) => ({ i, org: p.item.org, usr: p.item.user, groups: p.item.groups ?? [], key: p.item.key ?? null, ev: p.item.eventId, amount: p.item.amount, at: p.item.at }))
     // The items go as JSON text: an array of objects is serialized by the parameter type the
     // server describes, which a transaction-mode pooler may answer for another statement (22P02).
-    const query = this.sql.unsafe<Array<R & { i: number }>>(
+    const send = () => this.sql.unsafe<Array<R & { i: number }>>(
       `select i, ${this.columns} from budget_reserve_many($1::text::jsonb, make_interval(secs => $2))`,
       [JSON.stringify(items), this.ttlSeconds])
-    const state: Batch = { cancel: () => query.cancel(), open: batch.length }
+    let query = send()
+    let cancelled = false
+    const state: Batch = { cancel: () => { cancelled = true; query.cancel() }, open: batch.length }
     for (const p of batch) p.batch = state
     try {
-      const rows = await query
+      let rows: Array<R & { i: number }>
+      // A deadlock or serialization failure rolled the whole batch back: nothing was reserved, so
+      // it runs again (a budget created between two batches' lock orders can cause one), rather
+      // than failing every admission in it (open, in the default mode).
+      for (let attempt = 1; ; attempt++) {
+        try { rows = await query; break } catch (err) {
+          if (cancelled || attempt >= RETRIES || !RETRYABLE.has((err as { code?: string }).code ?? '')) throw err
+          query = send()
+        }
+      }
       const byIndex = new Map<number, R>()
       for (const r of rows) byIndex.set(r.i, r)
       batch.forEach((p, i) => { if (!p.abandoned) p.resolve(byIndex.get(i)) })
