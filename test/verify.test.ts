@@ -75,6 +75,45 @@ t.test('verify finds nothing on honest rollups and names a corrupted row (API an
   t.match(usage.text(), /DATABASE_URL must be a postgres:\/\/ URL/)
 })
 
+t.test('verify checks the group rollups: a group day against its raw rows, a group month against its days', async (t) => {
+  const db = await createTestDb({ migrated: true })
+  t.teardown(() => db.drop())
+  await migrate(db.sql, 'sql')
+  await db.sql`insert into organizations (id, name, markup_percent) values (${ORG}, 'Verify', 10)`
+  const ledger = new Ledger(db.sql, null, log, { batchSize: 100, flushMs: 1 })
+  const grouped: Array<[number, string, string[]]> = [[1, '2026-07-02T10:00:00Z', ['sales', 'staff']], [2, '2026-07-02T11:00:00Z', ['sales']], [3, '2026-07-20T09:00:00Z', []]]
+  for (const [i, at, groups] of grouped) ledger.record({ ...rec(i, at), groups })
+  if (!await ledger.drain(10_000)) throw new Error('not drained')
+  ledger.close()
+  const env = { DATABASE_URL: db.url }
+  const pending = capture()
+  t.equal(await runVerify(['--month', '2026-07'], env, pending.out, pending.err), 0, 'deltas not folded yet count as readers see them: ' + pending.text())
+  t.match(pending.text(), /group day and \d+ group month rows match|rollup rows match 3 raw rows/)
+  await compactRollups(db.sql)
+  const clean = capture()
+  t.equal(await runVerify(['--month', '2026-07'], env, clean.out, clean.err), 0, clean.text())
+  t.match(clean.text(), /3 group day and 3 group month rows match/)
+
+  await db.sql`update usage_group_daily_rollups set billed_cost_usd = billed_cost_usd + 0.000000000000000000001 where group_id = 'staff'`
+  const day = capture()
+  t.equal(await runVerify(['--month', '2026-07'], env, day.out, day.err), 1, 'exit 1 on a group day that differs')
+  t.match(day.text(), /mai_client_verify 2026-07-02 group=staff user=mai_client_verify_u1 model=vendor\/m kind=chat: billed_cost_usd: group rollup 0\.\d+ != raw 0\.\d+/)
+  t.match(day.text(), /month 2026-07 group=staff .*billed_cost_usd: group rollup 0\.\d+ != its days 0\.\d+/, 'and its month no longer sums its days')
+  await db.sql`update usage_group_daily_rollups set billed_cost_usd = billed_cost_usd - 0.000000000000000000001 where group_id = 'staff'`
+
+  await db.sql`update usage_group_monthly_rollups set requests = requests + 1 where group_id = 'sales'`
+  const month = capture()
+  t.equal(await runVerify([], env, month.out, month.err), 1, 'exit 1 on a group month that differs')
+  t.match(month.text(), /month 2026-07 group=sales user=mai_client_verify_u0 .*requests: group rollup 2 != its days 1/)
+  t.notMatch(month.text(), /2026-07-02 group=sales/, 'the days themselves are not blamed')
+  await db.sql`update usage_group_monthly_rollups set requests = requests - 1 where group_id = 'sales'`
+
+  await db.sql`update usage_events set groups = '{}' where created_at = '2026-07-02T11:00:00Z'`
+  const gone = capture()
+  t.equal(await runVerify(['--month', '2026-07'], env, gone.out, gone.err), 1, 'a group row whose raw rows left the group is found')
+  t.match(gone.text(), /2026-07-02 group=sales user=mai_client_verify_u0 .*requests: group rollup 1 != raw \(no row\)/)
+})
+
 // The command as an operator runs it: a separate process, exit code and all.
 t.test('usage-proxy verify as a command', async (t) => {
   const db = await filled([[1, '2026-05-05T10:00:00Z']])

@@ -44,7 +44,8 @@ export async function runVerify (args: string[], env: Record<string, string | un
     }
     if (r.differences.length === 0) {
       out(`verify ${scope}: ${r.rollupRows} rollup rows match ${r.rawRows} raw rows` +
-        (r.monthlyRows === null ? '' : `; ${r.monthlyRows} monthly and ${r.orgDailyRows} per-organization day rows match their days`) + '\n')
+        (r.monthlyRows === null ? '' : `; ${r.monthlyRows} monthly and ${r.orgDailyRows} per-organization day rows match their days`) +
+        ((r.groupDailyRows ?? 0) + (r.groupMonthlyRows ?? 0) === 0 ? '' : `; ${r.groupDailyRows} group day and ${r.groupMonthlyRows} group month rows match`) + '\n')
       return 0
     }
     out(`verify ${scope}: ${r.differences.length} rollup row(s) differ from the raw rows\n`)

@@ -15,8 +15,10 @@ export const ROLLUP_VALUES = [
 
 export interface RollupDifference {
   /** daily: a usage_daily_totals row against the raw rows; monthly: a usage_monthly_totals row against the daily rows of its month. */
-  rollup: 'daily' | 'monthly' | 'org_daily'
+  rollup: 'daily' | 'monthly' | 'org_daily' | 'group_daily' | 'group_monthly'
   organizationId: string
+  /** The group, for a group rollup's row (migration 023). */
+  groupId?: string
   /** The day, or for a monthly row its month's first day. */
   day: string
   externalUserId: string
@@ -35,6 +37,9 @@ export interface VerifyResult {
   monthlyRows: number | null
   /** Per-organization day rows compared; null before migration 009. */
   orgDailyRows: number | null
+  /** Group day and month rows compared (folded rows plus deltas); null before migration 023. */
+  groupDailyRows: number | null
+  groupMonthlyRows: number | null
   differences: RollupDifference[]
   /** Requests interrupted before OpenRouter named their generation (not a difference: listed for the operator). */
   interrupted: EstimateOnly
@@ -95,6 +100,7 @@ export async function verifyRollups (sql: Sql, opts: { month?: string, limit?: n
   const interrupted = await estimateOnly(sql, from, to, limit)
   const monthly = await verifyCoarse(sql, COARSE[0], q, from, lo, to, limit)
   const orgDaily = await verifyCoarse(sql, COARSE[1], q, from, lo, to, limit)
+  const groups = await verifyGroups(sql, from, lo, to, limit)
   return {
     from: lo,
     to,
@@ -102,7 +108,10 @@ export async function verifyRollups (sql: Sql, opts: { month?: string, limit?: n
     rawRows: raw,
     monthlyRows: monthly?.rows ?? null,
     orgDailyRows: orgDaily?.rows ?? null,
-    differences: [...rows.map((r) => differenceOf('daily', r)), ...(monthly?.differences ?? []), ...(orgDaily?.differences ?? [])].slice(0, limit),
+    groupDailyRows: groups?.dailyRows ?? null,
+    groupMonthlyRows: groups?.monthlyRows ?? null,
+    differences: [...rows.map((r) => differenceOf('daily', r)), ...(monthly?.differences ?? []), ...(orgDaily?.differences ?? []),
+      ...(groups?.differences ?? [])].slice(0, limit),
     interrupted,
   }
 }
@@ -134,6 +143,7 @@ function differenceOf (rollup: RollupDifference['rollup'], r: Record<string, unk
   return {
     rollup,
     organizationId: r.organization_id as string,
+    ...(r.group_id === undefined ? {} : { groupId: r.group_id as string }),
     day: r.day as string,
     externalUserId: r.external_user_id as string,
     model: r.model as string,
@@ -195,9 +205,83 @@ Promise<{ rows: number, differences: RollupDifference[] } | null> {
   return { rows: n, differences: rows.map((r) => differenceOf(c.rollup, r)) }
 }
 
+const GROUP_KEY = 'organization_id, day, group_id, external_user_id, model, kind'
+const groupSums = (values: readonly string[]): string =>
+  values.map((v) => v === 'user_id' ? 'max(user_id) as user_id' : `sum(${v}) as ${v}`).join(', ')
+
+/**
+ * The group rollups (migration 023), as readers see them (folded rows plus the deltas not folded
+ * yet): each group day against the raw rows of that day in the group (from `lo` on, where raw rows
+ * are kept), with the definition the insert trigger uses (sql/functions/3-usage-after-insert.sql),
+ * and each folded group month against the folded group days of its month (the deltas are the
+ * same on both sides).
+ */
+async function verifyGroups (sql: Sql, from: string | null, lo: string | null, to: string | null, limit: number):
+Promise<{ dailyRows: number, monthlyRows: number, differences: RollupDifference[] } | null> {
+  const [{ present }] = await sql<{ present: boolean }[]>`select to_regclass('usage_group_daily_rollups') is not null as present`
+  if (!present) return null
+  const cols = ROLLUP_VALUES.map((v) => `r.${v}::text as r_${v}, x.${v}::text as x_${v}, r.${v} is distinct from x.${v} as d_${v}`).join(', ')
+  const differs = ROLLUP_VALUES.map((v) => `r.${v} is distinct from x.${v}`).join(' or ')
+  const pick = (date: string) => `coalesce(r.organization_id, x.organization_id) as organization_id, coalesce(r.${date}, x.${date})::text as day,
+    coalesce(r.group_id, x.group_id) as group_id, coalesce(r.external_user_id, x.external_user_id) as external_user_id,
+    coalesce(r.model, x.model) as model, coalesce(r.kind, x.kind) as kind, r.${date} is not null as in_rollup, x.${date} is not null as in_raw, ${cols}`
+  const daily = await sql.unsafe(`
+    with raw as (
+      select organization_id, (created_at at time zone 'UTC')::date as day, g.group_id, external_user_id,
+             coalesce(served_model, model, '') as model, kind, count(*) as requests,
+             count(*) filter (where outcome <> 'ok') as failed_or_aborted,
+             coalesce(sum(prompt_tokens), 0) as prompt_tokens, coalesce(sum(completion_tokens), 0) as completion_tokens,
+             coalesce(sum(total_tokens), 0) as total_tokens, coalesce(sum(cached_tokens), 0) as cached_tokens,
+             coalesce(sum(reasoning_tokens), 0) as reasoning_tokens, coalesce(sum(cost_usd), 0) as cost_usd,
+             coalesce(sum(upstream_cost_usd), 0) as upstream_cost_usd, coalesce(sum(billed_cost_usd), 0) as billed_cost_usd,
+             max(user_id) as user_id
+      from usage_events e cross join lateral unnest(e.groups) as g(group_id)
+      where cardinality(e.groups) > 0
+        and ($1::date is null or created_at >= ($1::date::text || ' 00:00:00+00')::timestamptz)
+        and ($2::date is null or created_at < ($2::date::text || ' 00:00:00+00')::timestamptz)
+      group by 1, 2, 3, 4, 5, 6),
+    rollup as (
+      select ${GROUP_KEY}, ${groupSums(ROLLUP_VALUES)}
+      from (select * from usage_group_daily_rollups union all select * from usage_group_rollup_deltas) u
+      where ($1::date is null or day >= $1::date) and ($2::date is null or day < $2::date)
+      group by 1, 2, 3, 4, 5, 6)
+    select ${pick('day')}
+    from rollup r full join raw x using (${GROUP_KEY})
+    where ${differs}
+    order by 1, 2, 3, 4, 5, 6
+    limit ${Number(limit)}`, [lo, to])
+  const monthly = await sql.unsafe(`
+    with rollup as (
+      select * from usage_group_monthly_rollups where ($1::date is null or month >= $1::date) and ($2::date is null or month < $2::date)),
+    days as (
+      select organization_id, date_trunc('month', day::timestamp)::date as month, group_id, external_user_id, model, kind, ${groupSums(ROLLUP_VALUES)}
+      from usage_group_daily_rollups
+      where ($1::date is null or day >= date_trunc('month', $1::date::timestamp)::date) and ($2::date is null or day < $2::date)
+      group by 1, 2, 3, 4, 5, 6)
+    select ${pick('month')}
+    from rollup r full join days x using (organization_id, month, group_id, external_user_id, model, kind)
+    where ${differs}
+    order by 1, 2, 3, 4, 5, 6
+    limit ${Number(limit)}`, [from, to])
+  const [{ d, m }] = await sql<{ d: number, m: number }[]>`select
+    (select count(*) from usage_group_daily_rollups where (${lo}::date is null or day >= ${lo}::date) and (${to}::date is null or day < ${to}::date))::int as d,
+    (select count(*) from usage_group_monthly_rollups where (${from}::date is null or month >= ${from}::date) and (${to}::date is null or month < ${to}::date))::int as m`
+  return {
+    dailyRows: d,
+    monthlyRows: m,
+    differences: [...daily.map((r) => differenceOf('group_daily', r)), ...monthly.map((r) => differenceOf('group_monthly', r))],
+  }
+}
+
 /** One line per difference, for the command line. */
 export function formatDifference (d: RollupDifference): string {
   const model = d.model === '' ? '(none)' : d.model
+  if (d.rollup === 'group_daily' || d.rollup === 'group_monthly') {
+    const against = d.rollup === 'group_daily' ? 'raw' : 'its days'
+    const what = Object.entries(d.values).map(([c, [a, b]]) => `${c}: group rollup ${a ?? '(no row)'} != ${against} ${b ?? '(no row)'}`).join('; ')
+    const when = d.rollup === 'group_daily' ? d.day : `month ${d.day.slice(0, 7)}`
+    return `${d.organizationId} ${when} group=${d.groupId ?? ''} user=${d.externalUserId} model=${model} kind=${d.kind}: ${what}`
+  }
   if (d.rollup !== 'daily') {
     const what = Object.entries(d.values).map(([c, [a, b]]) => `${c}: ${d.rollup} rollup ${a ?? '(no row)'} != its days ${b ?? '(no row)'}`).join('; ')
     return d.rollup === 'monthly'

@@ -7,4 +7,11 @@ export const BREAKS = [
     replace: 'const RETRIES = 1',
     tests: ['test/budgets-holds.test.ts'],
   },
+  {
+    name: 'verify: the group rollups are not checked',
+    file: 'src/usage/reports/verify.ts',
+    search: "const groups = await verifyGroups(sql, from, lo, to, limit)",
+    replace: 'const groups = null as Awaited<ReturnType<typeof verifyGroups>>',
+    tests: ['test/verify.test.ts'],
+  },
 ]
