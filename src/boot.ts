@@ -35,6 +35,11 @@ export interface Services {
   admissionSql: Sql | null
   /** DATABASE_READ_URL's pool, once it answers; reports use the primary until then. */
   readSql: Sql | null
+  /**
+   * The export's own connections (two, when a sink is on): its reads of the ledger,
+   * its writes and its lease renewals never take a connection the ledger's inserts need.
+   */
+  exportSql: Sql | null
   embedded: EmbeddedDb | null
   maintenance: PartitionMaintainer | null
   compactor: RollupCompactor | null
@@ -48,7 +53,7 @@ export interface Services {
 }
 
 export function noServices (): Services {
-  return { sql: null, admissionSql: null, readSql: null, embedded: null, maintenance: null, compactor: null, ledger: null, reconciler: null, directory: null, spend: null, keyPoller: null, keys: null }
+  return { sql: null, admissionSql: null, readSql: null, exportSql: null, embedded: null, maintenance: null, compactor: null, ledger: null, reconciler: null, directory: null, spend: null, keyPoller: null, keys: null }
 }
 
 /** What a finished boot opened: the data plane is built from these. */
@@ -57,6 +62,8 @@ export interface Booted {
   sql: Sql
   /** Reports' pool: DATABASE_READ_URL's once it answers, the primary's until then. */
   readSql: () => Sql
+  /** The export's pool: its own when a sink is on (the primary's on the embedded database). */
+  exportSql: Sql
   ledger: Ledger
   reconciler: Reconciler
   directory: UserDirectory
@@ -128,6 +135,12 @@ export async function bootServices (s: Services, { config, log, journal, upstrea
     staleAfterMs: config.limits.failMode === 'closed' ? 5 * config.keys.refreshMs + config.limits.dbTimeoutMs : null,
   })
   await keys.start()
+  // The export (main.ts step 7) gets connections of its own when a sink is on; on the embedded
+  // database it shares the single one, as admissions do.
+  const exporting = config.export.stripe !== null || config.export.cloudEvents !== null || config.export.otel !== null
+  const exportSql = s.exportSql = !exporting || s.embedded
+    ? sql
+    : bounded(await connect({ url, log, retryMaxMs: config.db.connectRetryMaxMs, signal, max: EXPORT_POOL_MAX }), config.db.queryTimeoutMs)
   const replay = journal.replay()
   for (const r of replay.finals) ledger.record(r, true)
   // A pending line is the request as far as it got: 'interrupted' unless it had ended.
@@ -138,8 +151,11 @@ export async function bootServices (s: Services, { config, log, journal, upstrea
   if (replay.segments > 0) log.info({ records: replay.finals.length, toReconcile: replay.pendings.length, interrupted: replay.intents.length, tornLines: replay.tornLines }, 'journal replayed')
   if (replay.intents.length > 0) log.warn({ requests: replay.intents.length }, 'journal: requests interrupted before OpenRouter named their generation; recorded with their estimate only (usage-proxy verify lists them)')
   s.keyPoller = startKeyPoller(upstream.fetchKey, log)
-  return { sql, readSql: () => s.readSql ?? sql, ledger, reconciler, directory, limits: spend.limits, allowlists: spend.allowlists, keys }
+  return { sql, readSql: () => s.readSql ?? sql, exportSql, ledger, reconciler, directory, limits: spend.limits, allowlists: spend.allowlists, keys }
 }
+
+/** The export's connections: one for its reads and writes, one for its lease renewals. */
+const EXPORT_POOL_MAX = 2
 
 /** A migration may build an index over a large table: its own, longer deadline. */
 const MIGRATION_DEADLINE_MS = 10 * 60_000
@@ -178,6 +194,7 @@ export async function releaseServices (s: Services, journal: Journal, log: Logge
   const compacting = s.compactor?.stop()
   await s.readSql?.end({ timeout: 2 }).catch(() => {})
   if (s.admissionSql !== s.sql) await s.admissionSql?.end({ timeout: 2 }).catch(() => {})
+  if (s.exportSql !== s.sql) await s.exportSql?.end({ timeout: 2 }).catch(() => {})
   await s.sql?.end({ timeout: 2 }).catch(() => {})
   await compacting
   await s.embedded?.stop().catch(() => {})

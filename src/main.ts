@@ -105,11 +105,11 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     plane = dataPlane(config, log!, booted, front, { isStopping: () => stopping !== null, track: inFlight.track }, options, () => exporter)
     log!.info({ port }, 'ready')
     // 7. the export: reads committed rows in the background, never on a request's path
-    const sinks = configuredSinks(config.export, booted.sql, config.organization.id)
+    const sinks = configuredSinks(config.export, booted.exportSql, config.organization.id)
     if (config.export.stripe?.customerId) await seedStripeCustomer(booted.sql, config.organization.id, config.export.stripe.customerId)
     if (sinks.length > 0 && stopping === null) {
       exporter = startExporter(sinks, {
-        sql: booted.sql, organizationId: config.organization.id, log: log!,
+        sql: booted.exportSql, organizationId: config.organization.id, log: log!,
         leaseMs: config.export.leaseMs, pollMs: config.export.pollMs, backoff: { baseMs: 250, maxMs: config.export.retryMaxMs },
       })
       log!.info({ sinks: sinks.map((k) => k.name) }, 'export started')
