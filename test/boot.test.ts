@@ -31,7 +31,7 @@ t.test('fresh boot: schema, views and the organization row exist before /readyz 
   t.teardown(() => s.sidecar.stop())
   const all = await tables(db)
   t.same(all.filter((n) => !/^usage_events_(\d{4}_\d{2}|default)$/.test(n)), ['api_keys', 'audit_log', 'billing_customers', 'budget_counters', 'budget_reservations', 'budgets',
-    'export_acks', 'export_cursors', 'export_leases', 'export_set_aside', 'export_stripe_totals', 'forget_secrets', 'forgotten_users', 'model_allowlists', 'organizations', 'rate_leases', 'rate_windows', 'schema_migrations',
+    'export_acks', 'export_cursors', 'export_leases', 'export_set_aside', 'export_stripe_attempts', 'export_stripe_totals', 'forget_secrets', 'forgotten_users', 'model_allowlists', 'organizations', 'rate_leases', 'rate_windows', 'schema_migrations',
     'spend_per_day', 'spend_per_group_month', 'spend_per_model_month', 'spend_per_user_month',
     'usage_daily_rollups', 'usage_daily_totals', 'usage_events', 'usage_generation_ids', 'usage_group_daily_rollups', 'usage_group_monthly_rollups', 'usage_group_rollup_deltas', 'usage_maintenance',
       'usage_monthly_rollups', 'usage_monthly_totals', 'usage_org_daily_rollups', 'usage_org_daily_totals', 'usage_rollup_deltas', 'user_mappings'])

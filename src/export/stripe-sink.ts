@@ -48,15 +48,18 @@ export function stripeSink (o: StripeOptions): Sink {
     const results: RowResult[] = rows.map(() => ({ status: 'ok' }))
     pending = new Map()
     const customers = await loadCustomers(o.sql, o.organizationId)
+    // A row sent before without an answer goes to the customer it was sent to (sql/024).
+    const attempted = fresh === null ? await loadAttempts(o, rows) : new Map<string, string>()
     const groups = new Map<string, number[]>()
     rows.forEach((row, i) => {
       if (row.billedCostUsd === null) return // nothing to bill: not a meter event
+      const earlier = attempted.get(row.eventId)
       const created = Date.parse(row.createdAt)
-      if (now() - created > maxAge) {
+      if (earlier === undefined && now() - created > maxAge) {
         results[i] = { status: 'rejected', reason: `older than Stripe accepts (meter events must be within the past 35 days): created ${row.createdAt}` }
         return
       }
-      const customer = customerFor(customers, row)
+      const customer = earlier ?? customerFor(customers, row)
       if (customer === null) {
         results[i] = { status: 'rejected', reason: 'no Stripe customer for this row: map the organization, the user or a group (PUT /admin/v1/billing/customers/...)' }
         return
@@ -66,6 +69,7 @@ export function stripeSink (o: StripeOptions): Sink {
       list.push(i)
       groups.set(key, list)
     })
+    if (fresh === null) await recordAttempts(o, rows, groups)
     const totals = fresh ?? await loadTotals(o, [...groups.keys()])
     const queue = [...groups.entries()]
     const worker = async (): Promise<void> => {
@@ -121,10 +125,38 @@ export function stripeSink (o: StripeOptions): Sink {
         ON CONFLICT (organization_id, sink, stripe_customer_id, month) DO UPDATE
           SET exact_units = t.exact_units + excluded.exact_units, sent_units = t.sent_units + excluded.sent_units`
     }
+    // Answered (taken, a duplicate, or refused): nothing is in doubt any more for these rows.
+    const answered = rows.filter((_, i) => results[i].status !== 'retry').map((r) => r.eventId)
+    if (fresh === null && answered.length > 0) {
+      await tx`DELETE FROM export_stripe_attempts WHERE organization_id = ${o.organizationId} AND event_id = ANY (${answered}::uuid[])`
+    }
     pending = new Map()
   }
 
   return { name: 'stripe', batchSize: o.batchSize ?? 100, send, settle }
+}
+
+async function loadAttempts (o: StripeOptions, rows: readonly ExportRow[]): Promise<Map<string, string>> {
+  const ids = rows.filter((r) => r.billedCostUsd !== null).map((r) => r.eventId)
+  const out = new Map<string, string>()
+  if (ids.length === 0) return out
+  for (const r of await o.sql<{ event_id: string, customer: string }[]>`SELECT event_id::text, stripe_customer_id AS customer
+    FROM export_stripe_attempts WHERE organization_id = ${o.organizationId} AND event_id = ANY (${ids}::uuid[])`) out.set(r.event_id, r.customer)
+  return out
+}
+
+/** Before any request: the customer each row is about to be sent to, unless one is recorded already. */
+async function recordAttempts (o: StripeOptions, rows: readonly ExportRow[], groups: Map<string, number[]>): Promise<void> {
+  const ids: string[] = []
+  const customers: string[] = []
+  for (const [key, indexes] of groups) {
+    const customer = key.slice(0, key.lastIndexOf('|'))
+    for (const i of indexes) { ids.push(rows[i].eventId); customers.push(customer) }
+  }
+  if (ids.length === 0) return
+  await o.sql`INSERT INTO export_stripe_attempts (organization_id, event_id, stripe_customer_id)
+    SELECT ${o.organizationId}, e::uuid, c FROM unnest(${ids}::text[], ${customers}::text[]) AS u(e, c)
+    ON CONFLICT DO NOTHING`
 }
 
 async function loadTotals (o: StripeOptions, keys: string[]): Promise<Map<string, Running>> {
