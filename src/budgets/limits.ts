@@ -182,8 +182,8 @@ export class Limits {
 
   /** Extends the holds of the requests still running by a TTL (one statement for all of them). */
   renew (): Promise<void> {
-    // One renewal at a time; a call while one runs waits for it (what a caller asks is then done:
-    // every hold live when it started has its new expiry).
+    // One renewal at a time; a call while one runs waits for it, so a caller knows no renewal
+    // started before its call is still on its way (holds live when that one started are renewed).
     if (this.renewing !== null) return this.renewing
     if (this.live.size === 0) return Promise.resolve()
     const ids = [...this.live]
