@@ -132,8 +132,8 @@ export const BREAKS = [
   {
     name: 's8sql: live holds never renewed',
     file: 'src/budgets/limits.ts',
-    search: 'where event_id = any(${[...this.live]}::uuid[])`',
-    replace: 'where false and event_id = any(${[...this.live]}::uuid[])`',
+    search: 'where event_id = any(${ids}::uuid[])`',
+    replace: 'where false and event_id = any(${ids}::uuid[])`',
     tests: HOLDS,
   },
   {
