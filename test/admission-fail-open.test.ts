@@ -42,7 +42,7 @@ t.test('Postgres stops answering: every request served unchecked is counted in /
   await relay.reserve()
   await relay.open()
   const s = await startSidecar(baseEnv(fake, `${relay.url}/${db.name}`, {
-    ADMIN_API_KEY: ADMIN_KEY, SHUTDOWN_GRACE_MS: '200', ORG_BUDGET_USD: '5', USER_BUDGET_USD: '1', BUDGET_DB_TIMEOUT_MS: '300', USER_RPM: '1000',
+    ADMIN_API_KEY: ADMIN_KEY, SHUTDOWN_GRACE_MS: '200', ORG_BUDGET_USD: '5', USER_BUDGET_USD: '1', BUDGET_DB_TIMEOUT_MS: '1500', USER_RPM: '1000',
   }))
   t.teardown(async () => { relay.resume(); await s.sidecar.stop('test end'); await relay.cut(); await db.drop() })
   t.equal(await statusOf(chat(s.url, 'before')), 200)

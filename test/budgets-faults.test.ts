@@ -26,7 +26,7 @@ async function setup (t: Test, mode: 'open' | 'closed') {
   await relay.reserve()
   await relay.open()
   const s = await startSidecar(baseEnv(fake, `${relay.url}/${db.name}`, {
-    ORG_BUDGET_USD: '5', USER_BUDGET_USD: '1', BUDGET_FAIL_MODE: mode, BUDGET_DB_TIMEOUT_MS: '300', USER_RPM: '1000',
+    ORG_BUDGET_USD: '5', USER_BUDGET_USD: '1', BUDGET_FAIL_MODE: mode, BUDGET_DB_TIMEOUT_MS: '1500', USER_RPM: '1000',
   }))
   t.teardown(async () => { await relay.open(); await s.sidecar.stop('test end'); await relay.cut(); await db.drop() })
   const ok = await chat(s.url, 'before')
