@@ -50,7 +50,7 @@ export function stripeSink (o: StripeOptions): Sink {
     const customers = await loadCustomers(o.sql, o.organizationId)
     // A row sent before without an answer goes to the customer it was sent to (sql/024).
     const attempted = fresh === null ? await loadAttempts(o, rows) : new Map<string, string>()
-    const groups = new Map<string, number[]>()
+    const chosen = new Map<number, string>()
     rows.forEach((row, i) => {
       if (row.billedCostUsd === null) return // nothing to bill: not a meter event
       const earlier = attempted.get(row.eventId)
@@ -64,12 +64,18 @@ export function stripeSink (o: StripeOptions): Sink {
         results[i] = { status: 'rejected', reason: 'no Stripe customer for this row: map the organization, the user or a group (PUT /admin/v1/billing/customers/...)' }
         return
       }
-      const key = `${customer}|${row.createdAt.slice(0, 7)}`
+      chosen.set(i, customer)
+    })
+    // The attempt recorded is the one a row goes to: another holder (one that lost its lease
+    // without knowing yet) may have written one between the lookup above and this write.
+    const recorded = fresh === null ? await recordAttempts(o, rows, chosen) : new Map<string, string>()
+    const groups = new Map<string, number[]>()
+    for (const [i, customer] of chosen) {
+      const key = `${recorded.get(rows[i].eventId) ?? customer}|${rows[i].createdAt.slice(0, 7)}`
       const list = groups.get(key) ?? []
       list.push(i)
       groups.set(key, list)
-    })
-    if (fresh === null) await recordAttempts(o, rows, groups)
+    }
     const totals = fresh ?? await loadTotals(o, [...groups.keys()])
     const queue = [...groups.entries()]
     const worker = async (): Promise<void> => {
@@ -145,18 +151,24 @@ async function loadAttempts (o: StripeOptions, rows: readonly ExportRow[]): Prom
   return out
 }
 
-/** Before any request: the customer each row is about to be sent to, unless one is recorded already. */
-async function recordAttempts (o: StripeOptions, rows: readonly ExportRow[], groups: Map<string, number[]>): Promise<void> {
-  const ids: string[] = []
-  const customers: string[] = []
-  for (const [key, indexes] of groups) {
-    const customer = key.slice(0, key.lastIndexOf('|'))
-    for (const i of indexes) { ids.push(rows[i].eventId); customers.push(customer) }
-  }
-  if (ids.length === 0) return
-  await o.sql`INSERT INTO export_stripe_attempts (organization_id, event_id, stripe_customer_id)
+/**
+ * Before any request: the customer each row is about to be sent to, unless one is recorded
+ * already; answers the customer recorded for each row, which is the one to send to.
+ */
+async function recordAttempts (o: StripeOptions, rows: readonly ExportRow[], chosen: Map<number, string>): Promise<Map<string, string>> {
+  const out = new Map<string, string>()
+  if (chosen.size === 0) return out
+  // One line per event id (a statement may not update a row twice).
+  const first = new Map<string, string>()
+  for (const [i, customer] of chosen) if (!first.has(rows[i].eventId)) first.set(rows[i].eventId, customer)
+  const ids = [...first.keys()]
+  const customers = [...first.values()]
+  // DO UPDATE to itself: RETURNING then answers the recorded customer of a conflicting row too.
+  for (const r of await o.sql<{ event_id: string, customer: string }[]>`INSERT INTO export_stripe_attempts AS a (organization_id, event_id, stripe_customer_id)
     SELECT ${o.organizationId}, e::uuid, c FROM unnest(${ids}::text[], ${customers}::text[]) AS u(e, c)
-    ON CONFLICT DO NOTHING`
+    ON CONFLICT (organization_id, event_id) DO UPDATE SET stripe_customer_id = a.stripe_customer_id
+    RETURNING event_id::text, stripe_customer_id AS customer`) out.set(r.event_id, r.customer)
+  return out
 }
 
 async function loadTotals (o: StripeOptions, keys: string[]): Promise<Map<string, Running>> {
