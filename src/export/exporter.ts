@@ -140,7 +140,7 @@ function runSink (sink: Sink, opts: ExporterOptions, stopping: AbortSignal) {
           readings.lagSeconds = Math.max(0, (Date.now() - Date.parse(batch.rows[0].row.createdAt)) / 1000)
           let results: RowResult[]
           try {
-            results = await sink.send(batch.rows.map((r) => r.row), { signal: lost.signal })
+            results = await sink.send(batch.rows.map((r) => r.row), { signal: lost.signal, lease })
           } catch (err) {
             results = batch.rows.map(() => ({ status: 'retry', reason: describe(err) }))
           }

@@ -62,6 +62,11 @@ export type RowResult =
 export interface SendContext {
   /** Aborted when the exporter stops or loses its lease: stop sending, answer 'retry'. */
   signal: AbortSignal
+  /**
+   * The exporter's lease (holder and token), for state a sink writes before its requests: written
+   * only while this holder still has the lease (the Stripe sink's attempts, sql/024).
+   */
+  lease?: { org: string, sink: string, holder: string, token: string }
 }
 
 /**

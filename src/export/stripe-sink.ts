@@ -68,9 +68,14 @@ export function stripeSink (o: StripeOptions): Sink {
     })
     // The attempt recorded is the one a row goes to: another holder (one that lost its lease
     // without knowing yet) may have written one between the lookup above and this write.
-    const recorded = fresh === null ? await recordAttempts(o, rows, chosen) : new Map<string, string>()
+    const recorded = fresh === null ? await recordAttempts(o, rows, chosen, ctx) : new Map<string, string>()
     const groups = new Map<string, number[]>()
     for (const [i, customer] of chosen) {
+      if (fresh === null && !recorded.has(rows[i].eventId)) {
+        // Not written: this holder's lease passed to another exporter, which sends the row.
+        results[i] = { status: 'retry', reason: 'export lease held by another exporter' }
+        continue
+      }
       const key = `${recorded.get(rows[i].eventId) ?? customer}|${rows[i].createdAt.slice(0, 7)}`
       const list = groups.get(key) ?? []
       list.push(i)
@@ -153,9 +158,12 @@ async function loadAttempts (o: StripeOptions, rows: readonly ExportRow[]): Prom
 
 /**
  * Before any request: the customer each row is about to be sent to, unless one is recorded
- * already; answers the customer recorded for each row, which is the one to send to.
+ * already; answers the customer recorded for each row, which is the one to send to. Written only
+ * while the exporter still holds its lease (checked under the lease row's lock, which a taker
+ * waits for): a holder that lost it unknowingly would otherwise write an attempt after the new
+ * holder was answered and cleared the row's, and leave it there for good.
  */
-async function recordAttempts (o: StripeOptions, rows: readonly ExportRow[], chosen: Map<number, string>): Promise<Map<string, string>> {
+async function recordAttempts (o: StripeOptions, rows: readonly ExportRow[], chosen: Map<number, string>, ctx: SendContext): Promise<Map<string, string>> {
   const out = new Map<string, string>()
   if (chosen.size === 0) return out
   // One line per event id (a statement may not update a row twice).
@@ -166,6 +174,9 @@ async function recordAttempts (o: StripeOptions, rows: readonly ExportRow[], cho
   // DO UPDATE to itself: RETURNING then answers the recorded customer of a conflicting row too.
   for (const r of await o.sql<{ event_id: string, customer: string }[]>`INSERT INTO export_stripe_attempts AS a (organization_id, event_id, stripe_customer_id)
     SELECT ${o.organizationId}, e::uuid, c FROM unnest(${ids}::text[], ${customers}::text[]) AS u(e, c)
+    WHERE ${ctx.lease === undefined} OR EXISTS (SELECT 1 FROM export_leases l
+      WHERE l.organization_id = ${ctx.lease?.org ?? ''} AND l.sink = ${ctx.lease?.sink ?? ''} AND l.holder = ${ctx.lease?.holder ?? ''}
+        AND l.token = ${ctx.lease?.token ?? '0'}::bigint AND l.expires_at > now() FOR SHARE)
     ON CONFLICT (organization_id, event_id) DO UPDATE SET stripe_customer_id = a.stripe_customer_id
     RETURNING event_id::text, stripe_customer_id AS customer`) out.set(r.event_id, r.customer)
   return out
