@@ -57,7 +57,9 @@ async function setup (t: any, org: string): Promise<Setup> {
     END $$;
     CREATE TRIGGER s11b_gate BEFORE INSERT ON export_stripe_attempts FOR EACH STATEMENT EXECUTE FUNCTION s11b_gate();`)
   const gate = await db.sql.reserve()
-  t.teardown(async () => { gate.release(); for (const p of pools) await p.end({ timeout: 1 }); await stripe.close(); await db.drop() })
+  // The gate's locks go with the test, whatever happened: an exporter left waiting on one would keep
+  // its stop() (and the file) waiting.
+  t.teardown(async () => { await gate`SELECT pg_advisory_unlock_all()`.catch(() => {}); gate.release(); for (const p of pools) await p.end({ timeout: 1 }); await stripe.close(); await db.drop() })
   return { db, stripe, url, org, id: 'gen-s11b-' + id, gate, pool }
 }
 

@@ -107,7 +107,12 @@ export function stripeSink (o: StripeOptions): Sink {
             total = after
             fresh?.set(key, after)
           } else if (answer.kind === 'refused') {
-            results[i] = { status: 'rejected', reason: answer.reason }
+            // Refused after a send that got no answer (past Stripe's 35 days now, say): Stripe may
+            // still hold the first send, and nothing here can tell. The reason says so, for the
+            // person reconciling: look the identifier up in Stripe before any replay.
+            results[i] = attempted.has(row.eventId)
+              ? { status: 'rejected', reason: `Stripe may hold this event under ${customer} (an earlier send got no answer); check identifier ${exportId(row)} in Stripe before replaying. The retry was refused: ${answer.reason}` }
+              : { status: 'rejected', reason: answer.reason }
           } else {
             blocked = { status: 'retry', reason: answer.reason, afterMs: answer.afterMs }
             results[i] = blocked

@@ -28,4 +28,25 @@ export const BREAKS = [
     replace: 'const attempted = new Map<string, string>()',
     tests: ['test/attack-s11-lost-answer-retarget.test.ts', 'test/attack-s11-lost-answer-handover.test.ts'],
   },
+  {
+    name: 'export: a Stripe row goes to the customer this holder computed, not the one recorded (a stale holder recorded another)',
+    file: 'src/export/stripe-sink.ts',
+    search: 'const key = `${recorded.get(rows[i].eventId) ?? customer}|${rows[i].createdAt.slice(0, 7)}`',
+    replace: 'const key = `${customer}|${rows[i].createdAt.slice(0, 7)}`',
+    tests: ['test/attack-s11b-stale-holder.test.ts'],
+  },
+  {
+    name: 'export: a holder that lost its lease still records Stripe attempts',
+    file: 'src/export/stripe-sink.ts',
+    search: 'WHERE ${ctx.lease === undefined} OR EXISTS (SELECT 1 FROM export_leases l',
+    replace: 'WHERE true OR EXISTS (SELECT 1 FROM export_leases l',
+    tests: ['test/attack-s11b-stale-holder.test.ts'],
+  },
+  {
+    name: 'export: a refused retry after a lost answer is set aside without saying Stripe may hold it',
+    file: 'src/export/stripe-sink.ts',
+    search: 'results[i] = attempted.has(row.eventId)',
+    replace: 'results[i] = false',
+    tests: ['test/attack-s11b-age-edge.test.ts'],
+  },
 ]
