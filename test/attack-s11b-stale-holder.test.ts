@@ -98,8 +98,9 @@ t.test('a stale holder writes its attempt between the new holder\'s lookup and i
   await waitFor('A to find its lease gone', async () => !a.readings()[0].holding)
   await s.gate`SELECT pg_advisory_unlock(43)`
   await waitFor('B to catch up', async () => (await exportStatus(s.db.sql, s.org))[0]?.pending === 0)
-  await b.stop()
+  // The stale holder first: once B lets go of the lease, A would take it back.
   await a.stop()
+  await b.stop()
   t.equal(s.stripe.accepted.length, 1, 'one event at Stripe')
   const bk = await books(s)
   t.same(bk.totals, bk.stripe, 'export_stripe_totals says what Stripe holds, per customer and month')
@@ -118,8 +119,9 @@ t.test('a stale holder writes its attempt after the new holder was answered', as
   await s.gate`SELECT pg_advisory_unlock(42)`
   // B still holds the lease: A's batch ends (its send, if it sends, then its fenced settle failing).
   await waitFor('A to find its lease gone', async () => !a.readings()[0].holding)
-  await b.stop()
+  // The stale holder first: once B lets go of the lease, A would take it back.
   await a.stop()
+  await b.stop()
   t.equal(s.stripe.accepted.length, 1, 'one event at Stripe (A\'s resend was a duplicate)')
   const bk = await books(s)
   t.same(bk.totals, bk.stripe, 'export_stripe_totals says what Stripe holds')
