@@ -8,7 +8,7 @@ FROM node:24-slim AS build
 WORKDIR /app
 # Dependencies first so this layer is cached until the lockfile changes. --ignore-scripts: the
 # package's own `prepare` (tsc) needs the sources, which are not copied yet; no dependency has
-# an install script.
+# an install script (the postinstall that mends postgres.js matters to the runtime stage, below).
 COPY package.json package-lock.json ./
 RUN npm ci --ignore-scripts --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
@@ -28,7 +28,11 @@ COPY package.json package-lock.json ./
 # The embedded database (PGlite, an optional dependency of about 27 MB) is for trying usage-proxy
 # out, so the image leaves it out and needs DATABASE_URL; `--build-arg EMBEDDED=1` keeps it.
 ARG EMBEDDED=0
+# --ignore-scripts skips package.json's postinstall, so its one step runs here: it mends postgres.js's
+# connection on a cut socket (scripts/patch-postgres.mjs says what and why).
+COPY scripts/patch-postgres.mjs ./scripts/
 RUN npm ci --omit=dev $([ "$EMBEDDED" = 1 ] || echo --omit=optional) --ignore-scripts --no-audit --no-fund \
+ && node scripts/patch-postgres.mjs \
  && npm cache clean --force
 COPY --from=build /app/dist ./dist
 # `usage-proxy statement|verify|export-db` on PATH (docker compose exec usage-proxy usage-proxy …):

@@ -46,7 +46,7 @@ t.test('the guarded internals are where the installed postgres.js has them', asy
   const pinned = JSON.parse(readFileSync(join(dirname(fileURLToPath(import.meta.url)), '..', 'package.json'), 'utf8')).dependencies.postgres
   t.equal(JSON.parse(readFileSync(join(dirname(entry), '..', 'package.json'), 'utf8')).version, pinned, 'the installed version is the pinned one')
   t.match(source, /setImmediate\(nextWrite\)/, 'the write is deferred to a setImmediate')
-  const nextWrite = /function nextWrite\([^)]*\) \{([^}]*)\}/.exec(source)?.[1] ?? ''
+  const nextWrite = /function nextWrite\([^)]*\) \{([\s\S]*?)\n  \}\n/.exec(source)?.[1] ?? ''
   t.match(nextWrite, /\bsocket\.write\(/, 'nextWrite reads .write of the socket that closing sets to null')
   t.match(source, /^\s+socket = null$/m, 'closing sets it to null')
   // The error V8 throws there, from the file the process loads, is the one the guard lets pass.

@@ -26,10 +26,10 @@ import { sumDecimals } from '../src/lib/decimal.js'
 
 const log = (): ReturnType<typeof createLogger> => createLogger('warn', new LogSink())
 
-async function waitFor (what: string, check: () => Promise<boolean> | boolean, timeoutMs = 60_000): Promise<void> {
+async function waitFor (what: string, check: () => Promise<boolean> | boolean, timeoutMs = 60_000, state?: () => Promise<string> | string): Promise<void> {
   const deadline = Date.now() + timeoutMs
   while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${state ? `: ${await state()}` : ''}`)
     await new Promise((r) => setTimeout(r, 20))
   }
 }
@@ -173,7 +173,11 @@ t.test('Postgres cuts the exporter\'s connections: every row, sums exact', async
     await waitFor(`${at} rows`, () => ce.events.size >= at)
     await db.sql`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'usage-proxy' AND datname = current_database()`
   }
-  await waitFor('every row', () => ce.events.size === 2000)
+  // On a time-out: what arrived, what the export's status reads, and the sidecar's log lines about it.
+  const state = async (): Promise<string> => JSON.stringify({ received: ce.events.size, status: await exportStatus(db.sql, ORG),
+    horizon: (await db.sql`SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS x, (SELECT count(*) FROM pg_stat_activity WHERE backend_xmin IS NOT NULL OR backend_xid IS NOT NULL)::int AS holding`)[0],
+    log: sidecar.logs().filter((l) => l.level >= 40 || /export|lease/.test(String(l.msg))).slice(-15).map((l) => `${l.level} ${l.msg} ${l.err ?? l.reason ?? ''}`) })
+  await waitFor('every row', () => ce.events.size === 2000, 60_000, state)
   await waitFor('caught up', async () => (await exportStatus(db.sql, ORG))[0].pending === 0)
   t.equal(sidecar.proc.exitCode, null, 'the sidecar lived through the cuts')
   await reconciles(t, db, ce, 3 * 40)

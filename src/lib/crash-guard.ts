@@ -2,10 +2,11 @@ import type { Logger } from './log.js'
 
 // postgres.js 3.4.9 can throw from a setImmediate after its socket was closed under it
 // (src/connection.js nextWrite: "Cannot read properties of null (reading 'write')") when the TCP
-// connection to Postgres is cut mid-query. Nothing can catch that but the process-wide handler;
-// the connection is already gone and its queries fail normally, so the ledger's retry covers
-// them. Anything else uncaught is a real bug: log it and exit so the orchestrator restarts us
-// (the journal keeps every record).
+// connection to Postgres is cut mid-query. scripts/patch-postgres.mjs mends that at install, so
+// the write settles its queries instead; an install without the mend (--ignore-scripts, boot warns)
+// still must not die of it, and nothing can catch it but the process-wide handler. Its queries
+// fail normally, so the ledger's retry covers them. Anything else uncaught is a real bug: log it
+// and exit so the orchestrator restarts us (the journal keeps every record).
 //
 // postgres.js 3.4.9 also fetches the array types on every new connection (src/connection.js
 // fetchArrayTypes) from a socket handler that drops the promise: a connection reset while that

@@ -1,0 +1,66 @@
+// Mends a fault of postgres.js 3.4.x (porsager/postgres#1208, unreleased as of 3.4.10) in the
+// installed copy: npm runs this after `npm ci` (package.json "postinstall"); the Docker image runs
+// it after its own install.
+//
+// The fault: a connection that closes while a small write waits for its setImmediate either
+// throws from that immediate (socket is null) or keeps the stale buffer and timer. The throw skips
+// the line that resets them, so every later write on that connection, its reconnect's startup
+// message included, only appends to a buffer nobody sends: the connection never connects again
+// (CONNECT_TIMEOUT forever) and a pool whose connections all took the fault is blind for good.
+// Seen when Postgres cut the export's connections under load (test/postgres-patch.test.ts).
+//
+// The mend, in each build of connection.js (ESM, CommonJS, Workers): a closed connection drops
+// what it had buffered, and a write with no socket settles its queries with CONNECTION_CLOSED
+// instead of throwing. Idempotent; fails loudly when the text it mends is not there (another
+// version: see whether it still needs mending).
+import { readFileSync, writeFileSync, existsSync } from 'node:fs'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+export const MARK = '/* usage-proxy: porsager/postgres#1208 */'
+
+const EDITS = [
+  {
+    what: 'closed() drops the buffered write with its socket',
+    from: '    clearImmediate(nextWriteTimer)\n    socket.removeListener(\'data\', data)',
+    to: `    clearImmediate(nextWriteTimer)\n    chunk = nextWriteTimer = null ${MARK}\n    socket.removeListener('data', data)`,
+  },
+  {
+    what: 'nextWrite() with no socket settles instead of throwing',
+    from: '  function nextWrite(fn) {\n',
+    to: `  function nextWrite(fn) {\n    if (!socket) { ${MARK}\n      nextWriteTimer !== null && clearImmediate(nextWriteTimer)\n      chunk = nextWriteTimer = null\n      error(Errors.connection('CONNECTION_CLOSED', options))\n      return false\n    }\n`,
+  },
+]
+
+/** Mends one connection.js text; returns it unchanged when already mended. */
+export function mend (text, file) {
+  if (text.includes(MARK)) return text
+  for (const e of EDITS) {
+    if (text.split(e.from).length !== 2) throw new Error(`${file}: the text to mend (${e.what}) is not there once; is postgres another version?`)
+    text = text.replace(e.from, e.to)
+  }
+  return text
+}
+
+function main () {
+  let pkg
+  try {
+    pkg = join(dirname(fileURLToPath(import.meta.resolve('postgres'))), '..') // …/postgres/src/index.js
+  } catch {
+    return // an install without postgres (none that runs the sidecar)
+  }
+  const version = JSON.parse(readFileSync(join(pkg, 'package.json'), 'utf8')).version
+  let mended = 0
+  for (const build of ['src', 'cjs/src', 'cf/src']) {
+    const file = join(pkg, build, 'connection.js')
+    if (!existsSync(file)) continue
+    const before = readFileSync(file, 'utf8')
+    const after = mend(before, file)
+    if (after !== before) { writeFileSync(file, after); mended++ }
+  }
+  if (mended > 0) console.log(`usage-proxy: mended postgres ${version} (porsager/postgres#1208) in ${mended} build(s)`)
+}
+
+if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
+  try { main() } catch (err) { console.error(`usage-proxy: ${err.message}`); process.exit(1) }
+}

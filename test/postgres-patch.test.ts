@@ -1,0 +1,60 @@
+import t from 'tap'
+import { readFileSync } from 'node:fs'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { createTestDb, withoutServer } from './support/db.js'
+import { LogSink } from './support/sidecar.js'
+import { connect } from '../src/db/connect.js'
+import { bounded } from '../src/db/bounded.js'
+import { createLogger } from '../src/lib/log.js'
+import { MARK as BOOT_MARK, postgresMended } from '../src/db/postgres-mend.js'
+// @ts-expect-error: a plain .mjs script, no declarations
+import { MARK, mend } from '../scripts/patch-postgres.mjs'
+
+// scripts/patch-postgres.mjs mends postgres.js (porsager/postgres#1208): without it, a connection
+// that Postgres closes while a small write waits for its turn keeps that write buffered for good,
+// and never connects again. A pool whose connections all took it is blind until the process
+// restarts; the export's two connections did, in CI, after pg_terminate_backend under load.
+
+const pkg = join(dirname(fileURLToPath(import.meta.resolve('postgres'))), '..')
+
+t.test('npm ci mended every build of postgres.js\'s connection, once', async (t) => {
+  for (const build of ['src', 'cjs/src', 'cf/src']) {
+    const text = readFileSync(join(pkg, build, 'connection.js'), 'utf8')
+    t.equal(text.split(MARK).length - 1, 2, `${build}/connection.js: both edits, each once`)
+    t.equal(mend(text, build), text, `${build}: mending again changes nothing`)
+  }
+  t.equal(BOOT_MARK, MARK, 'boot looks for the mark the script writes')
+  t.ok(postgresMended(), 'and finds it in the postgres.js this process loads')
+  t.throws(() => mend('function other() {}', 'x.js'), /is not there once; is postgres another version\?/, 'a text it does not know is refused, loudly')
+})
+
+t.test('a pool whose connections Postgres cuts again and again, mid-query, serves again once the cuts stop', async (t) => {
+  if (await withoutServer(t, 'pg_terminate_backend on the pool\'s backends')) return
+  const db = await createTestDb()
+  const pool = await connect({ url: db.url, log: createLogger('silent', new LogSink()), retryMaxMs: 100, max: 2 })
+  // As the sidecar queries: every statement with a deadline, so a stuck connection is an error, not a hang.
+  const sql = bounded(pool, 1500)
+  t.teardown(async () => { await pool.end({ timeout: 1 }); await db.drop() })
+  let stop = false
+  let served = 0
+  const worker = async (): Promise<void> => {
+    while (!stop) await sql`select 1`.then(() => { served++ }, () => {})
+  }
+  const workers = Array.from({ length: 4 }, worker)
+  for (let i = 0; i < 100; i++) {
+    await new Promise((r) => setTimeout(r, 20 + (i % 4) * 10))
+    await db.sql`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'usage-proxy' AND datname = current_database()`
+  }
+  stop = true
+  await Promise.all(workers)
+  t.ok(served > 0, `queries were served between the cuts (${served})`)
+  // Both connections must answer: eight at once, all of them, within a deadline each. A wedged
+  // connection times every one of its queries out, for as long as one waits.
+  const deadline = Date.now() + 30_000
+  let round: PromiseSettledResult<unknown>[] = []
+  do {
+    round = await Promise.allSettled(Array.from({ length: 8 }, () => sql`select 1`))
+  } while (round.some((r) => r.status === 'rejected') && Date.now() < deadline)
+  t.same(round.map((r) => r.status), Array(8).fill('fulfilled'), 'every query of a round answered: no connection is wedged')
+})
