@@ -278,7 +278,7 @@ function dataPlane (config: Config, log: Logger, booted: Booted, front: FrontDoo
     config, sql: () => sql, readSql, log, budgetsFor,
     admissions: () => limits.failOpenStats,
     backlog: () => booted.ledger.backlog(),
-    budgetsChanged: () => { void limits.refresh(); summaries.clear() },
+    budgetsChanged: () => { summaries.clear(); void limits.changed().then(() => summaries.clear()) },
     exportReadings: () => exporter()?.readings() ?? [],
     allowlistsChanged: () => booted.allowlists.refresh(),
     userForgotten: (userId) => { booted.directory.forget(userId); booted.keys.userForgotten(userId); void limits.refresh(); summaries.clear() },

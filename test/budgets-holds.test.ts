@@ -211,3 +211,40 @@ t.test('a request running longer than the TTL keeps its hold: renewed, and never
   t.equal(await limits.sweep(), 1, 'once the request ended, an expired hold is released')
   t.equal(await held('liv'), 0)
 })
+
+t.test('a budget written here binds at once: admissions ask from the write on, and a re-read begun before it cannot undo that', async (t) => {
+  const org = 'mai_client_first_budget'
+  await upsertOrganization(db.sql, { id: org, name: 'First budget', markupPercent: '0' }, 'sk-or-v1-test-key-0123456789')
+  // The real pool, with one answer held back when asked: a periodic re-read that read "no budget"
+  // before the write and comes back after it.
+  let hold: { read: () => void, release: Promise<void> } | null = null
+  const sql = new Proxy(db.sql, {
+    apply (target, thisArg, args) {
+      const q = Reflect.apply(target, thisArg, args) as Promise<unknown>
+      const h = hold
+      hold = null
+      return h ? q.then(async (r) => { h.read(); await h.release; return r }) : q
+    },
+  })
+  const limits = new Limits({ sql, record: () => {}, log, config, organizationId: org, markupPercent: '0', prices, alerts: null })
+  t.teardown(() => limits.close())
+  await limits.refresh()
+  t.notOk(limits.mayHaveBudgets, 'no budget: nothing to ask')
+  t.notOk(limits.needsAdmission(rec('first')), 'and requests go on without an admission')
+
+  let read!: () => void
+  let release!: () => void
+  const wasRead = new Promise<void>((r) => { read = r })
+  hold = { read, release: new Promise<void>((r) => { release = r }) }
+  const stale = limits.refresh()
+  await wasRead
+  await setBudget(db.sql, org, 'user', 'first', '1', 'month')
+  const fresh = limits.changed()
+  t.ok(limits.mayHaveBudgets, 'from the write on, the views ask')
+  t.ok(limits.needsAdmission(rec('first')), 'and so does the admission, before any re-read answered')
+  await fresh
+  release()
+  await stale
+  t.ok(limits.mayHaveBudgets, 'the re-read that began before the write does not undo it')
+  t.ok(limits.needsAdmission(rec('first')))
+})

@@ -82,6 +82,8 @@ interface ReserveRow {
 
 export class Limits {
   private anyBudgets: boolean | null = null
+  /** Budget writes through this process (changed()): a re-read older than the last one is not trusted. */
+  private changes = 0
   private readonly refreshTimer: NodeJS.Timeout
   private readonly sweepTimer: NodeJS.Timeout
   private readonly rate: RateLimiter
@@ -133,12 +135,25 @@ export class Limits {
   /** False only when the organization is known to have no budget (the views then skip asking). */
   get mayHaveBudgets (): boolean { return this.anyBudgets !== false }
 
-  /** Re-reads whether the organization has any budget; the admin API calls it after a write. */
+  /**
+   * A budget was written through this process: its admissions and views ask Postgres from now on,
+   * until a read that began after the write says whether any budget exists. Without that, the
+   * requests right after a first budget would pass unchecked until the re-read came back.
+   */
+  changed (): Promise<void> {
+    this.changes++
+    this.anyBudgets = null
+    return this.refresh()
+  }
+
+  /** Re-reads whether the organization has any budget (every BUDGET_REFRESH_MS, and after a write here). */
   async refresh (): Promise<void> {
+    const seen = this.changes
     try {
       const [r] = await this.d.sql<Array<{ any: boolean }>>`
         select exists (select 1 from budgets where organization_id = ${this.d.organizationId} and limit_usd is not null) as any`
-      this.anyBudgets = r.any
+      // A read that began before a write here may not see it: the write's own re-read decides.
+      if (seen === this.changes) this.anyBudgets = r.any
       // Prices are fetched only once there is a budget to estimate against.
       if (r.any) await this.d.prices.start()
     } catch { /* keep what was known; unknown means "ask" */ }
