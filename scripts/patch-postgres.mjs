@@ -9,9 +9,14 @@
 // (CONNECT_TIMEOUT forever) and a pool whose connections all took the fault is blind for good.
 // Seen when Postgres cut the export's connections under load (test/postgres-patch.test.ts).
 //
+// A second fault of the same kind: each new connection first fetches the array types, from a
+// socket handler that drops the promise. When Postgres ends that backend meanwhile (57P01,
+// a reset), nobody awaits the rejection and Node makes it an uncaught exception; the sidecar's
+// crash guard then exits. The connection's own close already settles or retries its queries.
+//
 // The mend, in each build of connection.js (ESM, CommonJS, Workers): a closed connection drops
-// what it had buffered, and a write with no socket settles its queries with CONNECTION_CLOSED
-// instead of throwing. Idempotent; fails loudly when the text it mends is not there (another
+// what it had buffered, a write with no socket settles its queries with CONNECTION_CLOSED
+// instead of throwing, and the array types' rejection is caught. Idempotent; fails loudly when the text it mends is not there (another
 // version: see whether it still needs mending).
 import { readFileSync, writeFileSync, existsSync } from 'node:fs'
 import { dirname, join } from 'node:path'
@@ -30,12 +35,17 @@ const EDITS = [
     from: '  function nextWrite(fn) {\n',
     to: `  function nextWrite(fn) {\n    if (!socket) { ${MARK}\n      nextWriteTimer !== null && clearImmediate(nextWriteTimer)\n      chunk = nextWriteTimer = null\n      error(Errors.connection('CONNECTION_CLOSED', options))\n      return false\n    }\n`,
   },
+  {
+    what: 'the array types fetched on a new connection: a rejection is not dropped',
+    from: '        return fetchArrayTypes()\n',
+    to: `        return fetchArrayTypes().catch(() => {}) ${MARK}\n`,
+  },
 ]
 
-/** Mends one connection.js text; returns it unchanged when already mended. */
+/** Mends one connection.js text; an edit already made is left as it is. */
 export function mend (text, file) {
-  if (text.includes(MARK)) return text
   for (const e of EDITS) {
+    if (text.includes(e.to)) continue
     if (text.split(e.from).length !== 2) throw new Error(`${file}: the text to mend (${e.what}) is not there once; is postgres another version?`)
     text = text.replace(e.from, e.to)
   }
