@@ -17,6 +17,7 @@ import { Limits, type Admission } from '../src/budgets/limits.js'
 import { PriceList } from '../src/budgets/prices.js'
 import { Reserver } from '../src/budgets/reserver.js'
 import { setBudget } from '../src/budgets/store.js'
+import { TcpRelay } from './support/tcp-relay.js'
 
 // Reservations leave nothing behind and live ones stay: a fail-closed timeout (the query is
 // cancelled, or what it reserved released once it commits), and holds renewed while a request
@@ -247,4 +248,34 @@ t.test('a budget written here binds at once: admissions ask from the write on, a
   await stale
   t.ok(limits.mayHaveBudgets, 'the re-read that began before the write does not undo it')
   t.ok(limits.needsAdmission(rec('first')))
+})
+
+t.test('a batch every admission gave up on is cancelled; a cancel request Postgres cannot be reached for leaves no rejection unheard', async (t) => {
+  if (await withoutServer(t, 'a batch of reservations waiting on another backend\'s lock')) return
+  await setBudget(db.sql, ORG, 'user', 'cy', '1', 'total')
+  const relay = new TcpRelay(5432)
+  await relay.open()
+  const viaRelay = postgres(`${relay.url}/${db.name}`, { max: 1, onnotice: () => {} })
+  t.teardown(async () => { await viaRelay.end({ timeout: 1 }); await relay.cut() })
+  const reserver = new Reserver<{ refused_scope: string | null }>(viaRelay, 'refused_scope', 300)
+  const now = new Date().toISOString()
+  await reserver.reserve({ org: ORG, user: 'cy', eventId: randomUUID(), amount: '0', at: now }).row
+  const dropped: unknown[] = []
+  const onDropped = (err: unknown): void => { dropped.push(err) }
+  process.on('unhandledRejection', onDropped)
+  t.teardown(() => { process.off('unhandledRejection', onDropped) })
+  const unlock = await lockCounters('cy')
+  const p = reserver.reserve({ org: ORG, user: 'cy', eventId: randomUUID(), amount: '0.25', at: now })
+  const blocked = await rowsSoon(async () => (await lockWaiters()) > 0 ? [1] : [])
+  t.equal(blocked.length, 1, 'the batch waits on cy\'s counter')
+  // The batch's connection stays; the cancel request needs a new one, which is refused.
+  relay.refuseNew()
+  p.abandon()
+  await t.rejects(p.row, /abandoned/)
+  unlock()
+  // The batch ends (the cancel never arrived), long after the refusal came back.
+  await rowsSoon(async () => (await lockWaiters()) === 0 ? [1] : [])
+  await viaRelay`select 1`
+  await new Promise((r) => setImmediate(r))
+  t.same(dropped.map(String), [], 'the refused cancel request was heard')
 })

@@ -1,4 +1,5 @@
 import type { Sql } from '../db/connect.js'
+import { cancelQuery } from '../db/bounded.js'
 
 // Admissions that arrive together share one round trip and one commit (budget_reserve_many() in
 // sql/functions/2-budgets.sql): at 64 requests in flight the organization's counter is locked
@@ -80,7 +81,7 @@ export class Reserver<R extends object> {
       [JSON.stringify(items), this.ttlSeconds])
     let query = send()
     let cancelled = false
-    const state: Batch = { cancel: () => { cancelled = true; query.cancel() }, open: batch.length }
+    const state: Batch = { cancel: () => { cancelled = true; cancelQuery(query) }, open: batch.length }
     for (const p of batch) p.batch = state
     try {
       let rows: Array<R & { i: number }>

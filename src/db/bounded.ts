@@ -30,6 +30,18 @@ function isQuery (q: unknown): q is PendingQuery {
 }
 
 /**
+ * Cancels a query: taken off the pool's queue if it never got a connection, else a cancel request
+ * goes to the server. postgres.js's own cancel() drops the promise of that request, so a server
+ * out of reach would make it an unhandled rejection; its canceller is called here, and caught.
+ */
+export function cancelQuery (q: unknown): void {
+  if (!isQuery(q)) return
+  const canceller = q.canceller
+  q.canceller = null
+  if (canceller) canceller(q).catch(() => {})
+}
+
+/**
  * Arms a query: its timer starts when it is first executed (a fragment nested in another query
  * never is). A cursor's deadline is per batch, so a long export to a slow client is not cut off
  * while each fetch still is bounded.
@@ -47,11 +59,7 @@ function arm (q: PendingQuery, ms: number, setting: string): void {
     // than postgres.js's generic cancel. Sent: cancelled first, while postgres.js still counts it
     // active (its reject clears that, and an inactive query is only marked for a later cancel).
     if (!q.state) q.reject(err)
-    // postgres.js's cancel() drops the promise of its cancel request: a server that cannot be
-    // reached would make it an unhandled rejection. Its canceller is called here, and caught.
-    const canceller = q.canceller
-    q.canceller = null
-    if (canceller) canceller(q).catch(() => {})
+    cancelQuery(q)
     q.reject(err)
   }
   const restart = (): void => {

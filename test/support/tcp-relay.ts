@@ -69,6 +69,12 @@ export class TcpRelay {
     for (const s of this.sockets) { s.unpipe(); s.pause() }
   }
 
+  /** Refuses new connections at once; those open go on as they were (cut() ends them). */
+  refuseNew (): void {
+    this.server?.close()
+    this.server = null
+  }
+
   /** Drops every connection mid-whatever and refuses new ones. */
   async cut (): Promise<void> {
     const server = this.server
