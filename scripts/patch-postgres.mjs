@@ -7,7 +7,7 @@
 // the line that resets them, so every later write on that connection, its reconnect's startup
 // message included, only appends to a buffer nobody sends: the connection never connects again
 // (CONNECT_TIMEOUT forever) and a pool whose connections all took the fault is blind for good.
-// Seen when Postgres cut the export's connections under load (test/postgres-patch.test.ts).
+// Postgres cutting the export's connections under load does it (test/postgres-patch.test.ts).
 //
 // A second fault of the same kind: each new connection first fetches the array types, from a
 // socket handler that drops the promise. When Postgres ends that backend meanwhile (57P01,

@@ -14,8 +14,8 @@ import { MARK, mend } from '../scripts/patch-postgres.mjs'
 // scripts/patch-postgres.mjs mends postgres.js (porsager/postgres#1208): without it, a connection
 // that Postgres closes while a small write waits for its turn keeps that write buffered for good,
 // and never connects again. A pool whose connections all took it is blind until the process
-// restarts; the export's two connections did, in CI, after pg_terminate_backend under load. And a
-// backend ended while a new connection fetched its array types left a rejection nobody awaited.
+// restarts, as the export's two connections are after pg_terminate_backend under load. And a
+// backend ended while a new connection fetches its array types leaves a rejection nobody awaits.
 
 const pkg = join(dirname(fileURLToPath(import.meta.resolve('postgres'))), '..')
 
