@@ -67,8 +67,8 @@ export const BREAKS = [
   {
     name: 's8fleet: a deadline rejects the caller but leaves the query running on the server',
     file: 'src/db/bounded.ts',
-    search: '    if (canceller) canceller(q).catch(() => {})',
-    replace: '    void canceller',
+    search: '  if (canceller) canceller(q).catch(() => {})',
+    replace: '  void canceller',
     tests: ['test/db-deadlines.test.ts'],
   },
 ]
