@@ -57,6 +57,30 @@ t.test('bounded: a query past its deadline is rejected and cancelled on the serv
   t.equal(seen, 6, 'a cursor read slower than the deadline in total, each batch within it')
 })
 
+t.test('bounded: a transaction its caller was told missed its deadline rolls back, though each statement was within its own', async (t) => {
+  if (await withoutServer(t, 'a transaction slower than its deadline, on a pool of its own')) return
+  const db = await createTestDb()
+  await db.sql`create table late_tx (id int primary key)`
+  const pool = postgres(db.url, poolOptions(1)) as unknown as Sql
+  t.teardown(async () => { await pool.end({ timeout: 1 }); await db.drop() })
+  // 400 ms a statement, 800 ms the whole: four sleeps of 250 ms pass the second, never the first.
+  const sql = bounded(pool, 400, 'TEST_DEADLINE', 800)
+  let bodyEnded!: () => void
+  const bodyDone = new Promise<void>((r) => { bodyEnded = r })
+  const tx = sql.begin(async (tx) => {
+    await tx`insert into late_tx (id) values (1)`
+    for (let i = 0; i < 4; i++) await tx`select pg_sleep(0.25)`
+    bodyEnded()
+  })
+  await t.rejects(tx, DeadlineError, 'the caller is told it missed its deadline')
+  await bodyDone
+  // The pool's one connection takes this query only once the transaction has ended.
+  const [{ n }] = await bounded(pool, 10_000, 'TEST_DEADLINE')<{ n: number }[]>`select count(*)::int as n from late_tx`
+  t.equal(n, 0, 'the body ran to its end after the deadline, and nothing of it committed')
+  await sql.begin(async (tx) => { await tx`insert into late_tx (id) values (2)` })
+  t.same((await db.sql`select id from late_tx`).map((r) => r.id), [2], 'a transaction within its deadline commits')
+})
+
 t.test('Postgres stops answering: /healthz, /metrics and the admin ledger answer at once; the backlog shows, then drains without a restart', async (t) => {
   const db = await createTestDb({ migrated: true })
   const fake = await new FakeOpenRouter(5).start()

@@ -122,10 +122,15 @@ export function bounded (sql: Sql, ms: number, setting = 'DATABASE_QUERY_TIMEOUT
         return (...args: unknown[]) => {
           const fn = args.pop() as (tx: Sql) => unknown
           let late = false
-          const run = begin.call(t, ...args, (tx: Sql) => {
+          const run = begin.call(t, ...args, async (tx: Sql) => {
             // A transaction that got its connection after its caller gave up does nothing.
             if (late) throw new DeadlineError(txMs, setting)
-            return fn(bounded(tx, ms, setting, txMs))
+            const body = fn(bounded(tx, ms, setting, txMs))
+            const result: unknown = await (Array.isArray(body) ? Promise.all(body) : body)
+            // Its caller was told it failed: it rolls back rather than commit behind their back.
+            // (A deadline that passes while COMMIT itself is on its way leaves the outcome open.)
+            if (late) throw new DeadlineError(txMs, setting)
+            return result
           })
           let timer: NodeJS.Timeout | undefined
           const deadline = new Promise<never>((_resolve, reject) => {
