@@ -69,14 +69,14 @@ export function budgetRoutes (d: BudgetRouteDeps): AdminRoute[] {
           const problem = validate(body, scope, userId)
           if (typeof problem === 'string') return sendError(r.res, 400, 'invalid_request_error', 'invalid_budget', problem)
           const what = budgetTarget(scope, userId)
+          // Told whatever the outcome: a commit whose answer was lost still binds here at once.
           const after = await auditedChange(d.sql(), org, what, async (tx) => {
             const before = await one(tx, scope, userId)
             await setBudget(tx, org, scope, userId, problem.limit, problem.period)
             const after = await one(tx, scope, userId)
             await appendAudit(tx, org, { actor: r.actor, action: 'budget.set', target: what, before: limitOf(before), after: limitOf(after) })
             return after
-          })
-          d.changed?.()
+          }).finally(() => d.changed?.())
           sendJson(r.res, 200, after)
         },
       },
@@ -92,8 +92,7 @@ export function budgetRoutes (d: BudgetRouteDeps): AdminRoute[] {
             if (!await deleteBudget(tx, org, scope, userId)) return false
             await appendAudit(tx, org, { actor: r.actor, action: 'budget.deleted', target: what, before: limitOf(before), after: null })
             return true
-          })
-          d.changed?.()
+          }).finally(() => d.changed?.())
           if (!deleted) return sendError(r.res, 404, 'not_found_error', 'budget_not_found', `no ${scope} budget${userId ? ` for ${SUBJECT[scope]} ${userId}` : ''}`)
           sendJson(r.res, 200, { object: 'budget.deleted', scope, user_id: scope === 'user' ? userId : null, ...(scope === 'group' ? { group_id: userId } : {}), deleted: true })
         },

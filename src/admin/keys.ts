@@ -43,12 +43,11 @@ export function keyRoutes (d: KeyRouteDeps): AdminRoute[] {
           const created = (await keyView(tx, org, id))!
           await appendAudit(tx, org, { actor: r.actor, action: 'key.created', target: `keys/${id}`, before: null, after: settings(created) })
           return created
-        })
+        }).finally(() => { if (input.budget) d.budgetsChanged?.() })
         d.ring?.added(hash, {
           id, name: input.name, userId: input.userId, groups: input.groups, rpm: input.rpm, models: input.models,
           expiresAt: input.expiresAt === null ? null : Date.parse(input.expiresAt),
         })
-        if (input.budget) d.budgetsChanged?.()
         sendJson(r.res, 201, { ...view, key: secret })
       },
     },
