@@ -18,6 +18,7 @@ import { PriceList } from '../src/budgets/prices.js'
 import { Reserver } from '../src/budgets/reserver.js'
 import { setBudget } from '../src/budgets/store.js'
 import { TcpRelay } from './support/tcp-relay.js'
+import { Allowlists } from '../src/budgets/allowlists.js'
 
 // Reservations leave nothing behind and live ones stay: a fail-closed timeout (the query is
 // cancelled, or what it reserved released once it commits), and holds renewed while a request
@@ -278,4 +279,24 @@ t.test('a batch every admission gave up on is cancelled; a cancel request Postgr
   await viaRelay`select 1`
   await new Promise((r) => setImmediate(r))
   t.same(dropped.map(String), [], 'the refused cancel request was heard')
+})
+
+t.test('a database slower than the re-read interval never piles re-reads up: one at a time, for budgets and allowlists', async (t) => {
+  // The real pool, every answer held back until released: each re-read takes "forever".
+  let asked = 0
+  let release!: () => void
+  const released = new Promise<void>((r) => { release = r })
+  const sql = new Proxy(db.sql, {
+    apply (target, thisArg, args) {
+      if (/\S/.test(String((args[0] as string[])[0]))) asked++ // not the empty fragments a query nests
+      return (Reflect.apply(target, thisArg, args) as Promise<unknown>).then(async (r) => { await released; return r }, async (err) => { await released; throw err })
+    },
+  })
+  const limits = new Limits({ sql, record: () => {}, log, config: { ...config, refreshMs: 5 }, organizationId: ORG, markupPercent: '0', prices, alerts: null })
+  const allowlists = new Allowlists(sql, ORG, 5, log)
+  t.teardown(() => { limits.close(); allowlists.close() })
+  // Forty intervals pass: each timer finds its re-read still out and starts no other.
+  await new Promise((r) => setTimeout(r, 200))
+  t.ok(asked <= 4, `${asked} reads asked: each one's first, and one periodic re-read each`)
+  release()
 })

@@ -34,11 +34,13 @@ export class Allowlists {
   private groups = new Map<string, { list: Compiled, models: string[] }>()
   private loaded: Promise<void>
   private readonly timer: NodeJS.Timeout
+  private periodic: Promise<void> | null = null
 
   constructor (private readonly sql: Sql, private readonly org: string, refreshMs: number, private readonly log: Logger) {
     this.loaded = this.load()
     this.loaded.catch(() => {})
-    this.timer = setInterval(() => { void this.refresh() }, refreshMs)
+    // One periodic re-read at a time: a database slower than the interval never piles them up.
+    this.timer = setInterval(() => { this.periodic ??= this.refresh().finally(() => { this.periodic = null }) }, refreshMs)
     this.timer.unref()
   }
 

@@ -84,6 +84,7 @@ export class Limits {
   private anyBudgets: boolean | null = null
   /** Budget writes through this process (changed()): a re-read older than the last one is not trusted. */
   private changes = 0
+  private periodic: Promise<void> | null = null
   private readonly refreshTimer: NodeJS.Timeout
   private readonly sweepTimer: NodeJS.Timeout
   private readonly rate: RateLimiter
@@ -112,7 +113,8 @@ export class Limits {
     // `:` is in no organization id (config.ts): a key's window can never be a user's.
     this.keyRate = new RateLimiter(this.admissionSql, `${d.organizationId}:keys`, { rpm: undefined, maxConcurrent: undefined }, Date.now, 'key')
     void this.refresh()
-    this.refreshTimer = setInterval(() => { void this.refresh() }, d.config.refreshMs)
+    // One periodic re-read at a time: a database slower than BUDGET_REFRESH_MS never piles them up.
+    this.refreshTimer = setInterval(() => { this.periodic ??= this.refresh().finally(() => { this.periodic = null }) }, d.config.refreshMs)
     this.refreshTimer.unref()
     this.sweepTimer = setInterval(() => { void this.sweep() }, SWEEP_MS)
     this.sweepTimer.unref()

@@ -31,4 +31,18 @@ export const BREAKS = [
     replace: '            return result',
     tests: ['test/db-deadlines.test.ts'],
   },
+  {
+    name: 'budgets: a periodic "any budget?" re-read starts while the last is still out',
+    file: 'src/budgets/limits.ts',
+    search: 'this.periodic ??= this.refresh().finally(() => { this.periodic = null })',
+    replace: 'void this.refresh()',
+    tests: ['test/budgets-holds.test.ts'],
+  },
+  {
+    name: 'allowlists: a periodic re-read starts while the last is still out',
+    file: 'src/budgets/allowlists.ts',
+    search: 'this.periodic ??= this.refresh().finally(() => { this.periodic = null })',
+    replace: 'void this.refresh()',
+    tests: ['test/budgets-holds.test.ts'],
+  },
 ]
