@@ -168,7 +168,7 @@ export const BREAKS = [
   {
     name: 'gb: another replica never re-reads the lists',
     file: 'src/budgets/allowlists.ts',
-    search: '    this.timer = setInterval(() => { void this.refresh() }, refreshMs)',
+    search: '    this.timer = setInterval(() => { this.periodic ??= this.refresh().finally(() => { this.periodic = null }) }, refreshMs)',
     replace: '    this.timer = setInterval(() => {}, refreshMs)',
     tests: [LISTS],
   },
