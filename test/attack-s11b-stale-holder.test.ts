@@ -4,8 +4,7 @@ import { randomUUID } from 'node:crypto'
 import { createTestDb, withoutServer, type TestDb } from './support/db.js'
 import { FakeStripe } from './support/billing-receivers.js'
 import { seedLedger } from './support/seed.js'
-import { LogSink } from './support/sidecar.js'
-import { createLogger } from '../src/lib/log.js'
+import { KEY, log, waitFor } from './support/stripe-lost-answer.js'
 import { startExporter, type Exporter } from '../src/export/exporter.js'
 import { stripeSink } from '../src/export/stripe-sink.js'
 import { setCustomer } from '../src/export/billing-customers.js'
@@ -22,17 +21,6 @@ import { exportStatus } from '../src/export/status.js'
 // 2. A writes its attempt after B sent, was answered and deleted B's attempt: A's send is a
 //    duplicate, A's settle fails on the fence, and A's attempt stays in export_stripe_attempts
 //    for good (the row is behind the cursor; nothing reads or deletes it again).
-
-const KEY = 'sk_test_exporttests0123456789'
-const log = (): ReturnType<typeof createLogger> => createLogger('warn', new LogSink())
-
-async function waitFor (what: string, check: () => Promise<boolean>, timeoutMs = 60_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, 20))
-  }
-}
 
 interface Setup { db: TestDb, stripe: FakeStripe, url: string, org: string, id: string, gate: postgres.ReservedSql, pool: (name: string) => postgres.Sql<{}> }
 
