@@ -43,7 +43,7 @@ async function chat (user: string, auth?: string): Promise<number> {
 }
 
 /** Runs `workers` loops of requests for `user` until stop(); each outcome with the time it was sent. */
-function flood (user: string, workers: number): { stop: () => Promise<Outcome[]> } {
+function flood (user: string, workers: number): { stop: () => Promise<Outcome[]>, sentAfter: (at: number) => Promise<void> } {
   let going = true
   const outcomes: Outcome[] = []
   const loops = Array.from({ length: workers }, async () => {
@@ -53,7 +53,14 @@ function flood (user: string, workers: number): { stop: () => Promise<Outcome[]>
       outcomes.push({ sentAt, status })
     }
   })
-  return { stop: async () => { going = false; await Promise.all(loops); return outcomes } }
+  return {
+    stop: async () => { going = false; await Promise.all(loops); return outcomes },
+    // Until a request sent after `at` has its answer: however slow the database, the write is tested.
+    sentAfter: async (at: number) => {
+      const deadline = Date.now() + 60_000
+      while (!outcomes.some((o) => o.sentAt > at) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10))
+    },
+  }
 }
 
 async function put (path: string, body: unknown): Promise<{ status: number, answeredAt: number }> {
@@ -76,11 +83,11 @@ t.test('a first user budget written during a flood binds every request sent afte
   for (let round = 0; round < 6; round++) {
     const user = `flood-${round}`
     const f = flood(user, 8)
-    await new Promise((r) => setTimeout(r, 60))
+    await f.sentAfter(0) // a request answered before the write
     const p = await put(`/admin/v1/budgets/users/${user}`, { limit_usd: '0', period: 'month' })
     t.equal(p.status, 200, `round ${round}: the budget is written`)
     const upstreamAtAnswer = fake.requests.length
-    await new Promise((r) => setTimeout(r, 80))
+    await f.sentAfter(p.answeredAt)
     const outcomes = await f.stop()
     const bad = unchecked(outcomes, p.answeredAt)
     t.same(bad, [], `round ${round}: no request sent after the 200 went unchecked (${outcomes.length} requests)`)
@@ -104,7 +111,7 @@ t.test('deleted then re-created: the re-creation binds at once', async (t) => {
     await new Promise((r) => setTimeout(r, 30))
     const p = await put(`/admin/v1/budgets/users/${user}`, { limit_usd: '0', period: 'day' })
     t.equal(p.status, 200)
-    await new Promise((r) => setTimeout(r, 40))
+    await f.sentAfter(p.answeredAt)
     const outcomes = await f.stop()
     t.same(unchecked(outcomes, p.answeredAt), [], `round ${round}: nothing sent after the re-creation went unchecked`)
     t.equal(await del(`/admin/v1/budgets/users/${user}`), 200)
@@ -119,7 +126,7 @@ t.test('an organization budget and a default-user budget bind at once too', asyn
     const p = await put(path, { limit_usd: '0', period: 'month' })
     if (p.status === 404) { t.comment(`no route ${path}`); await f.stop(); continue }
     t.equal(p.status, 200, `${scope} budget written`)
-    await new Promise((r) => setTimeout(r, 60))
+    await f.sentAfter(p.answeredAt)
     const outcomes = await f.stop()
     t.same(unchecked(outcomes, p.answeredAt), [], `${scope}: nothing sent after the write went unchecked`)
     t.equal(await del(path), 200)
