@@ -66,5 +66,6 @@ t.test('a pool whose connections Postgres cuts again and again, mid-query, serve
   do {
     round = await Promise.allSettled(Array.from({ length: 8 }, () => sql`select 1`))
   } while (round.some((r) => r.status === 'rejected') && Date.now() < deadline)
-  t.same(round.map((r) => r.status), Array(8).fill('fulfilled'), 'every query of a round answered: no connection is wedged')
+  const reasons = [...new Set(round.flatMap((r) => r.status === 'rejected' ? [String((r.reason as Error)?.message ?? r.reason)] : []))]
+  t.same(round.map((r) => r.status), Array(8).fill('fulfilled'), `every query of a round answered: no connection is wedged ${JSON.stringify(reasons)}`)
 })
