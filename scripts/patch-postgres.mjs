@@ -14,10 +14,18 @@
 // a reset), nobody awaits the rejection and Node makes it an uncaught exception; the sidecar's
 // crash guard then exits. The connection's own close already settles or retries its queries.
 //
+// A third: a connection opens for the query that asked for it (its `initial`), and when that
+// query is cancelled meanwhile (a deadline of src/db/bounded.ts passing while Postgres is slow to
+// accept, or the reconnect's backoff runs), execute() skips it and ReadyForQuery returns without
+// onopen(): the connection stays in the pool's `connecting` queue, open and idle, for good. Its
+// queries then wait in the pool's queue, which only onopen() or onclose() drains; with both of a
+// pool's connections so, every query misses its deadline until Postgres closes them.
+//
 // The mend, in each build of connection.js (ESM, CommonJS, Workers): a closed connection drops
 // what it had buffered, a write with no socket settles its queries with CONNECTION_CLOSED
-// instead of throwing, and the array types' rejection is caught. Idempotent; fails loudly when the text it mends is not there (another
-// version: see whether it still needs mending).
+// instead of throwing, the array types' rejection is caught, and a connection whose first query
+// was cancelled goes on to onopen() as after any query. Idempotent; fails loudly when the text it
+// mends is not there (another version: see whether it still needs mending).
 import { readFileSync, writeFileSync, existsSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -39,6 +47,11 @@ const EDITS = [
     what: 'the array types fetched on a new connection: a rejection is not dropped',
     from: '        return fetchArrayTypes()\n',
     to: `        return fetchArrayTypes().catch(() => {}) ${MARK}\n`,
+  },
+  {
+    what: 'a connection whose first query was cancelled while it opened joins the pool',
+    from: '      initial && !initial.reserve && execute(initial)\n      options.shared.retries = retries = 0\n      initial = null\n      return\n',
+    to: `      const cancelled = initial && initial.cancelled ${MARK}\n      initial && !initial.reserve && execute(initial)\n      options.shared.retries = retries = 0\n      initial = null\n      if (!cancelled)\n        return\n`,
   },
 ]
 

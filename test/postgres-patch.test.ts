@@ -1,10 +1,12 @@
 import t from 'tap'
+import postgres from 'postgres'
 import { readFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { createTestDb, withoutServer } from './support/db.js'
+import { TcpRelay } from './support/tcp-relay.js'
 import { LogSink } from './support/sidecar.js'
-import { connect } from '../src/db/connect.js'
+import { connect, poolOptions } from '../src/db/connect.js'
 import { bounded } from '../src/db/bounded.js'
 import { createLogger } from '../src/lib/log.js'
 import { MARK as BOOT_MARK, postgresMended } from '../src/db/postgres-mend.js'
@@ -16,13 +18,15 @@ import { MARK, mend } from '../scripts/patch-postgres.mjs'
 // and never connects again. A pool whose connections all took it is blind until the process
 // restarts, as the export's two connections are after pg_terminate_backend under load. And a
 // backend ended while a new connection fetches its array types leaves a rejection nobody awaits.
+// And a connection whose first query is cancelled (its deadline passed) while it opens never
+// joins the pool: it stays "connecting", open and idle, and the pool's queries wait for it.
 
 const pkg = join(dirname(fileURLToPath(import.meta.resolve('postgres'))), '..')
 
 t.test('npm ci mended every build of postgres.js\'s connection, once', async (t) => {
   for (const build of ['src', 'cjs/src', 'cf/src']) {
     const text = readFileSync(join(pkg, build, 'connection.js'), 'utf8')
-    t.equal(text.split(MARK).length - 1, 3, `${build}/connection.js: the three edits, each once`)
+    t.equal(text.split(MARK).length - 1, 4, `${build}/connection.js: the four edits, each once`)
     t.equal(mend(text, build), text, `${build}: mending again changes nothing`)
   }
   t.equal(BOOT_MARK, MARK, 'boot looks for the mark the script writes')
@@ -68,4 +72,20 @@ t.test('a pool whose connections Postgres cuts again and again, mid-query, serve
   } while (round.some((r) => r.status === 'rejected') && Date.now() < deadline)
   const reasons = [...new Set(round.flatMap((r) => r.status === 'rejected' ? [String((r.reason as Error)?.message ?? r.reason)] : []))]
   t.same(round.map((r) => r.status), Array(8).fill('fulfilled'), `every query of a round answered: no connection is wedged ${JSON.stringify(reasons)}`)
+})
+
+t.test('a query whose deadline passes while its connection still opens: the connection serves the next query', async (t) => {
+  const db = await createTestDb()
+  // Postgres slow to accept (a busy machine, the reconnect's backoff): the relay holds the startup.
+  const relay = new TcpRelay(db.port)
+  await relay.reserve()
+  await relay.open()
+  const pool = postgres(`${relay.url}/${db.name}`, poolOptions(1))
+  t.teardown(async () => { await pool.end({ timeout: 0 }); await relay.cut(); await db.drop() })
+  relay.pause()
+  await t.rejects(bounded(pool, 200)`select 1`, { code: 'DEADLINE' }, 'the query that opened the connection missed its deadline, and was cancelled')
+  relay.resume()
+  // Without the mend the connection stays in postgres.js's "connecting" queue for good, and this
+  // waits in the pool's queue until its deadline.
+  t.same(await bounded(pool, 5000)`select 2 as x`, [{ x: 2 }], 'the connection, once open, serves the next query')
 })
