@@ -1,13 +1,10 @@
 import t from 'tap'
 import { createHash } from 'node:crypto'
-import { existsSync, statSync, readdirSync } from 'node:fs'
-import { join } from 'node:path'
-import { spawnSync } from 'node:child_process'
 import { request } from 'undici'
 import { FakeOpenRouter } from './support/fake-openrouter.js'
 import { createTestDb, type TestDb } from './support/db.js'
 import { baseEnv, startSidecar, type Started } from './support/sidecar.js'
-import { CLI, ROOT, runNodeAsync } from './support/child.js'
+import { CLI, ensureBuilt, runNodeAsync } from './support/child.js'
 import { ORG, seedLedger } from './support/seed.js'
 
 // The audit trail through the admin API: who (a fingerprint, never the key), what, before and
@@ -132,20 +129,8 @@ t.test('actor: a fingerprint of the credential, by kind; the key never appears i
   t.equal(await count(), lines, 'a delete that found nothing, or a refused change, appends nothing')
 })
 
-function newestMtime (dir: string): number {
-  let newest = 0
-  for (const e of readdirSync(dir, { withFileTypes: true })) {
-    const p = join(dir, e.name)
-    newest = Math.max(newest, e.isDirectory() ? newestMtime(p) : statSync(p).mtimeMs)
-  }
-  return newest
-}
-
 t.test('usage-proxy forget --user: the command line forgets as `cli`', async (t) => {
-  if (!(existsSync(CLI) && statSync(CLI).mtimeMs >= newestMtime(join(ROOT, 'src')))) {
-    const tsc = spawnSync(process.execPath, [join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.build.json'], { cwd: ROOT, encoding: 'utf8' })
-    if (tsc.status !== 0) throw new Error(`build failed:\n${tsc.stdout}${tsc.stderr}`)
-  }
+  ensureBuilt()
   const s = await boot()
   t.teardown(() => s.sidecar.stop('test'))
   await seedLedger(db.sql, { rows: 120, from: '2026-10-01', days: 20 })

@@ -1,7 +1,7 @@
 import t from 'tap'
-import { spawnSync, type SpawnSyncReturns } from 'node:child_process'
+import type { SpawnSyncReturns } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync } from 'node:fs'
+import { mkdtempSync, readFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -10,28 +10,15 @@ import { parseEnv } from 'node:util'
 import { parse as parseYaml } from 'yaml'
 import { loadConfig } from '../src/config/config.js'
 import { createTestDb, type TestDb } from './support/db.js'
-import { CLI, MAIN, ROOT as root, runNode, spawnNode } from './support/child.js'
+import { CLI, ensureBuilt, MAIN, ROOT as root, runNode, spawnNode } from './support/child.js'
 
 // The CLI is tested as users run it: `node dist/cli.js ...`, a separate process.
 
 const KEYS = ['ADMIN_API_KEY', 'MARKUP_PERCENT', 'OPENROUTER_API_KEY', 'OPENROUTER_EXTERNAL_USER', 'ORGANIZATION_NAME', 'POSTGRES_PASSWORD', 'PROXY_API_KEY', 'WEBUI_SECRET_KEY']
 const REAL_KEY = 'sk-or-v1-0123456789abcdef0123456789abcdef'
 
-function newestMtime (dir: string): number {
-  let newest = 0
-  for (const entry of readdirSync(dir, { withFileTypes: true })) {
-    const p = join(dir, entry.name)
-    newest = Math.max(newest, entry.isDirectory() ? newestMtime(p) : statSync(p).mtimeMs)
-  }
-  return newest
-}
-
 // `npm test` builds dist/ before tap runs; a lone `npx tap test/cli.test.ts` builds it here.
-t.before(() => {
-  if (existsSync(CLI) && existsSync(join(root, 'dist', 'main.js')) && statSync(CLI).mtimeMs >= newestMtime(join(root, 'src'))) return
-  const tsc = spawnSync(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.build.json'], { cwd: root, encoding: 'utf8' })
-  if (tsc.status !== 0) throw new Error(`build failed:\n${tsc.stdout}${tsc.stderr}`)
-})
+t.before(ensureBuilt)
 
 /** Runs the CLI with only PATH from this environment, in an empty directory (no .env). */
 function cli (args: string[], env: Record<string, string> = {}): SpawnSyncReturns<string> {

@@ -93,8 +93,9 @@ t.test('a caught-up exporter on a quiet database goes idle and stops writing', a
   const { db, ce, url } = await fresh()
   t.teardown(async () => { await ce.close(); await db.drop() })
   await seedLedger(db.sql, { rows: 12, from: '2026-11-01', days: 2 })
-  await db.sql.unsafe(`CREATE TABLE writes (tbl text);
-    CREATE FUNCTION count_write() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSERT INTO writes VALUES (TG_TABLE_NAME); RETURN NULL; END $$;
+  // A write is a transaction: one cursor write updates its row twice (counts, then position).
+  await db.sql.unsafe(`CREATE TABLE writes (tbl text, tx bigint);
+    CREATE FUNCTION count_write() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSERT INTO writes VALUES (TG_TABLE_NAME, txid_current()); RETURN NULL; END $$;
     CREATE TRIGGER count_cursor AFTER UPDATE ON export_cursors FOR EACH ROW EXECUTE FUNCTION count_write();
     CREATE TRIGGER count_lease AFTER UPDATE ON export_leases FOR EACH ROW EXECUTE FUNCTION count_write();`)
   const leaseMs = 600
@@ -102,7 +103,7 @@ t.test('a caught-up exporter on a quiet database goes idle and stops writing', a
   t.teardown(() => exporter.stop())
   await waitFor('every row', () => ce.events.size === 12)
   await exporter.idle()
-  const count = async (tbl: string): Promise<number> => Number((await db.sql<{ n: string }[]>`SELECT count(*)::text AS n FROM writes WHERE tbl = ${tbl}`)[0].n)
+  const count = async (tbl: string): Promise<number> => Number((await db.sql<{ n: string }[]>`SELECT count(DISTINCT tx)::text AS n FROM writes WHERE tbl = ${tbl}`)[0].n)
   const cursorsBefore = await count('export_cursors')
   const leasesBefore = await count('export_leases')
   const since = Date.now()

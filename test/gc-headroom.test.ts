@@ -31,9 +31,18 @@ t.test('a few full collections change nothing; a run of them turns the room on, 
   const runs: Array<[number, number]> = []
   const stop = keepGcHeadroom({ headroomMb: 100_000, setFlags: (f) => flags.push(f), onRun: (n, mb) => runs.push([n, mb]) })
   t.teardown(stop)
+  // V8 may run a full collection of its own among these (a busy machine, a coverage run): it
+  // counts towards the run like a forced one, so the verdict is on the collections seen.
+  let majors = 0
+  const seen = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) if ((e as unknown as { detail?: { kind?: number } }).detail?.kind === constants.NODE_PERFORMANCE_GC_MAJOR) majors++
+  })
+  seen.observe({ entryTypes: ['gc'] })
+  t.teardown(() => seen.disconnect())
   for (let i = 0; i < RUN - 1; i++) { gc(); await delivered() }
-  t.same(flags, [], `${RUN - 1} collections: no run yet, no flag`)
-  t.same(runs, [])
+  const early = majors >= RUN
+  t.same(flags, early ? ['--heap-growing-percent=300'] : [], `${RUN - 1} collections (${majors} seen): no run yet, no flag`)
+  t.equal(runs.length, early ? 1 : 0)
   for (let i = 0; i < 4 * RUN && runs.length === 0; i++) { gc(); await delivered() }
   t.equal(runs.length, 1, 'the run is reported')
   // Each collection adds one to the run, so it is declared on the RUN-th in a row.

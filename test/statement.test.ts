@@ -1,11 +1,10 @@
 import t from 'tap'
-import { spawnSync } from 'node:child_process'
-import { existsSync, mkdtempSync, readFileSync, statSync, readdirSync } from 'node:fs'
+import { mkdtempSync, readFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { createTestDb, type TestDb } from './support/db.js'
-import { runNodeAsync } from './support/child.js'
+import { ensureBuilt, runNodeAsync } from './support/child.js'
 import { ORG, seedLedger } from './support/seed.js'
 import { parseCsv } from './support/csv.js'
 import { migrate } from '../src/db/migrate.js'
@@ -181,11 +180,7 @@ t.test('bad arguments are refused with a message', async (t) => {
 
 t.test('the command as users run it: node dist/cli.js statement', async (t) => {
   const cli = join(root, 'dist', 'cli.js')
-  const newest = (dir: string): number => Math.max(...readdirSync(dir, { withFileTypes: true }).map((e) => e.isDirectory() ? newest(join(dir, e.name)) : statSync(join(dir, e.name)).mtimeMs))
-  if (!existsSync(cli) || statSync(cli).mtimeMs < newest(join(root, 'src'))) {
-    const tsc = spawnSync(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.build.json'], { cwd: root, encoding: 'utf8' })
-    t.equal(tsc.status, 0, tsc.stdout)
-  }
+  ensureBuilt()
   // In an empty directory (no .env), and not blocking this process: it may serve the database.
   const env = { DATABASE_URL: db.url, OPENROUTER_EXTERNAL_USER: ORG }
   const ok = await runNodeAsync([cli, 'statement', '--month', '2026-11', '--format', 'json'], env)

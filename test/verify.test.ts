@@ -1,11 +1,10 @@
 import t from 'tap'
-import { spawnSync } from 'node:child_process'
-import { existsSync, mkdtempSync, readdirSync, statSync } from 'node:fs'
+import { mkdtempSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { randomUUID } from 'node:crypto'
 import { createTestDb, type TestDb } from './support/db.js'
-import { runNodeAsync } from './support/child.js'
+import { ensureBuilt, runNodeAsync } from './support/child.js'
 import { startSidecar, TEST_KEY } from './support/sidecar.js'
 import { createLogger } from '../src/lib/log.js'
 import { migrate } from '../src/db/migrate.js'
@@ -119,12 +118,7 @@ t.test('usage-proxy verify as a command', async (t) => {
   const db = await filled([[1, '2026-05-05T10:00:00Z']])
   t.teardown(() => db.drop())
   const cli = join(process.cwd(), 'dist', 'cli.js')
-  const built = join('dist', 'usage', 'reports', 'verify-command.js')
-  const stale = !existsSync(built) || statSync(built).mtimeMs < statSync(join('src', 'usage', 'reports', 'verify-command.ts')).mtimeMs
-  if (stale || !readdirSync('dist').includes('cli.js')) {
-    const tsc = spawnSync(process.execPath, [join('node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.build.json'], { encoding: 'utf8' })
-    t.equal(tsc.status, 0, tsc.stdout)
-  }
+  ensureBuilt()
   // Not blocking this process: it may serve the database (the embedded fallback of support/db).
   const run = (args: string[]) => runNodeAsync([cli, 'verify', ...args], { DATABASE_URL: db.url }, 30_000)
   const ok = await run(['--month', '2026-05'])
