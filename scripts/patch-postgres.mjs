@@ -21,10 +21,18 @@
 // queries then wait in the pool's queue, which only onopen() or onclose() drains; with both of a
 // pool's connections so, every query misses its deadline until Postgres closes them.
 //
+// A fourth: a connection given to a transaction (sql.begin, its savepoints) or to sql.reserve()
+// keeps that scope's statements in a queue of its own while one is in flight (with prepare:
+// false, any statement with a parameter). A deadline passing there rejects a statement and marks
+// it cancelled without taking it off that queue; at the next ReadyForQuery the connection takes
+// it, execute() skips it and sends nothing, and nothing ever answers: the statements behind it,
+// the ROLLBACK included, wait for good, and the connection never returns to the pool.
+//
 // The mend, in each build of connection.js (ESM, CommonJS, Workers): a closed connection drops
 // what it had buffered, a write with no socket settles its queries with CONNECTION_CLOSED
-// instead of throwing, the array types' rejection is caught, and a connection whose first query
-// was cancelled goes on to onopen() as after any query. Idempotent; fails loudly when the text it
+// instead of throwing, the array types' rejection is caught, a connection whose first query
+// was cancelled goes on to onopen() as after any query, and a reserved connection that skips a
+// cancelled query goes on to the next of its queue. Idempotent; fails loudly when the text it
 // mends is not there (another version: see whether it still needs mending).
 import { readFileSync, writeFileSync, existsSync } from 'node:fs'
 import { dirname, join } from 'node:path'
@@ -52,6 +60,11 @@ const EDITS = [
     what: 'a connection whose first query was cancelled while it opened joins the pool',
     from: '      initial && !initial.reserve && execute(initial)\n      options.shared.retries = retries = 0\n      initial = null\n      return\n',
     to: `      const cancelled = initial && initial.cancelled ${MARK}\n      initial && !initial.reserve && execute(initial)\n      options.shared.retries = retries = 0\n      initial = null\n      if (!cancelled)\n        return\n`,
+  },
+  {
+    what: 'a reserved connection skips a query cancelled while it waited in the queue and goes on to the next',
+    from: '    if (q.cancelled)\n      return\n',
+    to: `    if (q.cancelled) ${MARK}\n      return connection.reserved ? connection.reserved() : undefined\n`,
   },
 ]
 

@@ -20,13 +20,16 @@ import { MARK, mend } from '../scripts/patch-postgres.mjs'
 // backend ended while a new connection fetches its array types leaves a rejection nobody awaits.
 // And a connection whose first query is cancelled (its deadline passed) while it opens never
 // joins the pool: it stays "connecting", open and idle, and the pool's queries wait for it.
+// And a transaction's statement cancelled while it waits behind another of the transaction is
+// taken from the transaction's queue and nothing is sent: the transaction never ends, and its
+// connection never returns to the pool.
 
 const pkg = join(dirname(fileURLToPath(import.meta.resolve('postgres'))), '..')
 
 t.test('npm ci mended every build of postgres.js\'s connection, once', async (t) => {
   for (const build of ['src', 'cjs/src', 'cf/src']) {
     const text = readFileSync(join(pkg, build, 'connection.js'), 'utf8')
-    t.equal(text.split(MARK).length - 1, 4, `${build}/connection.js: the four edits, each once`)
+    t.equal(text.split(MARK).length - 1, 5, `${build}/connection.js: the five edits, each once`)
     t.equal(mend(text, build), text, `${build}: mending again changes nothing`)
   }
   t.equal(BOOT_MARK, MARK, 'boot looks for the mark the script writes')
@@ -88,4 +91,59 @@ t.test('a query whose deadline passes while its connection still opens: the conn
   // Without the mend the connection stays in postgres.js's "connecting" queue for good, and this
   // waits in the pool's queue until its deadline.
   t.same(await bounded(pool, 5000)`select 2 as x`, [{ x: 2 }], 'the connection, once open, serves the next query')
+})
+
+// With prepare: false every statement with a parameter goes out describe-first, and its
+// connection takes no other until that is answered: a transaction's next statement waits in the
+// transaction's own queue. A deadline passing there rejects it and marks it cancelled; without
+// the mend, the connection later takes it from that queue, sends nothing, and waits for an answer
+// to nothing: the transaction's ROLLBACK never goes out and the connection never returns.
+t.test('a statement whose deadline passes while it waits behind another of its transaction: the transaction still ends and its connection serves the pool', async (t) => {
+  if (await withoutServer(t, 'pg_sleep and cancel requests')) return
+  const db = await createTestDb()
+  const pool = await connect({ url: db.url, log: createLogger('silent', new LogSink()), retryMaxMs: 100, max: 1 })
+  t.teardown(async () => { await pool.end({ timeout: 1 }); await db.drop() })
+  const sql = bounded(pool, 300, 'DATABASE_QUERY_TIMEOUT_MS', 5000)
+  // Both statements time out: the first is cancelled on the server, the second while it waits.
+  await t.rejects(sql.begin((tx) => [tx`select pg_sleep(${30})`, tx`select 1`]), { code: 'DEADLINE' }, 'the transaction fails with its statements\' deadline')
+  // The pool's only connection: without the mend it is the transaction's for good, and this
+  // waits in the pool's queue until its deadline.
+  t.same(await bounded(pool, 5000)`select 2 as x`.catch(String), [{ x: 2 }], 'the pool answers: the transaction rolled back and gave its connection back')
+  const [{ n }] = await db.sql`select count(*)::int as n from pg_stat_activity where datname = ${db.name} and application_name = 'usage-proxy' and state <> 'idle'`
+  t.equal(n, 0, 'and no backend of the pool is left inside a transaction')
+})
+
+t.test('the same in a savepoint: the savepoint rolls back, its transaction goes on and commits', async (t) => {
+  if (await withoutServer(t, 'pg_sleep and cancel requests')) return
+  const db = await createTestDb()
+  const pool = await connect({ url: db.url, log: createLogger('silent', new LogSink()), retryMaxMs: 100, max: 1 })
+  t.teardown(async () => { await pool.end({ timeout: 1 }); await db.drop() })
+  const sql = bounded(pool, 300, 'DATABASE_QUERY_TIMEOUT_MS', 5000)
+  // A savepoint shares its transaction's queue: its ROLLBACK TO, then the transaction's own
+  // statements and COMMIT, wait behind the cancelled statement.
+  const after = await sql.begin(async (tx) => {
+    await t.rejects(tx.savepoint((sp) => [sp`select pg_sleep(${30})`, sp`select 1`]), { code: 'DEADLINE' }, 'the savepoint fails with its statements\' deadline')
+    return await tx`select ${3}::int as x`
+  }).catch(String)
+  t.same(after, [{ x: 3 }], 'the transaction goes on after its savepoint rolled back, and commits')
+  t.same(await bounded(pool, 5000)`select 2 as x`.catch(String), [{ x: 2 }], 'and gives its connection back')
+})
+
+t.test('the same on a reserved connection (sql.reserve()): a statement cancelled while it waits is skipped, the next ones run', async (t) => {
+  if (await withoutServer(t, 'pg_sleep and cancel requests')) return
+  const db = await createTestDb()
+  const pool = await connect({ url: db.url, log: createLogger('silent', new LogSink()), retryMaxMs: 100, max: 1 })
+  t.teardown(async () => { await pool.end({ timeout: 1 }); await db.drop() })
+  // The same queue, the same skip; cancelled here by postgres.js's own cancel().
+  const reserved = await pool.reserve()
+  const first = reserved`select pg_sleep(${30})`
+  const second = reserved`select 1`
+  const settled = Promise.allSettled([first, second])
+  await new Promise((r) => setImmediate(r)) // both handed to the connection: the first sent, the second queued
+  second.cancel()
+  first.cancel()
+  t.same((await settled).map((r) => r.status), ['rejected', 'rejected'], 'both statements were cancelled')
+  t.same(await bounded(reserved, 5000)`select ${4}::int as x`.catch(String), [{ x: 4 }], 'the reserved connection serves its next statement')
+  reserved.release()
+  t.same(await bounded(pool, 5000)`select 2 as x`.catch(String), [{ x: 2 }], 'and, released, the pool')
 })
