@@ -28,19 +28,31 @@
 // it, execute() skips it and sends nothing, and nothing ever answers: the statements behind it,
 // the ROLLBACK included, wait for good, and the connection never returns to the pool.
 //
+// A fifth (porsager/postgres#1189, #1218): sql.begin() reserves its connection from a hook that
+// execute() ran last in the chain saying whether the connection takes more queries, so it was
+// skipped when BEGIN was the query that filled the pipeline (max_pipeline, 100 in flight: a busy
+// pool) or met a full socket buffer. Postgres opens the transaction, the connection goes back to
+// the pool (sql.begin fails UNSAFE_TRANSACTION, or with max 1 a TypeError), and the pool's next
+// queries run inside that transaction: they report success and are undone when it ends. A ledger
+// row lost without an error. (Running the hook first but still letting the pool pipeline onto
+// the connection, as #1211 does, hands the pool's next query to the transaction the same way.)
+//
 // The mend, in each build of connection.js (ESM, CommonJS, Workers): a closed connection drops
 // what it had buffered, a write with no socket settles its queries with CONNECTION_CLOSED
 // instead of throwing, the array types' rejection is caught, a connection whose first query
-// was cancelled goes on to onopen() as after any query, and a reserved connection that skips a
-// cancelled query goes on to the next of its queue. Idempotent; fails loudly when the text it
-// mends is not there (another version: see whether it still needs mending).
+// was cancelled goes on to onopen() as after any query, a reserved connection that skips a
+// cancelled query goes on to the next of its queue, and a query with the hook (BEGIN) runs it
+// once written, whatever the pipeline, and takes no query behind it (the pool's go() and
+// onopen() move the connection to `full`; BEGIN's answer gives it to the transaction).
+// Idempotent; fails loudly when the text it mends is not there (another version: see whether it
+// still needs mending). src/db/postgres-mend.ts counts the marks at boot: keep its EDITS in step.
 import { readFileSync, writeFileSync, existsSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 export const MARK = '/* usage-proxy: porsager/postgres#1208 */'
 
-const EDITS = [
+export const EDITS = [
   {
     what: 'closed() drops the buffered write with its socket',
     from: '    clearImmediate(nextWriteTimer)\n    socket.removeListener(\'data\', data)',
@@ -65,6 +77,11 @@ const EDITS = [
     what: 'a reserved connection skips a query cancelled while it waited in the queue and goes on to the next',
     from: '    if (q.cancelled)\n      return\n',
     to: `    if (q.cancelled) ${MARK}\n      return connection.reserved ? connection.reserved() : undefined\n`,
+  },
+  {
+    what: 'BEGIN reserves its connection even when it fills the pipeline, and nothing is pipelined behind it',
+    from: '      build(q)\n      return write(toBuffer(q))\n        && !q.describeFirst\n        && !q.cursorFn\n        && sent.length < max_pipeline\n        && (!q.options.onexecute || q.options.onexecute(connection))\n',
+    to: `      build(q)\n      const written = write(toBuffer(q)) ${MARK}\n      if (q.options.onexecute) {\n        socket && q.options.onexecute(connection)\n        return false\n      }\n      return written\n        && !q.describeFirst\n        && !q.cursorFn\n        && sent.length < max_pipeline\n`,
   },
 ]
 

@@ -1,4 +1,4 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import postgres from 'postgres'
 import { readFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
@@ -9,9 +9,9 @@ import { LogSink } from './support/sidecar.js'
 import { connect, poolOptions } from '../src/db/connect.js'
 import { bounded } from '../src/db/bounded.js'
 import { createLogger } from '../src/lib/log.js'
-import { MARK as BOOT_MARK, postgresMended } from '../src/db/postgres-mend.js'
+import { MARK as BOOT_MARK, EDITS as BOOT_EDITS, postgresMended } from '../src/db/postgres-mend.js'
 // @ts-expect-error: a plain .mjs script, no declarations
-import { MARK, mend } from '../scripts/patch-postgres.mjs'
+import { EDITS, MARK, mend } from '../scripts/patch-postgres.mjs'
 
 // scripts/patch-postgres.mjs mends postgres.js (porsager/postgres#1208): without it, a connection
 // that Postgres closes while a small write waits for its turn keeps that write buffered for good,
@@ -22,17 +22,19 @@ import { MARK, mend } from '../scripts/patch-postgres.mjs'
 // joins the pool: it stays "connecting", open and idle, and the pool's queries wait for it.
 // And a transaction's statement cancelled while it waits behind another of the transaction is
 // taken from the transaction's queue and nothing is sent: the transaction never ends, and its
-// connection never returns to the pool.
+// connection never returns to the pool. And a BEGIN that fills its connection's pipeline goes out
+// without reserving the connection: the pool's next queries run inside that transaction.
 
 const pkg = join(dirname(fileURLToPath(import.meta.resolve('postgres'))), '..')
 
 t.test('npm ci mended every build of postgres.js\'s connection, once', async (t) => {
   for (const build of ['src', 'cjs/src', 'cf/src']) {
     const text = readFileSync(join(pkg, build, 'connection.js'), 'utf8')
-    t.equal(text.split(MARK).length - 1, 5, `${build}/connection.js: the five edits, each once`)
+    t.equal(text.split(MARK).length - 1, EDITS.length, `${build}/connection.js: the ${EDITS.length} edits, each once`)
     t.equal(mend(text, build), text, `${build}: mending again changes nothing`)
   }
   t.equal(BOOT_MARK, MARK, 'boot looks for the mark the script writes')
+  t.equal(BOOT_EDITS, EDITS.length, 'and counts as many as the script has edits')
   t.ok(postgresMended(), 'and finds it in the postgres.js this process loads')
   t.throws(() => mend('function other() {}', 'x.js'), /is not there once; is postgres another version\?/, 'a text it does not know is refused, loudly')
 })
@@ -146,4 +148,59 @@ t.test('the same on a reserved connection (sql.reserve()): a statement cancelled
   t.same(await bounded(reserved, 5000)`select ${4}::int as x`.catch(String), [{ x: 4 }], 'the reserved connection serves its next statement')
   reserved.release()
   t.same(await bounded(pool, 5000)`select 2 as x`.catch(String), [{ x: 2 }], 'and, released, the pool')
+})
+
+// sql.begin() reserves its connection from the hook BEGIN carries, which execute() ran only when
+// the connection could still take more queries (porsager/postgres#1189, #1218). BEGIN that fills
+// a connection's pipeline (max_pipeline, 100 queries in flight: any busy pool) or meets a full
+// socket buffer goes out unreserved: Postgres opens the transaction, and the connection goes back
+// to the pool. With max 1 the transaction's own statements then throw a TypeError nobody hears
+// and never end; with more, BEGIN fails UNSAFE_TRANSACTION. Either way the next plain query of
+// the pool runs inside that open transaction, reports success, and is undone when the connection
+// closes: a ledger row lost without an error.
+async function beginAtPipelineEnd (t: Test, max: number): Promise<void> {
+  const db = await createTestDb()
+  const pool = await connect({ url: db.url, log: createLogger('silent', new LogSink()), retryMaxMs: 100, max })
+  t.teardown(async () => { await pool.end({ timeout: 1 }); await db.drop() })
+  const dropped: unknown[] = []
+  const onDropped = (err: unknown): void => { dropped.push(err) }
+  process.on('unhandledRejection', onDropped)
+  t.teardown(() => { process.off('unhandledRejection', onDropped) })
+  await db.sql`create table ledger_probe (v int not null)`
+  // Every connection of the pool open and idle.
+  await Promise.all(Array.from({ length: max }, () => pool`select pg_sleep(0.05)`))
+  // Each connection takes one query in flight and max_pipeline more queued behind it, in turn;
+  // BEGIN, next, lands on the first connection as the query that fills its pipeline.
+  const pipeline = (pool.options as { max_pipeline?: number }).max_pipeline ?? 100
+  const fill = Array.from({ length: max * pipeline }, () => pool`select 1`.execute())
+  const tx = pool.begin(async (tx) => {
+    await tx`insert into ledger_probe values (2)`
+    throw new Error('roll back')
+  })
+  const outside = pool`insert into ledger_probe values (1)`.execute()
+  const settle = <T>(p: Promise<T>): Promise<string> => Promise.race([
+    p.then(() => 'fulfilled', (e: Error) => `rejected: ${e.message}`),
+    new Promise<string>((resolve) => setTimeout(resolve, 5000, 'still pending after 5 s')),
+  ])
+  await Promise.all(fill)
+  t.equal(await settle(tx), 'rejected: roll back', 'the transaction ran and rolled back')
+  t.equal(await settle(outside), 'fulfilled', 'the plain insert reported success')
+  // Every connection of the pool takes one more plain insert.
+  const more = await Promise.all(Array.from({ length: max }, () => settle(pool`insert into ledger_probe values (3)`.execute())))
+  t.same(more, Array(max).fill('fulfilled'), 'so did one more insert on each connection')
+  const rows = await db.sql`select v from ledger_probe order by v`
+  t.same(rows.map((r) => r.v), [1, ...Array(max).fill(3)], 'every insert that reported success is committed (another connection sees it), and the rolled back one is not')
+  const [{ n }] = await db.sql`select count(*)::int as n from pg_stat_activity where datname = ${db.name} and application_name = 'usage-proxy' and state like 'idle in transaction%'`
+  t.equal(n, 0, 'no backend of the pool is left inside a transaction')
+  t.same(dropped.map((e) => String(e)), [], 'no rejection was left for nobody to hear')
+}
+
+t.test('BEGIN that fills its connection\'s pipeline still reserves the connection: a max-1 pool\'s next query runs outside the transaction', async (t) => {
+  if (await withoutServer(t, 'a transaction and a query on one connection')) return
+  await beginAtPipelineEnd(t, 1)
+})
+
+t.test('the same with two connections, both busy: BEGIN is not refused UNSAFE_TRANSACTION and leaves no transaction open on the pool', async (t) => {
+  if (await withoutServer(t, 'a transaction and queries on two connections')) return
+  await beginAtPipelineEnd(t, 2)
 })

@@ -5,14 +5,18 @@ import { fileURLToPath } from 'node:url'
 // scripts/patch-postgres.mjs mends postgres.js at install (npm's postinstall, the Dockerfile's
 // own step). An install made with --ignore-scripts skips it, and then a connection Postgres cuts
 // mid-write can stay dead until the process restarts: boot says so rather than leave it silent.
+// So does an install mended by an older script, without the later edits (a BEGIN that fills its
+// connection's pipeline leaving the pool's next queries inside its transaction, one of them).
 
 export const MARK = '/* usage-proxy: porsager/postgres#1208 */'
+/** How many edits the script makes in connection.js, each carrying the mark once. */
+export const EDITS = 6
 
-/** True when the postgres.js this process loads carries the mend. */
+/** True when the postgres.js this process loads carries the whole mend. */
 export function postgresMended (): boolean {
   try {
     const file = join(dirname(fileURLToPath(import.meta.resolve('postgres'))), 'connection.js')
-    return readFileSync(file, 'utf8').includes(MARK)
+    return readFileSync(file, 'utf8').split(MARK).length - 1 >= EDITS
   } catch {
     return false
   }
