@@ -37,13 +37,26 @@
 // row lost without an error. (Running the hook first but still letting the pool pipeline onto
 // the connection, as #1211 does, hands the pool's next query to the transaction the same way.)
 //
+// A sixth: a socket error (ECONNRESET: Postgres ended the backend, pg_terminate_backend, while
+// the pool wrote to it) settles the connection's queries at once, but the socket's 'close' comes
+// a turn later, and meanwhile the connection is still in the pool's `busy` queue: the pool gives
+// it more queries, which go to `sent` (its last query, already settled, is still `query`).
+// closed(hadError) then settles nothing, so they stay in `sent`, with `query` and Postgres's last
+// ErrorResponse (57P01), across the reconnect. On the new backend the startup's ReadyForQuery
+// takes that stale error for the connection's first query (it fails with 57P01, never sent), then
+// takes the next of `sent` as the query in flight: the connection waits for good for the answer
+// to a query that was never sent on it, and never leaves the pool's `connecting` queue. With both
+// of a pool's connections so, every query waits in the pool's queue until its deadline, for good.
+//
 // The mend, in each build of connection.js (ESM, CommonJS, Workers): a closed connection drops
 // what it had buffered, a write with no socket settles its queries with CONNECTION_CLOSED
 // instead of throwing, the array types' rejection is caught, a connection whose first query
 // was cancelled goes on to onopen() as after any query, a reserved connection that skips a
 // cancelled query goes on to the next of its queue, and a query with the hook (BEGIN) runs it
 // once written, whatever the pipeline, and takes no query behind it (the pool's go() and
-// onopen() move the connection to `full`; BEGIN's answer gives it to the transaction).
+// onopen() move the connection to `full`; BEGIN's answer gives it to the transaction), and a
+// connection that closes, with or without a socket error, settles every query it still holds
+// (CONNECTION_CLOSED) and forgets the query and error of the backend it lost.
 // Idempotent; fails loudly when the text it mends is not there (another version: see whether it
 // still needs mending). src/db/postgres-mend.ts counts the marks at boot: keep its EDITS in step.
 import { readFileSync, writeFileSync, existsSync } from 'node:fs'
@@ -82,6 +95,11 @@ export const EDITS = [
     what: 'BEGIN reserves its connection even when it fills the pipeline, and nothing is pipelined behind it',
     from: '      build(q)\n      return write(toBuffer(q))\n        && !q.describeFirst\n        && !q.cursorFn\n        && sent.length < max_pipeline\n        && (!q.options.onexecute || q.options.onexecute(connection))\n',
     to: `      build(q)\n      const written = write(toBuffer(q)) ${MARK}\n      if (q.options.onexecute) {\n        socket && q.options.onexecute(connection)\n        return false\n      }\n      return written\n        && !q.describeFirst\n        && !q.cursorFn\n        && sent.length < max_pipeline\n`,
+  },
+  {
+    what: 'a connection closed after a socket error settles the queries the pool gave it meanwhile, and forgets its last answer',
+    from: "    !hadError && (query || sent.length) && error(Errors.connection('CONNECTION_CLOSED', options, socket))\n",
+    to: `    if (query || sent.length) ${MARK}\n      error(Errors.connection('CONNECTION_CLOSED', options, socket))\n    query = errorResponse = null\n`,
   },
 ]
 

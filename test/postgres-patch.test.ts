@@ -1,6 +1,8 @@
 import t, { type Test } from 'tap'
 import postgres from 'postgres'
 import { readFileSync } from 'node:fs'
+import { connect as tcp, type Socket } from 'node:net'
+import { once } from 'node:events'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { createTestDb, withoutServer } from './support/db.js'
@@ -23,7 +25,9 @@ import { EDITS, MARK, mend } from '../scripts/patch-postgres.mjs'
 // And a transaction's statement cancelled while it waits behind another of the transaction is
 // taken from the transaction's queue and nothing is sent: the transaction never ends, and its
 // connection never returns to the pool. And a BEGIN that fills its connection's pipeline goes out
-// without reserving the connection: the pool's next queries run inside that transaction.
+// without reserving the connection: the pool's next queries run inside that transaction. And a
+// connection reset while the pool still hands it queries keeps them across its reconnect, and
+// then waits, in "connecting", for the answer to one of them that the new backend never got.
 
 const pkg = join(dirname(fileURLToPath(import.meta.resolve('postgres'))), '..')
 
@@ -93,6 +97,42 @@ t.test('a query whose deadline passes while its connection still opens: the conn
   // Without the mend the connection stays in postgres.js's "connecting" queue for good, and this
   // waits in the pool's queue until its deadline.
   t.same(await bounded(pool, 5000)`select 2 as x`, [{ x: 2 }], 'the connection, once open, serves the next query')
+})
+
+// A socket error (ECONNRESET) settles the connection's queries at once, but the socket's 'close'
+// comes a turn later: meanwhile the connection is still the pool's, which hands it more queries.
+// Without the mend the close settles none of them; they stay queued on the connection across its
+// reconnect, and once the new backend has answered its first query the connection takes the
+// next of them as in flight: it waits for good for an answer to what it never sent, and never
+// leaves "connecting". (Under pg_terminate_backend with a pool of two, both end so: wedged.)
+t.test('a connection reset while the pool hands it a query: the query fails at the close, and the connection serves again', async (t) => {
+  if (await withoutServer(t, 'a connection reset under a query')) return
+  const db = await createTestDb()
+  const relay = new TcpRelay(db.port)
+  await relay.reserve()
+  await relay.open()
+  let onError: (() => void) | null = null
+  // The pool's own sockets, to hear the reset as it does (postgres.js takes an opened socket).
+  const socket = async (): Promise<Socket> => {
+    const s = tcp(relay.port, '127.0.0.1')
+    await once(s, 'connect')
+    s.on('error', () => { const f = onError; onError = null; f?.() })
+    return s
+  }
+  const pool = postgres(`${relay.url}/${db.name}`, { ...poolOptions(1), socket } as postgres.Options<{}>)
+  t.teardown(async () => { await pool.end({ timeout: 0 }); await relay.cut(); await db.drop() })
+  const sql = bounded(pool, 2000)
+  const code = (p: Promise<unknown>): Promise<unknown> => p.then(() => 'fulfilled', (e: { code?: string }) => e.code)
+  t.same(await sql`select 1 as x`, [{ x: 1 }], 'the pool answers')
+  let late: Promise<unknown> | undefined
+  onError = () => { late = code(sql`select 2 as x`) }
+  const inflight = code(sql`select pg_sleep(1)`)
+  await new Promise((r) => setTimeout(r, 200))
+  relay.reset()
+  t.equal(await inflight, 'ECONNRESET', 'the query in flight fails with the reset')
+  t.ok(late, 'a query came to the pool between the socket\'s error and its close')
+  t.equal(await late, 'CONNECTION_CLOSED', 'and the close settles it, rather than its deadline')
+  for (let i = 0; i < 3; i++) t.same(await code(sql`select ${i}::int as x`), 'fulfilled', `the connection reconnects and serves query ${i + 1} of 3`)
 })
 
 // With prepare: false every statement with a parameter goes out describe-first, and its

@@ -75,6 +75,15 @@ export class TcpRelay {
     this.server = null
   }
 
+  /**
+   * Resets every connection (a TCP RST, as a backend that dies while its client writes): the
+   * client reads ECONNRESET, a socket error, rather than an orderly close. New ones are accepted.
+   */
+  reset (): void {
+    for (const s of this.sockets) s.resetAndDestroy()
+    this.sockets.clear()
+  }
+
   /** Drops every connection mid-whatever and refuses new ones. */
   async cut (): Promise<void> {
     const server = this.server
