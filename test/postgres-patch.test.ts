@@ -182,6 +182,13 @@ t.test('the same on a reserved connection (sql.reserve()): a statement cancelled
   const second = reserved`select 1`
   const settled = Promise.allSettled([first, second])
   await new Promise((r) => setImmediate(r)) // both handed to the connection: the first sent, the second queued
+  // A cancel request that reaches the backend before pg_sleep does is ignored (pg_sleep then runs
+  // its 30 s): wait until Postgres runs it.
+  for (let i = 0; i < 500; i++) {
+    const [{ n }] = await db.sql`select count(*)::int as n from pg_stat_activity where datname = ${db.name} and state = 'active' and query like 'select pg_sleep%'`
+    if (n > 0) break
+    await new Promise((r) => setTimeout(r, 10))
+  }
   second.cancel()
   first.cancel()
   t.same((await settled).map((r) => r.status), ['rejected', 'rejected'], 'both statements were cancelled')
