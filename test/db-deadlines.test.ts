@@ -57,6 +57,28 @@ t.test('bounded: a query past its deadline is rejected and cancelled on the serv
   t.equal(seen, 6, 'a cursor read slower than the deadline in total, each batch within it')
 })
 
+t.test('a cursor batch that arrives after its deadline (the cancel never reached Postgres) closes the portal: the connection serves the pool', async (t) => {
+  if (await withoutServer(t, 'a cancel request that cannot reach the server')) return
+  const db = await createTestDb()
+  const relay = new TcpRelay(db.port)
+  await relay.reserve()
+  await relay.open()
+  const pool = postgres(`${relay.url}/${db.name}`, poolOptions(1))
+  t.teardown(async () => { await pool.end({ timeout: 0 }); await relay.cut(); await db.drop() })
+  const sql = bounded(pool, 200)
+  await sql`select 1` // the pool's one connection is open, through the relay
+  relay.refuseNew() // the cancel request, a connection of its own, is refused: the batch runs on
+  const read = async (): Promise<number> => {
+    let n = 0
+    for await (const rows of sql`select g, pg_sleep(0.4) from generate_series(1, 3) g`.cursor(1)) n += (rows as unknown[]).length
+    return n
+  }
+  await t.rejects(read(), { code: 'DEADLINE' }, 'the first batch missed its deadline')
+  // The batch comes in 0.4 s after it was asked for. Without the close the connection waits for
+  // a next() nobody calls, and this query waits in the pool's queue until its own deadline.
+  t.same(await bounded(pool, 5000)`select 2 as x`, [{ x: 2 }], 'the connection serves the next query')
+})
+
 t.test('bounded: a transaction its caller was told missed its deadline rolls back, though each statement was within its own', async (t) => {
   if (await withoutServer(t, 'a transaction slower than its deadline, on a pool of its own')) return
   const db = await createTestDb()

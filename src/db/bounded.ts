@@ -22,6 +22,7 @@ interface PendingQuery extends Promise<unknown> {
   cancel: () => unknown
   canceller: ((q: PendingQuery) => Promise<void>) | null
   cursor: (...args: unknown[]) => unknown
+  cursorFn?: (rows: unknown) => unknown
   state?: unknown
 }
 
@@ -86,7 +87,21 @@ function arm (q: PendingQuery, ms: number, setting: string): void {
         return {
           next: () => {
             restart()
-            return inner.next().finally(() => { if (timer) { clearTimeout(timer); timer = null } })
+            const batch = inner.next()
+            // postgres.js asks q.cursorFn, once a batch is in, whether to fetch on or close; it
+            // waits for the consumer's next call to answer. A batch that arrives after its deadline
+            // (the cancel came too late, or never reached Postgres) has a consumer that was told it
+            // failed and asks no more: the portal is closed at once, or the connection would wait
+            // for that call for good.
+            const ask = q.cursorFn
+            if (typeof ask === 'function') {
+              q.cursorFn = (rows: unknown) => {
+                const answer = ask(rows)
+                if (settled) inner.return()
+                return answer
+              }
+            }
+            return batch.finally(() => { if (timer) { clearTimeout(timer); timer = null } })
           },
           return: () => { settled = true; if (timer) clearTimeout(timer); return inner.return() },
         }

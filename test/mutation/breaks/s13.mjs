@@ -10,4 +10,11 @@ export const BREAKS = [
     replace: 'export const EDITS = 6',
     tests: ['test/postgres-patch.test.ts'],
   },
+  {
+    name: 'deadlines: a cursor batch that arrives after its deadline waits for a next() nobody calls',
+    file: 'src/db/bounded.ts',
+    search: '                if (settled) inner.return()\n',
+    replace: '',
+    tests: ['test/db-deadlines.test.ts'],
+  },
 ]
