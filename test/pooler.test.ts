@@ -44,3 +44,29 @@ t.test('a pooler in statement mode is refused at boot, naming DATABASE_URL; DATA
   const ready = s.logs.lines.map((l) => JSON.parse(l)).find((l) => l.msg === 'schema ready')
   t.equal(ready?.database, db.url.replace(/\/\/([^:/@]+):([^@]*)@/, '//$1:***@'), 'migrated over the direct URL')
 })
+
+t.test('a query with parameters sent while another runs on its connection, in transaction mode: it answers, with its own parameters', { skip }, async (t) => {
+  // One pool connection, so the second query of each round would be pipelined behind the first;
+  // a second client keeps the one backend busy, so a Bind that strays lands on its statement.
+  const db = await createTestDb()
+  if (db.embedded) { await db.drop(); t.plan(0, 'PgBouncer needs a real Postgres server'); return }
+  const bouncer = await startPgbouncer({ postgresPort: db.port, mode: 'transaction', poolSize: 1 })
+  const mine = postgres(bouncer.url(db.name), poolOptions(1))
+  const other = postgres(bouncer.url(db.name), poolOptions(2))
+  t.teardown(async () => { await mine.end({ timeout: 1 }); await other.end({ timeout: 1 }); await bouncer.kill(); await db.drop() })
+  const wrong: string[] = []
+  const expect = (p: Promise<Array<{ v: string }>>, want: string): Promise<void> =>
+    p.then((rows) => { if (rows[0]?.v !== want) wrong.push(`${want} answered ${rows[0]?.v}`) }, (e: Error) => { wrong.push(`${want}: ${e.message}`) })
+  for (let round = 0; round < 20 && wrong.length === 0; round++) {
+    const all = Promise.all([
+      ...[0, 1, 2].map((i) => expect(other<Array<{ v: string }>>`select ${`other ${round}.${i}`}::text as v`, `other ${round}.${i}`)),
+      mine.unsafe('select pg_sleep(0.01)').then(() => {}, (e: Error) => { wrong.push(`sleep: ${e.message}`) }),
+      expect(mine<Array<{ v: string }>>`select ${`mine ${round}`}::text as v`, `mine ${round}`),
+    ])
+    let timer: NodeJS.Timeout | undefined
+    // A wedged connection never answers: 10 s is a stall detector, far above a round's few ms.
+    await Promise.race([all, new Promise<void>((resolve) => { timer = setTimeout(() => { wrong.push(`round ${round}: no answer in 10 s`); resolve() }, 10_000) })])
+    clearTimeout(timer)
+  }
+  t.same(wrong, [], 'every query answered with its own parameters')
+})

@@ -24,11 +24,20 @@ export interface ConnectOptions {
  * next transaction another backend, where it "does not exist". Unnamed statements are parsed
  * with each query and work through any pooler. No other startup parameter than
  * application_name (which PgBouncer tracks): a pooler refuses the ones it does not know.
+ * `max_pipeline: 0`: one query in flight per connection. With `prepare: false` a query with
+ * parameters goes out describe-first (Parse, Describe, Flush; Bind once the types are back),
+ * and postgres.js would pipeline it behind a query still running. A pooler in transaction mode
+ * gives the backend back at that query's ReadyForQuery, so the Describe's answer or the Bind
+ * lands on another backend: the connection waits for good, or the Bind runs someone else's
+ * unnamed statement (PgBouncer 1.18; pgbouncer/pgbouncer#759). Nothing was ever pipelined behind
+ * a query with parameters, and the hot path's queries (reservations, ledger batches) all carry
+ * them, so the hot path loses no pipelining.
  */
 export function poolOptions (max: number): postgres.Options<{}> {
   return {
     max,
     prepare: false,
+    max_pipeline: 0,
     connect_timeout: 5,
     idle_timeout: 60,
     backoff: (attempt: number) => Math.min(0.05 * 2 ** attempt, 1),
