@@ -34,16 +34,17 @@ export interface ConnectOptions {
  * them, so the hot path loses no pipelining.
  */
 export function poolOptions (max: number): postgres.Options<{}> {
-  return {
+  const options: postgres.Options<{}> & { max_pipeline: number } = {
     max,
     prepare: false,
-    max_pipeline: 0,
+    max_pipeline: 0, // read by postgres.js (src/index.js), missing from its types
     connect_timeout: 5,
     idle_timeout: 60,
     backoff: (attempt: number) => Math.min(0.05 * 2 ** attempt, 1),
     onnotice: () => {},
     connection: { application_name: 'usage-proxy' },
   }
+  return options
 }
 
 /**
