@@ -13,7 +13,8 @@ COPY package.json package-lock.json ./
 RUN npm ci --ignore-scripts --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
-RUN npm run build
+# The incremental build's state (dist/.tsbuildinfo) is for rebuilding, not for running.
+RUN npm run build && rm -f dist/.tsbuildinfo
 
 # ---- runtime: production dependencies, dist/ and the SQL migrations ---------------------------
 FROM node:24-slim AS runtime
