@@ -97,7 +97,7 @@ export async function bootServices (s: Services, { config, log, journal, upstrea
   // DATABASE_POOL_MAX connections (README "Many sidecars, one Postgres"), every query bounded by
   // DATABASE_QUERY_TIMEOUT_MS on this side: nothing waits on Postgres without a deadline.
   const pool = await connect({ url, log, retryMaxMs: config.db.connectRetryMaxMs, signal, max: s.embedded ? 1 : config.db.poolMax })
-  if (!postgresMended()) log.warn('postgres.js is not mended (installed with --ignore-scripts?): run `node scripts/patch-postgres.mjs`, or a connection Postgres cuts mid-write can stay dead until restart')
+  if (!postgresMended()) log.warn('postgres.js is not mended (installed with --ignore-scripts?): run `node scripts/patch-postgres.mjs`, or a connection Postgres cuts mid-write can stay dead until restart, and queries pipelined through a pooler in transaction mode can wedge')
   const sql = s.sql = bounded(pool, config.db.queryTimeoutMs)
   // 3. schema, under a transaction-scoped advisory lock so sidecars booting together are safe,
   // through a pooler as well; over DATABASE_DIRECT_URL when the operator gives one.

@@ -119,7 +119,9 @@ t.test('a connection reset while the pool hands it a query: the query fails at t
     s.on('error', () => { const f = onError; onError = null; f?.() })
     return s
   }
-  const pool = postgres(`${relay.url}/${db.name}`, { ...poolOptions(1), socket } as postgres.Options<{}>)
+  // The pool hands a query to a connection with one in flight only when it pipelines: postgres.js's
+  // default, which poolOptions turns off (connect.ts), and the edit keeps safe.
+  const pool = postgres(`${relay.url}/${db.name}`, { ...poolOptions(1), max_pipeline: 100, socket } as postgres.Options<{}>)
   t.teardown(async () => { await pool.end({ timeout: 0 }); await relay.cut(); await db.drop() })
   const sql = bounded(pool, 2000)
   const code = (p: Promise<unknown>): Promise<unknown> => p.then(() => 'fulfilled', (e: { code?: string }) => e.code)
@@ -199,8 +201,8 @@ t.test('the same on a reserved connection (sql.reserve()): a statement cancelled
 
 // sql.begin() reserves its connection from the hook BEGIN carries, which execute() ran only when
 // the connection could still take more queries (porsager/postgres#1189, #1218). BEGIN that fills
-// a connection's pipeline (max_pipeline, 100 queries in flight: any busy pool) or meets a full
-// socket buffer goes out unreserved: Postgres opens the transaction, and the connection goes back
+// a connection's pipeline (max_pipeline queries in flight: 100 by default, any busy pool; with
+// poolOptions' 0, every BEGIN) or meets a full socket buffer goes out unreserved: Postgres opens the transaction, and the connection goes back
 // to the pool. With max 1 the transaction's own statements then throw a TypeError nobody hears
 // and never end; with more, BEGIN fails UNSAFE_TRANSACTION. Either way the next plain query of
 // the pool runs inside that open transaction, reports success, and is undone when the connection
@@ -217,7 +219,8 @@ async function beginAtPipelineEnd (t: Test, max: number): Promise<void> {
   // Every connection of the pool open and idle.
   await Promise.all(Array.from({ length: max }, () => pool`select pg_sleep(0.05)`))
   // Each connection takes one query in flight and max_pipeline more queued behind it, in turn;
-  // BEGIN, next, lands on the first connection as the query that fills its pipeline.
+  // BEGIN, next, lands on the first connection as the query that fills its pipeline (with the
+  // pool's max_pipeline of 0, the first query any connection takes fills it).
   const pipeline = (pool.options as { max_pipeline?: number }).max_pipeline ?? 100
   const fill = Array.from({ length: max * pipeline }, () => pool`select 1`.execute())
   const tx = pool.begin(async (tx) => {

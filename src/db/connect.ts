@@ -1,6 +1,7 @@
 import postgres from 'postgres'
 import type { Logger } from '../lib/log.js'
 import { StartupError } from '../lib/startup-error.js'
+import { postgresMended } from './postgres-mend.js'
 
 export type Sql = postgres.Sql<{}>
 /** A pool or a transaction on it: for writes that may join the caller's transaction. */
@@ -17,6 +18,8 @@ export interface ConnectOptions {
   signal?: AbortSignal
 }
 
+const MENDED = postgresMended()
+
 /**
  * The pool options every connection of the sidecar and its commands uses, whatever sits in front
  * of Postgres. `prepare: false`: a named prepared statement lives in one backend's session, and a
@@ -31,13 +34,16 @@ export interface ConnectOptions {
  * lands on another backend: the connection waits for good, or the Bind runs someone else's
  * unnamed statement (PgBouncer 1.18; pgbouncer/pgbouncer#759). Nothing was ever pipelined behind
  * a query with parameters, and the hot path's queries (reservations, ledger batches) all carry
- * them, so the hot path loses no pipelining.
+ * them, so the hot path loses no pipelining. It takes the mend (postgres-mend.ts): an unmended
+ * postgres.js reserves a transaction's connection only while that connection could pipeline
+ * more, which at 0 is never, so every `sql.begin` would fail. Unmended (boot warns), the pool
+ * keeps postgres.js's default.
  */
 export function poolOptions (max: number): postgres.Options<{}> {
   const options: postgres.Options<{}> & { max_pipeline: number } = {
     max,
     prepare: false,
-    max_pipeline: 0, // read by postgres.js (src/index.js), missing from its types
+    max_pipeline: MENDED ? 0 : 100, // read by postgres.js (src/index.js), missing from its types
     connect_timeout: 5,
     idle_timeout: 60,
     backoff: (attempt: number) => Math.min(0.05 * 2 ** attempt, 1),
