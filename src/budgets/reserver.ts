@@ -74,8 +74,8 @@ export class Reserver<R extends object> {
     const batch = this.queue.splice(0, MAX_BATCH)
     this.inFlight++
     const items = batch.map((p, i) => ({ i, org: p.item.org, usr: p.item.user, groups: p.item.groups ?? [], key: p.item.key ?? null, ev: p.item.eventId, amount: p.item.amount, at: p.item.at }))
-    // The items go as JSON text: an array of objects is serialized by the parameter type the
-    // server describes, which a transaction-mode pooler may answer for another statement (22P02).
+    // The items go as JSON text, cast in the statement: how they are sent does not rest on the
+    // parameter type the server describes.
     const send = () => this.sql.unsafe<Array<R & { i: number }>>(
       `select i, ${this.columns} from budget_reserve_many($1::text::jsonb, make_interval(secs => $2))`,
       [JSON.stringify(items), this.ttlSeconds])
