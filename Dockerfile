@@ -12,6 +12,7 @@ WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --ignore-scripts --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
+COPY scripts/build.mjs ./scripts/
 COPY src ./src
 # The incremental build's state (dist/.tsbuildinfo) is for rebuilding, not for running.
 RUN npm run build && rm -f dist/.tsbuildinfo

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { request } from 'undici'
-import { build, BUILD_MARK } from './build.mjs'
+import { build, BUILD_MARK } from '../../scripts/build.mjs'
 
 // The sidecar as a real process (dist/main.js, built by `npm test` before tap runs): for what
 // only a process can show: signals, SIGKILL, and the process-wide crash guard.
@@ -32,7 +32,7 @@ function newestMtime (dir: string): number {
 
 /**
  * dist/ as the sources are now: `npm test` builds before tap runs; a lone `npx tap test/<file>`
- * after an edit builds here (test/support/build.mjs, which marks the build current).
+ * after an edit builds here (scripts/build.mjs, which marks the build current).
  */
 export function ensureBuilt (): void {
   const current = existsSync(CLI) && existsSync(MAIN) && existsSync(BUILD_MARK) && statSync(BUILD_MARK).mtimeMs >= newestMtime(join(ROOT, 'src'))

@@ -1,5 +1,5 @@
-// Builds dist/ for the tests: tsc -p tsconfig.build.json, incremental (its state in
-// dist/.tsbuildinfo), then marks the build current as of now. tsc leaves dist/ untouched when no
+// Builds dist/ (`npm run build`, `npm test`, the tests that spawn it): tsc -p tsconfig.build.json,
+// incremental (its state in dist/.tsbuildinfo), then marks the build current as of now. tsc leaves dist/ untouched when no
 // source changed, even if their times did (a checkout): the mark is what tells a test file that
 // dist/ is current, so it does not build again (isBuilt in child.ts).
 import { spawnSync } from 'node:child_process'
@@ -7,7 +7,7 @@ import { existsSync, utimesSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
-const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..')
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..')
 export const BUILD_MARK = join(ROOT, 'dist', '.tsbuildinfo')
 
 /** Builds; throws with tsc's output when it fails. */
