@@ -4,7 +4,7 @@ import { request } from 'undici'
 import { createTestDb, withoutServer } from './support/db.js'
 import { FakeOpenRouter } from './support/fake-openrouter.js'
 import { baseEnv, LogSink, startSidecar } from './support/sidecar.js'
-import { TcpRelay } from './support/tcp-relay.js'
+import { relayPool, TcpRelay } from './support/tcp-relay.js'
 import { bounded, DeadlineError } from '../src/db/bounded.js'
 import { poolOptions, type Sql } from '../src/db/connect.js'
 import { createLogger } from '../src/lib/log.js'
@@ -59,12 +59,7 @@ t.test('bounded: a query past its deadline is rejected and cancelled on the serv
 
 t.test('a cursor batch that arrives after its deadline (the cancel never reached Postgres) closes the portal: the connection serves the pool', async (t) => {
   if (await withoutServer(t, 'a cancel request that cannot reach the server')) return
-  const db = await createTestDb()
-  const relay = new TcpRelay(db.port)
-  await relay.reserve()
-  await relay.open()
-  const pool = postgres(`${relay.url}/${db.name}`, poolOptions(1))
-  t.teardown(async () => { await pool.end({ timeout: 0 }); await relay.cut(); await db.drop() })
+  const { relay, pool } = await relayPool(t, await createTestDb())
   const sql = bounded(pool, 200)
   await sql`select 1` // the pool's one connection is open, through the relay
   relay.refuseNew() // the cancel request, a connection of its own, is refused: the batch runs on
@@ -212,12 +207,7 @@ t.test('/metrics answers from what was read before: a background read that never
 })
 
 t.test('the background reads have their own deadline: a hung database reads as down, promptly', async (t) => {
-  const db = await createTestDb({ migrated: true })
-  const relay = new TcpRelay(db.port)
-  await relay.reserve()
-  await relay.open()
-  const pool = postgres(`${relay.url}/${db.name}`, poolOptions(1)) as unknown as Sql
-  t.teardown(async () => { await relay.cut(); await pool.end({ timeout: 0 }); await db.drop() })
+  const { relay, pool } = await relayPool(t, await createTestDb({ migrated: true }))
   const readings = startDbReadings(() => ({ sql: pool, org: 'o' }), { everyMs: 3_600_000, deadlineMs: 200 })
   t.teardown(() => readings.stop())
   await readings.refresh()

@@ -6,7 +6,7 @@ import { once } from 'node:events'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { createTestDb, withoutServer } from './support/db.js'
-import { TcpRelay } from './support/tcp-relay.js'
+import { relayPool, TcpRelay } from './support/tcp-relay.js'
 import { LogSink } from './support/sidecar.js'
 import { connect, poolOptions } from '../src/db/connect.js'
 import { bounded } from '../src/db/bounded.js'
@@ -84,13 +84,8 @@ t.test('a pool whose connections Postgres cuts again and again, mid-query, serve
 })
 
 t.test('a query whose deadline passes while its connection still opens: the connection serves the next query', async (t) => {
-  const db = await createTestDb()
   // Postgres slow to accept (a busy machine, the reconnect's backoff): the relay holds the startup.
-  const relay = new TcpRelay(db.port)
-  await relay.reserve()
-  await relay.open()
-  const pool = postgres(`${relay.url}/${db.name}`, poolOptions(1))
-  t.teardown(async () => { await pool.end({ timeout: 0 }); await relay.cut(); await db.drop() })
+  const { relay, pool } = await relayPool(t, await createTestDb())
   relay.pause()
   await t.rejects(bounded(pool, 200)`select 1`, { code: 'DEADLINE' }, 'the query that opened the connection missed its deadline, and was cancelled')
   relay.resume()

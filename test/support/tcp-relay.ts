@@ -1,5 +1,7 @@
 import { createServer, connect, type Server, type Socket } from 'node:net'
 import type { AddressInfo } from 'node:net'
+import postgres from 'postgres'
+import { poolOptions, type Sql } from '../../src/db/connect.js'
 
 // A loopback TCP relay between the sidecar and Postgres that a test can cut (every connection
 // dropped, new ones refused) and restore on the same port: a database outage on demand.
@@ -93,4 +95,17 @@ export class TcpRelay {
     this.sockets.clear()
     if (server) await new Promise<void>((r) => server.close(() => r()))
   }
+}
+
+/**
+ * A pool of the sidecar's options behind a relay to the test database, for a test to fault the
+ * relay; its teardown ends the pool, then closes the relay and drops the database.
+ */
+export async function relayPool (t: { teardown: (fn: () => Promise<void>) => void }, db: { port: number, name: string, drop: () => Promise<void> }, options: postgres.Options<{}> = poolOptions(1)): Promise<{ relay: TcpRelay, pool: Sql }> {
+  const relay = new TcpRelay(db.port)
+  await relay.reserve()
+  await relay.open()
+  const pool = postgres(`${relay.url}/${db.name}`, options)
+  t.teardown(async () => { await pool.end({ timeout: 0 }); await relay.cut(); await db.drop() })
+  return { relay, pool }
 }
