@@ -224,3 +224,21 @@ t.test('maintenance: partitions ahead, once a day by one caller, rows from the d
   t.same(v.differences, [], 'verify compares only the months whose raw rows are kept')
   t.equal(v.from, '2031-05-01')
 })
+
+t.test('the claim without a conflict: an id new to the database but twice in one statement is kept once, its first row by event id', async (t) => {
+  const db = await createTestDb()
+  t.teardown(() => db.drop())
+  await migrate(db.sql, 'sql')
+  await orgs(db)
+  // One statement (the ledger's batch), nothing claimed before: the plain INSERT of the claim
+  // succeeds, and the second row of each id must still be taken back.
+  const ids = [randomUUID(), randomUUID(), randomUUID(), randomUUID()].sort()
+  const batch = [rec(1, { eventId: ids[3] }), rec(1, { eventId: ids[0] }), rec(2, { eventId: ids[1] }), rec(2, { eventId: ids[2] }), rec(3, { generationId: null })]
+  await writeAll(db, batch)
+  const rows = await db.sql`select event_id, generation_id from usage_events order by generation_id nulls last`
+  t.same(rows.map((r) => [r.generation_id, r.event_id]), [['gen-part-1', ids[0]], ['gen-part-2', ids[1]], [null, batch[4].eventId]])
+  t.equal((await db.sql`select count(*)::int as n from usage_generation_ids`)[0].n, 2)
+  t.same((await verifyRollups(db.sql)).differences, [], 'the rows taken back counted nowhere')
+  const [{ requests }] = await db.sql`select sum(requests)::int as requests from usage_daily_totals`
+  t.equal(requests, 3)
+})

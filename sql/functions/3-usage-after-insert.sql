@@ -32,36 +32,61 @@
 --    filtered out here and add nothing.
 CREATE OR REPLACE FUNCTION usage_after_insert () RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
+  orgs text[];
+  locked bigint;
+  any_groups boolean;
   claimed text[];
+  n_claimed bigint;
   with_id bigint;
   losers uuid[] := '{}';
   replay record;
   missing text;
 BEGIN
+  -- What the steps ask of the statement as a whole, in one pass over the transition table (each
+  -- pass reads every row of it again): its organizations (sorted: the lock order below), how many
+  -- rows carry a generation id, whether any row names a group.
+  SELECT coalesce(array_agg(DISTINCT organization_id ORDER BY organization_id), '{}'), count(generation_id), coalesce(bool_or(cardinality(groups) > 0), false)
+    INTO orgs, with_id, any_groups FROM inserted_rows;
+
   -- 0. the organizations exist. FOR KEY SHARE is the lock the foreign key took per row, once per
   -- organization: a concurrent DELETE of one of them waits for this transaction, then finds its
-  -- usage and is refused (or, if it came first, this check finds the organization gone).
-  PERFORM 1 FROM organizations o WHERE o.id IN (SELECT organization_id FROM inserted_rows) ORDER BY o.id FOR KEY SHARE;
-  SELECT i.organization_id INTO missing
-    FROM (SELECT DISTINCT organization_id FROM inserted_rows) i
-    LEFT JOIN organizations o ON o.id = i.organization_id
-   WHERE o.id IS NULL
-   LIMIT 1;
-  IF FOUND THEN
+  -- usage and is refused (or, if it came first, this check finds the organization gone). Fewer
+  -- rows locked than organizations named: one is missing, and which one is asked only then.
+  PERFORM 1 FROM organizations o WHERE o.id = ANY (orgs) ORDER BY o.id FOR KEY SHARE;
+  GET DIAGNOSTICS locked = ROW_COUNT;
+  IF locked < cardinality(orgs) THEN
+    SELECT m INTO missing FROM unnest(orgs) m WHERE NOT EXISTS (SELECT 1 FROM organizations o WHERE o.id = m) ORDER BY 1 LIMIT 1;
     RAISE foreign_key_violation USING
       MESSAGE = format('insert into usage_events refers to organization %L, which does not exist', missing),
       TABLE = 'usage_events';
   END IF;
 
-  -- 1. the generation-id claim
-  WITH c AS (
+  -- 1. the generation-id claim. First as a plain INSERT, which costs a row less than ON CONFLICT's
+  -- speculative insertion (no pre-check of the index, no confirmation record): when every id is
+  -- new, which is nearly always, that is the whole claim, and every distinct id is this
+  -- statement's. An id claimed already (a replay, or another replica's concurrent claim, which a
+  -- plain INSERT waits for too) raises unique_violation: the block's subtransaction takes back
+  -- its claims, and the claim is made again as before, ON CONFLICT DO NOTHING RETURNING the ids
+  -- this statement won.
+  BEGIN
     INSERT INTO usage_generation_ids (generation_id, created_at)
     SELECT DISTINCT ON (generation_id) generation_id, created_at FROM inserted_rows
-    WHERE generation_id IS NOT NULL ORDER BY generation_id, event_id
-    ON CONFLICT DO NOTHING RETURNING generation_id)
-  SELECT coalesce(array_agg(generation_id), '{}') INTO claimed FROM c;
-  SELECT count(*) INTO with_id FROM inserted_rows WHERE generation_id IS NOT NULL;
-  IF cardinality(claimed) < with_id THEN
+    WHERE generation_id IS NOT NULL ORDER BY generation_id, event_id;
+    GET DIAGNOSTICS n_claimed = ROW_COUNT;
+    IF n_claimed < with_id THEN  -- an id twice in this statement: its first row (by event_id) stays
+      SELECT coalesce(array_agg(DISTINCT generation_id), '{}') INTO claimed FROM inserted_rows WHERE generation_id IS NOT NULL;
+    ELSE
+      claimed := NULL;  -- every row's id claimed: no replay
+    END IF;
+  EXCEPTION WHEN unique_violation THEN
+    WITH c AS (
+      INSERT INTO usage_generation_ids (generation_id, created_at)
+      SELECT DISTINCT ON (generation_id) generation_id, created_at FROM inserted_rows
+      WHERE generation_id IS NOT NULL ORDER BY generation_id, event_id
+      ON CONFLICT DO NOTHING RETURNING generation_id)
+    SELECT coalesce(array_agg(generation_id), '{}') INTO claimed FROM c;
+  END;
+  IF claimed IS NOT NULL AND cardinality(claimed) < with_id THEN
     FOR replay IN
       SELECT i.event_id, i.created_at FROM inserted_rows i
       LEFT JOIN (SELECT DISTINCT ON (generation_id) generation_id, event_id FROM inserted_rows
@@ -75,8 +100,7 @@ BEGIN
   END IF;
 
   -- 2. budget settlement
-  PERFORM pg_advisory_xact_lock_shared(727361002, budget_org_lock_key(o))
-     FROM (SELECT DISTINCT organization_id AS o FROM inserted_rows ORDER BY 1) x;
+  PERFORM pg_advisory_xact_lock_shared(727361002, budget_org_lock_key(o)) FROM (SELECT unnest(orgs) AS o ORDER BY 1) x;
   IF EXISTS (SELECT 1 FROM budgets WHERE limit_usd IS NOT NULL) OR EXISTS (SELECT 1 FROM budget_reservations) THEN
     WITH released AS (
       DELETE FROM budget_reservations r USING inserted_rows n WHERE r.event_id = n.event_id
@@ -141,24 +165,26 @@ BEGIN
     WHERE cardinality(losers) = 0 OR NOT (event_id = ANY (losers))
     GROUP BY 1, 2, 3, 4, 5;
 
-  -- 4. the group rollups
-  INSERT INTO usage_group_rollup_deltas
-    SELECT organization_id, (created_at AT TIME ZONE 'UTC')::date AS day, g.group_id, external_user_id,
-           coalesce(served_model, model, '') AS model, kind,
-           count(*) AS requests,
-           count(*) FILTER (WHERE outcome <> 'ok') AS failed_or_aborted,
-           coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
-           coalesce(sum(completion_tokens), 0) AS completion_tokens,
-           coalesce(sum(total_tokens), 0) AS total_tokens,
-           coalesce(sum(cached_tokens), 0) AS cached_tokens,
-           coalesce(sum(reasoning_tokens), 0) AS reasoning_tokens,
-           coalesce(sum(cost_usd), 0) AS cost_usd,
-           coalesce(sum(upstream_cost_usd), 0) AS upstream_cost_usd,
-           coalesce(sum(billed_cost_usd), 0) AS billed_cost_usd,
-           max(user_id) AS user_id
-    FROM inserted_rows i CROSS JOIN LATERAL unnest(i.groups) AS g(group_id)
-    WHERE cardinality(i.groups) > 0 AND (cardinality(losers) = 0 OR NOT (i.event_id = ANY (losers)))
-    GROUP BY 1, 2, 3, 4, 5, 6;
+  -- 4. the group rollups (only when a row names a group: most statements have none)
+  IF any_groups THEN
+    INSERT INTO usage_group_rollup_deltas
+      SELECT organization_id, (created_at AT TIME ZONE 'UTC')::date AS day, g.group_id, external_user_id,
+             coalesce(served_model, model, '') AS model, kind,
+             count(*) AS requests,
+             count(*) FILTER (WHERE outcome <> 'ok') AS failed_or_aborted,
+             coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
+             coalesce(sum(completion_tokens), 0) AS completion_tokens,
+             coalesce(sum(total_tokens), 0) AS total_tokens,
+             coalesce(sum(cached_tokens), 0) AS cached_tokens,
+             coalesce(sum(reasoning_tokens), 0) AS reasoning_tokens,
+             coalesce(sum(cost_usd), 0) AS cost_usd,
+             coalesce(sum(upstream_cost_usd), 0) AS upstream_cost_usd,
+             coalesce(sum(billed_cost_usd), 0) AS billed_cost_usd,
+             max(user_id) AS user_id
+      FROM inserted_rows i CROSS JOIN LATERAL unnest(i.groups) AS g(group_id)
+      WHERE cardinality(i.groups) > 0 AND (cardinality(losers) = 0 OR NOT (i.event_id = ANY (losers)))
+      GROUP BY 1, 2, 3, 4, 5, 6;
+  END IF;
   RETURN NULL;
 END $$;
 
