@@ -54,11 +54,15 @@ BEGIN
   -- rows locked than organizations named: one is missing, and which one is asked only then.
   PERFORM 1 FROM organizations o WHERE o.id = ANY (orgs) ORDER BY o.id FOR KEY SHARE;
   GET DIAGNOSTICS locked = ROW_COUNT;
+  -- The lookup sees what committed since the lock: an organization deleted and created again
+  -- meanwhile (one with no usage yet) is there, as it was for the foreign key.
   IF locked < cardinality(orgs) THEN
     SELECT m INTO missing FROM unnest(orgs) m WHERE NOT EXISTS (SELECT 1 FROM organizations o WHERE o.id = m) ORDER BY 1 LIMIT 1;
-    RAISE foreign_key_violation USING
-      MESSAGE = format('insert into usage_events refers to organization %L, which does not exist', missing),
-      TABLE = 'usage_events';
+    IF missing IS NOT NULL THEN
+      RAISE foreign_key_violation USING
+        MESSAGE = format('insert into usage_events refers to organization %L, which does not exist', missing),
+        TABLE = 'usage_events';
+    END IF;
   END IF;
 
   -- 1. the generation-id claim. First as a plain INSERT, which costs a row less than ON CONFLICT's
