@@ -21,4 +21,11 @@ export const BREAKS = [
     replace: '  EXCEPTION WHEN division_by_zero THEN',
     tests: ['test/ledger.test.ts', 'test/partitions.test.ts'],
   },
+  {
+    name: 'org check: an organization the lock skipped but the lookup finds is refused, naming NULL',
+    file: 'sql/functions/3-usage-after-insert.sql',
+    search: '    IF missing IS NOT NULL THEN',
+    replace: '    IF true THEN',
+    tests: ['test/attack-s14b-org-recreated.test.ts'],
+  },
 ]
