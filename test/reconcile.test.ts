@@ -46,13 +46,16 @@ t.test('401/403 from /generation: gives up at once (the key cannot read generati
 
 t.test('not found until the deadline, or the lookup itself failing: gives up and writes the record', async (t) => {
   let lookups = 0
+  // Each lookup takes 40 ms of the reconciler's clock, however long the machine takes: waits of 5,
+  // 10, 20 and 40 ms fit in 200 ms (the fourth ends at 200), the fifth lookup's 80 ms would not.
+  let clock = 0
   const out = new Written()
-  const fetch: FetchGeneration = async () => { if (++lookups % 2 === 0) throw new Error('socket hang up'); return { status: 404, body: '' } }
-  const r = new Reconciler(fetch, out.push, createLogger('silent'), { maxWaitMs: 200, firstDelayMs: 5 })
+  const fetch: FetchGeneration = async () => { clock += 40; if (++lookups % 2 === 0) throw new Error('socket hang up'); return { status: 404, body: '' } }
+  const r = new Reconciler(fetch, out.push, createLogger('silent'), { maxWaitMs: 200, firstDelayMs: 5, now: () => clock })
   r.enqueue(rec())
   const got = await out.next()
-  t.ok(lookups >= 3, `asked ${lookups} times`)
-  t.match(got.errorMessage, /generation not found after \d+ lookups/)
+  t.equal(lookups, 5, 'asked until the next wait would pass the deadline')
+  t.match(got.errorMessage, /generation not found after 5 lookups \(last status 404\)/)
   t.equal(r.gaveUp, 1)
   t.equal(r.active, 0)
 })

@@ -10,7 +10,12 @@ import { withUsage, type UsageRecord } from './record.js'
 
 export type FetchGeneration = (id: string) => Promise<{ status: number, body: string }>
 
-export interface ReconcileOptions { maxWaitMs: number, firstDelayMs?: number }
+export interface ReconcileOptions {
+  maxWaitMs: number
+  firstDelayMs?: number
+  /** The clock the deadline is kept by (Date.now). */
+  now?: () => number
+}
 
 export interface GenerationFacts { usage: Usage | null, servedModel: string | null, provider: string | null, finishReason: string | null, cancelled?: boolean }
 
@@ -60,7 +65,8 @@ export class Reconciler {
   /** Looks the generation up until it is found or time runs out, then writes the record. */
   enqueue (rec: UsageRecord): void {
     if (!rec.generationId) { this.write(rec); return }
-    const started = Date.now()
+    const now = this.opts.now ?? Date.now
+    const started = now()
     let attempt = 0
     const tryOnce = async (): Promise<void> => {
       if (this.stopped) return // the journal keeps it pending; the next boot reconciles it
@@ -90,7 +96,7 @@ export class Reconciler {
         this.log.debug({ generationId: rec.generationId, err: (err as Error).message }, 'reconcile: lookup failed')
       }
       const delay = Math.min((this.opts.firstDelayMs ?? 250) * 2 ** (attempt - 1), 8000)
-      if (Date.now() + delay - started > this.opts.maxWaitMs) {
+      if (now() + delay - started > this.opts.maxWaitMs) {
         this.giveUp(rec, `generation not found after ${attempt} lookups (last status ${status})`)
         return
       }
