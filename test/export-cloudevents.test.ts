@@ -20,7 +20,7 @@ let ce: FakeCloudEvents
 let url: string
 
 t.before(async () => {
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
   await migrate(db.sql, 'sql')
   ce = new FakeCloudEvents(SECRET)
   url = await ce.listen()

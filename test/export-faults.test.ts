@@ -35,7 +35,8 @@ async function waitFor (what: string, check: () => Promise<boolean> | boolean, t
 }
 
 async function fresh (): Promise<{ db: TestDb, ce: FakeCloudEvents, url: string }> {
-  const db = await createTestDb()
+  // The template's schema; migrate re-applies the functions, as at any restart (no test here is about migrating).
+  const db = await createTestDb({ migrated: true })
   await migrate(db.sql, 'sql')
   const ce = new FakeCloudEvents(undefined)
   const url = await ce.listen()

@@ -1,8 +1,9 @@
 // The coverage floor lives in ONE place: package.json's "tap" section (statements, lines,
 // branches, functions). tap compares the run against it and prints "incomplete coverage" only
 // below it; "allow-incomplete-coverage" keeps a run of a single test file from failing on
-// coverage it was never meant to reach. `npm test` runs everything and then this gate, which fails
-// the run below the same floor. It prints nothing when the floor holds.
+// coverage it was never meant to reach. `npm run test:coverage` runs everything with coverage and
+// then this gate, which fails the run below the same floor (`npm test` measures no coverage). It
+// prints nothing when the floor holds.
 import { readFileSync } from 'node:fs'
 
 const tap = JSON.parse(readFileSync('package.json', 'utf8')).tap
