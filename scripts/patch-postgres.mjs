@@ -48,6 +48,18 @@
 // to a query that was never sent on it, and never leaves the pool's `connecting` queue. With both
 // of a pool's connections so, every query waits in the pool's queue until its deadline, for good.
 //
+// A seventh: a transaction (sql.begin, its savepoints) or sql.reserve() sends its statements
+// straight to its connection, and its ROLLBACK after a failure, without asking whether that
+// connection still is its own. When Postgres ends the backend mid-transaction (pg_terminate_backend),
+// the close moves the connection to the pool's `closed` queue; the scope's ROLLBACK then comes to
+// execute() on a connection with no socket: it becomes the connection's query, the write fails,
+// and the scope moves the connection to `full` unless the pool may pipeline onto it. In `full` it
+// is never connected again, and never answers: with one query in flight per connection
+// (src/db/connect.ts), every such transaction takes a connection out of the pool for good. When
+// the pool has already begun connecting it again for a waiting query (its socket not there yet,
+// during the backoff), the ROLLBACK becomes the query of the new session instead, which then
+// takes the answer to its first real query for the ROLLBACK's and waits for good.
+//
 // The mend, in each build of connection.js (ESM, CommonJS, Workers): a closed connection drops
 // what it had buffered, a write with no socket settles its queries with CONNECTION_CLOSED
 // instead of throwing, the array types' rejection is caught, a connection whose first query
@@ -56,7 +68,9 @@
 // once written, whatever the pipeline, and takes no query behind it (the pool's go() and
 // onopen() move the connection to `full`; BEGIN's answer gives it to the transaction), and a
 // connection that closes, with or without a socket error, settles every query it still holds
-// (CONNECTION_CLOSED) and forgets the query and error of the backend it lost.
+// (CONNECTION_CLOSED) and forgets the query and error of the backend it lost, and a connection
+// with no socket refuses what a scope still sends it (CONNECTION_CLOSED) and stays where the pool
+// put it (nothing else calls execute() before the socket is there).
 // Idempotent; fails loudly when the text it mends is not there (another version: see whether it
 // still needs mending). src/db/postgres-mend.ts counts the marks at boot: keep its EDITS in step.
 import { readFileSync, writeFileSync, existsSync } from 'node:fs'
@@ -100,6 +114,11 @@ export const EDITS = [
     what: 'a connection closed after a socket error settles the queries the pool gave it meanwhile, and forgets its last answer',
     from: "    !hadError && (query || sent.length) && error(Errors.connection('CONNECTION_CLOSED', options, socket))\n",
     to: `    if (query || sent.length) ${MARK}\n      error(Errors.connection('CONNECTION_CLOSED', options, socket))\n    query = errorResponse = null\n`,
+  },
+  {
+    what: 'a connection closed under a transaction settles the statements its scope still sends, and stays closed',
+    from: "  function execute(q) {\n    if (terminated)\n      return queryError(q, Errors.connection('CONNECTION_DESTROYED', options))\n",
+    to: `  function execute(q) {\n    if (terminated)\n      return queryError(q, Errors.connection('CONNECTION_DESTROYED', options))\n\n    if (!socket) ${MARK}\n      return (queryError(q, Errors.connection('CONNECTION_CLOSED', options)), true)\n`,
   },
 ]
 

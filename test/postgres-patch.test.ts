@@ -249,3 +249,44 @@ t.test('the same with two connections, both busy: BEGIN is not refused UNSAFE_TR
   if (await withoutServer(t, 'a transaction and queries on two connections')) return
   await beginAtPipelineEnd(t, 2)
 })
+
+// A transaction whose backend Postgres ends (pg_terminate_backend) still sends its ROLLBACK to
+// the connection it had, which the close has handed back to the pool. Unmended, with one query in
+// flight per connection (poolOptions), that ROLLBACK parks the connection in the pool's `full`
+// queue with no socket, for good: a pool of one answers nothing again.
+t.test('transactions whose backends Postgres ends again and again: the pool answers once the cuts stop', async (t) => {
+  if (await withoutServer(t, 'pg_terminate_backend on the pool\'s backends')) return
+  const db = await createTestDb()
+  await db.sql`create table acks (id int, v int)`
+  await db.sql`create table lease (id int primary key, v int)`
+  await db.sql`insert into lease values (1, 0)`
+  // One query in flight per connection, as poolOptions sets it on a mended install.
+  const pool = postgres(db.url, { ...poolOptions(1), max_pipeline: 0 } as postgres.Options<{}>)
+  t.teardown(async () => { await pool.end({ timeout: 1 }); await db.drop() })
+  const sql = bounded(pool, 2000)
+  let running = true
+  const failures: Record<string, number> = {}
+  const note = (e: { code?: string, message?: string }): void => { const k = e.code ?? String(e.message); failures[k] = (failures[k] ?? 0) + 1 }
+  // The export's shape: a transaction per batch, a read between, a lease renewed beside them.
+  const worker = (async () => {
+    for (let i = 1; running; i++) {
+      await sql.begin(async (tx) => {
+        await tx`insert into acks values (${i}, ${i})`
+        await tx`update lease set v = ${i} where id = 1`
+        await tx`delete from acks where id < ${i - 5}`
+      }).catch(note)
+      await sql.unsafe('select * from acks where id > $1', [i - 3]).catch(note)
+    }
+  })()
+  const renew = setInterval(() => { sql`update lease set v = v + ${1} where id = 1`.catch(note) }, 30)
+  for (let cut = 0; cut < 30; cut++) {
+    await new Promise((resolve) => setTimeout(resolve, 50 + Math.random() * 150))
+    await db.sql`select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'usage-proxy' and datname = current_database()`
+  }
+  running = false
+  clearInterval(renew)
+  await worker
+  const after = await Promise.allSettled(Array.from({ length: 6 }, (_, i) => bounded(pool, 10_000)`select ${i}::int as x`))
+  t.same(after.map((r) => r.status === 'fulfilled' ? 'answered' : String((r.reason as { code?: string }).code ?? r.reason)), Array(6).fill('answered'),
+    `every query after the cuts is answered (during them: ${JSON.stringify(failures)})`)
+})

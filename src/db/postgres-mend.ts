@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url'
 
 export const MARK = '/* usage-proxy: porsager/postgres#1208 */'
 /** How many edits the script makes in connection.js, each carrying the mark once. */
-export const EDITS = 7
+export const EDITS = 8
 
 /** True when the postgres.js this process loads carries the whole mend. */
 export function postgresMended (): boolean {

@@ -6,8 +6,8 @@ export const BREAKS = [
   {
     name: 'mend: boot accepts an install mended by an older script, without the later edits',
     file: 'src/db/postgres-mend.ts',
-    search: 'export const EDITS = 7',
-    replace: 'export const EDITS = 6',
+    search: 'export const EDITS = 8',
+    replace: 'export const EDITS = 7',
     tests: ['test/postgres-patch.test.ts'],
   },
   {
