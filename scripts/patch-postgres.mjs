@@ -122,9 +122,45 @@ export const EDITS = [
   },
 ]
 
-/** Mends one connection.js text; an edit already made is left as it is. */
-export function mend (text, file) {
-  for (const e of EDITS) {
+// In index.js: a transaction (sql.begin and its savepoints) and sql.reserve() stop using their
+// connection once it closes. The close hands the connection back to the pool, which may already
+// be connecting it again for a waiting query; a statement the scope still sends (the function
+// caught an error and went on, or the ROLLBACK after a failure) then ran on the new session, in
+// autocommit outside its transaction, or, written ahead of that session's startup, took another
+// query's answer. And release() of a reserved connection that closed put it back in the pool
+// with no socket. Now the close rejects what waits in the scope's queue and everything the scope
+// sends after it (CONNECTION_CLOSED), and release() leaves a closed connection to the pool.
+export const INDEX_EDITS = [
+  {
+    what: 'a transaction remembers that its connection closed',
+    from: '      , connection\n      , prepare = null\n',
+    to: `      , connection\n      , prepare = null\n      , gone = null ${MARK}\n`,
+  },
+  {
+    what: 'the close of a transaction\'s connection rejects the statements waiting in its queue',
+    from: '        new Promise((_, reject) => connection.onclose = reject)\n',
+    to: `        new Promise((_, reject) => connection.onclose = e => { ${MARK}\n          gone = Errors.connection('CONNECTION_CLOSED', options)\n          while (queries.length) queries.shift().reject(gone)\n          reject(e)\n        })\n`,
+  },
+  {
+    what: 'a transaction whose connection closed sends nothing more on it',
+    from: '        q.catch(e => uncaughtError || (uncaughtError = e))\n        c.queue === full\n',
+    to: `        q.catch(e => uncaughtError || (uncaughtError = e))\n        gone ? q.reject(gone) : c.queue === full ${MARK}\n`,
+  },
+  {
+    what: 'a reserved connection that closes rejects its queue and what is sent after, and release() leaves it to the pool',
+    from: '    const sql = Sql(handler)\n    sql.release = () => {\n      c.reserved = null\n      onopen(c)\n    }\n',
+    to: `    let gone = null ${MARK}\n    c.onclose = () => {\n      gone = Errors.connection('CONNECTION_CLOSED', options)\n      while (queue.length) queue.shift().reject(gone)\n    }\n    const sql = Sql(handler)\n    sql.release = () => {\n      if (gone) return\n      c.onclose = null\n      c.reserved = null\n      onopen(c)\n    }\n`,
+  },
+  {
+    what: 'a reserved connection that closed sends nothing more on it',
+    from: '    function handler(q) {\n      c.queue === full\n        ? queue.push(q)\n',
+    to: `    function handler(q) {\n      gone ? q.reject(gone) : c.queue === full ${MARK}\n        ? queue.push(q)\n`,
+  },
+]
+
+/** Mends one connection.js (or, given INDEX_EDITS, index.js) text; an edit already made is left as it is. */
+export function mend (text, file, edits = EDITS) {
+  for (const e of edits) {
     if (text.includes(e.to)) continue
     if (text.split(e.from).length !== 2) throw new Error(`${file}: the text to mend (${e.what}) is not there once; is postgres another version?`)
     text = text.replace(e.from, e.to)
@@ -142,13 +178,15 @@ function main () {
   const version = JSON.parse(readFileSync(join(pkg, 'package.json'), 'utf8')).version
   let mended = 0
   for (const build of ['src', 'cjs/src', 'cf/src']) {
-    const file = join(pkg, build, 'connection.js')
-    if (!existsSync(file)) continue
-    const before = readFileSync(file, 'utf8')
-    const after = mend(before, file)
-    if (after !== before) { writeFileSync(file, after); mended++ }
+    for (const [name, edits] of [['connection.js', EDITS], ['index.js', INDEX_EDITS]]) {
+      const file = join(pkg, build, name)
+      if (!existsSync(file)) continue
+      const before = readFileSync(file, 'utf8')
+      const after = mend(before, file, edits)
+      if (after !== before) { writeFileSync(file, after); mended++ }
+    }
   }
-  if (mended > 0) console.log(`usage-proxy: mended postgres ${version} (porsager/postgres#1208) in ${mended} build(s)`)
+  if (mended > 0) console.log(`usage-proxy: mended postgres ${version} (porsager/postgres#1208) in ${mended} file(s)`)
 }
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {

@@ -11,9 +11,9 @@ import { LogSink } from './support/sidecar.js'
 import { connect, poolOptions } from '../src/db/connect.js'
 import { bounded } from '../src/db/bounded.js'
 import { createLogger } from '../src/lib/log.js'
-import { MARK as BOOT_MARK, EDITS as BOOT_EDITS, postgresMended } from '../src/db/postgres-mend.js'
+import { MARK as BOOT_MARK, EDITS as BOOT_EDITS, INDEX_EDITS as BOOT_INDEX_EDITS, postgresMended } from '../src/db/postgres-mend.js'
 // @ts-expect-error: a plain .mjs script, no declarations
-import { EDITS, MARK, mend } from '../scripts/patch-postgres.mjs'
+import { EDITS, INDEX_EDITS, MARK, mend } from '../scripts/patch-postgres.mjs'
 
 // scripts/patch-postgres.mjs mends postgres.js (porsager/postgres#1208): without it, a connection
 // that Postgres closes while a small write waits for its turn keeps that write buffered for good,
@@ -28,17 +28,22 @@ import { EDITS, MARK, mend } from '../scripts/patch-postgres.mjs'
 // without reserving the connection: the pool's next queries run inside that transaction. And a
 // connection reset while the pool still hands it queries keeps them across its reconnect, and
 // then waits, in "connecting", for the answer to one of them that the new backend never got.
+// And a transaction or reserved connection whose backend ended goes on sending on the connection
+// the pool has taken back (test/attack-s14c-*.test.ts).
 
 const pkg = join(dirname(fileURLToPath(import.meta.resolve('postgres'))), '..')
 
-t.test('npm ci mended every build of postgres.js\'s connection, once', async (t) => {
+t.test('npm ci mended every build of postgres.js\'s connection and pool, once', async (t) => {
   for (const build of ['src', 'cjs/src', 'cf/src']) {
-    const text = readFileSync(join(pkg, build, 'connection.js'), 'utf8')
-    t.equal(text.split(MARK).length - 1, EDITS.length, `${build}/connection.js: the ${EDITS.length} edits, each once`)
-    t.equal(mend(text, build), text, `${build}: mending again changes nothing`)
+    for (const [name, edits] of [['connection.js', EDITS], ['index.js', INDEX_EDITS]] as const) {
+      const text = readFileSync(join(pkg, build, name), 'utf8')
+      t.equal(text.split(MARK).length - 1, edits.length, `${build}/${name}: the ${edits.length} edits, each once`)
+      t.equal(mend(text, build, edits), text, `${build}/${name}: mending again changes nothing`)
+    }
   }
   t.equal(BOOT_MARK, MARK, 'boot looks for the mark the script writes')
   t.equal(BOOT_EDITS, EDITS.length, 'and counts as many as the script has edits')
+  t.equal(BOOT_INDEX_EDITS, INDEX_EDITS.length, 'in both files')
   t.ok(postgresMended(), 'and finds it in the postgres.js this process loads')
   t.throws(() => mend('function other() {}', 'x.js'), /is not there once; is postgres another version\?/, 'a text it does not know is refused, loudly')
 })

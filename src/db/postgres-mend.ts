@@ -11,12 +11,15 @@ import { fileURLToPath } from 'node:url'
 export const MARK = '/* usage-proxy: porsager/postgres#1208 */'
 /** How many edits the script makes in connection.js, each carrying the mark once. */
 export const EDITS = 8
+/** And in index.js (transactions and reserved connections that outlive their connection). */
+export const INDEX_EDITS = 5
 
 /** True when the postgres.js this process loads carries the whole mend. */
 export function postgresMended (): boolean {
   try {
-    const file = join(dirname(fileURLToPath(import.meta.resolve('postgres'))), 'connection.js')
-    return readFileSync(file, 'utf8').split(MARK).length - 1 >= EDITS
+    const dir = dirname(fileURLToPath(import.meta.resolve('postgres')))
+    const marks = (name: string): number => readFileSync(join(dir, name), 'utf8').split(MARK).length - 1
+    return marks('connection.js') >= EDITS && marks('index.js') >= INDEX_EDITS
   } catch {
     return false
   }
