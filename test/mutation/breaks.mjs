@@ -106,7 +106,7 @@ export const BREAKS = [
   {
     name: 'reconcile never gives up on a generation that stays 404',
     file: 'src/usage/ledger/reconcile.ts',
-    search: 'if (Date.now() + delay - started > this.opts.maxWaitMs) {',
+    search: 'if (now() + delay - started > this.opts.maxWaitMs) {',
     replace: 'if (false) {',
     tests: ['test/reconcile.test.ts'],
   },
@@ -438,8 +438,8 @@ export const BREAKS = [
   {
     name: "new: usage rows for a missing organization are let in (the after-insert check skipped)",
     file: "sql/functions/3-usage-after-insert.sql",
-    search: "  IF FOUND THEN\n    RAISE foreign_key_violation USING\n      MESSAGE = format('insert into usage_events",
-    replace: "  IF false THEN\n    RAISE foreign_key_violation USING\n      MESSAGE = format('insert into usage_events",
+    search: "    IF missing IS NOT NULL THEN\n      RAISE foreign_key_violation USING",
+    replace: "    IF false THEN\n      RAISE foreign_key_violation USING",
     tests: ['test/ledger.test.ts'],
   },
   {
