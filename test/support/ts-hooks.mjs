@@ -1,7 +1,7 @@
 // Module hooks for ts-loader.mjs. Imports name the emitted file ('./x.js'); a relative import of
 // a .js file that does not exist resolves to the .ts beside it, as tsc's NodeNext resolution does.
 import { createHash } from 'node:crypto'
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { createRequire } from 'node:module'
@@ -13,6 +13,13 @@ const TS_VERSION = JSON.parse(readFileSync(createRequire(import.meta.url).resolv
 let ts = null
 
 export async function resolve (specifier, context, next) {
+  // A TypeScript file's relative import of './x.js' names the .ts beside it when no .js is there:
+  // answered here, since asking the next resolver first costs a thrown error per module.
+  if (context.parentURL?.endsWith('.ts') && /^\.\.?\/.*\.js$/.test(specifier)) {
+    const js = new URL(specifier, context.parentURL)
+    const ts = new URL(specifier.slice(0, -3) + '.ts', context.parentURL)
+    if (!existsSync(js) && existsSync(ts)) return { url: ts.href, shortCircuit: true }
+  }
   try {
     return await next(specifier, context)
   } catch (err) {
