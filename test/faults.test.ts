@@ -45,7 +45,7 @@ async function rowsSettled (db: TestDb, want: (n: number) => boolean, timeoutMs 
 }
 
 /** A sidecar whose Postgres is behind a relay a test can cut: its database, relay, port and journal. */
-interface Relayed { db: TestDb, relay: TcpRelay, dataDir: string, port: number, child: Child }
+interface Relayed { db: TestDb, relay: TcpRelay, dataDir: string, port: number, child: Child, release: () => Promise<void> }
 
 async function relayedSidecar (prefix: string): Promise<Relayed> {
   const db = await createTestDb({ migrated: true })
@@ -55,10 +55,14 @@ async function relayedSidecar (prefix: string): Promise<Relayed> {
   const dataDir = mkdtempSync(join(tmpdir(), prefix))
   const port = await freePort()
   const child = spawnSidecar(env(`${relay.url}/${db.name}`, dataDir), port)
-  const r: Relayed = { db, relay, dataDir, port, child }
-  // Whoever ends with it: its last process, the relay, the database (the file's teardown, so that
-  // a later subtest may go on with it).
-  t.teardown(async () => { r.child.proc.kill('SIGKILL'); await r.child.exited; await r.relay.cut(); await r.db.drop() })
+  let released: Promise<void> | null = null
+  const r: Relayed = {
+    db, relay, dataDir, port, child,
+    // Its last process, the relay, the database: once, by the subtest that ends with it, or by the
+    // file's teardown (so that a later subtest may go on with it).
+    release: () => (released ??= (async () => { r.child.proc.kill('SIGKILL'); await r.child.exited; await r.relay.cut(); await r.db.drop() })()),
+  }
+  t.teardown(() => r.release())
   await child.waitReady()
   return r
 }
@@ -132,6 +136,7 @@ t.test('a user seen only while Postgres is down, then SIGKILL: after the restart
   // follows reads the offline user's rows only.
   const r = take(relayedLeft) ?? await relayedSidecar('mapping-')
   relayedLeft = null
+  t.teardown(() => r.release()) // the last to use it: its process does not outlive this subtest
   const { db, relay, dataDir, port } = r
   let child = r.child
   await relay.cut()

@@ -146,6 +146,7 @@ t.test('the intent line is on disk (written, not buffered) whenever a request is
     left = { db, dataDir, child: await sidecar(t, db, dataDir, await freePort(), PROBED) }
   }
   const { child } = left
+  t.teardown(async () => { child.proc.kill('SIGKILL'); await child.exited }) // the last to use it
   const run = `o${Date.now()}`
   const codes = await Promise.all(Array.from({ length: 12 }, (_, i) => sendAs(child.url, `${run}-${i}`, i % 2 === 0)))
   t.same(codes, codes.map(() => 200))
