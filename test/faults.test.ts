@@ -9,7 +9,7 @@ import { FakeOpenRouter, sumDecimals } from './support/fake-openrouter.js'
 import { createTestDb, rowsSoon, type TestDb } from './support/db.js'
 import { TEST_KEY } from './support/sidecar.js'
 import { TcpRelay } from './support/tcp-relay.js'
-import { faultEnv, freePort, ROOT, runNodeAsync, spawnSidecar } from './support/child.js'
+import { faultEnv, freePort, ROOT, runNodeAsync, spawnSidecar, type Child } from './support/child.js'
 import { runLoad } from './support/load.js'
 import { createLogger } from '../src/lib/log.js'
 import { Journal } from '../src/usage/ledger/journal.js'
@@ -44,16 +44,43 @@ async function rowsSettled (db: TestDb, want: (n: number) => boolean, timeoutMs 
   return n
 }
 
-t.test('Postgres cut three times under load: proxying goes on, rows == generations, none duplicated', async (t) => {
+/** A sidecar whose Postgres is behind a relay a test can cut: its database, relay, port and journal. */
+interface Relayed { db: TestDb, relay: TcpRelay, dataDir: string, port: number, child: Child, release: () => Promise<void> }
+
+async function relayedSidecar (prefix: string): Promise<Relayed> {
   const db = await createTestDb({ migrated: true })
-  t.teardown(() => db.drop())
   const relay = new TcpRelay(db.port)
   await relay.reserve()
   await relay.open()
-  const before = new Set(fake.generations.keys())
-  const child = spawnSidecar(env(`${relay.url}/${db.name}`, mkdtempSync(join(tmpdir(), 'faults-'))), await freePort())
-  t.teardown(async () => { child.proc.kill('SIGKILL'); await child.exited; await relay.cut() })
+  const dataDir = mkdtempSync(join(tmpdir(), prefix))
+  const port = await freePort()
+  const child = spawnSidecar(env(`${relay.url}/${db.name}`, dataDir), port)
+  let released: Promise<void> | null = null
+  const r: Relayed = {
+    db, relay, dataDir, port, child,
+    // Its last process, the relay, the database: once, by the subtest that ends with it, or by the
+    // file's teardown (so that a later subtest may go on with it).
+    release: () => (released ??= (async () => { r.child.proc.kill('SIGKILL'); await r.child.exited; await r.relay.cut(); await r.db.drop() })()),
+  }
+  t.teardown(() => r.release())
   await child.waitReady()
+  return r
+}
+
+/**
+ * Processes a subtest leaves running for the next one that needs a process of its kind: starting
+ * a sidecar costs about a second of CPU, and what these subtests check does not need it fresh.
+ * A subtest that finds none (run alone, or the one before failed) starts its own.
+ */
+let relayedLeft: Relayed | null = null
+let plainLeft: { db: TestDb, dataDir: string, child: Child } | null = null
+const take = <T extends { child: Child }>(left: T | null): T | null => (left !== null && left.child.proc.exitCode === null && left.child.proc.signalCode === null ? left : null)
+t.teardown(async () => { const left = plainLeft; plainLeft = null; if (left) { left.child.proc.kill('SIGKILL'); await left.child.exited; await left.db.drop() } })
+
+t.test('Postgres cut three times under load: proxying goes on, rows == generations, none duplicated', async (t) => {
+  const relayed = await relayedSidecar('faults-')
+  const { db, relay, child } = relayed
+  const before = new Set(fake.generations.keys())
   const reopenedAt: number[] = []
   // Each outage is met by the ledger: a cut lasts until an insert failed, and the next cut waits
   // until writes resumed. Partial batches go at most every LEDGER_FLUSH_MS, so a short cut could
@@ -64,15 +91,17 @@ t.test('Postgres cut three times under load: proxying goes on, rows == generatio
   // One outage step after the other, in the order the load reached them.
   let steps: Promise<unknown> = Promise.resolve()
   const step = (f: () => Promise<unknown>) => { steps = steps.then(f); return steps }
+  // 300 requests, 8 at a time: each outage spans 50 of them (and, by the steps above, at least
+  // one failed insert and the resumption), with requests in flight at every cut and reopening.
   const load = await runLoad({
     url: () => child.url,
-    total: 600,
+    total: 300,
     concurrency: 8,
     after: async (done) => {
-      if (done === 100 || done === 280 || done === 460) {
+      if (done === 50 || done === 140 || done === 230) {
         await step(async () => { const before = logged(FAILED); await relay.cut(); await until(() => logged(FAILED) > before, 10_000) })
       }
-      if (done === 200 || done === 380 || done === 540) {
+      if (done === 100 || done === 190 || done === 270) {
         await step(async () => {
           const before = logged(RESUMED)
           await relay.open()
@@ -83,9 +112,9 @@ t.test('Postgres cut three times under load: proxying goes on, rows == generatio
     },
   })
   t.equal(load.failed, 0, 'no client request failed while Postgres was away')
-  t.equal(load.statuses.get(200), 600)
+  t.equal(load.statuses.get(200), 300)
   const served = [...fake.generations.values()].filter((g) => !before.has(g.id))
-  t.equal(served.length, 600)
+  t.equal(served.length, 300)
   const rows = await rowsSettled(db, (n) => n >= served.length)
   t.equal(rows, served.length, 'rows == generations served')
   const [{ distinct, total }] = await db.sql`select count(distinct generation_id)::int as distinct, sum(cost_usd)::text as total from usage_events`
@@ -96,9 +125,40 @@ t.test('Postgres cut three times under load: proxying goes on, rows == generatio
   const resumed = child.logs().filter((l) => l.msg === 'ledger: postgres writes resumed').map((l) => Date.parse(l.time))
   const recovery = reopenedAt.map((at) => Math.min(...resumed.filter((r) => r >= at)) - at).filter(Number.isFinite)
   t.equal(resumed.length, 3, 'writes resumed after each outage')
-  t.comment(`faults: 3 cuts, 600 requests, 0 lost, 0 duplicated; recovery after reconnect (ms): ${recovery.join(', ')}`)
+  t.comment(`faults: 3 cuts, 300 requests, 0 lost, 0 duplicated; recovery after reconnect (ms): ${recovery.join(', ')}`)
   const guarded = child.logs().filter((l) => /dropped mid-write/.test(l.msg)).length
   t.comment(`postgres.js socket races caught by the guard: ${guarded}`)
+  relayedLeft = relayed // Postgres reachable again, every row written: the next subtest goes on with it
+})
+
+t.test('a user seen only while Postgres is down, then SIGKILL: after the restart their mapping is there with their usage', async (t) => {
+  // The previous subtest's process, else a fresh one: its users are others (`load-user-*`), so what
+  // follows reads the offline user's rows only.
+  const r = take(relayedLeft) ?? await relayedSidecar('mapping-')
+  relayedLeft = null
+  t.teardown(() => r.release()) // the last to use it: its process does not outlive this subtest
+  const { db, relay, dataDir, port } = r
+  let child = r.child
+  await relay.cut()
+  const res = await request(`${child.url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'x-openwebui-user-id': 'offline-user', 'x-openwebui-user-name': 'Off%20Line', 'x-openwebui-user-email': 'off@example.com', 'x-openwebui-user-role': 'user' },
+    body: JSON.stringify({ model: 'fake/ok', messages: [] }),
+  })
+  const gen = String(res.headers['x-generation-id'])
+  await res.body.text()
+  const journal = join(dataDir, 'journal')
+  const journaled = () => readdirSync(journal).some((f) => readFileSync(join(journal, f), 'utf8').split('\n').some((l) => l.startsWith('{"k":"r"') && l.includes(gen)))
+  t.ok(await until(journaled, 10_000), 'the final record is in the journal')
+  child.proc.kill('SIGKILL')
+  await child.exited
+  await relay.open()
+  r.child = child = spawnSidecar(env(`${relay.url}/${db.name}`, dataDir), port)
+  await child.waitReady()
+  const [usage] = await rowsSoon(() => db.sql`select user_id from usage_events where generation_id = ${gen}`)
+  t.same(usage, { user_id: 'offline-user' }, 'the usage was replayed')
+  const maps = await rowsSoon(() => db.sql`select user_id, user_name, user_email, user_role from user_mappings where user_id = 'offline-user'`)
+  t.same(maps, [{ user_id: 'offline-user', user_name: 'Off Line', user_email: 'off@example.com', user_role: 'user' }], 'and so was the mapping')
 })
 
 t.test('SIGKILL under load, then restart: every generation a client saw is billed exactly once', async (t) => {
@@ -165,33 +225,9 @@ t.test('SIGKILL under load, then restart: every generation a client saw is bille
   t.comment(`sigkill: ${first.ok + second.ok} responses, ${first.failed} cut by the kill, generations upstream ${created}, seen by clients ${seen.size}, rows ${rows} (${rowsBeforeRestart} before restart), replayed ${JSON.stringify(replayed)}`)
 })
 
-t.test('SIGTERM: stops accepting, lets the stream in flight finish, flushes, exits 0', async (t) => {
-  const db = await createTestDb({ migrated: true })
-  t.teardown(() => db.drop())
-  fake.slowEventMs = 10
-  t.teardown(() => { fake.slowEventMs = 40 })
-  const child = spawnSidecar(env(db.url, mkdtempSync(join(tmpdir(), 'term-')), { SHUTDOWN_GRACE_MS: '20000' }), await freePort())
-  await child.waitReady()
-  const res = await request(`${child.url}/v1/chat/completions`, {
-    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'fake/slow', stream: true, messages: [] }),
-  })
-  child.proc.kill('SIGTERM')
-  const refused = await until(async () => {
-    const fresh = new Agent() // a new connection, not a kept-alive one
-    try { await (await request(`${child.url}/readyz`, { dispatcher: fresh })).body.dump(); return false } catch { return true } finally { await fresh.close() }
-  }, 10_000)
-  t.ok(refused, 'no new connections after SIGTERM')
-  const text = await res.body.text()
-  t.match(text, /data: \[DONE\]/, 'the stream in flight finished')
-  const { code } = await child.exited
-  t.equal(code, 0)
-  const rows = await db.sql`select outcome, usage_source from usage_events`
-  t.same(rows.map((r) => [r.outcome, r.usage_source]), [['ok', 'inline']], 'its row was flushed before exit')
-})
-
 t.test('SIGTERM past the grace period: the cut stream is recorded as interrupted and reconciled at the next start', async (t) => {
   const db = await createTestDb({ migrated: true })
-  t.teardown(() => db.drop())
+  t.teardown(async () => { if (plainLeft?.db !== db) await db.drop() })
   const dataDir = mkdtempSync(join(tmpdir(), 'grace-'))
   const port = await freePort()
   let child = spawnSidecar(env(db.url, dataDir, { SHUTDOWN_GRACE_MS: '300' }), port)
@@ -204,7 +240,8 @@ t.test('SIGTERM past the grace period: the cut stream is recorded as interrupted
   child.proc.kill('SIGTERM')
   t.equal((await child.exited).code, 0, 'exits 0 after the grace period')
   child = spawnSidecar(env(db.url, dataDir), port)
-  t.teardown(async () => { child.proc.kill('SIGKILL'); await child.exited })
+  const left = { db, dataDir, child }
+  t.teardown(async () => { if (plainLeft !== left) { child.proc.kill('SIGKILL'); await child.exited } })
   await child.waitReady()
   let rows: any[] = []
   for (let i = 0; i < 200 && rows.length === 0; i++) {
@@ -212,39 +249,37 @@ t.test('SIGTERM past the grace period: the cut stream is recorded as interrupted
     if (rows.length === 0) await new Promise((r) => setTimeout(r, 50))
   }
   t.same(rows, [{ outcome: 'interrupted', usage_source: 'generation', cost: fake.generations.get(gen)!.cost }])
+  plainLeft = left // the next subtest stops this process with SIGTERM
 })
 
-t.test('a user seen only while Postgres is down, then SIGKILL: after the restart their mapping is there with their usage', async (t) => {
-  const db = await createTestDb({ migrated: true })
+t.test('SIGTERM: stops accepting, lets the stream in flight finish, flushes, exits 0', async (t) => {
+  // The previous subtest's restarted process (its grace period the default 30 s), else a fresh one
+  // with 20 s: a few seconds of stream either way.
+  const left = take(plainLeft)
+  plainLeft = null
+  const db = left?.db ?? await createTestDb({ migrated: true })
   t.teardown(() => db.drop())
-  const relay = new TcpRelay(db.port)
-  await relay.reserve()
-  await relay.open()
-  const dataDir = mkdtempSync(join(tmpdir(), 'mapping-'))
-  const port = await freePort()
-  let child = spawnSidecar(env(`${relay.url}/${db.name}`, dataDir), port)
+  fake.slowEventMs = 10
+  t.teardown(() => { fake.slowEventMs = 40 })
+  const child = left?.child ?? spawnSidecar(env(db.url, mkdtempSync(join(tmpdir(), 'term-')), { SHUTDOWN_GRACE_MS: '20000' }), await freePort())
+  t.teardown(async () => { child.proc.kill('SIGKILL'); await child.exited })
   await child.waitReady()
-  await relay.cut()
   const res = await request(`${child.url}/v1/chat/completions`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', 'x-openwebui-user-id': 'offline-user', 'x-openwebui-user-name': 'Off%20Line', 'x-openwebui-user-email': 'off@example.com', 'x-openwebui-user-role': 'user' },
-    body: JSON.stringify({ model: 'fake/ok', messages: [] }),
+    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'fake/slow', stream: true, messages: [] }),
   })
   const gen = String(res.headers['x-generation-id'])
-  await res.body.text()
-  const journal = join(dataDir, 'journal')
-  const journaled = () => readdirSync(journal).some((f) => readFileSync(join(journal, f), 'utf8').split('\n').some((l) => l.startsWith('{"k":"r"') && l.includes(gen)))
-  t.ok(await until(journaled, 10_000), 'the final record is in the journal')
-  child.proc.kill('SIGKILL')
-  await child.exited
-  await relay.open()
-  child = spawnSidecar(env(`${relay.url}/${db.name}`, dataDir), port)
-  t.teardown(async () => { child.proc.kill('SIGKILL'); await child.exited; await relay.cut() })
-  await child.waitReady()
-  const [usage] = await rowsSoon(() => db.sql`select user_id from usage_events where generation_id = ${gen}`)
-  t.same(usage, { user_id: 'offline-user' }, 'the usage was replayed')
-  const maps = await rowsSoon(() => db.sql`select user_id, user_name, user_email, user_role from user_mappings`)
-  t.same(maps, [{ user_id: 'offline-user', user_name: 'Off Line', user_email: 'off@example.com', user_role: 'user' }], 'and so was the mapping')
+  child.proc.kill('SIGTERM')
+  const refused = await until(async () => {
+    const fresh = new Agent() // a new connection, not a kept-alive one
+    try { await (await request(`${child.url}/readyz`, { dispatcher: fresh })).body.dump(); return false } catch { return true } finally { await fresh.close() }
+  }, 10_000)
+  t.ok(refused, 'no new connections after SIGTERM')
+  const text = await res.body.text()
+  t.match(text, /data: \[DONE\]/, 'the stream in flight finished')
+  const { code } = await child.exited
+  t.equal(code, 0)
+  const rows = await db.sql`select outcome, usage_source from usage_events where generation_id = ${gen}`
+  t.same(rows.map((r) => [r.outcome, r.usage_source]), [['ok', 'inline']], 'its row was flushed before exit')
 })
 
 t.test('a fatal error in the turn a record was accepted: process.exit writes the buffered journal line first', async (t) => {

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { FakeOpenRouter, sumDecimals, type FakeGeneration } from './support/fake-openrouter.js'
 import { createTestDb, type TestDb } from './support/db.js'
-import { TEST_KEY } from './support/sidecar.js'
+import { startSidecar, TEST_KEY } from './support/sidecar.js'
 import { ROOT, faultEnv, freePort, spawnSidecar, type Child } from './support/child.js'
 import { journalLines, nothingPending, sendAs, until } from './support/crash-cycle.js'
 import { runVerify } from '../src/usage/reports/verify-command.js'
@@ -30,12 +30,23 @@ const rowsOf = (db: TestDb) => db.sql<Row[]>`select event_id::text, generation_i
   estimated_cost_usd::text as estimate, streamed from usage_events where organization_id = ${ORG} order by created_at`
 const same = (a: string | null, b: string | null) => a !== null && b !== null && sumDecimals([a]) === sumDecimals([b])
 
-async function sidecar (t: Test, db: TestDb, dataDir: string, port: number, extra: Record<string, string> = {}): Promise<Child> {
+/** `ownedByTest` false: the file's teardown ends it (a later subtest may go on with it). */
+async function sidecar (t: Test, db: TestDb, dataDir: string, port: number, extra: Record<string, string> = {}, ownedByTest = true): Promise<Child> {
   const child = spawnSidecar(env(db.url, dataDir, extra), port)
-  t.teardown(async () => { child.proc.kill('SIGKILL'); await child.exited })
+  ;(ownedByTest ? t : top).teardown(async () => { child.proc.kill('SIGKILL'); await child.exited })
   await child.waitReady()
   return child
 }
+
+const top = t
+// The probe reads the journal on disk at each dispatch (test/support/intent-probe.mjs).
+const PROBED = { NODE_OPTIONS: `--import ${join(ROOT, 'test', 'support', 'intent-probe.mjs')}` }
+/**
+ * The first subtest's last process runs with the probe and is left to the second, which needs
+ * such a process and not a fresh one (starting one costs about a second of CPU). Run alone, or
+ * after a failure, the second starts its own.
+ */
+let probedLeft: { db: TestDb, dataDir: string, child: Child } | null = null
 
 async function kill (child: Child): Promise<void> {
   child.proc.kill('SIGKILL')
@@ -50,7 +61,7 @@ const gensOf = (users: Iterable<string>): FakeGeneration[] => {
 
 t.test('upstream paused with requests in flight, SIGKILL, upstream resumed, restart: one row per billed generation', async (t) => {
   const db = await createTestDb({ migrated: true })
-  t.teardown(() => db.drop())
+  top.teardown(() => db.drop())
   const dataDir = mkdtempSync(join(tmpdir(), 'intent-paused-'))
   const port = await freePort()
   let child = await sidecar(t, db, dataDir, port)
@@ -116,23 +127,31 @@ t.test('upstream paused with requests in flight, SIGKILL, upstream resumed, rest
   t.match(out, `$${sumDecimals(estimateOnly.map((r) => r.estimate!))} in all`)
   t.equal(out.split('\n').filter((l) => l.startsWith('interrupted ')).length, estimateOnly.length, 'the named ones are not listed')
 
-  // Idempotent: a second restart (nothing new in the journal) makes no row twice.
+  // Idempotent: a second restart (nothing new in the journal) makes no row twice. This process
+  // runs with the next subtest's probe (which only watches dispatches), and serves that subtest.
   await kill(child)
-  child = await sidecar(t, db, dataDir, port)
+  child = await sidecar(t, db, dataDir, port, PROBED, false)
   await nothingPending(child.url)
   t.equal((await rowsOf(db)).length, 13, 'a restart replays nothing twice')
+  probedLeft = { db, dataDir, child }
 })
 
 t.test('the intent line is on disk (written, not buffered) whenever a request is handed to the upstream pool', async (t) => {
-  const db = await createTestDb({ migrated: true })
-  t.teardown(() => db.drop())
-  const dataDir = mkdtempSync(join(tmpdir(), 'intent-order-'))
-  // The probe reads the journal on disk at each dispatch (test/support/intent-probe.mjs).
-  const child = await sidecar(t, db, dataDir, await freePort(), { NODE_OPTIONS: `--import ${join(ROOT, 'test', 'support', 'intent-probe.mjs')}` })
+  let left = probedLeft
+  probedLeft = null
+  if (left === null || left.child.proc.exitCode !== null || left.child.proc.signalCode !== null) {
+    const db = await createTestDb({ migrated: true })
+    t.teardown(() => db.drop())
+    const dataDir = mkdtempSync(join(tmpdir(), 'intent-order-'))
+    left = { db, dataDir, child: await sidecar(t, db, dataDir, await freePort(), PROBED) }
+  }
+  const { child } = left
+  t.teardown(async () => { child.proc.kill('SIGKILL'); await child.exited }) // the last to use it
   const run = `o${Date.now()}`
   const codes = await Promise.all(Array.from({ length: 12 }, (_, i) => sendAs(child.url, `${run}-${i}`, i % 2 === 0)))
   t.same(codes, codes.map(() => 200))
-  const probes = child.logs().filter((l) => l.probe === 'intent')
+  const mine = new Set(Array.from({ length: 12 }, (_, i) => externalUserId(ORG, `${run}-${i}`)))
+  const probes = child.logs().filter((l) => l.probe === 'intent' && mine.has(l.user))
   t.equal(probes.length, 12, 'every request was seen at its dispatch')
   t.same(probes.filter((p) => p.onDisk !== true), [], 'each one\'s intent line was already on disk')
 })
@@ -143,7 +162,7 @@ t.test('a request refused by admission leaves no intent, only its 402 record', a
   const dataDir = mkdtempSync(join(tmpdir(), 'intent-refused-'))
   const port = await freePort()
   // A budget no request fits; LEDGER_FLUSH_MS 5000: the rows must come from the journal.
-  let child = await sidecar(t, db, dataDir, port, { ORG_BUDGET_USD: '0.000000000001', LEDGER_FLUSH_MS: '5000' })
+  const child = await sidecar(t, db, dataDir, port, { ORG_BUDGET_USD: '0.000000000001', LEDGER_FLUSH_MS: '5000' })
   const run = `r${Date.now()}`
   const before = fake.requests.length
   const codes = await Promise.all([0, 1, 2].map((i) => sendAs(child.url, `${run}-${i}`, i === 1)))
@@ -152,10 +171,13 @@ t.test('a request refused by admission leaves no intent, only its 402 record', a
   await until('the 402 records on disk', () => journalLines(dataDir).filter((l) => l.k === 'r').length === 3)
   t.equal(journalLines(dataDir).filter((l) => l.k === 'i').length, 0, 'no intent line for a refused request')
   await kill(child)
-  child = await sidecar(t, db, dataDir, port, { ORG_BUDGET_USD: '0.000000000001' })
+  // The next start replays the journal: in this process (what it shows is the replay, not the
+  // process; about a second of CPU less than spawning one).
+  const next = await startSidecar({ ...env(db.url, dataDir, { ORG_BUDGET_USD: '0.000000000001' }), PORT: '0', HOST: '127.0.0.1' })
+  t.teardown(() => next.sidecar.stop('test over'))
   let rows: Row[] = []
   await until('3 rows', async () => (rows = await rowsOf(db)).length >= 3)
-  await nothingPending(child.url)
+  await nothingPending(next.url)
   rows = await rowsOf(db)
   t.same(rows.map((r) => [r.outcome, r.status, r.cost, r.estimate]), [0, 1, 2].map(() => ['budget_exceeded', 402, null, null]), 'the 402 records as they are, no interrupted phantom')
 })

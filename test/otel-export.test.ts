@@ -56,7 +56,7 @@ async function ledgerRows (sql: import('postgres').Sql<{}>, org: string, n: numb
 
 t.test('two replicas, one OTLP receiver: the ledger\'s token sums, each row once, through an outage and a handover', async (t) => {
   if (await withoutServer(t, 'two replicas share the sink\'s lease')) return
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true }) // about the export, not the migrations
   t.teardown(() => db.drop())
   const receiver = await new OtlpReceiver().start()
   t.teardown(() => receiver.close())
@@ -112,7 +112,7 @@ t.test('two replicas, one OTLP receiver: the ledger\'s token sums, each row once
 })
 
 t.test('without an endpoint the SDK is never loaded, with traffic and the export layer running', async (t) => {
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true }) // about the export, not the migrations
   t.teardown(() => db.drop())
   const org = 'mai_client_otel_off'
   const probe = join(mkdtempSync(join(tmpdir(), 'otel-probe-')), 'loaded.txt')
