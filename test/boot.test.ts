@@ -103,7 +103,8 @@ t.test('a reworded comment is no edit; databases migrated under whole-text check
 })
 
 t.test('Postgres down at boot: /readyz 503 and traffic refused, a log line says why, ready once it is up', async (t) => {
-  const db = await createTestDb()
+  // Not about migrating (the tests above are): the database starts from the migrated template.
+  const db = await createTestDb({ migrated: true })
   t.teardown(() => db.drop())
   const relay = new TcpRelay(db.port)
   await relay.reserve()

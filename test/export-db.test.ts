@@ -10,6 +10,7 @@ import { createTestDb, type TestDb } from './support/db.js'
 import { TEST_KEY } from './support/sidecar.js'
 import { CLI, freePort, runNode, runNodeAsync, spawnSidecar, type Child } from './support/child.js'
 import { journalLines, sendAs, until } from './support/crash-cycle.js'
+import { blankEmbeddedDataDir } from './support/pglite-dir.js'
 import { runVerify } from '../src/usage/reports/verify-command.js'
 
 // README "Leaving the embedded database": a trial on the embedded database becomes a deployment on
@@ -55,6 +56,9 @@ async function ledger (sql: postgres.Sql<{}>): Promise<Record<string, string[]>>
 
 t.test('embedded ledger -> export-db -> PostgreSQL: the same rows and budgets; the journal carries the request in flight', async (t) => {
   const dataDir = mkdtempSync(join(tmpdir(), 'export-db-'))
+  // The trial's data directory as initdb left it (blank; the sidecar migrates it as on its first
+  // start): a first start's initdb on an empty DATA_DIR is test/readme.test.ts's, not this one's.
+  await blankEmbeddedDataDir(dataDir)
   const dbPort = await freePort()
   const embedded = await start(t, env(dataDir, { EMBEDDED_DB_PORT: String(dbPort) }))
 

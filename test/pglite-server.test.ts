@@ -1,4 +1,5 @@
 import t, { type Test } from 'tap'
+import { connect } from 'node:net'
 import postgres from 'postgres'
 import { PGlite } from '@electric-sql/pglite'
 import { servePglite } from '../src/db/pglite-server.js'
@@ -8,11 +9,13 @@ import { blankDataDir, rowsSoon } from './support/db.js'
 // one PGlite session shared by several clients: each must get it for whole exchanges.
 
 // One PGlite for the file (it takes seconds to start); each test has its own server and table.
+// (The tests of the guards against a client that would keep the others waiting, at the end, were
+// test/attack-s9-pglite.test.ts, which started a PGlite of its own with a fresh initdb.)
 const db = await PGlite.create({ loadDataDir: await blankDataDir() })
 t.teardown(() => db.close())
 
-async function served (t: Test) {
-  const server = await servePglite(db, '127.0.0.1', 0)
+async function served (t: Test, holdIdleMs?: number) {
+  const server = await servePglite(db, '127.0.0.1', 0, { holdIdleMs })
   const url = `postgres://postgres@127.0.0.1:${server.port}/postgres`
   const pools: postgres.Sql<{}>[] = []
   const pool = (max = 4, opts: postgres.Options<{}> = {}) => { const p = postgres(url, { max, prepare: false, onnotice: () => {}, ...opts }); pools.push(p); return p }
@@ -118,4 +121,76 @@ t.test('a client gone leaves none of its prepared statements in the session', as
   t.ok(await prepared() >= 2, 'its statements live in the one session')
   await preparing.end({ timeout: 1 })
   t.equal((await rowsSoon(async () => (await prepared()) === 0 ? [1] : [])).length, 1, 'and go when it does')
+})
+
+// ---- the one session, taken in turns: no client may keep the others waiting forever, whether by
+// a length no message has or by a transaction it never ends ---------------------------------------
+
+/** A raw client past its startup (answered up to ReadyForQuery); resolves once it is closed. */
+async function rawClient (port: number) {
+  const s = connect(port, '127.0.0.1')
+  await new Promise((r) => s.once('connect', r))
+  const params = Buffer.from('user\0postgres\0database\0postgres\0\0')
+  const head = Buffer.alloc(8); head.writeInt32BE(8 + params.length, 0); head.writeInt32BE(196608, 4)
+  let seen = Buffer.alloc(0)
+  const ready = new Promise<void>((resolve) => s.on('data', (d: Buffer) => { seen = Buffer.concat([seen, d]); if (seen.includes(Buffer.from([0x5a, 0, 0, 0, 5]))) resolve() }))
+  const closed = new Promise<void>((resolve) => s.once('close', () => resolve()))
+  s.on('error', () => {})
+  s.write(Buffer.concat([head, params]))
+  await ready
+  return { s, closed }
+}
+
+for (const declared of [-1, 0, 3]) {
+  t.test(`a message claiming length ${declared} closes that client, and the others go on`, async (t) => {
+    const { pool, server } = await served(t)
+    const raw = await rawClient(server.port)
+    const bad = Buffer.alloc(5); bad[0] = 0x51; bad.writeInt32BE(declared, 1)
+    raw.s.write(bad)
+    await raw.closed
+    t.same(await pool(1)`select 1 as x`, [{ x: 1 }], 'the session is free')
+  })
+}
+
+t.test('a startup message claiming under 8 bytes closes that client', async (t) => {
+  const { pool, server } = await served(t)
+  const s = connect(server.port, '127.0.0.1')
+  s.on('error', () => {})
+  const closed = new Promise<void>((resolve) => s.once('close', () => resolve()))
+  const bad = Buffer.alloc(8); bad.writeInt32BE(0, 0)
+  s.write(bad)
+  await closed
+  t.same(await pool(1)`select 1 as x`, [{ x: 1 }])
+})
+
+t.test('a client that opens a transaction and stalls is cut off and rolled back once others wait', async (t) => {
+  const { pool } = await served(t, 100)
+  const a = pool(1)
+  const b = pool(1)
+  await a`create table stall (i int)`
+  let inserted!: () => void
+  const insertedYet = new Promise<void>((r) => { inserted = r })
+  const tx = a.begin(async (tx) => {
+    await tx`insert into stall values (1)`
+    inserted()
+    await new Promise(() => {}) // never ends its transaction
+  }).catch((err: Error) => err)
+  await insertedYet
+  t.same(await b`select count(*)::int as n from stall`, [{ n: 0 }], 'the other client is answered; the stalled insert is rolled back')
+  t.ok(await tx instanceof Error, 'the stalled client lost its connection')
+})
+
+t.test('a client in a transaction that nobody waits behind keeps it, however long', async (t) => {
+  const { pool, server } = await served(t, 20)
+  const a = pool(1)
+  await a`create table keep (i int)`
+  const started = Date.now()
+  await a.begin(async (tx) => {
+    await tx`insert into keep values (1)`
+    // several idle periods pass with nobody queued
+    while (Date.now() - started < 120) await new Promise((r) => setTimeout(r, 10))
+    await tx`insert into keep values (2)`
+  })
+  t.equal(server.waiting(), 0)
+  t.same(await a`select count(*)::int as n from keep`, [{ n: 2 }])
 })

@@ -2,6 +2,7 @@ import t from 'tap'
 import { execFile, spawnSync } from 'node:child_process'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { parseEnv } from 'node:util'
 import postgres from 'postgres'
 import { request } from 'undici'
 import { envSchema } from '../src/config/config.js'
@@ -90,6 +91,8 @@ t.test('the quick start runs: the curl goes through the sidecar, psql shows the 
   for (let i = 0; i < 1200 && !/"msg":"ready"/.test(out) && proc.exitCode === null; i++) await new Promise((r) => setTimeout(r, 100))
   t.match(out, /"msg":"ready"/, 'npm start logs ready')
   t.match(out, new RegExp(`psql \\\\"postgresql://postgres@127\\.0\\.0\\.1:${dbPort}/postgres\\?sslmode=disable`), 'and the psql command README shows')
+  // (test/embedded.test.ts's boot on an empty DATA_DIR with a .env in the working directory is this one.)
+  t.match(out, /"level":40,.*"msg":"the embedded database is for trying usage-proxy out.*In production set DATABASE_URL/, 'says plainly the embedded database is for trying out, and what to use instead')
 
   const answer = await sh(curl)
   t.equal(answer.status, 0, `curl exit ${answer.status}: ${answer.stderr} ${rewrite(curl)}`)
@@ -109,6 +112,9 @@ t.test('the quick start runs: the curl goes through the sidecar, psql shows the 
   }
   t.equal(rows.length, 1, 'one row for the one request')
   t.same([rows[0].user_id, rows[0].outcome, String(rows[0].cost_usd)], ['anna', 'ok', fake.generations.get(body.id)!.cost], 'billed to anna, the cost exactly as charged')
+  const [org] = await sql`select name from organizations`
+  t.equal(org.name, parseEnv(env).ORGANIZATION_NAME, 'the organization row is the one .env names')
+  t.equal((await sql`select * from spend_per_user_month`).length, 1, 'billing views work on the embedded database too')
   const hasPsql = spawnSync('bash', ['--norc', '--noprofile', '-c', 'command -v psql'], { env: childEnv({}) }).status === 0
   if (hasPsql) {
     const p = await sh(psql)

@@ -7,6 +7,7 @@ import { StartupError } from '../src/lib/startup-error.js'
 import { ADMIN_URL, realServerAvailable } from './support/db.js'
 import { TEST_KEY, LogSink } from './support/sidecar.js'
 import { MAIN, spawnNode } from './support/child.js'
+import { blankEmbeddedDataDir } from './support/pglite-dir.js'
 
 // Start-up failures that no retry can fix end the start at once, with one line naming the
 // variable to change; no stack trace.
@@ -34,7 +35,11 @@ t.test('a taken EMBEDDED_DB_PORT is named', async (t) => {
   const { mkdtempSync } = await import('node:fs')
   const { tmpdir } = await import('node:os')
   const { join } = await import('node:path')
-  const r = await run({ ...base, EMBEDDED_DB_PORT: String(blocker.port), DATA_DIR: mkdtempSync(join(tmpdir(), 'startup-')) })
+  // The embedded database opens its data directory before it listens: on an empty DATA_DIR that
+  // is PGlite's initdb, seconds of WASM work this test is not about. It finds one (blank) instead.
+  const dataDir = mkdtempSync(join(tmpdir(), 'startup-'))
+  await blankEmbeddedDataDir(dataDir)
+  const r = await run({ ...base, EMBEDDED_DB_PORT: String(blocker.port), DATA_DIR: dataDir })
   t.equal(r.code, 1)
   t.match(r.stderr, new RegExp(`^usage-proxy: EMBEDDED_DB_PORT: port ${blocker.port} on 127\\.0\\.0\\.1 is already in use.*set EMBEDDED_DB_PORT to a free port`))
   t.notMatch(r.stderr, /\n\s+at /, 'no stack trace')

@@ -3,7 +3,7 @@
 // admission's budget half throws. Each must make the named tests fail. (The startup message's
 // own length check has no break: without it, the bytes it skipped are read as a message of
 // length 0 and closed by the message check, so no test can tell the two apart.)
-const PGLITE = ['test/attack-s9-pglite.test.ts']
+const PGLITE = ['test/pglite-server.test.ts']
 export const BREAKS = [
   {
     name: 'attack9: a message length under 4 is handed to the session',
