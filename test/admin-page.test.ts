@@ -2,10 +2,12 @@ import t, { type Test } from 'tap'
 import { existsSync, mkdirSync, readFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import type { Browser, Page } from 'playwright-core'
+import { createHash } from 'node:crypto'
+import { request } from 'undici'
+import type { Browser, BrowserContext, Page } from 'playwright-core'
 import { FakeOpenRouter } from './support/fake-openrouter.js'
 import { createTestDb, type TestDb } from './support/db.js'
-import { baseEnv, startSidecar, type Started } from './support/sidecar.js'
+import { baseEnv, settle, startSidecar, type Started } from './support/sidecar.js'
 import { seedLedger } from './support/seed.js'
 import { parseCsv } from './support/csv.js'
 import { externalUserId } from '../src/identity/external-id.js'
@@ -13,12 +15,20 @@ import { formatUsd, sameDecimal, sumDecimals } from '../src/lib/decimal.js'
 
 // The /admin/ page in a real browser: Debian's Chromium driven by playwright-core (nothing is
 // downloaded). It signs in, reads the numbers the page shows and checks them against the
-// database, downloads a CSV, and takes screenshots into .tap/screenshots/.
+// database, downloads a CSV, and takes screenshots into .tap/screenshots/. Then the group view
+// and the audit trail, each against a sidecar and database of its own, in the same browser (a
+// context of their own each: cookies and storage apart). One Chromium for the three: starting
+// one, and a test process for it, cost more than the pages it showed.
 
 const CHROMIUM = '/usr/bin/chromium'
 const ADMIN_KEY = 'admin-key-0123456789abcdef'
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 const shots = join(root, '.tap', 'screenshots')
+
+// Three files' worth of pages (this one's, the group view's, the audit trail's) in one process:
+// its time limit is twice the suite's, unless one longer (or none: 0) was asked for.
+const limit = Number(process.env.TAP_TIMEOUT ?? 30)
+if (limit > 0) t.setTimeout(Math.max(limit, 240) * 1000)
 
 if (!existsSync(CHROMIUM)) {
   t.test('the /admin/ page in Chromium', { skip: `${CHROMIUM} is missing; install the Debian package "chromium" (apt-get install chromium)` }, async () => {})
@@ -26,8 +36,19 @@ if (!existsSync(CHROMIUM)) {
   let fake: FakeOpenRouter
   let db: TestDb
   let on: Started
-  let browser: Browser
+  let browser: Browser | undefined
   let page: Page
+  /** The one Chromium of this file, started by whichever part asks first. */
+  const launched = async (): Promise<Browser> => {
+    if (browser === undefined) {
+      const { chromium } = await import('playwright-core')
+      browser = await chromium.launch({
+        executablePath: CHROMIUM,
+        args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
+      })
+    }
+    return browser
+  }
   const now = new Date()
   const monthStart = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1)).toISOString().slice(0, 10)
   const nextMonth = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + 1, 1)).toISOString().slice(0, 10)
@@ -37,12 +58,7 @@ if (!existsSync(CHROMIUM)) {
     db = await createTestDb({ migrated: true })
     on = await startSidecar(baseEnv(fake, db.url, { ADMIN_API_KEY: ADMIN_KEY }))
     await seedLedger(db.sql, { rows: 800, from: monthStart, days: now.getUTCDate() - 1 + now.getUTCHours() / 24 })
-    const { chromium } = await import('playwright-core')
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
-    })
-    const context = await browser.newContext({ acceptDownloads: true, viewport: { width: 1280, height: 900 } })
+    const context = await (await launched()).newContext({ acceptDownloads: true, viewport: { width: 1280, height: 900 } })
     page = await context.newPage()
     mkdirSync(shots, { recursive: true })
   })
@@ -299,5 +315,178 @@ if (!existsSync(CHROMIUM)) {
     await page.waitForSelector('#sign-in-view:not([hidden])')
     const r = await page.evaluate(async () => (await fetch('/admin/v1/usage')).status)
     t.equal(r, 401, 'the cookie is gone')
+  })
+
+  // ---- The group view: the Groups table and a group's page show what the database holds for
+  // each group, to the digit, say that a request in two groups counts in both, and show a budget
+  // column once a group budget is set. Its own sidecar and database: six requests, no seed.
+  t.test('the group view in Chromium', async (t) => {
+    const fake = await new FakeOpenRouter().start()
+    const db = await createTestDb({ migrated: true })
+    const on = await startSidecar(baseEnv(fake, db.url, { ADMIN_API_KEY: ADMIN_KEY }))
+    let context: BrowserContext | undefined
+    t.teardown(async () => {
+      await context?.close()
+      await on.sidecar.stop('test end')
+      await fake.close()
+      await db.drop()
+    })
+    const send = async (user: string, name: string, groups: string): Promise<void> => {
+      const res = await request(`${on.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'x-openwebui-user-id': user, 'x-openwebui-user-name': name, 'x-openwebui-user-groups': groups },
+        body: JSON.stringify({ model: 'fake/ok', messages: [{ role: 'user', content: 'hi' }], stream: false }),
+      })
+      if (res.statusCode !== 200) throw new Error(`status ${res.statusCode}`)
+      await res.body.dump()
+    }
+    // Grace teaches maths and physics; Ada physics; Lin is in no group.
+    for (let i = 0; i < 3; i++) await send('u-grace', 'Grace', 'Maths,Physics')
+    for (let i = 0; i < 2; i++) await send('u-ada', 'Ada', 'Physics')
+    await send('u-lin', 'Lin', '{{USER_GROUPS}}')
+    await settle(on.sidecar, db.sql, 6)
+    context = await (await launched()).newContext({ viewport: { width: 1280, height: 900 } })
+    const page = await context.newPage()
+
+    const inGroup = async (group: string | null) => {
+      const [r] = await db.sql<Array<{ billed: string, requests: number, members: number }>>`
+        select coalesce(sum(billed_cost_usd), 0)::text as billed, count(*)::int as requests, count(distinct user_id)::int as members
+        from usage_events where created_at >= ${monthStart}::timestamptz and created_at < ${nextMonth}::timestamptz
+          and (${group}::text is null or ${group}::text = any (groups))`
+      return r
+    }
+
+    const groupRows = () => page.$$eval('#groups-table tbody tr', (trs) => trs.map((tr) => ({
+      group: tr.querySelector('a[data-group]')?.getAttribute('data-group') ?? null,
+      members: tr.querySelectorAll('[data-exact]')[0]?.getAttribute('data-exact') ?? '',
+      requests: tr.querySelectorAll('[data-exact]')[1]?.getAttribute('data-exact') ?? '',
+      billed: tr.querySelectorAll('[data-exact]')[4]?.getAttribute('data-exact') ?? '',
+      shown: tr.querySelectorAll('[data-exact]')[4]?.textContent ?? '',
+      cells: tr.children.length,
+    })))
+
+    await t.test('the Groups table: members and spend per group, equal to the database; the note on counting', async (t) => {
+      await page.goto(`${on.url}/admin/`)
+      await page.fill('#key', ADMIN_KEY)
+      await page.keyboard.press('Enter')
+      await page.waitForSelector('#groups-table tbody tr')
+      const rows = await groupRows()
+      t.same(rows.map((r) => r.group).sort(), ['Maths', 'Physics'], 'one row per group; an unexpanded template is no group')
+      for (const r of rows) {
+        const db$ = await inGroup(r.group)
+        t.equal(r.members, String(db$.members), `${r.group}: members`)
+        t.equal(r.requests, String(db$.requests), `${r.group}: requests`)
+        t.ok(sameDecimal(r.billed, db$.billed), `${r.group}: billed ${r.billed} = ${db$.billed}`)
+        t.equal(r.shown, formatUsd(db$.billed))
+      }
+      t.equal(rows.find((r) => r.group === 'Physics')?.requests, '5', 'Grace\'s requests count in Physics as well as Maths')
+      const all = await inGroup(null)
+      t.ok(sameDecimal((await page.getAttribute('#totals-billed [data-exact]', 'data-exact'))!, all.billed), 'the organization total counts each request once')
+      t.equal(await page.getAttribute('#totals-requests [data-exact]', 'data-exact'), '6')
+      t.match(await page.textContent('#groups-note'), /counts in each of those groups' rows; the organization's total counts it once/)
+      t.equal(await page.$('#groups-table th:text("Budget used")'), null, 'no group budgets: no budget column')
+      await page.screenshot({ path: join(shots, 'usage-groups.png'), fullPage: true })
+    })
+
+    await t.test('a group\'s page: its members and models, its totals equal the database', async (t) => {
+      await page.click('#groups-table a[data-group="Physics"]')
+      await page.waitForSelector('#group-view:not([hidden]) #group-totals-billed [data-exact]')
+      t.match(await page.textContent('#group-title'), 'Group Physics')
+      t.equal(await page.evaluate(() => document.activeElement?.id), 'group-title', 'focus moves to the new view')
+      const physics = await inGroup('Physics')
+      t.ok(sameDecimal((await page.getAttribute('#group-totals-billed [data-exact]', 'data-exact'))!, physics.billed))
+      t.equal(await page.getAttribute('#group-totals-requests [data-exact]', 'data-exact'), '5')
+      const members = await page.$$eval('#group-members-table tbody tr a[data-user]', (as) => as.map((a) => a.textContent))
+      t.same(members.sort(), ['Ada', 'Grace'])
+      t.match(await page.textContent('#group-view .group-note'), /counts in each of those groups; the organization's total counts it once/)
+      t.ok(await page.$('#group-models-table tbody tr'))
+      t.match(page.url(), /group=Physics/, 'the view is in the URL: bookmarkable, Back works')
+      await page.screenshot({ path: join(shots, 'usage-group.png'), fullPage: true })
+      await page.click('#group-back')
+      await page.waitForSelector('#overview:not([hidden]) #groups-table')
+    })
+
+    await t.test('a group budget set through the admin API appears as a budget column and on the group\'s page', async (t) => {
+      const put = await request(`${on.url}/admin/v1/budgets/groups/Physics`, {
+        method: 'PUT', headers: { authorization: `Bearer ${ADMIN_KEY}`, 'content-type': 'application/json' }, body: JSON.stringify({ limit_usd: '10', period: 'month' }),
+      })
+      t.equal(put.statusCode, 200)
+      await put.body.dump()
+      await page.reload()
+      await page.waitForSelector('#groups-table th:text("Budget used (month)")')
+      t.match(await page.textContent('#groups-table tr:has(a[data-group="Physics"]) .budget'), /\d+% of \$10\.00/)
+      t.equal(await page.textContent('#groups-table tr:has(a[data-group="Maths"]) td:last-child'), '—', 'a group without a budget shows none')
+      await page.click('#groups-table a[data-group="Physics"]')
+      await page.waitForSelector('#group-view:not([hidden]) #group-budget .budget')
+      t.match(await page.textContent('#group-budget'), /Group budget: .*% of \$10\.00 per month/)
+      await page.screenshot({ path: join(shots, 'usage-group-budget.png'), fullPage: true })
+    })
+  })
+
+  // ---- The usage page's "Recent changes": the audit trail as the API gives it, newest first,
+  // every value shown as text (a user id holding markup stays text), older pages on request, and
+  // a forgotten user appearing by pseudonym only. Its own sidecar and database, with an
+  // organization budget from the environment.
+  t.test('the audit trail on the /admin/ page in Chromium', async (t) => {
+    const AUTH = { authorization: `Bearer ${ADMIN_KEY}`, 'content-type': 'application/json' }
+    const PRINT = createHash('sha256').update(ADMIN_KEY).digest('hex').slice(0, 12)
+    const HOSTILE = '<img src=x onerror="window.__pwned=1">'
+    const fake = await new FakeOpenRouter().start()
+    const db = await createTestDb({ migrated: true })
+    const on = await startSidecar(baseEnv(fake, db.url, { ADMIN_API_KEY: ADMIN_KEY, ORG_BUDGET_USD: '500' }))
+    let context: BrowserContext | undefined
+    t.teardown(async () => {
+      await context?.close()
+      await on.sidecar.stop('test end')
+      await fake.close()
+      await db.drop()
+    })
+    context = await (await launched()).newContext({ viewport: { width: 1280, height: 900 } })
+    const page = await context.newPage()
+
+    const put = async (path: string, body: unknown) => {
+      const r = await request(on.url + path, { method: 'PUT', headers: AUTH, body: JSON.stringify(body) })
+      await r.body.dump()
+      return r.statusCode
+    }
+
+    const rows = () => page.$$eval('#audit-table tbody tr', (trs) => trs.map((tr) => [...tr.children].map((c) => c.textContent)))
+
+    await t.test('recent changes: newest first, as text, older ones on request, forgotten users by pseudonym', async (t) => {
+      for (let i = 0; i < 22; i++) t.equal(await put(`/admin/v1/budgets/users/${encodeURIComponent(`pupil-${i}`)}`, { limit_usd: '2', period: 'week' }), 200)
+      t.equal(await put(`/admin/v1/budgets/users/${encodeURIComponent(HOSTILE)}`, { limit_usd: '1.5', period: 'day' }), 200)
+
+      await page.goto(`${on.url}/admin/`)
+      await page.fill('#key', ADMIN_KEY)
+      await page.keyboard.press('Enter')
+      await page.waitForSelector('#audit-table tbody tr')
+      let shown = await rows()
+      t.equal(shown.length, 20, 'one page of 20')
+      t.same(shown[0].slice(1), [`admin key ${PRINT}`, 'budget.set', `budgets/users/${HOSTILE}`, '—', 'limit_usd: 1.5, period: day'], 'the newest first, markup as text')
+      t.equal(await page.evaluate(() => (window as any).__pwned), undefined, 'nothing in the trail ran')
+      t.equal(await page.$$eval('#audit-table img', (x) => x.length), 0, 'no element made from a value')
+      t.notOk(String(await page.textContent('#audit-table')).includes(ADMIN_KEY), 'the key is never shown')
+      await page.screenshot({ path: join(shots, 'admin-audit.png'), fullPage: true })
+
+      t.ok(await page.isVisible('#audit-more'), 'older changes are a click away')
+      await page.click('#audit-more')
+      await page.waitForFunction(() => document.querySelectorAll('#audit-table tbody tr').length === 24)
+      shown = await rows()
+      t.same(shown.at(-1)!.slice(1, 4), ['environment', 'budget.set', 'budgets/organization'], 'the oldest: the environment\'s budget at boot')
+      t.notOk(await page.isVisible('#audit-more'), 'nothing older')
+
+      const del = await request(on.url + `/admin/v1/users/${encodeURIComponent('pupil-3')}`, { method: 'DELETE', headers: AUTH })
+      const body = await del.body.json() as { user_id: string }
+      t.equal(del.statusCode, 200)
+      await page.reload()
+      await page.waitForSelector('#audit-table tbody tr')
+      shown = await rows()
+      t.same(shown[0].slice(1, 4), [`admin key ${PRINT}`, 'user.forgotten', `users/${body.user_id}`])
+      t.notOk(JSON.stringify(shown).includes('pupil-3'), 'the forgotten id is nowhere on the page')
+      await page.click('#audit-more')
+      await page.waitForFunction(() => document.querySelectorAll('#audit-table tbody tr').length === 25)
+      t.notOk(JSON.stringify(await rows()).includes('pupil-3'), 'not on older pages either')
+      t.ok(JSON.stringify(await rows()).includes(`budgets/users/${body.user_id}`), 'her budget line names the pseudonym')
+    })
   })
 }

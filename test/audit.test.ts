@@ -16,12 +16,15 @@ const AUTH = { authorization: `Bearer ${ADMIN_KEY}` }
 const FINGERPRINT = createHash('sha256').update(ADMIN_KEY).digest('hex').slice(0, 12)
 let fake: FakeOpenRouter
 let db: TestDb
+/** The sidecar of the tests after the first (which is about booting): one for all of them. */
+let shared: Started | undefined
 
 t.before(async () => {
   fake = await new FakeOpenRouter().start()
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
 })
 t.teardown(async () => {
+  await shared?.sidecar.stop('test end')
   await fake?.close()
   await db?.drop()
 })
@@ -34,6 +37,12 @@ async function call (s: Started, method: string, path: string, body?: unknown, h
 
 async function boot (extra: Record<string, string> = {}): Promise<Started> {
   return startSidecar(baseEnv(fake, db.url, { ADMIN_API_KEY: ADMIN_KEY, ...extra }))
+}
+
+/** A sidecar booted without budgets in its environment, started by the first test that asks. */
+async function running (): Promise<Started> {
+  shared ??= await boot()
+  return shared
 }
 
 async function envRows (): Promise<Array<{ action: string, target: string, before: unknown, after: unknown }>> {
@@ -67,8 +76,7 @@ t.test('env-seeded budgets: one audit line per change, none for a boot that chan
 })
 
 t.test('GET /admin/v1/audit: newest first, keyset pages that cover every row once, bad parameters are 400', async (t) => {
-  const s = await boot()
-  t.teardown(() => s.sidecar.stop('test'))
+  const s = await running()
   for (let i = 0; i < 23; i++) t.equal((await call(s, 'PUT', `/admin/v1/budgets/users/pager-${i}`, { limit_usd: String(i + 1), period: 'day' })).status, 200)
   const total = (await db.sql`select count(*)::int as n from audit_log where organization_id = ${ORG}`)[0].n
   const seen: string[] = []
@@ -111,8 +119,7 @@ t.test('GET /admin/v1/audit: newest first, keyset pages that cover every row onc
 })
 
 t.test('actor: a fingerprint of the credential, by kind; the key never appears in the trail', async (t) => {
-  const s = await boot()
-  t.teardown(() => s.sidecar.stop('test'))
+  const s = await running()
   t.equal((await call(s, 'PUT', '/admin/v1/budgets/users/by-page', { limit_usd: '3', period: 'week' }, { cookie: `usage_proxy_admin=${ADMIN_KEY}` })).status, 200)
   t.equal((await call(s, 'DELETE', '/admin/v1/budgets/users/by-page')).status, 200)
   const r: any = await call(s, 'GET', '/admin/v1/audit?limit=2')
@@ -131,8 +138,7 @@ t.test('actor: a fingerprint of the credential, by kind; the key never appears i
 
 t.test('usage-proxy forget --user: the command line forgets as `cli`', async (t) => {
   ensureBuilt()
-  const s = await boot()
-  t.teardown(() => s.sidecar.stop('test'))
+  const s = await running()
   await seedLedger(db.sql, { rows: 120, from: '2026-10-01', days: 20 })
   const env = { DATABASE_URL: db.url, OPENROUTER_EXTERNAL_USER: ORG }
   const [{ billed }] = await db.sql`select sum(billed_cost_usd)::text as billed from usage_events`

@@ -60,7 +60,7 @@ t.test('a group budget binds under 64 concurrent requests across 3 sidecars', as
   fake.slowEventMs = 15
   // Request numbers that are multiples of 3 (a physics member's, among others) cost more than listed.
   fake.costOf = (body) => (Number(/request (\d+)/.exec(String(body.messages?.[0]?.content))?.[1]) % 3 === 0 ? '0.0007' : '0.0004')
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   const sidecars: Started[] = []
   t.teardown(async () => {
     for (const s of sidecars) await s.sidecar.stop('test end')
@@ -150,7 +150,7 @@ t.test('a group budget binds under 64 concurrent requests across 3 sidecars', as
 t.test('a user in two groups is refused by the tighter one, which the 402 names', async (t) => {
   const fake = await new FakeOpenRouter(32).start()
   fake.fixedCost = '0.0004'
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   const s = await startSidecar(baseEnv(fake, db.url, { ADMIN_API_KEY: ADMIN_KEY, BUDGET_REFRESH_MS: '100' }), { groupsOf })
   t.teardown(async () => { await s.sidecar.stop('test end'); await fake.close(); await db.drop() })
   t.equal((await call(s.url, 'PUT', '/admin/v1/budgets/groups/physics', { limit_usd: '10', period: 'month' })).status, 200)
@@ -202,7 +202,7 @@ t.test('a user in two groups is refused by the tighter one, which the 402 names'
 })
 
 t.test('a group budget set mid-period starts from what the group already spent this period', async (t) => {
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   const fake = await new FakeOpenRouter(33).start()
   const s = await startSidecar(baseEnv(fake, db.url, { ADMIN_API_KEY: ADMIN_KEY }), { groupsOf })
   t.teardown(async () => { await s.sidecar.stop('test end'); await fake.close(); await db.drop() })
@@ -236,7 +236,7 @@ t.test('a group budget set mid-period starts from what the group already spent t
 })
 
 t.test('key budgets through the store: held, refused by name, settled once, deleted', async (t) => {
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   t.teardown(() => db.drop())
   const fake = await new FakeOpenRouter(34).start()
   const s = await startSidecar(baseEnv(fake, db.url, {}))

@@ -60,10 +60,19 @@ t.test('wholeMonths: the calendar months wholly inside [from, to)', async (t) =>
   t.equal(wholeMonths('2026-01-01', '2026-01-31'), null)
 })
 
+/**
+ * The seeded database of the next two tests, made once: the first only reads it, the second
+ * reads it the same way before it corrupts it, so neither depends on the other having run.
+ */
+let shared: Promise<TestDb> | null = null
+const sharedSeeded = (): Promise<TestDb> => {
+  shared ??= (async () => { const db = await createTestDb({ migrated: true }); await seeded(db); return db })()
+  return shared
+}
+t.teardown(async () => { if (shared) await (await shared).drop() })
+
 t.test('every grouping, every range, every user filter: the monthly path gives the digits of usage_events', async (t) => {
-  const db = await createTestDb()
-  t.teardown(() => db.drop())
-  await seeded(db)
+  const db = await sharedSeeded()
   const [{ deltas }] = await db.sql`select count(*)::int as deltas from usage_rollup_deltas`
   t.ok(deltas > 0, 'some sums are still deltas, not folded')
   const [{ n: folded }] = await db.sql`select count(*)::int as n from usage_monthly_rollups`
@@ -88,9 +97,7 @@ t.test('every grouping, every range, every user filter: the monthly path gives t
 })
 
 t.test('the coarse tables are what is read: a corrupted row shows (so the digits above came from them)', async (t) => {
-  const db = await createTestDb()
-  t.teardown(() => db.drop())
-  await seeded(db)
+  const db = await sharedSeeded()
   await db.sql`select usage_rollup_compact()`
   const year: Period = { organizationId: ORG, from: iso(month(-3)), to: iso(TOMORROW) }
   const before = await usageTotals(db.sql, year, 'monthly')
@@ -150,7 +157,7 @@ t.test('migration 009 fills the monthly and per-organization day rollups from wh
 })
 
 t.test('verify names a corrupted monthly row and a corrupted per-organization day row, each as itself', async (t) => {
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   t.teardown(() => db.drop())
   await seeded(db)
   const env = { DATABASE_URL: db.url }
@@ -200,7 +207,7 @@ t.test('verify names a corrupted monthly row and a corrupted per-organization da
 })
 
 t.test('verify where retention dropped the raw rows: the coarse tables against the daily rollups', async (t) => {
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   t.teardown(() => db.drop())
   await seeded(db)
   await db.sql`select usage_rollup_compact()`
@@ -218,7 +225,7 @@ t.test('verify where retention dropped the raw rows: the coarse tables against t
 })
 
 t.test('events?model=: the rows asked for the model or served by it, newest first, page after page', async (t) => {
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   t.teardown(() => db.drop())
   await migrate(db.sql, 'sql')
   await seedLedger(db.sql, { rows: 400, from: iso(month(-1)), days: 28 })

@@ -57,7 +57,7 @@ export const BREAKS = [
     file: 'src/proxy/metered.ts',
     search: '    groups: who.groups,\n',
     replace: '',
-    tests: [...GROUPS, 'test/admin-page-groups.test.ts'],
+    tests: [...GROUPS, 'test/admin-page.test.ts'],
   },
   {
     name: 'groups: the mapping keeps its first groups',
@@ -120,7 +120,7 @@ export const BREAKS = [
     file: 'src/usage/reports/usage-report.ts',
     search: '${sql.unsafe(groupBy === \'group\' ? \'count(distinct external_user_id)::int\' : \'null::int\')} as members',
     replace: '${sql.unsafe(groupBy === \'group\' ? \'count(*)::int\' : \'null::int\')} as members',
-    tests: [...GROUPS, 'test/admin-page-groups.test.ts'],
+    tests: [...GROUPS, 'test/admin-page.test.ts'],
   },
   {
     name: 'groups: the statement\'s group members count requests',
