@@ -11,10 +11,11 @@
 // file does not start last. A passing file prints one line; a failing one prints all it wrote.
 // The last line is `N passed, N failed`, counted from each file's own tap summary.
 //
-// Usage: node test/run.mjs [files...]   (jobs and timeout: package.json "tap", TAP_TIMEOUT)
+// Usage: node test/run.mjs [files...]   (jobs and timeout: package.json "tap", TAP_TIMEOUT;
+// TEST_JOBS and TEST_TIMES_FILE override the jobs and where the times are kept)
 import { spawn } from 'node:child_process'
 import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
-import { join, relative } from 'node:path'
+import { dirname, join, relative } from 'node:path'
 import { transpiled } from './support/ts-cache.mjs'
 
 const root = join(import.meta.dirname, '..')
@@ -22,7 +23,7 @@ const config = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')).tap
 const jobs = Number(process.env.TEST_JOBS ?? config.jobs ?? 4)
 const timeoutS = Number(process.env.TAP_TIMEOUT ?? config.timeout ?? 120)
 const nodeArgs = ['--enable-source-maps', ...(config['node-arg'] ?? [])]
-const timesFile = join(root, '.tap', 'test-times.json')
+const timesFile = process.env.TEST_TIMES_FILE ?? join(root, '.tap', 'test-times.json')
 
 const files = process.argv.length > 2
   ? process.argv.slice(2).map((f) => relative(root, join(process.cwd(), f)))
@@ -96,7 +97,7 @@ await Promise.all(Array.from({ length: Math.min(jobs, queue.length) }, async () 
   for (let f = queue.shift(); f !== undefined; f = queue.shift()) await runFile(f)
 }))
 
-mkdirSync(join(root, '.tap'), { recursive: true })
+mkdirSync(dirname(timesFile), { recursive: true })
 writeFileSync(timesFile, JSON.stringify(times, null, 1))
 if (failedFiles.length > 0) process.stdout.write(`\nfailed: ${failedFiles.join(' ')}\n`)
 process.stdout.write(`# { total: ${totals.total}, pass: ${totals.pass}, fail: ${totals.fail}, skip: ${totals.skip}, todo: ${totals.todo} }\n`)
