@@ -1,18 +1,25 @@
 #!/usr/bin/env node
-// `npm test`'s runner: each test file in a node process of its own, as tap's runner does, without
-// what that runner adds to every process for coverage. tap's runner preloads
-// @tapjs/processinfo into each test process (a module hook that copies every loaded module's text
-// to the main thread and records its line lengths), about 0.6 s of CPU per file on this 2-core
-// machine: a third of the suite's time, for coverage `npm test` does not measure. Coverage runs
-// keep tap's runner (`npm run test:coverage`), and so does `npx tap test/x.test.ts`.
+// `npm test`'s runner. tap's runner starts a node process per test file and preloads
+// @tapjs/processinfo into each (a module hook that copies every loaded module's text to the main
+// thread), about 0.6 s of CPU per file on this 2-core machine, for coverage `npm test` does not
+// measure. Coverage runs keep tap's runner (`npm run test:coverage`), and so does
+// `npx tap test/x.test.ts`.
+//
+// Short files share a process: test/support/batch.mjs loads them one after another, each in a
+// subtest named for the file, with its own `t`, database and sidecars. A process's fixed cost
+// (Node, the TypeScript loader, tap, the sidecar's ~100 modules: a second of CPU or more here) is
+// then paid once per batch. A file that changes the process itself (its heap, its handlers, its
+// environment) says so in a line `// test/run.mjs: own process, <why>` and runs alone, as does a
+// file that took TEST_ALONE_S or more last time, or one not named *.test.ts.
 //
 // The transpile cache is filled before the first file starts (test/support/ts-cache.mjs).
-// Files start longest first, by the times of the last run (.tap/test-times.json), so the slowest
-// file does not start last. A passing file prints one line; a failing one prints all it wrote.
-// The last line is `N passed, N failed`, counted from each file's own tap summary.
+// Processes start longest first, by the times of the last run (.tap/test-times.json). A passing
+// file prints one line; a failing process prints all it wrote. The last line is
+// `N passed, N failed`, counted from each process's own tap summary.
 //
 // Usage: node test/run.mjs [files...]   (jobs and timeout: package.json "tap", TAP_TIMEOUT;
-// TEST_JOBS and TEST_TIMES_FILE override the jobs and where the times are kept)
+// TEST_JOBS, TEST_TIMES_FILE, TEST_ALONE_S and TEST_BATCH_S override the jobs, where the times
+// are kept, the time from which a file runs alone, and the time a batch holds)
 import { spawn } from 'node:child_process'
 import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import { dirname, join, relative } from 'node:path'
@@ -25,33 +32,53 @@ const timeoutS = Number(process.env.TAP_TIMEOUT ?? config.timeout ?? 120)
 const nodeArgs = ['--enable-source-maps', ...(config['node-arg'] ?? [])]
 const timesFile = process.env.TEST_TIMES_FILE ?? join(root, '.tap', 'test-times.json')
 
+const aloneS = Number(process.env.TEST_ALONE_S ?? 10)
+const batchS = Number(process.env.TEST_BATCH_S ?? 40)
+
 const files = process.argv.length > 2
   ? process.argv.slice(2).map((f) => relative(root, join(process.cwd(), f)))
-  : readdirSync(join(root, 'test'), { recursive: true }).map((f) => join('test', String(f))).filter((f) => f.endsWith('.test.ts')).sort()
+  : readdirSync(join(root, 'test'), { recursive: true }).map((f) => join('test', String(f)))
+    .filter((f) => f.endsWith('.test.ts') && !f.startsWith(join('test', 'fixtures'))).sort()
 
 let times = {}
 try { times = JSON.parse(readFileSync(timesFile, 'utf8')) } catch {}
 // A file without a time yet goes by its size: a long file is more often a slow one.
 const weight = (f) => times[f] ?? statSync(join(root, f)).size / 1000
-const queue = [...files].sort((a, b) => weight(b) - weight(a))
+const ownProcess = (f) => /^\/\/ test\/run\.mjs: own process\b/m.test(readFileSync(join(root, f), 'utf8').slice(0, 8192))
+const alone = (f) => !f.endsWith('.test.ts') || weight(f) >= aloneS || ownProcess(f)
+
+// Each job is a list of files for one process: a file alone, or a batch of short ones filled up
+// to TEST_BATCH_S seconds of their last times, longest files first.
+const jobsToRun = []
+let batch = null
+for (const f of [...files].sort((a, b) => weight(b) - weight(a))) {
+  if (alone(f)) { jobsToRun.push([f]); continue }
+  if (batch === null || batch.reduce((s, b) => s + weight(b), 0) >= batchS) jobsToRun.push(batch = [])
+  batch.push(f)
+}
+const jobWeight = (job) => job.reduce((s, f) => s + weight(f), 0)
+const queue = jobsToRun.sort((a, b) => jobWeight(b) - jobWeight(a))
 
 const totals = { total: 0, pass: 0, fail: 0, skip: 0, todo: 0 }
 const failedFiles = []
 const running = new Set()
 
-function runFile (file) {
+function runJob (job) {
   return new Promise((resolve) => {
     const started = Date.now()
-    const child = spawn(process.execPath, [...nodeArgs, file], {
+    const batched = job.length > 1
+    const args = batched ? [...nodeArgs, 'test/support/batch.mjs', ...job] : [...nodeArgs, job[0]]
+    const child = spawn(process.execPath, args, {
       cwd: root, detached: true, stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, TAP_TIMEOUT: String(timeoutS) },
+      env: { ...process.env, TAP_TIMEOUT: String(timeoutS * job.length), TEST_FILE_TIMEOUT: String(timeoutS), ...(batched ? { TEST_BATCH: '1' } : {}) },
     })
     running.add(child)
     const out = []
     child.stdout.on('data', (b) => out.push(b))
     child.stderr.on('data', (b) => out.push(b))
     // tap's own timeout ends a file that overruns; this is for a process that does not end then.
-    const killer = setTimeout(() => { out.push(Buffer.from(`\n# test/run.mjs: no exit ${timeoutS + 30} s after start, killed\n`)); kill(child) }, (timeoutS + 30) * 1000)
+    const limitS = timeoutS * job.length + 30
+    const killer = setTimeout(() => { out.push(Buffer.from(`\n# test/run.mjs: no exit ${limitS} s after start, killed\n`)); kill(child) }, limitS * 1000)
     child.on('close', (code, signal) => {
       clearTimeout(killer)
       running.delete(child)
@@ -62,16 +89,37 @@ function runFile (file) {
       const count = (k) => Number(summary.match(new RegExp(`\\b${k}: (\\d+)`))?.[1] ?? 0)
       const r = { total: count('total'), pass: count('pass'), fail: count('fail'), skip: count('skip'), todo: count('todo') }
       const ok = code === 0 && signal === null && summary !== '' && r.fail === 0
-      if (!ok && r.fail === 0) r.fail = 1 // a crash, a timeout or no plan: the file itself failed
+      if (!ok && r.fail === 0) r.fail = 1 // a crash, a timeout or no plan: the process itself failed
       for (const k of Object.keys(totals)) totals[k] += r[k]
-      times[file] = seconds
-      const line = `${ok ? 'ok    ' : 'FAIL  '} ${seconds.toFixed(1).padStart(6)} s  ${file}  (${r.pass} passed${r.skip ? `, ${r.skip} skipped` : ''}${ok ? '' : `, ${r.fail} failed, exit ${signal ?? code}`})`
-      if (!ok) {
-        failedFiles.push(file)
-        // Indented, so its own summary line is not read as the run's.
-        process.stdout.write(text.replace(/^/gm, '    ') + '\n')
+      const counts = `${r.pass} passed${r.skip ? `, ${r.skip} skipped` : ''}${ok ? '' : `, ${r.fail} failed, exit ${signal ?? code}`}`
+      const lines = []
+      if (batched) {
+        // A batch's files are its root's subtests, `ok 3 - test/x.test.ts # time=812.5ms`, each
+        // followed by `not ok 4 - test/x.test.ts tested nothing` when the file made no assertion.
+        const results = new Map()
+        for (const m of text.matchAll(/^(not )?ok \d+ - (\S+)(?: # time=([\d.]+)ms)?/gm)) {
+          if (!job.includes(m[2])) continue
+          const res = results.get(m[2]) ?? { ok: true, s: 0 }
+          res.ok &&= m[1] === undefined
+          if (m[3] !== undefined) res.s = Number(m[3]) / 1000
+          results.set(m[2], res)
+        }
+        for (const f of job) {
+          const res = results.get(f)
+          if (res !== undefined) times[f] = res.s
+          if (res?.ok !== true) failedFiles.push(f)
+          lines.push(`${res?.ok === true ? 'ok    ' : 'FAIL  '} ${(res?.s ?? 0).toFixed(1).padStart(6)} s  ${f}${res === undefined ? '  (no result)' : ''}`)
+        }
+        lines.push(`${ok ? 'ok    ' : 'FAIL  '} ${seconds.toFixed(1).padStart(6)} s  the ${job.length} files above, in one process  (${counts})`)
+        if (!ok && job.every((f) => !failedFiles.includes(f))) failedFiles.push(...job)
+      } else {
+        times[job[0]] = seconds
+        if (!ok) failedFiles.push(job[0])
+        lines.push(`${ok ? 'ok    ' : 'FAIL  '} ${seconds.toFixed(1).padStart(6)} s  ${job[0]}  (${counts})`)
       }
-      process.stdout.write(line + '\n')
+      // Indented, so its own summary line is not read as the run's.
+      if (!ok) process.stdout.write(text.replace(/^/gm, '    ') + '\n')
+      process.stdout.write(lines.join('\n') + '\n')
       resolve()
     })
   })
@@ -94,7 +142,7 @@ for (const dir of ['src', 'test']) {
   }
 }
 await Promise.all(Array.from({ length: Math.min(jobs, queue.length) }, async () => {
-  for (let f = queue.shift(); f !== undefined; f = queue.shift()) await runFile(f)
+  for (let j = queue.shift(); j !== undefined; j = queue.shift()) await runJob(j)
 }))
 
 mkdirSync(dirname(timesFile), { recursive: true })

@@ -1,6 +1,6 @@
 import t from 'tap'
 import { spawnSync } from 'node:child_process'
-import { mkdtempSync, readFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
@@ -10,8 +10,9 @@ import { join } from 'node:path'
 const ROOT = join(import.meta.dirname, '..')
 const FIX = 'test/fixtures/runner'
 
-function run (files: string[]): { status: number | null, lines: string[], out: string, times: string } {
+function run (files: string[], lastTimes: Record<string, number> = {}): { status: number | null, lines: string[], out: string, times: string } {
   const times = join(mkdtempSync(join(tmpdir(), 'runner-')), 'times.json')
+  writeFileSync(times, JSON.stringify(Object.fromEntries(Object.entries(lastTimes).map(([f, s]) => [`${FIX}/${f}.ts`, s]))))
   const r = spawnSync(process.execPath, ['test/run.mjs', ...files.map((f) => `${FIX}/${f}.ts`)], {
     cwd: ROOT, encoding: 'utf8', timeout: 60_000, env: { PATH: process.env.PATH ?? '', TEST_TIMES_FILE: times, TAP_TIMEOUT: '30' },
   })
@@ -43,4 +44,40 @@ t.test('a file killed before its summary, or one that tests nothing, fails the r
   t.match(r.out, /^FAIL .* test\/fixtures\/runner\/killed\.ts .*exit SIGKILL\)$/m)
   t.match(r.out, /^FAIL .* test\/fixtures\/runner\/no-tap\.ts/m)
   t.equal(r.lines.at(-1), '0 passed, 2 failed')
+})
+
+t.test('short files share a process, one after another, each with its own t', async (t) => {
+  const r = run(['batch-a.test', 'batch-b.test'])
+  t.equal(r.status, 0, r.out)
+  t.match(r.out, /^ok .* the 2 files above, in one process {2}\(\d+ passed\)$/m)
+  t.match(r.out, /^ok .* test\/fixtures\/runner\/batch-a\.test\.ts$/m)
+  t.match(r.out, /^ok .* test\/fixtures\/runner\/batch-b\.test\.ts$/m, 'each file\'s teardown ran before the other started')
+  t.match(r.lines.at(-1), /^[1-9]\d* passed, 0 failed$/)
+  t.ok(JSON.parse(r.times)['test/fixtures/runner/batch-a.test.ts'] >= 0, 'a batched file\'s own time kept')
+})
+
+t.test('in a batch, the failing file is the one named; a file that tests nothing fails there too', async (t) => {
+  const r = run(['batch-a.test', 'batch-fails.test', 'batch-empty.test'])
+  t.equal(r.status, 1)
+  t.match(r.out, /^FAIL .* test\/fixtures\/runner\/batch-fails\.test\.ts$/m)
+  t.match(r.out, /^FAIL .* test\/fixtures\/runner\/batch-empty\.test\.ts$/m)
+  t.match(r.out, /^ok .* test\/fixtures\/runner\/batch-a\.test\.ts$/m)
+  t.match(r.out, /^FAIL .* the 3 files above, in one process/m)
+  t.match(r.out, /^failed: test\/fixtures\/runner\/batch-(fails|empty)\.test\.ts test\/fixtures\/runner\/batch-(fails|empty)\.test\.ts$/m)
+})
+
+t.test('a file that kills its batch fails the files left without a result', async (t) => {
+  // The heavier file starts first: the one that dies, then the one it takes down.
+  const r = run(['batch-dies.test', 'batch-a.test'], { 'batch-dies.test': 2, 'batch-a.test': 1 })
+  t.equal(r.status, 1)
+  t.match(r.out, /^FAIL .* test\/fixtures\/runner\/batch-a\.test\.ts {2}\(no result\)$/m)
+  t.match(r.out, /^FAIL .* the 2 files above, in one process .*exit SIGKILL\)$/m)
+})
+
+t.test('a file marked for a process of its own, or slow last time, runs alone', async (t) => {
+  const r = run(['batch-own.test', 'batch-a.test', 'batch-b.test'], { 'batch-b.test': 60 })
+  t.equal(r.status, 0, r.out)
+  t.match(r.out, /^ok .* test\/fixtures\/runner\/batch-own\.test\.ts {2}\(1 passed\)$/m, 'the marker line')
+  t.match(r.out, /^ok .* test\/fixtures\/runner\/batch-b\.test\.ts {2}\(\d+ passed\)$/m, 'over TEST_ALONE_S last time')
+  t.notMatch(r.out, /in one process/, 'batch-a is left alone in its batch: a batch of one is a process of its own')
 })

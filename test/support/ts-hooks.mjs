@@ -4,7 +4,12 @@ import { existsSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { transpiled } from './ts-cache.mjs'
 
+const batched = process.env.TEST_BATCH === '1'
+const batchTap = new URL('./batch-tap.mjs', import.meta.url).href
+
 export async function resolve (specifier, context, next) {
+  // Several files in one process (test/support/batch.mjs): a test file's `t` is its own subtest.
+  if (batched && specifier === 'tap' && context.parentURL?.endsWith('.test.ts')) return { url: batchTap, shortCircuit: true }
   // A TypeScript file's relative import of './x.js' names the .ts beside it when no .js is there:
   // answered here, since asking the next resolver first costs a thrown error per module.
   if (context.parentURL?.endsWith('.ts') && /^\.\.?\/.*\.js$/.test(specifier)) {
