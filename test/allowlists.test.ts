@@ -27,7 +27,7 @@ let b: Started
 
 t.before(async () => {
   fake = await new FakeOpenRouter(41).start()
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
   const env = { ADMIN_API_KEY: ADMIN_KEY, BUDGET_REFRESH_MS: '100', LOG_LEVEL: 'warn' }
   a = await startSidecar(baseEnv(fake, db.url, env), { groupsOf })
   b = await startSidecar(baseEnv(fake, db.url, env), { groupsOf })

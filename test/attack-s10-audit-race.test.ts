@@ -20,7 +20,7 @@ let holder: postgres.Sql<{}>
 
 t.before(async () => {
   fake = await new FakeOpenRouter(43).start()
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
   a = await startSidecar(baseEnv(fake, db.url, { ADMIN_API_KEY: ADMIN_KEY, BUDGET_REFRESH_MS: '100', LOG_LEVEL: 'warn' }))
   holder = postgres(db.url, { max: 1, onnotice: () => {} })
 })

@@ -21,7 +21,7 @@ const groupsOf = (h: IncomingHttpHeaders): string[] => {
 
 t.before(async () => {
   fake = await new FakeOpenRouter(44).start()
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
   s = await startSidecar(baseEnv(fake, db.url, { ADMIN_API_KEY: ADMIN_KEY, BUDGET_REFRESH_MS: '100', LOG_LEVEL: 'warn' }), { groupsOf })
   const put = await request(s.url + '/admin/v1/allowlists/groups/lab', {
     method: 'PUT', headers: { authorization: `Bearer ${ADMIN_KEY}`, 'content-type': 'application/json' }, body: JSON.stringify({ models: ['fake/whisper', 'fake/ok'] }),

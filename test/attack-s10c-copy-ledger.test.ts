@@ -22,8 +22,8 @@ let target: TestDb
 let ce: FakeCloudEvents
 
 t.before(async () => {
-  source = await createTestDb()
-  target = await createTestDb()
+  source = await createTestDb({ migrated: true })
+  target = await createTestDb({ migrated: true })
   await migrate(source.sql, 'sql')
   await migrate(target.sql, 'sql')
   ce = new FakeCloudEvents(undefined)

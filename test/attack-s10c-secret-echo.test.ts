@@ -21,7 +21,7 @@ let stripe: FakeStripe
 let base: string
 
 t.before(async () => {
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
   await migrate(db.sql, 'sql')
   stripe = new FakeStripe(KEY)
   base = await stripe.listen()

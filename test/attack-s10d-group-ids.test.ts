@@ -23,7 +23,7 @@ let rows = 0
 
 t.before(async () => {
   fake = await new FakeOpenRouter().start()
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
   s = await startSidecar(baseEnv(fake, db.url, { ADMIN_API_KEY: ADMIN_KEY, LOG_LEVEL: 'warn', BUDGET_REFRESH_MS: '100' }))
 })
 t.teardown(async () => {

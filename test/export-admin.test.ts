@@ -24,7 +24,7 @@ t.before(async () => {
   fake = await new FakeOpenRouter().start()
   stripe = new FakeStripe(STRIPE_KEY)
   const base = await stripe.listen()
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
   env = baseEnv(fake, db.url, {
     ADMIN_API_KEY: ADMIN_KEY, STRIPE_SECRET_KEY: STRIPE_KEY, STRIPE_API_BASE: base, STRIPE_CUSTOMER_ID: 'cus_OrgSeed1',
     EXPORT_POLL_MS: '20', EXPORT_LEASE_MS: '2000',

@@ -23,7 +23,7 @@ t.test('forget under concurrent traffic on two replicas', async (t) => {
   if (await withoutServer(t, 'two replicas, the ledger and the compaction contend for locks with forget')) return
   fake = await new FakeOpenRouter().start()
   fake.generationDelayMs = 0
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
   const env = { ADMIN_API_KEY: ADMIN_KEY, ORG_BUDGET_USD: '100000', USER_BUDGET_USD: '10000' }
   a = await startSidecar(baseEnv(fake, db.url, env))
   b = await startSidecar(baseEnv(fake, db.url, env))

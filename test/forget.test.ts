@@ -25,7 +25,7 @@ let on: Started
 
 t.before(async () => {
   fake = await new FakeOpenRouter().start()
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
   on = await startSidecar(baseEnv(fake, db.url, { ADMIN_API_KEY: ADMIN_KEY }))
   await seedLedger(db.sql, { rows: 600, from: '2026-09-28', days: 38 })
   await db.sql`update usage_events set chat_id = 'chat-of-anna', message_id = 'msg-of-anna' where user_id = ${ANNA}`

@@ -17,7 +17,7 @@ let db: TestDb
 const conns: Array<postgres.Sql<{}>> = []
 
 t.before(async () => {
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
   await migrate(db.sql, 'sql')
   await db.sql`insert into organizations (id, name) values (${ORG}, 'Group locks')`
 })

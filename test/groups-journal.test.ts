@@ -28,7 +28,7 @@ const rec = (groups: string[] | undefined, extra: Partial<UsageRecord> = {}): Us
 }
 
 t.test('groups survive the journal: final lines, intents and old lines', async (t) => {
-  const db = await createTestDb()
+  const db = await createTestDb({ migrated: true })
   t.teardown(() => db.drop())
   await migrate(db.sql, 'sql')
   await db.sql`insert into organizations (id, name) values (${ORG}, 'Org')`

@@ -34,7 +34,7 @@ const MONTH = FROM.slice(0, 7)
 
 t.before(async () => {
   fake = await new FakeOpenRouter().start()
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
   plain = await startSidecar(baseEnv(fake, db.url, { ADMIN_API_KEY: ADMIN_KEY }))
   signed = await startSidecar(baseEnv(fake, db.url, { ADMIN_API_KEY: ADMIN_KEY, FORWARD_USER_INFO_HEADER_JWT_SECRET: SECRET }))
   trusting = await startSidecar(baseEnv(fake, db.url, { ADMIN_API_KEY: ADMIN_KEY, FORWARD_USER_INFO_HEADER_JWT_SECRET: SECRET, TRUST_GROUP_HEADER: 'true' }))

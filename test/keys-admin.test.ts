@@ -18,7 +18,7 @@ const secrets: string[] = []
 
 t.before(async () => {
   fake = await new FakeOpenRouter(5).start()
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
   s = await startSidecar(baseEnv(fake, db.url, { ADMIN_API_KEY: ADMIN_KEY, PROXY_API_KEY: 'proxy-key-for-the-chat-app' }))
 })
 t.teardown(async () => {

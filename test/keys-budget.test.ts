@@ -17,7 +17,7 @@ let s: Started
 
 t.before(async () => {
   fake = await new FakeOpenRouter(21).start()
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
   s = await startSidecar(baseEnv(fake, db.url, { ADMIN_API_KEY: ADMIN_KEY, PROXY_API_KEY: 'proxy-key-for-the-chat-app', BUDGET_REFRESH_MS: '100' }))
 })
 t.teardown(async () => {

@@ -28,7 +28,7 @@ async function chat (base: string, key: string) {
 
 for (const mode of ['closed', 'open'] as const) {
   t.test(`BUDGET_FAIL_MODE=${mode}: keys while Postgres does not answer`, async (t) => {
-    const db = await createTestDb()
+    const db = await createTestDb({ migrated: true })
     const relay = new TcpRelay(db.port)
     await relay.reserve()
     await relay.open()

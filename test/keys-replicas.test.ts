@@ -19,7 +19,7 @@ let b: Started
 
 t.before(async () => {
   fake = await new FakeOpenRouter(13).start()
-  db = await createTestDb()
+  db = await createTestDb({ migrated: true })
   const env = () => baseEnv(fake, db.url, { ADMIN_API_KEY: ADMIN_KEY, PROXY_API_KEY: 'proxy-key-for-the-chat-app', API_KEYS_REFRESH_MS: String(REFRESH_MS), LOG_LEVEL: 'info' })
   a = await startSidecar(env())
   b = await startSidecar(env())
