@@ -1,2 +1,3 @@
 export const BUILD_MARK: string
 export function build (): void
+export function isCurrent (): boolean

@@ -17,7 +17,7 @@
 // file prints one line; a failing process prints all it wrote. The last line is
 // `N passed, N failed`, counted from each process's own tap summary.
 //
-// Usage: node test/run.mjs [files...]   (jobs and timeout: package.json "tap", TAP_TIMEOUT;
+// Usage: node test/run.mjs [--typecheck] [files...]   (jobs and timeout: package.json "tap", TAP_TIMEOUT;
 // TEST_JOBS, TEST_TIMES_FILE, TEST_ALONE_S and TEST_BATCH_S override the jobs, where the times
 // are kept, the time from which a file runs alone, and the time a batch holds)
 import { spawn } from 'node:child_process'
@@ -35,8 +35,11 @@ const timesFile = process.env.TEST_TIMES_FILE ?? join(root, '.tap', 'test-times.
 const aloneS = Number(process.env.TEST_ALONE_S ?? 10)
 const batchS = Number(process.env.TEST_BATCH_S ?? 40)
 
-const files = process.argv.length > 2
-  ? process.argv.slice(2).map((f) => relative(root, join(process.cwd(), f)))
+const args = process.argv.slice(2)
+const typecheck = args.includes('--typecheck')
+const named = args.filter((a) => a !== '--typecheck')
+const files = named.length > 0
+  ? named.map((f) => relative(root, join(process.cwd(), f)))
   : readdirSync(join(root, 'test'), { recursive: true }).map((f) => join('test', String(f)))
     .filter((f) => f.endsWith('.test.ts') && !f.startsWith(join('test', 'fixtures'))).sort()
 
@@ -125,6 +128,22 @@ function runJob (job) {
   })
 }
 
+function checkTypes () {
+  return new Promise((resolve) => {
+    const started = Date.now()
+    const tsc = join(root, 'node_modules', 'typescript', 'bin', 'tsc')
+    const child = spawn(process.execPath, [tsc, '--noEmit', '--incremental', '--tsBuildInfoFile', join('.tap', 'tsc', 'check.tsbuildinfo')], { cwd: root, detached: true, stdio: ['ignore', 'pipe', 'pipe'] })
+    running.add(child)
+    const out = []
+    child.stdout.on('data', (b) => out.push(b))
+    child.stderr.on('data', (b) => out.push(b))
+    child.on('close', (code) => {
+      running.delete(child)
+      resolve({ ok: code === 0, seconds: (Date.now() - started) / 1000, text: Buffer.concat(out).toString('utf8') })
+    })
+  })
+}
+
 function kill (child) {
   try { process.kill(-child.pid, 'SIGKILL') } catch {}
 }
@@ -141,9 +160,18 @@ for (const dir of ['src', 'test']) {
     if (String(f).endsWith('.ts') && !String(f).endsWith('.d.ts')) await transpiled(join(root, dir, String(f)))
   }
 }
+// The type-check runs beside the first files rather than before them: tsc uses one core for
+// seconds, while the suite keeps both busy.
+const types = typecheck ? checkTypes() : null
 await Promise.all(Array.from({ length: Math.min(jobs, queue.length) }, async () => {
   for (let j = queue.shift(); j !== undefined; j = queue.shift()) await runJob(j)
 }))
+
+if (types !== null) {
+  const { ok, seconds, text } = await types
+  if (!ok) { totals.fail++; failedFiles.push('tsc'); process.stdout.write(text.replace(/^/gm, '    ') + '\n') }
+  process.stdout.write(`${ok ? 'ok    ' : 'FAIL  '} ${seconds.toFixed(1).padStart(6)} s  tsc --noEmit (the types of src/ and test/)\n`)
+}
 
 mkdirSync(dirname(timesFile), { recursive: true })
 writeFileSync(timesFile, JSON.stringify(times, null, 1))

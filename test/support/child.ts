@@ -1,10 +1,10 @@
 import { spawn, spawnSync, type ChildProcess, type SpawnSyncReturns } from 'node:child_process'
-import { existsSync, mkdtempSync, readdirSync, statSync } from 'node:fs'
+import { mkdtempSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { request } from 'undici'
-import { build, BUILD_MARK } from '../../scripts/build.mjs'
+import { build, isCurrent } from '../../scripts/build.mjs'
 
 // The sidecar as a real process (dist/main.js, built by `npm test` before tap runs): for what
 // only a process can show: signals, SIGKILL, and the process-wide crash guard.
@@ -21,22 +21,12 @@ export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..')
 export const MAIN = join(ROOT, 'dist', 'main.js')
 export const CLI = join(ROOT, 'dist', 'cli.js')
 
-function newestMtime (dir: string): number {
-  let newest = 0
-  for (const e of readdirSync(dir, { withFileTypes: true })) {
-    const p = join(dir, e.name)
-    newest = Math.max(newest, e.isDirectory() ? newestMtime(p) : statSync(p).mtimeMs)
-  }
-  return newest
-}
-
 /**
  * dist/ as the sources are now: `npm test` builds before tap runs; a lone `npx tap test/<file>`
  * after an edit builds here (scripts/build.mjs, which marks the build current).
  */
 export function ensureBuilt (): void {
-  const current = existsSync(CLI) && existsSync(MAIN) && existsSync(BUILD_MARK) && statSync(BUILD_MARK).mtimeMs >= newestMtime(join(ROOT, 'src'))
-  if (!current) build()
+  if (!isCurrent()) build()
 }
 
 /**
