@@ -69,19 +69,28 @@ t.test('a transaction keeps the session: another client\'s statement waits for i
   t.equal(seen, 2, 'it sees the committed transaction whole')
 })
 
+/**
+ * Opens a transaction on `client`, inserts a row into `table` and never ends it: resolves, once the
+ * insert is in, to the transaction's promise (which settles only when the connection is lost).
+ */
+async function insertAndHang (client: postgres.Sql<{}>, table: string): Promise<{ tx: Promise<unknown> }> {
+  let inserted!: () => void
+  const insertedYet = new Promise<void>((r) => { inserted = r })
+  const tx = client.begin(async (tx) => {
+    await tx.unsafe(`insert into ${table} values (1)`)
+    inserted()
+    await new Promise(() => {}) // never ends its transaction
+  })
+  await insertedYet
+  return { tx }
+}
+
 t.test('a client gone mid-transaction is rolled back and frees the session', async (t) => {
   const { pool } = await served(t)
   const a = pool(1)
   const b = pool(1)
   await b`create table t3 (i int)`
-  let inserted!: () => void
-  const insertedYet = new Promise<void>((r) => { inserted = r })
-  const tx = a.begin(async (tx) => {
-    await tx`insert into t3 values (1)`
-    inserted()
-    await new Promise(() => {}) // never commits
-  }).catch((e: { code?: string }) => e.code)
-  await insertedYet
+  const tx = (await insertAndHang(a, 't3')).tx.catch((e: { code?: string }) => e.code)
   await a.end({ timeout: 0 })
   t.match(await tx, /^CONNECTION_(CLOSED|DESTROYED)$/)
   t.same(await b`select count(*)::int as n from t3`, [{ n: 0 }], 'its insert is gone, and the next client is served')
@@ -168,14 +177,7 @@ t.test('a client that opens a transaction and stalls is cut off and rolled back 
   const a = pool(1)
   const b = pool(1)
   await a`create table stall (i int)`
-  let inserted!: () => void
-  const insertedYet = new Promise<void>((r) => { inserted = r })
-  const tx = a.begin(async (tx) => {
-    await tx`insert into stall values (1)`
-    inserted()
-    await new Promise(() => {}) // never ends its transaction
-  }).catch((err: Error) => err)
-  await insertedYet
+  const tx = (await insertAndHang(a, 'stall')).tx.catch((err: Error) => err)
   t.same(await b`select count(*)::int as n from stall`, [{ n: 0 }], 'the other client is answered; the stalled insert is rolled back')
   t.ok(await tx instanceof Error, 'the stalled client lost its connection')
 })
