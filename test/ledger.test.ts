@@ -392,3 +392,46 @@ t.test('after a failed insert the retry follows the backoff (at most a second), 
   await until(() => ledger.written === 2)
   t.equal((await db.sql`select count(*)::int as n from usage_events`)[0].n, 2, 'written by a retry')
 })
+
+t.test('drain gives up at its deadline while an insert is still held by Postgres: stop is never held up by a slow database', async (t) => {
+  // A lock held by another session, not a sleep: the insert cannot finish until the test lets go,
+  // and the test lets go only after drain has answered. A drain that waited for the insert would
+  // never answer, and the guard below reports that instead of the file's timeout.
+  if (await withoutServer(t, 'a second session holding a table lock')) return
+  const db = await createTestDb({ migrated: true })
+  t.teardown(() => db.drop())
+  await db.sql`insert into organizations (id, name) values (${ORG}, 'Ledger Org')`
+  const holder = postgres(db.url, { max: 1, onnotice: () => {} })
+  t.teardown(() => holder.end({ timeout: 1 }))
+  let release!: () => void
+  const released = new Promise<void>((r) => { release = r })
+  let locked!: () => void
+  const lockedYet = new Promise<void>((r) => { locked = r })
+  const holding = holder.begin(async (tx) => {
+    await tx`lock table usage_events in access exclusive mode`
+    locked()
+    await released
+  })
+  await lockedYet
+  const ledger = new Ledger(db.sql, null, createLogger('silent'), { batchSize: 10, flushMs: 1 })
+  t.teardown(() => ledger.close())
+  ledger.record(rec(1))
+  const [{ n: blocked }] = await waitForLockWait(db.sql)
+  t.equal(blocked, 1, 'the insert waits on the lock')
+  const guard = new Promise<'stuck'>((r) => { const timer = setTimeout(() => r('stuck'), 30_000); t.teardown(() => clearTimeout(timer)) })
+  t.equal(await Promise.race([ledger.drain(200), guard]), false, 'drain answers false at its deadline, the insert still in flight')
+  release()
+  await holding
+  t.ok(await ledger.drain(10_000), 'the insert lands once the lock is gone')
+  t.same(await db.sql`select count(*)::int as n from usage_events`, [{ n: 1 }])
+})
+
+/** Waits until a session of the test database waits on a lock (the ledger's insert). */
+async function waitForLockWait (sql: postgres.Sql<{}>): Promise<Array<{ n: number }>> {
+  for (;;) {
+    const rows = await sql<Array<{ n: number }>>`select count(*)::int as n from pg_stat_activity
+      where datname = current_database() and wait_event_type = 'Lock'`
+    if (rows[0].n > 0) return rows
+    await new Promise((r) => setTimeout(r, 10))
+  }
+}

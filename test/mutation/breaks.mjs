@@ -504,7 +504,7 @@ export const BREAKS = [
     file: 'src/usage/ledger/ledger.ts',
     search: 'if (!await within((this.flushing ?? this.flush()).then(() => true), left, () => false)) return false',
     replace: 'await (this.flushing ?? this.flush())',
-    tests: ['test/shutdown-silent-db.test.ts'],
+    tests: ['test/ledger.test.ts', 'test/shutdown-silent-db.test.ts'],
   },
   // The held last chunk, observe after the answer, paced partial batches, the json batch
   // parameter: npm run mutate -- s5:
