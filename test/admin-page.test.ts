@@ -4,7 +4,7 @@ import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { createHash } from 'node:crypto'
 import { request } from 'undici'
-import type { Browser, BrowserContext, Page } from 'playwright-core'
+import type { Browser, Page } from 'playwright-core'
 import { FakeOpenRouter } from './support/fake-openrouter.js'
 import { createTestDb, type TestDb } from './support/db.js'
 import { baseEnv, settle, startSidecar, type Started } from './support/sidecar.js'
@@ -16,9 +16,10 @@ import { formatUsd, sameDecimal, sumDecimals } from '../src/lib/decimal.js'
 // The /admin/ page in a real browser: Debian's Chromium driven by playwright-core (nothing is
 // downloaded). It signs in, reads the numbers the page shows and checks them against the
 // database, downloads a CSV, and takes screenshots into .tap/screenshots/. Then the group view
-// and the audit trail, each against a sidecar and database of its own, in the same browser (a
-// context of their own each: cookies and storage apart). One Chromium for the three: starting
-// one, and a test process for it, cost more than the pages it showed.
+// and the audit trail, each against a sidecar and database of its own, in the same browser and
+// the same tab: each sidecar is an origin of its own (its port), so storage is apart, and the
+// cookies are cleared before each part. One Chromium and one renderer for the three: a context
+// of its own each started a renderer and loaded the page's fonts again, about a second of CPU.
 
 const CHROMIUM = '/usr/bin/chromium'
 const ADMIN_KEY = 'admin-key-0123456789abcdef'
@@ -38,6 +39,17 @@ if (!existsSync(CHROMIUM)) {
   let on: Started
   let browser: Browser | undefined
   let page: Page
+  let mainPage: Page | undefined
+  /**
+   * The group view's and the audit trail's tab: the one the usage page's tests used (started here
+   * when those ran alone), without its cookies, at 1280 px.
+   */
+  const freshPage = async (): Promise<Page> => {
+    mainPage ??= await (await (await launched()).newContext({ acceptDownloads: true })).newPage()
+    await mainPage.context().clearCookies()
+    await mainPage.setViewportSize({ width: 1280, height: 900 })
+    return mainPage
+  }
   /** The one Chromium of this file, started by whichever part asks first. */
   const launched = async (): Promise<Browser> => {
     if (browser === undefined) {
@@ -60,6 +72,7 @@ if (!existsSync(CHROMIUM)) {
     await seedLedger(db.sql, { rows: 800, from: monthStart, days: now.getUTCDate() - 1 + now.getUTCHours() / 24 })
     const context = await (await launched()).newContext({ acceptDownloads: true, viewport: { width: 1280, height: 900 } })
     page = await context.newPage()
+    mainPage = page
     mkdirSync(shots, { recursive: true })
   })
   t.teardown(async () => {
@@ -324,9 +337,7 @@ if (!existsSync(CHROMIUM)) {
     const fake = await new FakeOpenRouter().start()
     const db = await createTestDb({ migrated: true })
     const on = await startSidecar(baseEnv(fake, db.url, { ADMIN_API_KEY: ADMIN_KEY }))
-    let context: BrowserContext | undefined
     t.teardown(async () => {
-      await context?.close()
       await on.sidecar.stop('test end')
       await fake.close()
       await db.drop()
@@ -345,8 +356,7 @@ if (!existsSync(CHROMIUM)) {
     for (let i = 0; i < 2; i++) await send('u-ada', 'Ada', 'Physics')
     await send('u-lin', 'Lin', '{{USER_GROUPS}}')
     await settle(on.sidecar, db.sql, 6)
-    context = await (await launched()).newContext({ viewport: { width: 1280, height: 900 } })
-    const page = await context.newPage()
+    const page = await freshPage()
 
     const inGroup = async (group: string | null) => {
       const [r] = await db.sql<Array<{ billed: string, requests: number, members: number }>>`
@@ -434,15 +444,12 @@ if (!existsSync(CHROMIUM)) {
     const fake = await new FakeOpenRouter().start()
     const db = await createTestDb({ migrated: true })
     const on = await startSidecar(baseEnv(fake, db.url, { ADMIN_API_KEY: ADMIN_KEY, ORG_BUDGET_USD: '500' }))
-    let context: BrowserContext | undefined
     t.teardown(async () => {
-      await context?.close()
       await on.sidecar.stop('test end')
       await fake.close()
       await db.drop()
     })
-    context = await (await launched()).newContext({ viewport: { width: 1280, height: 900 } })
-    const page = await context.newPage()
+    const page = await freshPage()
 
     const put = async (path: string, body: unknown) => {
       const r = await request(on.url + path, { method: 'PUT', headers: AUTH, body: JSON.stringify(body) })
