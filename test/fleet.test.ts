@@ -14,7 +14,9 @@ import { isDroppedSocketRejection, isPostgresSocketRace } from '../src/lib/crash
 // and with the pooler killed and started again mid-run.
 
 const ORGS = 10
-const PER_ORG = 48
+// Enough for a budget organization to fill its limit (10 generations) and be refused more, and
+// for the load to outlast the step a test takes once a quarter of it has finished.
+const PER_ORG = 32
 const AT_ONCE = 16
 /** Every completed generation costs this (billed × 1.125), just under its estimate: the bound is the limit. */
 const COST = '0.0004'
@@ -71,9 +73,16 @@ async function startFleet (t: Test, mode: 'transaction' | 'session', migrated = 
   return { fake, db, bouncer, sidecars, agent }
 }
 
-/** PER_ORG requests per sidecar, AT_ONCE at a time each, all sidecars together; statuses by org. */
-async function load (f: Fleet, during?: () => Promise<void>): Promise<Array<Map<number, number>>> {
+/**
+ * PER_ORG requests per sidecar, AT_ONCE at a time each, all sidecars together; statuses by org.
+ * `during` runs alongside, and `quarter` resolves once a quarter of the requests have finished:
+ * a step taken then is mid-run, however fast or slow the machine.
+ */
+async function load (f: Fleet, during?: (quarter: Promise<void>) => Promise<void>): Promise<Array<Map<number, number>>> {
   const statuses = f.sidecars.map(() => new Map<number, number>())
+  let finished = 0
+  let reached!: () => void
+  const quarter = new Promise<void>((r) => { reached = r })
   const run = f.sidecars.map(async (s, org) => {
     let next = 0
     await Promise.all(Array.from({ length: AT_ONCE }, async () => {
@@ -87,10 +96,11 @@ async function load (f: Fleet, during?: () => Promise<void>): Promise<Array<Map<
         })
         await res.body.text()
         statuses[org].set(res.statusCode, (statuses[org].get(res.statusCode) ?? 0) + 1)
+        if (++finished === Math.floor(f.sidecars.length * PER_ORG / 4)) reached()
       }
     }))
   })
-  await Promise.all([...run, during?.()])
+  await Promise.all([...run, during?.(quarter)])
   return statuses
 }
 
@@ -139,9 +149,9 @@ t.test('transaction mode: 10 sidecars at 16 at a time, rows equal generations, b
   const lock = postgres(f.db.url, { max: 1, onnotice: () => {} })
   t.teardown(() => lock.end({ timeout: 1 }))
   let heldScrapes = 0
-  const statuses = await load(f, async () => {
+  const statuses = await load(f, async (quarter) => {
     // Mid-run: every insert waits on a lock for 3 s; meanwhile every sidecar's /metrics answers.
-    await new Promise((r) => setTimeout(r, 300))
+    await quarter
     await lock.begin(async (tx) => {
       await tx`lock table usage_events in access exclusive mode`
       const texts = await Promise.all(f.sidecars.map(metricsText))
@@ -187,8 +197,8 @@ t.test('the pooler restarts mid-run: every generation still gets its row once it
   t.teardown(() => { process.off('uncaughtException', survive) })
   const f = await startFleet(t, 'transaction', true)
   if (!f) return
-  const statuses = await load(f, async () => {
-    await new Promise((r) => setTimeout(r, 300))
+  const statuses = await load(f, async (quarter) => {
+    await quarter
     await f.bouncer.kill()
     // While it is away: /metrics and /healthz answer, and the backlog shows.
     const down = await Promise.all(f.sidecars.map(async (s) => (await request(s.url + '/healthz')).statusCode))
