@@ -47,14 +47,14 @@ async function rowsSettled (db: TestDb, want: (n: number) => boolean, timeoutMs 
 /** A sidecar whose Postgres is behind a relay a test can cut: its database, relay, port and journal. */
 interface Relayed { db: TestDb, relay: TcpRelay, dataDir: string, port: number, child: Child, release: () => Promise<void> }
 
-async function relayedSidecar (prefix: string): Promise<Relayed> {
+async function relayedSidecar (prefix: string, extra: Record<string, string> = {}): Promise<Relayed> {
   const db = await createTestDb({ migrated: true })
   const relay = new TcpRelay(db.port)
   await relay.reserve()
   await relay.open()
   const dataDir = mkdtempSync(join(tmpdir(), prefix))
   const port = await freePort()
-  const child = spawnSidecar(env(`${relay.url}/${db.name}`, dataDir), port)
+  const child = spawnSidecar(env(`${relay.url}/${db.name}`, dataDir, extra), port)
   let released: Promise<void> | null = null
   const r: Relayed = {
     db, relay, dataDir, port, child,
@@ -68,14 +68,15 @@ async function relayedSidecar (prefix: string): Promise<Relayed> {
 }
 
 /**
- * Processes a subtest leaves running for the next one that needs a process of its kind: starting
- * a sidecar costs about a second of CPU, and what these subtests check does not need it fresh.
- * A subtest that finds none (run alone, or the one before failed) starts its own.
+ * The process a subtest leaves running for the next one, on the same database, journal and
+ * relay: starting a sidecar costs about a second of CPU (and a database a copy of the template),
+ * and what these subtests check does not need either fresh. Each subtest that restarts it starts
+ * the next process with the settings the next subtest needs, and leaves it only once it passed
+ * its own checks; a subtest that finds none alive (run alone, or the one before failed) starts its
+ * own. The relay, open again, only forwards bytes there.
  */
 let relayedLeft: Relayed | null = null
-let plainLeft: { db: TestDb, dataDir: string, child: Child } | null = null
-const take = <T extends { child: Child }>(left: T | null): T | null => (left !== null && left.child.proc.exitCode === null && left.child.proc.signalCode === null ? left : null)
-t.teardown(async () => { const left = plainLeft; plainLeft = null; if (left) { left.child.proc.kill('SIGKILL'); await left.child.exited; await left.db.drop() } })
+const take = (left: Relayed | null): Relayed | null => (left !== null && left.child.proc.exitCode === null && left.child.proc.signalCode === null ? left : null)
 
 t.test('Postgres cut three times under load: proxying goes on, rows == generations, none duplicated', async (t) => {
   const relayed = await relayedSidecar('faults-')
@@ -91,17 +92,17 @@ t.test('Postgres cut three times under load: proxying goes on, rows == generatio
   // One outage step after the other, in the order the load reached them.
   let steps: Promise<unknown> = Promise.resolve()
   const step = (f: () => Promise<unknown>) => { steps = steps.then(f); return steps }
-  // 300 requests, 8 at a time: each outage spans 50 of them (and, by the steps above, at least
+  // 150 requests, 8 at a time: each outage spans 25 of them (and, by the steps above, at least
   // one failed insert and the resumption), with requests in flight at every cut and reopening.
   const load = await runLoad({
     url: () => child.url,
-    total: 300,
+    total: 150,
     concurrency: 8,
     after: async (done) => {
-      if (done === 50 || done === 140 || done === 230) {
+      if (done === 25 || done === 70 || done === 115) {
         await step(async () => { const before = logged(FAILED); await relay.cut(); await until(() => logged(FAILED) > before, 10_000) })
       }
-      if (done === 100 || done === 190 || done === 270) {
+      if (done === 50 || done === 95 || done === 140) {
         await step(async () => {
           const before = logged(RESUMED)
           await relay.open()
@@ -112,9 +113,9 @@ t.test('Postgres cut three times under load: proxying goes on, rows == generatio
     },
   })
   t.equal(load.failed, 0, 'no client request failed while Postgres was away')
-  t.equal(load.statuses.get(200), 300)
+  t.equal(load.statuses.get(200), 150)
   const served = [...fake.generations.values()].filter((g) => !before.has(g.id))
-  t.equal(served.length, 300)
+  t.equal(served.length, 150)
   const rows = await rowsSettled(db, (n) => n >= served.length)
   t.equal(rows, served.length, 'rows == generations served')
   const [{ distinct, total }] = await db.sql`select count(distinct generation_id)::int as distinct, sum(cost_usd)::text as total from usage_events`
@@ -125,7 +126,7 @@ t.test('Postgres cut three times under load: proxying goes on, rows == generatio
   const resumed = child.logs().filter((l) => l.msg === 'ledger: postgres writes resumed').map((l) => Date.parse(l.time))
   const recovery = reopenedAt.map((at) => Math.min(...resumed.filter((r) => r >= at)) - at).filter(Number.isFinite)
   t.equal(resumed.length, 3, 'writes resumed after each outage')
-  t.comment(`faults: 3 cuts, 300 requests, 0 lost, 0 duplicated; recovery after reconnect (ms): ${recovery.join(', ')}`)
+  t.comment(`faults: 3 cuts, 150 requests, 0 lost, 0 duplicated; recovery after reconnect (ms): ${recovery.join(', ')}`)
   const guarded = child.logs().filter((l) => /dropped mid-write/.test(l.msg)).length
   t.comment(`postgres.js socket races caught by the guard: ${guarded}`)
   relayedLeft = relayed // Postgres reachable again, every row written: the next subtest goes on with it
@@ -136,7 +137,6 @@ t.test('a user seen only while Postgres is down, then SIGKILL: after the restart
   // follows reads the offline user's rows only.
   const r = take(relayedLeft) ?? await relayedSidecar('mapping-')
   relayedLeft = null
-  t.teardown(() => r.release()) // the last to use it: its process does not outlive this subtest
   const { db, relay, dataDir, port } = r
   let child = r.child
   await relay.cut()
@@ -153,34 +153,39 @@ t.test('a user seen only while Postgres is down, then SIGKILL: after the restart
   child.proc.kill('SIGKILL')
   await child.exited
   await relay.open()
-  r.child = child = spawnSidecar(env(`${relay.url}/${db.name}`, dataDir), port)
+  // The next subtest kills this process under load with rows still batched: LEDGER_FLUSH_MS 400.
+  r.child = child = spawnSidecar(env(`${relay.url}/${db.name}`, dataDir, { LEDGER_FLUSH_MS: '400' }), port)
   await child.waitReady()
   const [usage] = await rowsSoon(() => db.sql`select user_id from usage_events where generation_id = ${gen}`)
   t.same(usage, { user_id: 'offline-user' }, 'the usage was replayed')
   const maps = await rowsSoon(() => db.sql`select user_id, user_name, user_email, user_role from user_mappings where user_id = 'offline-user'`)
   t.same(maps, [{ user_id: 'offline-user', user_name: 'Off Line', user_email: 'off@example.com', user_role: 'user' }], 'and so was the mapping')
+  relayedLeft = r
 })
 
 t.test('SIGKILL under load, then restart: every generation a client saw is billed exactly once', async (t) => {
-  const db = await createTestDb({ migrated: true })
-  t.teardown(() => db.drop())
-  const dataDir = mkdtempSync(join(tmpdir(), 'kill-'))
-  const port = await freePort()
+  // The previous subtest's process (LEDGER_FLUSH_MS 400), else a fresh one: the rows it wrote are
+  // named and ok, counted in `earlier` and apart from this subtest's.
+  const r = take(relayedLeft) ?? await relayedSidecar('kill-', { LEDGER_FLUSH_MS: '400' })
+  relayedLeft = null
+  const { db, relay, dataDir, port } = r
+  let child = r.child
+  const earlier = (await db.sql`select count(*)::int as n from usage_events`)[0].n
   const before = new Set(fake.generations.keys())
-  let child = spawnSidecar(env(db.url, dataDir, { LEDGER_FLUSH_MS: '400' }), port)
-  await child.waitReady()
   let killedAt = -1
   let inFlight: string[] = []
   const seen = new Set<string>()
   // Even indices are streamed: 18, 58, 98, ... are 8-second streams, so one is mid-stream at the kill.
   const slowStreams = () => [...fake.generations.values()].filter((g) => !before.has(g.id) && g.model === 'fake/slow' && g.streamed && g.completedAt === null).map((g) => g.id)
+  // 120 requests, the kill after 60: some rows written, some still in the journal (LEDGER_FLUSH_MS
+  // 400), a long stream cut, the rest refused; then 20 on the restarted process.
   const first = await runLoad({
     url: () => child.url,
-    total: 240,
+    total: 120,
     concurrency: 8,
     model: (i) => (i % 40 === 18 ? 'fake/slow' : 'fake/ok'),
     after: async (done) => {
-      if (done < 120 || killedAt >= 0) return
+      if (done < 60 || killedAt >= 0) return
       killedAt = done
       await until(() => slowStreams().length > 0, 20_000)
       inFlight = slowStreams()
@@ -190,11 +195,11 @@ t.test('SIGKILL under load, then restart: every generation a client saw is bille
   t.ok(inFlight.length >= 1, `a long stream was in flight at the kill (${inFlight.length})`)
   for (const g of first.seen) seen.add(g)
   await child.exited
-  const rowsBeforeRestart = (await db.sql`select count(*)::int as n from usage_events`)[0].n
-  child = spawnSidecar(env(db.url, dataDir), port)
-  t.teardown(async () => { child.proc.kill('SIGKILL'); await child.exited })
+  const rowsBeforeRestart = (await db.sql`select count(*)::int as n from usage_events`)[0].n - earlier
+  // The next subtest stops this process with SIGTERM past a grace period of 300 ms.
+  r.child = child = spawnSidecar(env(`${relay.url}/${db.name}`, dataDir, { SHUTDOWN_GRACE_MS: '300' }), port)
   await child.waitReady()
-  const second = await runLoad({ url: () => child.url, total: 100, concurrency: 8 })
+  const second = await runLoad({ url: () => child.url, total: 20, concurrency: 8 })
   for (const g of second.seen) seen.add(g)
   // Wait for the generations the clients saw, not for a count: a generation no client saw (cut
   // by the kill before its first byte) has a row too, and may land before a seen one that is
@@ -206,7 +211,7 @@ t.test('SIGKILL under load, then restart: every generation a client saw is bille
     missing = [...seen].filter((g) => !ids.has(g))
     if (missing.length > 0) await new Promise((r) => setTimeout(r, 100))
   }
-  const rows = (await db.sql`select count(*)::int as n from usage_events`)[0].n
+  const rows = (await db.sql`select count(*)::int as n from usage_events`)[0].n - earlier
   t.same(missing, [], 'every generation a client saw has its row')
   // A request the kill cut before its generation was named is a row with no generation id
   // ('interrupted', its estimate only): every other row names a generation, once.
@@ -223,15 +228,15 @@ t.test('SIGKILL under load, then restart: every generation a client saw is bille
     t.same(row, { outcome: 'interrupted', usage_source: 'generation', cost: fake.generations.get(id)!.cost }, 'the stream cut by the kill is billed as OpenRouter billed it')
   }
   t.comment(`sigkill: ${first.ok + second.ok} responses, ${first.failed} cut by the kill, generations upstream ${created}, seen by clients ${seen.size}, rows ${rows} (${rowsBeforeRestart} before restart), replayed ${JSON.stringify(replayed)}`)
+  relayedLeft = r
 })
 
 t.test('SIGTERM past the grace period: the cut stream is recorded as interrupted and reconciled at the next start', async (t) => {
-  const db = await createTestDb({ migrated: true })
-  t.teardown(async () => { if (plainLeft?.db !== db) await db.drop() })
-  const dataDir = mkdtempSync(join(tmpdir(), 'grace-'))
-  const port = await freePort()
-  let child = spawnSidecar(env(db.url, dataDir, { SHUTDOWN_GRACE_MS: '300' }), port)
-  await child.waitReady()
+  // The previous subtest's restarted process (SHUTDOWN_GRACE_MS 300), else a fresh one.
+  const r = take(relayedLeft) ?? await relayedSidecar('grace-', { SHUTDOWN_GRACE_MS: '300' })
+  relayedLeft = null
+  const { db, relay, dataDir, port } = r
+  let child = r.child
   const res = await request(`${child.url}/v1/chat/completions`, {
     method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'fake/slow', stream: true, messages: [] }),
   })
@@ -239,9 +244,7 @@ t.test('SIGTERM past the grace period: the cut stream is recorded as interrupted
   res.body.on('error', () => {})
   child.proc.kill('SIGTERM')
   t.equal((await child.exited).code, 0, 'exits 0 after the grace period')
-  child = spawnSidecar(env(db.url, dataDir), port)
-  const left = { db, dataDir, child }
-  t.teardown(async () => { if (plainLeft !== left) { child.proc.kill('SIGKILL'); await child.exited } })
+  r.child = child = spawnSidecar(env(`${relay.url}/${db.name}`, dataDir), port)
   await child.waitReady()
   let rows: any[] = []
   for (let i = 0; i < 200 && rows.length === 0; i++) {
@@ -249,16 +252,17 @@ t.test('SIGTERM past the grace period: the cut stream is recorded as interrupted
     if (rows.length === 0) await new Promise((r) => setTimeout(r, 50))
   }
   t.same(rows, [{ outcome: 'interrupted', usage_source: 'generation', cost: fake.generations.get(gen)!.cost }])
-  plainLeft = left // the next subtest stops this process with SIGTERM
+  relayedLeft = r // the next subtest stops this process with SIGTERM
 })
 
 t.test('SIGTERM: stops accepting, lets the stream in flight finish, flushes, exits 0', async (t) => {
   // The previous subtest's restarted process (its grace period the default 30 s), else a fresh one
   // with 20 s: a few seconds of stream either way.
-  const left = take(plainLeft)
-  plainLeft = null
+  const left = take(relayedLeft)
+  relayedLeft = null
   const db = left?.db ?? await createTestDb({ migrated: true })
-  t.teardown(() => db.drop())
+  // A process left by the previous subtest goes with its relay and database at the file's end.
+  if (left === null) t.teardown(() => db.drop())
   fake.slowEventMs = 10
   t.teardown(() => { fake.slowEventMs = 40 })
   const child = left?.child ?? spawnSidecar(env(db.url, mkdtempSync(join(tmpdir(), 'term-')), { SHUTDOWN_GRACE_MS: '20000' }), await freePort())
