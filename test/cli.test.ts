@@ -122,7 +122,7 @@ t.test('values are unquoted: docker run --env-file, node and compose read the sa
   const docker = (text: string): Record<string, string> => Object.fromEntries(text.split('\n')
     .filter((l) => l !== '' && !l.startsWith('#')).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]))
   for (const name of ['Acme GmbH', 'Müller & Söhne GmbH', "O'Reilly Media", 'A "quoted" name', 'Smith & Partners (EU) Ltd.']) {
-    const { text, env } = genEnv(name)
+    const { text, env } = name === 'Acme GmbH' ? acme() : genEnv(name)
     t.equal(env.ORGANIZATION_NAME, name, `node reads back ${name}`)
     const d = docker(text)
     t.equal(d.ORGANIZATION_NAME, name, `docker run --env-file reads back ${name}`)

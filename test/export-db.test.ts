@@ -7,11 +7,13 @@ import postgres from 'postgres'
 import { request } from 'undici'
 import { FakeOpenRouter } from './support/fake-openrouter.js'
 import { createTestDb, type TestDb } from './support/db.js'
-import { TEST_KEY } from './support/sidecar.js'
+import { TEST_KEY } from './support/test-key.js'
+import { WASM_BASELINE_ONLY } from './support/wasm-flags.js'
 import { CLI, freePort, runNode, runNodeAsync, spawnSidecar, type Child } from './support/child.js'
 import { journalLines, sendAs, until } from './support/crash-cycle.js'
 import { blankEmbeddedDataDir } from './support/pglite-dir.js'
 import { runVerify } from '../src/usage/reports/verify-command.js'
+import { runExportDb } from '../src/db/export-command.js'
 
 // README "Leaving the embedded database": a trial on the embedded database becomes a deployment on
 // a PostgreSQL server without losing a row. The sidecar runs on PGlite, records usage and budgets,
@@ -31,8 +33,8 @@ const env = (dataDir: string, extra: Record<string, string> = {}): Record<string
   DATA_DIR: dataDir, LEDGER_FLUSH_MS: '10', LOG_LEVEL: 'warn', ADMIN_API_KEY: ADMIN, MARKUP_PERCENT: '12.5', USER_BUDGET_USD: '5', ...extra,
 })
 
-async function start (t: Test, e: Record<string, string>): Promise<Child> {
-  const child = spawnSidecar(e, await freePort())
+async function start (t: Test, e: Record<string, string>, nodeArgs: string[] = []): Promise<Child> {
+  const child = spawnSidecar(e, await freePort(), nodeArgs)
   t.teardown(async () => { child.proc.kill('SIGKILL'); await child.exited })
   await child.waitReady(120_000)
   return child
@@ -60,7 +62,8 @@ t.test('embedded ledger -> export-db -> PostgreSQL: the same rows and budgets; t
   // start): a first start's initdb on an empty DATA_DIR is test/readme.test.ts's, not this one's.
   await blankEmbeddedDataDir(dataDir)
   const dbPort = await freePort()
-  const embedded = await start(t, env(dataDir, { EMBEDDED_DB_PORT: String(dbPort) }))
+  // The processes that open the embedded database run its WebAssembly on V8's baseline compiler (support/wasm-flags.ts).
+  const embedded = await start(t, env(dataDir, { EMBEDDED_DB_PORT: String(dbPort) }), WASM_BASELINE_ONLY)
 
   for (const user of ['anna', 'bob', 'anna']) t.equal(await sendAs(embedded.url, user, user === 'bob'), 200, `a request as ${user}`)
   const put = await request(`${embedded.url}/admin/v1/budgets/users/anna`, {
@@ -94,13 +97,13 @@ t.test('embedded ledger -> export-db -> PostgreSQL: the same rows and budgets; t
 
   const db: TestDb = await createTestDb()
   t.teardown(() => db.drop())
-  const copy = await runNodeAsync([CLI, 'export-db', '--to', db.url], { DATA_DIR: dataDir }, 120_000)
+  const copy = await runNodeAsync([...WASM_BASELINE_ONLY, CLI, 'export-db', '--to', db.url], { DATA_DIR: dataDir }, 120_000)
   t.equal(copy.status, 0, `export-db exits 0: ${copy.stderr}`)
   t.match(copy.stdout, /usage_events: 4 rows/)
   t.match(copy.stdout, /Next: set DATABASE_URL/)
   t.same(await ledger(db.sql), before, 'every row, budget, mapping and rollup as it was, to the last digit')
 
-  const again = await runNodeAsync([CLI, 'export-db', '--to', db.url], { DATA_DIR: dataDir }, 120_000)
+  const again = await runNodeAsync([...WASM_BASELINE_ONLY, CLI, 'export-db', '--to', db.url], { DATA_DIR: dataDir }, 120_000)
   t.equal(again.status, 2, 'a second copy into the same database is refused')
   t.match(again.stderr, /already holds rows in/)
   t.same(await ledger(db.sql), before, 'and writes nothing')
@@ -132,10 +135,17 @@ t.test('export-db: a clear refusal without an embedded database or a target', as
   const none = runNode([CLI, 'export-db', '--to', 'postgres://u@127.0.0.1:1/x'], { DATA_DIR: empty })
   t.equal(none.status, 2)
   t.match(none.stderr, /no embedded database under .*pglite: set DATA_DIR/)
-  const noTarget = runNode([CLI, 'export-db'], { DATA_DIR: empty })
+  // The command's own answer to its arguments: the process above, and the copies of the first
+  // test (exit 0, and 2 on a refusal), show the CLI exits with the code the command returns.
+  const run = async (args: string[]): Promise<{ status: number, stderr: string }> => {
+    let stderr = ''
+    const status = await runExportDb(args, { DATA_DIR: empty }, 'sql', () => {}, (s) => { stderr += s })
+    return { status, stderr }
+  }
+  const noTarget = await run([])
   t.equal(noTarget.status, 2)
   t.match(noTarget.stderr, /--to needs a postgres:\/\/ URL/)
-  const stray = runNode([CLI, 'export-db', '--to', 'postgres://u@h/x', '--force'], { DATA_DIR: empty })
+  const stray = await run(['--to', 'postgres://u@h/x', '--force'])
   t.equal(stray.status, 2)
   t.match(stray.stderr, /unexpected argument "--force"/)
 })
