@@ -5,7 +5,7 @@ import { join } from 'node:path'
 import { Agent, request } from 'undici'
 import { FakeOpenRouter, sumDecimals } from './support/fake-openrouter.js'
 import { createTestDb, rowsSoon } from './support/db.js'
-import { TEST_KEY } from './support/sidecar.js'
+import { TEST_KEY } from './support/test-key.js'
 import { freePort, spawnSidecar, type Child } from './support/child.js'
 
 // The guarantee, with three sidecar processes sharing one Postgres and 64 requests in flight at

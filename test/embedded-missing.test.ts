@@ -6,7 +6,7 @@ import { pathToFileURL } from 'node:url'
 import { createLogger } from '../src/lib/log.js'
 import { StartupError } from '../src/lib/startup-error.js'
 import { PGLITE_MISSING, loadPglite, startEmbedded } from '../src/db/embedded.js'
-import { TEST_KEY } from './support/sidecar.js'
+import { TEST_KEY } from './support/test-key.js'
 import { MAIN, childEnv, freePort } from './support/child.js'
 import { spawnSync } from 'node:child_process'
 

@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import { request } from 'undici'
 import { FakeOpenRouter } from './support/fake-openrouter.js'
 import { createTestDb } from './support/db.js'
-import { TEST_KEY } from './support/sidecar.js'
+import { TEST_KEY } from './support/test-key.js'
 import { CLI, MAIN, ROOT, freePort, runNode, spawnSidecar } from './support/child.js'
 
 // README's quick start writes a .env into the checkout; `npm test` must pass with it there. This

@@ -5,7 +5,7 @@ import { join } from 'node:path'
 import { request } from 'undici'
 import { FakeOpenRouter, sumDecimals } from './support/fake-openrouter.js'
 import { createTestDb } from './support/db.js'
-import { TEST_KEY } from './support/sidecar.js'
+import { TEST_KEY } from './support/test-key.js'
 import { faultEnv, freePort, spawnSidecar } from './support/child.js'
 import { sendAs, until } from './support/crash-cycle.js'
 

@@ -5,8 +5,9 @@ import { join } from 'node:path'
 import { createLogger } from '../../src/lib/log.js'
 import { start, type Sidecar, type StartOptions } from '../../src/main.js'
 import type { FakeOpenRouter } from './fake-openrouter.js'
+import { TEST_KEY } from './test-key.js'
 
-export const TEST_KEY = 'sk-or-v1-test-key-0123456789'
+export { TEST_KEY }
 
 /** Every log line the sidecar wrote, as text: tests assert what is (and is not) in it. */
 export class LogSink extends Writable {
