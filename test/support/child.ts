@@ -5,6 +5,9 @@ import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { request } from 'undici'
 import { build, isCurrent } from '../../scripts/build.mjs'
+import { freePort } from './ports.js'
+
+export { freePort }
 
 // The sidecar as a real process (dist/main.js, built by `npm test` before tap runs): for what
 // only a process can show: signals, SIGKILL, and the process-wide crash guard.
@@ -121,11 +124,3 @@ export function spawnSidecar (env: Record<string, string | undefined>, port: num
   }
 }
 
-export async function freePort (): Promise<number> {
-  const { createServer } = await import('node:net')
-  const s = createServer()
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r))
-  const port = (s.address() as import('node:net').AddressInfo).port
-  await new Promise<void>((r) => s.close(() => r()))
-  return port
-}

@@ -1,6 +1,6 @@
 import { createServer, connect, type Server, type Socket } from 'node:net'
-import type { AddressInfo } from 'node:net'
 import postgres from 'postgres'
+import { freePort } from './ports.js'
 import { poolOptions, type Sql } from '../../src/db/connect.js'
 
 // A loopback TCP relay between the sidecar and Postgres that a test can cut (every connection
@@ -20,10 +20,7 @@ export class TcpRelay {
 
   /** Reserves a port without accepting connections yet (Postgres "down" from the start). */
   async reserve (): Promise<void> {
-    const probe = createServer()
-    await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r))
-    this.port = (probe.address() as AddressInfo).port
-    await new Promise<void>((r) => probe.close(() => r()))
+    this.port = await freePort()
   }
 
   async open (): Promise<void> {
@@ -42,8 +39,9 @@ export class TcpRelay {
       forward(client, upstream)
       forward(upstream, client)
     })
+    // Cut and opened again on the same port: one the kernel does not hand out meanwhile (ports.ts).
+    if (this.port === 0) this.port = await freePort()
     await new Promise<void>((r) => server.listen(this.port, '127.0.0.1', r))
-    this.port = (server.address() as AddressInfo).port
     this.server = server
   }
 
