@@ -53,7 +53,7 @@ t.test('every billed row arrives once, sums per customer and month equal the led
   // The embedded database serves one session at a time: the exporter's reads, its lease renewals
   // and this test's checks queue behind each other, and the run outlasts the file's timeout.
   if (await withoutServer(t, 'an exporter and its lease renewals on connections of their own')) return
-  await seedLedger(db.sql, { rows: 600, from: daysAgo(12), days: 10 })
+  await seedLedger(db.sql, { rows: 300, from: daysAgo(12), days: 10 })
   await db.sql`UPDATE usage_events SET groups = '{g-sales,g-zeta}' WHERE user_id IN ('u-bob', 'u-anna')`
   // Half of Bob's rows were made with a key that has a customer: the key wins over the group.
   await db.sql`UPDATE usage_events SET api_key_id = 'key_k1' WHERE user_id IN ('u-bob', 'u-anna') AND prompt_tokens % 2 = 0`
