@@ -100,7 +100,7 @@ t.test('a caught-up exporter on a quiet database goes idle and stops writing', a
     CREATE TRIGGER count_cursor AFTER UPDATE ON export_cursors FOR EACH ROW EXECUTE FUNCTION count_write();
     CREATE TRIGGER count_lease AFTER UPDATE ON export_leases FOR EACH ROW EXECUTE FUNCTION count_write();`)
   const leaseMs = 600
-  const exporter = startExporter([cloudEventsSink({ url, source: ORG, batchSize: 5 })], { sql: db.sql, organizationId: ORG, log: log(), leaseMs, pollMs: 10 })
+  const exporter = startExporter([cloudEventsSink({ url, source: ORG, batchSize: 5 })], { sql: db.sql, organizationId: ORG, log: log(), leaseMs, pollMs: 25 })
   t.teardown(() => exporter.stop())
   await waitFor('every row', () => ce.events.size === 12)
   await exporter.idle()
@@ -108,8 +108,9 @@ t.test('a caught-up exporter on a quiet database goes idle and stops writing', a
   const cursorsBefore = await count('export_cursors')
   const leasesBefore = await count('export_leases')
   const since = Date.now()
-  // Six renewals (one every leaseMs / 3) span two lease periods and about two hundred polls; on a
-  // busy machine they take longer, and the bound below is on the time they took.
+  // Six renewals (one every leaseMs / 3) span two lease periods and about fifty polls (an exporter
+  // that wrote after each empty read would not sleep between reads at all); on a busy machine
+  // they take longer, and the bound below is on the time they took.
   await waitFor('six lease renewals', async () => await count('export_leases') >= leasesBefore + 6)
   const cursorWrites = await count('export_cursors') - cursorsBefore
   const leases = (Date.now() - since) / leaseMs
