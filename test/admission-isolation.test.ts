@@ -73,11 +73,11 @@ const WHY = 'admissions on their own connections, beside a flood of reports'
 t.test('(a) a flood of "My usage" from hundreds of users: a user with a $0 budget is refused every time, never served', async (t) => {
   if (await withoutServer(t, WHY)) return
   const { db, s } = await sidecar(t, { USER_BUDGET_USD: '0' })
-  await seedUsers(db, 600, 20)
+  await seedUsers(db, 200, 20)
   t.equal(await statusOf(chat(s.url, 'broke')), 402, 'refused before the flood')
   const upstreamBefore = fake.requests.filter((r) => r.body.includes('"max_tokens":10')).length
   let flooding = true
-  const flood = Promise.all(Array.from({ length: 500 }, (_, i) => statusOf(chat(s.url, `seed-${i + 1}`, MODEL))))
+  const flood = Promise.all(Array.from({ length: 200 }, (_, i) => statusOf(chat(s.url, `seed-${i + 1}`, MODEL))))
     .finally(() => { flooding = false })
   const broke: number[] = []
   const asking = (async () => {
@@ -88,7 +88,7 @@ t.test('(a) a flood of "My usage" from hundreds of users: a user with a $0 budge
   await asking
   t.ok(broke.length >= 5, `the $0 user asked ${broke.length} times during the flood`)
   t.same([...new Set(broke)], [402], `every one refused: ${JSON.stringify(broke.reduce<Record<number, number>>((m, x) => ({ ...m, [x]: (m[x] ?? 0) + 1 }), {}))}`)
-  t.same(answered.reduce<Record<number, number>>((m, x) => ({ ...m, [x]: (m[x] ?? 0) + 1 }), {}), { 200: 500 }, 'and the flood itself was answered')
+  t.same(answered.reduce<Record<number, number>>((m, x) => ({ ...m, [x]: (m[x] ?? 0) + 1 }), {}), { 200: 200 }, 'and the flood itself was answered')
   t.equal(fake.requests.filter((r) => r.body.includes('"max_tokens":10')).length, upstreamBefore, 'nothing of the $0 user reached OpenRouter')
   t.equal(await failedOpen(s.url), 0, `no admission failed open ${why(s)}`)
 })
@@ -104,7 +104,7 @@ t.test('(b) long usage reports over thousands of users: admissions meanwhile nev
     return ((await r.body.json()) as { data: Array<{ user: string, budget: { limit_usd: string } | null }> }).data
   }
   let reporting = true
-  const reports = Promise.all(Array.from({ length: 6 }, () => report())).finally(() => { reporting = false })
+  const reports = Promise.all(Array.from({ length: 3 }, () => report())).finally(() => { reporting = false })
   const broke: number[] = []
   while (reporting || broke.length < 5) broke.push(await statusOf(chat(s.url, 'broke')))
   const pages = await reports

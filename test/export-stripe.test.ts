@@ -53,7 +53,7 @@ t.test('every billed row arrives once, sums per customer and month equal the led
   // The embedded database serves one session at a time: the exporter's reads, its lease renewals
   // and this test's checks queue behind each other, and the run outlasts the file's timeout.
   if (await withoutServer(t, 'an exporter and its lease renewals on connections of their own')) return
-  await seedLedger(db.sql, { rows: 600, from: daysAgo(12), days: 10 })
+  await seedLedger(db.sql, { rows: 300, from: daysAgo(12), days: 10 })
   await db.sql`UPDATE usage_events SET groups = '{g-sales,g-zeta}' WHERE user_id IN ('u-bob', 'u-anna')`
   // Half of Bob's rows were made with a key that has a customer: the key wins over the group.
   await db.sql`UPDATE usage_events SET api_key_id = 'key_k1' WHERE user_id IN ('u-bob', 'u-anna') AND prompt_tokens % 2 = 0`
@@ -66,7 +66,7 @@ t.test('every billed row arrives once, sums per customer and month equal the led
   await setCustomer(db.sql, ORG, 'group', 'g-sales', 'cus_sales')
   await setCustomer(db.sql, ORG, 'key', 'key_k1', 'cus_key')
   // The receiver: 500 for the first requests, one 429 with Retry-After, one row refused for good.
-  const [refused] = await db.sql<{ id: string }[]>`SELECT coalesce(generation_id, event_id::text) AS id FROM usage_events WHERE billed_cost_usd IS NOT NULL AND created_at > now() - interval '30 days' ORDER BY event_id LIMIT 1`
+  const [refused] = await db.sql<{ id: string }[]>`SELECT coalesce(generation_id, event_id::text) AS id FROM usage_events WHERE organization_id = ${ORG} AND billed_cost_usd IS NOT NULL AND created_at > now() - interval '30 days' ORDER BY event_id LIMIT 1`
   let limitedAt: { id: string, at: number } | null = null
   const retried: number[] = []
   stripe.answer = (n, { identifier }) => {
@@ -82,7 +82,7 @@ t.test('every billed row arrives once, sums per customer and month equal the led
 
   const billed = await db.sql<{ id: string, customer: string, month: string, micro: string }[]>`SELECT coalesce(generation_id, event_id::text) AS id,
       ${db.sql.unsafe(CUSTOMER_SQL)} AS customer, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM') AS month, (billed_cost_usd * 1000000)::text AS micro
-    FROM usage_events WHERE billed_cost_usd IS NOT NULL AND created_at > now() - interval '35 days'`
+    FROM usage_events WHERE organization_id = ${ORG} AND billed_cost_usd IS NOT NULL AND created_at > now() - interval '35 days'`
   const expectedIds = new Set(billed.map((b) => b.id).filter((id) => id !== refused.id))
   t.same(new Set(stripe.events.keys()), expectedIds, 'every billed row within 35 days arrived, the refused one excepted')
   t.equal(stripe.accepted.length, stripe.events.size, 'no identifier was delivered twice')
@@ -130,11 +130,12 @@ t.test('every billed row arrives once, sums per customer and month equal the led
 })
 
 t.test('a send whose answer was lost is retried, and Stripe\'s duplicate answer acknowledges it: one event, exact units', async (t) => {
+  // The file's database, under an organization of its own (its ledger, cursor and lease are apart).
   const org = 'mai_client_lost_answers'
-  const fresh = await createTestDb({ migrated: true })
+  const fresh = db
   const receiver = new FakeStripe(KEY)
   const url = await receiver.listen()
-  t.teardown(async () => { await receiver.close(); await fresh.drop() })
+  t.teardown(() => receiver.close())
   await seedLedger(fresh.sql, { organizationId: org, rows: 12, from: daysAgo(3), days: 2 })
   await setCustomer(fresh.sql, org, 'organization', '', 'cus_org')
   // The first send of every third row is kept by Stripe, but its answer never arrives.
