@@ -251,20 +251,20 @@ function mutate (r: Rng, text: Buffer): Buffer {
 t.test('random documents: same verdict, fields and splice as JSON.parse', async (t) => {
   const r = mulberry32(20261128)
   let accepted = 0
-  for (let n = 0; n < 6000; n++) {
+  for (let n = 0; n < 3000; n++) {
     const buf = Buffer.from(document(r))
     const o = oracle(buf)
     const d = disagreement(buf, undefined, undefined, o) ?? disagreement(buf, undefined, n % 2 ? 1024 : 12, o)
     if (d) { t.fail(`${d}\n  document: ${JSON.stringify(buf.toString('utf8'))}`); return }
     if (scanBody(buf)) accepted++
   }
-  t.ok(accepted > 5000, `most generated documents are objects (${accepted})`)
+  t.ok(accepted > 2500, `most generated documents are objects (${accepted})`)
 })
 
 t.test('mutated documents: the scanner refuses exactly what JSON.parse refuses', async (t) => {
   const r = mulberry32(7)
   let refused = 0
-  for (let n = 0; n < 12000; n++) {
+  for (let n = 0; n < 6000; n++) {
     let buf: Buffer = Buffer.from(document(r))
     const times = 1 + Math.floor(r() * 3)
     for (let k = 0; k < times; k++) buf = mutate(r, buf)
@@ -273,7 +273,7 @@ t.test('mutated documents: the scanner refuses exactly what JSON.parse refuses',
     if (d) { t.fail(`${d}\n  document: ${buf.toString('hex')}`); return }
     if (!scanBody(buf)) refused++
   }
-  t.ok(refused > 3000, `many mutations break the document (${refused})`)
+  t.ok(refused > 1500, `many mutations break the document (${refused})`)
 })
 
 t.test('sliced scans agree with one-shot scans whatever the slice size', async (t) => {
@@ -401,8 +401,9 @@ t.test('invalid UTF-8 is repaired as toString did, and the repair is what goes u
   t.same(body.withUser('u'), Buffer.from('{"model":"a\ufffdb","user":"u"}'))
 })
 
-t.test('depth costs no stack: a million levels, valid and invalid', async (t) => {
-  for (const n of [5000, 1_000_000]) {
+t.test('depth costs no stack: a hundred thousand levels, valid and invalid', async (t) => {
+  // A scanner that recursed per level would overflow Node's stack at about ten thousand.
+  for (const n of [5000, 100_000]) {
     const deep = Buffer.from(`{"model":"m","messages":[],"x":${'['.repeat(n)}${']'.repeat(n)}}`)
     const body = scanBody(deep)
     t.ok(body, `${n} levels accepted, as JSON.parse accepts them`)
@@ -456,10 +457,10 @@ t.test('long strings through the SIMD loop, windows of every small size: same ve
   stringItems = 200
   t.teardown(() => { stringItems = 8; tuneStrings({}) })
   for (const window of [16, 17, 31, 64, 333, 65536]) {
-    // SIMD and JavaScript scan the same 400 documents (one seed per window), in the same order:
+    // SIMD and JavaScript scan the same 200 documents (one seed per window), in the same order:
     // they are made, and parsed by the oracle, once.
     const r = mulberry32(window)
-    const docs = Array.from({ length: 400 }, (_, n) => {
+    const docs = Array.from({ length: 200 }, (_, n) => {
       let buf: Buffer = Buffer.from(document(r))
       if (n % 2) buf = mutate(r, buf)
       return { buf, budget: 1 + Math.floor(r() * 64), room: n % 3 === 0 ? 1024 : undefined, o: oracle(buf) }
@@ -472,7 +473,7 @@ t.test('long strings through the SIMD loop, windows of every small size: same ve
       }
     }
   }
-  t.pass('400 documents with long strings per window size, SIMD and JavaScript')
+  t.pass('200 documents with long strings per window size, SIMD and JavaScript')
 })
 
 t.test('a stop byte at every offset around a window edge is found (SIMD)', async (t) => {
