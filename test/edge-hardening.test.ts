@@ -10,7 +10,7 @@ import { signJwt } from './support/sign-jwt.js'
 import { externalUserId } from '../src/identity/external-id.js'
 import { createProxyServer } from '../src/proxy/server.js'
 import { createLogger } from '../src/lib/log.js'
-import { LogSink } from './support/sidecar.js'
+import { LogSink } from './support/log-sink.js'
 
 // The edge: what reaches OpenRouter, which paths pass, who may hold a connection, and
 // that a fault in one exchange stays in that exchange.

@@ -3,7 +3,7 @@ import { countPrompt, countPromptSliced, type PromptCounts } from '../src/budget
 import { AUDIO_BYTES_PER_TOKEN, estimateBilledUsd, type EstimateOptions } from '../src/budgets/estimate.js'
 import { PriceList, parseModel } from '../src/budgets/prices.js'
 import { createLogger } from '../src/lib/log.js'
-import { LogSink } from './support/sidecar.js'
+import { LogSink } from './support/log-sink.js'
 
 // The estimator's parts: what the byte pass counts as text and as media, how /models entries are
 // read, and how counts and prices make an amount.

@@ -1,7 +1,7 @@
 import t from 'tap'
 import { FailOpenLog } from '../src/budgets/fail-open.js'
 import { createLogger } from '../src/lib/log.js'
-import { LogSink } from './support/sidecar.js'
+import { LogSink } from './support/log-sink.js'
 
 // The fail-open log with a clock of its own: the first request of an outage named at once, the
 // rest summed (none left out), and an outage longer than a minute said at error level.

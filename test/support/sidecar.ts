@@ -1,20 +1,13 @@
-import { Writable } from 'node:stream'
 import { mkdtempSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createLogger } from '../../src/lib/log.js'
 import { start, type Sidecar, type StartOptions } from '../../src/main.js'
 import type { FakeOpenRouter } from './fake-openrouter.js'
+import { LogSink } from './log-sink.js'
 import { TEST_KEY } from './test-key.js'
 
-export { TEST_KEY }
-
-/** Every log line the sidecar wrote, as text: tests assert what is (and is not) in it. */
-export class LogSink extends Writable {
-  lines: string[] = []
-  _write (chunk: Buffer, _enc: string, cb: () => void): void { this.lines.push(chunk.toString('utf8')); cb() }
-  get text (): string { return this.lines.join('') }
-}
+export { LogSink, TEST_KEY }
 
 export interface Started { sidecar: Sidecar, logs: LogSink, url: string, dataDir: string }
 
