@@ -4,7 +4,7 @@
 // notice means a claim nothing checks. Everything happens in a copy of the tree (a temp dir with
 // node_modules linked in), so a crash never leaves src/ mutated.
 //
-// Usage: npm run mutate [-- name-filter]
+// Usage: npm run mutate [-- name-filter]   (MUTATE_TESTS: see below)
 import { spawnSync } from 'node:child_process'
 import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -26,7 +26,10 @@ if (gone.length > 0) {
   console.error(`mutation: these files named by breaks do not exist: ${gone.join(' ')}`)
   process.exit(1)
 }
-const breaks = all.filter((b) => !filter || b.name.includes(filter))
+// MUTATE_TESTS=a.test.ts,b.test.ts keeps the breaks that name one of those files: after a change
+// to some tests, the breaks that rely on them.
+const touching = process.env.MUTATE_TESTS?.split(',').filter(Boolean) ?? []
+const breaks = all.filter((b) => (!filter || b.name.includes(filter)) && (touching.length === 0 || b.tests.some((f) => touching.includes(f))))
 
 const copy = mkdtempSync(join(tmpdir(), 'usage-proxy-mutate-'))
 // web/ and README.md are read at run time (the admin page, the config table), scripts/ checks
