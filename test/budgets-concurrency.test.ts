@@ -21,12 +21,7 @@ const USER_LIMIT = '0.003'
 const USERS = ['u0', 'u1', 'u0', 'u2', 'u0', 'u3']
 /** Every estimate holds at least the 200 completion tokens: 200 × $0.000002 × 1.125. */
 const ESTIMATE_FLOOR = '0.00045'
-/**
- * 64 at once, then a half wave more, sent as the first ones settle: spend crosses both limits in
- * the first wave (about 20 served, the rest refused), so the requests after the second wave would
- * only be more refusals, each a round of admission SQL and a row.
- */
-const TOTAL = 96
+const TOTAL = 192
 const CONCURRENCY = 64
 
 /** a <= b for decimal strings, by exact integer comparison. */
