@@ -38,7 +38,8 @@ export const BREAKS = [
     file: 'src/export/http.ts',
     search: 'const TEMPORARY = new Set([401, 403, 404, 408, 409, 425, 429])',
     replace: 'const TEMPORARY = new Set([404, 408, 409, 425, 429])',
-    tests: EXPORT,
+    // The export's own files never meet a 401; the echo attack's does, and sets aside only its 400.
+    tests: [...EXPORT, 'test/attack-s10c-secret-echo.test.ts'],
   },
   {
     name: 'attack10c: a Retry-After of days is not capped',
