@@ -52,14 +52,14 @@ const alone = (f) => !f.endsWith('.test.ts') || weight(f) >= aloneS || ownProces
 
 // Each job is a list of files for one process: a file alone, or a batch of short ones filled up
 // to TEST_BATCH_S seconds of their last times, longest files first.
+const jobWeight = (job) => job.reduce((s, f) => s + weight(f), 0)
 const jobsToRun = []
 let batch = null
 for (const f of [...files].sort((a, b) => weight(b) - weight(a))) {
   if (alone(f)) { jobsToRun.push([f]); continue }
-  if (batch === null || batch.reduce((s, b) => s + weight(b), 0) >= batchS) jobsToRun.push(batch = [])
+  if (batch === null || jobWeight(batch) >= batchS) jobsToRun.push(batch = [])
   batch.push(f)
 }
-const jobWeight = (job) => job.reduce((s, f) => s + weight(f), 0)
 const queue = jobsToRun.sort((a, b) => jobWeight(b) - jobWeight(a))
 
 const totals = { total: 0, pass: 0, fail: 0, skip: 0, todo: 0 }
@@ -75,10 +75,7 @@ function runJob (job) {
       cwd: root, detached: true, stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, TAP_TIMEOUT: String(timeoutS * job.length), TEST_FILE_TIMEOUT: String(timeoutS), ...(batched ? { TEST_BATCH: '1' } : {}) },
     })
-    running.add(child)
-    const out = []
-    child.stdout.on('data', (b) => out.push(b))
-    child.stderr.on('data', (b) => out.push(b))
+    const out = collect(child)
     // tap's own timeout ends a file that overruns; this is for a process that does not end then.
     const limitS = timeoutS * job.length + 30
     const killer = setTimeout(() => { out.push(Buffer.from(`\n# test/run.mjs: no exit ${limitS} s after start, killed\n`)); kill(child) }, limitS * 1000)
@@ -133,15 +130,21 @@ function checkTypes () {
     const started = Date.now()
     const tsc = join(root, 'node_modules', 'typescript', 'bin', 'tsc')
     const child = spawn(process.execPath, [tsc, '--noEmit', '--incremental', '--tsBuildInfoFile', join('.tap', 'tsc', 'check.tsbuildinfo')], { cwd: root, detached: true, stdio: ['ignore', 'pipe', 'pipe'] })
-    running.add(child)
-    const out = []
-    child.stdout.on('data', (b) => out.push(b))
-    child.stderr.on('data', (b) => out.push(b))
+    const out = collect(child)
     child.on('close', (code) => {
       running.delete(child)
       resolve({ ok: code === 0, seconds: (Date.now() - started) / 1000, text: Buffer.concat(out).toString('utf8') })
     })
   })
+}
+
+/** What the child writes, both streams in order; the child is killed with the run if it is cut short. */
+function collect (child) {
+  running.add(child)
+  const out = []
+  child.stdout.on('data', (b) => out.push(b))
+  child.stderr.on('data', (b) => out.push(b))
+  return out
 }
 
 function kill (child) {
