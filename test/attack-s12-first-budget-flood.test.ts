@@ -108,7 +108,7 @@ t.test('deleted then re-created: the re-creation binds at once', async (t) => {
     t.equal(await chat(user), 402, `round ${round}: refused right after the write`)
     t.equal(await del(`/admin/v1/budgets/users/${user}`), 200)
     const f = flood(user, 4)
-    await new Promise((r) => setTimeout(r, 30))
+    await f.sentAfter(0) // the flood runs: a request answered before the write
     const p = await put(`/admin/v1/budgets/users/${user}`, { limit_usd: '0', period: 'day' })
     t.equal(p.status, 200)
     await f.sentAfter(p.answeredAt)
@@ -122,7 +122,7 @@ t.test('an organization budget and a default-user budget bind at once too', asyn
   for (const [path, scope] of [['/admin/v1/budgets/organization', 'organization'], ['/admin/v1/budgets/default-user', 'default-user']] as const) {
     await new Promise((r) => setTimeout(r, 40))
     const f = flood(`any-${scope}`, 6)
-    await new Promise((r) => setTimeout(r, 40))
+    await f.sentAfter(0) // the flood runs: a request answered before the write
     const p = await put(path, { limit_usd: '0', period: 'month' })
     if (p.status === 404) { t.comment(`no route ${path}`); await f.stop(); continue }
     t.equal(p.status, 200, `${scope} budget written`)
@@ -136,7 +136,7 @@ t.test('an organization budget and a default-user budget bind at once too', asyn
 t.test('a key created with a zero budget is refused on its first request, during a flood', async (t) => {
   await new Promise((r) => setTimeout(r, 40))
   const f = flood('bystander', 6)
-  await new Promise((r) => setTimeout(r, 40))
+  await f.sentAfter(0) // the flood runs: a request answered before the first key
   for (let i = 0; i < 5; i++) {
     const res = await request(s.url + '/admin/v1/keys', { method: 'POST', headers: admin, body: JSON.stringify({ name: `zero-${i}`, budget: { limit_usd: '0', period: 'month' } }) })
     const body = await res.body.json() as { id: string, key: string }

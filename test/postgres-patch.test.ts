@@ -129,7 +129,13 @@ t.test('a connection reset while the pool hands it a query: the query fails at t
   let late: Promise<unknown> | undefined
   onError = () => { late = code(sql`select 2 as x`) }
   const inflight = code(sql`select pg_sleep(1)`)
-  await new Promise((r) => setTimeout(r, 200))
+  // Reset while Postgres runs it: the query is in flight, not still on its way.
+  for (const deadline = Date.now() + 5000; ;) {
+    const [{ n }] = await db.sql`select count(*)::int as n from pg_stat_activity where datname = ${db.name} and state = 'active' and query like 'select pg_sleep%'`
+    if (n > 0) break
+    if (Date.now() > deadline) throw new Error('pg_sleep never ran')
+    await new Promise((r) => setTimeout(r, 10))
+  }
   relay.reset()
   t.equal(await inflight, 'ECONNRESET', 'the query in flight fails with the reset')
   t.ok(late, 'a query came to the pool between the socket\'s error and its close')

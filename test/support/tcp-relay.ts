@@ -13,6 +13,10 @@ export class TcpRelay {
   private paused = false
   private held: Array<[Socket, Buffer]> = []
   private frozen = false
+  /** Connections forwarded so far, numbered from 1 in order: a client's reconnect is a new number. */
+  connections = 0
+  /** How many chunks pause() held of what each connection's client sent, by its number. */
+  readonly heldFromClient = new Map<number, number>()
 
   constructor (private readonly targetPort: number, private readonly targetHost = '127.0.0.1') {}
 
@@ -28,13 +32,18 @@ export class TcpRelay {
     const server = createServer((client) => {
       if (this.frozen) { this.sockets.add(client); client.on('error', () => {}); return } // accepted, never answered
       const upstream = connect(this.targetPort, this.targetHost)
+      const number = ++this.connections
       this.sockets.add(client).add(upstream)
       const drop = () => { client.destroy(); upstream.destroy(); this.sockets.delete(client); this.sockets.delete(upstream) }
       client.on('error', drop).on('close', drop)
       upstream.on('error', drop).on('close', drop)
       // Forwarded by hand, not piped: pause() can then hold bytes without closing anything.
       const forward = (from: Socket, to: Socket): void => {
-        from.on('data', (d: Buffer) => { if (this.paused) this.held.push([to, d]); else to.write(d) })
+        from.on('data', (d: Buffer) => {
+          if (!this.paused) { to.write(d); return }
+          this.held.push([to, d])
+          if (from === client) this.heldFromClient.set(number, (this.heldFromClient.get(number) ?? 0) + 1)
+        })
       }
       forward(client, upstream)
       forward(upstream, client)
