@@ -23,6 +23,7 @@ import { MY_USAGE_CACHE, cachedSummary } from './usage/reports/my-usage-cache.js
 import { createUpstream } from './proxy/upstream.js'
 import { Journal } from './usage/ledger/journal.js'
 import type { Ledger } from './usage/ledger/ledger.js'
+import type { Limits } from './budgets/limits.js'
 import type { UsageRecord } from './usage/ledger/record.js'
 import { createMetrics, type MetricsSources } from './ops/metrics.js'
 import { createAccessLog } from './proxy/access-log.js'
@@ -45,6 +46,8 @@ export interface Sidecar {
   /** Resolves when boot finished and /readyz answers 200. */
   ready: Promise<void>
   ledger: () => Ledger | null
+  /** The spend controls, once boot finished: what they currently believe of the budgets. */
+  limits: () => Pick<Limits, 'mayHaveBudgets'> | null
   log: Logger
   /** Graceful stop: refuse new requests, let streams finish, flush the ledger. */
   stop: (reason?: string) => Promise<void>
@@ -145,7 +148,7 @@ export async function start (env: Record<string, string | undefined>, log?: Logg
     return stopping
   }
 
-  return { config, server: front.server, port, ready: ready$, ledger: () => s.ledger, log, stop, isStopping: () => stopping !== null }
+  return { config, server: front.server, port, ready: ready$, ledger: () => s.ledger, limits: () => s.spend?.limits ?? null, log, stop, isStopping: () => stopping !== null }
 }
 
 const LOOPBACK = ['127.0.0.1', '::1', 'localhost']

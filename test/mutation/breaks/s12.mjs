@@ -8,7 +8,7 @@ export const BREAKS = [
     file: 'src/budgets/limits.ts',
     search: '    this.changes++\n    this.anyBudgets = null\n',
     replace: '    this.changes++\n',
-    tests: ['test/budgets-holds.test.ts'],
+    tests: ['test/budgets-holds.test.ts', 'test/attack-s12-first-budget-flood.test.ts'],
   },
   {
     name: 'budgets: a re-read begun before a budget write here resets it to "no budget"',
