@@ -297,11 +297,12 @@
 
   // ---- views ----
   async function overview (s) {
+    delete $('overview').dataset.loaded
     $('user-view').hidden = true
     $('group-view').hidden = true
     $('overview').hidden = false
     const p = apiPeriod(s)
-    auditTrail().catch(() => {})
+    const audit = auditTrail().catch(() => {})
     const [days, users, models, tasks, outcomes] = await Promise.all(['day', 'user', 'model', 'task', 'outcome']
       .map((g) => api(`/admin/v1/usage?${p}&group_by=${g}`)))
     showOrganization(days)
@@ -309,7 +310,7 @@
     const empty = days.totals.requests === 0
     $('empty').hidden = !empty
     $('overview-tables').hidden = empty
-    if (empty) return
+    if (empty) return loaded(audit)
     chart($('chart'), days.data, s)
     table($('days'), { id: 'days-table', title: 'Days', csv: csvHref(`/admin/v1/usage?${p}&group_by=day`), rows: days.data,
       columns: [{ key: 'day', label: 'Day', cell: (r) => r.day }, ...SUM_COLUMNS.map((c) => ({ ...c, sort: false }))] })
@@ -332,6 +333,13 @@
       columns: [{ key: 'outcome', label: 'Outcome', cell: (r) => el('span', { class: r.outcome === 'ok' ? '' : 'warn', text: r.outcome }) }, ...SUM_COLUMNS] })
     // Last, so the tables above never wait for the groups and budgets reads.
     await groupsSection(s, p)
+    await loaded(audit)
+  }
+
+  /** Marks the overview whole (every table and the audit trail drawn): what a reader of the page, a test or a screenshot, waits for. */
+  async function loaded (audit) {
+    await audit
+    $('overview').dataset.loaded = 'true'
   }
 
   // The audit trail, newest first, a page at a time (GET /admin/v1/audit's cursor). Every value
