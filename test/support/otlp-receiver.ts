@@ -69,9 +69,20 @@ export class OtlpReceiver {
   /** The next requests are answered with these statuses, one each, then 200 again. */
   failWith (...statuses: number[]): void { this.failures.push(...statuses) }
 
-  /** Resolves once `accepted` satisfies `ok` (checked after each accepted export). */
-  async until (ok: (r: Received[]) => boolean): Promise<void> {
-    while (!ok(this.accepted)) await new Promise<void>((resolve) => this.waiters.push(resolve))
+  /**
+   * Resolves once `accepted` satisfies `ok` (checked after each accepted export); rejects after
+   * `timeoutMs` with what was accepted and `explain()`, so a test that waits in vain says why.
+   */
+  async until (ok: (r: Received[]) => boolean, timeoutMs = 60_000, explain: () => string = () => ''): Promise<void> {
+    const deadline = Date.now() + timeoutMs
+    while (!ok(this.accepted)) {
+      const left = deadline - Date.now()
+      if (left <= 0) throw new Error(`OTLP receiver: still waiting after ${timeoutMs} ms, ${this.accepted.length} exports accepted${explain()}`)
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, left)
+        this.waiters.push(() => { clearTimeout(timer); resolve() })
+      })
+    }
   }
 
   async close (): Promise<void> { await this.down() }
