@@ -84,11 +84,13 @@ export async function readBatch (sql: Sql, org: string, sink: string, from: Posi
     if (placed.length === limit) return { rows: placed, end: placed[placed.length - 1].at }
     // The rows from before the export are all read: the ordered part starts at the organization's
     // lowest transaction id (read once, so a sink's first start does not step through every
-    // transaction id the cluster ever used).
+    // transaction id the cluster ever used). The horizon comes first: every transaction below it
+    // has ended, so the lowest id read after it covers each of their rows. Read the other way
+    // round, a transaction that commits between the two reads has rows below the start: skipped.
+    const h = await horizon(sql)
     const [first] = await sql.unsafe<Array<{ x: string | null }>>(
       'SELECT min(export_xid)::text AS x FROM usage_events WHERE organization_id = $1 AND export_xid IS NOT NULL', [org])
     // Not above the horizon: a transaction still open below the lowest committed row may add rows.
-    const h = await horizon(sql)
     const start = first?.x !== null && first?.x !== undefined && BigInt(first.x) < h ? BigInt(first.x) : h
     return { rows: placed, end: { ...START, xid: (start < 1n ? 1n : start).toString() } }
   }

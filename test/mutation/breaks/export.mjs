@@ -6,6 +6,13 @@ const FAULTS = ['test/export-faults.test.ts']
 const STRIPE = ['test/export-stripe.test.ts']
 export const BREAKS = [
   {
+    name: 'export: the first read takes the lowest transaction id before the horizon (a transaction committing between them is skipped)',
+    file: 'src/export/rows.ts',
+    search: "    const h = await horizon(sql)\n    const [first] = await sql.unsafe<Array<{ x: string | null }>>(\n      'SELECT min(export_xid)::text AS x FROM usage_events WHERE organization_id = $1 AND export_xid IS NOT NULL', [org])\n",
+    replace: "    const [first] = await sql.unsafe<Array<{ x: string | null }>>(\n      'SELECT min(export_xid)::text AS x FROM usage_events WHERE organization_id = $1 AND export_xid IS NOT NULL', [org])\n    const h = await horizon(sql)\n",
+    tests: ['test/export-horizon.test.ts'],
+  },
+  {
     name: 'export: the cursor reads past the oldest open transaction (a late-committing row is skipped)',
     file: 'src/export/rows.ts',
     search: 'const hi = lo + window < h ? lo + window : h',
