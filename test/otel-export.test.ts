@@ -21,7 +21,7 @@ let fake: FakeOpenRouter
 t.before(async () => { fake = await new FakeOpenRouter(23).start() })
 t.teardown(async () => { await fake.close() })
 
-function env (o: { org: string, databaseUrl: string, probe: string }, extra: Record<string, string> = {}): Record<string, string> {
+function env (o: { org: string, databaseUrl: string }, extra: Record<string, string> = {}): Record<string, string> {
   return {
     OPENROUTER_API_KEY: TEST_KEY,
     OPENROUTER_EXTERNAL_USER: o.org,
@@ -39,7 +39,6 @@ function env (o: { org: string, databaseUrl: string, probe: string }, extra: Rec
     // docs/telemetry.md says); a stopping holder releases it at once.
     EXPORT_LEASE_MS: '10000',
     EXPORT_RETRY_MAX_MS: '400',
-    OTEL_LOAD_PROBE_FILE: o.probe,
     ...extra,
   }
 }
@@ -61,12 +60,11 @@ t.test('two replicas, one OTLP receiver: the ledger\'s token sums, each row once
   const receiver = await new OtlpReceiver().start()
   t.teardown(() => receiver.close())
   const org = 'mai_client_otel_e2e'
-  const probe = join(mkdtempSync(join(tmpdir(), 'otel-probe-')), 'loaded.txt')
   const otel = { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, OTEL_METRIC_EXPORT_INTERVAL: '100', OTEL_EXPORTER_OTLP_TIMEOUT: '5000', OTEL_SERVICE_NAME: 'usage-proxy-e2e' }
   const replicas: Child[] = []
   // The replicas run without the load probe: that the SDK loads here is shown by what the receiver
   // accepts, and the probe's import hook has no business in the processes under test.
-  for (let i = 0; i < 2; i++) replicas.push(spawnSidecar(env({ org, databaseUrl: db.url, probe }, otel), await freePort()))
+  for (let i = 0; i < 2; i++) replicas.push(spawnSidecar(env({ org, databaseUrl: db.url }, otel), await freePort()))
   t.teardown(async () => { for (const r of replicas) { r.proc.kill('SIGKILL'); await r.exited } })
   await Promise.all(replicas.map((r) => r.waitReady()))
 
@@ -132,7 +130,7 @@ t.test('without an endpoint the SDK is never loaded, with traffic and the export
   const org = 'mai_client_otel_off'
   const probe = join(mkdtempSync(join(tmpdir(), 'otel-probe-')), 'loaded.txt')
   // A CloudEvents sink keeps the export layer running, so the otel sink's absence is the only difference.
-  const sidecar = spawnSidecar(env({ org, databaseUrl: db.url, probe }, { CLOUDEVENTS_URL: 'http://127.0.0.1:9/events', OTEL_SERVICE_NAME: 'not-enough' }), await freePort(), ['--import', PROBE])
+  const sidecar = spawnSidecar(env({ org, databaseUrl: db.url }, { CLOUDEVENTS_URL: 'http://127.0.0.1:9/events', OTEL_SERVICE_NAME: 'not-enough', OTEL_LOAD_PROBE_FILE: probe }), await freePort(), ['--import', PROBE])
   t.teardown(async () => { sidecar.proc.kill('SIGKILL'); await sidecar.exited })
   await sidecar.waitReady()
   const l = await runLoad({ url: () => sidecar.url, total: 6, concurrency: 2 })
