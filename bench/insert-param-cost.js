@@ -7,7 +7,7 @@ import postgres from 'postgres'
 import { freshDatabase } from './db.js'
 import { sampleRecord } from './sample-record.js'
 import { ROOT } from './targets.js'
-const { ROW_COLUMNS, toRow } = await import(join(ROOT, 'dist', 'usage', 'record.js'))
+const { ROW_COLUMNS, toRow } = await import(join(ROOT, 'dist', 'usage', 'ledger', 'record.js'))
 const N = Number(process.env.N ?? 300), B = 40
 const all = readdirSync(join(ROOT, 'sql')).filter((f) => /^\d+_.*\.sql$/.test(f)).sort()
 const sql = postgres(await freshDatabase('usage_proxy_ins'), { max: 1, onnotice: () => {} })

@@ -156,7 +156,7 @@ async function main () {
     }
 
     if (ledgerSql) {
-      const rows = await ledgerSql`select outcome, count(*)::int as n from usage_events group by outcome order by outcome`
+      const rows = await ledgerSql`select outcome, count(*)::int as n from usage_events where organization_id = 'bench_org' group by outcome order by outcome`
       const okRows = rows.find((r) => r.outcome === 'ok')?.n ?? 0
       const others = rows.filter((r) => r.outcome !== 'ok')
       completeness = {

@@ -89,12 +89,15 @@ export async function startBareNode ({ tmp, upstreamPort, nodeArgs = [], name = 
 }
 
 /** The metering floor (bench/floor-proxy.js): bare Node plus a regex usage read and a batched row per request. */
-export async function startFloor ({ tmp, upstreamPort, databaseUrl, nodeArgs = [] }) {
+// `with` adds the brief's promises to it one by one (bench/floor-proxy.js --with): the targets
+// floor-body, floor-journal, floor-ledger and floor-all (all three).
+export async function startFloor ({ tmp, upstreamPort, databaseUrl, nodeArgs = [], name = 'floor', with: extras = [] }) {
   const port = await freePort()
-  const child = start('floor', process.execPath, [...NODE_FLAGS, ...nodeArgs, join(BENCH, 'floor-proxy.js'), `--port=${port}`, `--upstream=http://127.0.0.1:${upstreamPort}`, `--db=${databaseUrl}`], { logPath: join(tmp, 'floor.log') })
+  const child = start(name, process.execPath, [...NODE_FLAGS, ...nodeArgs, join(BENCH, 'floor-proxy.js'), `--port=${port}`, `--upstream=http://127.0.0.1:${upstreamPort}`, `--db=${databaseUrl}`, `--with=${extras.join(',')}`], { logPath: join(tmp, `${name}.log`) })
   await waitHttp(`http://127.0.0.1:${port}/healthz`, { status: 404, child })
-  return { name: 'floor', url: `http://127.0.0.1:${port}${CHAT}`, headers: CLIENT_HEADERS, child, pid: child.pid }
+  return { name, url: `http://127.0.0.1:${port}${CHAT}`, headers: CLIENT_HEADERS, child, pid: child.pid }
 }
+export const FLOOR_VARIANTS = { 'floor-body': ['body'], 'floor-journal': ['journal'], 'floor-ledger': ['ledger'], 'floor-all': ['body', 'journal', 'ledger'] }
 
 export async function startPortkey ({ tmp, upstreamPort }) {
   const port = await freePort()
@@ -135,6 +138,8 @@ export async function startTargets ({ tmp, upstreamPort, databaseUrl, names = TA
       out.push(await startBareNode({ tmp, upstreamPort, name, nodeArgs: ['--import', join(BENCH, 'gc-headroom-preload.js')] }))
     } else if (name === 'floor') {
       out.push(await startFloor({ tmp, upstreamPort, databaseUrl }))
+    } else if (FLOOR_VARIANTS[name]) {
+      out.push(await startFloor({ tmp, upstreamPort, databaseUrl, name, with: FLOOR_VARIANTS[name] }))
     } else if (name === 'portkey') {
       if (!existsSync(PORTKEY_BIN)) {
         const msg = `${PORTKEY_BIN} not found: skipping Portkey (run: npm ci --prefix bench)`
