@@ -1,7 +1,7 @@
 // The five things measured side by side, each behind a URL on 127.0.0.1. Every target gets the
 // same request (the identity headers Open WebUI forwards included); each proxy forwards it to the
 // same fake upstream. A target whose software is missing is skipped with a message.
-import { existsSync, mkdirSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { freePort, start, waitHttp } from './children.js'
 import { nginxAvailable, startNginx, NGINX } from './nginx.js'
@@ -15,6 +15,15 @@ export const ROOT = process.env.BENCH_PROJECT_DIR ? resolve(process.env.BENCH_PR
  * ends the back-to-back full collections large bodies cause; BENCHMARKS.md, session 7).
  */
 export const NODE_FLAGS = (process.env.BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolean)
+/**
+ * The node flags usage-proxy ships with: those of the measured project's `npm start`
+ * (package.json, the same as the image's CMD), so a snapshot of another commit runs with its own.
+ */
+export function productNodeFlags (root = ROOT) {
+  const start = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')).scripts?.start ?? ''
+  const words = start.split(/\s+/).filter(Boolean)
+  return words[0] === 'node' ? words.slice(1, words.findIndex((w) => w.endsWith('main.js'))) : []
+}
 /** BENCH_SIDECAR_ENV: more environment for usage-proxy, as JSON (e.g. '{"MAX_BODY_BYTES":"67108864"}'). */
 const SIDECAR_ENV = JSON.parse(process.env.BENCH_SIDECAR_ENV || '{}')
 export const PORTKEY_BIN = join(BENCH, 'node_modules', '@portkey-ai', 'gateway', 'build', 'start-server.js')
@@ -70,11 +79,11 @@ export async function startUpstreamProcess (tmp) {
   return { port, child }
 }
 
-export async function startUsageProxy ({ tmp, upstreamPort, databaseUrl, nodeArgs = [], name = 'usage-proxy', extraEnv = {} }) {
+export async function startUsageProxy ({ tmp, upstreamPort, databaseUrl, nodeArgs = [], name = 'usage-proxy', extraEnv = {}, root = ROOT }) {
   const port = await freePort()
   const dataDir = join(tmp, `${name}-data`)
   mkdirSync(dataDir, { recursive: true })
-  const child = start(name, process.execPath, [...NODE_FLAGS, ...nodeArgs, join(ROOT, 'dist', 'main.js')], {
+  const child = start(name, process.execPath, [...productNodeFlags(root), ...NODE_FLAGS, ...nodeArgs, join(root, 'dist', 'main.js')], {
     env: { ...usageProxyEnv({ port, upstreamPort, databaseUrl, dataDir }), ...SIDECAR_ENV, ...extraEnv }, logPath: join(tmp, `${name}.log`), cwd: tmp,
   })
   await waitHttp(`http://127.0.0.1:${port}/readyz`, { child, timeoutMs: 60_000 })
@@ -150,6 +159,9 @@ export async function startTargets ({ tmp, upstreamPort, databaseUrl, names = TA
       out.push(await startPortkey({ tmp, upstreamPort }))
     } else if (name === 'usage-proxy') {
       out.push(await startUsageProxy({ tmp, upstreamPort, databaseUrl }))
+    } else if (name === 'usage-proxy-before') {
+      if (!process.env.BENCH_BEFORE_DIR) throw new Error('usage-proxy-before needs BENCH_BEFORE_DIR (e.g. $(node bench/snapshot.js main))')
+      out.push(await startUsageProxy({ tmp, upstreamPort, databaseUrl, name, root: resolve(process.env.BENCH_BEFORE_DIR) }))
     } else if (name === 'usage-proxy-budgets') {
       out.push(await startUsageProxy({ tmp, upstreamPort, databaseUrl, name, extraEnv: BUDGETS_ENV }))
     } else {

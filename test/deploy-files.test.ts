@@ -155,7 +155,10 @@ t.test('Dockerfile: node:24-slim stages, non-root, tini, node dist/main.js', asy
   t.notMatch(users.at(-1)?.args ?? 'root', /^(root|0)(:|$)/, 'not root')
   t.same(json(one('ENTRYPOINT').at(-1)), ['/usr/bin/tini', '--'])
   t.ok(one('RUN').some((i) => /apt-get install\b.*\btini\b/.test(i.args) && /rm -rf \/var\/lib\/apt\/lists/.test(i.args)), 'tini installed, apt lists cleaned')
-  t.same(json(one('CMD').at(-1)), ['node', 'dist/main.js'])
+  t.same(json(one('CMD').at(-1)), ['node', '--max-semi-space-size=8', 'dist/main.js'])
+  // The image runs the sidecar as `npm start` does, node flags included (docs/operations.md).
+  const pkg = JSON.parse(read('package.json')) as { scripts: Record<string, string> }
+  t.same(json(one('CMD').at(-1)), pkg.scripts.start.split(/\s+/), 'CMD is npm start\'s command')
   const env = one('ENV').map((i) => i.args).join(' ')
   for (const kv of ['NODE_ENV=production', 'DATA_DIR=/data', 'PORT=8787']) t.match(env, kv)
   t.ok(one('EXPOSE').some((i) => i.args.split(/\s+/).includes('8787')))
@@ -215,7 +218,7 @@ t.test('Dockerfile: the CMD file is what the build emits, and its SQL sits where
   const emitted = (src: string): string => posix.join(build.compilerOptions.outDir, posix.relative(build.compilerOptions.rootDir, src)).replace(/\.ts$/, '.js')
   t.equal(emitted('src/main.ts'), 'dist/main.js')
   t.ok(existsSync(join(root, 'src/main.ts')))
-  t.equal((json(one('CMD').at(-1)) as string[])?.[1], emitted('src/main.ts'), 'CMD runs the compiled main.ts')
+  t.equal((json(one('CMD').at(-1)) as string[])?.at(-1), emitted('src/main.ts'), 'CMD runs the compiled main.ts')
   const pkg = JSON.parse(read('package.json')) as { bin: Record<string, string> }
   t.equal(pkg.bin['usage-proxy'], emitted('src/cli.ts'), 'the bin is the compiled cli.ts')
   t.equal(read('src/cli.ts').split('\n')[0], '#!/usr/bin/env node')
