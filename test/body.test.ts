@@ -347,7 +347,6 @@ function fakeLedger (onEnd: (then: () => void) => void, record: () => void = () 
   let intent = false
   return {
     pending: () => {},
-    pendingNow: () => {},
     record,
     intent: () => { intent = true },
     withdraw: () => {},
@@ -387,12 +386,20 @@ t.test('a response ends only once the journal has written its record (group comm
   let last: ServerResponse | null = null
   const held: Array<() => void> = []
   const endedWhenHeld: boolean[] = []
+  // Writes waited for before the record was handed over (the pending line's).
+  const early: Array<{ then: () => void }> = []
+  let recorded = false
   const ctx = {
     ...meterBase(pool),
     directory: { resolve: () => ({ userId: null, externalUserId: ORG, mapping: null }) },
     // The journal's write at the end of the turn, held until the test lets it happen.
-    ledger: fakeLedger((then) => { endedWhenHeld.push(last!.writableEnded); held.push(then) }),
-    reconciler: { enqueue: () => {} },
+    ledger: fakeLedger((then) => {
+      if (!recorded) { early.push({ then }); return }
+      endedWhenHeld.push(last!.writableEnded)
+      held.push(then)
+    }, () => { recorded = true }),
+    // A record without a cost goes to the reconciler instead: handed over all the same.
+    reconciler: { enqueue: () => { recorded = true } },
     log: createLogger('fatal'),
     track: () => {},
   } as unknown as MeterContext
@@ -410,11 +417,24 @@ t.test('a response ends only once the journal has written its record (group comm
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1/chat/completions`
   // fake/sized declares its length: the client holds a complete answer once that many bytes are
   // out, whether or not res.end was called, so its last chunk must wait for the journal too.
-  for (const [model, stream] of [['fake/ok', false], ['fake/ok', true], ['fake/sized', false]] as const) {
+  // fake/slow: the stream's events come in many reads, all while the pending line's write is held.
+  const lastGeneration = () => [...fake.generations.values()].at(-1)
+  const pace = fake.slowEventMs
+  fake.slowEventMs = 1 // fake/slow's 200 events in a few hundred reads
+  t.teardown(() => { fake.slowEventMs = pace })
+  for (const [model, stream] of [['fake/ok', false], ['fake/ok', true], ['fake/sized', false], ['fake/slow', true]] as const) {
     held.length = 0
+    early.length = 0
+    recorded = false
     const answer = post(url, JSON.stringify({ model, stream, messages: [] }))
     const deadline = Date.now() + 10_000
     while (held.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5))
+    if (stream) {
+      // Every byte arrived while the pending line's write was held: none may have reached the client.
+      t.equal(early.length, 1, `${model} stream=${stream}: its pending line's write was waited for`)
+      t.equal(written, 0, `${model} stream=${stream}: no body byte before the line naming its generation is written`)
+    }
+    for (const e of early.splice(0)) e.then() // the journal's writes happen in order: the pending line's first
     t.equal(held.length, 1, `${model} stream=${stream}: the end waits for the journal`)
     t.same(endedWhenHeld.splice(0), [false], 'the response was still open when its record was handed to the journal')
     t.equal(last!.writableEnded, false, 'and stays open while the write is held')
@@ -423,6 +443,7 @@ t.test('a response ends only once the journal has written its record (group comm
     const r = await answer
     t.equal(r.status, 200)
     t.equal(last!.writableEnded, true, 'ended once the write happened')
+    if (model === 'fake/slow') t.equal(r.text, fake.sent.get(lastGeneration()!.id)?.toString(), 'every held chunk reached the client, in order')
     if (model === 'fake/sized') {
       const declared = Number(r.headers['content-length'])
       t.equal(Buffer.byteLength(r.text), declared, 'the client got every declared byte')
@@ -435,14 +456,20 @@ t.test('a response ends only once the journal has written its record (group comm
   t.teardown(() => unreachable.close())
   for (const c of [{ model: 'fake/cut-stream', pool, status: 200 }, { model: 'fake/ok', pool: unreachable, status: 502 }]) {
     held.length = 0
+    early.length = 0
+    recorded = false
     ctx.upstream.pool = c.pool
     let answered = false
     const answer = post(url, JSON.stringify({ model: c.model, stream: true, messages: [] })).finally(() => { answered = true })
     const deadline = Date.now() + 10_000
-    while (held.length === 0 && !answered && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5))
+    while (held.length === 0 && !answered && Date.now() < deadline) {
+      if (early.length > 0) early.shift()!.then()
+      await new Promise((r) => setTimeout(r, 5))
+    }
     t.equal(held.length, 1, `${c.status}: the error answer waits for the journal`)
     t.same(endedWhenHeld.splice(0), [false], 'the response was still open when its record was handed to the journal')
     t.equal(last!.writableEnded, false, 'and stays open while the write is held')
+    for (const e of early.splice(0)) e.then()
     held[0]?.()
     const r = await answer
     t.equal(r.status, c.status)
@@ -463,12 +490,14 @@ t.test('an exchange counts as over for a graceful stop only once its response ha
     }
   }
   let inFlight = 0
+  let recorded = false
   const ctx = {
     ...meterBase(pool),
     directory: { resolve: () => ({ userId: null, externalUserId: ORG, mapping: null }) },
-    // A slow client, as the process sees it: from the journal's write on, its socket's writes
-    // wait (the kernel's buffer is full), so the answer's last bytes are still in the process.
-    ledger: fakeLedger((then) => { stall(seen.res!.socket!); then() }),
+    // A slow client, as the process sees it: from the journal's write of the record on, its
+    // socket's writes wait (the kernel's buffer is full), so the answer's last bytes are still in
+    // the process. (A pending line's write before it passes as it comes.)
+    ledger: fakeLedger((then) => { if (recorded) stall(seen.res!.socket!); then() }, () => { recorded = true }),
     reconciler: { enqueue: () => {} },
     log: createLogger('fatal'),
     track: (d: 1 | -1) => { inFlight += d },
@@ -478,6 +507,7 @@ t.test('an exchange counts as over for a graceful stop only once its response ha
   t.teardown(() => server.close())
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1/chat/completions`
   for (const c of [{ model: 'fake/sized', stream: false }, { model: 'fake/ok', stream: true }]) {
+    recorded = false
     let answered = false
     const answer = post(url, JSON.stringify({ model: c.model, stream: c.stream, messages: [] })).finally(() => { answered = true })
     const deadline = Date.now() + 10_000

@@ -429,6 +429,10 @@ class Exchange implements Dispatcher.DispatchHandler {
   private done = false
   /** Set while the generation is named but its pending line is not yet handed to the journal. */
   private unjournaled: (() => void) | null = null
+  /** The pending line is appended and not yet written. */
+  private lineUnwritten = false
+  /** Chunks that wait for the journal's write of the pending line before the client gets them. */
+  private held: Buffer[] | null = null
   /** writeRecord() filled the record and handed it to the ledger: it can be observed. */
   private recorded = false
   private resume: (() => void) | null = null
@@ -498,37 +502,51 @@ class Exchange implements Dispatcher.DispatchHandler {
   }
 
   onData (chunk: Buffer): boolean {
-    let more = true
     // The tap reads first: a chunk that names the generation is journaled with it before the
-    // client can see it (unjournaled() below).
+    // client can see it (held below).
     this.tap!.write(chunk)
-    if (!this.clientGone) {
-      if (this.lengthLeft !== null && (this.lengthLeft -= chunk.length) <= 0 && chunk.length > 0) {
-        // The declared length completes the answer for the client, with no terminator to wait
-        // for: its last chunk goes out only with res.end, once the record is written (onComplete).
-        // Whole, not just its last byte: a small answer then leaves in one write, headers and all.
-        this.tail = chunk
-      } else {
-        this.unjournaled?.()
-        more = this.res.write(chunk)
-      }
+    if (this.clientGone) return true
+    if (this.lengthLeft !== null && (this.lengthLeft -= chunk.length) <= 0 && chunk.length > 0) {
+      // The declared length completes the answer for the client, with no terminator to wait
+      // for: its last chunk goes out only with res.end, once the record is written (onComplete).
+      // Whole, not just its last byte: a small answer then leaves in one write, headers and all.
+      this.tail = chunk
+      return true
     }
-    return more
+    if (this.held !== null) { this.held.push(chunk); return true }
+    // Bytes that can show the client its generation wait until the pending line naming it is
+    // written: it joins this turn's one write(2) of the journal, and the bytes follow with what
+    // else arrives meanwhile (at most one turn's reads: backpressure resumes with the next
+    // chunk). A response that also ends in this turn then leaves in one write, terminator and
+    // all: onComplete's end is queued behind the release.
+    this.unjournaled?.()
+    if (this.lineUnwritten) { this.held = [chunk]; return true }
+    return this.res.write(chunk)
+  }
+
+  /** The held chunks, in order, once the line naming their generation is written. */
+  private release (): void {
+    const held = this.held
+    if (held === null) return
+    this.held = null
+    if (this.clientGone) return
+    for (const c of held) this.res.write(c)
   }
 
   onComplete (): void {
     // Journal first, then end: a client never holds a finished response whose record is not
-    // on disk yet. The bytes, [DONE] included, are already out; this only closes the body, at
-    // the end of this event-loop turn, with the journal's one write for every record of the turn.
+    // on disk yet. The bytes, [DONE] included, are out or queued ahead of this (held, above);
+    // this only closes the body, at the end of this event-loop turn, with the journal's one write
+    // for every record of the turn.
     if (this.done) return
     this.recordOutcome(null)
-    this.ctx.ledger.afterJournal(() => this.answered(() => { if (!this.clientGone) this.res.end(this.tail) }))
+    this.ctx.ledger.afterJournal(() => this.answered(() => { this.release(); if (!this.clientGone) this.res.end(this.tail) }))
   }
 
   onError (err: Error): void {
     if (this.done) return
     const status = this.recordOutcome(err)
-    this.ctx.ledger.afterJournal(() => this.answered(() => this.answerError(err, status)))
+    this.ctx.ledger.afterJournal(() => this.answered(() => { this.release(); this.answerError(err, status) }))
   }
 
   /**
@@ -574,23 +592,24 @@ class Exchange implements Dispatcher.DispatchHandler {
     if (this.clientGone && this.rec.streamed) { this.abort(); return } // named: now it can be reconciled
     // Journal it as pending once the read that revealed it is handled: a response that also
     // completed in that read (most non-stream answers) goes straight to its final line, saving
-    // a write; any other is pending before the event loop turns, let alone before a crash could.
-    // A byte that reaches the client before that turn ends waits for the line's write(2) first:
-    // a generation a client has seen is never one the journal does not name.
+    // a line; any other is pending before the event loop turns, let alone before a crash could.
+    // A byte for the client waits for the line's write(2) (onData): a generation a client has
+    // seen is never one the journal does not name.
     let journaled = false
-    const journal = (now: boolean): void => {
+    const journal = (): void => {
       if (journaled || this.done) return
       journaled = true
       this.unjournaled = null
       try {
-        if (now) this.ctx.ledger.pendingNow(this.rec)
-        else this.ctx.ledger.pending(this.rec)
+        this.ctx.ledger.pending(this.rec)
       } catch (err) {
         this.ctx.log.error({ err: err instanceof Error ? err.message : String(err) }, 'metered request: could not journal it as pending')
       }
+      this.lineUnwritten = true
+      this.ctx.ledger.afterJournal(() => { this.lineUnwritten = false; this.release() })
     }
-    this.unjournaled = () => journal(true)
-    queueMicrotask(() => journal(false))
+    this.unjournaled = journal
+    queueMicrotask(journal)
   }
 
   /**

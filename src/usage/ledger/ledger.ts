@@ -123,12 +123,6 @@ export class Ledger {
   /** A request's generation id is known: journal it so a crash cannot lose it. */
   pending (r: UsageRecord): void { this.journal?.pending(r) }
 
-  /** The same, written now (with whatever else this turn appended): its bytes are about to leave. */
-  pendingNow (r: UsageRecord): void {
-    this.journal?.pending(r)
-    this.journal?.flush()
-  }
-
   /** Accepts a finished record. Never throws, never waits. */
   record (r: UsageRecord, journaled = false): void {
     if (!this.waitingSince.has(r.eventId)) this.waitingSince.set(r.eventId, this.now())
