@@ -121,8 +121,8 @@ export const BREAKS = [
   {
     name: 'gc: the response ends before its record is written',
     file: 'src/proxy/metered.ts',
-    search: 'this.ctx.ledger.afterJournal(() => this.answered(() => { if (!this.clientGone) this.res.end(this.tail) }))',
-    replace: 'this.answered(() => { if (!this.clientGone) this.res.end(this.tail) })',
+    search: 'this.ctx.ledger.afterJournal(() => this.answered(() => { this.release(); if (!this.clientGone) this.res.end(this.tail) }))',
+    replace: 'this.answered(() => { this.release(); if (!this.clientGone) this.res.end(this.tail) })',
     tests: ['test/body.test.ts'],
   },
   {
@@ -199,8 +199,8 @@ export const BREAKS = [
   {
     name: 'gc: an upstream error is answered before its record is written',
     file: 'src/proxy/metered.ts',
-    search: '    this.ctx.ledger.afterJournal(() => this.answered(() => this.answerError(err, status)))',
-    replace: '    this.answered(() => this.answerError(err, status))',
+    search: '    this.ctx.ledger.afterJournal(() => this.answered(() => { this.release(); this.answerError(err, status) }))',
+    replace: '    this.answered(() => { this.release(); this.answerError(err, status) })',
     tests: ['test/body.test.ts'],
   },
   {
@@ -213,8 +213,8 @@ export const BREAKS = [
   {
     name: 'gc: an exchange counts as done before its answer waits for the journal',
     file: 'src/proxy/metered.ts',
-    search: '    this.ctx.ledger.afterJournal(() => this.answered(() => { if (!this.clientGone) this.res.end(this.tail) }))',
-    replace: '    this.ctx.track(-1)\n    this.ctx.ledger.afterJournal(() => { if (!this.clientGone) this.res.end(this.tail) })',
+    search: '    this.ctx.ledger.afterJournal(() => this.answered(() => { this.release(); if (!this.clientGone) this.res.end(this.tail) }))',
+    replace: '    this.ctx.track(-1)\n    this.ctx.ledger.afterJournal(() => { this.release(); if (!this.clientGone) this.res.end(this.tail) })',
     tests: ['test/faults.test.ts'],
   },
   {
@@ -511,8 +511,8 @@ export const BREAKS = [
   {
     name: 's5: the last chunk of a declared-length answer is written before its record',
     file: 'src/proxy/metered.ts',
-    search: '        this.tail = chunk\n',
-    replace: '        more = this.res.write(chunk)\n',
+    search: '      this.tail = chunk\n      return true\n',
+    replace: '      return this.res.write(chunk)\n',
     tests: ['test/kill-after-answer.test.ts', 'test/body.test.ts'],
   },
   {
@@ -574,8 +574,8 @@ export const BREAKS = [
   {
     name: 's5: an error answer (502/504, a cut stream) is not observed',
     file: 'src/proxy/metered.ts',
-    search: 'this.ctx.ledger.afterJournal(() => this.answered(() => this.answerError(err, status)))',
-    replace: 'this.ctx.ledger.afterJournal(() => { try { this.answerError(err, status) } finally { this.ctx.track(-1) } })',
+    search: 'this.ctx.ledger.afterJournal(() => this.answered(() => { this.release(); this.answerError(err, status) }))',
+    replace: 'this.ctx.ledger.afterJournal(() => { try { this.release(); this.answerError(err, status) } finally { this.ctx.track(-1) } })',
     tests: ['test/body.test.ts', 'test/ops.test.ts'],
   },
   {

@@ -38,3 +38,16 @@ export const BREAKS = [
     tests: [BODY],
   },
 ]
+BREAKS.push({
+  name: 's18: npm start runs node without the young generation flag the image has',
+  file: 'package.json',
+  search: '"start": "node --max-semi-space-size=8 dist/main.js",',
+  replace: '"start": "node dist/main.js",',
+  tests: ['test/deploy-files.test.ts'],
+}, {
+  name: 's18: the image runs node with Node\'s default young generation',
+  file: 'Dockerfile',
+  search: 'CMD ["node", "--max-semi-space-size=8", "dist/main.js"]',
+  replace: 'CMD ["node", "dist/main.js"]',
+  tests: ['test/deploy-files.test.ts'],
+})
