@@ -161,7 +161,8 @@ export async function startTargets ({ tmp, upstreamPort, databaseUrl, names = TA
       out.push(await startUsageProxy({ tmp, upstreamPort, databaseUrl }))
     } else if (name === 'usage-proxy-before') {
       if (!process.env.BENCH_BEFORE_DIR) throw new Error('usage-proxy-before needs BENCH_BEFORE_DIR (e.g. $(node bench/snapshot.js main))')
-      out.push(await startUsageProxy({ tmp, upstreamPort, databaseUrl, name, root: resolve(process.env.BENCH_BEFORE_DIR) }))
+      // An organization of its own: bench/run.js counts bench_org's rows against usage-proxy's answers.
+      out.push(await startUsageProxy({ tmp, upstreamPort, databaseUrl, name, root: resolve(process.env.BENCH_BEFORE_DIR), extraEnv: { OPENROUTER_EXTERNAL_USER: 'bench_before_org' } }))
     } else if (name === 'usage-proxy-budgets') {
       out.push(await startUsageProxy({ tmp, upstreamPort, databaseUrl, name, extraEnv: BUDGETS_ENV }))
     } else {
