@@ -387,14 +387,14 @@ t.test('a response ends only once the journal has written its record (group comm
   const held: Array<() => void> = []
   const endedWhenHeld: boolean[] = []
   // Writes waited for before the record was handed over (the pending line's).
-  const early: Array<{ then: () => void }> = []
+  const early: Array<() => void> = []
   let recorded = false
   const ctx = {
     ...meterBase(pool),
     directory: { resolve: () => ({ userId: null, externalUserId: ORG, mapping: null }) },
     // The journal's write at the end of the turn, held until the test lets it happen.
     ledger: fakeLedger((then) => {
-      if (!recorded) { early.push({ then }); return }
+      if (!recorded) { early.push(then); return }
       endedWhenHeld.push(last!.writableEnded)
       held.push(then)
     }, () => { recorded = true }),
@@ -434,7 +434,7 @@ t.test('a response ends only once the journal has written its record (group comm
       t.equal(early.length, 1, `${model} stream=${stream}: its pending line's write was waited for`)
       t.equal(written, 0, `${model} stream=${stream}: no body byte before the line naming its generation is written`)
     }
-    for (const e of early.splice(0)) e.then() // the journal's writes happen in order: the pending line's first
+    for (const then of early.splice(0)) then() // the journal's writes happen in order: the pending line's first
     t.equal(held.length, 1, `${model} stream=${stream}: the end waits for the journal`)
     t.same(endedWhenHeld.splice(0), [false], 'the response was still open when its record was handed to the journal')
     t.equal(last!.writableEnded, false, 'and stays open while the write is held')
@@ -463,13 +463,13 @@ t.test('a response ends only once the journal has written its record (group comm
     const answer = post(url, JSON.stringify({ model: c.model, stream: true, messages: [] })).finally(() => { answered = true })
     const deadline = Date.now() + 10_000
     while (held.length === 0 && !answered && Date.now() < deadline) {
-      if (early.length > 0) early.shift()!.then()
+      if (early.length > 0) early.shift()!()
       await new Promise((r) => setTimeout(r, 5))
     }
     t.equal(held.length, 1, `${c.status}: the error answer waits for the journal`)
     t.same(endedWhenHeld.splice(0), [false], 'the response was still open when its record was handed to the journal')
     t.equal(last!.writableEnded, false, 'and stays open while the write is held')
-    for (const e of early.splice(0)) e.then()
+    for (const then of early.splice(0)) then()
     held[0]?.()
     const r = await answer
     t.equal(r.status, c.status)

@@ -429,9 +429,7 @@ class Exchange implements Dispatcher.DispatchHandler {
   private done = false
   /** Set while the generation is named but its pending line is not yet handed to the journal. */
   private unjournaled: (() => void) | null = null
-  /** The pending line is appended and not yet written. */
-  private lineUnwritten = false
-  /** Chunks that wait for the journal's write of the pending line before the client gets them. */
+  /** Set from the pending line's append to its write: chunks that wait for it before the client gets them. */
   private held: Buffer[] | null = null
   /** writeRecord() filled the record and handed it to the ledger: it can be observed. */
   private recorded = false
@@ -513,14 +511,13 @@ class Exchange implements Dispatcher.DispatchHandler {
       this.tail = chunk
       return true
     }
-    if (this.held !== null) { this.held.push(chunk); return true }
     // Bytes that can show the client its generation wait until the pending line naming it is
     // written: it joins this turn's one write(2) of the journal, and the bytes follow with what
     // else arrives meanwhile (at most one turn's reads: backpressure resumes with the next
     // chunk). A response that also ends in this turn then leaves in one write, terminator and
     // all: onComplete's end is queued behind the release.
     this.unjournaled?.()
-    if (this.lineUnwritten) { this.held = [chunk]; return true }
+    if (this.held !== null) { this.held.push(chunk); return true }
     return this.res.write(chunk)
   }
 
@@ -605,8 +602,8 @@ class Exchange implements Dispatcher.DispatchHandler {
       } catch (err) {
         this.ctx.log.error({ err: err instanceof Error ? err.message : String(err) }, 'metered request: could not journal it as pending')
       }
-      this.lineUnwritten = true
-      this.ctx.ledger.afterJournal(() => { this.lineUnwritten = false; this.release() })
+      this.held = []
+      this.ctx.ledger.afterJournal(() => this.release())
     }
     this.unjournaled = journal
     queueMicrotask(journal)

@@ -5,15 +5,15 @@ export const BREAKS = [
   {
     name: 's18: bytes that name the generation leave before the pending line is written',
     file: 'src/proxy/metered.ts',
-    search: '    if (this.lineUnwritten) { this.held = [chunk]; return true }\n',
+    search: '    if (this.held !== null) { this.held.push(chunk); return true }\n',
     replace: '\n',
     tests: [BODY],
   },
   {
     name: 's18: the pending line is not appended when the first bytes arrive',
     file: 'src/proxy/metered.ts',
-    search: '    this.unjournaled?.()\n    if (this.lineUnwritten)',
-    replace: '    if (this.lineUnwritten)',
+    search: '    this.unjournaled?.()\n    if (this.held !== null)',
+    replace: '    if (this.held !== null)',
     tests: [BODY],
   },
   {
@@ -24,17 +24,17 @@ export const BREAKS = [
     tests: [BODY],
   },
   {
-    name: 's18: chunks after a held one go straight out, ahead of it',
+    name: 's18: a chunk that arrives while one is held replaces it',
     file: 'src/proxy/metered.ts',
-    search: '    if (this.held !== null) { this.held.push(chunk); return true }\n',
-    replace: '\n',
+    search: '{ this.held.push(chunk); return true }',
+    replace: '{ this.held = [chunk]; return true }',
     tests: [BODY, 'test/faults.test.ts'],
   },
   {
     name: 's18: the line is counted written before its write',
     file: 'src/proxy/metered.ts',
-    search: '      this.lineUnwritten = true\n',
-    replace: '\n',
+    search: '      this.ctx.ledger.afterJournal(() => this.release())\n',
+    replace: '      this.release()\n',
     tests: [BODY],
   },
 ]
