@@ -1,4 +1,4 @@
-import { randomUUID } from 'node:crypto'
+import { uuid7 } from '../../lib/uuid7.js'
 import { pgText as text } from '../../lib/text.js'
 import type { UserMapping } from '../../identity/directory.js'
 import type { Usage } from '../tap/extract.js'
@@ -86,7 +86,7 @@ export type RecordStart = Pick<UsageRecord, 'organizationId' | 'userId' | 'exter
 /** A record for an exchange about to start: 'interrupted' with nothing known until it ends. */
 export function newRecord (start: RecordStart): UsageRecord {
   return {
-    eventId: randomUUID(),
+    eventId: uuid7(),
     generationId: null,
     servedModel: null,
     provider: null,
