@@ -19,6 +19,8 @@ t.test('the layout: 48 bits of milliseconds, version 7, the RFC variant', async 
   t.match(uuid7(2 ** 48 + 5), V7, 'a clock past 48 bits still gives a well-formed id')
   t.match(uuid7(-1), V7, 'and so does one before 1970')
   t.match(uuid7(1.7), V7, 'a fractional clock is cut to its millisecond')
+  t.match(uuid7(Number.NaN), V7, 'a clock that is not a number gives a well-formed id')
+  t.match(uuid7(Number.POSITIVE_INFINITY), V7)
 })
 
 t.test('ids of a later millisecond sort after those of an earlier one (as text and as Postgres uuids)', async (t) => {

@@ -12,8 +12,8 @@ export const BREAKS = [
   {
     name: 's19: the time is written in seconds, not milliseconds',
     file: 'src/lib/uuid7.ts',
-    search: 'const ms = ((Math.floor(now) % MS_48) + MS_48) % MS_48',
-    replace: 'const ms = ((Math.floor(now / 1000) % MS_48) + MS_48) % MS_48',
+    search: '((Math.floor(now) % MS_48) + MS_48) % MS_48',
+    replace: '((Math.floor(now / 1000) % MS_48) + MS_48) % MS_48',
     tests: [UUID7],
   },
   {
