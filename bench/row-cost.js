@@ -209,7 +209,7 @@ for (const v of variants) {
 }
 await keeper.end()
 const base = out.find((o) => o.variant === 'as-is')
-console.log(`batch ${BATCH}, ${ROUNDS} rounds x ${BATCHES} batches${PREFILL ? `, ${PREFILL} rows prefilled` : ""}${BUDGETS ? ', budgets + reservations' : ''}, sql ${SQL_DIR}`)
+console.log(`batch ${BATCH}, ${ROUNDS} rounds x ${BATCHES} batches${PREFILL ? `, ${PREFILL} rows prefilled` : ''}${BUDGETS ? ', budgets + reservations' : ''}, sql ${SQL_DIR}`)
 console.log('variant'.padEnd(40), 'insert µs/row: median', ' mean', ' Δ median vs as-is', ' compaction µs/row', ' WAL B/row', ' WAL records/row')
 for (const o of out) {
   console.log(o.variant.padEnd(40), String(o.usPerRow).padStart(21), String(o.meanUsPerRow).padStart(5), (base ? (o.usPerRow - base.usPerRow).toFixed(2) : '').padStart(18),
